@@ -1,0 +1,75 @@
+"""The ``enspp`` command line.
+
+Each subcommand lives in ``flows/commands/<name>.py`` and exposes ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``.  Modules are imported only when their
+subcommand runs, so ``enspp --help`` stays fast and a command never pays for another's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand -> (module, one-line help); the order is the order of ``enspp --help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("flows.commands.demo", "run the whole chain on the synthetic world (the main job)"),
+    "synth": ("flows.commands.synth", "write the synthetic ENS-like world (GRIB + oracle)"),
+    "ingest": ("flows.commands.ingest", "ingest GRIB/NetCDF/Zarr files into a versioned store"),
+    "validate": ("flows.commands.validate", "check a config file or a store against the model"),
+    "train": ("flows.commands.train", "train a post-processing model"),
+    "predict": ("flows.commands.predict", "post-process forecasts with a trained model"),
+    "evaluate": ("flows.commands.evaluate", "score systems, write reports and the dashboard"),
+    "experiment": ("flows.commands.experiment", "train and compare every system on one split"),
+    "serve": ("flows.commands.serve", "serve the scheduled deployments on a Prefect server"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="enspp",
+        description="Deep-learning post-processing of ensemble weather forecasts.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, description=help_)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"enspp {version('enspp')}"
+    except PackageNotFoundError:  # running from a source tree
+        return "enspp (source tree)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        args = parser.parse_args(argv)  # prints help / version / error and exits
+        parser.print_help()
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"enspp {name}", description=help_)
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:  # user-facing errors
+        if getattr(args, "debug", False):
+            raise
+        print(f"enspp {name}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
