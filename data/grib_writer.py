@@ -1,0 +1,240 @@
+"""Write canonical datasets as GRIB2 with the eccodes Python API (cfgrib's writer is broken).
+
+One message per (time, lead, member, level) field.  Values are packed with 16-bit simple
+packing, so a round trip returns each field within its packing precision
+(``(max - min) / 2**16`` of that field, e.g. ~0.001 K for temperature, ~0.5 m2 s-2 for z500).
+
+Forecasts (dims ``init_time``, ``lead_time``, ``member``, optional ``level``, ``latitude``,
+``longitude``) become ensemble messages (product definition template 1, or 11 for accumulated /
+max-in-window variables): member 0 is the control (``dataType`` ``cf``, ``number`` 0), other
+members are perturbed (``pf``, ``number`` = member), ``numberOfForecastsInEnsemble`` = the
+member count.  Analyses (dim ``time``, optional ``member`` for an analysis ensemble) become
+``dataType`` ``an`` messages at step 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import eccodes
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from data import schema
+
+__all__ = ["GribWriteError", "GRIB_PARAMS", "write_grib"]
+
+BITS_PER_VALUE = 16
+
+
+class GribWriteError(ValueError):
+    """A dataset cannot be written as GRIB; the message names the file and the variable."""
+
+
+@dataclass(frozen=True)
+class GribParam:
+    """How one canonical variable is encoded: ECMWF shortName, level type and time processing."""
+
+    short_name: str
+    type_of_level: str
+    level: int = 0
+    #: "instant", "accum" (from step 0) or "max" (over the last ``window_h`` hours)
+    step_type: Literal["instant", "accum", "max"] = "instant"
+    window_h: int = 0
+    #: units the values must be in (canonical units, which are the GRIB units)
+    units: str = ""
+
+
+GRIB_PARAMS: dict[str, GribParam] = {
+    "z": GribParam("z", "isobaricInhPa", units="m2 s-2"),
+    "t": GribParam("t", "isobaricInhPa", units="K"),
+    "u": GribParam("u", "isobaricInhPa", units="m s-1"),
+    "v": GribParam("v", "isobaricInhPa", units="m s-1"),
+    "w": GribParam("w", "isobaricInhPa", units="Pa s-1"),
+    "q": GribParam("q", "isobaricInhPa", units="kg kg-1"),
+    "r": GribParam("r", "isobaricInhPa", units="%"),
+    "t2m": GribParam("2t", "heightAboveGround", 2, units="K"),
+    "d2m": GribParam("2d", "heightAboveGround", 2, units="K"),
+    "u10": GribParam("10u", "heightAboveGround", 10, units="m s-1"),
+    "v10": GribParam("10v", "heightAboveGround", 10, units="m s-1"),
+    "msl": GribParam("msl", "meanSea", units="Pa"),
+    "sp": GribParam("sp", "surface", units="Pa"),
+    "tp": GribParam("tp", "surface", step_type="accum", units="m"),
+    "10fg3": GribParam("10fg3", "heightAboveGround", 10, "max", 3, units="m s-1"),
+    "10fg6": GribParam("10fg6", "heightAboveGround", 10, "max", 6, units="m s-1"),
+    "lsm": GribParam("lsm", "surface", units="1"),
+    "orog": GribParam("orog", "surface", units="m"),
+}
+
+#: (from, to) -> function converting values to the GRIB units
+_CONVERSIONS = {
+    ("degC", "K"): lambda x: x + 273.15,
+    ("hPa", "Pa"): lambda x: x * 100.0,
+    ("mm", "m"): lambda x: x / 1000.0,
+}
+
+
+def write_grib(path: str | Path, ds: xr.Dataset, *, kind: Literal["forecast", "analysis"],
+               append: bool = False) -> int:
+    """Write ``ds`` (canonical, regular lat/lon grid) to ``path`` as GRIB2; return messages written.
+
+    Variables are written in the order of ``ds.data_vars``; within a variable the loop runs
+    over time (init_time or time), lead_time, member, level.  A field that is entirely NaN is
+    absent and not written (so variables with different lead times can share a dataset); a
+    partly-NaN field is an error.  ``append=True`` adds messages to
+    an existing file.  16-bit packing: values round-trip within the packing precision.
+    """
+    path = Path(path)
+    if kind not in ("forecast", "analysis"):
+        raise GribWriteError(f"{path}: kind must be 'forecast' or 'analysis', got {kind!r}")
+    time_dim = schema.INIT_TIME if kind == "forecast" else schema.TIME
+    needed = (schema.INIT_TIME, schema.LEAD_TIME, schema.MEMBER) if kind == "forecast" else (schema.TIME,)
+    for dim in (*needed, schema.LATITUDE, schema.LONGITUDE):
+        if dim not in ds.dims:
+            raise GribWriteError(f"{path}: a {kind} needs dim {dim!r} (dims: {tuple(ds.dims)})")
+    lat = np.asarray(ds[schema.LATITUDE].values, dtype=float)
+    lon = np.asarray(ds[schema.LONGITUDE].values, dtype=float)
+    grid = _grid_keys(lat, lon, path)
+    members = ds[schema.MEMBER].values if schema.MEMBER in ds.dims else None
+    n_written = 0
+    with open(path, "ab" if append else "wb") as fh:
+        for name, da in ds.data_vars.items():
+            param = GRIB_PARAMS.get(str(name))
+            if param is None:
+                raise GribWriteError(f"{path}: variable {name!r} has no GRIB encoding "
+                                     f"(known: {sorted(GRIB_PARAMS)})")
+            da = _to_grib_units(da, param, path)
+            has_level = schema.LEVEL in da.dims
+            if has_level and param.type_of_level != "isobaricInhPa":
+                raise GribWriteError(f"{path}: variable {name!r} is a single-level variable but has "
+                                     f"a {schema.LEVEL!r} dim")
+            order = [d for d in (time_dim, schema.LEAD_TIME, schema.MEMBER, schema.LEVEL,
+                                 schema.LATITUDE, schema.LONGITUDE) if d in da.dims]
+            extra = set(da.dims) - set(order)
+            if extra:
+                raise GribWriteError(f"{path}: variable {name!r} has unsupported dims {sorted(extra)}")
+            values = np.asarray(da.transpose(*order).values, dtype=np.float64)
+            template = _template(param, grid, kind=kind, n_members=None if members is None else len(members))
+            try:
+                n_written += _write_variable(fh, template, values, da, param, kind=kind,
+                                             time_dim=time_dim, path=path, name=str(name))
+            finally:
+                eccodes.codes_release(template)
+    return n_written
+
+
+def _grid_keys(lat: np.ndarray, lon: np.ndarray, path: Path) -> dict[str, float | int]:
+    if lat.size < 2 or lon.size < 2:
+        raise GribWriteError(f"{path}: need at least 2 latitudes and 2 longitudes, "
+                             f"got {lat.size} x {lon.size}")
+    dlat, dlon = np.diff(lat), np.diff(lon)
+    if not (np.allclose(dlat, dlat[0], atol=1e-6) and np.allclose(dlon, dlon[0], atol=1e-6)) or dlon[0] <= 0:
+        raise GribWriteError(f"{path}: only regular lat/lon grids with increasing longitude can be "
+                             "written as GRIB")
+    return {
+        "Ni": int(lon.size), "Nj": int(lat.size),
+        "jScansPositively": int(dlat[0] > 0),
+        "latitudeOfFirstGridPointInDegrees": float(lat[0]),
+        "longitudeOfFirstGridPointInDegrees": float(lon[0]),
+        "latitudeOfLastGridPointInDegrees": float(lat[-1]),
+        "longitudeOfLastGridPointInDegrees": float(lon[-1]),
+        "iDirectionIncrementInDegrees": float(abs(dlon[0])),
+        "jDirectionIncrementInDegrees": float(abs(dlat[0])),
+    }
+
+
+def _to_grib_units(da: xr.DataArray, param: GribParam, path: Path) -> xr.DataArray:
+    units = schema.normalise_units(str(da.attrs.get("units", param.units)))
+    if units == param.units:
+        return da
+    convert = _CONVERSIONS.get((units, param.units))
+    if convert is None:
+        raise GribWriteError(f"{path}: variable {da.name!r} is in {units!r}; GRIB needs {param.units!r}")
+    return convert(da)
+
+
+def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None) -> int:
+    """A GRIB2 handle with grid, parameter, level type and product template set."""
+    sample = "regular_ll_pl_grib2" if param.type_of_level == "isobaricInhPa" else "regular_ll_sfc_grib2"
+    h = eccodes.codes_grib_new_from_samples(sample)
+    eccodes.codes_set(h, "setLocalDefinition", 1)
+    eccodes.codes_set(h, "localDefinitionNumber", 1)
+    ensemble = kind == "forecast" or n_members is not None
+    statistical = param.step_type != "instant" and kind == "forecast"
+    pdt = (11 if statistical else 1) if ensemble else (8 if statistical else 0)
+    eccodes.codes_set(h, "productDefinitionTemplateNumber", pdt)
+    eccodes.codes_set(h, "type", "pf" if kind == "forecast" else "an")
+    eccodes.codes_set(h, "shortName", param.short_name)
+    eccodes.codes_set(h, "typeOfLevel", param.type_of_level)
+    if param.type_of_level == "isobaricInhPa":
+        # setting level 0 would switch the sample to pressure in Pa; levels are set per message
+        eccodes.codes_set(h, "pressureUnits", "hPa")
+    else:
+        eccodes.codes_set(h, "level", param.level)
+    if ensemble:
+        eccodes.codes_set(h, "typeOfEnsembleForecast", 3)
+        eccodes.codes_set(h, "numberOfForecastsInEnsemble", int(n_members or 1))
+    for key, value in grid.items():
+        eccodes.codes_set(h, key, value)
+    eccodes.codes_set(h, "packingType", "grid_simple")
+    eccodes.codes_set(h, "bitsPerValue", BITS_PER_VALUE)
+    return h
+
+
+def _write_variable(fh, template: int, values: np.ndarray, da: xr.DataArray, param: GribParam, *,
+                    kind: str, time_dim: str, path: Path, name: str) -> int:
+    times = pd.DatetimeIndex(da[time_dim].values)
+    leads_h = _lead_hours(da, path, name) if kind == "forecast" else [0]
+    members = [int(m) for m in da[schema.MEMBER].values] if schema.MEMBER in da.dims else [None]
+    levels = [int(v) for v in da[schema.LEVEL].values] if schema.LEVEL in da.dims else [None]
+    values = values.reshape(len(times), len(leads_h), len(members), len(levels), -1)
+    finite = np.isfinite(values)
+    absent = ~finite.any(axis=-1)
+    if not (finite.all(axis=-1) | absent).all():
+        raise GribWriteError(f"{path}: variable {name!r} holds fields partly NaN/inf; GRIB fields "
+                             "here carry no missing-value bitmap")
+    count = 0
+    for it, t in enumerate(times):
+        for il, lead in enumerate(leads_h):
+            for im, member in enumerate(members):
+                for iv, level in enumerate(levels):
+                    if absent[it, il, im, iv]:
+                        continue
+                    h = eccodes.codes_clone(template)
+                    try:
+                        eccodes.codes_set(h, "dataDate", int(t.strftime("%Y%m%d")))
+                        eccodes.codes_set(h, "dataTime", int(t.strftime("%H%M")))
+                        if member is not None:
+                            if kind == "forecast":
+                                eccodes.codes_set(h, "type", "cf" if member == 0 else "pf")
+                            eccodes.codes_set(h, "perturbationNumber", member)
+                        if level is not None:
+                            eccodes.codes_set(h, "level", level)
+                        _set_step(h, param, lead, kind=kind)
+                        eccodes.codes_set_values(h, values[it, il, im, iv])
+                        eccodes.codes_write(h, fh)
+                    finally:
+                        eccodes.codes_release(h)
+                    count += 1
+    return count
+
+
+def _lead_hours(da: xr.DataArray, path: Path, name: str) -> list[int]:
+    hours = pd.to_timedelta(da[schema.LEAD_TIME].values) / pd.Timedelta(hours=1)
+    if not np.allclose(hours, np.round(hours)):
+        raise GribWriteError(f"{path}: variable {name!r}: lead times must be whole hours, got {list(hours)}")
+    return [int(round(h)) for h in hours]
+
+
+def _set_step(h: int, param: GribParam, lead: int, *, kind: str) -> None:
+    if kind != "forecast" or param.step_type == "instant":
+        eccodes.codes_set(h, "step", lead)
+        return
+    start = 0 if param.step_type == "accum" else lead - param.window_h
+    if start < 0:
+        raise GribWriteError(f"variable {param.short_name!r}: a {param.window_h} h window cannot "
+                             f"end at lead {lead} h")
+    eccodes.codes_set(h, "stepRange", f"{start}-{lead}")
