@@ -1,0 +1,257 @@
+"""Pointwise numba/numpy kernels of the scores; the member axis is always the last axis.
+
+The xarray layer (:mod:`evaluation.metrics`) moves the named member dim to the end with
+``xr.apply_ufunc`` and calls these.  Every kernel accepts float32 or float64 input and
+accumulates in float64.
+
+NaN policy (the same in every ensemble kernel, and the one properscoring follows):
+
+* a NaN observation gives a NaN score;
+* NaN members are skipped: the score is that of the ensemble of the valid members
+  (``M`` = number of valid members); an ensemble with no valid member gives NaN.
+
+Ensemble CRPS, with the members sorted ``x_(1) <= ... <= x_(M)``::
+
+    CRPS = (1/M) sum_i |x_i - y| - c * sum_i sum_j |x_i - x_j| / 2
+    sum_i sum_j |x_i - x_j| = 2 * sum_k (2k - M - 1) x_(k)          (k = 1..M)
+
+with ``c = 1/M**2`` for the ``standard`` estimator (the CRPS of the empirical distribution,
+equal to ``properscoring.crps_ensemble``) and ``c = 1/(M(M-1))`` for the ``fair`` estimator
+(Ferro 2014; unbiased for the CRPS of the distribution the members are drawn from).  So
+``standard - fair = sum_i sum_j |x_i - x_j| / (2 M**2 (M-1))``.  With a single member the
+spread term is zero for both estimators and the score is the absolute error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import guvectorize
+from scipy.special import ndtr
+
+ESTIMATORS = ("standard", "fair")
+
+_SIGNATURES = [
+    "void(float32[:], float32, float64[:])",
+    "void(float64[:], float64, float64[:])",
+]
+
+
+def _make_crps_kernel(fair: bool):
+    # One compiled gufunc per estimator: no branch on the estimator in the inner loop.
+    @guvectorize(_SIGNATURES, "(m),()->()", nopython=True, cache=True)
+    def kernel(members, obs, out):  # pragma: no cover - compiled
+        y = np.float64(obs)
+        if np.isnan(y):
+            out[0] = np.nan
+            return
+        m_total = members.shape[0]
+        buf = np.empty(m_total, dtype=np.float64)
+        n = 0
+        for i in range(m_total):
+            v = np.float64(members[i])
+            if not np.isnan(v):
+                buf[n] = v
+                n += 1
+        if n == 0:
+            out[0] = np.nan
+            return
+        xs = np.sort(buf[:n])
+        abs_sum = 0.0
+        spread = 0.0  # sum_k (2k - n - 1) x_(k) = (1/2) sum_ij |x_i - x_j|
+        for k in range(n):
+            x = xs[k]
+            abs_sum += abs(x - y)
+            spread += (2.0 * k + 1.0 - n) * x
+        if n == 1:
+            out[0] = abs_sum
+        elif fair:
+            out[0] = abs_sum / n - spread / (n * (n - 1.0))
+        else:
+            out[0] = abs_sum / n - spread / (n * n)
+
+    return kernel
+
+
+_crps_standard_gufunc = _make_crps_kernel(False)
+_crps_fair_gufunc = _make_crps_kernel(True)
+
+
+def check_estimator(estimator: str) -> None:
+    """Raise ``ValueError`` unless ``estimator`` is ``standard`` or ``fair``."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"unknown CRPS estimator {estimator!r}: choose one of {', '.join(ESTIMATORS)}"
+        )
+
+
+def _as_float(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype == np.float32 or a.dtype == np.float64:
+        return a
+    return a.astype(np.float64)
+
+
+def crps_ensemble_kernel(members: np.ndarray, obs: np.ndarray, *, estimator: str = "fair") -> np.ndarray:
+    """Ensemble CRPS over the last axis of ``members`` (float64 result, shape of ``obs``)."""
+    check_estimator(estimator)
+    members = _as_float(members)
+    obs = _as_float(obs)
+    if members.dtype != obs.dtype:
+        dt = np.result_type(members.dtype, obs.dtype)
+        members, obs = members.astype(dt), obs.astype(dt)
+    gufunc = _crps_fair_gufunc if estimator == "fair" else _crps_standard_gufunc
+    return gufunc(members, obs)
+
+
+def crps_ensemble_pairwise(members: np.ndarray, obs: np.ndarray, *, estimator: str = "fair") -> np.ndarray:
+    """Brute-force O(M^2) ensemble CRPS (reference for tests; no NaN handling)."""
+    check_estimator(estimator)
+    x = np.asarray(members, dtype=np.float64)
+    y = np.asarray(obs, dtype=np.float64)[..., None]
+    m = x.shape[-1]
+    abs_term = np.abs(x - y).mean(axis=-1)
+    pair = np.abs(x[..., :, None] - x[..., None, :]).sum(axis=(-1, -2))
+    if m == 1:
+        return abs_term
+    denom = 2.0 * m * (m - 1) if estimator == "fair" else 2.0 * m * m
+    return abs_term - pair / denom
+
+
+# ---------------------------------------------------------------- parametric distributions
+_SQRT_PI = math.sqrt(math.pi)
+_SQRT2 = math.sqrt(2.0)
+
+
+def _phi(z: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def _g_gaussian(t: np.ndarray) -> np.ndarray:
+    """int_{-inf}^{t} Phi(s)^2 ds = t Phi^2 + 2 phi Phi - Phi(sqrt2 t)/sqrt(pi); 0 at -inf."""
+    with np.errstate(invalid="ignore"):
+        cdf = ndtr(t)
+        out = t * cdf * cdf + 2.0 * _phi(t) * cdf - ndtr(_SQRT2 * t) / _SQRT_PI
+    return np.where(np.isneginf(t), 0.0, out)
+
+
+def _g_logistic(t: np.ndarray) -> np.ndarray:
+    """int_{-inf}^{t} L(s)^2 ds = softplus(t) - L(t) for the standard logistic cdf L."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.logaddexp(0.0, t) - 1.0 / (1.0 + np.exp(-t))
+    return np.where(np.isneginf(t), 0.0, out)
+
+
+_G = {"gaussian": _g_gaussian, "logistic": _g_logistic}
+
+
+def crps_censored_kernel(
+    loc: np.ndarray,
+    scale: np.ndarray,
+    obs: np.ndarray,
+    lower: np.ndarray | float,
+    *,
+    family: str = "gaussian",
+) -> np.ndarray:
+    """CRPS of a location-scale distribution left-censored at ``lower`` (point mass there).
+
+    With ``z = (y - loc)/scale``, ``l = (lower - loc)/scale`` and ``G(t) = int_{-inf}^t F^2``::
+
+        CRPS / scale = G(z) + G(-z) - G(l)      if z >= l
+                     = G(-l) + (l - z)          if z <  l
+
+    ``lower = -inf`` gives the uncensored CRPS; ``scale <= 0`` gives NaN.
+    """
+    if family not in _G:
+        raise ValueError(f"unknown distribution family {family!r}: choose gaussian or logistic")
+    g = _G[family]
+    loc = np.asarray(loc, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    y = np.asarray(obs, dtype=np.float64)
+    low = np.asarray(lower, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(scale > 0, scale, np.nan)
+        z = (y - loc) / s
+        lz = np.where(np.isneginf(low), -np.inf, (low - loc) / s)
+        above = g(z) + g(-z) - g(lz)
+        below = g(-lz) + (lz - z)
+        out = s * np.where(z >= lz, above, below)
+    return out
+
+
+def crps_gaussian_kernel(mu: np.ndarray, sigma: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Closed-form CRPS of N(mu, sigma^2): sigma (z(2Phi(z)-1) + 2phi(z) - 1/sqrt(pi))."""
+    mu = np.asarray(mu, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    y = np.asarray(obs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(sigma > 0, sigma, np.nan)
+        z = (y - mu) / s
+        return s * (z * (2.0 * ndtr(z) - 1.0) + 2.0 * _phi(z) - 1.0 / _SQRT_PI)
+
+
+# ---------------------------------------------------------------- ranks and EFI
+@guvectorize(
+    ["void(float32[:], float32, float64, float64[:])", "void(float64[:], float64, float64, float64[:])"],
+    "(m),(),()->()",
+    nopython=True,
+    cache=True,
+)
+def _rank_gufunc(members, obs, u, out):  # pragma: no cover - compiled
+    y = np.float64(obs)
+    if np.isnan(y):
+        out[0] = np.nan
+        return
+    below = 0
+    ties = 0
+    for i in range(members.shape[0]):
+        v = np.float64(members[i])
+        if np.isnan(v):
+            out[0] = np.nan
+            return
+        if v < y:
+            below += 1
+        elif v == y:
+            ties += 1
+    # ties broken at random (u uniform in [0, 1)): rank uniform on below..below+ties
+    out[0] = below + math.floor(u * (ties + 1))
+
+
+def rank_kernel(members: np.ndarray, obs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """Rank (0..M) of ``obs`` among the members, ties broken with ``uniform`` in [0, 1).
+
+    Any NaN member or a NaN observation gives NaN (a rank needs the full ensemble).
+    """
+    members = _as_float(members)
+    obs = _as_float(obs).astype(members.dtype)
+    return _rank_gufunc(members, obs, np.asarray(uniform, dtype=np.float64))
+
+
+def efi_kernel(members: np.ndarray, clim_quantiles: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Extreme Forecast Index (Lalaurette 2003) from members (last axis) and model-climate
+    quantiles (last axis, at probability ``levels`` in (0, 1), increasing).
+
+    ``EFI = (2/pi) int_0^1 (p - F_f(p)) / sqrt(p(1-p)) dp`` with ``F_f(p)`` the fraction of
+    members below the climate quantile at ``p``.  With ``p = sin^2(theta)`` this is
+    ``(4/pi) int_0^{pi/2} (p - F_f(p)) dtheta``, integrated with the trapezoid rule over the
+    given levels plus the end points (where ``p - F_f(p) = 0``).  NaN members are skipped.
+    """
+    x = np.asarray(members, dtype=np.float64)
+    q = np.asarray(clim_quantiles, dtype=np.float64)
+    p = np.asarray(levels, dtype=np.float64)
+    valid = ~np.isnan(x)
+    n_valid = valid.sum(axis=-1)
+    xs = np.where(valid, x, np.inf)
+    # fraction of members strictly below each climate quantile: [..., Q]
+    below = (xs[..., None, :] < q[..., :, None]).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = below / n_valid[..., None]
+    g = p - frac
+    zeros = np.zeros(g.shape[:-1] + (1,))
+    g = np.concatenate([zeros, g, zeros], axis=-1)
+    theta = np.concatenate([[0.0], np.arcsin(np.sqrt(p)), [math.pi / 2]])
+    integral = np.sum(0.5 * (g[..., 1:] + g[..., :-1]) * np.diff(theta), axis=-1)
+    out = 4.0 / math.pi * integral
+    bad = (n_valid == 0) | np.isnan(q).any(axis=-1)
+    return np.where(bad, np.nan, out)
