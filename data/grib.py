@@ -1,0 +1,330 @@
+"""GRIB inventory and fast decode with the eccodes Python API (no cfgrib).
+
+:func:`scan_grib` lists every message of a file (keys only, or keys and values) and turns
+eccodes failures into :class:`~data.translate.ReaderError` naming the file: a truncated
+message, a file with no GRIB message at all, NaN (bitmap-missing) points.  :func:`read_grib_eccodes`
+assembles the messages of one or more files into a canonical, numpy-backed dataset; it decodes
+each message exactly once, so its cost is the eccodes decode floor plus array copies.
+
+Conventions (shared with the cfgrib reader in :mod:`data.readers`):
+
+* member = GRIB ``number`` (control ``cf`` = 0, perturbed ``pf`` = 1..N; a file with only ``pf``
+  messages has members 1..N); deterministic ``fc`` messages are member 0 of a 1-member ensemble.
+* lead_time = the end of the step range (``69-72`` -> 72 h).
+* ``isobaricInhPa`` levels become the ``level`` dim; single other levels (2 m, 10 m, surface,
+  theta 320 K...) are dropped into ``grib_type_of_level`` / ``grib_level`` attributes.
+* Variables with different lead times (or init times) are aligned on the union of the
+  coordinates; a field the files do not hold is NaN and listed in the dataset attribute
+  ``enspp_absent_fields`` (``"z@72h"``...).  NaN *inside* a decoded field is an error unless
+  ``allow_nan``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import eccodes
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from data import schema
+from data.translate import ReaderError, canonical_name, canonical_variable, finalise
+
+__all__ = ["GribMessage", "expand_paths", "scan_grib", "read_grib_eccodes", "kind_of_messages",
+           "FORECAST_DATA_TYPES", "ANALYSIS_DATA_TYPES"]
+
+FORECAST_DATA_TYPES = frozenset({"cf", "pf", "fc"})
+ANALYSIS_DATA_TYPES = frozenset({"an", "4v", "ia", "oi"})
+_GRIB_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1")
+
+
+@dataclass
+class GribMessage:
+    """Header of one GRIB message, translated to canonical names (values optional)."""
+
+    path: str
+    index: int
+    data_type: str
+    variable: str  # canonical name
+    short_name: str  # GRIB shortName
+    units: str
+    type_of_level: str
+    level: int | float
+    init_time: np.datetime64
+    lead_time: np.timedelta64  # end of the step range
+    number: int
+    grid: tuple  # (Ni, Nj, lat0, lon0, lat1, lon1)
+    n_missing: int = 0
+    values: np.ndarray | None = field(default=None, repr=False)
+    latitudes: np.ndarray | None = field(default=None, repr=False)
+    longitudes: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def valid_time(self) -> np.datetime64:
+        return self.init_time + self.lead_time
+
+    def describe(self) -> str:
+        return (f"{self.path} message {self.index} ({self.short_name}, {self.data_type}, "
+                f"init {pd.Timestamp(self.init_time)}, +{_hours(self.lead_time)} h, number {self.number})")
+
+
+def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """A file, a directory (its GRIB files, sorted), a glob pattern, or a list of those."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in _GRIB_SUFFIXES)
+            if not found:
+                raise ReaderError(f"{p}: directory holds no GRIB files ({', '.join(_GRIB_SUFFIXES)})")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(str(item)) if Path(q).is_file())
+            if not found:
+                raise ReaderError(f"{item}: the pattern matches no files")
+            out.extend(found)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    if not out:
+        raise ReaderError("no input files given")
+    return out
+
+
+def scan_grib(path: str | os.PathLike, *, values: bool = False, allow_nan: bool = False) -> list[GribMessage]:
+    """Inventory of all messages in ``path`` (and their values, float32, when ``values``).
+
+    Raises :class:`ReaderError` for a file without GRIB messages, a truncated/corrupt message,
+    or (unless ``allow_nan``) a message with missing points.
+    """
+    path = str(path)
+    messages: list[GribMessage] = []
+    grids: dict[tuple, tuple] = {}
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                h = eccodes.codes_grib_new_from_file(fh)
+            except eccodes.GribInternalError as e:
+                raise ReaderError(f"{path}: corrupt or truncated GRIB after {len(messages)} complete "
+                                  f"messages ({e})") from e
+            if h is None:
+                break
+            try:
+                messages.append(_read_message(h, path, len(messages), values=values, grids=grids))
+            except eccodes.GribInternalError as e:
+                raise ReaderError(f"{path}: cannot decode message {len(messages)} ({e})") from e
+            finally:
+                eccodes.codes_release(h)
+        rest = fh.read()
+    if not messages:
+        raise ReaderError(f"{path}: not a GRIB file (no GRIB message found)")
+    if b"GRIB" in rest:
+        raise ReaderError(f"{path}: truncated GRIB: data after message {len(messages) - 1} "
+                          "start a message that does not end")
+    if not allow_nan:
+        bad = [m for m in messages if m.n_missing]
+        if bad:
+            raise ReaderError(f"{path}: {len(bad)} field(s) hold missing (NaN) values, first "
+                              f"{bad[0].describe()} with {bad[0].n_missing} missing points; "
+                              "pass allow_nan=True to accept them")
+    return messages
+
+
+def _read_message(h: int, path: str, index: int, *, values: bool, grids: dict) -> GribMessage:
+    get = eccodes.codes_get
+    short = get(h, "shortName")
+    tol = get(h, "typeOfLevel")
+    data_type = get(h, "dataType")
+    date, time = get(h, "dataDate"), get(h, "dataTime")
+    init = np.datetime64(pd.Timestamp(f"{date:08d}{time:04d}"), "ns")
+    unit = get(h, "stepUnits", int)
+    end = get(h, "endStep", int)
+    step_unit = {0: "m", 1: "h"}.get(unit)
+    if step_unit is None:
+        raise ReaderError(f"{path}: message {index} ({short}) has step units code {unit}; "
+                          "only minutes and hours are supported")
+    lead = np.timedelta64(int(end), step_unit).astype("timedelta64[ns]")
+    number = 0
+    if eccodes.codes_is_defined(h, "number") and not eccodes.codes_is_missing(h, "number"):
+        number = int(get(h, "number"))
+    key = (get(h, "gridType"), get(h, "Ni"), get(h, "Nj"),
+           get(h, "latitudeOfFirstGridPointInDegrees"), get(h, "longitudeOfFirstGridPointInDegrees"),
+           get(h, "latitudeOfLastGridPointInDegrees"), get(h, "longitudeOfLastGridPointInDegrees"))
+    if key[0] != "regular_ll":
+        raise ReaderError(f"{path}: message {index} ({short}) is on a {key[0]!r} grid; only "
+                          "regular_ll is supported")
+    if key not in grids:
+        grids[key] = (eccodes.codes_get_array(h, "distinctLatitudes"),
+                      eccodes.codes_get_array(h, "distinctLongitudes"))
+    n_missing = int(get(h, "numberOfMissing")) if get(h, "bitmapPresent") else 0
+    vals = None
+    if values:
+        vals = eccodes.codes_get_values(h).astype(np.float32)
+        if n_missing:
+            vals[eccodes.codes_get_array(h, "bitmap") == 0] = np.nan
+        vals = vals.reshape(key[2], key[1])
+    return GribMessage(path=path, index=index, data_type=data_type,
+                       variable=canonical_name(short, type_of_level=tol), short_name=short,
+                       units=get(h, "units"), type_of_level=tol, level=get(h, "level"),
+                       init_time=init, lead_time=lead, number=number, grid=key, n_missing=n_missing,
+                       values=vals, latitudes=grids[key][0], longitudes=grids[key][1])
+
+
+def kind_of_messages(messages: Sequence[GribMessage], *, source: str) -> schema.Kind:
+    """``forecast`` for cf/pf/fc messages, ``analysis`` for an/4v...; a mixture is an error."""
+    types = {m.data_type for m in messages}
+    if types <= FORECAST_DATA_TYPES:
+        return "forecast"
+    if types <= ANALYSIS_DATA_TYPES:
+        return "analysis"
+    raise ReaderError(f"{source}: cannot tell forecast from analysis: dataType values {sorted(types)} "
+                      f"(forecast: {sorted(FORECAST_DATA_TYPES)}, analysis: {sorted(ANALYSIS_DATA_TYPES)})")
+
+
+def read_grib_eccodes(paths, *, kind: schema.Kind | None = None, allow_nan: bool = False) -> xr.Dataset:
+    """Decode GRIB file(s) directly with eccodes into one canonical, numpy-backed dataset.
+
+    ``paths``: a file, directory, glob or list of them.  ``kind`` is detected from the
+    dataType keys when not given.  Errors (:class:`ReaderError`) name the file: corrupt or
+    non-GRIB input, NaN fields (unless ``allow_nan``), different grids, the same field twice,
+    an init time missing members that other init times have, unknown units.
+    """
+    files = expand_paths(paths)
+    messages: list[GribMessage] = []
+    for f in files:
+        msgs = scan_grib(f, values=True, allow_nan=allow_nan)
+        messages.extend(msgs)
+    source = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
+    kind = kind or kind_of_messages(messages, source=source)
+    check_inventory(messages, kind=kind)
+    lat, lon = messages[0].latitudes, messages[0].longitudes
+    by_var: dict[str, list[GribMessage]] = defaultdict(list)
+    for m in messages:
+        by_var[m.variable].append(m)
+    arrays = {}
+    absent: list[str] = []
+    for name, msgs in by_var.items():
+        da, holes = _assemble(msgs, kind=kind, lat=lat, lon=lon)
+        new, da = canonical_variable(da, msgs[0].short_name, source=msgs[0].path,
+                                     type_of_level=msgs[0].type_of_level)
+        arrays[new] = da
+        absent.extend(f"{new}@{h}" for h in holes)
+    ds = xr.merge(list(arrays.values()), join="outer", compat="no_conflicts",
+                  combine_attrs="override")
+    ds.attrs = {}
+    absent.extend(_alignment_holes(ds, arrays))
+    if absent:
+        ds.attrs["enspp_absent_fields"] = sorted(set(absent))
+    return finalise(ds, kind=kind, source=source, allow_nan=allow_nan or bool(absent))
+
+
+def check_inventory(messages: Sequence[GribMessage], *, kind: schema.Kind) -> None:
+    """One grid; each field once; every (variable, time, lead, level) with the same members."""
+    grid0 = messages[0]
+    for m in messages:
+        if m.grid != grid0.grid:
+            raise ReaderError(f"{m.path}: grid {_grid_str(m.grid)} differs from {_grid_str(grid0.grid)} "
+                              f"of {grid0.path}")
+    seen: dict[tuple, GribMessage] = {}
+    members: dict[str, set[int]] = defaultdict(set)
+    per_slot: dict[tuple, dict[int, GribMessage]] = defaultdict(dict)
+    for m in messages:
+        key = (m.variable, m.init_time, m.lead_time, m.number, _level_key(m))
+        if key in seen:
+            first = seen[key]
+            raise ReaderError(f"{m.path}: duplicate field {m.describe()} already read from "
+                              f"{first.path} message {first.index} (duplicate init time "
+                              f"{pd.Timestamp(m.init_time)} across files?)")
+        seen[key] = m
+        members[m.variable].add(m.number)
+        per_slot[(m.variable, m.init_time, m.lead_time, _level_key(m))][m.number] = m
+    for (var, init, lead, level), got in per_slot.items():
+        missing = members[var] - set(got)
+        if missing:
+            some = next(iter(got.values()))
+            when = f"init {pd.Timestamp(init)}" if kind == "forecast" else f"time {pd.Timestamp(init + lead)}"
+            raise ReaderError(f"{some.path}: missing members for {var!r} at {when} +{_hours(lead)} h"
+                              f"{'' if level is None else f' level {level}'}: has {len(got)} of "
+                              f"{len(members[var])} members, missing numbers {sorted(missing)[:10]}")
+
+
+def _level_key(m: GribMessage) -> int | None:
+    return int(m.level) if m.type_of_level == "isobaricInhPa" else None
+
+
+def _assemble(msgs: list[GribMessage], *, kind: str, lat: np.ndarray, lon: np.ndarray
+              ) -> tuple[xr.DataArray, list[str]]:
+    """Stack one variable's messages into (time, lead, member, level, lat, lon)."""
+    first = msgs[0]
+    other_levels = {(m.type_of_level, m.level) for m in msgs if _level_key(m) is None}
+    if len(other_levels) > 1:
+        raise ReaderError(f"{first.path}: variable {first.short_name!r} on several non-pressure "
+                          f"levels {sorted(other_levels)}; only pressure levels become a level dim")
+    if kind == "forecast":
+        times = sorted({m.init_time for m in msgs})
+        leads = sorted({m.lead_time for m in msgs})
+        t_of = lambda m: m.init_time  # noqa: E731
+    else:
+        times = sorted({m.valid_time for m in msgs})
+        leads = [np.timedelta64(0, "ns")]
+        t_of = lambda m: m.valid_time  # noqa: E731
+    numbers = sorted({m.number for m in msgs})
+    levels = sorted({_level_key(m) for m in msgs}, key=lambda x: -1 if x is None else x)
+    has_level = levels != [None]
+    has_member = kind == "forecast" or len(numbers) > 1
+    ti = {t: i for i, t in enumerate(times)}
+    li = {v: i for i, v in enumerate(leads)}
+    ni = {v: i for i, v in enumerate(numbers)}
+    vi = {v: i for i, v in enumerate(levels)}
+    shape = (len(times), len(leads), len(numbers), len(levels), lat.size, lon.size)
+    data = np.full(shape, np.nan, dtype=np.float32)
+    filled = np.zeros(shape[:4], dtype=bool)
+    for m in msgs:
+        idx = (ti[t_of(m)], li[m.lead_time if kind == "forecast" else leads[0]], ni[m.number], vi[_level_key(m)])
+        data[idx] = m.values
+        filled[idx] = True
+    holes = [f"{_hours(leads[j])}h" for j in range(len(leads)) if not filled[:, j].all()]
+    dims = [schema.INIT_TIME if kind == "forecast" else schema.TIME, schema.LEAD_TIME, schema.MEMBER,
+            schema.LEVEL, schema.LATITUDE, schema.LONGITUDE]
+    coords = {dims[0]: np.array(times), schema.LEAD_TIME: np.array(leads), schema.MEMBER: np.array(numbers),
+              schema.LEVEL: np.array([0 if v is None else v for v in levels]),
+              schema.LATITUDE: lat, schema.LONGITUDE: lon}
+    da = xr.DataArray(data, dims=dims, coords=coords)
+    drop = [] if kind == "forecast" else [schema.LEAD_TIME]
+    if not has_level:
+        drop.append(schema.LEVEL)
+    if not has_member:
+        drop.append(schema.MEMBER)
+    da = da.isel({d: 0 for d in drop}, drop=True)
+    attrs = {"units": first.units, "GRIB_shortName": first.short_name}
+    if not has_level and first.type_of_level not in ("surface", "meanSea"):
+        attrs.update(grib_type_of_level=first.type_of_level, grib_level=first.level)
+    da.attrs = attrs
+    return da, holes
+
+
+def _alignment_holes(ds: xr.Dataset, arrays: dict[str, xr.DataArray]) -> list[str]:
+    out = []
+    if schema.LEAD_TIME in ds.dims:
+        for name, da in arrays.items():
+            if schema.LEAD_TIME in da.dims:
+                have = set(da[schema.LEAD_TIME].values.tolist())
+                out.extend(f"{name}@{_hours(v)}h" for v in ds[schema.LEAD_TIME].values if v.item() not in have)
+    return out
+
+
+def _hours(td) -> str:
+    h = pd.Timedelta(td) / pd.Timedelta(hours=1)
+    return f"{h:g}"
+
+
+def _grid_str(g: tuple) -> str:
+    return f"{g[1]}x{g[2]} ({g[3]}N {g[4]}E .. {g[5]}N {g[6]}E)"
