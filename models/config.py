@@ -1,0 +1,149 @@
+"""Typed configuration of the ``model``, ``train`` and ``predict`` sections of ``enspp.yaml``.
+
+Each section is a frozen pydantic model that refuses unknown keys.  :func:`load_sections`
+reads the YAML file into its raw sections (a helper the flows layer may reuse) and
+:func:`parse_section` turns one section into its model with an error naming the file, the
+section and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+#: the sections one ``enspp.yaml`` may hold (ARCHITECTURE.md, "Configuration")
+KNOWN_SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")
+
+ModelName = Literal["emos_local", "emos_global", "mlp", "unet", "mixed"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or section is malformed; the message names the file and key."""
+
+
+class ModelConfig(BaseModel):
+    """Which post-processing model to build and its hyper-parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: ModelName = "mixed"
+    distribution: Literal["gaussian", "censored_logistic"] = "gaussian"
+    #: hyper-parameters passed to the model as ``ModelSpec.options`` (model-specific)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, early stopping, seeds and the Lightning ``Trainer`` settings.
+
+    CPU by default; GPU / multi-GPU DDP need only ``accelerator``, ``devices``, ``strategy``
+    (and ``num_nodes``) here, nothing else changes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_epochs: int = Field(20, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_clip_val: float | None = Field(None, gt=0)
+    #: epochs without improvement of the *validation* CRPS before stopping; None disables
+    early_stopping_patience: int | None = Field(5, ge=1)
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    #: estimator of the raw-ensemble CRPS logged beside the model's for comparison
+    ensemble_estimator: Literal["fair", "standard"] = "fair"
+    seed: int = 0
+    #: "warn" asks torch for deterministic algorithms and only warns where none exists
+    deterministic: bool | Literal["warn"] = "warn"
+    accelerator: str = "cpu"
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str = "32-true"
+    log_every_n_steps: int = Field(10, ge=1)
+    limit_train_batches: int | float = Field(1.0, gt=0)
+    limit_val_batches: int | float = Field(1.0, gt=0)
+    progress_bar: bool = True
+    #: name of the run directory under ``WORKDIR/runs``; default: a timestamp and the seed
+    run_id: str | None = None
+
+    @field_validator("run_id")
+    @classmethod
+    def _plain_run_id(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or "\\" in v or v in (".", "..")):
+            raise ValueError(f"run_id {v!r} must be a plain directory name")
+        return v
+
+
+class PredictConfig(BaseModel):
+    """What ``enspp predict`` writes: members, quantiles, format, tiling."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: probability levels of ``<v>_quantiles``
+    quantiles: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
+    #: number M of ECC members written (may exceed the K input members)
+    n_members: int = Field(10, ge=1)
+    fmt: Literal["zarr", "netcdf"] = "zarr"
+    #: grid points shared by neighbouring tiles when the grid exceeds the training patch
+    tile_overlap: int = Field(8, ge=0)
+    #: tiles per forward pass
+    batch_size: int = Field(4, ge=1)
+    #: seed of the ECC rank resampling when M > K
+    seed: int = 0
+
+    @field_validator("quantiles")
+    @classmethod
+    def _valid_quantiles(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < q < 1.0 for q in v):
+            raise ValueError(f"quantiles must lie strictly between 0 and 1, got {list(v)}")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"quantiles must be strictly increasing, got {list(v)}")
+        return tuple(float(q) for q in v)
+
+
+def load_sections(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read ``enspp.yaml`` into ``{section: mapping}`` (sections absent from the file are absent).
+
+    Raises :class:`ConfigError` for a file that is not YAML, not a mapping, holds an unknown
+    section, or a section that is not a mapping; ``FileNotFoundError`` if it does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
+                          f"got {type(raw).__name__}")
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        if key not in KNOWN_SECTIONS:
+            raise ConfigError(f"{path}: unknown section {key!r} (known: {list(KNOWN_SECTIONS)})")
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: section {key!r} must be a mapping, "
+                              f"got {type(value).__name__}")
+        sections[str(key)] = value
+    return sections
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def parse_section(sections: dict[str, dict[str, Any]], name: str, cls: type[C], *,
+                  source: str | Path = "config") -> C:
+    """Build ``cls`` from ``sections[name]`` (defaults when absent); errors name file and key."""
+    try:
+        return cls.model_validate(sections.get(name, {}))
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{source}: section {name!r}: {problems}") from None

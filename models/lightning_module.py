@@ -1,0 +1,129 @@
+"""The LightningModule: a PostProcessor trained on its distribution's closed-form CRPS.
+
+Logged (per epoch, CSV/TensorBoard): ``train/crps_<estimator>`` and ``val/crps_<estimator>``
+(the loss: CRPS over valid targets divided by each target's global std, so targets in
+different units weigh alike), the raw ensemble's ``val/crps_raw_<fair|standard>`` on the same
+scale, and per target in physical units ``val/crps_<estimator>/<target>`` and
+``val/crps_raw_<fair|standard>/<target>``.  Early stopping and the best checkpoint follow
+``val/crps_<estimator>`` (:func:`monitor_name`): validation, never test.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from models.checkpoint import METADATA_KEY, CheckpointMetadata
+from models.config import TrainConfig
+from models.losses import crps_ensemble, distribution_crps, reduce_crps
+
+#: checkpoint entry holding the RNG states, so a resumed run draws what an uninterrupted one would
+RNG_KEY = "enspp_rng_states"
+
+
+def monitor_name(distribution: str) -> str:
+    """The validation metric early stopping and the best checkpoint follow."""
+    return f"val/crps_{distribution}"
+
+
+class PostProcessingModule(L.LightningModule):
+    """Wrap ``model`` (a PostProcessor with ``spec``) with its loss, optimiser and metadata."""
+
+    def __init__(self, model: torch.nn.Module, *, train_config: TrainConfig,
+                 target_scale: torch.Tensor, metadata: CheckpointMetadata | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.train_config = train_config
+        self.metadata = metadata
+        self.distribution: str = model.spec.distribution
+        self.targets: tuple[str, ...] = tuple(model.spec.targets)
+        self.target_channels: tuple[int, ...] = tuple(int(c) for c in model.spec.target_channels)
+        scale = torch.as_tensor(target_scale, dtype=torch.float32).reshape(-1)
+        if scale.numel() != len(self.targets) or not bool(torch.all(scale > 0)):
+            raise ValueError(f"target_scale must hold one positive value per target "
+                             f"{list(self.targets)}, got {scale.tolist()}")
+        self.register_buffer("target_scale", scale)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model(batch)
+
+    # -- losses ---------------------------------------------------------------------------
+    def _model_loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return reduce_crps(lambda y: distribution_crps(out, y, distribution=self.distribution),
+                           target, target_scale=self.target_scale)
+
+    def _raw_members(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, K, T, H, W]``: the raw members of each target at the target lead."""
+        return batch["inputs"][:, :, list(self.target_channels)]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._model_loss(self(batch), batch["target"])
+        self.log(monitor_name(self.distribution).replace("val/", "train/"), loss,
+                 on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch["target"].shape[0], sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        target = batch["target"]
+        out = self(batch)
+        n = target.shape[0]
+        est = self.train_config.ensemble_estimator
+        raw = self._raw_members(batch)
+        loss = self._model_loss(out, target)
+        raw_loss = reduce_crps(lambda y: crps_ensemble(raw, y, member_dim=1, estimator=est),
+                               target, target_scale=self.target_scale)
+        log = dict(on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log(monitor_name(self.distribution), loss, prog_bar=True, **log)
+        self.log(f"val/crps_raw_{est}", raw_loss, **log)
+        ones = torch.ones_like(self.target_scale[:1])
+        for t, name in enumerate(self.targets):
+            y = target[:, t:t + 1]
+            sub = {k: v[:, t:t + 1] for k, v in out.items() if v.dim() == target.dim()}
+            self.log(f"{monitor_name(self.distribution)}/{name}",
+                     reduce_crps(lambda z: distribution_crps(sub, z,
+                                                             distribution=self.distribution),
+                                 y, target_scale=ones), **log)
+            self.log(f"val/crps_raw_{est}/{name}",
+                     reduce_crps(lambda z: crps_ensemble(raw[:, :, t:t + 1], z, estimator=est),
+                                 y, target_scale=ones), **log)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = self.train_config
+        cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return cls(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    # -- checkpoint hooks -----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.metadata is not None:
+            checkpoint[METADATA_KEY] = self.metadata.to_checkpoint()
+        checkpoint[RNG_KEY] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if RNG_KEY in checkpoint:
+            restore_rng_states(checkpoint[RNG_KEY])
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """The CPU RNG states of torch, numpy and Python as plain types and tensors."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": list(state), "gauss": gauss},
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`collect_rng_states`."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))

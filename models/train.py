@@ -1,0 +1,226 @@
+"""``train(...)``: fit a post-processing model with Lightning into ``WORKDIR/runs/<run-id>/``.
+
+A run directory holds::
+
+    runs/<run-id>/
+      config.yaml                 resolved pipeline/model/train sections
+      checkpoints/best.ckpt       lowest validation CRPS (never test)
+      checkpoints/last.ckpt       end of the latest epoch (resume from here)
+      logs/csv/version_<n>/metrics.csv   per-epoch metrics (CSV), one version per session
+      logs/tensorboard/version_<n>/      the same as TensorBoard event files
+
+Resuming from a checkpoint inside a run directory continues that run: the same directory,
+epoch counter, optimizer, early-stopping and RNG states.  CPU by default; GPU and multi-GPU
+DDP come from :class:`~models.config.TrainConfig`'s Trainer fields alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from data import schema
+from models.checkpoint import (CheckpointMetadata, CheckpointMismatchError, code_version,
+                               git_commit, read_checkpoint, spec_to_dict)
+from models.config import ModelConfig, TrainConfig
+from models.lightning_module import PostProcessingModule, monitor_name
+from models.normalize import resolve_stats
+
+RUNS_DIR = "runs"
+CHECKPOINT_DIR = "checkpoints"
+BEST_NAME = "best"
+LAST_NAME = "last"
+
+
+class TrainingData(Protocol):
+    """What :func:`train` reads from the pipeline's DataModule (after ``setup("fit")``)."""
+
+    channels: tuple[str, ...]
+    targets: tuple[str, ...]
+    target_channels: tuple[int, ...]
+    static_names: tuple[str, ...]
+
+    def setup(self, stage: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run wrote its files and how it ended."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    #: the metric early stopping and the best checkpoint followed, e.g. ``val/crps_gaussian``
+    monitor: str
+    best_score: float
+    #: the raw ensemble's validation CRPS on the same scale (``val/crps_raw_<estimator>``)
+    raw_score: float | None
+    #: epochs completed in the run (a resumed run counts the earlier ones too)
+    epochs: int
+    #: this session's metrics (a resumed run writes a new ``version_<n>``)
+    metrics_csv: Path
+
+
+def new_run_id(seed: int) -> str:
+    """``YYYYmmdd-HHMMSS-s<seed>`` (UTC) — sortable and readable."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-s{seed}"
+
+
+def run_dir_of_checkpoint(path: Path) -> Path | None:
+    """The run directory holding ``path`` (``runs/<id>/checkpoints/x.ckpt``), else ``None``."""
+    path = Path(path).resolve()
+    if path.parent.name == CHECKPOINT_DIR and path.parent.parent.parent.name == RUNS_DIR:
+        return path.parent.parent
+    return None
+
+
+def build_spec(data: Any, model: ModelConfig, *, n_members: int, grid_shape: tuple[int, int]):
+    """The ``ModelSpec`` of ``model`` on the DataModule's channels and statistics."""
+    from models.base import ModelSpec
+
+    return ModelSpec(
+        name=model.name, channels=tuple(data.channels), targets=tuple(data.targets),
+        target_channels=tuple(int(c) for c in data.target_channels),
+        static_names=tuple(data.static_names), n_members=int(n_members),
+        grid_shape=tuple(int(n) for n in grid_shape), stats=data.stats.to_dict(),
+        distribution=model.distribution, options=dict(model.options))
+
+
+def target_scale_of(spec: Any) -> torch.Tensor:
+    """Global std of each target (the loss divides by it so targets weigh alike)."""
+    resolved = resolve_stats(spec.stats, channels=spec.channels, targets=spec.targets,
+                             target_channels=spec.target_channels, grid_shape=spec.grid_shape)
+    return torch.as_tensor(resolved["target_std"], dtype=torch.float32)
+
+
+def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
+                   train: TrainConfig) -> CheckpointMetadata:
+    """Everything a checkpoint carries besides the weights."""
+    variables = tuple(pipeline.features.variables)
+    levels = sorted({lev for v in variables
+                     if (lev := schema.split_level_name(v)[1]) is not None})
+    stats = spec.stats
+    return CheckpointMetadata(
+        spec=spec_to_dict(spec), channels=tuple(spec.channels), targets=tuple(spec.targets),
+        variables=variables, levels=tuple(levels), n_members=int(spec.n_members),
+        member_strategy=pipeline.members.strategy, estimator=spec.distribution,
+        distribution=spec.distribution,
+        latitude=tuple(float(x) for x in np.asarray(data.latitude)),
+        longitude=tuple(float(x) for x in np.asarray(data.longitude)),
+        patch_shape=(None if pipeline.batches.patch_size is None
+                     else (pipeline.batches.patch_size, pipeline.batches.patch_size)),
+        data_version=_opt_str(getattr(data, "data_version", None)),
+        data_hash=_opt_str(stats.get("hash") if isinstance(stats, dict) else None),
+        pipeline=pipeline.model_dump(mode="json"), model=model.model_dump(mode="json"),
+        train=train.model_dump(mode="json"), code_version=code_version(),
+        git_commit=git_commit(), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, np.ndarray):
+        v = v.item() if v.size == 1 else v.tolist()
+    return str(v)
+
+
+def _check_resume(path: Path, spec: Any) -> None:
+    """A resumed checkpoint must hold the model the config describes."""
+    _, meta = read_checkpoint(path)
+    for key in ("name", "channels", "targets", "distribution", "n_members", "grid_shape"):
+        old, new = meta.spec.get(key), getattr(spec, key)
+        if tuple(np.atleast_1d(old).tolist()) != tuple(np.atleast_1d(new).tolist()):
+            raise CheckpointMismatchError(
+                f"resume: checkpoint {path} has {key} = {old!r} but the config gives {new!r}")
+
+
+def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str) -> L.Trainer:
+    """The Lightning Trainer with checkpoints, early stopping and CSV/TensorBoard loggers."""
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST_NAME, monitor=monitor,
+                                 mode="min", save_top_k=1, save_last=True,
+                                 auto_insert_metric_name=False, enable_version_counter=False)
+    checkpoint.CHECKPOINT_NAME_LAST = LAST_NAME
+    callbacks: list[Any] = [checkpoint]
+    if train.early_stopping_patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="min",
+                                       patience=train.early_stopping_patience,
+                                       min_delta=train.early_stopping_min_delta))
+    # one version per session (a resumed run adds version_1, ...): Lightning's CSV logger
+    # would otherwise delete the earlier session's metrics.csv
+    loggers = [CSVLogger(save_dir=run_dir / "logs", name="csv"),
+               TensorBoardLogger(save_dir=run_dir / "logs", name="tensorboard",
+                                 default_hp_metric=False)]
+    return L.Trainer(
+        max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
+        strategy=train.strategy, num_nodes=train.num_nodes, precision=train.precision,
+        deterministic=train.deterministic, gradient_clip_val=train.gradient_clip_val,
+        log_every_n_steps=train.log_every_n_steps, enable_progress_bar=train.progress_bar,
+        limit_train_batches=train.limit_train_batches,
+        limit_val_batches=train.limit_val_batches, callbacks=callbacks, logger=loggers,
+        default_root_dir=run_dir, enable_model_summary=False)
+
+
+def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
+          workdir: str | Path, resume: str | Path | None = None,
+          datamodule: Any | None = None) -> TrainResult:
+    """Train ``model`` on the pipeline's data; return where the run lives and its scores.
+
+    ``pipeline`` is a ``pipeline.PipelineConfig``; ``datamodule`` overrides the DataModule
+    built from it (tests).  ``resume`` continues from a checkpoint; when it lies in
+    ``WORKDIR/runs/<id>/checkpoints`` the run continues in that directory.
+    """
+    L.seed_everything(train_config.seed, workers=True, verbose=False)
+    data = datamodule if datamodule is not None else _build_datamodule(pipeline, workdir)
+    data.setup("fit")
+    spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape)
+    if resume is not None:
+        resume = Path(resume)
+        _check_resume(resume, spec)
+    from models.base import build_model
+
+    metadata = build_metadata(spec, data=data, pipeline=pipeline, model=model, train=train_config)
+    module = PostProcessingModule(build_model(spec), train_config=train_config,
+                                  target_scale=target_scale_of(spec), metadata=metadata)
+    run_dir = (run_dir_of_checkpoint(resume) if resume is not None else None) or (
+        Path(workdir) / RUNS_DIR / (train_config.run_id or new_run_id(train_config.seed)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
+    monitor = monitor_name(spec.distribution)
+    trainer = make_trainer(train_config, run_dir=run_dir, monitor=monitor)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=False)
+    ckpt_cb = trainer.checkpoint_callback
+    best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else run_dir / CHECKPOINT_DIR / f"{BEST_NAME}.ckpt"
+    raw = trainer.callback_metrics.get(f"val/crps_raw_{train_config.ensemble_estimator}")
+    return TrainResult(
+        run_dir=run_dir, best_checkpoint=best,
+        last_checkpoint=run_dir / CHECKPOINT_DIR / f"{LAST_NAME}.ckpt", monitor=monitor,
+        best_score=float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
+        else float("nan"),
+        raw_score=None if raw is None else float(raw), epochs=int(trainer.current_epoch),
+        metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv")
+
+
+def _write_config(path: Path, *, pipeline: Any, model: ModelConfig, train: TrainConfig) -> None:
+    sections = {"pipeline": pipeline.model_dump(mode="json"),
+                "model": model.model_dump(mode="json"), "train": train.model_dump(mode="json")}
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+
+
+def _build_datamodule(pipeline: Any, workdir: str | Path) -> Any:
+    from pipeline.datamodule import EnsembleDataModule
+
+    return EnsembleDataModule(pipeline, workdir=Path(workdir))
