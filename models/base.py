@@ -1,0 +1,360 @@
+"""The model contract: :class:`ModelSpec`, :func:`build_model`, :class:`PostProcessor`.
+
+Every model maps a pipeline batch (``inputs [B,K,C,H,W]`` physical units, ``static
+[B,S,H,W]``, ``y0``/``x0`` ``[B]``) to the predictive distribution of the targets, in the
+targets' physical units::
+
+    gaussian:          {"mu", "sigma"}                      each [B, T, H, W]
+    censored_logistic: {"mu", "sigma", "loc", "scale"}      mu/sigma = mean/std of the censored
+                                                            distribution, loc/scale = the latent
+                                                            logistic (censored at 0)
+
+Normalisation statistics are buffers (``model.norm``), so ``state_dict`` is self-describing;
+``ModelSpec.to_dict()``/``from_dict()`` round-trip the spec for a checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.distributions import censored_logistic_moments
+from models.losses import (
+    DISTRIBUTIONS,
+    LossError,
+    crps_ensemble,
+    distribution_crps,
+    reduce_crps,
+)
+from models.normalize import Normalizer, resolve_stats
+
+MODEL_NAMES: tuple[str, ...] = ("emos_local", "emos_global", "mlp", "unet", "mixed")
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "emos_local": ("models.emos", "LocalEMOS"),
+    "emos_global": ("models.emos", "GlobalEMOS"),
+    "mlp": ("models.mlp", "MLPModel"),
+    "unet": ("models.unet", "UNetModel"),
+    "mixed": ("models.mixed", "MixedModel"),
+}
+#: the closed-form CRPS estimator a model of each distribution is trained and scored with
+CLOSED_FORM_ESTIMATOR: dict[str, str] = {d: d for d in DISTRIBUTIONS}
+_LOGISTIC_SCALE_PER_STD = math.sqrt(3.0) / math.pi
+
+
+class ModelSpecError(ValueError):
+    """A model spec, its options, or a batch given to a model is inconsistent."""
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """Everything needed to build a model and to rebuild it from a checkpoint.
+
+    ``grid_shape`` is ``(Ny, Nx)`` of the full grid, or ``(n_stations, 1)`` for point data
+    (then batches carry the station index in ``x0``). ``stats`` is
+    ``pipeline.stats.NormStats.to_dict()`` (see :mod:`models.normalize` for accepted keys).
+    """
+
+    name: str
+    channels: tuple[str, ...]
+    targets: tuple[str, ...]
+    target_channels: tuple[int, ...]
+    static_names: tuple[str, ...]
+    n_members: int
+    grid_shape: tuple[int, int]
+    stats: Mapping[str, Any]
+    distribution: str = "gaussian"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "targets", "static_names"):
+            object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
+        object.__setattr__(self, "target_channels", tuple(int(v) for v in self.target_channels))
+        object.__setattr__(self, "grid_shape", tuple(int(v) for v in self.grid_shape))
+        object.__setattr__(self, "options", dict(self.options))
+        if self.name not in MODEL_NAMES:
+            raise ModelSpecError(f"unknown model name {self.name!r}: expected one of {MODEL_NAMES}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ModelSpecError(
+                f"unknown distribution {self.distribution!r}: expected one of {DISTRIBUTIONS}"
+            )
+        if not self.channels or not self.targets:
+            raise ModelSpecError("a model spec needs at least one channel and one target")
+        if len(self.target_channels) != len(self.targets):
+            raise ModelSpecError(
+                f"target_channels {self.target_channels} must give one channel index per target "
+                f"{self.targets}"
+            )
+        bad = [i for i in self.target_channels if not 0 <= i < len(self.channels)]
+        if bad:
+            raise ModelSpecError(
+                f"target_channels {bad} out of range for {len(self.channels)} channels"
+            )
+        if int(self.n_members) < 1:
+            raise ModelSpecError(f"n_members must be >= 1, got {self.n_members}")
+        if len(self.grid_shape) != 2 or min(self.grid_shape) < 1:
+            raise ModelSpecError(f"grid_shape must be (Ny, Nx) with both >= 1, got {self.grid_shape}")
+        resolve_stats(
+            self.stats,
+            channels=self.channels,
+            targets=self.targets,
+            target_channels=self.target_channels,
+            grid_shape=self.grid_shape,
+        )
+
+    @property
+    def is_point(self) -> bool:
+        """Point (station) data: ``grid_shape == (n_stations, 1)``."""
+        return self.grid_shape[1] == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types and numpy arrays, for a checkpoint's metadata."""
+        return {
+            "name": self.name,
+            "channels": list(self.channels),
+            "targets": list(self.targets),
+            "target_channels": list(self.target_channels),
+            "static_names": list(self.static_names),
+            "n_members": int(self.n_members),
+            "grid_shape": list(self.grid_shape),
+            "stats": {k: np.asarray(v) for k, v in self.stats.items()},
+            "distribution": self.distribution,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelSpecError(f"model spec dict has unknown keys {unknown}")
+        missing = sorted(k for k in known - set(d) if k not in ("distribution", "options"))
+        if missing:
+            raise ModelSpecError(f"model spec dict lacks keys {missing}")
+        return cls(**dict(d))
+
+
+def build_model(spec: ModelSpec) -> PostProcessor:
+    """Build the (untrained) model named by ``spec.name``."""
+    if not isinstance(spec, ModelSpec):
+        raise ModelSpecError(f"build_model needs a ModelSpec, got {type(spec).__name__}")
+    module, cls_name = _REGISTRY[spec.name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    return cls(spec)
+
+
+def ensemble_moments(members: torch.Tensor, *, member_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ensemble mean and sample std (``ddof=1``; 0 for a single member) over ``member_dim``."""
+    mean = members.mean(dim=member_dim)
+    if members.shape[member_dim] < 2:
+        return mean, torch.zeros_like(mean)
+    return mean, members.std(dim=member_dim, unbiased=True)
+
+
+class PostProcessor(nn.Module):
+    """Base of all models: normalisation buffers, batch checks, the distribution head, the loss.
+
+    Subclasses implement :meth:`_forward` and declare their hyper-parameters with defaults in
+    ``DEFAULTS`` (unknown ``spec.options`` keys are errors). Common options:
+    ``normalization`` (``"local"`` per grid point/station, or ``"global"``), ``sigma_eps``
+    (floor of the raw ensemble std as a fraction of the target's global std, so a zero-spread
+    ensemble still gives a positive scale) and ``sigma_floor_init`` (pre-softplus value of the
+    learned additive floor, also relative to the target std; ``-16`` adds ~1e-7 std, so an
+    untrained model reproduces the raw ensemble to ~1e-6 relative).
+    """
+
+    COMMON: ClassVar[dict[str, Any]] = {
+        "normalization": "local",
+        "sigma_eps": 1e-4,
+        "sigma_floor_init": -16.0,
+    }
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.distribution = spec.distribution
+        self.crps_estimator = CLOSED_FORM_ESTIMATOR[spec.distribution]
+        self.options = self._resolve_options(spec.options)
+        if self.options["normalization"] not in ("local", "global"):
+            raise ModelSpecError(
+                f"option normalization={self.options['normalization']!r}: expected 'local' or 'global'"
+            )
+        resolved = resolve_stats(
+            spec.stats,
+            channels=spec.channels,
+            targets=spec.targets,
+            target_channels=spec.target_channels,
+            grid_shape=spec.grid_shape,
+        )
+        self.norm = Normalizer(resolved, point=spec.is_point)
+        self.register_buffer("target_index", torch.tensor(spec.target_channels, dtype=torch.long))
+        n_t = len(spec.targets)
+        self.sigma_floor = nn.Parameter(torch.full((n_t,), float(self.options["sigma_floor_init"])))
+
+    def _resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        defaults = {**self.COMMON, **self.DEFAULTS}
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise ModelSpecError(
+                f"unknown option(s) {unknown} for model {self.spec.name!r}: "
+                f"known options are {sorted(defaults)}"
+            )
+        return {**defaults, **dict(options)}
+
+    # ---- batch handling -------------------------------------------------------------------
+    def check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Raise :class:`ModelSpecError` naming the key when a batch does not fit the spec."""
+        for key in ("inputs", "y0", "x0"):
+            if key not in batch:
+                raise ModelSpecError(f"batch lacks key {key!r} (has {sorted(batch)})")
+        x = batch["inputs"]
+        if x.dim() != 5 or x.shape[2] != len(self.spec.channels) or x.shape[1] < 1:
+            raise ModelSpecError(
+                f"batch['inputs'] has shape {tuple(x.shape)}, expected [B, K>=1, "
+                f"C={len(self.spec.channels)}, H, W]"
+            )
+        n_s = len(self.spec.static_names)
+        static = batch.get("static")
+        if n_s and static is None:
+            raise ModelSpecError(f"batch lacks key 'static' for static fields {self.spec.static_names}")
+        if static is not None and tuple(static.shape) != (x.shape[0], n_s, *x.shape[3:]):
+            raise ModelSpecError(
+                f"batch['static'] has shape {tuple(static.shape)}, expected "
+                f"{(x.shape[0], n_s, *x.shape[3:])} (static_names {self.spec.static_names})"
+            )
+        if self.spec.is_point and tuple(x.shape[3:]) != (1, 1):
+            raise ModelSpecError(f"point data need H = W = 1, got inputs {tuple(x.shape)}")
+
+    def static(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        x = batch["inputs"]
+        s = batch.get("static")
+        if s is None:
+            return x.new_zeros((x.shape[0], 0, *x.shape[3:]))
+        return s.to(x.dtype)
+
+    def channel_stats(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Channel mean and std, ``[B, C, H, W]`` (local) or ``[1, C, 1, 1]`` (global)."""
+        if self.options["normalization"] == "global":
+            return self.norm.channel_mean[None, :, None, None], self.norm.channel_std[None, :, None, None]
+        h, w = batch["inputs"].shape[3:]
+        return (
+            self.norm.lookup("channel_mean_local", batch["y0"], batch["x0"], h, w),
+            self.norm.lookup("channel_std_local", batch["y0"], batch["x0"], h, w),
+        )
+
+    def raw_target_members(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The raw members of each target's channel, ``[B, K, T, H, W]`` physical."""
+        return batch["inputs"].index_select(2, self.target_index)
+
+    def ensemble_features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised ensemble mean and std of every channel, ``[B, 2C, H, W]``."""
+        mean, std = ensemble_moments(batch["inputs"])
+        c_mean, c_std = self.channel_stats(batch)
+        return torch.cat([(mean - c_mean) / c_std, std / c_std], dim=1)
+
+    # ---- distribution head ----------------------------------------------------------------
+    def _tstd(self) -> torch.Tensor:
+        return self.norm.target_std[None, :, None, None]
+
+    def head(self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``mu = mu_ens + s * a``, ``sigma = s * exp(b) + floor`` with ``s`` the raw ensemble
+        std of the target channel floored at ``sigma_eps`` target stds; ``a = b = 0``
+        reproduces the raw ensemble mean/std (up to the tiny initial learned floor)."""
+        mu_ens, sd_ens = ensemble_moments(self.raw_target_members(batch))
+        s = torch.maximum(sd_ens, self.options["sigma_eps"] * self._tstd())
+        return self.finish(mu_ens + s * a, s * torch.exp(b.clamp(-20.0, 20.0)))
+
+    def finish(self, loc: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Add the learned floor and return the output dict of ``self.distribution``.
+
+        ``scale`` is the predictive std; for ``censored_logistic`` it is converted to the
+        logistic scale (``std * sqrt(3) / pi``) of the latent (uncensored) distribution.
+        """
+        floor = nn.functional.softplus(self.sigma_floor)[None, :, None, None] * self._tstd()
+        scale = scale + floor
+        if self.distribution == "gaussian":
+            return {"mu": loc, "sigma": scale}
+        scale = scale * _LOGISTIC_SCALE_PER_STD
+        mean, std = censored_logistic_moments(loc, scale)
+        return {"mu": mean, "sigma": std, "loc": loc, "scale": scale}
+
+    # ---- forward and loss -----------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
+        return self._forward(batch)
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement _forward")
+
+    def loss(
+        self, out: Mapping[str, torch.Tensor], target: torch.Tensor, *, estimator: str | None = None
+    ) -> torch.Tensor:
+        """Mean closed-form CRPS over valid targets, each divided by its target's global std.
+
+        ``estimator`` defaults to (and must equal) ``self.crps_estimator``.
+        """
+        return _distribution_loss(out, target, self.norm.target_std, self.distribution, estimator)
+
+    def raw_loss(self, batch: Mapping[str, torch.Tensor], *, estimator: str = "fair") -> torch.Tensor:
+        """The same normalised mean CRPS for the raw members of the target channels
+        (ensemble estimator ``fair`` or ``standard``): the baseline to beat."""
+        members = self.raw_target_members(batch)
+        return reduce_crps(
+            lambda y: crps_ensemble(members, y, member_dim=1, estimator=estimator),  # type: ignore[arg-type]
+            batch["target"],
+            target_scale=self.norm.target_std,
+        )
+
+
+def _distribution_loss(
+    out: Mapping[str, torch.Tensor],
+    target: torch.Tensor,
+    target_std: torch.Tensor,
+    distribution: str,
+    estimator: str | None,
+) -> torch.Tensor:
+    expected = CLOSED_FORM_ESTIMATOR[distribution]
+    if estimator is not None and estimator != expected:
+        raise LossError(
+            f"estimator {estimator!r} does not apply to a {distribution!r} model: its CRPS "
+            f"estimator is {expected!r} (closed form)"
+        )
+    return reduce_crps(
+        lambda y: distribution_crps(out, y, distribution=distribution), target, target_scale=target_std
+    )
+
+
+def loss_for(spec: ModelSpec):  # noqa: ANN201 - returns a closure
+    """The loss function of ``spec`` without building the model:
+    ``fn(out, target, *, estimator=None) -> scalar`` (same as :meth:`PostProcessor.loss`)."""
+    std = resolve_stats(
+        spec.stats,
+        channels=spec.channels,
+        targets=spec.targets,
+        target_channels=spec.target_channels,
+        grid_shape=spec.grid_shape,
+    )["target_std"]
+    std_t = torch.as_tensor(std)
+
+    def fn(out: Mapping[str, torch.Tensor], target: torch.Tensor, *, estimator: str | None = None) -> torch.Tensor:
+        return _distribution_loss(out, target, std_t.to(target.device), spec.distribution, estimator)
+
+    return fn
+
+
+def as_sequence(value: Any, name: str) -> Sequence[int]:
+    """An int or a sequence of ints from an option (``hidden=64`` or ``hidden=[64, 64]``)."""
+    if isinstance(value, int):
+        return [value]
+    try:
+        seq = [int(v) for v in value]
+    except TypeError as err:
+        raise ModelSpecError(f"option {name}={value!r} must be an int or a list of ints") from err
+    return seq
