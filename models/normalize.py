@@ -132,20 +132,30 @@ class Normalizer(nn.Module):
 
     def lookup(self, key: str, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """The local statistic ``key`` for each batch element's patch: ``[B, n, h, w]``."""
-        table: torch.Tensor = getattr(self, key)
-        ny, nx = table.shape[1:]
-        y0 = y0.to(device=table.device, dtype=torch.long).reshape(-1)
-        x0 = x0.to(device=table.device, dtype=torch.long).reshape(-1)
-        if self.point:
-            if (h, w) != (1, 1):
-                raise StatsError(f"point data need H = W = 1 per station, got H={h}, W={w}")
-            _check_range(x0, ny, "x0 (station index)")
-            return table[:, x0, 0].transpose(0, 1)[:, :, None, None]
-        _check_range(y0, ny - h + 1, f"y0 (patch of height {h} in a grid of {ny} rows)")
-        _check_range(x0, nx - w + 1, f"x0 (patch of width {w} in a grid of {nx} columns)")
-        iy = y0[:, None] + torch.arange(h, device=table.device)
-        ix = x0[:, None] + torch.arange(w, device=table.device)
-        return table[:, iy[:, :, None], ix[:, None, :]].transpose(0, 1)
+        return gather_patch(getattr(self, key), y0, x0, h, w, point=self.point)
+
+
+def gather_patch(
+    table: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, h: int, w: int, *, point: bool
+) -> torch.Tensor:
+    """Per-batch patches ``[B, n, h, w]`` of a per-grid-point ``table`` ``[n, Ny, Nx]``.
+
+    Grid data: rows ``y0:y0+h``, columns ``x0:x0+w``. Point data (``table`` ``[n, n_stations,
+    1]``): ``x0`` is the station index and ``h = w = 1``. Out-of-range origins raise.
+    """
+    ny, nx = table.shape[1:]
+    y0 = torch.as_tensor(y0).to(device=table.device, dtype=torch.long).reshape(-1)
+    x0 = torch.as_tensor(x0).to(device=table.device, dtype=torch.long).reshape(-1)
+    if point:
+        if (h, w) != (1, 1):
+            raise StatsError(f"point data need H = W = 1 per station, got H={h}, W={w}")
+        _check_range(x0, ny, "x0 (station index)")
+        return table[:, x0, 0].transpose(0, 1)[:, :, None, None]
+    _check_range(y0, ny - h + 1, f"y0 (patch of height {h} in a grid of {ny} rows)")
+    _check_range(x0, nx - w + 1, f"x0 (patch of width {w} in a grid of {nx} columns)")
+    iy = y0[:, None] + torch.arange(h, device=table.device)
+    ix = x0[:, None] + torch.arange(w, device=table.device)
+    return table[:, iy[:, :, None], ix[:, None, :]].transpose(0, 1)
 
 
 def _check_range(idx: torch.Tensor, stop: int, what: str) -> None:
