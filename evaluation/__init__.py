@@ -2,29 +2,106 @@
 
 Public API (everything else is internal):
 
-* metrics: :func:`crps_ensemble` (``estimator="fair" | "standard"``), :func:`crps_gaussian`,
-  :func:`crps_censored`
+* CRPS family (``evaluation.metrics``): :func:`crps_ensemble` (``estimator="fair" |
+  "standard"``), :func:`crps_gaussian`, :func:`crps_censored`, :func:`twcrps`,
+  :func:`twcrps_gaussian`, :func:`climatological_quantile`, :func:`efi`, :func:`eecrps`
+* diagnostics: :func:`ensemble_mean_error` (bias / mae / rmse), :func:`spread_skill_ratio`,
+  :func:`rank_histogram`, :func:`pit_histogram`
+* skill and the registry: :func:`skill_score`, :func:`skill_scores`, :data:`REFERENCES`,
+  :data:`METRICS`, :func:`get_metric`
+* weights: :func:`latitude_weights`, :func:`region_mask`, :func:`region_weights`,
+  :class:`Region`, :data:`REGIONS`
 * aggregation: :func:`weighted_mean`, :func:`score_sums`, :func:`merge_sums`,
-  :func:`finalize_sums`
+  :func:`finalize_sums`, :func:`accumulate_over_chunks`, :func:`observation_at_valid_time`
+* uncertainty: :func:`bootstrap_skill`, :func:`diebold_mariano`
 """
 
 from evaluation.aggregate import (
     AggregationError,
+    accumulate_over_chunks,
     finalize_sums,
     merge_sums,
+    observation_at_valid_time,
     score_sums,
+    sums_over,
     weighted_mean,
 )
-from evaluation.metrics import MetricInputError, crps_censored, crps_ensemble, crps_gaussian
+from evaluation.bootstrap import BootstrapError, bootstrap_skill, diebold_mariano
+from evaluation.diagnostics import (
+    ensemble_mean_error,
+    pit_histogram,
+    rank_histogram,
+    spread_skill_ratio,
+)
+from evaluation.metrics import (
+    MetricInputError,
+    climatological_quantile,
+    crps_censored,
+    crps_ensemble,
+    crps_gaussian,
+    eecrps,
+    efi,
+    twcrps,
+    twcrps_gaussian,
+)
+from evaluation.registry import (
+    METRICS,
+    REFERENCES,
+    SYSTEMS,
+    MetricInfo,
+    MissingReferenceError,
+    get_metric,
+    skill_score,
+    skill_scores,
+)
+from evaluation.weights import (
+    REGIONS,
+    Region,
+    RegionError,
+    get_region,
+    latitude_weights,
+    region_mask,
+    region_weights,
+)
 
 __all__ = [
+    "METRICS",
+    "REFERENCES",
+    "REGIONS",
+    "SYSTEMS",
     "AggregationError",
+    "BootstrapError",
+    "MetricInfo",
     "MetricInputError",
+    "MissingReferenceError",
+    "Region",
+    "RegionError",
+    "accumulate_over_chunks",
+    "bootstrap_skill",
+    "climatological_quantile",
     "crps_censored",
     "crps_ensemble",
     "crps_gaussian",
+    "diebold_mariano",
+    "eecrps",
+    "efi",
+    "ensemble_mean_error",
     "finalize_sums",
+    "get_metric",
+    "get_region",
+    "latitude_weights",
     "merge_sums",
+    "observation_at_valid_time",
+    "pit_histogram",
+    "rank_histogram",
+    "region_mask",
+    "region_weights",
     "score_sums",
+    "skill_score",
+    "skill_scores",
+    "spread_skill_ratio",
+    "sums_over",
+    "twcrps",
+    "twcrps_gaussian",
     "weighted_mean",
 ]

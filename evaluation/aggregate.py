@@ -145,3 +145,27 @@ def sums_over(
     """Lazily merged sums of several score chunks (nothing computed on dask input)."""
     parts = [score_sums(s, reduce_dims=reduce_dims, weights=weights) for s in scores]
     return merge_sums(*parts)
+
+
+def observation_at_valid_time(
+    analysis: xr.DataArray,
+    init_time: xr.DataArray,
+    lead_time: xr.DataArray,
+    *,
+    time_dim: str = "time",
+) -> xr.DataArray:
+    """The analysis at ``valid_time = init_time + lead_time``, with dims (init_time,
+    lead_time, ...) so it aligns with a forecast.  Raises if a valid time is missing."""
+    if time_dim not in analysis.dims:
+        raise AggregationError(f"analysis {analysis.name or ''} has no {time_dim!r} dim: dims {tuple(analysis.dims)}")
+    valid = init_time + lead_time  # broadcast to (init_time, lead_time)
+    wanted = np.unique(valid.values.ravel())
+    have = analysis[time_dim].values
+    missing = np.setdiff1d(wanted, have)
+    if missing.size:
+        raise AggregationError(
+            f"analysis {analysis.name or ''} lacks {missing.size} valid time(s) of the forecast, "
+            f"first {str(missing[0])[:19]}; it covers {str(have.min())[:19]}..{str(have.max())[:19]}"
+        )
+    out = analysis.sel({time_dim: valid})
+    return out.drop_vars(time_dim, errors="ignore")

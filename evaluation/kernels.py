@@ -27,55 +27,57 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import guvectorize
+from numba import guvectorize, njit, prange
 from scipy.special import ndtr
 
 ESTIMATORS = ("standard", "fair")
 
-_SIGNATURES = [
-    "void(float32[:], float32, float64[:])",
-    "void(float64[:], float64, float64[:])",
-]
+_INSERTION_MAX = 64  # below this many members insertion sort beats a general sort
 
 
-def _make_crps_kernel(fair: bool):
-    # One compiled gufunc per estimator: no branch on the estimator in the inner loop.
-    @guvectorize(_SIGNATURES, "(m),()->()", nopython=True, cache=True)
-    def kernel(members, obs, out):  # pragma: no cover - compiled
-        y = np.float64(obs)
-        if np.isnan(y):
-            out[0] = np.nan
-            return
-        m_total = members.shape[0]
+def _crps_rows_impl(x, y, fair, out):  # pragma: no cover - compiled
+    n_rows, m_total = x.shape
+    for r in prange(n_rows):
+        yy = np.float64(y[r])
+        if np.isnan(yy):
+            out[r] = np.nan
+            continue
         buf = np.empty(m_total, dtype=np.float64)
         n = 0
         for i in range(m_total):
-            v = np.float64(members[i])
+            v = np.float64(x[r, i])
             if not np.isnan(v):
                 buf[n] = v
                 n += 1
         if n == 0:
-            out[0] = np.nan
-            return
-        xs = np.sort(buf[:n])
+            out[r] = np.nan
+            continue
+        if n <= _INSERTION_MAX:
+            for i in range(1, n):
+                v = buf[i]
+                j = i - 1
+                while j >= 0 and buf[j] > v:
+                    buf[j + 1] = buf[j]
+                    j -= 1
+                buf[j + 1] = v
+            xs = buf
+        else:
+            xs = np.sort(buf[:n])
         abs_sum = 0.0
         spread = 0.0  # sum_k (2k - n - 1) x_(k) = (1/2) sum_ij |x_i - x_j|
         for k in range(n):
-            x = xs[k]
-            abs_sum += abs(x - y)
-            spread += (2.0 * k + 1.0 - n) * x
+            abs_sum += abs(xs[k] - yy)
+            spread += (2.0 * k + 1.0 - n) * xs[k]
         if n == 1:
-            out[0] = abs_sum
+            out[r] = abs_sum
         elif fair:
-            out[0] = abs_sum / n - spread / (n * (n - 1.0))
+            out[r] = abs_sum / n - spread / (n * (n - 1.0))
         else:
-            out[0] = abs_sum / n - spread / (n * n)
-
-    return kernel
+            out[r] = abs_sum / n - spread / (n * n)
 
 
-_crps_standard_gufunc = _make_crps_kernel(False)
-_crps_fair_gufunc = _make_crps_kernel(True)
+_crps_rows_serial = njit(cache=True)(_crps_rows_impl)
+_crps_rows_parallel = njit(parallel=True, cache=True)(_crps_rows_impl)
 
 
 def check_estimator(estimator: str) -> None:
@@ -93,16 +95,29 @@ def _as_float(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def crps_ensemble_kernel(members: np.ndarray, obs: np.ndarray, *, estimator: str = "fair") -> np.ndarray:
-    """Ensemble CRPS over the last axis of ``members`` (float64 result, shape of ``obs``)."""
+def crps_ensemble_kernel(
+    members: np.ndarray, obs: np.ndarray, *, estimator: str = "fair", parallel: bool = True
+) -> np.ndarray:
+    """Ensemble CRPS over the last axis of ``members`` (float64 result, shape of ``obs``).
+
+    Sort-based O(M log M) (insertion sort up to 64 members), float64 accumulation.
+    ``parallel`` spreads the points over numba's threads; use ``False`` inside dask tasks,
+    which are already parallel.
+    """
     check_estimator(estimator)
     members = _as_float(members)
     obs = _as_float(obs)
-    if members.dtype != obs.dtype:
-        dt = np.result_type(members.dtype, obs.dtype)
-        members, obs = members.astype(dt), obs.astype(dt)
-    gufunc = _crps_fair_gufunc if estimator == "fair" else _crps_standard_gufunc
-    return gufunc(members, obs)
+    shape = np.broadcast_shapes(members.shape[:-1], obs.shape)
+    m = members.shape[-1]
+    x = np.ascontiguousarray(np.broadcast_to(members, shape + (m,))).reshape(-1, m)
+    y = np.ascontiguousarray(np.broadcast_to(obs, shape)).reshape(-1)
+    out = np.empty(y.shape[0], dtype=np.float64)
+    if y.shape[0] and m:
+        run = _crps_rows_parallel if parallel else _crps_rows_serial
+        run(x, y, estimator == "fair", out)
+    elif y.shape[0]:
+        out[:] = np.nan
+    return out.reshape(shape)
 
 
 def crps_ensemble_pairwise(members: np.ndarray, obs: np.ndarray, *, estimator: str = "fair") -> np.ndarray:

@@ -74,6 +74,8 @@ def _finish(score: xr.DataArray, attrs: dict, observation: xr.DataArray, reduce_
 def _ensemble_apply(func, forecast, observation, member_dim, **kwargs) -> xr.DataArray:
     _check_member_dim(forecast, observation, member_dim)
     _check_aligned(forecast, observation, names=("forecast", "observation"))
+    if "parallel" in kwargs:  # dask tasks are already parallel: serial kernel inside them
+        kwargs["parallel"] = forecast.chunks is None and observation.chunks is None
     return xr.apply_ufunc(
         func,
         _single_chunk(forecast, member_dim),
@@ -102,7 +104,7 @@ def crps_ensemble(
     """
     kernels.check_estimator(estimator)
     score = _ensemble_apply(kernels.crps_ensemble_kernel, forecast, observation, member_dim,
-                            estimator=estimator)
+                            estimator=estimator, parallel=True)
     attrs = {"long_name": f"CRPS ({estimator} estimator)", "score": "crps",
              "estimator": estimator}
     if estimator == "standard":
@@ -155,3 +157,175 @@ def crps_censored(
     attrs = {"long_name": f"CRPS (censored {family}, closed form)", "score": "crps",
              "estimator": f"censored_{family}"}
     return _finish(score.rename("crps"), attrs, observation, reduce_dims, weights)
+
+
+# ------------------------------------------------------------------ threshold-weighted CRPS
+def _check_tail(tail: str) -> None:
+    if tail not in ("upper", "lower"):
+        raise MetricInputError(f"unknown tail {tail!r}: choose 'upper' or 'lower'")
+
+
+def _threshold(threshold: float | xr.DataArray) -> xr.DataArray:
+    return threshold if isinstance(threshold, xr.DataArray) else xr.DataArray(float(threshold))
+
+
+def twcrps(
+    forecast: xr.DataArray,
+    observation: xr.DataArray,
+    *,
+    threshold: float | xr.DataArray,
+    tail: Tail = "upper",
+    member_dim: str = "member",
+    estimator: Estimator = "fair",
+    reduce_dims: Sequence[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Threshold-weighted ensemble CRPS with weight ``1{z > t}`` (upper) or ``1{z < t}`` (lower).
+
+    Computed through the chaining function (Allen et al. 2023): the twCRPS with weight
+    ``1{z > t}`` is the CRPS of ``max(x, t)`` against ``max(y, t)`` (``min`` for the lower
+    tail), so the same kernel and estimator apply.  ``threshold`` may be a field, e.g.
+    :func:`climatological_quantile` of the training-period analysis.
+    """
+    _check_tail(tail)
+    kernels.check_estimator(estimator)
+    t = _threshold(threshold)
+    _check_aligned(observation, t, names=("observation", "threshold"))
+    if member_dim in t.dims:
+        raise MetricInputError(f"threshold has the member dim {member_dim!r}: one value per point")
+    chain = np.maximum if tail == "upper" else np.minimum
+    fc = xr.apply_ufunc(chain, forecast, t, dask="allowed", keep_attrs=True)
+    ob = xr.apply_ufunc(chain, observation, t, dask="allowed", keep_attrs=True)
+    fc = fc.transpose(*forecast.dims, ...)
+    score = crps_ensemble(fc, ob, member_dim=member_dim, estimator=estimator)
+    attrs = {"long_name": f"threshold-weighted CRPS, {tail} tail ({estimator} estimator)",
+             "score": "twcrps", "estimator": estimator, "tail": tail}
+    if not isinstance(threshold, xr.DataArray):
+        attrs["threshold"] = float(threshold)
+    return _finish(score.rename("twcrps"), attrs, observation, reduce_dims, weights)
+
+
+def twcrps_gaussian(
+    mu: xr.DataArray,
+    sigma: xr.DataArray,
+    observation: xr.DataArray,
+    *,
+    threshold: float | xr.DataArray,
+    tail: Tail = "upper",
+    reduce_dims: Sequence[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Threshold-weighted CRPS of N(mu, sigma^2), closed form.
+
+    Upper tail: ``max(X, t)`` is a normal censored below at ``t``, scored against
+    ``max(y, t)``; the lower tail is the mirror image (negate everything).
+    """
+    _check_tail(tail)
+    t = _threshold(threshold)
+    sign = 1.0 if tail == "upper" else -1.0
+    obs_c = xr.apply_ufunc(np.maximum, sign * observation, sign * t, dask="allowed")
+    score = crps_censored(sign * mu, sigma, obs_c, family="gaussian", lower=sign * t)
+    attrs = {"long_name": f"threshold-weighted CRPS, {tail} tail (gaussian, closed form)",
+             "score": "twcrps", "estimator": "gaussian", "tail": tail}
+    if not isinstance(threshold, xr.DataArray):
+        attrs["threshold"] = float(threshold)
+    return _finish(score.rename("twcrps"), attrs, observation, reduce_dims, weights)
+
+
+def climatological_quantile(
+    analysis: xr.DataArray,
+    q: float | Sequence[float],
+    *,
+    dim: str | Sequence[str] = "time",
+) -> xr.DataArray:
+    """Local climatological quantile(s) ``q`` over ``dim`` (e.g. the training period).
+
+    A scalar ``q`` gives a field without a ``quantile`` dim (a threshold for
+    :func:`twcrps`); a sequence keeps the ``quantile`` dim (a model climate for :func:`efi`).
+    NaNs are skipped.
+    """
+    dims = [dim] if isinstance(dim, str) else list(dim)
+    missing = [d for d in dims if d not in analysis.dims]
+    if missing:
+        raise MetricInputError(
+            f"climatological_quantile: {analysis.name or 'analysis'} has no dims {missing} "
+            f"(dims {tuple(analysis.dims)})"
+        )
+    qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
+    if np.any((qs <= 0) | (qs >= 1)):
+        raise MetricInputError(f"climatological_quantile: q must lie in (0, 1), got {q}")
+    data = analysis
+    if data.chunks is not None:
+        data = data.chunk({d: -1 for d in dims})
+    out = data.quantile(qs if np.ndim(q) else float(qs[0]), dim=dims, skipna=True)
+    if np.ndim(q) == 0:
+        out = out.drop_vars("quantile", errors="ignore")
+    out.attrs = {k: v for k, v in analysis.attrs.items() if k in ("units", "standard_name")}
+    out.attrs["long_name"] = f"climatological quantile over {', '.join(dims)}"
+    return out
+
+
+# ------------------------------------------------------------------ EFI and EECRPS
+def efi(
+    forecast: xr.DataArray,
+    model_climate_quantiles: xr.DataArray,
+    *,
+    member_dim: str = "member",
+    quantile_dim: str = "quantile",
+) -> xr.DataArray:
+    """Extreme Forecast Index (Lalaurette 2003; ECMWF) of the ensemble against a model climate.
+
+    ``model_climate_quantiles`` holds quantiles of the model climate (e.g. reforecasts, or
+    forecasts of the training period at the same lead time) at the probability levels in
+    its ``quantile_dim`` coordinate.  EFI in [-1, 1]: +1 when every member exceeds the model
+    climate's maximum, -1 when every member is below its minimum.
+    """
+    if quantile_dim not in model_climate_quantiles.dims:
+        raise MetricInputError(
+            f"model climate has no {quantile_dim!r} dim: dims {tuple(model_climate_quantiles.dims)}"
+        )
+    if member_dim not in forecast.dims:
+        raise MetricInputError(f"forecast has no member dim {member_dim!r}: dims {tuple(forecast.dims)}")
+    levels = np.asarray(model_climate_quantiles[quantile_dim].values, dtype=np.float64)
+    if levels.size == 0 or np.any((levels <= 0) | (levels >= 1)) or np.any(np.diff(levels) <= 0):
+        raise MetricInputError(
+            f"model climate {quantile_dim!r} levels must increase strictly inside (0, 1), got {levels}"
+        )
+    _check_aligned(forecast, model_climate_quantiles, names=("forecast", "model climate"))
+    out = xr.apply_ufunc(
+        kernels.efi_kernel,
+        _single_chunk(forecast, member_dim),
+        _single_chunk(model_climate_quantiles, quantile_dim),
+        input_core_dims=[[member_dim], [quantile_dim]],
+        kwargs={"levels": levels},
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+    out.attrs = {"long_name": "Extreme Forecast Index", "units": "1",
+                 "reference": "Lalaurette (2003), Q. J. R. Meteorol. Soc. 129, 3037-3057"}
+    return out.rename("efi")
+
+
+def eecrps(
+    forecast: xr.DataArray,
+    observation: xr.DataArray,
+    model_climate_quantiles: xr.DataArray,
+    *,
+    member_dim: str = "member",
+    estimator: Estimator = "fair",
+    quantile_dim: str = "quantile",
+    reduce_dims: Sequence[Hashable] | None = None,
+    weights: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Extreme-event weighted CRPS of ENS-10: ``|EFI| x CRPS``.
+
+    Ashkboos et al. (2022), "ENS-10: A Dataset For Post-Processing Ensemble Weather
+    Forecasts", NeurIPS Datasets and Benchmarks.  The weight depends on the forecast and the
+    model climate only, never on the observation, so the weighted score stays proper.
+    """
+    crps = crps_ensemble(forecast, observation, member_dim=member_dim, estimator=estimator)
+    index = efi(forecast, model_climate_quantiles, member_dim=member_dim, quantile_dim=quantile_dim)
+    score = np.abs(index) * crps
+    attrs = {"long_name": f"EECRPS, |EFI| x CRPS ({estimator} estimator)", "score": "eecrps",
+             "estimator": estimator, "reference": "Ashkboos et al. (2022), ENS-10"}
+    return _finish(score.rename("eecrps"), attrs, observation, reduce_dims, weights)

@@ -1,0 +1,155 @@
+"""Latitude weights from cell area and region masks applied to them.
+
+Weights are normalised to mean 1 over the latitudes of the grid (so an unweighted and a
+weighted mean of a constant agree, and a weighted sum over the grid equals the number of
+points).  A region multiplies the weights by its 0/1 mask; means then renormalise over the
+region.  Latitude may be ascending or descending; longitude may run 0..360 or -180..180,
+and a box may cross the 0/360 meridian or the dateline (``lon_min > lon_max``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+class RegionError(ValueError):
+    """A region or a latitude/longitude coordinate is invalid; the message says which."""
+
+
+class Region(BaseModel):
+    """A latitude/longitude box (degrees); ``lon_min > lon_max`` wraps through 360/0."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    lat_min: float = -90.0
+    lat_max: float = 90.0
+    lon_min: float = 0.0
+    lon_max: float = 360.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "Region":
+        if not -90.0 <= self.lat_min < self.lat_max <= 90.0:
+            raise RegionError(
+                f"region {self.name!r}: need -90 <= lat_min < lat_max <= 90, "
+                f"got {self.lat_min}, {self.lat_max}"
+            )
+        for key in ("lon_min", "lon_max"):
+            v = getattr(self, key)
+            if not -180.0 <= v <= 360.0:
+                raise RegionError(f"region {self.name!r}: {key}={v} outside -180..360")
+        return self
+
+
+#: Named regions.  Extratropics are poleward of 20 degrees as in WMO/ECMWF verification.
+REGIONS: dict[str, Region] = {
+    r.name: r
+    for r in [
+        Region(name="global"),
+        Region(name="tropics", lat_min=-20, lat_max=20),
+        Region(name="extratropics_n", lat_min=20, lat_max=90),
+        Region(name="extratropics_s", lat_min=-90, lat_max=-20),
+        Region(name="europe", lat_min=35, lat_max=75, lon_min=-12.5, lon_max=42.5),
+        Region(name="nw_europe", lat_min=45, lat_max=62, lon_min=-15, lon_max=15),
+        Region(name="north_america", lat_min=25, lat_max=60, lon_min=-120, lon_max=-75),
+        Region(name="fiji", lat_min=-25, lat_max=-10, lon_min=170, lon_max=-170),
+    ]
+}
+
+
+def get_region(region: str | Region) -> Region:
+    """A :class:`Region` from its name in :data:`REGIONS` (or the region itself)."""
+    if isinstance(region, Region):
+        return region
+    try:
+        return REGIONS[region]
+    except KeyError:
+        raise RegionError(f"unknown region {region!r}: known regions are {', '.join(REGIONS)}") from None
+
+
+def _lat_values(latitude: xr.DataArray) -> np.ndarray:
+    lat = np.asarray(latitude.values, dtype=np.float64)
+    if lat.ndim != 1 or lat.size == 0:
+        raise RegionError(f"latitude must be a non-empty 1-D coordinate, got shape {lat.shape}")
+    if np.any(np.abs(lat) > 90.0):
+        raise RegionError(f"latitude values outside -90..90: min {lat.min()}, max {lat.max()}")
+    if lat.size > 1 and not (np.all(np.diff(lat) > 0) or np.all(np.diff(lat) < 0)):
+        raise RegionError("latitude must be strictly monotonic (ascending or descending)")
+    return lat
+
+
+def latitude_weights(
+    latitude: xr.DataArray,
+    *,
+    method: Literal["cos", "area"] = "area",
+) -> xr.DataArray:
+    """Weights proportional to cell area, normalised to mean 1 over ``latitude``.
+
+    ``cos``: cos(lat) at the cell centre.  ``area``: the exact area of the latitude band
+    between the midpoints of neighbouring latitudes (clipped at the poles), proportional to
+    ``sin(upper) - sin(lower)``; a pole row gets its (small, non-zero) polar cap share.
+    """
+    lat = _lat_values(latitude)
+    if method == "cos":
+        w = np.clip(np.cos(np.deg2rad(lat)), 0.0, None)
+    elif method == "area":
+        order = np.argsort(lat)
+        s = lat[order]
+        if s.size == 1:
+            w_sorted = np.ones(1)
+        else:
+            mid = 0.5 * (s[1:] + s[:-1])
+            edges = np.concatenate([[max(-90.0, s[0] - (mid[0] - s[0]))], mid,
+                                    [min(90.0, s[-1] + (s[-1] - mid[-1]))]])
+            w_sorted = np.diff(np.sin(np.deg2rad(edges)))
+        w = np.empty_like(w_sorted)
+        w[order] = w_sorted
+    else:
+        raise RegionError(f"unknown latitude weighting {method!r}: choose 'cos' or 'area'")
+    if w.sum() <= 0:
+        raise RegionError("latitude weights sum to zero (only pole rows?)")
+    w = w / w.mean()
+    return xr.DataArray(w, dims=latitude.dims, coords={latitude.dims[0]: latitude.values},
+                        attrs={"long_name": f"latitude weight ({method}), mean 1"})
+
+
+def region_mask(latitude: xr.DataArray, longitude: xr.DataArray, region: str | Region) -> xr.DataArray:
+    """Boolean (latitude, longitude) mask of the points inside ``region`` (edges included)."""
+    reg = get_region(region)
+    lat = _lat_values(latitude)
+    lon = np.asarray(longitude.values, dtype=np.float64)
+    in_lat = (lat >= reg.lat_min) & (lat <= reg.lat_max)
+    if reg.lon_min == 0.0 and reg.lon_max == 360.0:
+        in_lon = np.ones(lon.shape, dtype=bool)
+    else:
+        lon360 = np.mod(lon, 360.0)
+        lo, hi = np.mod(reg.lon_min, 360.0), np.mod(reg.lon_max, 360.0)
+        if hi == 0.0 and reg.lon_max > reg.lon_min:
+            hi = 360.0
+        in_lon = (lon360 >= lo) & (lon360 <= hi) if lo <= hi else (lon360 >= lo) | (lon360 <= hi)
+    mask = np.outer(in_lat, in_lon)
+    return xr.DataArray(mask, dims=(latitude.dims[0], longitude.dims[0]),
+                        coords={latitude.dims[0]: latitude.values, longitude.dims[0]: lon},
+                        attrs={"long_name": f"mask of region {reg.name}"})
+
+
+def region_weights(
+    latitude: xr.DataArray,
+    longitude: xr.DataArray,
+    region: str | Region = "global",
+    *,
+    method: Literal["cos", "area"] = "area",
+) -> xr.DataArray:
+    """Latitude weights (mean 1 over the grid) times the region mask; raises if the region
+    holds no grid point."""
+    mask = region_mask(latitude, longitude, region)
+    if not mask.any():
+        reg = get_region(region)
+        raise RegionError(f"region {reg.name!r} contains no point of the grid")
+    w = latitude_weights(latitude, method=method) * mask
+    w.attrs = {"long_name": f"area weights in region {get_region(region).name}", "region": get_region(region).name}
+    return w.rename("weights")
