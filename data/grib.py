@@ -36,7 +36,7 @@ import xarray as xr
 from data import schema
 from data.translate import ReaderError, canonical_name, canonical_variable, finalise
 
-__all__ = ["GribMessage", "expand_paths", "scan_grib", "read_grib_eccodes", "kind_of_messages",
+__all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_paths", "scan_grib", "read_grib_eccodes", "kind_of_messages",
            "FORECAST_DATA_TYPES", "ANALYSIS_DATA_TYPES"]
 
 FORECAST_DATA_TYPES = frozenset({"cf", "pf", "fc"})
@@ -210,19 +210,17 @@ def read_grib_eccodes(paths, *, kind: schema.Kind | None = None, allow_nan: bool
     for m in messages:
         by_var[m.variable].append(m)
     arrays = {}
-    absent: list[str] = []
     for name, msgs in by_var.items():
-        da, holes = _assemble(msgs, kind=kind, lat=lat, lon=lon)
+        da = _assemble(msgs, kind=kind, lat=lat, lon=lon)
         new, da = canonical_variable(da, msgs[0].short_name, source=msgs[0].path,
                                      type_of_level=msgs[0].type_of_level)
         arrays[new] = da
-        absent.extend(f"{new}@{h}" for h in holes)
     ds = xr.merge(list(arrays.values()), join="outer", compat="no_conflicts",
                   combine_attrs="override")
     ds.attrs = {}
-    absent.extend(_alignment_holes(ds, arrays))
+    absent = absent_fields(messages, kind=kind)
     if absent:
-        ds.attrs["enspp_absent_fields"] = sorted(set(absent))
+        ds.attrs["enspp_absent_fields"] = absent
     return finalise(ds, kind=kind, source=source, allow_nan=allow_nan or bool(absent))
 
 
@@ -260,8 +258,31 @@ def _level_key(m: GribMessage) -> int | None:
     return int(m.level) if m.type_of_level == "isobaricInhPa" else None
 
 
-def _assemble(msgs: list[GribMessage], *, kind: str, lat: np.ndarray, lon: np.ndarray
-              ) -> tuple[xr.DataArray, list[str]]:
+def absent_fields(messages: Sequence[GribMessage], *, kind: schema.Kind) -> list[str]:
+    """Fields a dataset aligned on the union of coordinates lacks, as ``"z@72h"`` (forecast:
+    some init time / member / level of that lead time is absent) or ``"t@2016-09-25T00:00"``
+    (analysis: some member / level of that time is absent)."""
+    forecast = kind == "forecast"
+    slots = sorted({m.lead_time for m in messages}) if forecast else sorted({m.valid_time for m in messages})
+    inits = {m.init_time for m in messages}
+    by_var: dict[str, list[GribMessage]] = defaultdict(list)
+    for m in messages:
+        by_var[m.variable].append(m)
+    out = []
+    for var, msgs in by_var.items():
+        per_member_level = len({m.number for m in msgs}) * len({_level_key(m) for m in msgs})
+        expected = per_member_level * (len(inits) if forecast else 1)
+        count: dict = defaultdict(int)
+        for m in msgs:
+            count[m.lead_time if forecast else m.valid_time] += 1
+        for slot in slots:
+            if count[slot] < expected:
+                label = f"{_hours(slot)}h" if forecast else str(pd.Timestamp(slot).isoformat(timespec="minutes"))
+                out.append(f"{var}@{label}")
+    return sorted(out)
+
+
+def _assemble(msgs: list[GribMessage], *, kind: str, lat: np.ndarray, lon: np.ndarray) -> xr.DataArray:
     """Stack one variable's messages into (time, lead, member, level, lat, lon)."""
     first = msgs[0]
     other_levels = {(m.type_of_level, m.level) for m in msgs if _level_key(m) is None}
@@ -286,12 +307,9 @@ def _assemble(msgs: list[GribMessage], *, kind: str, lat: np.ndarray, lon: np.nd
     vi = {v: i for i, v in enumerate(levels)}
     shape = (len(times), len(leads), len(numbers), len(levels), lat.size, lon.size)
     data = np.full(shape, np.nan, dtype=np.float32)
-    filled = np.zeros(shape[:4], dtype=bool)
     for m in msgs:
         idx = (ti[t_of(m)], li[m.lead_time if kind == "forecast" else leads[0]], ni[m.number], vi[_level_key(m)])
         data[idx] = m.values
-        filled[idx] = True
-    holes = [f"{_hours(leads[j])}h" for j in range(len(leads)) if not filled[:, j].all()]
     dims = [schema.INIT_TIME if kind == "forecast" else schema.TIME, schema.LEAD_TIME, schema.MEMBER,
             schema.LEVEL, schema.LATITUDE, schema.LONGITUDE]
     coords = {dims[0]: np.array(times), schema.LEAD_TIME: np.array(leads), schema.MEMBER: np.array(numbers),
@@ -308,17 +326,7 @@ def _assemble(msgs: list[GribMessage], *, kind: str, lat: np.ndarray, lon: np.nd
     if not has_level and first.type_of_level not in ("surface", "meanSea"):
         attrs.update(grib_type_of_level=first.type_of_level, grib_level=first.level)
     da.attrs = attrs
-    return da, holes
-
-
-def _alignment_holes(ds: xr.Dataset, arrays: dict[str, xr.DataArray]) -> list[str]:
-    out = []
-    if schema.LEAD_TIME in ds.dims:
-        for name, da in arrays.items():
-            if schema.LEAD_TIME in da.dims:
-                have = set(da[schema.LEAD_TIME].values.tolist())
-                out.extend(f"{name}@{_hours(v)}h" for v in ds[schema.LEAD_TIME].values if v.item() not in have)
-    return out
+    return da
 
 
 def _hours(td) -> str:

@@ -1,0 +1,173 @@
+"""Readers of Zarr stores (WeatherBench 2 layout, our own layout) and station NetCDF files."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from data import schema
+from data.translate import ReaderError, canonical_variable, finalise
+
+__all__ = ["open_weatherbench_zarr", "open_canonical_zarr", "open_station_netcdf", "STATION_SPECS",
+           "StationSpec"]
+
+_WB2_DIMS = {"time": schema.INIT_TIME, "prediction_timedelta": schema.LEAD_TIME, "number": schema.MEMBER,
+             "realization": schema.MEMBER, "lat": schema.LATITUDE, "lon": schema.LONGITUDE}
+
+
+def _open_zarr(path: str | os.PathLike) -> xr.Dataset:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such Zarr store")
+    try:
+        return xr.open_zarr(path, consolidated=None, decode_timedelta=True)
+    except Exception as e:  # zarr raises several types for a directory that is not a store
+        raise ReaderError(f"{path}: not a readable Zarr store ({type(e).__name__}: {e})") from e
+
+
+def open_weatherbench_zarr(path: str | os.PathLike, *, allow_nan: bool = False) -> xr.Dataset:
+    """A WeatherBench 2 forecast store (``time``, ``prediction_timedelta``, ``number``, ``level``,
+    ``latitude``, ``longitude``; long names such as ``geopotential``) as a canonical forecast.
+
+    An analysis store (``time`` without ``prediction_timedelta``) comes out as a canonical
+    analysis.  Lazy (dask); latitude may be increasing (WB2) or decreasing.
+    """
+    ds = _open_zarr(path)
+    is_forecast = "prediction_timedelta" in ds.dims
+    names = dict(_WB2_DIMS) if is_forecast else {k: v for k, v in _WB2_DIMS.items() if k != "time"}
+    ds = ds.rename({k: v for k, v in names.items() if k in ds.dims or k in ds.coords})
+    kind: schema.Kind = "forecast" if is_forecast else "analysis"
+    if is_forecast and schema.MEMBER not in ds.dims:
+        ds = ds.expand_dims({schema.MEMBER: [0]})  # a deterministic forecast is a 1-member ensemble
+    out = {}
+    for name, da in ds.data_vars.items():
+        if "units" not in da.attrs and str(name) in schema.SHORT_NAME_ALIASES:
+            da = da.assign_attrs(units=schema.VARIABLES[schema.SHORT_NAME_ALIASES[str(name)]].units)
+        new, da = canonical_variable(da, str(name), source=str(path))
+        out[new] = da
+    coords = {c: ds[c] for c in ds.dims if c in ds.coords}
+    return finalise(xr.Dataset(out, coords=coords), kind=kind, source=str(path), allow_nan=allow_nan)
+
+
+def open_canonical_zarr(path: str | os.PathLike, *, allow_nan: bool = False) -> xr.Dataset:
+    """A Zarr store in our own layout, lazily, validated (no completion filtering: see
+    :func:`data.store.open_store` for that)."""
+    ds = _open_zarr(path)
+    kind = ds.attrs.get("enspp_kind")
+    if kind not in (None, "forecast", "analysis"):
+        raise ReaderError(f"{path}: attribute enspp_kind={kind!r} is neither 'forecast' nor 'analysis'")
+    try:
+        kind = kind or schema.detect_kind(ds)
+        return schema.validate(ds, kind=kind, source=str(path), allow_nan=allow_nan)
+    except schema.SchemaError as e:
+        raise ReaderError(str(e)) from e
+
+
+@dataclass(frozen=True)
+class StationSpec:
+    """How the rows of a station file map to forecast times (read from the file's description).
+
+    ``time`` in the file is a date at 00 UTC; ``init_time = time + init_offset`` and the
+    forecast verifies at ``init_time + lead_time``; the observation is at that valid time.
+    """
+
+    variable: str  # canonical
+    init_offset: pd.Timedelta
+    lead_time: pd.Timedelta
+    units: str
+
+
+#: t2m (Magdeburg): "24-h ahead ... from 12 UTC runs"; the first row is 2002-01-02, so the row
+#: date is the verifying date: init = date - 12 h (12 UTC the day before), lead 24 h.
+#: tp24 (Frankfurt): "06-30h accumulated ... 00 UTC runs": the row date is the run date:
+#: init = date 00 UTC, lead_time = 30 h (end of the 06-30 h window).
+STATION_SPECS = {
+    "t2m": StationSpec("t2m", pd.Timedelta(hours=-12), pd.Timedelta(hours=24), "degC"),
+    "tp24": StationSpec("tp24", pd.Timedelta(hours=0), pd.Timedelta(hours=30), "mm"),
+}
+
+_DESCRIPTION_HINTS = {"t2m": ("12 UTC", "24-h"), "tp24": ("00 UTC", "06-30h")}
+
+
+def open_station_netcdf(path: str | os.PathLike, *, variable: str | None = None,
+                        allow_nan: bool = True) -> tuple[xr.Dataset, xr.Dataset]:
+    """A station file (``<v>_ens(time, member)``, ``<v>_obs(time)``) -> (forecast, observations).
+
+    forecast: ``<v>(init_time, lead_time=1, member, station=1)``; observations:
+    ``<v>(time, station=1)`` at the valid times.  Members ``CTR``/``forc.CTRL`` -> 0,
+    ``P7``/``forc.7`` -> 7.  Units: degC stays degC, precipitation in mm.  Station records have
+    missing days (NaN), so NaN is accepted by default; ``allow_nan=False`` rejects them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        raw = xr.open_dataset(path)
+    except (OSError, ValueError) as e:
+        raise ReaderError(f"{path}: not a readable NetCDF file ({e})") from e
+    candidates = sorted(str(v)[:-4] for v in raw.data_vars if str(v).endswith("_ens"))
+    if variable is None:
+        if len(candidates) != 1:
+            raise ReaderError(f"{path}: pass variable= (ensemble variables: {candidates})")
+        variable = candidates[0]
+    if variable not in candidates or f"{variable}_obs" not in raw:
+        raise ReaderError(f"{path}: needs {variable}_ens and {variable}_obs (ensemble variables: {candidates})")
+    spec = STATION_SPECS.get(variable)
+    if spec is None:
+        raise ReaderError(f"{path}: no lead-time convention known for {variable!r} "
+                          f"(known: {sorted(STATION_SPECS)})")
+    desc = str(raw.attrs.get("description", ""))
+    if desc and not all(h in desc for h in _DESCRIPTION_HINTS[variable]):
+        raise ReaderError(f"{path}: description {desc!r} does not state the expected "
+                          f"{_DESCRIPTION_HINTS[variable]} forecast timing for {variable!r}")
+    ens = raw[f"{variable}_ens"]
+    if "time" not in ens.dims or "member" not in ens.dims:
+        raise ReaderError(f"{path}: {variable}_ens must have dims (time, member), has {ens.dims}")
+    members = np.array([_member_number(str(m), path) for m in raw["member"].values])
+    ens = ens.assign_coords(member=members).sortby("member")
+    units = str(ens.attrs.get("units", spec.units))
+    dates = pd.DatetimeIndex(raw["time"].values).as_unit("ns")
+    init = (dates + spec.init_offset).values
+    station = _station_coords(path, desc)
+    fc = ens.rename(time=schema.INIT_TIME).assign_coords({schema.INIT_TIME: init})
+    fc = fc.expand_dims({schema.LEAD_TIME: [spec.lead_time.to_timedelta64()],
+                         schema.STATION: [station["name"]]})
+    _, fc = canonical_variable(fc.assign_attrs(units=units), variable, source=str(path))
+    obs = raw[f"{variable}_obs"].rename(time=schema.TIME)
+    obs = obs.assign_coords({schema.TIME: init + spec.lead_time.to_timedelta64()})
+    obs = obs.expand_dims({schema.STATION: [station["name"]]})
+    _, obs = canonical_variable(obs.assign_attrs(units=str(obs.attrs.get("units", spec.units))),
+                                variable, source=str(path))
+    extra = {k: (schema.STATION, [v]) for k, v in station.items() if k != "name"}
+    forecast = finalise(xr.Dataset({variable: fc}).assign_coords(extra), kind="forecast",
+                        source=str(path), allow_nan=allow_nan)
+    observations = finalise(xr.Dataset({variable: obs}).assign_coords(extra), kind="analysis",
+                            source=str(path), allow_nan=allow_nan)
+    return forecast, observations
+
+
+def _member_number(label: str, path: Path) -> int:
+    if label.upper().endswith(("CTR", "CTRL")):
+        return 0
+    m = re.search(r"(\d+)$", label)
+    if m is None:
+        raise ReaderError(f"{path}: cannot read a member number from label {label!r}")
+    return int(m.group(1))
+
+
+def _station_coords(path: Path, description: str) -> dict:
+    m = re.search(r"_([a-z]+)_\d{4}-\d{4}$", path.stem)
+    out: dict = {"name": m.group(1) if m else path.stem}
+    wmo = re.search(r"WMO (\d+)", description)
+    if wmo:
+        out["wmo_id"] = wmo.group(1)
+    ll = re.search(r"(\d+(?:\.\d+)?)([NS]) (\d+(?:\.\d+)?)([EW])", description)
+    if ll:
+        out["station_latitude"] = float(ll.group(1)) * (1 if ll.group(2) == "N" else -1)
+        out["station_longitude"] = float(ll.group(3)) * (1 if ll.group(4) == "E" else -1)
+    return out
