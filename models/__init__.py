@@ -19,6 +19,7 @@ from models.base import (
     loss_for,
 )
 from models.distributions import censored_logistic_moments
+from models.ecc import ECCError, ecc_members, ecc_template, output_ecc_members, output_quantiles, quantiles
 from models.losses import (
     DISTRIBUTIONS,
     ENSEMBLE_ESTIMATORS,
@@ -33,6 +34,7 @@ from models.normalize import STAT_KEYS, StatsError, resolve_stats
 
 __all__ = [
     "CLOSED_FORM_ESTIMATOR",
+    "ECCError",
     "DISTRIBUTIONS",
     "ENSEMBLE_ESTIMATORS",
     "MODEL_NAMES",
@@ -48,8 +50,13 @@ __all__ = [
     "crps_ensemble",
     "crps_gaussian",
     "distribution_crps",
+    "ecc_members",
+    "ecc_template",
     "ensemble_moments",
     "loss_for",
+    "output_ecc_members",
+    "output_quantiles",
+    "quantiles",
     "reduce_crps",
     "resolve_stats",
 ]

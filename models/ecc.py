@@ -1,0 +1,176 @@
+"""Members and quantiles from a predictive distribution: ensemble copula coupling (ECC).
+
+``ecc_members`` draws the quantiles of the predictive distribution at the equidistant levels
+``i / (M + 1)``, ``i = 1..M`` (ECC-Q, Schefzik et al. 2013) and hands them to the output members
+in the rank order of a *template* built from the raw members, so each output field keeps the
+spatial (and inter-variable) structure of the raw member it came from.
+
+Template of M members from K raw members (reproducible with ``seed``):
+
+* ``M == K``: the raw members themselves, output member ``j`` follows raw member ``j``.
+* ``M < K``: a random subset of M raw members (in increasing member order).
+* ``M > K``: every raw member ``M // K`` times, plus ``M % K`` distinct random members once
+  more (output members ``0..K-1`` follow raw members ``0..K-1``, the copies come after).
+
+Ties: copies of one raw member tie everywhere; they are ordered by a random priority drawn
+once per template position, the same at every point, so a copy keeps its place across the
+field. Ties between *different* raw members at a point (e.g. several dry members) are broken
+at random per point (the usual ECC convention for precipitation).
+
+Distributions: ``gaussian`` takes ``(mu, sigma)``; ``censored_logistic`` takes the latent
+``(loc, scale)`` and censors the quantiles at 0. numpy arrays and torch tensors are accepted
+(torch inputs are processed in numpy on the CPU and returned on their device and dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import logit, ndtri
+
+DISTRIBUTIONS = ("gaussian", "censored_logistic")
+
+
+class ECCError(ValueError):
+    """Inconsistent shapes, levels or options given to ECC or quantile functions."""
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _like(result: np.ndarray, reference: Any) -> Any:
+    if isinstance(reference, torch.Tensor):
+        return torch.as_tensor(result, dtype=reference.dtype, device=reference.device)
+    dtype = reference.dtype if isinstance(reference, np.ndarray) and reference.dtype.kind == "f" else np.float64
+    return result.astype(dtype, copy=False)
+
+
+def _ppf(levels: np.ndarray, distribution: str) -> np.ndarray:
+    """Standardised quantile function of the latent distribution."""
+    if distribution == "gaussian":
+        return ndtri(levels)
+    if distribution == "censored_logistic":
+        return logit(levels)
+    raise ECCError(f"unknown distribution {distribution!r}: expected one of {DISTRIBUTIONS}")
+
+
+def _check_levels(levels: Sequence[float] | np.ndarray) -> np.ndarray:
+    lv = np.asarray(levels, dtype=np.float64).reshape(-1)
+    if lv.size == 0 or np.any(~(lv > 0.0) | ~(lv < 1.0)):
+        raise ECCError(f"quantile levels must be non-empty and strictly inside (0, 1), got {lv.tolist()}")
+    return lv
+
+
+def quantiles(
+    mu: Any,
+    sigma: Any,
+    levels: Sequence[float] | np.ndarray,
+    *,
+    distribution: str = "gaussian",
+    level_axis: int = 0,
+) -> Any:
+    """Quantiles at ``levels`` of N(mu, sigma) or of the zero-censored logistic(loc=mu,
+    scale=sigma); the level axis is inserted at ``level_axis`` of the broadcast shape."""
+    lv = _check_levels(levels)
+    z = _ppf(lv, distribution)
+    m, s = np.broadcast_arrays(_to_numpy(mu), _to_numpy(sigma))
+    q = m[..., None] + s[..., None] * z
+    if distribution == "censored_logistic":
+        q = np.maximum(q, 0.0)
+    q = np.moveaxis(q, -1, level_axis if level_axis >= 0 else q.ndim + level_axis)
+    return _like(q, mu)
+
+
+def output_quantiles(
+    out: Mapping[str, Any], levels: Sequence[float] | np.ndarray, *, distribution: str, level_axis: int = 0
+) -> Any:
+    """:func:`quantiles` of a model output dict (``mu``/``sigma`` or ``loc``/``scale``)."""
+    a, b = _params(out, distribution)
+    return quantiles(a, b, levels, distribution=distribution, level_axis=level_axis)
+
+
+def _params(out: Mapping[str, Any], distribution: str) -> tuple[Any, Any]:
+    keys = ("loc", "scale") if distribution == "censored_logistic" else ("mu", "sigma")
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise ECCError(f"model output lacks {missing} for distribution {distribution!r} (has {sorted(out)})")
+    return out[keys[0]], out[keys[1]]
+
+
+def ecc_template(n_raw: int, n_out: int, *, rng: np.random.Generator) -> np.ndarray:
+    """Indices (length ``n_out``) of the raw members each output member follows."""
+    if n_raw < 1 or n_out < 1:
+        raise ECCError(f"ECC needs >= 1 raw and >= 1 output member, got K={n_raw}, M={n_out}")
+    if n_out == n_raw:
+        return np.arange(n_raw)
+    if n_out < n_raw:
+        return np.sort(rng.choice(n_raw, size=n_out, replace=False))
+    extra = np.sort(rng.choice(n_raw, size=n_out % n_raw, replace=False))
+    return np.concatenate([np.tile(np.arange(n_raw), n_out // n_raw), extra])
+
+
+def ecc_members(
+    mu: Any,
+    sigma: Any,
+    raw_members: Any,
+    *,
+    n_out: int | None = None,
+    member_dim: int = 1,
+    seed: int | np.random.Generator = 0,
+    distribution: str = "gaussian",
+) -> Any:
+    """``n_out`` (default K) ECC members with the member axis at ``member_dim``.
+
+    ``mu``/``sigma`` (``loc``/``scale`` for ``censored_logistic``) have the shape of
+    ``raw_members`` without its member axis. Memory is about 40 bytes per output value.
+    """
+    raw = _to_numpy(raw_members)
+    if raw.ndim < 1:
+        raise ECCError("raw_members must have a member axis")
+    axis = member_dim if member_dim >= 0 else raw.ndim + member_dim
+    if not 0 <= axis < raw.ndim:
+        raise ECCError(f"member_dim={member_dim} is out of range for raw_members with {raw.ndim} dims")
+    raw = np.moveaxis(raw, axis, -1)
+    m, s = _to_numpy(mu), _to_numpy(sigma)
+    if m.shape != raw.shape[:-1] or s.shape != raw.shape[:-1]:
+        raise ECCError(
+            f"mu {m.shape} and sigma {s.shape} must have the shape of raw_members without the "
+            f"member axis {raw.shape[:-1]}"
+        )
+    n_raw = raw.shape[-1]
+    n_out = n_raw if n_out is None else int(n_out)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    idx = ecc_template(n_raw, n_out, rng=rng)
+    template = raw[..., idx]
+    priority = np.broadcast_to(rng.permutation(n_out).astype(np.float32), template.shape)
+    per_point = rng.random(raw.shape, dtype=np.float32)[..., idx]  # shared by copies of a member
+    order = np.lexsort((priority, per_point, template), axis=-1)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(n_out), order.shape), axis=-1)
+    z = _ppf(np.arange(1, n_out + 1) / (n_out + 1.0), distribution)
+    q = m[..., None] + s[..., None] * z[ranks]
+    if distribution == "censored_logistic":
+        q = np.maximum(q, 0.0)
+    return _like(np.moveaxis(q, -1, axis), mu)
+
+
+def output_ecc_members(
+    out: Mapping[str, Any],
+    raw_members: Any,
+    *,
+    distribution: str,
+    n_out: int | None = None,
+    member_dim: int = 1,
+    seed: int | np.random.Generator = 0,
+) -> Any:
+    """:func:`ecc_members` of a model output dict (``mu``/``sigma`` or ``loc``/``scale``)."""
+    a, b = _params(out, distribution)
+    return ecc_members(
+        a, b, raw_members, n_out=n_out, member_dim=member_dim, seed=seed, distribution=distribution
+    )
