@@ -1,0 +1,75 @@
+"""An exclusive, process-level lock on a store (``fcntl.flock`` on a file inside it).
+
+Two ingests into one store serialise: the second waits up to ``timeout`` seconds for the
+first to finish, then refuses with :class:`StoreLockedError` naming the store and the pid
+that holds it.  The kernel drops the lock when its holder dies (even by SIGKILL), so a
+crashed ingest never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOCK_NAME = ".enspp.lock"
+_POLL_S = 0.05
+
+
+class StoreLockedError(ValueError):
+    """Another process holds the store's lock and did not release it in time."""
+
+
+@contextlib.contextmanager
+def store_lock(store: str | os.PathLike[str], *, timeout: float | None = 300.0,
+               on_wait: object = None) -> Iterator[Path]:
+    """Hold the exclusive lock of ``store`` (created as a directory if missing).
+
+    ``timeout``: seconds to wait for another holder (``0``: refuse at once, ``None``: wait
+    for ever).  ``on_wait``: optional callable ``(message: str) -> None`` told once when the
+    lock is busy, so a CLI can say why it pauses.
+    """
+    root = Path(store)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, path, root, timeout=timeout, on_wait=on_wait)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield path
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _acquire(fd: int, path: Path, root: Path, *, timeout: float | None, on_wait: object) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = _holder(path)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise StoreLockedError(
+                    f"store {root} is locked by another ingest (pid {holder}); waited "
+                    f"{timeout:g} s — retry when it has finished") from None
+            if not told and callable(on_wait):
+                on_wait(f"store {root} is locked by pid {holder}; waiting for it")
+                told = True
+            time.sleep(_POLL_S)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
