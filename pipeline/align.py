@@ -1,0 +1,161 @@
+"""Opening stores, checking that forecast and analysis share a grid, and pairing each forecast
+with the analysis at its valid time (missing analyses drop samples and are reported)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION, TIME,
+                         spatial_dims)
+
+StoreLike = str | Path | xr.Dataset
+
+
+class GridMismatchError(ValueError):
+    """Forecast and analysis (or static fields) are not on the same grid."""
+
+
+class AlignmentError(ValueError):
+    """A forecast lead time or dimension needed for alignment is missing."""
+
+
+def open_dataset(source: StoreLike) -> xr.Dataset:
+    """A lazy dataset from a store path (via ``data.store.open_store`` when available, which
+    keeps only completed init times) or an already opened dataset (returned as is)."""
+    if isinstance(source, xr.Dataset):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"store {path} does not exist")
+    try:
+        from data.store import open_store
+    except ImportError:  # data.store not present: plain Zarr
+        return xr.open_zarr(path)
+    return open_store(path)
+
+
+def open_static(source: StoreLike) -> xr.Dataset:
+    """The static fields (``lsm``, ``orog``) from a NetCDF file, a Zarr store or a dataset."""
+    if isinstance(source, xr.Dataset):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"static file {path} does not exist")
+    if path.is_dir():
+        return xr.open_zarr(path)
+    with xr.open_dataset(path) as ds:
+        return ds.load()
+
+
+def source_path(ds: xr.Dataset, source: StoreLike | None = None) -> str | None:
+    """The path a dataset was opened from (``None`` for an in-memory dataset)."""
+    if source is not None and not isinstance(source, xr.Dataset):
+        return str(Path(source).resolve())
+    src = ds.encoding.get("source")
+    return str(Path(src).resolve()) if src else None
+
+
+def describe_grid(ds: xr.Dataset | xr.DataArray) -> str:
+    """``"64x128 grid, latitude 60..30, longitude 0..50"`` or ``"12 stations"``."""
+    dims = spatial_dims(ds)
+    if dims == (STATION,):
+        return f"{ds.sizes[STATION]} stations"
+    lat, lon = ds[LATITUDE].values, ds[LONGITUDE].values
+    return (f"{len(lat)}x{len(lon)} grid, latitude {lat[0]:g}..{lat[-1]:g}, "
+            f"longitude {lon[0]:g}..{lon[-1]:g}")
+
+
+def same_grid(a: xr.Dataset | xr.DataArray, b: xr.Dataset | xr.DataArray) -> bool:
+    """True when both hold the same spatial coordinates (to 1e-6 degrees)."""
+    da, db = spatial_dims(a), spatial_dims(b)
+    if da != db:
+        return False
+    for dim in da:
+        va, vb = np.asarray(a[dim].values), np.asarray(b[dim].values)
+        if va.shape != vb.shape:
+            return False
+        if va.dtype.kind in "fiu" and vb.dtype.kind in "fiu":
+            if not np.allclose(va, vb, atol=1e-6):
+                return False
+        elif not np.array_equal(va, vb):
+            return False
+    return True
+
+
+def check_grids(forecast: xr.Dataset, other: xr.Dataset, *, regrid: str | None,
+                what: str = "analysis") -> bool:
+    """Raise :class:`GridMismatchError` naming both grids unless they match or ``regrid`` is set.
+
+    Returns True when ``other`` must be regridded onto the forecast grid.
+    """
+    if same_grid(forecast, other):
+        return False
+    if regrid is None or spatial_dims(forecast) != spatial_dims(other) or \
+            spatial_dims(forecast) == (STATION,):
+        raise GridMismatchError(
+            f"forecast and {what} are on different grids: forecast {describe_grid(forecast)}; "
+            f"{what} {describe_grid(other)}"
+            + ("" if spatial_dims(forecast) == (STATION,) else
+               " (set pipeline.regrid to 'nearest' or 'linear' to interpolate the "
+               f"{what} onto the forecast grid)"))
+    return True
+
+
+def regrid_like(da: xr.DataArray, *, latitude: np.ndarray, longitude: np.ndarray,
+                method: str) -> xr.DataArray:
+    """Interpolate a (small, in-memory) field onto the given latitudes/longitudes."""
+    if method == "nearest":
+        return da.sel({LATITUDE: latitude, LONGITUDE: longitude}, method="nearest")
+    return da.interp({LATITUDE: latitude, LONGITUDE: longitude}, method="linear",
+                     kwargs={"fill_value": None})
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Forecast init times paired with an analysis at ``init_time + lead_time``."""
+
+    lead_time: np.timedelta64
+    #: init times kept (datetime64[ns]) and the analysis times that verify them
+    init_times: np.ndarray
+    valid_times: np.ndarray
+    #: init times dropped because the analysis at their valid time is missing
+    dropped: np.ndarray
+
+    @property
+    def n_dropped(self) -> int:
+        return len(self.dropped)
+
+    def report(self) -> str:
+        hours = int(self.lead_time // np.timedelta64(1, "h"))
+        msg = f"{len(self.init_times)} samples at lead {hours} h"
+        if self.n_dropped:
+            shown = ", ".join(str(pd.Timestamp(t)) for t in self.dropped[:5])
+            more = f" and {self.n_dropped - 5} more" if self.n_dropped > 5 else ""
+            msg += (f"; {self.n_dropped} dropped for want of an analysis at the valid time "
+                    f"(init times {shown}{more})")
+        return msg
+
+
+def align(forecast: xr.Dataset, analysis: xr.Dataset, *, lead_time: np.timedelta64,
+          input_lead_times: tuple[np.timedelta64, ...] = ()) -> Alignment:
+    """Pair every forecast init time with the analysis at its valid time (no filling)."""
+    for dim, ds, name in ((INIT_TIME, forecast, "forecast"), (LEAD_TIME, forecast, "forecast"),
+                          (MEMBER, forecast, "forecast"), (TIME, analysis, "analysis")):
+        if dim not in ds.dims:
+            raise AlignmentError(f"the {name} has no {dim!r} dim (dims: {tuple(ds.dims)})")
+    leads = forecast[LEAD_TIME].values.astype("timedelta64[ns]")
+    for lead in (lead_time, *input_lead_times):
+        if np.timedelta64(lead, "ns") not in set(leads):
+            have = [int(x // np.timedelta64(1, "h")) for x in leads]
+            raise AlignmentError(f"lead time {int(lead // np.timedelta64(1, 'h'))} h is not in the "
+                                 f"forecast store (lead times present, hours: {have})")
+    inits = forecast[INIT_TIME].values.astype("datetime64[ns]")
+    valid = inits + np.timedelta64(lead_time, "ns")
+    have = np.isin(valid, analysis[TIME].values.astype("datetime64[ns]"))
+    return Alignment(lead_time=np.timedelta64(lead_time, "ns"), init_times=inits[have],
+                     valid_times=valid[have], dropped=inits[~have])

@@ -1,0 +1,172 @@
+"""The Lightning DataModule: stores -> aligned, split, normalisation-ready batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import xarray as xr
+from torch.utils.data import DataLoader
+
+from data.schema import MEMBER, STATION, spatial_dims
+from pipeline.align import (Alignment, StoreLike, align, check_grids, open_dataset, open_static,
+                            regrid_like, source_path)
+from pipeline.config import PipelineConfig
+from pipeline.dataset import EnsembleDataset, EpochSampler, collate_rows
+from pipeline.features import (STATIC_NAMES, channel_leads, channel_names, static_fields,
+                               target_channels)
+from pipeline.members import check_members
+from pipeline.reader import StoreReader
+from pipeline.splits import resolve_periods, split_init_times
+from pipeline.stats import NormStats, compute_stats, provenance_of, source_hash
+from pipeline.tiles import tile_slices
+
+log = logging.getLogger(__name__)
+Split = Literal["train", "val", "test"]
+
+
+class EnsembleDataModule(L.LightningDataModule):
+    """Batches of ``inputs [B,K,C,H,W]``, ``static [B,S,H,W]``, ``target [B,T,H,W]``,
+    ``init_time``, ``lead_time``, ``y0``, ``x0`` (see ARCHITECTURE.md).
+
+    ``forecast``/``analysis``/``static`` override the config's store paths and may be paths or
+    already opened lazy datasets; ``stats`` skips computing/loading statistics.  Everything is
+    prepared on first use (:meth:`setup`), so ``dm.channels`` etc. work right away.
+    """
+
+    def __init__(self, config: PipelineConfig, *, forecast: StoreLike | None = None,
+                 analysis: StoreLike | None = None, static: StoreLike | None = None,
+                 stats: NormStats | None = None):
+        super().__init__()
+        self.config = config
+        self._fc_src = forecast if forecast is not None else config.stores.forecast
+        self._an_src = analysis if analysis is not None else config.stores.analysis
+        self._st_src = static if static is not None else config.stores.static
+        if self._fc_src is None or self._an_src is None:
+            raise ValueError("pipeline.stores.forecast and pipeline.stores.analysis must be set "
+                             "(or forecast=/analysis= given)")
+        self._stats = stats
+        self._ready = False
+
+    # ---- preparation -------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        cfg = self.config
+        fc, an = open_dataset(self._fc_src), open_dataset(self._an_src)
+        self._regrid = check_grids(fc, an, regrid=cfg.regrid)
+        self.point = spatial_dims(fc) == (STATION,)
+        self.grid_shape = ((fc.sizes[STATION], 1) if self.point else
+                           (fc.sizes["latitude"], fc.sizes["longitude"]))
+        self.store_members = fc[MEMBER].values.astype(np.int64)
+        self.n_members = check_members(self.store_members, config=cfg.members)
+        feats = cfg.features
+        self._leads = channel_leads(target_lead_time=feats.target_lead_time,
+                                    input_lead_times=feats.input_lead_times)
+        self.channels = channel_names(feats.variables, self._leads)
+        self.targets = tuple(feats.targets)
+        self.target_channels = target_channels(feats.variables, feats.targets)
+        self.static_names = STATIC_NAMES
+        lead = np.timedelta64(feats.target_lead_time, "h").astype("timedelta64[ns]")
+        self.alignment: Alignment = align(
+            fc, an, lead_time=lead,
+            input_lead_times=tuple(np.timedelta64(h, "h") for h in feats.input_lead_times))
+        log.info("alignment: %s", self.alignment.report())
+        self.periods = resolve_periods(fc["init_time"].values, config=cfg.split)
+        max_lead = np.timedelta64(max(self._leads), "h").astype("timedelta64[ns]")
+        self.split_init_times = split_init_times(
+            self.alignment.init_times, periods=self.periods, max_lead=max_lead,
+            gap_days=cfg.split.gap_days)
+        st = open_static(self._st_src) if self._st_src is not None else None
+        self._static = static_fields(fc, st, regrid=cfg.regrid)
+        self._reader = StoreReader(self._fc_src, self._an_src, variables=feats.variables,
+                                   leads_h=self._leads, targets=feats.targets,
+                                   regrid=cfg.regrid if self._regrid else None,
+                                   forecast_ds=fc, analysis_ds=an)
+        if self._stats is None:
+            self._stats = self._load_or_compute_stats(fc, an)
+        self._ready = True
+
+    def _load_or_compute_stats(self, fc: xr.Dataset, an: xr.Dataset) -> NormStats:
+        train = self.split_init_times["train"]
+        expected = source_hash(forecast_path=source_path(fc, self._fc_src),
+                               analysis_path=source_path(an, self._an_src), init_times=train,
+                               channels=self.channels, targets=self.targets,
+                               provenance={"forecast": provenance_of(fc),
+                                           "analysis": provenance_of(an)})
+        path = self.config.stores.statistics
+        if path is not None and Path(path).exists():
+            return NormStats.from_file(path, expected_source_hash=expected)
+        regrid = None
+        if self._regrid:
+            lat, lon, method = fc["latitude"].values, fc["longitude"].values, self.config.regrid
+
+            def regrid(m: xr.DataArray) -> xr.DataArray:
+                return regrid_like(m, latitude=lat, longitude=lon, method=str(method))
+        stats = compute_stats(fc, an, channels=self.channels, targets=self.targets,
+                              init_times=train, valid_times=train + self.alignment.lead_time,
+                              source_hash=expected, regrid_target=regrid)
+        if path is not None:
+            stats.to_file(path)
+        return stats
+
+    # ---- the contract ------------------------------------------------------------------
+    @property
+    def stats(self) -> NormStats:
+        self.setup()
+        assert self._stats is not None
+        return self._stats
+
+    def __getattr__(self, name: str):
+        # contract attributes are filled by setup(); prepare on first access
+        if name in {"channels", "targets", "target_channels", "static_names", "grid_shape",
+                    "n_members", "point", "alignment", "split_init_times", "periods",
+                    "store_members"} and not self.__dict__.get("_ready", True):
+            self.setup()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # ---- datasets and loaders ----------------------------------------------------------
+    def dataset(self, split: Split, *, mode: Literal["train", "eval"] | None = None
+                ) -> EnsembleDataset:
+        """The dataset of a split (``mode``: ``train`` for the train split, else ``eval``)."""
+        self.setup()
+        if split not in self.split_init_times:
+            raise ValueError(f"split {split!r} is not configured (splits: "
+                             f"{list(self.split_init_times)})")
+        mode = mode or ("train" if split == "train" else "eval")
+        b = self.config.batches
+        tiles = None
+        if mode == "eval" and not self.point:
+            tiles = tile_slices(self.grid_shape, tile=b.tile_size, overlap=b.tile_overlap)
+        return EnsembleDataset(
+            self._reader, init_times=self.split_init_times[split],
+            lead_time=self.alignment.lead_time, channels=self.channels,
+            members=self.config.members, store_members=self.store_members,
+            static=self._static, grid_shape=self.grid_shape, point=self.point, mode=mode,
+            patch_size=b.patch_size, tiles=tiles, seed=b.seed,
+            nan_policy=self.config.nan_policy, stats=self._stats)
+
+    def _loader(self, ds: EnsembleDataset, *, sampler=None) -> DataLoader:
+        b = self.config.batches
+        return DataLoader(ds, batch_size=b.batch_size, sampler=sampler, shuffle=False,
+                          num_workers=b.num_workers, collate_fn=collate_rows,
+                          persistent_workers=False, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train")
+        sampler = EpochSampler(len(ds), seed=self.config.batches.seed, shuffle=True,
+                               samples_per_epoch=self.config.batches.samples_per_epoch)
+        return self._loader(ds, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.dataset("val")) if "val" in self.split_init_times else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,103 @@
+"""Train / validation / test splits by date, with no valid time shared between splits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Period, SplitConfig
+
+SPLITS = ("train", "val", "test")
+_DAY = np.timedelta64(1, "D")
+
+
+class SplitError(ValueError):
+    """A split is empty or cannot be formed from the data."""
+
+
+def resolve_periods(init_times: np.ndarray, *, config: SplitConfig) -> dict[str, Period]:
+    """The split periods: those configured, or the paper's chronological default.
+
+    The default orders the days holding init times and gives the earliest ``fractions[0]``
+    to training, then validation, then test; whole calendar years when the data span at least
+    three years (1999-2017 gives 1999-2013 / 2014-2015 / 2016-2017).  Splits with a zero
+    fraction are left out.
+    """
+    if config.explicit:
+        return {k: p for k in SPLITS if (p := getattr(config, k)) is not None}
+    if len(init_times) == 0:
+        raise SplitError("cannot split: the forecast store holds no init times")
+    days = np.unique(np.asarray(init_times, dtype="datetime64[ns]").astype("datetime64[D]"))
+    years = np.unique(days.astype("datetime64[Y]").astype(int) + 1970)
+    f_train, f_val, f_test = config.fractions
+    if len(years) >= 3:
+        units = [(dt.date(int(y), 1, 1), dt.date(int(y), 12, 31)) for y in years]
+    else:
+        units = [(_to_date(d), _to_date(d)) for d in days]
+    n = len(units)
+    n_test = max(1, round(n * f_test)) if f_test > 0 else 0
+    n_val = max(1, round(n * f_val)) if f_val > 0 else 0
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise SplitError(f"cannot split {n} {'years' if len(years) >= 3 else 'days'} of data into "
+                         f"fractions {config.fractions}: nothing is left for training")
+    out: dict[str, Period] = {}
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val),
+              "test": (n_train + n_val, n)}
+    for name, (a, b) in bounds.items():
+        if b > a:
+            out[name] = Period(start=units[a][0], end=units[b - 1][1])
+    return out
+
+
+def split_init_times(
+    init_times: np.ndarray,
+    *,
+    periods: dict[str, Period],
+    max_lead: np.timedelta64,
+    gap_days: int = 0,
+) -> dict[str, np.ndarray]:
+    """The init times of each split.
+
+    An init time belongs to a split when it and its valid time at ``max_lead`` (the longest
+    lead used by a sample) fall inside the split's period, and it lies more than ``gap_days``
+    days after the end of every earlier split.  Raises :class:`SplitError` when a split
+    selects no data.
+    """
+    inits = np.asarray(init_times, dtype="datetime64[ns]")
+    lead = np.timedelta64(max_lead, "ns")
+    ordered = sorted(periods.items(), key=lambda kv: kv[1].start)
+    out: dict[str, np.ndarray] = {}
+    for name, period in ordered:
+        start = np.datetime64(period.start, "ns")
+        end_excl = np.datetime64(period.end, "ns") + _DAY
+        keep = (inits >= start) & (inits + lead < end_excl)
+        for other, op in ordered:
+            if op.end < period.start:
+                keep &= inits >= np.datetime64(op.end, "ns") + _DAY * (gap_days + 1)
+        if not keep.any():
+            raise SplitError(
+                f"split {name!r} ({period}) selects no data: the store's init times span "
+                f"{_span(inits)}, and a sample needs its valid time at lead "
+                f"{_hours(lead)} h inside the period"
+                + (f" and its init time more than {gap_days} days after earlier splits"
+                   if gap_days else ""))
+        out[name] = inits[keep]
+    return {k: out[k] for k in SPLITS if k in out}
+
+
+def _to_date(d: np.datetime64) -> dt.date:
+    return pd.Timestamp(d).date()
+
+
+def _span(inits: Sequence[np.datetime64] | np.ndarray) -> str:
+    if len(inits) == 0:
+        return "nothing"
+    return f"{pd.Timestamp(np.min(inits))}..{pd.Timestamp(np.max(inits))}"
+
+
+def _hours(td: np.timedelta64) -> int:
+    return int(td // np.timedelta64(1, "h"))
