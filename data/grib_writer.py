@@ -2,7 +2,8 @@
 
 One message per (time, lead, member, level) field.  Values are packed with 16-bit simple
 packing, so a round trip returns each field within its packing precision
-(``(max - min) / 2**16`` of that field, e.g. ~0.001 K for temperature, ~0.5 m2 s-2 for z500).
+(``(max - min) / 2**16`` of that field, e.g. ~0.001 K for temperature, ~0.5 m2 s-2 for z500);
+grid coordinates are stored in micro-degrees (GRIB2), so e.g. 84.193548... reads back as 84.193548.
 
 Forecasts (dims ``init_time``, ``lead_time``, ``member``, optional ``level``, ``latitude``,
 ``longitude``) become ensemble messages (product definition template 1, or 11 for accumulated /
