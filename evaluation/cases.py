@@ -1,0 +1,299 @@
+"""Case studies: a YAML catalogue of named events, and the scores and maps of each case.
+
+Catalogue schema (``evaluation/catalogue/cases.yaml``; the synthetic world's ``events.yaml``
+uses the same, under ``cases:`` or ``events:``)::
+
+    cases:
+      - id: stjude-2013                # unique, [a-z0-9-_]
+        name: St Jude storm (Cyclone Christian)
+        variable: 10fg3                # addressed as data.schema.select_variable does
+        kind: windstorm                # free text (optional)
+        box: {lat_min: 47, lat_max: 60, lon_min: -10, lon_max: 15}
+        window: {start: 2013-10-28T00:00, end: 2013-10-28T12:00}   # valid times, inclusive
+        threshold: 25.0                # variable units; for exceedance maps (optional)
+        how_chosen: "..."              # required: how the case was selected
+        selected_on_outcome: true      # chosen because of what happened (forecaster's dilemma)
+        map_time: 2013-10-28T06:00     # valid time of the maps (optional; default: window start)
+        notes: "..."                   # e.g. "no verifying analysis" (optional)
+
+Longitudes may be given in -180..180 or 0..360 and may wrap (``lon_min: 172, lon_max: -178``).
+
+Selecting cases by the observed outcome alone favours forecasts that cry wolf (the
+forecaster's dilemma, Lerch et al. 2017): every case says how it was chosen, and the report
+prints it beside the scores, with a warning when ``selected_on_outcome`` is true.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from scipy.special import ndtr
+
+from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from evaluation.systems import SystemField
+
+#: The catalogue shipped with the package.
+SHIPPED_CATALOGUE = Path(__file__).parent / "catalogue" / "cases.yaml"
+
+
+class CatalogueError(ValueError):
+    """A case catalogue is malformed; the message names the file and the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Box(_Frozen):
+    lat_min: float = Field(ge=-90, le=90)
+    lat_max: float = Field(ge=-90, le=90)
+    lon_min: float = Field(ge=-180, le=360)
+    lon_max: float = Field(ge=-180, le=360)
+
+    @model_validator(mode="after")
+    def _order(self) -> "Box":
+        if self.lat_max < self.lat_min:
+            raise ValueError(f"box: lat_max {self.lat_max} < lat_min {self.lat_min}")
+        return self
+
+    def lon_mask(self, lon: np.ndarray) -> np.ndarray:
+        """Longitudes inside the box, whatever the convention and across the date line."""
+        width = (self.lon_max - self.lon_min) % 360.0
+        width = 360.0 if width == 0 and self.lon_max != self.lon_min else width
+        return ((np.asarray(lon, dtype=float) - self.lon_min) % 360.0) <= width + 1e-9
+
+    def lat_mask(self, lat: np.ndarray) -> np.ndarray:
+        lat = np.asarray(lat, dtype=float)
+        return (lat >= self.lat_min - 1e-9) & (lat <= self.lat_max + 1e-9)
+
+    def describe(self) -> str:
+        def ns(v: float) -> str:
+            return f"{abs(v):g}°{'N' if v >= 0 else 'S'}"
+
+        def ew(v: float) -> str:
+            v = ((v + 180.0) % 360.0) - 180.0
+            return f"{abs(v):g}°{'E' if v >= 0 else 'W'}"
+
+        return f"{ns(self.lat_min)}–{ns(self.lat_max)}, {ew(self.lon_min)}–{ew(self.lon_max)}"
+
+
+class Window(_Frozen):
+    start: _dt.datetime
+    end: _dt.datetime
+
+    @model_validator(mode="after")
+    def _order(self) -> "Window":
+        if self.end < self.start:
+            raise ValueError(f"window: end {self.end} is before start {self.start}")
+        return self
+
+
+class Case(_Frozen):
+    id: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str
+    variable: str
+    kind: str | None = None
+    box: Box
+    window: Window
+    threshold: float | None = None
+    how_chosen: str = Field(min_length=3)
+    selected_on_outcome: bool = False
+    map_time: _dt.datetime | None = None
+    notes: str | None = None
+
+
+def load_catalogue(path: Path) -> list[Case]:
+    """Read a catalogue; raise :class:`CatalogueError` naming the file and the bad entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"case catalogue not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CatalogueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict) or not ({"cases", "events"} & set(doc)):
+        raise CatalogueError(f"{path}: expected a mapping with a 'cases' (or 'events') list")
+    entries = doc.get("cases", doc.get("events"))
+    if not isinstance(entries, list):
+        raise CatalogueError(f"{path}: 'cases' must be a list, got {type(entries).__name__}")
+    cases: list[Case] = []
+    for i, entry in enumerate(entries):
+        try:
+            cases.append(Case.model_validate(entry))
+        except ValidationError as e:
+            where = entry.get("id", f"#{i}") if isinstance(entry, dict) else f"#{i}"
+            msgs = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
+            raise CatalogueError(f"{path}: case {where}: {msgs}") from None
+    ids = [c.id for c in cases]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise CatalogueError(f"{path}: duplicate case ids {dup}")
+    return cases
+
+
+# ------------------------------------------------------------------ selecting a case's data
+class CaseOutOfRange(ValueError):
+    """The data do not cover a case's window, box or variable (reported, not fatal)."""
+
+
+def case_subset(template: xr.DataArray, case: Case) -> dict[str, np.ndarray]:
+    """Integer indexers of the grid points in the box and of the ``(init_time, lead_time)``
+    whose valid time is in the window; raise :class:`CaseOutOfRange` saying what is missing."""
+    lat, lon = template[LATITUDE].values, template[LONGITUDE].values
+    ilat = np.flatnonzero(case.box.lat_mask(lat))
+    ilon = np.flatnonzero(case.box.lon_mask(lon))
+    if ilat.size == 0 or ilon.size == 0:
+        raise CaseOutOfRange(
+            f"case {case.id!r}: box {case.box.describe()} is outside the data's domain "
+            f"(latitudes {lat.min():g}..{lat.max():g}, longitudes {lon.min():g}..{lon.max():g})")
+    valid = (template[INIT_TIME] + template[LEAD_TIME]).values  # (init, lead)
+    start, end = np.datetime64(case.window.start, "ns"), np.datetime64(case.window.end, "ns")
+    inside = (valid >= start) & (valid <= end)
+    if not inside.any():
+        raise CaseOutOfRange(
+            f"case {case.id!r}: window {case.window.start:%Y-%m-%d %H:%M}..{case.window.end:%Y-%m-%d %H:%M} "
+            f"is outside the data's valid times ({_fmt(valid.min())}..{_fmt(valid.max())})")
+    return {"lat": ilat, "lon": ilon, "inside": inside}
+
+
+def _fmt(t: np.datetime64) -> str:
+    return str(np.datetime_as_string(t, unit="m")).replace("T", " ")
+
+
+def exceedance_probability(f: SystemField, threshold: float) -> xr.DataArray:
+    """P(X > threshold): the member fraction, or 1 - Phi for a Gaussian (NaN members skipped)."""
+    if f.kind == "ensemble":
+        ens = f.ensemble
+        return (ens > threshold).where(ens.notnull()).mean(MEMBER)
+    z = (threshold - f.mu) / f.sigma
+    return xr.apply_ufunc(lambda a: 1.0 - ndtr(a), z, dask="parallelized", output_dtypes=[float])
+
+
+# ------------------------------------------------------------------ evaluating a case
+@dataclass
+class CaseResult:
+    """Scores and maps of one case; ``status`` is ``ok``, ``no_truth`` or ``out_of_range``."""
+
+    case: Case
+    status: str
+    message: str = ""
+    #: {system: mean CRPS over box and window} (``estimator`` named)
+    crps: dict[str, float] = field(default_factory=dict)
+    #: {system: improvement in % of CRPS over the reference}
+    improvement_pct: dict[str, float] = field(default_factory=dict)
+    estimator: str = ""
+    map_valid_time: str | None = None
+    map_lead_hours: float | None = None
+    #: Dataset with ``<system>_mean/_spread/_prob/_error`` (latitude, longitude) and ``truth``
+    maps: xr.Dataset | None = None
+
+    def to_dict(self) -> dict:
+        c = self.case
+        return {
+            "id": c.id, "name": c.name, "variable": c.variable, "kind": c.kind,
+            "box": c.box.model_dump(), "box_text": c.box.describe(),
+            "window": {"start": c.window.start.isoformat(), "end": c.window.end.isoformat()},
+            "threshold": c.threshold, "how_chosen": c.how_chosen,
+            "selected_on_outcome": c.selected_on_outcome, "notes": c.notes,
+            "status": self.status, "message": self.message,
+            "crps": self.crps, "crps_estimator": self.estimator,
+            "improvement_pct": self.improvement_pct,
+            "map_valid_time": self.map_valid_time, "map_lead_hours": self.map_lead_hours,
+        }
+
+
+def evaluate_case(
+    case: Case,
+    fields: dict[str, SystemField],
+    truth: xr.DataArray | None,
+    *,
+    score_fn,
+    reference: str,
+    estimator: str,
+) -> CaseResult:
+    """Score every system in the case's box and window and build its maps.
+
+    ``fields`` are the systems' fields of ``case.variable``; ``truth`` is the truth already on
+    the forecast's ``(init_time, lead_time)`` (or ``None`` when there is no verifying
+    analysis: then only forecast maps and exceedance probabilities are made).
+    ``score_fn(field, obs) -> pointwise CRPS`` is the evaluation's CRPS.
+    A case the data do not cover gives ``status="out_of_range"`` with the reason.
+    """
+    if not fields:
+        return CaseResult(case, "out_of_range", f"case {case.id!r}: no system provides variable "
+                                                f"{case.variable!r}")
+    first = next(iter(fields.values()))
+    try:
+        sub = case_subset(first.template, case)
+    except CaseOutOfRange as e:
+        return CaseResult(case, "out_of_range", str(e))
+    box = {LATITUDE: sub["lat"], LONGITUDE: sub["lon"]}
+    inside = xr.DataArray(sub["inside"], dims=(INIT_TIME, LEAD_TIME),
+                          coords={INIT_TIME: first.template[INIT_TIME], LEAD_TIME: first.template[LEAD_TIME]})
+    lat = first.template[LATITUDE].values[sub["lat"]]
+    weights = xr.DataArray(np.cos(np.deg2rad(lat)), dims=(LATITUDE,))
+
+    result = CaseResult(case, "ok" if truth is not None else "no_truth", estimator=estimator)
+    if truth is None:
+        result.message = (f"case {case.id!r}: no verifying analysis for {case.variable!r} in the "
+                          "window; scores are not computed, forecast maps and exceedance "
+                          "probabilities are shown")
+    else:
+        obs = truth.isel(box)
+        for key, f in fields.items():
+            crps = score_fn(f.isel(box), obs)
+            w = weights.broadcast_like(crps).where(inside & crps.notnull(), 0.0)
+            total = float(w.sum())
+            result.crps[key] = float((crps.fillna(0.0) * w).sum() / total) if total > 0 else float("nan")
+        if reference in result.crps and np.isfinite(result.crps[reference]) and result.crps[reference] > 0:
+            ref = result.crps[reference]
+            result.improvement_pct = {k: 100.0 * (1.0 - v / ref) for k, v in result.crps.items()}
+    result.maps, result.map_valid_time, result.map_lead_hours = _case_maps(case, fields, truth, sub)
+    return result
+
+
+def _case_maps(case: Case, fields: dict[str, SystemField], truth: xr.DataArray | None,
+               sub: dict[str, np.ndarray]) -> tuple[xr.Dataset, str, float]:
+    """Maps at one valid time (``map_time`` or the first in the window), shortest lead."""
+    first = next(iter(fields.values())).template
+    valid = (first[INIT_TIME] + first[LEAD_TIME]).values
+    inside = sub["inside"]
+    target = np.datetime64(case.map_time or case.window.start, "ns")
+    cand = np.argwhere(inside)
+    times = valid[inside]
+    best_t = times[np.argmin(np.abs(times - target))]
+    pick = [(i, j) for i, j in cand if valid[i, j] == best_t]
+    i, j = min(pick, key=lambda ij: first[LEAD_TIME].values[ij[1]])
+    idx = {INIT_TIME: i, LEAD_TIME: j}
+    maps = {}
+    for key, f in fields.items():
+        g = f.isel(idx)
+        maps[f"{key}_mean"] = g.mean()
+        maps[f"{key}_spread"] = g.spread()
+        if case.threshold is not None:
+            maps[f"{key}_prob"] = exceedance_probability(g, case.threshold)
+        if truth is not None:
+            maps[f"{key}_error"] = g.mean() - truth.isel(idx)
+    if truth is not None:
+        maps["truth"] = truth.isel(idx)
+    ds = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in (LATITUDE, LONGITUDE)])
+                     for k, v in maps.items()}).load()
+    # a margin around the box so the event is seen in context
+    lat, lon = ds[LATITUDE].values, ds[LONGITUDE].values
+    la, lo = sub["lat"], sub["lon"]
+    pad_la = max(2, la.size // 2)
+    pad_lo = max(2, lo.size // 2)
+    lsel = np.arange(max(0, la.min() - pad_la), min(lat.size, la.max() + pad_la + 1))
+    contiguous = np.all(np.diff(lo) == 1)
+    osel = (np.arange(max(0, lo.min() - pad_lo), min(lon.size, lo.max() + pad_lo + 1))
+            if contiguous else lo)
+    ds = ds.isel({LATITUDE: lsel, LONGITUDE: osel})
+    ds.attrs.update({"case": case.id, "box": case.box.describe()})
+    lead_h = float(first[LEAD_TIME].values[j] / np.timedelta64(1, "h"))
+    return ds, _fmt(best_t), lead_h

@@ -1,0 +1,389 @@
+"""``evaluate(config, out_dir)``: score every system against the truth, chunk by chunk.
+
+For each variable the init times (common to all systems, in the period) are processed in
+chunks of ``config.chunk_size``: each chunk is loaded, scored pointwise
+(:mod:`evaluation.scoring`) and reduced at once to mergeable sums
+(:mod:`evaluation.aggregate`): area-weighted sums per region, init time and lead time (small:
+they feed the block bootstrap), sums over init times per grid point (the CRPS maps) and
+rank/PIT counts.  Memory is one chunk plus these sums, whatever the length of the period;
+the result does not depend on the chunking.
+
+NaN policy: see :mod:`evaluation.config` (``nan_policy``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE
+from evaluation import scoring
+from evaluation.aggregate import merge_sums, score_sums
+from evaluation.bootstrap import bootstrap_skill, diebold_mariano
+from evaluation.cases import CaseResult, evaluate_case, load_catalogue
+from evaluation.config import EvaluateConfig
+from evaluation.metrics import climatological_quantile
+from evaluation.registry import MissingReferenceError
+from evaluation.systems import (AlignmentError, SystemField, check_same_grid, common_init_times,
+                                open_systems, open_truth, select_period, truth_at_valid_time)
+from evaluation.weights import region_weights
+
+#: per-init quantities aggregated for every system (CRPS and moments of the error)
+MOMENTS = ("error", "abs_error", "sq_error", "variance")
+
+
+class NanPolicyError(ValueError):
+    """NaN found where ``nan_policy: error`` forbids it."""
+
+
+@dataclass
+class VariableScores:
+    """Everything computed for one variable."""
+
+    variable: str
+    units: str
+    systems: list[str]
+    #: per (system, region, init_time, lead_time): ``<q>_ws`` weighted sums and ``<q>_w`` weights
+    per_init: xr.Dataset
+    #: per (system, lead_time, latitude, longitude): mean CRPS over init times
+    crps_map: xr.DataArray
+    #: {system: (region, lead_time, bin) area-weighted counts}, and kind (rank/pit) per system
+    histograms: dict[str, xr.DataArray]
+    hist_kind: dict[str, str]
+    members: dict[str, int | None]
+    nan_dropped: dict[str, int]
+    tw_labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvaluationResult:
+    """The scores of an evaluation, ready for :mod:`evaluation.report`."""
+
+    config: EvaluateConfig
+    variables: dict[str, VariableScores]
+    scores: dict[str, xr.Dataset]
+    cases: list[CaseResult]
+    provenance: dict
+    out_dir: Path | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ per-variable accumulation
+def _weights(template: xr.DataArray, regions: list[str]) -> dict[str, xr.DataArray]:
+    return {r: region_weights(template[LATITUDE], template[LONGITUDE], r) for r in regions}
+
+
+def _check_nan(obs: xr.DataArray, fields: dict[str, SystemField], *, variable: str) -> None:
+    n = int(obs.isnull().sum())
+    if n:
+        raise NanPolicyError(f"nan_policy 'error': the truth of {variable!r} holds {n} NaN values "
+                             f"at the forecasts' valid times (use nan_policy 'skip' to drop them)")
+    for key, f in fields.items():
+        for part in (f.ensemble, f.mu, f.sigma):
+            if part is not None and int(part.isnull().sum()):
+                raise NanPolicyError(f"nan_policy 'error': system {key!r}, {variable!r} holds "
+                                     f"{int(part.isnull().sum())} NaN values")
+
+
+def _tw_thresholds(config: EvaluateConfig, truth: xr.DataArray, template: xr.DataArray,
+                   init_times: np.ndarray) -> dict[str, float | xr.DataArray]:
+    """Fixed thresholds and local climatological percentiles of the truth."""
+    tw = config.twcrps
+    out: dict[str, float | xr.DataArray] = {f"t{t:g}": float(t) for t in tw.thresholds}
+    if tw.percentiles:
+        if tw.climatology is not None:
+            t = truth["time"].values.astype("datetime64[D]")
+            sel = (t >= np.datetime64(tw.climatology.start)) & (t <= np.datetime64(tw.climatology.end))
+            clim = truth.isel(time=np.flatnonzero(sel))
+        else:
+            lo, hi = init_times.min(), init_times.max() + template[LEAD_TIME].values.max()
+            clim = truth.sel(time=slice(lo, hi))
+        if clim.sizes["time"] < 2:
+            raise AlignmentError(f"twcrps: the climatology of {truth.name!r} holds "
+                                 f"{clim.sizes['time']} times; need at least 2")
+        for p in tw.percentiles:
+            q = climatological_quantile(clim, p, dim="time").load()
+            out[f"p{round(p * 100):d}"] = q.assign_coords({LATITUDE: template[LATITUDE].values,
+                                                           LONGITUDE: template[LONGITUDE].values})
+    return out
+
+
+def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, SystemField],
+                   truth: xr.DataArray) -> VariableScores:
+    """Chunked scores of every system for ``variable`` (fields already cut to the period)."""
+    keys = list(fields)
+    ref = fields[config.reference] if config.reference in fields else fields[keys[0]]
+    init_times = ref.template[INIT_TIME].values
+    weights = _weights(ref.template, config.regions)
+    tw = _tw_thresholds(config, truth, ref.template, init_times) if "twcrps" in config.metrics else {}
+    want_hist = "rank_histogram" in config.metrics
+    per_init_parts: list[xr.Dataset] = []
+    map_sums: dict[str, xr.Dataset] = {}
+    hists: dict[str, xr.DataArray] = {}
+    hist_kind: dict[str, str] = {}
+    nan_dropped = {k: 0 for k in keys}
+    for start in range(0, init_times.size, config.chunk_size):
+        sl = {INIT_TIME: slice(start, start + config.chunk_size)}
+        chunk = {k: f.isel(sl).load() for k, f in fields.items()}
+        obs = truth_at_valid_time(truth, chunk[keys[0]].template,
+                                  what=f"truth vs forecasts of {variable!r}").load()
+        if config.nan_policy == "error":
+            _check_nan(obs, chunk, variable=variable)
+        part_vars: dict[str, dict[str, dict[str, xr.DataArray]]] = {}
+        for k, f in chunk.items():
+            q = {"crps": scoring.crps(f, obs, estimator=config.crps_estimator),
+                 **scoring.moments(f, obs)}
+            for label, thr in tw.items():
+                q[f"twcrps_{label}"] = scoring.twcrps(f, obs, threshold=thr, tail=config.twcrps.tail,
+                                                      estimator=config.crps_estimator)
+            nan_dropped[k] += int(q["crps"].isnull().sum())
+            for name, da in q.items():
+                for region, w in weights.items():
+                    s = score_sums(da, reduce_dims=[LATITUDE, LONGITUDE], weights=w)
+                    part_vars.setdefault(f"{name}_ws", {}).setdefault(k, {})[region] = s["weighted_sum"]
+                    part_vars.setdefault(f"{name}_w", {}).setdefault(k, {})[region] = s["weight_sum"]
+            m = score_sums(q["crps"], reduce_dims=[INIT_TIME])
+            map_sums[k] = m if k not in map_sums else merge_sums(map_sums[k], m)
+            if want_hist:
+                b, nb = scoring.rank_or_pit(f, obs, seed=start)
+                hist_kind[k] = "rank" if f.kind == "ensemble" else "pit"
+                h = _histogram(b, nb, weights)
+                hists[k] = h if k not in hists else hists[k] + h
+        per_init_parts.append(xr.Dataset({n: _stack(v, keys, list(weights)) for n, v in part_vars.items()}))
+    per_init = xr.concat(per_init_parts, INIT_TIME)
+    crps_map = xr.concat([(map_sums[k]["weighted_sum"] / map_sums[k]["weight_sum"].where(map_sums[k]["weight_sum"] > 0))
+                          .expand_dims(system=[k]) for k in keys], "system")
+    crps_map.attrs = {"long_name": "mean CRPS over init times", "estimator": _estimator_label(config, fields)}
+    units = str(truth.attrs.get("units", ""))
+    return VariableScores(variable, units, keys, per_init, crps_map, hists, hist_kind,
+                          {k: scoring.n_members(f) for k, f in fields.items()}, nan_dropped,
+                          tw_labels=list(tw))
+
+
+def _stack(parts: dict[str, dict[str, xr.DataArray]], keys: list[str], regions: list[str]) -> xr.DataArray:
+    """``{system: {region: da}}`` -> one DataArray with leading ``system`` and ``region`` dims."""
+    return xr.concat([xr.concat([parts[k][r] for r in regions], dim=pd.Index(regions, name="region", dtype=object))
+                      for k in keys], dim=pd.Index(keys, name="system", dtype=object))
+
+
+def _estimator_label(config: EvaluateConfig, fields: dict[str, SystemField]) -> str:
+    kinds = {f.kind for f in fields.values()}
+    parts = []
+    if "ensemble" in kinds:
+        parts.append(f"{config.crps_estimator} (ensembles)")
+    if "gaussian" in kinds:
+        parts.append("gaussian closed form (distributional products)")
+    return "; ".join(parts)
+
+
+def _histogram(bins: xr.DataArray, nb: int, weights: dict[str, xr.DataArray]) -> xr.DataArray:
+    """Area-weighted counts per (region, lead_time, bin)."""
+    b = bins.transpose(INIT_TIME, LEAD_TIME, LATITUDE, LONGITUDE).values
+    out = np.zeros((len(weights), b.shape[1], nb))
+    for r, w in enumerate(weights.values()):
+        wv = np.broadcast_to(w.transpose(LATITUDE, LONGITUDE).values, b.shape[2:])
+        for j in range(b.shape[1]):
+            bj = b[:, j]
+            ok = ~np.isnan(bj)
+            ww = np.broadcast_to(wv, bj.shape)[ok]
+            out[r, j] = np.bincount(bj[ok].astype(np.int64), weights=ww, minlength=nb)[:nb]
+    return xr.DataArray(out, dims=("region", LEAD_TIME, "bin"),
+                        coords={"region": list(weights), LEAD_TIME: bins[LEAD_TIME].values,
+                                "bin": np.arange(nb)})
+
+
+# ------------------------------------------------------------------ summary scores and skill
+def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
+    """Scores per (system, region, lead_time) and over all leads (``*_all``), with skill,
+    bootstrap CIs and a Diebold-Mariano test against the reference."""
+    p = vs.per_init
+
+    def mean(q: str, dims: tuple[str, ...]) -> xr.DataArray:
+        w = p[f"{q}_w"].sum(dims)
+        return p[f"{q}_ws"].sum(dims) / w.where(w > 0)
+
+    out = xr.Dataset()
+    for suffix, dims in (("", (INIT_TIME,)), ("_all", (INIT_TIME, LEAD_TIME))):
+        out[f"crps{suffix}"] = mean("crps", dims)
+        out[f"rmse{suffix}"] = np.sqrt(mean("sq_error", dims))
+        out[f"mae{suffix}"] = mean("abs_error", dims)
+        out[f"bias{suffix}"] = mean("error", dims)
+        spread = np.sqrt(mean("variance", dims))
+        factor = xr.DataArray([np.sqrt((m + 1) / m) if m else 1.0 for m in
+                               (vs.members[s] for s in vs.systems)], dims="system",
+                              coords={"system": vs.systems})
+        out[f"spread{suffix}"] = spread
+        out[f"spread_skill{suffix}"] = factor * spread / out[f"rmse{suffix}"]
+        for label in vs.tw_labels:
+            out[f"twcrps_{label}{suffix}"] = mean(f"twcrps_{label}", dims)
+    ref = config.reference
+    if ref in vs.systems:
+        series = p["crps_ws"] / p["crps_w"].where(p["crps_w"] > 0)  # (system, region, init, lead)
+        series_all = p["crps_ws"].sum(LEAD_TIME) / p["crps_w"].sum(LEAD_TIME).where(p["crps_w"].sum(LEAD_TIME) > 0)
+        bs = config.bootstrap
+        n = series.sizes[INIT_TIME]
+        for suffix, s in (("", series), ("_all", series_all)):
+            r = s.sel(system=ref, drop=True)
+            if n >= 2:
+                sk = bootstrap_skill(s, r, dim=INIT_TIME, confidence=bs.ci_level, n_resamples=bs.n,
+                                     block_length=min(bs.block_length, n), seed=bs.seed)
+                out[f"skill{suffix}"] = sk["value"]
+                out[f"skill_low{suffix}"] = sk["low"]
+                out[f"skill_high{suffix}"] = sk["high"]
+            else:
+                out[f"skill{suffix}"] = 1.0 - out[f"crps{suffix}"] / out[f"crps{suffix}"].sel(system=ref)
+                out[f"skill_low{suffix}"] = out[f"skill{suffix}"] * np.nan
+                out[f"skill_high{suffix}"] = out[f"skill{suffix}"] * np.nan
+            if n >= 4:
+                others = [k for k in vs.systems if k != ref]
+                pv = xr.full_like(out[f"skill{suffix}"], np.nan)
+                for k in others:
+                    dm = diebold_mariano(s.sel(system=k, drop=True), r, dim=INIT_TIME,
+                                         max_lag=min(config.bootstrap.block_length, n - 2) - 1
+                                         if n > 3 else 0)
+                    pv.loc[{"system": k}] = dm["p_value"]
+                out[f"dm_pvalue{suffix}"] = pv
+    out = out.assign_coords(init_count=vs.per_init.sizes[INIT_TIME])
+    out.attrs = {
+        "variable": vs.variable, "units": vs.units,
+        "crps_estimator": _estimator_label_from(config, vs),
+        "reference": ref,
+        "skill": "1 - CRPS/CRPS(reference), mean scores over init times, area-weighted",
+        "ci": f"{config.bootstrap.ci_level:.0%} circular block bootstrap over init dates "
+              f"(block length {config.bootstrap.block_length}, {config.bootstrap.n} resamples)",
+        "dm_test": "Diebold-Mariano (Newey-West HAC, HLN correction), two-sided, vs reference",
+        "spread_skill": "sqrt((M+1)/M) * spread / RMSE of the mean (1 = calibrated; Gaussian: factor 1)",
+        "nan_policy": config.nan_policy,
+    }
+    for k, v in vs.nan_dropped.items():
+        out.attrs[f"nan_dropped_{k}"] = v
+    return out
+
+
+def _estimator_label_from(config: EvaluateConfig, vs: VariableScores) -> str:
+    ens = [s for s in vs.systems if vs.members[s] is not None]
+    gau = [s for s in vs.systems if vs.members[s] is None]
+    parts = []
+    if ens:
+        parts.append(f"{config.crps_estimator} ensemble CRPS for {', '.join(ens)}")
+    if gau:
+        parts.append(f"closed-form gaussian CRPS for {', '.join(gau)}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------ orchestration
+def prepare_fields(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
+    """Open the systems, cut them to the period and lead times, keep common init times;
+    ``{variable: {system: field}}``."""
+    systems = open_systems(config)
+    if config.reference not in systems:
+        raise MissingReferenceError(
+            f"evaluate.reference: the reference {config.reference!r} for the skill scores is not "
+            f"among the systems {sorted(systems)}; add it to evaluate.systems or change "
+            f"evaluate.reference")
+    period = config.resolved_period()
+    out: dict[str, dict[str, SystemField]] = {}
+    for v in config.variables:
+        fs = {k: select_period(d[v], period, config.lead_times) for k, d in systems.items() if v in d}
+        if config.reference not in fs:
+            raise MissingReferenceError(f"evaluate.reference: the reference {config.reference!r} "
+                                        f"does not provide variable {v!r}")
+        common = common_init_times(list(fs.values()))
+        fs = {k: f.sel({INIT_TIME: common}) for k, f in fs.items()}
+        ref = fs[config.reference].template
+        for k, f in fs.items():
+            t = f.template
+            if not np.array_equal(t[LEAD_TIME].values, ref[LEAD_TIME].values):
+                raise AlignmentError(f"system {k!r}, {v!r}: lead times {_hours(t)} differ from the "
+                                     f"reference's {_hours(ref)}; set evaluate.lead_times")
+            check_same_grid(t, ref, what=f"system {k!r} vs reference {config.reference!r} ({v!r})")
+        out[v] = fs
+    return out
+
+
+def _hours(da: xr.DataArray) -> list[float]:
+    return (da[LEAD_TIME].values / np.timedelta64(1, "h")).tolist()
+
+
+def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None) -> EvaluationResult:
+    """Score all systems, evaluate the cases, and (when ``out_dir`` is given) write the
+    report and the dashboard there (:func:`evaluation.report.write_report`)."""
+    fields = prepare_fields(config)
+    truth = open_truth(config.truth, config.variables) if config.truth is not None else {}
+    variables: dict[str, VariableScores] = {}
+    scores: dict[str, xr.Dataset] = {}
+    for v, fs in fields.items():
+        if v in truth:
+            vs = score_variable(config, v, fs, truth[v])
+            variables[v] = vs
+            scores[v] = summarise(config, vs)
+    cases = run_cases(config, fields, truth)
+    result = EvaluationResult(config, variables, scores, cases, provenance(config, fields))
+    if out_dir is not None:
+        from evaluation.report import write_report
+
+        write_report(result, Path(out_dir))
+    return result
+
+
+def run_cases(config: EvaluateConfig, fields: dict[str, dict[str, SystemField]],
+              truth: dict[str, xr.DataArray]) -> list[CaseResult]:
+    """Every case of every catalogue; a case the data do not cover is reported, not fatal."""
+    results: list[CaseResult] = []
+    for path in config.cases:
+        for case in load_catalogue(path):
+            fs = fields.get(case.variable, {})
+            obs = None
+            if fs and case.variable in truth:
+                try:
+                    obs = truth_at_valid_time(truth[case.variable], next(iter(fs.values())).template,
+                                              what=f"case {case.id!r}")
+                except AlignmentError:
+                    obs = None
+            if not fs:
+                results.append(CaseResult(case, "out_of_range",
+                                          f"case {case.id!r}: variable {case.variable!r} is not "
+                                          f"evaluated (variables: {list(fields)})"))
+                continue
+            results.append(evaluate_case(
+                case, fs, obs, reference=config.reference, estimator=config.crps_estimator,
+                score_fn=lambda f, o: scoring.crps(f, o, estimator=config.crps_estimator)))
+    return results
+
+
+def provenance(config: EvaluateConfig, fields: dict[str, dict[str, SystemField]]) -> dict:
+    """Config, stores, versions, git commit and time of the run."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    n_init = {v: int(next(iter(fs.values())).template.sizes[INIT_TIME]) for v, fs in fields.items()}
+    first = {v: str(np.datetime_as_string(next(iter(fs.values())).template[INIT_TIME].values.min(), unit="h"))
+             for v, fs in fields.items()}
+    last = {v: str(np.datetime_as_string(next(iter(fs.values())).template[INIT_TIME].values.max(), unit="h"))
+            for v, fs in fields.items()}
+    return {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit or "unknown",
+        "config": config.model_dump(mode="json"),
+        "stores": {s.key: str(s.path) for s in config.systems} | {"truth": str(config.truth)},
+        "init_times": {v: {"count": n_init[v], "first": first[v], "last": last[v]} for v in fields},
+        "versions": {p: ver(p) for p in ("enspp", "xarray", "numpy", "zarr", "dask", "numba")}
+                    | {"python": platform.python_version()},
+    }

@@ -1,0 +1,239 @@
+"""Open the systems of an evaluation as xarray and align them with the truth.
+
+Every system becomes, per variable, a :class:`SystemField`: either an ensemble
+``(init_time, lead_time, member, *space)`` or a Gaussian ``mu``/``sigma`` pair
+``(init_time, lead_time, *space)``, lazily backed by its store.
+
+* ensembles come from forecast stores (``variable`` via :func:`data.schema.select_variable`)
+  or from the ECC members ``v`` of a product store;
+* ``raw_subset`` is K members (or a list) of the forecast store;
+* Gaussian products are ``v_mean``/``v_std`` of a product store (ARCHITECTURE.md);
+* the synthetic world's oracle is ``<var>_mu``/``<var>_sigma`` of ``oracle.zarr``;
+* a ``censored_logistic`` product is scored through its ECC members (an ensemble CRPS of
+  the members): the metrics have no closed form for it, and the members are what users get.
+
+The truth at ``valid_time = init_time + lead_time`` is looked up in the analysis ``time``;
+a valid time the analysis lacks, or a different grid, is an :class:`AlignmentError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+
+from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, TIME,
+                         select_variable, spatial_dims)
+from evaluation.config import EvaluateConfig, Period, SystemConfig
+
+
+class AlignmentError(ValueError):
+    """Forecast and truth (or two systems) do not share times or grid points."""
+
+
+class SystemDataError(ValueError):
+    """A system's store lacks what its configuration asks for."""
+
+
+@dataclass(frozen=True)
+class SystemField:
+    """One variable of one system: an ensemble or a Gaussian (mu, sigma)."""
+
+    key: str
+    variable: str
+    kind: Literal["ensemble", "gaussian"]
+    ensemble: xr.DataArray | None = None
+    mu: xr.DataArray | None = None
+    sigma: xr.DataArray | None = None
+
+    @property
+    def template(self) -> xr.DataArray:
+        return self.ensemble if self.kind == "ensemble" else self.mu
+
+    def isel(self, indexers: dict) -> "SystemField":
+        def sub(da: xr.DataArray | None) -> xr.DataArray | None:
+            return None if da is None else da.isel({k: v for k, v in indexers.items() if k in da.dims})
+        return SystemField(self.key, self.variable, self.kind, sub(self.ensemble), sub(self.mu),
+                           sub(self.sigma))
+
+    def sel(self, indexers: dict) -> "SystemField":
+        def sub(da: xr.DataArray | None) -> xr.DataArray | None:
+            return None if da is None else da.sel({k: v for k, v in indexers.items() if k in da.dims})
+        return SystemField(self.key, self.variable, self.kind, sub(self.ensemble), sub(self.mu),
+                           sub(self.sigma))
+
+    def mean(self) -> xr.DataArray:
+        return self.ensemble.mean(MEMBER) if self.kind == "ensemble" else self.mu
+
+    def spread(self) -> xr.DataArray:
+        return self.ensemble.std(MEMBER, ddof=1) if self.kind == "ensemble" else self.sigma
+
+    def load(self) -> "SystemField":
+        def ld(da: xr.DataArray | None) -> xr.DataArray | None:
+            return None if da is None else da.load()
+        return SystemField(self.key, self.variable, self.kind, ld(self.ensemble), ld(self.mu),
+                           ld(self.sigma))
+
+
+def open_dataset(path: Path) -> xr.Dataset:
+    """Open a store lazily: an enspp store through ``data.store.open_store`` (only its
+    complete records), any other Zarr (products, the oracle) with ``xr.open_zarr``."""
+    import warnings
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"store not found: {path}")
+    try:
+        from data.store import is_store, open_store
+    except ImportError:  # pragma: no cover - data.store is part of the project
+        is_store = open_store = None
+    if is_store is not None and is_store(path):
+        return open_store(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        try:
+            return xr.open_zarr(path, consolidated=None)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemDataError(f"{path}: cannot be opened as a Zarr store ({e})") from None
+
+
+def system_field(ds: xr.Dataset, system: SystemConfig, variable: str) -> SystemField:
+    """Pick ``variable`` of ``system`` out of its opened store ``ds``."""
+    where = f"system {system.key!r} ({system.path})"
+    if system.name == "oracle":
+        mu_name, sd_name = f"{variable}_mu", f"{variable}_sigma"
+        return _gaussian(ds, system, variable, mu_name, sd_name, where)
+    if system.type == "gaussian":
+        return _gaussian(ds, system, variable, f"{variable}_mean", f"{variable}_std", where)
+    try:
+        da = select_variable(ds, variable)
+    except KeyError as e:
+        raise SystemDataError(f"{where}: {e.args[0]}") from None
+    if MEMBER not in da.dims:
+        raise SystemDataError(f"{where}: variable {variable!r} has no {MEMBER!r} dim "
+                              f"(dims {da.dims}); for a Gaussian product set type: gaussian")
+    da = _select_members(da, system.members, where)
+    return SystemField(system.key, variable, "ensemble", ensemble=da)
+
+
+def _gaussian(ds: xr.Dataset, system: SystemConfig, variable: str, mu_name: str, sd_name: str,
+              where: str) -> SystemField:
+    missing = [n for n in (mu_name, sd_name) if n not in ds.data_vars]
+    if missing:
+        raise SystemDataError(f"{where}: variables {missing} needed for {variable!r} are missing "
+                              f"(available: {sorted(map(str, ds.data_vars))})")
+    return SystemField(system.key, variable, "gaussian", mu=ds[mu_name].rename(variable),
+                       sigma=ds[sd_name].rename(variable))
+
+
+def _select_members(da: xr.DataArray, members: int | list[int] | None, where: str) -> xr.DataArray:
+    if members is None:
+        return da
+    have = [int(m) for m in da[MEMBER].values]
+    wanted = list(range(members)) if isinstance(members, int) else [int(m) for m in members]
+    bad = [m for m in wanted if m not in have]
+    if bad:
+        raise SystemDataError(f"{where}: members {bad} are out of range: the store holds members "
+                              f"{min(have)}..{max(have)}")
+    return da.sel({MEMBER: wanted})
+
+
+def open_systems(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
+    """``{system key: {variable: SystemField}}`` for every configured system and variable."""
+    cache: dict[Path, xr.Dataset] = {}
+    out: dict[str, dict[str, SystemField]] = {}
+    for system in config.systems:
+        if system.path not in cache:
+            cache[system.path] = open_dataset(system.path)
+        ds = cache[system.path]
+        variables = system.variables or config.variables
+        out[system.key] = {v: system_field(ds, system, v) for v in variables}
+    return out
+
+
+def open_truth(path: Path, variables: list[str]) -> dict[str, xr.DataArray]:
+    """The analysis fields ``(time, *space)`` of ``variables``."""
+    ds = open_dataset(path)
+    if TIME not in ds.dims:
+        raise AlignmentError(f"truth {path}: expected an analysis store with a {TIME!r} dim, "
+                             f"found dims {tuple(ds.dims)}")
+    out = {}
+    for v in variables:
+        try:
+            out[v] = select_variable(ds, v)
+        except KeyError as e:
+            raise SystemDataError(f"truth {path}: {e.args[0]}") from None
+    return out
+
+
+def select_period(field: SystemField, period: Period | None,
+                  lead_hours: list[int] | None) -> SystemField:
+    """Restrict to init dates in ``period`` (both ends included) and to ``lead_hours``."""
+    tmpl = field.template
+    idx: dict[str, np.ndarray] = {}
+    if period is not None:
+        init = tmpl[INIT_TIME].values.astype("datetime64[D]")
+        keep = (init >= np.datetime64(period.start)) & (init <= np.datetime64(period.end))
+        idx[INIT_TIME] = np.flatnonzero(keep)
+    if lead_hours is not None:
+        leads = (tmpl[LEAD_TIME].values / np.timedelta64(1, "h")).astype(float)
+        missing = [h for h in lead_hours if not np.any(np.isclose(leads, h))]
+        if missing:
+            raise AlignmentError(f"system {field.key!r}, {field.variable!r}: lead times {missing} h "
+                                 f"are not in the store (available: {leads.tolist()} h)")
+        idx[LEAD_TIME] = np.array([int(np.flatnonzero(np.isclose(leads, h))[0]) for h in lead_hours])
+    return field.isel(idx) if idx else field
+
+
+def common_init_times(fields: list[SystemField]) -> np.ndarray:
+    """Init times every system has (paired comparison needs the same dates)."""
+    common: np.ndarray | None = None
+    for f in fields:
+        t = f.template[INIT_TIME].values
+        common = t if common is None else np.intersect1d(common, t)
+    if common is None or common.size == 0:
+        names = sorted({f.key for f in fields})
+        raise AlignmentError(f"systems {names} share no init time in the evaluation period")
+    return common
+
+
+def check_same_grid(a: xr.DataArray, b: xr.DataArray, *, what: str) -> None:
+    """Raise :class:`AlignmentError` unless the spatial coordinates of ``a`` and ``b`` agree."""
+    for dim in spatial_dims(a):
+        if dim not in b.dims:
+            raise AlignmentError(f"{what}: dim {dim!r} is missing from one side")
+        va, vb = a[dim].values, b[dim].values
+        if va.shape != vb.shape or (va.dtype.kind == "f" and not np.allclose(va, vb, atol=1e-6)) \
+                or (va.dtype.kind != "f" and not np.array_equal(va, vb)):
+            raise AlignmentError(f"{what}: {dim!r} differs ({va.size} points "
+                                 f"{_span(va)} vs {vb.size} points {_span(vb)}); regrid first")
+
+
+def _span(v: np.ndarray) -> str:
+    return f"{v.min()}..{v.max()}" if v.size else "empty"
+
+
+def truth_at_valid_time(truth: xr.DataArray, template: xr.DataArray, *, what: str) -> xr.DataArray:
+    """The truth on the forecast's ``(init_time, lead_time)`` by ``valid_time = init + lead``.
+
+    Raises :class:`AlignmentError` listing the first valid times missing from the analysis.
+    """
+    check_same_grid(template, truth, what=what)
+    init = template[INIT_TIME]
+    lead = template[LEAD_TIME]
+    valid = init + lead  # (init_time, lead_time)
+    have = truth[TIME].values
+    missing = np.setdiff1d(valid.values.ravel(), have)
+    if missing.size:
+        shown = ", ".join(str(np.datetime_as_string(t, unit="h")) for t in missing[:3])
+        raise AlignmentError(f"{what}: {missing.size} valid times (init_time + lead_time) are not "
+                             f"in the truth's 'time' ({_span(have)}): {shown}"
+                             f"{' ...' if missing.size > 3 else ''}")
+    out = truth.sel({TIME: valid}).drop_vars(TIME, errors="ignore")
+    for dim in (LATITUDE, LONGITUDE):
+        if dim in out.dims and dim in template.dims:
+            out = out.assign_coords({dim: template[dim].values})
+    return out.transpose(INIT_TIME, LEAD_TIME, *[d for d in out.dims if d not in (INIT_TIME, LEAD_TIME)])
