@@ -1,0 +1,216 @@
+"""Write an evaluation's report: scores as NetCDF and JSON, PNG plots, and the dashboard.
+
+Layout of ``DIR``::
+
+    DIR/index.html              the skill dashboard (evaluation.dashboard)
+    DIR/scores.json             everything the dashboard shows (schema ``enspp-evaluation/1``)
+    DIR/scores_<variable>.nc    scores per (system, region, lead_time), CRPS maps, histograms
+    DIR/plots/*.png             skill by lead, spread/skill, rank/PIT histograms, maps, cases
+
+Every CRPS is written with its estimator in the attributes (``crps_estimator``).  A plot or
+case that cannot be made is reported in ``scores.json`` (``problems``) and the rest is still
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from data.schema import LEAD_TIME
+from evaluation import plots
+
+SCHEMA = "enspp-evaluation/1"
+HEADLINE_FIELDS = ("crps", "skill", "skill_low", "skill_high", "dm_pvalue", "rmse", "bias",
+                   "spread_skill")
+BY_LEAD_FIELDS = ("crps", "skill", "skill_low", "skill_high", "rmse", "mae", "bias", "spread",
+                  "spread_skill")
+
+
+def _num(x) -> float | None:
+    """A JSON-safe float (NaN and inf become null)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _safe_name(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s)
+
+
+def scores_document(result) -> dict:
+    """The JSON document of an :class:`~evaluation.evaluate.EvaluationResult` (no plots yet)."""
+    cfg = result.config
+    doc: dict = {
+        "schema": SCHEMA,
+        "title": cfg.title,
+        "reference": cfg.reference,
+        "crps_estimator": cfg.crps_estimator,
+        "systems": [{"key": s.key, "name": s.name, "type": s.type, "path": str(s.path),
+                     "members": s.members} for s in cfg.systems],
+        "variables": {},
+        "cases": [c.to_dict() for c in result.cases],
+        "provenance": result.provenance,
+        "problems": [],
+    }
+    for v, ds in result.scores.items():
+        regions = [str(r) for r in ds.region.values]
+        systems = [str(s) for s in ds.system.values]
+        entry = {
+            "units": ds.attrs.get("units", ""),
+            "estimator": ds.attrs.get("crps_estimator", ""),
+            "ci": ds.attrs.get("ci", ""),
+            "dm_test": ds.attrs.get("dm_test", ""),
+            "regions": regions,
+            "systems": systems,
+            "lead_hours": (ds[LEAD_TIME].values / np.timedelta64(1, "h")).tolist(),
+            "init_count": int(ds["init_count"]),
+            "nan_dropped": {k[len("nan_dropped_"):]: int(val) for k, val in ds.attrs.items()
+                            if k.startswith("nan_dropped_")},
+            "headline": {}, "by_lead": {}, "twcrps": {}, "plots": {},
+        }
+        tw = [n for n in ds.data_vars if n.startswith("twcrps_") and n.endswith("_all")]
+        for r in regions:
+            rows = []
+            for s in systems:
+                row = {"system": s}
+                for f in HEADLINE_FIELDS:
+                    name = f"{f}_all"
+                    row[f] = _num(ds[name].sel(system=s, region=r)) if name in ds else None
+                rows.append(row)
+            entry["headline"][r] = rows
+            entry["by_lead"][r] = {s: {f: [_num(x) for x in ds[f].sel(system=s, region=r).values]
+                                       for f in BY_LEAD_FIELDS if f in ds} for s in systems}
+            entry["twcrps"][r] = {n[len("twcrps_"):-len("_all")]: {s: _num(ds[n].sel(system=s, region=r))
+                                                                 for s in systems} for n in tw}
+        doc["variables"][v] = entry
+    return doc
+
+
+def write_netcdf(result, out_dir: Path) -> dict[str, str]:
+    """``scores_<variable>.nc`` per variable; returns {variable: file name}."""
+    files = {}
+    for v, ds in result.scores.items():
+        vs = result.variables[v]
+        out = ds.copy()
+        out["crps_map"] = vs.crps_map
+        for k, h in vs.histograms.items():
+            out[f"histogram_{k}"] = h.rename({"bin": f"bin_{k}"})
+            out[f"histogram_{k}"].attrs["kind"] = vs.hist_kind[k]
+        for name in out.data_vars:
+            if name.startswith(("crps", "twcrps", "skill")):
+                out[name].attrs["crps_estimator"] = ds.attrs.get("crps_estimator", "")
+        out = out.assign_coords(system=out.system.values.astype(str).astype(object),
+                                region=out.region.values.astype(str).astype(object))
+        out.attrs.update({"title": result.config.title, "schema": SCHEMA,
+                          "git_commit": result.provenance.get("git_commit", ""),
+                          "created": result.provenance.get("created", "")})
+        name = f"scores_{_safe_name(v)}.nc"
+        out.to_netcdf(out_dir / name)
+        files[v] = name
+    return files
+
+
+def write_plots(result, doc: dict, out_dir: Path) -> None:
+    """All PNGs; paths (relative to ``out_dir``) go into ``doc``; failures into ``problems``."""
+    pdir = out_dir / "plots"
+    for v, ds in result.scores.items():
+        entry = doc["variables"][v]
+        vs = result.variables[v]
+        sv = _safe_name(v)
+        for key in ("skill_by_lead", "spread_skill", "histograms"):
+            entry["plots"][key] = {}
+        for r in entry["regions"]:
+            sr = _safe_name(r)
+            _try(doc, f"skill by lead of {v}/{r}", lambda: entry["plots"]["skill_by_lead"].__setitem__(
+                r, _rel(plots.skill_by_lead(ds, r, pdir / f"skill_{sv}_{sr}.png"), out_dir)))
+            _try(doc, f"spread/skill of {v}/{r}", lambda: entry["plots"]["spread_skill"].__setitem__(
+                r, _rel(plots.spread_skill(ds, r, pdir / f"spread_skill_{sv}_{sr}.png"), out_dir)))
+            if vs.histograms:
+                _try(doc, f"histograms of {v}/{r}", lambda: entry["plots"]["histograms"].__setitem__(
+                    r, _rel(plots.histograms(vs.histograms, vs.hist_kind, r, v,
+                                             pdir / f"rank_{sv}_{sr}.png"), out_dir)))
+        lead_h = vs.crps_map[LEAD_TIME].values / np.timedelta64(1, "h")
+        want = result.config.map_lead_time
+        j = int(np.argmin(np.abs(lead_h - want))) if want is not None else 0
+        entry["map_lead_hours"] = float(lead_h[j])
+        _try(doc, f"maps of {v}", lambda: entry["plots"].__setitem__("maps", _rel(
+            plots.crps_and_skill_maps(vs.crps_map.isel({LEAD_TIME: j}), reference=result.config.reference,
+                                      variable=f"{v} at +{lead_h[j]:g} h", units=vs.units,
+                                      estimator=result.config.crps_estimator,
+                                      path=pdir / f"maps_{sv}.png"), out_dir)))
+    for case_doc, case in zip(doc["cases"], result.cases):
+        if case.maps is None:
+            continue
+        units = result.variables[case.case.variable].units if case.case.variable in result.variables else ""
+        title = (f"{case.case.name} — {case.case.variable}, valid {case.map_valid_time} "
+                 f"(+{case.map_lead_hours:g} h)")
+        systems = [s for s in (x.key for x in result.config.systems) if f"{s}_mean" in case.maps]
+        _try(doc, f"case {case.case.id}", lambda: case_doc.__setitem__("plot", _rel(plots.case_panel(
+            case.maps, systems=systems, title=title, threshold=case.case.threshold, units=units,
+            box=case.case.box.model_dump(), path=pdir / f"case_{_safe_name(case.case.id)}.png"), out_dir)))
+
+
+def _rel(path: Path, base: Path) -> str:
+    return path.relative_to(base).as_posix()
+
+
+def _try(doc: dict, what: str, fn) -> None:
+    try:
+        fn()
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+        doc["problems"].append(f"{what}: could not be drawn ({type(e).__name__}: {e})")
+
+
+def write_json(doc: dict, path: Path) -> None:
+    def clean(o):
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, (float, np.floating)):
+            return _num(o)
+        if isinstance(o, np.integer):
+            return int(o)
+        return o
+
+    path.write_text(json.dumps(clean(doc), indent=1, sort_keys=False))
+
+
+def write_report(result, out_dir: Path) -> dict[str, str]:
+    """Write everything into ``out_dir`` and return ``{kind: path}`` of the main files."""
+    from evaluation.dashboard import write_dashboard
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = scores_document(result)
+    doc["problems"].extend(c["message"] for c in doc["cases"] if c["status"] == "out_of_range")
+    nc = write_netcdf(result, out_dir)
+    doc["files"] = {"netcdf": nc, "json": "scores.json"}
+    write_plots(result, doc, out_dir)
+    write_json(doc, out_dir / "scores.json")
+    index = write_dashboard([doc], out_dir)
+    files = {"index": str(index), "json": str(out_dir / "scores.json"),
+             **{f"netcdf_{v}": str(out_dir / n) for v, n in nc.items()}}
+    result.out_dir = out_dir
+    result.files = files
+    return files
+
+
+def read_scores(path: Path) -> dict:
+    """Read ``scores.json`` (a file or an evaluation directory); checks the schema."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "scores.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"no scores.json at {p}: is this an evaluation directory?")
+    doc = json.loads(p.read_text())
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"{p}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
+    return doc
