@@ -115,3 +115,24 @@ def config_dict(w: World, **over) -> dict:
     }
     cfg.update(over)
     return cfg
+
+
+_CACHE: dict[str, object] = {}
+
+
+def evaluated_report(root: Path):
+    """A full evaluation (with report and dashboard) of a small world, computed once per test
+    session and shared by the evaluation, dashboard and browser tests.
+    Returns ``(world, result, out_dir)``."""
+    if "report" not in _CACHE:
+        from evaluation.config import config_from_mapping
+        from evaluation.evaluate import evaluate
+
+        w = make_world(root / "world", n_init=12)
+        cfg = config_from_mapping(config_dict(
+            w, metrics=["crps", "spread_skill", "rank_histogram", "rmse", "mae", "bias", "twcrps"],
+            twcrps={"thresholds": [295.0], "percentiles": [0.9]}))
+        out = root / "report"
+        result = evaluate(cfg, out)
+        _CACHE["report"] = (w, result, out)
+    return _CACHE["report"]

@@ -1,0 +1,74 @@
+"""``enspp evaluate --config CFG --out DIR``: score systems, write reports and the dashboard.
+
+Reads the ``evaluate`` section of the config file (through ``flows.config.load_config`` when
+that module exists, else directly with YAML); relative paths in it are relative to the config
+file's directory.  ``--combine DIR ...`` instead merges finished evaluations into one
+dashboard at ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "score systems, write reports and the dashboard"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="enspp.yaml holding an 'evaluate' section")
+    parser.add_argument("--out", type=Path, required=True, help="report directory (index.html, scores, plots)")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="DIR",
+                        help="combine these evaluation directories into one dashboard at --out")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def load_evaluate_config(path: Path):
+    """The :class:`~evaluation.config.EvaluateConfig` of ``path`` with paths resolved."""
+    from evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    cfg = None
+    try:
+        from flows.config import load_config
+    except ImportError:
+        load_config = None
+    if load_config is not None:
+        full = load_config(path)
+        cfg = getattr(full, "evaluate", None)
+    if not isinstance(cfg, EvaluateConfig):
+        import yaml
+
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise EvaluateConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(doc, dict) or "evaluate" not in doc:
+            raise EvaluateConfigError(f"{path}: no 'evaluate' section")
+        cfg = config_from_mapping(doc["evaluate"], source=f"{path}: evaluate")
+    return cfg.resolve_paths(path.resolve().parent)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.combine:
+        from evaluation.dashboard import combine_dashboards
+
+        index = combine_dashboards(args.combine, args.out)
+        print(f"dashboard: {index}")
+        return 0
+    if args.config is None:
+        raise ValueError("--config is required (or --combine DIR ...)")
+    from evaluation.evaluate import evaluate
+
+    cfg = load_evaluate_config(args.config)
+    result = evaluate(cfg, args.out)
+    for v, ds in result.scores.items():
+        region = str(ds.region.values[0])
+        parts = [f"{s}={float(ds['crps_all'].sel(system=s, region=region)):.4g}" for s in ds.system.values]
+        print(f"{v} ({region}) CRPS: " + ", ".join(parts))
+    n_bad = sum(c.status == "out_of_range" for c in result.cases)
+    if n_bad:
+        print(f"{n_bad} case(s) outside the data: see the report")
+    print(f"dashboard: {result.files['index']}")
+    return 0

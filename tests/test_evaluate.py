@@ -1,0 +1,235 @@
+"""evaluate(): systems, alignment, chunking, skill with intervals, reports, CLI, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
+from evaluation.evaluate import NanPolicyError, evaluate, prepare_fields, score_variable, summarise
+from evaluation.metrics import crps_ensemble
+from evaluation.registry import MissingReferenceError
+from evaluation.systems import AlignmentError, SystemDataError, open_truth
+from evaluation.weights import region_weights
+from evaluation_data import config_dict, evaluated_report, make_world
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return evaluated_report(tmp_path_factory.getbasetemp() / "evaluation-shared")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("small"), n_init=8, n_members=5, seed=3)
+
+
+def _cfg(world, **over) -> EvaluateConfig:
+    base = {"metrics": ["crps"], "cases": [], "regions": ["global"], "bootstrap": {"n": 50, "block_length": 2}}
+    base.update(over)
+    return config_from_mapping(config_dict(world, **base))
+
+
+# ------------------------------------------------------------------ the numbers
+def test_skill_ranks_the_systems_as_built(report):
+    _, result, _ = report
+    ds = result.scores["t2m"].sel(region="global")
+    skill = ds["skill_all"]
+    assert float(skill.sel(system="raw_full")) == 0.0
+    # the product and the oracle are better than the raw ensemble, with intervals above 0
+    for s in ("emos", "oracle"):
+        assert float(ds["skill_low_all"].sel(system=s)) > 0.1
+        assert float(ds["skill_low_all"].sel(system=s)) <= float(skill.sel(system=s)) \
+            <= float(ds["skill_high_all"].sel(system=s))
+        assert float(ds["dm_pvalue_all"].sel(system=s)) < 0.01
+    assert float(skill.sel(system="oracle")) > float(skill.sel(system="raw_subset"))
+    # the raw ensemble is under-dispersive by construction, the oracle calibrated
+    assert float(ds["spread_skill_all"].sel(system="raw_full")) < 0.6
+    assert 0.85 < float(ds["spread_skill_all"].sel(system="oracle")) < 1.15
+
+
+def test_crps_equals_direct_weighted_mean(report):
+    w, result, _ = report
+    fc = xr.open_zarr(w.forecast)["t2m"].load()
+    ana = xr.open_zarr(w.analysis)["t2m"].load()
+    obs = ana.sel(time=fc.init_time + fc.lead_time).drop_vars("time")
+    crps = crps_ensemble(fc, obs, estimator="fair")
+    wts = region_weights(fc.latitude, fc.longitude, "tropics")
+    direct = float((crps * wts).sum() / (wts.broadcast_like(crps)).sum())
+    got = float(result.scores["t2m"]["crps_all"].sel(system="raw_full", region="tropics"))
+    assert got == pytest.approx(direct, rel=1e-10)
+
+
+def test_chunked_and_one_shot_agree(world):
+    out = []
+    for chunk in (3, 100):
+        cfg = _cfg(world, chunk_size=chunk, metrics=["crps", "rmse", "rank_histogram"])
+        fields = prepare_fields(cfg)["t2m"]
+        truth = open_truth(cfg.truth, ["t2m"])["t2m"]
+        vs = score_variable(cfg, "t2m", fields, truth)
+        out.append((summarise(cfg, vs), vs))
+    (a, va), (b, vb) = out
+    for name in ("crps", "crps_all", "rmse_all", "skill_all", "skill_low_all", "spread_skill"):
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(va.crps_map.values, vb.crps_map.values, rtol=1e-10)
+    # ties in ranks are broken with chunk-dependent random numbers; the data here has no ties
+    np.testing.assert_allclose(va.histograms["raw_full"].values, vb.histograms["raw_full"].values)
+
+
+def test_report_files_name_the_estimator(report):
+    _, result, out = report
+    doc = json.loads((out / "scores.json").read_text())
+    assert doc["schema"] == "enspp-evaluation/1"
+    v = doc["variables"]["t2m"]
+    assert "fair ensemble CRPS" in v["estimator"] and "gaussian" in v["estimator"]
+    assert {r["system"] for r in v["headline"]["global"]} == {"raw_full", "raw_subset", "emos", "oracle"}
+    assert set(v["twcrps"]["global"]) == {"t295", "p90"}
+    ds = xr.open_dataset(out / "scores_t2m.nc")
+    assert "fair" in ds.attrs["crps_estimator"] and "fair" in ds["crps_all"].attrs["crps_estimator"]
+    assert set(map(str, ds.system.values)) == {"raw_full", "raw_subset", "emos", "oracle"}
+    assert ds["crps_map"].dims == ("system", "lead_time", "latitude", "longitude")
+    for p in list(v["plots"]["skill_by_lead"].values()) + [v["plots"]["maps"]]:
+        assert (out / p).stat().st_size > 1000
+    assert (out / "index.html").is_file()
+    # the out-of-period case is reported, and the rest of the report was still written
+    assert any("far-away" in p and "outside" in p for p in doc["problems"])
+    assert [c["status"] for c in doc["cases"]] == ["ok", "out_of_range"]
+
+
+# ------------------------------------------------------------------ bad input
+def test_truth_not_covering_valid_times_is_an_error(world, tmp_path):
+    ana = xr.open_zarr(world.analysis).isel(time=slice(0, 5)).load()
+    short = tmp_path / "short.zarr"
+    ana.to_zarr(short)
+    cfg = _cfg(world, truth=str(short))
+    with pytest.raises(AlignmentError, match="valid times .* not in the truth"):
+        evaluate(cfg)
+
+
+def test_truth_on_another_grid_is_an_error(world, tmp_path):
+    ana = xr.open_zarr(world.analysis).load()
+    ana = ana.assign_coords(longitude=ana.longitude + 1.0)
+    other = tmp_path / "shifted.zarr"
+    ana.to_zarr(other)
+    with pytest.raises(AlignmentError, match="'longitude' differs"):
+        evaluate(_cfg(world, truth=str(other)))
+
+
+def test_missing_reference_is_named(world):
+    systems = [{"name": "emos", "path": str(world.product), "type": "gaussian"}]
+    with pytest.raises(MissingReferenceError, match="'raw_full'.*not among the systems"):
+        evaluate(_cfg(world, systems=systems))
+
+
+def test_reference_without_the_variable_is_named(world):
+    systems = [{"name": "raw_full", "path": str(world.forecast), "variables": ["t2m"]},
+               {"name": "oracle", "path": str(world.oracle), "type": "gaussian", "variables": ["z500"]}]
+    cfg = _cfg(world, systems=systems, variables=["t2m", "z500"], reference="raw_full")
+    with pytest.raises(MissingReferenceError, match="does not provide variable 'z500'"):
+        evaluate(cfg)
+
+
+def test_missing_variable_and_members_and_leads(world):
+    with pytest.raises(SystemDataError, match="t2m_mean"):
+        evaluate(_cfg(world, systems=[{"name": "raw_full", "path": str(world.forecast)},
+                                      {"name": "emos", "path": str(world.oracle), "type": "gaussian"}]))
+    with pytest.raises(SystemDataError, match=r"members \[5, 6\] are out of range"):
+        evaluate(_cfg(world, systems=[{"name": "raw_full", "path": str(world.forecast)},
+                                      {"name": "raw_subset", "path": str(world.forecast),
+                                       "members": [0, 5, 6]}]))
+    with pytest.raises(AlignmentError, match=r"lead times \[72\] h"):
+        evaluate(_cfg(world, lead_times=[24, 72]))
+    with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
+        evaluate(_cfg(world, truth=str(world.forecast.parent / "nowhere.zarr")))
+
+
+def test_nan_policy(tmp_path):
+    w = make_world(tmp_path, n_init=6, n_members=3, nan_truth=True)
+    base = {"metrics": ["crps"], "cases": [], "regions": ["global"], "bootstrap": {"n": 20, "block_length": 2}}
+    res = evaluate(config_from_mapping(config_dict(w, **base)))
+    # truth time index 2 (2021-01-03) is the valid time of (init 01-02, +24 h) and (01-01, +48 h)
+    assert res.scores["t2m"].attrs["nan_dropped_raw_full"] == 2
+    assert np.isfinite(res.scores["t2m"]["crps_all"]).all()
+    with pytest.raises(NanPolicyError, match="truth of 't2m' holds 2 NaN"):
+        evaluate(config_from_mapping(config_dict(w, nan_policy="error", **base)))
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"systems": [{"name": "raw_full", "path": "a"}, {"name": "raw_full", "path": "b"}]}, "duplicate system"),
+    ({"systems": [{"name": "raw_subset", "path": "a"}]}, "needs 'members'"),
+    ({"systems": [{"name": "custom", "path": "a"}]}, "needs a 'label'"),
+    ({"systems": [{"name": "raw_full", "path": "a", "members": 0}]}, "K must be >= 1"),
+    ({"systems": [{"name": "emos", "path": "a", "type": "gaussian", "members": 3}]}, "needs type 'ensemble'"),
+    ({"systems": []}, "at least one system"),
+    ({"metrics": ["crps", "brier"]}, "unknown"),
+    ({"period": {"start": "2021-01-01", "end": "2021-02-01"}, "split": "test"}, "either 'period' or 'split'"),
+    ({"split": "test", "splits": {"train": {"start": "2020-01-01", "end": "2020-02-01"}}}, "not a known split"),
+    ({"period": {"start": "2021-02-01", "end": "2021-01-01"}}, "is before start"),
+    ({"lead_times": [-6]}, "must be >= 0"),
+    ({"twcrps": {"percentiles": [1.5]}}, r"must lie in \(0, 1\)"),
+    ({"bootstrap": {"n": 3}}, "evaluate.bootstrap.n"),
+    ({"colour": "red"}, "evaluate.colour: Extra inputs"),
+])
+def test_config_errors_name_the_key(over, match):
+    base = {"systems": [{"name": "raw_full", "path": "f.zarr"}]}
+    base.update(over)
+    with pytest.raises(EvaluateConfigError, match=match):
+        config_from_mapping(base)
+
+
+def test_config_split_and_period_resolution(tmp_path):
+    cfg = config_from_mapping({"systems": [{"name": "raw_full", "path": "f.zarr"}], "split": "test"})
+    with pytest.raises(EvaluateConfigError, match="'test' is not defined"):
+        cfg.resolved_period()
+    cfg = config_from_mapping({"systems": [{"name": "raw_full", "path": "f.zarr"}], "split": "test",
+                               "splits": {"test": {"start": "2021-01-03", "end": "2021-01-05"}},
+                               "truth": "a.zarr", "cases": ["c.yaml"]})
+    assert str(cfg.resolved_period().start) == "2021-01-03"
+    r = cfg.resolve_paths(tmp_path)
+    assert r.systems[0].path == tmp_path / "f.zarr" and r.truth == tmp_path / "a.zarr"
+    assert r.cases == [tmp_path / "c.yaml"]
+    with pytest.raises(EvaluateConfigError, match="expected a mapping"):
+        config_from_mapping(["not", "a", "mapping"])
+
+
+def test_period_selects_init_dates(world):
+    cfg = _cfg(world, period={"start": "2021-01-03", "end": "2021-01-05"})
+    res = evaluate(cfg)
+    assert int(res.scores["t2m"]["init_count"]) == 3
+    assert res.provenance["init_times"]["t2m"]["first"].startswith("2021-01-03")
+    with pytest.raises(AlignmentError, match="share no init time"):
+        evaluate(_cfg(world, period={"start": "2030-01-01", "end": "2030-01-05"}))
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_evaluate_and_combine(world, tmp_path):
+    from flows.cli import main
+
+    cfg_file = tmp_path / "enspp.yaml"
+    import yaml
+
+    section = config_dict(world, metrics=["crps", "rank_histogram"], regions=["global"],
+                          bootstrap={"n": 50, "block_length": 2})
+    # relative paths are resolved against the config file's directory
+    shutil.copytree(world.forecast, tmp_path / "fc.zarr")
+    section["systems"][0]["path"] = "fc.zarr"
+    cfg_file.write_text(yaml.safe_dump({"evaluate": section}))
+    assert main(["evaluate", "--config", str(cfg_file), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "index.html").is_file()
+    assert main(["evaluate", "--combine", str(tmp_path / "rep"), str(tmp_path / "rep"),
+                 "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both" / "index.html").is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("evaluate:\n  systems: []\n")
+    assert main(["evaluate", "--config", str(bad), "--out", str(tmp_path / "x")]) == 1
+    nosec = tmp_path / "nosec.yaml"
+    nosec.write_text("train: {}\n")
+    assert main(["evaluate", "--config", str(nosec), "--out", str(tmp_path / "x")]) == 1
+    assert main(["evaluate", "--out", str(tmp_path / "x")]) == 1
+    assert main(["evaluate", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "x")]) == 1
