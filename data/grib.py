@@ -113,6 +113,9 @@ def scan_grib(path: str | os.PathLike, *, values: bool = False, allow_nan: bool 
             try:
                 h = eccodes.codes_grib_new_from_file(fh)
             except eccodes.GribInternalError as e:
+                if not messages:
+                    raise ReaderError(f"{path}: not a GRIB file, or corrupt from its first message "
+                                      f"({e})") from e
                 raise ReaderError(f"{path}: corrupt or truncated GRIB after {len(messages)} complete "
                                   f"messages ({e})") from e
             if h is None:
