@@ -110,7 +110,7 @@ def latitude_weights(
         w[order] = w_sorted
     else:
         raise RegionError(f"unknown latitude weighting {method!r}: choose 'cos' or 'area'")
-    if w.sum() <= 0:
+    if w.sum() <= 1e-12:
         raise RegionError("latitude weights sum to zero (only pole rows?)")
     w = w / w.mean()
     return xr.DataArray(w, dims=latitude.dims, coords={latitude.dims[0]: latitude.values},
