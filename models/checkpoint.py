@@ -145,20 +145,15 @@ def _from_safe(obj: Any) -> Any:
 
 
 def spec_to_dict(spec: Any) -> dict[str, Any]:
-    """The fields of a ``ModelSpec`` dataclass as a dict (no deep copy of the arrays)."""
-    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    """``ModelSpec.to_dict()``: plain types and numpy arrays."""
+    return spec.to_dict()
 
 
 def spec_from_dict(values: dict[str, Any]) -> Any:
-    """Rebuild a ``models.base.ModelSpec`` (sequences back to tuples)."""
+    """Rebuild a ``models.base.ModelSpec``."""
     from models.base import ModelSpec
 
-    names = {f.name for f in dataclasses.fields(ModelSpec)}
-    kwargs = {k: v for k, v in values.items() if k in names}
-    for key in ("channels", "targets", "target_channels", "static_names", "grid_shape"):
-        if key in kwargs and isinstance(kwargs[key], list):
-            kwargs[key] = tuple(kwargs[key])
-    return ModelSpec(**kwargs)
+    return ModelSpec.from_dict(values)
 
 
 def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
@@ -188,7 +183,9 @@ def git_commit(repo: str | Path | None = None) -> str | None:
                              text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], CheckpointMetadata]:
@@ -217,7 +214,10 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
     path = Path(path)
     raw, meta = read_checkpoint(path)
-    model = build_model(spec_from_dict(meta.spec))
+    try:
+        model = build_model(spec_from_dict(meta.spec))
+    except ValueError as e:
+        raise CorruptCheckpointError(f"checkpoint {path}: its model spec is invalid: {e}") from e
     state = {k[len(MODEL_PREFIX):]: v for k, v in raw["state_dict"].items()
              if k.startswith(MODEL_PREFIX)}
     result = model.load_state_dict(state, strict=False)

@@ -34,34 +34,20 @@ class PostProcessingModule(L.LightningModule):
     """Wrap ``model`` (a PostProcessor with ``spec``) with its loss, optimiser and metadata."""
 
     def __init__(self, model: torch.nn.Module, *, train_config: TrainConfig,
-                 target_scale: torch.Tensor, metadata: CheckpointMetadata | None = None) -> None:
+                 metadata: CheckpointMetadata | None = None) -> None:
         super().__init__()
         self.model = model
         self.train_config = train_config
         self.metadata = metadata
         self.distribution: str = model.spec.distribution
         self.targets: tuple[str, ...] = tuple(model.spec.targets)
-        self.target_channels: tuple[int, ...] = tuple(int(c) for c in model.spec.target_channels)
-        scale = torch.as_tensor(target_scale, dtype=torch.float32).reshape(-1)
-        if scale.numel() != len(self.targets) or not bool(torch.all(scale > 0)):
-            raise ValueError(f"target_scale must hold one positive value per target "
-                             f"{list(self.targets)}, got {scale.tolist()}")
-        self.register_buffer("target_scale", scale)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch)
 
     # -- losses ---------------------------------------------------------------------------
-    def _model_loss(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        return reduce_crps(lambda y: distribution_crps(out, y, distribution=self.distribution),
-                           target, target_scale=self.target_scale)
-
-    def _raw_members(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, K, T, H, W]``: the raw members of each target at the target lead."""
-        return batch["inputs"][:, :, list(self.target_channels)]
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._model_loss(self(batch), batch["target"])
+        loss = self.model.loss(self(batch), batch["target"])
         self.log(monitor_name(self.distribution).replace("val/", "train/"), loss,
                  on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=batch["target"].shape[0], sync_dist=True)
@@ -72,14 +58,12 @@ class PostProcessingModule(L.LightningModule):
         out = self(batch)
         n = target.shape[0]
         est = self.train_config.ensemble_estimator
-        raw = self._raw_members(batch)
-        loss = self._model_loss(out, target)
-        raw_loss = reduce_crps(lambda y: crps_ensemble(raw, y, member_dim=1, estimator=est),
-                               target, target_scale=self.target_scale)
+        raw = self.model.raw_target_members(batch)
         log = dict(on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        self.log(monitor_name(self.distribution), loss, prog_bar=True, **log)
-        self.log(f"val/crps_raw_{est}", raw_loss, **log)
-        ones = torch.ones_like(self.target_scale[:1])
+        self.log(monitor_name(self.distribution), self.model.loss(out, target), prog_bar=True,
+                 **log)
+        self.log(f"val/crps_raw_{est}", self.model.raw_loss(batch, estimator=est), **log)
+        ones = torch.ones(1, device=target.device)
         for t, name in enumerate(self.targets):
             y = target[:, t:t + 1]
             sub = {k: v[:, t:t + 1] for k, v in out.items() if v.dim() == target.dim()}

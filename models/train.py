@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
-import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -34,7 +33,6 @@ from models.checkpoint import (CheckpointMetadata, CheckpointMismatchError, code
                                git_commit, read_checkpoint, spec_to_dict)
 from models.config import ModelConfig, TrainConfig
 from models.lightning_module import PostProcessingModule, monitor_name
-from models.normalize import resolve_stats
 
 RUNS_DIR = "runs"
 CHECKPOINT_DIR = "checkpoints"
@@ -96,13 +94,6 @@ def build_spec(data: Any, model: ModelConfig, *, n_members: int, grid_shape: tup
         distribution=model.distribution, options=dict(model.options))
 
 
-def target_scale_of(spec: Any) -> torch.Tensor:
-    """Global std of each target (the loss divides by it so targets weigh alike)."""
-    resolved = resolve_stats(spec.stats, channels=spec.channels, targets=spec.targets,
-                             target_channels=spec.target_channels, grid_shape=spec.grid_shape)
-    return torch.as_tensor(resolved["target_std"], dtype=torch.float32)
-
-
 def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
                    train: TrainConfig) -> CheckpointMetadata:
     """Everything a checkpoint carries besides the weights."""
@@ -120,7 +111,7 @@ def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
         patch_shape=(None if pipeline.batches.patch_size is None
                      else (pipeline.batches.patch_size, pipeline.batches.patch_size)),
         data_version=_opt_str(getattr(data, "data_version", None)),
-        data_hash=_opt_str(stats.get("hash") if isinstance(stats, dict) else None),
+        data_hash=_opt_str(stats.get("source_hash") if isinstance(stats, dict) else None),
         pipeline=pipeline.model_dump(mode="json"), model=model.model_dump(mode="json"),
         train=train.model_dump(mode="json"), code_version=code_version(),
         git_commit=git_commit(), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -191,7 +182,7 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
 
     metadata = build_metadata(spec, data=data, pipeline=pipeline, model=model, train=train_config)
     module = PostProcessingModule(build_model(spec), train_config=train_config,
-                                  target_scale=target_scale_of(spec), metadata=metadata)
+                                  metadata=metadata)
     run_dir = (run_dir_of_checkpoint(resume) if resume is not None else None) or (
         Path(workdir) / RUNS_DIR / (train_config.run_id or new_run_id(train_config.seed)))
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,179 @@
+"""Training with Lightning: each model beats the raw ensemble on a toy world; runs, resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from models.config import ConfigError, ModelConfig, TrainConfig, load_sections, parse_section
+from models.train import train
+from pipeline.config import PipelineConfig
+from pipeline.stats import NormStats
+
+NY, NX, K = 8, 16, 5
+BIAS, NOISE = 1.0, 0.3  # members: truth + BIAS + NOISE * eps (biased, under-dispersed)
+
+
+def toy_stats(channels=("t2m@48h",), targets=("t2m",)) -> NormStats:
+    c, t = len(channels), len(targets)
+    z = lambda n: np.zeros((n, NY, NX), np.float32)  # noqa: E731
+    o = lambda n: np.ones((n, NY, NX), np.float32)  # noqa: E731
+    return NormStats(channels=tuple(channels), targets=tuple(targets),
+                     channel_mean=np.zeros(c, np.float32), channel_std=np.ones(c, np.float32),
+                     channel_mean_local=z(c), channel_std_local=o(c),
+                     target_mean=np.zeros(t, np.float32), target_std=np.ones(t, np.float32),
+                     target_mean_local=z(t), target_std_local=o(t),
+                     train_start="2020-01-01", train_end="2020-01-31", source_hash="toy")
+
+
+class ToyDataset(Dataset):
+    """Truth ~ N(0, 1) per point; K members = truth + bias + small noise."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = np.random.default_rng(seed)
+        truth = g.normal(size=(n, 1, NY, NX)).astype(np.float32)
+        self.inputs = (truth[:, None] + BIAS + NOISE * g.normal(size=(n, K, 1, NY, NX))).astype(np.float32)
+        self.target = truth
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"inputs": torch.from_numpy(self.inputs[i]),
+                "static": torch.zeros(2, NY, NX), "target": torch.from_numpy(self.target[i]),
+                "init_time": torch.tensor(i, dtype=torch.int64),
+                "lead_time": torch.tensor(0, dtype=torch.int64),
+                "y0": torch.tensor(0), "x0": torch.tensor(0)}
+
+
+class ToyDataModule(L.LightningDataModule):
+    """The pipeline's DataModule contract on the toy world."""
+
+    channels = ("t2m@48h",)
+    targets = ("t2m",)
+    target_channels = (0,)
+    static_names = ("lsm", "orog")
+    n_members = K
+    grid_shape = (NY, NX)
+    latitude = np.linspace(45.0, 38.0, NY)
+    longitude = np.arange(NX, dtype=float)
+
+    def __init__(self, n_train: int = 32, n_val: int = 16) -> None:
+        super().__init__()
+        self.stats = toy_stats()
+        self.n_train, self.n_val = n_train, n_val
+
+    def setup(self, stage: str) -> None:
+        self.train_ds, self.val_ds = ToyDataset(self.n_train, 0), ToyDataset(self.n_val, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_ds, batch_size=8, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_ds, batch_size=8)
+
+
+PIPE = PipelineConfig.from_dict({"features": {"variables": ["t2m"], "targets": ["t2m"]}})
+
+
+def fit(tmp_path: Path, *, name: str = "mixed", epochs: int = 3, run_id: str = "run",
+        resume: Path | None = None, lr: float = 0.01, options: dict | None = None, **kw):
+    cfg = TrainConfig(max_epochs=epochs, progress_bar=False, run_id=run_id, learning_rate=lr,
+                      log_every_n_steps=1, **kw)
+    return train(PIPE, ModelConfig(name=name, options=options or {}), cfg, workdir=tmp_path,
+                 resume=resume, datamodule=ToyDataModule())
+
+
+#: small networks keep the default test run fast
+SMALL = {"mixed": {"embed_dim": 8, "encoder_hidden": [8], "width": 8, "depth": 1},
+         "unet": {}, "mlp": {}, "emos_local": {}, "emos_global": {}}
+#: learning rates that converge within a few epochs on the toy world
+LR = {"mixed": 0.03, "unet": 0.01, "mlp": 0.05, "emos_local": 0.05, "emos_global": 0.05}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_each_model_beats_the_raw_ensemble(tmp_path: Path, name: str) -> None:
+    result = fit(tmp_path, name=name, epochs=4, options=SMALL[name], lr=LR[name])
+    assert result.monitor == "val/crps_gaussian"
+    assert result.raw_score is not None and np.isfinite(result.best_score)
+    assert result.best_score < 0.8 * result.raw_score, (name, result)
+
+
+def test_run_directory_layout(tmp_path: Path) -> None:
+    result = fit(tmp_path, name="emos_global", epochs=2)
+    assert result.run_dir == tmp_path / "runs" / "run"
+    assert result.best_checkpoint == result.run_dir / "checkpoints" / "best.ckpt"
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    rows = list(csv.DictReader(result.metrics_csv.open()))
+    assert {"val/crps_gaussian", "val/crps_raw_fair", "val/crps_gaussian/t2m",
+            "train/crps_gaussian"} <= set(rows[0])
+    assert list((result.run_dir / "logs" / "tensorboard").rglob("events.out.tfevents*"))
+    resolved = load_sections(result.run_dir / "config.yaml")
+    assert parse_section(resolved, "train", TrainConfig).max_epochs == 2
+    assert result.epochs == 2
+
+
+def test_resume_continues_the_same_run(tmp_path: Path) -> None:
+    kw = dict(name="mixed", options=SMALL["mixed"], early_stopping_patience=None)
+    full = fit(tmp_path, epochs=4, run_id="full", **kw)
+    half = fit(tmp_path, epochs=2, run_id="half", **kw)
+    resumed = fit(tmp_path, epochs=4, run_id="ignored", resume=half.last_checkpoint, **kw)
+    assert resumed.run_dir == half.run_dir  # same run continued
+    assert not (tmp_path / "runs" / "ignored").exists()
+    a = torch.load(full.last_checkpoint, weights_only=True)
+    b = torch.load(resumed.last_checkpoint, weights_only=True)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    for i in sa:
+        torch.testing.assert_close(sb[i]["exp_avg_sq"], sa[i]["exp_avg_sq"], rtol=0, atol=0)
+    assert resumed.metrics_csv.parent.name == "version_1"
+
+
+def test_resume_with_another_model_is_refused(tmp_path: Path) -> None:
+    first = fit(tmp_path, name="emos_global", epochs=1)
+    with pytest.raises(ValueError, match="name"):
+        fit(tmp_path, name="emos_local", epochs=2, resume=first.last_checkpoint)
+
+
+def test_config_sections(tmp_path: Path) -> None:
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text("model: {name: unet}\ntrain: {max_epochs: 3, accelerator: cpu}\n"
+                   "predict: {quantiles: [0.1, 0.9]}\npipeline: {}\n")
+    sections = load_sections(cfg)
+    assert parse_section(sections, "model", ModelConfig).name == "unet"
+    assert parse_section(sections, "train", TrainConfig).max_epochs == 3
+    cfg.write_text("train: {max_epochz: 3}\n")
+    with pytest.raises(ConfigError, match=r"train\.max_epochz"):
+        parse_section(load_sections(cfg), "train", TrainConfig)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("trian: {}\n", "unknown section 'trian'"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("train: 3\n", "section 'train' must be a mapping"),
+    ("train: [\n", "not valid YAML"),
+])
+def test_bad_config_files(tmp_path: Path, text: str, match: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_sections(cfg)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(FileNotFoundError):
+        load_sections("/nonexistent/enspp.yaml")
+    with pytest.raises(ValueError, match="strictly increasing"):
+        __import__("models.config").config.PredictConfig(quantiles=(0.5, 0.1))
+    with pytest.raises(ValueError, match="strictly between"):
+        __import__("models.config").config.PredictConfig(quantiles=(0.0, 0.5))
+    with pytest.raises(ValueError, match="plain directory name"):
+        TrainConfig(run_id="a/b")
