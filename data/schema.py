@@ -225,7 +225,8 @@ def validate(ds: xr.Dataset, *, kind: Kind | None = None, source: str | None = N
     required = (INIT_TIME, LEAD_TIME, MEMBER) if kind == "forecast" else (TIME,)
     for dim in required:
         if dim not in ds.dims:
-            fail(f"missing dim {dim!r} for a {kind} (dims: {tuple(ds.dims)})")
+            fail(f"missing dim {dim!r} for {'an' if kind == 'analysis' else 'a'} {kind} "
+                 f"(dims: {tuple(ds.dims)})")
     try:
         spatial = spatial_dims(ds)
     except SchemaError as e:
