@@ -106,8 +106,8 @@ def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
         variables=variables, levels=tuple(levels), n_members=int(spec.n_members),
         member_strategy=pipeline.members.strategy, estimator=spec.distribution,
         distribution=spec.distribution,
-        latitude=tuple(float(x) for x in np.asarray(data.latitude)),
-        longitude=tuple(float(x) for x in np.asarray(data.longitude)),
+        latitude=_grid_coord(data, pipeline, schema.LATITUDE),
+        longitude=_grid_coord(data, pipeline, schema.LONGITUDE),
         patch_shape=(None if pipeline.batches.patch_size is None
                      else (pipeline.batches.patch_size, pipeline.batches.patch_size)),
         data_version=_opt_str(getattr(data, "data_version", None)),
@@ -115,6 +115,18 @@ def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
         pipeline=pipeline.model_dump(mode="json"), model=model.model_dump(mode="json"),
         train=train.model_dump(mode="json"), code_version=code_version(),
         git_commit=git_commit(), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+
+def _grid_coord(data: Any, pipeline: Any, name: str) -> tuple[float, ...]:
+    """The training grid's ``latitude``/``longitude`` (from the DataModule, else its store)."""
+    values = getattr(data, name, None)
+    if values is None:
+        from pipeline.align import open_dataset
+
+        source = getattr(data, "_fc_src", None) or pipeline.stores.forecast
+        ds = open_dataset(source)
+        values = ds[name].values if name in ds.coords else np.zeros(0)
+    return tuple(float(x) for x in np.asarray(values).reshape(-1))
 
 
 def _opt_str(v: Any) -> str | None:
