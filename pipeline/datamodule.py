@@ -57,6 +57,7 @@ class EnsembleDataModule(L.LightningDataModule):
             return
         cfg = self.config
         fc, an = open_dataset(self._fc_src), open_dataset(self._an_src)
+        self._forecast = fc
         self._regrid = check_grids(fc, an, regrid=cfg.regrid)
         self.point = spatial_dims(fc) == (STATION,)
         self.grid_shape = ((fc.sizes[STATION], 1) if self.point else
@@ -114,6 +115,12 @@ class EnsembleDataModule(L.LightningDataModule):
         return stats
 
     # ---- the contract ------------------------------------------------------------------
+    @property
+    def forecast(self) -> xr.Dataset:
+        """The opened (lazy) forecast store: grid coordinates and provenance attributes."""
+        self.setup()
+        return self._forecast
+
     @property
     def stats(self) -> NormStats:
         self.setup()
