@@ -1,0 +1,269 @@
+"""Ingest GRIB / NetCDF / Zarr files into a versioned store (:mod:`data.store`).
+
+```python
+summary = ingest(["fc/*.grib"], "stores/forecast.zarr")   # files, directories, globs
+print(summary.line())
+```
+
+Default policy (``on_error="raise"``): every file is read, validated and checked against the
+store and the other files first; if any is bad, nothing is written and :class:`IngestError`
+names each bad file and its problem.  ``on_error="skip"`` lands the good files and lists the
+bad ones in the summary.  Files already ingested (same SHA-256, all their records complete)
+are skipped without being decoded, so re-running an ingest changes nothing.
+
+GRIB is decoded directly with eccodes by :func:`data.ingest_grib.decode_grib` (not cfgrib, and
+not the per-message ``shortName`` lookups of ``data.readers.read_grib_eccodes``: see that
+module for why); other formats go through :mod:`data.readers`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import xarray as xr
+
+from data import provenance as prov
+from data.provenance import SourceFile
+from data.ingest_grib import decode_grib
+from data.schema import MEMBER, Kind
+from data.store import record_dim
+from data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version
+
+#: Suffixes picked from a directory (a file named explicitly is read whatever its name).
+INPUT_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1", ".nc", ".nc4", ".netcdf")
+
+
+class IngestError(ValueError):
+    """One or more inputs were refused; ``failures`` lists ``(file, problem)`` pairs."""
+
+    def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:
+        self.failures = tuple(failures)
+        lines = "; ".join(msg if msg.startswith(path) else f"{path}: {msg}"
+                          for path, msg in self.failures)
+        super().__init__(f"{len(self.failures)} of the inputs refused, store {store} left "
+                         f"unchanged: {lines}")
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """What an ingest did (``line()`` is the one-line report of ``enspp ingest``)."""
+
+    store: str
+    kind: str
+    files: int
+    files_already_ingested: int
+    added: tuple[str, ...]
+    repaired: tuple[str, ...]
+    skipped: tuple[str, ...]
+    members: int
+    variables: tuple[str, ...]
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    failed: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def line(self) -> str:
+        rec = record_dim(self.kind).replace("_", " ")
+        head = (f"ingest {self.store}: {len(self.added)} {rec}s added, {len(self.skipped)} "
+                f"skipped (already in the store)")
+        if self.repaired:
+            head += f", {len(self.repaired)} repaired"
+        tail = (f"; {self.files} files ({self.files_already_ingested} already ingested); "
+                f"{self.members} members; {len(self.variables)} variables "
+                f"({', '.join(self.variables)}); read {_mb(self.bytes_read)}, wrote "
+                f"{_mb(self.bytes_written)} in {self.seconds:.1f} s")
+        if self.failed:
+            tail += f"; {len(self.failed)} files FAILED: " + "; ".join(
+                f"{p}: {m}" for p, m in self.failed)
+        return head + tail
+
+
+def collect_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files, directories (their GRIB/NetCDF files, sorted; a Zarr store is one input) and
+    glob patterns -> a sorted list of inputs without repeats.  Raises FileNotFoundError
+    naming a path that does not exist or a pattern/directory that matches nothing."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir() and not _is_zarr(p):
+            found = sorted(q for q in p.iterdir()
+                           if q.is_file() and q.suffix.lower() in INPUT_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"{p}: directory holds no input files "
+                                        f"({', '.join(INPUT_SUFFIXES)})")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(str(item)))
+            if not found:
+                raise FileNotFoundError(f"{item}: the pattern matches no files")
+            out.extend(found)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    if not out:
+        raise FileNotFoundError("no input files given")
+    seen: dict[Path, None] = {}
+    for p in out:
+        seen.setdefault(p.resolve(), None)
+    return list(seen)
+
+
+def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False) -> xr.Dataset:
+    """One input as a canonical dataset (GRIB decoded with eccodes, numpy-backed)."""
+    from data import readers
+    from data.sources import detect_format
+
+    fmt = detect_format(path)
+    if fmt == "grib":
+        return decode_grib(path, kind=kind, allow_nan=allow_nan)
+    if fmt == "netcdf":
+        return readers.open_analysis([path], allow_nan=allow_nan)
+    if fmt == "station":
+        forecast, observations = readers.open_station_netcdf(path)
+        return observations if kind == "analysis" else forecast
+    if fmt == "weatherbench":
+        return readers.open_weatherbench_zarr(path, allow_nan=allow_nan)
+    from data.store import is_store, open_store
+
+    return open_store(path) if is_store(path) else readers.open_canonical_zarr(path, allow_nan=allow_nan)
+
+
+def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+           store: str | os.PathLike[str], *, kind: Kind | None = None, progress: bool = True,
+           on_error: Literal["raise", "skip"] = "raise", allow_nan: bool = False,
+           lock_timeout: float | None = 300.0, workers: int = 2) -> IngestSummary:
+    """Ingest ``paths`` into ``store`` (created on first use); see the module docstring.
+
+    ``kind``: "forecast" | "analysis", detected from the files when None.  ``allow_nan``:
+    accept NaN in fields (an error by default).  ``lock_timeout``: seconds to wait for another
+    ingest of the same store.  ``workers``: threads reading files (eccodes releases the GIL).
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    t0 = time.perf_counter()
+    files = collect_inputs(paths)
+    bar = _Progress(enabled=progress)
+    with open_writer(store, kind=kind, lock_timeout=lock_timeout, on_wait=bar.note) as writer:
+        staged, failures, already, nbytes = _read_all(writer, files, kind=kind,
+                                                      allow_nan=allow_nan, workers=workers,
+                                                      bar=bar)
+        plan = writer.plan() if writer.kind is not None else None
+        for item in staged:
+            assert plan is not None
+            try:
+                writer.add(plan, item)
+            except ValueError as e:
+                failures.append((item.name, str(e)))
+        if failures and on_error == "raise":
+            raise IngestError(failures, store=str(store))
+        if plan is None:  # nothing readable and nothing new
+            result = AppendResult(store=str(store), kind=writer.kind or kind or "forecast")
+        else:
+            bar.start("writing", len(plan.providers))
+            result = writer.write(plan, progress=lambda _k: bar.step(),
+                                  reader=reader_version())
+        bar.close()
+        members, variables = _shape_of(writer, plan)
+    return IngestSummary(store=str(store), kind=result.kind, files=len(files),
+                         files_already_ingested=already, added=result.added,
+                         repaired=result.repaired, skipped=result.skipped, members=members,
+                         variables=variables, bytes_read=nbytes,
+                         bytes_written=result.bytes_written,
+                         seconds=time.perf_counter() - t0, failed=tuple(failures))
+
+
+def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allow_nan: bool,
+              workers: int, bar: _Progress
+              ) -> tuple[list[Staged], list[tuple[str, str]], int, int]:
+    """Hash every file, skip those already ingested, read and validate the rest (in threads)."""
+    bar.start("reading", len(files))
+
+    def load(path: Path) -> tuple[SourceFile, xr.Dataset | None, str | None]:
+        src = prov.source_file(path)
+        if writer.is_ingested(src):
+            return src, None, None
+        try:
+            return src, read_input(path, kind=kind or writer.kind, allow_nan=allow_nan), None
+        except (ValueError, OSError) as e:  # ReaderError, SchemaError, unreadable file
+            msg = str(e)
+            return src, None, msg if str(path) in msg else f"{path}: {msg}"
+
+    staged: list[Staged] = []
+    failures: list[tuple[str, str]] = []
+    already = nbytes = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, (src, ds, error) in zip(files, pool.map(load, files)):
+            bar.step()
+            nbytes += src.size
+            if error is not None:
+                failures.append((str(path), error))
+            elif ds is None:
+                already += 1
+            else:
+                try:
+                    staged.append(writer.prepare(ds, name=str(path), sources=(src,),
+                                                 allow_nan=allow_nan))
+                except ValueError as e:
+                    msg = str(e)
+                    failures.append((str(path), msg if str(path) in msg else f"{path}: {msg}"))
+    return staged, failures, already, nbytes
+
+
+def _shape_of(writer: StoreWriter, plan: object) -> tuple[int, tuple[str, ...]]:
+    ref = getattr(plan, "reference", None)
+    if ref is None:
+        ref = writer.template
+    if ref is None:
+        return 0, ()
+    members = int(ref.sizes[MEMBER]) if MEMBER in ref.dims else 1
+    return members, tuple(sorted(map(str, ref.data_vars)))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class _Progress:
+    """A tqdm bar on stderr that appears only when a phase lasts over a second."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar = None
+
+    def start(self, what: str, total: int) -> None:
+        self.close()
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=what, unit="item", delay=1.0, file=sys.stderr,
+                             leave=False)
+
+    def step(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+__all__ = ["IngestError", "IngestSummary", "collect_inputs", "ingest", "read_input"]
