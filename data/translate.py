@@ -128,7 +128,7 @@ def finalise(ds: xr.Dataset, *, kind: schema.Kind, source: str, allow_nan: bool 
     ds = normalise_longitude(ds)
     order = schema.FORECAST_DIM_ORDER if kind == "forecast" else schema.ANALYSIS_DIM_ORDER
     for dim in (schema.INIT_TIME, schema.TIME, schema.LEAD_TIME, schema.LEVEL):
-        if dim in ds.dims and ds.sizes[dim] > 1:
+        if dim in ds.dims and ds.sizes[dim] > 1 and not np.all(np.diff(ds[dim].values) > 0):
             ds = ds.sortby(dim)
     out = {}
     for name, da in ds.data_vars.items():
