@@ -76,8 +76,9 @@ class EnsembleDataModule(L.LightningDataModule):
             fc, an, lead_time=lead,
             input_lead_times=tuple(np.timedelta64(h, "h") for h in feats.input_lead_times))
         log.info("alignment: %s", self.alignment.report())
-        self.periods = resolve_periods(fc["init_time"].values, config=cfg.split)
         max_lead = np.timedelta64(max(self._leads), "h").astype("timedelta64[ns]")
+        self.periods = resolve_periods(fc["init_time"].values, config=cfg.split,
+                                       max_lead=max_lead)
         self.split_init_times = split_init_times(
             self.alignment.init_times, periods=self.periods, max_lead=max_lead,
             gap_days=cfg.split.gap_days)

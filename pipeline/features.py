@@ -44,7 +44,7 @@ def target_channels(variables: Sequence[str], targets: Sequence[str]) -> tuple[i
 def doy_encoding(valid_time: np.datetime64) -> tuple[float, float]:
     """``(sin, cos)`` of the day of year of ``valid_time`` (period 365.25 days)."""
     ts = pd.Timestamp(valid_time)
-    phase = 2 * np.pi * (ts.dayofyear - 1 + ts.hour / 24) / _YEAR_DAYS
+    phase = 2 * np.pi * (ts.day_of_year - 1 + ts.hour / 24) / _YEAR_DAYS
     return float(np.sin(phase)), float(np.cos(phase))
 
 

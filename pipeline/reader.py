@@ -52,9 +52,9 @@ class StoreReader:
         an = analysis_ds if analysis_ds is not None else open_dataset(analysis)
         self._fc_path = source_path(fc, forecast)
         self._an_path = source_path(an, analysis)
-        # an in-memory dataset has no path: it travels with the reader (pickled per worker)
-        self._fc_ds = fc if self._fc_path is None else None
-        self._an_ds = an if self._an_path is None else None
+        # each process reopens the store from its path without dask; the lazy dataset itself
+        # is the fallback (in-memory data, or a layout plain Zarr cannot open)
+        self._fc_ds, self._an_ds = fc, an
         self.variables = tuple(variables)
         self.leads = tuple(np.timedelta64(int(h), "h").astype("timedelta64[ns]") for h in leads_h)
         self.targets = tuple(targets)
@@ -73,10 +73,8 @@ class StoreReader:
     def _handles(self) -> dict[str, object]:
         if self._pid == os.getpid():
             return self._h
-        fc = self._fc_ds if self._fc_ds is not None else open_dataset(self._fc_path)
-        an = self._an_ds if self._an_ds is not None else open_dataset(self._an_path)
-        fc = _fast_handle(fc, self._fc_path, self.variables)
-        an = _fast_handle(an, self._an_path, self.targets)
+        fc = _fast_handle(self._fc_ds, self._fc_path, self.variables)
+        an = _fast_handle(self._an_ds, self._an_path, self.targets)
         fc_vars = [select_variable(fc, v).transpose(INIT_TIME, LEAD_TIME, MEMBER, *self.spatial)
                    for v in self.variables]
         an_vars = []

@@ -18,13 +18,15 @@ class SplitError(ValueError):
     """A split is empty or cannot be formed from the data."""
 
 
-def resolve_periods(init_times: np.ndarray, *, config: SplitConfig) -> dict[str, Period]:
+def resolve_periods(init_times: np.ndarray, *, config: SplitConfig,
+                    max_lead: np.timedelta64 = np.timedelta64(0, "h")) -> dict[str, Period]:
     """The split periods: those configured, or the paper's chronological default.
 
     The default orders the days holding init times and gives the earliest ``fractions[0]``
     to training, then validation, then test; whole calendar years when the data span at least
-    three years (1999-2017 gives 1999-2013 / 2014-2015 / 2016-2017).  Splits with a zero
-    fraction are left out.
+    three years (1999-2017 gives 1999-2013 / 2014-2015 / 2016-2017).  On shorter data each
+    split is split by days and gets ``max_lead`` more days, so its samples' valid times fit
+    in it.  Splits with a zero fraction are left out.
     """
     if config.explicit:
         return {k: p for k in SPLITS if (p := getattr(config, k)) is not None}
@@ -38,10 +40,11 @@ def resolve_periods(init_times: np.ndarray, *, config: SplitConfig) -> dict[str,
     else:
         units = [(_to_date(d), _to_date(d)) for d in days]
     n = len(units)
-    n_test = max(1, round(n * f_test)) if f_test > 0 else 0
-    n_val = max(1, round(n * f_val)) if f_val > 0 else 0
+    extra = 0 if len(years) >= 3 else int(np.ceil(np.timedelta64(max_lead, "ns") / _DAY))
+    n_test = max(1, round(n * f_test)) + extra if f_test > 0 else 0
+    n_val = max(1, round(n * f_val)) + extra if f_val > 0 else 0
     n_train = n - n_val - n_test
-    if n_train < 1:
+    if n_train < 1 + extra:
         raise SplitError(f"cannot split {n} {'years' if len(years) >= 3 else 'days'} of data into "
                          f"fractions {config.fractions}: nothing is left for training")
     out: dict[str, Period] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -104,7 +105,9 @@ class NormStats:
                    "enspp_kind": "normalisation_statistics"})
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".zarr":
-            ds.to_zarr(path, mode="w")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zarr v3 notes on string dtypes/consolidation
+                ds.to_zarr(path, mode="w")
         else:
             ds.to_netcdf(path)
         return path
@@ -211,7 +214,11 @@ def compute_stats(
         gm, gm2 = np.nanmean(m), np.nanmean(m2)
         gstd = np.sqrt(max(gm2 - gm * gm, 0.0))
         lstd = np.sqrt(np.maximum(m2 - m * m, 0.0))
-        return gm, float(floor_std(np.asarray(gstd), np.asarray(gm))), m, floor_std(lstd, m)
+        gstd = float(floor_std(np.asarray(gstd), np.asarray(gm)))
+        # points with no valid value at all (always NaN) take the global statistics
+        lstd = np.where(np.isfinite(m), floor_std(lstd, m), gstd)
+        m = np.where(np.isfinite(m), m, gm)
+        return gm, gstd, m, lstd
 
     parts = [local(p, i >= len(channels)) for i, p in enumerate(computed)]
     ch, tg = parts[: len(channels)], parts[len(channels):]

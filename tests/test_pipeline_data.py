@@ -1,0 +1,252 @@
+"""The pipeline over dask-backed stores: alignment, grids, statistics, batches, NaN policy,
+stations, determinism and workers."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from pipeline import (EnsembleDataModule, GridMismatchError, InputNaNError, MemberSelectionError,
+                      NormStats, PipelineConfig, SplitError, StatsMismatchError, align)
+from pipeline.align import AlignmentError
+from pipeline.synthetic import analysis_dataset, forecast_dataset, static_dataset, write_stores
+
+NY, NX = 12, 20
+
+
+def _zarr(ds: xr.Dataset, path, time_dim: str) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.chunk({d: (1 if d == time_dim else -1) for d in ds.dims}).to_zarr(path, mode="w")
+        return xr.open_zarr(path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return write_stores(tmp_path_factory.mktemp("stores"), n_init=20, ny=NY, nx=NX, n_members=7)
+
+
+def _cfg(**kw) -> PipelineConfig:
+    base = {"features": {"variables": ["z500", "t850", "t2m"], "targets": ["t2m"],
+                         "input_lead_times": [0]},
+            "members": {"k": 3}, "batches": {"patch_size": 8, "batch_size": 3, "seed": 5}}
+    for k, v in kw.items():
+        base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
+    return PipelineConfig.from_dict(base)
+
+
+def test_batches_follow_the_contract(stores):
+    dm = EnsembleDataModule(_cfg(), forecast=stores.forecast, analysis=stores.analysis,
+                            static=stores.static)
+    assert dm.channels == ("z500@48h", "t850@48h", "t2m@48h", "z500@0h", "t850@0h", "t2m@0h")
+    assert dm.target_channels == (2,) and dm.targets == ("t2m",) and dm.n_members == 3
+    assert dm.grid_shape == (NY, NX) and len(dm.static_names) == 8
+    b = next(iter(dm.train_dataloader()))
+    assert b["inputs"].shape == (3, 3, 6, 8, 8) and b["inputs"].dtype == torch.float32
+    assert b["static"].shape == (3, 8, 8, 8) and b["target"].shape == (3, 1, 8, 8)
+    for k in ("init_time", "lead_time", "y0", "x0"):
+        assert b[k].dtype == torch.int64 and b[k].shape == (3,)
+    assert (b["lead_time"] == 48 * 3600 * 10**9).all()
+    assert b["static"].abs().max() <= 2.0  # O(1)-scaled
+    # physical units and the right chunk: compare with the store read directly
+    fc = xr.open_zarr(stores.forecast)
+    i, y0, x0 = (int(b[k][0]) for k in ("init_time", "y0", "x0"))
+    ref = fc["t"].sel(init_time=np.datetime64(i, "ns"), lead_time=np.timedelta64(48, "h"),
+                      level=850).isel(member=slice(1, 4), latitude=slice(y0, y0 + 8),
+                                      longitude=slice(x0, x0 + 8)).values
+    np.testing.assert_array_equal(b["inputs"][0, :, 1].numpy(), ref)
+    an = xr.open_zarr(stores.analysis)
+    tref = an["t2m"].sel(time=np.datetime64(i, "ns") + np.timedelta64(48, "h")).isel(
+        latitude=slice(y0, y0 + 8), longitude=slice(x0, x0 + 8)).values
+    np.testing.assert_array_equal(b["target"][0, 0].numpy(), tref)
+    # whole fields for test
+    t = next(iter(dm.test_dataloader()))
+    assert t["inputs"].shape[-2:] == (NY, NX) and int(t["y0"][0]) == 0
+
+
+def test_deterministic_given_seed_and_fresh_per_epoch(stores):
+    cfg = _cfg(members={"strategy": "random"})
+
+    def epochs(n):
+        dm = EnsembleDataModule(cfg, forecast=stores.forecast, analysis=stores.analysis)
+        loader = dm.train_dataloader()
+        return [[(b["init_time"].tolist(), b["y0"].tolist(), b["x0"].tolist(),
+                  b["inputs"][:, :, 0, 0, 0].tolist()) for b in loader] for _ in range(n)]
+
+    a, b = epochs(2), epochs(2)
+    assert a == b
+    assert a[0] != a[1]
+
+
+def test_workers_read_their_own_handles(stores):
+    cfg = _cfg(batches={"num_workers": 2})
+    dm = EnsembleDataModule(cfg, forecast=stores.forecast, analysis=stores.analysis)
+    serial = EnsembleDataModule(_cfg(), forecast=stores.forecast, analysis=stores.analysis)
+    got = [b["inputs"] for b in dm.train_dataloader()]
+    ref = [b["inputs"] for b in serial.train_dataloader()]
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r)
+
+
+def test_statistics_lazy_train_only_and_file_checked(stores, tmp_path):
+    path = tmp_path / "stats.nc"
+    dm = EnsembleDataModule(_cfg(stores={"statistics": str(path)}), forecast=stores.forecast,
+                            analysis=stores.analysis)
+    s = dm.stats
+    assert path.exists() and s.channels == dm.channels
+    assert s.channel_mean_local.shape == (6, NY, NX) and s.target_mean.shape == (1,)
+    fc = xr.open_zarr(stores.forecast)
+    train = dm.split_init_times["train"]
+    expected = fc["t2m"].sel(init_time=train, lead_time=np.timedelta64(48, "h")).values
+    np.testing.assert_allclose(s.channel_mean[2], expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(s.channel_std_local[2], expected.std(axis=(0, 1)), rtol=1e-3)
+    assert str(pd.Timestamp(s.train_end)) < str(pd.Timestamp(dm.split_init_times["val"][0]))
+    # the file is reused when it matches ...
+    again = EnsembleDataModule(_cfg(stores={"statistics": str(path)}), forecast=stores.forecast,
+                               analysis=stores.analysis)
+    assert again.stats.hash == s.hash
+    # ... and refused when the store/configuration differ
+    other = EnsembleDataModule(_cfg(stores={"statistics": str(path)},
+                                    features={"input_lead_times": [24]}),
+                               forecast=stores.forecast, analysis=stores.analysis)
+    with pytest.raises(StatsMismatchError, match="does not match the store"):
+        other.setup()
+    d = s.to_dict()
+    assert NormStats.from_dict(d).hash == s.hash
+
+
+def test_constant_field_has_positive_std(tmp_path):
+    inits = pd.date_range("2020-01-01", periods=16, freq="1D")
+    fc = forecast_dataset(init_times=inits, lead_hours=(48,), n_members=4, ny=4, nx=5)
+    fc["t2m"][:] = 280.0
+    an = analysis_dataset(times=pd.date_range("2020-01-01", periods=20, freq="1D"), ny=4, nx=5)
+    an["t2m"][:] = 280.0
+    dm = EnsembleDataModule(_cfg(members={"k": 2}, features={"input_lead_times": []}),
+                            forecast=_zarr(fc, tmp_path / "f.zarr", "init_time"),
+                            analysis=_zarr(an, tmp_path / "a.zarr", "time"))
+    s = dm.stats
+    assert np.all(s.channel_std > 0) and np.all(s.channel_std_local > 0)
+    assert np.all(s.target_std_local > 0)
+
+
+def test_missing_analyses_drop_samples_and_are_reported(tmp_path):
+    inits = pd.date_range("2020-01-01", periods=16, freq="1D")
+    fc = _zarr(forecast_dataset(init_times=inits, lead_hours=(0, 48), n_members=4, ny=4, nx=5),
+               tmp_path / "f.zarr", "init_time")
+    times = pd.date_range("2020-01-01", periods=20, freq="1D").delete([4, 7])
+    an = _zarr(analysis_dataset(times=times, ny=4, nx=5), tmp_path / "a.zarr", "time")
+    al = align(fc, an, lead_time=np.timedelta64(48, "h"))
+    assert al.n_dropped == 2 and len(al.init_times) == 14
+    assert set(al.dropped.astype("datetime64[D]").astype(str)) == {"2020-01-03", "2020-01-06"}
+    assert "2 dropped for want of an analysis" in al.report()
+    assert np.all(np.isin(al.valid_times, an.time.values))
+    with pytest.raises(AlignmentError, match=r"lead time 24 h is not in the forecast store.*\[0, 48\]"):
+        align(fc, an, lead_time=np.timedelta64(24, "h"))
+    with pytest.raises(AlignmentError, match="the analysis has no 'time' dim"):
+        align(fc, an.rename(time="when"), lead_time=np.timedelta64(48, "h"))
+
+
+def test_grid_mismatch_names_both_grids_unless_regrid(tmp_path):
+    inits = pd.date_range("2020-01-01", periods=16, freq="1D")
+    fc = _zarr(forecast_dataset(init_times=inits, lead_hours=(48,), n_members=4, ny=6, nx=8),
+               tmp_path / "f.zarr", "init_time")
+    an = _zarr(analysis_dataset(times=pd.date_range("2020-01-01", periods=20, freq="1D"),
+                                ny=11, nx=15), tmp_path / "a.zarr", "time")
+    cfg = _cfg(members={"k": 2}, features={"input_lead_times": []}, batches={"patch_size": None})
+    dm = EnsembleDataModule(cfg, forecast=fc, analysis=an)
+    with pytest.raises(GridMismatchError, match=r"forecast 6x8 grid, latitude 70..30.*analysis "
+                       r"11x15 grid.*set pipeline.regrid"):
+        dm.setup()
+    cfg2 = PipelineConfig.from_dict({**cfg.model_dump(mode="json"), "regrid": "linear"})
+    dm2 = EnsembleDataModule(cfg2, forecast=fc, analysis=an)
+    b = next(iter(dm2.train_dataloader()))
+    assert b["target"].shape == (3, 1, 6, 8) and torch.isfinite(b["target"]).all()
+    assert dm2.stats.target_mean_local.shape == (1, 6, 8)
+    # static fields on another grid are refused too
+    dm3 = EnsembleDataModule(cfg, forecast=fc, analysis=fc.isel(lead_time=0, member=0).rename(
+        init_time="time").drop_vars("lead_time"), static=static_dataset(ny=3, nx=3))
+    with pytest.raises(GridMismatchError, match="static fields 3x3 grid"):
+        dm3.setup()
+
+
+def test_k_larger_than_members_and_empty_split(stores):
+    dm = EnsembleDataModule(_cfg(members={"k": 7}), forecast=stores.forecast,
+                            analysis=stores.analysis)
+    with pytest.raises(MemberSelectionError, match=r"k = 7 is larger than the 6 perturbed .*0-based|numbered from 0"):
+        dm.setup()
+    dm = EnsembleDataModule(_cfg(split={"train": [2019, 2019], "test": [2030, 2031]}),
+                            forecast=stores.forecast, analysis=stores.analysis)
+    with pytest.raises(SplitError, match="split 'test'.*selects no data"):
+        dm.setup()
+    with pytest.raises(ValueError, match="split 'val' is not configured"):
+        EnsembleDataModule(_cfg(split={"train": [2019, 2019]}), forecast=stores.forecast,
+                           analysis=stores.analysis).dataset("val")
+    with pytest.raises(ValueError, match="stores.forecast and pipeline.stores.analysis"):
+        EnsembleDataModule(_cfg())
+
+
+def _nan_stores(tmp_path):
+    inits = pd.date_range("2020-01-01", periods=16, freq="1D")
+    fc = forecast_dataset(init_times=inits, lead_hours=(48,), n_members=4, ny=4, nx=5)
+    fc["t2m"][:, :, :, 1, 2] = np.nan
+    an = analysis_dataset(times=pd.date_range("2020-01-01", periods=20, freq="1D"), ny=4, nx=5)
+    return (_zarr(fc, tmp_path / "f.zarr", "init_time"), _zarr(an, tmp_path / "a.zarr", "time"))
+
+
+def test_nan_inputs_error_by_default(tmp_path):
+    fc, an = _nan_stores(tmp_path)
+    cfg = _cfg(members={"k": 2}, features={"input_lead_times": []}, batches={"patch_size": None})
+    dm = EnsembleDataModule(cfg, forecast=fc, analysis=an)
+    with pytest.raises(InputNaNError, match=r"input t2m@48h \(member 1, 0-based\) holds 1 NaN "
+                       r"values at init time 2020-01-\d\d"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_nan_inputs_masked_on_request(tmp_path):
+    fc, an = _nan_stores(tmp_path)
+    cfg = _cfg(members={"k": 2}, features={"input_lead_times": []}, batches={"patch_size": None},
+               nan_policy="mask")
+    dm = EnsembleDataModule(cfg, forecast=fc, analysis=an)
+    b = next(iter(dm.train_dataloader()))
+    assert torch.isfinite(b["inputs"]).all()
+    assert torch.isnan(b["target"][:, 0, 1, 2]).all() and torch.isfinite(b["target"][:, 0, 0, 0]).all()
+    np.testing.assert_allclose(b["inputs"][0, 0, 2, 1, 2].item(), dm.stats.channel_mean_local[2, 1, 2])
+
+
+def test_station_data_rows_are_stations_times_dates(tmp_path):
+    inits = pd.date_range("2020-01-01", periods=16, freq="1D")
+    fc = forecast_dataset(init_times=inits, lead_hours=(24,), n_members=6, ny=0, nx=0, stations=9)
+    fc = fc.assign_coords(latitude=("station", np.linspace(40, 60, 9)),
+                          longitude=("station", np.linspace(0, 20, 9)))
+    an = analysis_dataset(times=pd.date_range("2020-01-01", periods=20, freq="1D"), ny=0, nx=0,
+                          stations=9)
+    cfg = _cfg(members={"k": 5}, features={"input_lead_times": [], "target_lead_time": 24},
+               batches={"batch_size": 2})
+    dm = EnsembleDataModule(cfg, forecast=_zarr(fc, tmp_path / "f.zarr", "init_time"),
+                            analysis=_zarr(an, tmp_path / "a.zarr", "time"))
+    assert dm.grid_shape == (9, 1) and dm.stats.channel_mean_local.shape == (3, 9, 1)
+    b = next(iter(dm.train_dataloader()))
+    assert b["inputs"].shape == (18, 5, 3, 1, 1) and b["target"].shape == (18, 1, 1, 1)
+    assert b["x0"][:9].tolist() == list(range(9)) and (b["y0"] == 0).all()
+    assert b["static"].shape == (18, 8, 1, 1)
+    st = int(b["x0"][4])
+    ref = fc["t2m"].sel(init_time=np.datetime64(int(b["init_time"][4]), "ns")).isel(
+        lead_time=0, member=slice(1, 6), station=st).values
+    np.testing.assert_allclose(b["inputs"][4, :, 2, 0, 0].numpy(), ref)
+
+
+def test_tiles_for_inference(stores):
+    dm = EnsembleDataModule(_cfg(batches={"tile_size": 8, "tile_overlap": 2}),
+                            forecast=stores.forecast, analysis=stores.analysis)
+    ds = dm.dataset("test")
+    n_tiles = len(ds.tiles)
+    assert n_tiles > 1 and len(ds) == n_tiles * len(dm.split_init_times["test"])
+    items = [ds[i] for i in range(n_tiles)]
+    assert {(int(it["y0"][0]), int(it["x0"][0])) for it in items} == \
+        {(sy.start, sx.start) for sy, sx in ds.tiles}
