@@ -84,7 +84,7 @@ def make_world(root: Path, *, n_init: int = 24, n_members: int = 10, seed: int =
         "    variable: t2m\n"
         "    kind: heat\n"
         "    box: {lat_min: 20, lat_max: 50, lon_min: 20, lon_max: 100}\n"
-        f"    window: {{start: {init[5].isoformat()}, end: {init[8].isoformat()}}}\n"
+        f"    window: {{start: {init[n_init // 2 - 1].isoformat()}, end: {init[n_init // 2 + 1].isoformat()}}}\n"
         "    threshold: 295.0\n"
         "    how_chosen: fixed in advance by the synthetic world's configuration, not by the outcome\n"
         "  - id: far-away\n"

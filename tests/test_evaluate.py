@@ -127,9 +127,11 @@ def test_missing_reference_is_named(world):
         evaluate(_cfg(world, systems=systems))
 
 
-def test_reference_without_the_variable_is_named(world):
+def test_reference_without_the_variable_is_named(world, tmp_path):
+    orc = xr.open_zarr(world.oracle).rename({"t2m_mu": "z500_mu", "t2m_sigma": "z500_sigma"}).load()
+    orc.to_zarr(tmp_path / "z.zarr")
     systems = [{"name": "raw_full", "path": str(world.forecast), "variables": ["t2m"]},
-               {"name": "oracle", "path": str(world.oracle), "type": "gaussian", "variables": ["z500"]}]
+               {"name": "oracle", "path": str(tmp_path / "z.zarr"), "type": "gaussian", "variables": ["z500"]}]
     cfg = _cfg(world, systems=systems, variables=["t2m", "z500"], reference="raw_full")
     with pytest.raises(MissingReferenceError, match="does not provide variable 'z500'"):
         evaluate(cfg)
@@ -150,7 +152,7 @@ def test_missing_variable_and_members_and_leads(world):
 
 
 def test_nan_policy(tmp_path):
-    w = make_world(tmp_path, n_init=6, n_members=3, nan_truth=True)
+    w = make_world(tmp_path, n_init=6, n_members=5, nan_truth=True)
     base = {"metrics": ["crps"], "cases": [], "regions": ["global"], "bootstrap": {"n": 20, "block_length": 2}}
     res = evaluate(config_from_mapping(config_dict(w, **base)))
     # truth time index 2 (2021-01-03) is the valid time of (init 01-02, +24 h) and (01-01, +48 h)
