@@ -79,7 +79,9 @@ class IngestSummary:
         head = (f"ingest {self.store}: {len(self.added)} {rec}s added, {len(self.skipped)} "
                 f"skipped (already in the store)")
         if self.repaired:
-            head += f", {len(self.repaired)} repaired"
+            head += f", {len(self.repaired)} repaired (finished after an interrupted ingest)"
+        if not self.added and not self.repaired:
+            head += ", store unchanged"
         tail = (f"; {self.files} files ({self.files_already_ingested} already ingested); "
                 f"{self.members} members; {len(self.variables)} variables "
                 f"({', '.join(self.variables)}); read {_mb(self.bytes_read)}, wrote "
@@ -158,7 +160,7 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     files = collect_inputs(paths)
     bar = _Progress(enabled=progress)
     with open_writer(store, kind=kind, lock_timeout=lock_timeout, on_wait=bar.note) as writer:
-        staged, failures, already, nbytes = _read_all(writer, files, kind=kind,
+        staged, failures, already, nbytes, skipped = _read_all(writer, files, kind=kind,
                                                       allow_nan=allow_nan, workers=workers,
                                                       bar=bar)
         plan = writer.plan() if writer.kind is not None else None
@@ -180,7 +182,9 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         members, variables = _shape_of(writer, plan)
     return IngestSummary(store=str(store), kind=result.kind, files=len(files),
                          files_already_ingested=already, added=result.added,
-                         repaired=result.repaired, skipped=result.skipped, members=members,
+                         repaired=result.repaired,
+                         skipped=tuple(sorted(set(result.skipped) | set(skipped))),
+                         members=members,
                          variables=variables, bytes_read=nbytes,
                          bytes_written=result.bytes_written,
                          seconds=time.perf_counter() - t0, failed=tuple(failures))
@@ -188,7 +192,7 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 
 def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allow_nan: bool,
               workers: int, bar: _Progress
-              ) -> tuple[list[Staged], list[tuple[str, str]], int, int]:
+              ) -> tuple[list[Staged], list[tuple[str, str]], int, int, list[str]]:
     """Hash every file, skip those already ingested, read and validate the rest (in threads)."""
     bar.start("reading", len(files))
 
@@ -197,12 +201,15 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
         if writer.is_ingested(src):
             return src, None, None
         try:
-            return src, read_input(path, kind=kind or writer.kind, allow_nan=allow_nan), None
+            # decode as what the file says it is (unless --kind): a forecast file offered to an
+            # analysis store is then refused as such by StoreWriter.prepare
+            return src, read_input(path, kind=kind, allow_nan=allow_nan), None
         except (ValueError, OSError) as e:  # ReaderError, SchemaError, unreadable file
             msg = str(e)
             return src, None, msg if str(path) in msg else f"{path}: {msg}"
 
     staged: list[Staged] = []
+    skipped_records: list[str] = []
     failures: list[tuple[str, str]] = []
     already = nbytes = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -213,6 +220,7 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
                 failures.append((str(path), error))
             elif ds is None:
                 already += 1
+                skipped_records.extend(writer.records_of(src))
             else:
                 try:
                     staged.append(writer.prepare(ds, name=str(path), sources=(src,),
@@ -220,7 +228,7 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
                 except ValueError as e:
                     msg = str(e)
                     failures.append((str(path), msg if str(path) in msg else f"{path}: {msg}"))
-    return staged, failures, already, nbytes
+    return staged, failures, already, nbytes, skipped_records
 
 
 def _shape_of(writer: StoreWriter, plan: object) -> tuple[int, tuple[str, ...]]:
@@ -250,7 +258,7 @@ class _Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=what, unit="item", delay=1.0, file=sys.stderr,
-                             leave=False)
+                             leave=False, disable=None)  # None: off when stderr is no tty
 
     def step(self) -> None:
         if self._bar is not None:

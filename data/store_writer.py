@@ -162,6 +162,12 @@ class StoreWriter:
         done = set(self.attrs[COMPLETE_ATTR])
         return records is not None and set(records) <= done
 
+    def records_of(self, source: SourceFile) -> list[str]:
+        """The records ``source`` holds according to the store's provenance (or none)."""
+        if not self.exists:
+            return []
+        return prov.recorded_records(self.attrs[PROVENANCE_ATTR], source.sha256) or []
+
     def prepare(self, ds: xr.Dataset, *, name: str, sources: Sequence[SourceFile],
                 allow_nan: bool = False) -> Staged:
         """Validate ``ds`` (data.schema, NaN policy) and put it in store layout; raises

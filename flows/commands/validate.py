@@ -1,0 +1,38 @@
+"""``enspp validate STORE_OR_CONFIG``: check a store against the data model, or a config file."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+HELP = "check a config file or a store against the model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="STORE_OR_CONFIG",
+                        help="a Zarr store directory or a YAML config file")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run(args: argparse.Namespace) -> int:
+    target = Path(args.target)
+    if not target.exists():
+        raise FileNotFoundError(f"{target}: no such file or directory")
+    if target.is_dir():
+        from data.store import validate_store
+
+        print(validate_store(target).summary())
+        return 0
+    if target.suffix.lower() not in (".yaml", ".yml"):
+        raise ValueError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
+    try:
+        config = importlib.import_module("flows.config")
+    except ModuleNotFoundError as e:
+        if e.name != "flows.config":
+            raise
+        raise ValueError(f"{target}: config validation is not available yet "
+                         "(flows.config is not installed)") from None
+    config.load_config(target)
+    print(f"{target}: valid config")
+    return 0

@@ -1,0 +1,294 @@
+"""data.store / data.store_writer: layout, idempotent atomic appends, refusals, recovery, lock."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+
+from data import store_writer
+from data.lock import LOCK_NAME, StoreLockedError, store_lock
+from data.schema import SchemaError
+from data.store import (
+    SCHEMA_VERSION,
+    StoreError,
+    StoreMismatchError,
+    open_store,
+    record_dim,
+    to_store_layout,
+    validate_store,
+)
+from data.store_writer import append
+
+
+def forecast(inits, *, members=3, seed=0, nlat=6, nlon=8, leads=(0, 24), levels=(500, 850),
+             units="K") -> xr.Dataset:
+    """A small canonical forecast (z on levels, t2m at the surface)."""
+    rng = np.random.default_rng(seed)
+    it = pd.to_datetime(list(inits)).as_unit("ns").values
+    shape = (len(it), len(leads), members)
+    coords = {"init_time": it, "lead_time": pd.to_timedelta(list(leads), unit="h").as_unit("ns").values,
+              "member": np.arange(members), "level": np.array(levels),
+              "latitude": np.linspace(60, 30, nlat), "longitude": np.linspace(0, 14, nlon)}
+    dims = ("init_time", "lead_time", "member")
+    return xr.Dataset({
+        "z": (dims + ("level", "latitude", "longitude"),
+              (50000 + 100 * rng.standard_normal(shape + (len(levels), nlat, nlon))).astype("f4"),
+              {"units": "m2 s-2"}),
+        "t2m": (dims + ("latitude", "longitude"),
+                (280 + rng.standard_normal(shape + (nlat, nlon))).astype("f4"), {"units": units}),
+    }, coords=coords)
+
+
+def analysis(times, *, seed=0) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    t = pd.to_datetime(list(times)).as_unit("ns").values
+    return xr.Dataset({"t2m": (("time", "latitude", "longitude"),
+                               (280 + rng.standard_normal((len(t), 4, 5))).astype("f4"), {"units": "K"})},
+                      coords={"time": t, "latitude": [40.0, 39.0, 38.0, 37.0],
+                              "longitude": [0.0, 1.0, 2.0, 3.0, 4.0]})
+
+
+def digest(store: Path) -> dict[str, str]:
+    """Content of a store, file by file (the lock file excepted)."""
+    return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
+
+
+INITS = ["2020-01-01", "2020-01-02", "2020-01-03"]
+
+
+def test_append_roundtrip_layout_and_attributes(tmp_path):
+    ds = forecast(INITS)
+    result = append(tmp_path / "s.zarr", ds)
+    assert result.added == ("2020-01-01T00:00:00", "2020-01-02T00:00:00", "2020-01-03T00:00:00")
+    out = open_store(tmp_path / "s.zarr")
+    xr.testing.assert_equal(out[["z", "t2m"]].compute(), ds)
+    assert out["z"].chunks is not None
+    # one init time, one lead time per chunk; all members, levels and the full grid in it
+    assert out["z"].encoding["chunks"] == (1, 1, 3, 2, 6, 8)
+    assert out["t2m"].encoding["compressors"][0].cname.value in ("lz4", "zstd")
+    assert out.attrs["enspp_kind"] == "forecast"
+    assert out.attrs["enspp_schema_version"] == SCHEMA_VERSION
+    prov = out.attrs["provenance"]
+    assert {"created", "updated", "reader", "sources"} <= set(prov)
+    assert len(prov["sources"][0]["sha256"]) == 64
+    root = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())
+    assert root["consolidated_metadata"]["metadata"]["z"]["shape"] == [3, 2, 3, 2, 6, 8]
+    assert validate_store(tmp_path / "s.zarr").complete == 3
+
+
+def test_reappend_same_data_is_a_no_op(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS))
+    before = digest(store)
+    result = append(store, forecast(INITS))
+    assert not result.changed and len(result.skipped) == 3
+    assert "unchanged" in result.message()
+    assert digest(store) == before
+
+
+def test_append_new_init_times_extends_the_store(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:2], seed=1))
+    result = append(store, forecast(INITS[2:], seed=2))
+    assert result.added == ("2020-01-03T00:00:00",)
+    out = open_store(store).load()
+    assert out.sizes["init_time"] == 3
+    np.testing.assert_array_equal(out["t2m"].isel(init_time=2).values,
+                                  forecast(INITS[2:], seed=2)["t2m"].isel(init_time=0).values)
+    assert len(out.attrs["provenance"]["sources"]) == 2
+
+
+def test_out_of_order_init_time_reads_sorted(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[1:], seed=1))
+    append(store, forecast(INITS[:1], seed=2))
+    out = open_store(store)
+    assert list(out["init_time"].values) == list(pd.to_datetime(INITS).as_unit("ns").values)
+    validate_store(store)
+
+
+@pytest.mark.parametrize("change, what", [
+    (dict(members=4), "members differ"),
+    (dict(nlat=7), "grids (latitude) differ"),
+    (dict(levels=(500, 700)), "levels (hPa) differ"),
+    (dict(leads=(0, 48)), "lead times differ"),
+    (dict(units="degC"), "units of 't2m' differ"),
+])
+def test_mismatch_is_refused_naming_both_and_store_unchanged(tmp_path, change, what):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:1]))
+    before = digest(store)
+    with pytest.raises(StoreMismatchError, match=re.escape(what)) as err:
+        append(store, forecast(INITS[1:2], **change))
+    assert "store" in str(err.value) and "in-memory dataset" in str(err.value)
+    assert digest(store) == before
+
+
+def test_variables_mismatch_is_refused(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:1]))
+    with pytest.raises(StoreMismatchError, match="variables differ"):
+        append(store, forecast(INITS[1:2]).drop_vars("t2m"))
+
+
+def test_nan_and_unknown_units_refused_before_touching_the_store(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:1]))
+    before = digest(store)
+    bad = forecast(INITS[1:2])
+    bad["t2m"][0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(SchemaError, match="NaN"):
+        append(store, bad)
+    with pytest.raises(SchemaError, match="unknown units"):
+        append(store, forecast(INITS[1:2], units="furlongs"))
+    assert digest(store) == before
+    assert append(store, bad, allow_nan=True).added == ("2020-01-02T00:00:00",)
+
+
+def test_nan_in_dask_backed_input_is_refused(tmp_path):
+    bad = forecast(INITS[:1])
+    bad["t2m"][0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(SchemaError, match="holds NaN"):
+        append(tmp_path / "s.zarr", bad.chunk({"init_time": 1}))
+
+
+def test_other_bytes_for_a_complete_init_time_are_refused(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:1], seed=1))
+    with pytest.raises(StoreError, match="already complete.*refusing to overwrite"):
+        append(store, forecast(INITS[:1], seed=2))
+
+
+def test_kind_mismatch_is_refused(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:1]))
+    with pytest.raises(StoreError, match="holds analysis data but store"):
+        append(store, analysis(["2020-01-01"]))
+    with pytest.raises(StoreError, match="holds forecast data; refusing"):
+        append(store, analysis(["2020-01-01"]), kind="analysis")
+
+
+def test_analysis_store(tmp_path):
+    store = tmp_path / "a.zarr"
+    append(store, analysis(["2020-01-01T00", "2020-01-01T12"]))
+    append(store, analysis(["2020-01-02T00"], seed=3))
+    out = open_store(store)
+    assert record_dim(out.attrs["enspp_kind"]) == "time"
+    assert out.sizes["time"] == 3 and out["t2m"].encoding["chunks"] == (1, 4, 5)
+
+
+def test_interrupted_append_hides_partial_data_and_rerun_repairs(tmp_path, monkeypatch):
+    ds = forecast(INITS, seed=4)
+    clean, store = tmp_path / "clean.zarr", tmp_path / "s.zarr"
+    append(clean, ds)
+    real_commit = store_writer.StoreWriter._commit
+    calls = {"n": 0}
+
+    def crash_after_first(self, *args, **kwargs):
+        if calls["n"] == 1:
+            raise RuntimeError("simulated crash")
+        calls["n"] += 1
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_writer.StoreWriter, "_commit", crash_after_first)
+    with pytest.raises(RuntimeError):
+        append(store, ds)
+    monkeypatch.setattr(store_writer.StoreWriter, "_commit", real_commit)
+    partial = open_store(store)
+    assert partial.sizes["init_time"] == 1  # the unfinished ones are hidden
+    full = open_store(store, complete_only=False)
+    assert full.sizes["init_time"] == 3 and full["complete"].values.tolist() == [True, False, False]
+    report = validate_store(store)
+    assert len(report.incomplete) == 2 and "interrupted" in report.summary()
+    result = append(store, ds)
+    assert result.repaired == ("2020-01-02T00:00:00", "2020-01-03T00:00:00")
+    xr.testing.assert_identical(open_store(store).load().drop_attrs(),
+                                open_store(clean).load().drop_attrs())
+
+
+def test_uncommitted_template_extension_is_rolled_back(tmp_path):
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:1]))
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    group["z"].resize((5, *group["z"].shape[1:]))  # a writer died after resizing
+    (store / "z" / "zarr.json.0123.partial").write_text("torn")
+    assert open_store(store).sizes["init_time"] == 1
+    append(store, forecast(INITS[1:2]))
+    assert zarr.open_group(store, mode="r", use_consolidated=False)["z"].shape[0] == 2
+    assert not list(store.rglob("*.partial"))
+    validate_store(store)
+
+
+def test_interrupted_creation_is_started_afresh(tmp_path):
+    store = tmp_path / "s.zarr"
+    forecast(INITS[:1]).to_zarr(store, zarr_format=3, consolidated=False)  # no enspp attributes
+    with pytest.raises(StoreError, match="not an enspp store"):
+        open_store(store)
+    append(store, forecast(INITS[:2]))
+    assert open_store(store).sizes["init_time"] == 2
+
+
+def test_lock_refuses_a_second_writer_clearly(tmp_path):
+    store = tmp_path / "s.zarr"
+    with store_lock(store):
+        with pytest.raises(StoreLockedError, match=r"locked by another ingest \(pid \d+\)"):
+            append(store, forecast(INITS[:1]), lock_timeout=0)
+    append(store, forecast(INITS[:1]), lock_timeout=0)
+
+
+def test_lock_wait_is_reported(tmp_path):
+    store = tmp_path / "s.zarr"
+    told = []
+    with store_lock(store):
+        with pytest.raises(StoreLockedError):
+            with store_lock(store, timeout=0.2, on_wait=told.append):
+                pass
+    assert told and "waiting" in told[0]
+
+
+def test_open_store_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_store(tmp_path / "missing.zarr")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="not an enspp store"):
+        open_store(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a directory"):
+        append(tmp_path / "file", forecast(INITS[:1]))
+
+
+def test_validate_store_errors(tmp_path):
+    with pytest.raises(StoreError, match="not a Zarr store"):
+        validate_store(tmp_path)
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:1]))
+    group = zarr.open_group(store, mode="r+", use_consolidated=True)
+    group.attrs["enspp_schema_version"] = 99
+    with pytest.raises(StoreError, match="schema version 99"):
+        validate_store(store)
+    del group.attrs["provenance"]
+    with pytest.raises(StoreError, match="'provenance' is missing"):
+        validate_store(store)
+    (store / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="cannot read zarr.json"):
+        validate_store(store)
+
+
+def test_to_store_layout_errors_and_record_dim():
+    ds = forecast(INITS[:1]).expand_dims(ensemble=[0])
+    with pytest.raises(SchemaError, match="not canonical"):
+        to_store_layout(ds, kind="forecast")
+    static = forecast(INITS[:1]).assign(orog=(("latitude", "longitude"), np.zeros((6, 8), "f4")))
+    with pytest.raises(SchemaError, match="'orog' has no 'init_time' dim"):
+        to_store_layout(static, kind="forecast")
+    with pytest.raises(StoreError, match="unknown store kind"):
+        record_dim("observation")
