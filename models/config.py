@@ -78,7 +78,8 @@ class TrainConfig(BaseModel):
 
 
 class PredictConfig(BaseModel):
-    """What ``enspp predict`` writes: members, quantiles, format, tiling."""
+    """What ``enspp predict`` writes: members, quantiles, format (tiling comes from the
+    pipeline's ``batches`` section recorded in the checkpoint)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -87,8 +88,6 @@ class PredictConfig(BaseModel):
     #: number M of ECC members written (may exceed the K input members)
     n_members: int = Field(10, ge=1)
     fmt: Literal["zarr", "netcdf"] = "zarr"
-    #: grid points shared by neighbouring tiles when the grid exceeds the training patch
-    tile_overlap: int = Field(8, ge=0)
     #: tiles per forward pass
     batch_size: int = Field(4, ge=1)
     #: seed of the ECC rank resampling when M > K

@@ -17,6 +17,8 @@ DDP come from :class:`~models.config.TrainConfig`'s Trainer fields alone.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +112,7 @@ def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
         longitude=_grid_coord(data, pipeline, schema.LONGITUDE),
         patch_shape=(None if pipeline.batches.patch_size is None
                      else (pipeline.batches.patch_size, pipeline.batches.patch_size)),
-        data_version=_opt_str(getattr(data, "data_version", None)),
+        data_version=data_version(data, pipeline),
         data_hash=_opt_str(stats.get("source_hash") if isinstance(stats, dict) else None),
         pipeline=pipeline.model_dump(mode="json"), model=model.model_dump(mode="json"),
         train=train.model_dump(mode="json"), code_version=code_version(),
@@ -118,15 +120,43 @@ def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
 
 
 def _grid_coord(data: Any, pipeline: Any, name: str) -> tuple[float, ...]:
-    """The training grid's ``latitude``/``longitude`` (from the DataModule, else its store)."""
+    """The training grid's ``latitude``/``longitude``: the DataModule's own (toy modules), else
+    its opened forecast store (``dm.forecast``), else the configured store."""
     values = getattr(data, name, None)
     if values is None:
-        from pipeline.align import open_dataset
-
-        source = getattr(data, "_fc_src", None) or pipeline.stores.forecast
-        ds = open_dataset(source)
-        values = ds[name].values if name in ds.coords else np.zeros(0)
+        ds = _forecast_of(data, pipeline)
+        values = ds[name].values if ds is not None and name in ds.coords else np.zeros(0)
     return tuple(float(x) for x in np.asarray(values).reshape(-1))
+
+
+def _forecast_of(data: Any, pipeline: Any) -> Any:
+    """The DataModule's opened forecast store (``dm.forecast``), else the configured one."""
+    ds = getattr(data, "forecast", None)
+    if ds is not None:
+        return ds
+    if pipeline.stores.forecast is None:
+        return None
+    from pipeline.align import open_dataset
+
+    return open_dataset(pipeline.stores.forecast)
+
+
+def data_version(data: Any, pipeline: Any) -> str | None:
+    """The DataModule's ``data_version`` if it has one, else a short sha256 of the forecast
+    store's provenance attributes (sources with their checksums, schema version) and its
+    init times: it changes exactly when the store's content does."""
+    own = getattr(data, "data_version", None)
+    if own is not None:
+        return _opt_str(own)
+    ds = _forecast_of(data, pipeline)
+    if ds is None:
+        return None
+    from pipeline.stats import provenance_of
+
+    h = hashlib.sha256(json.dumps(provenance_of(ds), sort_keys=True, default=str).encode())
+    if schema.INIT_TIME in ds.coords:
+        h.update(np.asarray(ds[schema.INIT_TIME].values, "datetime64[ns]").astype(np.int64).tobytes())
+    return f"sha256:{h.hexdigest()[:16]}"
 
 
 def _opt_str(v: Any) -> str | None:
@@ -179,12 +209,14 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
           datamodule: Any | None = None) -> TrainResult:
     """Train ``model`` on the pipeline's data; return where the run lives and its scores.
 
-    ``pipeline`` is a ``pipeline.PipelineConfig``; ``datamodule`` overrides the DataModule
+    ``pipeline`` is a ``pipeline.PipelineConfig`` (relative store paths are relative to
+    ``workdir``); ``datamodule`` overrides the DataModule
     built from it (tests).  ``resume`` continues from a checkpoint; when it lies in
     ``WORKDIR/runs/<id>/checkpoints`` the run continues in that directory.
     """
     L.seed_everything(train_config.seed, workers=True, verbose=False)
-    data = datamodule if datamodule is not None else _build_datamodule(pipeline, workdir)
+    pipeline = resolve_store_paths(pipeline, workdir)
+    data = datamodule if datamodule is not None else _build_datamodule(pipeline)
     data.setup("fit")
     spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape)
     if resume is not None:
@@ -223,7 +255,19 @@ def _write_config(path: Path, *, pipeline: Any, model: ModelConfig, train: Train
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
 
 
-def _build_datamodule(pipeline: Any, workdir: str | Path) -> Any:
+def resolve_store_paths(pipeline: Any, workdir: str | Path) -> Any:
+    """``pipeline`` with relative store paths (forecast, analysis, static, statistics) made
+    absolute against ``workdir`` (``WORKDIR/stores/forecast.zarr`` is ``stores/forecast.zarr``)."""
+    base = Path(workdir).resolve()
+    stores = pipeline.stores
+    update = {k: base / p for k in ("forecast", "analysis", "static", "statistics")
+              if (p := getattr(stores, k)) is not None and not Path(p).is_absolute()}
+    if not update:
+        return pipeline
+    return pipeline.model_copy(update={"stores": stores.model_copy(update=update)})
+
+
+def _build_datamodule(pipeline: Any) -> Any:
     from pipeline.datamodule import EnsembleDataModule
 
-    return EnsembleDataModule(pipeline, workdir=Path(workdir))
+    return EnsembleDataModule(pipeline)

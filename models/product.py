@@ -1,0 +1,244 @@
+"""The product store written by :func:`models.predict.predict`: layout, attributes, writing.
+
+Zarr products grow one init time at a time.  An init time already in the store is rewritten
+in place (a region write), a new one is appended; only then is it added to the root attribute
+``enspp_complete``.  A store whose arrays were left at different lengths by a killed append is
+trimmed back to the init times all arrays hold, so running the same init times again repairs
+it.  A brand-new store is built under ``.<name>.partial`` and renamed when its first init time
+is written.  :func:`open_product` shows only complete init times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from data import schema
+
+PRODUCT_KIND = "product"
+COMPLETE_ATTR = "enspp_complete"
+#: attributes an existing product must share with a new write (else: another product)
+IDENTITY_ATTRS = ("checkpoint_sha256", "input_members", "n_ecc_members", "quantiles",
+                  "distribution")
+
+
+class ProductError(ValueError):
+    """A product store cannot be written or read as asked; the message names the store."""
+
+
+def product_attrs(loaded: Any, *, members: np.ndarray, source: Any, version: str,
+                  n_members: int, quantiles: Sequence[float]) -> dict[str, Any]:
+    """CF global attributes and provenance; deterministic (no time stamps), so rewriting an
+    init time leaves the store identical."""
+    meta = loaded.metadata
+    return {
+        "Conventions": "CF-1.8",
+        "enspp_kind": PRODUCT_KIND,
+        "title": f"post-processed ensemble forecast ({meta.spec['name']})",
+        "institution": "enspp",
+        "source": f"enspp predict, model {version}, input {source}",
+        "model_name": str(meta.spec["name"]),
+        "model_version": version,
+        "code_version": meta.code_version,
+        "distribution": meta.distribution,
+        "crps_estimator": meta.estimator,
+        "checkpoint": loaded.path.name,
+        "checkpoint_sha256": loaded.sha256,
+        "input_members": [int(m) for m in members],
+        "member_strategy": meta.member_strategy,
+        "n_input_members": int(len(members)),
+        "n_ecc_members": int(n_members),
+        "quantiles": [float(q) for q in quantiles],
+        "ensemble_method": "ensemble copula coupling (ECC-Q), ranks of the input members",
+        "training_data_version": meta.data_version or "",
+        "training_data_hash": meta.data_hash or "",
+    }
+
+
+def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
+                    init: np.datetime64, lead_h: int, quantiles: Sequence[float],
+                    grid: xr.Dataset) -> xr.Dataset:
+    """One init time of the product: per target ``v``, ``v`` (ECC members), ``v_mean``,
+    ``v_std`` and ``v_quantiles`` with CF variable attributes.
+
+    ``fields``: ``mean``/``std`` ``[T, Ny, Nx]``, ``quantiles`` ``[Q, T, Ny, Nx]``, ``members``
+    ``[M, T, Ny, Nx]`` (stations: ``Nx = 1``).
+    """
+    space = schema.spatial_dims(grid)
+    coords: dict[str, Any] = {
+        schema.INIT_TIME: [np.datetime64(init, "ns")],
+        schema.LEAD_TIME: [np.timedelta64(lead_h, "h").astype("timedelta64[ns]")],
+        schema.MEMBER: np.arange(fields["members"].shape[0]),
+        "quantile": ("quantile", np.asarray(quantiles, dtype=np.float64),
+                     {"long_name": "probability level of the predictive distribution",
+                      "units": "1"}),
+    }
+    for dim in space:
+        coords[dim] = grid[dim].variable.to_base_variable()
+    squeeze = (lambda a: a[..., 0]) if space == schema.SPATIAL_DIMS_POINT else (lambda a: a)
+    head = (schema.INIT_TIME, schema.LEAD_TIME)
+    data: dict[str, Any] = {}
+    for t, name in enumerate(targets):
+        short, _ = schema.split_level_name(name)
+        info = schema.VARIABLES.get(short)
+        base = {"units": info.units if info else "1"}
+        if info and info.standard_name:
+            base["standard_name"] = info.standard_name
+        label = info.long_name if info else name
+        data[name] = ((*head, schema.MEMBER, *space),
+                      squeeze(fields["members"][None, None, :, t]),
+                      {**base, "long_name": f"{label}, calibrated ECC members",
+                       "ensemble_method": "ensemble copula coupling"})
+        data[f"{name}_mean"] = ((*head, *space), squeeze(fields["mean"][None, None, t]),
+                                {**base, "long_name": f"{label}, predictive mean",
+                                 "cell_methods": "member: mean"})
+        data[f"{name}_std"] = ((*head, *space), squeeze(fields["std"][None, None, t]),
+                               {**base, "long_name": f"{label}, predictive standard deviation",
+                                "cell_methods": "member: standard_deviation"})
+        data[f"{name}_quantiles"] = ((*head, "quantile", *space),
+                                     squeeze(fields["quantiles"][None, None, :, t]),
+                                     {**base, "long_name": f"{label}, predictive quantiles"})
+    ds = xr.Dataset(data, coords=coords)
+    for v in ds.data_vars:
+        ds[v] = ds[v].astype(np.float32)
+    return ds
+
+
+def open_product(path: str | Path) -> xr.Dataset:
+    """A product (Zarr: only its complete init times; NetCDF: as written), lazily."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"product {path} does not exist")
+    if not path.is_dir():
+        return xr.open_dataset(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = xr.open_zarr(path, consolidated=True)
+    if ds.attrs.get("enspp_kind") != PRODUCT_KIND:
+        raise ProductError(f"{path} is not an enspp product store")
+    done = np.asarray(ds.attrs.get(COMPLETE_ATTR, []), dtype="datetime64[ns]")
+    keep = np.isin(ds[schema.INIT_TIME].values.astype("datetime64[ns]"), done)
+    return ds.isel({schema.INIT_TIME: np.flatnonzero(keep)})
+
+
+class ProductWriter:
+    """Writes the init times of one product: Zarr in place (idempotent), NetCDF at the end."""
+
+    def __init__(self, out: Path, *, attrs: dict[str, Any], fmt: str) -> None:
+        self.out, self.attrs, self.fmt = Path(out), dict(attrs), fmt
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.out.parent / f".{self.out.name}.partial"
+        shutil.rmtree(self.partial, ignore_errors=True)  # left by a killed first write
+        if fmt == "zarr" and self.out.exists():
+            self._check_existing()
+            _trim_to_common_length(self.out)
+        self.target = self.partial if fmt == "netcdf" or not self.out.exists() else self.out
+        #: init times complete in the target (xarray's appends replace the root attributes)
+        self.done: set[str] = set()
+        if self.target.exists():
+            self.done = {str(np.datetime64(t, "ns")) for t in
+                         zarr.open_group(self.target, mode="r").attrs.get(COMPLETE_ATTR, [])}
+
+    def _check_existing(self) -> None:
+        if not self.out.is_dir():
+            raise ProductError(f"{self.out} exists and is not a Zarr product store")
+        try:
+            attrs = dict(zarr.open_group(self.out, mode="r").attrs)
+        except Exception as e:  # zarr raises several types for a non-store
+            raise ProductError(f"{self.out} exists and is not a Zarr store ({e})") from e
+        if attrs.get("enspp_kind") != PRODUCT_KIND:
+            raise ProductError(f"{self.out} exists and is not an enspp product store")
+        for key in IDENTITY_ATTRS:
+            if _plain(attrs.get(key)) != _plain(self.attrs[key]):
+                raise ProductError(
+                    f"{self.out} holds another product: its {key} is {attrs.get(key)!r}, this "
+                    f"run's is {self.attrs[key]!r}; write to another --out")
+
+    def write(self, step: xr.Dataset) -> None:
+        """Write one init time (``step`` holds a single ``init_time``)."""
+        init = step[schema.INIT_TIME].values[0]
+        step = step.chunk({schema.INIT_TIME: 1})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not self.target.exists():
+                step.to_zarr(self.target, mode="w", consolidated=True)
+            else:
+                have = xr.open_zarr(self.target, consolidated=True)[schema.INIT_TIME].values
+                hits = np.flatnonzero(have.astype("datetime64[ns]") == init)
+                if hits.size:
+                    i = int(hits[0])
+                    region = step.drop_vars([v for v in step.variables
+                                             if schema.INIT_TIME not in step[v].dims])
+                    region.to_zarr(self.target, region={schema.INIT_TIME: slice(i, i + 1)},
+                                   mode="r+", consolidated=True)
+                else:
+                    step.to_zarr(self.target, append_dim=schema.INIT_TIME, consolidated=True)
+        self._mark_complete(init)
+        if self.target == self.partial and self.fmt == "zarr":
+            self.partial.rename(self.out)
+            self.target = self.out
+
+    def _mark_complete(self, init: np.datetime64) -> None:
+        self.done.add(str(np.datetime64(init, "ns")))
+        group = zarr.open_group(self.target, mode="r+")
+        group.attrs.update({**self.attrs, COMPLETE_ATTR: sorted(self.done)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self.target)
+
+    def finish(self) -> Path:
+        """NetCDF: convert the staged Zarr store into ``out`` (replacing it); return ``out``."""
+        if self.fmt == "netcdf":
+            with open_product(self.partial) as ds:
+                attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ATTR}
+                attrs["history"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} enspp predict"
+                tmp = self.out.parent / f".{self.out.name}.tmp.nc"
+                product = ds.copy()
+                product.attrs = attrs
+                product.to_netcdf(tmp)
+            tmp.replace(self.out)
+            shutil.rmtree(self.partial, ignore_errors=True)
+        return self.out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    return v
+
+
+def _trim_to_common_length(path: Path) -> None:
+    """Cut every array with an ``init_time`` axis to the shortest such length (an append
+    killed half-way leaves some arrays one init time longer than others)."""
+    group = zarr.open_group(path, mode="r+")
+    arrays = []
+    for name, arr in group.arrays():
+        dims = list(arr.metadata.dimension_names or arr.attrs.get("_ARRAY_DIMENSIONS", []))
+        if schema.INIT_TIME in dims:
+            arrays.append((arr, dims.index(schema.INIT_TIME)))
+    if not arrays:
+        return
+    n = min(a.shape[ax] for a, ax in arrays)
+    changed = False
+    for arr, ax in arrays:
+        if arr.shape[ax] != n:
+            arr.resize(tuple(n if i == ax else s for i, s in enumerate(arr.shape)))
+            changed = True
+    if changed:
+        times = {str(np.datetime64(t, "ns")) for t in
+                 xr.open_zarr(path, consolidated=False)[schema.INIT_TIME].values}
+        group.attrs[COMPLETE_ATTR] = sorted(t for t in group.attrs.get(COMPLETE_ATTR, [])
+                                            if t in times)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(path)
