@@ -151,6 +151,7 @@ _PARAM_KEYS = {1: ("centre", "table2Version", "indicatorOfParameter", "indicator
                    "typeOfSecondFixedSurface", "typeOfStatisticalProcessing", "lengthOfTimeRange",
                    "indicatorOfUnitForTimeRange", "localTablesVersion")}
 _PARAM_CACHE: dict[tuple, tuple[str, str]] = {}
+_STEP_UNITS = {0: "m", 1: "h", 13: "s"}
 
 
 def _param(h: int) -> tuple[str, str]:
@@ -176,13 +177,11 @@ def _read_message(h: int, path: str, index: int, *, values: bool, grids: dict) -
     date, time = get(h, "dataDate"), get(h, "dataTime")
     init = np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}T"
                          f"{time // 100:02d}:{time % 100:02d}", "ns")
-    unit = get(h, "stepUnits", int)
-    end = get(h, "endStep", int)
-    step_unit = {0: "m", 1: "h"}.get(unit)
-    if step_unit is None:
-        raise ReaderError(f"{path}: message {index} ({short}) has step units code {unit}; "
-                          "only minutes and hours are supported")
-    lead = np.timedelta64(int(end), step_unit).astype("timedelta64[ns]")
+    step_unit = _STEP_UNITS.get(get(h, "stepUnits", int))
+    if step_unit is None:  # eccodes reports steps in hours, minutes or seconds; be safe anyway
+        eccodes.codes_set(h, "stepUnits", "s")
+        step_unit = "s"
+    lead = np.timedelta64(int(get(h, "endStep", int)), step_unit).astype("timedelta64[ns]")
     number = 0
     if eccodes.codes_is_defined(h, "number") and not eccodes.codes_is_missing(h, "number"):
         number = int(get(h, "number"))
@@ -262,6 +261,15 @@ def check_inventory(messages: Sequence[GribMessage], *, kind: schema.Kind) -> No
         if m.grid != grid0.grid:
             raise ReaderError(f"{m.path}: grid {_grid_str(m.grid)} differs from {_grid_str(grid0.grid)} "
                               f"of {grid0.path}")
+    other_levels: dict[str, dict[tuple, GribMessage]] = defaultdict(dict)
+    for m in messages:
+        if m.type_of_level != "isobaricInhPa":
+            other_levels[m.variable].setdefault((m.type_of_level, m.level), m)
+    for var, found in other_levels.items():
+        if len(found) > 1:
+            first = next(iter(found.values()))
+            raise ReaderError(f"{first.path}: variable {first.short_name!r} on several non-pressure "
+                              f"levels {sorted(found)}; only pressure levels become a level dim")
     seen: dict[tuple, GribMessage] = {}
     members: dict[str, set[int]] = defaultdict(set)
     per_slot: dict[tuple, dict[int, GribMessage]] = defaultdict(dict)
@@ -316,10 +324,6 @@ def absent_fields(messages: Sequence[GribMessage], *, kind: schema.Kind) -> list
 def _assemble(msgs: list[GribMessage], *, kind: str, lat: np.ndarray, lon: np.ndarray) -> xr.DataArray:
     """Stack one variable's messages into (time, lead, member, level, lat, lon)."""
     first = msgs[0]
-    other_levels = {(m.type_of_level, m.level) for m in msgs if _level_key(m) is None}
-    if len(other_levels) > 1:
-        raise ReaderError(f"{first.path}: variable {first.short_name!r} on several non-pressure "
-                          f"levels {sorted(other_levels)}; only pressure levels become a level dim")
     if kind == "forecast":
         times = sorted({m.init_time for m in msgs})
         leads = sorted({m.lead_time for m in msgs})

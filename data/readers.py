@@ -88,11 +88,8 @@ def open_grib(paths, *, kind: schema.Kind | None = None, cache_dir: str | os.Pat
                 new, da = canonical_variable(da, da.attrs.get("GRIB_shortName", str(name)),
                                              source=str(f), type_of_level=tol)
                 if tol not in ("isobaricInhPa", "surface", "meanSea"):
-                    levels = {m.level for m in msgs if (m.type_of_level, m.short_name) == (tol, short)}
-                    if len(levels) > 1:
-                        raise ReaderError(f"{f}: variable {short!r} on several {tol} levels "
-                                          f"{sorted(levels)}; only pressure levels become a level dim")
-                    da.attrs.update(grib_type_of_level=tol, grib_level=levels.pop())
+                    level = next(m.level for m in msgs if (m.type_of_level, m.short_name) == (tol, short))
+                    da.attrs.update(grib_type_of_level=tol, grib_level=level)  # one level: checked
                 pieces[new].append(da)
     arrays = [_combine_pieces(p, kind=found, name=n, source=source) for n, p in pieces.items()]
     ds = xr.merge(arrays, join="outer", compat="override", combine_attrs="override")

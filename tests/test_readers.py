@@ -350,23 +350,62 @@ def test_different_grids(tmp_path, rng):
         read_grib_eccodes(tmp_path)
 
 
-def _write_custom(path, *, short_name="2t", missing=False):
-    """One message written with eccodes directly: NaN points (bitmap) or a foreign parameter."""
-    h = eccodes.codes_grib_new_from_samples("regular_ll_sfc_grib2")
+def _write_custom(path, *, short_name="2t", missing=False, sample="regular_ll_sfc_grib2",
+                  keys=(), messages=({},)):
+    """Messages written with eccodes directly: NaN points (bitmap), a foreign parameter, odd
+    grids or keys; ``messages`` holds the keys that differ between the messages."""
+    h = eccodes.codes_grib_new_from_samples(sample)
     eccodes.codes_set(h, "setLocalDefinition", 1)
     eccodes.codes_set(h, "localDefinitionNumber", 1)
     eccodes.codes_set(h, "productDefinitionTemplateNumber", 1)
     eccodes.codes_set(h, "type", "cf")
     eccodes.codes_set(h, "shortName", short_name)
+    for key, value in keys:
+        eccodes.codes_set(h, key, value)
     values = np.linspace(270, 290, eccodes.codes_get(h, "numberOfPoints"))
     if missing:
         eccodes.codes_set(h, "bitmapPresent", 1)
         eccodes.codes_set(h, "missingValue", 9999)
         values[:10] = 9999
-    eccodes.codes_set_values(h, values)
     with open(path, "wb") as fh:
-        eccodes.codes_write(h, fh)
+        for extra in messages:
+            m = eccodes.codes_clone(h)
+            for key, value in extra.items():
+                eccodes.codes_set(m, key, value)
+            eccodes.codes_set_values(m, values)
+            eccodes.codes_write(m, fh)
+            eccodes.codes_release(m)
     eccodes.codes_release(h)
+
+
+@pytest.mark.parametrize("reader", [open_ens_grib, read_grib_eccodes])
+@pytest.mark.parametrize("case, match", [
+    ("reduced", "on a 'reduced_gg' grid; only regular_ll"),
+    ("theta", "'pv' on several non-pressure levels \\[\\('theta', 320\\), \\('theta', 330\\)\\]"),
+])
+def test_unsupported_grib_layouts(tmp_path, reader, case, match):
+    if case == "reduced":
+        _write_custom(tmp_path / "x.grib", sample="reduced_gg_sfc_grib2")
+    else:
+        _write_custom(tmp_path / "x.grib", short_name="pv", keys=[("typeOfLevel", "theta")],
+                      messages=({"level": 320}, {"level": 330}))
+    with pytest.raises(ReaderError, match=f"x.grib: .*{match}"):
+        reader(tmp_path / "x.grib")
+
+
+def test_step_in_seconds(tmp_path):
+    _write_custom(tmp_path / "s.grib", messages=({"stepUnits": "s", "step": 90}, {"stepUnits": "s", "step": 1800}))
+    ds = read_grib_eccodes(tmp_path / "s.grib")
+    assert (ds["lead_time"].values / np.timedelta64(1, "s")).tolist() == [90, 1800]
+
+
+def test_unsupported_split_across_files(tmp_path, rng):
+    both = xr.concat([small_forecast(rng), small_forecast(rng, init="2020-01-02")], dim="init_time")
+    write_grib(tmp_path / "a.grib", both.isel(lead_time=[0]), kind="forecast")
+    write_grib(tmp_path / "b.grib", both.isel(init_time=[1], lead_time=[1]), kind="forecast")
+    with pytest.raises(ReaderError, match="overlapping time sets across files"):
+        open_ens_grib(tmp_path)
+    assert read_grib_eccodes(tmp_path).attrs["enspp_absent_fields"] == ["t2m@24h", "z@24h"]
 
 
 @pytest.mark.parametrize("reader", [open_ens_grib, read_grib_eccodes])
@@ -394,3 +433,34 @@ def test_path_errors(tmp_path):
         read_grib_eccodes(tmp_path)
     with pytest.raises(ReaderError, match="no input files"):
         read_grib_eccodes([])
+
+
+def test_netcdf_and_source_errors(tmp_path, shared_data, rng):
+    (tmp_path / "junk.nc").write_bytes(b"not netcdf at all")
+    with pytest.raises(ReaderError, match="junk.nc: not a readable GRIB or NetCDF"):
+        open_analysis(tmp_path / "junk.nc")
+    with pytest.raises(ReaderError, match="mixes GRIB and non-GRIB"):
+        open_analysis([shared_data / AN_DIR / "msl_sfc.grib", tmp_path / "junk.nc"])
+    coords = {"time": pd.date_range("2020-01-01", periods=2), "lat": [1.0, 0.0], "lon": [0.0, 1.0]}
+    xr.Dataset({"t": (("time", "lat", "lon", "x"), np.ones((2, 2, 2, 1)), {"units": "K"})},
+               coords=coords).to_netcdf(tmp_path / "extra.nc")
+    with pytest.raises(ReaderError, match="extra.nc: variable 't' has dims .* outside the canonical"):
+        open_analysis(tmp_path / "extra.nc")
+    xr.Dataset({"t": (("time", "lat", "lon"), np.ones((2, 2, 2)))}, coords=coords).to_netcdf(tmp_path / "nounits.nc")
+    with pytest.raises(ReaderError, match="nounits.nc: variable 't' has no units"):
+        open_analysis(tmp_path / "nounits.nc")
+    small_forecast(rng).drop_attrs().to_zarr(tmp_path / "plain.zarr")
+    with pytest.raises(ReaderError, match="plain.zarr: variable '.*' has no 'units'"):
+        open_canonical_zarr(tmp_path / "plain.zarr")
+    with pytest.raises(FileNotFoundError, match="nothere.zarr"):
+        open_canonical_zarr(tmp_path / "nothere.zarr")
+    with pytest.raises(FileNotFoundError, match="nothere.nc"):
+        open_station_netcdf(tmp_path / "nothere.nc")
+    with pytest.raises(ReaderError, match="junk.nc: not a readable NetCDF"):
+        open_station_netcdf(tmp_path / "junk.nc")
+    with pytest.raises(FileNotFoundError, match="nothere.grib"):
+        open_source(tmp_path / "nothere.grib")
+    with pytest.raises(ReaderError, match="no paths given"):
+        open_source([])
+    with pytest.raises(ReaderError, match="give one zarr path at a time"):
+        open_source([tmp_path / "plain.zarr", tmp_path / "plain.zarr"])
