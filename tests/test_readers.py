@@ -464,3 +464,12 @@ def test_netcdf_and_source_errors(tmp_path, shared_data, rng):
         open_source([])
     with pytest.raises(ReaderError, match="give one zarr path at a time"):
         open_source([tmp_path / "plain.zarr", tmp_path / "plain.zarr"])
+
+
+def test_analysis_with_several_steps(tmp_path):
+    _write_custom(tmp_path / "an.grib", keys=[("productDefinitionTemplateNumber", 0), ("type", "an")],
+                  messages=({"step": 0}, {"step": 6}))
+    fast = read_grib_eccodes(tmp_path / "an.grib")  # valid times
+    assert fast.sizes["time"] == 2 and "lead_time" not in fast.dims
+    with pytest.raises(ReaderError, match="an.grib: analysis messages with several steps"):
+        open_analysis(tmp_path / "an.grib")
