@@ -192,7 +192,9 @@ def _variable_panel(doc: dict, variable: str, uid: str, prefix: str) -> str:
 def _cases_html(doc: dict, prefix: str) -> str:
     if not doc.get("cases"):
         return '<p class="note">No case catalogue was given.</p>'
-    out = []
+    out = ['<p class="note">Each case says how it was chosen. Cases picked for what was observed '
+           "favour forecasts that warn often, so they illustrate behaviour in an extreme but cannot "
+           "rank systems on their own (the forecaster's dilemma); the headline scores above can.</p>"]
     for c in doc["cases"]:
         status = c["status"]
         dilemma = ('<div class="warn">Chosen because of what happened (selected on the outcome): '
