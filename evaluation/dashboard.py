@@ -53,8 +53,8 @@ td.worse{background:var(--worse-weak);color:var(--worse)}
 border-radius:6px 6px 0 0;font:inherit;color:#33475b}
 .tabs button.active{background:var(--accent);color:#fff;border-color:var(--accent)}
 .panel{display:none}.panel.active{display:block}
-.figs{display:flex;flex-wrap:wrap;gap:12px}
-.figs img{max-width:100%;border:1px solid var(--line);border-radius:6px;background:#fff}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:12px;margin-top:12px}
+.figs img{width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
 .case{border-top:1px solid var(--line);padding-top:12px;margin-top:12px}
 .case:first-of-type{border-top:none;margin-top:0;padding-top:0}
 .kv{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;font-size:13px}
