@@ -263,3 +263,15 @@ def check_store_compatible(meta: CheckpointMetadata, store: xr.Dataset, *,
         raise CheckpointMismatchError(
             f"K: the checkpoint uses K={meta.n_members} members but {source} holds only "
             f"{n_store}")
+
+
+def write_checkpoint(path: str | Path, model: torch.nn.Module,
+                     metadata: CheckpointMetadata) -> Path:
+    """Write a weights-only enspp checkpoint (no optimizer or loop state: not resumable) that
+    :func:`load_checkpoint` reads like a training checkpoint, e.g. an untrained model built
+    with statistics from a store (benchmarks, baselines)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"{MODEL_PREFIX}{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, METADATA_KEY: metadata.to_checkpoint()}, path)
+    return path

@@ -145,13 +145,13 @@ class ProductWriter:
         self.done: set[str] = set()
         if self.target.exists():
             self.done = {str(np.datetime64(t, "ns")) for t in
-                         zarr.open_group(self.target, mode="r").attrs.get(COMPLETE_ATTR, [])}
+                         zarr.open_group(self.target, mode="r", use_consolidated=False).attrs.get(COMPLETE_ATTR, [])}
 
     def _check_existing(self) -> None:
         if not self.out.is_dir():
             raise ProductError(f"{self.out} exists and is not a Zarr product store")
         try:
-            attrs = dict(zarr.open_group(self.out, mode="r").attrs)
+            attrs = dict(zarr.open_group(self.out, mode="r", use_consolidated=False).attrs)
         except Exception as e:  # zarr raises several types for a non-store
             raise ProductError(f"{self.out} exists and is not a Zarr store ({e})") from e
         if attrs.get("enspp_kind") != PRODUCT_KIND:
@@ -171,7 +171,7 @@ class ProductWriter:
             if not self.target.exists():
                 step.to_zarr(self.target, mode="w", consolidated=True)
             else:
-                have = xr.open_zarr(self.target, consolidated=True)[schema.INIT_TIME].values
+                have = xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME].values
                 hits = np.flatnonzero(have.astype("datetime64[ns]") == init)
                 if hits.size:
                     i = int(hits[0])
@@ -188,7 +188,7 @@ class ProductWriter:
 
     def _mark_complete(self, init: np.datetime64) -> None:
         self.done.add(str(np.datetime64(init, "ns")))
-        group = zarr.open_group(self.target, mode="r+")
+        group = zarr.open_group(self.target, mode="r+", use_consolidated=False)
         group.attrs.update({**self.attrs, COMPLETE_ATTR: sorted(self.done)})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -220,7 +220,7 @@ def _plain(v: Any) -> Any:
 def _trim_to_common_length(path: Path) -> None:
     """Cut every array with an ``init_time`` axis to the shortest such length (an append
     killed half-way leaves some arrays one init time longer than others)."""
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
     arrays = []
     for name, arr in group.arrays():
         dims = list(arr.metadata.dimension_names or arr.attrs.get("_ARRAY_DIMENSIONS", []))

@@ -1,0 +1,56 @@
+"""``enspp predict --checkpoint CKPT --store STORE [--init-time T ...] [--out PATH] [--netcdf]
+[--config CFG]``.
+
+Writes (or extends: re-running an init time leaves the product identical) the product store
+of a checkpoint; by default ``<store's directory>/products/<model version>.zarr``, which is
+``WORKDIR/stores/products/<version>.zarr`` for ``WORKDIR/stores/forecast.zarr``.  Options of
+the ``predict`` config section (quantiles, ECC members, format, batch size, seed) apply when
+``--config`` is given.  Prints the product path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "post-process forecasts with a trained model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint")
+    parser.add_argument("--store", type=Path, required=True, help="forecast store (Zarr)")
+    parser.add_argument("--init-time", nargs="+", metavar="T", dest="init_times",
+                        help="init times to post-process (default: all in the store)")
+    parser.add_argument("--out", type=Path, help="product path (default: "
+                        "<store dir>/products/<model version>.zarr)")
+    parser.add_argument("--netcdf", action="store_true", help="write NetCDF instead of Zarr")
+    parser.add_argument("--static", type=Path, help="static fields (default: the training ones)")
+    parser.add_argument("--config", type=Path, help="enspp.yaml with a 'predict' section")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def default_product_path(checkpoint: Path, store: Path, *, fmt: str) -> Path:
+    """``<store dir>/products/<name>-<sha256[:12]>.zarr`` (``.nc`` for NetCDF)."""
+    from models.checkpoint import file_sha256, read_checkpoint
+
+    _, meta = read_checkpoint(checkpoint)
+    suffix = ".nc" if fmt == "netcdf" else ".zarr"
+    return Path(store).parent / "products" / f"{meta.spec['name']}-{file_sha256(checkpoint)[:12]}{suffix}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.config import PredictConfig
+    from models.predict import predict
+
+    options = PredictConfig()
+    if args.config is not None:
+        from flows.commands.train import load_sections
+
+        options = load_sections(args.config)["predict"]
+    fmt = "netcdf" if args.netcdf else options.fmt
+    out = args.out or default_product_path(args.checkpoint, args.store, fmt=fmt)
+    path = predict(args.checkpoint, args.store, out=out, init_times=args.init_times,
+                   quantiles=options.quantiles, n_members=options.n_members, fmt=fmt,
+                   static=args.static, batch_size=options.batch_size, seed=options.seed)
+    print(f"product: {path}")
+    return 0

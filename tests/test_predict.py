@@ -1,0 +1,198 @@
+"""models.predict: the product store (layout, CF attributes, provenance, ECC members), NetCDF,
+tiles vs whole fields, idempotent and repairable appends, NaN policy and bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from models.checkpoint import CheckpointMismatchError, file_sha256
+from models.predict import PredictError, predict, tiling
+from models.product import ProductError, open_product
+from pipeline.align import open_dataset
+from pipeline.members import MemberSelectionError
+from predict_data import K, NX, NY, make_checkpoint, make_stores, pipeline_config
+
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predict")
+    paths = make_stores(d / "stores")
+    pipe = pipeline_config(paths)
+    return {"dir": d, "paths": paths, "pipe": pipe,
+            "raw": make_checkpoint(d / "raw.ckpt", pipe),
+            "perturbed": make_checkpoint(d / "perturbed.ckpt", pipe, perturb=0.05)}
+
+
+def _inits(world, n=2):
+    return list(open_dataset(world["paths"].forecast).init_time.values[:n])
+
+
+def test_product_layout_attrs_and_raw_reproduction(world, tmp_path):
+    out = predict(world["raw"], world["paths"].forecast, out=tmp_path / "p.zarr",
+                  init_times=_inits(world), quantiles=QUANTILES, n_members=K)
+    ds = open_product(out)
+    assert set(ds.data_vars) == {"t2m", "t2m_mean", "t2m_std", "t2m_quantiles"}
+    assert ds["t2m"].dims == ("init_time", "lead_time", "member", "latitude", "longitude")
+    assert ds["t2m_mean"].dims == ("init_time", "lead_time", "latitude", "longitude")
+    assert ds["t2m_quantiles"].dims == ("init_time", "lead_time", "quantile", "latitude",
+                                        "longitude")
+    assert ds.sizes == {"init_time": 2, "lead_time": 1, "member": K, "quantile": 3,
+                        "latitude": NY, "longitude": NX}
+    assert ds["t2m"].attrs["units"] == "K" and ds["t2m"].attrs["standard_name"] == "air_temperature"
+    a = ds.attrs
+    assert a["Conventions"].startswith("CF") and a["distribution"] == "gaussian"
+    assert a["crps_estimator"] == "gaussian" and a["input_members"] == [1, 2, 3, 4, 5]
+    assert a["checkpoint_sha256"] == file_sha256(world["raw"])
+    assert a["model_version"].startswith("mixed-") and len(a["enspp_complete"]) == 2
+    # an untrained mixed model is the raw ensemble: mean/std and ECC members = raw members
+    fc = open_dataset(world["paths"].forecast)
+    raw = fc["t2m"].sel(init_time=ds.init_time, lead_time=ds.lead_time, member=[1, 2, 3, 4, 5])
+    np.testing.assert_allclose(ds["t2m_mean"], raw.mean("member"), rtol=1e-5)
+    np.testing.assert_allclose(ds["t2m_std"], raw.std("member", ddof=1), rtol=1e-3)
+    ranks = lambda x: np.argsort(np.argsort(x, axis=2), axis=2)  # noqa: E731
+    np.testing.assert_array_equal(ranks(ds["t2m"].values), ranks(raw.transpose(*ds["t2m"].dims).values))
+
+
+def test_ecc_members_have_predicted_mean_and_spread(world, tmp_path):
+    m = 40
+    out = predict(world["perturbed"], world["paths"].forecast, out=tmp_path / "p.zarr",
+                  init_times=_inits(world, 1), quantiles=QUANTILES, n_members=m)
+    ds = open_product(out).load()
+    mean, std = ds["t2m_mean"], ds["t2m_std"]
+    # ECC-Q levels i/(M+1) are symmetric: the member mean is the predictive mean up to rounding,
+    # the member std the predictive std times the std of the M normal quantiles (~0.96 at M=40)
+    np.testing.assert_allclose(ds["t2m"].mean("member"), mean, atol=1e-3 * float(std.mean()))
+    ratio = ds["t2m"].std("member", ddof=1) / std
+    assert 0.9 < float(ratio.min()) and float(ratio.max()) < 1.05
+    np.testing.assert_allclose(ds["t2m_quantiles"].sel(quantile=0.5), mean, rtol=1e-6)
+    assert (ds["t2m_quantiles"].diff("quantile") > 0).all()
+
+
+def test_netcdf_on_request(world, tmp_path):
+    out = predict(world["raw"], world["paths"].forecast, out=tmp_path / "p.nc", fmt="netcdf",
+                  init_times=_inits(world), quantiles=QUANTILES, n_members=3)
+    assert out.is_file() and not (tmp_path / ".p.nc.partial").exists()
+    with xr.open_dataset(out) as ds:
+        assert ds.sizes["member"] == 3 and ds.sizes["init_time"] == 2
+        assert ds.attrs["enspp_kind"] == "product" and "history" in ds.attrs
+
+
+def test_tiles_match_a_whole_field_pass(world, tmp_path):
+    pipe = pipeline_config(world["paths"], batches={"patch_size": 12})
+    assert tiling(pipe, grid_shape=(NY, NX)) == (12, 3)
+    assert tiling(pipeline_config(world["paths"]), grid_shape=(NY, NX)) == (None, 0)
+    tiled_ckpt = make_checkpoint(tmp_path / "tiled.ckpt", pipe, perturb=0.05)
+    whole = open_product(predict(world["perturbed"], world["paths"].forecast,
+                                 out=tmp_path / "w.zarr", init_times=_inits(world, 1))).load()
+    tiled = open_product(predict(tiled_ckpt, world["paths"].forecast, out=tmp_path / "t.zarr",
+                                 init_times=_inits(world, 1))).load()
+    for v in ("t2m_mean", "t2m_std"):
+        err = np.abs(tiled[v] - whole[v]) / whole["t2m_std"]
+        assert float(err.max()) < 0.05, (v, float(err.max()))
+    # the perturbed model is not the raw ensemble, so the comparison tests the tiling
+    raw = open_dataset(world["paths"].forecast)["t2m"].sel(
+        init_time=whole.init_time, lead_time=whole.lead_time, member=[1, 2, 3, 4, 5])
+    assert float(np.abs(whole["t2m_mean"] - raw.mean("member")).max()) > 0.05
+
+
+def _snapshot(path: Path) -> xr.Dataset:
+    with xr.open_zarr(path, consolidated=True) as ds:
+        return ds.load()
+
+
+def test_repredict_is_idempotent_and_repairs_a_killed_append(world, tmp_path):
+    out, store, ckpt = tmp_path / "p.zarr", world["paths"].forecast, world["perturbed"]
+    first, second = _inits(world)
+    predict(ckpt, store, out=out, init_times=[first], quantiles=QUANTILES, n_members=7)
+    predict(ckpt, store, out=out, init_times=[second], quantiles=QUANTILES, n_members=7)
+    reference = _snapshot(out)
+    assert list(reference.init_time.values) == [first, second]
+    predict(ckpt, store, out=out, init_times=[second], quantiles=QUANTILES, n_members=7)
+    again = _snapshot(out)
+    xr.testing.assert_identical(again, reference)
+    assert again.attrs == reference.attrs
+    # a run killed while appending `second`: one array is short, `second` not complete
+    group = zarr.open_group(out, mode="r+")
+    group["t2m_std"].resize((1, *group["t2m_std"].shape[1:]))
+    group.attrs["enspp_complete"] = [str(first)]
+    predict(ckpt, store, out=out, init_times=[second], quantiles=QUANTILES, n_members=7)
+    xr.testing.assert_identical(_snapshot(out), reference)
+    # a killed first write leaves only the hidden partial store, removed by the next run
+    (tmp_path / ".q.zarr.partial").mkdir()
+    predict(ckpt, store, out=tmp_path / "q.zarr", init_times=[first], quantiles=QUANTILES,
+            n_members=7)
+    assert not (tmp_path / ".q.zarr.partial").exists()
+
+
+def test_existing_product_of_another_run_is_refused(world, tmp_path):
+    out = tmp_path / "p.zarr"
+    predict(world["raw"], world["paths"].forecast, out=out, init_times=_inits(world, 1),
+            quantiles=QUANTILES, n_members=3)
+    with pytest.raises(ProductError, match="n_ecc_members"):
+        predict(world["raw"], world["paths"].forecast, out=out, init_times=_inits(world, 1),
+                quantiles=QUANTILES, n_members=4)
+    with pytest.raises(ProductError, match="checkpoint_sha256"):
+        predict(world["perturbed"], world["paths"].forecast, out=out,
+                init_times=_inits(world, 1), quantiles=QUANTILES, n_members=3)
+    (tmp_path / "file.zarr").write_text("x")
+    with pytest.raises(ProductError, match="not a Zarr product store"):
+        predict(world["raw"], world["paths"].forecast, out=tmp_path / "file.zarr")
+    (tmp_path / "other.zarr").mkdir()
+    with pytest.raises(ProductError, match="not a"):
+        predict(world["raw"], world["paths"].forecast, out=tmp_path / "other.zarr")
+    with pytest.raises(FileNotFoundError):
+        open_product(tmp_path / "missing.zarr")
+
+
+def test_nan_inputs_follow_the_pipeline_policy(world, tmp_path):
+    ds = open_dataset(world["paths"].forecast).load()
+    ds["t"][:, :, :, 1, 2, 3] = np.nan  # t850 NaN at one point
+    init = _inits(world, 1)
+    with pytest.raises(PredictError, match=r"NaN in input \['t850@48h'\]"):
+        predict(world["raw"], ds, out=tmp_path / "e.zarr", init_times=init)
+    mask_pipe = pipeline_config(world["paths"], nan_policy="mask",
+                                features={"variables": ["t850", "t2m"], "targets": ["t2m"]})
+    ckpt = make_checkpoint(tmp_path / "mask.ckpt", mask_pipe)
+    out = open_product(predict(ckpt, ds, out=tmp_path / "m.zarr", init_times=init)).load()
+    assert np.isnan(out["t2m_mean"].values[0, 0, 2, 3]) and np.isnan(out["t2m"].values[0, 0, :, 2, 3]).all()
+    assert np.isfinite(out["t2m_mean"]).sum() == NY * NX - 1
+
+
+def test_bad_requests_name_the_problem(world, tmp_path):
+    ckpt, store = world["raw"], world["paths"].forecast
+    with pytest.raises(PredictError, match="fmt"):
+        predict(ckpt, store, out=tmp_path / "p", fmt="grib")
+    with pytest.raises(PredictError, match="n_members"):
+        predict(ckpt, store, out=tmp_path / "p", n_members=0)
+    with pytest.raises(PredictError, match="quantiles"):
+        predict(ckpt, store, out=tmp_path / "p", quantiles=(0.5, 0.1))
+    with pytest.raises(PredictError, match="1999-01-01"):
+        predict(ckpt, store, out=tmp_path / "p", init_times=["1999-01-01"])
+    with pytest.raises(FileNotFoundError, match="static"):
+        predict(ckpt, store, out=tmp_path / "p", static=tmp_path / "nope.nc")
+    empty = open_dataset(store).isel(init_time=slice(0, 0))
+    with pytest.raises(PredictError, match="no .*init times"):
+        predict(ckpt, empty, out=tmp_path / "p")
+    no48 = open_dataset(store).sel(lead_time=[np.timedelta64(24, "h")])
+    with pytest.raises(PredictError, match="lead time 48 h"):
+        predict(ckpt, no48, out=tmp_path / "p")
+
+
+def test_store_mismatch_and_too_few_members(world, tmp_path):
+    ckpt, ds = world["raw"], open_dataset(world["paths"].forecast)
+    with pytest.raises(CheckpointMismatchError, match="variables.*t850"):
+        predict(ckpt, ds.drop_vars("t"), out=tmp_path / "p")
+    with pytest.raises(CheckpointMismatchError, match="grid: .*longitude"):
+        predict(ckpt, ds.isel(longitude=slice(0, NX - 1)), out=tmp_path / "p")
+    with pytest.raises(CheckpointMismatchError, match="K=5"):
+        predict(ckpt, ds.isel(member=slice(0, 3)), out=tmp_path / "p")
+    with pytest.raises(MemberSelectionError, match="members.k = 5"):
+        predict(ckpt, ds.isel(member=slice(0, 5)), out=tmp_path / "p")  # 4 perturbed members
