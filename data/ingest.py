@@ -124,6 +124,10 @@ def collect_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     return list(seen)
 
 
+def _is_zarr(path: Path) -> bool:
+    return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zmetadata"))
+
+
 def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False) -> xr.Dataset:
     """One input as a canonical dataset (GRIB decoded with eccodes, numpy-backed)."""
     from data import readers

@@ -198,7 +198,8 @@ def _message(h: int, path: str, index: int, params: dict, grids: dict,
                        eccodes.codes_get_array(h, "distinctLongitudes"))
     lat, lon = grids[gkey]
     n_missing = int(get(h, "numberOfMissing")) if get(h, "bitmapPresent") else 0
-    where = (f"{path} message {index} ({short}, {data_type}, init {init}, "
+    where = (f"{path} message {index} ({short}, {data_type}, "
+             f"init {np.datetime_as_string(init, unit='m')}, "
              f"+{lead // np.timedelta64(1, 'h')} h, number {number})")
     if n_missing and not allow_nan:
         raise ReaderError(f"{where}: {n_missing} missing (NaN) points; pass allow_nan=True to "

@@ -177,8 +177,8 @@ class StoreWriter:
             self.kind = kind
         got = detect_kind(ds)
         if got != kind:
-            where = f"store {self.root}" if self.exists else "the other inputs"
-            raise StoreError(f"{name} holds {got} data but {where} hold {kind} data")
+            where = f"store {self.root} holds" if self.exists else "the other inputs hold"
+            raise StoreError(f"{name} holds {got} data but {where} {kind} data")
         validate(ds, kind=kind, source=name, allow_nan=allow_nan)  # type: ignore[arg-type]
         if not allow_nan:
             _check_nan_lazy(ds, name=name)
