@@ -1,0 +1,250 @@
+"""Write a synthetic world to files that the ingest reads like real ones."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import yaml
+
+from data import schema
+from data.grib_writer import write_grib
+from data.synth.config import SynthConfig, SynthError
+from data.synth.events import events_to_yaml_dict
+from data.synth.physics import VAR_SPECS
+from data.synth.world import AnalysisChunk, ForecastChunk, World, build_world, simulate
+
+__all__ = ["WorldPaths", "generate_world", "ORACLE_DESCRIPTION"]
+
+ORACLE_DESCRIPTION = (
+    "exact predictive distribution of the truth given everything the forecast carries "
+    "(the generator's state at init): the truth at the valid time is a draw from "
+    "N(<var>_mu, <var>_sigma**2); no post-processing can beat its expected CRPS")
+_OWNED = ("forecast", "analysis", "static.nc", "oracle.zarr", "events.yaml", "synth.yaml")
+
+
+@dataclass(frozen=True)
+class WorldPaths:
+    """Where a generated world lies."""
+
+    root: Path
+    forecast_files: tuple[Path, ...]
+    analysis_files: tuple[Path, ...]
+    static: Path
+    oracle: Path
+    events: Path
+    config: Path
+
+    @property
+    def forecast_dir(self) -> Path:
+        return self.root / "forecast"
+
+    @property
+    def analysis_dir(self) -> Path:
+        return self.root / "analysis"
+
+
+def generate_world(out_dir: str | Path, config: SynthConfig | None = None, *,
+                   overwrite: bool = False,
+                   progress: Callable[[str], None] | None = None) -> WorldPaths:
+    """Simulate the world of ``config`` and write it under ``out_dir``; deterministic in the seed.
+
+    Refuses a non-empty ``out_dir`` that does not hold a synthetic world, and an existing world
+    unless ``overwrite`` (then only the world's own files are replaced).  ``progress`` receives
+    one line per simulated year.
+    """
+    config = config or SynthConfig()
+    root = Path(out_dir)
+    _prepare(root, overwrite=overwrite)
+    world = build_world(config)
+    (root / "forecast").mkdir(parents=True)
+    (root / "analysis").mkdir()
+    static = _write_static(root / "static.nc", world)
+    events = root / "events.yaml"
+    events.write_text(yaml.safe_dump(
+        events_to_yaml_dict(world.events, thresholds=_event_thresholds(world),
+                            variables=config.variables), sort_keys=False))
+    cfg_path = root / "synth.yaml"
+    cfg_path.write_text(yaml.safe_dump({"synth": _config_dict(config)}, sort_keys=False))
+    forecast_files: list[Path] = []
+    analysis_files: list[Path] = []
+    oracle_path = root / "oracle.zarr"
+    pending: list[ForecastChunk] = []
+    oracle_started = False
+    for chunk in simulate(world):
+        if isinstance(chunk, AnalysisChunk):
+            if pending:
+                _append_oracle(oracle_path, world, pending, first=not oracle_started)
+                oracle_started, pending = True, []
+            analysis_files.extend(_write_analysis(root / "analysis", world, chunk))
+            if progress is not None:
+                progress(f"simulated {chunk.days[0]:%Y-%m-%d}..{chunk.days[-1]:%Y-%m-%d}")
+        else:
+            forecast_files.append(_write_forecast(root / "forecast", world, chunk))
+            pending.append(chunk)
+    if pending:
+        _append_oracle(oracle_path, world, pending, first=not oracle_started)
+    return WorldPaths(root=root, forecast_files=tuple(forecast_files),
+                      analysis_files=tuple(sorted(set(analysis_files))), static=static,
+                      oracle=oracle_path, events=events, config=cfg_path)
+
+
+def _event_thresholds(world: World) -> dict[str, float]:
+    """Climatological mean +- 2 s.d. (sign of the event) at each event's centre and peak day."""
+    out = {}
+    for ev in world.events:
+        i = int(np.argmin(np.abs(world.lat - ev.lat)))
+        j = int(np.argmin(np.abs(world.lon - ev.lon)))
+        clim, sd = VAR_SPECS[ev.variable].climate(world.lat[:, None], world.lon[None, :], world.lsm,
+                                                  world.orog, np.asarray([ev.peak.dayofyear]))
+        sign = 1.0 if ev.kind == "heat_dome" else -1.0
+        out[ev.id] = float(clim[0, i, j] + sign * 2.0 * sd[0, i, j])
+    return out
+
+
+def _config_dict(config: SynthConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.model_dump().items()}
+
+
+def _prepare(root: Path, *, overwrite: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise SynthError(f"{root}: exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()):
+        if not (root / "synth.yaml").is_file():
+            raise SynthError(f"{root}: directory is not empty and holds no synthetic world "
+                             "(synth.yaml); choose an empty or new directory")
+        if not overwrite:
+            raise SynthError(f"{root}: already holds a synthetic world; pass overwrite=True "
+                             "(--overwrite) to replace it")
+        for name in _OWNED:
+            p = root / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _coords(world: World) -> dict:
+    return {schema.LATITUDE: ("latitude", world.lat, {"units": "degrees_north",
+                                                      "standard_name": "latitude"}),
+            schema.LONGITUDE: ("longitude", world.lon, {"units": "degrees_east",
+                                                        "standard_name": "longitude"})}
+
+
+def _grouped(names: tuple[str, ...]) -> dict[str, list[str]]:
+    """short name -> addressable names (``z`` -> [``z500``, ``z850``])."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(VAR_SPECS[name].short, []).append(name)
+    return groups
+
+
+def _levels(names: tuple[str, ...]) -> list[int]:
+    return sorted({VAR_SPECS[n].level for n in names if VAR_SPECS[n].level is not None})
+
+
+def _as_dataset(world: World, fields: dict[str, np.ndarray], lead_dims: tuple[str, ...],
+                coords: dict) -> xr.Dataset:
+    """Canonical dataset from name -> (*lead_dims, lat, lon) arrays (levels stacked, NaN-padded)."""
+    levels = _levels(tuple(fields))
+    data_vars = {}
+    for short, names in _grouped(tuple(fields)).items():
+        spec0 = VAR_SPECS[names[0]]
+        if spec0.level is None:
+            da = xr.DataArray(fields[names[0]], dims=(*lead_dims, "latitude", "longitude"))
+        else:
+            shape = fields[names[0]].shape
+            arr = np.full((*shape[:-2], len(levels), *shape[-2:]), np.nan, dtype=np.float64)
+            for n in names:
+                arr[..., levels.index(VAR_SPECS[n].level), :, :] = fields[n]
+            da = xr.DataArray(arr, dims=(*lead_dims, "level", "latitude", "longitude"))
+        data_vars[short] = schema.annotate(da.assign_attrs(units=spec0.units), short)
+    ds = xr.Dataset(data_vars, coords={**coords, **_coords(world)})
+    if levels:
+        ds = ds.assign_coords(level=("level", np.asarray(levels, dtype=np.int64),
+                                     {"units": "hPa", "long_name": "pressure level"}))
+    return ds
+
+
+def _write_forecast(directory: Path, world: World, chunk: ForecastChunk) -> Path:
+    cfg = world.config
+    coords = {
+        "init_time": [np.datetime64(chunk.init.to_datetime64(), "ns")],
+        "lead_time": pd.to_timedelta(list(cfg.lead_times_h), unit="h").values.astype("timedelta64[ns]"),
+        "member": np.arange(cfg.n_members, dtype=np.int64),
+    }
+    fields = {n: a[None].astype(np.float64) for n, a in chunk.members.items()}
+    ds = _as_dataset(world, fields, ("init_time", "lead_time", "member"), coords)
+    path = directory / f"ens_{chunk.init:%Y%m%d%H}.grib"
+    write_grib(path, ds, kind="forecast")
+    return path
+
+
+def _write_analysis(directory: Path, world: World, chunk: AnalysisChunk) -> list[Path]:
+    paths = []
+    months = chunk.days.to_period("M")
+    for month in months.unique():
+        sel = np.asarray(months == month)
+        coords = {"time": chunk.days[sel].values.astype("datetime64[ns]")}
+        ds = _as_dataset(world, {n: a[sel] for n, a in chunk.fields.items()}, ("time",), coords)
+        path = directory / f"analysis_{month.year:04d}{month.month:02d}.grib"
+        write_grib(path, ds, kind="analysis", append=path.exists())
+        paths.append(path)
+    return paths
+
+
+def _write_static(path: Path, world: World) -> Path:
+    ds = xr.Dataset(
+        {"lsm": schema.annotate(xr.DataArray(world.lsm, dims=("latitude", "longitude")), "lsm"),
+         "orog": schema.annotate(xr.DataArray(world.orog, dims=("latitude", "longitude")), "orog")},
+        coords=_coords(world),
+        attrs={"title": "enspp synthetic world: static fields", "seed": world.config.seed},
+    )
+    ds.to_netcdf(path, engine="netcdf4")
+    return path
+
+
+def _append_oracle(path: Path, world: World, chunks: list[ForecastChunk], *, first: bool) -> None:
+    cfg = world.config
+    coords = {
+        "init_time": np.array([c.init.to_datetime64() for c in chunks], dtype="datetime64[ns]"),
+        "lead_time": pd.to_timedelta(list(cfg.lead_times_h), unit="h").values.astype("timedelta64[ns]"),
+        **_coords(world),
+    }
+    dims = ("init_time", "lead_time", "latitude", "longitude")
+    data_vars = {}
+    for name in cfg.variables:
+        spec = VAR_SPECS[name]
+        info = schema.VARIABLES[spec.short]
+        for part, what in (("mu", "mean"), ("sigma", "standard deviation")):
+            arr = np.stack([getattr(c, part)[name] for c in chunks])
+            data_vars[f"{name}_{part}"] = xr.DataArray(arr, dims=dims, attrs={
+                "units": spec.units,
+                "long_name": f"{info.long_name}"
+                             f"{'' if spec.level is None else f' at {spec.level} hPa'}: "
+                             f"{what} of the exact Gaussian predictive distribution",
+                "distribution": "gaussian",
+                "parameter": part,
+                **({"standard_name": info.standard_name} if part == "mu" and info.standard_name else {}),
+            })
+    ds = xr.Dataset(data_vars, coords=coords, attrs={
+        "title": "enspp synthetic world: oracle (exact predictive distribution)",
+        "description": ORACLE_DESCRIPTION,
+        "distribution": "gaussian",
+        "crps_of_oracle": "closed-form Gaussian CRPS of N(mu, sigma**2)",
+        "seed": cfg.seed,
+        "variables": list(cfg.variables),
+    })
+    chunks_init = min(len(chunks), 64)
+    if first:
+        encoding = {v: {"chunks": (chunks_init, len(cfg.lead_times_h), *world.lsm.shape)}
+                    for v in data_vars}
+        ds.to_zarr(path, mode="w", encoding=encoding, consolidated=True, zarr_format=3)
+    else:
+        ds.to_zarr(path, append_dim="init_time", consolidated=True)
