@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION, TIME,
-                         select_variable, spatial_dims)
+from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LEVEL, LONGITUDE, MEMBER, STATION,
+                         TIME, select_variable, spatial_dims, split_level_name)
 from pipeline.align import StoreLike, open_dataset, regrid_like, source_path
 
 Region = dict[str, slice]
@@ -36,6 +36,59 @@ def _fast_handle(ds: xr.Dataset, path: str | None, needed: Sequence[str]) -> xr.
         except KeyError:
             return ds
     return fast
+
+
+class _RawVar:
+    """A variable read straight through zarr (no xarray, no dask on the hot path): the zarr
+    array and the position of each canonical dim, with the level fixed."""
+
+    def __init__(self, array, dims: tuple[str, ...], level_pos: int | None):
+        self.array, self.dims, self.level_pos = array, dims, level_pos
+
+    def read(self, sel: dict[str, int | slice], out_dims: tuple[str, ...]) -> np.ndarray:
+        key = tuple(self.level_pos if d == LEVEL else sel.get(d, slice(None)) for d in self.dims)
+        block = np.asarray(self.array[key])
+        kept = [d for d in self.dims if not isinstance(self.level_pos if d == LEVEL
+                                                       else sel.get(d, slice(None)), int)]
+        return block.transpose([kept.index(d) for d in out_dims])
+
+
+def _raw_vars(ds: xr.Dataset, path: str | None, names: Sequence[str]) -> list[_RawVar] | None:
+    """Raw zarr access for ``names`` when the store is plain float data (no scale/offset, NaN
+    fill); None when any variable needs xarray's decoding."""
+    if path is None or not Path(path).is_dir():
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(path, mode="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    out = []
+    for name in names:
+        if name in ds.data_vars:
+            raw, level = name, None
+        else:
+            raw, level = split_level_name(name)
+            if raw not in ds.data_vars:
+                return None
+        da = ds[raw]
+        enc = da.encoding
+        fill = enc.get("_FillValue", np.nan)
+        if ("scale_factor" in enc or "add_offset" in enc or da.dtype.kind != "f"
+                or (fill is not None and not np.isnan(fill)) or raw not in group):
+            return None
+        level_pos = None
+        if LEVEL in da.dims:
+            levels = da[LEVEL].values
+            if level is None:
+                if len(levels) != 1:
+                    return None
+                level_pos = 0
+            else:
+                level_pos = int(np.flatnonzero(levels == level)[0])
+        out.append(_RawVar(group[raw], tuple(str(d) for d in da.dims), level_pos))
+    return out
 
 
 class StoreReader:
@@ -85,7 +138,13 @@ class StoreReader:
                 da = da.isel({d: 0 for d in extra})
             an_vars.append(da.transpose(TIME, *spatial_dims(an)))
         lead_index = pd.Index(fc[LEAD_TIME].values.astype("timedelta64[ns]"))
+        raw_fc = _raw_vars(fc, self._fc_path, self.variables) if fc is not self._fc_ds else None
+        raw_an = _raw_vars(an, self._an_path, self.targets) if an is not self._an_ds else None
+        if raw_an is not None and any(not set(r.dims) <= {TIME, LEVEL, *spatial_dims(an)}
+                                      for r in raw_an):
+            raw_an = None
         self._h = {
+            "raw_fc": raw_fc, "raw_an": raw_an,
             "fc": fc_vars, "an": an_vars, "an_ds": an,
             "init_index": pd.Index(fc[INIT_TIME].values.astype("datetime64[ns]")),
             "time_index": pd.Index(an[TIME].values.astype("datetime64[ns]")),
@@ -111,6 +170,15 @@ class StoreReader:
         contiguous = len(pos) > 0 and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos)))
         msel = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else slice(None)
         blocks = []
+        raw = h["raw_fc"]
+        if raw is not None:
+            out_dims = (MEMBER, *self.spatial)
+            for lp in h["lead_pos"]:
+                for rv in raw:
+                    block = rv.read({INIT_TIME: ip, LEAD_TIME: lp, MEMBER: msel, **region},
+                                    out_dims).astype(np.float32, copy=False)
+                    blocks.append(block if contiguous else block[pos])
+            return np.stack(blocks, axis=1)
         for lp in h["lead_pos"]:
             for da in h["fc"]:
                 block = np.asarray(da.isel({INIT_TIME: ip, LEAD_TIME: lp, MEMBER: msel,
@@ -123,6 +191,11 @@ class StoreReader:
         h = self._handles()
         tp = int(h["time_index"].get_loc(np.datetime64(valid_time, "ns")))
         out = []
+        if h["raw_an"] is not None and self.regrid is None:
+            for rv in h["raw_an"]:
+                out.append(rv.read({TIME: tp, **region}, self.spatial).astype(np.float32,
+                                                                            copy=False))
+            return np.stack(out)
         for da in h["an"]:
             if self.regrid is None:
                 out.append(np.asarray(da.isel({TIME: tp, **region}).values, dtype=np.float32))

@@ -250,3 +250,18 @@ def test_tiles_for_inference(stores):
     items = [ds[i] for i in range(n_tiles)]
     assert {(int(it["y0"][0]), int(it["x0"][0])) for it in items} == \
         {(sy.start, sx.start) for sy, sx in ds.tiles}
+
+
+def test_in_memory_datasets_read_like_stores(stores):
+    """Datasets without a store path go through xarray; the batches equal the zarr path's."""
+    cfg = _cfg(members={"strategy": "explicit", "explicit": [0, 6, 2]})
+    fc = xr.open_zarr(stores.forecast).load()
+    an = xr.open_zarr(stores.analysis).load()
+    fc.encoding.pop("source", None)
+    an.encoding.pop("source", None)
+    mem = EnsembleDataModule(cfg, forecast=fc, analysis=an)
+    disk = EnsembleDataModule(cfg, forecast=stores.forecast, analysis=stores.analysis)
+    a, b = next(iter(mem.train_dataloader())), next(iter(disk.train_dataloader()))
+    assert mem._reader._handles()["raw_fc"] is None and disk._reader._handles()["raw_fc"] is not None
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
