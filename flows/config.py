@@ -1,0 +1,305 @@
+"""One configuration file (``enspp.yaml``) for every command and flow.
+
+```yaml
+data:     {workdir: ., incoming: {forecast: ["incoming/fc/*.grib"], analysis: ["incoming/an"]}}
+pipeline: {...}        # pipeline.config.PipelineConfig
+model:    {...}        # models.config.ModelConfig
+train:    {...}        # models.config.TrainConfig
+predict:  {...}        # models.config.PredictConfig
+evaluate: {...}        # evaluation.config.EvaluateConfig (optional)
+deploy:   {task_runner: dask, dask_address: "tcp://127.0.0.1:8786"}
+```
+
+Each section is parsed into its package's frozen pydantic model and each package receives
+only its section.  Relative paths: ``data.workdir`` is relative to the config file's
+directory; every other relative path (stores, statistics, incoming files, evaluate systems)
+is relative to the work directory.  Errors read ``<file>: <section>.<key>: <problem>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from data.synth import SynthConfig
+from evaluation.config import EvaluateConfig
+from models.config import ModelConfig, PredictConfig, TrainConfig
+from pipeline.config import PipelineConfig
+
+__all__ = ["ConfigError", "DataConfig", "DeployConfig", "EnsppConfig", "IncomingConfig",
+           "SchedulesConfig", "Workdir", "default_demo_config", "load_config"]
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")
+
+
+class ConfigError(ValueError):
+    """A configuration file is malformed; the message names the file, the section and the key."""
+
+
+class IncomingConfig(BaseModel):
+    """Files the ``ingest`` flow picks up: files, directories or glob patterns per store."""
+
+    model_config = _FROZEN
+    forecast: tuple[str, ...] = ()
+    analysis: tuple[str, ...] = ()
+
+
+class DataConfig(BaseModel):
+    """Where a run lives and where its data come from."""
+
+    model_config = _FROZEN
+    #: the work directory (ARCHITECTURE.md, "Work directory"); relative to the config file
+    workdir: Path = Path(".")
+    #: the synthetic world (``enspp demo`` and the ``demo`` flow); None: real data only
+    synth: SynthConfig | None = None
+    incoming: IncomingConfig = Field(default_factory=IncomingConfig)
+    #: rebuildable files (relative to the work directory)
+    cache: Path = Path("cache")
+    #: files per ingest task (1: one task per file; larger batches cost less orchestration)
+    files_per_task: int = Field(1, ge=1)
+    #: accept NaN (missing) points in ingested fields
+    allow_nan: bool = False
+    #: seconds an ingest waits for another one holding the store's lock
+    lock_timeout: float = Field(300.0, ge=0)
+
+
+def _check_cron(expr: str) -> str:
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(expr, dt.datetime(2024, 1, 1))
+    except (CronSimError, ValueError) as e:
+        raise ValueError(f"{expr!r} is not a cron expression ({e})") from None
+    return expr
+
+
+class SchedulesConfig(BaseModel):
+    """Cron schedules of the four deployments (``null`` leaves a deployment unscheduled)."""
+
+    model_config = _FROZEN
+    timezone: str = "UTC"
+    #: hourly, a few minutes past the hour
+    ingest: str | None = "5 * * * *"
+    #: the 00 and 12 UTC runs, after their data arrived (about 7 h after the init time)
+    predict: str | None = "30 7,19 * * *"
+    #: nightly
+    evaluate: str | None = "0 2 * * *"
+    #: weekly, on Sunday
+    train: str | None = "0 3 * * 0"
+
+    @field_validator("ingest", "predict", "evaluate", "train")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        return None if v is None else _check_cron(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
+class DeployConfig(BaseModel):
+    """How flows run their tasks and when deployments run.
+
+    ``task_runner: thread`` (default) runs tasks in a local thread pool; ``dask`` runs them
+    on the ``dask.distributed`` cluster at ``dask_address`` (a temporary local cluster when
+    the address is null).
+    """
+
+    model_config = _FROZEN
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = None
+    #: threads of the thread runner
+    max_workers: int = Field(2, ge=1)
+    schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
+
+    @model_validator(mode="after")
+    def _address(self) -> DeployConfig:
+        if self.dask_address is not None and self.task_runner != "dask":
+            raise ValueError("dask_address is only used with task_runner: dask")
+        return self
+
+
+class EnsppConfig(BaseModel):
+    """The whole ``enspp.yaml``; frozen, unknown sections and keys are errors."""
+
+    model_config = _FROZEN
+    data: DataConfig = Field(default_factory=DataConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig | None = None
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    @property
+    def workdir(self) -> Workdir:
+        return Workdir(Path(self.data.workdir))
+
+    def with_workdir(self, workdir: str | Path) -> EnsppConfig:
+        """A copy whose work directory is ``workdir`` (absolute)."""
+        data = self.data.model_copy(update={"workdir": Path(workdir).resolve()})
+        return self.model_copy(update={"data": data})
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """The layout of a work directory (ARCHITECTURE.md, "Work directory")."""
+
+    root: Path
+
+    def path(self, p: str | Path) -> Path:
+        """``p`` made absolute against the work directory."""
+        p = Path(p)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def synth(self) -> Path:
+        return self.root / "synth"
+
+    @property
+    def stores(self) -> Path:
+        return self.root / "stores"
+
+    @property
+    def forecast(self) -> Path:
+        return self.stores / "forecast.zarr"
+
+    @property
+    def analysis(self) -> Path:
+        return self.stores / "analysis.zarr"
+
+    @property
+    def products(self) -> Path:
+        return self.stores / "products"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+
+def _format(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "<root>"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = ("unknown section (known: " + ", ".join(SECTIONS) + ")" if len(loc) == 1
+                   else "unknown key")
+        lines.append(f"{source}: {key}: {msg}")
+    return "; ".join(lines)
+
+
+def config_from_mapping(raw: dict[str, Any] | None, *, source: str = "config",
+                        base_dir: Path | None = None) -> EnsppConfig:
+    """Validate a mapping of sections; ``base_dir`` anchors a relative ``data.workdir``."""
+    raw = dict(raw or {})
+    for name, section in raw.items():
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{source}: {name}: must be a mapping, got {type(section).__name__}")
+    raw = {k: ({} if v is None else v) for k, v in raw.items()}
+    try:
+        config = EnsppConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+    if base_dir is not None and not config.data.workdir.is_absolute():
+        config = config.with_workdir(base_dir / config.data.workdir)
+    return _with_splits(config)
+
+
+def _with_splits(config: EnsppConfig) -> EnsppConfig:
+    """Give ``evaluate`` the pipeline's explicit split periods so ``evaluate.split: test``
+    names the same dates as training."""
+    ev, split = config.evaluate, config.pipeline.split
+    if ev is None or ev.splits or not split.explicit:
+        return config
+    from evaluation.config import Period
+
+    splits = {k: Period(start=p.start, end=p.end)
+              for k in ("train", "val", "test") if (p := getattr(split, k)) is not None}
+    return config.model_copy(update={"evaluate": ev.model_copy(update={"splits": splits})})
+
+
+def load_config(path: str | Path) -> EnsppConfig:
+    """Read ``enspp.yaml``; raises :class:`ConfigError` naming ``<file>: <section>.<key>``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections "
+                          f"({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    return config_from_mapping(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def demo_synth(*, fast: bool = False) -> SynthConfig:
+    """The demo's synthetic world: 6 years (5 with ``fast``) of Monday/Thursday inits,
+    10 + 1 members, 32x64 grid."""
+    return SynthConfig(years=(2012, 2016) if fast else (2012, 2017), grid=(32, 64),
+                       n_perturbed=10, lead_times_h=(24, 48))
+
+
+def default_demo_config(workdir: str | Path, *, fast: bool = False) -> EnsppConfig:
+    """The configuration ``enspp demo`` runs with (no file): a small mixed model trained on
+    patches of the synthetic world, K = 5 of 11 members, evaluated on the test years."""
+    synth = demo_synth(fast=fast)
+    first, last = synth.years
+    raw: dict[str, Any] = {
+        "data": {"workdir": str(Path(workdir).resolve()), "synth": synth.model_dump(mode="json"),
+                 "incoming": {"forecast": ["synth/forecast"], "analysis": ["synth/analysis"]},
+                 "files_per_task": 64},
+        "pipeline": {
+            "stores": {"forecast": "stores/forecast.zarr", "analysis": "stores/analysis.zarr",
+                       "static": "synth/static.nc", "statistics": "cache/statistics.nc"},
+            "features": {"variables": ["z500", "t850", "t2m"], "targets": ["t2m"],
+                         "target_lead_time": 48, "input_lead_times": [24]},
+            "members": {"k": 5, "strategy": "first"},
+            "split": {"train": [first, last - 2], "val": [last - 1, last - 1],
+                      "test": [last, last]},
+            "batches": {"patch_size": 16, "batch_size": 16, "samples_per_epoch": 512},
+        },
+        "model": {"name": "mixed", "options": {"embed_dim": 8, "encoder_hidden": [16],
+                                               "width": 16, "depth": 1, "n_blocks": 1}},
+        "train": {"max_epochs": 4 if fast else 8, "learning_rate": 3e-3,
+                  "early_stopping_patience": 3, "progress_bar": True, "run_id": None},
+        "predict": {"n_members": 10},
+        "evaluate": {
+            "title": "enspp demo: synthetic world, test year",
+            "truth": "stores/analysis.zarr",
+            "systems": [],  # filled by the demo flow once the products exist
+            "variables": ["t2m"], "split": "test", "regions": ["global"],
+            "metrics": ["crps", "spread_skill", "rank_histogram", "rmse", "bias"],
+            "bootstrap": {"n": 200}, "cases": ["synth/events.yaml"],
+        },
+    }
+    # systems are filled in later; validate the section with a placeholder reference
+    raw["evaluate"]["systems"] = [{"name": "raw_full", "path": "stores/forecast.zarr"}]
+    return config_from_mapping(raw, source="default demo config")

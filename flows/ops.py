@@ -1,0 +1,306 @@
+"""The operational Prefect flows (entrypoints of ``deploy/prefect.yaml``).
+
+* :func:`ingest_flow`: new files into the forecast / analysis stores, one task per batch of
+  files; bad files fail their task while the others land, and the flow ends Failed naming them;
+* :func:`train_flow`: refresh statistics, train, score the candidate and the current model on
+  the validation split, register the candidate only if it is better (and log why);
+* :func:`predict_flow`: the current model on the latest (or given) init times -> products;
+* :func:`evaluate_flow`: score products against the analyses, refresh the dashboard, publish
+  the headline table as artifacts.
+
+Every flow takes ``config_path`` (default ``$ENSPP_CONFIG``).  Tasks run on the task runner of
+the config's ``deploy`` section (threads, or a dask cluster by address).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from flows.runtime import quiet_prefect
+
+quiet_prefect()
+
+from prefect import allow_failure, flow  # noqa: E402
+
+from flows import steps  # noqa: E402
+from flows.runtime import make_task_runner, resolve_config  # noqa: E402
+from flows.tasks import (FlowInputError, done_init_times, ingest_files, new_files,  # noqa: E402
+                         predict_init_times)
+
+#: test hook: SIGKILL the predict flow after this many init-time tasks finished
+PREDICT_FAULT_ENV = "ENSPP_FAULT_KILL_AFTER_PREDICTS"
+
+
+class FlowFailedError(ValueError):
+    """Some tasks of a flow failed; the message lists them (the others finished)."""
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), max(1, size))]
+
+
+def _failures(futures: list[tuple[str, Any]]) -> list[str]:
+    bad = []
+    for label, fut in futures:
+        fut.wait()
+        if not fut.state.is_completed():
+            exc = fut.state.result(raise_on_failure=False)
+            bad.append(f"{label}: {exc}" if isinstance(exc, BaseException) else
+                       f"{label}: {fut.state.message}")
+    return bad
+
+
+# ------------------------------------------------------------------ ingest
+@flow(name="ingest-batches")
+def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
+                    lock_timeout: float = 300.0) -> list[str]:
+    futures = []
+    for job in jobs:
+        # one store's batches run one after the other (its lock would serialise them anyway);
+        # the forecast and analysis stores fill in parallel; a failed batch does not stop the next
+        prev = None
+        for files in job["batches"]:
+            fut = ingest_files.submit(files, job["store"], kind=job["kind"], allow_nan=allow_nan,
+                                      lock_timeout=lock_timeout,
+                                      store_name=Path(job["store"]).name,
+                                      first=Path(files[0]).name, n_more=len(files) - 1,
+                                      wait_for=[] if prev is None else [allow_failure(prev)])
+            futures.append((f"{Path(job['store']).name} <- {', '.join(files)}", fut))
+            prev = fut
+    return _failures(futures)
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
+                kind: str | None = None) -> dict[str, Any]:
+    """Ingest new files: ``paths`` (files, directories or globs; ``kind`` says which store),
+    else the ``data.incoming`` patterns of the config.  Files already in a store are skipped
+    without a task.  Ends Failed listing the bad files after the good ones landed."""
+    cfg = resolve_config(config_path)
+    wd = cfg.workdir
+    if paths:
+        if kind not in ("forecast", "analysis"):
+            raise FlowInputError(f"kind must be 'forecast' or 'analysis' with paths, got {kind!r}")
+        wanted = {kind: [str(wd.path(p)) for p in paths]}
+    else:
+        wanted = {k: [str(wd.path(p)) for p in getattr(cfg.data.incoming, k)]
+                  for k in ("forecast", "analysis")}
+        if not any(wanted.values()):
+            raise FlowInputError("nothing to ingest: data.incoming names no files and no paths "
+                                 "were given")
+    stores = {"forecast": wd.path(cfg.pipeline.stores.forecast or wd.forecast),
+              "analysis": wd.path(cfg.pipeline.stores.analysis or wd.analysis)}
+    jobs, summary = [], {}
+    for k, patterns in wanted.items():
+        if not patterns:
+            continue
+        new, done = new_files(patterns, stores[k])
+        summary[k] = {"new": len(new), "already_ingested": len(done)}
+        print(f"{k}: {len(new)} new file(s), {len(done)} already in {stores[k]}")
+        if new:
+            jobs.append({"store": str(stores[k]), "kind": k,
+                         "batches": _chunks(new, cfg.data.files_per_task)})
+    if jobs:
+        runner = _ingest_batches.with_options(task_runner=make_task_runner(cfg.deploy))
+        bad = runner(jobs, allow_nan=cfg.data.allow_nan, lock_timeout=cfg.data.lock_timeout)
+        if bad:
+            raise FlowFailedError(f"ingest: {len(bad)} task(s) failed (the other files landed): "
+                                  + " | ".join(bad))
+    return summary
+
+
+# ------------------------------------------------------------------ predict
+def _model_checkpoint(cfg: Any, checkpoint: str | None) -> tuple[str, str]:
+    from models.registry import current_version, version_name
+
+    if checkpoint is not None:
+        path = cfg.workdir.path(checkpoint)
+        if not path.is_file():
+            raise FlowInputError(f"checkpoint {path} does not exist")
+        return str(path), version_name(path)
+    current = current_version(cfg.workdir.registry)
+    if current is None:
+        raise FlowInputError(f"no current model in registry {cfg.workdir.registry}: run the "
+                             "train flow first")
+    return str(current.checkpoint), current.version
+
+
+def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
+                       split: str | None) -> list[str]:
+    import numpy as np
+
+    from data.store import open_store
+
+    if not forecast.exists():
+        raise FlowInputError(f"forecast store {forecast} does not exist: run the ingest flow")
+    have = open_store(forecast)["init_time"].values.astype("datetime64[ns]")
+    if have.size == 0:
+        raise FlowInputError(f"forecast store {forecast} holds no complete init time")
+    if split is not None:
+        return steps.split_init_times(cfg, split)
+    if not init_times:
+        return [str(have.max())[:19]]
+    wanted = [np.datetime64(t, "ns") for t in init_times]
+    missing = [str(t)[:16] for t in wanted if t not in set(have)]
+    if missing:
+        raise FlowInputError(f"init times {missing} are not (completely) in {forecast} "
+                             f"({str(have.min())[:16]}..{str(have.max())[:16]}): their input "
+                             "data have not arrived; ingest them first")
+    return [str(t)[:19] for t in wanted]
+
+
+@flow(name="predict-init-times")
+def _predict_batches(checkpoint: str, forecast: str, product: str, batches: list[list[str]],
+                     options: dict[str, Any], version: str) -> list[str]:
+    kill_after = int(os.environ.get(PREDICT_FAULT_ENV, "0") or 0)
+    futures = []
+    for i, inits in enumerate(batches):
+        fut = predict_init_times.submit(checkpoint, forecast, product, inits, options=options,
+                                        version=version, first=inits[0], n_more=len(inits) - 1)
+        futures.append((f"init times {inits[0]}..{inits[-1]}", fut))
+        if kill_after:
+            fut.wait()
+            if i + 1 >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    return _failures(futures)
+
+
+@flow(name="predict", log_prints=True)
+def predict_flow(config_path: str | None = None, init_times: list[str] | None = None,
+                 split: str | None = None, checkpoint: str | None = None,
+                 init_times_per_task: int = 1) -> str:
+    """Post-process the latest init time of the forecast store (or ``init_times``, or every
+    init time of the pipeline's ``split``) with the registry's current model (or
+    ``checkpoint``) into ``WORKDIR/stores/products/<version>.zarr``; init times already in
+    the product are skipped.  Fails loudly when inputs or the model are missing."""
+    cfg = resolve_config(config_path)
+    wd = cfg.workdir
+    ckpt, version = _model_checkpoint(cfg, checkpoint)
+    forecast = wd.path(cfg.pipeline.stores.forecast or wd.forecast)
+    wanted = _wanted_init_times(cfg, forecast, init_times, split)
+    product = wd.products / f"{version}.zarr"
+    from data.provenance import record_key
+
+    done = done_init_times(product)
+    todo = [t for t in wanted if record_key(t) not in done]
+    print(f"predict {version}: {len(todo)} init time(s) to post-process, "
+          f"{len(wanted) - len(todo)} already in {product}")
+    if todo:
+        runner = _predict_batches.with_options(task_runner=make_task_runner(cfg.deploy))
+        bad = runner(ckpt, str(forecast), str(product), _chunks(todo, init_times_per_task),
+                     cfg.predict.model_dump(mode="json"), version)
+        if bad:
+            raise FlowFailedError(f"predict: {len(bad)} task(s) failed: " + " | ".join(bad))
+    return str(product)
+
+
+# ------------------------------------------------------------------ train
+@flow(name="train", log_prints=True)
+def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> dict[str, Any]:
+    """Refresh statistics, train, score candidate and current model on the validation split
+    (same data, same estimator) and register the candidate only if it is better."""
+    from models.registry import current_version, version_name
+
+    cfg = resolve_config(config_path)
+    wd = cfg.workdir
+    steps.refresh_statistics(cfg)
+    trained = steps.train_model(cfg)
+    candidate = trained["checkpoint"]
+    cand_version = version_name(candidate)
+    current = current_version(wd.registry)
+    val_dir = Path(trained["run_dir"]) / "validation"
+    products = {"candidate": _validation_product(cfg, candidate, cand_version, val_dir)}
+    if current is not None and current.version != cand_version:
+        products["current"] = _validation_product(cfg, str(current.checkpoint), current.version,
+                                                  val_dir)
+    scores = steps.score_on_validation(cfg, products)
+    decision = steps.register_model(
+        str(wd.registry), candidate, score=scores["candidate"],
+        current_score=scores["current"]["score"] if "current" in scores else None,
+        source=trained["run_dir"])
+    print(f"registry: {decision['version']} "
+          f"{'registered' if decision['registered'] else 'not registered'}: {decision['reason']}")
+    return {**trained, **decision}
+
+
+def _validation_product(cfg: Any, checkpoint: str, version: str, out_dir: Path) -> str:
+    inits = steps.split_init_times(cfg, "val")
+    if not inits:
+        raise FlowInputError("the forecast store holds no init time in pipeline.split.val")
+    product = out_dir / f"{version}.zarr"
+    from data.provenance import record_key
+
+    done = done_init_times(product)
+    todo = [t for t in inits if record_key(t) not in done]
+    if todo:
+        predict_init_times(checkpoint, str(cfg.workdir.path(cfg.pipeline.stores.forecast)),
+                           str(product), todo, options=cfg.predict.model_dump(mode="json"),
+                           version=version, first=todo[0], n_more=len(todo) - 1)
+    return str(product)
+
+
+# ------------------------------------------------------------------ evaluate
+def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> Any:
+    """The ``evaluate`` section completed with the systems the work directory holds: the raw
+    full ensemble and K-member subset, the current model's product, ``products`` (label ->
+    path, Gaussian), and the synthetic oracle; paths resolved against the work directory.
+    Systems the section names itself are kept as they are."""
+    from evaluation.config import EvaluateConfig, SystemConfig
+    from models.registry import current_version
+
+    wd = cfg.workdir
+    ev = cfg.evaluate or EvaluateConfig(systems=[{"name": "raw_full", "path": str(wd.forecast)}],
+                                        truth=wd.analysis,
+                                        variables=list(cfg.pipeline.features.targets))
+    ev = ev.resolve_paths(wd.root)
+    forecast = wd.path(cfg.pipeline.stores.forecast or wd.forecast)
+    members = cfg.pipeline.members
+    subset = (list(members.explicit) if members.strategy == "explicit" else
+              list(range(1, members.k + 1)) if members.strategy == "first" else members.k)
+    auto: list[dict[str, Any]] = [{"name": "raw_full", "path": forecast}]
+    if members.strategy != "all":
+        auto.append({"name": "raw_subset", "path": forecast, "members": subset})
+    named = {"emos_local": "emos", "emos_global": "emos"}
+    for label, path in (products or {}).items():
+        auto.append({"name": label if label in ("emos", "mlp", "unet", "mixed") else "custom",
+                     "label": None if label in ("emos", "mlp", "unet", "mixed") else label,
+                     "path": wd.path(path), "type": "gaussian"})
+    current = current_version(wd.registry)
+    if current is not None:
+        name = named.get(current.version.rsplit("-", 1)[0], current.version.rsplit("-", 1)[0])
+        auto.append({"name": name, "path": wd.products / f"{current.version}.zarr",
+                     "type": "gaussian"})
+    oracle = wd.synth / "oracle.zarr"
+    if oracle.exists():
+        auto.append({"name": "oracle", "path": oracle, "type": "gaussian"})
+    systems = list(ev.systems)
+    keys = {s.key for s in systems}
+    for s in auto:
+        sc = SystemConfig(**{k: v for k, v in s.items() if v is not None})
+        if sc.key not in keys and Path(sc.path).exists():
+            systems.append(sc)
+            keys.add(sc.key)
+    return ev.model_copy(update={"systems": systems, "truth": ev.truth or wd.analysis})
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(config_path: str | None = None, report_id: str = "latest",
+                  products: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score the products against the analysis store, rewrite the dashboard in
+    ``WORKDIR/reports/<report_id>/`` and publish the headline table as artifacts."""
+    from evaluation.report import read_scores
+
+    cfg = resolve_config(config_path)
+    ev = evaluation_config(cfg, products=products)
+    if ev.truth is None or not Path(ev.truth).exists():
+        raise FlowInputError(f"analysis store {ev.truth} does not exist: run the ingest flow")
+    out = cfg.workdir.reports / report_id
+    index = steps.evaluate_products(ev, str(out))
+    rows = steps.headline_rows(read_scores(out))
+    steps.publish_artifacts(rows, index, title=ev.title)
+    print(steps.format_table(rows, reference=ev.reference))
+    print(f"dashboard: {index}")
+    return {"index": index, "rows": rows}

@@ -1,0 +1,188 @@
+"""Library calls the train/evaluate flows compose, as tasks: statistics, training, scoring on
+validation, registering, evaluating and publishing the headline table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.tasks import IO_RETRY, FlowInputError
+
+_PLAIN: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+def resolved_pipeline(config: Any) -> Any:
+    """The pipeline section with store paths absolute against the work directory."""
+    from models.train import resolve_store_paths
+
+    return resolve_store_paths(config.pipeline, config.workdir.root)
+
+
+@task(name="refresh-statistics", **IO_RETRY)
+def refresh_statistics(config: Any) -> str:
+    """Training-period normalisation statistics for the stores as they are now: a statistics
+    file computed from older data (or another split) is replaced.  Returns their hash."""
+    from pipeline.datamodule import EnsembleDataModule
+    from pipeline.stats import StatsMismatchError
+
+    pipeline = resolved_pipeline(config)
+    for path in (pipeline.stores.forecast, pipeline.stores.analysis):
+        if path is None or not Path(path).exists():
+            raise FlowInputError(f"store {path} does not exist: run the ingest flow first")
+    dm = EnsembleDataModule(pipeline)
+    try:
+        dm.setup("fit")
+    except StatsMismatchError as e:
+        get_run_logger().info(f"statistics are stale, recomputing: {e}")
+        Path(pipeline.stores.statistics).unlink()
+        dm = EnsembleDataModule(pipeline)
+        dm.setup("fit")
+    return str(dm.stats.hash)
+
+
+@task(name="train-model", **_PLAIN)
+def train_model(config: Any) -> dict[str, Any]:
+    """Train the configured model into ``WORKDIR/runs/<run-id>/``."""
+    from models.train import train
+
+    r = train(config.pipeline, config.model, config.train, workdir=config.workdir.root)
+    get_run_logger().info(f"trained {config.model.name}: {r.run_dir}, best {r.monitor} "
+                          f"{r.best_score:.4g} after {r.epochs} epochs")
+    return {"run_dir": str(r.run_dir), "checkpoint": str(r.best_checkpoint),
+            "monitor": r.monitor, "best_score": r.best_score, "epochs": r.epochs}
+
+
+def split_init_times(config: Any, split: str) -> list[str]:
+    """The forecast store's init times in the pipeline's ``split`` period (explicit periods)."""
+    import numpy as np
+
+    from data.store import open_store
+
+    period = getattr(config.pipeline.split, split, None)
+    if period is None:
+        raise FlowInputError(f"pipeline.split.{split} is not set: the flows need explicit "
+                             f"split periods (train/val/test) to pick {split} init times")
+    ds = open_store(config.workdir.path(config.pipeline.stores.forecast or "stores/forecast.zarr"))
+    t = ds["init_time"].values.astype("datetime64[ns]")
+    lo = np.datetime64(period.start, "ns")
+    hi = np.datetime64(period.end, "ns") + np.timedelta64(1, "D")
+    return [str(x)[:19] for x in t[(t >= lo) & (t < hi)]]
+
+
+def validation_score(scores: dict[str, Any], systems: list[str], *, reference: str
+                     ) -> dict[str, dict[str, Any]]:
+    """Per system: the validation score the registry compares (lower is better) and its
+    parts.  One target: its area-weighted CRPS over all leads; several: the mean over targets
+    of CRPS / CRPS(reference) (so units do not mix)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in systems:
+        per = {v: float(ds["crps_all"].sel(system=s, region="global")) for v, ds in scores.items()}
+        if len(per) == 1:
+            (v, value), = per.items()
+            metric = f"validation {v} CRPS ({scores[v].attrs.get('crps_estimator', '')})"
+        else:
+            ratios = [per[v] / float(scores[v]["crps_all"].sel(system=reference, region="global"))
+                      for v in per]
+            value = float(sum(ratios) / len(ratios))
+            metric = f"validation CRPS / CRPS({reference}), mean over {sorted(per)}"
+        out[s] = {"score": value, "metric": metric, "crps": per}
+    return out
+
+
+@task(name="score-on-validation", **_PLAIN)
+def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """CRPS of each product (``{label: path}``, Gaussian predictive) on the validation
+    split against the analysis store, with the raw full ensemble as the reference."""
+    from evaluation.config import EvaluateConfig, Period
+    from evaluation.evaluate import evaluate
+
+    val = config.pipeline.split.val
+    if val is None:
+        raise FlowInputError("pipeline.split.val is not set: registering needs a validation period")
+    wd = config.workdir
+    systems = [{"name": "raw_full", "path": str(wd.path(config.pipeline.stores.forecast))}]
+    systems += [{"name": "custom", "label": k, "path": p, "type": "gaussian"}
+                for k, p in products.items()]
+    ev = EvaluateConfig(title="validation", systems=systems,
+                        truth=wd.path(config.pipeline.stores.analysis),
+                        variables=list(config.pipeline.features.targets), metrics=["crps"],
+                        period=Period(start=val.start, end=val.end),
+                        bootstrap={"n": 10}, cases=[])
+    result = evaluate(ev, None)
+    return validation_score(result.scores, list(products), reference="raw_full")
+
+
+@task(name="register-model", **_PLAIN)
+def register_model(registry: str, checkpoint: str, *, score: dict[str, Any],
+                   current_score: float | None, source: str) -> dict[str, Any]:
+    from models.registry import register_if_better
+
+    d = register_if_better(registry, checkpoint, score=score["score"], metric=score["metric"],
+                           current_score=current_score, source=source,
+                           details={"crps": score["crps"]})
+    get_run_logger().info(d.line())
+    return {"registered": d.registered, "version": d.version, "reason": d.reason,
+            "score": d.score, "current": d.current, "current_score": d.current_score}
+
+
+# ------------------------------------------------------------------ evaluation and artifacts
+def headline_rows(doc: dict[str, Any], *, region: str = "global") -> list[dict[str, Any]]:
+    """Rows ``{variable, system, crps, skill, spread_skill, estimator}`` of a report's
+    ``scores.json`` document (``evaluation.report``), best CRPS first per variable."""
+    rows = []
+    for v, entry in doc.get("variables", {}).items():
+        reg = region if region in entry.get("headline", {}) else next(iter(entry["headline"]))
+        for r in sorted(entry["headline"][reg], key=lambda r: _num(r.get("crps"))):
+            rows.append({"variable": v, "region": reg, "system": r["system"],
+                         "crps": r.get("crps"), "skill": r.get("skill"),
+                         "spread_skill": r.get("spread_skill"), "units": entry.get("units", ""),
+                         "estimator": entry.get("estimator", "")})
+    return rows
+
+
+def _num(x: Any) -> float:
+    return math.inf if x is None else float(x)
+
+
+def format_table(rows: list[dict[str, Any]], *, reference: str = "raw_full") -> str:
+    """The headline table as plain text (what ``enspp demo`` prints)."""
+    if not rows:
+        return "(no scores)"
+    lines = [f"{'variable':<9}{'system':<14}{'CRPS':>10}  {'skill vs ' + reference:>18}"
+             f"  {'spread/skill':>12}"]
+    for r in rows:
+        skill = "" if r["skill"] is None or r["system"] == reference else f"{100 * r['skill']:+.1f} %"
+        ss = "" if r["spread_skill"] is None else f"{r['spread_skill']:.2f}"
+        crps = "n/a" if r["crps"] is None else f"{r['crps']:.4f}"
+        lines.append(f"{r['variable']:<9}{r['system']:<14}{crps:>10}  {skill:>18}  {ss:>12}")
+    est = {r["estimator"] for r in rows if r["estimator"]}
+    if est:
+        lines.append("CRPS estimators: " + "; ".join(sorted(est)))
+    return "\n".join(lines)
+
+
+@task(name="evaluate-products", **_PLAIN)
+def evaluate_products(evaluate_config: Any, out_dir: str) -> str:
+    """Score the systems, write the report and dashboard to ``out_dir``; the index path."""
+    from evaluation.evaluate import evaluate
+
+    result = evaluate(evaluate_config, Path(out_dir))
+    return str(result.files.get("index", Path(out_dir) / "index.html"))
+
+
+@task(name="publish-artifacts", **_PLAIN)
+def publish_artifacts(rows: list[dict[str, Any]], index: str, *, title: str) -> None:
+    """The headline table and a link to the dashboard as Prefect artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    table = [{k: r[k] for k in ("variable", "region", "system", "crps", "skill", "spread_skill",
+                                "estimator")} for r in rows]
+    create_table_artifact(table=table, key="enspp-headline",
+                          description=f"{title}: CRPS and skill per system")
+    uri = Path(index).resolve().as_uri()
+    md = (f"# {title}\n\nDashboard: [{index}]({uri})\n\n```\n{format_table(rows)}\n```\n")
+    create_markdown_artifact(markdown=md, key="enspp-dashboard", description="skill dashboard")

@@ -1,0 +1,140 @@
+"""The Prefect tasks of the flows: thin wrappers of library functions, one per chunk of work.
+
+I/O tasks retry with backoff (1 s, then 5 s) on *transient* errors only (:func:`is_transient`:
+OS errors such as a file not there yet, a store locked by another ingest); a bad input (a
+corrupt file, a schema violation) fails at once with a message naming the file.  The stores
+are the cache: every task skips what is already in its store, so re-runs are cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+__all__ = ["FlowInputError", "IngestFilesError", "is_transient", "new_files", "ingest_files",
+           "predict_init_times", "done_init_times", "IO_RETRY"]
+
+
+class FlowInputError(ValueError):
+    """A flow's inputs are missing or inconsistent; the message says what to run or fix."""
+
+
+class IngestFilesError(ValueError):
+    """Some files of an ingest task were refused; ``failures`` lists ``(file, problem)``."""
+
+    def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:
+        self.failures = tuple(failures)
+        super().__init__(f"{len(self.failures)} file(s) refused by store {store}: "
+                         + "; ".join(m if m.startswith(p) else f"{p}: {m}"
+                                     for p, m in self.failures))
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Errors worth retrying: OS errors (a file not there yet, a flaky disk) and a store
+    locked by another ingest.  Bad data (``ValueError`` subclasses) is not retried."""
+    from data.lock import StoreLockedError
+
+    if isinstance(exc, StoreLockedError):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, (IsADirectoryError,
+                                                              NotADirectoryError))
+
+
+def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
+    exc = getattr(state, "data", None)
+    return is_transient(exc if isinstance(exc, BaseException) else None)
+
+
+#: options shared by I/O tasks
+IO_RETRY: dict[str, Any] = dict(retries=2, retry_delay_seconds=[1, 5],
+                                retry_condition_fn=_retry_transient, cache_policy=NO_CACHE,
+                                persist_result=False)
+
+
+def new_files(paths: Sequence[str], store: str | Path) -> tuple[list[str], list[str]]:
+    """``(new, done)``: the files of ``paths`` (files, directories, globs; see
+    ``data.ingest.collect_inputs``) not yet fully in ``store``, and those already in it
+    (same SHA-256, all their records complete).  Missing paths are kept as new, so their
+    task fails with a clear message."""
+    from data import provenance as prov
+    from data.ingest import collect_inputs
+    from data.store import COMPLETE_ATTR, PROVENANCE_ATTR, read_root_attrs
+
+    files: list[Path] = []
+    for p in paths:
+        try:
+            files.extend(collect_inputs([p]))
+        except FileNotFoundError:
+            files.append(Path(p))
+    attrs = read_root_attrs(store) or {}
+    complete = set(attrs.get(COMPLETE_ATTR, []))
+    provenance = attrs.get(PROVENANCE_ATTR, {})
+    new, done = [], []
+    for f in dict.fromkeys(files):
+        if f.is_file() and complete:
+            records = prov.recorded_records(provenance, prov.sha256_file(f))
+            if records is not None and set(records) <= complete:
+                done.append(str(f))
+                continue
+        new.append(str(f))
+    return new, done
+
+
+@task(name="ingest-files", task_run_name="ingest {store_name}: {first}+{n_more}", **IO_RETRY)
+def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = False,
+                 lock_timeout: float = 300.0, store_name: str = "", first: str = "",
+                 n_more: int = 0) -> dict[str, Any]:
+    """Ingest ``files`` into ``store``: the good ones land even when others are refused; then
+    fails naming the refused files (:class:`IngestFilesError`, not retried).  A missing file
+    raises ``FileNotFoundError`` (retried: it may still be arriving)."""
+    from data.ingest import ingest
+
+    missing = [f for f in files if not Path(f).exists()]
+    present = [f for f in files if Path(f).exists()]
+    summary = None
+    if present:
+        summary = ingest(present, store, kind=kind, progress=False, on_error="skip",  # type: ignore[arg-type]
+                         allow_nan=allow_nan, lock_timeout=lock_timeout)
+        get_run_logger().info(summary.line())
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} input file(s) not found: {', '.join(missing)}"
+                                + ("" if summary is None else
+                                   f" (the other {len(present)} were ingested)"))
+    assert summary is not None
+    if summary.failed:
+        raise IngestFilesError(summary.failed, store=store)
+    return {"added": list(summary.added), "skipped": list(summary.skipped),
+            "repaired": list(summary.repaired)}
+
+
+def done_init_times(product: str | Path) -> set[str]:
+    """Init times already complete in a product store (``record_key`` strings, to seconds)."""
+    import numpy as np
+
+    from data.provenance import record_key
+    from data.store import COMPLETE_ATTR, read_root_attrs
+
+    attrs = read_root_attrs(product) or {}
+    return {record_key(np.datetime64(t, "ns")) for t in attrs.get(COMPLETE_ATTR, [])}
+
+
+@task(name="predict-init-times", task_run_name="predict {first}+{n_more}", **IO_RETRY)
+def predict_init_times(checkpoint: str, forecast: str, product: str, init_times: list[str], *,
+                       options: dict[str, Any], version: str, first: str = "",
+                       n_more: int = 0) -> list[str]:
+    """Post-process ``init_times`` of ``forecast`` into ``product`` (serialised per product by
+    a lock, since Zarr appends to one store must not interleave)."""
+    from data.lock import store_lock
+    from models.predict import predict
+
+    lock_dir = Path(product).parent / ".locks" / Path(product).name
+    with store_lock(lock_dir, timeout=600.0):
+        predict(checkpoint, forecast, out=product, init_times=init_times,
+                quantiles=tuple(options["quantiles"]), n_members=int(options["n_members"]),
+                fmt="zarr", batch_size=int(options["batch_size"]), seed=int(options["seed"]),
+                model_version=version)
+    return list(init_times)

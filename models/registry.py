@@ -1,0 +1,219 @@
+"""A model registry in a directory: versions, a ``current`` pointer and a decision log.
+
+Layout::
+
+    registry/
+      versions/<version>/model.ckpt    a copy of the registered checkpoint
+      versions/<version>/version.json  its score, metric, source run, time of registration
+      current                          the name of the current version (one line)
+      decisions.jsonl                  one JSON line per decision, registered or not, and why
+
+A candidate is registered only when it beats the current version on the validation CRPS
+(lower is better) by more than ``min_improvement``; both scores must come from the same
+validation data and estimator (the caller scores both, see ``flows``).  Every decision is
+logged with its reason.  Writes are atomic (copy to a temporary name, then rename) and
+serialised by an exclusive lock, so two trainings registering at once cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from data.lock import store_lock
+from models.checkpoint import file_sha256, read_checkpoint
+
+VERSIONS = "versions"
+CURRENT = "current"
+LOG = "decisions.jsonl"
+CHECKPOINT = "model.ckpt"
+META = "version.json"
+
+__all__ = ["Decision", "ModelVersion", "RegistryError", "current_version", "decide",
+           "list_versions", "read_decisions", "register_if_better", "version_name"]
+
+
+class RegistryError(ValueError):
+    """The registry is damaged or refuses a request; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model."""
+
+    version: str
+    checkpoint: Path
+    #: validation CRPS (lower is better) and how it was computed
+    score: float
+    metric: str
+    sha256: str
+    source: str
+    registered: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`register_if_better` did with a candidate, and why."""
+
+    registered: bool
+    version: str
+    reason: str
+    score: float
+    metric: str
+    current: str | None
+    current_score: float | None
+    time: str
+
+    def line(self) -> str:
+        verb = "registered" if self.registered else "not registered"
+        return f"{self.version} {verb}: {self.reason}"
+
+
+def version_name(checkpoint: str | Path) -> str:
+    """``<model name>-<sha256[:12]>``: the name products of this checkpoint are stored under."""
+    _, meta = read_checkpoint(checkpoint)
+    return f"{meta.spec['name']}-{file_sha256(checkpoint)[:12]}"
+
+
+def decide(score: float, current_score: float | None, *, min_improvement: float = 0.0,
+           metric: str = "val CRPS") -> tuple[bool, str]:
+    """Whether a candidate with ``score`` replaces a current one with ``current_score``
+    (``None``: no current version), and the reason in words."""
+    if not math.isfinite(score):
+        return False, f"candidate {metric} is {score} (not finite)"
+    if current_score is None:
+        return True, f"no current version; candidate {metric} {score:.6g}"
+    if not math.isfinite(current_score):
+        return True, f"current {metric} is {current_score} (not finite); candidate {score:.6g}"
+    if score < current_score - min_improvement:
+        return True, (f"candidate {metric} {score:.6g} beats current {current_score:.6g} "
+                      f"(by {current_score - score:.3g} > {min_improvement:g})")
+    return False, (f"candidate {metric} {score:.6g} does not beat current {current_score:.6g} "
+                   f"by more than {min_improvement:g}")
+
+
+def current_version(registry: str | Path) -> ModelVersion | None:
+    """The current version, or ``None`` for an empty (or missing) registry."""
+    root = Path(registry)
+    pointer = root / CURRENT
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if not name:
+        raise RegistryError(f"{pointer} is empty; it should name a version in {root / VERSIONS}")
+    return _read_version(root, name)
+
+
+def list_versions(registry: str | Path) -> list[ModelVersion]:
+    """All registered versions, oldest first."""
+    base = Path(registry) / VERSIONS
+    if not base.is_dir():
+        return []
+    found = [_read_version(Path(registry), d.name) for d in base.iterdir()
+             if d.is_dir() and not d.name.startswith(".")]
+    return sorted(found, key=lambda v: (v.registered, v.version))
+
+
+def read_decisions(registry: str | Path) -> list[dict[str, Any]]:
+    """Every decision ever logged, oldest first."""
+    path = Path(registry) / LOG
+    if not path.is_file():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                raise RegistryError(f"{path}:{i}: not a JSON line ({e})") from None
+    return out
+
+
+def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: float,
+                       metric: str, current_score: float | None = None,
+                       min_improvement: float = 0.0, source: str = "",
+                       details: dict[str, Any] | None = None) -> Decision:
+    """Register ``checkpoint`` (validation CRPS ``score``, described by ``metric``) and make it
+    current if it beats the current version, logging the decision either way.
+
+    ``current_score``: the current version's score on the same validation data (pass it when
+    the data changed since it was registered); default: the score recorded at registration.
+    A candidate identical to the current version (same bytes) is never re-registered.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    root = Path(registry)
+    root.mkdir(parents=True, exist_ok=True)
+    name = version_name(checkpoint)
+    with store_lock(root, timeout=300.0):
+        current = current_version(root)
+        if current is not None and current_score is None:
+            if current.metric != metric:
+                raise RegistryError(
+                    f"registry {root}: current version {current.version} was scored with "
+                    f"{current.metric!r}, the candidate with {metric!r}; score the current "
+                    f"version with the candidate's metric and pass current_score")
+            current_score = current.score
+        if current is not None and current.version == name:
+            ok, reason = False, f"candidate is the current version {name} (same checkpoint)"
+        else:
+            ok, reason = decide(score, current_score, min_improvement=min_improvement,
+                                metric=metric)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        decision = Decision(registered=ok, version=name, reason=reason, score=float(score),
+                            metric=metric, current=None if current is None else current.version,
+                            current_score=None if current_score is None else float(current_score),
+                            time=now)
+        if ok:
+            _store_version(root, name, checkpoint, {
+                "version": name, "score": float(score), "metric": metric,
+                "sha256": file_sha256(checkpoint), "source": source or str(checkpoint),
+                "registered": now, "details": details or {}})
+            _atomic_write(root / CURRENT, name + "\n")
+        with open(root / LOG, "a") as f:
+            f.write(json.dumps({**asdict(decision), "source": source or str(checkpoint),
+                                "details": details or {}}) + "\n")
+    return decision
+
+
+def _store_version(root: Path, name: str, checkpoint: Path, meta: dict[str, Any]) -> None:
+    final = root / VERSIONS / name
+    if final.is_dir() and (final / META).is_file():
+        return  # registered before (then superseded): keep the first record
+    tmp = root / VERSIONS / f".{name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(checkpoint, tmp / CHECKPOINT)
+    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _read_version(root: Path, name: str) -> ModelVersion:
+    d = root / VERSIONS / name
+    meta_path = d / META
+    if not meta_path.is_file() or not (d / CHECKPOINT).is_file():
+        raise RegistryError(f"registry {root}: version {name!r} is missing its "
+                            f"{CHECKPOINT} or {META}")
+    try:
+        m = json.loads(meta_path.read_text())
+        return ModelVersion(version=m["version"], checkpoint=d / CHECKPOINT,
+                            score=float(m["score"]), metric=str(m["metric"]),
+                            sha256=str(m["sha256"]), source=str(m.get("source", "")),
+                            registered=str(m["registered"]), details=dict(m.get("details", {})))
+    except (ValueError, KeyError, TypeError) as e:
+        raise RegistryError(f"{meta_path}: malformed version record ({e})") from None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
