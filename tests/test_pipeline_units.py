@@ -36,7 +36,7 @@ def test_default_split_by_days_for_short_data_and_errors():
     assert periods["train"].start == dt.date(2020, 1, 1)
     assert periods["train"].end < periods["val"].start <= periods["val"].end < periods["test"].start
     assert {k: len(v) for k, v in split_init_times(inits, periods=periods, max_lead=H48).items()} \
-        == {"train": 12, "val": 1, "test": 1}
+        == {"train": 10, "val": 2, "test": 2}
     only_train = resolve_periods(_inits("2020-01-01", "2020-01-05"),
                                  config=SplitConfig(fractions=(1.0, 0.0, 0.0)))
     assert list(only_train) == ["train"]
