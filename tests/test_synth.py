@@ -95,7 +95,7 @@ def test_forecast_files_pass_readers_and_schema(tiny_world):
     assert fc.sizes["member"] == 5 and fc.sizes["init_time"] == 3
     assert list(pd.to_timedelta(fc.lead_time.values) / pd.Timedelta(hours=1)) == [24, 48]
     assert fc.latitude.values[0] > fc.latitude.values[-1]
-    assert set(schema.available_variables(fc)) == {"z500", "t850", "t2m"}
+    assert set(schema.available_variables(fc)) == {"z500", "z850", "t500", "t850", "t2m"}
     z = schema.select_variable(fc, "z500")
     assert 4.5e4 < float(z.min()) and float(z.max()) < 6.2e4  # geopotential, m2 s-2
     cf = open_ens_grib(tiny_world.forecast_files[0])  # cfgrib, cf + pf
@@ -235,7 +235,7 @@ def _climate(world, name, day):
     from data.synth.physics import VAR_SPECS
 
     clim, sd = VAR_SPECS[name].climate(world.lat[:, None], world.lon[None, :], world.lsm,
-                                       world.orog, np.asarray([day.dayofyear]))
+                                       world.orog, np.asarray([day.day_of_year]))
     return clim[0], sd[0]
 
 

@@ -77,6 +77,17 @@ class SynthConfig(BaseModel):
         return self.n_perturbed + 1
 
     @property
+    def output_variables(self) -> tuple[str, ...]:
+        """The variables written: those asked for, plus each pressure-level variable at every
+        level asked for (``z500`` + ``t850`` -> also ``z850``, ``t500``), so that files hold a
+        complete (variable x level) set, as ENS files do and as the ingest requires."""
+        shorts = {VAR_SPECS[v].short for v in self.variables if VAR_SPECS[v].level is not None}
+        levels = {VAR_SPECS[v].level for v in self.variables if VAR_SPECS[v].level is not None}
+        extra = [s.name for s in VAR_SPECS.values()
+                 if s.short in shorts and s.level in levels and s.name not in self.variables]
+        return (*self.variables, *extra)
+
+    @property
     def lead_days(self) -> tuple[int, ...]:
         return tuple(h // 24 for h in self.lead_times_h)
 

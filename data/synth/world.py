@@ -92,12 +92,12 @@ def build_world(config: SynthConfig) -> World:
                          years=config.years, per_year=config.events_per_year,
                          variables=config.variables, lat=lat, lon=lon, lsm=lsm)
     return World(config=config, lat=lat, lon=lon, lsm=lsm, orog=orog, events=events,
-                 names=ancestry(config.variables), shift=zonal_shift_gp(lat, lon.size))
+                 names=ancestry(config.output_variables), shift=zonal_shift_gp(lat, lon.size))
 
 
 def init_times(config: SynthConfig) -> pd.DatetimeIndex:
     days = pd.date_range(f"{config.years[0]}-01-01", f"{config.years[1]}-12-31", freq="D")
-    return days[np.isin(days.weekday, config.init_weekdays)]
+    return days[np.isin(days.day_of_week, config.init_weekdays)]
 
 
 def flow_multiplier(ztot_lagged: np.ndarray, shift: np.ndarray, lag_days: int) -> np.ndarray:
@@ -159,7 +159,7 @@ def simulate(world: World) -> Iterator[AnalysisChunk | ForecastChunk]:
             continue
         yield AnalysisChunk(days=days, fields={
             n: _to_physical(world, n, ytot[:, j], days) for j, n in enumerate(world.names)
-            if n in cfg.variables})
+            if n in cfg.output_variables})
         for init in inits[(inits >= days[0]) & (inits <= days[-1])]:
             i0 = (init - days[0]).days
             yield _forecast(world, init, y_block[i0], ztot_ext[i0 + 1: i0 + lam + 1])
@@ -167,7 +167,7 @@ def simulate(world: World) -> Iterator[AnalysisChunk | ForecastChunk]:
 
 def _to_physical(world: World, name: str, latent: np.ndarray, days: pd.DatetimeIndex) -> np.ndarray:
     clim, sd = VAR_SPECS[name].climate(world.lat[:, None], world.lon[None, :], world.lsm,
-                                       world.orog, np.asarray(days.dayofyear))
+                                       world.orog, np.asarray(days.day_of_year))
     return clim + sd * latent
 
 
@@ -209,12 +209,13 @@ def _forecast(world: World, init: pd.Timestamp, y0: np.ndarray,
               ztot_window: np.ndarray) -> ForecastChunk:
     cfg = world.config
     n_pert = cfg.n_perturbed
-    members: dict[str, list[np.ndarray]] = {n: [] for n in cfg.variables}
-    mus: dict[str, list[np.ndarray]] = {n: [] for n in cfg.variables}
-    sigmas: dict[str, list[np.ndarray]] = {n: [] for n in cfg.variables}
+    out_vars = cfg.output_variables
+    members: dict[str, list[np.ndarray]] = {n: [] for n in out_vars}
+    mus: dict[str, list[np.ndarray]] = {n: [] for n in out_vars}
+    sigmas: dict[str, list[np.ndarray]] = {n: [] for n in out_vars}
     ordinal = int((init - pd.Timestamp("1950-01-01")).days)
     pert = {}
-    for name in cfg.variables:
+    for name in out_vars:
         rng = np.random.default_rng([cfg.seed, _STREAM_MEMBERS, ordinal, _VAR_INDEX[name]])
         w = smooth_noise(rng, (len(cfg.lead_days), n_pert), lat=world.lat, lon=world.lon,
                          scale_deg=VAR_SPECS[name].scale_deg)
@@ -229,8 +230,8 @@ def _forecast(world: World, init: pd.Timestamp, y0: np.ndarray,
     for j, lead in enumerate(cfg.lead_days):
         mu_l, sd_l = oracle_latent(world, y0, ztot_window, init, lead)
         valid = init + pd.Timedelta(days=lead)
-        doy = np.asarray([valid.dayofyear])
-        for name in cfg.variables:
+        doy = np.asarray([valid.day_of_year])
+        for name in out_vars:
             v = world.names.index(name)
             spec = VAR_SPECS[name]
             clim, sd = spec.climate(world.lat[:, None], world.lon[None, :], world.lsm, world.orog, doy)

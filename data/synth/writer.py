@@ -101,7 +101,7 @@ def _event_thresholds(world: World) -> dict[str, float]:
         i = int(np.argmin(np.abs(world.lat - ev.lat)))
         j = int(np.argmin(np.abs(world.lon - ev.lon)))
         clim, sd = VAR_SPECS[ev.variable].climate(world.lat[:, None], world.lon[None, :], world.lsm,
-                                                  world.orog, np.asarray([ev.peak.dayofyear]))
+                                                  world.orog, np.asarray([ev.peak.day_of_year]))
         sign = 1.0 if ev.kind == "heat_dome" else -1.0
         out[ev.id] = float(clim[0, i, j] + sign * 2.0 * sd[0, i, j])
     return out
@@ -219,7 +219,7 @@ def _append_oracle(path: Path, world: World, chunks: list[ForecastChunk], *, fir
     }
     dims = ("init_time", "lead_time", "latitude", "longitude")
     data_vars = {}
-    for name in cfg.variables:
+    for name in cfg.output_variables:
         spec = VAR_SPECS[name]
         info = schema.VARIABLES[spec.short]
         for part, what in (("mu", "mean"), ("sigma", "standard deviation")):
@@ -239,7 +239,7 @@ def _append_oracle(path: Path, world: World, chunks: list[ForecastChunk], *, fir
         "distribution": "gaussian",
         "crps_of_oracle": "closed-form Gaussian CRPS of N(mu, sigma**2)",
         "seed": cfg.seed,
-        "variables": list(cfg.variables),
+        "variables": list(cfg.output_variables),
     })
     chunks_init = min(len(chunks), 64)
     if first:
