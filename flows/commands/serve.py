@@ -1,0 +1,49 @@
+"""``enspp serve [--config CFG]``: serve the four scheduled deployments on a Prefect server.
+
+The server is the one ``PREFECT_API_URL`` names (e.g. ``http://127.0.0.1:4200/api`` after
+``prefect server start --host 127.0.0.1``); schedules (UTC by default) come from the config's
+``deploy.schedules``: ingest hourly, predict after the 00 and 12 UTC runs arrive, evaluate
+nightly, train weekly.  Runs until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from flows.runtime import CONFIG_ENV, quiet_prefect
+
+HELP = "serve the scheduled deployments on a Prefect server"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"enspp.yaml (default: ${CONFIG_ENV})")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="most flow runs at once (default: no limit)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def config_path_of(args: argparse.Namespace) -> Path:
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ValueError(f"no config: pass --config or set {CONFIG_ENV}")
+    return Path(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    quiet_prefect()
+    from flows.config import load_config
+
+    path = config_path_of(args)
+    config = load_config(path)  # a bad file fails here, before anything is served
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ValueError("PREFECT_API_URL is not set: start a server (prefect server start "
+                         "--host 127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from prefect import serve
+
+    from flows.deployments import build_deployments
+
+    serve(*build_deployments(config, path), limit=args.limit)
+    return 0

@@ -1,0 +1,105 @@
+"""The ``demo`` flow: synthetic world -> ingest -> train -> predict -> evaluate, in one work
+directory, with no configuration file (:func:`flows.config.default_demo_config`).
+
+Every step reuses what the work directory already holds: the world is generated once, files
+already in the stores are skipped, the registry's current model is kept, products hold their
+init times once, so a re-run only re-evaluates and prints the table again.  The resolved
+configuration is written to ``WORKDIR/enspp.yaml``, ready for ``enspp serve --config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.runtime import quiet_prefect
+
+quiet_prefect()
+
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from flows.config import EnsppConfig, default_demo_config  # noqa: E402
+from flows.ops import evaluate_flow, ingest_flow, predict_flow, train_flow  # noqa: E402
+from flows.tasks import FlowInputError  # noqa: E402
+
+BASELINE = "emos_local"
+BASELINE_RUN = "baseline-emos_local"
+
+
+def write_config(config: EnsppConfig, path: Path) -> Path:
+    """``config`` as YAML at ``path`` (loadable by :func:`flows.config.load_config`)."""
+    doc = config.model_dump(mode="json", exclude_none=True)
+    if doc.get("evaluate", {}).get("splits"):
+        doc["evaluate"].pop("splits")  # re-derived from the pipeline's split on load
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@task(name="synthetic-world", cache_policy=NO_CACHE, persist_result=False)
+def synth_world(config: EnsppConfig) -> str:
+    """Generate the synthetic world once; an existing world must match the config."""
+    from data.synth import generate_world
+
+    root = config.workdir.synth
+    marker = root / "synth.yaml"
+    want = config.data.synth
+    if want is None:
+        raise FlowInputError("data.synth is not set: the demo needs a synthetic world")
+    if marker.is_file():
+        have = (yaml.safe_load(marker.read_text()) or {}).get("synth", {})
+        if type(want).model_validate(have) == want:
+            print(f"synthetic world already in {root}")
+            return str(root)
+        raise FlowInputError(f"{root} holds another synthetic world ({marker}); "
+                             "use another --workdir or delete it")
+    print(f"generating the synthetic world in {root} (years {want.years[0]}-{want.years[1]}, "
+          f"{want.n_members} members, grid {want.grid[0]}x{want.grid[1]})")
+    generate_world(root, want, progress=print)
+    return str(root)
+
+
+@task(name="train-baseline", cache_policy=NO_CACHE, persist_result=False)
+def train_baseline(config: EnsppConfig) -> str:
+    """A local EMOS baseline (not registered), trained once into ``runs/baseline-emos_local``."""
+    from models.config import ModelConfig
+    from models.train import train
+
+    best = config.workdir.runs / BASELINE_RUN / "checkpoints" / "best.ckpt"
+    if best.is_file():
+        print(f"baseline {BASELINE} already trained: {best}")
+        return str(best)
+    train_cfg = config.train.model_copy(update={"run_id": BASELINE_RUN,
+                                                "learning_rate": 1e-2})
+    r = train(config.pipeline, ModelConfig(name=BASELINE), train_cfg,
+              workdir=config.workdir.root)
+    return str(r.best_checkpoint)
+
+
+@flow(name="demo", log_prints=True)
+def demo_flow(workdir: str = "enspp-work", fast: bool = False,
+              baseline: bool = True) -> dict[str, Any]:
+    """End to end on the synthetic world; returns the dashboard path and the headline rows."""
+    from models.registry import current_version
+
+    config = default_demo_config(workdir, fast=fast)
+    wd = config.workdir
+    config_path = str(write_config(config, wd.root / "enspp.yaml"))
+    synth_world(config)
+    ingest_flow(config_path)
+    current = current_version(wd.registry)
+    if current is None:
+        train_flow(config_path)
+    else:
+        print(f"registry already holds {current.version}: not retraining "
+              "(run the train flow to retrain)")
+    products: dict[str, str] = {}
+    predict_flow(config_path, split="test", init_times_per_task=32)
+    if baseline:
+        ckpt = train_baseline(config)
+        products["emos"] = predict_flow(config_path, split="test", checkpoint=ckpt,
+                                        init_times_per_task=32)
+    return evaluate_flow(config_path, report_id="demo", products=products)

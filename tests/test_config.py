@@ -1,0 +1,121 @@
+"""flows.config: one enspp.yaml, each section its package's model, errors naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from flows.config import (ConfigError, DeployConfig, EnsppConfig, Workdir, config_from_mapping,
+                          default_demo_config, load_config)
+from models.config import ModelConfig, PredictConfig, TrainConfig
+from pipeline.config import PipelineConfig
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "enspp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_empty_file_gives_defaults_and_each_section_its_model(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert isinstance(cfg.pipeline, PipelineConfig) and isinstance(cfg.model, ModelConfig)
+    assert isinstance(cfg.train, TrainConfig) and isinstance(cfg.predict, PredictConfig)
+    assert cfg.evaluate is None and cfg.deploy == DeployConfig()
+    assert cfg.data.workdir == tmp_path.resolve()  # "." is the config file's directory
+
+
+def test_full_file_parses_and_relative_workdir_is_anchored(tmp_path):
+    cfg = load_config(write(tmp_path, """
+data: {workdir: work, incoming: {forecast: ["in/*.grib"]}, files_per_task: 4}
+pipeline: {members: {k: 3}, split: {train: [2012, 2014], val: [2015, 2015], test: [2016, 2016]}}
+model: {name: unet}
+train: {max_epochs: 2, accelerator: cpu, devices: 1, strategy: auto, num_nodes: 1}
+predict: {n_members: 4}
+evaluate: {systems: [{name: raw_full, path: stores/forecast.zarr}], split: test}
+deploy: {task_runner: dask, dask_address: "tcp://127.0.0.1:8786",
+         schedules: {predict: "15 8,20 * * *", train: null}}
+"""))
+    assert cfg.data.workdir == (tmp_path / "work").resolve()
+    assert cfg.workdir.forecast == (tmp_path / "work" / "stores" / "forecast.zarr").resolve()
+    assert cfg.pipeline.members.k == 3 and cfg.model.name == "unet"
+    assert cfg.deploy.schedules.predict == "15 8,20 * * *" and cfg.deploy.schedules.train is None
+    # the evaluate section gets the pipeline's split periods, so split: test means the same dates
+    assert str(cfg.evaluate.resolved_period().start) == "2016-01-01"
+    with pytest.raises(Exception):
+        cfg.model = ModelConfig()  # frozen
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pipeline: {members: {k: 0}}", "pipeline.members.k: k must be >= 1"),
+    ("pipeline: {batchez: {}}", "pipeline.batchez: unknown key"),
+    ("train: {max_epochs: 0}", "train.max_epochs: Input should be greater than or equal to 1"),
+    ("model: {name: transformer}", "model.name: Input should be"),
+    ("predict: {quantiles: [0.9, 0.1]}", "predict.quantiles: quantiles must be strictly increasing"),
+    ("evaluate: {systems: []}", "evaluate: evaluate.systems: at least one system is needed"),
+    ("data: {synth: {grid: [4, 4]}}", "data.synth.grid: grid 4x4 is too small"),
+    ("data: {files_per_task: 0}", "data.files_per_task: Input should be greater than or equal to 1"),
+    ("deploy: {schedules: {ingest: 'every hour'}}", "deploy.schedules.ingest: 'every hour' is not a cron"),
+    ("deploy: {schedules: {timezone: Mars/Olympus}}", "deploy.schedules.timezone: unknown time zone"),
+    ("deploy: {dask_address: 'tcp://x:1'}", "deploy: dask_address is only used with task_runner: dask"),
+    ("deploy: {task_runner: spark}", "deploy.task_runner: Input should be 'thread' or 'dask'"),
+    ("modle: {name: mixed}", "modle: unknown section"),
+    ("model: [mixed]", "model: must be a mapping, got list"),
+])
+def test_errors_name_file_section_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: ")
+    assert expected in str(e.value)
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: {workdir: [\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping of sections"):
+        load_config(write(tmp_path, "- data\n- model\n"))
+
+
+def test_demo_config_needs_no_file_and_round_trips(tmp_path):
+    from flows.demo import write_config
+
+    cfg = default_demo_config(tmp_path / "w")
+    assert cfg.data.workdir == (tmp_path / "w").resolve() and cfg.data.synth is not None
+    fast = default_demo_config(tmp_path / "w", fast=True)
+    assert fast.train.max_epochs < cfg.train.max_epochs
+    assert fast.data.synth.years[1] - fast.data.synth.years[0] < cfg.data.synth.years[1] - cfg.data.synth.years[0]
+    again = load_config(write_config(cfg, tmp_path / "cfg" / "enspp.yaml"))
+    assert again == cfg
+
+
+def test_workdir_layout(tmp_path):
+    wd = Workdir(tmp_path)
+    assert wd.products == tmp_path / "stores" / "products"
+    assert wd.registry == tmp_path / "registry" and wd.reports == tmp_path / "reports"
+    assert wd.path("a/b") == tmp_path / "a" / "b" and wd.path("/abs") == Path("/abs")
+
+
+def test_config_from_mapping_without_a_file():
+    cfg = config_from_mapping({"model": {"name": "mlp"}}, source="inline")
+    assert isinstance(cfg, EnsppConfig) and cfg.model.name == "mlp"
+    with pytest.raises(ConfigError, match=r"^inline: train.seed: Input should be a valid integer"):
+        config_from_mapping({"train": {"seed": "x"}}, source="inline")
+
+
+def test_enspp_validate_config(tmp_path, capsys):
+    good = write(tmp_path, "model: {name: mlp}\n")
+    assert main(["validate", str(good)]) == 0
+    assert "valid config" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {max_epochs: -1}\n")
+    assert main(["validate", str(bad)]) == 1
+    assert f"{bad}: train.max_epochs" in capsys.readouterr().err
+    other = tmp_path / "x.txt"
+    other.write_text("")
+    assert main(["validate", str(other)]) == 1
+    assert "expected a Zarr store directory or a .yaml/.yml config file" in capsys.readouterr().err
