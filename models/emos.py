@@ -5,7 +5,7 @@ Per target ``t`` with raw ensemble mean ``m`` and std ``s`` of the target's chan
     mu      = m + std_t * alpha + beta * (m - mean_t)          (linear in m)
     sigma^2 = exp(2 delta) * s^2 + std_t^2 * softplus(gamma)   (linear in s^2)
 
-``alpha = beta = delta = 0`` and ``gamma = -16`` at initialisation, so an untrained EMOS is the
+``alpha = beta = delta = 0`` and ``gamma = -18`` at initialisation, so an untrained EMOS is the
 raw ensemble (to ~1e-6 relative). Fitted by minimum CRPS through the common training loop.
 ``emos_global`` has one parameter set per target; ``emos_local`` one per target and grid point
 (or station), looked up with the batch's ``y0``/``x0`` (``mean_t``/``std_t`` are then the
@@ -23,7 +23,7 @@ from torch import nn
 from models.base import ModelSpec, PostProcessor, ensemble_moments
 from models.normalize import gather_patch
 
-_GAMMA_INIT = -16.0
+_GAMMA_INIT = -18.0
 
 
 class _EMOS(PostProcessor):

@@ -1,0 +1,363 @@
+"""Models: the spec contract, identity at initialisation, invariances, shapes, learning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models import ModelSpec, ModelSpecError, StatsError, build_model, loss_for
+from models.losses import LossError, crps_gaussian
+from models.normalize import Normalizer, resolve_stats
+
+CHANNELS = ("t2m@48h", "z500@48h", "t2m@24h")
+MEAN = np.array([280.0, 5500.0, 279.0], dtype=np.float32)
+STD = np.array([3.0, 100.0, 3.0], dtype=np.float32)
+GRID = (12, 16)
+GRID_MODELS = ("emos_global", "emos_local", "mlp", "unet", "mixed")
+SMALL = {
+    "emos_global": {},
+    "emos_local": {},
+    "mlp": {"hidden": [16]},
+    "unet": {"width": 8, "depth": 1},
+    "mixed": {"embed_dim": 8, "encoder_hidden": [8], "width": 8, "depth": 1},
+}
+
+
+def make_stats(grid: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Statistics in the layout of ``pipeline.stats.NormStats.to_dict()``."""
+    r = np.random.default_rng(seed)
+    c = len(CHANNELS)
+    return {
+        "channel_mean": MEAN,
+        "channel_std": STD,
+        "channel_mean_local": (MEAN[:, None, None] + r.normal(0, 0.5, (c, *grid))).astype(np.float32),
+        "channel_std_local": (STD[:, None, None] * r.uniform(0.8, 1.2, (c, *grid))).astype(np.float32),
+        "target_mean": MEAN[:1],
+        "target_std": STD[:1],
+        "channels": np.asarray(CHANNELS, dtype=str),
+        "targets": np.asarray(["t2m"], dtype=str),
+        "hash": "abc",
+    }
+
+
+def make_spec(name: str = "mixed", *, grid: tuple[int, int] = GRID, **kw) -> ModelSpec:
+    args = dict(
+        name=name,
+        channels=CHANNELS,
+        targets=("t2m",),
+        target_channels=(0,),
+        static_names=("lsm", "orog"),
+        n_members=5,
+        grid_shape=grid,
+        stats=make_stats(grid),
+        options=SMALL.get(name, {}),
+    )
+    args.update(kw)
+    return ModelSpec(**args)
+
+
+def toy_batch(
+    gen: torch.Generator, *, b: int = 16, k: int = 5, h: int = 8, w: int = 8, grid: tuple[int, int] = GRID,
+    bias: float = 1.5, spread: float = 0.3, censored: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Truth ``y = z + N(0, 1)``; members ``z + bias + spread * N(0, 1)`` (biased, under-dispersed)."""
+    point = grid[1] == 1
+    z = 280.0 + 3.0 * torch.randn(b, 1, h, w, generator=gen)
+    if censored:
+        z = z - 280.0
+    members = z[:, None] + bias + spread * torch.randn(b, k, 1, h, w, generator=gen)
+    y = z + torch.randn(b, 1, h, w, generator=gen)
+    if censored:
+        members, y = members.clamp(min=0.0), y.clamp(min=0.0)
+    others = torch.stack(
+        [5500.0 + 100.0 * torch.randn(b, k, h, w, generator=gen), members[:, :, 0] - 1.0 + 0.1 * torch.randn(b, k, h, w, generator=gen)],
+        dim=2,
+    )
+    y0 = torch.zeros(b, dtype=torch.long) if point else torch.randint(0, grid[0] - h + 1, (b,), generator=gen)
+    x0 = torch.randint(0, grid[0] if point else grid[1] - w + 1, (b,), generator=gen)
+    return {
+        "inputs": torch.cat([members, others], dim=2),
+        "static": torch.randn(b, 2, h, w, generator=gen),
+        "target": y,
+        "y0": y0,
+        "x0": x0,
+    }
+
+
+def raw_moments(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = batch["inputs"][:, :, :1]
+    return raw.mean(dim=1), raw.std(dim=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread is much faster than two on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- identity at initialisation, shapes, invariances --------------------------------------
+@pytest.mark.parametrize("name", GRID_MODELS)
+def test_untrained_model_is_the_raw_ensemble(name: str) -> None:
+    model = build_model(make_spec(name, options={}))
+    # realistic spread (0.3 target std); H, W not divisible by 2**depth
+    batch = toy_batch(torch.Generator().manual_seed(1), h=7, w=13, spread=1.0)
+    out = model(batch)
+    mu, sd = raw_moments(batch)
+    assert out["mu"].shape == out["sigma"].shape == (16, 1, 7, 13)
+    torch.testing.assert_close(out["mu"], mu, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(out["sigma"], sd, rtol=1e-5, atol=1e-6)
+
+
+def test_untrained_censored_model_is_the_raw_ensemble_latent() -> None:
+    model = build_model(make_spec("mixed", distribution="censored_logistic"))
+    batch = toy_batch(torch.Generator().manual_seed(2))
+    out = model(batch)
+    mu, sd = raw_moments(batch)
+    assert set(out) == {"mu", "sigma", "loc", "scale"}
+    torch.testing.assert_close(out["loc"], mu, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(out["scale"], sd * math.sqrt(3) / math.pi, rtol=1e-5, atol=1e-6)
+    assert (out["mu"] >= out["loc"]).all() and (out["mu"] > 0).all()
+
+
+def test_mixed_ignores_member_order_and_takes_any_k() -> None:
+    model = build_model(make_spec("mixed"))
+    with torch.no_grad():  # make the network non-trivial
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(3)
+    batch = toy_batch(gen, b=2)
+    perm = dict(batch, inputs=batch["inputs"][:, torch.randperm(5, generator=gen)])
+    out, out_perm = model(batch), model(perm)
+    assert not torch.allclose(out["mu"], raw_moments(batch)[0])
+    torch.testing.assert_close(out["mu"], out_perm["mu"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out["sigma"], out_perm["sigma"], rtol=1e-5, atol=1e-5)
+    for k in (1, 2, 9):
+        out_k = model(toy_batch(gen, b=2, k=k))
+        assert out_k["mu"].shape == (2, 1, 8, 8)
+        assert torch.isfinite(out_k["sigma"]).all() and (out_k["sigma"] > 0).all()
+
+
+@pytest.mark.parametrize("backbone", ["unet", "resnet"])
+def test_mixed_backbones_fully_convolutional(backbone: str) -> None:
+    options = dict(SMALL["mixed"], backbone=backbone, depth=2, n_blocks=2)
+    model = build_model(make_spec("mixed", options=options, grid=(9, 21)))
+    batch = toy_batch(torch.Generator().manual_seed(4), b=1, h=9, w=21, grid=(9, 21))
+    assert model(batch)["mu"].shape == (1, 1, 9, 21)
+    patch = {k: (v[..., 2:7, 3:14] if k in ("inputs", "static", "target") else v) for k, v in batch.items()}
+    patch["y0"], patch["x0"] = torch.tensor([2]), torch.tensor([3])
+    assert model(patch)["mu"].shape == (1, 1, 5, 11)
+
+
+@pytest.mark.parametrize("name", ["emos_global", "emos_local", "mlp", "mixed"])
+def test_point_data_shapes_and_identity(name: str) -> None:
+    spec = make_spec(name, grid=(6, 1))
+    assert spec.is_point
+    model = build_model(spec)
+    batch = toy_batch(torch.Generator().manual_seed(5), b=10, h=1, w=1, grid=(6, 1))
+    out = model(batch)
+    assert out["mu"].shape == (10, 1, 1, 1)
+    torch.testing.assert_close(out["mu"], raw_moments(batch)[0], rtol=1e-6, atol=1e-4)
+
+
+def test_local_normalisation_reads_the_patch() -> None:
+    stats = make_stats(GRID)
+    norm = Normalizer(
+        resolve_stats(stats, channels=CHANNELS, targets=("t2m",), target_channels=(0,), grid_shape=GRID), point=False
+    )
+    got = norm.lookup("channel_mean_local", torch.tensor([0, 3]), torch.tensor([5, 1]), 4, 6)
+    np.testing.assert_array_equal(got[1].numpy(), stats["channel_mean_local"][:, 3:7, 1:7])
+    np.testing.assert_array_equal(got[0].numpy(), stats["channel_mean_local"][:, 0:4, 5:11])
+    with pytest.raises(StatsError, match="x0 .* out of range"):
+        norm.lookup("channel_mean_local", torch.tensor([0]), torch.tensor([11]), 4, 6)
+
+
+# ---- learning ------------------------------------------------------------------------------
+def fit(model: torch.nn.Module, gen: torch.Generator, *, steps: int, lr: float, **batch_kw) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        batch = toy_batch(gen, **batch_kw)
+        loss = model.loss(model(batch), batch["target"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+LEARN = {"emos_global": (200, 0.05), "emos_local": (200, 0.05), "mlp": (200, 0.01), "unet": (150, 0.01), "mixed": (150, 0.01)}
+
+
+@pytest.mark.parametrize("name", GRID_MODELS)
+def test_model_learns_bias_and_spread(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(make_spec(name))
+    gen = torch.Generator().manual_seed(6)
+    steps, lr = LEARN[name]
+    fit(model, gen, steps=steps, lr=lr)
+    test = toy_batch(torch.Generator().manual_seed(99), b=32)
+    with torch.no_grad():
+        trained = model.loss(model(test), test["target"]).item()
+        raw = model.raw_loss(test, estimator="fair").item()
+    # raw: biased by 0.5 std and under-dispersed; the ideal N(z, 1) scores ~0.19 here
+    assert trained < 0.75 * raw, (name, trained, raw)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mixed"])
+def test_point_model_learns(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(make_spec(name, grid=(6, 1)))
+    kw = dict(b=64, h=1, w=1, grid=(6, 1))
+    fit(model, torch.Generator().manual_seed(7), steps=200, lr=0.01, **kw)
+    test = toy_batch(torch.Generator().manual_seed(98), **kw)
+    with torch.no_grad():
+        assert model.loss(model(test), test["target"]) < 0.75 * model.raw_loss(test)
+
+
+def test_censored_model_learns() -> None:
+    torch.manual_seed(0)
+    model = build_model(make_spec("mixed", distribution="censored_logistic"))
+    fit(model, torch.Generator().manual_seed(8), steps=150, lr=0.01, censored=True)
+    test = toy_batch(torch.Generator().manual_seed(97), b=32, censored=True)
+    with torch.no_grad():
+        out = model(test)
+        assert (out["mu"] >= 0).all()
+        assert model.loss(out, test["target"]) < 0.8 * model.raw_loss(test)
+
+
+# ---- loss, round trip ----------------------------------------------------------------------
+def test_loss_for_matches_model_loss_and_names_estimator() -> None:
+    spec = make_spec("emos_global")
+    model = build_model(spec)
+    batch = toy_batch(torch.Generator().manual_seed(9))
+    out = model(batch)
+    expected = (crps_gaussian(out["mu"], out["sigma"], batch["target"]) / float(STD[0])).mean()
+    torch.testing.assert_close(model.loss(out, batch["target"]), expected)
+    torch.testing.assert_close(loss_for(spec)(out, batch["target"], estimator="gaussian"), expected)
+    assert model.crps_estimator == "gaussian"
+    with pytest.raises(LossError, match="estimator 'fair' does not apply"):
+        model.loss(out, batch["target"], estimator="fair")
+
+
+def test_spec_and_state_round_trip() -> None:
+    spec = make_spec("mixed")
+    model = build_model(spec)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    rebuilt = build_model(ModelSpec.from_dict(spec.to_dict()))
+    rebuilt.load_state_dict(model.state_dict())
+    assert "norm.channel_mean_local" in model.state_dict()
+    batch = toy_batch(torch.Generator().manual_seed(10), b=2)
+    torch.testing.assert_close(model(batch)["sigma"], rebuilt(batch)["sigma"])
+
+
+# ---- errors --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"name": "gbm"}, "unknown model name 'gbm'"),
+        ({"distribution": "gamma"}, "unknown distribution 'gamma'"),
+        ({"targets": ()}, "at least one channel and one target"),
+        ({"target_channels": (0, 1)}, "one channel index per target"),
+        ({"target_channels": (7,)}, "out of range for 3 channels"),
+        ({"n_members": 0}, "n_members must be >= 1"),
+        ({"grid_shape": (0, 4)}, "grid_shape must be"),
+    ],
+)
+def test_spec_errors(kw: dict, match: str) -> None:
+    kw = dict(kw)
+    with pytest.raises(ModelSpecError, match=match):
+        make_spec(kw.pop("name", "mixed"), **kw)
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda s: s.pop("channel_mean"), "stats lack 'channel_mean'"),
+        (lambda s: s.update(channel_std=np.ones(2)), "has shape \\(2,\\), expected \\(3,\\)"),
+        (lambda s: s.update(channel_std=np.array([1.0, 0.0, 1.0])), "must be > 0"),
+        (lambda s: s.update(channel_mean=np.array([1.0, np.nan, 1.0])), "non-finite"),
+        (lambda s: s.update(channel_mean_local=np.zeros((3, 2, 2))), "channel_mean_local.*expected \\(3, 12, 16\\)"),
+        (lambda s: s.update(channels=np.array(["a", "b", "c"])), "does not match the spec's channels"),
+    ],
+)
+def test_stats_errors(edit, match: str) -> None:
+    stats = make_stats(GRID)
+    edit(stats)
+    with pytest.raises(StatsError, match=match):
+        make_spec("mixed", stats=stats)
+    with pytest.raises(StatsError, match="must be a mapping"):
+        make_spec("mixed", stats=[1, 2])
+
+
+def test_stats_fallbacks() -> None:
+    stats = make_stats(GRID)
+    stats["channel_std_local"][1, 2, 3] = 0.0
+    for key in ("channel_mean_local", "target_mean", "target_std"):
+        stats.pop(key)
+    r = resolve_stats(stats, channels=CHANNELS, targets=("t2m",), target_channels=(2,), grid_shape=GRID)
+    assert r["channel_std_local"][1, 2, 3] == STD[1]
+    np.testing.assert_array_equal(r["channel_mean_local"][:, 0, 0], MEAN)
+    assert r["target_std"][0] == STD[2]
+    np.testing.assert_array_equal(r["target_std_local"][0], r["channel_std_local"][2])
+
+
+def test_spec_dict_errors() -> None:
+    d = make_spec().to_dict()
+    with pytest.raises(ModelSpecError, match="unknown keys \\['colour'\\]"):
+        ModelSpec.from_dict({**d, "colour": 1})
+    d.pop("stats")
+    with pytest.raises(ModelSpecError, match="lacks keys \\['stats'\\]"):
+        ModelSpec.from_dict(d)
+
+
+def test_option_and_build_errors() -> None:
+    with pytest.raises(ModelSpecError, match="unknown option\\(s\\) \\['widht'\\]"):
+        build_model(make_spec("unet", options={"widht": 8}))
+    with pytest.raises(ModelSpecError, match="normalization='percentile'"):
+        build_model(make_spec("mlp", options={"normalization": "percentile"}))
+    with pytest.raises(ModelSpecError, match="option backbone='vit'"):
+        build_model(make_spec("mixed", options={"backbone": "vit"}))
+    with pytest.raises(ModelSpecError, match="'unet' needs gridded data"):
+        build_model(make_spec("unet", grid=(6, 1)))
+    with pytest.raises(ModelSpecError, match="option hidden=.* must be an int or a list"):
+        build_model(make_spec("mlp", options={"hidden": None}))
+    with pytest.raises(ModelSpecError, match="needs a ModelSpec"):
+        build_model({"name": "mixed"})  # type: ignore[arg-type]
+    with pytest.raises(ModelSpecError, match="U-Net needs depth >= 0"):
+        build_model(make_spec("unet", options={"depth": -1}))
+    with pytest.raises(ModelSpecError, match="ResNet needs n_blocks >= 0"):
+        build_model(make_spec("mixed", options={"backbone": "resnet", "n_blocks": -1}))
+
+
+def test_batch_errors() -> None:
+    model = build_model(make_spec("mixed"))
+    batch = toy_batch(torch.Generator().manual_seed(11), b=2)
+    with pytest.raises(ModelSpecError, match="batch lacks key 'x0'"):
+        model({k: v for k, v in batch.items() if k != "x0"})
+    with pytest.raises(ModelSpecError, match="batch\\['inputs'\\] has shape"):
+        model(dict(batch, inputs=batch["inputs"][:, :, :2]))
+    with pytest.raises(ModelSpecError, match="batch lacks key 'static'"):
+        model({k: v for k, v in batch.items() if k != "static"})
+    with pytest.raises(ModelSpecError, match="batch\\['static'\\] has shape"):
+        model(dict(batch, static=batch["static"][:, :1]))
+    with pytest.raises(StatsError, match="y0 .* out of range"):
+        model(dict(batch, y0=torch.tensor([0, 10])))
+    point = build_model(make_spec("mlp", grid=(6, 1)))
+    with pytest.raises(ModelSpecError, match="point data need H = W = 1"):
+        point(batch)
+    pbatch = toy_batch(torch.Generator().manual_seed(12), b=2, h=1, w=1, grid=(6, 1))
+    with pytest.raises(StatsError, match="station index\\) out of range"):
+        point(dict(pbatch, x0=torch.tensor([0, 6])))
+    global_point = build_model(make_spec("mlp", grid=(6, 1), options={"normalization": "global"}))
+    with pytest.raises(ModelSpecError, match="station index x0 out of range"):
+        global_point(dict(pbatch, x0=torch.tensor([0, 6])))
+    with pytest.raises(StatsError, match="point data need H = W = 1 per station"):
+        Normalizer(
+            resolve_stats(make_stats((6, 1)), channels=CHANNELS, targets=("t2m",), target_channels=(0,), grid_shape=(6, 1)),
+            point=True,
+        ).lookup("channel_mean_local", torch.tensor([0]), torch.tensor([0]), 2, 2)
