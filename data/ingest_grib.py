@@ -158,6 +158,30 @@ def _scan(path: str, *, allow_nan: bool) -> list[GribMessage]:
     return messages
 
 
+_HOUR = np.timedelta64(1, "h")
+
+
+def _lead(h: int, path: str, index: int, short: str, edition: int,
+          statistical: tuple | None) -> np.timedelta64:
+    """End of the step range.  GRIB 2: ``forecastTime`` (+ ``lengthOfTimeRange`` of a
+    statistical product), cheap header keys; otherwise eccodes' computed ``endStep``."""
+    get_long = eccodes.codes_get_long
+    if edition == 2:
+        unit = get_long(h, "indicatorOfUnitOfTimeRange")
+        end = get_long(h, "forecastTime")
+        if statistical is not None and statistical[-1] == unit and statistical[-2] is not None:
+            end += statistical[-2]
+        elif statistical is not None:
+            unit = -1  # ranges in different units: let eccodes compute endStep
+        if unit in _STEP_UNITS:
+            return np.timedelta64(end, _STEP_UNITS[unit]).astype("timedelta64[ns]")
+    unit = get_long(h, "stepUnits")
+    if unit not in _STEP_UNITS:
+        raise ReaderError(f"{path}: message {index} ({short}) has step units code {unit}; "
+                          "only minutes and hours are supported")
+    return np.timedelta64(get_long(h, "endStep"), _STEP_UNITS[unit]).astype("timedelta64[ns]")
+
+
 def _long(h: int, key: str) -> int | None:
     try:
         return int(eccodes.codes_get_long(h, key))
@@ -167,51 +191,47 @@ def _long(h: int, key: str) -> int | None:
 
 def _message(h: int, path: str, index: int, params: dict, grids: dict,
              allow_nan: bool) -> GribMessage:
-    get = eccodes.codes_get
-    edition = int(get(h, "edition"))
+    get_long, get_str = eccodes.codes_get_long, eccodes.codes_get_string
+    edition = get_long(h, "edition")
     raw = tuple(_long(h, k) for k in _PARAM_KEYS.get(edition, ()))
-    if edition == 2 and raw[3] in _STATISTICAL_PDTS:
+    statistical = edition == 2 and raw[3] in _STATISTICAL_PDTS
+    if statistical:
         raw += tuple(_long(h, k) for k in _STAT_KEYS)
-    pkey = (edition, get(h, "centre"), get(h, "typeOfLevel"), get(h, "stepType"), raw)
+    pkey = (edition, get_long(h, "centre"), raw)
     if pkey not in params:  # concept keys: slow, so once per distinct parameter
-        params[pkey] = (get(h, "shortName"), get(h, "units"))
-    short, units = params[pkey]
-    data_type = get(h, "dataType")
-    tol = pkey[2]
-    date, hhmm = int(get(h, "dataDate")), int(get(h, "dataTime"))
+        params[pkey] = (get_str(h, "shortName"), get_str(h, "units"), get_str(h, "typeOfLevel"))
+    short, units, tol = params[pkey]
+    data_type = get_str(h, "dataType")
+    date, hhmm = get_long(h, "dataDate"), get_long(h, "dataTime")
     init = np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}T"
                          f"{hhmm // 100:02d}:{hhmm % 100:02d}", "ns")
-    unit = int(get(h, "stepUnits", int))
-    if unit not in _STEP_UNITS:
-        raise ReaderError(f"{path}: message {index} ({short}) has step units code {unit}; "
-                          "only minutes and hours are supported")
-    lead = np.timedelta64(int(get(h, "endStep", int)), _STEP_UNITS[unit]).astype("timedelta64[ns]")
+    lead = _lead(h, path, index, short, edition, raw if statistical else None)
     number = _long(h, "number") or 0
-    gkey = (get(h, "gridType"), get(h, "Ni"), get(h, "Nj"),
-            get(h, "latitudeOfFirstGridPoint"), get(h, "longitudeOfFirstGridPoint"),
-            get(h, "latitudeOfLastGridPoint"), get(h, "longitudeOfLastGridPoint"))
-    if gkey[0] != "regular_ll":
-        raise ReaderError(f"{path}: message {index} ({short}) is on a {gkey[0]!r} grid; only "
-                          "regular_ll is supported")
+    gkey = (edition, get_long(h, "Ni"), get_long(h, "Nj"),
+            get_long(h, "latitudeOfFirstGridPoint"), get_long(h, "longitudeOfFirstGridPoint"),
+            get_long(h, "latitudeOfLastGridPoint"), get_long(h, "longitudeOfLastGridPoint"))
     if gkey not in grids:
-        grids[gkey] = (eccodes.codes_get_array(h, "distinctLatitudes"),
-                       eccodes.codes_get_array(h, "distinctLongitudes"))
-    lat, lon = grids[gkey]
-    n_missing = int(get(h, "numberOfMissing")) if get(h, "bitmapPresent") else 0
-    where = (f"{path} message {index} ({short}, {data_type}, "
-             f"init {np.datetime_as_string(init, unit='m')}, "
-             f"+{lead // np.timedelta64(1, 'h')} h, number {number})")
+        grid_type = get_str(h, "gridType")
+        if grid_type != "regular_ll":
+            raise ReaderError(f"{path}: message {index} ({short}) is on a {grid_type!r} grid; "
+                              "only regular_ll is supported")
+        lats = eccodes.codes_get_array(h, "distinctLatitudes")
+        lons = eccodes.codes_get_array(h, "distinctLongitudes")
+        grids[gkey] = (lats, lons, (grid_type, gkey[1], gkey[2], float(lats[0]),
+                                    float(lons[0]), float(lats[-1]), float(lons[-1])))
+    lat, lon, grid = grids[gkey]
+    n_missing = get_long(h, "numberOfMissing") if get_long(h, "bitmapPresent") else 0
     if n_missing and not allow_nan:
-        raise ReaderError(f"{where}: {n_missing} missing (NaN) points; pass allow_nan=True to "
-                          "accept them")
+        raise ReaderError(f"{path} message {index} ({short}, {data_type}, init "
+                          f"{np.datetime_as_string(init, unit='m')}, +{lead // _HOUR} h, "
+                          f"number {number}): {n_missing} missing (NaN) points; pass "
+                          "allow_nan=True to accept them")
     values = eccodes.codes_get_float_array(h, "values")  # float32 decode: no float64 detour
     if n_missing:
         values[eccodes.codes_get_array(h, "bitmap") == 0] = np.nan
-    grid = (gkey[0], gkey[1], gkey[2], float(lat[0]), float(lon[0]), float(lat[-1]),
-            float(lon[-1]))
     return GribMessage(path=path, index=index, data_type=data_type,
                        variable=canonical_name(short, type_of_level=tol), short_name=short,
-                       units=units, type_of_level=tol, level=get(h, "level"), init_time=init,
+                       units=units, type_of_level=tol, level=get_long(h, "level"), init_time=init,
                        lead_time=lead, number=number, grid=grid, n_missing=n_missing,
                        values=values.reshape(gkey[2], gkey[1]), latitudes=lat, longitudes=lon)
 
