@@ -23,7 +23,7 @@ from torch import nn
 
 from models.base import ModelSpec, PostProcessor, as_sequence
 from models.mlp import StationEmbedding, pointwise_mlp
-from models.unet import build_backbone, zero_head
+from models.unet import Conv1x1, build_backbone, zero_head
 
 
 class MemberEncoder(nn.Module):
@@ -32,7 +32,7 @@ class MemberEncoder(nn.Module):
     def __init__(self, c_in: int, hidden: list[int], dim: int) -> None:
         super().__init__()
         self.mlp, width = pointwise_mlp(c_in, hidden)
-        self.proj = nn.Conv2d(width, dim, 1)
+        self.proj = Conv1x1(width, dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, k = features.shape[:2]

@@ -13,14 +13,14 @@ import torch
 from torch import nn
 
 from models.base import ModelSpec, ModelSpecError, PostProcessor, as_sequence
-from models.unet import zero_head
+from models.unet import Conv1x1, zero_head
 
 
 def pointwise_mlp(c_in: int, hidden: list[int]) -> tuple[nn.Sequential, int]:
     """1x1-convolution MLP with GELU; returns the stack and its output width."""
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Conv2d(c_in, width, 1), nn.GELU()]
+        layers += [Conv1x1(c_in, width), nn.GELU()]
         c_in = width
     return nn.Sequential(*layers), c_in
 

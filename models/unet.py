@@ -85,9 +85,25 @@ def build_backbone(kind: str, c_in: int, *, width: int, depth: int, n_blocks: in
     raise ModelSpecError(f"option backbone={kind!r}: expected 'unet' or 'resnet'")
 
 
+class Conv1x1(nn.Conv2d):
+    """A 1x1 convolution computed as a matrix product over the channel dim.
+
+    Same parameters (and ``state_dict``) as ``nn.Conv2d(c_in, c_out, 1)``, but PyTorch's CPU
+    convolution is ~300x slower than ``F.linear`` on point data (``H = W = 1``, large batch):
+    measured 28 ms vs 0.1 ms for a ``[6400, 2, 1, 1] -> 32`` layer.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.linear(x.movedim(1, -1), self.weight.flatten(1), self.bias)
+        return y.movedim(-1, 1)
+
+
 def zero_head(c_in: int, c_out: int) -> nn.Conv2d:
     """A 1x1 convolution initialised to zero (the model starts as the raw ensemble)."""
-    conv = nn.Conv2d(c_in, c_out, 1)
+    conv = Conv1x1(c_in, c_out)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
