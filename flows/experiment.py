@@ -1,0 +1,151 @@
+"""``enspp experiment``: train and compare every system on one split, write a table and a dashboard.
+
+Two kinds, one YAML file each (``configs/experiments/*.yaml``)::
+
+    title: Magdeburg 2 m temperature (ECMWF ENS, +24 h)
+    kind: station                      # the only kind so far (the synthetic world: see docs/results.md)
+    station:
+      path: ../shared/data/station/ecmwf_ens_t2m_magdeburg_2002-2014.nc   # relative to the CWD
+      distribution: gaussian           # or censored_logistic (precipitation)
+      val_start: 2011-01-01            # valid dates [val_start, test_start) stop the fit early
+      test_start: 2012-01-01           # valid dates >= test_start are the test period
+      members: [5, 10, 25]             # K: the first K members (control = 0) feed the models
+      systems: [emos_global, emos_local, mlp, mixed]
+    train: {max_epochs: 300, patience: 25, seeds: 3}
+    evaluate: {n_resamples: 1000}
+
+Every CRPS is named: raw ensembles use the ``standard`` estimator (= properscoring), models
+their closed-form CRPS (``gaussian`` = the standard CRPS of the predictive distribution;
+``censored_logistic``).  ``quick`` shrinks everything for tests (one K, few epochs, one seed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+POINT_SYSTEMS = ("emos_global", "emos_local", "mlp", "mixed")
+
+
+class ExperimentConfigError(ValueError):
+    """An experiment file is malformed; the message names the file and the key."""
+
+
+class FeatureSettings(BaseModel):
+    """Station model inputs besides the members (all causal, see flows.experiment_point)."""
+
+    model_config = _FROZEN
+    day_of_year: bool = True
+    lagged_error: bool = True
+    lag_hours: float = Field(24.0, gt=0)
+    window_days: float = Field(7.0, gt=0)
+
+
+class StationSection(BaseModel):
+    model_config = _FROZEN
+    path: Path
+    variable: str | None = None
+    distribution: Literal["gaussian", "censored_logistic"] = "gaussian"
+    train_start: dt.date | None = None
+    val_start: dt.date
+    test_start: dt.date
+    test_end: dt.date | None = None
+    members: tuple[int, ...] = (5, 10, 25)
+    #: which K members: ``first`` = 0..K-1 (control first), ``perturbed`` = 1..K
+    subset: Literal["first", "perturbed"] = "first"
+    systems: tuple[Literal["emos_global", "emos_local", "mlp", "mixed"], ...] = POINT_SYSTEMS
+    features: FeatureSettings = FeatureSettings()
+    #: per-model options passed to ModelSpec.options (e.g. {mixed: {embed_dim: 16}})
+    model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _order(self) -> StationSection:
+        if not (self.train_start or dt.date.min) < self.val_start < self.test_start:
+            raise ValueError(f"dates must satisfy train_start < val_start < test_start, got "
+                             f"{self.train_start}, {self.val_start}, {self.test_start}")
+        if self.test_end is not None and self.test_end < self.test_start:
+            raise ValueError(f"test_end {self.test_end} is before test_start {self.test_start}")
+        if not self.members or min(self.members) < 1:
+            raise ValueError(f"members must be a non-empty list of K >= 1, got {list(self.members)}")
+        return self
+
+
+class TrainSection(BaseModel):
+    model_config = _FROZEN
+    max_epochs: int = Field(300, ge=1)
+    patience: int = Field(25, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    emos_lr: float = Field(3e-2, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    #: networks (mlp, mixed, unet) are fitted with this many seeds and their parameters averaged
+    seeds: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class EvaluateSection(BaseModel):
+    model_config = _FROZEN
+    n_resamples: int = Field(1000, ge=10)
+    confidence: float = Field(0.9, gt=0, lt=1)
+    seed: int = 0
+    #: twCRPS tails: thresholds are these quantiles of the training-period observations/analysis
+    tail_quantiles: tuple[float, float] = (0.05, 0.95)
+
+
+class ExperimentConfig(BaseModel):
+    model_config = _FROZEN
+    title: str
+    kind: Literal["station"]
+    station: StationSection | None = None
+    train: TrainSection = TrainSection()
+    evaluate: EvaluateSection = EvaluateSection()
+
+    @model_validator(mode="after")
+    def _section(self) -> ExperimentConfig:
+        if getattr(self, self.kind) is None:
+            raise ValueError(f"kind: {self.kind} needs a '{self.kind}' section")
+        return self
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Parse and validate an experiment YAML file (errors name the file and the key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ExperimentConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ExperimentConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        raise ExperimentConfigError(f"{path}: {key}: {err['msg']}") from e
+    return cfg
+
+
+def run_experiment(config: ExperimentConfig, *, out_dir: str | Path, quick: bool = False,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """Run the experiment; write ``table.md``, ``results.json`` and ``index.html`` into
+    ``out_dir``; return the results document (rows, timings, files)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    from flows.experiment_station import run_station
+
+    result = run_station(config, out_dir=out, quick=quick, progress=progress)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    result["quick"] = quick
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
