@@ -275,14 +275,16 @@ class PostProcessor(nn.Module):
         """Add the learned floor and return the output dict of ``self.distribution``.
 
         ``scale`` is the predictive std; for ``censored_logistic`` it is converted to the
-        logistic scale (``std * sqrt(3) / pi``) of the latent (uncensored) distribution.
+        logistic scale (``std * sqrt(3) / pi``) of the latent (uncensored) distribution, and
+        ``mu``/``sigma`` are the censored distribution's mean/std (detached from the graph).
         """
         floor = nn.functional.softplus(self.sigma_floor)[None, :, None, None] * self._tstd()
         scale = scale + floor
         if self.distribution == "gaussian":
             return {"mu": loc, "sigma": scale}
         scale = scale * _LOGISTIC_SCALE_PER_STD
-        mean, std = censored_logistic_moments(loc, scale)
+        with torch.no_grad():  # summary moments: the loss uses loc/scale, so no graph here
+            mean, std = censored_logistic_moments(loc, scale)
         return {"mu": mean, "sigma": std, "loc": loc, "scale": scale}
 
     # ---- forward and loss -----------------------------------------------------------------
@@ -355,6 +357,6 @@ def as_sequence(value: Any, name: str) -> Sequence[int]:
         return [value]
     try:
         seq = [int(v) for v in value]
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ModelSpecError(f"option {name}={value!r} must be an int or a list of ints") from err
     return seq
