@@ -19,7 +19,6 @@ killed run is repaired by running it again.  NetCDF products are written whole.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -55,7 +55,8 @@ def test_round_trip_same_outputs_metadata_and_buffers(world):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random", "not_lightning", "no_metadata",
-                                    "bad_version", "bad_weights"])
+                                    "not_mapping", "lacks_keys", "bad_version", "bad_spec",
+                                    "bad_weights"])
 def test_corrupt_checkpoints_name_the_file(world, tmp_path, damage):
     path = tmp_path / f"{damage}.ckpt"
     good = world["ckpt"].read_bytes()
@@ -68,6 +69,14 @@ def test_corrupt_checkpoints_name_the_file(world, tmp_path, damage):
         torch.save({"weights": torch.zeros(2)}, path)
     elif damage == "no_metadata":
         torch.save({"state_dict": raw["state_dict"]}, path)
+    elif damage == "not_mapping":
+        torch.save({**raw, METADATA_KEY: [1, 2]}, path)
+    elif damage == "lacks_keys":
+        torch.save({**raw, METADATA_KEY: {"metadata_version": raw[METADATA_KEY]["metadata_version"]}},
+                   path)
+    elif damage == "bad_spec":
+        spec = {**raw[METADATA_KEY]["spec"], "name": "transformer"}
+        torch.save({**raw, METADATA_KEY: {**raw[METADATA_KEY], "spec": spec}}, path)
     elif damage == "bad_version":
         torch.save({**raw, METADATA_KEY: {**raw[METADATA_KEY], "metadata_version": 99}}, path)
     else:

@@ -3,7 +3,6 @@ tiles vs whole fields, idempotent and repairable appends, NaN policy and bad inp
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import xarray as xr
 import zarr
 
 from models.checkpoint import CheckpointMismatchError, file_sha256
-from models.predict import PredictError, predict, tiling
+from models.predict import PredictError, _static, predict, tiling
 from models.product import ProductError, open_product
 from pipeline.align import open_dataset
 from pipeline.members import MemberSelectionError
@@ -148,6 +147,10 @@ def test_existing_product_of_another_run_is_refused(world, tmp_path):
     (tmp_path / "other.zarr").mkdir()
     with pytest.raises(ProductError, match="not a"):
         predict(world["raw"], world["paths"].forecast, out=tmp_path / "other.zarr")
+    with pytest.raises(ProductError, match="not an enspp product store"):
+        predict(world["raw"], world["paths"].forecast, out=world["paths"].forecast)
+    with pytest.raises(ProductError, match="not an enspp product store"):
+        open_product(world["paths"].forecast)
     with pytest.raises(FileNotFoundError):
         open_product(tmp_path / "missing.zarr")
 
@@ -181,6 +184,8 @@ def test_bad_requests_name_the_problem(world, tmp_path):
     empty = open_dataset(store).isel(init_time=slice(0, 0))
     with pytest.raises(PredictError, match="no .*init times"):
         predict(ckpt, empty, out=tmp_path / "p")
+    with pytest.raises(PredictError, match=r"static features \['snow'\]"):
+        _static(["lsm", "snow"], np.zeros((6, 2, 2), np.float32), 0.0, 1.0)
     no48 = open_dataset(store).sel(lead_time=[np.timedelta64(24, "h")])
     with pytest.raises(PredictError, match="lead time 48 h"):
         predict(ckpt, no48, out=tmp_path / "p")
