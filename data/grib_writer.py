@@ -15,6 +15,7 @@ member count.  Analyses (dim ``time``, optional ``member`` for an analysis ensem
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,6 +88,8 @@ def write_grib(path: str | Path, ds: xr.Dataset, *, kind: Literal["forecast", "a
     absent and not written (so variables with different lead times can share a dataset); a
     partly-NaN field is an error.  ``append=True`` adds messages to
     an existing file.  16-bit packing: values round-trip within the packing precision.
+    Everything is checked before the file is opened, so a dataset that cannot be written
+    leaves no file (or, with ``append``, an unchanged one).
     """
     path = Path(path)
     if kind not in ("forecast", "analysis"):
@@ -100,31 +103,70 @@ def write_grib(path: str | Path, ds: xr.Dataset, *, kind: Literal["forecast", "a
     lon = np.asarray(ds[schema.LONGITUDE].values, dtype=float)
     grid = _grid_keys(lat, lon, path)
     members = ds[schema.MEMBER].values if schema.MEMBER in ds.dims else None
-    n_written = 0
+    n_members = None if members is None else len(members)
+    plans = [_plan_variable(str(name), da, kind=kind, time_dim=time_dim, path=path)
+             for name, da in ds.data_vars.items()]
+    messages: list[bytes] = []
+    for plan in plans:
+        encoder = _encoder(plan.param, grid, kind=kind, n_members=n_members)
+        try:
+            messages.extend(_encode_variable(encoder, plan, kind=kind))
+        except BaseException:
+            _drop_encoder(encoder)
+            raise
     with open(path, "ab" if append else "wb") as fh:
-        for name, da in ds.data_vars.items():
-            param = GRIB_PARAMS.get(str(name))
-            if param is None:
-                raise GribWriteError(f"{path}: variable {name!r} has no GRIB encoding "
-                                     f"(known: {sorted(GRIB_PARAMS)})")
-            da = _to_grib_units(da, param, path)
-            has_level = schema.LEVEL in da.dims
-            if has_level and param.type_of_level != "isobaricInhPa":
-                raise GribWriteError(f"{path}: variable {name!r} is a single-level variable but has "
-                                     f"a {schema.LEVEL!r} dim")
-            order = [d for d in (time_dim, schema.LEAD_TIME, schema.MEMBER, schema.LEVEL,
-                                 schema.LATITUDE, schema.LONGITUDE) if d in da.dims]
-            extra = set(da.dims) - set(order)
-            if extra:
-                raise GribWriteError(f"{path}: variable {name!r} has unsupported dims {sorted(extra)}")
-            values = np.asarray(da.transpose(*order).values, dtype=np.float64)
-            template = _template(param, grid, kind=kind, n_members=None if members is None else len(members))
-            try:
-                n_written += _write_variable(fh, template, values, da, param, kind=kind,
-                                             time_dim=time_dim, path=path, name=str(name))
-            finally:
-                eccodes.codes_release(template)
-    return n_written
+        fh.write(b"".join(messages))
+    return len(messages)
+
+
+@dataclass(frozen=True)
+class _VariablePlan:
+    """One variable ready to encode: values ``(time, lead, member, level, point)`` and the keys."""
+
+    name: str
+    param: GribParam
+    values: np.ndarray
+    absent: np.ndarray  # (time, lead, member, level): the field is all-NaN, not written
+    dates: list[tuple[int, int]]  # (dataDate, dataTime) per time
+    steps: list[tuple[str, int | str]]  # ("step", hours) or ("stepRange", "a-b") per lead
+    members: list[int | None]
+    levels: list[int | None]
+
+
+def _plan_variable(name: str, da: xr.DataArray, *, kind: str, time_dim: str, path: Path) -> _VariablePlan:
+    """Check one variable and lay out its values and per-message keys (raises before any write)."""
+    param = GRIB_PARAMS.get(name)
+    if param is None:
+        raise GribWriteError(f"{path}: variable {name!r} has no GRIB encoding "
+                             f"(known: {sorted(GRIB_PARAMS)})")
+    da = _to_grib_units(da, param, path)
+    has_level = schema.LEVEL in da.dims
+    if has_level and param.type_of_level != "isobaricInhPa":
+        raise GribWriteError(f"{path}: variable {name!r} is a single-level variable but has "
+                             f"a {schema.LEVEL!r} dim")
+    order = [d for d in (time_dim, schema.LEAD_TIME, schema.MEMBER, schema.LEVEL,
+                         schema.LATITUDE, schema.LONGITUDE) if d in da.dims]
+    extra = set(da.dims) - set(order)
+    if extra:
+        raise GribWriteError(f"{path}: variable {name!r} has unsupported dims {sorted(extra)}")
+    times = pd.DatetimeIndex(da[time_dim].values)
+    leads_h = _lead_hours(da, path, name) if kind == "forecast" else [0]
+    members = [int(m) for m in da[schema.MEMBER].values] if schema.MEMBER in da.dims else [None]
+    levels = [int(v) for v in da[schema.LEVEL].values] if has_level else [None]
+    values = np.asarray(da.transpose(*order).values, dtype=np.float64)
+    values = values.reshape(len(times), len(leads_h), len(members), len(levels), -1)
+    finite = np.isfinite(values)
+    absent = ~finite.any(axis=-1)
+    if not (finite.all(axis=-1) | absent).all():
+        raise GribWriteError(f"{path}: variable {name!r} holds fields partly NaN/inf; GRIB fields "
+                             "here carry no missing-value bitmap")
+    # a lead whose fields are all absent (e.g. a 3-hour maximum at step 0) needs no step
+    present = ~absent.all(axis=(0, 2, 3))
+    steps = [_step_key(param, lead, kind=kind, path=path, name=name) if ok else ("step", lead)
+             for lead, ok in zip(leads_h, present)]
+    dates = [(t.year * 10000 + t.month * 100 + t.day, t.hour * 100 + t.minute) for t in times]
+    return _VariablePlan(name=name, param=param, values=values, absent=absent, dates=dates,
+                         steps=steps, members=members, levels=levels)
 
 
 def _grid_keys(lat: np.ndarray, lon: np.ndarray, path: Path) -> dict[str, float | int]:
@@ -157,6 +199,59 @@ def _to_grib_units(da: xr.DataArray, param: GribParam, path: Path) -> xr.DataArr
     return convert(da)
 
 
+class _Encoder:
+    """One reusable eccodes handle for one (parameter, grid, kind, ensemble size).
+
+    Messages differ only in date, step, member and level (and values), so the handle is kept
+    and only the keys whose value changes are set: about 8x cheaper than cloning a template
+    per message.  ``state`` remembers what was set last (the handle outlives one call).
+    """
+
+    __slots__ = ("handle", "state", "cache_key")
+
+    def __init__(self, handle: int, cache_key: tuple) -> None:
+        self.handle = handle
+        self.state: dict[str, int | str] = {}
+        self.cache_key = cache_key
+
+    def set_long(self, key: str, value: int) -> None:
+        if self.state.get(key) != value:
+            eccodes.codes_set_long(self.handle, key, value)
+            self.state[key] = value
+
+    def set_string(self, key: str, value: str) -> None:
+        if self.state.get(key) != value:
+            eccodes.codes_set_string(self.handle, key, value)
+            self.state[key] = value
+
+
+#: per thread: cache key -> encoder (a handle must not be shared between threads)
+_ENCODERS = threading.local()
+_MAX_ENCODERS = 32
+
+
+def _encoder(param: GribParam, grid: dict, *, kind: str, n_members: int | None) -> _Encoder:
+    """The cached encoder for this parameter, grid, kind and ensemble size (made on first use)."""
+    cache: dict[tuple, _Encoder] | None = getattr(_ENCODERS, "cache", None)
+    if cache is None:
+        cache = _ENCODERS.cache = {}
+    key = (param, tuple(grid.items()), kind, n_members)
+    enc = cache.get(key)
+    if enc is None:
+        if len(cache) >= _MAX_ENCODERS:
+            _drop_encoder(next(iter(cache.values())))
+        enc = cache[key] = _Encoder(_template(param, grid, kind=kind, n_members=n_members), key)
+    return enc
+
+
+def _drop_encoder(enc: _Encoder) -> None:
+    """Forget and release an encoder (after an error its handle's state is not trusted)."""
+    cache = getattr(_ENCODERS, "cache", {})
+    if cache.get(enc.cache_key) is enc:
+        del cache[enc.cache_key]
+    eccodes.codes_release(enc.handle)
+
+
 def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None) -> int:
     """A GRIB2 handle with grid, parameter, level type and product template set."""
     sample = "regular_ll_pl_grib2" if param.type_of_level == "isobaricInhPa" else "regular_ll_sfc_grib2"
@@ -185,42 +280,32 @@ def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None)
     return h
 
 
-def _write_variable(fh, template: int, values: np.ndarray, da: xr.DataArray, param: GribParam, *,
-                    kind: str, time_dim: str, path: Path, name: str) -> int:
-    times = pd.DatetimeIndex(da[time_dim].values)
-    leads_h = _lead_hours(da, path, name) if kind == "forecast" else [0]
-    members = [int(m) for m in da[schema.MEMBER].values] if schema.MEMBER in da.dims else [None]
-    levels = [int(v) for v in da[schema.LEVEL].values] if schema.LEVEL in da.dims else [None]
-    values = values.reshape(len(times), len(leads_h), len(members), len(levels), -1)
-    finite = np.isfinite(values)
-    absent = ~finite.any(axis=-1)
-    if not (finite.all(axis=-1) | absent).all():
-        raise GribWriteError(f"{path}: variable {name!r} holds fields partly NaN/inf; GRIB fields "
-                             "here carry no missing-value bitmap")
-    count = 0
-    for it, t in enumerate(times):
-        for il, lead in enumerate(leads_h):
-            for im, member in enumerate(members):
-                for iv, level in enumerate(levels):
+def _encode_variable(enc: _Encoder, plan: _VariablePlan, *, kind: str) -> list[bytes]:
+    """The messages of one variable, in (time, lead, member, level) order."""
+    out: list[bytes] = []
+    h = enc.handle
+    values, absent = plan.values, plan.absent
+    for it, (date, hhmm) in enumerate(plan.dates):
+        for il, (step_key, step) in enumerate(plan.steps):
+            for im, member in enumerate(plan.members):
+                for iv, level in enumerate(plan.levels):
                     if absent[it, il, im, iv]:
                         continue
-                    h = eccodes.codes_clone(template)
-                    try:
-                        eccodes.codes_set(h, "dataDate", int(t.strftime("%Y%m%d")))
-                        eccodes.codes_set(h, "dataTime", int(t.strftime("%H%M")))
-                        if member is not None:
-                            if kind == "forecast":
-                                eccodes.codes_set(h, "type", "cf" if member == 0 else "pf")
-                            eccodes.codes_set(h, "perturbationNumber", member)
-                        if level is not None:
-                            eccodes.codes_set(h, "level", level)
-                        _set_step(h, param, lead, kind=kind)
-                        eccodes.codes_set_values(h, values[it, il, im, iv])
-                        eccodes.codes_write(h, fh)
-                    finally:
-                        eccodes.codes_release(h)
-                    count += 1
-    return count
+                    enc.set_long("dataDate", date)
+                    enc.set_long("dataTime", hhmm)
+                    if member is not None:
+                        if kind == "forecast":
+                            enc.set_string("type", "cf" if member == 0 else "pf")
+                        enc.set_long("perturbationNumber", member)
+                    if level is not None:
+                        enc.set_long("level", level)
+                    if step_key == "step":
+                        enc.set_long("step", step)
+                    else:
+                        enc.set_string("stepRange", step)
+                    eccodes.codes_set_double_array(h, "values", values[it, il, im, iv])
+                    out.append(eccodes.codes_get_message(h))
+    return out
 
 
 def _lead_hours(da: xr.DataArray, path: Path, name: str) -> list[int]:
@@ -230,12 +315,12 @@ def _lead_hours(da: xr.DataArray, path: Path, name: str) -> list[int]:
     return [int(round(h)) for h in hours]
 
 
-def _set_step(h: int, param: GribParam, lead: int, *, kind: str) -> None:
+def _step_key(param: GribParam, lead: int, *, kind: str, path: Path, name: str) -> tuple[str, int | str]:
+    """``("step", lead)`` for an instant field, ``("stepRange", "start-lead")`` for a window."""
     if kind != "forecast" or param.step_type == "instant":
-        eccodes.codes_set(h, "step", lead)
-        return
+        return "step", lead
     start = 0 if param.step_type == "accum" else lead - param.window_h
     if start < 0:
-        raise GribWriteError(f"variable {param.short_name!r}: a {param.window_h} h window cannot "
-                             f"end at lead {lead} h")
-    eccodes.codes_set(h, "stepRange", f"{start}-{lead}")
+        raise GribWriteError(f"{path}: variable {name!r} ({param.short_name}): a {param.window_h} h "
+                             f"window cannot end at lead {lead} h")
+    return "stepRange", f"{start}-{lead}"

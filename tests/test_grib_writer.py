@@ -179,3 +179,35 @@ def test_write_errors(tmp_path, rng, case, match):
         ds["10fg3"].attrs["units"] = "m s-1"
     with pytest.raises(GribWriteError, match=match):
         write_grib(tmp_path / "x.grib", ds, kind=kind)
+
+
+def test_reused_handles_do_not_leak_keys_between_writes(tmp_path, rng):
+    """Encoders are cached between calls: writing A, then B (other members, dates, variables),
+    then A again gives A's bytes again, and B reads back as B."""
+    a = forecast(rng, inits=("2020-01-01 00:00",), members=3, leads=(0, 24))
+    b = forecast(rng, inits=("2021-06-02 12:00", "2021-06-03 00:00"), members=2, leads=(6,))
+    write_grib(tmp_path / "a1.grib", a, kind="forecast")
+    write_grib(tmp_path / "b.grib", b, kind="forecast")
+    write_grib(tmp_path / "a2.grib", a, kind="forecast")
+    assert (tmp_path / "a1.grib").read_bytes() == (tmp_path / "a2.grib").read_bytes()
+    back = read_grib_eccodes(tmp_path / "b.grib")
+    assert back["init_time"].values.tolist() == b["init_time"].values.tolist()
+    np.testing.assert_array_equal(back["member"].values, [0, 1])
+    for name in b.data_vars:
+        np.testing.assert_allclose(back[name].values, b[name].values, atol=tolerance(b[name].values))
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, rng):
+    """Every check runs before the file is opened: no new file, an appended file unchanged."""
+    ds = forecast(rng, members=2, leads=(0, 6))
+    bad = ds.copy()
+    bad["10fg3"] = ds["t2m"].assign_attrs(units="m s-1")  # a 3 h window cannot end at step 0
+    with pytest.raises(GribWriteError, match="window cannot end"):
+        write_grib(tmp_path / "new.grib", bad, kind="forecast")
+    assert not (tmp_path / "new.grib").exists()
+    path = tmp_path / "old.grib"
+    write_grib(path, ds, kind="forecast")
+    before = path.read_bytes()
+    with pytest.raises(GribWriteError, match="window cannot end"):
+        write_grib(path, bad, kind="forecast", append=True)
+    assert path.read_bytes() == before
