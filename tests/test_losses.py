@@ -163,3 +163,18 @@ def test_distribution_crps_dispatch_and_errors() -> None:
         distribution_crps({"mu": y, "sigma": y}, y, distribution="censored_logistic")
     with pytest.raises(LossError, match="unknown distribution 'gamma'"):
         distribution_crps(out, y, distribution="gamma")
+
+
+@pytest.mark.parametrize("loc,scale", [(-3.0, 1.0), (0.0, 1.0), (0.3, 2.0), (5.0, 0.5), (-0.2, 0.1), (40.0, 1.0)])
+def test_censored_logistic_moments_match_integration(loc: float, scale: float) -> None:
+    from models.distributions import censored_logistic_moments
+
+    def pdf(x: float) -> float:
+        e = np.exp(-(x - loc) / scale)
+        return e / (scale * (1 + e) ** 2)
+
+    m1 = integrate.quad(lambda x: x * pdf(x), 0, np.inf)[0]
+    m2 = integrate.quad(lambda x: x * x * pdf(x), 0, np.inf)[0]
+    mean, std = censored_logistic_moments(torch.tensor([loc]), torch.tensor([scale]))
+    assert mean.item() == pytest.approx(m1, rel=1e-6, abs=1e-9)
+    assert std.item() == pytest.approx(np.sqrt(m2 - m1 * m1), rel=1e-6)

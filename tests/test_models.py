@@ -334,6 +334,13 @@ def test_option_and_build_errors() -> None:
         build_model(make_spec("mixed", options={"backbone": "resnet", "n_blocks": -1}))
 
 
+def test_base_class_has_no_forward() -> None:
+    from models.base import PostProcessor
+
+    with pytest.raises(NotImplementedError, match="PostProcessor does not implement _forward"):
+        PostProcessor(make_spec("mixed", options={}))(toy_batch(torch.Generator().manual_seed(13), b=1))
+
+
 def test_batch_errors() -> None:
     model = build_model(make_spec("mixed"))
     batch = toy_batch(torch.Generator().manual_seed(11), b=2)
