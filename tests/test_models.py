@@ -154,6 +154,26 @@ def test_mixed_backbones_fully_convolutional(backbone: str) -> None:
     assert model(patch)["mu"].shape == (1, 1, 5, 11)
 
 
+@pytest.mark.parametrize("backbone", ["unet", "resnet"])
+def test_tile_interior_equals_whole_field(backbone: str) -> None:
+    """Fully convolutional: away from a tile's edge (receptive field) its output equals the
+    whole-field output, for tile origins on the U-Net's pooling grid (multiples of 2**depth)."""
+    torch.manual_seed(0)
+    options = dict(SMALL["mixed"], backbone=backbone, depth=1, n_blocks=2)
+    model = build_model(make_spec("mixed", options=options, grid=(40, 40)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        batch = toy_batch(torch.Generator().manual_seed(14), b=1, h=40, w=40, grid=(40, 40))
+        batch["y0"], batch["x0"] = torch.tensor([0]), torch.tensor([0])
+        whole = model(batch)["mu"]
+        tile = {k: (v[..., 8:32, 12:36] if k in ("inputs", "static", "target") else v) for k, v in batch.items()}
+        tile["y0"], tile["x0"] = torch.tensor([8]), torch.tensor([12])
+        part = model(tile)["mu"]
+    assert not torch.allclose(whole, raw_moments(batch)[0])
+    torch.testing.assert_close(part[..., 10:14, 10:14], whole[..., 18:22, 22:26], rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["emos_global", "emos_local", "mlp", "mixed"])
 def test_point_data_shapes_and_identity(name: str) -> None:
     spec = make_spec(name, grid=(6, 1))
