@@ -1,11 +1,13 @@
-"""The ingest's own GRIB decode loop (eccodes, one pass, values straight into the final array).
+"""The ingest's own GRIB decode loop (eccodes; values decoded straight into the final array).
 
 Why not :func:`data.readers.read_grib_eccodes`: it asks eccodes for ``shortName`` and ``units``
 of every message.  Those are *concept* keys that eccodes evaluates by scanning its parameter
 tables: 2-15 ms per message, i.e. 2-15x the decode of a 181x360 field, which made an ingest
 ~10x the decode floor.  Here the concepts are looked up once per distinct parameter, keyed on
-the section 1/4 keys they are defined by, and each field is decoded into its slot of the output
-array (no merge, no re-sort).  Conventions and inventory checks are those of :mod:`data.grib`
+the section 1/4 keys they are defined by; the headers of all messages are read first (handles
+kept open), the inventory is checked, and each field is then decoded (float32, by eccodes)
+straight into its slot of the output array: no per-message array, no copy, no merge, no
+re-sort.  Conventions and inventory checks are those of :mod:`data.grib`
 (its public :class:`~data.grib.GribMessage`, :func:`~data.grib.check_inventory`,
 :func:`~data.grib.absent_fields`, :func:`~data.grib.kind_of_messages`); the tests check that
 both give the same dataset.
@@ -48,7 +50,17 @@ def decode_grib(path: str | os.PathLike[str], *, kind: schema.Kind | None = None
     in one init time, fields absent for some lead times, unknown units.
     """
     source = str(path)
-    messages = _scan(source, allow_nan=allow_nan)
+    messages, handles = _scan(source, allow_nan=allow_nan)
+    try:
+        return _dataset(messages, handles, source=source, kind=kind, allow_nan=allow_nan)
+    finally:
+        for h in handles:
+            eccodes.codes_release(h)
+
+
+def _dataset(messages: list[GribMessage], handles: list[int], *, source: str,
+             kind: schema.Kind | None, allow_nan: bool) -> xr.Dataset:
+    """Check the inventory from the headers, then decode each field into its slot."""
     kind = kind or kind_of_messages(messages, source=source)
     check_inventory(messages, kind=kind)
     absent = absent_fields(messages, kind=kind)
@@ -65,7 +77,8 @@ def decode_grib(path: str | os.PathLike[str], *, kind: schema.Kind | None = None
         by_var[m.variable].append(m)
     arrays: dict[str, xr.DataArray] = {}
     for msgs in by_var.values():
-        da = _assemble(msgs, forecast=forecast, times=times, leads=leads, lat=lat, lon=lon)
+        da = _assemble(msgs, handles, forecast=forecast, times=times, leads=leads, lat=lat,
+                       lon=lon)
         name, da = canonical_variable(da, msgs[0].short_name, source=source,
                                       type_of_level=msgs[0].type_of_level)
         if name in arrays:
@@ -77,8 +90,8 @@ def decode_grib(path: str | os.PathLike[str], *, kind: schema.Kind | None = None
     return normalise_longitude(ds)
 
 
-def _assemble(msgs: list[GribMessage], *, forecast: bool, times: list, leads: list,
-              lat: np.ndarray, lon: np.ndarray) -> xr.DataArray:
+def _assemble(msgs: list[GribMessage], handles: list[int], *, forecast: bool, times: list,
+              leads: list, lat: np.ndarray, lon: np.ndarray) -> xr.DataArray:
     first = msgs[0]
     pressure = first.type_of_level == "isobaricInhPa"
     others = {(m.type_of_level, m.level) for m in msgs if m.type_of_level != "isobaricInhPa"}
@@ -114,7 +127,7 @@ def _assemble(msgs: list[GribMessage], *, forecast: bool, times: list, leads: li
             idx.append(ni[m.number])
         if pressure:
             idx.append(vi[int(m.level)])
-        data[tuple(idx)] = m.values
+        _decode_into(handles[m.index], data[tuple(idx)], n_missing=m.n_missing)
     coords: dict[str, object] = {dims[0]: np.array(times, dtype="datetime64[ns]"),
                                  schema.LATITUDE: lat, schema.LONGITUDE: lon}
     if forecast:
@@ -130,7 +143,33 @@ def _assemble(msgs: list[GribMessage], *, forecast: bool, times: list, leads: li
                         attrs=attrs)
 
 
-def _scan(path: str, *, allow_nan: bool) -> list[GribMessage]:
+def _decode_into(h: int, out: np.ndarray, *, n_missing: int) -> None:
+    """Decode the values of message ``h`` (float32) straight into ``out``, a C-contiguous
+    slot of the output array: no intermediate array, no copy."""
+    if _lib is not None and out.flags.c_contiguous:
+        length = _ffi.new("size_t*", out.size)
+        err = _lib.grib_get_float_array(_get_handle(h), b"values",
+                                        _ffi.cast("float *", out.ctypes.data), length)
+        _check(err)  # a size mismatch cannot pass check_inventory's grid check
+    else:  # pragma: no cover - other eccodes bindings
+        out[...] = eccodes.codes_get_float_array(h, "values").reshape(out.shape)
+    if n_missing:
+        out[eccodes.codes_get_array(h, "bitmap").reshape(out.shape) == 0] = np.nan
+
+
+def _scan(path: str, *, allow_nan: bool) -> tuple[list[GribMessage], list[int]]:
+    """Headers of every message, and the open handles (values are decoded later, into their
+    slots); on error all handles are released."""
+    handles: list[int] = []
+    try:
+        return _scan_headers(path, handles, allow_nan=allow_nan), handles
+    except BaseException:
+        for h in handles:
+            eccodes.codes_release(h)
+        raise
+
+
+def _scan_headers(path: str, handles: list[int], *, allow_nan: bool) -> list[GribMessage]:
     messages: list[GribMessage] = []
     params: dict[tuple, tuple[str, str]] = {}
     grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -143,12 +182,11 @@ def _scan(path: str, *, allow_nan: bool) -> list[GribMessage]:
                                   f"complete messages ({e})") from e
             if h is None:
                 break
+            handles.append(h)
             try:
                 messages.append(_message(h, path, len(messages), params, grids, allow_nan))
             except eccodes.GribInternalError as e:
                 raise ReaderError(f"{path}: cannot decode message {len(messages)} ({e})") from e
-            finally:
-                eccodes.codes_release(h)
         rest = fh.read()
     if not messages:
         raise ReaderError(f"{path}: not a GRIB file (no GRIB message found)")
@@ -159,6 +197,14 @@ def _scan(path: str, *, allow_nan: bool) -> list[GribMessage]:
 
 
 _HOUR = np.timedelta64(1, "h")
+
+try:  # the cffi layer of the eccodes bindings: decode into a caller's buffer
+    from gribapi.gribapi import GRIB_CHECK as _check
+    from gribapi.gribapi import ffi as _ffi
+    from gribapi.gribapi import get_handle as _get_handle
+    from gribapi.gribapi import lib as _lib
+except ImportError:  # pragma: no cover - other eccodes bindings
+    _lib = None
 
 
 def _lead(h: int, path: str, index: int, short: str, edition: int,
@@ -226,14 +272,11 @@ def _message(h: int, path: str, index: int, params: dict, grids: dict,
                           f"{np.datetime_as_string(init, unit='m')}, +{lead // _HOUR} h, "
                           f"number {number}): {n_missing} missing (NaN) points; pass "
                           "allow_nan=True to accept them")
-    values = eccodes.codes_get_float_array(h, "values")  # float32 decode: no float64 detour
-    if n_missing:
-        values[eccodes.codes_get_array(h, "bitmap") == 0] = np.nan
     return GribMessage(path=path, index=index, data_type=data_type,
                        variable=canonical_name(short, type_of_level=tol), short_name=short,
                        units=units, type_of_level=tol, level=get_long(h, "level"), init_time=init,
                        lead_time=lead, number=number, grid=grid, n_missing=n_missing,
-                       values=values.reshape(gkey[2], gkey[1]), latitudes=lat, longitudes=lon)
+                       latitudes=lat, longitudes=lon)
 
 
 __all__ = ["decode_grib"]

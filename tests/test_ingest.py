@@ -188,6 +188,14 @@ def test_bad_input_is_refused_and_store_unchanged(tmp_path, files, seeded, case,
     assert digest(store) == before
 
 
+def test_missing_points_become_nan_when_allowed(tmp_path, files):
+    bad = _nan_points(tmp_path, files[0])
+    ds = decode_grib(bad, allow_nan=True)
+    n_missing = int(ds["z"].isnull().sum())
+    assert n_missing > 0 and n_missing == int(ds["z"].isel(lead_time=0, member=1).isnull().sum())
+    xr.testing.assert_identical(ds, read_grib_eccodes(bad, allow_nan=True))
+
+
 def test_duplicate_init_times_across_files_in_one_batch(tmp_path, files, seeded):
     store, before = seeded
     twin = grib(tmp_path, INITS[1], seed=77)
