@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 SUM_VARS = ("weighted_sum", "weight_sum", "count")
@@ -147,6 +148,23 @@ def sums_over(
     return merge_sums(*parts)
 
 
+def valid_time_positions(
+    times: np.ndarray, init_times: np.ndarray, lead_times: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where ``valid_time = init_time + lead_time`` lies in ``times`` (an analysis' time axis).
+
+    Returns ``(positions, index, missing)``: the sorted distinct positions in ``times`` of the
+    valid times, ``index[i, l]`` the position of ``init_i + lead_l`` within ``positions``,
+    and the valid times ``times`` lacks (empty when all are there; the positions are then
+    meaningless).
+    """
+    valid = np.asarray(init_times)[:, None] + np.asarray(lead_times)[None, :]
+    distinct, index = np.unique(valid, return_inverse=True)
+    missing = np.setdiff1d(distinct, times)
+    positions = pd.Index(times).get_indexer(distinct)
+    return positions, index.reshape(valid.shape), missing
+
+
 def observation_at_valid_time(
     analysis: xr.DataArray,
     init_time: xr.DataArray,
@@ -158,14 +176,13 @@ def observation_at_valid_time(
     lead_time, ...) so it aligns with a forecast.  Raises if a valid time is missing."""
     if time_dim not in analysis.dims:
         raise AggregationError(f"analysis {analysis.name or ''} has no {time_dim!r} dim: dims {tuple(analysis.dims)}")
-    valid = init_time + lead_time  # broadcast to (init_time, lead_time)
-    wanted = np.unique(valid.values.ravel())
     have = analysis[time_dim].values
-    missing = np.setdiff1d(wanted, have)
+    positions, index, missing = valid_time_positions(have, init_time.values, lead_time.values)
     if missing.size:
         raise AggregationError(
             f"analysis {analysis.name or ''} lacks {missing.size} valid time(s) of the forecast, "
             f"first {str(missing[0])[:19]}; it covers {str(have.min())[:19]}..{str(have.max())[:19]}"
         )
-    out = analysis.sel({time_dim: valid})
-    return out.drop_vars(time_dim, errors="ignore")
+    at = xr.DataArray(positions[index], dims=(init_time.dims[0], lead_time.dims[0]),
+                      coords={init_time.dims[0]: init_time.values, lead_time.dims[0]: lead_time.values})
+    return analysis.isel({time_dim: at}).drop_vars(time_dim, errors="ignore")

@@ -144,7 +144,8 @@ class EvaluateConfig(_Frozen):
     cases: list[Path] = []
     reference: str = "raw_full"
     nan_policy: Literal["skip", "error"] = "skip"
-    #: init times per chunk: memory is bounded by one chunk whatever the period's length
+    #: init times per chunk: memory is bounded by two chunks (one is read ahead while the
+    #: other is scored) whatever the period's length
     chunk_size: int = Field(8, ge=1)
     #: lead time (hours) of the maps; the first evaluated lead when omitted
     map_lead_time: int | None = None

@@ -14,6 +14,7 @@ NaN policy: see :mod:`evaluation.config` (``nan_policy``).
 from __future__ import annotations
 
 import datetime as _dt
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,21 +22,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE
-from evaluation import scoring
-from evaluation.aggregate import merge_sums, score_sums
+from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from evaluation import fused, scoring
 from evaluation.bootstrap import bootstrap_skill, diebold_mariano
 from evaluation.cases import CaseResult, evaluate_case, load_catalogue
 from evaluation.config import EvaluateConfig
 from evaluation.metrics import climatological_quantile
 from evaluation.registry import MissingReferenceError
 from evaluation.systems import (AlignmentError, SystemField, check_same_grid, common_init_times,
-                                open_systems, open_truth, select_period, truth_at_valid_time)
+                                open_systems, open_truth, select_period, truth_at_valid_time,
+                                truth_values)
 from evaluation.weights import region_weights
-
-#: per-init quantities aggregated for every system (CRPS and moments of the error)
-MOMENTS = ("error", "abs_error", "sq_error", "variance")
-
 
 class NanPolicyError(ValueError):
     """NaN found where ``nan_policy: error`` forbids it."""
@@ -78,16 +75,18 @@ def _weights(template: xr.DataArray, regions: list[str]) -> dict[str, xr.DataArr
     return {r: region_weights(template[LATITUDE], template[LONGITUDE], r) for r in regions}
 
 
-def _check_nan(obs: xr.DataArray, fields: dict[str, SystemField], *, variable: str) -> None:
-    n = int(obs.isnull().sum())
+def _check_nan(obs: np.ndarray, tidx: np.ndarray, arrays: dict[str, list[np.ndarray]], *,
+               variable: str) -> None:
+    n = int(np.isnan(obs).sum(axis=(1, 2))[tidx].sum())
     if n:
         raise NanPolicyError(f"nan_policy 'error': the truth of {variable!r} holds {n} NaN values "
                              f"at the forecasts' valid times (use nan_policy 'skip' to drop them)")
-    for key, f in fields.items():
-        for part in (f.ensemble, f.mu, f.sigma):
-            if part is not None and int(part.isnull().sum()):
+    for key, parts in arrays.items():
+        for part in parts:
+            bad = int(np.isnan(part).sum())
+            if bad:
                 raise NanPolicyError(f"nan_policy 'error': system {key!r}, {variable!r} holds "
-                                     f"{int(part.isnull().sum())} NaN values")
+                                     f"{bad} NaN values")
 
 
 def _tw_thresholds(config: EvaluateConfig, truth: xr.DataArray, template: xr.DataArray,
@@ -113,62 +112,114 @@ def _tw_thresholds(config: EvaluateConfig, truth: xr.DataArray, template: xr.Dat
     return out
 
 
+_GRID = (INIT_TIME, LEAD_TIME, LATITUDE, LONGITUDE)
+
+
+def _read_chunk(f: SystemField) -> list[np.ndarray]:
+    """The chunk of a system as numpy, canonical order, each array read once: ``[ensemble]``
+    ``(init, lead, member, lat, lon)`` or ``[mu, sigma]`` ``(init, lead, lat, lon)``."""
+    if f.kind == "ensemble":
+        return [f.ensemble.transpose(INIT_TIME, LEAD_TIME, MEMBER, LATITUDE, LONGITUDE).values]
+    return [f.mu.transpose(*_GRID).values, f.sigma.transpose(*_GRID).values]
+
+
+def _chunk_sums(config: EvaluateConfig, f: SystemField, arrays: list[np.ndarray], obs: np.ndarray,
+                tidx: np.ndarray, weights: np.ndarray, tw: dict, *, rank: bool,
+                offset: int) -> fused.ChunkSums:
+    """Fused sums of one system's chunk; twCRPS (if asked) through :mod:`evaluation.metrics`."""
+    if f.kind == "ensemble":
+        cs = fused.ensemble_chunk_sums(arrays[0], obs, tidx, weights, estimator=config.crps_estimator,
+                                       rank=rank, seed=config.bootstrap.seed, init_offset=offset)
+    else:
+        cs = fused.gaussian_chunk_sums(arrays[0], arrays[1], obs, tidx, weights, pit=rank)
+    if tw:
+        t = f.template
+        y = xr.DataArray(obs[tidx], dims=_GRID, coords={d: t[d].values for d in _GRID})
+        if f.kind == "ensemble":
+            field = SystemField(f.key, f.variable, f.kind, ensemble=xr.DataArray(
+                arrays[0], dims=(INIT_TIME, LEAD_TIME, MEMBER, LATITUDE, LONGITUDE),
+                coords=y.coords))
+        else:
+            field = SystemField(f.key, f.variable, f.kind, mu=y.copy(data=arrays[0]),
+                                sigma=y.copy(data=arrays[1]))
+        for label, thr in tw.items():
+            score = scoring.twcrps(field, y, threshold=thr, tail=config.twcrps.tail,
+                                   estimator=config.crps_estimator)
+            cs = cs.with_extra(f"twcrps_{label}", fused.point_sums(score.transpose(*_GRID).values, weights))
+    return cs
+
+
 def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, SystemField],
                    truth: xr.DataArray) -> VariableScores:
-    """Chunked scores of every system for ``variable`` (fields already cut to the period)."""
+    """Chunked scores of every system for ``variable`` (fields already cut to the period).
+
+    Per chunk of init times every system is read once as numpy and the truth once at the
+    chunk's distinct valid times; :mod:`evaluation.fused` turns them into sums in one pass.
+    """
     keys = list(fields)
     ref = fields[config.reference] if config.reference in fields else fields[keys[0]]
-    init_times = ref.template[INIT_TIME].values
-    weights = _weights(ref.template, config.regions)
-    tw = _tw_thresholds(config, truth, ref.template, init_times) if "twcrps" in config.metrics else {}
+    tmpl = ref.template
+    init_times = tmpl[INIT_TIME].values
+    regions = list(config.regions)
+    weights = np.ascontiguousarray(np.stack([
+        xr.broadcast(w, tmpl[LATITUDE], tmpl[LONGITUDE])[0].transpose(LATITUDE, LONGITUDE).values
+        for w in _weights(tmpl, regions).values()]), dtype=np.float64)
+    tw = _tw_thresholds(config, truth, tmpl, init_times) if "twcrps" in config.metrics else {}
     want_hist = "rank_histogram" in config.metrics
-    per_init_parts: list[xr.Dataset] = []
-    map_sums: dict[str, xr.Dataset] = {}
-    hists: dict[str, xr.DataArray] = {}
-    hist_kind: dict[str, str] = {}
-    nan_dropped = {k: 0 for k in keys}
-    for start in range(0, init_times.size, config.chunk_size):
-        sl = {INIT_TIME: slice(start, start + config.chunk_size)}
-        chunk = {k: f.isel(sl).load() for k, f in fields.items()}
-        obs = truth_at_valid_time(truth, chunk[keys[0]].template,
-                                  what=f"truth vs forecasts of {variable!r}").load()
-        if config.nan_policy == "error":
-            _check_nan(obs, chunk, variable=variable)
-        part_vars: dict[str, dict[str, dict[str, xr.DataArray]]] = {}
-        for k, f in chunk.items():
-            q = {"crps": scoring.crps(f, obs, estimator=config.crps_estimator),
-                 **scoring.moments(f, obs)}
-            for label, thr in tw.items():
-                q[f"twcrps_{label}"] = scoring.twcrps(f, obs, threshold=thr, tail=config.twcrps.tail,
-                                                      estimator=config.crps_estimator)
-            nan_dropped[k] += int(q["crps"].isnull().sum())
-            for name, da in q.items():
-                for region, w in weights.items():
-                    s = score_sums(da, reduce_dims=[LATITUDE, LONGITUDE], weights=w)
-                    part_vars.setdefault(f"{name}_ws", {}).setdefault(k, {})[region] = s["weighted_sum"]
-                    part_vars.setdefault(f"{name}_w", {}).setdefault(k, {})[region] = s["weight_sum"]
-            m = score_sums(q["crps"], reduce_dims=[INIT_TIME])
-            map_sums[k] = m if k not in map_sums else merge_sums(map_sums[k], m)
-            if want_hist:
-                b, nb = scoring.rank_or_pit(f, obs, seed=start)
-                hist_kind[k] = "rank" if f.kind == "ensemble" else "pit"
-                h = _histogram(b, nb, weights)
-                hists[k] = h if k not in hists else hists[k] + h
-        per_init_parts.append(xr.Dataset({n: _stack(v, keys, list(weights)) for n, v in part_vars.items()}))
-    per_init = xr.concat(per_init_parts, INIT_TIME)
-    crps_map = xr.concat([(map_sums[k]["weighted_sum"] / map_sums[k]["weight_sum"].where(map_sums[k]["weight_sum"] > 0))
-                          .expand_dims(system=[k]) for k in keys], "system")
+    totals: dict[str, fused.ChunkSums] = {}
+    starts = range(0, init_times.size, config.chunk_size)
+
+    def read(start: int) -> tuple[dict[str, SystemField], np.ndarray, np.ndarray, dict[str, list[np.ndarray]]]:
+        chunk = {k: f.isel({INIT_TIME: slice(start, start + config.chunk_size)}) for k, f in fields.items()}
+        obs, tidx = truth_values(truth, chunk[keys[0]].template, what=f"truth vs forecasts of {variable!r}")
+        return chunk, obs, tidx, {k: _read_chunk(f) for k, f in chunk.items()}
+
+    # the next chunk is read (I/O, decompression: outside the GIL) while this one is scored;
+    # memory is two chunks at most
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, starts[0])
+        for n, start in enumerate(starts):
+            chunk, obs, tidx, arrays = pending.result()
+            if n + 1 < len(starts):
+                pending = pool.submit(read, starts[n + 1])
+            if config.nan_policy == "error":
+                _check_nan(obs, tidx, arrays, variable=variable)
+            for k in keys:
+                cs = _chunk_sums(config, chunk[k], arrays[k], obs, tidx, weights, tw, rank=want_hist,
+                                 offset=start)
+                totals[k] = cs if k not in totals else totals[k].merge(cs)
+            del chunk, obs, arrays
+    per_init = _per_init(totals, keys, regions, tmpl)
+    space = {LEAD_TIME: tmpl[LEAD_TIME].values, LATITUDE: tmpl[LATITUDE].values,
+             LONGITUDE: tmpl[LONGITUDE].values}
+    crps_map = xr.concat([
+        xr.DataArray(np.divide(c.map_sum, c.map_count, out=np.full_like(c.map_sum, np.nan),
+                               where=c.map_count > 0),
+                     dims=(LEAD_TIME, LATITUDE, LONGITUDE), coords=space).expand_dims(system=[k])
+        for k, c in totals.items()], "system")
     crps_map.attrs = {"long_name": "mean CRPS over init times", "estimator": _estimator_label(config, fields)}
+    hists = {k: xr.DataArray(c.hist, dims=("region", LEAD_TIME, "bin"),
+                             coords={"region": regions, LEAD_TIME: space[LEAD_TIME],
+                                     "bin": np.arange(c.hist.shape[-1])})
+             for k, c in totals.items() if c.hist is not None}
+    hist_kind = {k: "rank" if fields[k].kind == "ensemble" else "pit" for k in hists}
     units = str(truth.attrs.get("units", ""))
     return VariableScores(variable, units, keys, per_init, crps_map, hists, hist_kind,
-                          {k: scoring.n_members(f) for k, f in fields.items()}, nan_dropped,
-                          tw_labels=list(tw))
+                          {k: scoring.n_members(f) for k, f in fields.items()},
+                          {k: c.n_nan for k, c in totals.items()}, tw_labels=list(tw))
 
 
-def _stack(parts: dict[str, dict[str, xr.DataArray]], keys: list[str], regions: list[str]) -> xr.DataArray:
-    """``{system: {region: da}}`` -> one DataArray with leading ``system`` and ``region`` dims."""
-    return xr.concat([xr.concat([parts[k][r] for r in regions], dim=pd.Index(regions, name="region", dtype=object))
-                      for k in keys], dim=pd.Index(keys, name="system", dtype=object))
+def _per_init(parts: dict[str, fused.ChunkSums], keys: list[str], regions: list[str],
+              template: xr.DataArray) -> xr.Dataset:
+    """``<q>_ws`` / ``<q>_w`` with dims (system, region, init_time, lead_time)."""
+    coords = {"system": pd.Index(keys, dtype=object), "region": pd.Index(regions, dtype=object),
+              INIT_TIME: template[INIT_TIME].values, LEAD_TIME: template[LEAD_TIME].values}
+    dims = ("system", "region", INIT_TIME, LEAD_TIME)
+    out = {}
+    for j, name in enumerate(parts[keys[0]].names):
+        out[f"{name}_ws"] = (dims, np.stack([parts[k].sums[j] for k in keys]))
+        out[f"{name}_w"] = (dims, np.stack([parts[k].weights[j] for k in keys]))
+    return xr.Dataset(out, coords=coords)
 
 
 def _estimator_label(config: EvaluateConfig, fields: dict[str, SystemField]) -> str:
@@ -179,22 +230,6 @@ def _estimator_label(config: EvaluateConfig, fields: dict[str, SystemField]) -> 
     if "gaussian" in kinds:
         parts.append("gaussian closed form (distributional products)")
     return "; ".join(parts)
-
-
-def _histogram(bins: xr.DataArray, nb: int, weights: dict[str, xr.DataArray]) -> xr.DataArray:
-    """Area-weighted counts per (region, lead_time, bin)."""
-    b = bins.transpose(INIT_TIME, LEAD_TIME, LATITUDE, LONGITUDE).values
-    out = np.zeros((len(weights), b.shape[1], nb))
-    for r, w in enumerate(weights.values()):
-        wv = np.broadcast_to(w.transpose(LATITUDE, LONGITUDE).values, b.shape[2:])
-        for j in range(b.shape[1]):
-            bj = b[:, j]
-            ok = ~np.isnan(bj)
-            ww = np.broadcast_to(wv, bj.shape)[ok]
-            out[r, j] = np.bincount(bj[ok].astype(np.int64), weights=ww, minlength=nb)[:nb]
-    return xr.DataArray(out, dims=("region", LEAD_TIME, "bin"),
-                        coords={"region": list(weights), LEAD_TIME: bins[LEAD_TIME].values,
-                                "bin": np.arange(nb)})
 
 
 # ------------------------------------------------------------------ summary scores and skill
@@ -294,7 +329,7 @@ def prepare_fields(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
             raise MissingReferenceError(f"evaluate.reference: the reference {config.reference!r} "
                                         f"does not provide variable {v!r}")
         common = common_init_times(list(fs.values()))
-        fs = {k: f.sel({INIT_TIME: common}) for k, f in fs.items()}
+        fs = {k: _keep_init_times(f, common) for k, f in fs.items()}
         ref = fs[config.reference].template
         for k, f in fs.items():
             t = f.template
@@ -304,6 +339,15 @@ def prepare_fields(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
             check_same_grid(t, ref, what=f"system {k!r} vs reference {config.reference!r} ({v!r})")
         out[v] = fs
     return out
+
+
+def _keep_init_times(field: SystemField, init_times: np.ndarray) -> SystemField:
+    """``field`` at ``init_times`` (a subset of its own, in that order): a slice where they are consecutive,
+    so the store's chunks are read as they are rather than through a fancy-index copy."""
+    pos = pd.Index(field.template[INIT_TIME].values).get_indexer(init_times)
+    if pos.size and np.array_equal(pos, np.arange(pos[0], pos[-1] + 1)):
+        return field.isel({INIT_TIME: slice(int(pos[0]), int(pos[-1]) + 1)})
+    return field.isel({INIT_TIME: pos})
 
 
 def _hours(da: xr.DataArray) -> list[float]:

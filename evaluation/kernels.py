@@ -35,6 +35,43 @@ ESTIMATORS = ("standard", "fair")
 _INSERTION_MAX = 64  # below this many members insertion sort beats a general sort
 
 
+@njit(cache=True)
+def sorted_valid(row, buf):  # pragma: no cover - compiled
+    """Copy the non-NaN values of ``row`` into ``buf`` (float64), sort them; return their number."""
+    n = 0
+    for i in range(row.shape[0]):
+        v = np.float64(row[i])
+        if not np.isnan(v):
+            buf[n] = v
+            n += 1
+    if n <= _INSERTION_MAX:
+        for i in range(1, n):
+            v = buf[i]
+            j = i - 1
+            while j >= 0 and buf[j] > v:
+                buf[j + 1] = buf[j]
+                j -= 1
+            buf[j + 1] = v
+    else:
+        buf[:n] = np.sort(buf[:n])
+    return n
+
+
+@njit(cache=True)
+def crps_sorted(xs, n, y, fair):  # pragma: no cover - compiled
+    """CRPS of the ``n`` sorted members ``xs[:n]`` (n >= 1) against ``y`` (module docstring)."""
+    abs_sum = 0.0
+    spread = 0.0  # sum_k (2k - n - 1) x_(k) = (1/2) sum_ij |x_i - x_j|
+    for k in range(n):
+        abs_sum += abs(xs[k] - y)
+        spread += (2.0 * k + 1.0 - n) * xs[k]
+    if n == 1:
+        return abs_sum
+    if fair:
+        return abs_sum / n - spread / (n * (n - 1.0))
+    return abs_sum / n - spread / (n * n)
+
+
 def _crps_rows_impl(x, y, fair, out):  # pragma: no cover - compiled
     n_rows, m_total = x.shape
     for r in prange(n_rows):
@@ -43,37 +80,8 @@ def _crps_rows_impl(x, y, fair, out):  # pragma: no cover - compiled
             out[r] = np.nan
             continue
         buf = np.empty(m_total, dtype=np.float64)
-        n = 0
-        for i in range(m_total):
-            v = np.float64(x[r, i])
-            if not np.isnan(v):
-                buf[n] = v
-                n += 1
-        if n == 0:
-            out[r] = np.nan
-            continue
-        if n <= _INSERTION_MAX:
-            for i in range(1, n):
-                v = buf[i]
-                j = i - 1
-                while j >= 0 and buf[j] > v:
-                    buf[j + 1] = buf[j]
-                    j -= 1
-                buf[j + 1] = v
-            xs = buf
-        else:
-            xs = np.sort(buf[:n])
-        abs_sum = 0.0
-        spread = 0.0  # sum_k (2k - n - 1) x_(k) = (1/2) sum_ij |x_i - x_j|
-        for k in range(n):
-            abs_sum += abs(xs[k] - yy)
-            spread += (2.0 * k + 1.0 - n) * xs[k]
-        if n == 1:
-            out[r] = abs_sum
-        elif fair:
-            out[r] = abs_sum / n - spread / (n * (n - 1.0))
-        else:
-            out[r] = abs_sum / n - spread / (n * n)
+        n = sorted_valid(x[r], buf)
+        out[r] = crps_sorted(buf, n, yy, fair) if n else np.nan
 
 
 _crps_rows_serial = njit(cache=True)(_crps_rows_impl)

@@ -27,6 +27,7 @@ import xarray as xr
 
 from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, TIME,
                          select_variable, spatial_dims)
+from evaluation.aggregate import valid_time_positions
 from evaluation.config import EvaluateConfig, Period, SystemConfig
 
 
@@ -216,24 +217,41 @@ def _span(v: np.ndarray) -> str:
     return f"{v.min()}..{v.max()}" if v.size else "empty"
 
 
-def truth_at_valid_time(truth: xr.DataArray, template: xr.DataArray, *, what: str) -> xr.DataArray:
-    """The truth on the forecast's ``(init_time, lead_time)`` by ``valid_time = init + lead``.
-
-    Raises :class:`AlignmentError` listing the first valid times missing from the analysis.
-    """
+def _valid_positions(truth: xr.DataArray, template: xr.DataArray, *,
+                     what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in the truth's ``time`` of the forecast's valid times (see
+    :func:`evaluation.aggregate.valid_time_positions`); raises :class:`AlignmentError`
+    listing the first valid times the truth lacks, or if the grids differ."""
     check_same_grid(template, truth, what=what)
-    init = template[INIT_TIME]
-    lead = template[LEAD_TIME]
-    valid = init + lead  # (init_time, lead_time)
     have = truth[TIME].values
-    missing = np.setdiff1d(valid.values.ravel(), have)
+    positions, index, missing = valid_time_positions(have, template[INIT_TIME].values,
+                                                     template[LEAD_TIME].values)
     if missing.size:
         shown = ", ".join(str(np.datetime_as_string(t, unit="h")) for t in missing[:3])
         raise AlignmentError(f"{what}: {missing.size} valid times (init_time + lead_time) are not "
                              f"in the truth's 'time' ({_span(have)}): {shown}"
                              f"{' ...' if missing.size > 3 else ''}")
-    out = truth.sel({TIME: valid}).drop_vars(TIME, errors="ignore")
+    return positions, index
+
+
+def truth_at_valid_time(truth: xr.DataArray, template: xr.DataArray, *, what: str) -> xr.DataArray:
+    """The truth on the forecast's ``(init_time, lead_time)`` by ``valid_time = init + lead``
+    (lazy on dask).  Raises :class:`AlignmentError` listing the first valid times missing
+    from the analysis."""
+    positions, index = _valid_positions(truth, template, what=what)
+    at = xr.DataArray(positions[index], dims=(INIT_TIME, LEAD_TIME),
+                      coords={INIT_TIME: template[INIT_TIME].values, LEAD_TIME: template[LEAD_TIME].values})
+    out = truth.isel({TIME: at}).drop_vars(TIME, errors="ignore")
     for dim in (LATITUDE, LONGITUDE):
         if dim in out.dims and dim in template.dims:
             out = out.assign_coords({dim: template[dim].values})
     return out.transpose(INIT_TIME, LEAD_TIME, *[d for d in out.dims if d not in (INIT_TIME, LEAD_TIME)])
+
+
+def truth_values(truth: xr.DataArray, template: xr.DataArray, *,
+                 what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The truth at the forecast's distinct valid times as numpy ``(time, lat, lon)``, read
+    in one request, and ``index[i, l]``, the row of ``init_i + lead_l`` in it."""
+    positions, index = _valid_positions(truth, template, what=what)
+    values = truth.isel({TIME: positions}).transpose(TIME, LATITUDE, LONGITUDE).values
+    return values, index
