@@ -92,13 +92,17 @@ def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = F
     fails naming the refused files (:class:`IngestFilesError`, not retried).  A missing file
     raises ``FileNotFoundError`` (retried: it may still be arriving)."""
     from data.ingest import ingest
+    from data.lock import store_lock
 
     missing = [f for f in files if not Path(f).exists()]
     present = [f for f in files if Path(f).exists()]
     summary = None
     if present:
-        summary = ingest(present, store, kind=kind, progress=False, on_error="skip",  # type: ignore[arg-type]
-                         allow_nan=allow_nan, lock_timeout=lock_timeout)
+        # flows also hold a lock beside the store (WORKDIR/stores/.locks/<store>): the store's
+        # own lock file lives inside the store, which creating the store rewrites
+        with store_lock(_lock_dir(store), timeout=lock_timeout):
+            summary = ingest(present, store, kind=kind, progress=False,  # type: ignore[arg-type]
+                             on_error="skip", allow_nan=allow_nan, lock_timeout=lock_timeout)
         get_run_logger().info(summary.line())
     if missing:
         raise FileNotFoundError(f"{len(missing)} input file(s) not found: {', '.join(missing)}"
@@ -109,6 +113,11 @@ def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = F
         raise IngestFilesError(summary.failed, store=store)
     return {"added": list(summary.added), "skipped": list(summary.skipped),
             "repaired": list(summary.repaired)}
+
+
+def _lock_dir(store: str | Path) -> Path:
+    """``<store's directory>/.locks/<store name>``: a lock directory beside a store."""
+    return Path(store).parent / ".locks" / Path(store).name
 
 
 def done_init_times(product: str | Path) -> set[str]:
@@ -131,8 +140,7 @@ def predict_init_times(checkpoint: str, forecast: str, product: str, init_times:
     from data.lock import store_lock
     from models.predict import predict
 
-    lock_dir = Path(product).parent / ".locks" / Path(product).name
-    with store_lock(lock_dir, timeout=600.0):
+    with store_lock(_lock_dir(product), timeout=600.0):
         predict(checkpoint, forecast, out=product, init_times=init_times,
                 quantiles=tuple(options["quantiles"]), n_members=int(options["n_members"]),
                 fmt="zarr", batch_size=int(options["batch_size"]), seed=int(options["seed"]),

@@ -1,0 +1,268 @@
+"""The Prefect flows (ingest, train, predict, evaluate) under ``prefect_test_harness``, and the
+model registry they use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.grib_writer import write_grib
+from data.store import open_store
+from flows.tasks import FlowInputError, IngestFilesError, is_transient, new_files
+from models.registry import (RegistryError, current_version, decide, list_versions,
+                             read_decisions, register_if_better)
+from test_store import forecast
+
+INITS = ["2020-01-01T00", "2020-01-01T12", "2020-01-02T00"]
+
+
+_HARNESS: list = []
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test harness (temporary server and database) for the whole session, shared
+    with test_faults.py, which imports this fixture: whichever module starts it stops it."""
+    yield from shared_harness()
+
+
+def shared_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    created = not _HARNESS
+    if created:
+        cm = prefect_test_harness(server_startup_timeout=240)
+        cm.__enter__()
+        _HARNESS.append(cm)
+    yield
+    if created:
+        _HARNESS.pop().__exit__(None, None, None)
+
+
+@pytest.fixture
+def gribs(tmp_path) -> list[Path]:
+    d = tmp_path / "in"
+    d.mkdir()
+    out = []
+    for i, init in enumerate(INITS):
+        out.append(d / f"fc{i}.grib")
+        write_grib(out[-1], forecast([init], seed=i), kind="forecast")
+    return out
+
+
+# ------------------------------------------------------------------ pure helpers
+def test_is_transient():
+    from data.lock import StoreLockedError
+
+    assert is_transient(FileNotFoundError("x")) and is_transient(OSError("disk"))
+    assert is_transient(StoreLockedError("busy"))
+    assert not is_transient(ValueError("corrupt")) and not is_transient(None)
+    assert not is_transient(IsADirectoryError("dir"))
+    assert not is_transient(IngestFilesError([("a.grib", "bad")], store="s"))
+
+
+def test_new_files_skips_what_the_store_holds(tmp_path, gribs):
+    from data.ingest import ingest
+
+    store = tmp_path / "s.zarr"
+    new, done = new_files([str(gribs[0].parent)], store)
+    assert (new, done) == ([str(p) for p in gribs], [])
+    ingest(gribs[:2], store, progress=False)
+    new, done = new_files([str(gribs[0].parent / "*.grib"), str(tmp_path / "gone.grib")], store)
+    assert done == [str(p) for p in gribs[:2]]
+    assert new == [str(gribs[2]), str(tmp_path / "gone.grib")]  # missing kept: its task fails
+
+
+# ------------------------------------------------------------------ ingest flow
+def test_ingest_flow_lands_good_files_and_fails_naming_bad_ones(harness, tmp_path, gribs):
+    from flows.ops import ingest_flow
+
+    bad = gribs[0].parent / "corrupt.grib"
+    bad.write_bytes(gribs[0].read_bytes()[:200])
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text("data: {incoming: {forecast: [in, missing.grib]}, files_per_task: 1}\n")
+    state = ingest_flow(str(cfg), return_state=True)
+    assert state.is_failed()
+    msg = state.message
+    assert "corrupt.grib" in msg and "missing.grib: 1 input file(s) not found" in msg
+    assert "2 task(s) failed (the other files landed)" in msg
+    store = tmp_path / "stores" / "forecast.zarr"
+    assert open_store(store).sizes["init_time"] == 3
+    # a re-run with the good files only: nothing new, nothing to do
+    cfg.write_text("data: {incoming: {forecast: ['in/fc*.grib']}}\n")
+    assert ingest_flow(str(cfg)) == {"forecast": {"new": 0, "already_ingested": 3}}
+
+
+def test_ingest_flow_with_paths_and_input_errors(harness, tmp_path, gribs):
+    from flows.ops import ingest_flow
+
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text("")
+    with pytest.raises(FlowInputError, match="nothing to ingest"):
+        ingest_flow.fn(str(cfg))
+    with pytest.raises(FlowInputError, match="kind must be 'forecast' or 'analysis'"):
+        ingest_flow.fn(str(cfg), paths=[str(gribs[0])])
+    out = ingest_flow(str(cfg), paths=[str(p) for p in gribs[:2]], kind="forecast")
+    assert out == {"forecast": {"new": 2, "already_ingested": 0}}
+
+
+def test_flows_need_a_config(monkeypatch):
+    from flows.runtime import resolve_config
+
+    monkeypatch.delenv("ENSPP_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="no config: pass config_path or set ENSPP_CONFIG"):
+        resolve_config(None)
+
+
+# ------------------------------------------------------------------ train / predict / evaluate
+FLOW_CONFIG = """
+pipeline:
+  stores: {forecast: stores/forecast.zarr, analysis: stores/analysis.zarr,
+           static: stores/static.nc, statistics: cache/statistics.nc}
+  members: {k: 5}
+  split: {train: {start: 2019-01-01, end: 2019-01-18}, val: {start: 2019-01-19, end: 2019-01-24},
+          test: {start: 2019-01-25, end: 2019-01-31}}
+  batches: {batch_size: 8}
+model: {name: mixed, options: {embed_dim: 4, encoder_hidden: [4], width: 4, depth: 1}}
+train: {max_epochs: 2, progress_bar: false, early_stopping_patience: null, learning_rate: 0.01}
+predict: {n_members: 4}
+evaluate: {systems: [{name: raw_full, path: stores/forecast.zarr}], truth: stores/analysis.zarr,
+           split: test, metrics: [crps, rmse], bootstrap: {n: 10}}
+"""
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory) -> Path:
+    from pipeline.synthetic import write_stores
+
+    wd = tmp_path_factory.mktemp("flows")
+    write_stores(wd / "stores", n_init=30, lead_hours=(24, 48), n_members=6, ny=16, nx=24,
+                 start="2019-01-01")
+    (wd / "enspp.yaml").write_text(FLOW_CONFIG)
+    return wd
+
+
+def test_train_predict_evaluate_flows(harness, small_world):
+    from prefect.client.orchestration import get_client
+
+    from flows.ops import evaluate_flow, predict_flow, train_flow
+
+    cfg = str(small_world / "enspp.yaml")
+    registry = small_world / "registry"
+    state = predict_flow(cfg, return_state=True)
+    assert state.is_failed() and "no current model in registry" in state.message
+
+    first = train_flow(cfg)
+    assert first["registered"] and first["reason"].startswith("no current version")
+    assert current_version(registry).version == first["version"]
+    assert (Path(first["run_dir"]) / "validation" / f"{first['version']}.zarr").is_dir()
+    second = train_flow(cfg, min_improvement=1e9)  # cannot beat the current model by that much
+    assert not second["registered"] and current_version(registry).version == first["version"]
+    log = read_decisions(registry)
+    assert [d["registered"] for d in log] == [True, False] and "does not beat" in log[1]["reason"] \
+        or "same checkpoint" in log[1]["reason"]
+
+    product = Path(predict_flow(cfg))  # the latest init time
+    from models.product import open_product
+
+    ds = open_product(product)
+    assert [str(t)[:10] for t in ds.init_time.values] == ["2019-01-30"]
+    missing = predict_flow(cfg, init_times=["2018-06-01T00"], return_state=True)
+    assert missing.is_failed() and "have not arrived" in missing.message
+    predict_flow(cfg, split="test", init_times_per_task=3)
+    assert open_product(product).sizes["init_time"] == 7
+
+    out = evaluate_flow(cfg)
+    systems = {r["system"] for r in out["rows"]}
+    assert {"raw_full", "raw_subset", "mixed"} <= systems
+    assert Path(out["index"]).is_file()
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"enspp-headline", "enspp-dashboard"} <= keys
+
+
+# ------------------------------------------------------------------ registry
+def test_decide():
+    assert decide(1.0, None) == (True, "no current version; candidate val CRPS 1")
+    ok, why = decide(0.9, 1.0)
+    assert ok and "beats current 1" in why
+    ok, why = decide(0.99, 1.0, min_improvement=0.05)
+    assert not ok and "does not beat current 1 by more than 0.05" in why
+    assert decide(float("nan"), 1.0)[0] is False
+    assert decide(1.0, float("nan"))[0] is True
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    from predict_data import make_checkpoint, make_stores, pipeline_config
+
+    d = tmp_path_factory.mktemp("ckpt")
+    pipe = pipeline_config(make_stores(d / "stores"))
+    return (make_checkpoint(d / "a.ckpt", pipe, perturb=0.1, seed=1),
+            make_checkpoint(d / "b.ckpt", pipe, perturb=0.1, seed=2))
+
+
+def test_registry_registers_only_better_and_logs_why(tmp_path, checkpoints):
+    a, b = checkpoints
+    reg = tmp_path / "registry"
+    assert current_version(reg) is None and list_versions(reg) == [] and read_decisions(reg) == []
+    d1 = register_if_better(reg, a, score=1.0, metric="val t2m CRPS (gaussian)")
+    assert d1.registered and current_version(reg).version == d1.version
+    d2 = register_if_better(reg, b, score=1.2, metric="val t2m CRPS (gaussian)")
+    assert not d2.registered and current_version(reg).version == d1.version
+    d3 = register_if_better(reg, b, score=0.8, metric="val t2m CRPS (gaussian)")
+    assert d3.registered and current_version(reg).version == d3.version
+    assert [v.version for v in list_versions(reg)] == [d1.version, d3.version]
+    d4 = register_if_better(reg, b, score=0.1, metric="val t2m CRPS (gaussian)")
+    assert not d4.registered and "same checkpoint" in d4.reason
+    log = read_decisions(reg)
+    assert [x["registered"] for x in log] == [True, False, True, False]
+    assert "does not beat current 1" in log[1]["reason"]
+    # the current model rescored on new validation data
+    d5 = register_if_better(reg, a, score=0.7, current_score=0.6, metric="val t2m CRPS (gaussian)")
+    assert not d5.registered and "current 0.6" in d5.reason
+    assert current_version(reg).checkpoint.read_bytes() == Path(b).read_bytes()
+
+
+def test_registry_errors(tmp_path, checkpoints):
+    a, b = checkpoints
+    reg = tmp_path / "registry"
+    with pytest.raises(FileNotFoundError, match="nope.ckpt does not exist"):
+        register_if_better(reg, tmp_path / "nope.ckpt", score=1.0, metric="m")
+    register_if_better(reg, a, score=1.0, metric="metric A")
+    with pytest.raises(RegistryError, match="was scored with 'metric A', the candidate with 'metric B'"):
+        register_if_better(reg, b, score=0.5, metric="metric B")
+    (reg / "current").write_text("\n")
+    with pytest.raises(RegistryError, match="current is empty"):
+        current_version(reg)
+    (reg / "current").write_text("ghost-123\n")
+    with pytest.raises(RegistryError, match="version 'ghost-123' is missing"):
+        current_version(reg)
+    v = list_versions(reg)[0]
+    meta = v.checkpoint.parent / "version.json"
+    meta.write_text(json.dumps({"version": v.version}))
+    with pytest.raises(RegistryError, match="malformed version record"):
+        list_versions(reg)
+    (reg / "decisions.jsonl").write_text("{not json\n")
+    with pytest.raises(RegistryError, match=r"decisions.jsonl:1: not a JSON line"):
+        read_decisions(reg)
+
+
+def test_headline_table_format():
+    from flows.steps import format_table, headline_rows
+
+    doc = {"variables": {"t2m": {"units": "K", "estimator": "fair ensemble CRPS",
+                                 "headline": {"global": [
+                                     {"system": "raw_full", "crps": 1.0, "skill": 0.0,
+                                      "spread_skill": 0.7},
+                                     {"system": "mixed", "crps": 0.8, "skill": 0.2,
+                                      "spread_skill": 1.0}]}}}}
+    rows = headline_rows(doc)
+    assert [r["system"] for r in rows] == ["mixed", "raw_full"]
+    text = format_table(rows)
+    assert "+20.0 %" in text and "CRPS estimators: fair ensemble CRPS" in text
+    assert np.isclose(rows[0]["crps"], 0.8)
+    assert format_table([]) == "(no scores)"
