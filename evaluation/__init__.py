@@ -14,6 +14,18 @@ Public API (everything else is internal):
 * aggregation: :func:`weighted_mean`, :func:`score_sums`, :func:`merge_sums`,
   :func:`finalize_sums`, :func:`accumulate_over_chunks`, :func:`observation_at_valid_time`
 * uncertainty: :func:`bootstrap_skill`, :func:`diebold_mariano`
+* evaluations (``evaluation.evaluate``, ``evaluation.config``): :func:`evaluate` (what
+  ``enspp evaluate`` and the Prefect flow run), :class:`EvaluateConfig`,
+  :func:`config_from_mapping`, :class:`EvaluationResult`
+* case studies (``evaluation.cases``): :func:`load_catalogue`, :class:`Case`,
+  :data:`SHIPPED_CATALOGUE`, :func:`evaluate_case`
+* reports (``evaluation.report``, ``evaluation.dashboard``): :func:`write_report`,
+  :func:`read_scores`, :func:`write_dashboard`, :func:`combine_dashboards`
+
+``import evaluation`` does not import matplotlib: :mod:`evaluation.plots` is imported when
+a report draws its figures.  ``evaluation.evaluate`` names the function here; its module is
+``sys.modules["evaluation.evaluate"]`` (``from evaluation.evaluate import ...`` works as
+usual).
 """
 
 from evaluation.aggregate import (
@@ -27,12 +39,16 @@ from evaluation.aggregate import (
     weighted_mean,
 )
 from evaluation.bootstrap import BootstrapError, bootstrap_skill, diebold_mariano
+from evaluation.cases import SHIPPED_CATALOGUE, Case, CatalogueError, evaluate_case, load_catalogue
+from evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
+from evaluation.dashboard import combine_dashboards, write_dashboard
 from evaluation.diagnostics import (
     ensemble_mean_error,
     pit_histogram,
     rank_histogram,
     spread_skill_ratio,
 )
+from evaluation.evaluate import EvaluationResult, NanPolicyError, evaluate
 from evaluation.metrics import (
     MetricInputError,
     climatological_quantile,
@@ -54,6 +70,8 @@ from evaluation.registry import (
     skill_score,
     skill_scores,
 )
+from evaluation.report import read_scores, write_report
+from evaluation.systems import AlignmentError, SystemDataError
 from evaluation.weights import (
     REGIONS,
     Region,
@@ -68,17 +86,28 @@ __all__ = [
     "METRICS",
     "REFERENCES",
     "REGIONS",
+    "SHIPPED_CATALOGUE",
     "SYSTEMS",
     "AggregationError",
+    "AlignmentError",
     "BootstrapError",
+    "Case",
+    "CatalogueError",
+    "EvaluateConfig",
+    "EvaluateConfigError",
+    "EvaluationResult",
     "MetricInfo",
     "MetricInputError",
     "MissingReferenceError",
+    "NanPolicyError",
     "Region",
     "RegionError",
+    "SystemDataError",
     "accumulate_over_chunks",
     "bootstrap_skill",
     "climatological_quantile",
+    "combine_dashboards",
+    "config_from_mapping",
     "crps_censored",
     "crps_ensemble",
     "crps_gaussian",
@@ -86,14 +115,18 @@ __all__ = [
     "eecrps",
     "efi",
     "ensemble_mean_error",
+    "evaluate",
+    "evaluate_case",
     "finalize_sums",
     "get_metric",
     "get_region",
     "latitude_weights",
+    "load_catalogue",
     "merge_sums",
     "observation_at_valid_time",
     "pit_histogram",
     "rank_histogram",
+    "read_scores",
     "region_mask",
     "region_weights",
     "score_sums",
@@ -104,4 +137,6 @@ __all__ = [
     "twcrps",
     "twcrps_gaussian",
     "weighted_mean",
+    "write_dashboard",
+    "write_report",
 ]

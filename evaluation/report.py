@@ -22,7 +22,6 @@ import numpy as np
 import xarray as xr
 
 from data.schema import LEAD_TIME
-from evaluation import plots
 
 SCHEMA = "enspp-evaluation/1"
 HEADLINE_FIELDS = ("crps", "skill", "skill_low", "skill_high", "dm_pvalue", "rmse", "bias",
@@ -119,6 +118,8 @@ def write_netcdf(result, out_dir: Path) -> dict[str, str]:
 
 def write_plots(result, doc: dict, out_dir: Path) -> None:
     """All PNGs; paths (relative to ``out_dir``) go into ``doc``; failures into ``problems``."""
+    from evaluation import plots  # matplotlib: imported only when plots are drawn
+
     pdir = out_dir / "plots"
     for v, ds in result.scores.items():
         entry = doc["variables"][v]
