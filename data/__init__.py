@@ -1,6 +1,20 @@
 """Where bytes come from and how they are stored: the canonical data model, readers that
-translate foreign names at the edge, the versioned Zarr store, ingest, and the synthetic world."""
+translate foreign names at the edge, the versioned Zarr store, ingest, and the synthetic world.
 
-from data.schema import SchemaError, select_variable, split_level_name, validate
+Other packages use these names; everything else in ``data`` is internal to it.
+"""
 
-__all__ = ["SchemaError", "select_variable", "split_level_name", "validate"]
+from data.ingest import IngestError, IngestSummary, ingest
+from data.readers import ReaderError, open_analysis, open_ens_grib
+from data.point_readers import open_station_netcdf, open_weatherbench_zarr
+from data.schema import SchemaError, available_variables, select_variable, split_level_name, validate
+from data.sources import ForecastSource, open_source
+from data.store import StoreError, open_store, validate_store
+from data.store_writer import append
+
+__all__ = [
+    "ForecastSource", "IngestError", "IngestSummary", "ReaderError", "SchemaError", "StoreError",
+    "append", "available_variables", "ingest", "open_analysis", "open_ens_grib", "open_source",
+    "open_station_netcdf", "open_store", "open_weatherbench_zarr", "select_variable",
+    "split_level_name", "validate", "validate_store",
+]
