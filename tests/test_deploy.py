@@ -167,3 +167,41 @@ def _wait_http(url: str, *, timeout: float) -> None:
             pass
         assert time.time() < deadline, f"{url} did not answer within {timeout} s"
         time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def harness():
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_flows import shared_harness
+
+    yield from shared_harness()
+
+
+def test_ingest_flow_on_a_dask_cluster_by_address(harness, tmp_path):
+    """Scale-out by configuration only: ``deploy: {task_runner: dask, dask_address: ...}``
+    runs the ingest tasks on a dask.distributed LocalCluster of 2 worker processes."""
+    from distributed import LocalCluster
+
+    from test_store import forecast
+
+    from data.grib_writer import write_grib
+    from data.store import open_store
+    from flows.ops import ingest_flow
+    from flows.runtime import make_task_runner
+
+    (tmp_path / "in").mkdir()
+    for i, init in enumerate(["2020-01-01T00", "2020-01-01T12", "2020-01-02T00"]):
+        write_grib(tmp_path / "in" / f"fc{i}.grib", forecast([init], seed=i), kind="forecast")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        cfg = tmp_path / "enspp.yaml"
+        cfg.write_text(f"data: {{incoming: {{forecast: [in]}}}}\n"
+                       f"deploy: {{task_runner: dask, dask_address: '{cluster.scheduler_address}'}}\n")
+        from flows.config import load_config
+
+        runner = make_task_runner(load_config(cfg).deploy)
+        assert type(runner).__name__ == "DaskTaskRunner"
+        assert ingest_flow(str(cfg)) == {"forecast": {"new": 3, "already_ingested": 0}}
+        prefixes = list(cluster.scheduler.task_prefixes)
+        assert any("ingest" in p for p in prefixes), prefixes  # ran on the cluster
+        assert open_store(tmp_path / "stores" / "forecast.zarr").sizes["init_time"] == 3
