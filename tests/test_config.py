@@ -119,3 +119,8 @@ def test_enspp_validate_config(tmp_path, capsys):
     other.write_text("")
     assert main(["validate", str(other)]) == 1
     assert "expected a Zarr store directory or a .yaml/.yml config file" in capsys.readouterr().err
+
+
+def test_enspp_validate_missing_path(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 1
+    assert "nope.yaml: no such file or directory" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 HELP = "check a config file or a store against the model"
@@ -26,13 +25,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if target.suffix.lower() not in (".yaml", ".yml"):
         raise ValueError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
-    try:
-        config = importlib.import_module("flows.config")
-    except ModuleNotFoundError as e:
-        if e.name != "flows.config":
-            raise
-        raise ValueError(f"{target}: config validation is not available yet "
-                         "(flows.config is not installed)") from None
-    config.load_config(target)
-    print(f"{target}: valid config")
+    from flows.config import load_config
+
+    cfg = load_config(target)
+    sections = ["data", "pipeline", "model", "train", "predict", "deploy"]
+    if cfg.evaluate is not None:
+        sections.insert(5, "evaluate")
+    print(f"{target}: valid config (sections {', '.join(sections)}; work directory "
+          f"{cfg.data.workdir}; model {cfg.model.name}; task runner {cfg.deploy.task_runner})")
     return 0
