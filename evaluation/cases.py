@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from scipy.special import ndtr
 
 from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from evaluation.config import _Frozen
 from evaluation.systems import SystemField
 
 #: The catalogue shipped with the package.
@@ -44,10 +45,6 @@ SHIPPED_CATALOGUE = Path(__file__).parent / "catalogue" / "cases.yaml"
 
 class CatalogueError(ValueError):
     """A case catalogue is malformed; the message names the file and the key."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Box(_Frozen):

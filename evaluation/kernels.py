@@ -170,6 +170,15 @@ def _g_logistic(t: np.ndarray) -> np.ndarray:
 _G = {"gaussian": _g_gaussian, "logistic": _g_logistic}
 
 
+def _standardise(loc, scale, obs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 ``loc``, the scale (NaN where ``scale <= 0``) and ``z = (obs - loc) / scale``."""
+    loc = np.asarray(loc, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(scale > 0, scale, np.nan)
+        return loc, s, (np.asarray(obs, dtype=np.float64) - loc) / s
+
+
 def crps_censored_kernel(
     loc: np.ndarray,
     scale: np.ndarray,
@@ -190,13 +199,9 @@ def crps_censored_kernel(
     if family not in _G:
         raise ValueError(f"unknown distribution family {family!r}: choose gaussian or logistic")
     g = _G[family]
-    loc = np.asarray(loc, dtype=np.float64)
-    scale = np.asarray(scale, dtype=np.float64)
-    y = np.asarray(obs, dtype=np.float64)
+    loc, s, z = _standardise(loc, scale, obs)
     low = np.asarray(lower, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(scale > 0, scale, np.nan)
-        z = (y - loc) / s
         lz = np.where(np.isneginf(low), -np.inf, (low - loc) / s)
         above = g(z) + g(-z) - g(lz)
         below = g(-lz) + (lz - z)
@@ -206,12 +211,8 @@ def crps_censored_kernel(
 
 def crps_gaussian_kernel(mu: np.ndarray, sigma: np.ndarray, obs: np.ndarray) -> np.ndarray:
     """Closed-form CRPS of N(mu, sigma^2): sigma (z(2Phi(z)-1) + 2phi(z) - 1/sqrt(pi))."""
-    mu = np.asarray(mu, dtype=np.float64)
-    sigma = np.asarray(sigma, dtype=np.float64)
-    y = np.asarray(obs, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(sigma > 0, sigma, np.nan)
-        z = (y - mu) / s
+    _, s, z = _standardise(mu, sigma, obs)
+    with np.errstate(invalid="ignore"):
         return s * (z * (2.0 * ndtr(z) - 1.0) + 2.0 * _phi(z) - 1.0 / _SQRT_PI)
 
 
