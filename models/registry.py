@@ -167,7 +167,7 @@ def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: f
         else:
             ok, reason = decide(score, current_score, min_improvement=min_improvement,
                                 metric=metric)
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         decision = Decision(registered=ok, version=name, reason=reason, score=float(score),
                             metric=metric, current=None if current is None else current.version,
                             current_score=None if current_score is None else float(current_score),
