@@ -1,9 +1,8 @@
 """``mixed`` (ours, the default): a member encoder pooled across members, a spatial backbone,
 and a Gaussian head anchored on the raw ensemble.
 
-1. Member encoder, shared by all members: a per-point MLP (1x1 convolutions) over each
-   member's normalised channels and its deviation from the ensemble mean (both divided by the
-   channel std).
+1. Member encoder, shared by all members: a per-point MLP over each member's normalised
+   channels and its deviation from the ensemble mean (both divided by the channel std).
 2. Pooling across members: mean and std (``ddof=0``) of the embeddings, so any K >= 1 works
    and member order does not matter.
 3. Backbone over space (``unet`` or ``resnet``) on the pooled embedding, the normalised
@@ -12,6 +11,12 @@ and a Gaussian head anchored on the raw ensemble.
 4. Head: ``mu = mu_ens + s * a``, ``sigma = s * exp(b) + floor`` (:meth:`PostProcessor.head`)
    with the last layer zero-initialised, so an untrained model is the raw ensemble of the
    target channel.
+
+Layout: everything before the head is computed channels-last (``[B, (K,) H, W, features]``):
+the per-point layers are plain matrix products on contiguous rows, pooling over members is a
+reduction over an outer axis, and the backbone's convolutions get a ``channels_last`` input
+(oneDNN's fast path on CPU; also the tensor-core layout on GPUs). Parameters and their
+``state_dict`` are those of the 1x1-convolution formulation.
 """
 
 from __future__ import annotations
@@ -19,15 +24,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelSpec, PostProcessor, as_sequence
+from models.base import ModelSpec, PostProcessor, as_sequence, ensemble_moments
 from models.mlp import StationEmbedding, pointwise_mlp
 from models.unet import Conv1x1, build_backbone, zero_head
 
 
+def pointwise_last(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Apply a :func:`~models.mlp.pointwise_mlp` stack to channels-last ``x`` (``[..., F]``)."""
+    for layer in layers:
+        if isinstance(layer, Conv1x1):
+            x = F.linear(x, layer.weight.flatten(1), layer.bias)
+        else:
+            x = layer(x)
+    return x
+
+
 class MemberEncoder(nn.Module):
-    """Per-member, per-point embedding pooled over members: ``[B,K,F,H,W] -> [B,2E,H,W]``."""
+    """Per-member, per-point embedding pooled over members:
+    ``[B, K, H, W, F] -> [B, H, W, 2E]`` (mean, then std with ``ddof=0``)."""
 
     def __init__(self, c_in: int, hidden: list[int], dim: int) -> None:
         super().__init__()
@@ -35,12 +52,13 @@ class MemberEncoder(nn.Module):
         self.proj = Conv1x1(width, dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        b, k = features.shape[:2]
-        e = self.proj(self.mlp(features.flatten(0, 1)))
-        e = e.reshape(b, k, *e.shape[1:])
+        e = F.linear(pointwise_last(self.mlp, features), self.proj.weight.flatten(1), self.proj.bias)
         mean = e.mean(dim=1)
-        std = e.var(dim=1, unbiased=False).add(1e-12).sqrt() if k > 1 else torch.zeros_like(mean)
-        return torch.cat([mean, std], dim=1)
+        if e.shape[1] < 2:
+            return torch.cat([mean, torch.zeros_like(mean)], dim=-1)
+        # (e - mean)^2 averaged over the (outer) member axis: ~8x faster than Tensor.var here
+        var = torch.square(e - mean.unsqueeze(1)).mean(dim=1)
+        return torch.cat([mean, var.add(1e-12).sqrt()], dim=-1)
 
 
 class MixedModel(PostProcessor):
@@ -78,16 +96,26 @@ class MixedModel(PostProcessor):
             width = self.backbone.out_channels
         self.out = zero_head(width, 2 * len(spec.targets))
 
-    def member_features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, K, 2C, H, W]``: normalised member values and deviations from the ensemble mean."""
-        x = batch["inputs"]
-        c_mean, c_std = self.channel_stats(batch)
-        c_mean, c_std = c_mean.unsqueeze(1), c_std.unsqueeze(1)
-        return torch.cat([(x - c_mean) / c_std, (x - x.mean(dim=1, keepdim=True)) / c_std], dim=2)
+    def normalised_members(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Channels-last members in units of the channel statistics, ``[B, K, H, W, C]``."""
+        x = batch["inputs"].permute(0, 1, 3, 4, 2).contiguous()
+        c_mean, c_std = (s.permute(0, 2, 3, 1).unsqueeze(1) for s in self.channel_stats(batch))
+        return (x - c_mean) / c_std
 
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        parts = [self.encoder(self.member_features(batch)), self.ensemble_features(batch), self.static(batch)]
+        z = self.normalised_members(batch)
+        # the normalised ensemble mean/std of every channel: (mean - c_mean) / c_std, std / c_std
+        z_mean, z_std = ensemble_moments(z, member_dim=1)
+        # encoder input per member: z and its deviation from the ensemble mean
+        features = torch.cat([z, z - z_mean.unsqueeze(1)], dim=-1)
+        parts = [self.encoder(features), z_mean, z_std, self.static(batch).permute(0, 2, 3, 1)]
         if self.embedding is not None:
-            parts.append(self.embedding(batch["x0"]))
-        a, b = self.out(self.backbone(torch.cat(parts, dim=1))).chunk(2, dim=1)
+            parts.append(self.embedding(batch["x0"]).permute(0, 2, 3, 1))
+        h = torch.cat(parts, dim=-1)  # [B, H, W, features]
+        if self.spec.is_point:
+            y = pointwise_last(self.backbone, h)
+        else:  # an NCHW view of channels_last memory in and out
+            y = self.backbone(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        ab = F.linear(y, self.out.weight.flatten(1), self.out.bias).permute(0, 3, 1, 2)
+        a, b = ab.contiguous().chunk(2, dim=1)
         return self.head(a, b, batch)
