@@ -266,3 +266,38 @@ def test_headline_table_format():
     assert "+20.0 %" in text and "CRPS estimators: fair ensemble CRPS" in text
     assert np.isclose(rows[0]["crps"], 0.8)
     assert format_table([]) == "(no scores)"
+
+
+# ------------------------------------------------------------------ demo
+def test_demo_synth_step_refuses_another_world(tmp_path):
+    import yaml
+
+    from flows.config import config_from_mapping, default_demo_config
+    from flows.demo import synth_world
+
+    cfg = default_demo_config(tmp_path)
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "synth.yaml").write_text(yaml.safe_dump({"synth": {"seed": 7}}))
+    with pytest.raises(FlowInputError, match="holds another synthetic world"):
+        synth_world.fn(cfg)
+    same = cfg.data.synth.model_dump(mode="json")
+    (tmp_path / "synth" / "synth.yaml").write_text(yaml.safe_dump({"synth": same}))
+    assert synth_world.fn(cfg) == str(tmp_path / "synth")  # already there: reused
+    no_synth = config_from_mapping({"data": {"workdir": str(tmp_path)}})
+    with pytest.raises(FlowInputError, match="data.synth is not set"):
+        synth_world.fn(no_synth)
+
+
+@pytest.mark.slow
+def test_enspp_demo_fast_end_to_end_and_idempotent(tmp_path, capsys):
+    from flows.cli import main
+
+    wd = tmp_path / "work"
+    assert main(["demo", "--workdir", str(wd), "--fast"]) == 0
+    out = capsys.readouterr().out
+    assert "dashboard: " in out and (wd / "reports" / "demo" / "index.html").is_file()
+    assert "mixed" in out and "raw_full" in out
+    versions = list((wd / "registry" / "versions").iterdir())
+    assert main(["demo", "--workdir", str(wd), "--fast"]) == 0  # re-run: reuses everything
+    again = "".join(capsys.readouterr())
+    assert "already" in again and list((wd / "registry" / "versions").iterdir()) == versions
