@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,21 @@ def _failures(futures: list[tuple[str, Any]]) -> list[str]:
 @flow(name="ingest-batches")
 def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
                     lock_timeout: float = 300.0) -> list[str]:
-    futures = []
-    for job in jobs:
-        # one store's batches run one after the other (its lock would serialise them anyway);
-        # the forecast and analysis stores fill in parallel; a failed batch does not stop the next
-        prev = None
-        for files in job["batches"]:
-            fut = ingest_files.submit(files, job["store"], kind=job["kind"], allow_nan=allow_nan,
-                                      lock_timeout=lock_timeout,
-                                      store_name=Path(job["store"]).name,
-                                      first=Path(files[0]).name, n_more=len(files) - 1,
-                                      wait_for=[] if prev is None else [allow_failure(prev)])
-            futures.append((f"{Path(job['store']).name} <- {', '.join(files)}", fut))
-            prev = fut
+    # one store's batches run one after the other (its lock would serialise them anyway) and
+    # a failed batch does not stop the next; the stores' batches are submitted in turn, so
+    # the forecast and analysis stores fill in parallel
+    futures: list[tuple[str, Any]] = []
+    prev: dict[str, Any] = {}
+    order = [(job, files) for batches in zip_longest(*[[(j, b) for b in j["batches"]] for j in jobs])
+             for job, files in (x for x in batches if x is not None)]
+    for job, files in order:
+        store = job["store"]
+        fut = ingest_files.submit(files, store, kind=job["kind"], allow_nan=allow_nan,
+                                  lock_timeout=lock_timeout, store_name=Path(store).name,
+                                  first=Path(files[0]).name, n_more=len(files) - 1,
+                                  wait_for=[allow_failure(prev[store])] if store in prev else [])
+        futures.append((f"{Path(store).name} <- {', '.join(files)}", fut))
+        prev[store] = fut
     return _failures(futures)
 
 
