@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
-POINT_SYSTEMS = ("emos_global", "emos_local", "mlp", "mixed")
+POINT_SYSTEMS = ("emos_global", "emos_local", "emos_lagged", "mlp", "mixed")
 
 
 class ExperimentConfigError(ValueError):
@@ -44,9 +44,10 @@ class FeatureSettings(BaseModel):
 
     model_config = _FROZEN
     day_of_year: bool = True
+    #: past errors and the observation at init time (err_lag1, err_lag2, obs_init, err_ewm)
     lagged_error: bool = True
-    lag_hours: float = Field(24.0, gt=0)
-    window_days: float = Field(7.0, gt=0)
+    halflife_days: float = Field(5.0, gt=0)
+    max_age_days: float = Field(3.0, gt=0)
 
 
 class StationSection(BaseModel):
@@ -61,7 +62,7 @@ class StationSection(BaseModel):
     members: tuple[int, ...] = (5, 10, 25)
     #: which K members: ``first`` = 0..K-1 (control first), ``perturbed`` = 1..K
     subset: Literal["first", "perturbed"] = "first"
-    systems: tuple[Literal["emos_global", "emos_local", "mlp", "mixed"], ...] = POINT_SYSTEMS
+    systems: tuple[Literal["emos_global", "emos_local", "emos_lagged", "mlp", "mixed"], ...] = POINT_SYSTEMS
     features: FeatureSettings = FeatureSettings()
     #: per-model options passed to ModelSpec.options (e.g. {mixed: {embed_dim: 16}})
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
