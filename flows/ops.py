@@ -247,7 +247,8 @@ def _validation_product(cfg: Any, checkpoint: str, version: str, out_dir: Path) 
 
 # ------------------------------------------------------------------ evaluate
 def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> Any:
-    """The ``evaluate`` section completed with the systems the work directory holds: the raw
+    """The ``evaluate`` section completed with the systems the work directory holds (at the
+    pipeline's target lead time unless ``evaluate.lead_times`` is set): the raw
     full ensemble and K-member subset, the current model's product, ``products`` (label ->
     path, Gaussian), and the synthetic oracle; paths resolved against the work directory.
     Systems the section names itself are kept as they are."""
@@ -259,6 +260,8 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
                                         truth=wd.analysis,
                                         variables=list(cfg.pipeline.features.targets))
     ev = ev.resolve_paths(wd.root)
+    if ev.lead_times is None:  # products hold the model's target lead time only
+        ev = ev.model_copy(update={"lead_times": [cfg.pipeline.features.target_lead_time]})
     forecast = wd.path(cfg.pipeline.stores.forecast or wd.forecast)
     members = cfg.pipeline.members
     subset = (list(members.explicit) if members.strategy == "explicit" else
