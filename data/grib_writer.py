@@ -16,6 +16,7 @@ member count.  Analyses (dim ``time``, optional ``member`` for an analysis ensem
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ import xarray as xr
 
 from data import schema
 
-__all__ = ["GribWriteError", "GRIB_PARAMS", "write_grib"]
+__all__ = ["GribWriteError", "GRIB_PARAMS", "GribFields", "write_grib", "write_fields"]
 
 BITS_PER_VALUE = 16
 
@@ -92,31 +93,92 @@ def write_grib(path: str | Path, ds: xr.Dataset, *, kind: Literal["forecast", "a
     leaves no file (or, with ``append``, an unchanged one).
     """
     path = Path(path)
-    if kind not in ("forecast", "analysis"):
-        raise GribWriteError(f"{path}: kind must be 'forecast' or 'analysis', got {kind!r}")
+    _check_kind(kind, path)
     time_dim = schema.INIT_TIME if kind == "forecast" else schema.TIME
     needed = (schema.INIT_TIME, schema.LEAD_TIME, schema.MEMBER) if kind == "forecast" else (schema.TIME,)
     for dim in (*needed, schema.LATITUDE, schema.LONGITUDE):
         if dim not in ds.dims:
             raise GribWriteError(f"{path}: a {kind} needs dim {dim!r} (dims: {tuple(ds.dims)})")
-    lat = np.asarray(ds[schema.LATITUDE].values, dtype=float)
-    lon = np.asarray(ds[schema.LONGITUDE].values, dtype=float)
-    grid = _grid_keys(lat, lon, path)
-    members = ds[schema.MEMBER].values if schema.MEMBER in ds.dims else None
-    n_members = None if members is None else len(members)
-    plans = [_plan_variable(str(name), da, kind=kind, time_dim=time_dim, path=path)
-             for name, da in ds.data_vars.items()]
+    fields = [_fields_of(str(name), da, kind=kind, time_dim=time_dim, path=path)
+              for name, da in ds.data_vars.items()]
+    return write_fields(path, fields, kind=kind, latitude=ds[schema.LATITUDE].values,
+                        longitude=ds[schema.LONGITUDE].values, append=append,
+                        n_members=ds.sizes[schema.MEMBER] if schema.MEMBER in ds.dims else None)
+
+
+@dataclass(frozen=True)
+class GribFields:
+    """One variable's fields as plain arrays: the input of :func:`write_fields`.
+
+    ``values`` has shape ``(time, lead, member, level, latitude, longitude)``, with a member
+    (level) axis of length 1 when ``members`` (``levels``) is None; ``lead_hours`` is ``(0,)``
+    for an analysis.  ``units`` are the values' units (converted to the GRIB units if known).
+    """
+
+    name: str
+    values: np.ndarray
+    times: Sequence
+    lead_hours: Sequence[int]
+    members: Sequence[int] | None = None
+    levels: Sequence[int] | None = None
+    units: str = ""
+
+
+def write_fields(path: str | Path, fields: Sequence[GribFields], *,
+                 kind: Literal["forecast", "analysis"], latitude: np.ndarray, longitude: np.ndarray,
+                 append: bool = False, n_members: int | None = None) -> int:
+    """Write variables given as arrays (:class:`GribFields`) to ``path``; return messages written.
+
+    The array form of :func:`write_grib` (same checks, same bytes, no xarray on the way), for
+    writers that produce many small files.  ``n_members`` (the ensemble size in the headers)
+    defaults to the longest member list.
+    """
+    path = Path(path)
+    _check_kind(kind, path)
+    grid = _grid_keys(np.asarray(latitude, dtype=float), np.asarray(longitude, dtype=float), path)
+    if n_members is None:
+        sizes = [len(f.members) for f in fields if f.members is not None]
+        n_members = max(sizes) if sizes else None
+    plans = [_plan_variable(f, kind=kind, path=path) for f in fields]
     messages: list[bytes] = []
     for plan in plans:
-        encoder = _encoder(plan.param, grid, kind=kind, n_members=n_members)
+        types = ["an"] if kind == "analysis" else sorted({"cf" if m == 0 else "pf" for m in plan.members})
+        encoders = {t: _encoder(plan.param, grid, kind=kind, n_members=n_members, data_type=t)
+                    for t in types}
         try:
-            messages.extend(_encode_variable(encoder, plan, kind=kind))
+            messages.extend(_encode_variable(encoders, plan, kind=kind))
         except BaseException:
-            _drop_encoder(encoder)
+            for enc in encoders.values():
+                _drop_encoder(enc)
             raise
     with open(path, "ab" if append else "wb") as fh:
         fh.write(b"".join(messages))
     return len(messages)
+
+
+def _check_kind(kind: str, path: Path) -> None:
+    if kind not in ("forecast", "analysis"):
+        raise GribWriteError(f"{path}: kind must be 'forecast' or 'analysis', got {kind!r}")
+
+
+def _fields_of(name: str, da: xr.DataArray, *, kind: str, time_dim: str, path: Path) -> GribFields:
+    """The :class:`GribFields` of one canonical DataArray."""
+    order = [d for d in (time_dim, schema.LEAD_TIME, schema.MEMBER, schema.LEVEL,
+                         schema.LATITUDE, schema.LONGITUDE) if d in da.dims]
+    extra = set(da.dims) - set(order)
+    if extra:
+        raise GribWriteError(f"{path}: variable {name!r} has unsupported dims {sorted(extra)}")
+    values = da.transpose(*order).values
+    for axis, dim in ((1, schema.LEAD_TIME), (2, schema.MEMBER), (3, schema.LEVEL)):
+        if dim not in da.dims:
+            values = np.expand_dims(values, axis)
+    default_units = GRIB_PARAMS[name].units if name in GRIB_PARAMS else ""
+    return GribFields(
+        name=name, values=values, times=pd.DatetimeIndex(da[time_dim].values),
+        lead_hours=_lead_hours(da, path, name) if kind == "forecast" else [0],
+        members=[int(m) for m in da[schema.MEMBER].values] if schema.MEMBER in da.dims else None,
+        levels=[int(v) for v in da[schema.LEVEL].values] if schema.LEVEL in da.dims else None,
+        units=str(da.attrs.get("units", default_units)))
 
 
 @dataclass(frozen=True)
@@ -133,28 +195,26 @@ class _VariablePlan:
     levels: list[int | None]
 
 
-def _plan_variable(name: str, da: xr.DataArray, *, kind: str, time_dim: str, path: Path) -> _VariablePlan:
+def _plan_variable(f: GribFields, *, kind: str, path: Path) -> _VariablePlan:
     """Check one variable and lay out its values and per-message keys (raises before any write)."""
+    name = f.name
     param = GRIB_PARAMS.get(name)
     if param is None:
         raise GribWriteError(f"{path}: variable {name!r} has no GRIB encoding "
                              f"(known: {sorted(GRIB_PARAMS)})")
-    da = _to_grib_units(da, param, path)
-    has_level = schema.LEVEL in da.dims
-    if has_level and param.type_of_level != "isobaricInhPa":
+    if f.levels is not None and param.type_of_level != "isobaricInhPa":
         raise GribWriteError(f"{path}: variable {name!r} is a single-level variable but has "
                              f"a {schema.LEVEL!r} dim")
-    order = [d for d in (time_dim, schema.LEAD_TIME, schema.MEMBER, schema.LEVEL,
-                         schema.LATITUDE, schema.LONGITUDE) if d in da.dims]
-    extra = set(da.dims) - set(order)
-    if extra:
-        raise GribWriteError(f"{path}: variable {name!r} has unsupported dims {sorted(extra)}")
-    times = pd.DatetimeIndex(da[time_dim].values)
-    leads_h = _lead_hours(da, path, name) if kind == "forecast" else [0]
-    members = [int(m) for m in da[schema.MEMBER].values] if schema.MEMBER in da.dims else [None]
-    levels = [int(v) for v in da[schema.LEVEL].values] if has_level else [None]
-    values = np.asarray(da.transpose(*order).values, dtype=np.float64)
-    values = values.reshape(len(times), len(leads_h), len(members), len(levels), -1)
+    times = pd.DatetimeIndex(f.times)
+    members = [int(m) for m in f.members] if f.members is not None else [None]
+    levels = [int(v) for v in f.levels] if f.levels is not None else [None]
+    shape = (len(times), len(f.lead_hours), len(members), len(levels))
+    values = np.asarray(f.values)
+    if values.ndim != 6 or values.shape[:4] != shape:
+        raise GribWriteError(f"{path}: variable {name!r}: values of shape {values.shape} do not "
+                             f"match (time, lead, member, level) = {shape} + (lat, lon)")
+    values = _to_grib_units(values, f.units, param, path, name)
+    values = np.asarray(values, dtype=np.float64).reshape(*shape, -1)
     finite = np.isfinite(values)
     absent = ~finite.any(axis=-1)
     if not (finite.all(axis=-1) | absent).all():
@@ -162,8 +222,8 @@ def _plan_variable(name: str, da: xr.DataArray, *, kind: str, time_dim: str, pat
                              "here carry no missing-value bitmap")
     # a lead whose fields are all absent (e.g. a 3-hour maximum at step 0) needs no step
     present = ~absent.all(axis=(0, 2, 3))
-    steps = [_step_key(param, lead, kind=kind, path=path, name=name) if ok else ("step", lead)
-             for lead, ok in zip(leads_h, present)]
+    steps = [_step_key(param, int(lead), kind=kind, path=path, name=name) if ok else ("step", 0)
+             for lead, ok in zip(f.lead_hours, present)]
     dates = [(t.year * 10000 + t.month * 100 + t.day, t.hour * 100 + t.minute) for t in times]
     return _VariablePlan(name=name, param=param, values=values, absent=absent, dates=dates,
                          steps=steps, members=members, levels=levels)
@@ -189,22 +249,26 @@ def _grid_keys(lat: np.ndarray, lon: np.ndarray, path: Path) -> dict[str, float 
     }
 
 
-def _to_grib_units(da: xr.DataArray, param: GribParam, path: Path) -> xr.DataArray:
-    units = schema.normalise_units(str(da.attrs.get("units", param.units)))
+def _to_grib_units(values: np.ndarray, units: str, param: GribParam, path: Path,
+                   name: str) -> np.ndarray:
+    units = schema.normalise_units(units or param.units)
     if units == param.units:
-        return da
+        return values
     convert = _CONVERSIONS.get((units, param.units))
     if convert is None:
-        raise GribWriteError(f"{path}: variable {da.name!r} is in {units!r}; GRIB needs {param.units!r}")
-    return convert(da)
+        raise GribWriteError(f"{path}: variable {name!r} is in {units!r}; GRIB needs {param.units!r}")
+    return convert(values)
 
 
 class _Encoder:
-    """One reusable eccodes handle for one (parameter, grid, kind, ensemble size).
+    """One reusable eccodes handle for one (parameter, grid, kind, ensemble size, data type).
 
-    Messages differ only in date, step, member and level (and values), so the handle is kept
-    and only the keys whose value changes are set: about 8x cheaper than cloning a template
-    per message.  ``state`` remembers what was set last (the handle outlives one call).
+    Messages differ only in date, step, member number and level (and values), so the handle is
+    kept and only the keys whose value changes are set: about 8x cheaper than cloning a template
+    per message.  ``state`` remembers what was set last (the handle outlives one call).  The
+    data type (``cf``/``pf``/``an``) is fixed per handle: setting ``type`` on a handle again and
+    again makes each later message slower (eccodes 2.x grows the handle), so control and
+    perturbed members use two handles.
     """
 
     __slots__ = ("handle", "state", "cache_key")
@@ -230,17 +294,20 @@ _ENCODERS = threading.local()
 _MAX_ENCODERS = 32
 
 
-def _encoder(param: GribParam, grid: dict, *, kind: str, n_members: int | None) -> _Encoder:
-    """The cached encoder for this parameter, grid, kind and ensemble size (made on first use)."""
+def _encoder(param: GribParam, grid: dict, *, kind: str, n_members: int | None,
+             data_type: str) -> _Encoder:
+    """The cached encoder for this parameter, grid, kind, ensemble size and data type (made on
+    first use)."""
     cache: dict[tuple, _Encoder] | None = getattr(_ENCODERS, "cache", None)
     if cache is None:
         cache = _ENCODERS.cache = {}
-    key = (param, tuple(grid.items()), kind, n_members)
+    key = (param, tuple(grid.items()), kind, n_members, data_type)
     enc = cache.get(key)
     if enc is None:
         if len(cache) >= _MAX_ENCODERS:
             _drop_encoder(next(iter(cache.values())))
-        enc = cache[key] = _Encoder(_template(param, grid, kind=kind, n_members=n_members), key)
+        enc = cache[key] = _Encoder(_template(param, grid, kind=kind, n_members=n_members,
+                                              data_type=data_type), key)
     return enc
 
 
@@ -252,7 +319,8 @@ def _drop_encoder(enc: _Encoder) -> None:
     eccodes.codes_release(enc.handle)
 
 
-def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None) -> int:
+def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None,
+              data_type: str) -> int:
     """A GRIB2 handle with grid, parameter, level type and product template set."""
     sample = "regular_ll_pl_grib2" if param.type_of_level == "isobaricInhPa" else "regular_ll_sfc_grib2"
     h = eccodes.codes_grib_new_from_samples(sample)
@@ -277,25 +345,26 @@ def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None)
         eccodes.codes_set(h, key, value)
     eccodes.codes_set(h, "packingType", "grid_simple")
     eccodes.codes_set(h, "bitsPerValue", BITS_PER_VALUE)
+    if data_type != ("pf" if kind == "forecast" else "an"):
+        eccodes.codes_set(h, "type", data_type)
     return h
 
 
-def _encode_variable(enc: _Encoder, plan: _VariablePlan, *, kind: str) -> list[bytes]:
-    """The messages of one variable, in (time, lead, member, level) order."""
+def _encode_variable(encoders: dict[str, _Encoder], plan: _VariablePlan, *, kind: str) -> list[bytes]:
+    """The messages of one variable, in (time, lead, member, level) order; ``encoders`` by data
+    type (``cf`` and ``pf`` for a forecast, ``an`` for an analysis)."""
     out: list[bytes] = []
-    h = enc.handle
     values, absent = plan.values, plan.absent
     for it, (date, hhmm) in enumerate(plan.dates):
         for il, (step_key, step) in enumerate(plan.steps):
             for im, member in enumerate(plan.members):
+                enc = encoders["an" if kind == "analysis" else ("cf" if member == 0 else "pf")]
                 for iv, level in enumerate(plan.levels):
                     if absent[it, il, im, iv]:
                         continue
                     enc.set_long("dataDate", date)
                     enc.set_long("dataTime", hhmm)
                     if member is not None:
-                        if kind == "forecast":
-                            enc.set_string("type", "cf" if member == 0 else "pf")
                         enc.set_long("perturbationNumber", member)
                     if level is not None:
                         enc.set_long("level", level)
@@ -303,8 +372,8 @@ def _encode_variable(enc: _Encoder, plan: _VariablePlan, *, kind: str) -> list[b
                         enc.set_long("step", step)
                     else:
                         enc.set_string("stepRange", step)
-                    eccodes.codes_set_double_array(h, "values", values[it, il, im, iv])
-                    out.append(eccodes.codes_get_message(h))
+                    eccodes.codes_set_double_array(enc.handle, "values", values[it, il, im, iv])
+                    out.append(eccodes.codes_get_message(enc.handle))
     return out
 
 

@@ -31,8 +31,8 @@ from data.synth.events import Event, event_anomaly, make_events
 from data.synth.physics import (VAR_SPECS, ancestry, grid_coords, roll_rows,
                                 shift_rows_fractional, smooth_noise, static_fields, zonal_shift_gp)
 
-__all__ = ["World", "AnalysisChunk", "ForecastChunk", "build_world", "simulate",
-           "init_times", "FLOW_BETA", "MEMBER_LEAD_CORR"]
+__all__ = ["World", "AnalysisChunk", "ForecastChunk", "ForecastState", "build_world", "simulate",
+           "simulate_states", "forecast", "init_times", "FLOW_BETA", "MEMBER_LEAD_CORR"]
 
 #: strength of the flow dependence of the innovation amplitude: m = exp(-beta tanh(q)) / norm
 FLOW_BETA = 0.45
@@ -75,6 +75,19 @@ class World:
 class AnalysisChunk:
     days: pd.DatetimeIndex
     fields: dict[str, np.ndarray]  # name -> (day, lat, lon), physical units
+
+
+@dataclass(frozen=True)
+class ForecastState:
+    """What a forecast from ``init`` is made of: the latent state at init and the z500 history.
+
+    ``ztot_window[k]`` is the z500 total anomaly on ``init + k + 1 - lam`` (k = 0..lam-1),
+    which fixes the flow-dependent innovation amplitude up to the longest lead.
+    """
+
+    init: pd.Timestamp
+    y0: np.ndarray  # (variable, lat, lon), latent units, world.names order
+    ztot_window: np.ndarray  # (lam, lat, lon)
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,14 @@ def _innovations(world: World, rng_key: int, n_days: int) -> np.ndarray:
 
 def simulate(world: World) -> Iterator[AnalysisChunk | ForecastChunk]:
     """Run the world year by year, yielding the analyses of each year, then its forecasts."""
+    for item in simulate_states(world):
+        yield item if isinstance(item, AnalysisChunk) else forecast(world, item)
+
+
+def simulate_states(world: World) -> Iterator[AnalysisChunk | ForecastState]:
+    """Run the world year by year, yielding the analyses of each year, then the states its
+    forecasts start from (:func:`forecast` turns one into members and oracle; states are
+    independent of each other, so they can be computed in any order or process)."""
     cfg = world.config
     inits = init_times(cfg)
     lam = world.lag_days
@@ -162,7 +183,8 @@ def simulate(world: World) -> Iterator[AnalysisChunk | ForecastChunk]:
             if n in cfg.output_variables})
         for init in inits[(inits >= days[0]) & (inits <= days[-1])]:
             i0 = (init - days[0]).days
-            yield _forecast(world, init, y_block[i0], ztot_ext[i0 + 1: i0 + lam + 1])
+            yield ForecastState(init=init, y0=y_block[i0].copy(),
+                                ztot_window=ztot_ext[i0 + 1: i0 + lam + 1].copy())
 
 
 def _to_physical(world: World, name: str, latent: np.ndarray, days: pd.DatetimeIndex) -> np.ndarray:
@@ -205,8 +227,9 @@ def forecast_members(world: World, name: str, mu: np.ndarray, sd: np.ndarray,
     return shift_rows_fractional(d, -spec.lag * world.shift * lead_days)
 
 
-def _forecast(world: World, init: pd.Timestamp, y0: np.ndarray,
-              ztot_window: np.ndarray) -> ForecastChunk:
+def forecast(world: World, state: ForecastState) -> ForecastChunk:
+    """Members (the forecast's error model) and oracle of one init; deterministic in the seed."""
+    init, y0, ztot_window = state.init, state.y0, state.ztot_window
     cfg = world.config
     n_pert = cfg.n_perturbed
     out_vars = cfg.output_variables

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +15,12 @@ import xarray as xr
 import yaml
 
 from data import schema
-from data.grib_writer import write_grib
+from data.grib_writer import GribFields, write_fields
 from data.synth.config import SynthConfig, SynthError
 from data.synth.events import events_to_yaml_dict
 from data.synth.physics import VAR_SPECS
-from data.synth.world import AnalysisChunk, ForecastChunk, World, build_world, simulate
+from data.synth.pool import auto_workers, forecast_runner
+from data.synth.world import AnalysisChunk, ForecastChunk, World, build_world, simulate_states
 
 __all__ = ["WorldPaths", "generate_world", "ORACLE_DESCRIPTION"]
 
@@ -51,17 +54,23 @@ class WorldPaths:
 
 def generate_world(out_dir: str | Path, config: SynthConfig | None = None, *,
                    overwrite: bool = False,
-                   progress: Callable[[str], None] | None = None) -> WorldPaths:
+                   progress: Callable[[str], None] | None = None,
+                   workers: int | None = None) -> WorldPaths:
     """Simulate the world of ``config`` and write it under ``out_dir``; deterministic in the seed.
 
     Refuses a non-empty ``out_dir`` that does not hold a synthetic world, and an existing world
     unless ``overwrite`` (then only the world's own files are replaced).  ``progress`` receives
-    one line per simulated year.
+    one line per simulated year.  ``workers`` processes compute and write the forecast files
+    while this one simulates (None: one per core, none for a small world; 0: all here); the
+    files are the same for any number of workers.
     """
     config = config or SynthConfig()
     root = Path(out_dir)
-    _prepare(root, overwrite=overwrite)
     world = build_world(config)
+    n_workers = auto_workers(world) if workers is None else workers
+    if n_workers < 0:
+        raise SynthError(f"workers must be >= 0 (0: write in this process), got {n_workers}")
+    _prepare(root, overwrite=overwrite)
     (root / "forecast").mkdir(parents=True)
     (root / "analysis").mkdir()
     static = _write_static(root / "static.nc", world)
@@ -71,27 +80,59 @@ def generate_world(out_dir: str | Path, config: SynthConfig | None = None, *,
                             variables=config.variables), sort_keys=False))
     cfg_path = root / "synth.yaml"
     cfg_path.write_text(yaml.safe_dump({"synth": _config_dict(config)}, sort_keys=False))
-    forecast_files: list[Path] = []
     analysis_files: list[Path] = []
-    oracle_path = root / "oracle.zarr"
-    pending: list[ForecastChunk] = []
-    oracle_started = False
-    for chunk in simulate(world):
-        if isinstance(chunk, AnalysisChunk):
-            if pending:
-                _append_oracle(oracle_path, world, pending, first=not oracle_started)
-                oracle_started, pending = True, []
-            analysis_files.extend(_write_analysis(root / "analysis", world, chunk))
-            if progress is not None:
-                progress(f"simulated {chunk.days[0]:%Y-%m-%d}..{chunk.days[-1]:%Y-%m-%d}")
-        else:
-            forecast_files.append(_write_forecast(root / "forecast", world, chunk))
-            pending.append(chunk)
-    if pending:
-        _append_oracle(oracle_path, world, pending, first=not oracle_started)
-    return WorldPaths(root=root, forecast_files=tuple(forecast_files),
+    oracle = _OracleWriter(root / "oracle.zarr", world)
+    inflight: deque[tuple[int, Future]] = deque()
+    window = 4 * max(n_workers, 1)
+    block = 0
+    with forecast_runner(root / "forecast", world, workers=n_workers) as submit:
+        for item in simulate_states(world):
+            if isinstance(item, AnalysisChunk):
+                block += 1
+                analysis_files.extend(_write_analysis(root / "analysis", world, item))
+                if progress is not None:
+                    progress(f"simulated {item.days[0]:%Y-%m-%d}..{item.days[-1]:%Y-%m-%d}")
+            else:
+                inflight.append((block, submit(item)))
+            # collect finished forecasts in order; wait once `window` are in flight
+            while inflight and (len(inflight) > window or inflight[0][1].done()):
+                oracle.add(*_result(inflight.popleft()))
+        while inflight:
+            oracle.add(*_result(inflight.popleft()))
+    oracle.flush()
+    return WorldPaths(root=root, forecast_files=tuple(oracle.files),
                       analysis_files=tuple(sorted(set(analysis_files))), static=static,
-                      oracle=oracle_path, events=events, config=cfg_path)
+                      oracle=oracle.path, events=events, config=cfg_path)
+
+
+def _result(item: tuple[int, Future]) -> tuple[int, Path, ForecastChunk]:
+    block, fut = item
+    path, chunk = fut.result()
+    return block, path, chunk
+
+
+class _OracleWriter:
+    """Collects forecasts in init order and appends their oracle fields to the Zarr store, one
+    append per simulated year (the first one sets the chunking)."""
+
+    def __init__(self, path: Path, world: World) -> None:
+        self.path, self.world = path, world
+        self.files: list[Path] = []
+        self._pending: list[ForecastChunk] = []
+        self._block: int | None = None
+        self._started = False
+
+    def add(self, block: int, path: Path, chunk: ForecastChunk) -> None:
+        if self._pending and block != self._block:
+            self.flush()
+        self._block = block
+        self.files.append(path)
+        self._pending.append(chunk)
+
+    def flush(self) -> None:
+        if self._pending:
+            _append_oracle(self.path, self.world, self._pending, first=not self._started)
+            self._started, self._pending = True, []
 
 
 def _event_thresholds(world: World) -> dict[str, float]:
@@ -149,52 +190,51 @@ def _levels(names: tuple[str, ...]) -> list[int]:
     return sorted({VAR_SPECS[n].level for n in names if VAR_SPECS[n].level is not None})
 
 
-def _as_dataset(world: World, fields: dict[str, np.ndarray], lead_dims: tuple[str, ...],
-                coords: dict) -> xr.Dataset:
-    """Canonical dataset from name -> (*lead_dims, lat, lon) arrays (levels stacked, NaN-padded)."""
+def _grib_fields(fields: dict[str, np.ndarray], *, times, lead_hours: tuple[int, ...],
+                 members: list[int] | None) -> list[GribFields]:
+    """GRIB fields from name -> (time, lead, member, lat, lon) arrays, levels stacked per short name.
+
+    Pressure levels are in increasing order; a (variable, level) not simulated is all-NaN,
+    hence absent from the file.
+    """
     levels = _levels(tuple(fields))
-    data_vars = {}
+    out = []
     for short, names in _grouped(tuple(fields)).items():
         spec0 = VAR_SPECS[names[0]]
         if spec0.level is None:
-            da = xr.DataArray(fields[names[0]], dims=(*lead_dims, "latitude", "longitude"))
+            values = fields[names[0]][:, :, :, None]
         else:
             shape = fields[names[0]].shape
-            arr = np.full((*shape[:-2], len(levels), *shape[-2:]), np.nan, dtype=np.float64)
+            values = np.full((*shape[:3], len(levels), *shape[3:]), np.nan, dtype=np.float64)
             for n in names:
-                arr[..., levels.index(VAR_SPECS[n].level), :, :] = fields[n]
-            da = xr.DataArray(arr, dims=(*lead_dims, "level", "latitude", "longitude"))
-        data_vars[short] = schema.annotate(da.assign_attrs(units=spec0.units), short)
-    ds = xr.Dataset(data_vars, coords={**coords, **_coords(world)})
-    if levels:
-        ds = ds.assign_coords(level=("level", np.asarray(levels, dtype=np.int64),
-                                     {"units": "hPa", "long_name": "pressure level"}))
-    return ds
+                values[:, :, :, levels.index(VAR_SPECS[n].level)] = fields[n]
+        out.append(GribFields(name=short, values=values, times=times, lead_hours=lead_hours,
+                              members=members, levels=None if spec0.level is None else levels,
+                              units=spec0.units))
+    return out
 
 
-def _write_forecast(directory: Path, world: World, chunk: ForecastChunk) -> Path:
+def write_forecast(directory: Path, world: World, chunk: ForecastChunk) -> Path:
+    """One GRIB file per init: ``ens_YYYYMMDDHH.grib`` with cf + pf messages of every variable."""
     cfg = world.config
-    coords = {
-        "init_time": [np.datetime64(chunk.init.to_datetime64(), "ns")],
-        "lead_time": pd.to_timedelta(list(cfg.lead_times_h), unit="h").values.astype("timedelta64[ns]"),
-        "member": np.arange(cfg.n_members, dtype=np.int64),
-    }
-    fields = {n: a[None].astype(np.float64) for n, a in chunk.members.items()}
-    ds = _as_dataset(world, fields, ("init_time", "lead_time", "member"), coords)
+    fields = {n: a[None] for n, a in chunk.members.items()}
     path = directory / f"ens_{chunk.init:%Y%m%d%H}.grib"
-    write_grib(path, ds, kind="forecast")
+    write_fields(path, _grib_fields(fields, times=[chunk.init], lead_hours=cfg.lead_times_h,
+                                    members=list(range(cfg.n_members))),
+                 kind="forecast", latitude=world.lat, longitude=world.lon)
     return path
 
 
 def _write_analysis(directory: Path, world: World, chunk: AnalysisChunk) -> list[Path]:
+    """The truth, one file per month (``analysis_YYYYMM.grib``), appended to if it exists."""
     paths = []
     months = chunk.days.to_period("M")
     for month in months.unique():
         sel = np.asarray(months == month)
-        coords = {"time": chunk.days[sel].values.astype("datetime64[ns]")}
-        ds = _as_dataset(world, {n: a[sel] for n, a in chunk.fields.items()}, ("time",), coords)
+        fields = {n: a[sel][:, None, None] for n, a in chunk.fields.items()}
         path = directory / f"analysis_{month.year:04d}{month.month:02d}.grib"
-        write_grib(path, ds, kind="analysis", append=path.exists())
+        write_fields(path, _grib_fields(fields, times=chunk.days[sel], lead_hours=(0,), members=None),
+                     kind="analysis", latitude=world.lat, longitude=world.lon, append=path.exists())
         paths.append(path)
     return paths
 
