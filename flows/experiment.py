@@ -90,6 +90,9 @@ class TrainSection(BaseModel):
     #: networks (mlp, mixed, unet) are fitted with this many seeds and their parameters averaged
     seeds: int = Field(3, ge=1)
     seed: int = 0
+    #: networks (station experiments): after early stopping on the validation period, refit
+    #: (same seed) on training + validation for the chosen number of epochs
+    refit: bool = False
 
 
 class EvaluateSection(BaseModel):

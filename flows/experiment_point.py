@@ -9,13 +9,17 @@ normalisation buffers are the library's own (``models.build_model``); only the l
 PyTorch loop (Adam, mini-batches, early stopping on the validation CRPS, best weights kept)
 instead of the Lightning Trainer, which would cost more than the fit itself here.
 
-Features (all causal: nothing from the verifying observation or later):
+Features (all causal: built only from observations valid at or before the forecast's init
+time; see docs/results.md for the timing argument):
 
 * ``sin_doy``, ``cos_doy``: day of year of the valid time (known at init time);
-* ``lagged_error``, ``lagged_error_mean``: the error (ensemble mean of the K members in use
-  minus observation) of the latest earlier forecast whose observation was valid at least
-  ``lag_hours`` before this forecast's init time, and the mean of such errors over the
-  ``window_days`` before that cut-off; divided by the training target std, 0 where none.
+* past errors of the mean of the K members in use (forecast minus observation), over the
+  earlier forecasts whose verifying observation is valid at or before this forecast's init
+  time: ``err_lag1``/``err_lag2`` the latest and second-latest such error, ``err_ewm`` their
+  exponentially weighted mean (half-life ``halflife_days``), all divided by the training-period
+  error std; ``obs_init`` the latest observation valid at or before the init time,
+  standardised with the training-period observation mean/std.  A value older than
+  ``max_age_days`` (a gap in the record), or none at all, is 0.
 """
 
 from __future__ import annotations
@@ -28,11 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from data import schema
+from models import ModelSpec, build_model
+from models.base import PostProcessor, ensemble_moments
+from models.emos import GlobalEMOS
 
 STATIC_DOY = ("sin_doy", "cos_doy")
-STATIC_LAG = ("lagged_error", "lagged_error_mean")
+STATIC_PAST = ("err_lag1", "err_lag2", "obs_init", "err_ewm")
 
 
 class PointDataError(ValueError):
@@ -89,31 +98,56 @@ def day_of_year_features(times: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
 
 
-def lagged_error_features(data: PointData, members: np.ndarray, *, scale: float, lag_hours: float = 24.0,
-                          window_days: float = 7.0) -> np.ndarray:
-    """``[N, 2]``: latest and window-mean past error of the mean of ``members`` (indices; the
-    K members in use), see the module doc."""
-    if lag_hours <= 0 or window_days <= 0:
-        raise PointDataError(f"lagged errors need lag_hours > 0 (strictly before the init time) and "
-                             f"window_days > 0, got lag_hours={lag_hours}, window_days={window_days}")
-    err = data.members[:, members].mean(axis=1) - data.observation
+def past_error_features(data: PointData, members: np.ndarray, *, err_scale: float, obs_mean: float,
+                        obs_scale: float, halflife_days: float = 5.0, max_age_days: float = 3.0) -> np.ndarray:
+    """``[N, 4]`` causal features (``STATIC_PAST``) of each forecast, from the errors of the mean
+    of ``members`` (indices: the K members in use) and observations valid at or before that
+    forecast's init time; see the module doc."""
+    if halflife_days <= 0 or max_age_days <= 0 or err_scale <= 0 or obs_scale <= 0:
+        raise PointDataError(f"{data.variable}: past-error features need halflife_days, max_age_days, err_scale "
+                             f"and obs_scale > 0, got {halflife_days}, {max_age_days}, {err_scale}, {obs_scale}")
+    n = data.members.shape[0]
+    init = data.init_time.astype(np.int64)
+    valid = data.valid_time.astype(np.int64)
+    day = 8.64e13
+    out = np.zeros((n, len(STATIC_PAST)), np.float64)
+
+    def known(ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sorted valid times, their order, and per forecast the count valid <= its init."""
+        order = np.argsort(valid[ok], kind="stable")
+        vt = valid[ok][order]
+        return vt, order, np.searchsorted(vt, init, side="right")
+
+    err = data.members[:, members].mean(axis=1).astype(np.float64) - data.observation
     ok = np.isfinite(err)
-    vt = data.valid_time[ok].astype(np.int64)
-    e = err[ok].astype(np.float64)
-    order = np.argsort(vt, kind="stable")
-    vt, e = vt[order], e[order]
-    csum = np.concatenate([[0.0], np.cumsum(e)])
-    cutoff = data.init_time.astype(np.int64) - int(lag_hours * 3.6e12)
-    hi = np.searchsorted(vt, cutoff, side="right")  # errors with valid time <= cutoff
-    if e.size == 0:
-        return np.zeros((data.members.shape[0], 2), np.float32)
-    window = int(window_days * 8.64e13)
-    j = np.maximum(hi - 1, 0)
-    latest = np.where((hi > 0) & (cutoff - vt[j] <= window), e[j], 0.0)
-    lo = np.searchsorted(vt, cutoff - window, side="right")
-    n = hi - lo
-    mean = np.where(n > 0, (csum[hi] - csum[lo]) / np.maximum(n, 1), 0.0)
-    return (np.stack([latest, mean], axis=1) / scale).astype(np.float32)
+    vt, order, hi = known(ok)
+    e = err[ok][order] / err_scale
+    for col, lag in ((0, 1), (1, 2)):
+        j = np.maximum(hi - lag, 0)
+        fresh = (hi >= lag) & (init - vt[j] <= max_age_days * day) if vt.size else np.zeros(n, bool)
+        out[:, col] = np.where(fresh, e[j] if vt.size else 0.0, 0.0)
+    if vt.size:
+        # exponentially weighted mean of the errors valid <= t: running sums A (weighted errors)
+        # and B (weights) decayed to each error's valid time; decaying both further to the init
+        # time leaves A / B unchanged
+        rate = np.log(2.0) / (halflife_days * day)
+        a, b = np.empty(vt.size), np.empty(vt.size)
+        acc_a = acc_b = 0.0
+        for i in range(vt.size):
+            decay = np.exp(-rate * (vt[i] - vt[i - 1])) if i else 0.0
+            acc_a, acc_b = acc_a * decay + e[i], acc_b * decay + 1.0
+            a[i], b[i] = acc_a, acc_b
+        j = np.maximum(hi - 1, 0)
+        fresh = (hi >= 1) & (init - vt[j] <= max_age_days * day)
+        out[:, 3] = np.where(fresh, a[j] / np.maximum(b[j], 1e-12), 0.0)
+    obs_ok = np.isfinite(data.observation)
+    vo, order_o, hi_o = known(obs_ok)
+    if vo.size:
+        o = (data.observation[obs_ok][order_o].astype(np.float64) - obs_mean) / obs_scale
+        j = np.maximum(hi_o - 1, 0)
+        fresh = (hi_o >= 1) & (init - vo[j] <= max_age_days * day)
+        out[:, 2] = np.where(fresh, o[j], 0.0)
+    return out.astype(np.float32)
 
 
 def point_batch(members: np.ndarray, observation: np.ndarray, static: np.ndarray,
@@ -146,6 +180,34 @@ def point_stats(members: np.ndarray, observation: np.ndarray, channel: str, targ
             "target_mean": np.array([o_mean], np.float32), "target_std": np.array([o_std], np.float32)}
 
 
+class LaggedEMOS(GlobalEMOS):
+    """``emos_lagged``: global EMOS whose mean is also linear in the static (past-error)
+    features, ``mu = EMOS mu + std_t * (w . static)`` (AR-EMOS-like, Moeller & Gross 2016);
+    ``w = 0`` at initialisation, so it starts as plain EMOS."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.weights = nn.Parameter(torch.zeros(len(spec.targets), len(spec.static_names)))
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        alpha, beta, delta, gamma = self._params(batch)
+        m, s = ensemble_moments(self.raw_target_members(batch))
+        std = self._tstd()
+        s = torch.maximum(s, self.options["sigma_eps"] * std)
+        shift = torch.einsum("bshw,ts->bthw", self.static(batch), self.weights)
+        mu = m + std * (alpha + shift) + beta * (m - self._target_mean(batch))
+        var = torch.exp(2.0 * delta.clamp(-20.0, 20.0)) * s * s + std * std * F.softplus(gamma)
+        return self.finish(mu, var.sqrt())
+
+
+def build_point_model(spec: ModelSpec) -> PostProcessor:
+    """``models.build_model(spec)``, or :class:`LaggedEMOS` for ``spec.name == "emos_global"``
+    with static features (the experiment's ``emos_lagged`` system)."""
+    if spec.name == "emos_global" and spec.static_names:
+        return LaggedEMOS(spec)
+    return build_model(spec)
+
+
 @dataclass(frozen=True)
 class FitSettings:
     max_epochs: int = 300
@@ -159,40 +221,61 @@ class FitSettings:
 class FitResult:
     model: torch.nn.Module
     best_val: float  # normalised closed-form CRPS (the model's loss) on validation
-    epochs: int
+    epochs: int  # epochs run by the early-stopped fit
+    best_epoch: int  # the epoch of the kept weights (early stopping), or the refit's epoch count
 
 
-def fit_point_model(spec, train: Mapping[str, torch.Tensor], val: Mapping[str, torch.Tensor], *,
-                    settings: FitSettings, seed: int) -> FitResult:
-    """Fit ``build_model(spec)`` by minimum closed-form CRPS; early stopping on ``val``."""
-    from models import build_model
-
-    torch.manual_seed(seed)
+def _train_epochs(model: torch.nn.Module, train: Mapping[str, torch.Tensor], settings: FitSettings, seed: int,
+                  *, epochs: int, val: Mapping[str, torch.Tensor] | None = None) -> tuple[float, int, int]:
+    """Adam steps over ``train`` for at most ``epochs`` epochs; with ``val``, stop after
+    ``settings.patience`` epochs without a better validation loss and keep the best weights.
+    Returns (best validation loss or nan, epochs run, best epoch)."""
     gen = torch.Generator().manual_seed(seed)
-    model = build_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     n = train["inputs"].shape[0]
-    best, best_state, stale, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0
-    for epoch in range(1, settings.max_epochs + 1):
+    full = settings.batch_size >= n  # one full-batch step per epoch: no shuffling or copies
+    best, best_state, best_epoch, stale, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0, 0
+    for epoch in range(1, epochs + 1):
         model.train()
-        for idx in torch.randperm(n, generator=gen).split(settings.batch_size):
-            sub = take(train, idx)
+        for idx in [None] if full else torch.randperm(n, generator=gen).split(settings.batch_size):
+            sub = train if idx is None else take(train, idx)
             loss = model.loss(model(sub), sub["target"])
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if val is None:
+            continue
         model.eval()
         with torch.no_grad():
             v = float(model.loss(model(val), val["target"]))
         if v < best - 1e-6:
-            best, best_state, stale = v, copy.deepcopy(model.state_dict()), 0
+            best, best_state, best_epoch, stale = v, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
             if stale >= settings.patience:
                 break
-    model.load_state_dict(best_state)
+    if val is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return FitResult(model=model, best_val=best, epochs=epoch)
+    return (best if val is not None else math.nan), epoch, (best_epoch if val is not None else epoch)
+
+
+def fit_point_model(spec, train: Mapping[str, torch.Tensor], val: Mapping[str, torch.Tensor], *,
+                    settings: FitSettings, seed: int, refit: bool = False) -> FitResult:
+    """Fit ``build_point_model(spec)`` by minimum closed-form CRPS with early stopping on
+    ``val``.  With ``settings.batch_size >= len(train)`` every epoch is one full-batch Adam
+    step.  ``refit``: then fit a fresh model (same seed) on ``train`` + ``val`` for the chosen
+    number of epochs and return that one (``best_val`` stays the early-stopped fit's)."""
+    torch.manual_seed(seed)
+    model = build_point_model(spec)
+    best, epochs, best_epoch = _train_epochs(model, train, settings, seed, epochs=settings.max_epochs, val=val)
+    if not refit or best_epoch < 1:
+        return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch)
+    torch.manual_seed(seed)
+    model = build_point_model(spec)
+    both = {k: torch.cat([train[k], val[k]]) for k in train}
+    _train_epochs(model, both, settings, seed, epochs=best_epoch)
+    return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch)
 
 
 def predict_point(models: Sequence[torch.nn.Module], batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -14,14 +14,14 @@ from evaluation.dashboard import write_dashboard
 from evaluation.experiment import experiment_document, markdown_table, score_rows
 from flows.experiment_point import (
     STATIC_DOY,
-    STATIC_LAG,
+    STATIC_PAST,
     FitSettings,
     PointData,
     PointDataError,
     day_of_year_features,
     fit_point_model,
-    lagged_error_features,
     load_station,
+    past_error_features,
     point_batch,
     point_stats,
     predict_point,
@@ -67,17 +67,32 @@ def subset_members(n_members: int, k: int, how: str) -> np.ndarray:
     return idx
 
 
-def _static(data: PointData, members: np.ndarray, features, scale: float) -> tuple[np.ndarray, tuple[str, ...]]:
+def _static(data: PointData, members: np.ndarray, features, train: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Static features of every date and their names; scales from the ``train`` mask only."""
     parts, names = [], []
     if features.day_of_year:
         parts.append(day_of_year_features(data.valid_time))
         names += STATIC_DOY
     if features.lagged_error:
-        parts.append(lagged_error_features(data, members, scale=scale, lag_hours=features.lag_hours,
-                                           window_days=features.window_days))
-        names += STATIC_LAG
+        err = data.members[train][:, members].mean(axis=1) - data.observation[train]
+        obs = data.observation[train]
+        parts.append(past_error_features(data, members, err_scale=float(np.nanstd(err)),
+                                         obs_mean=float(np.nanmean(obs)), obs_scale=float(np.nanstd(obs)),
+                                         halflife_days=features.halflife_days,
+                                         max_age_days=features.max_age_days))
+        names += STATIC_PAST
     n = data.members.shape[0]
     return (np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)), tuple(names)
+
+
+def _static_columns(system: str, names: tuple[str, ...]) -> list[int]:
+    """The static columns a system sees: networks all, ``emos_lagged`` the past-error ones,
+    the other EMOS none."""
+    if system in NETWORKS:
+        return list(range(len(names)))
+    if system == "emos_lagged":
+        return [i for i, n in enumerate(names) if n in STATIC_PAST]
+    return []
 
 
 def _da(values: np.ndarray, times: np.ndarray) -> xr.DataArray:
@@ -102,7 +117,6 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
     seeds = 1 if quick else tr.seeds
     n_boot = 50 if quick else ev.n_resamples
     train_obs = data.observation[masks["train"]]
-    scale = float(np.nanstd(train_obs))
     thresholds = {f"p{round(100 * q):02d} {'lower' if q < 0.5 else 'upper'}": float(np.nanquantile(train_obs, q))
                   for q in ev.tail_quantiles}
     test = data.subset(masks["test"])
@@ -129,7 +143,7 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
         sk["raw_subset"] = crps_ensemble(xr.DataArray(sub.astype(np.float64), dims=[DIM, "member"],
                                                       coords={DIM: times}), obs, estimator="standard")
         tk["raw_subset"] = tails_ens(sub)
-        static, static_names = _static(data, sel, sec.features, scale)
+        static, static_names = _static(data, sel, sec.features, masks["train"])
         batch = {name: point_batch(data.members[m][:, sel], data.observation[m], static[m],
                                    data.init_time[m], data.lead_time) for name, m in masks.items()}
         stats = point_stats(data.members[masks["train"]][:, sel], train_obs, channel, data.variable)
@@ -138,13 +152,18 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
         for name in sec.systems:
             t0 = time.perf_counter()
             is_net = name in NETWORKS
-            spec = ModelSpec(name=name, channels=(channel,), targets=(data.variable,), target_channels=(0,),
-                             static_names=static_names if is_net else (), n_members=k, grid_shape=(1, 1),
+            cols = _static_columns(name, static_names)
+            if name == "emos_lagged" and not cols:
+                raise PointDataError(f"{sec.path}: system emos_lagged needs features.lagged_error: true")
+            spec = ModelSpec(name="emos_global" if name == "emos_lagged" else name, channels=(channel,),
+                             targets=(data.variable,), target_channels=(0,),
+                             static_names=tuple(static_names[i] for i in cols), n_members=k, grid_shape=(1, 1),
                              stats=stats, distribution=sec.distribution,
                              options=dict(sec.model_options.get(name, {})))
             fit = settings if is_net else FitSettings(**{**settings.__dict__, "lr": tr.emos_lr})
-            bt = batch if is_net else {n: {**v, "static": v["static"][:, :0]} for n, v in batch.items()}
-            models = [fit_point_model(spec, bt["train"], bt["val"], settings=fit, seed=tr.seed + i).model
+            bt = {n: {**v, "static": v["static"][:, cols]} for n, v in batch.items()}
+            models = [fit_point_model(spec, bt["train"], bt["val"], settings=fit, seed=tr.seed + i,
+                                      refit=tr.refit and is_net).model
                       for i in range(seeds if is_net else 1)]
             pred = predict_point(models, bt["test"])
             if sec.distribution == "gaussian":

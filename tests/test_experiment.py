@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import properscoring as ps
 import pytest
+import torch
 import xarray as xr
 
 from evaluation.experiment import (
@@ -21,10 +23,16 @@ from evaluation.experiment import (
 from flows.cli import main
 from flows.experiment import ExperimentConfigError, load_experiment_config, run_experiment
 from flows.experiment_point import (
+    STATIC_PAST,
+    FitSettings,
+    LaggedEMOS,
     PointData,
     PointDataError,
+    build_point_model,
     day_of_year_features,
-    lagged_error_features,
+    fit_point_model,
+    past_error_features,
+    point_batch,
     point_stats,
 )
 from flows.experiment_station import subset_members
@@ -77,7 +85,7 @@ def test_station_experiment_quick_end_to_end(tmp_path, rng, capsys):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
     rows = {r["system"]: r for r in res["rows"]}
-    assert set(rows) == {"raw_full", "raw_subset", "emos_global", "emos_local", "mlp", "mixed"}
+    assert set(rows) == {"raw_full", "raw_subset", "emos_global", "emos_local", "emos_lagged", "mlp", "mixed"}
     assert rows["raw_subset"]["K"] == 5  # quick mode: the largest K only
     # raw CRPS is the standard estimator: equal to properscoring on the same test dates
     raw = xr.open_dataset(station)
@@ -111,7 +119,8 @@ def test_station_experiment_full_ks_learns(tmp_path, rng):
 def test_censored_precipitation_quick(tmp_path, rng):
     station = _station_file(tmp_path, rng, variable="tp24", name="rainville")
     cfg = _config(tmp_path, station, distribution="censored_logistic",
-                  features="{day_of_year: true, lagged_error: false}")
+                  features="{day_of_year: true, lagged_error: false}",
+                  systems="[emos_global, emos_local, mlp, mixed]")
     res = run_experiment(load_experiment_config(cfg), out_dir=tmp_path / "o", quick=True)
     rows = {r["system"]: r for r in res["rows"]}
     assert all(np.isfinite(r["crps"]) for r in rows.values())
@@ -164,6 +173,13 @@ def test_cli_reports_user_errors(tmp_path, rng, capsys):
     assert "the test period holds 0 dates" in capsys.readouterr().err
 
 
+def test_lagged_emos_needs_the_past_error_features(tmp_path, rng):
+    station = _station_file(tmp_path, rng)
+    cfg = _config(tmp_path, station, features="{lagged_error: false}", systems="[emos_lagged]")
+    with pytest.raises(PointDataError, match="emos_lagged needs features.lagged_error: true"):
+        run_experiment(load_experiment_config(cfg), out_dir=tmp_path / "o", quick=True)
+
+
 def test_subset_members():
     assert subset_members(51, 5, "first").tolist() == [0, 1, 2, 3, 4]
     assert subset_members(51, 5, "perturbed").tolist() == [1, 2, 3, 4, 5]
@@ -171,37 +187,111 @@ def test_subset_members():
         subset_members(51, 51, "perturbed")
 
 
-def _point(n: int = 40, seed: int = 0) -> PointData:
+def _point(n: int = 40, seed: int = 0, *, init_hour: int = 12, lead_hours: int = 24) -> PointData:
     r = np.random.default_rng(seed)
-    init = np.datetime64("2010-01-01T12", "ns") + np.arange(n) * np.timedelta64(1, "D")
+    init = np.datetime64(f"2010-01-01T{init_hour:02d}", "ns") + np.arange(n) * np.timedelta64(1, "D")
     return PointData("t2m", "degC", "x", r.normal(size=(n, 4)).astype("f4"), r.normal(size=n).astype("f4"),
-                     init, np.timedelta64(24, "h").astype("timedelta64[ns]"))
+                     init, np.timedelta64(lead_hours, "h").astype("timedelta64[ns]"))
 
 
-def test_lagged_error_is_causal():
-    """Changing the observation of date i changes no feature of a forecast initialised less
-    than lag_hours after that observation's valid time."""
+def _with_obs(data: PointData, obs: np.ndarray) -> PointData:
+    return PointData(data.variable, data.units, data.station, data.members, obs.astype("f4"), data.init_time,
+                     data.lead_time)
+
+
+def _past(data: PointData, **kw) -> np.ndarray:
+    return past_error_features(data, np.arange(4), **{"err_scale": 1.0, "obs_mean": 0.0, "obs_scale": 1.0, **kw})
+
+
+def test_past_error_features_use_nothing_after_the_init_time():
+    """Changing the observation valid at time v changes no feature of a forecast initialised
+    before v; the first forecast initialised at v (12 UTC +24 h: the next day's) sees it."""
     data = _point()
-    base = lagged_error_features(data, np.arange(4), scale=1.0, lag_hours=24)
-    i = 20
+    base = _past(data)
+    assert base.shape == (40, len(STATIC_PAST))
+    for i in (3, 20, 38):
+        obs = data.observation.copy()
+        obs[i] += 5.0
+        diff = np.abs(_past(_with_obs(data, obs)) - base).max(axis=1) > 0
+        known = data.init_time >= data.valid_time[i]
+        assert not diff[~known].any(), i
+        assert diff[i + 1]  # init_{i+1} == valid_i: the observation at init time is known
+
+
+def test_lag1_error_timing_t2m_and_precipitation():
+    """12 UTC +24 h: the lag-1 error is the previous day's forecast (valid at this init time);
+    00 UTC +30 h: the previous day's forecast verifies 6 h after init, so lag 1 is two days back."""
+    data = _point()
+    f = _past(data)
+    err = data.members.mean(1).astype(np.float64) - data.observation
+    assert f[0].tolist() == [0.0, 0.0, 0.0, 0.0]  # nothing known before the first forecast
+    assert f[5, 0] == pytest.approx(err[4], rel=1e-5)  # lag 1: init d-2 12 UTC, valid d-1 12 UTC
+    assert f[5, 1] == pytest.approx(err[3], rel=1e-5)  # lag 2
+    assert f[5, 2] == pytest.approx(data.observation[4], rel=1e-5)  # the observation at init time
+    w = 0.5 ** (np.arange(5)[::-1] / 5.0)  # errors 0..4, half-life 5 days, ages 4..0 days
+    assert f[5, 3] == pytest.approx((w * err[:5]).sum() / w.sum(), rel=1e-5)
+    rain = _past(_point(init_hour=0, lead_hours=30))
+    err_r = _point(init_hour=0, lead_hours=30)
+    e = err_r.members.mean(1).astype(np.float64) - err_r.observation
+    assert rain[5, 0] == pytest.approx(e[3], rel=1e-5) and rain[5, 1] == pytest.approx(e[2], rel=1e-5)
+    assert rain[1].tolist() == [0.0, 0.0, 0.0, 0.0]  # forecast 0 verifies after init 1
+
+
+def test_past_error_features_gaps_and_scales():
+    data = _point()
     obs = data.observation.copy()
-    obs[i] += 5.0
-    changed = PointData(data.variable, data.units, data.station, data.members, obs, data.init_time,
-                        data.lead_time)
-    new = lagged_error_features(changed, np.arange(4), scale=1.0, lag_hours=24)
-    diff = np.abs(new - base).max(axis=1) > 0
-    # row j sees obs valid <= init_j - 24 h = valid_{j-2}: rows <= i+1 must be unchanged
-    assert not diff[: i + 2].any()
-    assert diff[i + 2]  # the first forecast allowed to know it
-    assert base[0].tolist() == [0.0, 0.0] and base[1].tolist() == [0.0, 0.0]
-    err = data.members.mean(1) - data.observation
-    assert base[5, 0] == pytest.approx(err[3], rel=1e-5)
-    assert base[10, 1] == pytest.approx(err[2:9].mean(), rel=1e-5)  # valid in (cut-7d, cut]
+    obs[9] = np.nan  # forecast 9's error and the observation at init 10 are missing
+    gap = _with_obs(data, obs)
+    err = data.members.mean(1).astype(np.float64) - obs
+    f = _past(gap, err_scale=2.0, obs_mean=1.0, obs_scale=4.0)
+    assert f[10, 0] == pytest.approx(err[8] / 2.0, rel=1e-5)  # latest known error, valid 1 day before init
+    assert f[10, 2] == pytest.approx((obs[8] - 1.0) / 4.0, rel=1e-5)
+    stale = _past(gap, max_age_days=0.5)
+    assert stale[10, 0] == 0.0 and stale[10, 2] == 0.0 and stale[11, 0] != 0.0
+    with pytest.raises(PointDataError, match="halflife_days, max_age_days, err_scale and obs_scale > 0"):
+        _past(data, halflife_days=0.0)
+    with pytest.raises(PointDataError, match="> 0"):
+        _past(data, err_scale=0.0)
 
 
-def test_lagged_error_rejects_non_causal_lag():
-    with pytest.raises(PointDataError, match="strictly before the init time"):
-        lagged_error_features(_point(), np.arange(4), scale=1.0, lag_hours=0)
+def _point_spec(name: str, static_names: tuple[str, ...] = ()):
+    from models import ModelSpec
+
+    data = _point(200)
+    stats = point_stats(data.members, data.observation, "t2m@24h", "t2m")
+    return ModelSpec(name=name, channels=("t2m@24h",), targets=("t2m",), target_channels=(0,),
+                     static_names=static_names, n_members=4, grid_shape=(1, 1), stats=stats,
+                     distribution="gaussian", options={}), data
+
+
+def test_lagged_emos_starts_as_emos_and_uses_the_features():
+    spec, data = _point_spec("emos_global", STATIC_PAST)
+    static = _past(data)
+    model = build_point_model(spec)
+    assert isinstance(model, LaggedEMOS)
+    plain = build_point_model(dataclasses.replace(spec, static_names=()))
+    assert not isinstance(plain, LaggedEMOS)
+    b = point_batch(data.members, data.observation, static, data.init_time, data.lead_time)
+    out, ref = model(b), plain({**b, "static": b["static"][:, :0]})
+    assert torch.allclose(out["mu"], ref["mu"]) and torch.allclose(out["sigma"], ref["sigma"])
+    with torch.no_grad():
+        model.weights[0, 0] = 1.0
+    with torch.no_grad():
+        shifted = (model(b)["mu"] - ref["mu"])[:, 0, 0, 0]
+    expected = torch.as_tensor(static[:, 0]) * model.norm.target_std[0]
+    assert torch.allclose(shifted, expected, atol=1e-4)
+
+
+def test_fit_full_batch_and_refit():
+    spec, data = _point_spec("emos_global")
+    b = point_batch(data.members, data.observation, np.zeros((200, 0), "f4"), data.init_time, data.lead_time)
+    tr, va = {k: v[:150] for k, v in b.items()}, {k: v[150:] for k, v in b.items()}
+    settings = FitSettings(max_epochs=40, patience=5, batch_size=10_000, lr=0.05)
+    once = fit_point_model(spec, tr, va, settings=settings, seed=0)
+    again = fit_point_model(spec, tr, va, settings=settings, seed=0, refit=True)
+    assert 1 <= once.best_epoch <= once.epochs <= 40 and again.best_epoch == once.best_epoch
+    assert np.isfinite(once.best_val) and again.best_val == once.best_val
+    assert not torch.equal(once.model.params, again.model.params)  # refit on train + val
 
 
 def test_day_of_year_features():
