@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 from data.grib import read_grib_eccodes
-from data.grib_writer import BITS_PER_VALUE, GribWriteError, write_grib
+from data.grib_writer import BITS_PER_VALUE, GribFields, GribWriteError, write_fields, write_grib
 
 
 def forecast(rng, *, nlat=32, nlon=64, inits=("2020-01-01",), members=5, leads=(0, 24, 48)) -> xr.Dataset:
@@ -211,3 +211,22 @@ def test_failed_write_leaves_no_partial_file(tmp_path, rng):
     with pytest.raises(GribWriteError, match="window cannot end"):
         write_grib(path, bad, kind="forecast", append=True)
     assert path.read_bytes() == before
+
+
+def test_write_fields_is_write_grib_without_xarray(tmp_path, rng):
+    """The array path gives the same bytes as the Dataset path; a shape that does not match
+    the coordinates is refused before anything is written."""
+    ds = forecast(rng, members=3, leads=(24, 48))
+    write_grib(tmp_path / "ds.grib", ds[["z", "t2m"]], kind="forecast")
+    common = dict(times=pd.DatetimeIndex(ds.init_time.values), lead_hours=[24, 48], members=[0, 1, 2])
+    z = GribFields(name="z", values=ds["z"].values, levels=[500, 850], units="m2 s-2", **common)
+    t2m = GribFields(name="t2m", values=ds["t2m"].values[:, :, :, None], units="K", **common)
+    n = write_fields(tmp_path / "arrays.grib", [z, t2m], kind="forecast",
+                     latitude=ds.latitude.values, longitude=ds.longitude.values)
+    assert n == 2 * 3 * 2 + 2 * 3
+    assert (tmp_path / "arrays.grib").read_bytes() == (tmp_path / "ds.grib").read_bytes()
+    bad = GribFields(name="t2m", values=ds["t2m"].values, units="K", **common)  # no level axis
+    with pytest.raises(GribWriteError, match="do not match"):
+        write_fields(tmp_path / "bad.grib", [bad], kind="forecast", latitude=ds.latitude.values,
+                     longitude=ds.longitude.values)
+    assert not (tmp_path / "bad.grib").exists()

@@ -74,6 +74,20 @@ def test_same_seed_same_bytes_different_seed_different(tiny_world, tmp_path):
     assert "static.nc" in differing
 
 
+def test_worker_processes_write_the_same_bytes(tiny_world, tmp_path):
+    """Forecast files computed in 2 worker processes equal those made in this process."""
+    pooled = generate_world(tmp_path / "pooled", SynthConfig(**TINY), workers=2)
+    assert _digest(pooled.root) == _digest(tiny_world.root)
+    assert pooled.forecast_files == tuple(pooled.root / p.relative_to(tiny_world.root)
+                                          for p in tiny_world.forecast_files)
+
+
+def test_negative_workers_rejected(tmp_path):
+    with pytest.raises(SynthError, match="workers must be >= 0"):
+        generate_world(tmp_path / "w", SynthConfig(**TINY), workers=-1)
+    assert not (tmp_path / "w").exists()
+
+
 def test_layout(tiny_world):
     cfg = SynthConfig(**TINY)
     n_inits = len(pd.date_range("2012-01-01", "2012-12-31", freq="W-MON"))

@@ -3,12 +3,17 @@
 ``generate_world(out_dir, SynthConfig(...))`` writes ``forecast/*.grib`` (one file per init,
 control + perturbed members), ``analysis/*.grib`` (the truth, daily), ``static.nc`` (``lsm``,
 ``orog``), ``oracle.zarr`` (``<var>_mu``, ``<var>_sigma``: the exact Gaussian predictive
-distribution) and ``events.yaml`` (the extreme-event catalogue).
+distribution) and ``events.yaml`` (the extreme-event catalogue).  The simulation runs in the
+calling process; forecasts (members, oracle, GRIB file per init) are made by ``workers``
+processes (``auto_workers``: one per core for a world of 100 inits or more), with the same
+bytes for any number of workers.
 """
 
 from data.synth.config import SynthConfig, SynthError, parse_grid, parse_years
-from data.synth.world import build_world, init_times, simulate
+from data.synth.pool import auto_workers
+from data.synth.world import ForecastState, build_world, forecast, init_times, simulate, simulate_states
 from data.synth.writer import ORACLE_DESCRIPTION, WorldPaths, generate_world
 
 __all__ = ["SynthConfig", "SynthError", "WorldPaths", "generate_world", "build_world",
-           "simulate", "init_times", "parse_grid", "parse_years", "ORACLE_DESCRIPTION"]
+           "simulate", "simulate_states", "forecast", "ForecastState", "init_times", "auto_workers",
+           "parse_grid", "parse_years", "ORACLE_DESCRIPTION"]

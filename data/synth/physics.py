@@ -7,6 +7,7 @@ standard deviation; :class:`VarSpec` maps them to physical units.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -180,6 +181,16 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], *, lat: np.nd
     float32; returns ``shape + (n_lat, n_lon)``.
     """
     n_lat, n_lon = lat.size, lon.size
+    ny, filt = _spectral_filter(n_lat, n_lon, float(scale_deg))
+    white = rng.standard_normal((*shape, ny, n_lon), dtype=np.float32)
+    spec = np.fft.rfft2(white) * filt
+    return np.fft.irfft2(spec, s=(ny, n_lon))[..., :n_lat, :]
+
+
+@functools.lru_cache(maxsize=32)
+def _spectral_filter(n_lat: int, n_lon: int, scale_deg: float) -> tuple[int, np.ndarray]:
+    """Padded latitude count and the normalised Gaussian filter (rfft2 layout) of
+    :func:`smooth_noise` (computed once per grid and scale: it is called per init)."""
     dlat, dlon = 180.0 / n_lat, 360.0 / n_lon
     ny = n_lat + int(np.ceil(4.0 * scale_deg / dlat)) + 1
     ny += ny % 2
@@ -188,9 +199,8 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], *, lat: np.nd
     h = np.exp(-2.0 * (np.pi * scale_deg) ** 2 * (ky**2 + kx**2))
     norm = np.sqrt(np.mean(h**2))
     filt = (h[:, : n_lon // 2 + 1] / norm).astype(np.float32)
-    white = rng.standard_normal((*shape, ny, n_lon), dtype=np.float32)
-    spec = np.fft.rfft2(white) * filt
-    return np.fft.irfft2(spec, s=(ny, n_lon))[..., :n_lat, :]
+    filt.flags.writeable = False
+    return ny, filt
 
 
 def zonal_shift_gp(lat: np.ndarray, n_lon: int) -> np.ndarray:
