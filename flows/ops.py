@@ -159,10 +159,14 @@ def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
 def _predict_batches(checkpoint: str, forecast: str, product: str, batches: list[list[str]],
                      options: dict[str, Any], version: str) -> list[str]:
     kill_after = int(os.environ.get(PREDICT_FAULT_ENV, "0") or 0)
-    futures = []
+    # one after the other (appends to one Zarr product must not interleave), in time order
+    futures: list[tuple[str, Any]] = []
+    prev = None
     for i, inits in enumerate(batches):
         fut = predict_init_times.submit(checkpoint, forecast, product, inits, options=options,
-                                        version=version, first=inits[0], n_more=len(inits) - 1)
+                                        version=version, first=inits[0], n_more=len(inits) - 1,
+                                        wait_for=[] if prev is None else [allow_failure(prev)])
+        prev = fut
         futures.append((f"init times {inits[0]}..{inits[-1]}", fut))
         if kill_after:
             fut.wait()
