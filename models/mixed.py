@@ -52,12 +52,17 @@ class MemberEncoder(nn.Module):
         self.proj = Conv1x1(width, dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        e = F.linear(pointwise_last(self.mlp, features), self.proj.weight.flatten(1), self.proj.bias)
-        mean = e.mean(dim=1)
-        if e.shape[1] < 2:
+        g = pointwise_last(self.mlp, features)  # [B, K, H, W, hidden]
+        w, bias = self.proj.weight.flatten(1), self.proj.bias
+        g_mean = g.mean(dim=1)
+        mean = F.linear(g_mean, w, bias)  # the projection is affine: the embeddings' mean
+        if g.shape[1] < 2:
             return torch.cat([mean, torch.zeros_like(mean)], dim=-1)
-        # (e - mean)^2 averaged over the (outer) member axis: ~8x faster than Tensor.var here
-        var = torch.square(e - mean.unsqueeze(1)).mean(dim=1)
+        # the embeddings' deviations from their mean are the (bias-free) projections of g's;
+        # without an autograd graph the big per-member buffers are reused in place
+        scratch = not g.requires_grad and g is not features
+        dev = F.linear(g.sub_(g_mean.unsqueeze(1)) if scratch else g - g_mean.unsqueeze(1), w)
+        var = (dev.square_() if scratch else dev.square()).mean(dim=1)
         return torch.cat([mean, var.add(1e-12).sqrt()], dim=-1)
 
 
