@@ -104,7 +104,7 @@ def test_killed_predict_flow_rerun_equals_uninterrupted(harness, tmp_path):
     from models.registry import register_if_better
     from predict_data import make_checkpoint, make_stores, pipeline_config
 
-    paths = make_stores(tmp_path / "data", n_init=4)
+    paths = make_stores(tmp_path / "data")
     ckpt = make_checkpoint(tmp_path / "m.ckpt", pipeline_config(paths), perturb=0.1)
     inits = [str(t)[:19] for t in xr.open_zarr(paths.forecast).init_time.values]
     runs = {}
