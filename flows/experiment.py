@@ -3,7 +3,7 @@
 Two kinds, one YAML file each (``configs/experiments/*.yaml``)::
 
     title: Magdeburg 2 m temperature (ECMWF ENS, +24 h)
-    kind: station                      # the only kind so far (the synthetic world: see docs/results.md)
+    kind: station                      # or synthetic (flows.experiment_synthetic)
     station:
       path: ../shared/data/station/ecmwf_ens_t2m_magdeburg_2002-2014.nc   # relative to the CWD
       distribution: gaussian           # or censored_logistic (precipitation)
@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flows.experiment_synthetic import SyntheticSection
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 POINT_SYSTEMS = ("emos_global", "emos_local", "emos_lagged", "mlp", "mixed")
@@ -107,8 +109,9 @@ class EvaluateSection(BaseModel):
 class ExperimentConfig(BaseModel):
     model_config = _FROZEN
     title: str
-    kind: Literal["station"]
+    kind: Literal["station", "synthetic"]
     station: StationSection | None = None
+    synthetic: SyntheticSection | None = None
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
 
@@ -146,9 +149,12 @@ def run_experiment(config: ExperimentConfig, *, out_dir: str | Path, quick: bool
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    from flows.experiment_station import run_station
+    if config.kind == "synthetic":
+        from flows.experiment_synthetic import run_synthetic as run_kind
+    else:
+        from flows.experiment_station import run_station as run_kind
 
-    result = run_station(config, out_dir=out, quick=quick, progress=progress)
+    result = run_kind(config, out_dir=out, quick=quick, progress=progress)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     result["quick"] = quick
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
