@@ -1,0 +1,428 @@
+"""The synthetic experiment: every system against the known optimum on the synthetic world.
+
+``kind: synthetic`` in an experiment file (``configs/experiments/synthetic.yaml``)::
+
+    kind: synthetic
+    synthetic:
+      world: {}                        # data.synth.SynthConfig (default world: 32x64, 2012-2019)
+      members: [2, 3, 5, 10]           # K of the 10 perturbed members (1..K) feed the models
+      systems: [emos_local, mlp, unet, mixed]
+      targets: [z500, t850, t2m]       # predicted together by one model per (system, K)
+      lead_time: 48                    # the target lead; input_lead_times add channels
+    train: {max_epochs: 12, patience: 4, lr: 0.003, emos_lr: 0.01}
+
+One run: generate the world (once; an existing world must match), ingest it, then per K
+train each system on the training years (one model per (system, K), members 1..K; the
+paper's protocol), predict the test year and score everything with ``evaluation.evaluate``
+on the same init dates: ``raw_full`` (the 10 perturbed members), ``raw_subset`` (members
+1..K), the models' Gaussian products and the ``oracle`` (the exact predictive distribution).
+CRPS: ``standard`` estimator (= properscoring) for ensembles, closed-form Gaussian CRPS for
+models and the oracle.  Writes ``table.md``, one dashboard per K under ``K<k>/`` and the
+combined dashboard ``index.html``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data.synth import SynthConfig
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+SYNTH_SYSTEMS = ("emos_local", "mlp", "unet", "mixed")
+#: evaluation system names of the trained models (ARCHITECTURE.md, "Evaluation")
+REPORT_NAME = {"emos_local": "emos", "emos_global": "emos", "mlp": "mlp", "unet": "unet", "mixed": "mixed"}
+#: the quick world: tiny grid, three years (train, validation, test), two inits a week
+QUICK_WORLD = SynthConfig(grid=(16, 32), years=(2012, 2014), events_per_year=4)
+
+
+class SyntheticExperimentError(ValueError):
+    """The synthetic experiment cannot run as configured; the message names the key."""
+
+
+class SyntheticSection(BaseModel):
+    """What the synthetic experiment trains and scores (see the module docstring)."""
+
+    model_config = _FROZEN
+    world: SynthConfig = Field(default_factory=SynthConfig)
+    #: where the world, stores, runs and products live (default: ``<out>/work``)
+    workdir: Path | None = None
+    members: tuple[int, ...] = (2, 3, 5, 10)
+    systems: tuple[Literal["emos_local", "emos_global", "mlp", "unet", "mixed"], ...] = SYNTH_SYSTEMS
+    variables: tuple[str, ...] = ("z500", "t850", "t2m")
+    targets: tuple[str, ...] = ("z500", "t850", "t2m")
+    lead_time: int = 48
+    input_lead_times: tuple[int, ...] = (24,)
+    #: years (inclusive) of each split; default: all but the last two / the one before last / the last
+    train_years: tuple[int, int] | None = None
+    val_years: tuple[int, int] | None = None
+    test_years: tuple[int, int] | None = None
+    patch_size: int = Field(16, ge=4)
+    batch_size: int = Field(16, ge=1)
+    samples_per_epoch: int = Field(512, ge=1)
+    #: per-model options passed to ModelSpec.options (e.g. {mixed: {embed_dim: 16}})
+    model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> SyntheticSection:
+        n = self.world.n_perturbed
+        if not self.members or min(self.members) < 1 or max(self.members) > n:
+            raise ValueError(f"members must be K in 1..{n} (the world's perturbed members), "
+                             f"got {list(self.members)}")
+        if self.lead_time not in self.world.lead_times_h:
+            raise ValueError(f"lead_time {self.lead_time} h is not a lead of the world "
+                             f"{list(self.world.lead_times_h)}")
+        missing = [v for v in self.targets if v not in self.world.variables]
+        if missing:
+            raise ValueError(f"targets {missing} are not variables of the world {list(self.world.variables)}")
+        first, last = self.world.years
+        if last - first < 2 and None in (self.train_years, self.val_years, self.test_years):
+            raise ValueError(f"world years {first}-{last}: the default split needs at least three years")
+        return self
+
+    def splits(self) -> dict[str, tuple[int, int]]:
+        """``{train, val, test}`` inclusive year ranges."""
+        first, last = self.world.years
+        return {"train": self.train_years or (first, last - 2), "val": self.val_years or (last - 1, last - 1),
+                "test": self.test_years or (last, last)}
+
+
+def quick_section(sec: SyntheticSection) -> SyntheticSection:
+    """The ``--quick`` variant: the tiny world, one K (5 or the largest below), small patches."""
+    k = max([m for m in sec.members if m <= 5] or [min(sec.members)])
+    return sec.model_copy(update={"world": QUICK_WORLD, "members": (k,), "train_years": None,
+                                  "val_years": None, "test_years": None, "patch_size": 8,
+                                  "batch_size": 8, "samples_per_epoch": 32})
+
+
+# ------------------------------------------------------------------ world and stores
+def ensure_world(root: Path, world: SynthConfig, *, progress: Callable[[str], None] | None = None) -> Path:
+    """Generate the world into ``root`` once; an existing world must be the same world."""
+    from data.synth import generate_world
+
+    marker = root / "synth.yaml"
+    if marker.is_file():
+        have = (yaml.safe_load(marker.read_text()) or {}).get("synth", {})
+        if SynthConfig.model_validate(have) != world:
+            raise SyntheticExperimentError(f"{root} holds another synthetic world ({marker}); "
+                                           "use another synthetic.workdir or delete it")
+        return root
+    generate_world(root, world, progress=progress)
+    return root
+
+
+def ensure_stores(workdir: Path, synth: Path) -> dict[str, Path]:
+    """Ingest the world's forecasts and analyses (files already in a store are skipped)."""
+    from data.ingest import ingest
+
+    stores = {"forecast": workdir / "stores" / "forecast.zarr", "analysis": workdir / "stores" / "analysis.zarr"}
+    for kind, store in stores.items():
+        # z is written at 500 hPa only and t at 850 hPa only; the shared level axis holds NaN
+        # for the other level (never read: the pipeline reads z500, t850, t2m)
+        ingest(synth / kind, store, kind=kind, progress=False, allow_nan=True)
+    return stores
+
+
+def pipeline_config(sec: SyntheticSection, *, k: int, workdir: Path, synth: Path) -> Any:
+    """The pipeline of the models for K members (perturbed members 1..K, the paper's choice)."""
+    from pipeline.config import PipelineConfig
+
+    sp = sec.splits()
+    return PipelineConfig.model_validate({
+        "stores": {"forecast": str(workdir / "stores" / "forecast.zarr"),
+                   "analysis": str(workdir / "stores" / "analysis.zarr"),
+                   "static": str(synth / "static.nc"),
+                   "statistics": str(workdir / "cache" / f"statistics-K{k}.nc")},
+        "features": {"variables": list(sec.variables), "targets": list(sec.targets),
+                     "target_lead_time": sec.lead_time,
+                     "input_lead_times": [h for h in sec.input_lead_times if h != sec.lead_time]},
+        "members": {"k": k, "strategy": "first"},
+        "split": {"train": list(sp["train"]), "val": list(sp["val"]), "test": list(sp["test"])},
+        "batches": {"patch_size": sec.patch_size, "batch_size": sec.batch_size,
+                    "samples_per_epoch": sec.samples_per_epoch},
+    })
+
+
+def test_init_times(forecast: Path, years: tuple[int, int]) -> np.ndarray:
+    """The forecast store's init times in the test years."""
+    from data.store import open_store
+
+    t = open_store(forecast)["init_time"].values.astype("datetime64[ns]")
+    keep = (t >= np.datetime64(f"{years[0]}-01-01", "ns")) & (t < np.datetime64(f"{years[1] + 1}-01-01", "ns"))
+    if not keep.any():
+        raise SyntheticExperimentError(f"{forecast}: no init time in the test years {years[0]}-{years[1]}")
+    return t[keep]
+
+
+def predict_test(checkpoint: Path, pipeline: Any, *, out: Path) -> Path:
+    """The Gaussian product (``<v>_mean``, ``<v>_std``) of ``checkpoint`` on every init of the
+    pipeline's test split, whole fields through the pipeline's test loader, written once.
+
+    ``models.predict.predict`` writes ECC members and quantiles init by init (about 1 s per
+    init on the shared machine); the scores here need only the two moments."""
+    import shutil
+
+    import torch
+    import xarray as xr
+
+    from models.checkpoint import load_checkpoint
+    from pipeline.datamodule import EnsembleDataModule
+
+    model = load_checkpoint(checkpoint).model
+    dm = EnsembleDataModule(pipeline)
+    dm.setup("test")
+    mus, sigmas, inits = [], [], []
+    with torch.inference_mode():
+        for batch in dm.test_dataloader():
+            pred = model(batch)
+            mus.append(pred["mu"].numpy())
+            sigmas.append(pred["sigma"].numpy())
+            inits.append(batch["init_time"].numpy())
+    mu, sigma = np.concatenate(mus), np.concatenate(sigmas)  # [N, T, H, W]
+    fc = dm.forecast
+    coords = {"init_time": np.concatenate(inits).astype("datetime64[ns]"),
+              "lead_time": [np.timedelta64(pipeline.features.target_lead_time, "h").astype("timedelta64[ns]")],
+              "latitude": fc["latitude"].values, "longitude": fc["longitude"].values}
+    dims = ("init_time", "lead_time", "latitude", "longitude")
+    ds = xr.Dataset(coords=coords, attrs={"enspp_distribution": "gaussian", "enspp_checkpoint": str(checkpoint)})
+    for t, v in enumerate(dm.targets):
+        ds[f"{v}_mean"] = (dims, mu[:, t, None].astype(np.float32))
+        ds[f"{v}_std"] = (dims, sigma[:, t, None].astype(np.float32))
+    if out.exists():
+        shutil.rmtree(out)
+    ds.to_zarr(out, mode="w", consolidated=True)
+    return out
+
+
+def fit_and_predict(name: str, *, k: int, sec: SyntheticSection, train: Any, pipeline: Any,
+                    workdir: Path, quick: bool) -> dict[str, Any]:
+    """Train ``name`` on K members and write its test product; times in seconds."""
+    from models.config import ModelConfig, TrainConfig
+    from models.train import train as train_model
+
+    emos = name.startswith("emos")
+    tc = TrainConfig(max_epochs=1 if quick else train.max_epochs,
+                     learning_rate=train.emos_lr if emos else train.lr,
+                     weight_decay=0.0 if emos else train.weight_decay,
+                     early_stopping_patience=train.patience, seed=train.seed, progress_bar=False,
+                     run_id=f"{name}-K{k}", ensemble_estimator="standard",
+                     limit_val_batches=4 if quick else 1.0)
+    t0 = time.perf_counter()
+    r = train_model(pipeline, ModelConfig(name=name, options=dict(sec.model_options.get(name, {}))), tc,
+                    workdir=workdir)
+    t1 = time.perf_counter()
+    out = predict_test(r.best_checkpoint, pipeline, out=workdir / "stores" / "products" / f"{name}-K{k}.zarr")
+    return {"product": out, "train_s": round(t1 - t0, 1), "predict_s": round(time.perf_counter() - t1, 1),
+            "epochs": r.epochs, "best_val": r.best_score}
+
+
+# ------------------------------------------------------------------ scoring
+def evaluate_config(sec: SyntheticSection, *, title: str, k: int, stores: dict[str, Path], synth: Path,
+                    products: dict[str, Path], n_boot: int, confidence: float, seed: int,
+                    tail: Literal["upper", "lower"], percentile: float, cases: bool) -> Any:
+    """Every system for K on the test years: raw (10 perturbed / K perturbed members), the
+    models' Gaussian products and the oracle; ``standard`` CRPS for the ensembles."""
+    from evaluation.config import EvaluateConfig
+
+    n = sec.world.n_perturbed
+    sp = sec.splits()
+    systems = [{"name": "raw_full", "path": str(stores["forecast"]), "members": list(range(1, n + 1))},
+               {"name": "raw_subset", "path": str(stores["forecast"]), "members": list(range(1, k + 1))}]
+    systems += [{"name": REPORT_NAME[s], "label": REPORT_NAME[s] if s != "emos_global" else "emos_global",
+                 "path": str(p), "type": "gaussian"} for s, p in products.items()]
+    systems.append({"name": "oracle", "path": str(synth / "oracle.zarr"), "type": "gaussian"})
+    metrics = ["crps", "spread_skill", "rank_histogram", "rmse", "bias", "twcrps"] if cases else ["crps", "twcrps"]
+    return EvaluateConfig.model_validate({
+        "title": title, "systems": systems, "truth": str(stores["analysis"]), "variables": list(sec.targets),
+        "period": {"start": f"{sp['test'][0]}-01-01", "end": f"{sp['test'][1]}-12-31"},
+        "regions": ["global"], "lead_times": [sec.lead_time], "metrics": metrics,
+        "crps_estimator": "standard", "reference": "raw_full",
+        "bootstrap": {"n": n_boot, "ci_level": confidence, "seed": seed},
+        "twcrps": {"percentiles": [percentile], "tail": tail,
+                   "climatology": {"start": f"{sp['train'][0]}-01-01", "end": f"{sp['train'][1]}-12-31"}},
+        "cases": [str(synth / "events.yaml")] if cases else [],
+    })
+
+
+def _value(ds: Any, name: str, system: str) -> float | None:
+    if name not in ds:
+        return None
+    v = float(ds[name].sel(system=system, region="global"))
+    return v if np.isfinite(v) else None
+
+
+def score_rows(upper: Any, lower: Any, *, k: int, n: int, timings: dict[str, dict]) -> list[dict]:
+    """Rows ``{variable, system, K, crps, skill, CI, twCRPS upper/lower, events, times}`` of
+    one K from the upper-tail (with cases) and lower-tail evaluations."""
+    rows = []
+    for v, ds in upper.scores.items():
+        lo = lower.scores[v]
+        events = [c for c in upper.cases if c.status == "ok" and c.case.variable == v]
+        for s in map(str, ds["system"].values):
+            imp = [c.improvement_pct[s] for c in events if c.improvement_pct.get(s) is not None]
+            ev_crps = [c.crps[s] for c in events if c.crps.get(s) is not None]
+            t = timings.get(s, {})
+            rows.append({
+                "variable": v, "units": ds.attrs.get("units", ""), "system": s,
+                "K": n if s in ("raw_full", "oracle") else k,
+                "crps": _value(ds, "crps_all", s), "skill": _value(ds, "skill_all", s),
+                "skill_low": _value(ds, "skill_low_all", s), "skill_high": _value(ds, "skill_high_all", s),
+                "spread_skill": _value(ds, "spread_skill_all", s),
+                "tw_upper": _value(ds, "twcrps_p95_all", s), "tw_lower": _value(lo, "twcrps_p5_all", s),
+                "events": len(events), "events_crps": float(np.mean(ev_crps)) if ev_crps else None,
+                "events_improvement": float(np.mean(imp)) if imp else None,
+                "train_s": t.get("train_s"), "predict_s": t.get("predict_s"), "epochs": t.get("epochs"),
+            })
+    return rows
+
+
+def _pct(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else 100.0 * (1.0 - a / b)
+
+
+def target_checks(rows: list[dict], *, k: int = 5) -> list[dict]:
+    """Issue 8's targets for mixed with K members, per variable (measured, with pass/fail)."""
+    out = []
+    for v in dict.fromkeys(r["variable"] for r in rows):
+        by = {r["system"]: r for r in rows if r["variable"] == v and r["K"] in (k, 10) and
+              (r["system"] in ("raw_full", "oracle") or r["K"] == k)}
+        if "mixed" not in by:
+            continue
+        m = by["mixed"]
+        raw_events = by["raw_full"]["events_crps"]
+        checks = [("CRPS vs raw_full (>= 20% better)", _pct(m["crps"], by["raw_full"]["crps"]), 20.0),
+                  ("CRPS vs emos (>= 5% better)", _pct(m["crps"], by.get("emos", {}).get("crps")), 5.0),
+                  ("CRPS vs oracle (within 15%)", None if by["oracle"]["crps"] in (None, 0) or m["crps"] is None
+                   else 100.0 * (m["crps"] / by["oracle"]["crps"] - 1.0), -15.0),
+                  ("extreme events vs raw_full (>= 20% better)", _pct(m["events_crps"], raw_events), 20.0)]
+        for what, value, goal in checks:
+            ok = None if value is None else (value <= -goal if goal < 0 else value >= goal)
+            out.append({"variable": v, "target": what, "value": value, "met": ok})
+    return out
+
+
+# ------------------------------------------------------------------ the run
+COLUMNS = [("variable", "variable", "str"), ("system", "system", "str"), ("K", "members", "str"),
+           ("crps", "CRPS", "f3"), ("skill", "skill vs raw_full", "pct"), ("skill_low", "CI low", "pct"),
+           ("skill_high", "CI high", "pct"), ("spread_skill", "spread/skill", "f2"),
+           ("tw_upper", "twCRPS upper 5%", "f3"), ("tw_lower", "twCRPS lower 5%", "f3"),
+           ("events_crps", "events CRPS", "f3"), ("events_improvement", "events vs raw_full", "pctv"),
+           ("train_s", "train s", "f1"), ("predict_s", "predict s", "f1")]
+
+
+def _table(rows: list[dict]) -> str:
+    from evaluation.experiment import markdown_table
+
+    def fix(r: dict) -> dict:
+        r = dict(r)
+        if r.get("events_improvement") is not None:
+            r["events_improvement"] = r["events_improvement"] / 100.0
+        for key in ("train_s", "predict_s"):
+            r[key] = None if r.get(key) is None else f"{r[key]:.0f}"
+        return r
+
+    cols = [(k, h, {"pctv": "pct", "f1": "str"}.get(f, f)) for k, h, f in COLUMNS]
+    return markdown_table([fix(r) for r in rows], cols)
+
+
+def run_synthetic(config: Any, *, out_dir: Path, quick: bool = False,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Generate/ingest the world, train and predict every (system, K), score, write
+    ``table.md``, ``K<k>/`` dashboards and the combined ``index.html`` into ``out_dir``."""
+    from evaluation.dashboard import combine_dashboards
+    from evaluation.evaluate import evaluate
+
+    say = progress or (lambda m: None)
+    sec = quick_section(config.synthetic) if quick else config.synthetic
+    tr, ev = config.train, config.evaluate
+    workdir = Path(sec.workdir or out_dir / "work").resolve()
+    n, n_boot = sec.world.n_perturbed, (50 if quick else ev.n_resamples)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    synth = ensure_world(workdir / "synth", sec.world, progress=say)
+    timings["world"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    stores = ensure_stores(workdir, synth)
+    timings["ingest"] = round(time.perf_counter() - t0, 1)
+    inits = test_init_times(stores["forecast"], sec.splits()["test"])
+    say(f"world {sec.world.grid[0]}x{sec.world.grid[1]} {sec.world.years[0]}-{sec.world.years[1]} in "
+        f"{timings['world']} s, ingest {timings['ingest']} s; {len(inits)} test inits")
+    rows: list[dict] = []
+    dirs: list[Path] = []
+    for k in sec.members:
+        pipeline = pipeline_config(sec, k=k, workdir=workdir, synth=synth)
+        products: dict[str, Path] = {}
+        per_system: dict[str, dict] = {}
+        for name in sec.systems:
+            r = fit_and_predict(name, k=k, sec=sec, train=tr, pipeline=pipeline, workdir=workdir,
+                                quick=quick)
+            products[name] = r.pop("product")
+            per_system[REPORT_NAME[name] if name != "emos_global" else name] = r
+            timings[f"{name} K={k}"] = round(r["train_s"] + r["predict_s"], 1)
+            say(f"{name} K={k}: trained {r['epochs']} epochs in {r['train_s']} s, "
+                f"predicted the test inits in {r['predict_s']} s")
+        t1 = time.perf_counter()
+        title = f"{config.title} · K={k} of {n}"
+        common = dict(k=k, stores=stores, synth=synth, products=products, n_boot=n_boot,
+                      confidence=ev.confidence, seed=ev.seed)
+        upper = evaluate(evaluate_config(sec, title=title, tail="upper", percentile=0.95, cases=True, **common),
+                         out_dir / f"K{k}")
+        lower = evaluate(evaluate_config(sec, title=title, tail="lower", percentile=0.05, cases=False, **common))
+        timings[f"evaluate K={k}"] = round(time.perf_counter() - t1, 1)
+        dirs.append(out_dir / f"K{k}")
+        rows_k = score_rows(upper, lower, k=k, n=n, timings=per_system)
+        rows += [r for r in rows_k if r["system"] not in ("raw_full", "oracle") or k == sec.members[0]]
+        for r in rows_k:
+            if r["system"] == "mixed":
+                say(f"K={k} {r['variable']}: mixed CRPS {r['crps']:.4g}, skill vs raw_full "
+                    f"{100 * (r['skill'] or 0):+.1f}%")
+    rows.sort(key=lambda r: (r["variable"], r["K"] if r["system"] not in ("raw_full", "oracle") else -1,
+                             ["raw_full", "oracle", "raw_subset", "emos", "emos_global", "mlp", "unet",
+                              "mixed"].index(r["system"])))
+    dash = combine_dashboards(dirs, out_dir, title=config.title)
+    checks = target_checks(rows, k=5 if 5 in sec.members else sec.members[0])
+    write_table(out_dir / "table.md", config.title, sec, rows, checks, n_test=len(inits), ev=ev)
+    return {"title": config.title, "kind": "synthetic", "rows": rows, "targets": checks, "timings": timings,
+            "n_test": len(inits), "world": sec.world.model_dump(mode="json"), "splits": sec.splits(),
+            "files": {"table": str(out_dir / "table.md"), "dashboard": str(dash)}}
+
+
+def write_table(path: Path, title: str, sec: SyntheticSection, rows: list[dict], checks: list[dict], *,
+                n_test: int, ev: Any) -> Path:
+    """``table.md``: the comparison per variable and the targets, with the method in words."""
+    from evaluation.experiment import markdown_table
+
+    sp = sec.splits()
+    w = sec.world
+    units = {r["variable"]: r["units"] for r in rows}
+    parts = [f"## {title}\n",
+             f"World: {w.grid[0]}x{w.grid[1]} grid, years {w.years[0]}-{w.years[1]}, control + {w.n_perturbed} "
+             f"perturbed members, seed {w.seed}. Train {sp['train'][0]}-{sp['train'][1]}, validation "
+             f"{sp['val'][0]}-{sp['val'][1]} (early stopping), test {sp['test'][0]}-{sp['test'][1]} "
+             f"({n_test} inits, lead {sec.lead_time} h). One model per (system, K) predicting "
+             f"{', '.join(sec.targets)} together from members 1..K (inputs {', '.join(sec.variables)} at "
+             f"{', '.join(str(h) for h in sorted({sec.lead_time, *sec.input_lead_times}))} h).\n",
+             "CRPS: `standard` ensemble estimator (= properscoring) for raw_full (members 1..10) and "
+             "raw_subset (members 1..K); closed-form Gaussian CRPS for emos/mlp/unet/mixed and the oracle; "
+             "cos-latitude weighted, global. Skill = 1 - CRPS/CRPS(raw_full) with a "
+             f"{ev.confidence:.0%} circular block-bootstrap interval over init dates. twCRPS: thresholds "
+             "are the local 95th (upper) / 5th (lower) percentiles of the training-period analysis. "
+             "Events: mean CRPS over the world's extreme events (events.yaml) in the test year, box and "
+             "window; \"events vs raw_full\" is the mean over events of the per-event improvement.\n"]
+    for v in units:
+        parts.append(f"### {v} ({units[v]})\n\n" + _table([r for r in rows if r["variable"] == v]))
+    if checks:
+        def fmt(c: dict) -> dict:
+            return {**c, "value": None if c["value"] is None else f"{c['value']:+.1f}%",
+                    "met": {True: "yes", False: "**no**", None: "–"}[c["met"]]}
+        parts.append("### Targets (mixed, K=5)\n\n" + markdown_table(
+            [fmt(c) for c in checks], [("variable", "variable", "str"), ("target", "target", "str"),
+                                       ("value", "measured", "str"), ("met", "met", "str")]))
+    path.write_text("\n".join(parts))
+    return path
