@@ -1,4 +1,8 @@
-"""An exclusive, process-level lock on a store (``fcntl.flock`` on a file inside it).
+"""An exclusive, process-level lock on a store (``fcntl.flock`` on a file beside it).
+
+The lock file lives next to the store (``<parent>/.<store name>.lock``), never inside it:
+creating a store rewrites its directory, and a lock file inside would be deleted while held,
+letting a second writer take a fresh lock at the same time.
 
 Two ingests into one store serialise: the second waits up to ``timeout`` seconds for the
 first to finish, then refuses with :class:`StoreLockedError` naming the store and the pid
@@ -15,7 +19,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-LOCK_NAME = ".enspp.lock"
 _POLL_S = 0.05
 
 
@@ -23,18 +26,24 @@ class StoreLockedError(ValueError):
     """Another process holds the store's lock and did not release it in time."""
 
 
+def lock_path(store: str | os.PathLike[str]) -> Path:
+    """The lock file of ``store``: ``<parent>/.<name>.lock``, outside the store itself."""
+    root = Path(store).absolute()
+    return root.parent / f".{root.name}.lock"
+
+
 @contextlib.contextmanager
 def store_lock(store: str | os.PathLike[str], *, timeout: float | None = 300.0,
                on_wait: object = None) -> Iterator[Path]:
-    """Hold the exclusive lock of ``store`` (created as a directory if missing).
+    """Hold the exclusive lock of ``store`` (its parent directory is created if missing).
 
     ``timeout``: seconds to wait for another holder (``0``: refuse at once, ``None``: wait
     for ever).  ``on_wait``: optional callable ``(message: str) -> None`` told once when the
     lock is busy, so a CLI can say why it pauses.
     """
     root = Path(store)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_NAME
+    path = lock_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _acquire(fd, path, root, timeout=timeout, on_wait=on_wait)

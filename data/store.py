@@ -69,14 +69,14 @@ def suppress_zarr_warnings() -> warnings.catch_warnings:
     ctx = warnings.catch_warnings()
     ctx.__enter__()
     warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-    warnings.filterwarnings("ignore", message="Object at .enspp.lock", category=UserWarning)
     return ctx
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` holds a finished (possibly empty) enspp store."""
     attrs = read_root_attrs(path)
-    return attrs is not None and COMPLETE_ATTR in attrs and KIND_ATTR in attrs
+    return (attrs is not None and COMPLETE_ATTR in attrs
+            and attrs.get(KIND_ATTR) in RECORD_DIMS)  # not a product store (kind "product")
 
 
 def read_root_attrs(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from data import provenance as prov
-from data.lock import LOCK_NAME, store_lock
+from data.lock import store_lock
 from data.provenance import SourceFile, record_key
 from data.schema import Kind, detect_kind, validate
 from data.store import (
@@ -129,14 +129,14 @@ class StoreWriter:
 
     # -- recovery -----------------------------------------------------------------------
     def _recover(self) -> None:
+        if not self.root.exists():
+            return  # a new store: nothing to recover
         for partial in self.root.rglob("*.partial"):
             partial.unlink(missing_ok=True)
         attrs = read_root_attrs(self.root)
         if attrs is None or COMPLETE_ATTR not in attrs or KIND_ATTR not in attrs:
             # creation never finished: nothing in it was ever visible, start afresh
             for child in self.root.iterdir():
-                if child.name == LOCK_NAME:
-                    continue
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
             return
         import zarr

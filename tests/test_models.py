@@ -129,7 +129,7 @@ def test_mixed_ignores_member_order_and_takes_any_k() -> None:
     model = build_model(make_spec("mixed"))
     with torch.no_grad():  # make the network non-trivial
         for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     gen = torch.Generator().manual_seed(3)
     batch = toy_batch(gen, b=2)
     perm = dict(batch, inputs=batch["inputs"][:, torch.randperm(5, generator=gen)])
@@ -163,7 +163,7 @@ def test_tile_interior_equals_whole_field(backbone: str) -> None:
     model = build_model(make_spec("mixed", options=options, grid=(40, 40)))
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
         batch = toy_batch(torch.Generator().manual_seed(14), b=1, h=40, w=40, grid=(40, 40))
         batch["y0"], batch["x0"] = torch.tensor([0]), torch.tensor([0])
         whole = model(batch)["mu"]

@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 from data import store_writer
-from data.lock import LOCK_NAME, StoreLockedError, store_lock
+from data.lock import StoreLockedError, lock_path, store_lock
 from data.schema import SchemaError
 from data.store import (
     SCHEMA_VERSION,
@@ -57,9 +57,9 @@ def analysis(times, *, seed=0) -> xr.Dataset:
 
 
 def digest(store: Path) -> dict[str, str]:
-    """Content of a store, file by file (the lock file excepted)."""
+    """Content of a store, file by file."""
     return {str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(store.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
+            for p in sorted(store.rglob("*")) if p.is_file()}
 
 
 INITS = ["2020-01-01", "2020-01-02", "2020-01-03"]
@@ -292,3 +292,28 @@ def test_to_store_layout_errors_and_record_dim():
         to_store_layout(static, kind="forecast")
     with pytest.raises(StoreError, match="unknown store kind"):
         record_dim("observation")
+
+
+def test_lock_lives_beside_the_store_and_survives_its_creation(tmp_path):
+    # A lock file inside the store was wiped when the store was created (to_zarr mode "w")
+    # while held, so a second writer could take a fresh lock at the same time.
+    store = tmp_path / "fc.zarr"
+    held = lock_path(store)
+    assert held.parent == tmp_path and not held.is_relative_to(store)
+    append(store, forecast(INITS[:1]), lock_timeout=0)  # creates the store under the lock
+    assert held.exists()
+    assert not any(p.name.endswith(".lock") for p in store.rglob("*"))
+
+
+def test_is_store_rejects_a_product_store(tmp_path):
+    from data.store import is_store
+
+    store = tmp_path / "fc.zarr"
+    append(store, forecast(INITS[:1]))
+    assert is_store(store)
+    product = tmp_path / "p.zarr"
+    xr.Dataset({"t2m_mean": ("x", np.zeros(2, "f4"))}).to_zarr(product)
+    meta = json.loads((product / "zarr.json").read_text())
+    meta["attributes"].update({"enspp_kind": "product", "enspp_complete": []})
+    (product / "zarr.json").write_text(json.dumps(meta))
+    assert not is_store(product)
