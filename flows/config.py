@@ -275,11 +275,7 @@ def default_demo_config(workdir: str | Path, *, fast: bool = False) -> EnsppConf
     raw: dict[str, Any] = {
         "data": {"workdir": str(Path(workdir).resolve()), "synth": synth.model_dump(mode="json"),
                  "incoming": {"forecast": ["synth/forecast"], "analysis": ["synth/analysis"]},
-                 "files_per_task": 64,
-                 # the world writes z only at 500 hPa and t only at 850 hPa; the stores share
-                 # one level axis, so z at 850 and t at 500 are NaN (never read: the pipeline
-                 # reads z500, t850, t2m)
-                 "allow_nan": True},
+                 "files_per_task": 64},
         "pipeline": {
             "stores": {"forecast": "stores/forecast.zarr", "analysis": "stores/analysis.zarr",
                        "static": "synth/static.nc", "statistics": "cache/statistics.nc"},
