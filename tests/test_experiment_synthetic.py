@@ -1,0 +1,109 @@
+"""``enspp experiment`` with ``kind: synthetic``: the --quick run end to end on a tiny world,
+and every error branch of flows.experiment_synthetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from data.synth import SynthConfig
+from flows.experiment import ExperimentConfigError, load_experiment_config
+from flows.experiment_synthetic import (
+    SyntheticExperimentError,
+    SyntheticSection,
+    ensure_world,
+    quick_section,
+    target_checks,
+    inits_in_years,
+)
+
+#: the test world: 8x16, three years of weekly inits, 4 perturbed members, t2m only
+TINY = {"grid": [8, 16], "years": [2012, 2014], "init_weekdays": [0], "n_perturbed": 4,
+        "variables": ["t2m"], "events_per_year": 2}
+
+
+def _write(tmp_path: Path, synthetic: dict, **top) -> Path:
+    doc = {"title": "tiny synthetic", "kind": "synthetic", "synthetic": synthetic, **top}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_quick_run_end_to_end(tmp_path):
+    from flows.cli import main
+
+    cfg = _write(tmp_path, {"world": TINY, "quick_world": TINY, "members": [2, 3], "variables": ["t2m"],
+                            "targets": ["t2m"], "systems": ["emos_local", "mixed"],
+                            "model_options": {"mixed": {"embed_dim": 4, "encoder_hidden": [8], "width": 8,
+                                                        "depth": 1}}},
+                 evaluate={"n_resamples": 10})
+    out = tmp_path / "out"
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--quick"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    table = (out / "table.md").read_text()
+    assert (out / "index.html").is_file() and (out / "K3").is_dir()
+    crps = {r["system"]: r["crps"] for r in result["rows"]}
+    assert {"raw_full", "raw_subset", "emos", "mixed", "oracle"} <= set(crps)
+    assert crps["oracle"] < crps["raw_full"]
+    assert "| t2m | oracle |" in table and "twCRPS upper 5%" in table
+    assert all(r["tw_upper"] is not None and r["tw_lower"] is not None for r in result["rows"])
+    # quick: K=3 (the largest K <= min(5, the 4 perturbed members)), one epoch
+    assert {r["K"] for r in result["rows"] if r["system"] == "mixed"} == {3}
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ExperimentConfigError, match=r"members must be K in 1..4"):
+        load_experiment_config(_write(tmp_path, {"world": TINY, "members": [5], "targets": ["t2m"],
+                                                 "variables": ["t2m"]}))
+    with pytest.raises(ExperimentConfigError, match="needs a 'synthetic' section"):
+        load_experiment_config(_write(tmp_path, None))
+    with pytest.raises(ValueError, match="lead_time 72"):
+        SyntheticSection(world=SynthConfig(**TINY), lead_time=72, members=(2,), targets=("t2m",))
+    with pytest.raises(ValueError, match=r"targets \['z500'\]"):
+        SyntheticSection(world=SynthConfig(**TINY), members=(2,), targets=("z500",))
+    with pytest.raises(ValueError, match="at least three years"):
+        SyntheticSection(world=SynthConfig(**{**TINY, "years": [2012, 2013]}), members=(2,), targets=("t2m",))
+
+
+def test_splits_and_quick_section():
+    sec = SyntheticSection(members=(2, 3, 5, 10))
+    assert sec.splits() == {"train": (2012, 2017), "val": (2018, 2018), "test": (2019, 2019)}
+    q = quick_section(sec)
+    assert q.members == (5,) and q.world == sec.quick_world and q.splits()["test"] == (2014, 2014)
+
+
+def test_existing_other_world_is_refused(tmp_path):
+    root = tmp_path / "synth"
+    root.mkdir()
+    (root / "synth.yaml").write_text(yaml.safe_dump({"synth": {**TINY, "seed": 7}}))
+    assert ensure_world(root, SynthConfig(**{**TINY, "seed": 7})) == root  # the same world: reused
+    with pytest.raises(SyntheticExperimentError, match="holds another synthetic world"):
+        ensure_world(root, SynthConfig(**TINY))
+
+
+def test_no_inits_in_test_years(tmp_path, monkeypatch):
+    import xarray as xr
+
+    import data.store
+
+    ds = xr.Dataset(coords={"init_time": np.array(["2012-01-02"], "datetime64[ns]")})
+    monkeypatch.setattr(data.store, "open_store", lambda path: ds)
+    with pytest.raises(SyntheticExperimentError, match="no init time in the test years 2019-2019"):
+        inits_in_years(tmp_path / "fc.zarr", (2019, 2019))
+
+
+def test_target_checks():
+    def row(system, k, crps, ev):
+        return {"variable": "t2m", "system": system, "K": k, "crps": crps, "events_crps": ev}
+
+    rows = [row("raw_full", 10, 1.0, 2.0), row("oracle", 10, 0.7, 1.0), row("emos", 5, 0.85, 1.8),
+            row("mixed", 5, 0.78, 1.5)]
+    got = {c["target"]: (round(c["value"], 1), c["met"]) for c in target_checks(rows, k=5)}
+    assert got == {"CRPS vs raw_full (>= 20% better)": (22.0, True),
+                   "CRPS vs emos (>= 5% better)": (8.2, True),
+                   "CRPS vs oracle (within 15%)": (11.4, True),
+                   "extreme events vs raw_full (>= 20% better)": (25.0, True)}
