@@ -195,8 +195,11 @@ def _cases_html(doc: dict, prefix: str) -> str:
     out = ['<p class="note">Each case says how it was chosen. Cases picked for what was observed '
            "favour forecasts that warn often, so they illustrate behaviour in an extreme but cannot "
            "rank systems on their own (the forecaster's dilemma); the headline scores above can.</p>"]
+    skipped = [c for c in doc["cases"] if c["status"] == "out_of_range"]
     for c in doc["cases"]:
         status = c["status"]
+        if status == "out_of_range":
+            continue
         dilemma = ('<div class="warn">Chosen because of what happened (selected on the outcome): '
                    "its scores illustrate behaviour in an extreme; they cannot rank systems on their own "
                    "(the forecaster's dilemma).</div>" if c.get("selected_on_outcome") else "")
@@ -222,6 +225,10 @@ def _cases_html(doc: dict, prefix: str) -> str:
             + f"</dl>{dilemma}{msg}{table}"
             + (f'<div class="figs">{_img(c.get("plot"), "case " + c["id"], prefix)}</div>' if c.get("plot") else "")
             + "</div>")
+    if skipped:
+        items = "".join(f"<li>{_e(c['message'])}</li>" for c in skipped)
+        out.append(f'<details class="note"><summary>{len(skipped)} catalogue case(s) outside this '
+                   f"evaluation (its period, domain or variables)</summary><ul>{items}</ul></details>")
     return "".join(out)
 
 

@@ -46,8 +46,24 @@ def _version() -> str:
         return "enspp (source tree)"
 
 
+def _quiet_libraries() -> None:
+    """Silence known, harmless notices that would bury the command's own output: zarr's note
+    that consolidated metadata is outside the v3 spec (used on purpose: one atomic root file
+    is how stores commit), Lightning's hardware banner and tips (printed twice once Prefect
+    also captures the logger), and a torch-internal deprecation inside Lightning."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         args = parser.parse_args(argv)  # prints help / version / error and exits

@@ -98,7 +98,10 @@ def test_report_files_name_the_estimator(report):
         assert (out / p).stat().st_size > 1000
     assert (out / "index.html").is_file()
     # the out-of-period case is reported, and the rest of the report was still written
-    assert any("far-away" in p and "outside" in p for p in doc["problems"])
+    assert any("far-away" in p and "outside" in p for p in doc["cases_not_covered"])
+    assert not any("far-away" in p for p in doc["problems"])
+    html = (out / "index.html").read_text()
+    assert "1 catalogue case(s) outside this evaluation" in html and "<h2>Problems</h2>" not in html
     assert [c["status"] for c in doc["cases"]] == ["ok", "out_of_range"]
 
 
