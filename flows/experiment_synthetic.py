@@ -125,8 +125,8 @@ def ensure_stores(workdir: Path, synth: Path) -> dict[str, Path]:
 
     stores = {"forecast": workdir / "stores" / "forecast.zarr", "analysis": workdir / "stores" / "analysis.zarr"}
     for kind, store in stores.items():
-        # z is written at 500 hPa only and t at 850 hPa only; the shared level axis holds NaN
-        # for the other level (never read: the pipeline reads z500, t850, t2m)
+        # allow_nan: worlds written by older generators hold NaN at the level a variable was
+        # not simulated at (never read: the pipeline reads z500, t850, t2m)
         ingest(synth / kind, store, kind=kind, progress=False, allow_nan=True)
     return stores
 
