@@ -388,15 +388,16 @@ def run_synthetic(config: Any, *, out_dir: Path, quick: bool = False,
                              ["raw_full", "oracle", "raw_subset", "emos", "emos_global", "mlp", "unet",
                               "mixed"].index(r["system"])))
     dash = combine_dashboards(dirs, out_dir, title=config.title)
-    checks = target_checks(rows, k=5 if 5 in sec.members else sec.members[0])
-    write_table(out_dir / "table.md", config.title, sec, rows, checks, n_test=len(inits), ev=ev)
+    k_target = 5 if 5 in sec.members else sec.members[0]
+    checks = target_checks(rows, k=k_target)
+    write_table(out_dir / "table.md", config.title, sec, rows, checks, n_test=len(inits), ev=ev, k=k_target)
     return {"title": config.title, "kind": "synthetic", "rows": rows, "targets": checks, "timings": timings,
             "n_test": len(inits), "world": sec.world.model_dump(mode="json"), "splits": sec.splits(),
             "files": {"table": str(out_dir / "table.md"), "dashboard": str(dash)}}
 
 
 def write_table(path: Path, title: str, sec: SyntheticSection, rows: list[dict], checks: list[dict], *,
-                n_test: int, ev: Any) -> Path:
+                n_test: int, ev: Any, k: int = 5) -> Path:
     """``table.md``: the comparison per variable and the targets, with the method in words."""
     from evaluation.experiment import markdown_table
 
@@ -423,7 +424,7 @@ def write_table(path: Path, title: str, sec: SyntheticSection, rows: list[dict],
         def fmt(c: dict) -> dict:
             return {**c, "value": None if c["value"] is None else f"{c['value']:+.1f}%",
                     "met": {True: "yes", False: "**no**", None: "–"}[c["met"]]}
-        parts.append("### Targets (mixed, K=5)\n\n" + markdown_table(
+        parts.append(f"### Targets (mixed, K={k})\n\n" + markdown_table(
             [fmt(c) for c in checks], [("variable", "variable", "str"), ("target", "target", "str"),
                                        ("value", "measured", "str"), ("met", "met", "str")]))
     path.write_text("\n".join(parts))
