@@ -160,9 +160,15 @@ class EnsembleDataModule(L.LightningDataModule):
 
     def _loader(self, ds: EnsembleDataset, *, sampler=None) -> DataLoader:
         b = self.config.batches
+        # Workers start from a fork server, not by forking this process: training often runs
+        # inside a process that already holds threads (Prefect's event loop, dask, numba,
+        # torch), and a fork of a multi-threaded process can die or hang in the child. The
+        # dataset pickles cheaply (the reader drops its store handles and each worker reopens).
+        context = "forkserver" if b.num_workers > 0 else None
         return DataLoader(ds, batch_size=b.batch_size, sampler=sampler, shuffle=False,
                           num_workers=b.num_workers, collate_fn=collate_rows,
-                          persistent_workers=False, drop_last=False)
+                          persistent_workers=False, drop_last=False,
+                          multiprocessing_context=context)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
