@@ -21,6 +21,8 @@ Conventions (shared with the cfgrib reader in :mod:`data.readers`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import glob
 import os
 from collections import defaultdict
@@ -36,7 +38,7 @@ import xarray as xr
 from data import schema
 from data.translate import ReaderError, canonical_name, canonical_variable, finalise
 
-__all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_paths", "scan_grib", "read_grib_eccodes", "kind_of_messages",
+__all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_inputs", "expand_paths", "scan_grib", "read_grib_eccodes", "kind_of_messages",
            "FORECAST_DATA_TYPES", "ANALYSIS_DATA_TYPES"]
 
 FORECAST_DATA_TYPES = frozenset({"cf", "pf", "fc"})
@@ -76,26 +78,39 @@ class GribMessage:
 
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """A file, a directory (its GRIB files, sorted), a glob pattern, or a list of those."""
+    return expand_inputs(paths, suffixes=_GRIB_SUFFIXES, what="GRIB files", error=ReaderError)
+
+
+def expand_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
+                  suffixes: Iterable[str], what: str, error: type[Exception] = ReaderError,
+                  is_unit: Callable[[Path], bool] = lambda p: False) -> list[Path]:
+    """Files, directories (their files with ``suffixes``, sorted) and glob patterns -> paths.
+
+    ``is_unit(path)`` marks a directory that is one input itself (e.g. a Zarr store).
+    A directory or pattern that matches nothing, or no input at all, raises ``error``; a path
+    that does not exist raises ``FileNotFoundError``.
+    """
+    suffixes = tuple(suffixes)
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out: list[Path] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in _GRIB_SUFFIXES)
+        if p.is_dir() and not is_unit(p):
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
             if not found:
-                raise ReaderError(f"{p}: directory holds no GRIB files ({', '.join(_GRIB_SUFFIXES)})")
+                raise error(f"{p}: directory holds no {what} ({', '.join(suffixes)})")
             out.extend(found)
-        elif p.is_file():
+        elif p.is_file() or (p.is_dir() and is_unit(p)):
             out.append(p)
         elif any(ch in str(item) for ch in "*?["):
-            found = sorted(Path(q) for q in glob.glob(str(item)) if Path(q).is_file())
+            found = sorted(q for q in map(Path, glob.glob(str(item))) if q.is_file() or is_unit(q))
             if not found:
-                raise ReaderError(f"{item}: the pattern matches no files")
+                raise error(f"{item}: the pattern matches no files")
             out.extend(found)
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
     if not out:
-        raise ReaderError("no input files given")
+        raise error("no input files given")
     return out
 
 

@@ -18,7 +18,6 @@ module for why); other formats go through :mod:`data.readers`.
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import time
@@ -32,6 +31,7 @@ import xarray as xr
 
 from data import provenance as prov
 from data.provenance import SourceFile
+from data.grib import expand_inputs
 from data.ingest_grib import decode_grib
 from data.schema import MEMBER, Kind
 from data.store import record_dim
@@ -96,28 +96,8 @@ def collect_inputs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     """Files, directories (their GRIB/NetCDF files, sorted; a Zarr store is one input) and
     glob patterns -> a sorted list of inputs without repeats.  Raises FileNotFoundError
     naming a path that does not exist or a pattern/directory that matches nothing."""
-    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir() and not _is_zarr(p):
-            found = sorted(q for q in p.iterdir()
-                           if q.is_file() and q.suffix.lower() in INPUT_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(f"{p}: directory holds no input files "
-                                        f"({', '.join(INPUT_SUFFIXES)})")
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
-        elif any(ch in str(item) for ch in "*?["):
-            found = sorted(Path(q) for q in glob.glob(str(item)))
-            if not found:
-                raise FileNotFoundError(f"{item}: the pattern matches no files")
-            out.extend(found)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
-    if not out:
-        raise FileNotFoundError("no input files given")
+    out = expand_inputs(paths, suffixes=INPUT_SUFFIXES, what="input files",
+                        error=FileNotFoundError, is_unit=_is_zarr)
     seen: dict[Path, None] = {}
     for p in out:
         seen.setdefault(p.resolve(), None)
