@@ -68,14 +68,14 @@ class MemberEncoder(nn.Module):
 
 class MixedModel(PostProcessor):
     """``mixed`` options: ``embed_dim`` (32), ``encoder_hidden`` ([32]), ``backbone``
-    (``unet`` | ``resnet``), ``width`` (32), ``depth`` (U-Net, 2), ``n_blocks`` (ResNet, 4),
+    (``unet`` | ``resnet``), ``width`` (16), ``depth`` (U-Net, 2), ``n_blocks`` (ResNet, 4),
     ``point_hidden`` ([64, 64], stations), ``embedding_dim`` (station embedding, 4)."""
 
     DEFAULTS = {
         "embed_dim": 32,
         "encoder_hidden": [32],
         "backbone": "unet",
-        "width": 32,
+        "width": 16,
         "depth": 2,
         "n_blocks": 4,
         "point_hidden": [64, 64],
