@@ -11,9 +11,10 @@ names each bad file and its problem.  ``on_error="skip"`` lands the good files a
 bad ones in the summary.  Files already ingested (same SHA-256, all their records complete)
 are skipped without being decoded, so re-running an ingest changes nothing.
 
-GRIB is decoded directly with eccodes by :func:`data.ingest_grib.decode_grib` (not cfgrib, and
+GRIB is decoded directly with eccodes by :func:`data.ingest_grib.open_grib_lazy` (not cfgrib, and
 not the per-message ``shortName`` lookups of ``data.readers.read_grib_eccodes``: see that
-module for why); other formats go through :mod:`data.readers`.
+module for why): headers are checked when a file is read, values are decoded chunk by chunk
+in the writer's threads; other formats go through :mod:`data.readers`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,7 +34,7 @@ import xarray as xr
 from data import provenance as prov
 from data.provenance import SourceFile
 from data.grib import expand_inputs
-from data.ingest_grib import decode_grib
+from data.ingest_grib import decode_grib, open_grib_lazy
 from data.schema import MEMBER, Kind
 from data.store import record_dim
 from data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version
@@ -108,14 +110,17 @@ def _is_zarr(path: Path) -> bool:
     return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zmetadata"))
 
 
-def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False) -> xr.Dataset:
-    """One input as a canonical dataset (GRIB decoded with eccodes, numpy-backed)."""
+def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False,
+               lazy: bool = False) -> xr.Dataset:
+    """One input as a canonical dataset (GRIB decoded with eccodes, numpy-backed; with
+    ``lazy``, headers checked now and values decoded when indexed: close the dataset after)."""
     from data import readers
     from data.sources import detect_format
 
     fmt = detect_format(path)
     if fmt == "grib":
-        return decode_grib(path, kind=kind, allow_nan=allow_nan)
+        opener = open_grib_lazy if lazy else decode_grib
+        return opener(path, kind=kind, allow_nan=allow_nan)
     if fmt == "netcdf":
         return readers.open_analysis([path], allow_nan=allow_nan)
     if fmt == "station":
@@ -143,10 +148,12 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     t0 = time.perf_counter()
     files = collect_inputs(paths)
     bar = _Progress(enabled=progress)
-    with open_writer(store, kind=kind, lock_timeout=lock_timeout, on_wait=bar.note) as writer:
+    opened: list[xr.Dataset] = []  # lazily decoded inputs, closed (handles freed) at the end
+    with open_writer(store, kind=kind, lock_timeout=lock_timeout, on_wait=bar.note) as writer, \
+            _closing(opened):
         staged, failures, already, nbytes, skipped = _read_all(writer, files, kind=kind,
                                                       allow_nan=allow_nan, workers=workers,
-                                                      bar=bar)
+                                                      bar=bar, opened=opened)
         plan = writer.plan() if writer.kind is not None else None
         for item in staged:
             assert plan is not None
@@ -175,9 +182,12 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 
 
 def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allow_nan: bool,
-              workers: int, bar: _Progress
+              workers: int, bar: _Progress, opened: list[xr.Dataset]
               ) -> tuple[list[Staged], list[tuple[str, str]], int, int, list[str]]:
-    """Hash every file, skip those already ingested, read and validate the rest (in threads)."""
+    """Hash every file, skip those already ingested, read and validate the rest (in threads).
+
+    GRIB files are opened lazily (headers read and checked, values decoded later by the
+    writer's threads, chunk by chunk); every dataset read is appended to ``opened``."""
     bar.start("reading", len(files))
 
     def load(path: Path) -> tuple[SourceFile, xr.Dataset | None, str | None]:
@@ -187,7 +197,9 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
         try:
             # decode as what the file says it is (unless --kind): a forecast file offered to an
             # analysis store is then refused as such by StoreWriter.prepare
-            return src, read_input(path, kind=kind, allow_nan=allow_nan), None
+            ds = read_input(path, kind=kind, allow_nan=allow_nan, lazy=True)
+            opened.append(ds)
+            return src, ds, None
         except (ValueError, OSError) as e:  # ReaderError, SchemaError, unreadable file
             msg = str(e)
             return src, None, msg if str(path) in msg else f"{path}: {msg}"
@@ -213,6 +225,15 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
                     msg = str(e)
                     failures.append((str(path), msg if str(path) in msg else f"{path}: {msg}"))
     return staged, failures, already, nbytes, skipped_records
+
+
+@contextmanager
+def _closing(datasets: list[xr.Dataset]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for ds in datasets:
+            ds.close()
 
 
 def _shape_of(writer: StoreWriter, plan: object) -> tuple[int, tuple[str, ...]]:

@@ -1,14 +1,16 @@
-"""The ingest's own GRIB decode loop (eccodes; values decoded straight into the final array).
+"""The ingest's own GRIB decode loop (eccodes; values decoded straight into their destination).
 
 Why not :func:`data.readers.read_grib_eccodes`: it asks eccodes for ``shortName`` and ``units``
 of every message.  Those are *concept* keys that eccodes evaluates by scanning its parameter
 tables: 2-15 ms per message, i.e. 2-15x the decode of a 181x360 field, which made an ingest
 ~10x the decode floor.  Here the concepts are looked up once per distinct parameter, keyed on
 the section 1/4 keys they are defined by; the headers of all messages are read first (handles
-kept open), the inventory is checked, and each field is then decoded (float32, by eccodes)
-straight into its slot of the output array: no per-message array, no copy, no merge, no
-re-sort.  Conventions and inventory checks are those of :mod:`data.grib`
-(its public :class:`~data.grib.GribMessage`, :func:`~data.grib.check_inventory`,
+kept open) and the inventory is checked.  :func:`open_grib_lazy` then returns lazily indexed
+variables: a selection decodes only its messages (float32, by eccodes) straight into its own
+buffer, so the ingest decodes each store chunk in its writer threads, beside compression,
+without building a whole-file array; :func:`decode_grib` loads everything at once.
+Conventions and inventory checks are those of :mod:`data.grib` (its public
+:class:`~data.grib.GribMessage`, :func:`~data.grib.check_inventory`,
 :func:`~data.grib.absent_fields`, :func:`~data.grib.kind_of_messages`); the tests check that
 both give the same dataset.
 """
@@ -18,9 +20,13 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
+import weakref
+
 import eccodes
 import numpy as np
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 from data import schema
 from data.grib import GribMessage, absent_fields, check_inventory, kind_of_messages
@@ -49,16 +55,90 @@ def decode_grib(path: str | os.PathLike[str], *, kind: schema.Kind | None = None
     missing (NaN) points unless ``allow_nan``, mixed grids, duplicate fields, members missing
     in one init time, fields absent for some lead times, unknown units.
     """
+    ds = open_grib_lazy(path, kind=kind, allow_nan=allow_nan)
+    try:
+        return ds.load()
+    finally:
+        ds.close()
+
+
+def open_grib_lazy(path: str | os.PathLike[str], *, kind: schema.Kind | None = None,
+                   allow_nan: bool = False) -> xr.Dataset:
+    """Like :func:`decode_grib`, but the values stay encoded until they are indexed.
+
+    The headers are read and checked now (every error :func:`decode_grib` raises is raised
+    here, missing points included: they are flagged by each message's bitmap); each data
+    variable is a lazily indexed array that decodes only the messages a selection touches,
+    straight into the selection's buffer.  The ingest writes a store chunk by chunk from it,
+    so decoding runs in the writer's threads beside compression and no whole-file array is
+    ever built.  The GRIB handles (the raw messages, about half the size of the decoded
+    float32 values) are held until ``ds.close()`` (or garbage collection); concurrent reads of
+    *different* selections from several threads are safe.
+    """
     source = str(path)
     messages, handles = _scan(source, allow_nan=allow_nan)
+    holder = _Handles(handles)
     try:
-        return _dataset(messages, handles, source=source, kind=kind, allow_nan=allow_nan)
-    finally:
-        for h in handles:
-            eccodes.codes_release(h)
+        ds = _dataset(messages, holder, source=source, kind=kind, allow_nan=allow_nan)
+    except BaseException:
+        holder.close()
+        raise
+    ds.set_close(holder.close)
+    return ds
 
 
-def _dataset(messages: list[GribMessage], handles: list[int], *, source: str,
+class _Handles:
+    """The open eccodes handles of one file, released once (explicitly or when collected)."""
+
+    def __init__(self, handles: list[int]) -> None:
+        self.handles = handles
+        self._finalizer = weakref.finalize(self, _release, handles)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _release(handles: list[int]) -> None:
+    for h in handles:
+        eccodes.codes_release(h)
+    handles.clear()
+
+
+class _FieldArray(BackendArray):
+    """One variable's fields: ``slots[i, j, ...]`` is the message index holding the field at
+    leading index ``(i, j, ...)`` (-1: absent, NaN); the last two axes are the grid."""
+
+    def __init__(self, holder: _Handles, slots: np.ndarray, n_missing: np.ndarray,
+                 grid: tuple[int, int]) -> None:
+        self.holder, self.slots, self.n_missing = holder, slots, n_missing
+        #: no missing point anywhere (the scan refuses bitmaps unless allow_nan): lets
+        #: data.schema.validate skip decoding everything to look for NaN
+        self.nan_free = bool((slots >= 0).all() and not n_missing.any())
+        self.shape = (*slots.shape, *grid)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape,
+                                                  indexing.IndexingSupport.BASIC, self._get)
+
+    def _get(self, key: tuple) -> np.ndarray:
+        lead = self.slots.ndim
+        slots, missing = self.slots[key[:lead]], self.n_missing[key[:lead]]
+        ny, nx = self.shape[-2:]
+        out = np.empty((*slots.shape, ny, nx), dtype=np.float32)
+        handles = self.holder.handles
+        if not handles:
+            raise ReaderError("GRIB values read after the file's dataset was closed")
+        for idx in np.ndindex(slots.shape):
+            slot = int(slots[idx])
+            if slot < 0:
+                out[idx] = np.nan
+            else:
+                _decode_into(handles[slot], out[idx], n_missing=int(missing[idx]))
+        return out[(Ellipsis, *key[lead:])]
+
+
+def _dataset(messages: list[GribMessage], holder: _Handles, *, source: str,
              kind: schema.Kind | None, allow_nan: bool) -> xr.Dataset:
     """Check the inventory from the headers, then decode each field into its slot."""
     kind = kind or kind_of_messages(messages, source=source)
@@ -77,7 +157,7 @@ def _dataset(messages: list[GribMessage], handles: list[int], *, source: str,
         by_var[m.variable].append(m)
     arrays: dict[str, xr.DataArray] = {}
     for msgs in by_var.values():
-        da = _assemble(msgs, handles, forecast=forecast, times=times, leads=leads, lat=lat,
+        da = _assemble(msgs, holder, forecast=forecast, times=times, leads=leads, lat=lat,
                        lon=lon)
         name, da = canonical_variable(da, msgs[0].short_name, source=source,
                                       type_of_level=msgs[0].type_of_level)
@@ -90,7 +170,7 @@ def _dataset(messages: list[GribMessage], handles: list[int], *, source: str,
     return normalise_longitude(ds)
 
 
-def _assemble(msgs: list[GribMessage], handles: list[int], *, forecast: bool, times: list,
+def _assemble(msgs: list[GribMessage], holder: _Handles, *, forecast: bool, times: list,
               leads: list, lat: np.ndarray, lon: np.ndarray) -> xr.DataArray:
     first = msgs[0]
     pressure = first.type_of_level == "isobaricInhPa"
@@ -116,9 +196,8 @@ def _assemble(msgs: list[GribMessage], handles: list[int], *, forecast: bool, ti
     if pressure:
         dims.append(schema.LEVEL)
         shape.append(len(levels))
-    data = np.empty((*shape, lat.size, lon.size), dtype=np.float32)
-    if len(msgs) != int(np.prod(shape)):
-        data.fill(np.nan)  # absent fields (allow_nan): NaN slots
+    slots = np.full(shape, -1, dtype=np.int64)  # absent fields (allow_nan): NaN
+    missing = np.zeros(shape, dtype=np.int64)
     for m in msgs:
         idx = [ti[m.init_time if forecast else m.valid_time]]
         if forecast:
@@ -127,7 +206,9 @@ def _assemble(msgs: list[GribMessage], handles: list[int], *, forecast: bool, ti
             idx.append(ni[m.number])
         if pressure:
             idx.append(vi[int(m.level)])
-        _decode_into(handles[m.index], data[tuple(idx)], n_missing=m.n_missing)
+        slots[tuple(idx)] = m.index
+        missing[tuple(idx)] = m.n_missing
+    data = indexing.LazilyIndexedArray(_FieldArray(holder, slots, missing, (lat.size, lon.size)))
     coords: dict[str, object] = {dims[0]: np.array(times, dtype="datetime64[ns]"),
                                  schema.LATITUDE: lat, schema.LONGITUDE: lon}
     if forecast:
@@ -279,4 +360,4 @@ def _message(h: int, path: str, index: int, params: dict, grids: dict,
                        latitudes=lat, longitudes=lon)
 
 
-__all__ = ["decode_grib"]
+__all__ = ["decode_grib", "open_grib_lazy"]

@@ -277,7 +277,8 @@ def validate(ds: xr.Dataset, *, kind: Kind | None = None, source: str | None = N
             fail(f"variable {name!r} is in unknown units {units!r} (known: {sorted(KNOWN_UNITS)})")
         if da.dtype.kind not in "f":
             fail(f"variable {name!r} must be floating point, got {da.dtype}")
-        if not allow_nan and not _is_dask(da) and da.size and bool(np.isnan(da.values).any()):
+        if (not allow_nan and not _is_dask(da) and not _known_nan_free(da) and da.size
+                and bool(np.isnan(da.values).any())):
             n = int(np.isnan(da.values).sum())
             fail(f"variable {name!r} holds {n} NaN values of {da.size}")
     return ds
@@ -285,6 +286,19 @@ def validate(ds: xr.Dataset, *, kind: Kind | None = None, source: str | None = N
 
 def _strictly_increasing(a: np.ndarray) -> bool:
     return bool(np.all(a[1:] > a[:-1]))
+
+
+def _known_nan_free(da: xr.DataArray) -> bool:
+    """True for lazily decoded data whose reader already proved it free of missing values
+    (``data.ingest_grib``: the GRIB bitmaps), so validation need not decode it."""
+    data = da.variable._data
+    for _ in range(8):  # lazily indexed wrappers around the backend array
+        if getattr(data, "nan_free", False):
+            return True
+        data = getattr(data, "array", None)
+        if data is None:
+            return False
+    return False
 
 
 def _is_dask(da: xr.DataArray) -> bool:

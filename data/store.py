@@ -147,7 +147,8 @@ def to_store_layout(ds: xr.Dataset, *, kind: Kind) -> xr.Dataset:
         if rec not in da.dims:
             raise SchemaError(f"variable {name!r} has no {rec!r} dim (dims {da.dims})")
     ds = ds.transpose(*[d for d in order if d in ds.dims])
-    ds = ds.assign({name: da.astype(np.float32, copy=False) for name, da in ds.data_vars.items()})
+    ds = ds.assign({name: da if da.dtype == np.float32 else da.astype(np.float32)
+                    for name, da in ds.data_vars.items()})  # float32 data stays lazy
     for dim, unit in ((INIT_TIME, "datetime64[ns]"), (TIME, "datetime64[ns]"),
                       (LEAD_TIME, "timedelta64[ns]")):
         if dim in ds.coords and ds[dim].dtype != np.dtype(unit):

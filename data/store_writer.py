@@ -322,9 +322,8 @@ class StoreWriter:
         for staged, names in plan.providers[key]:
             position = int(np.flatnonzero(staged.ds[rec].values == plan.values[key])[0])
             sub = staged.ds.isel({rec: slice(position, position + 1)})  # a view, no copy
-            for name in names:
-                block = np.ascontiguousarray(sub[name].values, dtype=np.float32)
-                jobs.append(pool.submit(_put, arrays[name], index, block))
+            for name in names:  # lazily decoded inputs are decoded in the pool's threads
+                jobs.append(pool.submit(_put, arrays[name], index, sub[name].variable))
         total = 0
         for job in jobs:
             total += job.result()
@@ -353,7 +352,8 @@ class StoreWriter:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _put(array: Any, index: int, block: np.ndarray) -> int:
+def _put(array: Any, index: int, var: xr.Variable) -> int:
+    block = np.ascontiguousarray(var.values, dtype=np.float32)
     array[index:index + 1] = block
     return int(block.nbytes)
 

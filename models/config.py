@@ -48,6 +48,14 @@ class TrainConfig(BaseModel):
     optimizer: Literal["adam", "adamw"] = "adamw"
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    #: learning-rate schedule: ``constant``; ``cosine`` (per epoch from ``learning_rate`` down
+    #: to ``learning_rate * lr_min_factor`` at ``max_epochs``); ``plateau`` (times
+    #: ``lr_plateau_factor`` after ``lr_plateau_patience`` epochs without a better validation
+    #: CRPS, never below ``learning_rate * lr_min_factor``)
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    lr_min_factor: float = Field(0.01, ge=0, le=1)
+    lr_plateau_factor: float = Field(0.5, gt=0, lt=1)
+    lr_plateau_patience: int = Field(2, ge=0)
     gradient_clip_val: float | None = Field(None, gt=0)
     #: epochs without improvement of the *validation* CRPS before stopping; None disables
     early_stopping_patience: int | None = Field(5, ge=1)

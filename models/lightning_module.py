@@ -75,10 +75,22 @@ class PostProcessingModule(L.LightningModule):
                      reduce_crps(lambda z: crps_ensemble(raw[:, :, t:t + 1], z, estimator=est),
                                  y, target_scale=ones), **log)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         cfg = self.train_config
         cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        opt = cls(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        floor = cfg.learning_rate * cfg.lr_min_factor
+        if cfg.lr_schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs,
+                                                               eta_min=floor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if cfg.lr_schedule == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=cfg.lr_plateau_factor,
+                patience=cfg.lr_plateau_patience, min_lr=floor)
+            return {"optimizer": opt, "lr_scheduler": {
+                "scheduler": sched, "interval": "epoch", "monitor": monitor_name(self.distribution)}}
+        return opt
 
     # -- checkpoint hooks -----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import xarray as xr
 
 from data.grib_writer import write_grib
 from data.ingest import IngestError, collect_inputs, ingest
-from data.ingest_grib import decode_grib
+from data.ingest_grib import decode_grib, open_grib_lazy
 from data.readers import read_grib_eccodes
 from data.store import open_store
 from data.store_writer import FAULT_ENV
@@ -194,6 +194,37 @@ def test_missing_points_become_nan_when_allowed(tmp_path, files):
     n_missing = int(ds["z"].isnull().sum())
     assert n_missing > 0 and n_missing == int(ds["z"].isel(lead_time=0, member=1).isnull().sum())
     xr.testing.assert_identical(ds, read_grib_eccodes(bad, allow_nan=True))
+
+
+def test_lazy_open_decodes_only_what_is_indexed_and_equals_the_eager_decode(tmp_path, files):
+    eager = decode_grib(files[0])
+    lazy = open_grib_lazy(files[0])
+    for name in lazy.data_vars:  # nothing decoded yet: lazily indexed, no numpy buffer
+        assert not isinstance(lazy[name].variable._data, np.ndarray)
+    xr.testing.assert_identical(lazy.isel(lead_time=[1], member=slice(1, 3)).load(),
+                                eager.isel(lead_time=[1], member=slice(1, 3)))
+    sel = dict(member=[2, 0], latitude=slice(1, None, 2), longitude=3)
+    np.testing.assert_array_equal(lazy["z"].isel(sel).values, eager["z"].isel(sel).values)
+    xr.testing.assert_identical(lazy.load(), eager)
+    lazy.close()
+    lazy.close()  # closing twice is harmless
+    again = open_grib_lazy(files[0])
+    again.close()
+    with pytest.raises(ValueError, match="closed"):
+        again["z"].values
+
+
+def test_lazy_open_with_missing_points_and_validation(tmp_path, files):
+    from data.schema import validate
+
+    bad = _nan_points(tmp_path, files[0])
+    with pytest.raises(ValueError, match="missing"):
+        open_grib_lazy(bad)  # refused from the headers (bitmap), before any decode
+    lazy = open_grib_lazy(bad, allow_nan=True)
+    xr.testing.assert_identical(lazy.load(), decode_grib(bad, allow_nan=True))
+    with pytest.raises(ValueError, match="NaN"):  # not marked NaN-free: validation decodes
+        validate(open_grib_lazy(bad, allow_nan=True), kind="forecast")
+    validate(open_grib_lazy(files[0]), kind="forecast")  # NaN-free from the headers
 
 
 def test_duplicate_init_times_across_files_in_one_batch(tmp_path, files, seeded):
