@@ -302,7 +302,8 @@ def _known_nan_free(da: xr.DataArray) -> bool:
 
 
 def _is_dask(da: xr.DataArray) -> bool:
-    return getattr(da.data, "dask", None) is not None or type(da.data).__module__.startswith("dask")
+    # not ``da.data``: for lazily indexed (backend) arrays that property loads the values
+    return da.chunks is not None
 
 
 def annotate(da: xr.DataArray, short_name: str) -> xr.DataArray:
