@@ -89,6 +89,8 @@ class TrainSection(BaseModel):
     lr: float = Field(3e-3, gt=0)
     emos_lr: float = Field(3e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    #: learning-rate schedule of the synthetic experiment's trainings (models.config.TrainConfig)
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
     #: networks (mlp, mixed, unet) are fitted with this many seeds and their parameters averaged
     seeds: int = Field(3, ge=1)
     seed: int = 0

@@ -63,9 +63,11 @@ class SyntheticSection(BaseModel):
     train_years: tuple[int, int] | None = None
     val_years: tuple[int, int] | None = None
     test_years: tuple[int, int] | None = None
-    patch_size: int = Field(16, ge=4)
+    #: square training patches (None: whole fields)
+    patch_size: int | None = Field(16, ge=4)
     batch_size: int = Field(16, ge=1)
-    samples_per_epoch: int = Field(512, ge=1)
+    #: patches drawn per epoch (None: every training init once per epoch)
+    samples_per_epoch: int | None = Field(512, ge=1)
     #: per-model options passed to ModelSpec.options (e.g. {mixed: {embed_dim: 16}})
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: the world of ``--quick`` runs (three years: train, validation, test)
@@ -214,6 +216,7 @@ def fit_and_predict(name: str, *, k: int, sec: SyntheticSection, train: Any, pip
                      weight_decay=0.0 if emos else train.weight_decay,
                      early_stopping_patience=train.patience, seed=train.seed, progress_bar=False,
                      run_id=f"{name}-K{k}", ensemble_estimator="standard",
+                     lr_schedule=train.lr_schedule,
                      limit_val_batches=4 if quick else 1.0)
     t0 = time.perf_counter()
     r = train_model(pipeline, ModelConfig(name=name, options=dict(sec.model_options.get(name, {}))), tc,
