@@ -177,3 +177,31 @@ def test_config_validation() -> None:
         __import__("models.config").config.PredictConfig(quantiles=(0.0, 0.5))
     with pytest.raises(ValueError, match="plain directory name"):
         TrainConfig(run_id="a/b")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "plateau"])
+def test_lr_schedules(schedule):
+    from types import SimpleNamespace
+
+    from models.config import TrainConfig
+    from models.lightning_module import PostProcessingModule
+
+    model = torch.nn.Linear(2, 2)
+    model.spec = SimpleNamespace(distribution="gaussian", targets=("t2m",))
+    cfg = TrainConfig(max_epochs=10, learning_rate=0.1, lr_schedule=schedule, lr_min_factor=0.01,
+                      lr_plateau_patience=0, lr_plateau_factor=0.5)
+    out = PostProcessingModule(model, train_config=cfg).configure_optimizers()
+    if schedule == "constant":
+        assert isinstance(out, torch.optim.Optimizer)
+        return
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    if schedule == "cosine":
+        for _ in range(10):
+            opt.step()
+            sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.01)  # the floor at max_epochs
+    else:
+        assert out["lr_scheduler"]["monitor"].startswith("val/")  # validation CRPS, never test
+        for _ in range(3):
+            sched.step(1.0)  # no improvement: halved each epoch after the first
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)
