@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import yaml
 from pydantic import Field, ValidationError, model_validator
 from scipy.special import ndtr
 
 from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from data.yaml_file import read_yaml_mapping
 from evaluation.config import _Frozen
 from evaluation.systems import SystemField
 
@@ -108,13 +108,8 @@ class Case(_Frozen):
 def load_catalogue(path: Path) -> list[Case]:
     """Read a catalogue; raise :class:`CatalogueError` naming the file and the bad entry."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"case catalogue not found: {path}")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CatalogueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(doc, dict) or not ({"cases", "events"} & set(doc)):
+    doc = read_yaml_mapping(path, what="case catalogue", error=CatalogueError)
+    if not ({"cases", "events"} & set(doc)):
         raise CatalogueError(f"{path}: expected a mapping with a 'cases' (or 'events') list")
     entries = doc.get("cases", doc.get("events"))
     if not isinstance(entries, list):

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data.synth import SynthConfig
+from data.yaml_file import read_yaml_mapping
 from evaluation.config import EvaluateConfig
 from models.config import ModelConfig, PredictConfig, TrainConfig
 from pipeline.config import PipelineConfig
@@ -248,15 +248,8 @@ def _with_splits(config: EnsppConfig) -> EnsppConfig:
 def load_config(path: str | Path) -> EnsppConfig:
     """Read ``enspp.yaml``; raises :class:`ConfigError` naming ``<file>: <section>.<key>``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections "
-                          f"({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, what="config file", error=ConfigError,
+                            hint=f" of sections ({', '.join(SECTIONS)})")
     return config_from_mapping(raw, source=str(path), base_dir=path.resolve().parent)
 
 

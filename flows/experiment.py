@@ -28,9 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from data.yaml_file import read_yaml_mapping
 from flows.experiment_synthetic import SyntheticSection
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
@@ -127,14 +127,7 @@ class ExperimentConfig(BaseModel):
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Parse and validate an experiment YAML file (errors name the file and the key)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ExperimentConfigError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(raw, dict):
-        raise ExperimentConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, what="experiment config", error=ExperimentConfigError)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from data.yaml_file import read_yaml_mapping
 
 #: the sections one ``enspp.yaml`` may hold (ARCHITECTURE.md, "Configuration")
 KNOWN_SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")
@@ -118,17 +119,7 @@ def load_sections(path: str | Path) -> dict[str, dict[str, Any]]:
     section, or a section that is not a mapping; ``FileNotFoundError`` if it does not exist.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections, "
-                          f"got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, what="config file", error=ConfigError, hint=" of sections")
     sections: dict[str, dict[str, Any]] = {}
     for key, value in raw.items():
         if key not in KNOWN_SECTIONS:

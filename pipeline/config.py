@@ -18,8 +18,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from data.yaml_file import read_yaml_mapping
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
@@ -285,14 +286,7 @@ class PipelineConfig(BaseModel):
     def from_yaml(cls, path: str | Path, *, section: str | None = "pipeline") -> PipelineConfig:
         """Read ``path``; with ``section`` set and present, only that top-level key is used."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pipeline config {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise PipelineConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise PipelineConfigError(f"{path}: expected a mapping at the top level")
+        raw = read_yaml_mapping(path, what="pipeline config", error=PipelineConfigError)
         if section is not None and section in raw:
             raw = raw[section]
             where = f"{path}: {section}"

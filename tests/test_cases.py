@@ -50,7 +50,7 @@ def test_synthetic_events_plug_in(world):
 
 @pytest.mark.parametrize("text, match", [
     ("cases: 3\n", "must be a list"),
-    ("[1, 2]\n", "expected a mapping"),
+    ("[1, 2]\n", "top level must be a mapping"),
     ("cases:\n  - {id: a, name: A, variable: t2m, box: {lat_min: 0, lat_max: 1, lon_min: 0, lon_max: 1},"
      " window: {start: 2021-01-01, end: 2021-01-02}}\n", "case a: how_chosen"),
     ("cases:\n  - {id: a, name: A, variable: t2m, how_chosen: by hand, box: {lat_min: 5, lat_max: 1,"

@@ -143,14 +143,14 @@ def test_config_errors(tmp_path, rng, extra, match):
 
 
 def test_config_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="experiment config not found"):
+    with pytest.raises(FileNotFoundError, match="experiment config .* does not exist"):
         load_experiment_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("title: [unclosed\n")
     with pytest.raises(ExperimentConfigError, match="not valid YAML"):
         load_experiment_config(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(ExperimentConfigError, match="mapping at the top level"):
+    with pytest.raises(ExperimentConfigError, match="top level must be a mapping"):
         load_experiment_config(bad)
     bad.write_text("title: t\nkind: station\n")
     with pytest.raises(ExperimentConfigError, match="needs a 'station' section"):

@@ -81,7 +81,7 @@ def test_yaml_errors(tmp_path):
         PipelineConfig.from_yaml(bad)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("3\n")
-    with pytest.raises(PipelineConfigError, match="mapping at the top level"):
+    with pytest.raises(PipelineConfigError, match="top level must be a mapping"):
         PipelineConfig.from_yaml(scalar)
     unknown = tmp_path / "u.yaml"
     unknown.write_text("pipeline:\n  members: {kk: 3}\n")
