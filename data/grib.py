@@ -21,14 +21,13 @@ Conventions (shared with the cfgrib reader in :mod:`data.readers`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import glob
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import eccodes
 import numpy as np
@@ -38,8 +37,10 @@ import xarray as xr
 from data import schema
 from data.translate import ReaderError, canonical_name, canonical_variable, finalise
 
-__all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_inputs", "expand_paths", "scan_grib", "read_grib_eccodes", "kind_of_messages",
+__all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_inputs", "expand_paths", "scan_grib", "read_grib_eccodes", "read_messages", "kind_of_messages",
            "FORECAST_DATA_TYPES", "ANALYSIS_DATA_TYPES"]
+
+T = TypeVar("T")
 
 FORECAST_DATA_TYPES = frozenset({"cf", "pf", "fc"})
 ANALYSIS_DATA_TYPES = frozenset({"an", "4v", "ia", "oi"})
@@ -114,6 +115,46 @@ def expand_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
     return out
 
 
+def read_messages(path: str, read: Callable[[int, int], T], *,
+                  keep: list[int] | None = None) -> list[T]:
+    """``read(handle, index)`` for every GRIB message of ``path``, in file order.
+
+    Each handle is released after its ``read`` unless ``keep`` is given: then the handles are
+    appended to it and the caller releases them (also when this raises).  Raises
+    :class:`ReaderError` naming ``path`` for a file without GRIB messages, a corrupt or
+    truncated message, or a message eccodes cannot read.
+    """
+    out: list[T] = []
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                h = eccodes.codes_grib_new_from_file(fh)
+            except eccodes.GribInternalError as e:
+                if not out:
+                    raise ReaderError(f"{path}: not a GRIB file, or corrupt from its first message "
+                                      f"({e})") from e
+                raise ReaderError(f"{path}: corrupt or truncated GRIB after {len(out)} complete "
+                                  f"messages ({e})") from e
+            if h is None:
+                break
+            if keep is not None:
+                keep.append(h)
+            try:
+                out.append(read(h, len(out)))
+            except eccodes.GribInternalError as e:
+                raise ReaderError(f"{path}: cannot decode message {len(out)} ({e})") from e
+            finally:
+                if keep is None:
+                    eccodes.codes_release(h)
+        rest = fh.read()
+    if not out:
+        raise ReaderError(f"{path}: not a GRIB file (no GRIB message found)")
+    if b"GRIB" in rest:
+        raise ReaderError(f"{path}: truncated GRIB: data after message {len(out) - 1} "
+                          "start a message that does not end")
+    return out
+
+
 def scan_grib(path: str | os.PathLike, *, values: bool = False, allow_nan: bool = False) -> list[GribMessage]:
     """Inventory of all messages in ``path`` (and their values, float32, when ``values``).
 
@@ -121,32 +162,9 @@ def scan_grib(path: str | os.PathLike, *, values: bool = False, allow_nan: bool 
     or (unless ``allow_nan``) a message with missing points.
     """
     path = str(path)
-    messages: list[GribMessage] = []
     grids: dict[tuple, tuple] = {}
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                h = eccodes.codes_grib_new_from_file(fh)
-            except eccodes.GribInternalError as e:
-                if not messages:
-                    raise ReaderError(f"{path}: not a GRIB file, or corrupt from its first message "
-                                      f"({e})") from e
-                raise ReaderError(f"{path}: corrupt or truncated GRIB after {len(messages)} complete "
-                                  f"messages ({e})") from e
-            if h is None:
-                break
-            try:
-                messages.append(_read_message(h, path, len(messages), values=values, grids=grids))
-            except eccodes.GribInternalError as e:
-                raise ReaderError(f"{path}: cannot decode message {len(messages)} ({e})") from e
-            finally:
-                eccodes.codes_release(h)
-        rest = fh.read()
-    if not messages:
-        raise ReaderError(f"{path}: not a GRIB file (no GRIB message found)")
-    if b"GRIB" in rest:
-        raise ReaderError(f"{path}: truncated GRIB: data after message {len(messages) - 1} "
-                          "start a message that does not end")
+    messages = read_messages(path, lambda h, i: _read_message(h, path, i, values=values,
+                                                              grids=grids))
     if not allow_nan:
         bad = [m for m in messages if m.n_missing]
         if bad:

@@ -29,7 +29,8 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from data import schema
-from data.grib import GribMessage, absent_fields, check_inventory, kind_of_messages
+from data.grib import (GribMessage, absent_fields, check_inventory, kind_of_messages,
+                       read_messages)
 from data.translate import ReaderError, canonical_name, canonical_variable, normalise_longitude
 
 #: cheap integer keys that, with edition/centre/typeOfLevel/stepType, determine the concepts
@@ -242,39 +243,15 @@ def _scan(path: str, *, allow_nan: bool) -> tuple[list[GribMessage], list[int]]:
     """Headers of every message, and the open handles (values are decoded later, into their
     slots); on error all handles are released."""
     handles: list[int] = []
-    try:
-        return _scan_headers(path, handles, allow_nan=allow_nan), handles
-    except BaseException:
-        for h in handles:
-            eccodes.codes_release(h)
-        raise
-
-
-def _scan_headers(path: str, handles: list[int], *, allow_nan: bool) -> list[GribMessage]:
-    messages: list[GribMessage] = []
-    params: dict[tuple, tuple[str, str]] = {}
+    params: dict[tuple, tuple[str, str]] = {}  # concept keys, once per distinct parameter
     grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-    with open(path, "rb") as fh:
-        while True:
-            try:
-                h = eccodes.codes_grib_new_from_file(fh)
-            except eccodes.GribInternalError as e:
-                raise ReaderError(f"{path}: corrupt or truncated GRIB after {len(messages)} "
-                                  f"complete messages ({e})") from e
-            if h is None:
-                break
-            handles.append(h)
-            try:
-                messages.append(_message(h, path, len(messages), params, grids, allow_nan))
-            except eccodes.GribInternalError as e:
-                raise ReaderError(f"{path}: cannot decode message {len(messages)} ({e})") from e
-        rest = fh.read()
-    if not messages:
-        raise ReaderError(f"{path}: not a GRIB file (no GRIB message found)")
-    if b"GRIB" in rest:
-        raise ReaderError(f"{path}: truncated GRIB: data after message {len(messages) - 1} "
-                          "start a message that does not end")
-    return messages
+    try:
+        messages = read_messages(path, lambda h, i: _message(h, path, i, params, grids,
+                                                             allow_nan), keep=handles)
+    except BaseException:
+        _release(handles)
+        raise
+    return messages, handles
 
 
 _HOUR = np.timedelta64(1, "h")
