@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from data.grib_writer import write_grib
 from data.ingest import ingest
 from data.store_writer import FAULT_ENV
 from flows.ops import PREDICT_FAULT_ENV
-from test_flows import shared_harness
+from test_flows import shared_harness, write_forecast_gribs
 from test_ingest import _same_store
-from test_store import forecast
 
 ROOT = Path(__file__).resolve().parents[1]
 INITS = ["2020-01-01T00", "2020-01-01T12", "2020-01-02T00", "2020-01-02T12"]
@@ -33,13 +31,7 @@ def harness():
 
 @pytest.fixture
 def gribs(tmp_path) -> list[Path]:
-    d = tmp_path / "in"
-    d.mkdir()
-    out = []
-    for i, init in enumerate(INITS):
-        out.append(d / f"fc{i}.grib")
-        write_grib(out[-1], forecast([init], seed=i), kind="forecast")
-    return out
+    return write_forecast_gribs(tmp_path / "in", INITS)
 
 
 def _flow_process(code: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -42,15 +42,19 @@ def shared_harness():
         _HARNESS.pop().__exit__(None, None, None)
 
 
-@pytest.fixture
-def gribs(tmp_path) -> list[Path]:
-    d = tmp_path / "in"
+def write_forecast_gribs(d: Path, inits: list[str]) -> list[Path]:
+    """One small forecast GRIB file per init time in ``d`` (``fc<i>.grib``, seed ``i``)."""
     d.mkdir()
     out = []
-    for i, init in enumerate(INITS):
+    for i, init in enumerate(inits):
         out.append(d / f"fc{i}.grib")
         write_grib(out[-1], forecast([init], seed=i), kind="forecast")
     return out
+
+
+@pytest.fixture
+def gribs(tmp_path) -> list[Path]:
+    return write_forecast_gribs(tmp_path / "in", INITS)
 
 
 # ------------------------------------------------------------------ pure helpers
