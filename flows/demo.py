@@ -42,23 +42,19 @@ def write_config(config: EnsppConfig, path: Path) -> Path:
 @task(name="synthetic-world", cache_policy=NO_CACHE, persist_result=False)
 def synth_world(config: EnsppConfig) -> str:
     """Generate the synthetic world once; an existing world must match the config."""
-    from data.synth import generate_world
+    from data.synth import SynthError, ensure_world
 
     root = config.workdir.synth
-    marker = root / "synth.yaml"
     want = config.data.synth
     if want is None:
         raise FlowInputError("data.synth is not set: the demo needs a synthetic world")
-    if marker.is_file():
-        have = (yaml.safe_load(marker.read_text()) or {}).get("synth", {})
-        if type(want).model_validate(have) == want:
-            print(f"synthetic world already in {root}")
-            return str(root)
-        raise FlowInputError(f"{root} holds another synthetic world ({marker}); "
-                             "use another --workdir or delete it")
-    print(f"generating the synthetic world in {root} (years {want.years[0]}-{want.years[1]}, "
-          f"{want.n_members} members, grid {want.grid[0]}x{want.grid[1]})")
-    generate_world(root, want, progress=print)
+    try:
+        generated = ensure_world(root, want, progress=print)  # one line per simulated year
+    except SynthError as e:
+        raise FlowInputError(f"{e} (or use another --workdir)") from None
+    print(f"synthetic world {'generated' if generated else 'already'} in {root} (years "
+          f"{want.years[0]}-{want.years[1]}, {want.n_members} members, grid "
+          f"{want.grid[0]}x{want.grid[1]})")
     return str(root)
 
 

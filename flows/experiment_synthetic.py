@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.synth import SynthConfig
@@ -108,16 +107,13 @@ def quick_section(sec: SyntheticSection) -> SyntheticSection:
 # ------------------------------------------------------------------ world and stores
 def ensure_world(root: Path, world: SynthConfig, *, progress: Callable[[str], None] | None = None) -> Path:
     """Generate the world into ``root`` once; an existing world must be the same world."""
-    from data.synth import generate_world
+    from data.synth import SynthError
+    from data.synth import ensure_world as ensure
 
-    marker = root / "synth.yaml"
-    if marker.is_file():
-        have = (yaml.safe_load(marker.read_text()) or {}).get("synth", {})
-        if SynthConfig.model_validate(have) != world:
-            raise SyntheticExperimentError(f"{root} holds another synthetic world ({marker}); "
-                                           "use another synthetic.workdir or delete it")
-        return root
-    generate_world(root, world, progress=progress)
+    try:
+        ensure(root, world, progress=progress)
+    except SynthError as e:
+        raise SyntheticExperimentError(f"{e} (or set another synthetic.workdir)") from None
     return root
 
 

@@ -22,7 +22,7 @@ from data.synth.physics import VAR_SPECS
 from data.synth.pool import auto_workers, forecast_runner
 from data.synth.world import AnalysisChunk, ForecastChunk, World, build_world, simulate_states
 
-__all__ = ["WorldPaths", "generate_world", "ORACLE_DESCRIPTION"]
+__all__ = ["WorldPaths", "generate_world", "ensure_world", "world_config", "ORACLE_DESCRIPTION"]
 
 ORACLE_DESCRIPTION = (
     "exact predictive distribution of the truth given everything the forecast carries "
@@ -146,6 +146,28 @@ def _event_thresholds(world: World) -> dict[str, float]:
         sign = 1.0 if ev.kind == "heat_dome" else -1.0
         out[ev.id] = float(clim[0, i, j] + sign * 2.0 * sd[0, i, j])
     return out
+
+
+def world_config(root: str | Path) -> SynthConfig | None:
+    """The configuration of the world generated in ``root`` (its ``synth.yaml``), or None."""
+    marker = Path(root) / "synth.yaml"
+    if not marker.is_file():
+        return None
+    return SynthConfig.model_validate((yaml.safe_load(marker.read_text()) or {}).get("synth", {}))
+
+
+def ensure_world(root: str | Path, config: SynthConfig, *,
+                 progress: Callable[[str], None] | None = None) -> bool:
+    """Generate the world of ``config`` in ``root`` unless it is already there; True if it was
+    generated.  Raises :class:`SynthError` if ``root`` holds another world."""
+    have = world_config(root)
+    if have is None:
+        generate_world(root, config, progress=progress)
+        return True
+    if have != config:
+        raise SynthError(f"{root} holds another synthetic world ({Path(root) / 'synth.yaml'}); "
+                         "use another directory or delete it")
+    return False
 
 
 def _config_dict(config: SynthConfig) -> dict:
