@@ -67,13 +67,13 @@ class MemberEncoder(nn.Module):
 
 
 class MixedModel(PostProcessor):
-    """``mixed`` options: ``embed_dim`` (32), ``encoder_hidden`` ([32]), ``backbone``
+    """``mixed`` options: ``embed_dim`` (16), ``encoder_hidden`` ([16]), ``backbone``
     (``unet`` | ``resnet``), ``width`` (16), ``depth`` (U-Net, 2), ``n_blocks`` (ResNet, 4),
     ``point_hidden`` ([64, 64], stations), ``embedding_dim`` (station embedding, 4)."""
 
     DEFAULTS = {
-        "embed_dim": 32,
-        "encoder_hidden": [32],
+        "embed_dim": 16,
+        "encoder_hidden": [16],
         "backbone": "unet",
         "width": 16,
         "depth": 2,
