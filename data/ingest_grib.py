@@ -4,8 +4,9 @@ Why not :func:`data.readers.read_grib_eccodes`: it asks eccodes for ``shortName`
 of every message.  Those are *concept* keys that eccodes evaluates by scanning its parameter
 tables: 2-15 ms per message, i.e. 2-15x the decode of a 181x360 field, which made an ingest
 ~10x the decode floor.  Here the concepts are looked up once per distinct parameter, keyed on
-the section 1/4 keys they are defined by; the headers of all messages are read first (handles
-kept open) and the inventory is checked.  :func:`open_grib_lazy` then returns lazily indexed
+the section 1/4 keys they are defined by; the headers of all messages are read first (each
+handle released at once, only the message's place in the file kept) and the inventory is
+checked.  :func:`open_grib_lazy` then returns lazily indexed
 variables: a selection decodes only its messages (float32, by eccodes) straight into its own
 buffer, so the ingest decodes each store chunk in its writer threads, beside compression,
 without building a whole-file array; :func:`decode_grib` loads everything at once.
@@ -17,7 +18,9 @@ both give the same dataset.
 
 from __future__ import annotations
 
+import mmap
 import os
+import threading
 from collections import defaultdict
 
 import weakref
@@ -63,8 +66,12 @@ def decode_grib(path: str | os.PathLike[str], *, kind: schema.Kind | None = None
         ds.close()
 
 
+#: decoded bytes per file that the scan keeps (see :func:`open_grib_lazy`)
+DECODE_BUDGET = 512 * 2**20
+
+
 def open_grib_lazy(path: str | os.PathLike[str], *, kind: schema.Kind | None = None,
-                   allow_nan: bool = False) -> xr.Dataset:
+                   allow_nan: bool = False, decode_budget: int = DECODE_BUDGET) -> xr.Dataset:
     """Like :func:`decode_grib`, but the values stay encoded until they are indexed.
 
     The headers are read and checked now (every error :func:`decode_grib` raises is raised
@@ -72,13 +79,19 @@ def open_grib_lazy(path: str | os.PathLike[str], *, kind: schema.Kind | None = N
     variable is a lazily indexed array that decodes only the messages a selection touches,
     straight into the selection's buffer.  The ingest writes a store chunk by chunk from it,
     so decoding runs in the writer's threads beside compression and no whole-file array is
-    ever built.  The GRIB handles (the raw messages, about half the size of the decoded
-    float32 values) are held until ``ds.close()`` (or garbage collection); concurrent reads of
-    *different* selections from several threads are safe.
+    ever built.  Only the headers and each message's place in the file are kept (the file is
+    mapped read-only until ``ds.close()`` or garbage collection); a read builds, uses and
+    releases one eccodes handle per message, so concurrent reads from several threads are
+    safe.
+
+    ``decode_budget``: bytes of float32 values the scan may decode and keep while it has each
+    handle anyway (building a handle costs about twice the decode of a 1-degree field).  The
+    first messages up to the budget cost one handle build; the rest, a second one when read,
+    with memory bounded by the budget however large the file.
     """
     source = str(path)
-    messages, handles = _scan(source, allow_nan=allow_nan)
-    holder = _Handles(handles)
+    messages, spans, decoded = _scan(source, allow_nan=allow_nan, decode_budget=decode_budget)
+    holder = _Messages(source, spans, decoded)
     try:
         ds = _dataset(messages, holder, source=source, kind=kind, allow_nan=allow_nan)
     except BaseException:
@@ -88,28 +101,73 @@ def open_grib_lazy(path: str | os.PathLike[str], *, kind: schema.Kind | None = N
     return ds
 
 
-class _Handles:
-    """The open eccodes handles of one file, released once (explicitly or when collected)."""
+class _Messages:
+    """The messages of one file: the values the scan decoded (while they fit its budget) and,
+    for the rest, the file's bytes mapped read-only (page cache, no copy) with each message's
+    ``(offset, length)``.  A message not decoded by the scan is decoded on read by building
+    an eccodes handle from its bytes, decoding, and releasing the handle at once: eccodes'
+    per-handle structures take ~4x the message itself, so holding one handle per message
+    (10^4 of them in an operational file) would cost gigabytes and a page-fault storm; the
+    price is a second handle build for those messages, done in the decoding threads."""
 
-    def __init__(self, handles: list[int]) -> None:
-        self.handles = handles
-        self._finalizer = weakref.finalize(self, _release, handles)
+    def __init__(self, path: str, spans: list[tuple[int, int]],
+                 decoded: dict[int, np.ndarray]) -> None:
+        self.path, self.spans, self.decoded = path, spans, decoded
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        #: [the map, its cffi view]; emptied by close (the finalizer must not hold ``self``)
+        self._state: list = [mapped, _ffi.from_buffer(mapped) if _lib is not None else None]
+        self._finalizer = weakref.finalize(self, _unmap, self._state, self.decoded)
+
+    def read_into(self, slot: int, out: np.ndarray, *, n_missing: int) -> None:
+        """Decode message ``slot`` into ``out`` (float32, the grid's shape)."""
+        if not self._state:
+            raise ReaderError(f"{self.path}: GRIB values read after the file's dataset was "
+                              "closed")
+        values = self.decoded.get(slot)
+        if values is not None:
+            out[...] = values.reshape(out.shape)
+            return
+        h = self.open(slot)
+        try:
+            _decode_into(h, out, n_missing=n_missing)
+        finally:
+            eccodes.codes_release(h)
+
+    def open(self, slot: int) -> int:
+        """A new eccodes handle (id) on message ``slot``; the caller releases it."""
+        if not self._state:
+            raise ReaderError(f"{self.path}: GRIB values read after the file's dataset was "
+                              "closed")
+        mapped, buf = self._state
+        off, length = self.spans[slot]
+        if mapped[off:off + 4] != b"GRIB" or off + length > len(mapped):
+            raise ReaderError(f"{self.path}: message {slot} is no longer at byte {off}: the "
+                              "file changed after it was opened")
+        if buf is not None:
+            ptr = _lib.grib_handle_new_from_message_copy(_ffi.NULL, buf + off, length)
+            if ptr == _ffi.NULL:
+                raise ReaderError(f"{self.path}: cannot decode message {slot}")
+            return int(_put_handle(ptr))
+        return eccodes.codes_new_from_message(mapped[off:off + length])  # pragma: no cover
 
     def close(self) -> None:
         self._finalizer()
 
 
-def _release(handles: list[int]) -> None:
-    for h in handles:
-        eccodes.codes_release(h)
-    handles.clear()
+def _unmap(state: list, decoded: dict) -> None:
+    decoded.clear()
+    if state:
+        mapped = state[0]
+        state.clear()  # drops the cffi view first: a map with a live view cannot close
+        mapped.close()
 
 
 class _FieldArray(BackendArray):
     """One variable's fields: ``slots[i, j, ...]`` is the message index holding the field at
     leading index ``(i, j, ...)`` (-1: absent, NaN); the last two axes are the grid."""
 
-    def __init__(self, holder: _Handles, slots: np.ndarray, n_missing: np.ndarray,
+    def __init__(self, holder: _Messages, slots: np.ndarray, n_missing: np.ndarray,
                  grid: tuple[int, int]) -> None:
         self.holder, self.slots, self.n_missing = holder, slots, n_missing
         #: no missing point anywhere (the scan refuses bitmaps unless allow_nan): lets
@@ -127,19 +185,16 @@ class _FieldArray(BackendArray):
         slots, missing = self.slots[key[:lead]], self.n_missing[key[:lead]]
         ny, nx = self.shape[-2:]
         out = np.empty((*slots.shape, ny, nx), dtype=np.float32)
-        handles = self.holder.handles
-        if not handles:
-            raise ReaderError("GRIB values read after the file's dataset was closed")
         for idx in np.ndindex(slots.shape):
             slot = int(slots[idx])
             if slot < 0:
                 out[idx] = np.nan
-            else:
-                _decode_into(handles[slot], out[idx], n_missing=int(missing[idx]))
+                continue
+            self.holder.read_into(slot, out[idx], n_missing=int(missing[idx]))
         return out[(Ellipsis, *key[lead:])]
 
 
-def _dataset(messages: list[GribMessage], holder: _Handles, *, source: str,
+def _dataset(messages: list[GribMessage], holder: _Messages, *, source: str,
              kind: schema.Kind | None, allow_nan: bool) -> xr.Dataset:
     """Check the inventory from the headers, then decode each field into its slot."""
     kind = kind or kind_of_messages(messages, source=source)
@@ -171,7 +226,7 @@ def _dataset(messages: list[GribMessage], holder: _Handles, *, source: str,
     return normalise_longitude(ds)
 
 
-def _assemble(msgs: list[GribMessage], holder: _Handles, *, forecast: bool, times: list,
+def _assemble(msgs: list[GribMessage], holder: _Messages, *, forecast: bool, times: list,
               leads: list, lat: np.ndarray, lon: np.ndarray) -> xr.DataArray:
     first = msgs[0]
     pressure = first.type_of_level == "isobaricInhPa"
@@ -239,19 +294,51 @@ def _decode_into(h: int, out: np.ndarray, *, n_missing: int) -> None:
         out[eccodes.codes_get_array(h, "bitmap").reshape(out.shape) == 0] = np.nan
 
 
-def _scan(path: str, *, allow_nan: bool) -> tuple[list[GribMessage], list[int]]:
-    """Headers of every message, and the open handles (values are decoded later, into their
-    slots); on error all handles are released."""
-    handles: list[int] = []
+def _scan(path: str, *, allow_nan: bool, decode_budget: int = 0
+          ) -> tuple[list[GribMessage], list[tuple[int, int]], dict[int, np.ndarray]]:
+    """Headers of every message, where each lies in the file, and the values of the first
+    messages while they fit ``decode_budget`` bytes; each handle is released once read."""
+    spans: list[tuple[int, int]] = []
+    decoded: dict[int, np.ndarray] = {}
+    slab = _Slabs(decode_budget)
     params: dict[tuple, tuple[str, str]] = {}  # concept keys, once per distinct parameter
     grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-    try:
-        messages = read_messages(path, lambda h, i: _message(h, path, i, params, grids,
-                                                             allow_nan), keep=handles)
-    except BaseException:
-        _release(handles)
-        raise
-    return messages, handles
+
+    def read(h: int, i: int) -> GribMessage:
+        spans.append((_get_long(h, "offset"), int(eccodes.codes_get_message_size(h))))
+        msg = _message(h, path, i, params, grids, allow_nan)
+        values = slab.take(msg.latitudes.size * msg.longitudes.size)
+        if values is not None:
+            _decode_into(h, values, n_missing=msg.n_missing)
+            decoded[i] = values
+        return msg
+
+    return read_messages(path, read), spans, decoded
+
+
+class _Slabs:
+    """Rows for decoded fields, cut from blocks of up to 64 MiB (few, large allocations: the
+    kernel maps them with huge pages, ~25x fewer page faults than one array per field), until
+    ``budget`` bytes are used; then ``take`` returns None."""
+
+    BLOCK = 64 * 2**20
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+        self.block: np.ndarray | None = None
+        self.row = 0
+
+    def take(self, size: int) -> np.ndarray | None:
+        block = self.block
+        if block is None or block.shape[1] != size or self.row == block.shape[0]:
+            rows = min(max(1, self.BLOCK // (4 * size)), self.left // (4 * size))
+            if rows < 1:
+                return None
+            block = self.block = np.empty((rows, size), dtype=np.float32)
+            self.left -= block.nbytes
+            self.row = 0
+        self.row += 1
+        return block[self.row - 1]
 
 
 _HOUR = np.timedelta64(1, "h")
@@ -261,6 +348,7 @@ try:  # the cffi layer of the eccodes bindings: decode into a caller's buffer
     from gribapi.gribapi import ffi as _ffi
     from gribapi.gribapi import get_handle as _get_handle
     from gribapi.gribapi import lib as _lib
+    from gribapi.gribapi import put_handle as _put_handle
 except ImportError:  # pragma: no cover - other eccodes bindings
     _lib = None
 
@@ -269,7 +357,7 @@ def _lead(h: int, path: str, index: int, short: str, edition: int,
           statistical: tuple | None) -> np.timedelta64:
     """End of the step range.  GRIB 2: ``forecastTime`` (+ ``lengthOfTimeRange`` of a
     statistical product), cheap header keys; otherwise eccodes' computed ``endStep``."""
-    get_long = eccodes.codes_get_long
+    get_long = _get_long
     if edition == 2:
         unit = get_long(h, "indicatorOfUnitOfTimeRange")
         end = get_long(h, "forecastTime")
@@ -288,14 +376,35 @@ def _lead(h: int, path: str, index: int, short: str, edition: int,
 
 def _long(h: int, key: str) -> int | None:
     try:
-        return int(eccodes.codes_get_long(h, key))
+        return _get_long(h, key)
     except eccodes.GribInternalError:
         return None
 
 
+def _get_long(h: int, key: str) -> int:
+    """``codes_get_long`` without the wrapper's per-call overhead (a third of the cost of the
+    ~25 header keys read per message)."""
+    if _lib is None:  # pragma: no cover - other eccodes bindings
+        return int(eccodes.codes_get_long(h, key))
+    out = getattr(_local, "long", None)
+    if out is None:
+        out = _local.long = _ffi.new("long*")
+    _check(_lib.grib_get_long(_ffi.cast("grib_handle*", h), _KEYS.get(key) or _key(key), out))
+    return int(out[0])
+
+
+_local = threading.local()  # one output cell per thread
+_KEYS: dict[str, bytes] = {}
+
+
+def _key(key: str) -> bytes:
+    _KEYS[key] = key.encode()
+    return _KEYS[key]
+
+
 def _message(h: int, path: str, index: int, params: dict, grids: dict,
              allow_nan: bool) -> GribMessage:
-    get_long, get_str = eccodes.codes_get_long, eccodes.codes_get_string
+    get_long, get_str = _get_long, eccodes.codes_get_string
     edition = get_long(h, "edition")
     raw = tuple(_long(h, k) for k in _PARAM_KEYS.get(edition, ()))
     statistical = edition == 2 and raw[3] in _STATISTICAL_PDTS

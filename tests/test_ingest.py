@@ -214,6 +214,29 @@ def test_lazy_open_decodes_only_what_is_indexed_and_equals_the_eager_decode(tmp_
         again["z"].values
 
 
+@pytest.mark.parametrize("budget", [0, 5, None], ids=["from-file", "5-fields", "decoded"])
+def test_lazy_open_holds_no_handles_and_reads_from_threads(files, budget):
+    """Values decoded by the scan (within its budget) or, past it, from the mapped file:
+    the same fields either way, read concurrently and more than once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    eager = decode_grib(files[0])
+    field = 4 * eager.latitude.size * eager.longitude.size  # bytes of one float32 field
+    opts = {} if budget is None else {"decode_budget": budget * field}
+    lazy = open_grib_lazy(files[0], **opts)
+    messages = lazy["z"].variable._data.array.holder  # LazilyIndexedArray -> _FieldArray
+    assert all(isinstance(o, int) and isinstance(n, int) for o, n in messages.spans)
+    n = len(messages.spans)
+    assert len(messages.decoded) == (n if budget is None else budget)
+    # the same fields read concurrently, twice each: every read decodes its own handle
+    jobs = [(name, m) for name in lazy.data_vars for m in range(lazy.sizes["member"])] * 2
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda j: lazy[j[0]].isel(member=j[1]).values, jobs))
+    for (name, m), values in zip(jobs, got):
+        np.testing.assert_array_equal(values, eager[name].isel(member=m).values)
+    lazy.close()
+
+
 def test_lazy_open_with_missing_points_and_validation(tmp_path, files):
     from data.schema import validate
 

@@ -10,7 +10,7 @@ then times, in one run:
 
 Each is timed ``--repeat`` times (best of), alternating, so both see the same machine load.
 
-    python tests/benchmarks/bench_ingest.py [--repeat 3] [--keep DIR]
+    python tests/benchmarks/bench_ingest.py [--repeat 5] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def time_ingest(paths: list[Path], store: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", type=Path, default=None, help="write inputs/store here")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_ingest_"))
