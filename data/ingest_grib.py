@@ -128,17 +128,15 @@ class _Messages:
         if values is not None:
             out[...] = values.reshape(out.shape)
             return
-        h = self.open(slot)
+        h = self._open(slot)
         try:
             _decode_into(h, out, n_missing=n_missing)
         finally:
             eccodes.codes_release(h)
 
-    def open(self, slot: int) -> int:
-        """A new eccodes handle (id) on message ``slot``; the caller releases it."""
-        if not self._state:
-            raise ReaderError(f"{self.path}: GRIB values read after the file's dataset was "
-                              "closed")
+    def _open(self, slot: int) -> int:
+        """A new eccodes handle (id) on message ``slot`` of the open map; the caller releases
+        it."""
         mapped, buf = self._state
         off, length = self.spans[slot]
         if mapped[off:off + 4] != b"GRIB" or off + length > len(mapped):
@@ -389,17 +387,11 @@ def _get_long(h: int, key: str) -> int:
     out = getattr(_local, "long", None)
     if out is None:
         out = _local.long = _ffi.new("long*")
-    _check(_lib.grib_get_long(_ffi.cast("grib_handle*", h), _KEYS.get(key) or _key(key), out))
+    _check(_lib.grib_get_long(_ffi.cast("grib_handle*", h), key.encode(), out))
     return int(out[0])
 
 
 _local = threading.local()  # one output cell per thread
-_KEYS: dict[str, bytes] = {}
-
-
-def _key(key: str) -> bytes:
-    _KEYS[key] = key.encode()
-    return _KEYS[key]
 
 
 def _message(h: int, path: str, index: int, params: dict, grids: dict,

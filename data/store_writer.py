@@ -258,13 +258,15 @@ class StoreWriter:
                     self._extend([plan.values[k] for k in new], rec)
             group = zarr.open_group(self.root, mode="r+", use_consolidated=False)
             arrays = {str(name): group[str(name)] for name in plan.reference.data_vars}
+            writers = {name: _ChunkWriter.for_array(arr) for name, arr in arrays.items()}
             index = {record_key(v): i for i, v in
                      enumerate(_decode_times(group[rec][:], group[rec].attrs))}
             nbytes = 0
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 # every record's chunks are queued at once (no idle core between records);
                 # records are committed in order, each once all its chunks are written
-                jobs = [self._submit_record(arrays, pool, plan, k, index[k], rec) for k in keys]
+                jobs = [self._submit_record(arrays, writers, pool, plan, k, index[k], rec)
+                        for k in keys]
                 try:
                     for k, record_jobs in zip(keys, jobs):
                         for job in record_jobs:
@@ -329,8 +331,9 @@ class StoreWriter:
         self._fault_point()
         zarr.consolidate_metadata(self.root)  # commit the new template in one file replace
 
-    def _submit_record(self, arrays: dict[str, Any], pool: ThreadPoolExecutor, plan: _Plan,
-                       key: str, index: int, rec: str) -> list[Future[int]]:
+    def _submit_record(self, arrays: dict[str, Any], writers: dict[str, _ChunkWriter | None],
+                       pool: ThreadPoolExecutor, plan: _Plan, key: str, index: int, rec: str
+                       ) -> list[Future[int]]:
         """Queue the writes of record ``key`` (at ``index``), one job per store chunk: lazily
         decoded inputs are decoded in the pool's threads, chunk by chunk."""
         jobs = []
@@ -341,7 +344,7 @@ class StoreWriter:
                 array, var = arrays[name], sub[name].variable
                 step = array.chunks[1] if var.ndim > 1 else 0
                 starts = range(0, var.shape[1], step) if 0 < step < var.shape[1] else [None]
-                jobs.extend(pool.submit(_put, array, index, var, start, step)
+                jobs.extend(pool.submit(_put, array, index, var, start, step, writers[name])
                             for start in starts)
         return jobs
 
@@ -367,55 +370,64 @@ class StoreWriter:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _put(array: Any, index: int, var: xr.Variable, start: int | None, step: int) -> int:
+def _put(array: Any, index: int, var: xr.Variable, start: int | None, step: int,
+         chunk_writer: _ChunkWriter | None) -> int:
     """Write record ``index`` of ``var`` (whole, or its chunk ``start:start + step`` along the
-    second axis)."""
+    second axis; a whole chunk through ``chunk_writer`` when there is one)."""
     if start is None:
         block = np.ascontiguousarray(var.values, dtype=np.float32)
         array[index:index + 1] = block
         return int(block.nbytes)
     block = np.ascontiguousarray(var[:, start:start + step].values, dtype=np.float32)
-    direct = _direct_chunk(array, block)
-    if direct is None:
+    if chunk_writer is not None and chunk_writer.fits(block):
+        chunk_writer.write(block, index, start // step)
+    else:  # a partial edge chunk, or codecs this writer does not encode: zarr's own write
         array[index:index + 1, start:start + step] = block
-    else:
-        direct(index, start // step)
     return int(block.nbytes)
 
 
-def _direct_chunk(array: Any, block: np.ndarray) -> Callable[[int, int], None] | None:
-    """A writer of ``block`` as one whole chunk of ``array``, encoded here and handed to the
-    zarr store, when the array's codecs are the store's own (little-endian bytes + Blosc) and
-    ``block`` is exactly one chunk whose other axes are whole; else None (zarr's array write).
+class _ChunkWriter:
+    """Writes whole chunks of one zarr array whose codecs are the store's own (little-endian
+    bytes + Blosc) and whose chunks are one record by one step of the second axis by all the
+    rest: each chunk is encoded here and handed to the zarr store.
 
     Why: zarr's ``Array.__setitem__`` spends as long again as the encode itself on a full
     5-MB chunk (selection planning, an extra copy, hops between its event loop and worker
-    threads); this path is the same encode (numcodecs' Blosc configured exactly as zarr's
+    threads); this is the same encode (numcodecs' Blosc configured exactly as zarr's
     ``BloscCodec`` configures it, so the stored bytes are identical, which the tests check)
     and the same ``store.set``.  The ingest is the store's only writer (it holds the lock),
     so a whole-chunk write without read-modify-write is what zarr would do too."""
-    from zarr.codecs import BloscCodec, BytesCodec
 
-    meta = array.metadata
-    codecs = getattr(meta, "codecs", ())
-    if (len(codecs) != 2 or not isinstance(codecs[0], BytesCodec)
-            or not isinstance(codecs[1], BloscCodec) or block.dtype.byteorder == ">"
-            or str(getattr(codecs[0].endian, "value", codecs[0].endian)) != "little"
-            or tuple(array.chunks[2:]) != tuple(array.shape[2:]) or array.chunks[0] != 1
-            or block.shape != (1, array.chunks[1], *array.shape[2:])):
-        return None
-    encoder = _blosc_like(codecs[1])
+    def __init__(self, array: Any, encoder: Any) -> None:
+        self.array, self.encoder = array, encoder
+        self.chunk_shape = (1, array.chunks[1], *array.shape[2:])
 
-    def write(index: int, chunk: int) -> None:
+    @classmethod
+    def for_array(cls, array: Any) -> _ChunkWriter | None:
+        """A writer for ``array``, or None when its codecs or chunks are not the above."""
+        from zarr.codecs import BloscCodec, BytesCodec
+
+        codecs = getattr(array.metadata, "codecs", ())
+        if (len(codecs) != 2 or not isinstance(codecs[0], BytesCodec)
+                or not isinstance(codecs[1], BloscCodec)
+                or str(getattr(codecs[0].endian, "value", codecs[0].endian)) != "little"
+                or np.dtype(array.dtype) != np.dtype("<f4") or len(array.shape) < 2
+                or array.chunks[0] != 1 or tuple(array.chunks[2:]) != tuple(array.shape[2:])):
+            return None
+        return cls(array, _blosc_like(codecs[1]))
+
+    def fits(self, block: np.ndarray) -> bool:
+        return block.shape == self.chunk_shape and block.dtype == np.dtype("<f4")
+
+    def write(self, block: np.ndarray, index: int, chunk: int) -> None:
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
-        data = encoder.encode(block.reshape(-1).view(np.uint8))
-        key = meta.encode_chunk_key((index, chunk) + (0,) * (block.ndim - 2))
-        path = f"{array.path}/{key}" if array.path else key
-        sync(array.store_path.store.set(path, default_buffer_prototype().buffer.from_bytes(data)))
-
-    return write
+        data = self.encoder.encode(block.reshape(-1).view(np.uint8))
+        key = self.array.metadata.encode_chunk_key((index, chunk) + (0,) * (block.ndim - 2))
+        path = f"{self.array.path}/{key}" if self.array.path else key
+        buffer = default_buffer_prototype().buffer.from_bytes(data)
+        sync(self.array.store_path.store.set(path, buffer))
 
 
 def _blosc_like(codec: Any) -> Any:

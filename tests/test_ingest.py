@@ -215,7 +215,7 @@ def test_lazy_open_decodes_only_what_is_indexed_and_equals_the_eager_decode(tmp_
 
 
 @pytest.mark.parametrize("budget", [0, 5, None], ids=["from-file", "5-fields", "decoded"])
-def test_lazy_open_holds_no_handles_and_reads_from_threads(files, budget):
+def test_lazy_open_same_fields_decoded_by_the_scan_or_from_the_file(files, budget):
     """Values decoded by the scan (within its budget) or, past it, from the mapped file:
     the same fields either way, read concurrently and more than once."""
     from concurrent.futures import ThreadPoolExecutor

@@ -331,17 +331,17 @@ def test_direct_chunk_write_stores_the_bytes_zarr_would(tmp_path):
                                         compressors=[store_writer._compressor()],
                                         fill_value=np.float32(np.nan), zarr_format=3))
     direct, reference = arrays
-    writer = store_writer._direct_chunk(direct, block)
-    assert writer is not None
-    writer(1, 2)
+    writer = store_writer._ChunkWriter.for_array(direct)
+    assert writer is not None and writer.fits(block)
+    writer.write(block, 1, 2)
     reference[1:2, 2:3] = block
     key = Path("c/1/2/0/0/0/0")
     assert (tmp_path / "direct.zarr" / key).read_bytes() == (tmp_path / "zarr.zarr" / key).read_bytes()
     np.testing.assert_array_equal(direct[1:2, 2:3], block)
     assert np.isnan(direct[0]).all()  # nothing else written
     # anything but one whole chunk of this codec layout goes through zarr's own write
-    assert store_writer._direct_chunk(direct, block[:, :, :2]) is None
+    assert not writer.fits(block[:, :, :2]) and not writer.fits(block.astype(np.float64))
     other = zarr.create_array(tmp_path / "zstd.zarr", shape=(2, 4, 3, 2, 7, 9),
                               chunks=(1, 1, 3, 2, 7, 9), dtype="f4", zarr_format=3,
                               compressors=[zarr.codecs.ZstdCodec()])
-    assert store_writer._direct_chunk(other, block) is None
+    assert store_writer._ChunkWriter.for_array(other) is None
