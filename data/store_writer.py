@@ -20,6 +20,7 @@ to exactly the uninterrupted result (unfinished records are rewritten in place).
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -53,6 +54,10 @@ from data.store import (
     suppress_zarr_warnings,
     to_store_layout,
 )
+
+#: ``_FillValue`` attribute xarray writes for a float NaN fill in zarr 3 (base64 of the
+#: float64 NaN bytes); the template's data arrays carry it so they read back as xarray wrote them.
+_NAN_FILL_ATTR = base64.standard_b64encode(np.float64(np.nan).tobytes()).decode()
 
 #: Test hook: SIGKILL this process after this many region writes (crash-safety tests only).
 FAULT_ENV = "ENSPP_FAULT_KILL_AFTER_WRITES"
@@ -290,26 +295,30 @@ class StoreWriter:
                             bytes_written=nbytes)
 
     def _create(self, reference: xr.Dataset, values: list[np.datetime64], *, reader: str) -> None:
-        import dask.array as da
+        """Write the empty template: coordinates through xarray (its CF time encoding), the
+        data arrays straight through zarr (no dask graph: 2-4x faster), then the enspp
+        attributes that make it a store."""
+        import zarr
 
         rec = record_dim(str(self.kind))
         per_chunk = record_chunk(reference)
         coords = {k: v for k, v in reference.coords.items() if rec not in v.dims}
         coords[rec] = np.array(values, dtype="datetime64[ns]")
-        data_vars = {}
         encoding: dict[str, dict[str, Any]] = {
             rec: {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (4096,)}}
+        xr.Dataset(coords=coords).to_zarr(self.root, mode="w", compute=True, consolidated=False,
+                                           zarr_format=3, encoding=encoding)
+        group = zarr.open_group(self.root, mode="r+", use_consolidated=False)
         for name, var in reference.data_vars.items():
             chunks = tuple(per_chunk if d == rec else 1 if d == "lead_time" else var.sizes[d]
                            for d in var.dims)
             shape = tuple(len(values) if d == rec else var.sizes[d] for d in var.dims)
-            data_vars[name] = xr.Variable(var.dims, da.zeros(shape, chunks=chunks,
-                                                              dtype=np.float32), var.attrs)
-            encoding[str(name)] = {"chunks": chunks, "compressors": [_compressor()],
-                                   "fill_value": np.float32(np.nan)}
-        template = xr.Dataset(data_vars, coords=coords)
-        template.to_zarr(self.root, mode="w", compute=False, consolidated=True, zarr_format=3,
-                         encoding=encoding)
+            group.create_array(str(name), shape=shape, chunks=chunks, dtype=np.float32,
+                               compressors=[_compressor()], fill_value=np.float32(np.nan),
+                               dimension_names=tuple(map(str, var.dims)),
+                               attributes={**var.attrs, "_FillValue": _NAN_FILL_ATTR})
+        zarr.consolidate_metadata(self.root)
+        # the enspp attributes last: until they are there, a re-run starts the store afresh
         self._set_attrs({KIND_ATTR: self.kind, SCHEMA_ATTR: SCHEMA_VERSION,
                          PROVENANCE_ATTR: prov.new_provenance(reader=reader), COMPLETE_ATTR: []})
         self.exists = True

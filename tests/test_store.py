@@ -345,3 +345,22 @@ def test_direct_chunk_write_stores_the_bytes_zarr_would(tmp_path):
                               chunks=(1, 1, 3, 2, 7, 9), dtype="f4", zarr_format=3,
                               compressors=[zarr.codecs.ZstdCodec()])
     assert store_writer._ChunkWriter.for_array(other) is None
+
+
+def test_template_metadata_is_what_xarray_would_write(tmp_path):
+    """The template's data arrays are created through zarr directly; their metadata must be
+    exactly what ``xarray.Dataset.to_zarr`` writes for the same dataset and encoding."""
+    ds = forecast(INITS[:2])
+    append(tmp_path / "s.zarr", ds)
+    ref = tmp_path / "ref.zarr"
+    compressor = store_writer._compressor()
+    encoding = {"init_time": {"units": "seconds since 1970-01-01", "dtype": "int64",
+                              "chunks": (4096,)}}
+    for name, var in ds.data_vars.items():
+        encoding[name] = {"chunks": (1, 1) + var.shape[2:], "compressors": [compressor],
+                          "fill_value": np.float32(np.nan)}
+    ds.to_zarr(ref, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+    for name in ["z", "t2m", "init_time", "lead_time", "member", "level", "latitude", "longitude"]:
+        ours = json.loads((tmp_path / "s.zarr" / name / "zarr.json").read_text())
+        theirs = json.loads((ref / name / "zarr.json").read_text())
+        assert ours == theirs, name
