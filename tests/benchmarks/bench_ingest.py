@@ -9,8 +9,11 @@ then times, in one run:
   without interpreter start-up): hash, decode, validate, compress, write, commit.
 
 Each is timed ``--repeat`` times (best of), alternating, so both see the same machine load.
+On the 2-vCPU CI-like machines single ingest runs of the same work vary by 40 % (0.80-1.52 s
+in one run; the single-threaded floor by 5-10 %), so the minimum of 7 is the figure: it is the
+cost the code achieves, with noise only ever adding to it.
 
-    python tests/benchmarks/bench_ingest.py [--repeat 5] [--keep DIR]
+    python tests/benchmarks/bench_ingest.py [--repeat 7] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def time_ingest(paths: list[Path], store: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="write inputs/store here")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_ingest_"))
