@@ -131,6 +131,7 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
     scores: dict[str, dict[str, xr.DataArray]] = {}
     tails: dict[str, dict[str, dict]] = {}
     timings: dict[str, float] = {}
+    val_crps: dict[str, dict[str, float]] = {f"K={k}": {} for k in ks}
     channel = f"{data.variable}@{int(data.lead_time / np.timedelta64(1, 'h'))}h"
     full = crps_ensemble(xr.DataArray(test.members.astype(np.float64), dims=[DIM, "member"], coords={DIM: times}),
                          obs, estimator="standard")
@@ -162,9 +163,13 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
                              options=dict(sec.model_options.get(name, {})))
             fit = settings if is_net else FitSettings(**{**settings.__dict__, "lr": tr.emos_lr})
             bt = {n: {**v, "static": v["static"][:, cols]} for n, v in batch.items()}
-            models = [fit_point_model(spec, bt["train"], bt["val"], settings=fit, seed=tr.seed + i,
-                                      refit=tr.refit and is_net).model
-                      for i in range(seeds if is_net else 1)]
+            fits = [fit_point_model(spec, bt["train"], bt["val"], settings=fit, seed=tr.seed + i,
+                                    refit=tr.refit and is_net)
+                    for i in range(seeds if is_net else 1)]
+            models = [f.model for f in fits]
+            # validation CRPS in data units (the early-stopped fits', before any refit): the
+            # figure to choose settings by, never the test score
+            val_crps[key][name] = float(np.mean([f.best_val for f in fits])) * float(stats["target_std"][0])
             pred = predict_point(models, bt["test"])
             if sec.distribution == "gaussian":
                 mu, sigma = _da(pred["mu"], times), _da(pred["sigma"], times)
@@ -187,6 +192,7 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
         for row in r:
             row["K"] = int(key[2:]) if row["system"] != "raw_full" else data.members.shape[1]
             row.update({f"tw {lbl}": v for lbl, v in tails[key][row["system"]].items()})
+            row["val_crps"] = val_crps[key].get(row["system"])
         rows += [row for row in r if row["system"] != "raw_full" or key == next(iter(scores))]
         docs.append(experiment_document(
             title=f"{config.title} · {key} of {data.members.shape[1]}", variable=data.variable, units=data.units,
@@ -197,7 +203,8 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
             init_period=(str(times[0])[:16], str(times[-1])[:16])))
     columns = [("system", "system", "str"), ("K", "members", "str"), ("crps", f"CRPS ({data.units})", "f3"),
                ("skill", "skill vs raw_full", "pct"), ("skill_low", "90% CI low", "pct"),
-               ("skill_high", "90% CI high", "pct"), ("dm_pvalue", "DM p", "f3")]
+               ("skill_high", "90% CI high", "pct"), ("dm_pvalue", "DM p", "f3"),
+               ("val_crps", f"val CRPS ({data.units})", "f3")]
     columns += [(f"tw {lbl}", f"twCRPS {lbl} ({t:.2f} {data.units})", "f3") for lbl, t in thresholds.items()]
     table = markdown_table(rows, columns)
     (out_dir / "table.md").write_text(
