@@ -14,7 +14,8 @@ import xarray as xr
 from data import schema
 from data.translate import ReaderError, canonical_variable, finalise
 
-__all__ = ["open_weatherbench_zarr", "open_canonical_zarr", "open_station_netcdf", "STATION_SPECS",
+__all__ = ["open_weatherbench_zarr", "open_canonical_zarr", "open_station_netcdf",
+           "open_station_deterministic", "STATION_SPECS",
            "StationSpec"]
 
 _WB2_DIMS = {"time": schema.INIT_TIME, "prediction_timedelta": schema.LEAD_TIME, "number": schema.MEMBER,
@@ -149,6 +150,33 @@ def open_station_netcdf(path: str | os.PathLike, *, variable: str | None = None,
     observations = finalise(xr.Dataset({variable: obs}).assign_coords(extra), kind="analysis",
                             source=str(path), allow_nan=allow_nan)
     return forecast, observations
+
+
+def open_station_deterministic(path: str | os.PathLike, *, variable: str) -> xr.DataArray:
+    """The deterministic high-resolution forecast ``<variable>_hres(time)`` of a station file
+    as ``<variable>(init_time)`` (same init times and lead time as :func:`open_station_netcdf`'s
+    members; NaN where the file has none).  A :class:`ReaderError` names the file when it has
+    no such variable or its units differ from the members'."""
+    path = Path(path)
+    try:
+        raw = xr.open_dataset(path)
+    except (OSError, ValueError) as e:
+        raise ReaderError(f"{path}: not a readable NetCDF file ({e})") from e
+    name = f"{variable}_hres"
+    spec = STATION_SPECS.get(variable)
+    if name not in raw or spec is None:
+        raise ReaderError(f"{path}: no deterministic forecast {name!r} for a known variable "
+                          f"(variables: {sorted(map(str, raw.data_vars))})")
+    da = raw[name]
+    if da.dims != ("time",):
+        raise ReaderError(f"{path}: {name} must have dims (time,), has {da.dims}")
+    units = str(da.attrs.get("units", spec.units))
+    ens_units = str(raw[f"{variable}_ens"].attrs.get("units", spec.units)) if f"{variable}_ens" in raw else units
+    if units != ens_units:
+        raise ReaderError(f"{path}: {name} is in {units!r} but {variable}_ens in {ens_units!r}")
+    init = (pd.DatetimeIndex(raw["time"].values).as_unit("ns") + spec.init_offset).values
+    out = da.rename(time=schema.INIT_TIME).assign_coords({schema.INIT_TIME: init})
+    return out.astype(np.float32).rename(variable).assign_attrs(units=units).load()
 
 
 def _member_number(label: str, path: Path) -> int:

@@ -50,6 +50,9 @@ class FeatureSettings(BaseModel):
     lagged_error: bool = True
     halflife_days: float = Field(5.0, gt=0)
     max_age_days: float = Field(3.0, gt=0)
+    #: the deterministic high-resolution forecast of the same init (``<v>_hres`` in the file),
+    #: as its departure from the subset's mean (hres_dev); networks only
+    hres: bool = False
 
 
 class StationSection(BaseModel):

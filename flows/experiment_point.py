@@ -42,6 +42,7 @@ from models.emos import GlobalEMOS
 
 STATIC_DOY = ("sin_doy", "cos_doy")
 STATIC_PAST = ("err_lag1", "err_lag2", "obs_init", "err_ewm")
+STATIC_HRES = ("hres_dev",)
 
 
 class PointDataError(ValueError):
@@ -59,6 +60,8 @@ class PointData:
     observation: np.ndarray  # [N]
     init_time: np.ndarray  # [N] datetime64[ns]
     lead_time: np.timedelta64
+    #: [N] the deterministic high-resolution forecast of the same init (NaN where missing), or None
+    hres: np.ndarray | None = None
 
     @property
     def valid_time(self) -> np.ndarray:
@@ -66,12 +69,14 @@ class PointData:
 
     def subset(self, mask: np.ndarray) -> PointData:
         return PointData(self.variable, self.units, self.station, self.members[mask],
-                         self.observation[mask], self.init_time[mask], self.lead_time)
+                         self.observation[mask], self.init_time[mask], self.lead_time,
+                         None if self.hres is None else self.hres[mask])
 
 
-def load_station(path: str | Path, *, variable: str | None = None) -> PointData:
-    """A station NetCDF file (``data.point_readers.open_station_netcdf``) as :class:`PointData`."""
-    from data.point_readers import open_station_netcdf
+def load_station(path: str | Path, *, variable: str | None = None, hres: bool = False) -> PointData:
+    """A station NetCDF file (``data.point_readers.open_station_netcdf``) as :class:`PointData`;
+    ``hres``: also its deterministic forecast (``open_station_deterministic``)."""
+    from data.point_readers import open_station_deterministic, open_station_netcdf
 
     fc, obs = open_station_netcdf(path, variable=variable, allow_nan=True)
     name = next(iter(fc.data_vars))
@@ -87,7 +92,10 @@ def load_station(path: str | Path, *, variable: str | None = None) -> PointData:
                      members=np.asarray(da.values, dtype=np.float32),
                      observation=np.asarray(ob.values, dtype=np.float32),
                      init_time=np.asarray(fc[schema.INIT_TIME].values, dtype="datetime64[ns]"),
-                     lead_time=np.timedelta64(lead, "ns"))
+                     lead_time=np.timedelta64(lead, "ns"),
+                     hres=(np.asarray(open_station_deterministic(path, variable=name).reindex(
+                         {schema.INIT_TIME: fc[schema.INIT_TIME].values}).values, dtype=np.float32)
+                           if hres else None))
 
 
 def day_of_year_features(times: np.ndarray) -> np.ndarray:
@@ -96,6 +104,15 @@ def day_of_year_features(times: np.ndarray) -> np.ndarray:
     doy = (t - t.astype("datetime64[Y]")).astype("timedelta64[s]").astype(np.float64) / 86400.0
     angle = 2.0 * np.pi * doy / 365.25
     return np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
+
+
+def hres_features(hres: np.ndarray, members: np.ndarray, *, scale: float) -> np.ndarray:
+    """``[N, 1]``: the deterministic forecast's departure from the members' mean, divided by
+    ``scale`` (its training-period std); 0 where the deterministic forecast is missing."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise PointDataError(f"hres feature: the training-period scale must be > 0, got {scale}")
+    dev = (hres - np.nanmean(members, axis=1)) / scale
+    return np.where(np.isfinite(dev), dev, 0.0).astype(np.float32)[:, None]
 
 
 def past_error_features(data: PointData, members: np.ndarray, *, err_scale: float, obs_mean: float,

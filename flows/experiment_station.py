@@ -15,11 +15,13 @@ from evaluation.experiment import experiment_document, markdown_table, score_row
 from flows.experiment_point import (
     STATIC_DOY,
     STATIC_PAST,
+    STATIC_HRES,
     FitSettings,
     PointData,
     PointDataError,
     day_of_year_features,
     fit_point_model,
+    hres_features,
     load_station,
     past_error_features,
     point_batch,
@@ -81,6 +83,12 @@ def _static(data: PointData, members: np.ndarray, features, train: np.ndarray) -
                                          halflife_days=features.halflife_days,
                                          max_age_days=features.max_age_days))
         names += STATIC_PAST
+    if features.hres:
+        if data.hres is None:
+            raise PointDataError("features.hres needs the station file's deterministic forecast")
+        dev = data.hres[train] - data.members[train][:, members].mean(axis=1)
+        parts.append(hres_features(data.hres, data.members[:, members], scale=float(np.nanstd(dev))))
+        names += STATIC_HRES
     n = data.members.shape[0]
     return (np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)), tuple(names)
 
@@ -108,7 +116,7 @@ def _tail_quantile_members(loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
 def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) -> dict:
     """Fit and score every system; write ``table.md`` and ``index.html`` into ``out_dir``."""
     sec, tr, ev = config.station, config.train, config.evaluate
-    data = load_station(sec.path, variable=sec.variable)
+    data = load_station(sec.path, variable=sec.variable, hres=sec.features.hres)
     masks = split_masks(data, sec)
     subsets = {k: subset_members(data.members.shape[1], k, sec.subset) for k in sec.members}
     ks = sec.members[-1:] if quick else sec.members

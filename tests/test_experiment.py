@@ -31,6 +31,7 @@ from flows.experiment_point import (
     build_point_model,
     day_of_year_features,
     fit_point_model,
+    hres_features,
     past_error_features,
     point_batch,
     point_stats,
@@ -41,7 +42,7 @@ N_MEMBERS = 11
 
 
 def _station_file(tmp_path: Path, rng, *, variable: str = "t2m", name: str = "testville",
-                  years: tuple[int, int] = (2008, 2011)) -> Path:
+                  years: tuple[int, int] = (2008, 2011), hres: bool = False) -> Path:
     """A station file in the layout of ../shared/data/station (dims time x member)."""
     time = pd.date_range(f"{years[0]}-01-02", f"{years[1]}-12-31", freq="D")
     n = len(time)
@@ -59,6 +60,10 @@ def _station_file(tmp_path: Path, rng, *, variable: str = "t2m", name: str = "te
     ds = xr.Dataset({f"{variable}_ens": (("time", "member"), ens[:, order].astype("f4")),
                      f"{variable}_obs": ("time", obs.astype("f4"))},
                     coords={"time": time, "member": [labels[i] for i in order]})
+    if hres:  # a sharper deterministic forecast, missing on two days as in the real file
+        det = (obs + rng.normal(0, 1.0, n)).astype("f4")
+        det[[5, 50]] = np.nan
+        ds[f"{variable}_hres"] = ("time", det)
     path = tmp_path / f"ens_{variable}_{name}_{years[0]}-{years[1]}.nc"
     ds.to_netcdf(path)
     return path
@@ -353,3 +358,30 @@ def test_magdeburg_quick_matches_reference_raw_scores(shared_data, tmp_path):
     rows = {r["system"]: r for r in res["rows"]}
     assert rows["raw_full"]["crps"] == pytest.approx(0.893, abs=6e-4)
     assert rows["raw_subset"]["crps"] == pytest.approx(0.897, abs=6e-4)
+
+
+def test_hres_features_departure_scaled_and_missing_as_zero():
+    members = np.array([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]], np.float32)
+    hres = np.array([4.0, np.nan, 1.0], np.float32)
+    out = hres_features(hres, members, scale=2.0)
+    assert out.shape == (3, 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], [1.0, 0.0, -0.5])
+    with pytest.raises(PointDataError, match="scale must be > 0"):
+        hres_features(hres, members, scale=0.0)
+
+
+def test_station_experiment_with_hres_predictor(tmp_path, rng):
+    station = _station_file(tmp_path, rng, hres=True)
+    cfg = _config(tmp_path, station, systems="[emos_global, mixed]",
+                  features="{day_of_year: true, lagged_error: true, hres: true}")
+    res = run_experiment(load_experiment_config(cfg), out_dir=tmp_path / "o", quick=True)
+    rows = {r["system"]: r for r in res["rows"]}
+    mixed, emos = rows["mixed"], rows["emos_global"]
+    assert np.isfinite(mixed["crps"]) and np.isfinite(mixed["val_crps"]) and mixed["val_crps"] > 0
+    assert np.isfinite(emos["val_crps"]) and rows["raw_full"]["val_crps"] is None
+    assert "val CRPS (degC)" in (tmp_path / "o" / "table.md").read_text()
+    # a file without the deterministic forecast: the error names the file and the variable
+    plain = _station_file(tmp_path, rng, name="plainville")
+    cfg = _config(tmp_path, plain, features="{hres: true}")
+    with pytest.raises(ValueError, match=r"plainville.*no deterministic forecast 't2m_hres'"):
+        run_experiment(load_experiment_config(cfg), out_dir=tmp_path / "o2", quick=True)

@@ -191,6 +191,21 @@ def test_canonical_zarr(tmp_path, rng):
 
 # --- stations -------------------------------------------------------------------------------
 
+def test_station_deterministic_magdeburg(shared_data):
+    from data.point_readers import open_station_deterministic
+
+    fc, _ = open_station_netcdf(shared_data / MAGDEBURG)
+    det = open_station_deterministic(shared_data / MAGDEBURG, variable="t2m")
+    assert det.dims == ("init_time",) and det.attrs["units"] == "degC"
+    np.testing.assert_array_equal(det["init_time"].values, fc["init_time"].values)
+    raw = xr.open_dataset(shared_data / MAGDEBURG)
+    np.testing.assert_array_equal(det.values, raw["t2m_hres"].values)
+    assert int(det.isnull().sum()) == 2
+    with pytest.raises(ReaderError, match=r"frankfurt.*no deterministic forecast 'tp24_hres'"):
+        open_station_deterministic(shared_data / "station/ecmwf_ens_tp24_frankfurt_2007-2016.nc",
+                                   variable="tp24")
+
+
 def test_station_t2m_magdeburg(shared_data):
     fc, obs = open_station_netcdf(shared_data / MAGDEBURG)
     assert fc["t2m"].dims == ("init_time", "lead_time", "member", "station")
