@@ -105,12 +105,7 @@ def open_station_netcdf(path: str | os.PathLike, *, variable: str | None = None,
     missing days (NaN), so NaN is accepted by default; ``allow_nan=False`` rejects them.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        raw = xr.open_dataset(path)
-    except (OSError, ValueError) as e:
-        raise ReaderError(f"{path}: not a readable NetCDF file ({e})") from e
+    raw = _read_station_file(path)
     candidates = sorted(str(v)[:-4] for v in raw.data_vars if str(v).endswith("_ens"))
     if variable is None:
         if len(candidates) != 1:
@@ -132,8 +127,7 @@ def open_station_netcdf(path: str | os.PathLike, *, variable: str | None = None,
     members = np.array([_member_number(str(m), path) for m in raw["member"].values])
     ens = ens.assign_coords(member=members).sortby("member")
     units = str(ens.attrs.get("units", spec.units))
-    dates = pd.DatetimeIndex(raw["time"].values).as_unit("ns")
-    init = (dates + spec.init_offset).values
+    init = _init_times(raw, spec)
     station = _station_coords(path, desc)
     fc = ens.rename(time=schema.INIT_TIME).assign_coords({schema.INIT_TIME: init})
     fc = fc.expand_dims({schema.LEAD_TIME: [spec.lead_time.to_timedelta64()],
@@ -158,10 +152,7 @@ def open_station_deterministic(path: str | os.PathLike, *, variable: str) -> xr.
     members; NaN where the file has none).  A :class:`ReaderError` names the file when it has
     no such variable or its units differ from the members'."""
     path = Path(path)
-    try:
-        raw = xr.open_dataset(path)
-    except (OSError, ValueError) as e:
-        raise ReaderError(f"{path}: not a readable NetCDF file ({e})") from e
+    raw = _read_station_file(path)
     name = f"{variable}_hres"
     spec = STATION_SPECS.get(variable)
     if name not in raw or spec is None:
@@ -174,9 +165,24 @@ def open_station_deterministic(path: str | os.PathLike, *, variable: str) -> xr.
     ens_units = str(raw[f"{variable}_ens"].attrs.get("units", spec.units)) if f"{variable}_ens" in raw else units
     if units != ens_units:
         raise ReaderError(f"{path}: {name} is in {units!r} but {variable}_ens in {ens_units!r}")
-    init = (pd.DatetimeIndex(raw["time"].values).as_unit("ns") + spec.init_offset).values
-    out = da.rename(time=schema.INIT_TIME).assign_coords({schema.INIT_TIME: init})
-    return out.astype(np.float32).rename(variable).assign_attrs(units=units).load()
+    out = da.rename(time=schema.INIT_TIME).assign_coords({schema.INIT_TIME: _init_times(raw, spec)})
+    return out.astype(np.float32).rename(variable).assign_attrs(units=units)
+
+
+def _read_station_file(path: Path) -> xr.Dataset:
+    """A station NetCDF file, read whole (about 1 MB) and closed."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with xr.open_dataset(path) as raw:
+            return raw.load()
+    except (OSError, ValueError) as e:
+        raise ReaderError(f"{path}: not a readable NetCDF file ({e})") from e
+
+
+def _init_times(raw: xr.Dataset, spec: StationSpec) -> np.ndarray:
+    """The init times of a station file's rows (its ``time`` is the forecast's date)."""
+    return (pd.DatetimeIndex(raw["time"].values).as_unit("ns") + spec.init_offset).values
 
 
 def _member_number(label: str, path: Path) -> int:

@@ -93,9 +93,8 @@ def load_station(path: str | Path, *, variable: str | None = None, hres: bool = 
                      observation=np.asarray(ob.values, dtype=np.float32),
                      init_time=np.asarray(fc[schema.INIT_TIME].values, dtype="datetime64[ns]"),
                      lead_time=np.timedelta64(lead, "ns"),
-                     hres=(np.asarray(open_station_deterministic(path, variable=name).reindex(
-                         {schema.INIT_TIME: fc[schema.INIT_TIME].values}).values, dtype=np.float32)
-                           if hres else None))
+                     # same file, same rows: aligned with the members by construction
+                     hres=open_station_deterministic(path, variable=name).values if hres else None)
 
 
 def day_of_year_features(times: np.ndarray) -> np.ndarray:
@@ -106,13 +105,14 @@ def day_of_year_features(times: np.ndarray) -> np.ndarray:
     return np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
 
 
-def hres_features(hres: np.ndarray, members: np.ndarray, *, scale: float) -> np.ndarray:
+def hres_features(hres: np.ndarray, members: np.ndarray, *, train: np.ndarray) -> np.ndarray:
     """``[N, 1]``: the deterministic forecast's departure from the members' mean, divided by
-    ``scale`` (its training-period std); 0 where the deterministic forecast is missing."""
+    its std over the ``train`` rows; 0 where the deterministic forecast is missing."""
+    dev = hres - np.nanmean(members, axis=1)
+    scale = float(np.nanstd(dev[train]))
     if not (math.isfinite(scale) and scale > 0):
-        raise PointDataError(f"hres feature: the training-period scale must be > 0, got {scale}")
-    dev = (hres - np.nanmean(members, axis=1)) / scale
-    return np.where(np.isfinite(dev), dev, 0.0).astype(np.float32)[:, None]
+        raise PointDataError(f"hres feature: the training-period departures have no spread ({scale})")
+    return np.where(np.isfinite(dev), dev / scale, 0.0).astype(np.float32)[:, None]
 
 
 def past_error_features(data: PointData, members: np.ndarray, *, err_scale: float, obs_mean: float,

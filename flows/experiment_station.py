@@ -86,8 +86,7 @@ def _static(data: PointData, members: np.ndarray, features, train: np.ndarray) -
     if features.hres:
         if data.hres is None:
             raise PointDataError("features.hres needs the station file's deterministic forecast")
-        dev = data.hres[train] - data.members[train][:, members].mean(axis=1)
-        parts.append(hres_features(data.hres, data.members[:, members], scale=float(np.nanstd(dev))))
+        parts.append(hres_features(data.hres, data.members[:, members], train=train))
         names += STATIC_HRES
     n = data.members.shape[0]
     return (np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)), tuple(names)

@@ -361,13 +361,14 @@ def test_magdeburg_quick_matches_reference_raw_scores(shared_data, tmp_path):
 
 
 def test_hres_features_departure_scaled_and_missing_as_zero():
-    members = np.array([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]], np.float32)
-    hres = np.array([4.0, np.nan, 1.0], np.float32)
-    out = hres_features(hres, members, scale=2.0)
-    assert out.shape == (3, 1) and out.dtype == np.float32
-    np.testing.assert_allclose(out[:, 0], [1.0, 0.0, -0.5])
-    with pytest.raises(PointDataError, match="scale must be > 0"):
-        hres_features(hres, members, scale=0.0)
+    members = np.array([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0], [0.0, 0.0]], np.float32)
+    hres = np.array([4.0, np.nan, 1.0, 5.0], np.float32)
+    # departures 2, nan, -1, 5; the scale is their std over the training rows 0-2 only (1.5)
+    out = hres_features(hres, members, train=np.array([True, True, True, False]))
+    assert out.shape == (4, 1) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0], [2 / 1.5, 0.0, -1 / 1.5, 5 / 1.5], rtol=1e-6)
+    with pytest.raises(PointDataError, match="no spread"):
+        hres_features(hres, members, train=np.array([True, True, False, False]))
 
 
 def test_station_experiment_with_hres_predictor(tmp_path, rng):
