@@ -115,12 +115,9 @@ def expand_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
     return out
 
 
-def read_messages(path: str, read: Callable[[int, int], T], *,
-                  keep: list[int] | None = None) -> list[T]:
-    """``read(handle, index)`` for every GRIB message of ``path``, in file order.
-
-    Each handle is released after its ``read`` unless ``keep`` is given: then the handles are
-    appended to it and the caller releases them (also when this raises).  Raises
+def read_messages(path: str, read: Callable[[int, int], T]) -> list[T]:
+    """``read(handle, index)`` for every GRIB message of ``path``, in file order; each handle
+    is released after its ``read``.  Raises
     :class:`ReaderError` naming ``path`` for a file without GRIB messages, a corrupt or
     truncated message, or a message eccodes cannot read.
     """
@@ -137,15 +134,12 @@ def read_messages(path: str, read: Callable[[int, int], T], *,
                                   f"messages ({e})") from e
             if h is None:
                 break
-            if keep is not None:
-                keep.append(h)
             try:
                 out.append(read(h, len(out)))
             except eccodes.GribInternalError as e:
                 raise ReaderError(f"{path}: cannot decode message {len(out)} ({e})") from e
             finally:
-                if keep is None:
-                    eccodes.codes_release(h)
+                eccodes.codes_release(h)
         rest = fh.read()
     if not out:
         raise ReaderError(f"{path}: not a GRIB file (no GRIB message found)")

@@ -34,7 +34,7 @@ import xarray as xr
 from data import provenance as prov
 from data.provenance import SourceFile
 from data.grib import expand_inputs
-from data.ingest_grib import decode_grib, open_grib_lazy
+from data.ingest_grib import DECODE_BUDGET, open_grib_lazy
 from data.schema import MEMBER, Kind
 from data.store import record_dim
 from data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version
@@ -111,16 +111,16 @@ def _is_zarr(path: Path) -> bool:
 
 
 def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False,
-               lazy: bool = False) -> xr.Dataset:
-    """One input as a canonical dataset (GRIB decoded with eccodes, numpy-backed; with
-    ``lazy``, headers checked now and values decoded when indexed: close the dataset after)."""
+               decode_budget: int = DECODE_BUDGET) -> xr.Dataset:
+    """One input as a canonical dataset: GRIB opened lazily (headers checked now, values
+    decoded when indexed, the first ``decode_budget`` bytes of them by the header scan; close
+    the dataset after), other formats through :mod:`data.readers`."""
     from data import readers
     from data.sources import detect_format
 
     fmt = detect_format(path)
     if fmt == "grib":
-        opener = open_grib_lazy if lazy else decode_grib
-        return opener(path, kind=kind, allow_nan=allow_nan)
+        return open_grib_lazy(path, kind=kind, allow_nan=allow_nan, decode_budget=decode_budget)
     if fmt == "netcdf":
         return readers.open_analysis([path], allow_nan=allow_nan)
     if fmt == "station":
@@ -189,6 +189,8 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
     GRIB files are opened lazily (headers read and checked, values decoded later by the
     writer's threads, chunk by chunk); every dataset read is appended to ``opened``."""
     bar.start("reading", len(files))
+    # every file stays open until the write: one decode budget for the whole ingest
+    budget = DECODE_BUDGET // max(1, len(files))
 
     def load(path: Path) -> tuple[SourceFile, xr.Dataset | None, str | None]:
         src = prov.source_file(path)
@@ -197,7 +199,7 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
         try:
             # decode as what the file says it is (unless --kind): a forecast file offered to an
             # analysis store is then refused as such by StoreWriter.prepare
-            ds = read_input(path, kind=kind, allow_nan=allow_nan, lazy=True)
+            ds = read_input(path, kind=kind, allow_nan=allow_nan, decode_budget=budget)
             opened.append(ds)
             return src, ds, None
         except (ValueError, OSError) as e:  # ReaderError, SchemaError, unreadable file
@@ -222,6 +224,7 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
                     staged.append(writer.prepare(ds, name=str(path), sources=(src,),
                                                  allow_nan=allow_nan))
                 except ValueError as e:
+                    ds.close()  # refused: its decoded values need not wait for the write
                     msg = str(e)
                     failures.append((str(path), msg if str(path) in msg else f"{path}: {msg}"))
     return staged, failures, already, nbytes, skipped_records

@@ -18,12 +18,10 @@ both give the same dataset.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 from collections import defaultdict
 
-import weakref
 
 import eccodes
 import numpy as np
@@ -79,15 +77,15 @@ def open_grib_lazy(path: str | os.PathLike[str], *, kind: schema.Kind | None = N
     variable is a lazily indexed array that decodes only the messages a selection touches,
     straight into the selection's buffer.  The ingest writes a store chunk by chunk from it,
     so decoding runs in the writer's threads beside compression and no whole-file array is
-    ever built.  Only the headers and each message's place in the file are kept (the file is
-    mapped read-only until ``ds.close()`` or garbage collection); a read builds, uses and
-    releases one eccodes handle per message, so concurrent reads from several threads are
-    safe.
+    ever built.  Only the headers, each message's place in the file and the values decoded
+    within ``decode_budget`` are kept (until ``ds.close()``); a read builds, uses and releases
+    one eccodes handle per message, so concurrent reads from several threads are safe.
 
     ``decode_budget``: bytes of float32 values the scan may decode and keep while it has each
     handle anyway (building a handle costs about twice the decode of a 1-degree field).  The
     first messages up to the budget cost one handle build; the rest, a second one when read,
-    with memory bounded by the budget however large the file.
+    with memory bounded by the budget however large the file (the ingest splits one budget
+    across the files it holds open at once).
     """
     source = str(path)
     messages, spans, decoded = _scan(source, allow_nan=allow_nan, decode_budget=decode_budget)
@@ -103,25 +101,22 @@ def open_grib_lazy(path: str | os.PathLike[str], *, kind: schema.Kind | None = N
 
 class _Messages:
     """The messages of one file: the values the scan decoded (while they fit its budget) and,
-    for the rest, the file's bytes mapped read-only (page cache, no copy) with each message's
-    ``(offset, length)``.  A message not decoded by the scan is decoded on read by building
-    an eccodes handle from its bytes, decoding, and releasing the handle at once: eccodes'
-    per-handle structures take ~4x the message itself, so holding one handle per message
-    (10^4 of them in an operational file) would cost gigabytes and a page-fault storm; the
-    price is a second handle build for those messages, done in the decoding threads."""
+    for the rest, each message's ``(offset, length)``.  A message not decoded by the scan is
+    read (one ``pread``), decoded by building an eccodes handle from its bytes, and the handle
+    released at once: eccodes' per-handle structures take ~4x the message itself, so holding
+    one handle per message (10^4 of them in an operational file) would cost gigabytes and a
+    page-fault storm; the price is a second handle build for those messages, done in the
+    decoding threads.  No file descriptor or map is held between reads, so an ingest of
+    thousands of files stays far from the open-files limit."""
 
     def __init__(self, path: str, spans: list[tuple[int, int]],
                  decoded: dict[int, np.ndarray]) -> None:
         self.path, self.spans, self.decoded = path, spans, decoded
-        with open(path, "rb") as fh:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        #: [the map, its cffi view]; emptied by close (the finalizer must not hold ``self``)
-        self._state: list = [mapped, _ffi.from_buffer(mapped) if _lib is not None else None]
-        self._finalizer = weakref.finalize(self, _unmap, self._state, self.decoded)
+        self.closed = False
 
     def read_into(self, slot: int, out: np.ndarray, *, n_missing: int) -> None:
         """Decode message ``slot`` into ``out`` (float32, the grid's shape)."""
-        if not self._state:
+        if self.closed:
             raise ReaderError(f"{self.path}: GRIB values read after the file's dataset was "
                               "closed")
         values = self.decoded.get(slot)
@@ -135,30 +130,25 @@ class _Messages:
             eccodes.codes_release(h)
 
     def _open(self, slot: int) -> int:
-        """A new eccodes handle (id) on message ``slot`` of the open map; the caller releases
-        it."""
-        mapped, buf = self._state
+        """A new eccodes handle (id) on message ``slot``; the caller releases it."""
         off, length = self.spans[slot]
-        if mapped[off:off + 4] != b"GRIB" or off + length > len(mapped):
+        with open(self.path, "rb") as fh:
+            data = os.pread(fh.fileno(), length, off)
+        if len(data) != length or data[:4] != b"GRIB":
             raise ReaderError(f"{self.path}: message {slot} is no longer at byte {off}: the "
                               "file changed after it was opened")
-        if buf is not None:
-            ptr = _lib.grib_handle_new_from_message_copy(_ffi.NULL, buf + off, length)
+        if _lib is not None:
+            ptr = _lib.grib_handle_new_from_message_copy(_ffi.NULL, _ffi.from_buffer(data),
+                                                         length)
             if ptr == _ffi.NULL:
                 raise ReaderError(f"{self.path}: cannot decode message {slot}")
             return int(_put_handle(ptr))
-        return eccodes.codes_new_from_message(mapped[off:off + length])  # pragma: no cover
+        return eccodes.codes_new_from_message(data)  # pragma: no cover
 
     def close(self) -> None:
-        self._finalizer()
-
-
-def _unmap(state: list, decoded: dict) -> None:
-    decoded.clear()
-    if state:
-        mapped = state[0]
-        state.clear()  # drops the cffi view first: a map with a live view cannot close
-        mapped.close()
+        """Drop the decoded values; later reads raise."""
+        self.closed = True
+        self.decoded.clear()
 
 
 class _FieldArray(BackendArray):
@@ -175,12 +165,14 @@ class _FieldArray(BackendArray):
         self.dtype = np.dtype(np.float32)
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        # outer indexing: a selection of members such as [2, 0] decodes those two fields,
+        # not every member between them
         return indexing.explicit_indexing_adapter(key, self.shape,
-                                                  indexing.IndexingSupport.BASIC, self._get)
+                                                  indexing.IndexingSupport.OUTER, self._get)
 
     def _get(self, key: tuple) -> np.ndarray:
         lead = self.slots.ndim
-        slots, missing = self.slots[key[:lead]], self.n_missing[key[:lead]]
+        slots, missing = _outer(self.slots, key[:lead]), _outer(self.n_missing, key[:lead])
         ny, nx = self.shape[-2:]
         out = np.empty((*slots.shape, ny, nx), dtype=np.float32)
         for idx in np.ndindex(slots.shape):
@@ -189,12 +181,24 @@ class _FieldArray(BackendArray):
                 out[idx] = np.nan
                 continue
             self.holder.read_into(slot, out[idx], n_missing=int(missing[idx]))
-        return out[(Ellipsis, *key[lead:])]
+        return _outer(out, (slice(None),) * slots.ndim + tuple(key[lead:]))
+
+
+def _outer(array: np.ndarray, key: tuple) -> np.ndarray:
+    """``array`` indexed axis by axis by ``key`` (ints, slices, 1-D integer arrays): numpy's
+    outer (orthogonal) indexing, which plain ``array[key]`` is not for two arrays."""
+    axis = 0
+    for k in key:
+        array = array[(slice(None),) * axis + (k,)]
+        if not isinstance(k, (int, np.integer)):
+            axis += 1
+    return array
 
 
 def _dataset(messages: list[GribMessage], holder: _Messages, *, source: str,
              kind: schema.Kind | None, allow_nan: bool) -> xr.Dataset:
-    """Check the inventory from the headers, then decode each field into its slot."""
+    """Check the inventory from the headers, then build one lazily indexed array per
+    variable (:class:`_FieldArray`) over ``holder``."""
     kind = kind or kind_of_messages(messages, source=source)
     check_inventory(messages, kind=kind)
     absent = absent_fields(messages, kind=kind)
@@ -279,8 +283,8 @@ def _assemble(msgs: list[GribMessage], holder: _Messages, *, forecast: bool, tim
 
 
 def _decode_into(h: int, out: np.ndarray, *, n_missing: int) -> None:
-    """Decode the values of message ``h`` (float32) straight into ``out``, a C-contiguous
-    slot of the output array: no intermediate array, no copy."""
+    """Decode the values of message ``h`` (float32) straight into ``out`` (a scan slab row or
+    a selection's buffer): no intermediate array when ``out`` is C-contiguous."""
     if _lib is not None and out.flags.c_contiguous:
         length = _ffi.new("size_t*", out.size)
         err = _lib.grib_get_float_array(_get_handle(h), b"values",

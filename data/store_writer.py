@@ -475,7 +475,8 @@ def _check_nan_lazy(ds: xr.Dataset, *, name: str) -> None:
 def open_writer(store: str | os.PathLike[str], *, kind: Kind | None = None,
                 lock_timeout: float | None = 300.0,
                 on_wait: Callable[[str], None] | None = None) -> Iterator[StoreWriter]:
-    """Lock ``store`` (creating its directory), recover it, and yield a :class:`StoreWriter`."""
+    """Lock ``store`` (the lock file lies beside it), recover it, and yield a
+    :class:`StoreWriter`; the store itself is created by the first write."""
     root = Path(store)
     if root.exists() and not root.is_dir():
         raise StoreError(f"store path {root} exists and is not a directory")

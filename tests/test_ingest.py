@@ -198,12 +198,20 @@ def test_missing_points_become_nan_when_allowed(tmp_path, files):
 
 def test_lazy_open_decodes_only_what_is_indexed_and_equals_the_eager_decode(tmp_path, files):
     eager = decode_grib(files[0])
-    lazy = open_grib_lazy(files[0])
-    for name in lazy.data_vars:  # nothing decoded yet: lazily indexed, no numpy buffer
-        assert not isinstance(lazy[name].variable._data, np.ndarray)
+    lazy = open_grib_lazy(files[0], decode_budget=0)  # the scan decodes nothing
+    holder = lazy["z"].variable._data.array.holder  # LazilyIndexedArray -> _FieldArray
+    opened: list[int] = []
+    open_slot = holder._open
+    holder._open = lambda slot: opened.append(slot) or open_slot(slot)
+    picked = lazy["z"].isel(member=[2, 0], lead_time=0).values
+    # one message decoded per selected field: members 2 and 0 at one lead, each level
+    assert len(opened) == 2 * lazy.sizes["level"] == len(set(opened))
+    np.testing.assert_array_equal(picked, eager["z"].isel(member=[2, 0], lead_time=0).values)
     xr.testing.assert_identical(lazy.isel(lead_time=[1], member=slice(1, 3)).load(),
                                 eager.isel(lead_time=[1], member=slice(1, 3)))
     sel = dict(member=[2, 0], latitude=slice(1, None, 2), longitude=3)
+    np.testing.assert_array_equal(lazy["z"].isel(sel).values, eager["z"].isel(sel).values)
+    sel = dict(member=[0, 2], level=[1, 0], latitude=[3, 0, 1], longitude=[5, 2])  # all outer
     np.testing.assert_array_equal(lazy["z"].isel(sel).values, eager["z"].isel(sel).values)
     xr.testing.assert_identical(lazy.load(), eager)
     lazy.close()
@@ -216,7 +224,7 @@ def test_lazy_open_decodes_only_what_is_indexed_and_equals_the_eager_decode(tmp_
 
 @pytest.mark.parametrize("budget", [0, 5, None], ids=["from-file", "5-fields", "decoded"])
 def test_lazy_open_same_fields_decoded_by_the_scan_or_from_the_file(files, budget):
-    """Values decoded by the scan (within its budget) or, past it, from the mapped file:
+    """Values decoded by the scan (within its budget) or, past it, read again from the file:
     the same fields either way, read concurrently and more than once."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -5,7 +5,8 @@ control + perturbed members), ``analysis/*.grib`` (the truth, daily), ``static.n
 ``orog``), ``oracle.zarr`` (``<var>_mu``, ``<var>_sigma``: the exact Gaussian predictive
 distribution) and ``events.yaml`` (the extreme-event catalogue).  The simulation runs in the
 calling process; forecasts (members, oracle, GRIB file per init) are made by ``workers``
-processes (``auto_workers``: one per core for a world of 100 inits or more), with the same
+processes (``auto_workers``: one per core, at most 4, for a world of 100 inits or more on more than one
+core), with the same
 bytes for any number of workers.
 """
 
