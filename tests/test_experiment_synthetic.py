@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from data.synth import SynthConfig
+from data.synth.writer import COMPLETE_MARKER
 from flows.experiment import ExperimentConfigError, load_experiment_config
 from flows.experiment_synthetic import (
     SyntheticExperimentError,
@@ -80,7 +81,9 @@ def test_existing_other_world_is_refused(tmp_path):
     root = tmp_path / "synth"
     root.mkdir()
     (root / "synth.yaml").write_text(yaml.safe_dump({"synth": {**TINY, "seed": 7}}))
+    (root / COMPLETE_MARKER).touch()  # a whole world of that config
     assert ensure_world(root, SynthConfig(**{**TINY, "seed": 7})) == root  # the same world: reused
+    assert sorted(p.name for p in root.iterdir()) == [COMPLETE_MARKER, "synth.yaml"]  # not regenerated
     with pytest.raises(SyntheticExperimentError, match="holds another synthetic world"):
         ensure_world(root, SynthConfig(**TINY))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,7 @@ SMALL = dict(seed=11, grid=(16, 32), years=(2012, 2013), init_weekdays=(0, 3), n
              events_per_year=4)
 
 
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+from test_store import digest as _digest  # noqa: E402  (content of a directory, file by file)
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +333,22 @@ def test_cli_config_not_a_mapping(tmp_path, capsys):
     cfg.write_text("synth: [1, 2]\n")
     assert main(["synth", "--out", str(tmp_path / "w"), "--config", str(cfg)]) == 1
     assert "'synth' section" in capsys.readouterr().err
+
+
+def test_interrupted_world_is_generated_again(tiny_world, tmp_path):
+    """A world without its completion marker (a run killed while generating) is not reused:
+    ensure_world generates it again, to the same bytes as an uninterrupted run."""
+    from data.synth import ensure_world
+    from data.synth.writer import COMPLETE_MARKER
+
+    root = tmp_path / "w"
+    generate_world(root, SynthConfig(**TINY))
+    assert (root / COMPLETE_MARKER).is_file()
+    assert ensure_world(root, SynthConfig(**TINY)) is False  # whole: reused
+    (root / COMPLETE_MARKER).unlink()  # as if killed after some files
+    for grib in sorted((root / "forecast").iterdir())[1:]:
+        grib.unlink()
+    notes: list[str] = []
+    assert ensure_world(root, SynthConfig(**TINY), progress=notes.append) is True
+    assert any("not finished" in n for n in notes)
+    assert _digest(root) == _digest(tiny_world.root)

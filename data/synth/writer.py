@@ -17,6 +17,7 @@ import yaml
 from data import schema
 from data.grib_writer import GribFields, write_fields
 from data.synth.config import SynthConfig, SynthError
+from data.yaml_file import read_yaml_mapping
 from data.synth.events import events_to_yaml_dict
 from data.synth.physics import VAR_SPECS
 from data.synth.pool import auto_workers, forecast_runner
@@ -28,7 +29,10 @@ ORACLE_DESCRIPTION = (
     "exact predictive distribution of the truth given everything the forecast carries "
     "(the generator's state at init): the truth at the valid time is a draw from "
     "N(<var>_mu, <var>_sigma**2); no post-processing can beat its expected CRPS")
-_OWNED = ("forecast", "analysis", "static.nc", "oracle.zarr", "events.yaml", "synth.yaml")
+#: written last by generate_world: a world without it was interrupted while being generated
+COMPLETE_MARKER = ".complete"
+_OWNED = ("forecast", "analysis", "static.nc", "oracle.zarr", "events.yaml", "synth.yaml",
+          COMPLETE_MARKER)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def generate_world(out_dir: str | Path, config: SynthConfig | None = None, *,
         while inflight:
             oracle.add(*_result(inflight.popleft()))
     oracle.flush()
+    (root / COMPLETE_MARKER).touch()  # last: the world is whole
     return WorldPaths(root=root, forecast_files=tuple(oracle.files),
                       analysis_files=tuple(sorted(set(analysis_files))), static=static,
                       oracle=oracle.path, events=events, config=cfg_path)
@@ -149,17 +154,25 @@ def _event_thresholds(world: World) -> dict[str, float]:
 
 
 def world_config(root: str | Path) -> SynthConfig | None:
-    """The configuration of the world generated in ``root`` (its ``synth.yaml``), or None."""
+    """The configuration of the world in ``root`` (its ``synth.yaml``, written before the
+    files), or None; see :func:`is_complete` for whether generation finished."""
     marker = Path(root) / "synth.yaml"
     if not marker.is_file():
         return None
-    return SynthConfig.model_validate((yaml.safe_load(marker.read_text()) or {}).get("synth", {}))
+    raw = read_yaml_mapping(marker, what="synthetic world config", error=SynthError)
+    return SynthConfig.model_validate(raw.get("synth", {}))
+
+
+def is_complete(root: str | Path) -> bool:
+    """True once :func:`generate_world` has finished writing the world in ``root``."""
+    return (Path(root) / COMPLETE_MARKER).is_file()
 
 
 def ensure_world(root: str | Path, config: SynthConfig, *,
                  progress: Callable[[str], None] | None = None) -> bool:
-    """Generate the world of ``config`` in ``root`` unless it is already there; True if it was
-    generated.  Raises :class:`SynthError` if ``root`` holds another world."""
+    """Generate the world of ``config`` in ``root`` unless it is already there, whole; True if
+    it was generated (a world of the same config left half-written by an interrupted run is
+    generated again).  Raises :class:`SynthError` if ``root`` holds another world."""
     have = world_config(root)
     if have is None:
         generate_world(root, config, progress=progress)
@@ -167,6 +180,11 @@ def ensure_world(root: str | Path, config: SynthConfig, *,
     if have != config:
         raise SynthError(f"{root} holds another synthetic world ({Path(root) / 'synth.yaml'}); "
                          "use another directory or delete it")
+    if not is_complete(root):
+        if progress is not None:
+            progress(f"{root}: the world was not finished (interrupted run); generating it again")
+        generate_world(root, config, overwrite=True, progress=progress)
+        return True
     return False
 
 
