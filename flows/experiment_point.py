@@ -240,6 +240,13 @@ class FitResult:
     best_val: float  # normalised closed-form CRPS (the model's loss) on validation
     epochs: int  # epochs run by the early-stopped fit
     best_epoch: int  # the epoch of the kept weights (early stopping), or the refit's epoch count
+    #: the early-stopped model, fitted without the validation dates (``model`` itself unless refit)
+    early: torch.nn.Module | None = None
+
+    @property
+    def validation_model(self) -> torch.nn.Module:
+        """The model to score on the validation dates (one that never saw them)."""
+        return self.early if self.early is not None else self.model
 
 
 def _train_epochs(model: torch.nn.Module, train: Mapping[str, torch.Tensor], settings: FitSettings, seed: int,
@@ -289,10 +296,10 @@ def fit_point_model(spec, train: Mapping[str, torch.Tensor], val: Mapping[str, t
     if not refit or best_epoch < 1:
         return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch)
     torch.manual_seed(seed)
-    model = build_point_model(spec)
+    early, model = model, build_point_model(spec)
     both = {k: torch.cat([train[k], val[k]]) for k in train}
     _train_epochs(model, both, settings, seed, epochs=best_epoch)
-    return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch)
+    return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch, early=early)
 
 
 def predict_point(models: Sequence[torch.nn.Module], batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

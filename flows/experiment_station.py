@@ -106,6 +106,14 @@ def _da(values: np.ndarray, times: np.ndarray) -> xr.DataArray:
     return xr.DataArray(np.asarray(values, np.float64), dims=[DIM], coords={DIM: times})
 
 
+def _model_crps(pred: dict[str, np.ndarray], obs: xr.DataArray, *, distribution: str) -> xr.DataArray:
+    """Closed-form CRPS of predicted distribution parameters against ``obs`` (same dates)."""
+    times = obs[DIM].values
+    if distribution == "gaussian":
+        return crps_gaussian(_da(pred["mu"], times), _da(pred["sigma"], times), obs)
+    return crps_censored(_da(pred["loc"], times), _da(pred["scale"], times), obs, family="logistic")
+
+
 def _tail_quantile_members(loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """``[N, Q]`` equi-probable quantiles of a zero-censored logistic (levels (i+0.5)/Q)."""
     p = (np.arange(N_TAIL_QUANTILES) + 0.5) / N_TAIL_QUANTILES
@@ -139,6 +147,7 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
     tails: dict[str, dict[str, dict]] = {}
     timings: dict[str, float] = {}
     val_crps: dict[str, dict[str, float]] = {f"K={k}": {} for k in ks}
+    val_obs = _da(data.observation[masks["val"]], data.init_time[masks["val"]])
     channel = f"{data.variable}@{int(data.lead_time / np.timedelta64(1, 'h'))}h"
     full = crps_ensemble(xr.DataArray(test.members.astype(np.float64), dims=[DIM, "member"], coords={DIM: times}),
                          obs, estimator="standard")
@@ -174,17 +183,18 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
                                     refit=tr.refit and is_net)
                     for i in range(seeds if is_net else 1)]
             models = [f.model for f in fits]
-            # validation CRPS in data units (the early-stopped fits', before any refit): the
-            # figure to choose settings by, never the test score
-            val_crps[key][name] = float(np.mean([f.best_val for f in fits])) * float(stats["target_std"][0])
+            # validation CRPS of the system as tested (seed ensemble), from the fits that never
+            # saw the validation dates (before any refit): the figure to choose settings by
+            val_crps[key][name] = float(_model_crps(
+                predict_point([f.validation_model for f in fits], bt["val"]), val_obs,
+                distribution=sec.distribution).mean())
             pred = predict_point(models, bt["test"])
+            sk[name] = _model_crps(pred, obs, distribution=sec.distribution)
             if sec.distribution == "gaussian":
                 mu, sigma = _da(pred["mu"], times), _da(pred["sigma"], times)
-                sk[name] = crps_gaussian(mu, sigma, obs)
                 tk[name] = {lbl: float(twcrps_gaussian(mu, sigma, obs, threshold=t, tail=lbl.split()[1]).mean())
                             for lbl, t in thresholds.items()}
             else:
-                sk[name] = crps_censored(_da(pred["loc"], times), _da(pred["scale"], times), obs, family="logistic")
                 tk[name] = tails_ens(_tail_quantile_members(pred["loc"], pred["scale"]))
             timings[f"{name} {key}"] = round(time.perf_counter() - t0, 1)
             if progress is not None:

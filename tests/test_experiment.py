@@ -297,6 +297,9 @@ def test_fit_full_batch_and_refit():
     assert 1 <= once.best_epoch <= once.epochs <= 40 and again.best_epoch == once.best_epoch
     assert np.isfinite(once.best_val) and again.best_val == once.best_val
     assert not torch.equal(once.model.params, again.model.params)  # refit on train + val
+    # validation is scored with the early-stopped fit, which never saw the validation dates
+    assert once.validation_model is once.model and once.early is None
+    assert torch.equal(again.validation_model.params, once.model.params)
 
 
 def test_day_of_year_features():
@@ -381,6 +384,18 @@ def test_station_experiment_with_hres_predictor(tmp_path, rng):
     assert np.isfinite(mixed["crps"]) and np.isfinite(mixed["val_crps"]) and mixed["val_crps"] > 0
     assert np.isfinite(emos["val_crps"]) and rows["raw_full"]["val_crps"] is None
     assert "val CRPS (degC)" in (tmp_path / "o" / "table.md").read_text()
+    # the feature reaches the networks (and only them) as hres_dev, computed on the subset
+    from flows.experiment_point import load_station
+    from flows.experiment_station import _static, _static_columns
+
+    data = load_station(station, hres=True)
+    sel, train = np.arange(1, 4), data.valid_time < np.datetime64("2010-01-01")
+    static, names = _static(data, sel, load_experiment_config(cfg).station.features, train)
+    col = names.index("hres_dev")
+    np.testing.assert_array_equal(static[:, col], hres_features(data.hres, data.members[:, sel],
+                                                                train=train)[:, 0])
+    assert col in _static_columns("mixed", names) and col not in _static_columns("emos_global", names)
+    assert np.corrcoef(static[:, col], data.observation - data.members[:, sel].mean(1))[0, 1] > 0.5
     # a file without the deterministic forecast: the error names the file and the variable
     plain = _station_file(tmp_path, rng, name="plainville")
     cfg = _config(tmp_path, plain, features="{hres: true}")

@@ -191,8 +191,9 @@ def test_lr_schedules(schedule):
     cfg = TrainConfig(max_epochs=10, learning_rate=0.1, lr_schedule=schedule, lr_min_factor=0.01,
                       lr_plateau_patience=0, lr_plateau_factor=0.5)
     out = PostProcessingModule(model, train_config=cfg).configure_optimizers()
-    if schedule == "constant":
+    if schedule == "constant":  # a bare optimizer at the configured rate, no scheduler
         assert isinstance(out, torch.optim.Optimizer)
+        assert out.param_groups[0]["lr"] == pytest.approx(0.1)
         return
     opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
     if schedule == "cosine":

@@ -191,7 +191,7 @@ def main() -> int:
         emos_gain = 1 - np.mean([s["emos"] for s in sel]) / raw
         room = 1 - np.mean([s["oracle"] for s in sel]) / np.mean([s["emos"] for s in sel])
         print(f"BENCH oracle_vs_raw_gain_{name} {gain:.3f} target >= 0.25")
-        print(f"BENCH emos_vs_raw_gain_{name} {emos_gain:.3f} target > 0")
+        print(f"BENCH emos_vs_raw_gain_{name} {emos_gain:.3f} target >= 0.01")
         print(f"BENCH oracle_vs_emos_gain_{name} {room:.3f} target >= 0.10")
         print(f"BENCH spread_skill_{name} {np.mean([s['spread_skill'] for s in sel]):.3f} target <= 0.8")
     if tmp is not None and not args.keep:
