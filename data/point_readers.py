@@ -166,7 +166,10 @@ def open_station_deterministic(path: str | os.PathLike, *, variable: str) -> xr.
     if units != ens_units:
         raise ReaderError(f"{path}: {name} is in {units!r} but {variable}_ens in {ens_units!r}")
     out = da.rename(time=schema.INIT_TIME).assign_coords({schema.INIT_TIME: _init_times(raw, spec)})
-    return out.astype(np.float32).rename(variable).assign_attrs(units=units)
+    # the same names, unit conversion and CF attributes as the members
+    _, out = canonical_variable(out.astype(np.float32).assign_attrs(units=units), variable,
+                                source=str(path))
+    return out
 
 
 def _read_station_file(path: Path) -> xr.Dataset:

@@ -197,6 +197,7 @@ def test_station_deterministic_magdeburg(shared_data):
     fc, _ = open_station_netcdf(shared_data / MAGDEBURG)
     det = open_station_deterministic(shared_data / MAGDEBURG, variable="t2m")
     assert det.dims == ("init_time",) and det.attrs["units"] == "degC"
+    assert det.name == "t2m" and det.attrs["standard_name"] == fc["t2m"].attrs["standard_name"]
     np.testing.assert_array_equal(det["init_time"].values, fc["init_time"].values)
     raw = xr.open_dataset(shared_data / MAGDEBURG)
     np.testing.assert_array_equal(det.values, raw["t2m_hres"].values)
