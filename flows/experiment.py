@@ -102,6 +102,11 @@ class TrainSection(BaseModel):
     refit: bool = False
 
 
+#: train settings each experiment kind does not read (setting one is an error, not a no-op)
+_TRAIN_UNUSED = {"station": frozenset({"lr_schedule"}),
+                 "synthetic": frozenset({"batch_size", "seeds", "refit"})}
+
+
 class EvaluateSection(BaseModel):
     model_config = _FROZEN
     n_resamples: int = Field(1000, ge=10)
@@ -124,6 +129,10 @@ class ExperimentConfig(BaseModel):
     def _section(self) -> ExperimentConfig:
         if getattr(self, self.kind) is None:
             raise ValueError(f"kind: {self.kind} needs a '{self.kind}' section")
+        unused = sorted(self.train.model_fields_set & _TRAIN_UNUSED[self.kind])
+        if unused:  # set in the file but without effect for this kind: say so, never ignore
+            raise ValueError(f"train.{', train.'.join(unused)} has no effect on a {self.kind} "
+                             f"experiment; remove it")
         return self
 
 

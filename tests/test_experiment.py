@@ -401,3 +401,16 @@ def test_station_experiment_with_hres_predictor(tmp_path, rng):
     cfg = _config(tmp_path, plain, features="{hres: true}")
     with pytest.raises(ValueError, match=r"plainville.*no deterministic forecast 't2m_hres'"):
         run_experiment(load_experiment_config(cfg), out_dir=tmp_path / "o2", quick=True)
+
+
+def test_train_settings_without_effect_for_the_kind_are_refused(tmp_path, rng):
+    station = _station_file(tmp_path, rng)
+    cfg = _config(tmp_path, station)
+    text = cfg.read_text().replace("train: {", "train: {lr_schedule: cosine, ")
+    cfg.write_text(text)
+    with pytest.raises(ExperimentConfigError, match="train.lr_schedule has no effect on a station"):
+        load_experiment_config(cfg)
+    synth = tmp_path / "synth.yaml"
+    synth.write_text("title: t\nkind: synthetic\nsynthetic: {}\ntrain: {seeds: 5, refit: true}\n")
+    with pytest.raises(ExperimentConfigError, match="train.refit, train.seeds has no effect on a synthetic"):
+        load_experiment_config(synth)
