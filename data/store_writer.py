@@ -24,6 +24,7 @@ import base64
 import os
 import shutil
 import signal
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -431,12 +432,34 @@ class _ChunkWriter:
     def write(self, block: np.ndarray, index: int, chunk: int) -> None:
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
+        from zarr.storage import LocalStore
 
         data = self.encoder.encode(block.reshape(-1).view(np.uint8))
         key = self.array.metadata.encode_chunk_key((index, chunk) + (0,) * (block.ndim - 2))
         path = f"{self.array.path}/{key}" if self.array.path else key
+        store = self.array.store_path.store
+        if isinstance(store, LocalStore):
+            # what LocalStore.set does (a temporary file renamed over the chunk), here in the
+            # calling thread instead of two thread hops away (the event loop, then the
+            # loop's executor): those hops took as long as the encode and the write together
+            _write_file_atomic(Path(store.root) / path, data)
+            return
         buffer = default_buffer_prototype().buffer.from_bytes(data)
-        sync(self.array.store_path.store.set(path, buffer))
+        sync(store.set(path, buffer))
+
+
+def _write_file_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory: a reader (or
+    a crash) sees the old chunk or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(memoryview(data))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _blosc_like(codec: Any) -> Any:

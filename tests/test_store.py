@@ -345,6 +345,32 @@ def test_direct_chunk_write_stores_the_bytes_zarr_would(tmp_path):
                               chunks=(1, 1, 3, 2, 7, 9), dtype="f4", zarr_format=3,
                               compressors=[zarr.codecs.ZstdCodec()])
     assert store_writer._ChunkWriter.for_array(other) is None
+    # a store other than a local directory: the same bytes, through the store's own set
+    memory = zarr.create_array(zarr.storage.MemoryStore(), shape=(2, 4, 3, 2, 7, 9),
+                               chunks=(1, 1, 3, 2, 7, 9), dtype="f4",
+                               compressors=[store_writer._compressor()],
+                               fill_value=np.float32(np.nan), zarr_format=3)
+    store_writer._ChunkWriter.for_array(memory).write(block, 1, 2)
+    np.testing.assert_array_equal(memory[1:2, 2:3], block)
+    assert list(tmp_path.rglob("*.partial")) == []
+
+
+def test_chunk_file_write_is_atomic(tmp_path, monkeypatch):
+    """A chunk file is replaced whole: a failed write keeps the old bytes and leaves no
+    temporary file behind."""
+    target = tmp_path / "a" / "c" / "0"
+    store_writer._write_file_atomic(target, b"old")
+    store_writer._write_file_atomic(target, b"new bytes")
+    assert target.read_bytes() == b"new bytes"
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_writer.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        store_writer._write_file_atomic(target, b"never seen")
+    assert target.read_bytes() == b"new bytes"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["0"]
 
 
 def test_template_metadata_is_what_xarray_would_write(tmp_path):
