@@ -19,7 +19,7 @@ killed run is repaired by running it again.  NetCDF products are written whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ import xarray as xr
 from data import schema
 from models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
 from models.ecc import output_ecc_members, output_quantiles
-from models.product import (ProductError, ProductWriter, open_product, product_attrs,
-                            product_dataset)
+from models.product import (PRODUCT_FIELDS, ProductError, ProductWriter, open_product,
+                            product_attrs, product_dataset)
 from pipeline.align import open_dataset, open_static
 from pipeline.config import PipelineConfig
 from pipeline.features import STATIC_NAMES, doy_encoding, parse_channel, static_fields
@@ -50,19 +50,29 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             out: str | Path, init_times: Sequence[Any] | None = None,
             quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95), n_members: int = 10,
             fmt: str = "zarr", static: str | Path | xr.Dataset | None = None,
-            batch_size: int = 4, seed: int = 0, model_version: str | None = None) -> Path:
+            batch_size: int = 4, seed: int = 0, model_version: str | None = None,
+            fields: Collection[str] = PRODUCT_FIELDS, whole_fields: bool = False) -> Path:
     """Post-process ``store`` with ``checkpoint``; write (or extend) and return ``out``.
 
     ``init_times`` (default: all complete ones in the store) selects init times; ``n_members``
     is M, the number of ECC members written (may exceed K); ``fmt`` is ``zarr`` (appendable,
     idempotent) or ``netcdf`` (written whole); ``static`` overrides the static-field file
     recorded in the checkpoint's pipeline config; ``batch_size`` is tiles per forward pass.
+
+    ``fields`` (of ``PRODUCT_FIELDS``; ``mean`` and ``std`` are always written) leaves out the
+    ECC ``members`` and/or the ``quantiles``, which are then neither computed nor written:
+    ``("mean", "std")`` is the Gaussian product alone.  ``whole_fields`` runs the model on the
+    whole grid of each init time in one pass, as the training pipeline's validation and test
+    loaders feed it, instead of the tiles ``tiling`` picks.
     """
     if fmt not in ("zarr", "netcdf"):
         raise PredictError(f"fmt {fmt!r}: expected 'zarr' or 'netcdf'")
     if n_members < 1:
         raise PredictError(f"n_members must be >= 1, got {n_members}")
     levels = _check_quantiles(quantiles)
+    wanted = _check_fields(fields)
+    n_members = n_members if "members" in wanted else 0
+    levels = levels if "quantiles" in wanted else ()
     loaded = load_checkpoint(checkpoint)
     meta = loaded.metadata
     pipeline = PipelineConfig.model_validate(meta.pipeline)
@@ -73,7 +83,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                              rng=np.random.default_rng(seed))
     inits = _select_inits(ds, init_times, source=source)
     static_fixed = static_fields(ds, _open_static(static, pipeline), regrid=pipeline.regrid)
-    tile, overlap = tiling(pipeline, grid_shape=tuple(loaded.model.spec.grid_shape))
+    tile, overlap = ((None, 0) if whole_fields else
+                     tiling(pipeline, grid_shape=tuple(loaded.model.spec.grid_shape)))
     version = model_version or f"{meta.spec['name']}-{loaded.sha256[:12]}"
     attrs = product_attrs(loaded, members=members, source=source, version=version,
                           n_members=n_members, quantiles=levels)
@@ -111,6 +122,14 @@ def _check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
     return q
 
 
+def _check_fields(fields: Collection[str]) -> frozenset[str]:
+    got = frozenset(fields) if not isinstance(fields, str) else frozenset([fields])
+    if not got <= set(PRODUCT_FIELDS) or not {"mean", "std"} <= got:
+        raise PredictError(f"fields must be of {list(PRODUCT_FIELDS)} and include 'mean' and "
+                           f"'std', got {sorted(got)}")
+    return got
+
+
 def _select_inits(ds: xr.Dataset, init_times: Sequence[Any] | None, *,
                   source: Any) -> list[np.datetime64]:
     have = ds[schema.INIT_TIME].values.astype("datetime64[ns]")
@@ -142,7 +161,8 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                   tile: int | None, overlap: int, quantiles: tuple[float, ...],
                   n_members: int, batch_size: int, seed: int,
                   source: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The product fields of one init time and the mask of points with NaN inputs."""
+    """The product fields of one init time and the mask of points with NaN inputs (no
+    ``quantiles`` for empty ``quantiles``, no ``members`` for ``n_members`` 0)."""
     model, meta = loaded.model, loaded.metadata
     lead_h = pipeline.features.target_lead_time
     inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
@@ -157,10 +177,12 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                        overlap=overlap, batch_size=batch_size)
     raw = inputs[:, list(model.spec.target_channels)]
     rng = np.random.default_rng([seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63])
-    fields = {"mean": params["mu"], "std": params["sigma"],
-              "quantiles": output_quantiles(params, quantiles, distribution=meta.distribution),
-              "members": output_ecc_members(params, raw, n_out=n_members, member_dim=0,
-                                            distribution=meta.distribution, seed=rng)}
+    fields = {"mean": params["mu"], "std": params["sigma"]}
+    if quantiles:
+        fields["quantiles"] = output_quantiles(params, quantiles, distribution=meta.distribution)
+    if n_members:
+        fields["members"] = output_ecc_members(params, raw, n_out=n_members, member_dim=0,
+                                               distribution=meta.distribution, seed=rng)
     for arr in fields.values():
         arr[..., masked] = np.nan
     return fields, masked

@@ -28,6 +28,10 @@ COMPLETE_ATTR = "enspp_complete"
 #: attributes an existing product must share with a new write (else: another product)
 IDENTITY_ATTRS = ("checkpoint_sha256", "input_members", "n_ecc_members", "quantiles",
                   "distribution")
+#: the fields a product holds per target ``v``: ``v`` (ECC members), ``v_mean``, ``v_std``,
+#: ``v_quantiles``; ``mean`` and ``std`` are always written, ``members``/``quantiles`` may be
+#: left out (then ``n_ecc_members`` is 0 / ``quantiles`` empty in the attributes)
+PRODUCT_FIELDS = ("members", "mean", "std", "quantiles")
 
 
 class ProductError(ValueError):
@@ -37,9 +41,9 @@ class ProductError(ValueError):
 def product_attrs(loaded: Any, *, members: np.ndarray, source: Any, version: str,
                   n_members: int, quantiles: Sequence[float]) -> dict[str, Any]:
     """CF global attributes and provenance; deterministic (no time stamps), so rewriting an
-    init time leaves the store identical."""
+    init time leaves the store identical.  ``n_members`` 0: no ECC members are written."""
     meta = loaded.metadata
-    return {
+    attrs = {
         "Conventions": "CF-1.8",
         "enspp_kind": PRODUCT_KIND,
         "title": f"post-processed ensemble forecast ({meta.spec['name']})",
@@ -61,6 +65,9 @@ def product_attrs(loaded: Any, *, members: np.ndarray, source: Any, version: str
         "training_data_version": meta.data_version or "",
         "training_data_hash": meta.data_hash or "",
     }
+    if not n_members:
+        del attrs["ensemble_method"]
+    return attrs
 
 
 def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
@@ -70,17 +77,20 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
     ``v_std`` and ``v_quantiles`` with CF variable attributes.
 
     ``fields``: ``mean``/``std`` ``[T, Ny, Nx]``, ``quantiles`` ``[Q, T, Ny, Nx]``, ``members``
-    ``[M, T, Ny, Nx]`` (stations: ``Nx = 1``).
+    ``[M, T, Ny, Nx]`` (stations: ``Nx = 1``); ``members`` and ``quantiles`` may be left out
+    (the product then has no such variables, nor the ``member``/``quantile`` coordinate).
     """
     space = schema.spatial_dims(grid)
     coords: dict[str, Any] = {
         schema.INIT_TIME: [np.datetime64(init, "ns")],
         schema.LEAD_TIME: [np.timedelta64(lead_h, "h").astype("timedelta64[ns]")],
-        schema.MEMBER: np.arange(fields["members"].shape[0]),
-        "quantile": ("quantile", np.asarray(quantiles, dtype=np.float64),
-                     {"long_name": "probability level of the predictive distribution",
-                      "units": "1"}),
     }
+    if "members" in fields:
+        coords[schema.MEMBER] = np.arange(fields["members"].shape[0])
+    if "quantiles" in fields:
+        coords["quantile"] = ("quantile", np.asarray(quantiles, dtype=np.float64),
+                              {"long_name": "probability level of the predictive distribution",
+                               "units": "1"})
     for dim in space:
         coords[dim] = grid[dim].variable.to_base_variable()
     squeeze = (lambda a: a[..., 0]) if space == schema.SPATIAL_DIMS_POINT else (lambda a: a)
@@ -93,19 +103,21 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
         if info and info.standard_name:
             base["standard_name"] = info.standard_name
         label = info.long_name if info else name
-        data[name] = ((*head, schema.MEMBER, *space),
-                      squeeze(fields["members"][None, None, :, t]),
-                      {**base, "long_name": f"{label}, calibrated ECC members",
-                       "ensemble_method": "ensemble copula coupling"})
+        if "members" in fields:
+            data[name] = ((*head, schema.MEMBER, *space),
+                          squeeze(fields["members"][None, None, :, t]),
+                          {**base, "long_name": f"{label}, calibrated ECC members",
+                           "ensemble_method": "ensemble copula coupling"})
         data[f"{name}_mean"] = ((*head, *space), squeeze(fields["mean"][None, None, t]),
                                 {**base, "long_name": f"{label}, predictive mean",
                                  "cell_methods": "member: mean"})
         data[f"{name}_std"] = ((*head, *space), squeeze(fields["std"][None, None, t]),
                                {**base, "long_name": f"{label}, predictive standard deviation",
                                 "cell_methods": "member: standard_deviation"})
-        data[f"{name}_quantiles"] = ((*head, "quantile", *space),
-                                     squeeze(fields["quantiles"][None, None, :, t]),
-                                     {**base, "long_name": f"{label}, predictive quantiles"})
+        if "quantiles" in fields:
+            data[f"{name}_quantiles"] = ((*head, "quantile", *space),
+                                         squeeze(fields["quantiles"][None, None, :, t]),
+                                         {**base, "long_name": f"{label}, predictive quantiles"})
     ds = xr.Dataset(data, coords=coords)
     for v in ds.data_vars:
         ds[v] = ds[v].astype(np.float32)

@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import xarray as xr
 
 from models.base import build_model
-from models.checkpoint import write_checkpoint
+from models.checkpoint import load_checkpoint, write_checkpoint
 from models.config import ModelConfig, TrainConfig
 from models.train import build_metadata, build_spec
 from pipeline.config import PipelineConfig
@@ -52,3 +54,28 @@ def make_checkpoint(path: Path, pipeline: PipelineConfig, *, name: str = "mixed"
                 p.copy_(perturb * torch.randn(p.shape, generator=g))
     meta = build_metadata(spec, data=dm, pipeline=pipeline, model=model_cfg, train=TrainConfig())
     return write_checkpoint(path, model, meta)
+
+
+def loader_moments(checkpoint: Path, pipeline: PipelineConfig) -> xr.Dataset:
+    """``<v>_mean``/``<v>_std`` of ``checkpoint`` on the pipeline's test split through its test
+    loader (whole fields, batches of init times): the synthetic experiment's former
+    ``predict_test``, the reference for ``predict(..., fields=("mean", "std"), whole_fields=True)``."""
+    model = load_checkpoint(checkpoint).model
+    dm = EnsembleDataModule(pipeline)
+    mus, sigmas, inits = [], [], []
+    with torch.inference_mode():
+        for batch in dm.test_dataloader():
+            pred = model(batch)
+            mus.append(pred["mu"].numpy())
+            sigmas.append(pred["sigma"].numpy())
+            inits.append(batch["init_time"].numpy())
+    mu, sigma = np.concatenate(mus), np.concatenate(sigmas)  # [N, T, H, W]
+    lead = np.timedelta64(pipeline.features.target_lead_time, "h").astype("timedelta64[ns]")
+    coords = {"init_time": np.concatenate(inits).astype("datetime64[ns]"), "lead_time": [lead],
+              "latitude": dm.forecast["latitude"].values, "longitude": dm.forecast["longitude"].values}
+    dims = ("init_time", "lead_time", "latitude", "longitude")
+    ds = xr.Dataset(coords=coords)
+    for t, v in enumerate(dm.targets):
+        ds[f"{v}_mean"] = (dims, mu[:, t, None].astype(np.float32))
+        ds[f"{v}_std"] = (dims, sigma[:, t, None].astype(np.float32))
+    return ds

@@ -14,12 +14,15 @@ from data.synth import SynthConfig
 from data.synth.writer import COMPLETE_MARKER
 from flows.experiment import ExperimentConfigError, load_experiment_config
 from flows.experiment_synthetic import (
+    SYSTEM_NAMES,
     SyntheticExperimentError,
     SyntheticSection,
     ensure_world,
+    evaluate_config,
+    inits_in_years,
+    predict_test,
     quick_section,
     target_checks,
-    inits_in_years,
 )
 
 #: the test world: 8x16, three years of weekly inits, 4 perturbed members, t2m only
@@ -110,3 +113,39 @@ def test_target_checks():
                    "CRPS vs emos (>= 5% better)": (8.2, True),
                    "CRPS vs oracle (within 15%)": (11.4, True),
                    "extreme events vs raw_full (>= 20% better)": (25.0, True)}
+
+
+def test_predict_test_is_the_gaussian_product_of_the_test_split(tmp_path):
+    """predict_test = models.predict.predict's moments on whole fields: the values the test
+    loader gives (its former implementation), rewritten afresh for another checkpoint."""
+    from models.checkpoint import file_sha256
+    from models.product import open_product
+    from predict_data import loader_moments, make_checkpoint, make_stores, pipeline_config
+
+    pipe = pipeline_config(make_stores(tmp_path / "stores", n_init=40),
+                           batches={"patch_size": 8, "batch_size": 3})
+    out = tmp_path / "products" / "mixed-K5.zarr"
+    for seed in (0, 1):
+        ckpt = make_checkpoint(tmp_path / f"{seed}.ckpt", pipe, perturb=0.05, seed=seed)
+        reference = loader_moments(ckpt, pipe)
+        got = open_product(predict_test(ckpt, pipe, out=out)).load()
+        assert reference.sizes["init_time"] == 4 and got.sizes == reference.sizes
+        assert set(got.data_vars) == {"t2m_mean", "t2m_std"} and set(got.coords) == set(reference.coords)
+        for name, coord in reference.coords.items():
+            np.testing.assert_array_equal(got[name].values, coord.values)
+        for v in reference.data_vars:
+            assert got[v].dims == reference[v].dims and got[v].dtype == np.float32
+            np.testing.assert_allclose(got[v].values, reference[v].values, rtol=1e-6)
+        assert got.attrs["checkpoint_sha256"] == file_sha256(ckpt) and got.attrs["distribution"] == "gaussian"
+        assert float(got["t2m_std"].min()) > 0.1
+
+
+def test_system_names_in_the_evaluation(tmp_path):
+    sec = SyntheticSection(world=SynthConfig(**TINY), members=(2,), targets=("t2m",), variables=("t2m",))
+    cfg = evaluate_config(sec, title="t", k=2, synth=tmp_path, n_boot=10, confidence=0.9, seed=0,
+                          stores={"forecast": tmp_path / "fc.zarr", "analysis": tmp_path / "an.zarr"},
+                          products={s: tmp_path / f"{s}.zarr" for s in SYSTEM_NAMES},
+                          tail="upper", percentile=0.95, cases=False)
+    assert [(s.name, s.key) for s in cfg.systems] == [
+        ("raw_full", "raw_full"), ("raw_subset", "raw_subset"), ("emos", "emos"), ("emos", "emos_global"),
+        ("mlp", "mlp"), ("unet", "unet"), ("mixed", "mixed"), ("oracle", "oracle")]

@@ -15,7 +15,7 @@ from models.predict import PredictError, _static, predict, tiling
 from models.product import ProductError, open_product
 from pipeline.align import open_dataset
 from pipeline.members import MemberSelectionError
-from predict_data import K, NX, NY, make_checkpoint, make_stores, pipeline_config
+from predict_data import K, NX, NY, loader_moments, make_checkpoint, make_stores, pipeline_config
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -102,6 +102,42 @@ def test_tiles_match_a_whole_field_pass(world, tmp_path):
     assert float(np.abs(whole["t2m_mean"] - raw.mean("member")).max()) > 0.05
 
 
+def test_gaussian_only_whole_field_product_is_the_test_loaders(world, tmp_path):
+    """``fields=("mean", "std")`` with ``whole_fields``: the two moments alone, as the training
+    pipeline's test loader computes them (the synthetic experiment's product)."""
+    pipe = pipeline_config(world["paths"], batches={"patch_size": 12, "batch_size": 2})
+    ckpt = make_checkpoint(tmp_path / "patches.ckpt", pipe, perturb=0.5)
+    reference = loader_moments(ckpt, pipe)
+    inits, store = list(reference.init_time.values), world["paths"].forecast
+    assert len(inits) >= 2
+    out = predict(ckpt, store, out=tmp_path / "g.zarr", init_times=inits, fields=("mean", "std"),
+                  whole_fields=True)
+    got = open_product(out).load()
+    assert set(got.data_vars) == {"t2m_mean", "t2m_std"} and set(got.coords) == set(reference.coords)
+    assert got.sizes == reference.sizes
+    for name, coord in reference.coords.items():
+        np.testing.assert_array_equal(got[name].values, coord.values)
+    for v in reference.data_vars:
+        assert got[v].dims == reference[v].dims and got[v].dtype == np.float32
+        np.testing.assert_allclose(got[v].values, reference[v].values, rtol=1e-6)
+    assert float(got["t2m_std"].min()) > 0.1 and 250 < float(got["t2m_mean"].mean()) < 300
+    a = got.attrs
+    assert a["n_ecc_members"] == 0 and a["quantiles"] == [] and "ensemble_method" not in a
+    assert a["distribution"] == "gaussian" and a["checkpoint_sha256"] == file_sha256(ckpt)
+    # the full product holds the same moments; tiles (this patch-trained model's default) do not
+    full = open_product(predict(ckpt, store, out=tmp_path / "f.zarr", init_times=inits,
+                                quantiles=QUANTILES, n_members=3, whole_fields=True)).load()
+    assert {"t2m", "t2m_quantiles"} <= set(full.data_vars) and full.attrs["n_ecc_members"] == 3
+    for v in ("t2m_mean", "t2m_std"):
+        np.testing.assert_array_equal(full[v].values, got[v].values)
+    tiled = open_product(predict(ckpt, store, out=tmp_path / "t.zarr", init_times=inits,
+                                 fields=("std", "mean"))).load()
+    assert max(float(np.abs(tiled[v] - got[v]).max()) for v in ("t2m_mean", "t2m_std")) > 2e-3
+    # appending the full fields to the moments-only product: another product
+    with pytest.raises(ProductError, match="n_ecc_members"):
+        predict(ckpt, store, out=out, init_times=inits, whole_fields=True)
+
+
 def _snapshot(path: Path) -> xr.Dataset:
     with xr.open_zarr(path, consolidated=True) as ds:
         return ds.load()
@@ -177,6 +213,9 @@ def test_bad_requests_name_the_problem(world, tmp_path):
         predict(ckpt, store, out=tmp_path / "p", n_members=0)
     with pytest.raises(PredictError, match="quantiles"):
         predict(ckpt, store, out=tmp_path / "p", quantiles=(0.5, 0.1))
+    for fields in (("members", "quantiles"), ("mean", "std", "median"), "mean"):
+        with pytest.raises(PredictError, match="fields must be of .* include 'mean' and 'std'"):
+            predict(ckpt, store, out=tmp_path / "p", fields=fields)
     with pytest.raises(PredictError, match="1999-01-01"):
         predict(ckpt, store, out=tmp_path / "p", init_times=["1999-01-01"])
     with pytest.raises(FileNotFoundError, match="static"):
