@@ -50,6 +50,15 @@ class FeatureSettings(BaseModel):
     lagged_error: bool = True
     halflife_days: float = Field(5.0, gt=0)
     max_age_days: float = Field(3.0, gt=0)
+    #: with lagged_error: also the weighted mean of the past errors' magnitude (err_ewm_abs),
+    #: a predictor of the spread; networks only
+    error_spread: bool = False
+
+    @model_validator(mode="after")
+    def _spread_needs_errors(self) -> "FeatureSettings":
+        if self.error_spread and not self.lagged_error:
+            raise ValueError("features.error_spread needs features.lagged_error: true")
+        return self
     #: the deterministic high-resolution forecast of the same init (``<v>_hres`` in the file),
     #: as its departure from the subset's mean (hres_dev); networks only
     hres: bool = False

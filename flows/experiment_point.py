@@ -43,6 +43,7 @@ from models.emos import GlobalEMOS
 STATIC_DOY = ("sin_doy", "cos_doy")
 STATIC_PAST = ("err_lag1", "err_lag2", "obs_init", "err_ewm")
 STATIC_HRES = ("hres_dev",)
+STATIC_SPREAD = ("err_ewm_abs",)
 
 
 class PointDataError(ValueError):
@@ -116,10 +117,12 @@ def hres_features(hres: np.ndarray, members: np.ndarray, *, train: np.ndarray) -
 
 
 def past_error_features(data: PointData, members: np.ndarray, *, err_scale: float, obs_mean: float,
-                        obs_scale: float, halflife_days: float = 5.0, max_age_days: float = 3.0) -> np.ndarray:
+                        obs_scale: float, halflife_days: float = 5.0, max_age_days: float = 3.0,
+                        spread: bool = False) -> np.ndarray:
     """``[N, 4]`` causal features (``STATIC_PAST``) of each forecast, from the errors of the mean
     of ``members`` (indices: the K members in use) and observations valid at or before that
-    forecast's init time; see the module doc."""
+    forecast's init time; see the module doc.  ``spread``: a fifth column (``STATIC_SPREAD``),
+    the same exponentially weighted mean of the errors' magnitude |e|, for the spread."""
     if halflife_days <= 0 or max_age_days <= 0 or err_scale <= 0 or obs_scale <= 0:
         raise PointDataError(f"{data.variable}: past-error features need halflife_days, max_age_days, err_scale "
                              f"and obs_scale > 0, got {halflife_days}, {max_age_days}, {err_scale}, {obs_scale}")
@@ -127,7 +130,7 @@ def past_error_features(data: PointData, members: np.ndarray, *, err_scale: floa
     init = data.init_time.astype(np.int64)
     valid = data.valid_time.astype(np.int64)
     day = 8.64e13
-    out = np.zeros((n, len(STATIC_PAST)), np.float64)
+    out = np.zeros((n, len(STATIC_PAST) + (len(STATIC_SPREAD) if spread else 0)), np.float64)
 
     def known(ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sorted valid times, their order, and per forecast the count valid <= its init."""
@@ -148,15 +151,18 @@ def past_error_features(data: PointData, members: np.ndarray, *, err_scale: floa
         # and B (weights) decayed to each error's valid time; decaying both further to the init
         # time leaves A / B unchanged
         rate = np.log(2.0) / (halflife_days * day)
-        a, b = np.empty(vt.size), np.empty(vt.size)
-        acc_a = acc_b = 0.0
+        a, b, c = np.empty(vt.size), np.empty(vt.size), np.empty(vt.size)
+        acc_a = acc_b = acc_c = 0.0
         for i in range(vt.size):
             decay = np.exp(-rate * (vt[i] - vt[i - 1])) if i else 0.0
             acc_a, acc_b = acc_a * decay + e[i], acc_b * decay + 1.0
-            a[i], b[i] = acc_a, acc_b
+            acc_c = acc_c * decay + abs(e[i])
+            a[i], b[i], c[i] = acc_a, acc_b, acc_c
         j = np.maximum(hi - 1, 0)
         fresh = (hi >= 1) & (init - vt[j] <= max_age_days * day)
         out[:, 3] = np.where(fresh, a[j] / np.maximum(b[j], 1e-12), 0.0)
+        if spread:  # no recent error: the training mean of |e| / err_scale, sqrt(2/pi) for a normal
+            out[:, 4] = np.where(fresh, c[j] / np.maximum(b[j], 1e-12), np.sqrt(2 / np.pi))
     obs_ok = np.isfinite(data.observation)
     vo, order_o, hi_o = known(obs_ok)
     if vo.size:

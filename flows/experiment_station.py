@@ -16,6 +16,7 @@ from flows.experiment_point import (
     STATIC_DOY,
     STATIC_PAST,
     STATIC_HRES,
+    STATIC_SPREAD,
     FitSettings,
     PointData,
     PointDataError,
@@ -81,8 +82,9 @@ def _static(data: PointData, members: np.ndarray, features, train: np.ndarray) -
         parts.append(past_error_features(data, members, err_scale=float(np.nanstd(err)),
                                          obs_mean=float(np.nanmean(obs)), obs_scale=float(np.nanstd(obs)),
                                          halflife_days=features.halflife_days,
-                                         max_age_days=features.max_age_days))
-        names += STATIC_PAST
+                                         max_age_days=features.max_age_days,
+                                         spread=features.error_spread))
+        names += STATIC_PAST + (STATIC_SPREAD if features.error_spread else ())
     if features.hres:
         if data.hres is None:
             raise PointDataError("features.hres needs the station file's deterministic forecast")

@@ -24,6 +24,7 @@ from flows.cli import main
 from flows.experiment import ExperimentConfigError, load_experiment_config, run_experiment
 from flows.experiment_point import (
     STATIC_PAST,
+    STATIC_SPREAD,
     FitSettings,
     LaggedEMOS,
     PointData,
@@ -240,6 +241,32 @@ def test_lag1_error_timing_t2m_and_precipitation():
     e = err_r.members.mean(1).astype(np.float64) - err_r.observation
     assert rain[5, 0] == pytest.approx(e[3], rel=1e-5) and rain[5, 1] == pytest.approx(e[2], rel=1e-5)
     assert rain[1].tolist() == [0.0, 0.0, 0.0, 0.0]  # forecast 0 verifies after init 1
+
+
+def test_error_spread_feature_is_the_weighted_mean_magnitude():
+    """``spread=True`` adds err_ewm_abs: the same weights as err_ewm over |e| (brute force),
+    sqrt(2/pi) (a normal's mean |e| / std) before any error is known; the other columns
+    are unchanged, and it uses nothing after the init time either."""
+    data = _point()
+    f = _past(data, spread=True, err_scale=2.0)
+    assert f.shape == (40, len(STATIC_PAST) + len(STATIC_SPREAD))
+    np.testing.assert_array_equal(f[:, :4], _past(data, err_scale=2.0))
+    err = data.members.mean(1).astype(np.float64) - data.observation
+    w = 0.5 ** (np.arange(5)[::-1] / 5.0)
+    assert f[5, 4] == pytest.approx((w * np.abs(err[:5]) / 2.0).sum() / w.sum(), rel=1e-5)
+    assert f[0, 4] == pytest.approx(np.sqrt(2 / np.pi), rel=1e-6)
+    obs = data.observation.copy()
+    obs[20] += 5.0
+    moved = np.abs(_past(_with_obs(data, obs), spread=True, err_scale=2.0) - f).max(axis=1) > 0
+    assert not moved[data.init_time < data.valid_time[20]].any() and moved[21]
+
+
+def test_error_spread_setting_needs_the_past_errors():
+    from flows.experiment import FeatureSettings
+
+    assert FeatureSettings(error_spread=True).error_spread
+    with pytest.raises(ValueError, match="error_spread needs features.lagged_error"):
+        FeatureSettings(error_spread=True, lagged_error=False)
 
 
 def test_past_error_features_gaps_and_scales():
