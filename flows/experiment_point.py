@@ -32,13 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from data import schema
 from models import ModelSpec, build_model
-from models.base import PostProcessor, ensemble_moments
-from models.emos import GlobalEMOS
 
 STATIC_DOY = ("sin_doy", "cos_doy")
 STATIC_PAST = ("err_lag1", "err_lag2", "obs_init", "err_ewm")
@@ -203,34 +199,6 @@ def point_stats(members: np.ndarray, observation: np.ndarray, channel: str, targ
             "target_mean": np.array([o_mean], np.float32), "target_std": np.array([o_std], np.float32)}
 
 
-class LaggedEMOS(GlobalEMOS):
-    """``emos_lagged``: global EMOS whose mean is also linear in the static (past-error)
-    features, ``mu = EMOS mu + std_t * (w . static)`` (AR-EMOS-like, Moeller & Gross 2016);
-    ``w = 0`` at initialisation, so it starts as plain EMOS."""
-
-    def __init__(self, spec: ModelSpec) -> None:
-        super().__init__(spec)
-        self.weights = nn.Parameter(torch.zeros(len(spec.targets), len(spec.static_names)))
-
-    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        alpha, beta, delta, gamma = self._params(batch)
-        m, s = ensemble_moments(self.raw_target_members(batch))
-        std = self._tstd()
-        s = torch.maximum(s, self.options["sigma_eps"] * std)
-        shift = torch.einsum("bshw,ts->bthw", self.static(batch), self.weights)
-        mu = m + std * (alpha + shift) + beta * (m - self._target_mean(batch))
-        var = torch.exp(2.0 * delta.clamp(-20.0, 20.0)) * s * s + std * std * F.softplus(gamma)
-        return self.finish(mu, var.sqrt())
-
-
-def build_point_model(spec: ModelSpec) -> PostProcessor:
-    """``models.build_model(spec)``, or :class:`LaggedEMOS` for ``spec.name == "emos_global"``
-    with static features (the experiment's ``emos_lagged`` system)."""
-    if spec.name == "emos_global" and spec.static_names:
-        return LaggedEMOS(spec)
-    return build_model(spec)
-
-
 @dataclass(frozen=True)
 class FitSettings:
     max_epochs: int = 300
@@ -292,17 +260,17 @@ def _train_epochs(model: torch.nn.Module, train: Mapping[str, torch.Tensor], set
 
 def fit_point_model(spec, train: Mapping[str, torch.Tensor], val: Mapping[str, torch.Tensor], *,
                     settings: FitSettings, seed: int, refit: bool = False) -> FitResult:
-    """Fit ``build_point_model(spec)`` by minimum closed-form CRPS with early stopping on
+    """Fit ``models.build_model(spec)`` by minimum closed-form CRPS with early stopping on
     ``val``.  With ``settings.batch_size >= len(train)`` every epoch is one full-batch Adam
     step.  ``refit``: then fit a fresh model (same seed) on ``train`` + ``val`` for the chosen
     number of epochs and return that one (``best_val`` stays the early-stopped fit's)."""
     torch.manual_seed(seed)
-    model = build_point_model(spec)
+    model = build_model(spec)
     best, epochs, best_epoch = _train_epochs(model, train, settings, seed, epochs=settings.max_epochs, val=val)
     if not refit or best_epoch < 1:
         return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch)
     torch.manual_seed(seed)
-    early, model = model, build_point_model(spec)
+    early, model = model, build_model(spec)
     both = {k: torch.cat([train[k], val[k]]) for k in train}
     _train_epochs(model, both, settings, seed, epochs=best_epoch)
     return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch, early=early)

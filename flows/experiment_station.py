@@ -174,7 +174,7 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
             cols = _static_columns(name, static_names)
             if name == "emos_lagged" and not cols:
                 raise PointDataError(f"{sec.path}: system emos_lagged needs features.lagged_error: true")
-            spec = ModelSpec(name="emos_global" if name == "emos_lagged" else name, channels=(channel,),
+            spec = ModelSpec(name=name, channels=(channel,),
                              targets=(data.variable,), target_channels=(0,),
                              static_names=tuple(static_names[i] for i in cols), n_members=k, grid_shape=(1, 1),
                              stats=stats, distribution=sec.distribution,

@@ -35,10 +35,11 @@ from models.losses import (
 )
 from models.normalize import Normalizer, resolve_stats
 
-MODEL_NAMES: tuple[str, ...] = ("emos_local", "emos_global", "mlp", "unet", "mixed")
+MODEL_NAMES: tuple[str, ...] = ("emos_local", "emos_global", "emos_lagged", "mlp", "unet", "mixed")
 _REGISTRY: dict[str, tuple[str, str]] = {
     "emos_local": ("models.emos", "LocalEMOS"),
     "emos_global": ("models.emos", "GlobalEMOS"),
+    "emos_lagged": ("models.emos", "LaggedEMOS"),
     "mlp": ("models.mlp", "MLPModel"),
     "unet": ("models.unet", "UNetModel"),
     "mixed": ("models.mixed", "MixedModel"),

@@ -18,7 +18,7 @@ from data.yaml_file import read_yaml_mapping
 #: the sections one ``enspp.yaml`` may hold (ARCHITECTURE.md, "Configuration")
 KNOWN_SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")
 
-ModelName = Literal["emos_local", "emos_global", "mlp", "unet", "mixed"]
+ModelName = Literal["emos_local", "emos_global", "emos_lagged", "mlp", "unet", "mixed"]
 
 
 class ConfigError(ValueError):

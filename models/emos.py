@@ -10,6 +10,8 @@ raw ensemble (to ~1e-6 relative). Fitted by minimum CRPS through the common trai
 ``emos_global`` has one parameter set per target; ``emos_local`` one per target and grid point
 (or station), looked up with the batch's ``y0``/``x0`` (``mean_t``/``std_t`` are then the
 local target statistics for the slope, the global std for the offset and the variance floor).
+``emos_lagged`` is ``emos_global`` whose mean is also linear in the spec's static features
+(e.g. past forecast errors at a station).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelSpec, PostProcessor, ensemble_moments
+from models.base import ModelSpec, ModelSpecError, PostProcessor, ensemble_moments
 from models.normalize import gather_patch
 
 _GAMMA_INIT = -18.0
@@ -74,3 +76,25 @@ class LocalEMOS(_EMOS):
     """``emos_local``: one (alpha, beta, delta, gamma) per target and grid point or station."""
 
     local = True
+
+
+class LaggedEMOS(GlobalEMOS):
+    """``emos_lagged``: global EMOS whose mean is also linear in the static (past-error)
+    features, ``mu = EMOS mu + std_t * (w . static)`` (AR-EMOS-like, Moeller & Gross 2016);
+    ``w = 0`` at initialisation, so it starts as plain EMOS."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        if not spec.static_names:
+            raise ModelSpecError("emos_lagged needs static features (spec.static_names is empty)")
+        super().__init__(spec)
+        self.weights = nn.Parameter(torch.zeros(len(spec.targets), len(spec.static_names)))
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        alpha, beta, delta, gamma = self._params(batch)
+        m, s = ensemble_moments(self.raw_target_members(batch))
+        std = self._tstd()
+        s = torch.maximum(s, self.options["sigma_eps"] * std)
+        shift = torch.einsum("bshw,ts->bthw", self.static(batch), self.weights)
+        mu = m + std * (alpha + shift) + beta * (m - self._target_mean(batch))
+        var = torch.exp(2.0 * delta.clamp(-20.0, 20.0)) * s * s + std * std * F.softplus(gamma)
+        return self.finish(mu, var.sqrt())

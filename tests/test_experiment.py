@@ -26,10 +26,8 @@ from flows.experiment_point import (
     STATIC_PAST,
     STATIC_SPREAD,
     FitSettings,
-    LaggedEMOS,
     PointData,
     PointDataError,
-    build_point_model,
     day_of_year_features,
     fit_point_model,
     hres_features,
@@ -38,6 +36,9 @@ from flows.experiment_point import (
     point_stats,
 )
 from flows.experiment_station import subset_members
+from models import ModelSpec, build_model
+from models.base import ModelSpecError
+from models.emos import LaggedEMOS
 
 N_MEMBERS = 11
 
@@ -287,8 +288,6 @@ def test_past_error_features_gaps_and_scales():
 
 
 def _point_spec(name: str, static_names: tuple[str, ...] = ()):
-    from models import ModelSpec
-
     data = _point(200)
     stats = point_stats(data.members, data.observation, "t2m@24h", "t2m")
     return ModelSpec(name=name, channels=("t2m@24h",), targets=("t2m",), target_channels=(0,),
@@ -297,12 +296,14 @@ def _point_spec(name: str, static_names: tuple[str, ...] = ()):
 
 
 def test_lagged_emos_starts_as_emos_and_uses_the_features():
-    spec, data = _point_spec("emos_global", STATIC_PAST)
+    spec, data = _point_spec("emos_lagged", STATIC_PAST)
     static = _past(data)
-    model = build_point_model(spec)
+    model = build_model(spec)
     assert isinstance(model, LaggedEMOS)
-    plain = build_point_model(dataclasses.replace(spec, static_names=()))
+    plain = build_model(dataclasses.replace(spec, name="emos_global", static_names=()))
     assert not isinstance(plain, LaggedEMOS)
+    with pytest.raises(ModelSpecError, match="emos_lagged needs static features"):
+        build_model(dataclasses.replace(spec, static_names=()))
     b = point_batch(data.members, data.observation, static, data.init_time, data.lead_time)
     out, ref = model(b), plain({**b, "static": b["static"][:, :0]})
     assert torch.allclose(out["mu"], ref["mu"]) and torch.allclose(out["sigma"], ref["sigma"])
@@ -312,6 +313,11 @@ def test_lagged_emos_starts_as_emos_and_uses_the_features():
         shifted = (model(b)["mu"] - ref["mu"])[:, 0, 0, 0]
     expected = torch.as_tensor(static[:, 0]) * model.norm.target_std[0]
     assert torch.allclose(shifted, expected, atol=1e-4)
+    # a registered model: the checkpoint's spec rebuilds it, weights included
+    again = build_model(ModelSpec.from_dict(spec.to_dict()))
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(b)["mu"], model(b)["mu"])
 
 
 def test_fit_full_batch_and_refit():
