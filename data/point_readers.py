@@ -146,18 +146,25 @@ def open_station_netcdf(path: str | os.PathLike, *, variable: str | None = None,
     return forecast, observations
 
 
+#: other names a station file gives its HRES forecast of a variable (the Frankfurt file of
+#: ../shared/data calls the 06-30 h HRES precipitation ``tp_hres`` beside ``tp24_ens``)
+HRES_ALIASES: dict[str, tuple[str, ...]] = {"tp24": ("tp_hres",)}
+
+
 def open_station_deterministic(path: str | os.PathLike, *, variable: str) -> xr.DataArray:
-    """The deterministic high-resolution forecast ``<variable>_hres(time)`` of a station file
+    """The deterministic high-resolution forecast ``<variable>_hres(time)`` (or a name of
+    :data:`HRES_ALIASES`) of a station file
     as ``<variable>(init_time)`` (same init times and lead time as :func:`open_station_netcdf`'s
     members; NaN where the file has none).  A :class:`ReaderError` names the file when it has
     no such variable or its units differ from the members'."""
     path = Path(path)
     raw = _read_station_file(path)
-    name = f"{variable}_hres"
     spec = STATION_SPECS.get(variable)
+    names = (f"{variable}_hres", *HRES_ALIASES.get(variable, ()))
+    name = next((n for n in names if n in raw), names[0])
     if name not in raw or spec is None:
-        raise ReaderError(f"{path}: no deterministic forecast {name!r} for a known variable "
-                          f"(variables: {sorted(map(str, raw.data_vars))})")
+        raise ReaderError(f"{path}: no deterministic forecast {' or '.join(map(repr, names))} for a known "
+                          f"variable (variables: {sorted(map(str, raw.data_vars))})")
     da = raw[name]
     if da.dims != ("time",):
         raise ReaderError(f"{path}: {name} must have dims (time,), has {da.dims}")

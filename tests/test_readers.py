@@ -202,9 +202,29 @@ def test_station_deterministic_magdeburg(shared_data):
     raw = xr.open_dataset(shared_data / MAGDEBURG)
     np.testing.assert_array_equal(det.values, raw["t2m_hres"].values)
     assert int(det.isnull().sum()) == 2
-    with pytest.raises(ReaderError, match=r"frankfurt.*no deterministic forecast 'tp24_hres'"):
-        open_station_deterministic(shared_data / "station/ecmwf_ens_tp24_frankfurt_2007-2016.nc",
-                                   variable="tp24")
+    # Frankfurt names its HRES precipitation tp_hres (an alias of tp24_hres)
+    frankfurt = shared_data / "station/ecmwf_ens_tp24_frankfurt_2007-2016.nc"
+    det = open_station_deterministic(frankfurt, variable="tp24")
+    fc, _ = open_station_netcdf(frankfurt)
+    assert det.name == "tp24" and det.attrs["units"] == fc["tp24"].attrs["units"]
+    np.testing.assert_array_equal(det["init_time"].values, fc["init_time"].values)
+    np.testing.assert_array_equal(det.values, xr.open_dataset(frankfurt)["tp_hres"].values)
+
+
+def test_station_deterministic_missing_names_the_file_and_the_names(tmp_path):
+    from data.point_readers import open_station_deterministic
+
+    time = pd.date_range("2010-01-01", periods=3)
+    ds = xr.Dataset({"tp24_ens": (("time", "member"), np.ones((3, 2), np.float32)),
+                     "tp24_obs": ("time", np.ones(3, np.float32))},
+                    coords={"time": time, "member": ["CTR", "P1"]},
+                    attrs={"description": "06-30h accumulated precipitation (mm), 00 UTC runs"})
+    ds.to_netcdf(tmp_path / "s_x_2010.nc")
+    with pytest.raises(ReaderError, match=r"s_x_2010.nc: no deterministic forecast 'tp24_hres' or 'tp_hres'"):
+        open_station_deterministic(tmp_path / "s_x_2010.nc", variable="tp24")
+    ds.assign(tp_hres=("time", np.array([1.0, np.nan, 3.0], np.float32))).to_netcdf(tmp_path / "s_y_2010.nc")
+    det = open_station_deterministic(tmp_path / "s_y_2010.nc", variable="tp24")
+    np.testing.assert_array_equal(det.values, [1.0, np.nan, 3.0])
 
 
 def test_station_t2m_magdeburg(shared_data):
