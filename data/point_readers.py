@@ -81,15 +81,23 @@ class StationSpec:
     init_offset: pd.Timedelta
     lead_time: pd.Timedelta
     units: str
+    #: other names a file may give the HRES forecast besides ``<variable>_hres``
+    hres_aliases: tuple[str, ...] = ()
+
+    @property
+    def hres_names(self) -> tuple[str, ...]:
+        """The names the deterministic forecast is looked up under, in order."""
+        return (f"{self.variable}_hres", *self.hres_aliases)
 
 
 #: t2m (Magdeburg): "24-h ahead ... from 12 UTC runs"; the first row is 2002-01-02, so the row
 #: date is the verifying date: init = date - 12 h (12 UTC the day before), lead 24 h.
 #: tp24 (Frankfurt): "06-30h accumulated ... 00 UTC runs": the row date is the run date:
-#: init = date 00 UTC, lead_time = 30 h (end of the 06-30 h window).
+#: init = date 00 UTC, lead_time = 30 h (end of the 06-30 h window); the file of ../shared/data
+#: calls its HRES precipitation ``tp_hres``.
 STATION_SPECS = {
     "t2m": StationSpec("t2m", pd.Timedelta(hours=-12), pd.Timedelta(hours=24), "degC"),
-    "tp24": StationSpec("tp24", pd.Timedelta(hours=0), pd.Timedelta(hours=30), "mm"),
+    "tp24": StationSpec("tp24", pd.Timedelta(hours=0), pd.Timedelta(hours=30), "mm", hres_aliases=("tp_hres",)),
 }
 
 _DESCRIPTION_HINTS = {"t2m": ("12 UTC", "24-h"), "tp24": ("00 UTC", "06-30h")}
@@ -146,23 +154,18 @@ def open_station_netcdf(path: str | os.PathLike, *, variable: str | None = None,
     return forecast, observations
 
 
-#: other names a station file gives its HRES forecast of a variable (the Frankfurt file of
-#: ../shared/data calls the 06-30 h HRES precipitation ``tp_hres`` beside ``tp24_ens``)
-HRES_ALIASES: dict[str, tuple[str, ...]] = {"tp24": ("tp_hres",)}
-
-
 def open_station_deterministic(path: str | os.PathLike, *, variable: str) -> xr.DataArray:
-    """The deterministic high-resolution forecast ``<variable>_hres(time)`` (or a name of
-    :data:`HRES_ALIASES`) of a station file
+    """The deterministic high-resolution forecast ``<variable>_hres(time)`` (or an alias of
+    :attr:`StationSpec.hres_aliases`) of a station file
     as ``<variable>(init_time)`` (same init times and lead time as :func:`open_station_netcdf`'s
     members; NaN where the file has none).  A :class:`ReaderError` names the file when it has
     no such variable or its units differ from the members'."""
     path = Path(path)
     raw = _read_station_file(path)
     spec = STATION_SPECS.get(variable)
-    names = (f"{variable}_hres", *HRES_ALIASES.get(variable, ()))
-    name = next((n for n in names if n in raw), names[0])
-    if name not in raw or spec is None:
+    names = spec.hres_names if spec is not None else (f"{variable}_hres",)
+    name = next((n for n in names if n in raw), None)
+    if name is None or spec is None:
         raise ReaderError(f"{path}: no deterministic forecast {' or '.join(map(repr, names))} for a known "
                           f"variable (variables: {sorted(map(str, raw.data_vars))})")
     da = raw[name]
