@@ -56,12 +56,16 @@ class _EMOS(PostProcessor):
         h, w = batch["inputs"].shape[3:]
         return self.norm.lookup("target_mean_local", batch["y0"], batch["x0"], h, w)
 
+    def _offset(self, batch: Mapping[str, torch.Tensor], alpha: torch.Tensor) -> torch.Tensor:
+        """The mean's offset in target stds: ``alpha`` (``emos_lagged`` adds its features' term)."""
+        return alpha
+
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         alpha, beta, delta, gamma = self._params(batch)
         m, s = ensemble_moments(self.raw_target_members(batch))
         std = self._tstd()
         s = torch.maximum(s, self.options["sigma_eps"] * std)
-        mu = m + std * alpha + beta * (m - self._target_mean(batch))
+        mu = m + std * self._offset(batch, alpha) + beta * (m - self._target_mean(batch))
         var = torch.exp(2.0 * delta.clamp(-20.0, 20.0)) * s * s + std * std * F.softplus(gamma)
         return self.finish(mu, var.sqrt())
 
@@ -89,12 +93,5 @@ class LaggedEMOS(GlobalEMOS):
         super().__init__(spec)
         self.weights = nn.Parameter(torch.zeros(len(spec.targets), len(spec.static_names)))
 
-    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        alpha, beta, delta, gamma = self._params(batch)
-        m, s = ensemble_moments(self.raw_target_members(batch))
-        std = self._tstd()
-        s = torch.maximum(s, self.options["sigma_eps"] * std)
-        shift = torch.einsum("bshw,ts->bthw", self.static(batch), self.weights)
-        mu = m + std * (alpha + shift) + beta * (m - self._target_mean(batch))
-        var = torch.exp(2.0 * delta.clamp(-20.0, 20.0)) * s * s + std * std * F.softplus(gamma)
-        return self.finish(mu, var.sqrt())
+    def _offset(self, batch: Mapping[str, torch.Tensor], alpha: torch.Tensor) -> torch.Tensor:
+        return alpha + torch.einsum("bshw,ts->bthw", self.static(batch), self.weights)
