@@ -35,6 +35,8 @@ from models.losses import (
 )
 from models.normalize import Normalizer, resolve_stats
 
+#: ``mean_shift`` options of the networks' head (:meth:`PostProcessor.head`)
+MEAN_SHIFTS: tuple[str, ...] = ("ensemble", "ensemble+local")
 MODEL_NAMES: tuple[str, ...] = ("emos_local", "emos_global", "emos_lagged", "mlp", "unet", "mixed")
 _REGISTRY: dict[str, tuple[str, str]] = {
     "emos_local": ("models.emos", "LocalEMOS"),
@@ -169,7 +171,11 @@ class PostProcessor(nn.Module):
 
     Subclasses implement :meth:`_forward` and declare their hyper-parameters with defaults in
     ``DEFAULTS`` (unknown ``spec.options`` keys are errors). Common options:
-    ``normalization`` (``"local"`` per grid point/station, or ``"global"``), ``sigma_eps``
+    ``normalization`` (``"local"`` per grid point/station, or ``"global"``), ``mean_shift``
+    (``"ensemble"``: the mean correction is in units of the raw ensemble std, the paper's
+    anchoring; ``"ensemble+local"``: a second, zero-initialised correction in units of the
+    target's local training std is added, so the mean can still move where the members
+    collapse, e.g. on a saturated extreme; see :meth:`head`), ``sigma_eps``
     (floor of the raw ensemble std as a fraction of the target's global std, so a zero-spread
     ensemble still gives a positive scale) and ``sigma_floor_init`` (pre-softplus value of the
     learned additive floor, also relative to the target std; ``-16`` adds ~1e-7 std, so an
@@ -178,6 +184,7 @@ class PostProcessor(nn.Module):
 
     COMMON: ClassVar[dict[str, Any]] = {
         "normalization": "local",
+        "mean_shift": "ensemble",
         "sigma_eps": 1e-4,
         "sigma_floor_init": -16.0,
     }
@@ -192,6 +199,10 @@ class PostProcessor(nn.Module):
         if self.options["normalization"] not in ("local", "global"):
             raise ModelSpecError(
                 f"option normalization={self.options['normalization']!r}: expected 'local' or 'global'"
+            )
+        if self.options["mean_shift"] not in MEAN_SHIFTS:
+            raise ModelSpecError(
+                f"option mean_shift={self.options['mean_shift']!r}: expected one of {list(MEAN_SHIFTS)}"
             )
         resolved = resolve_stats(
             spec.stats,
@@ -270,13 +281,40 @@ class PostProcessor(nn.Module):
     def _tstd(self) -> torch.Tensor:
         return self.norm.target_std[None, :, None, None]
 
-    def head(self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``mu = mu_ens + s * a``, ``sigma = s * exp(b) + floor`` with ``s`` the raw ensemble
-        std of the target channel floored at ``sigma_eps`` target stds; ``a = b = 0``
-        reproduces the raw ensemble mean/std (up to the tiny initial learned floor)."""
+    @property
+    def head_channels(self) -> int:
+        """Channels of the last layer that :meth:`head_from` splits: per target ``a`` and
+        ``b``, and ``c`` with ``mean_shift="ensemble+local"``."""
+        return (3 if self.options["mean_shift"] == "ensemble+local" else 2) * len(self.spec.targets)
+
+    def head_from(self, out: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`head` of the last layer's ``[B, head_channels, H, W]`` output."""
+        parts = out.chunk(self.head_channels // len(self.spec.targets), dim=1)
+        return self.head(*parts[:2], batch, c=parts[2] if len(parts) > 2 else None)
+
+    def head(self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, torch.Tensor], *,
+             c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``mu = mu_ens + s * a (+ t * c)``, ``sigma = s * exp(b) + floor`` with ``s`` the raw
+        ensemble std of the target channel floored at ``sigma_eps`` target stds and ``t`` the
+        target's local training std (``mean_shift="ensemble+local"`` only); ``a = b = c = 0``
+        reproduces the raw ensemble mean/std (up to the tiny initial learned floor).
+
+        Why ``t * c``: where the members collapse (a damped, saturated extreme: the raw spread
+        is a few percent of the error), a correction in units of ``s`` needs ``|a|`` in the
+        hundreds, which a zero-initialised, weight-decayed layer never reaches."""
         mu_ens, sd_ens = ensemble_moments(self.raw_target_members(batch))
         s = torch.maximum(sd_ens, self.options["sigma_eps"] * self._tstd())
-        return self.finish(mu_ens + s * a, s * torch.exp(b.clamp(-20.0, 20.0)))
+        mu = mu_ens + s * a
+        if c is not None:
+            mu = mu + self.target_scale_local(batch) * c
+        return self.finish(mu, s * torch.exp(b.clamp(-20.0, 20.0)))
+
+    def target_scale_local(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The targets' training std, ``[B, T, H, W]`` (local) or ``[1, T, 1, 1]`` (global)."""
+        if self.options["normalization"] == "global":
+            return self._tstd()
+        h, w = batch["inputs"].shape[3:]
+        return self.norm.lookup("target_std_local", batch["y0"], batch["x0"], h, w)
 
     def finish(self, loc: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
         """Add the learned floor and return the output dict of ``self.distribution``.

@@ -99,7 +99,7 @@ class MixedModel(PostProcessor):
                 str(o["backbone"]), c_in, width=int(o["width"]), depth=int(o["depth"]), n_blocks=int(o["n_blocks"])
             )
             width = self.backbone.out_channels
-        self.out = zero_head(width, 2 * len(spec.targets))
+        self.out = zero_head(width, self.head_channels)
 
     def normalised_members(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Channels-last members in units of the channel statistics, ``[B, K, H, W, C]``."""
@@ -122,5 +122,4 @@ class MixedModel(PostProcessor):
         else:  # an NCHW view of channels_last memory in and out
             y = self.backbone(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         ab = F.linear(y, self.out.weight.flatten(1), self.out.bias).permute(0, 3, 1, 2)
-        a, b = ab.contiguous().chunk(2, dim=1)
-        return self.head(a, b, batch)
+        return self.head_from(ab.contiguous(), batch)

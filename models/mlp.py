@@ -55,11 +55,10 @@ class MLPModel(PostProcessor):
         emb = int(self.options["embedding_dim"]) if spec.is_point else 0
         self.embedding = StationEmbedding(spec.grid_shape[0], emb) if emb > 0 else None
         self.body, width = pointwise_mlp(c_in + emb, list(as_sequence(self.options["hidden"], "hidden")))
-        self.out = zero_head(width, 2 * len(spec.targets))
+        self.out = zero_head(width, self.head_channels)
 
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         parts = [self.ensemble_features(batch), self.static(batch)]
         if self.embedding is not None:
             parts.append(self.embedding(batch["x0"]))
-        a, b = self.out(self.body(torch.cat(parts, dim=1))).chunk(2, dim=1)
-        return self.head(a, b, batch)
+        return self.head_from(self.out(self.body(torch.cat(parts, dim=1))), batch)

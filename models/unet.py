@@ -121,9 +121,8 @@ class UNetModel(PostProcessor):
             raise ModelSpecError("model 'unet' needs gridded data; use 'mlp' or 'mixed' for stations")
         c_in = 2 * len(spec.channels) + len(spec.static_names)
         self.backbone = UNet(c_in, width=int(self.options["width"]), depth=int(self.options["depth"]))
-        self.out = zero_head(self.backbone.out_channels, 2 * len(spec.targets))
+        self.out = zero_head(self.backbone.out_channels, self.head_channels)
 
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = torch.cat([self.ensemble_features(batch), self.static(batch)], dim=1)
-        a, b = self.out(self.backbone(x)).chunk(2, dim=1)
-        return self.head(a, b, batch)
+        return self.head_from(self.out(self.backbone(x)), batch)
