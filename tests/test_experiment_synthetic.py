@@ -149,3 +149,24 @@ def test_system_names_in_the_evaluation(tmp_path):
     assert [(s.name, s.key) for s in cfg.systems] == [
         ("raw_full", "raw_full"), ("raw_subset", "raw_subset"), ("emos", "emos"), ("emos", "emos_global"),
         ("mlp", "mlp"), ("unet", "unet"), ("mixed", "mixed"), ("oracle", "oracle")]
+
+
+def test_shipped_config_builds_every_network():
+    """configs/experiments/synthetic.yaml: its model options are valid for each system (so a
+    typo there fails here, not after an hour of training) and every network shares the head."""
+    from models import ModelSpec, build_model
+
+    cfg = load_experiment_config(Path(__file__).parents[1] / "configs/experiments/synthetic.yaml")
+    sec = cfg.synthetic
+    assert sec.members == (2, 3, 5, 10) and set(sec.systems) == {"emos_local", "mlp", "unet", "mixed"}
+    channels = tuple(f"{v}@{h}h" for h in (sec.lead_time, *sec.input_lead_times) for v in sec.variables)
+    n = len(channels)
+    stats = {"channel_mean": np.zeros(n, np.float32), "channel_std": np.ones(n, np.float32),
+             "target_mean": np.zeros(3, np.float32), "target_std": np.ones(3, np.float32)}
+    for name in sec.systems:
+        options = dict(sec.model_options.get(name, {}))
+        model = build_model(ModelSpec(name=name, channels=channels, targets=tuple(sec.targets),
+                                      target_channels=(0, 1, 2), static_names=("lsm",), n_members=5,
+                                      grid_shape=(8, 16), stats=stats, options=options))
+        if name != "emos_local":
+            assert model.options["mean_shift"] == "ensemble+local", name
