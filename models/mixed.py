@@ -8,8 +8,9 @@ and a Gaussian head anchored on the raw ensemble.
 3. Backbone over space (``unet`` or ``resnet``) on the pooled embedding, the normalised
    ensemble mean/std of every channel and the static fields. Point data (stations) use a
    per-point MLP instead, with a station embedding.
-4. Head: ``mu = mu_ens + s * a``, ``sigma = s * exp(b) + floor`` (:meth:`PostProcessor.head`)
-   with the last layer zero-initialised, so an untrained model is the raw ensemble of the
+4. Head: ``mu = mu_ens + s * a``, ``sigma = s * exp(b) + floor`` (:meth:`PostProcessor.head`;
+   with ``mean_shift="ensemble+local"`` also ``+ t * c``, ``t`` the target's local training
+   std) with the last layer zero-initialised, so an untrained model is the raw ensemble of the
    target channel.
 
 Layout: everything before the head is computed channels-last (``[B, (K,) H, W, features]``):

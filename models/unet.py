@@ -111,7 +111,8 @@ def zero_head(c_in: int, c_out: int) -> nn.Conv2d:
 
 class UNetModel(PostProcessor):
     """``unet``: a U-Net on the normalised ensemble mean and std of every channel plus static
-    fields, predicting the mean correction ``a`` and log spread factor ``b`` of each target."""
+    fields, predicting the mean correction ``a`` and log spread factor ``b`` of each target
+    (and ``c`` with ``mean_shift="ensemble+local"``; :meth:`PostProcessor.head`)."""
 
     DEFAULTS = {"width": 32, "depth": 2}
 
