@@ -103,16 +103,22 @@ def test_no_inits_in_test_years(tmp_path, monkeypatch):
 
 
 def test_target_checks():
-    def row(system, k, crps, ev):
-        return {"variable": "t2m", "system": system, "K": k, "crps": crps, "events_crps": ev}
+    def row(system, k, crps, ev, per_event=None):
+        return {"variable": "t2m", "system": system, "K": k, "crps": crps, "events_crps": ev,
+                "events_improvement": per_event}
 
     rows = [row("raw_full", 10, 1.0, 2.0), row("oracle", 10, 0.7, 1.0), row("emos", 5, 0.85, 1.8),
-            row("mixed", 5, 0.78, 1.5)]
+            row("mixed", 5, 0.78, 1.5, 12.5)]
     got = {c["target"]: (round(c["value"], 1), c["met"]) for c in target_checks(rows, k=5)}
     assert got == {"CRPS vs raw_full (>= 20% better)": (22.0, True),
                    "CRPS vs emos (>= 5% better)": (8.2, True),
                    "CRPS vs oracle (within 15%)": (11.4, True),
-                   "extreme events vs raw_full (>= 20% better)": (25.0, True)}
+                   "extreme events, pooled CRPS, vs raw_full (>= 20% better)": (25.0, True),
+                   "extreme events, mean of per-event gains vs raw_full (no target)": (12.5, None)}
+    rows[-1] = row("mixed", 5, 0.78, 1.9)  # pooled gain 5 %: missed; no per-event figure
+    got = {c["target"]: (c["value"], c["met"]) for c in target_checks(rows, k=5)}
+    assert got["extreme events, pooled CRPS, vs raw_full (>= 20% better)"][1] is False
+    assert got["extreme events, mean of per-event gains vs raw_full (no target)"] == (None, None)
 
 
 def test_predict_test_is_the_gaussian_product_of_the_test_split(tmp_path):
