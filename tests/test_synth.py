@@ -316,7 +316,7 @@ def test_cli_synth(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--lead-times", "a,b"], "--lead-times"),
     (["--grid", "big"], "grid 'big'"),
-    (["--config", "missing.yaml"], "config file not found"),
+    (["--config", "missing.yaml"], "config file missing.yaml does not exist"),
     (["--variables", "q700"], "synth config: variables"),
 ])
 def test_cli_synth_errors(tmp_path, capsys, args, message):
@@ -333,6 +333,18 @@ def test_cli_config_not_a_mapping(tmp_path, capsys):
     cfg.write_text("synth: [1, 2]\n")
     assert main(["synth", "--out", str(tmp_path / "w"), "--config", str(cfg)]) == 1
     assert "'synth' section" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [("synth: {grid: [8, 16]\n", "not valid YAML"),
+                                            ("- 1\n- 2\n", "top level must be a mapping with a 'synth' section")])
+def test_cli_config_bad_yaml_is_named(tmp_path, capsys, text, message):
+    from flows.cli import main
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    assert main(["synth", "--out", str(tmp_path / "w"), "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and str(cfg) in err and not (tmp_path / "w").exists()
 
 
 def test_interrupted_world_is_generated_again(tiny_world, tmp_path):

@@ -36,13 +36,13 @@ _FREQUENCIES = {"daily": (0, 1, 2, 3, 4, 5, 6), "twice-weekly": (0, 3), "weekly"
 def build_config(args: argparse.Namespace):
     """SynthConfig from ``--config`` overridden by the command-line options."""
     from data.synth import SynthConfig, SynthError, parse_grid, parse_years
+    from data.yaml_file import read_yaml_mapping
 
     values: dict = {}
     if args.config is not None:
-        if not args.config.is_file():
-            raise FileNotFoundError(f"config file not found: {args.config}")
-        doc = yaml.safe_load(args.config.read_text()) or {}
-        section = doc.get("synth", doc) if isinstance(doc, dict) else doc
+        doc = read_yaml_mapping(args.config, what="config file", error=SynthError,
+                                hint=" with a 'synth' section")
+        section = doc.get("synth", doc)
         if not isinstance(section, dict):
             raise SynthError(f"{args.config}: expected a mapping with a 'synth' section")
         values = dict(section)
