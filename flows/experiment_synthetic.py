@@ -127,9 +127,7 @@ def ensure_stores(workdir: Path, synth: Path) -> dict[str, Path]:
 
     stores = {"forecast": workdir / "stores" / "forecast.zarr", "analysis": workdir / "stores" / "analysis.zarr"}
     for kind, store in stores.items():
-        # allow_nan: worlds written by older generators hold NaN at the level a variable was
-        # not simulated at (never read: the pipeline reads z500, t850, t2m)
-        ingest(synth / kind, store, kind=kind, progress=False, allow_nan=True)
+        ingest(synth / kind, store, kind=kind, progress=False)
     return stores
 
 
