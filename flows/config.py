@@ -277,7 +277,8 @@ def default_demo_config(workdir: str | Path, *, fast: bool = False) -> EnsppConf
             "members": {"k": 5, "strategy": "first"},
             "split": {"train": [first, last - 2], "val": [last - 1, last - 1],
                       "test": [last, last]},
-            "batches": {"patch_size": 16, "batch_size": 16, "samples_per_epoch": 512},
+            "batches": {"patch_size": 16, "batch_size": 16, "samples_per_epoch": 512,
+                        "cache_mb": 1024},  # the demo world's blocks: ~0.45 GiB
         },
         "model": {"name": "mixed", "options": {"embed_dim": 8, "encoder_hidden": [16],
                                                "width": 16, "depth": 1, "n_blocks": 1}},

@@ -71,6 +71,10 @@ class SyntheticSection(BaseModel):
     batch_size: int = Field(16, ge=1)
     #: patches drawn per epoch (None: every training init once per epoch)
     samples_per_epoch: int | None = Field(512, ge=1)
+    #: MiB of input blocks and analysis fields each training keeps in memory once read
+    #: (pipeline ``batches.cache_mb``; the default world needs ~0.5 GiB): later epochs read
+    #: no store, which halves an epoch on 2 CPU cores; 0 reads every sample from the stores
+    cache_mb: float = Field(2048.0, ge=0)
     #: per-model options passed to ModelSpec.options (e.g. {mixed: {embed_dim: 16}})
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: the world of ``--quick`` runs (three years: train, validation, test)
@@ -147,7 +151,7 @@ def pipeline_config(sec: SyntheticSection, *, k: int, workdir: Path, synth: Path
         "members": {"k": k, "strategy": "first"},
         "split": {"train": list(sp["train"]), "val": list(sp["val"]), "test": list(sp["test"])},
         "batches": {"patch_size": sec.patch_size, "batch_size": sec.batch_size,
-                    "samples_per_epoch": sec.samples_per_epoch},
+                    "samples_per_epoch": sec.samples_per_epoch, "cache_mb": sec.cache_mb},
     })
 
 

@@ -230,6 +230,10 @@ class BatchesConfig(BaseModel):
     #: inference tiles (None: whole fields) and their overlap, in grid points
     tile_size: int | None = None
     tile_overlap: int = 0
+    #: MiB per process for whole input blocks and target fields kept in memory once read
+    #: (each later epoch then reads no store); 0 reads every sample from the stores, so the
+    #: memory of an epoch does not grow with the store
+    cache_mb: float = 0.0
 
     @field_validator("patch_size", "tile_size", "samples_per_epoch")
     @classmethod
@@ -245,7 +249,7 @@ class BatchesConfig(BaseModel):
             raise ValueError(f"must be >= 1, got {v}")
         return v
 
-    @field_validator("num_workers", "tile_overlap")
+    @field_validator("num_workers", "tile_overlap", "cache_mb")
     @classmethod
     def _non_negative(cls, v: int) -> int:
         if v < 0:

@@ -87,7 +87,8 @@ class EnsembleDataModule(L.LightningDataModule):
         self._reader = StoreReader(self._fc_src, self._an_src, variables=feats.variables,
                                    leads_h=self._leads, targets=feats.targets,
                                    regrid=cfg.regrid if self._regrid else None,
-                                   forecast_ds=fc, analysis_ds=an)
+                                   forecast_ds=fc, analysis_ds=an,
+                                   cache_mb=cfg.batches.cache_mb)
         if self._stats is None:
             self._stats = self._load_or_compute_stats(fc, an)
         self._ready = True

@@ -91,6 +91,34 @@ def _raw_vars(ds: xr.Dataset, path: str | None, names: Sequence[str]) -> list[_R
     return out
 
 
+class BlockCache:
+    """Whole blocks kept in memory once read, while they fit ``limit_bytes`` (per process).
+
+    Nothing is evicted: a training epoch visits every sample once, so a least-recently-used
+    policy would evict each block just before it is needed again; the first blocks that fit
+    stay and the rest are read from the store as before.  Blocks are read-only.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = int(limit_bytes)
+        self.used = 0
+        self.hits = self.misses = 0
+        self._blocks: dict[tuple, np.ndarray] = {}
+
+    def get(self, key: tuple, read) -> np.ndarray:
+        block = self._blocks.get(key)
+        if block is not None:
+            self.hits += 1
+            return block
+        self.misses += 1
+        block = read()
+        if self.used + block.nbytes <= self.limit:
+            block.flags.writeable = False
+            self._blocks[key] = block
+            self.used += block.nbytes
+        return block
+
+
 class StoreReader:
     """Reads input blocks ``[K, C, h, w]`` and target blocks ``[T, h, w]`` for one sample.
 
@@ -100,7 +128,8 @@ class StoreReader:
 
     def __init__(self, forecast: StoreLike, analysis: StoreLike, *, variables: Sequence[str],
                  leads_h: Sequence[int], targets: Sequence[str], regrid: str | None = None,
-                 forecast_ds: xr.Dataset | None = None, analysis_ds: xr.Dataset | None = None):
+                 forecast_ds: xr.Dataset | None = None, analysis_ds: xr.Dataset | None = None,
+                 cache_mb: float = 0):
         fc = forecast_ds if forecast_ds is not None else open_dataset(forecast)
         an = analysis_ds if analysis_ds is not None else open_dataset(analysis)
         self._fc_path = source_path(fc, forecast)
@@ -115,13 +144,26 @@ class StoreReader:
         self.spatial = spatial_dims(fc)
         self.latitude = fc[LATITUDE].values if self.spatial != (STATION,) else None
         self.longitude = fc[LONGITUDE].values if self.spatial != (STATION,) else None
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
+        self.cache_mb = cache_mb
         self._pid: int | None = None
         self._h: dict[str, object] = {}
+        self._cache: BlockCache | None = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_pid"], state["_h"] = None, {}
+        state["_pid"], state["_h"], state["_cache"] = None, {}, None
         return state
+
+    @property
+    def cache(self) -> BlockCache | None:
+        """This process's block cache (None when ``cache_mb`` is 0): whole forecast blocks
+        (one init, lead and variable, every member, the whole grid) and analysis fields."""
+        if self.cache_mb and (self._cache is None or self._pid != os.getpid()):
+            self._handles()
+            self._cache = BlockCache(int(self.cache_mb * 2**20))
+        return self._cache
 
     def _handles(self) -> dict[str, object]:
         if self._pid == os.getpid():
@@ -167,29 +209,43 @@ class StoreReader:
         store_members: np.ndarray = h["members"]  # type: ignore[assignment]
         pos = np.searchsorted(store_members, members) if _sorted(store_members) else \
             np.array([int(np.nonzero(store_members == m)[0][0]) for m in members])
+        cache = self.cache
+        if cache is not None:
+            where = tuple(region.get(d, slice(None)) for d in self.spatial)
+            n = len(h["fc"])
+            return np.stack([
+                cache.get(("fc", ip, lp, j), lambda lp=lp, j=j: self._forecast_block(
+                    h, ip, lp, j, slice(None), {}))[(pos, *where)]
+                for lp in h["lead_pos"] for j in range(n)], axis=1)
         contiguous = len(pos) > 0 and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos)))
         msel = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else slice(None)
         blocks = []
-        raw = h["raw_fc"]
-        if raw is not None:
-            out_dims = (MEMBER, *self.spatial)
-            for lp in h["lead_pos"]:
-                for rv in raw:
-                    block = rv.read({INIT_TIME: ip, LEAD_TIME: lp, MEMBER: msel, **region},
-                                    out_dims).astype(np.float32, copy=False)
-                    blocks.append(block if contiguous else block[pos])
-            return np.stack(blocks, axis=1)
         for lp in h["lead_pos"]:
-            for da in h["fc"]:
-                block = np.asarray(da.isel({INIT_TIME: ip, LEAD_TIME: lp, MEMBER: msel,
-                                            **region}).values, dtype=np.float32)
+            for j in range(len(h["fc"])):
+                block = self._forecast_block(h, ip, lp, j, msel, region)
                 blocks.append(block if contiguous else block[pos])
         return np.stack(blocks, axis=1)
+
+    def _forecast_block(self, h: dict, ip: int, lp: int, j: int, msel: slice,
+                        region: Region) -> np.ndarray:
+        """``[members in msel, *region]`` float32 of variable ``j`` at init ``ip``, lead ``lp``."""
+        raw = h["raw_fc"]
+        if raw is not None:
+            return raw[j].read({INIT_TIME: ip, LEAD_TIME: lp, MEMBER: msel, **region},
+                               (MEMBER, *self.spatial)).astype(np.float32, copy=False)
+        return np.asarray(h["fc"][j].isel({INIT_TIME: ip, LEAD_TIME: lp, MEMBER: msel,
+                                           **region}).values, dtype=np.float32)
 
     def read_targets(self, valid_time: np.datetime64, *, region: Region) -> np.ndarray:
         """``[T, *spatial]`` float32: the analyses at ``valid_time`` (regridded if asked)."""
         h = self._handles()
         tp = int(h["time_index"].get_loc(np.datetime64(valid_time, "ns")))
+        cache = self.cache
+        if cache is not None and self.regrid is None:  # regridded targets are not cached
+            where = tuple(region.get(d, slice(None)) for d in self.spatial)
+            return np.stack([
+                cache.get(("an", tp, t), lambda t=t: self._analysis_field(h, tp, t))[where]
+                for t in range(len(h["an"]))])
         out = []
         if h["raw_an"] is not None and self.regrid is None:
             for rv in h["raw_an"]:
@@ -206,6 +262,12 @@ class StoreReader:
             out.append(np.asarray(regrid_like(field, latitude=lat, longitude=lon,
                                               method=self.regrid).values, dtype=np.float32))
         return np.stack(out)
+
+    def _analysis_field(self, h: dict, tp: int, t: int) -> np.ndarray:
+        """The whole field ``[*spatial]`` float32 of target ``t`` at time ``tp``."""
+        if h["raw_an"] is not None:
+            return h["raw_an"][t].read({TIME: tp}, self.spatial).astype(np.float32, copy=False)
+        return np.asarray(h["an"][t].isel({TIME: tp}).values, dtype=np.float32)
 
 
 def _sorted(a: np.ndarray) -> bool:

@@ -265,3 +265,54 @@ def test_in_memory_datasets_read_like_stores(stores):
     assert mem._reader._handles()["raw_fc"] is None and disk._reader._handles()["raw_fc"] is not None
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+@pytest.mark.parametrize("source", ["zarr", "memory"])
+def test_block_cache_batches_equal_uncached(stores, source):
+    """``batches.cache_mb``: whole blocks kept after the first read; every batch equals the
+    uncached one (random member draws and patches, targets included), a second epoch reads
+    only the cache, and callers get copies (editing a batch leaves the cache intact)."""
+    cfg = _cfg(members={"strategy": "random"})
+    cached_cfg = _cfg(members={"strategy": "random"}, batches={"cache_mb": 64})
+    if source == "memory":
+        fc, an = xr.open_zarr(stores.forecast).load(), xr.open_zarr(stores.analysis).load()
+        fc.encoding.pop("source", None)
+        an.encoding.pop("source", None)
+    else:
+        fc, an = stores.forecast, stores.analysis
+    plain = EnsembleDataModule(cfg, forecast=fc, analysis=an)
+    cached = EnsembleDataModule(cached_cfg, forecast=fc, analysis=an)
+    for epoch in range(2):
+        got, ref = list(cached.train_dataloader()), list(plain.train_dataloader())
+        assert len(got) == len(ref) > 0
+        for g, r in zip(got, ref):
+            for k in r:
+                torch.testing.assert_close(g[k], r[k])
+            g["inputs"].fill_(0.0)  # an edited batch must not reach the cache
+        cache = cached._reader.cache
+        if epoch == 0:
+            misses, used = cache.misses, cache.used
+            assert misses > 0 and 0 < used <= 64 * 2**20
+        else:
+            assert cache.misses == misses and cache.used == used and cache.hits > 0
+    assert plain._reader.cache is None
+    for g, r in zip(cached.test_dataloader(), plain.test_dataloader()):  # whole fields
+        torch.testing.assert_close(g["inputs"], r["inputs"])
+        torch.testing.assert_close(g["target"], r["target"])
+
+
+def test_block_cache_budget_and_worker_copies(stores):
+    """A budget smaller than any block caches nothing and reads as before; a pickled reader
+    (a DataLoader worker) starts with its own empty cache."""
+    import pickle
+
+    tiny = EnsembleDataModule(_cfg(batches={"cache_mb": 1e-4}), forecast=stores.forecast,
+                              analysis=stores.analysis)
+    ref = EnsembleDataModule(_cfg(), forecast=stores.forecast, analysis=stores.analysis)
+    for g, r in zip(tiny.train_dataloader(), ref.train_dataloader()):
+        torch.testing.assert_close(g["inputs"], r["inputs"])
+    assert tiny._reader.cache.used == 0 and tiny._reader.cache.misses > 0
+    worker = pickle.loads(pickle.dumps(tiny._reader))
+    assert worker._cache is None and worker.cache is not tiny._reader.cache
+    with pytest.raises(ValueError, match="cache_mb"):
+        _cfg(batches={"cache_mb": -1})

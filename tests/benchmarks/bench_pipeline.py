@@ -7,7 +7,9 @@ into a temporary directory and measures, in one run:
    chunks (every lead/variable chunk of the sample's init time and the analysis chunk at its
    valid time) straight with zarr, in the same order;
 2. peak RSS of one training epoch (setup with statistics + the same number of batches) over
-   a store and over a store 4x as large, each in a fresh subprocess.
+   a store and over a store 4x as large, each in a fresh subprocess;
+3. batches/s of a later epoch with the block cache (``batches.cache_mb``: every block already
+   read in the first epoch) against the same loader without it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ VARIABLES = ["z500", "t850", "t2m"]
 NY, NX, MEMBERS, LEADS = 64, 128, 11, (24, 48)
 
 
-def _config(paths, *, samples: int, patch: int, batch: int):
+def _config(paths, *, samples: int, patch: int, batch: int, cache_mb: float = 0):
     from pipeline import PipelineConfig
 
     return PipelineConfig.from_dict({
@@ -44,7 +46,7 @@ def _config(paths, *, samples: int, patch: int, batch: int):
         "members": {"k": 5, "strategy": "random"},
         "split": {"fractions": [0.8, 0.1, 0.1]},
         "batches": {"patch_size": patch, "batch_size": batch, "seed": 0,
-                    "samples_per_epoch": samples, "num_workers": 0}})
+                    "samples_per_epoch": samples, "num_workers": 0, "cache_mb": cache_mb}})
 
 
 def write(directory: Path, n_init: int):
@@ -88,6 +90,23 @@ def throughput(paths, *, samples: int, patch: int, batch: int) -> tuple[float, f
         an["t2m"][j]
     t_zarr = time.perf_counter() - t0
     return n_batches / t_pipe, (len(order) / batch) / t_zarr
+
+
+def cached_throughput(paths, *, samples: int, patch: int, batch: int) -> tuple[float, float]:
+    """(cached, uncached) batches/s of a second epoch over the same samples; the cached
+    loader's first epoch fills its cache (1 GiB: the whole small store)."""
+    from pipeline import EnsembleDataModule
+
+    rates = []
+    for cache_mb in (1024, 0):
+        dm = EnsembleDataModule(_config(paths, samples=samples, patch=patch, batch=batch,
+                                        cache_mb=cache_mb))
+        loader = dm.train_dataloader()
+        sum(1 for _ in loader)  # first epoch: handles, statistics, the cache filled
+        t0 = time.perf_counter()
+        n = sum(1 for _ in loader)
+        rates.append(n / (time.perf_counter() - t0))
+    return rates[0], rates[1]
 
 
 def _decode(arr) -> np.ndarray:
@@ -151,12 +170,15 @@ def main() -> None:
         pipe, floor = throughput(small, samples=a.samples, patch=a.patch, batch=a.batch)
         print(f"train loader {pipe:.2f} batches/s; zarr floor {floor:.2f} batches/s "
               f"(batch {a.batch}, patch {a.patch}, K=5 random members)")
+        cached, uncached = cached_throughput(small, samples=a.samples, patch=a.patch, batch=a.batch)
+        print(f"second epoch: {cached:.2f} batches/s with the block cache, {uncached:.2f} without")
         rss_small = epoch_rss(Path(tmp) / "small", samples=a.samples, patch=a.patch, batch=a.batch)
         rss_large = epoch_rss(Path(tmp) / "large", samples=a.samples, patch=a.patch, batch=a.batch)
         print(f"peak RSS of one epoch: {rss_small:.0f} MiB ({a.n_init} init times), "
               f"{rss_large:.0f} MiB ({4 * a.n_init} init times)")
     print(f"BENCH pipeline_vs_zarr_ratio {pipe / floor:.3f} target >= 0.5")
     print(f"BENCH epoch_rss_ratio_4x {rss_large / rss_small:.3f} target <= 1.2")
+    print(f"BENCH cached_vs_uncached_epoch {cached / uncached:.2f} target >= 2")
 
 
 if __name__ == "__main__":
