@@ -282,15 +282,19 @@ class PostProcessor(nn.Module):
         return self.norm.target_std[None, :, None, None]
 
     @property
+    def _head_parts(self) -> int:
+        """Outputs per target: ``a``, ``b`` and, with ``mean_shift="ensemble+local"``, ``c``."""
+        return 3 if self.options["mean_shift"] == "ensemble+local" else 2
+
+    @property
     def head_channels(self) -> int:
-        """Channels of the last layer that :meth:`head_from` splits: per target ``a`` and
-        ``b``, and ``c`` with ``mean_shift="ensemble+local"``."""
-        return (3 if self.options["mean_shift"] == "ensemble+local" else 2) * len(self.spec.targets)
+        """Channels of the last layer that :meth:`head_from` splits (targets x parts)."""
+        return self._head_parts * len(self.spec.targets)
 
     def head_from(self, out: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """:meth:`head` of the last layer's ``[B, head_channels, H, W]`` output."""
-        parts = out.chunk(self.head_channels // len(self.spec.targets), dim=1)
-        return self.head(*parts[:2], batch, c=parts[2] if len(parts) > 2 else None)
+        a, b, *c = out.chunk(self._head_parts, dim=1)
+        return self.head(a, b, batch, c=c[0] if c else None)
 
     def head(self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, torch.Tensor], *,
              c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -306,11 +310,12 @@ class PostProcessor(nn.Module):
         s = torch.maximum(sd_ens, self.options["sigma_eps"] * self._tstd())
         mu = mu_ens + s * a
         if c is not None:
-            mu = mu + self.target_scale_local(batch) * c
+            mu = mu + self.target_scale(batch) * c
         return self.finish(mu, s * torch.exp(b.clamp(-20.0, 20.0)))
 
-    def target_scale_local(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The targets' training std, ``[B, T, H, W]`` (local) or ``[1, T, 1, 1]`` (global)."""
+    def target_scale(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The targets' training std as :meth:`channel_stats` reads the channels':
+        ``[B, T, H, W]`` (local normalisation) or ``[1, T, 1, 1]`` (global)."""
         if self.options["normalization"] == "global":
             return self._tstd()
         h, w = batch["inputs"].shape[3:]

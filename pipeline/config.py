@@ -251,7 +251,7 @@ class BatchesConfig(BaseModel):
 
     @field_validator("num_workers", "tile_overlap", "cache_mb")
     @classmethod
-    def _non_negative(cls, v: int) -> int:
+    def _non_negative(cls, v: float) -> float:
         if v < 0:
             raise ValueError(f"must be >= 0, got {v}")
         return v

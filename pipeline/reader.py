@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -96,26 +96,35 @@ class BlockCache:
 
     Nothing is evicted: a training epoch visits every sample once, so a least-recently-used
     policy would evict each block just before it is needed again; the first blocks that fit
-    stay and the rest are read from the store as before.  Blocks are read-only.
+    stay.  Once a block did not fit the cache is ``full``: :meth:`get` then answers None for
+    blocks it does not hold, and the caller reads just the part it needs, as without a cache.
+    Blocks are read-only.
     """
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit = int(limit_bytes)
         self.used = 0
+        self.full = False
         self.hits = self.misses = 0
         self._blocks: dict[tuple, np.ndarray] = {}
 
-    def get(self, key: tuple, read) -> np.ndarray:
+    def get(self, key: tuple, read: Callable[[], np.ndarray]) -> np.ndarray | None:
+        """The block ``key``, read with ``read()`` and kept if it fits; None when it is not
+        held and the cache is full."""
         block = self._blocks.get(key)
         if block is not None:
             self.hits += 1
             return block
+        if self.full:
+            return None
         self.misses += 1
         block = read()
-        if self.used + block.nbytes <= self.limit:
-            block.flags.writeable = False
-            self._blocks[key] = block
-            self.used += block.nbytes
+        if self.used + block.nbytes > self.limit:
+            self.full = True
+            return block
+        block.flags.writeable = False
+        self._blocks[key] = block
+        self.used += block.nbytes
         return block
 
 
@@ -149,21 +158,18 @@ class StoreReader:
         self.cache_mb = cache_mb
         self._pid: int | None = None
         self._h: dict[str, object] = {}
-        self._cache: BlockCache | None = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_pid"], state["_h"], state["_cache"] = None, {}, None
+        state["_pid"], state["_h"] = None, {}
         return state
 
     @property
     def cache(self) -> BlockCache | None:
-        """This process's block cache (None when ``cache_mb`` is 0): whole forecast blocks
-        (one init, lead and variable, every member, the whole grid) and analysis fields."""
-        if self.cache_mb and (self._cache is None or self._pid != os.getpid()):
-            self._handles()
-            self._cache = BlockCache(int(self.cache_mb * 2**20))
-        return self._cache
+        """This process's block cache (None when ``cache_mb`` is 0), made with its handles:
+        whole forecast blocks (one init, lead and variable, every member, the whole grid)
+        and whole analysis fields (not regridded ones)."""
+        return self._handles()["cache"]  # type: ignore[return-value]
 
     def _handles(self) -> dict[str, object]:
         if self._pid == os.getpid():
@@ -192,6 +198,7 @@ class StoreReader:
             "time_index": pd.Index(an[TIME].values.astype("datetime64[ns]")),
             "lead_pos": [int(lead_index.get_loc(lead)) for lead in self.leads],
             "members": fc[MEMBER].values.astype(np.int64),
+            "cache": BlockCache(int(self.cache_mb * 2**20)) if self.cache_mb else None,
         }
         self._pid = os.getpid()
         return self._h
@@ -209,19 +216,18 @@ class StoreReader:
         store_members: np.ndarray = h["members"]  # type: ignore[assignment]
         pos = np.searchsorted(store_members, members) if _sorted(store_members) else \
             np.array([int(np.nonzero(store_members == m)[0][0]) for m in members])
-        cache = self.cache
-        if cache is not None:
-            where = tuple(region.get(d, slice(None)) for d in self.spatial)
-            n = len(h["fc"])
-            return np.stack([
-                cache.get(("fc", ip, lp, j), lambda lp=lp, j=j: self._forecast_block(
-                    h, ip, lp, j, slice(None), {}))[(pos, *where)]
-                for lp in h["lead_pos"] for j in range(n)], axis=1)
         contiguous = len(pos) > 0 and np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos)))
         msel = slice(int(pos[0]), int(pos[-1]) + 1) if contiguous else slice(None)
+        cache: BlockCache | None = h["cache"]  # type: ignore[assignment]
+        where = tuple(region.get(d, slice(None)) for d in self.spatial)
         blocks = []
         for lp in h["lead_pos"]:
             for j in range(len(h["fc"])):
+                whole = None if cache is None else cache.get(
+                    ("fc", ip, lp, j), lambda lp=lp, j=j: self._forecast_block(h, ip, lp, j, slice(None), {}))
+                if whole is not None:
+                    blocks.append(whole[(pos, *where)])
+                    continue
                 block = self._forecast_block(h, ip, lp, j, msel, region)
                 blocks.append(block if contiguous else block[pos])
         return np.stack(blocks, axis=1)
@@ -240,21 +246,15 @@ class StoreReader:
         """``[T, *spatial]`` float32: the analyses at ``valid_time`` (regridded if asked)."""
         h = self._handles()
         tp = int(h["time_index"].get_loc(np.datetime64(valid_time, "ns")))
-        cache = self.cache
-        if cache is not None and self.regrid is None:  # regridded targets are not cached
-            where = tuple(region.get(d, slice(None)) for d in self.spatial)
-            return np.stack([
-                cache.get(("an", tp, t), lambda t=t: self._analysis_field(h, tp, t))[where]
-                for t in range(len(h["an"]))])
+        cache: BlockCache | None = h["cache"]  # type: ignore[assignment]
+        where = tuple(region.get(d, slice(None)) for d in self.spatial)
         out = []
-        if h["raw_an"] is not None and self.regrid is None:
-            for rv in h["raw_an"]:
-                out.append(rv.read({TIME: tp, **region}, self.spatial).astype(np.float32,
-                                                                            copy=False))
-            return np.stack(out)
-        for da in h["an"]:
-            if self.regrid is None:
-                out.append(np.asarray(da.isel({TIME: tp, **region}).values, dtype=np.float32))
+        for t, da in enumerate(h["an"]):
+            if self.regrid is None:  # regridded targets are not cached
+                whole = None if cache is None else cache.get(
+                    ("an", tp, t), lambda t=t: self._analysis_field(h, tp, t, {}))
+                out.append(whole[where] if whole is not None else
+                           self._analysis_field(h, tp, t, region))
                 continue
             field = da.isel({TIME: tp}).load()
             lat = self.latitude[region.get(LATITUDE, slice(None))]
@@ -263,11 +263,12 @@ class StoreReader:
                                               method=self.regrid).values, dtype=np.float32))
         return np.stack(out)
 
-    def _analysis_field(self, h: dict, tp: int, t: int) -> np.ndarray:
-        """The whole field ``[*spatial]`` float32 of target ``t`` at time ``tp``."""
+    def _analysis_field(self, h: dict, tp: int, t: int, region: Region) -> np.ndarray:
+        """``[*region]`` float32 of target ``t`` at time ``tp`` (no regridding)."""
         if h["raw_an"] is not None:
-            return h["raw_an"][t].read({TIME: tp}, self.spatial).astype(np.float32, copy=False)
-        return np.asarray(h["an"][t].isel({TIME: tp}).values, dtype=np.float32)
+            return h["raw_an"][t].read({TIME: tp, **region}, self.spatial).astype(np.float32,
+                                                                                copy=False)
+        return np.asarray(h["an"][t].isel({TIME: tp, **region}).values, dtype=np.float32)
 
 
 def _sorted(a: np.ndarray) -> bool:

@@ -246,6 +246,11 @@ def test_mean_shift_local_starts_raw_and_moves_in_local_target_units(name: str) 
     y0, x0 = batch["y0"], batch["x0"]
     want = torch.stack([torch.as_tensor(t_local[:, y:y + 8, x:x + 8]) for y, x in zip(y0.tolist(), x0.tolist())])
     torch.testing.assert_close(shifted - mu, 0.5 * want, rtol=1e-5, atol=1e-4)
+    glob = build_model(make_spec(name, options={**opts, "normalization": "global"}, stats=stats))
+    with torch.no_grad():
+        glob.out.bias[2] = 0.5
+        moved = glob(batch)["mu"] - mu
+    torch.testing.assert_close(moved, torch.full_like(moved, 0.5 * float(STD[0])), rtol=1e-5, atol=1e-4)
     with pytest.raises(ModelSpecError, match="mean_shift='climate'"):
         build_model(make_spec(name, options={**SMALL[name], "mean_shift": "climate"}))
 

@@ -271,7 +271,7 @@ def test_in_memory_datasets_read_like_stores(stores):
 def test_block_cache_batches_equal_uncached(stores, source):
     """``batches.cache_mb``: whole blocks kept after the first read; every batch equals the
     uncached one (random member draws and patches, targets included), a second epoch reads
-    only the cache, and callers get copies (editing a batch leaves the cache intact)."""
+    only the cache, and the reader hands out copies (editing one leaves the cache intact)."""
     cfg = _cfg(members={"strategy": "random"})
     cached_cfg = _cfg(members={"strategy": "random"}, batches={"cache_mb": 64})
     if source == "memory":
@@ -288,17 +288,27 @@ def test_block_cache_batches_equal_uncached(stores, source):
         for g, r in zip(got, ref):
             for k in r:
                 torch.testing.assert_close(g[k], r[k])
-            g["inputs"].fill_(0.0)  # an edited batch must not reach the cache
         cache = cached._reader.cache
         if epoch == 0:
             misses, used = cache.misses, cache.used
             assert misses > 0 and 0 < used <= 64 * 2**20
         else:
             assert cache.misses == misses and cache.used == used and cache.hits > 0
-    assert plain._reader.cache is None
+    assert plain._reader.cache is None and not cache.full
+    assert not any(b.flags.writeable for b in cache._blocks.values())
     for g, r in zip(cached.test_dataloader(), plain.test_dataloader()):  # whole fields
         torch.testing.assert_close(g["inputs"], r["inputs"])
         torch.testing.assert_close(g["target"], r["target"])
+    reader, init = cached._reader, cached.split_init_times["train"][0]
+    region = {"latitude": slice(2, 6), "longitude": slice(0, 8)}
+    valid = init + np.timedelta64(48, "h")
+    first = reader.read_inputs(init, members=np.array([3, 1]), region=region)
+    target = reader.read_targets(valid, region=region)
+    want, want_t = first.copy(), target.copy()
+    first[:] = 0.0
+    target[:] = 0.0
+    np.testing.assert_array_equal(reader.read_inputs(init, members=np.array([3, 1]), region=region), want)
+    np.testing.assert_array_equal(reader.read_targets(valid, region=region), want_t)
 
 
 def test_block_cache_budget_and_worker_copies(stores):
@@ -311,8 +321,11 @@ def test_block_cache_budget_and_worker_copies(stores):
     ref = EnsembleDataModule(_cfg(), forecast=stores.forecast, analysis=stores.analysis)
     for g, r in zip(tiny.train_dataloader(), ref.train_dataloader()):
         torch.testing.assert_close(g["inputs"], r["inputs"])
-    assert tiny._reader.cache.used == 0 and tiny._reader.cache.misses > 0
+        torch.testing.assert_close(g["target"], r["target"])
+    cache = tiny._reader.cache
+    # the first block that did not fit marked the cache full; no whole block was read after it
+    assert cache.used == 0 and cache.full and cache.misses == 1 and cache.hits == 0
     worker = pickle.loads(pickle.dumps(tiny._reader))
-    assert worker._cache is None and worker.cache is not tiny._reader.cache
+    assert worker._h == {} and worker.cache is not cache and worker.cache.misses == 0
     with pytest.raises(ValueError, match="cache_mb"):
         _cfg(batches={"cache_mb": -1})
