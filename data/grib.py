@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data import schema
-from data.translate import ReaderError, canonical_name, canonical_variable, finalise
+from enspp.data import schema
+from enspp.data.translate import ReaderError, canonical_name, canonical_variable, finalise
 
 __all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_inputs", "expand_paths", "scan_grib", "read_grib_eccodes", "read_messages", "kind_of_messages",
            "FORECAST_DATA_TYPES", "ANALYSIS_DATA_TYPES"]

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data import schema
+from enspp.data import schema
 
 __all__ = ["GribWriteError", "GRIB_PARAMS", "GribFields", "write_grib", "write_fields"]
 

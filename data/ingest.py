@@ -31,13 +31,13 @@ from typing import Literal
 
 import xarray as xr
 
-from data import provenance as prov
-from data.provenance import SourceFile
-from data.grib import expand_inputs
-from data.ingest_grib import DECODE_BUDGET, open_grib_lazy
-from data.schema import MEMBER, Kind
-from data.store import record_dim
-from data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version
+from enspp.data import provenance as prov
+from enspp.data.provenance import SourceFile
+from enspp.data.grib import expand_inputs
+from enspp.data.ingest_grib import DECODE_BUDGET, open_grib_lazy
+from enspp.data.schema import MEMBER, Kind
+from enspp.data.store import record_dim
+from enspp.data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version
 
 #: Suffixes picked from a directory (a file named explicitly is read whatever its name).
 INPUT_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1", ".nc", ".nc4", ".netcdf")
@@ -115,8 +115,8 @@ def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False,
     """One input as a canonical dataset: GRIB opened lazily (headers checked now, values
     decoded when indexed, the first ``decode_budget`` bytes of them by the header scan; close
     the dataset after), other formats through :mod:`data.readers`."""
-    from data import readers
-    from data.sources import detect_format
+    from enspp.data import readers
+    from enspp.data.sources import detect_format
 
     fmt = detect_format(path)
     if fmt == "grib":
@@ -128,7 +128,7 @@ def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False,
         return observations if kind == "analysis" else forecast
     if fmt == "weatherbench":
         return readers.open_weatherbench_zarr(path, allow_nan=allow_nan)
-    from data.store import is_store, open_store
+    from enspp.data.store import is_store, open_store
 
     return open_store(path) if is_store(path) else readers.open_canonical_zarr(path, allow_nan=allow_nan)
 

@@ -29,10 +29,10 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from data import schema
-from data.grib import (GribMessage, absent_fields, check_inventory, kind_of_messages,
+from enspp.data import schema
+from enspp.data.grib import (GribMessage, absent_fields, check_inventory, kind_of_messages,
                        read_messages)
-from data.translate import ReaderError, canonical_name, canonical_variable, normalise_longitude
+from enspp.data.translate import ReaderError, canonical_name, canonical_variable, normalise_longitude
 
 #: cheap integer keys that, with edition/centre/typeOfLevel/stepType, determine the concepts
 #: shortName and units (GRIB 2: section 4 parameter and surfaces; GRIB 1: section 1 tables)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data import schema
-from data.translate import ReaderError, canonical_variable, finalise
+from enspp.data import schema
+from enspp.data.translate import ReaderError, canonical_variable, finalise
 
 __all__ = ["open_weatherbench_zarr", "open_canonical_zarr", "open_station_netcdf",
            "open_station_deterministic", "STATION_SPECS",

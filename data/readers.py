@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from data import schema
-from data.grib import (GribMessage, absent_fields, check_inventory, expand_paths, kind_of_messages,
+from enspp.data import schema
+from enspp.data.grib import (GribMessage, absent_fields, check_inventory, expand_paths, kind_of_messages,
                        read_grib_eccodes, scan_grib)
-from data.point_readers import open_canonical_zarr, open_station_netcdf, open_weatherbench_zarr
-from data.translate import ReaderError, canonical_variable, finalise
+from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf, open_weatherbench_zarr
+from enspp.data.translate import ReaderError, canonical_variable, finalise
 
 __all__ = ["ReaderError", "open_ens_grib", "open_analysis", "read_grib_eccodes", "open_grib",
            "open_weatherbench_zarr", "open_canonical_zarr", "open_station_netcdf", "is_grib_file"]

@@ -15,11 +15,11 @@ from typing import Literal, Protocol, runtime_checkable
 
 import xarray as xr
 
-from data import schema
-from data.grib import expand_paths, kind_of_messages, scan_grib
-from data.point_readers import open_canonical_zarr, open_station_netcdf, open_weatherbench_zarr
-from data.readers import is_grib_file, open_analysis, open_grib
-from data.translate import ReaderError
+from enspp.data import schema
+from enspp.data.grib import expand_paths, kind_of_messages, scan_grib
+from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf, open_weatherbench_zarr
+from enspp.data.readers import is_grib_file, open_analysis, open_grib
+from enspp.data.translate import ReaderError
 
 __all__ = ["ForecastSource", "GribForecastSource", "ZarrForecastSource", "WeatherBenchSource",
            "StationSource", "open_source", "detect_kind", "detect_format"]

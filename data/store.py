@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from data.schema import (
+from enspp.data.schema import (
     ANALYSIS_DIM_ORDER,
     FORECAST_DIM_ORDER,
     INIT_TIME,
@@ -124,7 +124,7 @@ def open_store(path: str | os.PathLike[str], *, complete_only: bool = True) -> x
 
 def complete_mask(ds: xr.Dataset, rec: str) -> np.ndarray:
     """Boolean mask over ``ds[rec]``: which records are listed as complete."""
-    from data.provenance import record_key
+    from enspp.data.provenance import record_key
 
     done = set(ds.attrs.get(COMPLETE_ATTR, []))
     return np.array([record_key(v) in done for v in ds[rec].values], dtype=bool)
@@ -235,7 +235,7 @@ class StoreReport:
 
 def validate_store(path: str | os.PathLike[str]) -> StoreReport:
     """Check a store's attributes and its complete records against the canonical model."""
-    from data.provenance import record_key
+    from enspp.data.provenance import record_key
 
     attrs = read_root_attrs(path)
     if attrs is None:

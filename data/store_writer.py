@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from data import provenance as prov
-from data.lock import store_lock
-from data.provenance import SourceFile, record_key
-from data.schema import Kind, detect_kind, validate
-from data.store import (
+from enspp.data import provenance as prov
+from enspp.data.lock import store_lock
+from enspp.data.provenance import SourceFile, record_key
+from enspp.data.schema import Kind, detect_kind, validate
+from enspp.data.store import (
     COMPLETE_ATTR,
     KIND_ATTR,
     PROVENANCE_ATTR,
@@ -487,7 +487,7 @@ def _names(attrs: dict[str, Any], shas: set[str]) -> str:
 
 def _check_nan_lazy(ds: xr.Dataset, *, name: str) -> None:
     """The NaN policy for dask-backed data (data.schema checks numpy-backed data itself)."""
-    from data.schema import SchemaError, _is_dask
+    from enspp.data.schema import SchemaError, _is_dask
 
     for v, da_ in ds.data_vars.items():
         if _is_dask(da_) and bool(da_.isnull().any().compute()):
@@ -538,7 +538,7 @@ def reader_version() -> str:
     except PackageNotFoundError:  # source tree
         pkg = "source"
     try:
-        from data import readers
+        from enspp.data import readers
 
         own = getattr(readers, "READER_VERSION", None) or getattr(readers, "__version__", None)
     except ImportError:

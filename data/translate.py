@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data import schema
+from enspp.data import schema
 
 __all__ = ["GRAVITY", "ReaderError", "canonical_name", "canonical_variable", "finalise",
            "normalise_longitude", "td_ns", "to_ns"]

@@ -22,13 +22,13 @@ Public API (everything else is internal):
 * reports (``evaluation.report``, ``evaluation.dashboard``): :func:`write_report`,
   :func:`read_scores`, :func:`write_dashboard`, :func:`combine_dashboards`
 
-``import evaluation`` does not import matplotlib: :mod:`evaluation.plots` is imported when
+``import enspp.evaluation`` does not import matplotlib: :mod:`enspp.evaluation.plots` is imported when
 a report draws its figures.  ``evaluation.evaluate`` names the function here; its module is
-``sys.modules["evaluation.evaluate"]`` (``from evaluation.evaluate import ...`` works as
+``sys.modules["enspp.evaluation.evaluate"]`` (``from enspp.evaluation.evaluate import ...`` works as
 usual).
 """
 
-from evaluation.aggregate import (
+from enspp.evaluation.aggregate import (
     AggregationError,
     accumulate_over_chunks,
     finalize_sums,
@@ -38,18 +38,18 @@ from evaluation.aggregate import (
     sums_over,
     weighted_mean,
 )
-from evaluation.bootstrap import BootstrapError, bootstrap_skill, diebold_mariano
-from evaluation.cases import SHIPPED_CATALOGUE, Case, CatalogueError, evaluate_case, load_catalogue
-from evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
-from evaluation.dashboard import combine_dashboards, write_dashboard
-from evaluation.diagnostics import (
+from enspp.evaluation.bootstrap import BootstrapError, bootstrap_skill, diebold_mariano
+from enspp.evaluation.cases import SHIPPED_CATALOGUE, Case, CatalogueError, evaluate_case, load_catalogue
+from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
+from enspp.evaluation.dashboard import combine_dashboards, write_dashboard
+from enspp.evaluation.diagnostics import (
     ensemble_mean_error,
     pit_histogram,
     rank_histogram,
     spread_skill_ratio,
 )
-from evaluation.evaluate import EvaluationResult, NanPolicyError, evaluate
-from evaluation.metrics import (
+from enspp.evaluation.evaluate import EvaluationResult, NanPolicyError, evaluate
+from enspp.evaluation.metrics import (
     MetricInputError,
     climatological_quantile,
     crps_censored,
@@ -60,7 +60,7 @@ from evaluation.metrics import (
     twcrps,
     twcrps_gaussian,
 )
-from evaluation.registry import (
+from enspp.evaluation.registry import (
     METRICS,
     REFERENCES,
     SYSTEMS,
@@ -70,9 +70,9 @@ from evaluation.registry import (
     skill_score,
     skill_scores,
 )
-from evaluation.report import read_scores, write_report
-from evaluation.systems import AlignmentError, SystemDataError
-from evaluation.weights import (
+from enspp.evaluation.report import read_scores, write_report
+from enspp.evaluation.systems import AlignmentError, SystemDataError
+from enspp.evaluation.weights import (
     REGIONS,
     Region,
     RegionError,

@@ -34,10 +34,10 @@ import xarray as xr
 from pydantic import Field, ValidationError, model_validator
 from scipy.special import ndtr
 
-from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
-from data.yaml_file import read_yaml_mapping
-from evaluation.config import _Frozen
-from evaluation.systems import SystemField
+from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from enspp.data.yaml_file import read_yaml_mapping
+from enspp.evaluation.config import _Frozen
+from enspp.evaluation.systems import SystemField
 
 #: The catalogue shipped with the package.
 SHIPPED_CATALOGUE = Path(__file__).parent / "catalogue" / "cases.yaml"

@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from evaluation.report import read_scores, write_json
+from enspp.evaluation.report import read_scores, write_json
 
 _CSS = """
 :root{--ink:#1d2733;--muted:#5b6b7c;--line:#d8dee6;--bg:#f4f6f9;--card:#fff;--accent:#1f5f99;

@@ -13,9 +13,9 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
-from evaluation import kernels
-from evaluation.aggregate import weighted_mean
-from evaluation.metrics import (
+from enspp.evaluation import kernels
+from enspp.evaluation.aggregate import weighted_mean
+from enspp.evaluation.metrics import (
     MetricInputError,
     _check_aligned,
     _check_member_dim,

@@ -22,17 +22,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
-from evaluation import fused, scoring
-from evaluation.bootstrap import bootstrap_skill, diebold_mariano
-from evaluation.cases import CaseResult, evaluate_case, load_catalogue
-from evaluation.config import EvaluateConfig
-from evaluation.metrics import climatological_quantile
-from evaluation.registry import MissingReferenceError
-from evaluation.systems import (AlignmentError, SystemField, check_same_grid, common_init_times,
+from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from enspp.evaluation import fused, scoring
+from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
+from enspp.evaluation.cases import CaseResult, evaluate_case, load_catalogue
+from enspp.evaluation.config import EvaluateConfig
+from enspp.evaluation.metrics import climatological_quantile
+from enspp.evaluation.registry import MissingReferenceError
+from enspp.evaluation.systems import (AlignmentError, SystemField, check_same_grid, common_init_times,
                                 open_systems, open_truth, select_period, truth_at_valid_time,
                                 truth_values)
-from evaluation.weights import region_weights
+from enspp.evaluation.weights import region_weights
 
 class NanPolicyError(ValueError):
     """NaN found where ``nan_policy: error`` forbids it."""
@@ -369,7 +369,7 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None) -> Evalu
     cases = run_cases(config, fields, truth)
     result = EvaluationResult(config, variables, scores, cases, provenance(config, fields))
     if out_dir is not None:
-        from evaluation.report import write_report
+        from enspp.evaluation.report import write_report
 
         write_report(result, Path(out_dir))
     return result

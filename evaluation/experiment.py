@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from evaluation.bootstrap import bootstrap_skill, diebold_mariano
-from evaluation.report import SCHEMA
+from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
+from enspp.evaluation.report import SCHEMA
 
 
 class ExperimentTableError(ValueError):

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 from scipy.special import ndtr
 
-from evaluation.kernels import check_estimator, crps_gaussian_kernel, crps_sorted, sorted_valid
+from enspp.evaluation.kernels import check_estimator, crps_gaussian_kernel, crps_sorted, sorted_valid
 
 QUANTITIES = ("crps", "error", "abs_error", "sq_error", "variance")
 

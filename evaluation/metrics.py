@@ -18,8 +18,8 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from evaluation import kernels
-from evaluation.aggregate import weighted_mean
+from enspp.evaluation import kernels
+from enspp.evaluation.aggregate import weighted_mean
 
 Estimator = Literal["standard", "fair"]
 Tail = Literal["upper", "lower"]

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from data.schema import LATITUDE, LEAD_TIME, LONGITUDE  # noqa: E402
+from enspp.data.schema import LATITUDE, LEAD_TIME, LONGITUDE  # noqa: E402
 
 _PALETTE = {"raw_full": "#4d4d4d", "raw_subset": "#9e9e9e", "emos": "#1f77b4", "mlp": "#ff7f0e",
             "unet": "#2ca02c", "mixed": "#9467bd", "oracle": "#d62728"}

@@ -8,7 +8,7 @@ from typing import Literal
 
 import xarray as xr
 
-from evaluation import diagnostics, metrics
+from enspp.evaluation import diagnostics, metrics
 
 #: Named reference systems a skill score may be computed against.
 REFERENCES = ("raw_full", "raw_subset", "emos", "climatology")

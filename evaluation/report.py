@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from data.schema import LEAD_TIME
+from enspp.data.schema import LEAD_TIME
 
 SCHEMA = "enspp-evaluation/1"
 HEADLINE_FIELDS = ("crps", "skill", "skill_low", "skill_high", "dm_pvalue", "rmse", "bias",
@@ -118,7 +118,7 @@ def write_netcdf(result, out_dir: Path) -> dict[str, str]:
 
 def write_plots(result, doc: dict, out_dir: Path) -> None:
     """All PNGs; paths (relative to ``out_dir``) go into ``doc``; failures into ``problems``."""
-    from evaluation import plots  # matplotlib: imported only when plots are drawn
+    from enspp.evaluation import plots  # matplotlib: imported only when plots are drawn
 
     pdir = out_dir / "plots"
     for v, ds in result.scores.items():
@@ -186,7 +186,7 @@ def write_json(doc: dict, path: Path) -> None:
 
 def write_report(result, out_dir: Path) -> dict[str, str]:
     """Write everything into ``out_dir`` and return ``{kind: path}`` of the main files."""
-    from evaluation.dashboard import write_dashboard
+    from enspp.evaluation.dashboard import write_dashboard
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import xarray as xr
 
-from data.schema import MEMBER
-from evaluation import metrics
-from evaluation.systems import SystemField
+from enspp.data.schema import MEMBER
+from enspp.evaluation import metrics
+from enspp.evaluation.systems import SystemField
 
 
 def crps(field: SystemField, obs: xr.DataArray, *, estimator: str) -> xr.DataArray:

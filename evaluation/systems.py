@@ -25,10 +25,10 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, TIME,
+from enspp.data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, TIME,
                          select_variable, spatial_dims)
-from evaluation.aggregate import valid_time_positions
-from evaluation.config import EvaluateConfig, Period, SystemConfig
+from enspp.evaluation.aggregate import valid_time_positions
+from enspp.evaluation.config import EvaluateConfig, Period, SystemConfig
 
 
 class AlignmentError(ValueError):
@@ -88,7 +88,7 @@ def open_dataset(path: Path) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"store not found: {path}")
     try:
-        from data.store import is_store, open_store
+        from enspp.data.store import is_store, open_store
     except ImportError:  # pragma: no cover - data.store is part of the project
         is_store = open_store = None
     if is_store is not None and is_store(path):

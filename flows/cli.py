@@ -13,15 +13,15 @@ import sys
 
 #: subcommand -> (module, one-line help); the order is the order of ``enspp --help``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("flows.commands.demo", "run the whole chain on the synthetic world (the main job)"),
-    "synth": ("flows.commands.synth", "write the synthetic ENS-like world (GRIB + oracle)"),
-    "ingest": ("flows.commands.ingest", "ingest GRIB/NetCDF/Zarr files into a versioned store"),
-    "validate": ("flows.commands.validate", "check a config file or a store against the model"),
-    "train": ("flows.commands.train", "train a post-processing model"),
-    "predict": ("flows.commands.predict", "post-process forecasts with a trained model"),
-    "evaluate": ("flows.commands.evaluate", "score systems, write reports and the dashboard"),
-    "experiment": ("flows.commands.experiment", "train and compare every system on one split"),
-    "serve": ("flows.commands.serve", "serve the scheduled deployments on a Prefect server"),
+    "demo": ("enspp.flows.commands.demo", "run the whole chain on the synthetic world (the main job)"),
+    "synth": ("enspp.flows.commands.synth", "write the synthetic ENS-like world (GRIB + oracle)"),
+    "ingest": ("enspp.flows.commands.ingest", "ingest GRIB/NetCDF/Zarr files into a versioned store"),
+    "validate": ("enspp.flows.commands.validate", "check a config file or a store against the model"),
+    "train": ("enspp.flows.commands.train", "train a post-processing model"),
+    "predict": ("enspp.flows.commands.predict", "post-process forecasts with a trained model"),
+    "evaluate": ("enspp.flows.commands.evaluate", "score systems, write reports and the dashboard"),
+    "experiment": ("enspp.flows.commands.experiment", "train and compare every system on one split"),
+    "serve": ("enspp.flows.commands.serve", "serve the scheduled deployments on a Prefect server"),
 }
 
 

@@ -25,11 +25,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data.synth import SynthConfig
-from data.yaml_file import read_yaml_mapping
-from evaluation.config import EvaluateConfig
-from models.config import ModelConfig, PredictConfig, TrainConfig
-from pipeline.config import PipelineConfig
+from enspp.data.synth import SynthConfig
+from enspp.data.yaml_file import read_yaml_mapping
+from enspp.evaluation.config import EvaluateConfig
+from enspp.models.config import ModelConfig, PredictConfig, TrainConfig
+from enspp.pipeline.config import PipelineConfig
 
 __all__ = ["ConfigError", "DataConfig", "DeployConfig", "EnsppConfig", "IncomingConfig",
            "SchedulesConfig", "Workdir", "default_demo_config", "load_config"]
@@ -238,7 +238,7 @@ def _with_splits(config: EnsppConfig) -> EnsppConfig:
     ev, split = config.evaluate, config.pipeline.split
     if ev is None or ev.splits or not split.explicit:
         return config
-    from evaluation.config import Period
+    from enspp.evaluation.config import Period
 
     splits = {k: Period(start=p.start, end=p.end)
               for k in ("train", "val", "test") if (p := getattr(split, k)) is not None}

@@ -14,16 +14,16 @@ from typing import Any
 
 import yaml
 
-from flows.runtime import quiet_prefect
+from enspp.flows.runtime import quiet_prefect
 
 quiet_prefect()
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows.config import EnsppConfig, default_demo_config  # noqa: E402
-from flows.ops import evaluate_flow, ingest_flow, predict_flow, train_flow  # noqa: E402
-from flows.tasks import FlowInputError  # noqa: E402
+from enspp.flows.config import EnsppConfig, default_demo_config  # noqa: E402
+from enspp.flows.ops import evaluate_flow, ingest_flow, predict_flow, train_flow  # noqa: E402
+from enspp.flows.tasks import FlowInputError  # noqa: E402
 
 BASELINE = "emos_local"
 BASELINE_RUN = "baseline-emos_local"
@@ -42,7 +42,7 @@ def write_config(config: EnsppConfig, path: Path) -> Path:
 @task(name="synthetic-world", cache_policy=NO_CACHE, persist_result=False)
 def synth_world(config: EnsppConfig) -> str:
     """Generate the synthetic world once; an existing world must match the config."""
-    from data.synth import SynthError, ensure_world
+    from enspp.data.synth import SynthError, ensure_world
 
     root = config.workdir.synth
     want = config.data.synth
@@ -61,8 +61,8 @@ def synth_world(config: EnsppConfig) -> str:
 @task(name="train-baseline", cache_policy=NO_CACHE, persist_result=False)
 def train_baseline(config: EnsppConfig) -> str:
     """A local EMOS baseline (not registered), trained once into ``runs/baseline-emos_local``."""
-    from models.config import ModelConfig
-    from models.train import train
+    from enspp.models.config import ModelConfig
+    from enspp.models.train import train
 
     best = config.workdir.runs / BASELINE_RUN / "checkpoints" / "best.ckpt"
     if best.is_file():
@@ -79,7 +79,7 @@ def train_baseline(config: EnsppConfig) -> str:
 def demo_flow(workdir: str = "enspp-work", fast: bool = False,
               baseline: bool = True) -> dict[str, Any]:
     """End to end on the synthetic world; returns the dashboard path and the headline rows."""
-    from models.registry import current_version
+    from enspp.models.registry import current_version
 
     config = default_demo_config(workdir, fast=fast)
     wd = config.workdir

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows.runtime import quiet_prefect
+from enspp.flows.runtime import quiet_prefect
 
 quiet_prefect()
 
@@ -31,7 +31,7 @@ def build_deployments(config: Any, config_path: str | Path) -> list[Any]:
     run reads ``config_path`` (made absolute)."""
     from prefect.schedules import Cron
 
-    from flows import ops
+    from enspp.flows import ops
 
     sched = config.deploy.schedules
     path = str(Path(config_path).resolve())

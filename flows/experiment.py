@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from data.yaml_file import read_yaml_mapping
-from flows.experiment_synthetic import SyntheticSection
+from enspp.data.yaml_file import read_yaml_mapping
+from enspp.flows.experiment_synthetic import SyntheticSection
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 POINT_SYSTEMS = ("emos_global", "emos_local", "emos_lagged", "mlp", "mixed")
@@ -166,9 +166,9 @@ def run_experiment(config: ExperimentConfig, *, out_dir: str | Path, quick: bool
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if config.kind == "synthetic":
-        from flows.experiment_synthetic import run_synthetic as run_kind
+        from enspp.flows.experiment_synthetic import run_synthetic as run_kind
     else:
-        from flows.experiment_station import run_station as run_kind
+        from enspp.flows.experiment_station import run_station as run_kind
 
     result = run_kind(config, out_dir=out, quick=quick, progress=progress)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)

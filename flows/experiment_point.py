@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import schema
-from models import ModelSpec, build_model
+from enspp.data import schema
+from enspp.models import ModelSpec, build_model
 
 STATIC_DOY = ("sin_doy", "cos_doy")
 STATIC_PAST = ("err_lag1", "err_lag2", "obs_init", "err_ewm")
@@ -73,7 +73,7 @@ class PointData:
 def load_station(path: str | Path, *, variable: str | None = None, hres: bool = False) -> PointData:
     """A station NetCDF file (``data.point_readers.open_station_netcdf``) as :class:`PointData`;
     ``hres``: also its deterministic forecast (``open_station_deterministic``)."""
-    from data.point_readers import open_station_deterministic, open_station_netcdf
+    from enspp.data.point_readers import open_station_deterministic, open_station_netcdf
 
     fc, obs = open_station_netcdf(path, variable=variable, allow_nan=True)
     name = next(iter(fc.data_vars))

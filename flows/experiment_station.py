@@ -9,10 +9,10 @@ import numpy as np
 import xarray as xr
 from scipy.special import logit
 
-from evaluation import crps_censored, crps_ensemble, crps_gaussian, twcrps, twcrps_gaussian
-from evaluation.dashboard import write_dashboard
-from evaluation.experiment import experiment_document, markdown_table, score_rows
-from flows.experiment_point import (
+from enspp.evaluation import crps_censored, crps_ensemble, crps_gaussian, twcrps, twcrps_gaussian
+from enspp.evaluation.dashboard import write_dashboard
+from enspp.evaluation.experiment import experiment_document, markdown_table, score_rows
+from enspp.flows.experiment_point import (
     STATIC_DOY,
     STATIC_PAST,
     STATIC_HRES,
@@ -166,7 +166,7 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
         batch = {name: point_batch(data.members[m][:, sel], data.observation[m], static[m],
                                    data.init_time[m], data.lead_time) for name, m in masks.items()}
         stats = point_stats(data.members[masks["train"]][:, sel], train_obs, channel, data.variable)
-        from models import ModelSpec
+        from enspp.models import ModelSpec
 
         for name in sec.systems:
             t0 = time.perf_counter()

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data.synth import SynthConfig
+from enspp.data.synth import SynthConfig
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 SYNTH_SYSTEMS = ("emos_local", "mlp", "unet", "mixed")
@@ -115,8 +115,8 @@ def quick_section(sec: SyntheticSection) -> SyntheticSection:
 # ------------------------------------------------------------------ world and stores
 def ensure_world(root: Path, world: SynthConfig, *, progress: Callable[[str], None] | None = None) -> Path:
     """Generate the world into ``root`` once; an existing world must be the same world."""
-    from data.synth import SynthError
-    from data.synth import ensure_world as ensure
+    from enspp.data.synth import SynthError
+    from enspp.data.synth import ensure_world as ensure
 
     try:
         ensure(root, world, progress=progress)
@@ -127,7 +127,7 @@ def ensure_world(root: Path, world: SynthConfig, *, progress: Callable[[str], No
 
 def ensure_stores(workdir: Path, synth: Path) -> dict[str, Path]:
     """Ingest the world's forecasts and analyses (files already in a store are skipped)."""
-    from data.ingest import ingest
+    from enspp.data.ingest import ingest
 
     stores = {"forecast": workdir / "stores" / "forecast.zarr", "analysis": workdir / "stores" / "analysis.zarr"}
     for kind, store in stores.items():
@@ -137,7 +137,7 @@ def ensure_stores(workdir: Path, synth: Path) -> dict[str, Path]:
 
 def pipeline_config(sec: SyntheticSection, *, k: int, workdir: Path, synth: Path) -> Any:
     """The pipeline of the models for K members (perturbed members 1..K, the paper's choice)."""
-    from pipeline.config import PipelineConfig
+    from enspp.pipeline.config import PipelineConfig
 
     sp = sec.splits()
     return PipelineConfig.model_validate({
@@ -157,7 +157,7 @@ def pipeline_config(sec: SyntheticSection, *, k: int, workdir: Path, synth: Path
 
 def inits_in_years(forecast: Path, years: tuple[int, int]) -> np.ndarray:
     """The forecast store's init times in the test years."""
-    from data.store import open_store
+    from enspp.data.store import open_store
 
     t = open_store(forecast)["init_time"].values.astype("datetime64[ns]")
     keep = (t >= np.datetime64(f"{years[0]}-01-01", "ns")) & (t < np.datetime64(f"{years[1] + 1}-01-01", "ns"))
@@ -173,8 +173,8 @@ def predict_test(checkpoint: Path, pipeline: Any, *, out: Path) -> Path:
     loader feeds the model."""
     import shutil
 
-    from models.predict import predict
-    from pipeline.datamodule import EnsembleDataModule
+    from enspp.models.predict import predict
+    from enspp.pipeline.datamodule import EnsembleDataModule
 
     inits = EnsembleDataModule(pipeline).split_init_times["test"]
     shutil.rmtree(out, ignore_errors=True)
@@ -185,8 +185,8 @@ def predict_test(checkpoint: Path, pipeline: Any, *, out: Path) -> Path:
 def fit_and_predict(name: str, *, k: int, sec: SyntheticSection, train: Any, pipeline: Any,
                     workdir: Path, quick: bool) -> dict[str, Any]:
     """Train ``name`` on K members and write its test product; times in seconds."""
-    from models.config import ModelConfig, TrainConfig
-    from models.train import train as train_model
+    from enspp.models.config import ModelConfig, TrainConfig
+    from enspp.models.train import train as train_model
 
     emos = name.startswith("emos")
     tc = TrainConfig(max_epochs=1 if quick else train.max_epochs,
@@ -211,7 +211,7 @@ def evaluate_config(sec: SyntheticSection, *, title: str, k: int, stores: dict[s
                     tail: Literal["upper", "lower"], percentile: float, cases: bool) -> Any:
     """Every system for K on the test years: raw (10 perturbed / K perturbed members), the
     models' Gaussian products and the oracle; ``standard`` CRPS for the ensembles."""
-    from evaluation.config import EvaluateConfig
+    from enspp.evaluation.config import EvaluateConfig
 
     n = sec.world.n_perturbed
     sp = sec.splits()
@@ -306,7 +306,7 @@ COLUMNS = [("variable", "variable", "str"), ("system", "system", "str"), ("K", "
 
 
 def _table(rows: list[dict]) -> str:
-    from evaluation.experiment import markdown_table
+    from enspp.evaluation.experiment import markdown_table
 
     def fix(r: dict) -> dict:
         r = dict(r)
@@ -324,8 +324,8 @@ def run_synthetic(config: Any, *, out_dir: Path, quick: bool = False,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Generate/ingest the world, train and predict every (system, K), score, write
     ``table.md``, ``K<k>/`` dashboards and the combined ``index.html`` into ``out_dir``."""
-    from evaluation.dashboard import combine_dashboards
-    from evaluation.evaluate import evaluate
+    from enspp.evaluation.dashboard import combine_dashboards
+    from enspp.evaluation.evaluate import evaluate
 
     say = progress or (lambda m: None)
     sec = quick_section(config.synthetic) if quick else config.synthetic
@@ -386,7 +386,7 @@ def run_synthetic(config: Any, *, out_dir: Path, quick: bool = False,
 def write_table(path: Path, title: str, sec: SyntheticSection, rows: list[dict], checks: list[dict], *,
                 n_test: int, ev: Any, k: int = 5) -> Path:
     """``table.md``: the comparison per variable and the targets, with the method in words."""
-    from evaluation.experiment import markdown_table
+    from enspp.evaluation.experiment import markdown_table
 
     sp = sec.splits()
     w = sec.world

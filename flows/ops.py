@@ -20,15 +20,15 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from flows.runtime import quiet_prefect
+from enspp.flows.runtime import quiet_prefect
 
 quiet_prefect()
 
 from prefect import allow_failure, flow  # noqa: E402
 
-from flows import steps  # noqa: E402
-from flows.runtime import make_task_runner, resolve_config  # noqa: E402
-from flows.tasks import (FlowInputError, done_init_times, ingest_files, new_files,  # noqa: E402
+from enspp.flows import steps  # noqa: E402
+from enspp.flows.runtime import make_task_runner, resolve_config  # noqa: E402
+from enspp.flows.tasks import (FlowInputError, done_init_times, ingest_files, new_files,  # noqa: E402
                          predict_init_times)
 
 #: test hook: SIGKILL the predict flow after this many init-time tasks finished
@@ -117,7 +117,7 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
 
 # ------------------------------------------------------------------ predict
 def _model_checkpoint(cfg: Any, checkpoint: str | None) -> tuple[str, str]:
-    from models.registry import current_version, version_name
+    from enspp.models.registry import current_version, version_name
 
     if checkpoint is not None:
         path = cfg.workdir.path(checkpoint)
@@ -135,7 +135,7 @@ def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
                        split: str | None) -> list[str]:
     import numpy as np
 
-    from data.store import open_store
+    from enspp.data.store import open_store
 
     if not forecast.exists():
         raise FlowInputError(f"forecast store {forecast} does not exist: run the ingest flow")
@@ -189,7 +189,7 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
     forecast = wd.path(cfg.pipeline.stores.forecast or wd.forecast)
     wanted = _wanted_init_times(cfg, forecast, init_times, split)
     product = wd.products / f"{version}.zarr"
-    from data.provenance import record_key
+    from enspp.data.provenance import record_key
 
     done = done_init_times(product)
     todo = [t for t in wanted if record_key(t) not in done]
@@ -209,7 +209,7 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
 def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> dict[str, Any]:
     """Refresh statistics, train, score candidate and current model on the validation split
     (same data, same estimator) and register the candidate only if it is better."""
-    from models.registry import current_version, version_name
+    from enspp.models.registry import current_version, version_name
 
     cfg = resolve_config(config_path)
     wd = cfg.workdir
@@ -238,7 +238,7 @@ def _validation_product(cfg: Any, checkpoint: str, version: str, out_dir: Path) 
     if not inits:
         raise FlowInputError("the forecast store holds no init time in pipeline.split.val")
     product = out_dir / f"{version}.zarr"
-    from data.provenance import record_key
+    from enspp.data.provenance import record_key
 
     done = done_init_times(product)
     todo = [t for t in inits if record_key(t) not in done]
@@ -256,8 +256,8 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
     full ensemble and K-member subset, the current model's product, ``products`` (label ->
     path, Gaussian), and the synthetic oracle; paths resolved against the work directory.
     Systems the section names itself are kept as they are."""
-    from evaluation.config import EvaluateConfig, SystemConfig
-    from models.registry import current_version
+    from enspp.evaluation.config import EvaluateConfig, SystemConfig
+    from enspp.models.registry import current_version
 
     wd = cfg.workdir
     ev = cfg.evaluate or EvaluateConfig(systems=[{"name": "raw_full", "path": str(wd.forecast)}],
@@ -301,7 +301,7 @@ def evaluate_flow(config_path: str | None = None, report_id: str = "latest",
                   products: dict[str, str] | None = None) -> dict[str, Any]:
     """Score the products against the analysis store, rewrite the dashboard in
     ``WORKDIR/reports/<report_id>/`` and publish the headline table as artifacts."""
-    from evaluation.report import read_scores
+    from enspp.evaluation.report import read_scores
 
     cfg = resolve_config(config_path)
     ev = evaluation_config(cfg, products=products)

@@ -28,7 +28,7 @@ def quiet_prefect() -> None:
 
 def resolve_config(config_path: str | os.PathLike[str] | None) -> Any:
     """The :class:`~flows.config.EnsppConfig` of ``config_path``, else of ``$ENSPP_CONFIG``."""
-    from flows.config import load_config
+    from enspp.flows.config import load_config
 
     path = config_path or os.environ.get(CONFIG_ENV)
     if not path:

@@ -10,14 +10,14 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import IO_RETRY, FlowInputError
+from enspp.flows.tasks import IO_RETRY, FlowInputError
 
 _PLAIN: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 def resolved_pipeline(config: Any) -> Any:
     """The pipeline section with store paths absolute against the work directory."""
-    from models.train import resolve_store_paths
+    from enspp.models.train import resolve_store_paths
 
     return resolve_store_paths(config.pipeline, config.workdir.root)
 
@@ -26,8 +26,8 @@ def resolved_pipeline(config: Any) -> Any:
 def refresh_statistics(config: Any) -> str:
     """Training-period normalisation statistics for the stores as they are now: a statistics
     file computed from older data (or another split) is replaced.  Returns their hash."""
-    from pipeline.datamodule import EnsembleDataModule
-    from pipeline.stats import StatsMismatchError
+    from enspp.pipeline.datamodule import EnsembleDataModule
+    from enspp.pipeline.stats import StatsMismatchError
 
     pipeline = resolved_pipeline(config)
     for path in (pipeline.stores.forecast, pipeline.stores.analysis):
@@ -47,7 +47,7 @@ def refresh_statistics(config: Any) -> str:
 @task(name="train-model", **_PLAIN)
 def train_model(config: Any) -> dict[str, Any]:
     """Train the configured model into ``WORKDIR/runs/<run-id>/``."""
-    from models.train import train
+    from enspp.models.train import train
 
     r = train(config.pipeline, config.model, config.train, workdir=config.workdir.root)
     get_run_logger().info(f"trained {config.model.name}: {r.run_dir}, best {r.monitor} "
@@ -60,7 +60,7 @@ def split_init_times(config: Any, split: str) -> list[str]:
     """The forecast store's init times in the pipeline's ``split`` period (explicit periods)."""
     import numpy as np
 
-    from data.store import open_store
+    from enspp.data.store import open_store
 
     period = getattr(config.pipeline.split, split, None)
     if period is None:
@@ -97,8 +97,8 @@ def validation_score(scores: dict[str, Any], systems: list[str], *, reference: s
 def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
     """CRPS of each product (``{label: path}``, Gaussian predictive) on the validation
     split against the analysis store, with the raw full ensemble as the reference."""
-    from evaluation.config import EvaluateConfig, Period
-    from evaluation.evaluate import evaluate
+    from enspp.evaluation.config import EvaluateConfig, Period
+    from enspp.evaluation.evaluate import evaluate
 
     val = config.pipeline.split.val
     if val is None:
@@ -120,7 +120,7 @@ def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict
 @task(name="register-model", **_PLAIN)
 def register_model(registry: str, checkpoint: str, *, score: dict[str, Any],
                    current_score: float | None, source: str) -> dict[str, Any]:
-    from models.registry import register_if_better
+    from enspp.models.registry import register_if_better
 
     d = register_if_better(registry, checkpoint, score=score["score"], metric=score["metric"],
                            current_score=current_score, source=source,
@@ -169,7 +169,7 @@ def format_table(rows: list[dict[str, Any]], *, reference: str = "raw_full") -> 
 @task(name="evaluate-products", **_PLAIN)
 def evaluate_products(evaluate_config: Any, out_dir: str) -> str:
     """Score the systems, write the report and dashboard to ``out_dir``; the index path."""
-    from evaluation.evaluate import evaluate
+    from enspp.evaluation.evaluate import evaluate
 
     result = evaluate(evaluate_config, Path(out_dir))
     return str(result.files.get("index", Path(out_dir) / "index.html"))

@@ -36,7 +36,7 @@ class IngestFilesError(ValueError):
 def is_transient(exc: BaseException | None) -> bool:
     """Errors worth retrying: OS errors (a file not there yet, a flaky disk) and a store
     locked by another ingest.  Bad data (``ValueError`` subclasses) is not retried."""
-    from data.lock import StoreLockedError
+    from enspp.data.lock import StoreLockedError
 
     if isinstance(exc, StoreLockedError):
         return True
@@ -60,9 +60,9 @@ def new_files(paths: Sequence[str], store: str | Path) -> tuple[list[str], list[
     ``data.ingest.collect_inputs``) not yet fully in ``store``, and those already in it
     (same SHA-256, all their records complete).  Missing paths are kept as new, so their
     task fails with a clear message."""
-    from data import provenance as prov
-    from data.ingest import collect_inputs
-    from data.store import COMPLETE_ATTR, PROVENANCE_ATTR, read_root_attrs
+    from enspp.data import provenance as prov
+    from enspp.data.ingest import collect_inputs
+    from enspp.data.store import COMPLETE_ATTR, PROVENANCE_ATTR, read_root_attrs
 
     files: list[Path] = []
     for p in paths:
@@ -91,8 +91,8 @@ def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = F
     """Ingest ``files`` into ``store``: the good ones land even when others are refused; then
     fails naming the refused files (:class:`IngestFilesError`, not retried).  A missing file
     raises ``FileNotFoundError`` (retried: it may still be arriving)."""
-    from data.ingest import ingest
-    from data.lock import store_lock
+    from enspp.data.ingest import ingest
+    from enspp.data.lock import store_lock
 
     missing = [f for f in files if not Path(f).exists()]
     present = [f for f in files if Path(f).exists()]
@@ -124,8 +124,8 @@ def done_init_times(product: str | Path) -> set[str]:
     """Init times already complete in a product store (``record_key`` strings, to seconds)."""
     import numpy as np
 
-    from data.provenance import record_key
-    from data.store import COMPLETE_ATTR, read_root_attrs
+    from enspp.data.provenance import record_key
+    from enspp.data.store import COMPLETE_ATTR, read_root_attrs
 
     attrs = read_root_attrs(product) or {}
     return {record_key(np.datetime64(t, "ns")) for t in attrs.get(COMPLETE_ATTR, [])}
@@ -137,8 +137,8 @@ def predict_init_times(checkpoint: str, forecast: str, product: str, init_times:
                        n_more: int = 0) -> list[str]:
     """Post-process ``init_times`` of ``forecast`` into ``product`` (serialised per product by
     a lock, since Zarr appends to one store must not interleave)."""
-    from data.lock import store_lock
-    from models.predict import predict
+    from enspp.data.lock import store_lock
+    from enspp.models.predict import predict
 
     with store_lock(_lock_dir(product), timeout=600.0):
         predict(checkpoint, forecast, out=product, init_times=init_times,

@@ -8,7 +8,7 @@ Public API (see ARCHITECTURE.md, "Building a model" and "Models -> products cont
 * members and quantiles: :func:`ecc_members`, :func:`quantiles`
 """
 
-from models.base import (
+from enspp.models.base import (
     CLOSED_FORM_ESTIMATOR,
     MODEL_NAMES,
     ModelSpec,
@@ -18,9 +18,9 @@ from models.base import (
     ensemble_moments,
     loss_for,
 )
-from models.distributions import censored_logistic_moments
-from models.ecc import ECCError, ecc_members, ecc_template, output_ecc_members, output_quantiles, quantiles
-from models.losses import (
+from enspp.models.distributions import censored_logistic_moments
+from enspp.models.ecc import ECCError, ecc_members, ecc_template, output_ecc_members, output_quantiles, quantiles
+from enspp.models.losses import (
     DISTRIBUTIONS,
     ENSEMBLE_ESTIMATORS,
     LossError,
@@ -30,7 +30,7 @@ from models.losses import (
     distribution_crps,
     reduce_crps,
 )
-from models.normalize import STAT_KEYS, StatsError, resolve_stats
+from enspp.models.normalize import STAT_KEYS, StatsError, resolve_stats
 
 __all__ = [
     "CLOSED_FORM_ESTIMATOR",

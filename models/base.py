@@ -25,26 +25,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.distributions import censored_logistic_moments
-from models.losses import (
+from enspp.models.distributions import censored_logistic_moments
+from enspp.models.losses import (
     DISTRIBUTIONS,
     LossError,
     crps_ensemble,
     distribution_crps,
     reduce_crps,
 )
-from models.normalize import Normalizer, resolve_stats
+from enspp.models.normalize import Normalizer, resolve_stats
 
 #: ``mean_shift`` options of the networks' head (:meth:`PostProcessor.head`)
 MEAN_SHIFTS: tuple[str, ...] = ("ensemble", "ensemble+local")
 MODEL_NAMES: tuple[str, ...] = ("emos_local", "emos_global", "emos_lagged", "mlp", "unet", "mixed")
 _REGISTRY: dict[str, tuple[str, str]] = {
-    "emos_local": ("models.emos", "LocalEMOS"),
-    "emos_global": ("models.emos", "GlobalEMOS"),
-    "emos_lagged": ("models.emos", "LaggedEMOS"),
-    "mlp": ("models.mlp", "MLPModel"),
-    "unet": ("models.unet", "UNetModel"),
-    "mixed": ("models.mixed", "MixedModel"),
+    "emos_local": ("enspp.models.emos", "LocalEMOS"),
+    "emos_global": ("enspp.models.emos", "GlobalEMOS"),
+    "emos_lagged": ("enspp.models.emos", "LaggedEMOS"),
+    "mlp": ("enspp.models.mlp", "MLPModel"),
+    "unet": ("enspp.models.unet", "UNetModel"),
+    "mixed": ("enspp.models.mixed", "MixedModel"),
 }
 #: the closed-form CRPS estimator a model of each distribution is trained and scored with
 CLOSED_FORM_ESTIMATOR: dict[str, str] = {d: d for d in DISTRIBUTIONS}

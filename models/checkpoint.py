@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from data import schema
+from enspp.data import schema
 
 #: key of the metadata in a Lightning checkpoint dict
 METADATA_KEY = "enspp"
@@ -151,7 +151,7 @@ def spec_to_dict(spec: Any) -> dict[str, Any]:
 
 def spec_from_dict(values: dict[str, Any]) -> Any:
     """Rebuild a ``models.base.ModelSpec``."""
-    from models.base import ModelSpec
+    from enspp.models.base import ModelSpec
 
     return ModelSpec.from_dict(values)
 
@@ -210,7 +210,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], CheckpointMetadat
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model of a checkpoint for inference (CPU, eval mode)."""
-    from models.base import build_model
+    from enspp.models.base import build_model
 
     path = Path(path)
     raw, meta = read_checkpoint(path)

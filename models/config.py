@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from data.yaml_file import read_yaml_mapping
+from enspp.data.yaml_file import read_yaml_mapping
 
 #: the sections one ``enspp.yaml`` may hold (ARCHITECTURE.md, "Configuration")
 KNOWN_SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelSpec, ModelSpecError, PostProcessor, ensemble_moments
-from models.normalize import gather_patch
+from enspp.models.base import ModelSpec, ModelSpecError, PostProcessor, ensemble_moments
+from enspp.models.normalize import gather_patch
 
 _GAMMA_INIT = -18.0
 

@@ -17,9 +17,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from models.checkpoint import METADATA_KEY, CheckpointMetadata
-from models.config import TrainConfig
-from models.losses import crps_ensemble, distribution_crps, reduce_crps
+from enspp.models.checkpoint import METADATA_KEY, CheckpointMetadata
+from enspp.models.config import TrainConfig
+from enspp.models.losses import crps_ensemble, distribution_crps, reduce_crps
 
 #: checkpoint entry holding the RNG states, so a resumed run draws what an uninterrupted one would
 RNG_KEY = "enspp_rng_states"

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelSpec, PostProcessor, as_sequence, ensemble_moments
-from models.mlp import StationEmbedding, pointwise_mlp
-from models.unet import Conv1x1, build_backbone, zero_head
+from enspp.models.base import ModelSpec, PostProcessor, as_sequence, ensemble_moments
+from enspp.models.mlp import StationEmbedding, pointwise_mlp
+from enspp.models.unet import Conv1x1, build_backbone, zero_head
 
 
 def pointwise_last(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from models.base import ModelSpec, ModelSpecError, PostProcessor, as_sequence
-from models.unet import Conv1x1, zero_head
+from enspp.models.base import ModelSpec, ModelSpecError, PostProcessor, as_sequence
+from enspp.models.unet import Conv1x1, zero_head
 
 
 def pointwise_mlp(c_in: int, hidden: list[int]) -> tuple[nn.Sequential, int]:

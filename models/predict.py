@@ -28,16 +28,16 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from data import schema
-from models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
-from models.ecc import output_ecc_members, output_quantiles
-from models.product import (PRODUCT_FIELDS, ProductError, ProductWriter, open_product,
+from enspp.data import schema
+from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
+from enspp.models.ecc import output_ecc_members, output_quantiles
+from enspp.models.product import (PRODUCT_FIELDS, ProductError, ProductWriter, open_product,
                             product_attrs, product_dataset)
-from pipeline.align import open_dataset, open_static
-from pipeline.config import PipelineConfig
-from pipeline.features import STATIC_NAMES, doy_encoding, parse_channel, static_fields
-from pipeline.members import choose_members
-from pipeline.tiles import stitch, tile_slices
+from enspp.pipeline.align import open_dataset, open_static
+from enspp.pipeline.config import PipelineConfig
+from enspp.pipeline.features import STATIC_NAMES, doy_encoding, parse_channel, static_fields
+from enspp.pipeline.members import choose_members
+from enspp.pipeline.tiles import stitch, tile_slices
 
 __all__ = ["PredictError", "ProductError", "open_product", "predict", "tiling"]
 

@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from data import schema
+from enspp.data import schema
 
 PRODUCT_KIND = "product"
 COMPLETE_ATTR = "enspp_complete"

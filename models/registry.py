@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from data.lock import store_lock
-from models.checkpoint import file_sha256, read_checkpoint
+from enspp.data.lock import store_lock
+from enspp.models.checkpoint import file_sha256, read_checkpoint
 
 VERSIONS = "versions"
 CURRENT = "current"

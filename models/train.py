@@ -30,11 +30,11 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from data import schema
-from models.checkpoint import (CheckpointMetadata, CheckpointMismatchError, code_version,
+from enspp.data import schema
+from enspp.models.checkpoint import (CheckpointMetadata, CheckpointMismatchError, code_version,
                                git_commit, read_checkpoint, spec_to_dict)
-from models.config import ModelConfig, TrainConfig
-from models.lightning_module import PostProcessingModule, monitor_name
+from enspp.models.config import ModelConfig, TrainConfig
+from enspp.models.lightning_module import PostProcessingModule, monitor_name
 
 RUNS_DIR = "runs"
 CHECKPOINT_DIR = "checkpoints"
@@ -86,7 +86,7 @@ def run_dir_of_checkpoint(path: Path) -> Path | None:
 
 def build_spec(data: Any, model: ModelConfig, *, n_members: int, grid_shape: tuple[int, int]):
     """The ``ModelSpec`` of ``model`` on the DataModule's channels and statistics."""
-    from models.base import ModelSpec
+    from enspp.models.base import ModelSpec
 
     return ModelSpec(
         name=model.name, channels=tuple(data.channels), targets=tuple(data.targets),
@@ -136,7 +136,7 @@ def _forecast_of(data: Any, pipeline: Any) -> Any:
         return ds
     if pipeline.stores.forecast is None:
         return None
-    from pipeline.align import open_dataset
+    from enspp.pipeline.align import open_dataset
 
     return open_dataset(pipeline.stores.forecast)
 
@@ -151,7 +151,7 @@ def data_version(data: Any, pipeline: Any) -> str | None:
     ds = _forecast_of(data, pipeline)
     if ds is None:
         return None
-    from pipeline.stats import provenance_of
+    from enspp.pipeline.stats import provenance_of
 
     h = hashlib.sha256(json.dumps(provenance_of(ds), sort_keys=True, default=str).encode())
     if schema.INIT_TIME in ds.coords:
@@ -222,7 +222,7 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     if resume is not None:
         resume = Path(resume)
         _check_resume(resume, spec)
-    from models.base import build_model
+    from enspp.models.base import build_model
 
     metadata = build_metadata(spec, data=data, pipeline=pipeline, model=model, train=train_config)
     module = PostProcessingModule(build_model(spec), train_config=train_config,
@@ -268,6 +268,6 @@ def resolve_store_paths(pipeline: Any, workdir: str | Path) -> Any:
 
 
 def _build_datamodule(pipeline: Any) -> Any:
-    from pipeline.datamodule import EnsembleDataModule
+    from enspp.pipeline.datamodule import EnsembleDataModule
 
     return EnsembleDataModule(pipeline)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import ModelSpec, ModelSpecError, PostProcessor
+from enspp.models.base import ModelSpec, ModelSpecError, PostProcessor
 
 
 def conv_block(c_in: int, c_out: int, *, dilation: int = 1) -> nn.Sequential:

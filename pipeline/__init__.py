@@ -2,17 +2,17 @@
 normalisation statistics, patches and tiles).  See ARCHITECTURE.md, "Pipeline -> models
 contract"."""
 
-from pipeline.align import (Alignment, AlignmentError, GridMismatchError, align, check_grids,
+from enspp.pipeline.align import (Alignment, AlignmentError, GridMismatchError, align, check_grids,
                             open_dataset)
-from pipeline.config import (BatchesConfig, FeaturesConfig, MembersConfig, Period,
+from enspp.pipeline.config import (BatchesConfig, FeaturesConfig, MembersConfig, Period,
                              PipelineConfig, PipelineConfigError, SplitConfig, StoresConfig)
-from pipeline.datamodule import EnsembleDataModule
-from pipeline.dataset import EnsembleDataset, EpochSampler, InputNaNError, collate_rows
-from pipeline.features import STATIC_NAMES, channel_names, parse_channel
-from pipeline.members import MemberSelectionError, check_members, choose_members
-from pipeline.splits import SplitError, resolve_periods, split_init_times
-from pipeline.stats import NormStats, StatsMismatchError, compute_stats
-from pipeline.tiles import blend_weights, stitch, tile_slices
+from enspp.pipeline.datamodule import EnsembleDataModule
+from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, InputNaNError, collate_rows
+from enspp.pipeline.features import STATIC_NAMES, channel_names, parse_channel
+from enspp.pipeline.members import MemberSelectionError, check_members, choose_members
+from enspp.pipeline.splits import SplitError, resolve_periods, split_init_times
+from enspp.pipeline.stats import NormStats, StatsMismatchError, compute_stats
+from enspp.pipeline.tiles import blend_weights, stitch, tile_slices
 
 __all__ = [
     "Alignment", "AlignmentError", "BatchesConfig", "EnsembleDataModule", "EnsembleDataset",

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION, TIME,
+from enspp.data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION, TIME,
                          spatial_dims)
 
 StoreLike = str | Path | xr.Dataset
@@ -33,7 +33,7 @@ def open_dataset(source: StoreLike) -> xr.Dataset:
     if not path.exists():
         raise FileNotFoundError(f"store {path} does not exist")
     try:
-        from data.store import open_store
+        from enspp.data.store import open_store
     except ImportError:  # data.store not present: plain Zarr
         return xr.open_zarr(path)
     return open_store(path)

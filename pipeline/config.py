@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from data.yaml_file import read_yaml_mapping
+from enspp.data.yaml_file import read_yaml_mapping
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 

@@ -11,18 +11,18 @@ import numpy as np
 import xarray as xr
 from torch.utils.data import DataLoader
 
-from data.schema import MEMBER, STATION, spatial_dims
-from pipeline.align import (Alignment, StoreLike, align, check_grids, open_dataset, open_static,
+from enspp.data.schema import MEMBER, STATION, spatial_dims
+from enspp.pipeline.align import (Alignment, StoreLike, align, check_grids, open_dataset, open_static,
                             regrid_like, source_path)
-from pipeline.config import PipelineConfig
-from pipeline.dataset import EnsembleDataset, EpochSampler, collate_rows
-from pipeline.features import (STATIC_NAMES, channel_leads, channel_names, static_fields,
+from enspp.pipeline.config import PipelineConfig
+from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, collate_rows
+from enspp.pipeline.features import (STATIC_NAMES, channel_leads, channel_names, static_fields,
                                target_channels)
-from pipeline.members import check_members
-from pipeline.reader import StoreReader
-from pipeline.splits import resolve_periods, split_init_times
-from pipeline.stats import NormStats, compute_stats, provenance_of, source_hash
-from pipeline.tiles import tile_slices
+from enspp.pipeline.members import check_members
+from enspp.pipeline.reader import StoreReader
+from enspp.pipeline.splits import resolve_periods, split_init_times
+from enspp.pipeline.stats import NormStats, compute_stats, provenance_of, source_hash
+from enspp.pipeline.tiles import tile_slices
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test"]

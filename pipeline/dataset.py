@@ -11,13 +11,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from data.schema import LATITUDE, LONGITUDE
-from pipeline.config import MembersConfig
-from pipeline.features import doy_encoding
-from pipeline.members import choose_members
-from pipeline.reader import StoreReader
-from pipeline.stats import NormStats
-from pipeline.tiles import Tile, tile_slices
+from enspp.data.schema import LATITUDE, LONGITUDE
+from enspp.pipeline.config import MembersConfig
+from enspp.pipeline.features import doy_encoding
+from enspp.pipeline.members import choose_members
+from enspp.pipeline.reader import StoreReader
+from enspp.pipeline.stats import NormStats
+from enspp.pipeline.tiles import Tile, tile_slices
 
 
 class InputNaNError(ValueError):

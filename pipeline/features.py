@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.schema import LATITUDE, LONGITUDE, STATION, select_variable, spatial_dims
+from enspp.data.schema import LATITUDE, LONGITUDE, STATION, select_variable, spatial_dims
 
 #: static feature names, in the order of ``batch["static"]``
 STATIC_NAMES: tuple[str, ...] = ("lsm", "orog", "sin_lat", "cos_lat", "sin_lon", "cos_lon",
@@ -56,7 +56,7 @@ def static_fields(forecast: xr.Dataset, static: xr.Dataset | None, *,
     Without a static dataset the land-sea mask and orography are zeros.  Stations without
     ``latitude``/``longitude`` coordinates get zeros for the lat/lon encodings.
     """
-    from pipeline.align import check_grids, regrid_like
+    from enspp.pipeline.align import check_grids, regrid_like
 
     point = spatial_dims(forecast) == (STATION,)
     if point:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.config import MembersConfig
+from enspp.pipeline.config import MembersConfig
 
 _NUMBERING = "members are numbered from 0, the control is member 0"
 

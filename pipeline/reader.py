@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LEVEL, LONGITUDE, MEMBER, STATION,
+from enspp.data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LEVEL, LONGITUDE, MEMBER, STATION,
                          TIME, select_variable, spatial_dims, split_level_name)
-from pipeline.align import StoreLike, open_dataset, regrid_like, source_path
+from enspp.pipeline.align import StoreLike, open_dataset, regrid_like, source_path
 
 Region = dict[str, slice]
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Period, SplitConfig
+from enspp.pipeline.config import Period, SplitConfig
 
 SPLITS = ("train", "val", "test")
 _DAY = np.timedelta64(1, "D")

@@ -14,7 +14,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from data.schema import INIT_TIME, LEAD_TIME, MEMBER, STATION, TIME, select_variable, spatial_dims
+from enspp.data.schema import INIT_TIME, LEAD_TIME, MEMBER, STATION, TIME, select_variable, spatial_dims
 
 #: relative floor of a standard deviation (constant fields never give std <= 0)
 STD_FLOOR_REL = 1e-6
@@ -187,7 +187,7 @@ def compute_stats(
     Lazy: one dask graph reduces chunk by chunk (``skipna``), nothing is loaded whole.
     ``regrid_target`` maps an analysis-grid map onto the forecast grid when they differ.
     """
-    from pipeline.features import parse_channel
+    from enspp.pipeline.features import parse_channel
 
     inits = np.asarray(init_times, dtype="datetime64[ns]")
     times = np.asarray(valid_times, dtype="datetime64[ns]")

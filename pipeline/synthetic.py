@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from data.schema import annotate
-from data.store_writer import append
+from enspp.data.schema import annotate
+from enspp.data.store_writer import append
 
 
 @dataclass(frozen=True)

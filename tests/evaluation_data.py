@@ -125,8 +125,8 @@ def evaluated_report(root: Path):
     session and shared by the evaluation, dashboard and browser tests.
     Returns ``(world, result, out_dir)``."""
     if "report" not in _CACHE:
-        from evaluation.config import config_from_mapping
-        from evaluation.evaluate import evaluate
+        from enspp.evaluation.config import config_from_mapping
+        from enspp.evaluation.evaluate import evaluate
 
         w = make_world(root / "world", n_init=12)
         cfg = config_from_mapping(config_dict(

@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from models.base import build_model
-from models.checkpoint import load_checkpoint, write_checkpoint
-from models.config import ModelConfig, TrainConfig
-from models.train import build_metadata, build_spec
-from pipeline.config import PipelineConfig
-from pipeline.datamodule import EnsembleDataModule
-from pipeline.synthetic import StorePaths, write_stores
+from enspp.models.base import build_model
+from enspp.models.checkpoint import load_checkpoint, write_checkpoint
+from enspp.models.config import ModelConfig, TrainConfig
+from enspp.models.train import build_metadata, build_spec
+from enspp.pipeline.config import PipelineConfig
+from enspp.pipeline.datamodule import EnsembleDataModule
+from enspp.pipeline.synthetic import StorePaths, write_stores
 
 NY, NX, N_MEMBERS, K = 16, 24, 6, 5
 #: a small ``mixed`` keeps the tests fast

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-import evaluation as ev
+import enspp.evaluation as ev
 
 LAT = xr.DataArray(np.linspace(90, -90, 19), dims="latitude")
 LON = xr.DataArray(np.arange(0, 360, 20.0), dims="longitude")

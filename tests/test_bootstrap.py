@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import evaluation as ev
-from evaluation.bootstrap import block_indices, default_block_length, newey_west_lag
+import enspp.evaluation as ev
+from enspp.evaluation.bootstrap import block_indices, default_block_length, newey_west_lag
 
 
 def _ar1(rng, shape, phi):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from evaluation import scoring
-from evaluation.cases import (SHIPPED_CATALOGUE, Box, CatalogueError, evaluate_case,
+from enspp.evaluation import scoring
+from enspp.evaluation.cases import (SHIPPED_CATALOGUE, Box, CatalogueError, evaluate_case,
                               exceedance_probability, load_catalogue)
-from evaluation.systems import SystemField, truth_at_valid_time
+from enspp.evaluation.systems import SystemField, truth_at_valid_time
 from evaluation_data import make_world
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

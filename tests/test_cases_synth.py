@@ -13,8 +13,8 @@ import pytest
 import xarray as xr
 import yaml
 
-from data.synth import SynthConfig, generate_world
-from evaluation.cases import Case, load_catalogue
+from enspp.data.synth import SynthConfig, generate_world
+from enspp.evaluation.cases import Case, load_catalogue
 
 
 @pytest.fixture(scope="module")

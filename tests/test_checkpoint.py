@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import (METADATA_KEY, CheckpointMismatchError, CorruptCheckpointError,
+from enspp.models.checkpoint import (METADATA_KEY, CheckpointMismatchError, CorruptCheckpointError,
                                check_store_compatible, load_checkpoint, read_checkpoint)
-from pipeline.align import open_dataset
-from pipeline.datamodule import EnsembleDataModule
+from enspp.pipeline.align import open_dataset
+from enspp.pipeline.datamodule import EnsembleDataModule
 from predict_data import K, NX, NY, make_checkpoint, make_stores, pipeline_config
 
 

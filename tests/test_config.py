@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.config import (ConfigError, DeployConfig, EnsppConfig, Workdir, config_from_mapping,
+from enspp.flows.cli import main
+from enspp.flows.config import (ConfigError, DeployConfig, EnsppConfig, Workdir, config_from_mapping,
                           default_demo_config, load_config)
-from models.config import ModelConfig, PredictConfig, TrainConfig
-from pipeline.config import PipelineConfig
+from enspp.models.config import ModelConfig, PredictConfig, TrainConfig
+from enspp.pipeline.config import PipelineConfig
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -82,7 +82,7 @@ def test_file_level_errors(tmp_path):
 
 
 def test_demo_config_needs_no_file_and_round_trips(tmp_path):
-    from flows.demo import write_config
+    from enspp.flows.demo import write_config
 
     cfg = default_demo_config(tmp_path / "w")
     assert cfg.data.workdir == (tmp_path / "w").resolve() and cfg.data.synth is not None

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from evaluation.dashboard import combine_dashboards, render_html, skill_class, write_dashboard
-from evaluation.report import read_scores
+from enspp.evaluation.dashboard import combine_dashboards, render_html, skill_class, write_dashboard
+from enspp.evaluation.report import read_scores
 from evaluation_data import evaluated_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.config import SchedulesConfig
-from flows.deployments import DEPLOYMENTS
+from enspp.flows.config import SchedulesConfig
+from enspp.flows.deployments import DEPLOYMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -60,8 +60,8 @@ def test_prefect_yaml_schedules_match_the_config_defaults():
 
 
 def test_build_deployments_from_config(tmp_path):
-    from flows.config import load_config
-    from flows.deployments import build_deployments
+    from enspp.flows.config import load_config
+    from enspp.flows.deployments import build_deployments
 
     cfg_path = tmp_path / "enspp.yaml"
     cfg_path.write_text("deploy: {schedules: {train: null, ingest: '*/10 * * * *'}}\n")
@@ -85,7 +85,7 @@ def test_compose_and_dockerfile_agree():
 
 
 def test_serve_refuses_without_config_or_server(tmp_path, monkeypatch, capsys):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     monkeypatch.delenv("ENSPP_CONFIG", raising=False)
     assert main(["serve"]) == 1
@@ -110,7 +110,7 @@ def test_served_deployment_runs_once_on_a_loopback_server(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_store import forecast
 
-    from data.grib_writer import write_grib
+    from enspp.data.grib_writer import write_grib
 
     (tmp_path / "in").mkdir()
     write_grib(tmp_path / "in" / "fc.grib", forecast(["2020-01-01T00"]), kind="forecast")
@@ -139,7 +139,7 @@ def test_served_deployment_runs_once_on_a_loopback_server(tmp_path):
             time.sleep(3)
         store = tmp_path / "stores" / "forecast.zarr"
         deadline = time.time() + 240
-        from data.store import is_store, open_store
+        from enspp.data.store import is_store, open_store
 
         while not (is_store(store) and open_store(store).sizes["init_time"] == 1):
             assert time.time() < deadline, "the served ingest deployment did not run"
@@ -184,10 +184,10 @@ def test_ingest_flow_on_a_dask_cluster_by_address(harness, tmp_path):
 
     from test_store import forecast
 
-    from data.grib_writer import write_grib
-    from data.store import open_store
-    from flows.ops import ingest_flow
-    from flows.runtime import make_task_runner
+    from enspp.data.grib_writer import write_grib
+    from enspp.data.store import open_store
+    from enspp.flows.ops import ingest_flow
+    from enspp.flows.runtime import make_task_runner
 
     (tmp_path / "in").mkdir()
     for i, init in enumerate(["2020-01-01T00", "2020-01-01T12", "2020-01-02T00"]):
@@ -197,7 +197,7 @@ def test_ingest_flow_on_a_dask_cluster_by_address(harness, tmp_path):
         cfg = tmp_path / "enspp.yaml"
         cfg.write_text(f"data: {{incoming: {{forecast: [in]}}}}\n"
                        f"deploy: {{task_runner: dask, dask_address: '{cluster.scheduler_address}'}}\n")
-        from flows.config import load_config
+        from enspp.flows.config import load_config
 
         runner = make_task_runner(load_config(cfg).deploy)
         assert type(runner).__name__ == "DaskTaskRunner"

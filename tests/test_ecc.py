@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import stats
 
-from models.distributions import censored_logistic_moments
-from models.ecc import (
+from enspp.models.distributions import censored_logistic_moments
+from enspp.models.ecc import (
     ECCError,
     ecc_members,
     ecc_template,

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
-from evaluation.evaluate import NanPolicyError, evaluate, prepare_fields, score_variable, summarise
-from evaluation.metrics import crps_ensemble
-from evaluation.registry import MissingReferenceError
-from evaluation.systems import AlignmentError, SystemDataError, open_truth
-from evaluation.weights import region_weights
+from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
+from enspp.evaluation.evaluate import NanPolicyError, evaluate, prepare_fields, score_variable, summarise
+from enspp.evaluation.metrics import crps_ensemble
+from enspp.evaluation.registry import MissingReferenceError
+from enspp.evaluation.systems import AlignmentError, SystemDataError, open_truth
+from enspp.evaluation.weights import region_weights
 from evaluation_data import config_dict, evaluated_report, make_world
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -214,7 +214,7 @@ def test_period_selects_init_dates(world):
 
 # ------------------------------------------------------------------ CLI
 def test_cli_evaluate_and_combine(world, tmp_path):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     cfg_file = tmp_path / "enspp.yaml"
     import yaml

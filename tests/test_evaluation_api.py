@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import evaluation as ev
+import enspp.evaluation as ev
 
 
 def test_every_exported_name_resolves():
@@ -17,13 +17,13 @@ def test_every_exported_name_resolves():
                  "diebold_mariano", "evaluate", "EvaluateConfig", "write_report",
                  "combine_dashboards", "load_catalogue"):
         assert name in ev.__all__, name
-    assert callable(ev.evaluate) and ev.evaluate.__module__ == "evaluation.evaluate"
+    assert callable(ev.evaluate) and ev.evaluate.__module__ == "enspp.evaluation.evaluate"
 
 
 def test_import_does_not_load_matplotlib_or_scipy_stats():
     root = Path(__file__).resolve().parents[1]
     code = ("import sys, evaluation; "
-            "print(sorted(m for m in ('matplotlib', 'scipy.stats', 'evaluation.plots') if m in sys.modules))")
+            "print(sorted(m for m in ('matplotlib', 'scipy.stats', 'enspp.evaluation.plots') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert out.returncode == 0, out.stderr

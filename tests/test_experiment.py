@@ -13,16 +13,16 @@ import pytest
 import torch
 import xarray as xr
 
-from evaluation.experiment import (
+from enspp.evaluation.experiment import (
     ExperimentTableError,
     experiment_document,
     improvement_pct,
     markdown_table,
     score_rows,
 )
-from flows.cli import main
-from flows.experiment import ExperimentConfigError, load_experiment_config, run_experiment
-from flows.experiment_point import (
+from enspp.flows.cli import main
+from enspp.flows.experiment import ExperimentConfigError, load_experiment_config, run_experiment
+from enspp.flows.experiment_point import (
     STATIC_PAST,
     STATIC_SPREAD,
     FitSettings,
@@ -35,10 +35,10 @@ from flows.experiment_point import (
     point_batch,
     point_stats,
 )
-from flows.experiment_station import subset_members
-from models import ModelSpec, build_model
-from models.base import ModelSpecError
-from models.emos import LaggedEMOS
+from enspp.flows.experiment_station import subset_members
+from enspp.models import ModelSpec, build_model
+from enspp.models.base import ModelSpecError
+from enspp.models.emos import LaggedEMOS
 
 N_MEMBERS = 11
 
@@ -263,7 +263,7 @@ def test_error_spread_feature_is_the_weighted_mean_magnitude():
 
 
 def test_error_spread_setting_needs_the_past_errors():
-    from flows.experiment import FeatureSettings
+    from enspp.flows.experiment import FeatureSettings
 
     assert FeatureSettings(error_spread=True).error_spread
     with pytest.raises(ValueError, match="error_spread needs features.lagged_error"):
@@ -418,8 +418,8 @@ def test_station_experiment_with_hres_predictor(tmp_path, rng):
     assert np.isfinite(emos["val_crps"]) and rows["raw_full"]["val_crps"] is None
     assert "val CRPS (degC)" in (tmp_path / "o" / "table.md").read_text()
     # the feature reaches the networks (and only them) as hres_dev, computed on the subset
-    from flows.experiment_point import load_station
-    from flows.experiment_station import _static, _static_columns
+    from enspp.flows.experiment_point import load_station
+    from enspp.flows.experiment_station import _static, _static_columns
 
     data = load_station(station, hres=True)
     sel, train = np.arange(1, 4), data.valid_time < np.datetime64("2010-01-01")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from data.synth import SynthConfig
-from data.synth.writer import COMPLETE_MARKER
-from flows.experiment import ExperimentConfigError, load_experiment_config
-from flows.experiment_synthetic import (
+from enspp.data.synth import SynthConfig
+from enspp.data.synth.writer import COMPLETE_MARKER
+from enspp.flows.experiment import ExperimentConfigError, load_experiment_config
+from enspp.flows.experiment_synthetic import (
     SYSTEM_NAMES,
     SyntheticExperimentError,
     SyntheticSection,
@@ -38,7 +38,7 @@ def _write(tmp_path: Path, synthetic: dict, **top) -> Path:
 
 
 def test_quick_run_end_to_end(tmp_path):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     cfg = _write(tmp_path, {"world": TINY, "quick_world": TINY, "members": [2, 3], "variables": ["t2m"],
                             "targets": ["t2m"], "systems": ["emos_local", "mixed"],
@@ -94,10 +94,10 @@ def test_existing_other_world_is_refused(tmp_path):
 def test_no_inits_in_test_years(tmp_path, monkeypatch):
     import xarray as xr
 
-    import data.store
+    import enspp.data.store
 
     ds = xr.Dataset(coords={"init_time": np.array(["2012-01-02"], "datetime64[ns]")})
-    monkeypatch.setattr(data.store, "open_store", lambda path: ds)
+    monkeypatch.setattr(enspp.data.store, "open_store", lambda path: ds)
     with pytest.raises(SyntheticExperimentError, match="no init time in the test years 2019-2019"):
         inits_in_years(tmp_path / "fc.zarr", (2019, 2019))
 
@@ -124,8 +124,8 @@ def test_target_checks():
 def test_predict_test_is_the_gaussian_product_of_the_test_split(tmp_path):
     """predict_test = models.predict.predict's moments on whole fields: the values the test
     loader gives (its former implementation), rewritten afresh for another checkpoint."""
-    from models.checkpoint import file_sha256
-    from models.product import open_product
+    from enspp.models.checkpoint import file_sha256
+    from enspp.models.product import open_product
     from predict_data import loader_moments, make_checkpoint, make_stores, pipeline_config
 
     pipe = pipeline_config(make_stores(tmp_path / "stores", n_init=40),
@@ -160,7 +160,7 @@ def test_system_names_in_the_evaluation(tmp_path):
 def test_shipped_config_builds_every_network():
     """configs/experiments/synthetic.yaml: its model options are valid for each system (so a
     typo there fails here, not after an hour of training) and every network shares the head."""
-    from models import ModelSpec, build_model
+    from enspp.models import ModelSpec, build_model
 
     cfg = load_experiment_config(Path(__file__).parents[1] / "configs/experiments/synthetic.yaml")
     sec = cfg.synthetic

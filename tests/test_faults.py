@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from data.ingest import ingest
-from data.store_writer import FAULT_ENV
-from flows.ops import PREDICT_FAULT_ENV
+from enspp.data.ingest import ingest
+from enspp.data.store_writer import FAULT_ENV
+from enspp.flows.ops import PREDICT_FAULT_ENV
 from test_flows import shared_harness, write_forecast_gribs
 from test_ingest import _same_store
 
@@ -46,11 +46,11 @@ def _flow_process(code: str, env: dict[str, str] | None = None) -> subprocess.Po
 
 def _ingest_code(cfg: Path, paths: list[Path] | None = None) -> str:
     args = "" if paths is None else f", paths={[str(p) for p in paths]!r}, kind='forecast'"
-    return f"from flows.ops import ingest_flow; ingest_flow({str(cfg)!r}{args})"
+    return f"from enspp.flows.ops import ingest_flow; ingest_flow({str(cfg)!r}{args})"
 
 
 def test_killed_ingest_flow_rerun_equals_uninterrupted(harness, tmp_path, gribs):
-    from flows.ops import ingest_flow
+    from enspp.flows.ops import ingest_flow
 
     clean = tmp_path / "clean.zarr"
     ingest(gribs, clean, progress=False)
@@ -75,7 +75,7 @@ def test_two_ingest_flows_at_once_serialise_on_the_lock(harness, tmp_path, gribs
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
         logs.append(err)
-    from data.store import open_store
+    from enspp.data.store import open_store
 
     store = tmp_path / "stores" / "forecast.zarr"
     assert open_store(store).sizes["init_time"] == 4, "\n---\n".join(e[-2500:] for e in logs)
@@ -91,9 +91,9 @@ predict: {{n_members: 4}}
 
 
 def test_killed_predict_flow_rerun_equals_uninterrupted(harness, tmp_path):
-    from flows.ops import predict_flow
-    from models.product import open_product
-    from models.registry import register_if_better
+    from enspp.flows.ops import predict_flow
+    from enspp.models.product import open_product
+    from enspp.models.registry import register_if_better
     from predict_data import make_checkpoint, make_stores, pipeline_config
 
     paths = make_stores(tmp_path / "data")
@@ -107,7 +107,7 @@ def test_killed_predict_flow_rerun_equals_uninterrupted(harness, tmp_path):
         (wd / "enspp.yaml").write_text(PREDICT_CONFIG.format(fc=paths.forecast, an=paths.analysis,
                                                              st=paths.static))
         runs[name] = wd / "enspp.yaml"
-    code = (f"from flows.ops import predict_flow; predict_flow({str(runs['killed'])!r}, "
+    code = (f"from enspp.flows.ops import predict_flow; predict_flow({str(runs['killed'])!r}, "
             f"init_times={inits!r}, init_times_per_task=1)")
     proc = _flow_process(code, {PREDICT_FAULT_ENV: "2"})
     _, err = proc.communicate(timeout=600)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.grib_writer import write_grib
-from data.store import open_store
-from flows.tasks import FlowInputError, IngestFilesError, is_transient, new_files
-from models.registry import (RegistryError, current_version, decide, list_versions,
+from enspp.data.grib_writer import write_grib
+from enspp.data.store import open_store
+from enspp.flows.tasks import FlowInputError, IngestFilesError, is_transient, new_files
+from enspp.models.registry import (RegistryError, current_version, decide, list_versions,
                              read_decisions, register_if_better)
 from test_store import forecast
 
@@ -59,7 +59,7 @@ def gribs(tmp_path) -> list[Path]:
 
 # ------------------------------------------------------------------ pure helpers
 def test_is_transient():
-    from data.lock import StoreLockedError
+    from enspp.data.lock import StoreLockedError
 
     assert is_transient(FileNotFoundError("x")) and is_transient(OSError("disk"))
     assert is_transient(StoreLockedError("busy"))
@@ -69,7 +69,7 @@ def test_is_transient():
 
 
 def test_new_files_skips_what_the_store_holds(tmp_path, gribs):
-    from data.ingest import ingest
+    from enspp.data.ingest import ingest
 
     store = tmp_path / "s.zarr"
     new, done = new_files([str(gribs[0].parent)], store)
@@ -82,7 +82,7 @@ def test_new_files_skips_what_the_store_holds(tmp_path, gribs):
 
 # ------------------------------------------------------------------ ingest flow
 def test_ingest_flow_lands_good_files_and_fails_naming_bad_ones(harness, tmp_path, gribs):
-    from flows.ops import ingest_flow
+    from enspp.flows.ops import ingest_flow
 
     bad = gribs[0].parent / "corrupt.grib"
     bad.write_bytes(gribs[0].read_bytes()[:200])
@@ -101,7 +101,7 @@ def test_ingest_flow_lands_good_files_and_fails_naming_bad_ones(harness, tmp_pat
 
 
 def test_ingest_flow_with_paths_and_input_errors(harness, tmp_path, gribs):
-    from flows.ops import ingest_flow
+    from enspp.flows.ops import ingest_flow
 
     cfg = tmp_path / "enspp.yaml"
     cfg.write_text("")
@@ -114,7 +114,7 @@ def test_ingest_flow_with_paths_and_input_errors(harness, tmp_path, gribs):
 
 
 def test_flows_need_a_config(monkeypatch):
-    from flows.runtime import resolve_config
+    from enspp.flows.runtime import resolve_config
 
     monkeypatch.delenv("ENSPP_CONFIG", raising=False)
     with pytest.raises(ValueError, match="no config: pass config_path or set ENSPP_CONFIG"):
@@ -140,7 +140,7 @@ evaluate: {systems: [{name: raw_full, path: stores/forecast.zarr}], truth: store
 
 @pytest.fixture(scope="module")
 def small_world(tmp_path_factory) -> Path:
-    from pipeline.synthetic import write_stores
+    from enspp.pipeline.synthetic import write_stores
 
     wd = tmp_path_factory.mktemp("flows")
     write_stores(wd / "stores", n_init=30, lead_hours=(24, 48), n_members=6, ny=16, nx=24,
@@ -152,7 +152,7 @@ def small_world(tmp_path_factory) -> Path:
 def test_train_predict_evaluate_flows(harness, small_world):
     from prefect.client.orchestration import get_client
 
-    from flows.ops import evaluate_flow, predict_flow, train_flow
+    from enspp.flows.ops import evaluate_flow, predict_flow, train_flow
 
     cfg = str(small_world / "enspp.yaml")
     registry = small_world / "registry"
@@ -170,7 +170,7 @@ def test_train_predict_evaluate_flows(harness, small_world):
         or "same checkpoint" in log[1]["reason"]
 
     product = Path(predict_flow(cfg))  # the latest init time
-    from models.product import open_product
+    from enspp.models.product import open_product
 
     ds = open_product(product)
     assert [str(t)[:10] for t in ds.init_time.values] == ["2019-01-30"]
@@ -256,7 +256,7 @@ def test_registry_errors(tmp_path, checkpoints):
 
 
 def test_headline_table_format():
-    from flows.steps import format_table, headline_rows
+    from enspp.flows.steps import format_table, headline_rows
 
     doc = {"variables": {"t2m": {"units": "K", "estimator": "fair ensemble CRPS",
                                  "headline": {"global": [
@@ -276,8 +276,8 @@ def test_headline_table_format():
 def test_demo_synth_step_refuses_another_world(tmp_path):
     import yaml
 
-    from flows.config import config_from_mapping, default_demo_config
-    from flows.demo import synth_world
+    from enspp.flows.config import config_from_mapping, default_demo_config
+    from enspp.flows.demo import synth_world
 
     cfg = default_demo_config(tmp_path)
     (tmp_path / "synth").mkdir()
@@ -294,7 +294,7 @@ def test_demo_synth_step_refuses_another_world(tmp_path):
 
 @pytest.mark.slow
 def test_enspp_demo_fast_end_to_end_and_idempotent(tmp_path, capsys):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     wd = tmp_path / "work"
     assert main(["demo", "--workdir", str(wd), "--fast"]) == 0

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from evaluation import fused
-from evaluation.kernels import crps_ensemble_kernel, crps_gaussian_kernel
+from enspp.evaluation import fused
+from enspp.evaluation.kernels import crps_ensemble_kernel, crps_gaussian_kernel
 
 
 def _chunk(rng, n_mem, *, nan=True, dtype=np.float32):

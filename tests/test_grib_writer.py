@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from data.grib import read_grib_eccodes
-from data.grib_writer import BITS_PER_VALUE, GribFields, GribWriteError, write_fields, write_grib
+from enspp.data.grib import read_grib_eccodes
+from enspp.data.grib_writer import BITS_PER_VALUE, GribFields, GribWriteError, write_fields, write_grib
 
 
 def forecast(rng, *, nlat=32, nlon=64, inits=("2020-01-01",), members=5, leads=(0, 24, 48)) -> xr.Dataset:

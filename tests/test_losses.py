@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from models.losses import (
+from enspp.models.losses import (
     LossError,
     crps_censored_logistic,
     crps_ensemble,
@@ -167,7 +167,7 @@ def test_distribution_crps_dispatch_and_errors() -> None:
 
 @pytest.mark.parametrize("loc,scale", [(-3.0, 1.0), (0.0, 1.0), (0.3, 2.0), (5.0, 0.5), (-0.2, 0.1), (40.0, 1.0)])
 def test_censored_logistic_moments_match_integration(loc: float, scale: float) -> None:
-    from models.distributions import censored_logistic_moments
+    from enspp.models.distributions import censored_logistic_moments
 
     def pdf(x: float) -> float:
         e = np.exp(-(x - loc) / scale)

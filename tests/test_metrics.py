@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 from scipy import integrate, stats
 
-import evaluation as ev
-from evaluation import kernels
+import enspp.evaluation as ev
+from enspp.evaluation import kernels
 
 DIMS = ("point", "member")
 
@@ -365,7 +365,7 @@ def test_registry(rng):
         assert info.name == name and callable(info.func) and info.description
     with pytest.raises(ev.MetricInputError, match="unknown metric"):
         ev.get_metric("brier")
-    from evaluation.registry import is_better
+    from enspp.evaluation.registry import is_better
 
     assert is_better("crps_fair", 1.0, 2.0) and is_better("spread_skill_ratio", 0.95, 1.2)
     assert is_better("bias", -0.1, 0.3) and not is_better("rmse", 3.0, 2.0)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import ModelSpec, ModelSpecError, StatsError, build_model, loss_for
-from models.losses import LossError, crps_gaussian
-from models.normalize import Normalizer, resolve_stats
+from enspp.models import ModelSpec, ModelSpecError, StatsError, build_model, loss_for
+from enspp.models.losses import LossError, crps_gaussian
+from enspp.models.normalize import Normalizer, resolve_stats
 
 CHANNELS = ("t2m@48h", "z500@48h", "t2m@24h")
 MEAN = np.array([280.0, 5500.0, 279.0], dtype=np.float32)
@@ -401,7 +401,7 @@ def test_option_and_build_errors() -> None:
 
 
 def test_base_class_has_no_forward() -> None:
-    from models.base import PostProcessor
+    from enspp.models.base import PostProcessor
 
     with pytest.raises(NotImplementedError, match="PostProcessor does not implement _forward"):
         PostProcessor(make_spec("mixed", options={}))(toy_batch(torch.Generator().manual_seed(13), b=1))

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from pipeline.config import PipelineConfig, PipelineConfigError
+from enspp.pipeline.config import PipelineConfig, PipelineConfigError
 
 
 def test_defaults_are_valid():

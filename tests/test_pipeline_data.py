@@ -11,10 +11,10 @@ import pytest
 import torch
 import xarray as xr
 
-from pipeline import (EnsembleDataModule, GridMismatchError, InputNaNError, MemberSelectionError,
+from enspp.pipeline import (EnsembleDataModule, GridMismatchError, InputNaNError, MemberSelectionError,
                       NormStats, PipelineConfig, SplitError, StatsMismatchError, align)
-from pipeline.align import AlignmentError
-from pipeline.synthetic import analysis_dataset, forecast_dataset, static_dataset, write_stores
+from enspp.pipeline.align import AlignmentError
+from enspp.pipeline.synthetic import analysis_dataset, forecast_dataset, static_dataset, write_stores
 
 NY, NX = 12, 20
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import MembersConfig, Period, SplitConfig
-from pipeline.features import (channel_leads, channel_names, doy_encoding, parse_channel,
+from enspp.pipeline.config import MembersConfig, Period, SplitConfig
+from enspp.pipeline.features import (channel_leads, channel_names, doy_encoding, parse_channel,
                                target_channels)
-from pipeline.members import MemberSelectionError, check_members, choose_members
-from pipeline.splits import SplitError, resolve_periods, split_init_times
-from pipeline.stats import NormStats, StatsMismatchError, floor_std
-from pipeline.tiles import blend_weights, stitch, tile_slices
+from enspp.pipeline.members import MemberSelectionError, check_members, choose_members
+from enspp.pipeline.splits import SplitError, resolve_periods, split_init_times
+from enspp.pipeline.stats import NormStats, StatsMismatchError, floor_std
+from enspp.pipeline.tiles import blend_weights, stitch, tile_slices
 
 H48 = np.timedelta64(48, "h")
 

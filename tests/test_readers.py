@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from data import schema
-from data.grib import read_grib_eccodes, scan_grib
-from data.grib_writer import write_grib
-from data.readers import (ReaderError, open_analysis, open_canonical_zarr, open_ens_grib,
+from enspp.data import schema
+from enspp.data.grib import read_grib_eccodes, scan_grib
+from enspp.data.grib_writer import write_grib
+from enspp.data.readers import (ReaderError, open_analysis, open_canonical_zarr, open_ens_grib,
                           open_station_netcdf, open_weatherbench_zarr)
-from data.sources import (ForecastSource, GribForecastSource, StationSource, WeatherBenchSource,
+from enspp.data.sources import (ForecastSource, GribForecastSource, StationSource, WeatherBenchSource,
                           ZarrForecastSource, detect_kind, open_source)
 
 STJUDE = "gridded/ecmwf_ens_stjude-storm_2013102500_10fg3_z850.grib"
@@ -192,7 +192,7 @@ def test_canonical_zarr(tmp_path, rng):
 # --- stations -------------------------------------------------------------------------------
 
 def test_station_deterministic_magdeburg(shared_data):
-    from data.point_readers import open_station_deterministic
+    from enspp.data.point_readers import open_station_deterministic
 
     fc, _ = open_station_netcdf(shared_data / MAGDEBURG)
     det = open_station_deterministic(shared_data / MAGDEBURG, variable="t2m")
@@ -212,7 +212,7 @@ def test_station_deterministic_magdeburg(shared_data):
 
 
 def test_station_deterministic_missing_names_the_file_and_the_names(tmp_path):
-    from data.point_readers import open_station_deterministic
+    from enspp.data.point_readers import open_station_deterministic
 
     time = pd.date_range("2010-01-01", periods=3)
     ds = xr.Dataset({"tp24_ens": (("time", "member"), np.ones((3, 2), np.float32)),

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from data import schema
-from data.schema import SchemaError, select_variable, split_level_name, validate
+from enspp.data import schema
+from enspp.data.schema import SchemaError, select_variable, split_level_name, validate
 
 
 def forecast(rng=None) -> xr.Dataset:

@@ -13,10 +13,10 @@ import pytest
 import xarray as xr
 import zarr
 
-from data import store_writer
-from data.lock import StoreLockedError, lock_path, store_lock
-from data.schema import SchemaError
-from data.store import (
+from enspp.data import store_writer
+from enspp.data.lock import StoreLockedError, lock_path, store_lock
+from enspp.data.schema import SchemaError
+from enspp.data.store import (
     SCHEMA_VERSION,
     StoreError,
     StoreMismatchError,
@@ -25,7 +25,7 @@ from data.store import (
     to_store_layout,
     validate_store,
 )
-from data.store_writer import append
+from enspp.data.store_writer import append
 
 
 def forecast(inits, *, members=3, seed=0, nlat=6, nlon=8, leads=(0, 24), levels=(500, 850),
@@ -306,7 +306,7 @@ def test_lock_lives_beside_the_store_and_survives_its_creation(tmp_path):
 
 
 def test_is_store_rejects_a_product_store(tmp_path):
-    from data.store import is_store
+    from enspp.data.store import is_store
 
     store = tmp_path / "fc.zarr"
     append(store, forecast(INITS[:1]))

@@ -13,10 +13,10 @@ import yaml
 from pydantic import ValidationError
 from scipy.special import ndtr
 
-from data import schema
-from data.synth import (SynthConfig, SynthError, build_world, generate_world, parse_grid,
+from enspp.data import schema
+from enspp.data.synth import (SynthConfig, SynthError, build_world, generate_world, parse_grid,
                         parse_years, simulate)
-from data.synth.world import AnalysisChunk
+from enspp.data.synth.world import AnalysisChunk
 
 #: a tiny world for the file tests (weekly inits, one year)
 TINY = dict(seed=7, grid=(16, 32), years=(2012, 2012), init_weekdays=(0,), n_perturbed=4,
@@ -98,8 +98,8 @@ def test_layout(tiny_world):
 
 
 def test_forecast_files_pass_readers_and_schema(tiny_world):
-    from data.grib import read_grib_eccodes
-    from data.readers import open_ens_grib
+    from enspp.data.grib import read_grib_eccodes
+    from enspp.data.readers import open_ens_grib
 
     fc = read_grib_eccodes(tiny_world.forecast_files[:3], kind="forecast")
     schema.validate(fc, kind="forecast", source="synth forecast")
@@ -116,7 +116,7 @@ def test_forecast_files_pass_readers_and_schema(tiny_world):
 
 
 def test_analysis_static_oracle_pass_readers_and_schema(tiny_world):
-    from data.readers import open_analysis
+    from enspp.data.readers import open_analysis
 
     an = open_analysis(tiny_world.analysis_files[:2])
     schema.validate(an.load(), kind="analysis", source="synth analysis")
@@ -135,8 +135,8 @@ def test_analysis_static_oracle_pass_readers_and_schema(tiny_world):
 
 
 def test_files_pass_ingest(tiny_world, tmp_path):
-    from data.ingest import ingest
-    from data.store import open_store
+    from enspp.data.ingest import ingest
+    from enspp.data.store import open_store
 
     ingest(tiny_world.forecast_files[:4], tmp_path / "forecast.zarr", kind="forecast", progress=False)
     ingest(tiny_world.analysis_files[:2], tmp_path / "analysis.zarr", kind="analysis", progress=False)
@@ -209,7 +209,7 @@ def test_oracle_beats_raw_ensemble_and_local_emos(small, name):
 
 
 def test_extremes_in_catalogue_and_data(small, tiny_world):
-    from evaluation.cases import load_catalogue
+    from enspp.evaluation.cases import load_catalogue
 
     cases = load_catalogue(tiny_world.events)
     assert len(cases) == 2 and {c.kind for c in cases} == {"heat_dome", "deep_low"}
@@ -243,7 +243,7 @@ def test_extremes_in_catalogue_and_data(small, tiny_world):
 
 
 def _climate(world, name, day):
-    from data.synth.physics import VAR_SPECS
+    from enspp.data.synth.physics import VAR_SPECS
 
     clim, sd = VAR_SPECS[name].climate(world.lat[:, None], world.lon[None, :], world.lsm,
                                        world.orog, np.asarray([day.day_of_year]))
@@ -288,7 +288,7 @@ def test_generate_refuses_foreign_or_existing_output(tiny_world, tmp_path):
 
 
 def test_grid_181x360_coordinates():
-    from data.synth.physics import grid_coords
+    from enspp.data.synth.physics import grid_coords
 
     lat, lon = grid_coords(181, 360)
     assert lat[0] == 90 and lat[-1] == -90 and lat[90] == 0 and lon[-1] == 359
@@ -297,7 +297,7 @@ def test_grid_181x360_coordinates():
 
 
 def test_cli_synth(tmp_path, capsys):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     out = tmp_path / "w"
     cfg = tmp_path / "synth.yaml"
@@ -320,14 +320,14 @@ def test_cli_synth(tmp_path, capsys):
     (["--variables", "q700"], "synth config: variables"),
 ])
 def test_cli_synth_errors(tmp_path, capsys, args, message):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     assert main(["synth", "--out", str(tmp_path / "w"), *args]) == 1
     assert message in capsys.readouterr().err
 
 
 def test_cli_config_not_a_mapping(tmp_path, capsys):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("synth: [1, 2]\n")
@@ -338,7 +338,7 @@ def test_cli_config_not_a_mapping(tmp_path, capsys):
 @pytest.mark.parametrize("text, message", [("synth: {grid: [8, 16]\n", "not valid YAML"),
                                             ("- 1\n- 2\n", "top level must be a mapping with a 'synth' section")])
 def test_cli_config_bad_yaml_is_named(tmp_path, capsys, text, message):
-    from flows.cli import main
+    from enspp.flows.cli import main
 
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
@@ -350,8 +350,8 @@ def test_cli_config_bad_yaml_is_named(tmp_path, capsys, text, message):
 def test_interrupted_world_is_generated_again(tiny_world, tmp_path):
     """A world without its completion marker (a run killed while generating) is not reused:
     ensure_world generates it again, to the same bytes as an uninterrupted run."""
-    from data.synth import ensure_world
-    from data.synth.writer import COMPLETE_MARKER
+    from enspp.data.synth import ensure_world
+    from enspp.data.synth.writer import COMPLETE_MARKER
 
     root = tmp_path / "w"
     generate_world(root, SynthConfig(**TINY))

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.config import ConfigError, ModelConfig, TrainConfig, load_sections, parse_section
-from models.train import train
-from pipeline.config import PipelineConfig
-from pipeline.stats import NormStats
+from enspp.models.config import ConfigError, ModelConfig, TrainConfig, load_sections, parse_section
+from enspp.models.train import train
+from enspp.pipeline.config import PipelineConfig
+from enspp.pipeline.stats import NormStats
 
 NY, NX, K = 8, 16, 5
 BIAS, NOISE = 1.0, 0.3  # members: truth + BIAS + NOISE * eps (biased, under-dispersed)
@@ -172,9 +172,9 @@ def test_config_validation() -> None:
     with pytest.raises(FileNotFoundError):
         load_sections("/nonexistent/enspp.yaml")
     with pytest.raises(ValueError, match="strictly increasing"):
-        __import__("models.config").config.PredictConfig(quantiles=(0.5, 0.1))
+        __import__("enspp.models.config").models.config.PredictConfig(quantiles=(0.5, 0.1))
     with pytest.raises(ValueError, match="strictly between"):
-        __import__("models.config").config.PredictConfig(quantiles=(0.0, 0.5))
+        __import__("enspp.models.config").models.config.PredictConfig(quantiles=(0.0, 0.5))
     with pytest.raises(ValueError, match="plain directory name"):
         TrainConfig(run_id="a/b")
 
@@ -183,8 +183,8 @@ def test_config_validation() -> None:
 def test_lr_schedules(schedule):
     from types import SimpleNamespace
 
-    from models.config import TrainConfig
-    from models.lightning_module import PostProcessingModule
+    from enspp.models.config import TrainConfig
+    from enspp.models.lightning_module import PostProcessingModule
 
     model = torch.nn.Linear(2, 2)
     model.spec = SimpleNamespace(distribution="gaussian", targets=("t2m",))

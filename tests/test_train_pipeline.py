@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from flows.cli import main
-from models.checkpoint import load_checkpoint
-from models.product import open_product
-from pipeline.align import open_dataset
+from enspp.flows.cli import main
+from enspp.models.checkpoint import load_checkpoint
+from enspp.models.product import open_product
+from enspp.pipeline.align import open_dataset
 from predict_data import K, NX, NY, SMALL_MIXED, make_stores
 
 

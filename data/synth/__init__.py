@@ -10,10 +10,10 @@ core), with the same
 bytes for any number of workers.
 """
 
-from data.synth.config import SynthConfig, SynthError, parse_grid, parse_years
-from data.synth.pool import auto_workers
-from data.synth.world import ForecastState, build_world, forecast, init_times, simulate, simulate_states
-from data.synth.writer import ORACLE_DESCRIPTION, WorldPaths, ensure_world, generate_world, world_config
+from enspp.data.synth.config import SynthConfig, SynthError, parse_grid, parse_years
+from enspp.data.synth.pool import auto_workers
+from enspp.data.synth.world import ForecastState, build_world, forecast, init_times, simulate, simulate_states
+from enspp.data.synth.writer import ORACLE_DESCRIPTION, WorldPaths, ensure_world, generate_world, world_config
 
 __all__ = ["SynthConfig", "SynthError", "WorldPaths", "generate_world", "ensure_world", "world_config", "build_world",
            "simulate", "simulate_states", "forecast", "ForecastState", "init_times", "auto_workers",

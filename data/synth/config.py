@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from data.synth.physics import VAR_SPECS
+from enspp.data.synth.physics import VAR_SPECS
 
 __all__ = ["SynthConfig", "SynthError", "parse_grid", "parse_years"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from data.synth.physics import VAR_SPECS
+from enspp.data.synth.physics import VAR_SPECS
 
 __all__ = ["Event", "make_events", "event_anomaly", "events_to_yaml_dict"]
 

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from data.synth.config import SynthError
-from data.synth.world import ForecastChunk, ForecastState, World, forecast, init_times
+from enspp.data.synth.config import SynthError
+from enspp.data.synth.world import ForecastChunk, ForecastState, World, forecast, init_times
 
 __all__ = ["auto_workers", "forecast_runner", "write_forecast_file"]
 
@@ -42,7 +42,7 @@ def auto_workers(world: World) -> int:
 def write_forecast_file(directory: Path, world: World, state: ForecastState) -> tuple[Path, ForecastChunk]:
     """Compute the forecast of ``state``, write its GRIB file; return the path and the chunk
     without its members (they are in the file; the oracle fields stay for the caller)."""
-    from data.synth.writer import write_forecast
+    from enspp.data.synth.writer import write_forecast
 
     chunk = forecast(world, state)
     path = write_forecast(directory, world, chunk)

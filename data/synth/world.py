@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from data.synth.config import SynthConfig
-from data.synth.events import Event, event_anomaly, make_events
-from data.synth.physics import (VAR_SPECS, ancestry, grid_coords, roll_rows,
+from enspp.data.synth.config import SynthConfig
+from enspp.data.synth.events import Event, event_anomaly, make_events
+from enspp.data.synth.physics import (VAR_SPECS, ancestry, grid_coords, roll_rows,
                                 shift_rows_fractional, smooth_noise, static_fields, zonal_shift_gp)
 
 __all__ = ["World", "AnalysisChunk", "ForecastChunk", "ForecastState", "build_world", "simulate",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from flows.runtime import quiet_prefect
+from enspp.flows.runtime import quiet_prefect
 
 HELP = "run the whole chain on the synthetic world (the main job)"
 
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_prefect()  # before prefect is imported
-    from flows.demo import demo_flow
-    from flows.steps import format_table
+    from enspp.flows.demo import demo_flow
+    from enspp.flows.steps import format_table
 
     t0 = time.perf_counter()
     state = demo_flow(workdir=str(args.workdir), fast=bool(args.fast),

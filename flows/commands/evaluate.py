@@ -24,14 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_evaluate_config(path: Path):
     """The :class:`~evaluation.config.EvaluateConfig` of ``path`` with paths resolved."""
-    from evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
+    from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     cfg = None
     try:
-        from flows.config import load_config
+        from enspp.flows.config import load_config
     except ImportError:
         load_config = None
     if load_config is not None:
@@ -52,14 +52,14 @@ def load_evaluate_config(path: Path):
 
 def run(args: argparse.Namespace) -> int:
     if args.combine:
-        from evaluation.dashboard import combine_dashboards
+        from enspp.evaluation.dashboard import combine_dashboards
 
         index = combine_dashboards(args.combine, args.out)
         print(f"dashboard: {index}")
         return 0
     if args.config is None:
         raise ValueError("--config is required (or --combine DIR ...)")
-    from evaluation.evaluate import evaluate
+    from enspp.evaluation.evaluate import evaluate
 
     cfg = load_evaluate_config(args.config)
     result = evaluate(cfg, args.out)

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.experiment import load_experiment_config, run_experiment
+    from enspp.flows.experiment import load_experiment_config, run_experiment
 
     cfg = load_experiment_config(args.config)
     out = args.out or Path("reports") / f"experiment-{Path(args.config).stem}"

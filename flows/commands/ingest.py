@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data.ingest import ingest
+    from enspp.data.ingest import ingest
 
     summary = ingest(args.paths, args.store, kind=args.kind, progress=not args.quiet,
                      on_error="skip" if args.skip_bad else "raise", allow_nan=args.allow_nan,

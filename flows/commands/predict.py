@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_product_path(checkpoint: Path, store: Path, *, fmt: str) -> Path:
     """``<store dir>/products/<name>-<sha256[:12]>.zarr`` (``.nc`` for NetCDF)."""
-    from models.checkpoint import file_sha256, read_checkpoint
+    from enspp.models.checkpoint import file_sha256, read_checkpoint
 
     _, meta = read_checkpoint(checkpoint)
     suffix = ".nc" if fmt == "netcdf" else ".zarr"
@@ -39,12 +39,12 @@ def default_product_path(checkpoint: Path, store: Path, *, fmt: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.config import PredictConfig
-    from models.predict import predict
+    from enspp.models.config import PredictConfig
+    from enspp.models.predict import predict
 
     options = PredictConfig()
     if args.config is not None:
-        from flows.commands.train import load_sections
+        from enspp.flows.commands.train import load_sections
 
         options = load_sections(args.config)["predict"]
     fmt = "netcdf" if args.netcdf else options.fmt

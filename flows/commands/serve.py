@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from flows.runtime import CONFIG_ENV, quiet_prefect
+from enspp.flows.runtime import CONFIG_ENV, quiet_prefect
 
 HELP = "serve the scheduled deployments on a Prefect server"
 
@@ -34,7 +34,7 @@ def config_path_of(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     quiet_prefect()
-    from flows.config import load_config
+    from enspp.flows.config import load_config
 
     path = config_path_of(args)
     config = load_config(path)  # a bad file fails here, before anything is served
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                          "--host 127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
     from prefect import serve
 
-    from flows.deployments import build_deployments
+    from enspp.flows.deployments import build_deployments
 
     serve(*build_deployments(config, path), limit=args.limit)
     return 0

@@ -35,8 +35,8 @@ _FREQUENCIES = {"daily": (0, 1, 2, 3, 4, 5, 6), "twice-weekly": (0, 3), "weekly"
 
 def build_config(args: argparse.Namespace):
     """SynthConfig from ``--config`` overridden by the command-line options."""
-    from data.synth import SynthConfig, SynthError, parse_grid, parse_years
-    from data.yaml_file import read_yaml_mapping
+    from enspp.data.synth import SynthConfig, SynthError, parse_grid, parse_years
+    from enspp.data.yaml_file import read_yaml_mapping
 
     values: dict = {}
     if args.config is not None:
@@ -74,7 +74,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from data.synth import generate_world
+    from enspp.data.synth import generate_world
 
     config = build_config(args)
     t0 = time.perf_counter()

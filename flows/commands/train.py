@@ -29,15 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_sections(path: Path) -> dict[str, Any]:
     """``{"pipeline", "model", "train", "predict"}`` config objects of ``path``."""
     try:
-        from flows.config import load_config
+        from enspp.flows.config import load_config
     except ImportError:
         load_config = None
     if load_config is not None:
         full = load_config(path)
         return {k: getattr(full, k) for k in ("pipeline", "model", "train", "predict")}
-    from models.config import (ModelConfig, PredictConfig, TrainConfig, parse_section)
-    from models.config import load_sections as read
-    from pipeline.config import PipelineConfig
+    from enspp.models.config import (ModelConfig, PredictConfig, TrainConfig, parse_section)
+    from enspp.models.config import load_sections as read
+    from enspp.pipeline.config import PipelineConfig
 
     raw = read(path)
     return {"pipeline": PipelineConfig.from_dict(raw.get("pipeline"), source=f"{path}: pipeline"),
@@ -47,7 +47,7 @@ def load_sections(path: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.train import train
+    from enspp.models.train import train
 
     cfg = load_sections(args.config)
     train_cfg = cfg["train"]

@@ -19,13 +19,13 @@ def run(args: argparse.Namespace) -> int:
     if not target.exists():
         raise FileNotFoundError(f"{target}: no such file or directory")
     if target.is_dir():
-        from data.store import validate_store
+        from enspp.data.store import validate_store
 
         print(validate_store(target).summary())
         return 0
     if target.suffix.lower() not in (".yaml", ".yml"):
         raise ValueError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
-    from flows.config import load_config
+    from enspp.flows.config import load_config
 
     cfg = load_config(target)
     sections = ["data", "pipeline", "model", "train", "predict", "deploy"]

@@ -32,10 +32,10 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import evaluation as ev  # noqa: E402
-from evaluation import kernels  # noqa: E402
-from evaluation.config import EvaluateConfig, config_from_mapping  # noqa: E402
-from evaluation.evaluate import evaluate  # noqa: E402
+import enspp.evaluation as ev  # noqa: E402
+from enspp.evaluation import kernels  # noqa: E402
+from enspp.evaluation.config import EvaluateConfig, config_from_mapping  # noqa: E402
+from enspp.evaluation.evaluate import evaluate  # noqa: E402
 
 
 def _best(fn, repeat: int) -> tuple[float, object]:

@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from data.grib_writer import write_grib  # noqa: E402
-from data.ingest import ingest  # noqa: E402
+from enspp.data.grib_writer import write_grib  # noqa: E402
+from enspp.data.ingest import ingest  # noqa: E402
 
 INITS = ("2024-01-01T00", "2024-01-01T12")
 MEMBERS = 11

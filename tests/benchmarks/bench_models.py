@@ -38,18 +38,18 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
-from data.store_writer import append  # noqa: E402
-from models.base import ModelSpec, build_model  # noqa: E402
-from models.checkpoint import write_checkpoint  # noqa: E402
-from models.config import ModelConfig, TrainConfig  # noqa: E402
-from models.predict import predict, read_inputs  # noqa: E402
-from models.product import ProductWriter, product_dataset  # noqa: E402
-from models.train import build_metadata  # noqa: E402
-from pipeline.align import open_dataset  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
-from pipeline.features import channel_names  # noqa: E402
-from pipeline.stats import compute_stats  # noqa: E402
-from pipeline.synthetic import analysis_dataset, forecast_dataset  # noqa: E402
+from enspp.data.store_writer import append  # noqa: E402
+from enspp.models.base import ModelSpec, build_model  # noqa: E402
+from enspp.models.checkpoint import write_checkpoint  # noqa: E402
+from enspp.models.config import ModelConfig, TrainConfig  # noqa: E402
+from enspp.models.predict import predict, read_inputs  # noqa: E402
+from enspp.models.product import ProductWriter, product_dataset  # noqa: E402
+from enspp.models.train import build_metadata  # noqa: E402
+from enspp.pipeline.align import open_dataset  # noqa: E402
+from enspp.pipeline.config import PipelineConfig  # noqa: E402
+from enspp.pipeline.features import channel_names  # noqa: E402
+from enspp.pipeline.stats import compute_stats  # noqa: E402
+from enspp.pipeline.synthetic import analysis_dataset, forecast_dataset  # noqa: E402
 
 NY, NX, N_STORE_MEMBERS, K, M = 361, 720, 6, 5, 10
 VARIABLES = ("z500", "t850", "t2m")

@@ -36,7 +36,7 @@ NY, NX, MEMBERS, LEADS = 64, 128, 11, (24, 48)
 
 
 def _config(paths, *, samples: int, patch: int, batch: int, cache_mb: float = 0):
-    from pipeline import PipelineConfig
+    from enspp.pipeline import PipelineConfig
 
     return PipelineConfig.from_dict({
         "stores": {"forecast": str(paths.forecast), "analysis": str(paths.analysis),
@@ -50,7 +50,7 @@ def _config(paths, *, samples: int, patch: int, batch: int, cache_mb: float = 0)
 
 
 def write(directory: Path, n_init: int):
-    from pipeline.synthetic import write_stores
+    from enspp.pipeline.synthetic import write_stores
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -62,7 +62,7 @@ def throughput(paths, *, samples: int, patch: int, batch: int) -> tuple[float, f
     """(pipeline batches/s, zarr-floor batches/s) over the same samples."""
     import zarr
 
-    from pipeline import EnsembleDataModule
+    from enspp.pipeline import EnsembleDataModule
 
     dm = EnsembleDataModule(_config(paths, samples=samples, patch=patch, batch=batch))
     loader = dm.train_dataloader()
@@ -95,7 +95,7 @@ def throughput(paths, *, samples: int, patch: int, batch: int) -> tuple[float, f
 def cached_throughput(paths, *, samples: int, patch: int, batch: int) -> tuple[float, float]:
     """(cached, uncached) batches/s of a second epoch over the same samples; the cached
     loader's first epoch fills its cache (1 GiB: the whole small store)."""
-    from pipeline import EnsembleDataModule
+    from enspp.pipeline import EnsembleDataModule
 
     rates = []
     for cache_mb in (1024, 0):
@@ -121,8 +121,8 @@ def _decode(arr) -> np.ndarray:
 
 def epoch_child(store_dir: str, samples: int, patch: int, batch: int) -> None:
     """Run in a subprocess: one training epoch; print peak RSS (MiB) as JSON."""
-    from pipeline import EnsembleDataModule
-    from pipeline.synthetic import StorePaths
+    from enspp.pipeline import EnsembleDataModule
+    from enspp.pipeline.synthetic import StorePaths
 
     d = Path(store_dir)
     paths = StorePaths(d / "forecast.zarr", d / "analysis.zarr", d / "static.nc")

@@ -33,7 +33,7 @@ torch.set_num_threads(1)
 import xarray as xr  # noqa: E402
 from scipy.special import ndtr  # noqa: E402
 
-from data.schema import select_variable  # noqa: E402
+from enspp.data.schema import select_variable  # noqa: E402
 
 TRAIN = ("2012-01-01", "2017-12-31")
 TEST = ("2019-01-01", "2019-12-31")
@@ -120,7 +120,7 @@ def _children_cpu() -> float:
 
 def load_world(root: Path) -> dict:
     """Forecasts, truth at valid time and oracle from the world's files."""
-    from data.grib import read_grib_eccodes
+    from enspp.data.grib import read_grib_eccodes
 
     fc = read_grib_eccodes(sorted((root / "forecast").glob("*.grib")), kind="forecast")
     an = read_grib_eccodes(sorted((root / "analysis").glob("*.grib")), kind="analysis")
@@ -133,8 +133,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="where to write the world")
     ap.add_argument("--keep", action="store_true", help="keep the world after the benchmark")
     args = ap.parse_args()
-    from data.synth import SynthConfig, build_world, generate_world
-    from data.synth.pool import auto_workers
+    from enspp.data.synth import SynthConfig, build_world, generate_world
+    from enspp.data.synth.pool import auto_workers
 
     tmp = None
     root = args.out
