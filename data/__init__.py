@@ -5,8 +5,8 @@ Other packages use these names; everything else in ``data`` is internal to it.
 """
 
 from enspp.data.ingest import IngestError, IngestSummary, ingest
-from enspp.data.readers import ReaderError, open_analysis, open_ens_grib
 from enspp.data.point_readers import open_station_netcdf, open_weatherbench_zarr
+from enspp.data.readers import ReaderError, open_analysis, open_ens_grib
 from enspp.data.schema import SchemaError, available_variables, select_variable, split_level_name, validate
 from enspp.data.sources import ForecastSource, open_source
 from enspp.data.store import StoreError, open_store, validate_store

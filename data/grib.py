@@ -267,7 +267,7 @@ def read_grib_eccodes(paths, *, kind: schema.Kind | None = None, allow_nan: bool
     for m in messages:
         by_var[m.variable].append(m)
     arrays = {}
-    for name, msgs in by_var.items():
+    for msgs in by_var.values():
         da = _assemble(msgs, kind=kind, lat=lat, lon=lon)
         new, da = canonical_variable(da, msgs[0].short_name, source=msgs[0].path,
                                      type_of_level=msgs[0].type_of_level)
@@ -292,7 +292,7 @@ def check_inventory(messages: Sequence[GribMessage], *, kind: schema.Kind) -> No
     for m in messages:
         if m.type_of_level != "isobaricInhPa":
             other_levels[m.variable].setdefault((m.type_of_level, m.level), m)
-    for var, found in other_levels.items():
+    for found in other_levels.values():
         if len(found) > 1:
             first = next(iter(found.values()))
             raise ReaderError(f"{first.path}: variable {first.short_name!r} on several non-pressure "

@@ -32,9 +32,9 @@ from typing import Literal
 import xarray as xr
 
 from enspp.data import provenance as prov
-from enspp.data.provenance import SourceFile
 from enspp.data.grib import expand_inputs
 from enspp.data.ingest_grib import DECODE_BUDGET, open_grib_lazy
+from enspp.data.provenance import SourceFile
 from enspp.data.schema import MEMBER, Kind
 from enspp.data.store import record_dim
 from enspp.data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version

@@ -22,7 +22,6 @@ import os
 import threading
 from collections import defaultdict
 
-
 import eccodes
 import numpy as np
 import xarray as xr
@@ -30,8 +29,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from enspp.data import schema
-from enspp.data.grib import (GribMessage, absent_fields, check_inventory, kind_of_messages,
-                       read_messages)
+from enspp.data.grib import GribMessage, absent_fields, check_inventory, kind_of_messages, read_messages
 from enspp.data.translate import ReaderError, canonical_name, canonical_variable, normalise_longitude
 
 #: cheap integer keys that, with edition/centre/typeOfLevel/stepType, determine the concepts

@@ -27,8 +27,15 @@ import numpy as np
 import xarray as xr
 
 from enspp.data import schema
-from enspp.data.grib import (GribMessage, absent_fields, check_inventory, expand_paths, kind_of_messages,
-                       read_grib_eccodes, scan_grib)
+from enspp.data.grib import (
+    GribMessage,
+    absent_fields,
+    check_inventory,
+    expand_paths,
+    kind_of_messages,
+    read_grib_eccodes,
+    scan_grib,
+)
 from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf, open_weatherbench_zarr
 from enspp.data.translate import ReaderError, canonical_variable, finalise
 

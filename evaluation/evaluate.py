@@ -29,10 +29,19 @@ from enspp.evaluation.cases import CaseResult, evaluate_case, load_catalogue
 from enspp.evaluation.config import EvaluateConfig
 from enspp.evaluation.metrics import climatological_quantile
 from enspp.evaluation.registry import MissingReferenceError
-from enspp.evaluation.systems import (AlignmentError, SystemField, check_same_grid, common_init_times,
-                                open_systems, open_truth, select_period, truth_at_valid_time,
-                                truth_values)
+from enspp.evaluation.systems import (
+    AlignmentError,
+    SystemField,
+    check_same_grid,
+    common_init_times,
+    open_systems,
+    open_truth,
+    select_period,
+    truth_at_valid_time,
+    truth_values,
+)
 from enspp.evaluation.weights import region_weights
+
 
 class NanPolicyError(ValueError):
     """NaN found where ``nan_policy: error`` forbids it."""

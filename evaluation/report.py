@@ -14,12 +14,12 @@ written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
-import xarray as xr
 
 from enspp.data.schema import LEAD_TIME
 
@@ -129,42 +129,48 @@ def write_plots(result, doc: dict, out_dir: Path) -> None:
             entry["plots"][key] = {}
         for r in entry["regions"]:
             sr = _safe_name(r)
-            _try(doc, f"skill by lead of {v}/{r}", lambda: entry["plots"]["skill_by_lead"].__setitem__(
-                r, _rel(plots.skill_by_lead(ds, r, pdir / f"skill_{sv}_{sr}.png"), out_dir)))
-            _try(doc, f"spread/skill of {v}/{r}", lambda: entry["plots"]["spread_skill"].__setitem__(
-                r, _rel(plots.spread_skill(ds, r, pdir / f"spread_skill_{sv}_{sr}.png"), out_dir)))
+            with _attempt(doc, f"skill by lead of {v}/{r}"):
+                entry["plots"]["skill_by_lead"][r] = _rel(
+                    plots.skill_by_lead(ds, r, pdir / f"skill_{sv}_{sr}.png"), out_dir)
+            with _attempt(doc, f"spread/skill of {v}/{r}"):
+                entry["plots"]["spread_skill"][r] = _rel(
+                    plots.spread_skill(ds, r, pdir / f"spread_skill_{sv}_{sr}.png"), out_dir)
             if vs.histograms:
-                _try(doc, f"histograms of {v}/{r}", lambda: entry["plots"]["histograms"].__setitem__(
-                    r, _rel(plots.histograms(vs.histograms, vs.hist_kind, r, v,
-                                             pdir / f"rank_{sv}_{sr}.png"), out_dir)))
+                with _attempt(doc, f"histograms of {v}/{r}"):
+                    entry["plots"]["histograms"][r] = _rel(
+                        plots.histograms(vs.histograms, vs.hist_kind, r, v, pdir / f"rank_{sv}_{sr}.png"),
+                        out_dir)
         lead_h = vs.crps_map[LEAD_TIME].values / np.timedelta64(1, "h")
         want = result.config.map_lead_time
         j = int(np.argmin(np.abs(lead_h - want))) if want is not None else 0
         entry["map_lead_hours"] = float(lead_h[j])
-        _try(doc, f"maps of {v}", lambda: entry["plots"].__setitem__("maps", _rel(
-            plots.crps_and_skill_maps(vs.crps_map.isel({LEAD_TIME: j}), reference=result.config.reference,
-                                      variable=f"{v} at +{lead_h[j]:g} h", units=vs.units,
-                                      estimator=result.config.crps_estimator,
-                                      path=pdir / f"maps_{sv}.png"), out_dir)))
-    for case_doc, case in zip(doc["cases"], result.cases):
+        with _attempt(doc, f"maps of {v}"):
+            entry["plots"]["maps"] = _rel(plots.crps_and_skill_maps(
+                vs.crps_map.isel({LEAD_TIME: j}), reference=result.config.reference,
+                variable=f"{v} at +{lead_h[j]:g} h", units=vs.units,
+                estimator=result.config.crps_estimator, path=pdir / f"maps_{sv}.png"), out_dir)
+    for case_doc, case in zip(doc["cases"], result.cases, strict=True):
         if case.maps is None:
             continue
         units = result.variables[case.case.variable].units if case.case.variable in result.variables else ""
         title = (f"{case.case.name} — {case.case.variable}, valid {case.map_valid_time} "
                  f"(+{case.map_lead_hours:g} h)")
         systems = [s for s in (x.key for x in result.config.systems) if f"{s}_mean" in case.maps]
-        _try(doc, f"case {case.case.id}", lambda: case_doc.__setitem__("plot", _rel(plots.case_panel(
-            case.maps, systems=systems, title=title, threshold=case.case.threshold, units=units,
-            box=case.case.box.model_dump(), path=pdir / f"case_{_safe_name(case.case.id)}.png"), out_dir)))
+        with _attempt(doc, f"case {case.case.id}"):
+            case_doc["plot"] = _rel(plots.case_panel(
+                case.maps, systems=systems, title=title, threshold=case.case.threshold, units=units,
+                box=case.case.box.model_dump(), path=pdir / f"case_{_safe_name(case.case.id)}.png"), out_dir)
 
 
 def _rel(path: Path, base: Path) -> str:
     return path.relative_to(base).as_posix()
 
 
-def _try(doc: dict, what: str, fn) -> None:
+@contextlib.contextmanager
+def _attempt(doc: dict, what: str):
+    """Draw one figure; a failure is recorded in the report's problems, not raised."""
     try:
-        fn()
+        yield
     except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
         doc["problems"].append(f"{what}: could not be drawn ({type(e).__name__}: {e})")
 

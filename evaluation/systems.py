@@ -25,8 +25,16 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
-from enspp.data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, TIME,
-                         select_variable, spatial_dims)
+from enspp.data.schema import (
+    INIT_TIME,
+    LATITUDE,
+    LEAD_TIME,
+    LONGITUDE,
+    MEMBER,
+    TIME,
+    select_variable,
+    spatial_dims,
+)
 from enspp.evaluation.aggregate import valid_time_positions
 from enspp.evaluation.config import EvaluateConfig, Period, SystemConfig
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from enspp.data import schema
-from enspp.models import ModelSpec, build_model
+from enspp.models import build_model
 
 STATIC_DOY = ("sin_doy", "cos_doy")
 STATIC_PAST = ("err_lag1", "err_lag2", "obs_init", "err_ewm")

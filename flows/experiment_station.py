@@ -14,8 +14,8 @@ from enspp.evaluation.dashboard import write_dashboard
 from enspp.evaluation.experiment import experiment_document, markdown_table, score_rows
 from enspp.flows.experiment_point import (
     STATIC_DOY,
-    STATIC_PAST,
     STATIC_HRES,
+    STATIC_PAST,
     STATIC_SPREAD,
     FitSettings,
     PointData,

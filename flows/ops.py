@@ -28,8 +28,7 @@ from prefect import allow_failure, flow  # noqa: E402
 
 from enspp.flows import steps  # noqa: E402
 from enspp.flows.runtime import make_task_runner, resolve_config  # noqa: E402
-from enspp.flows.tasks import (FlowInputError, done_init_times, ingest_files, new_files,  # noqa: E402
-                         predict_init_times)
+from enspp.flows.tasks import FlowInputError, done_init_times, ingest_files, new_files, predict_init_times  # noqa: E402
 
 #: test hook: SIGKILL the predict flow after this many init-time tasks finished
 PREDICT_FAULT_ENV = "ENSPP_FAULT_KILL_AFTER_PREDICTS"

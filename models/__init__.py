@@ -19,7 +19,14 @@ from enspp.models.base import (
     loss_for,
 )
 from enspp.models.distributions import censored_logistic_moments
-from enspp.models.ecc import ECCError, ecc_members, ecc_template, output_ecc_members, output_quantiles, quantiles
+from enspp.models.ecc import (
+    ECCError,
+    ecc_members,
+    ecc_template,
+    output_ecc_members,
+    output_quantiles,
+    quantiles,
+)
 from enspp.models.losses import (
     DISTRIBUTIONS,
     ENSEMBLE_ESTIMATORS,

@@ -10,6 +10,7 @@ scale, and per target in physical units ``val/crps_<estimator>/<target>`` and
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -67,13 +68,11 @@ class PostProcessingModule(L.LightningModule):
         for t, name in enumerate(self.targets):
             y = target[:, t:t + 1]
             sub = {k: v[:, t:t + 1] for k, v in out.items() if v.dim() == target.dim()}
+            dist_crps = functools.partial(distribution_crps, sub, distribution=self.distribution)
+            raw_crps = functools.partial(crps_ensemble, raw[:, :, t:t + 1], estimator=est)
             self.log(f"{monitor_name(self.distribution)}/{name}",
-                     reduce_crps(lambda z: distribution_crps(sub, z,
-                                                             distribution=self.distribution),
-                                 y, target_scale=ones), **log)
-            self.log(f"val/crps_raw_{est}/{name}",
-                     reduce_crps(lambda z: crps_ensemble(raw[:, :, t:t + 1], z, estimator=est),
-                                 y, target_scale=ones), **log)
+                     reduce_crps(dist_crps, y, target_scale=ones), **log)
+            self.log(f"val/crps_raw_{est}/{name}", reduce_crps(raw_crps, y, target_scale=ones), **log)
 
     def configure_optimizers(self) -> Any:
         cfg = self.train_config

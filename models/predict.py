@@ -31,8 +31,14 @@ import xarray as xr
 from enspp.data import schema
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
 from enspp.models.ecc import output_ecc_members, output_quantiles
-from enspp.models.product import (PRODUCT_FIELDS, ProductError, ProductWriter, open_product,
-                            product_attrs, product_dataset)
+from enspp.models.product import (
+    PRODUCT_FIELDS,
+    ProductError,
+    ProductWriter,
+    open_product,
+    product_attrs,
+    product_dataset,
+)
 from enspp.pipeline.align import open_dataset, open_static
 from enspp.pipeline.config import PipelineConfig
 from enspp.pipeline.features import STATIC_NAMES, doy_encoding, parse_channel, static_fields

@@ -234,7 +234,7 @@ def _trim_to_common_length(path: Path) -> None:
     killed half-way leaves some arrays one init time longer than others)."""
     group = zarr.open_group(path, mode="r+", use_consolidated=False)
     arrays = []
-    for name, arr in group.arrays():
+    for _name, arr in group.arrays():
         dims = list(arr.metadata.dimension_names or arr.attrs.get("_ARRAY_DIMENSIONS", []))
         if schema.INIT_TIME in dims:
             arrays.append((arr, dims.index(schema.INIT_TIME)))

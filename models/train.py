@@ -31,8 +31,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from enspp.data import schema
-from enspp.models.checkpoint import (CheckpointMetadata, CheckpointMismatchError, code_version,
-                               git_commit, read_checkpoint, spec_to_dict)
+from enspp.models.checkpoint import (
+    CheckpointMetadata,
+    CheckpointMismatchError,
+    code_version,
+    git_commit,
+    read_checkpoint,
+    spec_to_dict,
+)
 from enspp.models.config import ModelConfig, TrainConfig
 from enspp.models.lightning_module import PostProcessingModule, monitor_name
 

@@ -2,10 +2,24 @@
 normalisation statistics, patches and tiles).  See ARCHITECTURE.md, "Pipeline -> models
 contract"."""
 
-from enspp.pipeline.align import (Alignment, AlignmentError, GridMismatchError, align, check_grids,
-                            open_dataset)
-from enspp.pipeline.config import (BatchesConfig, FeaturesConfig, MembersConfig, Period,
-                             PipelineConfig, PipelineConfigError, SplitConfig, StoresConfig)
+from enspp.pipeline.align import (
+                            Alignment,
+                            AlignmentError,
+                            GridMismatchError,
+                            align,
+                            check_grids,
+                            open_dataset,
+)
+from enspp.pipeline.config import (
+                            BatchesConfig,
+                            FeaturesConfig,
+                            MembersConfig,
+                            Period,
+                            PipelineConfig,
+                            PipelineConfigError,
+                            SplitConfig,
+                            StoresConfig,
+)
 from enspp.pipeline.datamodule import EnsembleDataModule
 from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, InputNaNError, collate_rows
 from enspp.pipeline.features import STATIC_NAMES, channel_names, parse_channel

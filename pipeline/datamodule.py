@@ -12,12 +12,19 @@ import xarray as xr
 from torch.utils.data import DataLoader
 
 from enspp.data.schema import MEMBER, STATION, spatial_dims
-from enspp.pipeline.align import (Alignment, StoreLike, align, check_grids, open_dataset, open_static,
-                            regrid_like, source_path)
+from enspp.pipeline.align import (
+    Alignment,
+    StoreLike,
+    align,
+    check_grids,
+    open_dataset,
+    open_static,
+    regrid_like,
+    source_path,
+)
 from enspp.pipeline.config import PipelineConfig
 from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, collate_rows
-from enspp.pipeline.features import (STATIC_NAMES, channel_leads, channel_names, static_fields,
-                               target_channels)
+from enspp.pipeline.features import STATIC_NAMES, channel_leads, channel_names, static_fields, target_channels
 from enspp.pipeline.members import check_members
 from enspp.pipeline.reader import StoreReader
 from enspp.pipeline.splits import resolve_periods, split_init_times

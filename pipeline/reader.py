@@ -12,8 +12,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from enspp.data.schema import (INIT_TIME, LATITUDE, LEAD_TIME, LEVEL, LONGITUDE, MEMBER, STATION,
-                         TIME, select_variable, spatial_dims, split_level_name)
+from enspp.data.schema import (
+    INIT_TIME,
+    LATITUDE,
+    LEAD_TIME,
+    LEVEL,
+    LONGITUDE,
+    MEMBER,
+    STATION,
+    TIME,
+    select_variable,
+    spatial_dims,
+    split_level_name,
+)
 from enspp.pipeline.align import StoreLike, open_dataset, regrid_like, source_path
 
 Region = dict[str, slice]

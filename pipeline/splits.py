@@ -12,6 +12,7 @@ from enspp.pipeline.config import Period, SplitConfig
 
 SPLITS = ("train", "val", "test")
 _DAY = np.timedelta64(1, "D")
+_NO_LEAD = np.timedelta64(0, "h")
 
 
 class SplitError(ValueError):
@@ -19,7 +20,7 @@ class SplitError(ValueError):
 
 
 def resolve_periods(init_times: np.ndarray, *, config: SplitConfig,
-                    max_lead: np.timedelta64 = np.timedelta64(0, "h")) -> dict[str, Period]:
+                    max_lead: np.timedelta64 = _NO_LEAD) -> dict[str, Period]:
     """The split periods: those configured, or the paper's chronological default.
 
     The default orders the days holding init times and gives the earliest ``fractions[0]``
@@ -78,7 +79,7 @@ def split_init_times(
         start = np.datetime64(period.start, "ns")
         end_excl = np.datetime64(period.end, "ns") + _DAY
         keep = (inits >= start) & (inits + lead < end_excl)
-        for other, op in ordered:
+        for _other, op in ordered:
             if op.end < period.start:
                 keep &= inits >= np.datetime64(op.end, "ns") + _DAY * (gap_days + 1)
         if not keep.any():

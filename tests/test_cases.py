@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from evaluation_data import make_world
 
 from enspp.evaluation import scoring
-from enspp.evaluation.cases import (SHIPPED_CATALOGUE, Box, CatalogueError, evaluate_case,
-                              exceedance_probability, load_catalogue)
+from enspp.evaluation.cases import (
+    SHIPPED_CATALOGUE,
+    Box,
+    CatalogueError,
+    evaluate_case,
+    exceedance_probability,
+    load_catalogue,
+)
 from enspp.evaluation.systems import SystemField, truth_at_valid_time
-from evaluation_data import make_world
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -125,7 +131,7 @@ def test_exceedance_probability_gaussian_and_ensemble():
 
 def test_stjude_forecast_maps_without_truth(shared_data):
     """The real St Jude ENS: no verifying analysis, so maps and exceedance only."""
-    cfgrib = pytest.importorskip("cfgrib")
+    pytest.importorskip("cfgrib")
     path = shared_data / "gridded" / "ecmwf_ens_stjude-storm_2013102500_10fg3_z850.grib"
     if not path.is_file():
         pytest.skip(f"{path} not found")

@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from predict_data import NX, NY, K, make_checkpoint, make_stores, pipeline_config
 
-from enspp.models.checkpoint import (METADATA_KEY, CheckpointMismatchError, CorruptCheckpointError,
-                               check_store_compatible, load_checkpoint, read_checkpoint)
+from enspp.models.checkpoint import (
+    METADATA_KEY,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    check_store_compatible,
+    load_checkpoint,
+    read_checkpoint,
+)
 from enspp.pipeline.align import open_dataset
 from enspp.pipeline.datamodule import EnsembleDataModule
-from predict_data import K, NX, NY, make_checkpoint, make_stores, pipeline_config
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from enspp.flows.cli import main
-from enspp.flows.config import (ConfigError, DeployConfig, EnsppConfig, Workdir, config_from_mapping,
-                          default_demo_config, load_config)
+from enspp.flows.config import (
+    ConfigError,
+    DeployConfig,
+    EnsppConfig,
+    Workdir,
+    config_from_mapping,
+    default_demo_config,
+    load_config,
+)
 from enspp.models.config import ModelConfig, PredictConfig, TrainConfig
 from enspp.pipeline.config import PipelineConfig
 
@@ -44,7 +52,7 @@ deploy: {task_runner: dask, dask_address: "tcp://127.0.0.1:8786",
     assert cfg.deploy.schedules.predict == "15 8,20 * * *" and cfg.deploy.schedules.train is None
     # the evaluate section gets the pipeline's split periods, so split: test means the same dates
     assert str(cfg.evaluate.resolved_period().start) == "2016-01-01"
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.model = ModelConfig()  # frozen
 
 

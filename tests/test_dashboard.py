@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
+from evaluation_data import evaluated_report
 
 from enspp.evaluation.dashboard import combine_dashboards, render_html, skill_class, write_dashboard
 from enspp.evaluation.report import read_scores
-from evaluation_data import evaluated_report
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

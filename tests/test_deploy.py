@@ -45,8 +45,9 @@ def test_prefect_yaml_entrypoints_name_real_flows_with_accepted_parameters():
 
 
 def test_prefect_yaml_schedules_match_the_config_defaults():
-    from cronsim import CronSim
     import datetime as dt
+
+    from cronsim import CronSim
 
     defaults = SchedulesConfig()
     for d in prefect_yaml()["deployments"]:
@@ -181,7 +182,6 @@ def test_ingest_flow_on_a_dask_cluster_by_address(harness, tmp_path):
     """Scale-out by configuration only: ``deploy: {task_runner: dask, dask_address: ...}``
     runs the ingest tasks on a dask.distributed LocalCluster of 2 worker processes."""
     from distributed import LocalCluster
-
     from test_store import forecast
 
     from enspp.data.grib_writer import write_grib

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
+from evaluation_data import config_dict, evaluated_report, make_world
 
 from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
 from enspp.evaluation.evaluate import NanPolicyError, evaluate, prepare_fields, score_variable, summarise
@@ -15,7 +16,6 @@ from enspp.evaluation.metrics import crps_ensemble
 from enspp.evaluation.registry import MissingReferenceError
 from enspp.evaluation.systems import AlignmentError, SystemDataError, open_truth
 from enspp.evaluation.weights import region_weights
-from evaluation_data import config_dict, evaluated_report, make_world
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

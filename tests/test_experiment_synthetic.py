@@ -124,9 +124,10 @@ def test_target_checks():
 def test_predict_test_is_the_gaussian_product_of_the_test_split(tmp_path):
     """predict_test = models.predict.predict's moments on whole fields: the values the test
     loader gives (its former implementation), rewritten afresh for another checkpoint."""
+    from predict_data import loader_moments, make_checkpoint, make_stores, pipeline_config
+
     from enspp.models.checkpoint import file_sha256
     from enspp.models.product import open_product
-    from predict_data import loader_moments, make_checkpoint, make_stores, pipeline_config
 
     pipe = pipeline_config(make_stores(tmp_path / "stores", n_init=40),
                            batches={"patch_size": 8, "batch_size": 3})

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from test_flows import shared_harness, write_forecast_gribs
+from test_ingest import _same_store
 
 from enspp.data.ingest import ingest
 from enspp.data.store_writer import FAULT_ENV
 from enspp.flows.ops import PREDICT_FAULT_ENV
-from test_flows import shared_harness, write_forecast_gribs
-from test_ingest import _same_store
 
 ROOT = Path(__file__).resolve().parents[1]
 INITS = ["2020-01-01T00", "2020-01-01T12", "2020-01-02T00", "2020-01-02T12"]
@@ -91,10 +91,11 @@ predict: {{n_members: 4}}
 
 
 def test_killed_predict_flow_rerun_equals_uninterrupted(harness, tmp_path):
+    from predict_data import make_checkpoint, make_stores, pipeline_config
+
     from enspp.flows.ops import predict_flow
     from enspp.models.product import open_product
     from enspp.models.registry import register_if_better
-    from predict_data import make_checkpoint, make_stores, pipeline_config
 
     paths = make_stores(tmp_path / "data")
     ckpt = make_checkpoint(tmp_path / "m.ckpt", pipeline_config(paths), perturb=0.1)

@@ -8,13 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_store import forecast
 
 from enspp.data.grib_writer import write_grib
 from enspp.data.store import open_store
 from enspp.flows.tasks import FlowInputError, IngestFilesError, is_transient, new_files
-from enspp.models.registry import (RegistryError, current_version, decide, list_versions,
-                             read_decisions, register_if_better)
-from test_store import forecast
+from enspp.models.registry import (
+    RegistryError,
+    current_version,
+    decide,
+    list_versions,
+    read_decisions,
+    register_if_better,
+)
 
 INITS = ["2020-01-01T00", "2020-01-01T12", "2020-01-02T00"]
 

@@ -14,6 +14,7 @@ import eccodes
 import numpy as np
 import pytest
 import xarray as xr
+from test_store import digest, forecast
 
 from enspp.data.grib_writer import write_grib
 from enspp.data.ingest import IngestError, collect_inputs, ingest
@@ -21,9 +22,7 @@ from enspp.data.ingest_grib import decode_grib, open_grib_lazy
 from enspp.data.readers import read_grib_eccodes
 from enspp.data.store import open_store
 from enspp.data.store_writer import FAULT_ENV
-from enspp.data.translate import ReaderError
 from enspp.flows.cli import main
-from test_store import digest, forecast
 
 ROOT = Path(__file__).resolve().parents[1]
 INITS = ["2020-01-01T00", "2020-01-01T12", "2020-01-02T00", "2020-01-02T12"]
@@ -219,7 +218,7 @@ def test_lazy_open_decodes_only_what_is_indexed_and_equals_the_eager_decode(tmp_
     again = open_grib_lazy(files[0])
     again.close()
     with pytest.raises(ValueError, match="closed"):
-        again["z"].values
+        _ = again["z"].values
 
 
 @pytest.mark.parametrize("budget", [0, 5, None], ids=["from-file", "5-fields", "decoded"])

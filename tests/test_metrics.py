@@ -206,7 +206,7 @@ def test_twcrps_gaussian_against_integral(tail):
     for y in (-1.0, 0.5, 2.0):
         w = (lambda z: z > t) if tail == "upper" else (lambda z: z < t)
         lo, hi = (t, 40.0) if tail == "upper" else (-40.0, t)
-        num = integrate.quad(lambda z: w(z) * (stats.norm.cdf(z, mu, sig) - (y <= z)) ** 2,
+        num = integrate.quad(lambda z, w=w, y=y: w(z) * (stats.norm.cdf(z, mu, sig) - (y <= z)) ** 2,
                              lo, hi, points=[y], limit=200)[0]
         ours = ev.twcrps_gaussian(xr.DataArray(mu), xr.DataArray(sig), xr.DataArray(y),
                                   threshold=t, tail=tail).item()
@@ -237,7 +237,10 @@ def test_climatological_quantile(rng):
 
 
 # ----------------------------------------------------------------- EFI / EECRPS
-def _climate(levels=np.linspace(0.01, 0.99, 99)):
+_LEVELS = np.linspace(0.01, 0.99, 99)
+
+
+def _climate(levels=_LEVELS):
     return xr.DataArray(stats.norm.ppf(levels), dims="quantile", coords={"quantile": levels})
 
 

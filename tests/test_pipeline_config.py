@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pydantic
 import pytest
 
 from enspp.pipeline.config import PipelineConfig, PipelineConfigError
@@ -33,7 +34,7 @@ model: {ignored: here}
     assert cfg.split.test.end == dt.date(2017, 12, 31)
     assert cfg.members.n_chosen == 3
     assert cfg.features.lead_times == (0, 24, 48)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.nan_policy = "error"  # frozen
 
 

@@ -11,8 +11,17 @@ import pytest
 import torch
 import xarray as xr
 
-from enspp.pipeline import (EnsembleDataModule, GridMismatchError, InputNaNError, MemberSelectionError,
-                      NormStats, PipelineConfig, SplitError, StatsMismatchError, align)
+from enspp.pipeline import (
+    EnsembleDataModule,
+    GridMismatchError,
+    InputNaNError,
+    MemberSelectionError,
+    NormStats,
+    PipelineConfig,
+    SplitError,
+    StatsMismatchError,
+    align,
+)
 from enspp.pipeline.align import AlignmentError
 from enspp.pipeline.synthetic import analysis_dataset, forecast_dataset, static_dataset, write_stores
 

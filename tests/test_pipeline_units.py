@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from enspp.pipeline.config import MembersConfig, Period, SplitConfig
-from enspp.pipeline.features import (channel_leads, channel_names, doy_encoding, parse_channel,
-                               target_channels)
+from enspp.pipeline.features import channel_leads, channel_names, doy_encoding, parse_channel, target_channels
 from enspp.pipeline.members import MemberSelectionError, check_members, choose_members
 from enspp.pipeline.splits import SplitError, resolve_periods, split_init_times
 from enspp.pipeline.stats import NormStats, StatsMismatchError, floor_std

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from predict_data import NX, NY, K, loader_moments, make_checkpoint, make_stores, pipeline_config
 
 from enspp.models.checkpoint import CheckpointMismatchError, file_sha256
 from enspp.models.predict import PredictError, _static, predict, tiling
 from enspp.models.product import ProductError, open_product
 from enspp.pipeline.align import open_dataset
 from enspp.pipeline.members import MemberSelectionError
-from predict_data import K, NX, NY, loader_moments, make_checkpoint, make_stores, pipeline_config
 
 QUANTILES = (0.1, 0.5, 0.9)
 

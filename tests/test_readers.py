@@ -13,10 +13,23 @@ import xarray as xr
 from enspp.data import schema
 from enspp.data.grib import read_grib_eccodes, scan_grib
 from enspp.data.grib_writer import write_grib
-from enspp.data.readers import (ReaderError, open_analysis, open_canonical_zarr, open_ens_grib,
-                          open_station_netcdf, open_weatherbench_zarr)
-from enspp.data.sources import (ForecastSource, GribForecastSource, StationSource, WeatherBenchSource,
-                          ZarrForecastSource, detect_kind, open_source)
+from enspp.data.readers import (
+    ReaderError,
+    open_analysis,
+    open_canonical_zarr,
+    open_ens_grib,
+    open_station_netcdf,
+    open_weatherbench_zarr,
+)
+from enspp.data.sources import (
+    ForecastSource,
+    GribForecastSource,
+    StationSource,
+    WeatherBenchSource,
+    ZarrForecastSource,
+    detect_kind,
+    open_source,
+)
 
 STJUDE = "gridded/ecmwf_ens_stjude-storm_2013102500_10fg3_z850.grib"
 ENS_FILES = [STJUDE, "gridded/ecmwf_hres_stjude-storm_2013102500_10fg3_z850.grib",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import properscoring as ps
@@ -14,8 +12,15 @@ from pydantic import ValidationError
 from scipy.special import ndtr
 
 from enspp.data import schema
-from enspp.data.synth import (SynthConfig, SynthError, build_world, generate_world, parse_grid,
-                        parse_years, simulate)
+from enspp.data.synth import (
+    SynthConfig,
+    SynthError,
+    build_world,
+    generate_world,
+    parse_grid,
+    parse_years,
+    simulate,
+)
 from enspp.data.synth.world import AnalysisChunk
 
 #: a tiny world for the file tests (weekly inits, one year)

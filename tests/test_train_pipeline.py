@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from predict_data import NX, NY, SMALL_MIXED, K, make_stores
 
 from enspp.flows.cli import main
 from enspp.models.checkpoint import load_checkpoint
 from enspp.models.product import open_product
 from enspp.pipeline.align import open_dataset
-from predict_data import K, NX, NY, SMALL_MIXED, make_stores
 
 
 def _config(workdir: Path, **train) -> Path:

@@ -28,8 +28,16 @@ import pandas as pd
 
 from enspp.data.synth.config import SynthConfig
 from enspp.data.synth.events import Event, event_anomaly, make_events
-from enspp.data.synth.physics import (VAR_SPECS, ancestry, grid_coords, roll_rows,
-                                shift_rows_fractional, smooth_noise, static_fields, zonal_shift_gp)
+from enspp.data.synth.physics import (
+    VAR_SPECS,
+    ancestry,
+    grid_coords,
+    roll_rows,
+    shift_rows_fractional,
+    smooth_noise,
+    static_fields,
+    zonal_shift_gp,
+)
 
 __all__ = ["World", "AnalysisChunk", "ForecastChunk", "ForecastState", "build_world", "simulate",
            "simulate_states", "forecast", "init_times", "FLOW_BETA", "MEMBER_LEAD_CORR"]

@@ -17,11 +17,11 @@ import yaml
 from enspp.data import schema
 from enspp.data.grib_writer import GribFields, write_fields
 from enspp.data.synth.config import SynthConfig, SynthError
-from enspp.data.yaml_file import read_yaml_mapping
 from enspp.data.synth.events import events_to_yaml_dict
 from enspp.data.synth.physics import VAR_SPECS
 from enspp.data.synth.pool import auto_workers, forecast_runner
 from enspp.data.synth.world import AnalysisChunk, ForecastChunk, World, build_world, simulate_states
+from enspp.data.yaml_file import read_yaml_mapping
 
 __all__ = ["WorldPaths", "generate_world", "ensure_world", "world_config", "ORACLE_DESCRIPTION"]
 

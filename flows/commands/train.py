@@ -35,7 +35,7 @@ def load_sections(path: Path) -> dict[str, Any]:
     if load_config is not None:
         full = load_config(path)
         return {k: getattr(full, k) for k in ("pipeline", "model", "train", "predict")}
-    from enspp.models.config import (ModelConfig, PredictConfig, TrainConfig, parse_section)
+    from enspp.models.config import ModelConfig, PredictConfig, TrainConfig, parse_section
     from enspp.models.config import load_sections as read
     from enspp.pipeline.config import PipelineConfig
 

@@ -18,6 +18,7 @@ Options: ``--points``, ``--members``, ``--inits`` to make it smaller; ``--repeat
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -162,7 +163,7 @@ def bench_store(n_init: int, n_lead: int, n_members: int, repeat: int) -> dict[s
         for _ in range(repeat):  # interleaved: each ratio against a read timed just before
             t_read = _best(lambda: _read(fpath, apath), 1)[0]
             for name, cfg in configs.items():
-                ratios[name].append(_best(lambda: _evaluate(cfg), 1)[0] / t_read)
+                ratios[name].append(_best(functools.partial(_evaluate, cfg), 1)[0] / t_read)
             print(f"  read {t_read:.3f} s, evaluate crps {ratios['crps'][-1] * t_read:.3f} s, "
                   f"evaluate default {ratios['default'][-1] * t_read:.3f} s")
     print(f"store {n_init} inits x {n_lead} leads x {n_members} members x 181x360 float32; "

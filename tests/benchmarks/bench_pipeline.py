@@ -163,7 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         t0 = time.perf_counter()
         small = write(Path(tmp) / "small", a.n_init)
-        large = write(Path(tmp) / "large", 4 * a.n_init)
+        write(Path(tmp) / "large", 4 * a.n_init)
         print(f"wrote stores of {a.n_init} and {4 * a.n_init} init times "
               f"({NY}x{NX}, {MEMBERS} members, {len(VARIABLES)} variables, leads {LEADS} h) "
               f"in {time.perf_counter() - t0:.0f} s")
