@@ -27,13 +27,14 @@ import pandas as pd
 import xarray as xr
 
 from enspp.data import schema
+from enspp.data.errors import EnsppError
 
 __all__ = ["GribWriteError", "GRIB_PARAMS", "GribFields", "write_grib", "write_fields"]
 
 BITS_PER_VALUE = 16
 
 
-class GribWriteError(ValueError):
+class GribWriteError(EnsppError):
     """A dataset cannot be written as GRIB; the message names the file and the variable."""
 
 

@@ -32,6 +32,7 @@ from typing import Literal
 import xarray as xr
 
 from enspp.data import provenance as prov
+from enspp.data.errors import EnsppError
 from enspp.data.grib import expand_inputs
 from enspp.data.ingest_grib import DECODE_BUDGET, open_grib_lazy
 from enspp.data.provenance import SourceFile
@@ -43,7 +44,7 @@ from enspp.data.store_writer import AppendResult, Staged, StoreWriter, open_writ
 INPUT_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1", ".nc", ".nc4", ".netcdf")
 
 
-class IngestError(ValueError):
+class IngestError(EnsppError):
     """One or more inputs were refused; ``failures`` lists ``(file, problem)`` pairs."""
 
     def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:

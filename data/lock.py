@@ -19,10 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from enspp.data.errors import EnsppError
+
 _POLL_S = 0.05
 
 
-class StoreLockedError(ValueError):
+class StoreLockedError(EnsppError):
     """Another process holds the store's lock and did not release it in time."""
 
 

@@ -23,6 +23,8 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
+from enspp.data.errors import EnsppError
+
 INIT_TIME = "init_time"
 LEAD_TIME = "lead_time"
 VALID_TIME = "valid_time"
@@ -43,8 +45,12 @@ ANALYSIS_DIM_ORDER = (TIME, MEMBER, LEVEL, LATITUDE, LONGITUDE, STATION)
 Kind = Literal["forecast", "analysis"]
 
 
-class SchemaError(ValueError):
+class SchemaError(EnsppError):
     """A dataset does not follow the canonical data model; the message says what and where."""
+
+
+class VariableNotFoundError(SchemaError, KeyError):
+    """A variable (or its level) is not in a dataset; a ``KeyError`` too, for lookups."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,8 @@ def select_variable(ds: xr.Dataset, name: str) -> xr.DataArray:
     """Return the variable ``name`` (e.g. ``"z500"``, ``"t2m"``) without a level dim.
 
     Looks for a data variable called exactly ``name`` first, then for the short name with a
-    ``level`` dim holding that level.  Raises ``KeyError`` naming what is available.
+    ``level`` dim holding that level.  Raises :class:`VariableNotFoundError` (a ``KeyError``)
+    naming what is available.
     """
     if name in ds.data_vars:
         da = ds[name]
@@ -165,10 +172,10 @@ def select_variable(ds: xr.Dataset, name: str) -> xr.DataArray:
     if level is not None and short in ds.data_vars and LEVEL in ds[short].dims:
         levels = ds[short][LEVEL].values
         if level not in levels:
-            raise KeyError(f"variable {name!r}: level {level} hPa is not in the data "
+            raise VariableNotFoundError(f"variable {name!r}: level {level} hPa is not in the data "
                            f"(levels of {short!r}: {sorted(int(x) for x in levels)})")
         return ds[short].sel({LEVEL: level}, drop=True).rename(name)
-    raise KeyError(f"variable {name!r} is not in the dataset (available: {available_variables(ds)})")
+    raise VariableNotFoundError(f"variable {name!r} is not in the dataset (available: {available_variables(ds)})")
 
 
 def available_variables(ds: xr.Dataset) -> list[str]:

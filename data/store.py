@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import (
     ANALYSIS_DIM_ORDER,
     FORECAST_DIM_ORDER,
@@ -49,7 +50,7 @@ RECORD_DIMS: dict[str, str] = {"forecast": INIT_TIME, "analysis": TIME}
 POINT_RECORDS_PER_CHUNK = 256
 
 
-class StoreError(ValueError):
+class StoreError(EnsppError):
     """A store is missing, damaged, or refuses what was asked of it; the message says which."""
 
 

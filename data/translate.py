@@ -13,6 +13,7 @@ import pandas as pd
 import xarray as xr
 
 from enspp.data import schema
+from enspp.data.errors import EnsppError
 
 __all__ = ["GRAVITY", "ReaderError", "canonical_name", "canonical_variable", "finalise",
            "normalise_longitude", "td_ns", "to_ns"]
@@ -33,7 +34,7 @@ _CONVERSIONS: dict[tuple[str, str], tuple[Callable, str]] = {
 }
 
 
-class ReaderError(ValueError):
+class ReaderError(EnsppError):
     """Input that cannot be read into the canonical model; the message names the file."""
 
 

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from enspp.data.errors import EnsppError
+
 SUM_VARS = ("weighted_sum", "weight_sum", "count")
 
 
-class AggregationError(ValueError):
+class AggregationError(EnsppError):
     """Bad dims, weights or sums given to an aggregation; the message says which."""
 
 

@@ -19,8 +19,10 @@ import numpy as np
 import xarray as xr
 from scipy.special import stdtr
 
+from enspp.data.errors import EnsppError
 
-class BootstrapError(ValueError):
+
+class BootstrapError(EnsppError):
     """Bad input to a bootstrap or a test (dims, lengths, options)."""
 
 

@@ -34,6 +34,7 @@ import xarray as xr
 from pydantic import Field, ValidationError, model_validator
 from scipy.special import ndtr
 
+from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
 from enspp.data.yaml_file import read_yaml_mapping
 from enspp.evaluation.config import _Frozen
@@ -43,7 +44,7 @@ from enspp.evaluation.systems import SystemField
 SHIPPED_CATALOGUE = Path(__file__).parent / "catalogue" / "cases.yaml"
 
 
-class CatalogueError(ValueError):
+class CatalogueError(EnsppError):
     """A case catalogue is malformed; the message names the file and the key."""
 
 
@@ -120,8 +121,7 @@ def load_catalogue(path: Path) -> list[Case]:
             cases.append(Case.model_validate(entry))
         except ValidationError as e:
             where = entry.get("id", f"#{i}") if isinstance(entry, dict) else f"#{i}"
-            msgs = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
-            raise CatalogueError(f"{path}: case {where}: {msgs}") from None
+            raise CatalogueError(f"{path}: case {where}: {format_validation_error(e)}") from None
     ids = [c.id for c in cases]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -130,7 +130,7 @@ def load_catalogue(path: Path) -> list[Case]:
 
 
 # ------------------------------------------------------------------ selecting a case's data
-class CaseOutOfRange(ValueError):
+class CaseOutOfRange(EnsppError):
     """The data do not cover a case's window, box or variable (reported, not fatal)."""
 
 

@@ -36,6 +36,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from enspp.data.errors import EnsppError, format_validation_error
+
 SystemName = Literal["raw_full", "raw_subset", "emos", "mlp", "unet", "mixed", "oracle", "custom"]
 SystemType = Literal["ensemble", "gaussian", "censored_logistic"]
 
@@ -43,7 +45,7 @@ SystemType = Literal["ensemble", "gaussian", "censored_logistic"]
 KNOWN_METRICS = ("crps", "twcrps", "spread_skill", "rank_histogram", "rmse", "mae", "bias")
 
 
-class EvaluateConfigError(ValueError):
+class EvaluateConfigError(EnsppError):
     """The ``evaluate`` section is inconsistent; the message names the key."""
 
 
@@ -206,8 +208,4 @@ def config_from_mapping(section: dict, *, source: str = "evaluate") -> EvaluateC
     try:
         return EvaluateConfig.model_validate(section)
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msgs.append(f"{source}.{loc}: {err['msg']}")
-        raise EvaluateConfigError("; ".join(msgs)) from None
+        raise EvaluateConfigError(format_validation_error(e, prefix=source)) from None

@@ -17,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
+from enspp.data.errors import EnsppError
 from enspp.evaluation.report import read_scores, write_json
 
 _CSS = """
@@ -323,7 +324,7 @@ def combine_dashboards(dirs: list[Path | str], out: Path | str, *, title: str | 
     """One dashboard comparing several evaluation directories (each with ``scores.json``):
     their plots and scores are copied under ``out/<slug>/`` so ``out`` is self-contained."""
     if len(dirs) < 1:
-        raise ValueError("combine_dashboards: give at least one evaluation directory")
+        raise EnsppError("combine_dashboards: give at least one evaluation directory")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     docs, prefixes, used = [], [], set()

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
 from enspp.evaluation import fused, scoring
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
@@ -43,7 +44,7 @@ from enspp.evaluation.systems import (
 from enspp.evaluation.weights import region_weights
 
 
-class NanPolicyError(ValueError):
+class NanPolicyError(EnsppError):
     """NaN found where ``nan_policy: error`` forbids it."""
 
 

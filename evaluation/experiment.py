@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
 from enspp.evaluation.report import SCHEMA
 
 
-class ExperimentTableError(ValueError):
+class ExperimentTableError(EnsppError):
     """Scores given to the experiment tables are inconsistent."""
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.evaluation import kernels
 from enspp.evaluation.aggregate import weighted_mean
 
@@ -27,7 +28,7 @@ Tail = Literal["upper", "lower"]
 REFERENCE_PROPERSCORING = "equals properscoring.crps_ensemble"
 
 
-class MetricInputError(ValueError):
+class MetricInputError(EnsppError):
     """Forecast and observation do not fit together (dims, alignment, values)."""
 
 

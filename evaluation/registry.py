@@ -8,6 +8,7 @@ from typing import Literal
 
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.evaluation import diagnostics, metrics
 
 #: Named reference systems a skill score may be computed against.
@@ -16,7 +17,7 @@ REFERENCES = ("raw_full", "raw_subset", "emos", "climatology")
 SYSTEMS = ("raw_full", "raw_subset", "emos", "mlp", "unet", "mixed", "oracle", "climatology")
 
 
-class MissingReferenceError(ValueError):
+class MissingReferenceError(EnsppError):
     """A skill score asks for a reference that was not evaluated."""
 
 

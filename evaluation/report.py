@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import LEAD_TIME
 
 SCHEMA = "enspp-evaluation/1"
@@ -220,5 +221,5 @@ def read_scores(path: Path) -> dict:
         raise FileNotFoundError(f"no scores.json at {p}: is this an evaluation directory?")
     doc = json.loads(p.read_text())
     if doc.get("schema") != SCHEMA:
-        raise ValueError(f"{p}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
+        raise EnsppError(f"{p}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
     return doc

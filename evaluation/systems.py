@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import (
     INIT_TIME,
     LATITUDE,
@@ -39,11 +40,11 @@ from enspp.evaluation.aggregate import valid_time_positions
 from enspp.evaluation.config import EvaluateConfig, Period, SystemConfig
 
 
-class AlignmentError(ValueError):
+class AlignmentError(EnsppError):
     """Forecast and truth (or two systems) do not share times or grid points."""
 
 
-class SystemDataError(ValueError):
+class SystemDataError(EnsppError):
     """A system's store lacks what its configuration asks for."""
 
 

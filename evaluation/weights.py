@@ -15,8 +15,10 @@ import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from enspp.data.errors import EnsppError
 
-class RegionError(ValueError):
+
+class RegionError(EnsppError):
     """A region or a latitude/longitude coordinate is invalid; the message says which."""
 
 

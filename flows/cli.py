@@ -61,6 +61,12 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
@@ -75,16 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"enspp {name}", description=help_)
     module.add_arguments(sub)
     args = sub.parse_args(rest)
+    from enspp.data.errors import EnsppError  # after the command's own imports: costs nothing
+
     try:
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, KeyError, OSError) as e:  # user-facing errors
+    except (EnsppError, OSError) as e:  # the user's input or files: one line, no traceback
         if getattr(args, "debug", False):
             raise
-        print(f"enspp {name}: error: {e}", file=sys.stderr)
+        print(f"enspp {name}: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    # anything else is a bug: it raises with its traceback
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.synth import SynthConfig
 from enspp.data.yaml_file import read_yaml_mapping
 from enspp.evaluation.config import EvaluateConfig
@@ -38,7 +39,7 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")
 
 
-class ConfigError(ValueError):
+class ConfigError(EnsppError):
     """A configuration file is malformed; the message names the file, the section and the key."""
 
 
@@ -203,16 +204,10 @@ class Workdir:
 
 
 def _format(e: ValidationError, source: str) -> str:
-    lines = []
-    for err in e.errors():
-        loc = [str(p) for p in err["loc"]]
-        key = ".".join(loc) or "<root>"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = ("unknown section (known: " + ", ".join(SECTIONS) + ")" if len(loc) == 1
-                   else "unknown key")
-        lines.append(f"{source}: {key}: {msg}")
-    return "; ".join(lines)
+    def unknown(loc: tuple[str, ...]) -> str:
+        return "unknown section (known: " + ", ".join(SECTIONS) + ")" if len(loc) == 1 else "unknown key"
+
+    return format_validation_error(e, prefix=source, sep=": ", unknown_key=unknown)
 
 
 def config_from_mapping(raw: dict[str, Any] | None, *, source: str = "config",

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.yaml_file import read_yaml_mapping
 from enspp.flows.experiment_synthetic import SyntheticSection
 
@@ -37,7 +38,7 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 POINT_SYSTEMS = ("emos_global", "emos_local", "emos_lagged", "mlp", "mixed")
 
 
-class ExperimentConfigError(ValueError):
+class ExperimentConfigError(EnsppError):
     """An experiment file is malformed; the message names the file and the key."""
 
 
@@ -152,9 +153,7 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        raise ExperimentConfigError(f"{path}: {key}: {err['msg']}") from e
+        raise ExperimentConfigError(format_validation_error(e, prefix=str(path), sep=": ")) from None
     return cfg
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from enspp.data import schema
+from enspp.data.errors import EnsppError
 from enspp.models import build_model
 
 STATIC_DOY = ("sin_doy", "cos_doy")
@@ -42,7 +43,7 @@ STATIC_HRES = ("hres_dev",)
 STATIC_SPREAD = ("err_ewm_abs",)
 
 
-class PointDataError(ValueError):
+class PointDataError(EnsppError):
     """A station file or a split does not fit the experiment."""
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from enspp.data.errors import EnsppError
 from enspp.data.synth import SynthConfig
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
@@ -45,7 +46,7 @@ SYSTEM_NAMES: dict[str, tuple[str, str]] = {
 QUICK_WORLD = SynthConfig(grid=(16, 32), years=(2012, 2014), events_per_year=4)
 
 
-class SyntheticExperimentError(ValueError):
+class SyntheticExperimentError(EnsppError):
     """The synthetic experiment cannot run as configured; the message names the key."""
 
 

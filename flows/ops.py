@@ -20,6 +20,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+from enspp.data.errors import EnsppError
 from enspp.flows.runtime import quiet_prefect
 
 quiet_prefect()
@@ -34,7 +35,7 @@ from enspp.flows.tasks import FlowInputError, done_init_times, ingest_files, new
 PREDICT_FAULT_ENV = "ENSPP_FAULT_KILL_AFTER_PREDICTS"
 
 
-class FlowFailedError(ValueError):
+class FlowFailedError(EnsppError):
     """Some tasks of a flow failed; the message lists them (the others finished)."""
 
 

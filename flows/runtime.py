@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from enspp.data.errors import EnsppError
+
 #: environment variable naming the config file of deployments (``deploy/prefect.yaml``)
 CONFIG_ENV = "ENSPP_CONFIG"
 
@@ -32,7 +34,7 @@ def resolve_config(config_path: str | os.PathLike[str] | None) -> Any:
 
     path = config_path or os.environ.get(CONFIG_ENV)
     if not path:
-        raise ValueError(f"no config: pass config_path or set {CONFIG_ENV} to an enspp.yaml")
+        raise EnsppError(f"no config: pass config_path or set {CONFIG_ENV} to an enspp.yaml")
     return load_config(Path(path))
 
 

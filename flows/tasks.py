@@ -15,15 +15,17 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from enspp.data.errors import EnsppError
+
 __all__ = ["FlowInputError", "IngestFilesError", "is_transient", "new_files", "ingest_files",
            "predict_init_times", "done_init_times", "IO_RETRY"]
 
 
-class FlowInputError(ValueError):
+class FlowInputError(EnsppError):
     """A flow's inputs are missing or inconsistent; the message says what to run or fix."""
 
 
-class IngestFilesError(ValueError):
+class IngestFilesError(EnsppError):
     """Some files of an ingest task were refused; ``failures`` lists ``(file, problem)``."""
 
     def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:

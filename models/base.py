@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from enspp.data.errors import EnsppError
 from enspp.models.distributions import censored_logistic_moments
 from enspp.models.losses import (
     DISTRIBUTIONS,
@@ -51,7 +52,7 @@ CLOSED_FORM_ESTIMATOR: dict[str, str] = {d: d for d in DISTRIBUTIONS}
 _LOGISTIC_SCALE_PER_STD = math.sqrt(3.0) / math.pi
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(EnsppError):
     """A model spec, its options, or a batch given to a model is inconsistent."""
 
 

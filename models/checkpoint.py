@@ -21,6 +21,7 @@ import torch
 import xarray as xr
 
 from enspp.data import schema
+from enspp.data.errors import EnsppError
 
 #: key of the metadata in a Lightning checkpoint dict
 METADATA_KEY = "enspp"
@@ -30,7 +31,7 @@ METADATA_VERSION = 1
 MODEL_PREFIX = "model."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EnsppError):
     """A checkpoint cannot be used; the message names the file."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.yaml_file import read_yaml_mapping
 
 #: the sections one ``enspp.yaml`` may hold (ARCHITECTURE.md, "Configuration")
@@ -21,7 +22,7 @@ KNOWN_SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "
 ModelName = Literal["emos_local", "emos_global", "emos_lagged", "mlp", "unet", "mixed"]
 
 
-class ConfigError(ValueError):
+class ConfigError(EnsppError):
     """A configuration file or section is malformed; the message names the file and key."""
 
 
@@ -142,6 +143,4 @@ def parse_section(sections: dict[str, dict[str, Any]], name: str, cls: type[C], 
     try:
         return cls.model_validate(sections.get(name, {}))
     except ValidationError as e:
-        problems = "; ".join(
-            f"{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{source}: section {name!r}: {problems}") from None
+        raise ConfigError(f"{source}: {format_validation_error(e, prefix=name)}") from None

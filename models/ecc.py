@@ -31,10 +31,12 @@ import numpy as np
 import torch
 from scipy.special import logit, ndtri
 
+from enspp.data.errors import EnsppError
+
 DISTRIBUTIONS = ("gaussian", "censored_logistic")
 
 
-class ECCError(ValueError):
+class ECCError(EnsppError):
     """Inconsistent shapes, levels or options given to ECC or quantile functions."""
 
 

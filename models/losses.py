@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from enspp.data.errors import EnsppError
+
 Estimator = Literal["fair", "standard"]
 ENSEMBLE_ESTIMATORS: tuple[str, ...] = ("fair", "standard")
 DISTRIBUTIONS: tuple[str, ...] = ("gaussian", "censored_logistic")
@@ -36,7 +38,7 @@ _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-class LossError(ValueError):
+class LossError(EnsppError):
     """A loss was asked for with an unknown estimator/distribution or mismatched inputs."""
 
 

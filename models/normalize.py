@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from enspp.data.errors import EnsppError
+
 STAT_ALIASES: dict[str, tuple[str, ...]] = {
     "channel_mean": ("channel_mean", "mean", "mean_global", "channel_mean_global", "global_mean"),
     "channel_std": ("channel_std", "std", "std_global", "channel_std_global", "global_std"),
@@ -37,7 +39,7 @@ STAT_ALIASES: dict[str, tuple[str, ...]] = {
 STAT_KEYS: tuple[str, ...] = tuple(STAT_ALIASES)
 
 
-class StatsError(ValueError):
+class StatsError(EnsppError):
     """The normalisation statistics are missing, malformed or inconsistent with the spec."""
 
 

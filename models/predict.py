@@ -29,6 +29,7 @@ import torch
 import xarray as xr
 
 from enspp.data import schema
+from enspp.data.errors import EnsppError
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
 from enspp.models.ecc import output_ecc_members, output_quantiles
 from enspp.models.product import (
@@ -48,7 +49,7 @@ from enspp.pipeline.tiles import stitch, tile_slices
 __all__ = ["PredictError", "ProductError", "open_product", "predict", "tiling"]
 
 
-class PredictError(ValueError):
+class PredictError(EnsppError):
     """The forecast store cannot be post-processed as asked; the message names the problem."""
 
 

@@ -22,6 +22,7 @@ import xarray as xr
 import zarr
 
 from enspp.data import schema
+from enspp.data.errors import EnsppError
 
 PRODUCT_KIND = "product"
 COMPLETE_ATTR = "enspp_complete"
@@ -34,7 +35,7 @@ IDENTITY_ATTRS = ("checkpoint_sha256", "input_members", "n_ecc_members", "quanti
 PRODUCT_FIELDS = ("members", "mean", "std", "quantiles")
 
 
-class ProductError(ValueError):
+class ProductError(EnsppError):
     """A product store cannot be written or read as asked; the message names the store."""
 
 

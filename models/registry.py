@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from enspp.data.errors import EnsppError
 from enspp.data.lock import store_lock
 from enspp.models.checkpoint import file_sha256, read_checkpoint
 
@@ -39,7 +40,7 @@ __all__ = ["Decision", "ModelVersion", "RegistryError", "current_version", "deci
            "list_versions", "read_decisions", "register_if_better", "version_name"]
 
 
-class RegistryError(ValueError):
+class RegistryError(EnsppError):
     """The registry is damaged or refuses a request; the message names the file."""
 
 

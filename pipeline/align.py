@@ -10,16 +10,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION, TIME, spatial_dims
 
 StoreLike = str | Path | xr.Dataset
 
 
-class GridMismatchError(ValueError):
+class GridMismatchError(EnsppError):
     """Forecast and analysis (or static fields) are not on the same grid."""
 
 
-class AlignmentError(ValueError):
+class AlignmentError(EnsppError):
     """A forecast lead time or dimension needed for alignment is missing."""
 
 

@@ -20,12 +20,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.yaml_file import read_yaml_mapping
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
-class PipelineConfigError(ValueError):
+class PipelineConfigError(EnsppError):
     """The pipeline configuration is invalid; the message names the bad key."""
 
 
@@ -284,7 +285,7 @@ class PipelineConfig(BaseModel):
         try:
             return cls.model_validate(data or {})
         except ValidationError as e:
-            raise PipelineConfigError(_format_errors(e, source)) from None
+            raise PipelineConfigError(format_validation_error(e, prefix=source)) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, section: str | None = "pipeline") -> PipelineConfig:
@@ -299,12 +300,3 @@ class PipelineConfig(BaseModel):
         return cls.from_dict(raw, source=where)
 
 
-def _format_errors(e: ValidationError, source: str) -> str:
-    lines = []
-    for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}.{key}: {msg}")
-    return "; ".join(lines)

@@ -22,7 +22,7 @@ from enspp.pipeline.align import (
     regrid_like,
     source_path,
 )
-from enspp.pipeline.config import PipelineConfig
+from enspp.pipeline.config import PipelineConfig, PipelineConfigError
 from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, collate_rows
 from enspp.pipeline.features import STATIC_NAMES, channel_leads, channel_names, static_fields, target_channels
 from enspp.pipeline.members import check_members
@@ -53,7 +53,7 @@ class EnsembleDataModule(L.LightningDataModule):
         self._an_src = analysis if analysis is not None else config.stores.analysis
         self._st_src = static if static is not None else config.stores.static
         if self._fc_src is None or self._an_src is None:
-            raise ValueError("pipeline.stores.forecast and pipeline.stores.analysis must be set "
+            raise PipelineConfigError("pipeline.stores.forecast and pipeline.stores.analysis must be set "
                              "(or forecast=/analysis= given)")
         self._stats = stats
         self._ready = False
@@ -151,7 +151,7 @@ class EnsembleDataModule(L.LightningDataModule):
         """The dataset of a split (``mode``: ``train`` for the train split, else ``eval``)."""
         self.setup()
         if split not in self.split_init_times:
-            raise ValueError(f"split {split!r} is not configured (splits: "
+            raise PipelineConfigError(f"split {split!r} is not configured (splits: "
                              f"{list(self.split_init_times)})")
         mode = mode or ("train" if split == "train" else "eval")
         b = self.config.batches

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import LATITUDE, LONGITUDE
 from enspp.pipeline.config import MembersConfig
 from enspp.pipeline.features import doy_encoding
@@ -20,7 +21,7 @@ from enspp.pipeline.stats import NormStats
 from enspp.pipeline.tiles import Tile, tile_slices
 
 
-class InputNaNError(ValueError):
+class InputNaNError(EnsppError):
     """An input field holds NaN and ``nan_policy`` is ``error``."""
 
 

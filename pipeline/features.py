@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import LATITUDE, LONGITUDE, STATION, select_variable, spatial_dims
 
 #: static feature names, in the order of ``batch["static"]``
@@ -32,7 +33,7 @@ def parse_channel(name: str) -> tuple[str, int]:
     """``"t2m@24h"`` -> ``("t2m", 24)``."""
     var, _, lead = name.rpartition("@")
     if not var or not lead.endswith("h") or not lead[:-1].isdigit():
-        raise ValueError(f"channel name {name!r} is not of the form '<variable>@<hours>h'")
+        raise EnsppError(f"channel name {name!r} is not of the form '<variable>@<hours>h'")
     return var, int(lead[:-1])
 
 

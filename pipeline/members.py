@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from enspp.data.errors import EnsppError
 from enspp.pipeline.config import MembersConfig
 
 _NUMBERING = "members are numbered from 0, the control is member 0"
 
 
-class MemberSelectionError(ValueError):
+class MemberSelectionError(EnsppError):
     """The requested members are not in the store."""
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from enspp.data.errors import EnsppError
 from enspp.pipeline.config import Period, SplitConfig
 
 SPLITS = ("train", "val", "test")
@@ -15,7 +16,7 @@ _DAY = np.timedelta64(1, "D")
 _NO_LEAD = np.timedelta64(0, "h")
 
 
-class SplitError(ValueError):
+class SplitError(EnsppError):
     """A split is empty or cannot be formed from the data."""
 
 

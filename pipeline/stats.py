@@ -14,6 +14,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from enspp.data.errors import EnsppError
 from enspp.data.schema import INIT_TIME, LEAD_TIME, MEMBER, STATION, TIME, select_variable, spatial_dims
 
 #: relative floor of a standard deviation (constant fields never give std <= 0)
@@ -23,7 +24,7 @@ _ARRAYS = ("channel_mean", "channel_std", "channel_mean_local", "channel_std_loc
            "target_mean", "target_std", "target_mean_local", "target_std_local")
 
 
-class StatsMismatchError(ValueError):
+class StatsMismatchError(EnsppError):
     """A statistics file does not belong to the store (or configuration) in use."""
 
 

@@ -179,7 +179,7 @@ def test_nan_policy(tmp_path):
     ({"lead_times": [-6]}, "must be >= 0"),
     ({"twcrps": {"percentiles": [1.5]}}, r"must lie in \(0, 1\)"),
     ({"bootstrap": {"n": 3}}, "evaluate.bootstrap.n"),
-    ({"colour": "red"}, "evaluate.colour: Extra inputs"),
+    ({"colour": "red"}, "evaluate.colour: unknown key"),
 ])
 def test_config_errors_name_the_key(over, match):
     base = {"systems": [{"name": "raw_full", "path": "f.zarr"}]}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from enspp.data.errors import EnsppError
 from enspp.data.synth.physics import VAR_SPECS
 
 __all__ = ["SynthConfig", "SynthError", "parse_grid", "parse_years"]
 
 
-class SynthError(ValueError):
+class SynthError(EnsppError):
     """A synthetic world cannot be generated as asked; the message names the option."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from enspp.flows.commands import UsageError
 from enspp.flows.runtime import quiet_prefect
 
 HELP = "run the whole chain on the synthetic world (the main job)"
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     state = demo_flow(workdir=str(args.workdir), fast=bool(args.fast),
                       baseline=not args.no_baseline, return_state=True)
     if not state.is_completed():
-        raise ValueError(f"the demo flow ended {state.name}: {state.message}")
+        raise UsageError(f"the demo flow ended {state.name}: {state.message}")
     out = state.result()
     rows = out["rows"]
     print()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from enspp.flows.commands import UsageError
+
 HELP = "score systems, write reports and the dashboard"
 
 
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dashboard: {index}")
         return 0
     if args.config is None:
-        raise ValueError("--config is required (or --combine DIR ...)")
+        raise UsageError("--config is required (or --combine DIR ...)")
     from enspp.evaluation.evaluate import evaluate
 
     cfg = load_evaluate_config(args.config)

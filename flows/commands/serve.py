@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from enspp.flows.commands import UsageError
 from enspp.flows.runtime import CONFIG_ENV, quiet_prefect
 
 HELP = "serve the scheduled deployments on a Prefect server"
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_path_of(args: argparse.Namespace) -> Path:
     path = args.config or os.environ.get(CONFIG_ENV)
     if not path:
-        raise ValueError(f"no config: pass --config or set {CONFIG_ENV}")
+        raise UsageError(f"no config: pass --config or set {CONFIG_ENV}")
     return Path(path)
 
 
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     path = config_path_of(args)
     config = load_config(path)  # a bad file fails here, before anything is served
     if not os.environ.get("PREFECT_API_URL"):
-        raise ValueError("PREFECT_API_URL is not set: start a server (prefect server start "
+        raise UsageError("PREFECT_API_URL is not set: start a server (prefect server start "
                          "--host 127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
     from prefect import serve
 

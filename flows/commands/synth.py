@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from enspp.data.errors import format_validation_error
+
 HELP = "write the synthetic ENS-like world (GRIB + oracle)"
 
 
@@ -68,9 +70,8 @@ def build_config(args: argparse.Namespace):
     try:
         return SynthConfig(**values)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(map(str, er['loc']))}: {er['msg']}" for er in e.errors())
         where = f"{args.config}: " if args.config is not None else ""
-        raise SynthError(f"{where}synth config: {msgs}") from None
+        raise SynthError(f"{where}synth config: {format_validation_error(e)}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from enspp.flows.commands import UsageError
+
 HELP = "train a post-processing model"
 
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     train_cfg = cfg["train"]
     if args.max_epochs is not None:
         if args.max_epochs < 1:
-            raise ValueError(f"--max-epochs must be >= 1, got {args.max_epochs}")
+            raise UsageError(f"--max-epochs must be >= 1, got {args.max_epochs}")
         train_cfg = train_cfg.model_copy(update={"max_epochs": args.max_epochs})
     workdir = args.workdir if args.workdir is not None else args.config.resolve().parent
     result = train(cfg["pipeline"], cfg["model"], train_cfg, workdir=workdir, resume=args.resume)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from enspp.flows.commands import UsageError
+
 HELP = "check a config file or a store against the model"
 
 
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         print(validate_store(target).summary())
         return 0
     if target.suffix.lower() not in (".yaml", ".yml"):
-        raise ValueError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
+        raise UsageError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
     from enspp.flows.config import load_config
 
     cfg = load_config(target)
