@@ -27,7 +27,7 @@ from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
 from enspp.evaluation import fused, scoring
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
 from enspp.evaluation.cases import CaseResult, evaluate_case, load_catalogue
-from enspp.evaluation.config import EvaluateConfig
+from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError
 from enspp.evaluation.metrics import climatological_quantile
 from enspp.evaluation.registry import MissingReferenceError
 from enspp.evaluation.systems import (
@@ -367,8 +367,11 @@ def _hours(da: xr.DataArray) -> list[float]:
 def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None) -> EvaluationResult:
     """Score all systems, evaluate the cases, and (when ``out_dir`` is given) write the
     report and the dashboard there (:func:`evaluation.report.write_report`)."""
+    if config.truth is None:
+        raise EvaluateConfigError("evaluate.truth: not set; name the analysis store to score "
+                                  "against")
     fields = prepare_fields(config)
-    truth = open_truth(config.truth, config.variables) if config.truth is not None else {}
+    truth = open_truth(config.truth, config.variables)
     variables: dict[str, VariableScores] = {}
     scores: dict[str, xr.Dataset] = {}
     for v, fs in fields.items():

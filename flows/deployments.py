@@ -1,45 +1,243 @@
-"""The four scheduled deployments (the same as ``deploy/prefect.yaml``), built from a config.
+"""The four scheduled deployments and the only parameters a deployment run accepts.
 
-``enspp serve`` serves them from one process with ``prefect.serve``; ``prefect deploy --all
---prefect-file deploy/prefect.yaml`` registers the same deployments for a work pool.
+A deployment run is created through the Prefect API, so its parameters come from whoever can
+reach that API.  The flows served here therefore take no ``config_path``: the configuration
+is fixed when serving (``enspp serve --config`` puts its absolute path in ``$ENSPP_CONFIG`` of
+the serving process; a work pool's worker gets it from its environment), and the parameters
+an operator needs are checked before anything runs:
+
+* ``ingest``: ``paths`` must lie inside the configured ``data.incoming`` directories of
+  ``kind`` (no ``..`` out of them, no absolute path elsewhere);
+* ``predict``: ``version`` is the plain name of a registered model version (not a file path),
+  ``split`` is ``train``/``val``/``test``, ``init_times`` are ISO times;
+* ``evaluate``: ``report_id`` is a plain name (the report directory ``reports/<report_id>``);
+* ``train``: ``min_improvement`` is a finite number >= 0.
+
+A run created with any other parameter (``config_path`` of another YAML) fails before its
+flow body starts: Prefect binds the parameters to the flow's signature (the API itself accepts
+such a run: a deployment's parameter schema allows extra keys).
+
+The schedules have one source, the config's ``deploy.schedules``: :func:`build_deployments`
+serves them and :func:`prefect_yaml` writes the same deployments for a work pool
+(``enspp serve --config CFG --write-prefect-yaml FILE``; ``deploy/prefect.yaml`` is the file
+for the default schedules, checked by the tests).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from enspp.flows.runtime import quiet_prefect
+import yaml
+
+from enspp.data.errors import EnsppError
+from enspp.flows.runtime import CONFIG_ENV, quiet_prefect
 
 quiet_prefect()
 
-#: deployment name -> (flow name in flows/ops.py, schedule key in deploy.schedules, description)
+from prefect import flow  # noqa: E402
+
+#: deployment name -> (served flow in this module, schedule key in deploy.schedules, description)
 DEPLOYMENTS: dict[str, tuple[str, str, str]] = {
-    "ingest-hourly": ("ingest_flow", "ingest",
+    "ingest-hourly": ("ingest_deployment", "ingest",
                       "Ingest new GRIB/Zarr files from the incoming directory into the stores."),
-    "predict-00-12": ("predict_flow", "predict",
+    "predict-00-12": ("predict_deployment", "predict",
                       "Operational post-processing of the 00 and 12 UTC runs after data arrival."),
-    "evaluate-nightly": ("evaluate_flow", "evaluate",
+    "evaluate-nightly": ("evaluate_deployment", "evaluate",
                          "Score products against the analyses and refresh the skill dashboard."),
-    "train-weekly": ("train_flow", "train",
+    "train-weekly": ("train_deployment", "train",
                      "Retrain on the stores; register the model only if it beats the current one."),
 }
 
+#: the work pool of ``deploy/prefect.yaml``
+WORK_POOL = "enspp-pool"
 
-def build_deployments(config: Any, config_path: str | Path) -> list[Any]:
-    """``RunnerDeployment`` objects for :data:`DEPLOYMENTS` with the config's schedules; every
-    run reads ``config_path`` (made absolute)."""
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_GLOB = re.compile(r"[*?\[]")
+
+
+class DeploymentParameterError(EnsppError):
+    """A deployment run was asked for with a parameter it does not accept."""
+
+
+def check_plain_name(value: str, *, what: str) -> str:
+    """``value`` if it is a plain file name (letters, digits, ``.``, ``_``, ``-``; not
+    starting with a dot; no separator), else :class:`DeploymentParameterError`."""
+    if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value):
+        raise DeploymentParameterError(
+            f"{what} {value!r} is not a plain name (letters, digits, '.', '_', '-'; not starting "
+            "with '.'; at most 128 characters)")
+    return value
+
+
+def served_config_path() -> Path:
+    """The config fixed when serving: ``$ENSPP_CONFIG`` of the serving process (absolute)."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise DeploymentParameterError(f"no config: the serving process sets {CONFIG_ENV} "
+                                       "(enspp serve --config CFG)")
+    return Path(path).resolve()
+
+
+def incoming_roots(config: Any, kind: str) -> list[Path]:
+    """The directories ``data.incoming.<kind>`` names: each entry's part before its first
+    glob character (a file's directory), absolute and normalised."""
+    roots = []
+    for entry in getattr(config.data.incoming, kind):
+        p = config.workdir.path(entry)
+        parts = p.parts
+        fixed = next((i for i, part in enumerate(parts) if _GLOB.search(part)), len(parts))
+        base = Path(*parts[:fixed]) if fixed else Path(p.anchor)
+        if fixed == len(parts) and base.is_file():
+            base = base.parent  # a single file: its directory
+        roots.append(Path(os.path.normpath(base)))
+    return roots
+
+
+def check_incoming_paths(config: Any, paths: list[str], kind: str | None) -> None:
+    """Every path (file, directory or glob; relative to the work directory) lies inside one
+    of the ``data.incoming.<kind>`` directories, after ``..`` is resolved."""
+    if kind not in ("forecast", "analysis"):
+        raise DeploymentParameterError(f"kind must be 'forecast' or 'analysis' with paths, "
+                                       f"got {kind!r}")
+    roots = incoming_roots(config, kind)
+    if not roots:
+        raise DeploymentParameterError(f"paths: data.incoming.{kind} names no directory, so "
+                                       "a deployment run cannot ingest given paths")
+    for p in paths:
+        if not isinstance(p, str) or not p or "\x00" in p:
+            raise DeploymentParameterError(f"paths: {p!r} is not a path")
+        full = Path(os.path.normpath(config.workdir.path(p)))
+        if not any(full == r or full.is_relative_to(r) for r in roots):
+            raise DeploymentParameterError(
+                f"paths: {p!r} is outside the incoming {kind} directories "
+                f"({', '.join(map(str, roots))})")
+
+
+def _config() -> tuple[Path, Any]:
+    from enspp.flows.config import load_config
+
+    path = served_config_path()
+    return path, load_config(path)
+
+
+# ------------------------------------------------------------------ the served flows
+@flow(name="ingest", log_prints=True)
+def ingest_deployment(paths: list[str] | None = None,
+                      kind: Literal["forecast", "analysis"] | None = None) -> dict[str, Any]:
+    """Ingest the configured ``data.incoming`` files, or ``paths`` inside those directories."""
+    from enspp.flows.ops import ingest_flow
+
+    path, cfg = _config()
+    if paths:
+        check_incoming_paths(cfg, paths, kind)
+    return ingest_flow.fn(str(path), paths=paths, kind=kind)
+
+
+@flow(name="predict", log_prints=True)
+def predict_deployment(init_times: list[str] | None = None,
+                       split: Literal["train", "val", "test"] | None = None,
+                       version: str | None = None, init_times_per_task: int = 1) -> str:
+    """The registry's current model (or registered ``version``) on the latest init time (or
+    ``init_times``, or the ``split``)."""
+    import numpy as np
+
+    from enspp.flows.ops import predict_flow
+    from enspp.models.registry import list_versions
+
+    path, cfg = _config()
+    for t in init_times or []:
+        try:
+            np.datetime64(t, "ns")
+        except (TypeError, ValueError):
+            raise DeploymentParameterError(f"init_times: {t!r} is not an ISO time") from None
+    if not 1 <= init_times_per_task <= 10_000:
+        raise DeploymentParameterError(f"init_times_per_task must be 1..10000, got "
+                                       f"{init_times_per_task}")
+    checkpoint = None
+    if version is not None:
+        check_plain_name(version, what="version")
+        found = [v for v in list_versions(cfg.workdir.registry) if v.version == version]
+        if not found:
+            raise DeploymentParameterError(f"version {version!r} is not registered in "
+                                           f"{cfg.workdir.registry}")
+        checkpoint = str(found[0].checkpoint)
+    return predict_flow.fn(str(path), init_times=init_times, split=split, checkpoint=checkpoint,
+                           init_times_per_task=init_times_per_task)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_deployment(report_id: str = "latest") -> dict[str, Any]:
+    """Score the products and rewrite ``reports/<report_id>/``."""
+    from enspp.flows.ops import evaluate_flow
+
+    check_plain_name(report_id, what="report_id")
+    path, _ = _config()
+    return evaluate_flow.fn(str(path), report_id=report_id)
+
+
+@flow(name="train", log_prints=True)
+def train_deployment(min_improvement: float = 0.0) -> dict[str, Any]:
+    """Retrain and register the candidate only if it beats the current model."""
+    from enspp.flows.ops import train_flow
+
+    if not (math.isfinite(min_improvement) and min_improvement >= 0):
+        raise DeploymentParameterError(f"min_improvement must be a finite number >= 0, got "
+                                       f"{min_improvement}")
+    path, _ = _config()
+    return train_flow.fn(str(path), min_improvement=min_improvement)
+
+
+# ------------------------------------------------------------------ deployments and prefect.yaml
+def _cron(config: Any, key: str) -> str | None:
+    return getattr(config.deploy.schedules, key)
+
+
+def build_deployments(config: Any) -> list[Any]:
+    """``RunnerDeployment`` objects for :data:`DEPLOYMENTS` with the config's schedules and no
+    preset parameters (the config is the serving process's ``$ENSPP_CONFIG``)."""
     from prefect.schedules import Cron
 
-    from enspp.flows import ops
-
-    sched = config.deploy.schedules
-    path = str(Path(config_path).resolve())
+    tz = config.deploy.schedules.timezone
     out = []
     for name, (flow_name, key, description) in DEPLOYMENTS.items():
-        cron = getattr(sched, key)
-        schedules = [] if cron is None else [Cron(cron, timezone=sched.timezone)]
-        out.append(getattr(ops, flow_name).to_deployment(
-            name=name, description=description, schedules=schedules,
-            parameters={"config_path": path}, tags=["enspp"]))
+        cron = _cron(config, key)
+        out.append(globals()[flow_name].to_deployment(
+            name=name, description=description, tags=["enspp"],
+            schedules=[] if cron is None else [Cron(cron, timezone=tz)]))
     return out
+
+
+_HEADER = """\
+# Prefect 3 deployments of enspp for a process work pool named enspp-pool: run
+# `prefect deploy --all --prefect-file deploy/prefect.yaml` from the project root.
+# Written by `enspp serve --config CFG --write-prefect-yaml FILE` from deploy.schedules of the
+# config (this file: the default schedules, UTC); edit the config and write it again rather
+# than this file. Every run reads the config named by $ENSPP_CONFIG of the worker and starts
+# in $ENSPP_HOME (the project directory); the deployments take no config path.
+"""
+
+
+def prefect_yaml(config: Any) -> str:
+    """``prefect.yaml`` declaring :data:`DEPLOYMENTS` for the work pool ``enspp-pool`` with
+    the schedules of ``config.deploy.schedules``."""
+    from importlib.metadata import version
+
+    tz = config.deploy.schedules.timezone
+    deployments = []
+    for name, (flow_name, key, description) in DEPLOYMENTS.items():
+        cron = _cron(config, key)
+        deployments.append({
+            "name": name, "description": description,
+            "entrypoint": f"flows/deployments.py:{flow_name}",
+            "work_pool": {"name": WORK_POOL, "work_queue_name": "default"},
+            "tags": ["enspp"],
+            "schedules": [] if cron is None else [{"cron": cron, "timezone": tz}]})
+    doc = {"name": "enspp", "prefect-version": version("prefect"), "build": None, "push": None,
+           "pull": [{"prefect.deployments.steps.set_working_directory":
+                     {"directory": "{{ $ENSPP_HOME }}"}}],
+           "deployments": deployments}
+    return _HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)

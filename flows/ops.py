@@ -8,8 +8,11 @@
 * :func:`evaluate_flow`: score products against the analyses, refresh the dashboard, publish
   the headline table as artifacts.
 
-Every flow takes ``config_path`` (default ``$ENSPP_CONFIG``).  Tasks run on the task runner of
-the config's ``deploy`` section (threads, or a dask cluster by address).
+Every flow takes ``config_path`` (default ``$ENSPP_CONFIG``): they are what the CLI and the
+demo call.  Scheduled deployments serve the wrappers of ``flows/deployments.py`` instead, which
+take no config path and check every parameter a client of the Prefect API could send.  Tasks
+run on the task runner of the config's ``deploy`` section (threads, or a dask cluster by
+address).
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     decision = steps.register_model(
         str(wd.registry), candidate, score=scores["candidate"],
         current_score=scores["current"]["score"] if "current" in scores else None,
-        source=trained["run_dir"])
+        source=trained["run_dir"], min_improvement=min_improvement)
     print(f"registry: {decision['version']} "
           f"{'registered' if decision['registered'] else 'not registered'}: {decision['reason']}")
     return {**trained, **decision}
@@ -302,7 +305,9 @@ def evaluate_flow(config_path: str | None = None, report_id: str = "latest",
     """Score the products against the analysis store, rewrite the dashboard in
     ``WORKDIR/reports/<report_id>/`` and publish the headline table as artifacts."""
     from enspp.evaluation.report import read_scores
+    from enspp.flows.deployments import check_plain_name
 
+    check_plain_name(report_id, what="report_id")
     cfg = resolve_config(config_path)
     ev = evaluation_config(cfg, products=products)
     if ev.truth is None or not Path(ev.truth).exists():

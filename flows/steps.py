@@ -119,12 +119,13 @@ def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict
 
 @task(name="register-model", **_PLAIN)
 def register_model(registry: str, checkpoint: str, *, score: dict[str, Any],
-                   current_score: float | None, source: str) -> dict[str, Any]:
+                   current_score: float | None, source: str,
+                   min_improvement: float = 0.0) -> dict[str, Any]:
     from enspp.models.registry import register_if_better
 
     d = register_if_better(registry, checkpoint, score=score["score"], metric=score["metric"],
-                           current_score=current_score, source=source,
-                           details={"crps": score["crps"]})
+                           current_score=current_score, min_improvement=min_improvement,
+                           source=source, details={"crps": score["crps"]})
     get_run_logger().info(d.line())
     return {"registered": d.registered, "version": d.version, "reason": d.reason,
             "score": d.score, "current": d.current, "current_score": d.current_score}

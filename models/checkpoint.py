@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,24 +190,36 @@ def git_commit(repo: str | Path | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], CheckpointMetadata]:
-    """Read the raw Lightning dict and its metadata; errors name the file."""
+def read_checkpoint_bytes(data: bytes, *, source: str | Path) -> tuple[dict[str, Any], CheckpointMetadata]:
+    """Parse checkpoint ``data`` (the file's bytes, read once by the caller) with
+    ``weights_only=True``: nothing in it can execute code.  Errors name ``source``."""
+    try:
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise CorruptCheckpointError(
+            f"checkpoint {source} is corrupt or not a checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from e
+    if not isinstance(raw, dict) or "state_dict" not in raw:
+        raise CorruptCheckpointError(f"checkpoint {source} holds no 'state_dict': "
+                                     f"not a Lightning checkpoint")
+    if METADATA_KEY not in raw:
+        raise CorruptCheckpointError(f"checkpoint {source} holds no {METADATA_KEY!r} metadata: "
+                                     f"not written by enspp train")
+    return raw, CheckpointMetadata.from_checkpoint(raw[METADATA_KEY], source=source)
+
+
+def read_checkpoint_file(path: str | Path) -> bytes:
+    """The bytes of checkpoint ``path``, read once (a missing file names the path)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise CorruptCheckpointError(
-            f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from e
-    if not isinstance(raw, dict) or "state_dict" not in raw:
-        raise CorruptCheckpointError(f"checkpoint {path} holds no 'state_dict': "
-                                     f"not a Lightning checkpoint")
-    if METADATA_KEY not in raw:
-        raise CorruptCheckpointError(f"checkpoint {path} holds no {METADATA_KEY!r} metadata: "
-                                     f"not written by enspp train")
-    return raw, CheckpointMetadata.from_checkpoint(raw[METADATA_KEY], source=path)
+    return path.read_bytes()
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], CheckpointMetadata]:
+    """Read the raw Lightning dict and its metadata (``weights_only=True``); errors name the
+    file."""
+    return read_checkpoint_bytes(read_checkpoint_file(path), source=path)
 
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
@@ -214,7 +227,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     from enspp.models.base import build_model
 
     path = Path(path)
-    raw, meta = read_checkpoint(path)
+    data = read_checkpoint_file(path)  # one read: the weights and the hash are the same bytes
+    raw, meta = read_checkpoint_bytes(data, source=path)
     try:
         model = build_model(spec_from_dict(meta.spec))
     except ValueError as e:
@@ -228,7 +242,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             f"(missing {list(result.missing_keys)[:5]}, unexpected "
             f"{list(result.unexpected_keys)[:5]})")
     model.eval()
-    return LoadedCheckpoint(model=model, metadata=meta, path=path, sha256=file_sha256(path))
+    return LoadedCheckpoint(model=model, metadata=meta, path=path,
+                            sha256=hashlib.sha256(data).hexdigest())
 
 
 def check_store_compatible(meta: CheckpointMetadata, store: xr.Dataset, *,

@@ -10,7 +10,9 @@ A run directory holds::
       logs/tensorboard/version_<n>/      the same as TensorBoard event files
 
 Resuming from a checkpoint inside a run directory continues that run: the same directory,
-epoch counter, optimizer, early-stopping and RNG states.  CPU by default; GPU and multi-GPU
+epoch counter, optimizer, early-stopping and RNG states.  The checkpoint is read once, with
+``weights_only=True`` (a checkpoint cannot execute code), and those bytes are checked against
+the config and resumed from: the path is not opened a second time.  CPU by default; GPU and multi-GPU
 DDP come from :class:`~models.config.TrainConfig`'s Trainer fields alone.
 """
 
@@ -29,14 +31,17 @@ import numpy as np
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from enspp.data import schema
 from enspp.models.checkpoint import (
+    METADATA_KEY,
     CheckpointMetadata,
     CheckpointMismatchError,
     code_version,
     git_commit,
-    read_checkpoint,
+    read_checkpoint_bytes,
+    read_checkpoint_file,
     spec_to_dict,
 )
 from enspp.models.config import ModelConfig, TrainConfig
@@ -173,9 +178,17 @@ def _opt_str(v: Any) -> str | None:
     return str(v)
 
 
-def _check_resume(path: Path, spec: Any) -> None:
+def read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint to resume from, read once with ``weights_only=True``: the dict that is
+    checked is the dict training resumes from (:class:`_ResumeCheckpointIO`), so a file
+    swapped after the check is never read, and nothing in the file can execute code."""
+    raw, _ = read_checkpoint_bytes(read_checkpoint_file(path), source=path)
+    return raw
+
+
+def _check_resume(path: Path, raw: dict[str, Any], spec: Any) -> None:
     """A resumed checkpoint must hold the model the config describes."""
-    _, meta = read_checkpoint(path)
+    meta = CheckpointMetadata.from_checkpoint(raw[METADATA_KEY], source=path)
     for key in ("name", "channels", "targets", "distribution", "n_members", "grid_shape"):
         old, new = meta.spec.get(key), getattr(spec, key)
         if tuple(np.atleast_1d(old).tolist()) != tuple(np.atleast_1d(new).tolist()):
@@ -183,7 +196,26 @@ def _check_resume(path: Path, spec: Any) -> None:
                 f"resume: checkpoint {path} has {key} = {old!r} but the config gives {new!r}")
 
 
-def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str) -> L.Trainer:
+class _ResumeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, except that the resume checkpoint is the dict read (and
+    checked) before training: Lightning never opens that path again.  Any other load is
+    ``weights_only=True``."""
+
+    def __init__(self, path: Path, checkpoint: dict[str, Any]) -> None:
+        super().__init__()
+        self._path = str(path)
+        self._checkpoint: dict[str, Any] | None = checkpoint
+
+    def load_checkpoint(self, path: Any, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if str(path) == self._path and self._checkpoint is not None:
+            checkpoint, self._checkpoint = self._checkpoint, None
+            return checkpoint
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str,
+                 plugins: list[Any] | None = None) -> L.Trainer:
     """The Lightning Trainer with checkpoints, early stopping and CSV/TensorBoard loggers."""
     ckpt_dir = run_dir / CHECKPOINT_DIR
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST_NAME, monitor=monitor,
@@ -207,7 +239,7 @@ def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str) -> L.Traine
         log_every_n_steps=train.log_every_n_steps, enable_progress_bar=train.progress_bar,
         limit_train_batches=train.limit_train_batches,
         limit_val_batches=train.limit_val_batches, callbacks=callbacks, logger=loggers,
-        default_root_dir=run_dir, enable_model_summary=False)
+        default_root_dir=run_dir, enable_model_summary=False, plugins=plugins)
 
 
 def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
@@ -225,9 +257,12 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     data = datamodule if datamodule is not None else _build_datamodule(pipeline)
     data.setup("fit")
     spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape)
+    plugins = None
     if resume is not None:
         resume = Path(resume)
-        _check_resume(resume, spec)
+        checkpoint = read_resume_checkpoint(resume)
+        _check_resume(resume, checkpoint, spec)
+        plugins = [_ResumeCheckpointIO(resume, checkpoint)]
     from enspp.models.base import build_model
 
     metadata = build_metadata(spec, data=data, pipeline=pipeline, model=model, train=train_config)
@@ -238,11 +273,11 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
     monitor = monitor_name(spec.distribution)
-    trainer = make_trainer(train_config, run_dir=run_dir, monitor=monitor)
+    trainer = make_trainer(train_config, run_dir=run_dir, monitor=monitor, plugins=plugins)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=False)
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else run_dir / CHECKPOINT_DIR / f"{BEST_NAME}.ckpt"
     raw = trainer.callback_metrics.get(f"val/crps_raw_{train_config.ensemble_estimator}")

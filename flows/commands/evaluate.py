@@ -1,9 +1,8 @@
 """``enspp evaluate --config CFG --out DIR``: score systems, write reports and the dashboard.
 
-Reads the ``evaluate`` section of the config file (through ``flows.config.load_config`` when
-that module exists, else directly with YAML); relative paths in it are relative to the config
-file's directory.  ``--combine DIR ...`` instead merges finished evaluations into one
-dashboard at ``--out``.
+Reads the ``evaluate`` section of the config file; relative paths in it are relative to the
+work directory (``data.workdir``, itself relative to the config file's directory).
+``--combine DIR ...`` instead merges finished evaluations into one dashboard at ``--out``.
 """
 
 from __future__ import annotations
@@ -25,31 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_evaluate_config(path: Path):
-    """The :class:`~evaluation.config.EvaluateConfig` of ``path`` with paths resolved."""
-    from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
+    """The :class:`~evaluation.config.EvaluateConfig` of ``path`` with its relative paths
+    resolved against the work directory (``data.workdir``, by default the config file's
+    directory), as the flows resolve them."""
+    from enspp.evaluation.config import EvaluateConfigError
+    from enspp.flows.config import load_config
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    cfg = None
-    try:
-        from enspp.flows.config import load_config
-    except ImportError:
-        load_config = None
-    if load_config is not None:
-        full = load_config(path)
-        cfg = getattr(full, "evaluate", None)
-    if not isinstance(cfg, EvaluateConfig):
-        import yaml
-
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise EvaluateConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(doc, dict) or "evaluate" not in doc:
-            raise EvaluateConfigError(f"{path}: no 'evaluate' section")
-        cfg = config_from_mapping(doc["evaluate"], source=f"{path}: evaluate")
-    return cfg.resolve_paths(path.resolve().parent)
+    full = load_config(path)
+    if full.evaluate is None:
+        raise EvaluateConfigError(f"{path}: no 'evaluate' section")
+    return full.evaluate.resolve_paths(full.workdir.root)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,9 +48,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise UsageError("--config is required (or --combine DIR ...)")
+    from enspp.evaluation.config import EvaluateConfigError
     from enspp.evaluation.evaluate import evaluate
 
     cfg = load_evaluate_config(args.config)
+    if cfg.truth is None:
+        raise EvaluateConfigError(f"{args.config}: evaluate.truth: not set; name the analysis "
+                                  "store to score against (e.g. truth: stores/analysis.zarr)")
     result = evaluate(cfg, args.out)
     for v, ds in result.scores.items():
         region = str(ds.region.values[0])
