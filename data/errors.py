@@ -31,8 +31,9 @@ def format_validation_error(e: ValidationError, *, prefix: str = "", sep: str = 
     items = []
     for err in e.errors():
         loc = tuple(str(p) for p in err["loc"])
-        key = ".".join(loc) or "<root>"
-        where = f"{prefix}{sep}{key}" if prefix else key
+        key = ".".join(loc)
+        # a model-level problem (empty location) is the prefix's own
+        where = (f"{prefix}{sep}{key}" if key else prefix) if prefix else (key or "<root>")
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = unknown_key(loc) if unknown_key is not None else "unknown key"

@@ -11,11 +11,13 @@ Example::
         - {name: mlp, path: stores/products/mlp-v3.zarr, type: gaussian}
       variables: [t2m, z500]
       period: {start: 2023-01-01, end: 2023-12-31}
-      regions: [global, tropics, extratropics]
+      regions: [global, tropics, extratropics,      # names of evaluation.weights.REGIONS
+                {name: alps, lat_min: 44, lat_max: 48.5, lon_min: 5, lon_max: 17}]
       lead_times: [24, 48]          # hours; all leads when omitted
-      metrics: [crps, spread_skill, rank_histogram, rmse, mae, bias, twcrps]
+      metrics: [crps, spread_skill, rank_histogram, rmse, mae, bias, twcrps, eecrps]
       bootstrap: {block_length: 5, n: 1000, ci_level: 0.9}
       twcrps: {percentiles: [0.9, 0.95], tail: upper}
+      eecrps: {climatology: {start: 2018-01-01, end: 2022-12-31}}
       cases: [evaluation/catalogue/cases.yaml, synth/events.yaml]
       reference: raw_full
 
@@ -26,6 +28,19 @@ Paths are relative to the directory the config is read from (``base_dir`` of
 forecast (any member, the mean or the standard deviation) is NaN from every score: its weight
 is zero in both the numerator and the denominator of the weighted mean, and the number of
 dropped points is reported per system and variable.  ``"error"`` raises instead.
+
+**Regions** without a grid point (``tropics`` on a European grid) are skipped with a note in
+the result (``EvaluationResult.notes``, printed by ``enspp evaluate``); an evaluation whose
+regions all miss the grid is an error.
+
+**Metrics**: CRPS (the estimator named by ``crps_estimator`` for ensembles, closed form for
+distributions), RMSE/MAE/bias of the mean and the spread/skill ratio are always computed;
+``rank_histogram`` (rank / PIT histograms), ``twcrps`` (threshold-weighted CRPS) and
+``eecrps`` (extreme-event weighted CRPS) are computed when listed.  ``eecrps`` weights every
+system's CRPS with ``|EFI|`` of the reference ensemble against its own model climate (the
+quantiles of the reference's members over ``eecrps.climatology``, by default the evaluated
+init times): the weight depends neither on the observation nor on the system scored, so the
+score stays proper and the systems are compared on the same events.
 """
 
 from __future__ import annotations
@@ -34,15 +49,23 @@ import datetime as _dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from enspp.data.errors import EnsppError, format_validation_error
+from enspp.evaluation.weights import REGIONS, Region
 
 SystemName = Literal["raw_full", "raw_subset", "emos", "mlp", "unet", "mixed", "oracle", "custom"]
 SystemType = Literal["ensemble", "gaussian", "censored_logistic"]
 
-#: Metrics the evaluation knows how to aggregate (names in the metrics registry).
-KNOWN_METRICS = ("crps", "twcrps", "spread_skill", "rank_histogram", "rmse", "mae", "bias")
+#: Metrics an evaluation computes (``crps``, ``spread_skill``, ``rmse``, ``mae``, ``bias``
+#: always; ``rank_histogram`` -- rank or PIT --, ``twcrps`` and ``eecrps`` when listed).
+KNOWN_METRICS = ("crps", "twcrps", "eecrps", "spread_skill", "rank_histogram", "rmse", "mae",
+                 "bias")
+#: other names of the same metrics (those of the metric registry, ``evaluation.METRICS``)
+METRIC_ALIASES = {"crps_fair": "crps", "crps_standard": "crps", "crps_gaussian": "crps",
+                  "twcrps_fair": "twcrps", "twcrps_standard": "twcrps",
+                  "twcrps_gaussian": "twcrps", "eecrps_fair": "eecrps",
+                  "spread_skill_ratio": "spread_skill", "pit_histogram": "rank_histogram"}
 
 
 class EvaluateConfigError(EnsppError):
@@ -69,16 +92,16 @@ class SystemConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> "SystemConfig":
         if self.name == "custom" and not self.label:
-            raise EvaluateConfigError("evaluate.systems: a system named 'custom' needs a 'label'")
+            raise EvaluateConfigError("a system named 'custom' needs a 'label'")
         if self.name == "raw_subset" and self.members is None:
-            raise EvaluateConfigError("evaluate.systems: 'raw_subset' needs 'members' "
-                                      "(K, or a list of member numbers)")
+            raise EvaluateConfigError("'raw_subset' needs 'members' (K, or a list of member "
+                                      "numbers)")
         if isinstance(self.members, int) and self.members < 1:
-            raise EvaluateConfigError(f"evaluate.systems[{self.key}].members: K must be >= 1, "
-                                      f"got {self.members}")
+            raise EvaluateConfigError(f"system {self.key!r}: members: K must be >= 1, got "
+                                      f"{self.members}")
         if self.members is not None and self.type != "ensemble":
-            raise EvaluateConfigError(f"evaluate.systems[{self.key}].members: a member selection "
-                                      f"needs type 'ensemble', not {self.type!r}")
+            raise EvaluateConfigError(f"system {self.key!r}: members: a member selection needs "
+                                      f"type 'ensemble', not {self.type!r}")
         return self
 
     @property
@@ -95,7 +118,7 @@ class Period(_Frozen):
     @model_validator(mode="after")
     def _order(self) -> "Period":
         if self.end < self.start:
-            raise EvaluateConfigError(f"evaluate.period: end {self.end} is before start {self.start}")
+            raise EvaluateConfigError(f"end {self.end} is before start {self.start}")
         return self
 
 
@@ -122,8 +145,20 @@ class TwCrpsConfig(_Frozen):
     def _in_unit_interval(cls, v: list[float]) -> list[float]:
         bad = [p for p in v if not 0.0 < p < 1.0]
         if bad:
-            raise EvaluateConfigError(f"evaluate.twcrps.percentiles must lie in (0, 1), got {bad}")
+            raise EvaluateConfigError(f"must lie in (0, 1), got {bad}")
         return v
+
+
+class EecrpsConfig(_Frozen):
+    """Extreme-event weighted CRPS: the model climate of the reference ensemble."""
+
+    #: init dates whose forecasts make the model climate; the evaluated init times if omitted
+    climatology: Period | None = None
+    #: probability levels of the model climate: 1/(n+1) .. n/(n+1)
+    n_quantiles: int = Field(99, ge=9, le=999)
+    #: most init times read for the model climate (evenly spaced): its memory is
+    #: init times x members x grid x 4 bytes per lead time
+    max_init_times: int = Field(100, ge=10)
 
 
 class EvaluateConfig(_Frozen):
@@ -134,15 +169,16 @@ class EvaluateConfig(_Frozen):
     truth: Path | None = None
     variables: list[str] = ["t2m"]
     period: Period | None = None
-    split: str | None = None
     #: named periods a ``split`` refers to (filled from the pipeline section by the CLI)
     splits: dict[str, Period] = {}
-    regions: list[str] = ["global"]
+    split: str | None = None
+    regions: list[str | Region] = ["global"]
     lead_times: list[int] | None = None
     metrics: list[str] = ["crps", "spread_skill", "rank_histogram", "rmse", "mae", "bias"]
     crps_estimator: Literal["fair", "standard"] = "fair"
     bootstrap: BootstrapConfig = BootstrapConfig()
     twcrps: TwCrpsConfig = TwCrpsConfig()
+    eecrps: EecrpsConfig = EecrpsConfig()
     cases: list[Path] = []
     reference: str = "raw_full"
     nan_policy: Literal["skip", "error"] = "skip"
@@ -152,26 +188,103 @@ class EvaluateConfig(_Frozen):
     #: lead time (hours) of the maps; the first evaluated lead when omitted
     map_lead_time: int | None = None
 
-    @model_validator(mode="after")
-    def _check(self) -> "EvaluateConfig":
-        if not self.systems:
-            raise EvaluateConfigError("evaluate.systems: at least one system is needed")
-        keys = [s.key for s in self.systems]
+    @model_validator(mode="before")
+    @classmethod
+    def _estimator_of_metric_names(cls, data: object) -> object:
+        """A registry name with an estimator (``crps_standard``) sets ``crps_estimator`` (or
+        must agree with it)."""
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
+            return data
+        asked = {m.rsplit("_", 1)[1] for m in data["metrics"] if isinstance(m, str)
+                 and m.endswith(("_fair", "_standard"))}
+        if not asked:
+            return data
+        given = data.get("crps_estimator")
+        if len(asked) > 1 or (given is not None and given not in asked):
+            raise EvaluateConfigError(
+                f"metrics: {sorted(asked)} and crps_estimator {given!r} ask for different "
+                "ensemble CRPS estimators; one evaluation uses one")
+        return {**data, "crps_estimator": asked.pop()}
+
+    @field_validator("systems")
+    @classmethod
+    def _systems(cls, v: list[SystemConfig]) -> list[SystemConfig]:
+        if not v:
+            raise EvaluateConfigError("at least one system is needed")
+        keys = [s.key for s in v]
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
-            raise EvaluateConfigError(f"evaluate.systems: duplicate system names {dup}; "
-                                      "give each a distinct 'label'")
-        unknown = [m for m in self.metrics if m not in KNOWN_METRICS]
+            raise EvaluateConfigError(f"duplicate system names {dup}; give each a distinct 'label'")
+        return v
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and info.data.get("period") is not None:
+            raise EvaluateConfigError("give either 'period' or 'split', not both")
+        splits = info.data.get("splits") or {}
+        if v is not None and splits and v not in splits:
+            raise EvaluateConfigError(f"{v!r} is not a known split ({sorted(splits)})")
+        return v
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _region_objects(cls, v: object) -> object:
+        if not isinstance(v, list):
+            return v
+        out: list[object] = []
+        for i, r in enumerate(v):
+            if isinstance(r, str) and r not in REGIONS:
+                raise EvaluateConfigError(
+                    f"unknown region {r!r} (known: {', '.join(REGIONS)}; or a box "
+                    "{name, lat_min, lat_max, lon_min, lon_max})")
+            if isinstance(r, dict):
+                from pydantic import ValidationError
+
+                try:
+                    r = Region.model_validate(r)
+                except ValidationError as e:
+                    where = f"region {r.get('name', i)!r}"
+                    raise EvaluateConfigError("; ".join(
+                        str(err["msg"]).removeprefix("Value error, ") if not err["loc"] else
+                        f"{where}: {'.'.join(map(str, err['loc']))}: "
+                        + ("unknown key" if err["type"] == "extra_forbidden" else err["msg"])
+                        for err in e.errors())) from None
+            out.append(r)
+        return out
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, v: list[str | Region]) -> list[str | Region]:
+        if not v:
+            raise EvaluateConfigError("at least one region is needed")
+        names = [r.name if isinstance(r, Region) else r for r in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise EvaluateConfigError(f"duplicate region names {dup}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str]) -> list[str]:
+        out = [METRIC_ALIASES.get(m, m) for m in v]
+        unknown = [m for m in out if m not in KNOWN_METRICS]
         if unknown:
-            raise EvaluateConfigError(f"evaluate.metrics: unknown {unknown} (known: {list(KNOWN_METRICS)})")
-        if self.period is not None and self.split is not None:
-            raise EvaluateConfigError("evaluate: give either 'period' or 'split', not both")
-        if self.split is not None and self.splits and self.split not in self.splits:
-            raise EvaluateConfigError(f"evaluate.split: {self.split!r} is not a known split "
-                                      f"({sorted(self.splits)})")
-        if self.lead_times is not None and any(h < 0 for h in self.lead_times):
-            raise EvaluateConfigError(f"evaluate.lead_times: hours must be >= 0, got {self.lead_times}")
-        return self
+            raise EvaluateConfigError(f"unknown {unknown} (known: "
+                                      f"{', '.join(KNOWN_METRICS + tuple(METRIC_ALIASES))})")
+        return list(dict.fromkeys(out))
+
+    @field_validator("lead_times")
+    @classmethod
+    def _leads(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(h < 0 for h in v):
+            raise EvaluateConfigError(f"hours must be >= 0, got {v}")
+        return v
+
+    @property
+    def region_list(self) -> list[Region]:
+        """The regions as boxes (names looked up in :data:`~evaluation.weights.REGIONS`)."""
+        return [r if isinstance(r, Region) else REGIONS[r] for r in self.regions]
 
     @property
     def system_keys(self) -> list[str]:

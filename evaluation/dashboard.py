@@ -169,6 +169,12 @@ def _variable_panel(doc: dict, variable: str, uid: str, prefix: str) -> str:
             tw_html = (f"<h3>Threshold-weighted CRPS ({_e(doc.get('crps_estimator'))}; "
                        "t = fixed threshold, p = local climatological percentile)</h3>"
                        f"<table><thead><tr><th>system</th>{hdr}</tr></thead><tbody>{body}</tbody></table>")
+        ee = v.get("eecrps", {}).get(region, {})
+        if ee:
+            body = "".join(f"<tr><td>{_e(s)}</td><td>{_f(ee.get(s))}</td></tr>" for s in v["systems"])
+            tw_html += ("<h3>Extreme-event weighted CRPS (|EFI| of the reference ensemble x CRPS, "
+                        f"{_e(v['units'])})</h3><table><thead><tr><th>system</th><th>EECRPS</th>"
+                        f"</tr></thead><tbody>{body}</tbody></table>")
         inner = (headline_table(doc, variable, region) + _LEGEND
                  + f"<h3>Mean CRPS by lead time ({_e(v['units'])})</h3>"
                  + f"<table><thead><tr><th>system</th>{lead_head}</tr></thead><tbody>{''.join(lead_rows)}</tbody></table>"
@@ -270,12 +276,13 @@ def _evaluation_html(doc: dict, uid: str, prefix: str) -> str:
         headline.append('<p class="note">No scores: no verifying truth was given '
                         "(only case maps are shown).</p>")
     problems = "".join(f'<div class="bad">{_e(m)}</div>' for m in doc.get("problems", []))
+    problems += "".join(f'<p class="note">{_e(m)}</p>' for m in doc.get("notes", []))
     var_tabs = _tabs(f"{uid}-v", [(v, _variable_panel(doc, v, f"{uid}-{i}", prefix))
                                   for i, v in enumerate(variables)]) if variables else ""
     return (f'<section><h2>Headline: CRPS and skill against {_e(ref)}</h2>'
             f'<p class="note">Skill = 1 − CRPS/CRPS({_e(ref)}); positive is better. '
             f"Intervals from a block bootstrap over init dates.</p>{''.join(headline)}{_LEGEND}</section>"
-            + (f"<section><h2>Problems</h2>{problems}</section>" if problems else "")
+            + (f"<section><h2>Problems and notes</h2>{problems}</section>" if problems else "")
             + (f"<section><h2>By variable and region</h2>{var_tabs}</section>" if var_tabs else "")
             + f"<section><h2>Case studies</h2>{_cases_html(doc, prefix)}</section>"
             + f"<section><h2>Provenance</h2>{_provenance_html(doc)}</section>")

@@ -24,7 +24,7 @@ import xarray as xr
 
 from enspp.data.errors import EnsppError
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
-from enspp.evaluation import fused, scoring
+from enspp.evaluation import fused, kernels, scoring
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
 from enspp.evaluation.cases import CaseResult, evaluate_case, load_catalogue
 from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError
@@ -41,7 +41,7 @@ from enspp.evaluation.systems import (
     truth_at_valid_time,
     truth_values,
 )
-from enspp.evaluation.weights import region_weights
+from enspp.evaluation.weights import Region, RegionError, region_weights, split_regions
 
 
 class NanPolicyError(EnsppError):
@@ -65,6 +65,9 @@ class VariableScores:
     members: dict[str, int | None]
     nan_dropped: dict[str, int]
     tw_labels: list[str] = field(default_factory=list)
+    #: regions holding no grid point of this variable (skipped) and notes for the reader
+    regions_skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,10 +82,30 @@ class EvaluationResult:
     out_dir: Path | None = None
     files: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def notes(self) -> list[str]:
+        """What the reader should know that is not an error (e.g. a region skipped)."""
+        return [n for vs in self.variables.values() for n in vs.notes]
+
 
 # ------------------------------------------------------------------ per-variable accumulation
-def _weights(template: xr.DataArray, regions: list[str]) -> dict[str, xr.DataArray]:
-    return {r: region_weights(template[LATITUDE], template[LONGITUDE], r) for r in regions}
+def _weights(template: xr.DataArray, regions: list[Region]) -> dict[str, xr.DataArray]:
+    return {r.name: region_weights(template[LATITUDE], template[LONGITUDE], r) for r in regions}
+
+
+def _regions_of(config: EvaluateConfig, template: xr.DataArray, variable: str
+                ) -> tuple[list[Region], list[str]]:
+    """The configured regions holding grid points, and a note for each one skipped."""
+    kept, empty = split_regions(template[LATITUDE], template[LONGITUDE], config.region_list)
+    lat = template[LATITUDE].values
+    lon = template[LONGITUDE].values
+    grid = (f"{float(lat.min()):g}..{float(lat.max()):g} N, "
+            f"{float(lon.min()):g}..{float(lon.max()):g} E")
+    if not kept:
+        raise RegionError(f"evaluate.regions: none of {[r.name for r in empty]} holds a grid "
+                          f"point of {variable!r} (grid {grid})")
+    return kept, [f"region {r.name!r} holds no grid point of {variable!r} (grid {grid}): "
+                  "skipped" for r in empty]
 
 
 def _check_nan(obs: np.ndarray, tidx: np.ndarray, arrays: dict[str, list[np.ndarray]], *,
@@ -133,6 +156,78 @@ def _read_chunk(f: SystemField) -> list[np.ndarray]:
     return [f.mu.transpose(*_GRID).values, f.sigma.transpose(*_GRID).values]
 
 
+def _obs(f: SystemField, obs: np.ndarray, tidx: np.ndarray) -> xr.DataArray:
+    """The truth of a chunk at the forecasts' valid times, ``(init, lead, lat, lon)``."""
+    t = f.template
+    return xr.DataArray(obs[tidx], dims=_GRID, coords={d: t[d].values for d in _GRID})
+
+
+def _chunk_field(f: SystemField, arrays: list[np.ndarray], obs: np.ndarray,
+                 tidx: np.ndarray) -> SystemField:
+    """A system's chunk (already read as numpy) as a :class:`SystemField` for the pointwise
+    scores of :mod:`evaluation.scoring`."""
+    y = _obs(f, obs, tidx)
+    if f.kind == "ensemble":
+        return SystemField(f.key, f.variable, f.kind, ensemble=xr.DataArray(
+            arrays[0], dims=(INIT_TIME, LEAD_TIME, MEMBER, LATITUDE, LONGITUDE), coords=y.coords))
+    return SystemField(f.key, f.variable, f.kind, mu=y.copy(data=arrays[0]),
+                       sigma=y.copy(data=arrays[1]))
+
+
+def model_climate(config: EvaluateConfig, variable: str, fields: dict[str, SystemField]
+                  ) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(system, quantiles, levels)`` for the EECRPS weights: the quantiles ``(lead, lat,
+    lon, level)`` of the reference ensemble's members (else the first ensemble system's) over
+    ``eecrps.climatology`` (default: the evaluated init times), at most
+    ``eecrps.max_init_times`` init times evenly spaced, per lead time and grid point."""
+    ens = [k for k, f in fields.items() if f.kind == "ensemble"]
+    if not ens:
+        raise EvaluateConfigError(f"evaluate.metrics: eecrps of {variable!r} needs an ensemble "
+                                  "system for the model climate (e.g. raw_full)")
+    key = config.reference if config.reference in ens else ens[0]
+    ee = config.eecrps
+    f = fields[key]
+    if ee.climatology is not None:
+        system = next(s for s in config.systems if s.key == key)
+        full = open_systems(config.model_copy(update={"systems": [system]}))[key][variable]
+        f = select_period(full, ee.climatology, config.lead_times)
+        if f.template.sizes[INIT_TIME] == 0:
+            raise AlignmentError(f"evaluate.eecrps.climatology: {key!r} holds no init time of "
+                                 f"{variable!r} in {ee.climatology.start}..{ee.climatology.end}")
+        ref = fields[key].template[LEAD_TIME].values
+        if not np.array_equal(f.template[LEAD_TIME].values, ref):
+            raise AlignmentError(f"evaluate.eecrps.climatology: the lead times of {key!r} differ "
+                                 "from the evaluated ones; set evaluate.lead_times")
+    n = f.template.sizes[INIT_TIME]
+    pick = np.unique(np.linspace(0, n - 1, min(n, ee.max_init_times)).round().astype(int))
+    levels = np.arange(1, ee.n_quantiles + 1) / (ee.n_quantiles + 1)
+    quantiles = []
+    for j in range(f.template.sizes[LEAD_TIME]):
+        x = f.ensemble.isel({INIT_TIME: pick, LEAD_TIME: j}).transpose(
+            INIT_TIME, MEMBER, LATITUDE, LONGITUDE).values
+        x = x.reshape(-1, *x.shape[2:]).astype(np.float64)
+        q = np.nanquantile(x, levels, axis=0)  # (level, lat, lon)
+        quantiles.append(np.moveaxis(q, 0, -1))
+    return key, np.stack(quantiles), levels
+
+
+def efi_blocks(ensemble: np.ndarray, climate: np.ndarray, levels: np.ndarray, *,
+               max_elements: int = 2 ** 24) -> np.ndarray:
+    """EFI ``(init, lead, lat, lon)`` of an ensemble ``(init, lead, member, lat, lon)`` against
+    model-climate quantiles ``(lead, lat, lon, level)``, in blocks of latitude rows so the
+    kernel's (member x level) comparisons stay within ``max_elements``."""
+    n_init, n_lead, n_mem, ny, nx = ensemble.shape
+    out = np.empty((n_init, n_lead, ny, nx))
+    rows = max(1, max_elements // max(1, nx * n_mem * levels.size))
+    x = np.moveaxis(ensemble, 2, -1)  # (init, lead, lat, lon, member)
+    for i in range(n_init):
+        for j in range(n_lead):
+            for y0 in range(0, ny, rows):
+                out[i, j, y0:y0 + rows] = kernels.efi_kernel(
+                    x[i, j, y0:y0 + rows], climate[j, y0:y0 + rows], levels)
+    return out
+
+
 def _chunk_sums(config: EvaluateConfig, f: SystemField, arrays: list[np.ndarray], obs: np.ndarray,
                 tidx: np.ndarray, weights: np.ndarray, tw: dict, *, rank: bool,
                 offset: int) -> fused.ChunkSums:
@@ -143,15 +238,8 @@ def _chunk_sums(config: EvaluateConfig, f: SystemField, arrays: list[np.ndarray]
     else:
         cs = fused.gaussian_chunk_sums(arrays[0], arrays[1], obs, tidx, weights, pit=rank)
     if tw:
-        t = f.template
-        y = xr.DataArray(obs[tidx], dims=_GRID, coords={d: t[d].values for d in _GRID})
-        if f.kind == "ensemble":
-            field = SystemField(f.key, f.variable, f.kind, ensemble=xr.DataArray(
-                arrays[0], dims=(INIT_TIME, LEAD_TIME, MEMBER, LATITUDE, LONGITUDE),
-                coords=y.coords))
-        else:
-            field = SystemField(f.key, f.variable, f.kind, mu=y.copy(data=arrays[0]),
-                                sigma=y.copy(data=arrays[1]))
+        y = _obs(f, obs, tidx)
+        field = _chunk_field(f, arrays, obs, tidx)
         for label, thr in tw.items():
             score = scoring.twcrps(field, y, threshold=thr, tail=config.twcrps.tail,
                                    estimator=config.crps_estimator)
@@ -170,11 +258,17 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
     ref = fields[config.reference] if config.reference in fields else fields[keys[0]]
     tmpl = ref.template
     init_times = tmpl[INIT_TIME].values
-    regions = list(config.regions)
+    kept, notes = _regions_of(config, tmpl, variable)
+    regions = [r.name for r in kept]
     weights = np.ascontiguousarray(np.stack([
         xr.broadcast(w, tmpl[LATITUDE], tmpl[LONGITUDE])[0].transpose(LATITUDE, LONGITUDE).values
-        for w in _weights(tmpl, regions).values()]), dtype=np.float64)
+        for w in _weights(tmpl, kept).values()]), dtype=np.float64)
     tw = _tw_thresholds(config, truth, tmpl, init_times) if "twcrps" in config.metrics else {}
+    ee_key = None
+    if "eecrps" in config.metrics:
+        ee_key, climate, levels = model_climate(config, variable, fields)
+        notes.append(f"eecrps of {variable!r}: weights |EFI| of {ee_key!r} against its model "
+                     f"climate ({climate.shape[-1]} quantiles)")
     want_hist = "rank_histogram" in config.metrics
     totals: dict[str, fused.ChunkSums] = {}
     starts = range(0, init_times.size, config.chunk_size)
@@ -194,9 +288,15 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
                 pending = pool.submit(read, starts[n + 1])
             if config.nan_policy == "error":
                 _check_nan(obs, tidx, arrays, variable=variable)
+            efi = None if ee_key is None else np.abs(efi_blocks(arrays[ee_key][0], climate, levels))
             for k in keys:
                 cs = _chunk_sums(config, chunk[k], arrays[k], obs, tidx, weights, tw, rank=want_hist,
                                  offset=start)
+                if efi is not None:
+                    crps = scoring.crps(_chunk_field(chunk[k], arrays[k], obs, tidx), _obs(chunk[k], obs, tidx),
+                                        estimator=config.crps_estimator)
+                    cs = cs.with_extra("eecrps", fused.point_sums(
+                        efi * crps.transpose(*_GRID).values, weights))
                 totals[k] = cs if k not in totals else totals[k].merge(cs)
             del chunk, obs, arrays
     per_init = _per_init(totals, keys, regions, tmpl)
@@ -216,7 +316,9 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
     units = str(truth.attrs.get("units", ""))
     return VariableScores(variable, units, keys, per_init, crps_map, hists, hist_kind,
                           {k: scoring.n_members(f) for k, f in fields.items()},
-                          {k: c.n_nan for k, c in totals.items()}, tw_labels=list(tw))
+                          {k: c.n_nan for k, c in totals.items()}, tw_labels=list(tw),
+                          regions_skipped=[r.name for r in config.region_list
+                                           if r.name not in regions], notes=notes)
 
 
 def _per_init(parts: dict[str, fused.ChunkSums], keys: list[str], regions: list[str],
@@ -266,6 +368,8 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
         out[f"spread_skill{suffix}"] = factor * spread / out[f"rmse{suffix}"]
         for label in vs.tw_labels:
             out[f"twcrps_{label}{suffix}"] = mean(f"twcrps_{label}", dims)
+        if "eecrps_ws" in p:
+            out[f"eecrps{suffix}"] = mean("eecrps", dims)
     ref = config.reference
     if ref in vs.systems:
         series = p["crps_ws"] / p["crps_w"].where(p["crps_w"] > 0)  # (system, region, init, lead)
@@ -307,6 +411,8 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
     }
     for k, v in vs.nan_dropped.items():
         out.attrs[f"nan_dropped_{k}"] = v
+    if vs.regions_skipped:
+        out.attrs["regions_skipped"] = ", ".join(vs.regions_skipped)
     return out
 
 

@@ -58,6 +58,7 @@ def scores_document(result) -> dict:
         "cases": [c.to_dict() for c in result.cases],
         "provenance": result.provenance,
         "problems": [],
+        "notes": list(result.notes),
     }
     for v, ds in result.scores.items():
         regions = [str(r) for r in ds.region.values]
@@ -89,6 +90,9 @@ def scores_document(result) -> dict:
                                        for f in BY_LEAD_FIELDS if f in ds} for s in systems}
             entry["twcrps"][r] = {n[len("twcrps_"):-len("_all")]: {s: _num(ds[n].sel(system=s, region=r))
                                                                  for s in systems} for n in tw}
+            if "eecrps_all" in ds:
+                entry.setdefault("eecrps", {})[r] = {s: _num(ds["eecrps_all"].sel(system=s, region=r))
+                                                     for s in systems}
         doc["variables"][v] = entry
     return doc
 
@@ -104,7 +108,7 @@ def write_netcdf(result, out_dir: Path) -> dict[str, str]:
             out[f"histogram_{k}"] = h.rename({"bin": f"bin_{k}"})
             out[f"histogram_{k}"].attrs["kind"] = vs.hist_kind[k]
         for name in out.data_vars:
-            if name.startswith(("crps", "twcrps", "skill")):
+            if name.startswith(("crps", "twcrps", "eecrps", "skill")):
                 out[name].attrs["crps_estimator"] = ds.attrs.get("crps_estimator", "")
         out = out.assign_coords(system=out.system.values.astype(str).astype(object),
                                 region=out.region.values.astype(str).astype(object))

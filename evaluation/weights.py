@@ -9,6 +9,7 @@ and a box may cross the 0/360 meridian or the dateline (``lon_min > lon_max``).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import numpy as np
@@ -23,7 +24,12 @@ class RegionError(EnsppError):
 
 
 class Region(BaseModel):
-    """A latitude/longitude box (degrees); ``lon_min > lon_max`` wraps through 360/0."""
+    """A latitude/longitude box (degrees); ``lon_min > lon_max`` wraps through 360/0.
+
+    ``symmetric: true`` adds the mirror band of the other hemisphere (``-lat_max..-lat_min``),
+    e.g. the extratropics of both hemispheres, ``{lat_min: 20, lat_max: 90, symmetric: true}``.
+    In ``enspp.yaml`` a region is a name of :data:`REGIONS` or such a box with a ``name``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,14 +38,20 @@ class Region(BaseModel):
     lat_max: float = 90.0
     lon_min: float = 0.0
     lon_max: float = 360.0
+    symmetric: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "Region":
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise RegionError(f"region name {self.name!r}: use letters, digits, '_', '.', '-'")
         if not -90.0 <= self.lat_min < self.lat_max <= 90.0:
             raise RegionError(
                 f"region {self.name!r}: need -90 <= lat_min < lat_max <= 90, "
                 f"got {self.lat_min}, {self.lat_max}"
             )
+        if self.symmetric and self.lat_min < 0.0:
+            raise RegionError(f"region {self.name!r}: a symmetric region gives its northern band "
+                              f"(lat_min >= 0), got lat_min {self.lat_min}")
         for key in ("lon_min", "lon_max"):
             v = getattr(self, key)
             if not -180.0 <= v <= 360.0:
@@ -47,12 +59,14 @@ class Region(BaseModel):
         return self
 
 
-#: Named regions.  Extratropics are poleward of 20 degrees as in WMO/ECMWF verification.
+#: Named regions.  Extratropics are poleward of 20 degrees as in WMO/ECMWF verification
+#: (``extratropics``: both hemispheres; ``extratropics_n`` / ``_s``: one each).
 REGIONS: dict[str, Region] = {
     r.name: r
     for r in [
         Region(name="global"),
         Region(name="tropics", lat_min=-20, lat_max=20),
+        Region(name="extratropics", lat_min=20, lat_max=90, symmetric=True),
         Region(name="extratropics_n", lat_min=20, lat_max=90),
         Region(name="extratropics_s", lat_min=-90, lat_max=-20),
         Region(name="europe", lat_min=35, lat_max=75, lon_min=-12.5, lon_max=42.5),
@@ -125,6 +139,8 @@ def region_mask(latitude: xr.DataArray, longitude: xr.DataArray, region: str | R
     lat = _lat_values(latitude)
     lon = np.asarray(longitude.values, dtype=np.float64)
     in_lat = (lat >= reg.lat_min) & (lat <= reg.lat_max)
+    if reg.symmetric:
+        in_lat |= (lat >= -reg.lat_max) & (lat <= -reg.lat_min)
     if reg.lon_min == 0.0 and reg.lon_max == 360.0:
         in_lon = np.ones(lon.shape, dtype=bool)
     else:
@@ -155,3 +171,14 @@ def region_weights(
     w = latitude_weights(latitude, method=method) * mask
     w.attrs = {"long_name": f"area weights in region {get_region(region).name}", "region": get_region(region).name}
     return w.rename("weights")
+
+
+def split_regions(latitude: xr.DataArray, longitude: xr.DataArray,
+                  regions: list[str | Region]) -> tuple[list[Region], list[Region]]:
+    """``(with_points, without_points)``: the regions holding at least one grid point, and
+    those holding none (a tropical box on a European grid), each in the given order."""
+    kept, empty = [], []
+    for r in regions:
+        reg = get_region(r)
+        (kept if bool(region_mask(latitude, longitude, reg).any()) else empty).append(reg)
+    return kept, empty

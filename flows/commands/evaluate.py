@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         region = str(ds.region.values[0])
         parts = [f"{s}={float(ds['crps_all'].sel(system=s, region=region)):.4g}" for s in ds.system.values]
         print(f"{v} ({region}) CRPS: " + ", ".join(parts))
+        if "eecrps_all" in ds:
+            parts = [f"{s}={float(ds['eecrps_all'].sel(system=s, region=region)):.4g}"
+                     for s in ds.system.values]
+            print(f"{v} ({region}) EECRPS: " + ", ".join(parts))
+    for note in result.notes:
+        print(f"note: {note}")
     n_bad = sum(c.status == "out_of_range" for c in result.cases)
     if n_bad:
         print(f"{n_bad} case(s) outside the data: see the report")

@@ -1,8 +1,16 @@
-"""``enspp validate STORE_OR_CONFIG``: check a store against the data model, or a config file."""
+"""``enspp validate STORE_OR_CONFIG``: check a store against the data model, or a config file.
+
+A config file is parsed (every bad key named) and then checked against the files it names
+before anything runs (``flows.preflight``): stores, static and case files, splits against the
+forecast store's period, K against its members, variables and lead times, regions against the
+grid, the metrics' needs.  Problems print one per line and exit 1; notes (a store the first
+ingest creates, a region evaluate will skip) print and exit 0.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from enspp.flows.commands import UsageError
@@ -16,6 +24,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def validate_config(target: Path) -> int:
+    """Parse and pre-check a config file; print the verdict, the notes and the problems."""
+    from enspp.flows.config import load_config
+    from enspp.flows.preflight import check_config
+
+    cfg = load_config(target)
+    report = check_config(cfg)
+    for note in report.notes:
+        print(f"{target}: note: {note}")
+    if not report.ok:
+        for problem in report.problems:
+            print(f"enspp validate: error: {target}: {problem}", file=sys.stderr)
+        return 1
+    sections = ["data", "pipeline", "model", "train", "predict", "deploy"]
+    if cfg.evaluate is not None:
+        sections.insert(5, "evaluate")
+    print(f"{target}: valid config (sections {', '.join(sections)}; work directory "
+          f"{cfg.data.workdir}; model {cfg.model.name}; task runner {cfg.deploy.task_runner})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     target = Path(args.target)
     if not target.exists():
@@ -27,12 +56,4 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if target.suffix.lower() not in (".yaml", ".yml"):
         raise UsageError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
-    from enspp.flows.config import load_config
-
-    cfg = load_config(target)
-    sections = ["data", "pipeline", "model", "train", "predict", "deploy"]
-    if cfg.evaluate is not None:
-        sections.insert(5, "evaluate")
-    print(f"{target}: valid config (sections {', '.join(sections)}; work directory "
-          f"{cfg.data.workdir}; model {cfg.model.name}; task runner {cfg.deploy.task_runner})")
-    return 0
+    return validate_config(target)

@@ -1,0 +1,264 @@
+"""What ``enspp validate CONFIG`` checks before anything runs, beyond the config's own syntax.
+
+:func:`check_config` compares a parsed :class:`~flows.config.EnsppConfig` with the files it
+names and returns a :class:`Preflight` of *problems* (a run would fail: a missing input file,
+a split outside the store's period, K above the store's perturbed members, a variable or lead
+time the store lacks, a case catalogue that does not parse) and *notes* (worth knowing, not
+fatal: a store the first ingest will create, a region without grid points that evaluate
+skips, incoming patterns that match no file yet).
+
+Paths resolve as every command resolves them: ``data.workdir`` against the config file's
+directory, every other relative path against the work directory.  Paths under the work
+directory's ``stores/`` and ``cache/`` (and ``synth/`` when ``data.synth`` is set) are written
+by enspp itself, so their absence is a note; any other missing input is a problem.  Checks
+that need a store (splits, members, variables, lead times, regions) run only when it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Preflight", "check_config"]
+
+
+@dataclass
+class Preflight:
+    """Problems (a run would fail) and notes (worth knowing) of a config, one line each."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _days(values: np.ndarray) -> str:
+    t = np.asarray(values, "datetime64[D]")
+    return f"{t.min()}..{t.max()}" if t.size else "none"
+
+
+class _Checker:
+    def __init__(self, config: Any) -> None:
+        self.cfg = config
+        self.wd = config.workdir
+        self.out = Preflight()
+        self._open: dict[Path, Any] = {}
+
+    # -------------------------------------------------------------- paths
+    def _written_by_enspp(self, path: Path) -> bool:
+        roots = [self.wd.stores, self.wd.cache, self.wd.root / "runs", self.wd.registry,
+                 self.wd.reports]
+        if self.cfg.data.synth is not None:
+            roots.append(self.wd.synth)
+        p = path.resolve()
+        return any(p.is_relative_to(r.resolve()) for r in roots)
+
+    def path(self, key: str, value: Path | str | None, *, what: str,
+             created_by: str = "the first run") -> Path | None:
+        """The resolved path if it exists; else a problem or a note, and ``None``."""
+        if value is None:
+            return None
+        p = self.wd.path(value)
+        if p.exists():
+            return p
+        if self._written_by_enspp(p):
+            self.out.notes.append(f"{key}: {what} {p} does not exist yet ({created_by} writes it)")
+        else:
+            self.out.problems.append(f"{key}: {what} {p} does not exist")
+        return None
+
+    def dataset(self, key: str, path: Path) -> Any:
+        """The opened store (cached); a store that cannot be opened is a problem."""
+        if path not in self._open:
+            from enspp.pipeline.align import open_dataset
+
+            try:
+                self._open[path] = open_dataset(path)
+            except (ValueError, OSError, KeyError) as e:
+                self.out.problems.append(f"{key}: {path} cannot be opened as a store: "
+                                         f"{' '.join(str(e).split())}")
+                self._open[path] = None
+        return self._open[path]
+
+    # -------------------------------------------------------------- sections
+    def workdir(self) -> None:
+        if not self.wd.root.is_dir():
+            self.out.notes.append(f"data.workdir: {self.wd.root} does not exist yet (the first "
+                                  "run creates it)")
+        for kind in ("forecast", "analysis"):
+            patterns = getattr(self.cfg.data.incoming, kind)
+            if not patterns:
+                continue
+            from enspp.data.ingest import collect_inputs
+
+            try:
+                found = collect_inputs([str(self.wd.path(p)) for p in patterns])
+            except (FileNotFoundError, ValueError):
+                found = []
+            if not found:
+                self.out.notes.append(f"data.incoming.{kind}: no file matches "
+                                      f"{list(patterns)} yet")
+
+    def pipeline(self) -> tuple[Any, Any]:
+        st = self.cfg.pipeline.stores
+        fc_path = self.path("pipeline.stores.forecast", st.forecast or self.wd.forecast,
+                            what="forecast store", created_by="ingest")
+        an_path = self.path("pipeline.stores.analysis", st.analysis or self.wd.analysis,
+                            what="analysis store", created_by="ingest")
+        self.path("pipeline.stores.static", st.static, what="static file",
+                  created_by="the synthetic world")
+        self.path("pipeline.stores.statistics", st.statistics, what="statistics file",
+                  created_by="training")
+        fc = None if fc_path is None else self.dataset("pipeline.stores.forecast", fc_path)
+        an = None if an_path is None else self.dataset("pipeline.stores.analysis", an_path)
+        if fc is not None:
+            self.forecast_store(fc, fc_path)
+        if an is not None:
+            self.variables("pipeline.features.targets", self.cfg.pipeline.features.targets, an,
+                           an_path)
+        return fc, an
+
+    def variables(self, key: str, names: Any, ds: Any, path: Path) -> None:
+        from enspp.data.schema import available_variables
+
+        have = set(available_variables(ds))
+        missing = [v for v in names if v not in have]
+        if missing:
+            self.out.problems.append(f"{key}: {missing} not in {path} (it holds "
+                                     f"{sorted(have)})")
+
+    def forecast_store(self, fc: Any, path: Path) -> None:
+        from enspp.pipeline.members import MemberSelectionError, check_members
+
+        feats = self.cfg.pipeline.features
+        self.variables("pipeline.features.variables", feats.variables, fc, path)
+        if "lead_time" in fc.coords:
+            hours = set((fc["lead_time"].values / np.timedelta64(1, "h")).round(6).tolist())
+            wanted = {"pipeline.features.target_lead_time": [feats.target_lead_time],
+                      "pipeline.features.input_lead_times": list(feats.input_lead_times)}
+            for key, leads in wanted.items():
+                missing = [h for h in leads if float(h) not in hours]
+                if missing:
+                    self.out.problems.append(f"{key}: {missing} h not in {path} (lead times "
+                                             f"{sorted(hours)} h)")
+        if "member" in fc.coords:
+            try:
+                check_members(fc["member"].values.tolist(), config=self.cfg.pipeline.members)
+            except MemberSelectionError as e:
+                self.out.problems.append(f"pipeline.members: {e} in {path}")
+        if "init_time" in fc.coords:
+            t = fc["init_time"].values
+            if t.size == 0:
+                self.out.notes.append(f"pipeline.stores.forecast: {path} holds no complete "
+                                      "init time yet")
+                return
+            split = self.cfg.pipeline.split
+            for name in ("train", "val", "test"):
+                period = getattr(split, name)
+                if period is not None:
+                    self.period(f"pipeline.split.{name}", period, t, path)
+
+    def period(self, key: str, period: Any, times: np.ndarray, path: Path) -> None:
+        d = np.asarray(times, "datetime64[D]")
+        start, end = np.datetime64(period.start), np.datetime64(period.end)
+        inside = int(((d >= start) & (d <= end)).sum())
+        span = f"{period.start}..{period.end}"
+        if inside == 0:
+            self.out.problems.append(f"{key}: {span} holds no init time of {path} "
+                                     f"({_days(d)}, {d.size} init times)")
+        elif start < d.min() or end > d.max():
+            self.out.notes.append(f"{key}: {span} reaches beyond {path} ({_days(d)}); "
+                                  f"{inside} init times inside")
+
+    def evaluate(self, fc: Any) -> None:
+        ev = self.cfg.evaluate
+        if ev is None:
+            return
+        truth_path = self.path("evaluate.truth", ev.truth or self.wd.analysis,
+                               what="analysis store", created_by="ingest")
+        if ev.truth is None:
+            self.out.notes.append(f"evaluate.truth: not set; the evaluate flow uses "
+                                  f"{self.wd.analysis}, enspp evaluate needs it set")
+        truth = None if truth_path is None else self.dataset("evaluate.truth", truth_path)
+        if truth is not None:
+            self.variables("evaluate.variables", ev.variables, truth, truth_path)
+        keys = {s.key for s in ev.systems}
+        if ev.reference not in keys:
+            msg = (f"evaluate.reference: {ev.reference!r} is not among evaluate.systems "
+                   f"{sorted(keys)}")
+            if ev.reference in ("raw_full", "raw_subset"):
+                self.out.notes.append(msg + "; the evaluate flow adds it, enspp evaluate "
+                                      "needs it listed")
+            else:
+                self.out.problems.append(msg)
+        grid = None
+        for i, s in enumerate(ev.systems):
+            key = f"evaluate.systems[{s.key}].path"
+            p = self.path(key, s.path, what="store", created_by="ingest or predict")
+            ds = None if p is None else self.dataset(key, p)
+            if ds is None:
+                continue
+            grid = grid if grid is not None else ds
+            if s.type == "ensemble":
+                self.variables(f"evaluate.systems[{s.key}]", s.variables or ev.variables, ds, p)
+                if isinstance(s.members, int) and "member" in ds.coords \
+                        and s.members > ds.sizes["member"]:
+                    self.out.problems.append(
+                        f"evaluate.systems[{s.key}].members: K = {s.members} but {p} holds "
+                        f"{ds.sizes['member']} members")
+            if ev.lead_times is not None and "lead_time" in ds.coords:
+                hours = set((ds["lead_time"].values / np.timedelta64(1, "h")).round(6).tolist())
+                missing = [h for h in ev.lead_times if float(h) not in hours]
+                if missing:
+                    self.out.problems.append(f"evaluate.lead_times: {missing} h not in {p} "
+                                             f"(lead times {sorted(hours)} h)")
+            if i == 0 and "init_time" in ds.coords and ds.sizes["init_time"]:
+                period = ev.period
+                if period is None and ev.split is not None:
+                    period = ev.splits.get(ev.split)
+                if period is not None:
+                    self.period("evaluate.period" if ev.period is not None
+                                else f"evaluate.split ({ev.split})", period,
+                                ds["init_time"].values, p)
+        grid = grid if grid is not None else (truth if truth is not None else fc)
+        self.regions(grid)
+        for c in ev.cases:
+            p = self.path("evaluate.cases", c, what="case catalogue")
+            if p is not None:
+                from enspp.evaluation.cases import load_catalogue
+
+                try:
+                    load_catalogue(p)
+                except ValueError as e:
+                    self.out.problems.append(f"evaluate.cases: {' '.join(str(e).split())}")
+        if "eecrps" in ev.metrics and not any(s.type == "ensemble" for s in ev.systems):
+            self.out.problems.append("evaluate.metrics: eecrps needs an ensemble system (its "
+                                     "model climate and EFI), e.g. raw_full")
+
+    def regions(self, ds: Any) -> None:
+        if ds is None or "latitude" not in ds.coords or "longitude" not in ds.coords:
+            return
+        from enspp.evaluation.weights import split_regions
+
+        kept, empty = split_regions(ds["latitude"], ds["longitude"],
+                                    self.cfg.evaluate.region_list)
+        for r in empty:
+            self.out.notes.append(f"evaluate.regions: {r.name!r} holds no grid point of the "
+                                  "stores' grid: evaluate skips it")
+        if not kept:
+            self.out.problems.append("evaluate.regions: no region holds a grid point of the "
+                                     "stores' grid")
+
+
+def check_config(config: Any) -> Preflight:
+    """Problems and notes of ``config`` against the files it names (see the module doc)."""
+    c = _Checker(config)
+    c.workdir()
+    fc, _ = c.pipeline()
+    c.evaluate(fc)
+    return c.out

@@ -1,0 +1,146 @@
+"""``enspp validate CONFIG`` checks what can be checked before running: paths, splits against
+the store's period, K against its members, variables, lead times, regions against the grid,
+case catalogues, the metrics' needs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from predict_data import make_stores  # noqa: E402
+
+from enspp.flows.cli import main  # noqa: E402
+from enspp.flows.config import load_config  # noqa: E402
+from enspp.flows.preflight import check_config  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Stores of 16 daily init times from 2019-01-01, members 0..5, leads 24/48 h, on a
+    European grid (70..30 N, 20 W..40 E)."""
+    root = tmp_path_factory.mktemp("preflight")
+    make_stores(root / "stores")
+    (root / "cases.yaml").write_text(
+        "cases:\n  - id: cold\n    name: A cold day\n    variable: t2m\n"
+        "    box: {lat_min: 40, lat_max: 60, lon_min: 0, lon_max: 20}\n"
+        "    window: {start: 2019-01-05T00:00, end: 2019-01-06T00:00}\n"
+        "    how_chosen: fixed in advance\n")
+    return root
+
+
+def config(work: Path, name: str, **sections) -> Path:
+    base = {
+        "pipeline": {"stores": {"forecast": "stores/forecast.zarr",
+                                "analysis": "stores/analysis.zarr", "static": "stores/static.nc",
+                                "statistics": "cache/statistics.nc"},
+                     "features": {"variables": ["t2m"], "targets": ["t2m"],
+                                  "target_lead_time": 48, "input_lead_times": [24]},
+                     "members": {"k": 5},
+                     "split": {"train": {"start": "2019-01-01", "end": "2019-01-10"},
+                               "val": {"start": "2019-01-11", "end": "2019-01-13"},
+                               "test": {"start": "2019-01-14", "end": "2019-01-16"}}},
+        "evaluate": {"truth": "stores/analysis.zarr", "variables": ["t2m"],
+                     "systems": [{"name": "raw_full", "path": "stores/forecast.zarr"},
+                                 {"name": "raw_subset", "path": "stores/forecast.zarr",
+                                  "members": 5}],
+                     "split": "test", "regions": ["global", "extratropics", "tropics"],
+                     "lead_times": [48], "metrics": ["crps", "eecrps"], "cases": ["cases.yaml"]},
+    }
+    for k, v in sections.items():
+        base[k] = {**base.get(k, {}), **v}
+    path = work / name
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def test_a_consistent_config_passes_with_notes(work, capsys):
+    path = config(work, "good.yaml")
+    report = check_config(load_config(path))
+    assert report.problems == []
+    # tropics on a European grid: skipped with a note, not fatal; extratropics works
+    assert "evaluate.regions: 'tropics' holds no grid point of the stores' grid: evaluate " \
+           "skips it" in report.notes
+    assert not any("extratropics" in n for n in report.notes)
+    assert any(n.startswith("pipeline.stores.statistics: statistics file") and "training writes it" in n
+               for n in report.notes)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: valid config" in out and f"{path}: note: evaluate.regions: 'tropics'" in out
+
+
+def test_every_problem_is_named_with_its_key(work, capsys):
+    path = config(
+        work, "bad.yaml",
+        pipeline={"stores": {"forecast": "stores/forecast.zarr", "analysis": "stores/analysis.zarr",
+                             "static": "elsewhere/static.nc"},
+                  "features": {"variables": ["t2m", "z300"], "targets": ["t2m"],
+                               "target_lead_time": 72, "input_lead_times": [24]},
+                  "members": {"k": 9},
+                  "split": {"train": {"start": "2019-01-01", "end": "2019-01-10"},
+                            "test": {"start": "2020-01-01", "end": "2020-12-31"}}},
+        evaluate={"systems": [{"name": "raw_full", "path": "stores/forecast.zarr", "members": 8},
+                              {"name": "mixed", "path": "products/missing.zarr",
+                               "type": "gaussian"}],
+                  "lead_times": [48, 96], "cases": ["nope.yaml"], "regions": ["tropics"],
+                  "split": None, "period": {"start": "2018-01-01", "end": "2018-02-01"}})
+    problems = check_config(load_config(path)).problems
+    expected = [
+        f"pipeline.stores.static: static file {work / 'elsewhere/static.nc'} does not exist",
+        "pipeline.features.variables: ['z300'] not in",
+        "pipeline.features.target_lead_time: [72] h not in",
+        "pipeline.members: members.k = 9 is larger than the 5 perturbed members present",
+        "pipeline.split.test: 2020-01-01..2020-12-31 holds no init time of",
+        f"evaluate.systems[mixed].path: store {work / 'products/missing.zarr'} does not exist",
+        "evaluate.systems[raw_full].members: K = 8 but",
+        "evaluate.lead_times: [96] h not in",
+        "evaluate.period: 2018-01-01..2018-02-01 holds no init time of",
+        "evaluate.regions: no region holds a grid point",
+        f"evaluate.cases: case catalogue {work / 'nope.yaml'} does not exist",
+    ]
+    for e in expected:
+        assert sum(p.startswith(e) for p in problems) == 1, (e, problems)
+    assert len(problems) == len(expected), problems
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == len(expected)
+    assert all(line.startswith(f"enspp validate: error: {path}: ") for line in err)
+
+
+def test_a_fresh_work_directory_gives_notes_only(tmp_path, capsys):
+    """Before the first ingest nothing exists yet: the stores, statistics and the work
+    directory itself are notes; a missing input that enspp does not write is a problem."""
+    path = tmp_path / "enspp.yaml"
+    path.write_text(yaml.safe_dump({"data": {"workdir": "work",
+                                             "incoming": {"forecast": ["in/*.grib"]}},
+                                    "evaluate": {"systems": [{"name": "raw_full",
+                                                              "path": "stores/forecast.zarr"}],
+                                                 "truth": "stores/analysis.zarr"}}))
+    report = check_config(load_config(path))
+    assert report.problems == []
+    notes = "\n".join(report.notes)
+    for part in ("data.workdir:", "data.incoming.forecast: no file matches ['in/*.grib'] yet",
+                 "pipeline.stores.forecast: forecast store", "(ingest writes it)",
+                 "evaluate.truth: analysis store"):
+        assert part in notes, (part, notes)
+    assert main(["validate", str(path)]) == 0
+    path.write_text(yaml.safe_dump({"data": {"workdir": "work"},
+                                    "pipeline": {"stores": {"static": "/nonexistent/static.nc"}}}))
+    assert main(["validate", str(path)]) == 1
+    assert "pipeline.stores.static: static file /nonexistent/static.nc does not exist" \
+        in capsys.readouterr().err
+
+
+def test_eecrps_without_an_ensemble_and_a_broken_catalogue(work):
+    (work / "broken.yaml").write_text("cases: 3\n")
+    path = config(work, "ee.yaml", evaluate={
+        "systems": [{"name": "emos", "path": "stores/forecast.zarr", "type": "gaussian"}],
+        "reference": "emos", "cases": ["broken.yaml"]})
+    problems = check_config(load_config(path)).problems
+    assert any(p.startswith("evaluate.metrics: eecrps needs an ensemble system") for p in problems)
+    assert any(p.startswith("evaluate.cases: ") and "broken.yaml" in p for p in problems)
