@@ -1,20 +1,38 @@
 """Where bytes come from and how they are stored: the canonical data model, readers that
 translate foreign names at the edge, the versioned Zarr store, ingest, and the synthetic world.
 
-Other packages use these names; everything else in ``data`` is internal to it.
+Other packages use these names; everything else in ``data`` is internal to it.  Names are
+imported on first use, so importing one module of ``data`` (the schema, the errors, the
+store) does not import the GRIB libraries: training runs where eccodes and cfgrib are absent.
 """
 
-from enspp.data.ingest import IngestError, IngestSummary, ingest
-from enspp.data.point_readers import open_station_netcdf, open_weatherbench_zarr
-from enspp.data.readers import ReaderError, open_analysis, open_ens_grib
-from enspp.data.schema import SchemaError, available_variables, select_variable, split_level_name, validate
-from enspp.data.sources import ForecastSource, open_source
-from enspp.data.store import StoreError, open_store, validate_store
-from enspp.data.store_writer import append
+from __future__ import annotations
 
-__all__ = [
-    "ForecastSource", "IngestError", "IngestSummary", "ReaderError", "SchemaError", "StoreError",
-    "append", "available_variables", "ingest", "open_analysis", "open_ens_grib", "open_source",
-    "open_station_netcdf", "open_store", "open_weatherbench_zarr", "select_variable",
-    "split_level_name", "validate", "validate_store",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "enspp.data.ingest": ("IngestError", "IngestSummary", "ingest"),
+    "enspp.data.point_readers": ("open_station_netcdf", "open_weatherbench_zarr"),
+    "enspp.data.readers": ("ReaderError", "open_analysis", "open_ens_grib"),
+    "enspp.data.schema": ("SchemaError", "available_variables", "select_variable",
+                          "split_level_name", "validate"),
+    "enspp.data.sources": ("ForecastSource", "open_source"),
+    "enspp.data.store": ("StoreError", "open_store", "validate_store"),
+    "enspp.data.store_writer": ("append",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,39 +1,43 @@
 """pipeline: from forecast/analysis stores to training batches (aligned, split, subset,
 normalisation statistics, patches and tiles).  See ARCHITECTURE.md, "Pipeline -> models
-contract"."""
+contract".
 
-from enspp.pipeline.align import (
-                            Alignment,
-                            AlignmentError,
-                            GridMismatchError,
-                            align,
-                            check_grids,
-                            open_dataset,
-)
-from enspp.pipeline.config import (
-                            BatchesConfig,
-                            FeaturesConfig,
-                            MembersConfig,
-                            Period,
-                            PipelineConfig,
-                            PipelineConfigError,
-                            SplitConfig,
-                            StoresConfig,
-)
-from enspp.pipeline.datamodule import EnsembleDataModule
-from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, InputNaNError, collate_rows
-from enspp.pipeline.features import STATIC_NAMES, channel_names, parse_channel
-from enspp.pipeline.members import MemberSelectionError, check_members, choose_members
-from enspp.pipeline.splits import SplitError, resolve_periods, split_init_times
-from enspp.pipeline.stats import NormStats, StatsMismatchError, compute_stats
-from enspp.pipeline.tiles import blend_weights, stitch, tile_slices
+Names are imported on first use, so a DataLoader worker that unpickles the dataset imports
+the reading code only (not Lightning, which the DataModule needs).
+"""
 
-__all__ = [
-    "Alignment", "AlignmentError", "BatchesConfig", "EnsembleDataModule", "EnsembleDataset",
-    "EpochSampler", "FeaturesConfig", "GridMismatchError", "InputNaNError",
-    "MemberSelectionError", "MembersConfig", "NormStats", "Period", "PipelineConfig",
-    "PipelineConfigError", "STATIC_NAMES", "SplitConfig", "SplitError", "StatsMismatchError",
-    "StoresConfig", "align", "blend_weights", "channel_names", "check_grids", "check_members",
-    "choose_members", "collate_rows", "compute_stats", "open_dataset", "parse_channel",
-    "resolve_periods", "split_init_times", "stitch", "tile_slices",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "enspp.pipeline.align": ("Alignment", "AlignmentError", "GridMismatchError", "align",
+                             "check_grids", "open_dataset"),
+    "enspp.pipeline.config": ("BatchesConfig", "FeaturesConfig", "MembersConfig", "Period",
+                              "PipelineConfig", "PipelineConfigError", "SplitConfig",
+                              "StoresConfig"),
+    "enspp.pipeline.datamodule": ("EnsembleDataModule",),
+    "enspp.pipeline.dataset": ("EnsembleDataset", "EpochSampler", "InputNaNError",
+                               "collate_rows"),
+    "enspp.pipeline.features": ("STATIC_NAMES", "channel_names", "parse_channel"),
+    "enspp.pipeline.members": ("MemberSelectionError", "check_members", "choose_members"),
+    "enspp.pipeline.splits": ("SplitError", "resolve_periods", "split_init_times"),
+    "enspp.pipeline.stats": ("NormStats", "StatsMismatchError", "compute_stats"),
+    "enspp.pipeline.tiles": ("blend_weights", "stitch", "tile_slices"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

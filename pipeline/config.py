@@ -235,6 +235,24 @@ class BatchesConfig(BaseModel):
     #: (each later epoch then reads no store); 0 reads every sample from the stores, so the
     #: memory of an epoch does not grow with the store
     cache_mb: float = 0.0
+    #: threads decoding chunks in each reading process (the main process with
+    #: ``num_workers: 0``, else each worker); None: the CPU cores this process may use,
+    #: shared among the workers (at most 8 per process)
+    read_threads: int | None = None
+    #: batches each worker prepares ahead of the training step
+    prefetch_factor: int = 2
+    #: how DataLoader workers start: None is ``fork`` where the platform has it (Linux:
+    #: instant, nothing imported again, works in scripts without a ``__main__`` guard, in
+    #: notebooks and from ``python -``), else ``spawn``; ``forkserver``/``spawn`` import the
+    #: reading code afresh in each worker and need the ``__main__`` guard
+    start_method: Literal["fork", "forkserver", "spawn"] | None = None
+
+    @field_validator("read_threads", "prefetch_factor")
+    @classmethod
+    def _at_least_one(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be >= 1, got {v}")
+        return v
 
     @field_validator("patch_size", "tile_size", "samples_per_epoch")
     @classmethod

@@ -30,6 +30,7 @@ from enspp.pipeline.reader import StoreReader
 from enspp.pipeline.splits import resolve_periods, split_init_times
 from enspp.pipeline.stats import NormStats, compute_stats, provenance_of, source_hash
 from enspp.pipeline.tiles import tile_slices
+from enspp.pipeline.workers import WorkerCounter, read_threads, start_context
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test"]
@@ -57,6 +58,7 @@ class EnsembleDataModule(L.LightningDataModule):
                              "(or forecast=/analysis= given)")
         self._stats = stats
         self._ready = False
+        self._worker_counter: WorkerCounter | None = None
 
     # ---- preparation -------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -95,7 +97,9 @@ class EnsembleDataModule(L.LightningDataModule):
                                    leads_h=self._leads, targets=feats.targets,
                                    regrid=cfg.regrid if self._regrid else None,
                                    forecast_ds=fc, analysis_ds=an,
-                                   cache_mb=cfg.batches.cache_mb)
+                                   cache_mb=cfg.batches.cache_mb,
+                                   threads=read_threads(cfg.batches.read_threads,
+                                                        num_workers=cfg.batches.num_workers))
         if self._stats is None:
             self._stats = self._load_or_compute_stats(fc, an)
         self._ready = True
@@ -168,15 +172,36 @@ class EnsembleDataModule(L.LightningDataModule):
 
     def _loader(self, ds: EnsembleDataset, *, sampler=None) -> DataLoader:
         b = self.config.batches
-        # Workers start from a fork server, not by forking this process: training often runs
-        # inside a process that already holds threads (Prefect's event loop, dask, numba,
-        # torch), and a fork of a multi-threaded process can die or hang in the child. The
-        # dataset pickles cheaply (the reader drops its store handles and each worker reopens).
-        context = "forkserver" if b.num_workers > 0 else None
+        workers = b.num_workers
+        pin = self._feeds_gpu()
+        # with no workers the main process reads straight into page-locked buffers; workers
+        # hand over shared-memory batches that the loader's pinning thread copies
+        ds.pin_memory = pin and workers == 0
+        extra = {}
+        if workers > 0:
+            context = start_context(b.start_method)
+            if self._worker_counter is None:
+                self._worker_counter = WorkerCounter(context)
+            extra = {"multiprocessing_context": context, "persistent_workers": True,
+                     "prefetch_factor": b.prefetch_factor,
+                     "worker_init_fn": self._worker_counter.init_fn()}
         return DataLoader(ds, batch_size=b.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=b.num_workers, collate_fn=collate_rows,
-                          persistent_workers=False, drop_last=False,
-                          multiprocessing_context=context)
+                          num_workers=workers, collate_fn=collate_rows, drop_last=False,
+                          pin_memory=pin and workers > 0, **extra)
+
+    @property
+    def worker_starts(self) -> int:
+        """DataLoader workers started so far by this DataModule's loaders (persistent: once
+        per loader and fit, however many epochs)."""
+        return 0 if self._worker_counter is None else self._worker_counter.value
+
+    def _feeds_gpu(self) -> bool:
+        """True when the attached trainer runs on a CUDA device (batches are then pinned)."""
+        trainer = getattr(self, "trainer", None)
+        try:
+            return trainer is not None and trainer.strategy.root_device.type == "cuda"
+        except (AttributeError, RuntimeError):
+            return False
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")

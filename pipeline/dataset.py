@@ -9,14 +9,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from enspp.data.errors import EnsppError
 from enspp.data.schema import LATITUDE, LONGITUDE
 from enspp.pipeline.config import MembersConfig
 from enspp.pipeline.features import doy_encoding
 from enspp.pipeline.members import choose_members
-from enspp.pipeline.reader import StoreReader
+from enspp.pipeline.reader import SampleRead, StoreReader
 from enspp.pipeline.stats import NormStats
 from enspp.pipeline.tiles import Tile, tile_slices
 
@@ -58,6 +58,9 @@ class EnsembleDataset(Dataset):
         self.seed = seed
         self.nan_policy = nan_policy
         self.stats = stats
+        #: batches in page-locked memory (set by the DataModule when the main process feeds a GPU)
+        self.pin_memory = False
+        self.reader_targets = len(reader.targets)
         ny, nx = grid_shape
         if point or mode == "train":
             self.tiles = [(slice(0, ny), slice(0, nx))]
@@ -70,6 +73,21 @@ class EnsembleDataset(Dataset):
         return len(self.init_times) * len(self.tiles)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, np.ndarray]:
+        """One item: numpy arrays with a leading rows dim (1, or the stations)."""
+        return {k: v.numpy() for k, v in self._assemble([item], where="plain").items()}
+
+    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """A whole batch, read straight into its tensors: in shared memory inside a
+        DataLoader worker (so handing it to the main process copies nothing), in pinned
+        memory when ``pin_memory`` is set (a GPU is fed from the main process)."""
+        if get_worker_info() is not None:
+            where = "shared"
+        else:
+            where = "pinned" if self.pin_memory else "plain"
+        return self._assemble(items, where=where)
+
+    def _draw(self, item: int | tuple[int, int]) -> tuple[int, np.ndarray, slice, slice]:
+        """Sample number, members, and the region of an item (deterministic given the seed)."""
         index, draw_seed = item if isinstance(item, tuple) else (item, None)
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range 0..{len(self) - 1}")
@@ -83,39 +101,70 @@ class EnsembleDataset(Dataset):
             x0 = int(rng.integers(0, self.grid_shape[1] - pw + 1))
             sy, sx = slice(y0, y0 + ph), slice(x0, x0 + pw)
         members = choose_members(self.store_members, config=self.members_cfg, rng=rng)
-        return self._read(s, members, sy, sx)
+        return s, members, sy, sx
 
-    def _read(self, s: int, members: np.ndarray, sy: slice, sx: slice) -> dict[str, np.ndarray]:
-        init = self.init_times[s]
-        valid = init + self.lead_time
-        region = {} if self.point else {LATITUDE: sy, LONGITUDE: sx}
-        inputs = self.reader.read_inputs(init, members=members, region=region)  # [K, C, ...]
-        target = self.reader.read_targets(valid, region=region)  # [T, ...]
-        inputs, target = self._nan(inputs, target, init, members, sy, sx)
-        sin_d, cos_d = doy_encoding(valid)
-        static = self.static[:, sy, sx]
-        doy = np.broadcast_to(np.array([sin_d, cos_d], np.float32)[:, None, None],
-                              (2, *static.shape[1:]))
-        static = np.concatenate([static, doy]).astype(np.float32)
+    def _assemble(self, items: Sequence[int | tuple[int, int]], *, where: str
+                  ) -> dict[str, torch.Tensor]:
+        draws = [self._draw(it) for it in items]
+        k = len(draws[0][1])
+        n_static = self.static.shape[0] + 2
+        n_targets = self.reader_targets
         if self.point:
-            n = inputs.shape[-1]
-            rows = {"inputs": np.moveaxis(inputs, -1, 0)[..., None, None],
-                    "static": np.moveaxis(static, 1, 0)[..., None],
-                    "target": np.moveaxis(target, -1, 0)[..., None, None],
-                    "y0": np.zeros(n, np.int64), "x0": np.arange(n, dtype=np.int64)}
+            n = self.grid_shape[0]
+            rows, h, w = n * len(draws), 1, 1
         else:
             n = 1
-            rows = {"inputs": inputs[None], "static": static[None], "target": target[None],
-                    "y0": np.array([sy.start], np.int64), "x0": np.array([sx.start], np.int64)}
-        rows["init_time"] = np.full(n, init.astype(np.int64), np.int64)
-        rows["lead_time"] = np.full(n, self.lead_time.astype(np.int64), np.int64)
-        return rows
+            rows = len(draws)
+            h, w = draws[0][2].stop - draws[0][2].start, draws[0][3].stop - draws[0][3].start
+        batch = {"inputs": _empty((rows, k, len(self.channels), h, w), torch.float32, where),
+                 "static": _empty((rows, n_static, h, w), torch.float32, where),
+                 "target": _empty((rows, n_targets, h, w), torch.float32, where),
+                 **{key: _empty((rows,), torch.int64, where)
+                    for key in ("init_time", "lead_time", "y0", "x0")}}
+        arr = {key: v.numpy() for key, v in batch.items()}
+        reads = []
+        for b, (s, members, sy, sx) in enumerate(draws):
+            init = self.init_times[s]
+            rs = slice(b * n, (b + 1) * n)
+            if self.point:  # rows are stations: [n, K, C, 1, 1] seen as [K, C, n]
+                inputs = np.moveaxis(arr["inputs"][rs, :, :, 0, 0], 0, -1)
+                target = np.moveaxis(arr["target"][rs, :, 0, 0], 0, -1)
+                region: dict[str, slice] = {}
+            else:
+                inputs, target = arr["inputs"][b], arr["target"][b]
+                region = {LATITUDE: sy, LONGITUDE: sx}
+            reads.append(SampleRead(init_time=init, valid_time=init + self.lead_time,
+                                    members=members, region=region, inputs=inputs,
+                                    target=target))
+        self.reader.read(reads)
+        for b, ((_, members, sy, sx), r) in enumerate(zip(draws, reads)):
+            rs = slice(b * n, (b + 1) * n)
+            self._nan(r.inputs, r.target, r.init_time, members, sy, sx)
+            sin_d, cos_d = doy_encoding(r.valid_time)
+            if self.point:
+                static = arr["static"][rs, :, 0, 0]  # [n, S]
+                static[:, :-2] = self.static[:, :, 0].T
+                static[:, -2], static[:, -1] = sin_d, cos_d
+                arr["y0"][rs] = 0
+                arr["x0"][rs] = np.arange(n)
+            else:
+                static = arr["static"][b]
+                static[:-2] = self.static[:, sy, sx]
+                static[-2], static[-1] = sin_d, cos_d
+                arr["y0"][b], arr["x0"][b] = sy.start, sx.start
+            arr["init_time"][rs] = r.init_time.astype(np.int64)
+            arr["lead_time"][rs] = self.lead_time.astype(np.int64)
+        return batch
 
     def _nan(self, inputs: np.ndarray, target: np.ndarray, init: np.datetime64,
-             members: np.ndarray, sy: slice, sx: slice) -> tuple[np.ndarray, np.ndarray]:
+             members: np.ndarray, sy: slice, sx: slice) -> None:
+        """Apply ``nan_policy`` to one sample's buffers in place (a NaN-free sample costs one
+        sum over its inputs)."""
+        if not np.isnan(inputs.sum(dtype=np.float32)):
+            return
         bad = np.isnan(inputs)
-        if not bad.any():
-            return inputs, target
+        if not bad.any():  # the sum met +inf and -inf, not a NaN
+            return
         if self.nan_policy == "error":
             k, c = (int(i) for i in np.argwhere(bad.reshape(*bad.shape[:2], -1).any(-1))[0])
             raise InputNaNError(
@@ -126,13 +175,28 @@ class EnsembleDataset(Dataset):
         assert self.stats is not None
         mean = self.stats.channel_mean_local  # [C, Ny, Nx] or [C, S, 1]
         mean = mean[:, :, 0] if self.point else mean[:, sy, sx]
-        inputs = np.where(bad, np.broadcast_to(mean[None], inputs.shape), inputs)
-        target = np.where(bad.any(axis=(0, 1))[None], np.nan, target).astype(np.float32)
-        return inputs.astype(np.float32), target
+        np.copyto(inputs, np.broadcast_to(mean[None], inputs.shape), where=bad)
+        target[:, bad.any(axis=(0, 1))] = np.nan
 
 
-def collate_rows(items: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """Concatenate items along their rows dim into a batch of tensors (B = sum of rows)."""
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, where: str) -> torch.Tensor:
+    """An uninitialised tensor: ``plain``, ``pinned`` (page-locked, for fast copies to a
+    GPU) or ``shared`` (shared memory, which a worker hands to the main process as is)."""
+    if where == "pinned":
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    if where == "shared":
+        numel = int(np.prod(shape))
+        storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+        return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+    return torch.empty(shape, dtype=dtype)
+
+
+def collate_rows(items: list[dict[str, np.ndarray]] | dict[str, torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+    """A batch of tensors: a batch :meth:`EnsembleDataset.__getitems__` already assembled is
+    returned as it is; a list of items is concatenated along their rows dim (B = sum of rows)."""
+    if isinstance(items, dict):
+        return items
     return {k: torch.from_numpy(np.ascontiguousarray(np.concatenate([it[k] for it in items])))
             for k in items[0]}
 

@@ -271,16 +271,17 @@ def test_in_memory_datasets_read_like_stores(stores):
     mem = EnsembleDataModule(cfg, forecast=fc, analysis=an)
     disk = EnsembleDataModule(cfg, forecast=stores.forecast, analysis=stores.analysis)
     a, b = next(iter(mem.train_dataloader())), next(iter(disk.train_dataloader()))
-    assert mem._reader._handles()["raw_fc"] is None and disk._reader._handles()["raw_fc"] is not None
+    assert set(mem._reader.strategies.values()) == {"xarray"}
+    assert set(disk._reader.strategies.values()) == {"chunks"}
     for k in a:
         torch.testing.assert_close(a[k], b[k])
 
 
 @pytest.mark.parametrize("source", ["zarr", "memory"])
 def test_block_cache_batches_equal_uncached(stores, source):
-    """``batches.cache_mb``: whole blocks kept after the first read; every batch equals the
-    uncached one (random member draws and patches, targets included), a second epoch reads
-    only the cache, and the reader hands out copies (editing one leaves the cache intact)."""
+    """``batches.cache_mb``: decoded chunks kept after the first read; every batch equals the
+    uncached one (random member draws and patches, targets included), a second epoch decodes
+    nothing, and the reader hands out copies (editing one leaves the cache intact)."""
     cfg = _cfg(members={"strategy": "random"})
     cached_cfg = _cfg(members={"strategy": "random"}, batches={"cache_mb": 64})
     if source == "memory":
@@ -300,11 +301,11 @@ def test_block_cache_batches_equal_uncached(stores, source):
         cache = cached._reader.cache
         if epoch == 0:
             misses, used = cache.misses, cache.used
-            assert misses > 0 and 0 < used <= 64 * 2**20
+            assert misses > 0 and 0 < used <= 64 * 2**20 and cache.kept == misses
         else:
             assert cache.misses == misses and cache.used == used and cache.hits > 0
-    assert plain._reader.cache is None and not cache.full
-    assert not any(b.flags.writeable for b in cache._blocks.values())
+    assert plain._reader.cache.kept == 0 and plain._reader.cache.full and not cache.full
+    assert not any(b.flags.writeable for b in cache._kept.values())
     for g, r in zip(cached.test_dataloader(), plain.test_dataloader()):  # whole fields
         torch.testing.assert_close(g["inputs"], r["inputs"])
         torch.testing.assert_close(g["target"], r["target"])
@@ -321,8 +322,9 @@ def test_block_cache_batches_equal_uncached(stores, source):
 
 
 def test_block_cache_budget_and_worker_copies(stores):
-    """A budget smaller than any block caches nothing and reads as before; a pickled reader
-    (a DataLoader worker) starts with its own empty cache."""
+    """A budget smaller than any chunk keeps nothing and reads as before (through the
+    working set of recent chunks, whose size stays bounded); a pickled reader (a DataLoader
+    worker) starts with its own empty cache."""
     import pickle
 
     tiny = EnsembleDataModule(_cfg(batches={"cache_mb": 1e-4}), forecast=stores.forecast,
@@ -332,8 +334,9 @@ def test_block_cache_budget_and_worker_copies(stores):
         torch.testing.assert_close(g["inputs"], r["inputs"])
         torch.testing.assert_close(g["target"], r["target"])
     cache = tiny._reader.cache
-    # the first block that did not fit marked the cache full; no whole block was read after it
-    assert cache.used == 0 and cache.full and cache.misses == 1 and cache.hits == 0
+    # the first chunk that did not fit marked the cache full; nothing was kept after it
+    assert cache.used == 0 and cache.full and cache.kept == 0 and cache.misses > 0
+    assert len(cache._lru) <= cache.recent and not cache._pins
     worker = pickle.loads(pickle.dumps(tiny._reader))
     assert worker._h == {} and worker.cache is not cache and worker.cache.misses == 0
     with pytest.raises(ValueError, match="cache_mb"):

@@ -1,0 +1,220 @@
+"""Feeding training: batches identical whatever the workers, decoding threads, cache and read
+strategy; persistent workers start once per fit; workers import only the reading code;
+scripts without a ``__main__`` guard and ``python -`` run workers; training imports without
+the GRIB libraries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+from predict_data import SMALL_MIXED, make_stores
+
+from enspp.pipeline import EnsembleDataModule, PipelineConfig, PipelineConfigError
+from enspp.pipeline.dataset import _empty, collate_rows
+from enspp.pipeline.synthetic import write_stores
+from enspp.pipeline.workers import read_threads, start_context
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    return write_stores(tmp_path_factory.mktemp("stores"), n_init=16, ny=12, nx=20, n_members=7,
+                        lead_hours=(0, 24, 48))
+
+
+def _cfg(**batches) -> PipelineConfig:
+    return PipelineConfig.from_dict({
+        "features": {"variables": ["z500", "t850", "t2m"], "targets": ["t2m"],
+                     "input_lead_times": [0]},
+        "members": {"k": 3, "strategy": "random"},
+        "split": {"fractions": [0.6, 0.2, 0.2]},
+        "batches": {"patch_size": 8, "batch_size": 3, "seed": 5, "read_threads": 1,
+                    "tile_size": 8, "tile_overlap": 2, **batches}})
+
+
+def _batches(dm: EnsembleDataModule) -> list[dict[str, torch.Tensor]]:
+    """Two training epochs, then the validation and test loaders (tiles)."""
+    train = dm.train_dataloader()
+    out = [b for _ in range(2) for b in train]
+    return out + list(dm.val_dataloader()) + list(dm.test_dataloader())
+
+
+def _rechunked(ds: xr.Dataset, path: Path, chunks: dict, **kw) -> xr.Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.drop_encoding().chunk({d: chunks.get(d, -1) for d in ds.dims}).to_zarr(
+            path, mode="w", **kw)
+        return xr.open_zarr(path)
+
+
+def test_batches_identical_whatever_workers_threads_cache_and_strategy(stores, tmp_path):
+    fc, an = xr.open_zarr(stores.forecast), xr.open_zarr(stores.analysis)
+    ref = EnsembleDataModule(_cfg(), forecast=stores.forecast, analysis=stores.analysis)
+    memory = (fc.load().drop_encoding(), an.load().drop_encoding())
+    # chunks across the grid and the members (several chunks per sample, partial edges)
+    tiled = (_rechunked(fc, tmp_path / "f.zarr", {"init_time": 1, "lead_time": 1, "member": 3,
+                                                   "latitude": 5, "longitude": 7}),
+             _rechunked(an, tmp_path / "a.zarr", {"time": 2, "latitude": 5, "longitude": 6}))
+    # Zarr format 2: read through xarray from the path
+    v2 = (_rechunked(fc, tmp_path / "f2.zarr", {"init_time": 1, "lead_time": 1}, zarr_format=2),
+          _rechunked(an, tmp_path / "a2.zarr", {"time": 1}, zarr_format=2))
+    variants = {
+        "2 workers, 2 threads": (_cfg(num_workers=2, read_threads=2), None),
+        "3 threads + cache": (_cfg(read_threads=3, cache_mb=64), None),
+        "in memory (xarray)": (_cfg(), memory),
+        "grid-chunked store": (_cfg(read_threads=2), tiled),
+        "zarr 2 (xarray)": (_cfg(num_workers=1), v2),
+    }
+    want = _batches(ref)
+    assert set(ref._reader.strategies.values()) == {"chunks"}
+    for name, (cfg, sources) in variants.items():
+        dm = EnsembleDataModule(cfg, forecast=sources[0] if sources else stores.forecast,
+                                analysis=sources[1] if sources else stores.analysis,
+                                stats=ref.stats)
+        got = _batches(dm)
+        assert len(got) == len(want), name
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys()
+            for k in w:
+                torch.testing.assert_close(g[k], w[k], rtol=0, atol=0, equal_nan=True,
+                                           msg=f"{name}: {k}")
+        expected = {"in memory (xarray)": {"xarray"}, "zarr 2 (xarray)": {"xarray"}}
+        assert set(dm._reader.strategies.values()) == expected.get(name, {"chunks"}), name
+
+
+def test_worker_start_up_once_per_fit(tmp_path):
+    """Persistent workers: one start per loader (train and validation) for a whole fit, not
+    one per epoch and validation pass."""
+    from enspp.models.config import ModelConfig, TrainConfig
+    from enspp.models.train import train
+
+    paths = make_stores(tmp_path / "stores")
+    cfg = PipelineConfig.from_dict({
+        "stores": {"forecast": str(paths.forecast), "analysis": str(paths.analysis),
+                   "static": str(paths.static)},
+        "members": {"k": 3}, "batches": {"batch_size": 4, "patch_size": 8, "num_workers": 1}})
+    dm = EnsembleDataModule(cfg)
+    result = train(cfg, ModelConfig(name="mixed", options=SMALL_MIXED),
+                   TrainConfig(max_epochs=3, progress_bar=False, run_id="w",
+                               early_stopping_patience=None),
+                   workdir=tmp_path, datamodule=dm)
+    assert result.epochs == 3
+    assert dm.worker_starts == 2
+
+
+def test_workers_import_only_the_reading_code(stores, tmp_path):
+    """A worker started afresh (spawn) imports the reading code, not Lightning, Prefect,
+    plotting or the GRIB libraries; ``fork`` (the default on Linux) imports nothing."""
+    import worker_probe
+    from torch.utils.data import DataLoader
+
+    dm = EnsembleDataModule(_cfg(), forecast=stores.forecast, analysis=stores.analysis)
+    report = tmp_path / "modules.json"
+    loader = DataLoader(dm.dataset("train"), batch_size=2, num_workers=1,
+                        collate_fn=collate_rows, multiprocessing_context="spawn",
+                        worker_init_fn=worker_probe.Probe(str(report)))
+    batch = next(iter(loader))
+    assert batch["inputs"].shape[0] == 2
+    modules = set(json.loads(report.read_text()))
+    assert "enspp.pipeline.reader" in modules
+    heavy = {"lightning", "pytorch_lightning", "prefect", "matplotlib", "eccodes", "cfgrib",
+             "gribapi", "enspp.pipeline.datamodule", "enspp.models", "enspp.flows"}
+    assert not modules & heavy, sorted(modules & heavy)
+    assert start_context(None).get_start_method() == ("fork" if sys.platform.startswith("linux")
+                                                      else "spawn")
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from enspp.pipeline import EnsembleDataModule, PipelineConfig
+d = Path({stores!r})
+cfg = PipelineConfig.from_dict({{
+    "stores": {{"forecast": str(d / "forecast.zarr"), "analysis": str(d / "analysis.zarr")}},
+    "members": {{"k": 3}}, "batches": {{"batch_size": 2, "num_workers": 2}}}})
+dm = EnsembleDataModule(cfg)
+n = sum(int(b["inputs"].shape[0]) for b in dm.train_dataloader())
+print("samples", n, "workers", dm.worker_starts)
+"""
+
+
+def test_scripts_without_main_guard_and_stdin_run_workers(stores, tmp_path):
+    """A script without ``if __name__ == "__main__"`` and code piped to ``python -`` start
+    workers (a fork server or spawn would re-run or fail to find the main script)."""
+    code = SCRIPT.format(stores=str(Path(stores.forecast).parent))
+    script = tmp_path / "train_script.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = []
+    for i, args in enumerate(([str(script)], ["-"])):  # both at once
+        with open(tmp_path / f"out{i}", "w") as out, open(tmp_path / f"err{i}", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE,
+                                          stdout=out, stderr=err, text=True, env=env,
+                                          cwd=tmp_path))
+    procs[1].stdin.write(code)
+    for p in procs:
+        p.stdin.close()
+    for i, p in enumerate(procs):
+        rc = p.wait(timeout=600)
+        out, err = (tmp_path / f"out{i}").read_text(), (tmp_path / f"err{i}").read_text()
+        assert rc == 0, err[-2000:]
+        assert "workers 2" in out and "samples 0" not in out
+
+
+def test_training_imports_and_runs_without_grib_libraries(tmp_path):
+    """``enspp train`` with eccodes, gribapi and cfgrib unimportable (a GPU image carrying only
+    the training stack)."""
+    make_stores(tmp_path / "stores")
+    cfg = {"pipeline": {"stores": {"forecast": "stores/forecast.zarr",
+                                   "analysis": "stores/analysis.zarr",
+                                   "static": "stores/static.nc"},
+                        "members": {"k": 3}, "batches": {"batch_size": 4, "patch_size": 8}},
+           "model": {"name": "mixed", "options": SMALL_MIXED},
+           "train": {"max_epochs": 1, "progress_bar": False, "run_id": "nogrib"}}
+    (tmp_path / "enspp.yaml").write_text(yaml.safe_dump(cfg))
+    code = textwrap.dedent("""
+        import sys
+        for name in ("eccodes", "gribapi", "cfgrib"):
+            sys.modules[name] = None  # import raises ImportError
+        from enspp.flows.cli import main
+        rc = main(["train", "--config", "enspp.yaml"])
+        loaded = [m for m in ("eccodes", "gribapi", "cfgrib") if sys.modules.get(m) is not None]
+        print("rc", rc, "grib modules", loaded)
+        sys.exit(rc)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rc 0 grib modules []" in r.stdout
+    assert (tmp_path / "runs" / "nogrib" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_loader_settings_and_their_errors(stores):
+    dm = EnsembleDataModule(_cfg(num_workers=2, prefetch_factor=3), forecast=stores.forecast,
+                            analysis=stores.analysis)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.prefetch_factor == 3 and not loader.pin_memory
+    assert loader.multiprocessing_context.get_start_method() == start_context(None).get_start_method()
+    assert dm._feeds_gpu() is False  # no trainer, no GPU: nothing pinned
+    assert read_threads(3, num_workers=8) == 3
+    assert 1 <= read_threads(None, num_workers=0) <= 8
+    assert read_threads(None, num_workers=10**6) == 1
+    shared = _empty((2, 3), torch.float32, "shared")
+    assert shared.is_shared() and shared.shape == (2, 3)
+    for key, value in (("read_threads", 0), ("prefetch_factor", 0), ("start_method", "thread")):
+        with pytest.raises(PipelineConfigError, match=f"pipeline.batches.{key}"):
+            _cfg(**{key: value})
+    assert np.array_equal(dm._reader.members(), np.arange(7))
