@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.yaml_file import read_yaml_mapping
@@ -71,13 +71,25 @@ class TrainConfig(BaseModel):
     devices: int | str | list[int] = 1
     strategy: str = "auto"
     num_nodes: int = Field(1, ge=1)
-    precision: str = "32-true"
+    #: ``32-true``; ``bf16-mixed``: matrix products and convolutions in bfloat16 (GPUs
+    #: since Ampere, and CPUs), everything the distribution and the CRPS need (ensemble
+    #: moments, the head, the loss) in float32, so at 721x1440 activations take about half
+    #: the memory; ``16-mixed``: float16 with loss scaling (CUDA only)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     log_every_n_steps: int = Field(10, ge=1)
     limit_train_batches: int | float = Field(1.0, gt=0)
     limit_val_batches: int | float = Field(1.0, gt=0)
     progress_bar: bool = True
     #: name of the run directory under ``WORKDIR/runs``; default: a timestamp and the seed
     run_id: str | None = None
+
+    @field_validator("precision")
+    @classmethod
+    def _precision_on_device(cls, v: str, info: ValidationInfo) -> str:
+        if v == "16-mixed" and info.data.get("accelerator") == "cpu":
+            raise ValueError("'16-mixed' needs a CUDA accelerator; on a CPU use 'bf16-mixed' "
+                             "or '32-true'")
+        return v
 
     @field_validator("run_id")
     @classmethod

@@ -41,13 +41,15 @@ class EnsembleDataModule(L.LightningDataModule):
     ``init_time``, ``lead_time``, ``y0``, ``x0`` (see ARCHITECTURE.md).
 
     ``forecast``/``analysis``/``static`` override the config's store paths and may be paths or
-    already opened lazy datasets; ``stats`` skips computing/loading statistics.  Everything is
-    prepared on first use (:meth:`setup`), so ``dm.channels`` etc. work right away.
+    already opened lazy datasets; ``stats`` skips computing/loading statistics; ``pin_memory``
+    puts batches in page-locked memory (default: when the trainer runs on a CUDA device).
+    Everything is prepared on first use (:meth:`setup`), so ``dm.channels`` etc. work right
+    away.
     """
 
     def __init__(self, config: PipelineConfig, *, forecast: StoreLike | None = None,
                  analysis: StoreLike | None = None, static: StoreLike | None = None,
-                 stats: NormStats | None = None):
+                 stats: NormStats | None = None, pin_memory: bool | None = None):
         super().__init__()
         self.config = config
         self._fc_src = forecast if forecast is not None else config.stores.forecast
@@ -57,6 +59,7 @@ class EnsembleDataModule(L.LightningDataModule):
             raise PipelineConfigError("pipeline.stores.forecast and pipeline.stores.analysis must be set "
                              "(or forecast=/analysis= given)")
         self._stats = stats
+        self._pin = pin_memory
         self._ready = False
         self._worker_counter: WorkerCounter | None = None
 
@@ -196,7 +199,10 @@ class EnsembleDataModule(L.LightningDataModule):
         return 0 if self._worker_counter is None else self._worker_counter.value
 
     def _feeds_gpu(self) -> bool:
-        """True when the attached trainer runs on a CUDA device (batches are then pinned)."""
+        """Whether batches are pinned: ``pin_memory`` as given, else True when the attached
+        trainer runs on a CUDA device."""
+        if self._pin is not None:
+            return self._pin
         trainer = getattr(self, "trainer", None)
         try:
             return trainer is not None and trainer.strategy.root_device.type == "cuda"
