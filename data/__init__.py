@@ -9,6 +9,8 @@ store) does not import the GRIB libraries: training runs where eccodes and cfgri
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _EXPORTS = {
@@ -36,3 +38,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """``enspp.data.ingest`` is the function, as it always was, although ``ingest`` is also
+    the name of a submodule: importing the submodule does not rebind the package's name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

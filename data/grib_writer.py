@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import eccodes
+# eccodes is imported inside the functions that encode, so that importing this module (the
+# synthetic world's config does) needs no GRIB library: training runs where it is absent
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -280,11 +281,13 @@ class _Encoder:
         self.cache_key = cache_key
 
     def set_long(self, key: str, value: int) -> None:
+        import eccodes
         if self.state.get(key) != value:
             eccodes.codes_set_long(self.handle, key, value)
             self.state[key] = value
 
     def set_string(self, key: str, value: str) -> None:
+        import eccodes
         if self.state.get(key) != value:
             eccodes.codes_set_string(self.handle, key, value)
             self.state[key] = value
@@ -314,6 +317,7 @@ def _encoder(param: GribParam, grid: dict, *, kind: str, n_members: int | None,
 
 def _drop_encoder(enc: _Encoder) -> None:
     """Forget and release an encoder (after an error its handle's state is not trusted)."""
+    import eccodes
     cache = getattr(_ENCODERS, "cache", {})
     if cache.get(enc.cache_key) is enc:
         del cache[enc.cache_key]
@@ -323,6 +327,7 @@ def _drop_encoder(enc: _Encoder) -> None:
 def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None,
               data_type: str) -> int:
     """A GRIB2 handle with grid, parameter, level type and product template set."""
+    import eccodes
     sample = "regular_ll_pl_grib2" if param.type_of_level == "isobaricInhPa" else "regular_ll_sfc_grib2"
     h = eccodes.codes_grib_new_from_samples(sample)
     eccodes.codes_set(h, "setLocalDefinition", 1)
@@ -354,6 +359,7 @@ def _template(param: GribParam, grid: dict, *, kind: str, n_members: int | None,
 def _encode_variable(encoders: dict[str, _Encoder], plan: _VariablePlan, *, kind: str) -> list[bytes]:
     """The messages of one variable, in (time, lead, member, level) order; ``encoders`` by data
     type (``cf`` and ``pf`` for a forecast, ``an`` for an analysis)."""
+    import eccodes
     out: list[bytes] = []
     values, absent = plan.values, plan.absent
     for it, (date, hhmm) in enumerate(plan.dates):

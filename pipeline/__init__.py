@@ -11,9 +11,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# ``align`` is both a submodule and a function: bind the function now, as importing the
+# submodule later would set the package attribute ``align`` to the module
+from enspp.pipeline.align import align as align
+
 _EXPORTS = {
-    "enspp.pipeline.align": ("Alignment", "AlignmentError", "GridMismatchError", "align",
-                             "check_grids", "open_dataset"),
+    "enspp.pipeline.align": ("Alignment", "AlignmentError", "GridMismatchError", "check_grids",
+                             "open_dataset"),
     "enspp.pipeline.config": ("BatchesConfig", "FeaturesConfig", "MembersConfig", "Period",
                               "PipelineConfig", "PipelineConfigError", "SplitConfig",
                               "StoresConfig"),
@@ -27,7 +31,7 @@ _EXPORTS = {
     "enspp.pipeline.tiles": ("blend_weights", "stitch", "tile_slices"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+__all__ = sorted({*_WHERE, "align"})
 
 
 def __getattr__(name: str) -> Any:

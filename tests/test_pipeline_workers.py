@@ -218,3 +218,26 @@ def test_loader_settings_and_their_errors(stores):
         with pytest.raises(PipelineConfigError, match=f"pipeline.batches.{key}"):
             _cfg(**{key: value})
     assert np.array_equal(dm._reader.members(), np.arange(7))
+
+
+def test_lazy_packages_export_functions_named_like_submodules():
+    """``enspp.data`` and ``enspp.pipeline`` import their names on first use; a name that is
+    also a submodule (``ingest``, ``align``) stays the function once the submodule is loaded."""
+    import importlib
+    import inspect
+
+    import enspp.data
+    import enspp.pipeline
+
+    importlib.import_module("enspp.data.ingest")
+    importlib.import_module("enspp.pipeline.align")
+    from enspp.data import ingest
+    from enspp.pipeline import align
+
+    assert inspect.isfunction(ingest) and inspect.isfunction(align)
+    assert enspp.data.ingest is ingest and enspp.pipeline.align is align
+    assert set(enspp.data.__all__) <= set(dir(enspp.data))
+    for name in enspp.pipeline.__all__:
+        assert getattr(enspp.pipeline, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        enspp.data.nope  # noqa: B018
