@@ -48,7 +48,7 @@ from enspp.evaluation.diagnostics import (
     rank_histogram,
     spread_skill_ratio,
 )
-from enspp.evaluation.evaluate import EvaluationResult, NanPolicyError, evaluate
+from enspp.evaluation.evaluate import EvaluationResult, MissingDataError, NanPolicyError, evaluate
 from enspp.evaluation.metrics import (
     MetricInputError,
     climatological_quantile,
@@ -99,6 +99,7 @@ __all__ = [
     "MetricInfo",
     "MetricInputError",
     "MissingReferenceError",
+    "MissingDataError",
     "NanPolicyError",
     "Region",
     "RegionError",

@@ -24,10 +24,15 @@ Example::
 Paths are relative to the directory the config is read from (``base_dir`` of
 :func:`resolve_paths`), or absolute.
 
-**NaN policy** (``nan_policy``): ``"skip"`` (default) drops every point where the truth or the
-forecast (any member, the mean or the standard deviation) is NaN from every score: its weight
-is zero in both the numerator and the denominator of the weighted mean, and the number of
-dropped points is reported per system and variable.  ``"error"`` raises instead.
+**Missing data** (``missing``): ``"error"`` (default) refuses an evaluation where data are
+missing -- an init time of the period that one system lacks while another has it, a valid time
+the truth lacks, a missing value (NaN: a field absent from a store, a hole left by a deleted
+chunk) in the truth or a system -- naming the system, the variable and the init time.
+``"skip"`` scores without them: such init times are left out for every system (paired
+comparison), a missing value weighs zero in both the numerator and the denominator of the
+weighted mean, and what was skipped is reported (``EvaluationResult.notes``, printed by
+``enspp evaluate``, in ``scores.json`` and on the dashboard).  ``nan_policy`` is the former
+name of the key.
 
 **Regions** without a grid point (``tropics`` on a European grid) are skipped with a note in
 the result (``EvaluationResult.notes``, printed by ``enspp evaluate``); an evaluation whose
@@ -181,7 +186,8 @@ class EvaluateConfig(_Frozen):
     eecrps: EecrpsConfig = EecrpsConfig()
     cases: list[Path] = []
     reference: str = "raw_full"
-    nan_policy: Literal["skip", "error"] = "skip"
+    #: missing init times, valid times or values: refuse ("error") or skip and report them
+    missing: Literal["error", "skip"] = "error"
     #: init times per chunk: memory is bounded by two chunks (one is read ahead while the
     #: other is scored) whatever the period's length
     chunk_size: int = Field(8, ge=1)
@@ -193,6 +199,12 @@ class EvaluateConfig(_Frozen):
     def _estimator_of_metric_names(cls, data: object) -> object:
         """A registry name with an estimator (``crps_standard``) sets ``crps_estimator`` (or
         must agree with it)."""
+        if isinstance(data, dict) and "nan_policy" in data:  # the key's former name
+            if "missing" in data:
+                raise EvaluateConfigError("give 'missing' (nan_policy is its former name), "
+                                          "not both")
+            data = {**{k: v for k, v in data.items() if k != "nan_policy"},
+                    "missing": data["nan_policy"]}
         if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
             return data
         asked = {m.rsplit("_", 1)[1] for m in data["metrics"] if isinstance(m, str)

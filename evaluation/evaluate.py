@@ -8,7 +8,8 @@ they feed the block bootstrap), sums over init times per grid point (the CRPS ma
 rank/PIT counts.  Memory is one chunk plus these sums, whatever the length of the period;
 the result does not depend on the chunking.
 
-NaN policy: see :mod:`evaluation.config` (``nan_policy``).
+Missing data: see :mod:`evaluation.config` (``missing``): refused by default, naming the
+system, the variable and the init time; skipped and reported with ``missing: skip``.
 """
 
 from __future__ import annotations
@@ -44,8 +45,15 @@ from enspp.evaluation.systems import (
 from enspp.evaluation.weights import Region, RegionError, region_weights, split_regions
 
 
-class NanPolicyError(EnsppError):
-    """NaN found where ``nan_policy: error`` forbids it."""
+class MissingDataError(EnsppError):
+    """Data are missing (an init time, a valid time, values) and ``missing: error`` refuses
+    to score without them."""
+
+
+#: the former name of :class:`MissingDataError`
+NanPolicyError = MissingDataError
+
+_SKIP_HINT = "set evaluate.missing: skip to score without them"
 
 
 @dataclass
@@ -108,18 +116,32 @@ def _regions_of(config: EvaluateConfig, template: xr.DataArray, variable: str
                   "skipped" for r in empty]
 
 
-def _check_nan(obs: np.ndarray, tidx: np.ndarray, arrays: dict[str, list[np.ndarray]], *,
-               variable: str) -> None:
-    n = int(np.isnan(obs).sum(axis=(1, 2))[tidx].sum())
-    if n:
-        raise NanPolicyError(f"nan_policy 'error': the truth of {variable!r} holds {n} NaN values "
-                             f"at the forecasts' valid times (use nan_policy 'skip' to drop them)")
+def _times(values: np.ndarray, limit: int = 3) -> str:
+    shown = ", ".join(str(np.datetime_as_string(t, unit="h")) for t in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _check_missing_values(obs: np.ndarray, tidx: np.ndarray, arrays: dict[str, list[np.ndarray]],
+                          chunk: dict[str, SystemField], *, variable: str,
+                          paths: dict[str, str]) -> None:
+    """``missing: error``: refuse the first missing value (NaN) of the chunk, naming where."""
+    init = next(iter(chunk.values())).template[INIT_TIME].values
+    bad_obs = np.isnan(obs).any(axis=(1, 2))[tidx]  # (init, lead)
+    if bad_obs.any():
+        n = int(np.isnan(obs).sum(axis=(1, 2))[tidx].sum())
+        raise MissingDataError(
+            f"the truth ({paths.get('truth', 'truth')}) has {n} missing values of {variable!r} "
+            f"at the valid times of init times {_times(init[bad_obs.any(axis=1)])}; "
+            + _SKIP_HINT)
     for key, parts in arrays.items():
         for part in parts:
-            bad = int(np.isnan(part).sum())
-            if bad:
-                raise NanPolicyError(f"nan_policy 'error': system {key!r}, {variable!r} holds "
-                                     f"{bad} NaN values")
+            nan = np.isnan(part)
+            if nan.any():
+                per_init = nan.reshape(nan.shape[0], -1).sum(axis=1)
+                raise MissingDataError(
+                    f"system {key!r} ({paths.get(key, '')}) has {int(per_init.sum())} missing "
+                    f"values (NaN) of {variable!r} at init times {_times(init[per_init > 0])} "
+                    f"(a field absent from the store or a lost chunk); " + _SKIP_HINT)
 
 
 def _tw_thresholds(config: EvaluateConfig, truth: xr.DataArray, template: xr.DataArray,
@@ -286,8 +308,9 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
             chunk, obs, tidx, arrays = pending.result()
             if n + 1 < len(starts):
                 pending = pool.submit(read, starts[n + 1])
-            if config.nan_policy == "error":
-                _check_nan(obs, tidx, arrays, variable=variable)
+            if config.missing == "error":
+                _check_missing_values(obs, tidx, arrays, chunk, variable=variable,
+                                      paths=_paths(config))
             efi = None if ee_key is None else np.abs(efi_blocks(arrays[ee_key][0], climate, levels))
             for k in keys:
                 cs = _chunk_sums(config, chunk[k], arrays[k], obs, tidx, weights, tw, rank=want_hist,
@@ -299,6 +322,10 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
                         efi * crps.transpose(*_GRID).values, weights))
                 totals[k] = cs if k not in totals else totals[k].merge(cs)
             del chunk, obs, arrays
+    dropped = {k: int(c.n_nan) for k, c in totals.items()}
+    if any(dropped.values()):
+        notes.append(f"{variable}: missing values skipped (points with NaN in the truth or the "
+                     "system): " + ", ".join(f"{k} {n}" for k, n in dropped.items()))
     per_init = _per_init(totals, keys, regions, tmpl)
     space = {LEAD_TIME: tmpl[LEAD_TIME].values, LATITUDE: tmpl[LATITUDE].values,
              LONGITUDE: tmpl[LONGITUDE].values}
@@ -407,7 +434,7 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
               f"(block length {config.bootstrap.block_length}, {config.bootstrap.n} resamples)",
         "dm_test": "Diebold-Mariano (Newey-West HAC, HLN correction), two-sided, vs reference",
         "spread_skill": "sqrt((M+1)/M) * spread / RMSE of the mean (1 = calibrated; Gaussian: factor 1)",
-        "nan_policy": config.nan_policy,
+        "missing": config.missing,
     }
     for k, v in vs.nan_dropped.items():
         out.attrs[f"nan_dropped_{k}"] = v
@@ -428,9 +455,15 @@ def _estimator_label_from(config: EvaluateConfig, vs: VariableScores) -> str:
 
 
 # ------------------------------------------------------------------ orchestration
-def prepare_fields(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
-    """Open the systems, cut them to the period and lead times, keep common init times;
-    ``{variable: {system: field}}``."""
+def _paths(config: EvaluateConfig) -> dict[str, str]:
+    return {s.key: str(s.path) for s in config.systems} | {"truth": str(config.truth)}
+
+
+def prepare_fields(config: EvaluateConfig, notes: dict[str, list[str]] | None = None
+                   ) -> dict[str, dict[str, SystemField]]:
+    """Open the systems, cut them to the period and lead times, keep the init times every
+    system has; ``{variable: {system: field}}``.  An init time some systems lack is an error
+    unless ``missing: skip`` (then it is left out and a note added to ``notes[variable]``)."""
     systems = open_systems(config)
     if config.reference not in systems:
         raise MissingReferenceError(
@@ -445,6 +478,7 @@ def prepare_fields(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
             raise MissingReferenceError(f"evaluate.reference: the reference {config.reference!r} "
                                         f"does not provide variable {v!r}")
         common = common_init_times(list(fs.values()))
+        _missing_init_times(config, v, fs, common, notes)
         fs = {k: _keep_init_times(f, common) for k, f in fs.items()}
         ref = fs[config.reference].template
         for k, f in fs.items():
@@ -455,6 +489,65 @@ def prepare_fields(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
             check_same_grid(t, ref, what=f"system {k!r} vs reference {config.reference!r} ({v!r})")
         out[v] = fs
     return out
+
+
+def _missing_init_times(config: EvaluateConfig, variable: str, fields: dict[str, SystemField],
+                        common: np.ndarray, notes: dict[str, list[str]] | None) -> None:
+    """Init times of the period that some systems have and others lack.
+
+    Systems covering different spans (a product predicted for the last months, the raw
+    ensemble for years) are compared on the span they all cover, with a note.  An init time
+    missing *inside* that span (a hole: a failed ingest or prediction) is an error unless
+    ``missing: skip``, which leaves it out for every system with a note."""
+    times = {k: f.template[INIT_TIME].values for k, f in fields.items()}
+    union = np.unique(np.concatenate(list(times.values())))
+    if union.size == common.size:
+        return
+    lo = max(t.min() for t in times.values() if t.size)
+    hi = min(t.max() for t in times.values() if t.size)
+    inside = union[(union >= lo) & (union <= hi)]
+    paths = _paths(config)
+    holes = {k: np.setdiff1d(inside, t) for k, t in times.items()}
+    parts = [f"{k} ({paths.get(k, '')}) lacks {t.size} ({_times(t)})"
+             for k, t in holes.items() if t.size]
+    if parts and config.missing == "error":
+        raise MissingDataError(f"{variable!r}: init times are missing from some systems: "
+                               f"{'; '.join(parts)}; ingest or predict them, or " + _SKIP_HINT)
+    if notes is None:
+        return
+    outside = union.size - inside.size
+    if outside:
+        notes.setdefault(variable, []).append(
+            f"{variable}: scored on the init times every system covers, "
+            f"{_times(np.array([lo]))}..{_times(np.array([hi]))}; {outside} init times outside "
+            "that span are left out")
+    if parts:
+        notes.setdefault(variable, []).append(
+            f"{variable}: {inside.size - common.size} init times skipped for every system "
+            f"({common.size} scored) because some systems lack them: {'; '.join(parts)}")
+
+
+def _truth_covers(config: EvaluateConfig, variable: str, fields: dict[str, SystemField],
+                  truth: xr.DataArray, notes: dict[str, list[str]]) -> dict[str, SystemField]:
+    """``missing: skip``: leave out init times whose valid times the truth lacks (with a
+    note); ``error`` leaves them, so :func:`truth_values` names them."""
+    from enspp.evaluation.aggregate import valid_time_positions
+
+    tmpl = next(iter(fields.values())).template
+    _, _, missing = valid_time_positions(truth["time"].values, tmpl[INIT_TIME].values,
+                                         tmpl[LEAD_TIME].values)
+    if config.missing == "error" or not missing.size:
+        return fields
+    init = tmpl[INIT_TIME].values
+    valid = init[:, None] + tmpl[LEAD_TIME].values[None, :]
+    bad = np.isin(valid, missing).any(axis=1)
+    if bad.all():
+        raise AlignmentError(f"the truth ({config.truth}) holds no valid time of any init time "
+                             f"of {variable!r}")
+    notes.setdefault(variable, []).append(
+        f"{variable}: {int(bad.sum())} init times skipped because the truth lacks their valid "
+        f"times ({_times(init[bad])})")
+    return {k: _keep_init_times(f, init[~bad]) for k, f in fields.items()}
 
 
 def _keep_init_times(field: SystemField, init_times: np.ndarray) -> SystemField:
@@ -476,13 +569,16 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None) -> Evalu
     if config.truth is None:
         raise EvaluateConfigError("evaluate.truth: not set; name the analysis store to score "
                                   "against")
-    fields = prepare_fields(config)
+    notes: dict[str, list[str]] = {}
+    fields = prepare_fields(config, notes)
     truth = open_truth(config.truth, config.variables)
     variables: dict[str, VariableScores] = {}
     scores: dict[str, xr.Dataset] = {}
-    for v, fs in fields.items():
+    for v, fs in list(fields.items()):
         if v in truth:
+            fs = fields[v] = _truth_covers(config, v, fs, truth[v], notes)
             vs = score_variable(config, v, fs, truth[v])
+            vs.notes[:0] = notes.get(v, [])
             variables[v] = vs
             scores[v] = summarise(config, vs)
     cases = run_cases(config, fields, truth)

@@ -173,6 +173,8 @@ def evaluate_products(evaluate_config: Any, out_dir: str) -> str:
     from enspp.evaluation.evaluate import evaluate
 
     result = evaluate(evaluate_config, Path(out_dir))
+    for note in result.notes:  # what was skipped (regions, init times, missing values)
+        get_run_logger().info(f"note: {note}")
     return str(result.files.get("index", Path(out_dir) / "index.html"))
 
 

@@ -168,8 +168,9 @@ class EnsembleDataset(Dataset):
         if self.nan_policy == "error":
             k, c = (int(i) for i in np.argwhere(bad.reshape(*bad.shape[:2], -1).any(-1))[0])
             raise InputNaNError(
-                f"input {self.channels[c]} (member {int(members[k])}, 0-based) holds "
-                f"{int(bad[k, c].sum())} NaN values at init time {pd.Timestamp(init)}; set "
+                f"input {self.channels[c]} (member {int(members[k])}, 0-based) has "
+                f"{int(bad[k, c].sum())} missing values (NaN) at init time {pd.Timestamp(init)}: "
+                "the field is absent from the forecast store or values were lost; set "
                 "pipeline.nan_policy to 'mask' to replace them by the training mean and mask "
                 "the target there")
         assert self.stats is not None

@@ -11,7 +11,7 @@ import xarray as xr
 from evaluation_data import config_dict, evaluated_report, make_world
 
 from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError, config_from_mapping
-from enspp.evaluation.evaluate import NanPolicyError, evaluate, prepare_fields, score_variable, summarise
+from enspp.evaluation.evaluate import MissingDataError, evaluate, prepare_fields, score_variable, summarise
 from enspp.evaluation.metrics import crps_ensemble
 from enspp.evaluation.registry import MissingReferenceError
 from enspp.evaluation.systems import AlignmentError, SystemDataError, open_truth
@@ -154,15 +154,22 @@ def test_missing_variable_and_members_and_leads(world):
         evaluate(_cfg(world, truth=str(world.forecast.parent / "nowhere.zarr")))
 
 
-def test_nan_policy(tmp_path):
+def test_missing_values(tmp_path):
+    """Missing values are refused by default, naming the store and the init times; with
+    ``missing: skip`` (or its former name ``nan_policy``) they are dropped and reported."""
     w = make_world(tmp_path, n_init=6, n_members=5, nan_truth=True)
     base = {"metrics": ["crps"], "cases": [], "regions": ["global"], "bootstrap": {"n": 20, "block_length": 2}}
-    res = evaluate(config_from_mapping(config_dict(w, **base)))
     # truth time index 2 (2021-01-03) is the valid time of (init 01-02, +24 h) and (01-01, +48 h)
-    assert res.scores["t2m"].attrs["nan_dropped_raw_full"] == 2
-    assert np.isfinite(res.scores["t2m"]["crps_all"]).all()
-    with pytest.raises(NanPolicyError, match="truth of 't2m' holds 2 NaN"):
-        evaluate(config_from_mapping(config_dict(w, nan_policy="error", **base)))
+    with pytest.raises(MissingDataError, match=rf"the truth \({w.analysis}\) has 2 missing values of "
+                                               r"'t2m' at the valid times of init times "
+                                               r"2021-01-01T00, 2021-01-02T00; set evaluate.missing: skip"):
+        evaluate(config_from_mapping(config_dict(w, **base)))
+    for key in ("missing", "nan_policy"):
+        res = evaluate(config_from_mapping(config_dict(w, **{key: "skip"}, **base)))
+        assert res.scores["t2m"].attrs["nan_dropped_raw_full"] == 2
+        assert np.isfinite(res.scores["t2m"]["crps_all"]).all()
+        assert res.notes == ["t2m: missing values skipped (points with NaN in the truth or the "
+                             "system): raw_full 2, raw_subset 2, emos 2, oracle 2"]
 
 
 @pytest.mark.parametrize("over, match", [

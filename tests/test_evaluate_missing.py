@@ -1,0 +1,107 @@
+"""Missing data in an evaluation: a lost chunk, init times one system lacks, valid times the
+truth lacks.  Refused by default, naming the store, the variable and the init times; with
+``evaluate.missing: skip`` scored without them and reported (notes, the CLI)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evaluation_data import config_dict, make_world  # noqa: E402
+
+from enspp.evaluation.config import config_from_mapping  # noqa: E402
+from enspp.evaluation.evaluate import MissingDataError, evaluate  # noqa: E402
+from enspp.evaluation.systems import AlignmentError  # noqa: E402
+from enspp.flows.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+BASE = {"metrics": ["crps"], "cases": [], "regions": ["global"],
+        "bootstrap": {"n": 20, "block_length": 2}}
+
+
+@pytest.fixture
+def world(tmp_path):
+    return make_world(tmp_path / "w", n_init=6, n_members=4, seed=5)
+
+
+def test_a_lost_chunk_is_refused_naming_the_store_and_init_time(world, tmp_path, capsys):
+    """The forecast chunk of init time 4 (2021-01-04) is deleted: zarr would read NaN and
+    the points would silently drop out of every score."""
+    shutil.rmtree(world.forecast / "t2m" / "c" / "3")
+    with pytest.raises(MissingDataError, match=rf"system 'raw_full' \({world.forecast}\) has "
+                                               r"\d+ missing values \(NaN\) of 't2m' at init times "
+                                               r"2021-01-04T00 \(a field absent from the store or "
+                                               r"a lost chunk\); set evaluate.missing: skip"):
+        evaluate(config_from_mapping(config_dict(world, **BASE)))
+    # skip: scored without them, and said so
+    res = evaluate(config_from_mapping(config_dict(world, missing="skip", **BASE)))
+    n = 2 * 8 * 16  # 2 leads x the 8 x 16 grid of one init time
+    assert res.scores["t2m"].attrs["nan_dropped_raw_full"] == n
+    assert res.notes == [f"t2m: missing values skipped (points with NaN in the truth or the system): "
+                         f"raw_full {n}, raw_subset {n}, emos 0, oracle 0"]
+    assert np.isfinite(res.scores["t2m"]["crps_all"]).all()
+    # the CLI: one line and exit 1 by default; the note printed with missing: skip
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text(yaml.safe_dump({"evaluate": config_dict(world, **BASE)}))
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "r1")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing values (NaN) of 't2m' at init times 2021-01-04T00" in err
+    cfg.write_text(yaml.safe_dump({"evaluate": config_dict(world, missing="skip", **BASE)}))
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: t2m: missing values skipped (points with NaN in the truth or the system): " \
+           f"raw_full {n}" in out
+
+
+def test_init_times_a_system_lacks_are_refused_or_skipped(world, tmp_path):
+    """The product lacks two init times the raw ensemble has."""
+    prod = xr.open_zarr(world.product).load()
+    short = tmp_path / "short.zarr"
+    prod.isel(init_time=[0, 1, 3, 5]).chunk({"init_time": 1}).to_zarr(short, mode="w")
+    cfg = config_dict(world, **BASE)
+    cfg["systems"][2]["path"] = str(short)
+    with pytest.raises(MissingDataError, match=rf"'t2m': init times are missing from "
+                                               rf"some systems: emos \({short}\) lacks 2 "
+                                               r"\(2021-01-03T00, 2021-01-05T00\); ingest or predict "
+                                               r"them, or set evaluate.missing: skip"):
+        evaluate(config_from_mapping(cfg))
+    res = evaluate(config_from_mapping({**cfg, "missing": "skip"}))
+    assert int(res.scores["t2m"]["init_count"]) == 4
+    assert res.notes == [f"t2m: 2 init times skipped for every system (4 scored) because some "
+                         f"systems lack them: emos ({short}) lacks 2 (2021-01-03T00, 2021-01-05T00)"]
+
+
+def test_systems_covering_different_spans_are_compared_on_the_common_span(world, tmp_path):
+    """A product of the last init times only (an operational product): no error, the span
+    they all cover is scored and a note says what was left out."""
+    prod = xr.open_zarr(world.product).load()
+    recent = tmp_path / "recent.zarr"
+    prod.isel(init_time=[3, 4, 5]).chunk({"init_time": 1}).to_zarr(recent, mode="w")
+    cfg = config_dict(world, **BASE)
+    cfg["systems"][2]["path"] = str(recent)
+    res = evaluate(config_from_mapping(cfg))
+    assert int(res.scores["t2m"]["init_count"]) == 3
+    assert res.notes == ["t2m: scored on the init times every system covers, "
+                         "2021-01-04T00..2021-01-06T00; 3 init times outside that span are left out"]
+
+
+def test_valid_times_the_truth_lacks_are_refused_or_skipped(world, tmp_path):
+    ana = xr.open_zarr(world.analysis).load()
+    cut = tmp_path / "analysis.zarr"
+    ana.isel(time=slice(0, -1)).chunk({"time": 1}).to_zarr(cut, mode="w")  # last valid time gone
+    cfg = config_dict(world, **BASE)
+    cfg["truth"] = str(cut)
+    with pytest.raises(AlignmentError, match="1 valid times .* are not in the truth's 'time'"):
+        evaluate(config_from_mapping(cfg))
+    res = evaluate(config_from_mapping({**cfg, "missing": "skip"}))
+    assert int(res.scores["t2m"]["init_count"]) == 5
+    assert res.notes == ["t2m: 1 init times skipped because the truth lacks their valid times "
+                         "(2021-01-06T00)"]
