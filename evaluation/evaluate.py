@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,26 @@ def _regions_of(config: EvaluateConfig, template: xr.DataArray, variable: str
 def _times(values: np.ndarray, limit: int = 3) -> str:
     shown = ", ".join(str(np.datetime_as_string(t, unit="h")) for t in values[:limit])
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+class StoreReadFailed(EnsppError):
+    """A chunk of a store could not be read or decoded (a corrupt or unreadable file)."""
+
+
+@contextmanager
+def _reading(what: str, path: str, variable: str, init: np.ndarray):
+    """Turn a failed read or decode of stored data into one line naming the store, the
+    variable and the init times of the chunk being read (errors that already name their
+    chunk, user errors, pass through; ``--debug`` shows the original traceback)."""
+    try:
+        yield
+    except EnsppError:
+        raise
+    except (RuntimeError, ValueError, OSError) as e:
+        span = _times(init[:1]) if init.size == 1 else f"{_times(init[:1])}..{_times(init[-1:])}"
+        raise StoreReadFailed(f"{what} ({path}): {variable!r} for init times {span} cannot be "
+                              f"read: {type(e).__name__}: {' '.join(str(e).split())[:160]} "
+                              "(a corrupt or unreadable chunk)") from e
 
 
 def _check_missing_values(obs: np.ndarray, tidx: np.ndarray, arrays: dict[str, list[np.ndarray]],
@@ -295,10 +316,19 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
     totals: dict[str, fused.ChunkSums] = {}
     starts = range(0, init_times.size, config.chunk_size)
 
+    paths = _paths(config)
+
     def read(start: int) -> tuple[dict[str, SystemField], np.ndarray, np.ndarray, dict[str, list[np.ndarray]]]:
         chunk = {k: f.isel({INIT_TIME: slice(start, start + config.chunk_size)}) for k, f in fields.items()}
-        obs, tidx = truth_values(truth, chunk[keys[0]].template, what=f"truth vs forecasts of {variable!r}")
-        return chunk, obs, tidx, {k: _read_chunk(f) for k, f in chunk.items()}
+        init = chunk[keys[0]].template[INIT_TIME].values
+        with _reading("the truth", paths["truth"], variable, init):
+            obs, tidx = truth_values(truth, chunk[keys[0]].template,
+                                     what=f"truth vs forecasts of {variable!r}")
+        arrays = {}
+        for k, f in chunk.items():
+            with _reading(f"system {k!r}", paths.get(k, ""), variable, init):
+                arrays[k] = _read_chunk(f)
+        return chunk, obs, tidx, arrays
 
     # the next chunk is read (I/O, decompression: outside the GIL) while this one is scored;
     # memory is two chunks at most

@@ -105,3 +105,18 @@ def test_valid_times_the_truth_lacks_are_refused_or_skipped(world, tmp_path):
     assert int(res.scores["t2m"]["init_count"]) == 5
     assert res.notes == ["t2m: 1 init times skipped because the truth lacks their valid times "
                          "(2021-01-06T00)"]
+
+
+def test_a_corrupt_chunk_is_one_line_naming_the_store(world, tmp_path, capsys):
+    """A product chunk overwritten with random bytes: not a blosc traceback but one line
+    naming the system, its store, the variable and the init times being read."""
+    chunk = world.product / "t2m_mean" / "c" / "3" / "0" / "0" / "0"
+    chunk.write_bytes(np.random.default_rng(0).bytes(chunk.stat().st_size))
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text(yaml.safe_dump({"evaluate": config_dict(world, missing="skip", **BASE)}))
+    assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"enspp evaluate: error: system 'emos' ({world.product}): 't2m' for init "
+                          "times 2021-01-01T00..2021-01-05T00 cannot be read: "), err
+    assert err.rstrip().endswith("(a corrupt or unreadable chunk)")
