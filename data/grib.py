@@ -65,6 +65,11 @@ class GribMessage:
     grid: tuple  # (Ni, Nj, lat0, lon0, lat1, lon1)
     n_missing: int = 0
     values: np.ndarray | None = field(default=None, repr=False)
+    #: originating centre (GRIB ``centre`` abbreviation: ``ecmf``, ``kwbc``...)
+    centre: str = ""
+    #: minimum / maximum of the decoded values (NaN: not decoded), for the plausibility check
+    vmin: float = float("nan")
+    vmax: float = float("nan")
     latitudes: np.ndarray | None = field(default=None, repr=False)
     longitudes: np.ndarray | None = field(default=None, repr=False)
 
@@ -232,7 +237,8 @@ def _read_message(h: int, path: str, index: int, *, values: bool, grids: dict) -
                        variable=canonical_name(short, type_of_level=tol), short_name=short,
                        units=units, type_of_level=tol, level=get(h, "level"),
                        init_time=init, lead_time=lead, number=number, grid=key, n_missing=n_missing,
-                       values=vals, latitudes=grids[key][0], longitudes=grids[key][1])
+                       values=vals, latitudes=grids[key][0], longitudes=grids[key][1],
+                       centre=str(get(h, "centre")))
 
 
 def kind_of_messages(messages: Sequence[GribMessage], *, source: str) -> schema.Kind:
@@ -278,6 +284,9 @@ def read_grib_eccodes(paths, *, kind: schema.Kind | None = None, allow_nan: bool
     absent = absent_fields(messages, kind=kind)
     if absent:
         ds.attrs["enspp_absent_fields"] = absent
+    centres = sorted({m.centre for m in messages if m.centre})
+    if centres:
+        ds.attrs["enspp_centre"] = " ".join(centres)
     return finalise(ds, kind=kind, source=source, allow_nan=allow_nan or bool(absent))
 
 

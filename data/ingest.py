@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ import xarray as xr
 
 from enspp.data import provenance as prov
 from enspp.data.errors import EnsppError
+from enspp.data.field_checks import Bounds
 from enspp.data.grib import expand_inputs
 from enspp.data.ingest_grib import DECODE_BUDGET, open_grib_lazy
 from enspp.data.provenance import SourceFile
@@ -45,14 +46,28 @@ INPUT_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1", ".nc", ".nc4", "
 
 
 class IngestError(EnsppError):
-    """One or more inputs were refused; ``failures`` lists ``(file, problem)`` pairs."""
+    """One or more inputs were refused; ``failures`` lists ``(file, problem)`` pairs.  The
+    message names the first few and counts the rest (a directory of hundreds of files with
+    one problem gives a few lines, not kilobytes)."""
 
     def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:
         self.failures = tuple(failures)
-        lines = "; ".join(msg if msg.startswith(path) else f"{path}: {msg}"
-                          for path, msg in self.failures)
         super().__init__(f"{len(self.failures)} of the inputs refused, store {store} left "
-                         f"unchanged: {lines}")
+                         f"unchanged: {summarise(self.failures)}")
+
+
+def summarise(failures: Sequence[tuple[str, str]], *, first: int = 3) -> str:
+    """The first ``first`` problems (file named) and a count of the rest, grouped so that one
+    problem shared by many files is told once."""
+    lines = [msg if msg.startswith(path) else f"{path}: {msg}" for path, msg in failures]
+    out = "; ".join(_clip(line) for line in lines[:first])
+    if len(lines) > first:
+        out += f"; and {len(lines) - first} more"
+    return out
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,8 @@ class IngestSummary:
     bytes_written: int
     seconds: float
     failed: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    extended: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -83,15 +100,18 @@ class IngestSummary:
                 f"skipped (already in the store)")
         if self.repaired:
             head += f", {len(self.repaired)} repaired (finished after an interrupted ingest)"
-        if not self.added and not self.repaired:
+        if self.extended:
+            head += f", {len(self.extended)} extended with new fields"
+        if not self.added and not self.repaired and not self.extended:
             head += ", store unchanged"
         tail = (f"; {self.files} files ({self.files_already_ingested} already ingested); "
                 f"{self.members} members; {len(self.variables)} variables "
                 f"({', '.join(self.variables)}); read {_mb(self.bytes_read)}, wrote "
                 f"{_mb(self.bytes_written)} in {self.seconds:.1f} s")
         if self.failed:
-            tail += f"; {len(self.failed)} files FAILED: " + "; ".join(
-                f"{p}: {m}" for p, m in self.failed)
+            tail += f"; {len(self.failed)} files FAILED: " + summarise(self.failed)
+        for note in self.notes:
+            tail += f"; {note}"
         return head + tail
 
 
@@ -137,12 +157,18 @@ def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False,
 def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
            store: str | os.PathLike[str], *, kind: Kind | None = None, progress: bool = True,
            on_error: Literal["raise", "skip"] = "raise", allow_nan: bool = False,
-           lock_timeout: float | None = 300.0, workers: int = 2) -> IngestSummary:
+           lock_timeout: float | None = 300.0, workers: int = 2,
+           bounds: Mapping[str, Bounds | None] | None = None,
+           allow_mixed_centres: bool = False) -> IngestSummary:
     """Ingest ``paths`` into ``store`` (created on first use); see the module docstring.
 
     ``kind``: "forecast" | "analysis", detected from the files when None.  ``allow_nan``:
-    accept NaN in fields (an error by default).  ``lock_timeout``: seconds to wait for another
-    ingest of the same store.  ``workers``: threads reading files (eccodes releases the GIL).
+    accept NaN inside fields (an error by default; a field an input does not provide is
+    recorded as absent either way).  ``lock_timeout``: seconds to wait for another ingest of
+    the same store.  ``workers``: threads reading files (eccodes releases the GIL).
+    ``bounds``: plausible ranges per variable overriding :data:`data.field_checks.DEFAULT_BOUNDS`
+    (None for a variable: no check).  ``allow_mixed_centres``: accept inputs from several
+    originating centres in one store.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -150,11 +176,11 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     files = collect_inputs(paths)
     bar = _Progress(enabled=progress)
     opened: list[xr.Dataset] = []  # lazily decoded inputs, closed (handles freed) at the end
-    with open_writer(store, kind=kind, lock_timeout=lock_timeout, on_wait=bar.note) as writer, \
-            _closing(opened):
+    with open_writer(store, kind=kind, lock_timeout=lock_timeout, on_wait=bar.note,
+                     allow_mixed_centres=allow_mixed_centres) as writer, _closing(opened):
         staged, failures, already, nbytes, skipped = _read_all(writer, files, kind=kind,
                                                       allow_nan=allow_nan, workers=workers,
-                                                      bar=bar, opened=opened)
+                                                      bar=bar, opened=opened, bounds=bounds)
         plan = writer.plan() if writer.kind is not None else None
         for item in staged:
             assert plan is not None
@@ -167,7 +193,7 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
         if plan is None:  # nothing readable and nothing new
             result = AppendResult(store=str(store), kind=writer.kind or kind or "forecast")
         else:
-            bar.start("writing", len(plan.providers))
+            bar.start("writing", len(plan.commit))
             result = writer.write(plan, progress=lambda _k: bar.step(),
                                   reader=reader_version())
         bar.close()
@@ -179,11 +205,13 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                          members=members,
                          variables=variables, bytes_read=nbytes,
                          bytes_written=result.bytes_written,
-                         seconds=time.perf_counter() - t0, failed=tuple(failures))
+                         seconds=time.perf_counter() - t0, failed=tuple(failures),
+                         extended=result.extended, notes=result.notes)
 
 
 def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allow_nan: bool,
-              workers: int, bar: _Progress, opened: list[xr.Dataset]
+              workers: int, bar: _Progress, opened: list[xr.Dataset],
+              bounds: Mapping[str, Bounds | None] | None = None
               ) -> tuple[list[Staged], list[tuple[str, str]], int, int, list[str]]:
     """Hash every file, skip those already ingested, read and validate the rest (in threads).
 
@@ -223,7 +251,7 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
             else:
                 try:
                     staged.append(writer.prepare(ds, name=str(path), sources=(src,),
-                                                 allow_nan=allow_nan))
+                                                 allow_nan=allow_nan, bounds=bounds))
                 except ValueError as e:
                     ds.close()  # refused: its decoded values need not wait for the write
                     msg = str(e)
@@ -241,17 +269,14 @@ def _closing(datasets: list[xr.Dataset]) -> Iterator[None]:
 
 
 def _shape_of(writer: StoreWriter, plan: object) -> tuple[int, tuple[str, ...]]:
-    ref = getattr(plan, "reference", None)
-    if ref is None:
-        ref = writer.template
-    if ref is None:
-        return 0, ()
-    members = int(ref.sizes[MEMBER]) if MEMBER in ref.dims else 1
-    return members, tuple(sorted(map(str, ref.data_vars)))
+    """Members and variables of the store as the ingest leaves it."""
+    layout = getattr(plan, "layout", None) or writer.layout
+    members = len(layout.coords[MEMBER]) if MEMBER in layout.coords else 1
+    return members, tuple(sorted(layout.variables))
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 class _Progress:
@@ -283,4 +308,4 @@ class _Progress:
             self._bar = None
 
 
-__all__ = ["IngestError", "IngestSummary", "collect_inputs", "ingest", "read_input"]
+__all__ = ["IngestError", "IngestSummary", "collect_inputs", "ingest", "read_input", "summarise"]

@@ -154,13 +154,23 @@ class _FieldArray(BackendArray):
     leading index ``(i, j, ...)`` (-1: absent, NaN); the last two axes are the grid."""
 
     def __init__(self, holder: _Messages, slots: np.ndarray, n_missing: np.ndarray,
-                 grid: tuple[int, int]) -> None:
+                 grid: tuple[int, int], vmin: np.ndarray | None = None,
+                 vmax: np.ndarray | None = None) -> None:
         self.holder, self.slots, self.n_missing = holder, slots, n_missing
+        self.vmin = np.full(slots.shape, np.nan) if vmin is None else vmin
+        self.vmax = np.full(slots.shape, np.nan) if vmax is None else vmax
         #: no missing point anywhere (the scan refuses bitmaps unless allow_nan): lets
         #: data.schema.validate skip decoding everything to look for NaN
         self.nan_free = bool((slots >= 0).all() and not n_missing.any())
         self.shape = (*slots.shape, *grid)
         self.dtype = np.dtype(np.float32)
+
+    def field_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Minimum, maximum and NaN count of every field (per leading index), taken by the
+        scan: what :func:`data.field_checks.field_stats` asks, without a second decode."""
+        points = int(np.prod(self.shape[-2:]))
+        nans = np.where(self.slots < 0, points, self.n_missing)
+        return self.vmin, self.vmax, nans
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         # outer indexing: a selection of members such as [2, 0] decodes those two fields,
@@ -199,11 +209,9 @@ def _dataset(messages: list[GribMessage], holder: _Messages, *, source: str,
     variable (:class:`_FieldArray`) over ``holder``."""
     kind = kind or kind_of_messages(messages, source=source)
     check_inventory(messages, kind=kind)
+    # variables with different lead times (or times) are aligned on the union; a field the
+    # file does not hold is absent (NaN here, recorded as absent by the ingest)
     absent = absent_fields(messages, kind=kind)
-    if absent and not allow_nan:
-        raise ReaderError(f"{source}: fields absent from the file (they would be NaN): "
-                          f"{absent[:6]}; every variable needs the same lead times, members and "
-                          f"levels (pass allow_nan=True to store them as NaN)")
     forecast = kind == "forecast"
     times = sorted({m.init_time if forecast else m.valid_time for m in messages})
     leads = sorted({m.lead_time for m in messages}) if forecast else [np.timedelta64(0, "ns")]
@@ -223,6 +231,9 @@ def _dataset(messages: list[GribMessage], holder: _Messages, *, source: str,
     ds = xr.Dataset(arrays)
     if absent:
         ds.attrs["enspp_absent_fields"] = absent
+    centres = sorted({m.centre for m in messages if m.centre})
+    if centres:
+        ds.attrs["enspp_centre"] = " ".join(centres)
     return normalise_longitude(ds)
 
 
@@ -252,8 +263,10 @@ def _assemble(msgs: list[GribMessage], holder: _Messages, *, forecast: bool, tim
     if pressure:
         dims.append(schema.LEVEL)
         shape.append(len(levels))
-    slots = np.full(shape, -1, dtype=np.int64)  # absent fields (allow_nan): NaN
+    slots = np.full(shape, -1, dtype=np.int64)  # absent fields: NaN
     missing = np.zeros(shape, dtype=np.int64)
+    vmin = np.full(shape, np.nan)
+    vmax = np.full(shape, np.nan)
     for m in msgs:
         idx = [ti[m.init_time if forecast else m.valid_time]]
         if forecast:
@@ -264,7 +277,9 @@ def _assemble(msgs: list[GribMessage], holder: _Messages, *, forecast: bool, tim
             idx.append(vi[int(m.level)])
         slots[tuple(idx)] = m.index
         missing[tuple(idx)] = m.n_missing
-    data = indexing.LazilyIndexedArray(_FieldArray(holder, slots, missing, (lat.size, lon.size)))
+        vmin[tuple(idx)], vmax[tuple(idx)] = m.vmin, m.vmax
+    data = indexing.LazilyIndexedArray(_FieldArray(holder, slots, missing, (lat.size, lon.size),
+                                                   vmin, vmax))
     coords: dict[str, object] = {dims[0]: np.array(times, dtype="datetime64[ns]"),
                                  schema.LATITUDE: lat, schema.LONGITUDE: lon}
     if forecast:
@@ -287,33 +302,56 @@ def _decode_into(h: int, out: np.ndarray, *, n_missing: int) -> None:
         length = _ffi.new("size_t*", out.size)
         err = _lib.grib_get_float_array(_get_handle(h), b"values",
                                         _ffi.cast("float *", out.ctypes.data), length)
-        _check(err)  # a size mismatch cannot pass check_inventory's grid check
+        if err == _NOT_IMPLEMENTED:
+            # packings eccodes decodes only in double precision (JPEG 2000, IEEE): its own
+            # double decode, rounded to float32 as the float decoder rounds the others
+            out[...] = eccodes.codes_get_double_array(h, "values").reshape(out.shape)
+        else:
+            _check(err)  # a size mismatch cannot pass check_inventory's grid check
     else:  # pragma: no cover - other eccodes bindings
-        out[...] = eccodes.codes_get_float_array(h, "values").reshape(out.shape)
+        out[...] = eccodes.codes_get_double_array(h, "values").reshape(out.shape)
     if n_missing:
         out[eccodes.codes_get_array(h, "bitmap").reshape(out.shape) == 0] = np.nan
 
 
 def _scan(path: str, *, allow_nan: bool, decode_budget: int = 0
           ) -> tuple[list[GribMessage], list[tuple[int, int]], dict[int, np.ndarray]]:
-    """Headers of every message, where each lies in the file, and the values of the first
-    messages while they fit ``decode_budget`` bytes; each handle is released once read."""
+    """Headers of every message, where each lies in the file, the minimum and maximum of
+    each message's values (for the plausibility check: every message is decoded once here)
+    and the values of the first messages while they fit ``decode_budget`` bytes; each handle
+    is released once read.  Past the budget, values are decoded into one scratch row and
+    dropped (the writer decodes them again when it reads them)."""
     spans: list[tuple[int, int]] = []
     decoded: dict[int, np.ndarray] = {}
     slab = _Slabs(decode_budget)
     params: dict[tuple, tuple[str, str]] = {}  # concept keys, once per distinct parameter
     grids: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    scratch: dict[int, np.ndarray] = {}
 
     def read(h: int, i: int) -> GribMessage:
         spans.append((_get_long(h, "offset"), int(eccodes.codes_get_message_size(h))))
         msg = _message(h, path, i, params, grids, allow_nan)
-        values = slab.take(msg.latitudes.size * msg.longitudes.size)
+        size = msg.latitudes.size * msg.longitudes.size
+        values = slab.take(size)
         if values is not None:
-            _decode_into(h, values, n_missing=msg.n_missing)
             decoded[i] = values
+        else:
+            values = scratch.get(size)
+            if values is None:
+                values = scratch[size] = np.empty(size, dtype=np.float32)
+        _decode_into(h, values, n_missing=msg.n_missing)
+        msg.vmin, msg.vmax = _extremes(values, msg.n_missing)
         return msg
 
     return read_messages(path, read), spans, decoded
+
+
+def _extremes(values: np.ndarray, n_missing: int) -> tuple[float, float]:
+    if n_missing == 0:
+        return float(values.min()), float(values.max())
+    if n_missing >= values.size:
+        return float("nan"), float("nan")
+    return float(np.nanmin(values)), float(np.nanmax(values))
 
 
 class _Slabs:
@@ -342,6 +380,8 @@ class _Slabs:
 
 
 _HOUR = np.timedelta64(1, "h")
+#: eccodes' GRIB_NOT_IMPLEMENTED: no single-precision decoder for the message's packing
+_NOT_IMPLEMENTED = -4
 
 try:  # the cffi layer of the eccodes bindings: decode into a caller's buffer
     from gribapi.gribapi import GRIB_CHECK as _check
@@ -406,8 +446,9 @@ def _message(h: int, path: str, index: int, params: dict, grids: dict,
         raw += tuple(_long(h, k) for k in _STAT_KEYS)
     pkey = (edition, get_long(h, "centre"), raw)
     if pkey not in params:  # concept keys: slow, so once per distinct parameter
-        params[pkey] = (get_str(h, "shortName"), get_str(h, "units"), get_str(h, "typeOfLevel"))
-    short, units, tol = params[pkey]
+        params[pkey] = (get_str(h, "shortName"), get_str(h, "units"), get_str(h, "typeOfLevel"),
+                        _centre(h))
+    short, units, tol, centre = params[pkey]
     data_type = get_str(h, "dataType")
     date, hhmm = get_long(h, "dataDate"), get_long(h, "dataTime")
     init = np.datetime64(f"{date // 10000:04d}-{date // 100 % 100:02d}-{date % 100:02d}T"
@@ -437,7 +478,15 @@ def _message(h: int, path: str, index: int, params: dict, grids: dict,
                        variable=canonical_name(short, type_of_level=tol), short_name=short,
                        units=units, type_of_level=tol, level=get_long(h, "level"), init_time=init,
                        lead_time=lead, number=number, grid=grid, n_missing=n_missing,
-                       latitudes=lat, longitudes=lon)
+                       latitudes=lat, longitudes=lon, centre=centre)
+
+
+def _centre(h: int) -> str:
+    """The originating centre's abbreviation (``ecmf``), or its number when eccodes has none."""
+    try:
+        return str(eccodes.codes_get_string(h, "centre"))
+    except eccodes.GribInternalError:
+        return str(_long(h, "centre") or "")
 
 
 __all__ = ["decode_grib", "open_grib_lazy"]

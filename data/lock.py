@@ -13,6 +13,7 @@ crashed ingest never leaves a stale lock behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -26,6 +27,10 @@ _POLL_S = 0.05
 
 class StoreLockedError(EnsppError):
     """Another process holds the store's lock and did not release it in time."""
+
+
+class StoreNotWritableError(EnsppError):
+    """The directory that holds the store (and its lock file) cannot be written."""
 
 
 def lock_path(store: str | os.PathLike[str]) -> Path:
@@ -45,8 +50,15 @@ def store_lock(store: str | os.PathLike[str], *, timeout: float | None = 300.0,
     """
     root = Path(store)
     path = lock_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StoreNotWritableError(
+                f"store {root}: the store's directory {path.parent} is not writable "
+                f"({e.strerror}); the lock file {path.name} cannot be created there") from None
+        raise
     try:
         _acquire(fd, path, root, timeout=timeout, on_wait=on_wait)
         os.ftruncate(fd, 0)

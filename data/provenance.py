@@ -1,14 +1,12 @@
-"""Where the bytes of a store came from: source files with checksums, reader, timestamps.
+"""Where the bytes of a store came from: each input's checksum and size, and record keys.
 
-A store's ``provenance`` attribute is a JSON-able dict::
-
-    {"created": "2024-05-01T12:00:00Z", "updated": "...", "reader": "data.readers 1",
-     "sources": [{"path": ".../a.grib", "name": "a.grib", "sha256": "...", "bytes": 123,
-                  "reader": "...", "ingested": "...", "records": ["2020-01-01T00:00:00", ...]}]}
-
-A source is recorded (with all the records it holds) when its first record is committed; it
-is fully in the store when all its records are in ``enspp_complete``.  :func:`recorded_for`
-answers "which checksums hold this record", the basis of idempotent re-ingest.
+An input file is identified by the SHA-256 of its bytes.  A directory input (a Zarr store:
+WeatherBench 2, CF, one of ours) is identified by :func:`sha256_tree`: the SHA-256 of its
+metadata files' bytes and of the name and size of every other file in it, so the same
+store gives the same identity without reading a multi-terabyte store's chunks (which a
+content hash would need).  The store's provenance log (:mod:`data.store_meta`) keeps one
+entry per input: checksum, name, size, reader, centre, time of ingest and the fields it
+provides.
 """
 
 from __future__ import annotations
@@ -16,15 +14,16 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 _BLOCK = 1 << 22
+#: files of a Zarr store whose bytes identify it (everything else by name and size)
+_METADATA_NAMES = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,40 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def sha256_tree(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """Identity of a directory input and its size in bytes: SHA-256 over its metadata files'
+    bytes and the relative path and size of every other file, in sorted order (temporary
+    files of a writer, ``*.partial``, and our stores' ``enspp/tmp`` are left out)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    total = 0
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        rel = Path(folder).relative_to(root)
+        dirs[:] = sorted(d for d in dirs if (rel / d).as_posix() != "enspp/tmp")
+        for name in files:
+            if name.endswith(".partial"):
+                continue
+            entries.append((rel / name).as_posix())
+    for rel in sorted(entries):
+        p = root / rel
+        size = p.stat().st_size
+        total += size
+        h.update(rel.encode() + b"\0")
+        if p.name in _METADATA_NAMES:
+            h.update(p.read_bytes())
+        else:
+            h.update(str(size).encode())
+        h.update(b"\n")
+    return h.hexdigest(), total
+
+
 def source_file(path: str | os.PathLike[str]) -> SourceFile:
+    """The identity of an input: a file (its bytes) or a directory (:func:`sha256_tree`)."""
     p = Path(path)
+    if p.is_dir():
+        digest, size = sha256_tree(p)
+        return SourceFile(path=str(p.resolve()), sha256=digest, size=size)
     return SourceFile(path=str(p.resolve()), sha256=sha256_file(p), size=p.stat().st_size)
 
 
@@ -68,43 +99,15 @@ def now_iso() -> str:
 
 
 def record_key(value: np.datetime64) -> str:
-    """The string under which a record (init time / time) is listed in attributes."""
+    """The string under which a record (init time / time) is named in results and logs."""
     return str(np.datetime_as_string(np.datetime64(value, "ns"), unit="s"))
 
 
-def new_provenance(*, reader: str) -> dict[str, Any]:
-    ts = now_iso()
-    return {"created": ts, "updated": ts, "reader": reader, "sources": []}
+def record_keys(values: Iterable[np.datetime64] | np.ndarray) -> list[str]:
+    """:func:`record_key` of many values at once."""
+    arr = np.asarray(values, dtype="datetime64[ns]")
+    return [str(x) for x in np.datetime_as_string(arr, unit="s")]
 
 
-def recorded_for(provenance: Mapping[str, Any], key: str) -> set[str]:
-    """Checksums of the recorded sources that hold record ``key``."""
-    return {s["sha256"] for s in provenance.get("sources", []) if key in s.get("records", [])}
-
-
-def recorded_records(provenance: Mapping[str, Any], sha256: str) -> list[str] | None:
-    """The records of the source with checksum ``sha256``, or None if it is not recorded."""
-    for s in provenance.get("sources", []):
-        if s["sha256"] == sha256:
-            return list(s.get("records", []))
-    return None
-
-
-def with_sources(provenance: Mapping[str, Any], sources: Iterable[tuple[SourceFile, Iterable[str]]],
-                 *, reader: str) -> dict[str, Any]:
-    """A copy of ``provenance`` recording each ``(source, records it holds)``; called when the
-    first of a source's records is committed, so ``records`` lists all of them (complete or
-    not: :func:`recorded_records` callers compare with the store's complete list)."""
-    ts = now_iso()
-    out = dict(provenance)
-    entries = [dict(s) for s in provenance.get("sources", [])]
-    for src, records in sources:
-        entry = next((e for e in entries if e["sha256"] == src.sha256), None)
-        if entry is None:
-            entry = {"path": src.path, "name": src.name, "sha256": src.sha256, "bytes": src.size,
-                     "reader": reader, "ingested": ts, "records": []}
-            entries.append(entry)
-        entry["records"] = sorted(set(entry["records"]) | set(records))
-    out["sources"] = entries
-    out["updated"] = ts
-    return out
+__all__ = ["SourceFile", "dataset_source", "now_iso", "record_key", "record_keys",
+           "sha256_file", "sha256_tree", "source_file"]

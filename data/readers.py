@@ -104,6 +104,9 @@ def open_grib(paths, *, kind: schema.Kind | None = None, cache_dir: str | os.Pat
     holes = absent_fields(messages, kind=found)
     if holes:
         ds.attrs["enspp_absent_fields"] = holes
+    centres = sorted({m.centre for m in messages if m.centre})
+    if centres:
+        ds.attrs["enspp_centre"] = " ".join(centres)
     return finalise(ds, kind=found, source=source, allow_nan=allow_nan or bool(holes))
 
 

@@ -44,6 +44,25 @@ ANALYSIS_DIM_ORDER = (TIME, MEMBER, LEVEL, LATITUDE, LONGITUDE, STATION)
 
 Kind = Literal["forecast", "analysis"]
 
+#: CF attributes of the canonical coordinates (stores write them; the time coordinates get
+#: their ``units`` from the encoding: seconds since 1970 for records, seconds for lead times)
+COORD_ATTRS: dict[str, dict[str, str]] = {
+    INIT_TIME: {"standard_name": "forecast_reference_time",
+                "long_name": "initialisation time of the forecast"},
+    LEAD_TIME: {"standard_name": "forecast_period", "long_name": "lead time",
+                "units": "seconds"},
+    TIME: {"standard_name": "time", "long_name": "time", "axis": "T"},
+    MEMBER: {"standard_name": "realization", "long_name": "ensemble member (0: the control)",
+             "units": "1"},
+    LEVEL: {"standard_name": "air_pressure", "long_name": "pressure level", "units": "hPa",
+            "positive": "down", "axis": "Z"},
+    LATITUDE: {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north",
+               "axis": "Y"},
+    LONGITUDE: {"standard_name": "longitude", "long_name": "longitude",
+                "units": "degrees_east", "axis": "X"},
+    STATION: {"long_name": "station", "cf_role": "timeseries_id"},
+}
+
 
 class SchemaError(EnsppError):
     """A dataset does not follow the canonical data model; the message says what and where."""

@@ -1,30 +1,39 @@
-"""The versioned Zarr store: layout, reading, and the checks an append must pass.
+"""The versioned Zarr store: layout, reading, and which fields it holds.
 
-Layout (Zarr format 3, written through xarray):
+Layout (Zarr format 3, schema version 2):
 
-* canonical dims (``data.schema``); each data variable float32, compressed with Blosc/zstd;
+* canonical dims (``data.schema``) with CF attributes (``units``, ``standard_name``, ``axis``;
+  ``lead_time`` is the CF ``forecast_period``, in seconds) and ``Conventions: CF-1.10``;
+* each data variable float32, compressed with Blosc/LZ4 and checksummed (zarr's ``crc32c``
+  codec: a corrupt chunk fails to decode instead of returning wrong numbers);
 * chunks: one record (``init_time`` for forecasts, ``time`` for analyses) per chunk, the full
   grid, all members and all levels in a chunk, one ``lead_time`` per chunk for forecasts
   (point data on a ``station`` dim pack :data:`POINT_RECORDS_PER_CHUNK` records per chunk);
-* consolidated metadata in the root ``zarr.json``;
-* root attributes ``enspp_kind``, ``enspp_schema_version``, ``provenance``
-  (``data.provenance``) and ``enspp_complete``: the records whose write finished.
+* consolidated metadata in the root ``zarr.json``; root attributes ``enspp_kind``,
+  ``enspp_schema_version``, ``Conventions`` and ``enspp_centres`` (the originating centres);
+* the bookkeeping group ``enspp/`` (:mod:`data.store_meta`): completion per record, presence
+  and source per field, and the provenance log.
 
-Readers see only complete records (:func:`open_store`), so an interrupted append never shows
-partial data; writing is in :mod:`data.store_writer`.
+:func:`open_store` shows only complete records, and in them only the fields that are present
+(an absent field reads as NaN; :func:`present_fields` tells which are absent), so an
+interrupted write never shows; its reads name the store, variable and chunk of a chunk that
+cannot be decoded or is missing.  Writing is in :mod:`data.store_writer`; checks in
+:mod:`data.store_check`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from xarray.backends import BackendArray
 
 from enspp.data.errors import EnsppError
 from enspp.data.schema import (
@@ -36,16 +45,16 @@ from enspp.data.schema import (
     TIME,
     Kind,
     SchemaError,
-    normalise_units,
-    validate,
+    split_level_name,
 )
 
-#: Version of the canonical data model the store follows (bumped on incompatible changes).
-SCHEMA_VERSION = 1
+#: Version of the store layout (1: bookkeeping in root attributes; 2: the ``enspp/`` group).
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 KIND_ATTR = "enspp_kind"
 SCHEMA_ATTR = "enspp_schema_version"
-COMPLETE_ATTR = "enspp_complete"
-PROVENANCE_ATTR = "provenance"
+CENTRES_ATTR = "enspp_centres"
+CONVENTIONS = "CF-1.10"
 RECORD_DIMS: dict[str, str] = {"forecast": INIT_TIME, "analysis": TIME}
 POINT_RECORDS_PER_CHUNK = 256
 
@@ -58,77 +67,365 @@ class StoreMismatchError(StoreError):
     """A dataset does not fit a store (grid, variables, levels, lead times or members differ)."""
 
 
+class StoreReadError(StoreError):
+    """A chunk of a store cannot be read: corrupt (checksum, decompression) or missing; the
+    message names the store, the variable, the chunk and its record."""
+
+
 def record_dim(kind: str) -> str:
     if kind not in RECORD_DIMS:
         raise StoreError(f"unknown store kind {kind!r}: expected one of {sorted(RECORD_DIMS)}")
     return RECORD_DIMS[kind]
 
 
-def suppress_zarr_warnings() -> warnings.catch_warnings:
-    """Silence zarr's notice that consolidated metadata is not in the v3 spec (it is used on
-    purpose: one atomic root file is what makes the store's commits atomic)."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-    return ctx
-
-
-def is_store(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` holds a finished (possibly empty) enspp store."""
-    attrs = read_root_attrs(path)
-    return (attrs is not None and COMPLETE_ATTR in attrs
-            and attrs.get(KIND_ATTR) in RECORD_DIMS)  # not a product store (kind "product")
+@contextlib.contextmanager
+def suppress_zarr_warnings() -> Iterator[None]:
+    """Silence zarr's notices that consolidated metadata is not in the v3 spec (it is used on
+    purpose: one atomic root file is what commits a store's template) and that the
+    provenance log's folder ``enspp/sources`` is not a zarr node (it is not meant to be)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
+                                category=UserWarning)
+        yield
 
 
 def read_root_attrs(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The root attributes of a Zarr store, or None if there is no Zarr group at ``path``."""
-    import json
+    doc = read_root_doc(path)
+    return None if doc is None else dict(doc.get("attributes", {}))
 
+
+def read_root_doc(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The root ``zarr.json`` of a store (None if there is none)."""
     meta = Path(path) / "zarr.json"
     if not meta.is_file():
         return None
     try:
-        doc = json.loads(meta.read_text())
+        return dict(json.loads(meta.read_text()))
     except (OSError, ValueError) as e:
         raise StoreError(f"store {path}: cannot read zarr.json ({e})") from None
-    return dict(doc.get("attributes", {}))
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` holds a finished (possibly empty) enspp store of a readable version."""
+    doc = read_root_doc(path)
+    if doc is None:
+        return False
+    attrs = doc.get("attributes", {})
+    version = attrs.get(SCHEMA_ATTR)
+    if attrs.get(KIND_ATTR) not in RECORD_DIMS:  # e.g. a product store (kind "product")
+        return False
+    if version == 1:
+        return "enspp_complete" in attrs
+    return version == SCHEMA_VERSION and "consolidated_metadata" in doc
 
 
 def open_store(path: str | os.PathLike[str], *, complete_only: bool = True) -> xr.Dataset:
-    """Open a store lazily (dask-backed, one chunk per record), canonical dims.
+    """Open a store lazily (dask-backed, one dask chunk per zarr chunk), canonical dims,
+    records and lead times sorted.
 
-    ``complete_only``: return only the records (init times / times) whose write completed;
-    ``False`` also shows records an interrupted ingest left unfinished (their values are
-    undefined), marked by the boolean coordinate ``complete``.
+    ``complete_only``: return only the records (init times / times) whose write completed,
+    with absent fields masked (NaN; :func:`present_fields` says which); ``False`` shows every
+    record as stored (unfinished ones' values undefined), marked by the boolean coordinate
+    ``complete``.  A chunk that cannot be decoded, or that is missing although its field was
+    ingested, raises :class:`StoreReadError` when it is read.
     """
+    from enspp.data.store_meta import open_meta
+
+    p = _check_store(path)
+    meta = open_meta(p)
+    with suppress_zarr_warnings():
+        ds = xr.open_zarr(p, consolidated=True, chunks=None, decode_timedelta=True)
+    rec = record_dim(meta.kind)
+    done = meta.complete
+    ds = _checked(ds, meta, p)
+    if complete_only:
+        ds = _mask_absent(ds, meta, rec, done)
+        order = np.flatnonzero(done)
+    else:
+        ds = ds.assign_coords(complete=(rec, done))
+        order = np.arange(len(done))
+    order = order[np.argsort(meta.records[order], kind="stable")]
+    if not np.array_equal(order, np.arange(ds.sizes[rec])):
+        ds = ds.isel({rec: order})
+    if meta.leads is not None and ds.sizes.get(LEAD_TIME, 0) > 1:
+        lead_order = np.argsort(meta.leads, kind="stable")
+        if not np.array_equal(lead_order, np.arange(len(lead_order))):
+            ds = ds.isel({LEAD_TIME: lead_order})
+    for key in ("enspp_complete", "provenance"):  # schema version 1's bookkeeping
+        ds.attrs.pop(key, None)
+    return ds
+
+
+def _check_store(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"store {p} does not exist")
     if not is_store(p):
+        attrs = read_root_attrs(p) or {}
+        version = attrs.get(SCHEMA_ATTR)
+        if attrs.get(KIND_ATTR) in RECORD_DIMS and version not in READABLE_VERSIONS:
+            raise StoreError(f"store {p}: schema version {version!r}; this enspp reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
         raise StoreError(f"{p} is not an enspp store (no zarr.json with {KIND_ATTR!r} and "
-                         f"{COMPLETE_ATTR!r} attributes; was its creation interrupted?)")
-    ctx = suppress_zarr_warnings()
-    try:
-        ds = xr.open_zarr(p, consolidated=True, chunks={})
-    finally:
-        ctx.__exit__(None, None, None)
-    rec = record_dim(ds.attrs[KIND_ATTR])
-    done = complete_mask(ds, rec)
-    if complete_only:
-        ds = ds.isel({rec: np.flatnonzero(done)})
-    else:
-        ds = ds.assign_coords(complete=(rec, done))
-    if ds.sizes[rec] > 1 and not bool(np.all(np.diff(ds[rec].values) > np.timedelta64(0))):
-        ds = ds.sortby(rec)
+                         f"{SCHEMA_ATTR!r} attributes and consolidated metadata; was its "
+                         "creation interrupted?)")
+    return p
+
+
+def _mask_absent(ds: xr.Dataset, meta: Any, rec: str, done: np.ndarray) -> xr.Dataset:
+    """Absent fields (and fields an interrupted write left uncommitted) of complete records
+    read as NaN."""
+    rows = np.flatnonzero(done)
+    for name in list(ds.data_vars):
+        present = meta.present(str(name))
+        if present[rows].all():
+            continue
+        dims = (rec,) if present.ndim == 1 else (rec, LEAD_TIME)
+        ds[name] = ds[name].where(xr.DataArray(present, dims=dims))
     return ds
 
 
-def complete_mask(ds: xr.Dataset, rec: str) -> np.ndarray:
-    """Boolean mask over ``ds[rec]``: which records are listed as complete."""
-    from enspp.data.provenance import record_key
+def present_fields(store: str | os.PathLike[str] | xr.Dataset) -> xr.Dataset:
+    """Which fields the complete records of a store hold: one boolean array per variable,
+    ``(init_time, lead_time)`` for forecasts and ``(time,)`` for analyses, ordered as
+    :func:`open_store` orders them.  False means *absent*: the inputs did not provide that
+    field (it reads as NaN; it is not NaN inside a field).
 
-    done = set(ds.attrs.get(COMPLETE_ATTR, []))
-    return np.array([record_key(v) in done for v in ds[rec].values], dtype=bool)
+    An in-memory dataset (not opened from a store) is answered from its values: a field that
+    is NaN everywhere is absent.  Use :func:`field_present` to ask for ``z500``-style names.
+    """
+    from enspp.data.store_meta import open_meta
+
+    if isinstance(store, xr.Dataset):
+        source = store.encoding.get("enspp_store")
+        if source is None:
+            return _present_from_values(store)
+        store = source
+    p = _check_store(store)
+    meta = open_meta(p)
+    rec = record_dim(meta.kind)
+    done = meta.complete
+    order = np.flatnonzero(done)
+    order = order[np.argsort(meta.records[order], kind="stable")]
+    coords: dict[str, Any] = {rec: meta.records[order]}
+    lead_order = None
+    if meta.leads is not None:
+        lead_order = np.argsort(meta.leads, kind="stable")
+        coords[LEAD_TIME] = meta.leads[lead_order]
+    out = {}
+    for name in meta.variables:
+        present = meta.present(name)[order]
+        if lead_order is not None:
+            out[name] = xr.DataArray(present[:, lead_order], dims=(rec, LEAD_TIME))
+        else:
+            out[name] = xr.DataArray(present, dims=(rec,))
+    return xr.Dataset(out, coords=coords)
+
+
+def field_present(presence: xr.Dataset, name: str) -> xr.DataArray:
+    """The presence of field ``name`` (``t2m``, or ``z500`` for ``z`` at 500 hPa: the levels
+    of a field are present together) from :func:`present_fields`."""
+    if name in presence.data_vars:
+        return presence[name]
+    short, _level = split_level_name(name)
+    if short in presence.data_vars:
+        return presence[short].rename(name)
+    from enspp.data.schema import VariableNotFoundError
+
+    raise VariableNotFoundError(f"variable {name!r} is not in the store (variables: "
+                                f"{sorted(map(str, presence.data_vars))})")
+
+
+def _present_from_values(ds: xr.Dataset) -> xr.Dataset:
+    rec = INIT_TIME if INIT_TIME in ds.dims else TIME
+    keep = {rec, LEAD_TIME}
+    out = {}
+    for name, da in ds.data_vars.items():
+        other = [d for d in da.dims if d not in keep]
+        out[name] = da.notnull().any(dim=other) if other else da.notnull()
+    return xr.Dataset(out).compute()
+
+
+# -- checked reads ------------------------------------------------------------------------
+
+def _checked(ds: xr.Dataset, meta: Any, root: Path) -> xr.Dataset:
+    """``ds`` (opened without dask) with every data variable read through
+    :class:`CheckedArray`, chunked as stored."""
+    from xarray.core import indexing
+
+    out = {}
+    rec = record_dim(meta.kind)
+    for name, var in ds.data_vars.items():
+        array = meta.group[str(name)]
+        checked = CheckedArray(array, store=root, variable=str(name), meta=meta, rec=rec)
+        chunks = dict(zip(var.dims, array.chunks))
+        token = f"enspp-{root}-{name}-{_root_mtime(root)}"
+        v = xr.Variable(var.dims, indexing.LazilyIndexedArray(checked), var.attrs, var.encoding)
+        out[name] = v.chunk(chunks, name=token)
+    ds = ds.assign(out)
+    ds.encoding["enspp_store"] = str(root)
+    return ds
+
+
+def _root_mtime(root: Path) -> int:
+    try:
+        return (root / "zarr.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+class CheckedArray(BackendArray):
+    """A zarr array read for xarray whose read errors name the store, the variable and the
+    chunk (its index and record); a chunk missing although its field was ingested is an
+    error too (zarr would return its fill value, NaN, silently).
+
+    Use :func:`checked_array` for reads straight through zarr (``array[key]`` -> numpy)."""
+
+    def __init__(self, array: Any, *, store: Path, variable: str, meta: Any, rec: str) -> None:
+        self.array, self.store, self.variable, self.meta, self.rec = array, store, variable, meta, rec
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.chunks = tuple(array.chunks)
+        self.dims = tuple(array.metadata.dimension_names or ())
+
+    # xarray's backend array protocol (outer indexing)
+    def __getitem__(self, key: Any) -> np.ndarray:
+        from xarray.core import indexing
+
+        if isinstance(key, indexing.ExplicitIndexer):
+            return indexing.explicit_indexing_adapter(key, self.shape,
+                                                      indexing.IndexingSupport.OUTER, self._get)
+        return self._get(key if isinstance(key, tuple) else (key,))
+
+    def _get(self, key: tuple) -> np.ndarray:
+        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
+        outer = any(isinstance(k, np.ndarray) for k in key)
+        try:
+            out = np.asarray(self.array.oindex[key] if outer else self.array[key])
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any decode failure of a stored chunk
+            raise self._locate(key, e) from None
+        if out.size and np.isnan(out.flat[0]):
+            self._check_missing(key)
+        return out
+
+    def _chunk_ranges(self, key: tuple) -> list[range]:
+        out = []
+        for k, n, c in zip(key, self.shape, self.chunks):
+            if isinstance(k, (int, np.integer)):
+                idx = np.array([int(k) % n]) if n else np.array([], dtype=int)
+            elif isinstance(k, slice):
+                idx = np.arange(n)[k]
+            else:
+                idx = np.asarray(k).reshape(-1) % n if n else np.asarray(k)
+            out.append(sorted({int(i) // c for i in idx}))
+        return out  # type: ignore[return-value]
+
+    def _chunks_of(self, key: tuple) -> Iterator[tuple[int, ...]]:
+        import itertools
+
+        yield from itertools.product(*self._chunk_ranges(key))
+
+    def _locate(self, key: tuple, error: Exception) -> StoreReadError:
+        """The first chunk of ``key`` that fails to decode, as a :class:`StoreReadError`."""
+        for coords in self._chunks_of(key):
+            try:
+                self.array.get_block_selection(coords)
+            except Exception as e:  # noqa: BLE001
+                return StoreReadError(self._describe(coords, _why(e)))
+        return StoreReadError(f"store {self.store}: variable {self.variable!r}: read failed "
+                              f"({_why(error)})")
+
+    def _check_missing(self, key: tuple) -> None:
+        for coords in self._chunks_of(key):
+            if self._chunk_exists(coords):
+                continue
+            if self._field_present(coords):
+                raise StoreReadError(self._describe(coords, "the chunk file is missing although "
+                                                            "its field was ingested"))
+
+    def _chunk_exists(self, coords: tuple[int, ...]) -> bool:
+        key = self.array.metadata.encode_chunk_key(coords)
+        path = f"{self.array.path}/{key}" if self.array.path else key
+        store = self.array.store_path.store
+        root = getattr(store, "root", None)
+        if root is not None:
+            return (Path(root) / path).exists()
+        from zarr.core.sync import sync
+
+        return bool(sync(store.exists(path)))
+
+    def _field_present(self, coords: tuple[int, ...]) -> bool:
+        rows = self._rows(coords)
+        if not len(rows):
+            return False
+        done = self.meta.complete[rows]
+        present = self.meta.present(self.variable, rows)
+        if present.ndim == 2:
+            lead = coords[1] * self.chunks[1] if len(coords) > 1 and self.dims[1:2] == (LEAD_TIME,) else None
+            present = present[:, lead] if lead is not None else present.any(axis=1)
+        return bool((present & done).any())
+
+    def _rows(self, coords: tuple[int, ...]) -> np.ndarray:
+        start = coords[0] * self.chunks[0]
+        return np.arange(start, min(start + self.chunks[0], self.shape[0]))
+
+    def _describe(self, coords: tuple[int, ...], why: str) -> str:
+        rows = self._rows(coords)
+        when = ""
+        if len(rows) and len(self.meta.records) > rows[-1]:
+            first, last = (np.datetime_as_string(self.meta.records[r], unit="m") for r in (rows[0], rows[-1]))
+            when = f"{self.rec} {first}" if len(rows) == 1 else f"{self.rec} {first}..{last}"
+        if self.dims[1:2] == (LEAD_TIME,) and self.meta.leads is not None and len(coords) > 1:
+            lead = coords[1] * self.chunks[1]
+            if lead < len(self.meta.leads):
+                when += f", lead_time +{self.meta.leads[lead] / np.timedelta64(1, 'h'):g} h"
+        return (f"store {self.store}: variable {self.variable!r}, chunk "
+                f"{'/'.join(map(str, coords))} ({when}): {why}")
+
+
+def _why(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    if "checksum" in text.lower():
+        return f"corrupt chunk (checksum mismatch: {text[:120]})"
+    if "decompress" in text.lower() or "blosc" in text.lower():
+        return f"corrupt chunk (cannot be decompressed: {text[:120]})"
+    return f"cannot be decoded ({type(e).__name__}: {text[:160]})"
+
+
+def checked_array(store: str | os.PathLike[str], variable: str) -> CheckedArray:
+    """Variable ``variable`` of ``store`` for raw reads (``array[key]`` -> numpy, zarr's
+    basic or outer indexing, storage order): errors of a corrupt or missing chunk become one
+    :class:`StoreReadError` line naming the store, the variable and the chunk."""
+    from enspp.data.store_meta import open_meta
+
+    p = _check_store(store)
+    meta = open_meta(p)
+    if variable not in meta.group:
+        raise StoreError(f"store {p}: no variable {variable!r}")
+    return CheckedArray(meta.group[variable], store=p, variable=variable, meta=meta,
+                        rec=record_dim(meta.kind))
+
+
+def already_ingested(store: str | os.PathLike[str],
+                     sources: list[Any]) -> list[bool]:
+    """For each input (a path or a :class:`~data.provenance.SourceFile`): is it in ``store``
+    already, the same bytes recorded and every field it provides committed?  (What lets a
+    re-run skip files without decoding them.)"""
+    from enspp.data.provenance import SourceFile, source_file
+    from enspp.data.store_meta import open_meta
+
+    if not Path(store).exists() or not is_store(store):
+        return [False] * len(sources)
+    meta = open_meta(store)
+    out = []
+    for src in sources:
+        s = src if isinstance(src, SourceFile) else source_file(src)
+        out.append(meta.is_ingested(s.sha256))
+    return out
 
 
 def to_store_layout(ds: xr.Dataset, *, kind: Kind) -> xr.Dataset:
@@ -162,102 +459,15 @@ def record_chunk(ds: xr.Dataset) -> int:
     return POINT_RECORDS_PER_CHUNK if STATION in ds.dims else 1
 
 
-def check_compatible(reference: xr.Dataset, ds: xr.Dataset, *, kind: Kind, ref_name: str,
-                     name: str) -> None:
-    """Raise :class:`StoreMismatchError` naming both sides if ``ds`` cannot be written beside
-    ``reference``: same variables with the same dims and units, same members, levels, lead
-    times and grid (or stations)."""
-    rec = record_dim(kind)
+def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Any:
+    """Check a store (:func:`data.store_check.validate_store`)."""
+    from enspp.data.store_check import validate_store as check
 
-    def fail(what: str, mine: str, theirs: str) -> None:
-        raise StoreMismatchError(f"{name} does not match {ref_name}: {what} differ "
-                                 f"({name}: {mine}; {ref_name}: {theirs})")
-
-    if set(ds.data_vars) != set(reference.data_vars):
-        fail("variables", str(sorted(map(str, ds.data_vars))),
-             str(sorted(map(str, reference.data_vars))))
-    for v in reference.data_vars:
-        if ds[v].dims != reference[v].dims:
-            fail(f"dims of {v!r}", str(ds[v].dims), str(reference[v].dims))
-        mine, theirs = (normalise_units(str(x[v].attrs.get("units"))) for x in (ds, reference))
-        if mine != theirs:
-            fail(f"units of {v!r}", mine, theirs)
-    for dim in reference.dims:
-        if dim == rec:
-            continue
-        a, b = ds[dim].values, reference[dim].values
-        same = a.shape == b.shape and (
-            np.allclose(a, b, rtol=0, atol=1e-6) if a.dtype.kind == "f" else np.array_equal(a, b))
-        if not same:
-            fail(_DIM_WHAT.get(str(dim), f"{dim!r} coordinates"), _describe(a), _describe(b))
+    return check(path, deep=deep)
 
 
-_DIM_WHAT = {"latitude": "grids (latitude)", "longitude": "grids (longitude)",
-             "member": "members", "level": "levels (hPa)", "lead_time": "lead times",
-             "station": "stations"}
-
-
-def _describe(values: np.ndarray) -> str:
-    if values.size == 0:
-        return "none"
-    if values.dtype.kind == "m":
-        hours = (values / np.timedelta64(1, "h")).astype(float)
-        return f"{values.size} values {_fmt(hours[0])}..{_fmt(hours[-1])} h"
-    return f"{values.size} values {_fmt(values[0])}..{_fmt(values[-1])}"
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, (float, np.floating)) else str(x)
-
-
-@dataclass(frozen=True)
-class StoreReport:
-    """What ``enspp validate`` says about a store."""
-
-    path: str
-    kind: str
-    complete: int
-    incomplete: tuple[str, ...]
-    variables: tuple[str, ...]
-    sizes: Mapping[str, int]
-    sources: int
-
-    def summary(self) -> str:
-        rec = record_dim(self.kind)
-        dims = ", ".join(f"{k}={v}" for k, v in self.sizes.items() if k != rec)
-        line = (f"{self.path}: valid {self.kind} store, {self.complete} complete {rec}s, "
-                f"variables {list(self.variables)}, {dims}, {self.sources} source files")
-        if self.incomplete:
-            line += (f"; {len(self.incomplete)} unfinished {rec}s from an interrupted ingest "
-                     f"(hidden from readers; re-run that ingest to finish them): "
-                     f"{list(self.incomplete[:3])}")
-        return line
-
-
-def validate_store(path: str | os.PathLike[str]) -> StoreReport:
-    """Check a store's attributes and its complete records against the canonical model."""
-    from enspp.data.provenance import record_key
-
-    attrs = read_root_attrs(path)
-    if attrs is None:
-        raise StoreError(f"{path} is not a Zarr store (no zarr.json)")
-    for key in (KIND_ATTR, SCHEMA_ATTR, PROVENANCE_ATTR, COMPLETE_ATTR):
-        if key not in attrs:
-            raise StoreError(f"store {path}: attribute {key!r} is missing")
-    if attrs[SCHEMA_ATTR] != SCHEMA_VERSION:
-        raise StoreError(f"store {path}: schema version {attrs[SCHEMA_ATTR]!r}, this enspp "
-                         f"reads version {SCHEMA_VERSION}")
-    full = open_store(path, complete_only=False)
-    kind = str(attrs[KIND_ATTR])
-    rec = record_dim(kind)
-    ds = full.isel({rec: np.flatnonzero(full["complete"].values)}).drop_vars("complete")
-    if ds.sizes[rec]:
-        validate(ds.isel({rec: slice(0, 1)}).load(), kind=kind,  # type: ignore[arg-type]
-                 source=f"store {path}", allow_nan=True)
-        validate(ds, kind=kind, source=f"store {path}")  # type: ignore[arg-type]
-    incomplete = tuple(record_key(v) for v, c in zip(full[rec].values, full["complete"].values)
-                       if not c)
-    return StoreReport(path=str(path), kind=kind, complete=int(ds.sizes[rec]),
-                       incomplete=incomplete, variables=tuple(map(str, ds.data_vars)),
-                       sizes={str(k): int(v) for k, v in ds.sizes.items()},
-                       sources=len(attrs[PROVENANCE_ATTR].get("sources", [])))
+__all__ = ["already_ingested", "CENTRES_ATTR", "CONVENTIONS", "CheckedArray", "KIND_ATTR", "POINT_RECORDS_PER_CHUNK",
+           "RECORD_DIMS", "SCHEMA_ATTR", "SCHEMA_VERSION", "StoreError", "StoreMismatchError",
+           "StoreReadError", "checked_array", "field_present", "is_store", "open_store",
+           "present_fields", "read_root_attrs", "record_chunk", "record_dim", "to_store_layout",
+           "validate_store"]

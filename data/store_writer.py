@@ -1,31 +1,35 @@
-"""Appending records to a store: idempotent, atomic from a reader's view, crash-repairable.
+"""Appending to a store: idempotent, atomic whatever the moment a process is killed, at a cost
+that does not grow with the store.
 
 Protocol, all under the store's lock (:mod:`data.lock`):
 
-1. *recover*: delete ``*.partial`` files a killed writer left, and shrink any array whose
-   metadata was extended but never committed back to the shape in the consolidated
-   metadata (the committed state);
-2. *stage* (:meth:`StoreWriter.plan`): every dataset is checked against the store (or the
-   first dataset of the batch), duplicates across inputs are refused, records already complete
-   from the same source bytes are skipped; nothing is written yet;
-3. *extend the template*: resize the arrays along the record dim, write the new coordinate
-   values, then commit the consolidated metadata (one atomic file replace);
-4. per record (block of records): write its regions, then commit it to ``enspp_complete``
-   together with the provenance of its sources (one atomic file replace).
+1. *recover* (:func:`data.store_template.recover`): temporary files of a killed writer
+   removed, template changes it did not commit rolled back;
+2. *stage* (:meth:`StoreWriter.prepare`): each input validated (``data.schema``), put in
+   store layout and checked field by field (:mod:`data.field_checks`: which fields it holds,
+   NaN policy, plausible values);
+3. *plan* (:meth:`StoreWriter.add`): each input checked against the store and the inputs
+   before it (same grid, members, levels and station set; a variable keeps its dims and
+   units; one originating centre unless mixing is allowed); a field already in the store
+   from the same bytes is skipped, from other bytes refused, a field given by two inputs
+   refused.  New records, lead times and variables extend the store.  Nothing is written
+   until every input passed, so a refused batch leaves the store byte-identical;
+4. *write* (:meth:`StoreWriter.write`): a schema-1 store is migrated; the sources are added
+   to the provenance log; the template is extended and committed (one root-file replace);
+   then per record (a block of records for point data) its data chunks, the source ids and
+   ``present`` flags of its fields and its ``complete`` flag (:mod:`data.store_meta`).
 
-A reader opening the consolidated metadata sees either the old or the new template, and only
-records listed complete, so it never sees partial data.  A re-run repairs an interrupted run
-to exactly the uninterrupted result (unfinished records are rewritten in place).
+A reader sees a field once its record is complete and its ``present`` flag set; every one of
+these is one file replaced atomically, so a kill at any write leaves a store that reads as
+before or after it, and re-running the same ingest finishes it exactly.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
-import signal
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,57 +40,48 @@ import numpy as np
 import xarray as xr
 
 from enspp.data import provenance as prov
+from enspp.data import store_meta as sm
+from enspp.data import store_template as tpl
+from enspp.data.field_checks import Bounds, check_fields, field_stats
 from enspp.data.lock import store_lock
 from enspp.data.provenance import SourceFile, record_key
-from enspp.data.schema import Kind, detect_kind, validate
+from enspp.data.schema import LEAD_TIME, STATION, Kind, detect_kind, normalise_units, validate
 from enspp.data.store import (
-    COMPLETE_ATTR,
-    KIND_ATTR,
-    PROVENANCE_ATTR,
-    SCHEMA_ATTR,
-    SCHEMA_VERSION,
+    CENTRES_ATTR,
+    POINT_RECORDS_PER_CHUNK,
     StoreError,
-    check_compatible,
+    StoreMismatchError,
     is_store,
-    open_store,
     read_root_attrs,
-    record_chunk,
     record_dim,
     suppress_zarr_warnings,
     to_store_layout,
 )
+from enspp.data.store_template import FAULT_ENV, Faults
 
-#: ``_FillValue`` attribute xarray writes for a float NaN fill in zarr 3 (base64 of the
-#: float64 NaN bytes); the template's data arrays carry it so they read back as xarray wrote them.
-_NAN_FILL_ATTR = base64.standard_b64encode(np.float64(np.nan).tobytes()).decode()
-
-#: Test hook: SIGKILL this process after this many region writes (crash-safety tests only).
-FAULT_ENV = "ENSPP_FAULT_KILL_AFTER_WRITES"
-
-
-def _compressor() -> Any:
-    from zarr.codecs import BloscCodec
-
-    # Blosc/LZ4 with bit shuffle: 2-3x faster than Blosc/zstd-1; on real ENS/ERA5 GRIB fields
-    # bit shuffle is also 10-25% smaller and ~20% faster than byte shuffle (measured on
-    # ../shared/data/gridded), which keeps an ingest near the GRIB decode itself
-    # (tests/benchmarks/bench_ingest.py).
-    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+__all__ = ["AppendResult", "FAULT_ENV", "Staged", "StoreWriter", "append", "open_writer",
+           "reader_version"]
 
 
 @dataclass(frozen=True)
 class Staged:
-    """One validated input: its dataset (store layout) and the sources it came from."""
+    """One validated input: its dataset (store layout), the sources it came from, which of
+    its fields it holds (per variable, a boolean mask over its records and lead times) and
+    its originating centre (``ecmf``, ``kwbc``...; None when the format does not say)."""
 
     name: str
     ds: xr.Dataset
     sources: tuple[SourceFile, ...]
+    present: Mapping[str, np.ndarray] = field(default_factory=dict)
+    centre: str | None = None
 
 
 @dataclass(frozen=True)
 class AppendResult:
-    """What an append did: records added, repaired (finished after an interrupted run) or
-    skipped (already complete from the same bytes), and the bytes of data written."""
+    """What an append did: records added, repaired (finished after an interrupted run),
+    extended (complete records that got new fields: a variable or lead time) or skipped
+    (everything already in the store from the same bytes), the bytes of data written, and
+    notes (a migration)."""
 
     store: str
     kind: str
@@ -94,91 +89,150 @@ class AppendResult:
     repaired: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
     bytes_written: int = 0
+    extended: tuple[str, ...] = ()
+    fields_written: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.repaired)
+        return bool(self.added or self.repaired or self.extended)
 
     def message(self) -> str:
         rec = record_dim(self.kind)
         if not self.changed:
             return (f"{self.store}: nothing to do, {len(self.skipped)} {rec}s already in the "
                     f"store from the same bytes (unchanged)")
-        return (f"{self.store}: {len(self.added)} {rec}s added, {len(self.repaired)} repaired, "
-                f"{len(self.skipped)} skipped (already in the store)")
+        out = f"{self.store}: {len(self.added)} {rec}s added, {len(self.repaired)} repaired"
+        if self.extended:
+            out += f", {len(self.extended)} extended with new fields"
+        return out + f", {len(self.skipped)} skipped (already in the store)"
+
+
+# -- what a store (or a batch) looks like -------------------------------------------------
+
+@dataclass
+class _Var:
+    dims: tuple[str, ...]
+    units: str
+    attrs: dict[str, Any]
+    owner: str
+
+
+@dataclass
+class _Layout:
+    """The coordinates and variables a store has (or a batch will create)."""
+
+    coords: dict[str, np.ndarray] = field(default_factory=dict)  # dims but record and lead
+    coord_vars: dict[str, xr.DataArray] = field(default_factory=dict)  # as given (attrs)
+    aux: dict[str, xr.DataArray] = field(default_factory=dict)  # non-dim coords (stations)
+    owners: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, _Var] = field(default_factory=dict)
+    leads: list[int] = field(default_factory=list)  # ns, storage order
+
+
+@dataclass
+class _Item:
+    staged: Staged
+    records: np.ndarray  # int64 ns
+    leads: np.ndarray | None  # int64 ns
+    write: dict[str, np.ndarray]  # var -> bool (records[, leads]): fields to write
 
 
 @dataclass
 class _Plan:
     kind: str
-    reference: xr.Dataset | None
-    reference_name: str = ""
-    # record key -> [(staged, variables it provides)]
-    providers: dict[str, list[tuple[Staged, list[str]]]] = field(default_factory=dict)
-    values: dict[str, np.datetime64] = field(default_factory=dict)
+    layout: _Layout
+    items: list[_Item] = field(default_factory=list)
+    new_records: dict[int, None] = field(default_factory=dict)  # ns, in order of arrival
+    new_leads: list[int] = field(default_factory=list)
+    by_record: dict[int, list[int]] = field(default_factory=dict)  # ns -> items touching it
+    commit: dict[int, None] = field(default_factory=dict)  # ns of records to mark complete
     skipped: set[str] = field(default_factory=set)
+    centres: set[str] = field(default_factory=set)
+    reference_name: str = ""
 
+    @property
+    def providers(self) -> dict[str, list[_Item]]:
+        """Records to commit -> the inputs writing them (the work of :meth:`write`)."""
+        out: dict[str, list[_Item]] = {}
+        for ns in self.commit:
+            out[record_key(np.datetime64(ns, "ns"))] = [self.items[i] for i in self.by_record.get(ns, [])]
+        return out
+
+    @property
+    def reference(self) -> xr.Dataset | None:
+        return self.items[0].staged.ds if self.items else None
+
+
+# -- the writer ---------------------------------------------------------------------------
 
 class StoreWriter:
     """Write access to one store, held under its lock; use :func:`open_writer`."""
 
-    def __init__(self, root: Path, *, kind: Kind | None) -> None:
+    def __init__(self, root: Path, *, kind: Kind | None,
+                 allow_mixed_centres: bool = False) -> None:
         self.root = root
-        self._recover()
+        self.faults = Faults()
+        tpl.recover(root, self.faults)
         self.exists = is_store(root)
+        self.allow_mixed_centres = allow_mixed_centres
+        self.meta: sm.StoreMeta | None = sm.open_meta(root) if self.exists else None
         self.attrs: dict[str, Any] = (read_root_attrs(root) or {}) if self.exists else {}
-        self.kind: str | None = str(self.attrs[KIND_ATTR]) if self.exists else kind
+        self.kind: str | None = self.meta.kind if self.meta is not None else kind
         if self.exists and kind is not None and kind != self.kind:
             raise StoreError(f"store {root} holds {self.kind} data; refusing to write "
                              f"{kind} data into it")
-        self.template = open_store(root, complete_only=False) if self.exists else None
-        self._writes = 0
+        self.centres: set[str] = set(str(self.attrs.get(CENTRES_ATTR, "")).split())
+        self.layout = self._read_layout() if self.meta is not None else _Layout()
+        self._rows: dict[int, int] = {}
+        if self.meta is not None:
+            self._rows = {int(v): i for i, v in enumerate(self.meta.records.view(np.int64))}
+        self._lead_cols = {v: i for i, v in enumerate(self.layout.leads)}
 
-    # -- recovery -----------------------------------------------------------------------
-    def _recover(self) -> None:
-        if not self.root.exists():
-            return  # a new store: nothing to recover
-        for partial in self.root.rglob("*.partial"):
-            partial.unlink(missing_ok=True)
-        attrs = read_root_attrs(self.root)
-        if attrs is None or COMPLETE_ATTR not in attrs or KIND_ATTR not in attrs:
-            # creation never finished: nothing in it was ever visible, start afresh
-            for child in self.root.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-            return
-        import zarr
+    @property
+    def template(self) -> sm.StoreMeta | None:
+        return self.meta
 
-        ctx = suppress_zarr_warnings()
-        try:
-            committed = zarr.open_group(self.root, mode="r", use_consolidated=True)
-            shapes = {k: tuple(m.shape) for k, m in
-                      committed.metadata.consolidated_metadata.metadata.items()}
-            actual = zarr.open_group(self.root, mode="r+", use_consolidated=False)
-            for name, arr in actual.arrays():
-                if name in shapes and tuple(arr.shape) != shapes[name]:
-                    arr.resize(shapes[name])
-        finally:
-            ctx.__exit__(None, None, None)
+    def _read_layout(self) -> _Layout:
+        assert self.meta is not None
+        group, rec = self.meta.group, record_dim(self.meta.kind)
+        out = _Layout()
+        name = f"store {self.root}"
+        for key, arr in group.arrays():
+            dims = tuple(arr.metadata.dimension_names or ())
+            if key in (rec, LEAD_TIME):
+                continue
+            if dims == (key,):
+                out.coords[key] = np.asarray(arr[:])
+                out.owners[key] = name
+            elif rec not in dims:
+                out.aux[key] = xr.DataArray(np.asarray(arr[:]), dims=dims)
+                out.owners[key] = name
+            else:
+                out.variables[key] = _Var(dims=dims, units=normalise_units(
+                    str(arr.attrs.get("units", ""))), attrs=dict(arr.attrs), owner=name)
+        if self.meta.leads is not None:
+            out.leads = [int(v) for v in self.meta.leads.view(np.int64)]
+        return out
 
     # -- staging ------------------------------------------------------------------------
     def is_ingested(self, source: SourceFile) -> bool:
-        """True if ``source`` (same bytes) is recorded and all its records are complete."""
-        if not self.exists:
-            return False
-        records = prov.recorded_records(self.attrs[PROVENANCE_ATTR], source.sha256)
-        done = set(self.attrs[COMPLETE_ATTR])
-        return records is not None and set(records) <= done
+        """True if ``source`` (same bytes) is recorded and all its fields are committed."""
+        return self.meta is not None and self.meta.is_ingested(source.sha256)
 
     def records_of(self, source: SourceFile) -> list[str]:
         """The records ``source`` holds according to the store's provenance (or none)."""
-        if not self.exists:
+        if self.meta is None:
             return []
-        return prov.recorded_records(self.attrs[PROVENANCE_ATTR], source.sha256) or []
+        entry = self.meta.source(sm.source_id(source.sha256))
+        return entry.records if entry is not None else []
 
     def prepare(self, ds: xr.Dataset, *, name: str, sources: Sequence[SourceFile],
-                allow_nan: bool = False) -> Staged:
-        """Validate ``ds`` (data.schema, NaN policy) and put it in store layout; raises
-        naming ``name``.  Checks against the store happen in :meth:`plan`."""
+                allow_nan: bool = False, bounds: Mapping[str, Bounds | None] | None = None,
+                centre: str | None = None) -> Staged:
+        """Validate ``ds`` (data.schema), check its fields (which are present, NaN policy,
+        plausible values) and put it in store layout; raises naming ``name``.  Checks against
+        the store happen in :meth:`add`."""
         kind = self.kind or detect_kind(ds)
         if self.kind is None:
             self.kind = kind
@@ -186,347 +240,638 @@ class StoreWriter:
         if got != kind:
             where = f"store {self.root} holds" if self.exists else "the other inputs hold"
             raise StoreError(f"{name} holds {got} data but {where} {kind} data")
-        validate(ds, kind=kind, source=name, allow_nan=allow_nan)  # type: ignore[arg-type]
-        if not allow_nan:
-            _check_nan_lazy(ds, name=name)
+        validate(ds, kind=kind, source=name, allow_nan=True)  # type: ignore[arg-type]
+        stats = {str(v): field_stats(da) for v, da in ds.data_vars.items()}
+        present = check_fields(ds, name=name, allow_nan=allow_nan, bounds=bounds, stats=stats)
+        centre = centre or ds.attrs.get("enspp_centre") or None
         return Staged(name=name, ds=to_store_layout(ds, kind=kind),  # type: ignore[arg-type]
-                      sources=tuple(sources))
+                      sources=tuple(sources), present=present,
+                      centre=None if centre is None else str(centre))
 
     def plan(self, staged: Sequence[Staged] = ()) -> _Plan:
         """A plan holding ``staged`` (see :meth:`add`); nothing is written."""
         if self.kind is None:
             raise StoreError(f"store {self.root}: nothing to write and no kind given")
-        plan = _Plan(kind=self.kind, reference=self.template)
+        plan = _Plan(kind=self.kind, layout=_copy_layout(self.layout),
+                     reference_name=f"store {self.root}" if self.exists else "")
         for item in staged:
             self.add(plan, item)
         return plan
 
-    def add(self, plan: _Plan, item: Staged) -> None:
-        """Check ``item`` against the store (or the batch's first input) and the inputs already
-        in ``plan``, then add it; on error ``plan`` is unchanged and the message names ``item``
-        and the store or the other input."""
+    def add(self, plan: _Plan, st: Staged) -> None:
+        """Check ``st`` against the store and the inputs already in ``plan``, then add it;
+        on error ``plan`` is unchanged and the message names ``st`` and the other side."""
         rec = record_dim(plan.kind)
-        if plan.reference is not None:
-            ref_name = f"store {self.root}" if self.exists else plan.reference_name
-            check_compatible(plan.reference, item.ds, kind=plan.kind,  # type: ignore[arg-type]
-                             ref_name=ref_name, name=item.name)
-        done = set(self.attrs.get(COMPLETE_ATTR, []))
-        shas = {s.sha256 for s in item.sources}
-        skipped, provided = set(), {}
-        for value in item.ds[rec].values:
-            key = record_key(value)
-            if key in done:
-                recorded = prov.recorded_for(self.attrs[PROVENANCE_ATTR], key)
-                if not shas & recorded:
-                    raise StoreError(
-                        f"{item.name}: {rec} {key} is already complete in store {self.root} "
-                        f"from other bytes ({_names(self.attrs, recorded)}); refusing to "
-                        f"overwrite it")
-                skipped.add(key)
-                continue
-            for other, _ in plan.providers.get(key, []):
-                raise StoreError(f"duplicate {rec} {key}: in both {other.name} and {item.name}")
-            provided[key] = value
-        if plan.reference is None:
-            plan.reference, plan.reference_name = item.ds, item.name
-        for key, value in provided.items():
-            plan.providers.setdefault(key, []).append((item, list(map(str, item.ds.data_vars))))
-            plan.values[key] = value
-        plan.skipped |= skipped
+        ds = st.ds
+        self._check_centre(plan, st)
+        changes = _check_layout(plan.layout, st, rec=rec)
+        records = ds[rec].values.astype("datetime64[ns]").view(np.int64)
+        leads = (ds[LEAD_TIME].values.astype("timedelta64[ns]").view(np.int64)
+                 if LEAD_TIME in ds.dims else None)
+        write: dict[str, np.ndarray] = {}
+        ids = {sm.source_id(s.sha256) for s in st.sources}
+        rows = np.array([self._rows.get(int(r), -1) for r in records], dtype=np.int64)
+        for var, present in st.present.items():
+            mask = np.array(present, dtype=bool, copy=True)
+            if self.meta is not None and var in self.layout.variables and (rows >= 0).any():
+                self._against_store(st, var, mask, rows, leads, ids, rec)
+            write[var] = mask
+        self._against_batch(plan, st, write, records, leads, rec)
+        # every check passed: record the input in the plan
+        _apply_layout(plan, changes, st.name)
+        index = len(plan.items)
+        plan.items.append(_Item(staged=st, records=records, leads=leads, write=write))
+        plan.centres.update((st.centre or "").split())
+        if leads is not None:
+            for v in leads:
+                if int(v) not in plan.layout.leads:
+                    plan.layout.leads.append(int(v))
+                    plan.new_leads.append(int(v))
+        done = self.meta.complete if self.meta is not None else np.zeros(0, dtype=bool)
+        for i, ns in enumerate(records):
+            ns = int(ns)
+            writes = any(m[i].any() for m in write.values())
+            row = int(rows[i])
+            if writes:
+                plan.by_record.setdefault(ns, []).append(index)
+            if row < 0:
+                if writes:
+                    plan.new_records.setdefault(ns, None)
+                    plan.commit.setdefault(ns, None)
+            elif not done[row]:
+                if writes or any(np.asarray(p[i]).any() for p in st.present.values()):
+                    plan.commit.setdefault(ns, None)  # repaired: finished by this run
+            elif writes:
+                plan.commit.setdefault(ns, None)  # extended: new fields in a complete record
+            else:
+                plan.skipped.add(record_key(np.datetime64(ns, "ns")))
+
+    def _check_centre(self, plan: _Plan, st: Staged) -> None:
+        """One originating centre per store (unless mixing is allowed): an NCEP file does
+        not slip into an ECMWF store."""
+        mine = set((st.centre or "").split())
+        if not mine or self.allow_mixed_centres:
+            return
+        known = self.centres | plan.centres
+        if len(mine | known) > 1:
+            where = (f"store {self.root} holds" if self.centres else
+                     "the other inputs hold" if known else "it mixes")
+            raise StoreError(f"{st.name} comes from centre(s) {', '.join(sorted(mine))} but "
+                             f"{where} data from {', '.join(sorted(known or mine))}; refusing to "
+                             "mix originating centres in one store (set "
+                             "data.allow_mixed_centres: true, or pass --allow-mixed-centres, "
+                             "to allow it)")
+
+    def _against_store(self, st: Staged, var: str, mask: np.ndarray, rows: np.ndarray,
+                       leads: np.ndarray | None, ids: set[int], rec: str) -> None:
+        """Drop from ``mask`` the fields already in the store from the same bytes; refuse
+        those there from other bytes."""
+        assert self.meta is not None
+        existing = np.flatnonzero(rows >= 0)
+        present = self.meta.present(var, rows[existing])
+        source = self.meta.sources_of(var, rows[existing])
+        if leads is not None:
+            cols = np.array([self._lead_cols.get(int(v), -1) for v in leads], dtype=np.int64)
+            known = np.flatnonzero(cols >= 0)
+            sub = np.zeros((len(existing), len(leads)), dtype=bool)
+            same = np.zeros_like(sub)
+            sub[:, known] = present[:, cols[known]]
+            same[:, known] = np.isin(source[:, cols[known]], list(ids))
+            present, same_source = sub, same
+        else:
+            same_source = np.isin(source, list(ids))
+        mine = mask[existing]
+        conflict = mine & present & ~same_source
+        if conflict.any():
+            first = np.argwhere(conflict)[0]
+            row = int(rows[existing[first[0]]])
+            col = None if leads is None else self._lead_cols[int(leads[first[1]])]
+            holder = self.meta.sources_of(var, np.array([row])).reshape(-1)[col or 0]
+            key = record_key(self.meta.records[row])
+            lead = "" if leads is None else f", +{_hours(leads[first[1]])} h"
+            state = ("complete" if self.meta.complete[row] else
+                     "there (from an interrupted ingest: re-run it to finish the store)")
+            raise StoreError(f"{st.name}: {rec} {key} is already {state} in store {self.root} "
+                             f"from other bytes ({self.meta.source_names([int(holder)])}) for "
+                             f"variable {var!r}{lead}; refusing to overwrite it "
+                             f"({int(conflict.sum())} such fields)")
+        mine &= ~(present & same_source)
+        mask[existing] = mine
+
+    def _against_batch(self, plan: _Plan, st: Staged, write: Mapping[str, np.ndarray],
+                       records: np.ndarray, leads: np.ndarray | None, rec: str) -> None:
+        """Refuse a field that another input of the batch also provides."""
+        others: dict[int, list[int]] = {}
+        for i, ns in enumerate(records):
+            for j in plan.by_record.get(int(ns), []):
+                others.setdefault(j, []).append(i)
+        for j, mine_rows in others.items():
+            other = plan.items[j]
+            for var, mask in write.items():
+                theirs = other.write.get(var)
+                if theirs is None:
+                    continue
+                o_index = {int(v): k for k, v in enumerate(other.records)}
+                for i in mine_rows:
+                    k = o_index.get(int(records[i]))
+                    if k is None:
+                        continue
+                    a, b = mask[i], theirs[k]
+                    if leads is not None and other.leads is not None:
+                        common, ia, ib = np.intersect1d(leads, other.leads, return_indices=True)
+                        clash = a[ia] & b[ib]
+                        if clash.any():
+                            lead = f", +{_hours(common[np.flatnonzero(clash)[0]])} h"
+                        else:
+                            continue
+                    elif not (a & b).any():
+                        continue
+                    else:
+                        lead = ""
+                    key = record_key(np.datetime64(int(records[i]), "ns"))
+                    raise StoreError(f"duplicate {rec} {key}: in both {other.staged.name} and "
+                                     f"{st.name} (variable {var!r}{lead})")
 
     # -- writing ------------------------------------------------------------------------
     def write(self, plan: _Plan, *, progress: Callable[[str], None] | None = None,
-              reader: str = "") -> AppendResult:
-        """Extend the template, write each record's regions, commit each record."""
+              reader: str = "", on_note: Callable[[str], None] | None = None) -> AppendResult:
+        """Extend the template, then write and commit each record (see the module doc)."""
         import zarr
 
         rec = record_dim(plan.kind)
-        keys = sorted(plan.providers)
-        if not keys:
+        keys = {ns: record_key(np.datetime64(ns, "ns")) for ns in plan.commit}
+        if not plan.commit:
             return AppendResult(store=str(self.root), kind=plan.kind,
                                 skipped=tuple(sorted(plan.skipped)))
-        assert plan.reference is not None
-        ctx = suppress_zarr_warnings()
-        # every chunk is written, even an all-NaN one: no scan for "empty" chunks, and a
-        # repaired record never keeps a stale chunk of an interrupted run
-        cfg = zarr.config.set({"array.write_empty_chunks": True})
-        cfg.__enter__()
-        try:
-            if not self.exists:
-                self._create(plan.reference, [plan.values[k] for k in keys], reader=reader)
-                repaired: tuple[str, ...] = ()
-            else:
-                assert self.template is not None
-                existing = {record_key(v) for v in self.template[rec].values}
-                new = [k for k in keys if k not in existing]
-                repaired = tuple(k for k in keys if k in existing)
-                if new:
-                    self._extend([plan.values[k] for k in new], rec)
-            group = zarr.open_group(self.root, mode="r+", use_consolidated=False)
-            arrays = {str(name): group[str(name)] for name in plan.reference.data_vars}
-            writers = {name: _ChunkWriter.for_array(arr) for name, arr in arrays.items()}
-            index = {record_key(v): i for i, v in
-                     enumerate(_decode_times(group[rec][:], group[rec].attrs))}
-            nbytes = 0
-            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-                # every record's chunks are queued at once (no idle core between records);
-                # records are committed in order, each once all its chunks are written
-                jobs = [self._submit_record(arrays, writers, pool, plan, k, index[k], rec)
-                        for k in keys]
-                try:
-                    for k, record_jobs in zip(keys, jobs):
-                        for job in record_jobs:
+        notes: list[str] = []
+        zstore = tpl.ticking_store(self.root, self.faults)
+        done_before = set()
+        if self.meta is not None:
+            done_before = {int(v) for v, c in zip(self.meta.records.view(np.int64),
+                                                  self.meta.complete) if c}
+        with suppress_zarr_warnings(), zarr.config.set({"array.write_empty_chunks": True}):
+            if self.meta is not None and self.meta.version == 1:
+                tpl.migrate_v1(self.root, zstore, self.faults, self.meta,
+                               centres=sorted(self.centres))
+                note = (f"store {self.root}: migrated from schema version 1 to "
+                        f"{tpl.SCHEMA_VERSION} (completion, field presence and provenance "
+                        "moved to its enspp/ group; chunks already written keep their codecs)")
+                notes.append(note)
+                if on_note is not None:
+                    on_note(note)
+                self.meta = sm.open_meta(self.root)
+            centres = sorted(self.centres | plan.centres)
+            if self.meta is None:  # a new store: its template first, then its sources
+                self._create(zstore, plan, centres)
+                self._write_sources(plan, reader)
+            else:  # sources first: no field is ever committed before its source is recorded
+                self._write_sources(plan, reader)
+                self._extend(zstore, plan, centres)
+            self.meta = sm.open_meta(self.root)
+            self.exists = True
+            group = zarr.open_group(zstore, mode="r+", use_consolidated=False)
+            nbytes, nfields = self._write_records(group, plan, keys, rec, progress)
+        order = sorted(plan.commit)
+        new = set(plan.new_records)
+        return AppendResult(
+            store=str(self.root), kind=plan.kind,
+            added=tuple(keys[ns] for ns in order if ns in new),
+            repaired=tuple(keys[ns] for ns in order if ns not in new and ns not in done_before),
+            extended=tuple(keys[ns] for ns in order if ns in done_before),
+            skipped=tuple(sorted(plan.skipped - set(keys.values()))), bytes_written=nbytes,
+            fields_written=nfields,
+            notes=tuple(notes))
+
+    def _write_sources(self, plan: _Plan, reader: str) -> None:
+        ts = prov.now_iso()
+        rec = record_dim(plan.kind)
+        for item in plan.items:
+            fields = _field_sets(item, rec)
+            for src in item.staged.sources:
+                sm.write_source(self.root, sm.SourceEntry(
+                    sha256=src.sha256, path=src.path, name=src.name, size=src.size,
+                    reader=reader, ingested=ts, centre=item.staged.centre, fields=fields),
+                    tick=self.faults.tick)
+
+    def _create(self, zstore: Any, plan: _Plan, centres: list[str]) -> None:
+        """The template of a new store: coordinates through xarray (its CF time encoding),
+        data and bookkeeping arrays through zarr, then the root attributes that make it a
+        store (written last: until they are there, a re-run starts the store afresh)."""
+        import zarr
+
+        rec = record_dim(plan.kind)
+        lay = plan.layout
+        records = np.array(list(plan.new_records), dtype=np.int64).view("datetime64[ns]")
+        coords: dict[str, Any] = {rec: records}
+        if plan.kind == "forecast":
+            coords[LEAD_TIME] = np.array(lay.leads, dtype=np.int64).view("timedelta64[ns]")
+        for name, values in lay.coords.items():
+            da = lay.coord_vars.get(name)
+            coords[name] = da if da is not None else xr.DataArray(values, dims=(name,))
+        coords.update(lay.aux)
+        tpl.coord_dataset(coords, rec=rec).to_zarr(
+            zstore, mode="w", compute=True, consolidated=False, zarr_format=3,
+            encoding=tpl.coord_encoding(list(coords), rec=rec))
+        group = zarr.open_group(zstore, mode="r+", use_consolidated=False)
+        sizes = {rec: len(records), LEAD_TIME: len(lay.leads),
+                 **{k: len(v) for k, v in lay.coords.items()}}
+        per_chunk = POINT_RECORDS_PER_CHUNK if STATION in lay.coords else 1
+        for name, var in lay.variables.items():
+            self._create_var(group, name, var, sizes, per_chunk, rec, plan.kind)
+        sm.create_meta(group, kind=plan.kind, rec=rec, n_records=len(records),
+                       n_leads=len(lay.leads) if plan.kind == "forecast" else None,
+                       variables=[])
+        for name in lay.variables:
+            self._create_var_meta(group, name, plan.kind, len(records), lay, rec)
+        tpl.commit_template(self.root, zstore, self.faults,
+                            attrs=tpl.root_attrs(plan.kind, centres))
+
+    def _create_var(self, group: Any, name: str, var: _Var, sizes: Mapping[str, int],
+                    per_chunk: int, rec: str, kind: str) -> None:
+        shape = tuple(sizes[d] for d in var.dims)
+        chunks = tuple(per_chunk if d == rec else 1 if d == LEAD_TIME else sizes[d]
+                       for d in var.dims)
+        tpl.create_data_array(group, name, xr.Variable(var.dims, np.empty((0,) * len(var.dims)),
+                                                       var.attrs), shape=shape, chunks=chunks)
+
+    def _create_var_meta(self, group: Any, name: str, kind: str, n_records: int, lay: _Layout,
+                         rec: str) -> None:
+        n_leads = len(lay.leads) if kind == "forecast" else None
+        dims = (rec, LEAD_TIME) if n_leads is not None else (rec,)
+        sm.create_field_arrays(group, name, kind=kind, n_records=n_records, n_leads=n_leads,
+                               dims=dims)
+
+    def _extend(self, zstore: Any, plan: _Plan, centres: list[str]) -> None:
+        """New variables, records and lead times, committed in one root-file replace."""
+        import zarr
+
+        assert self.meta is not None
+        rec = record_dim(plan.kind)
+        n_old, l_old = len(self.meta.records), len(self.layout.leads)
+        n_new = n_old + len(plan.new_records)
+        l_new = len(plan.layout.leads)
+        new_vars = [v for v in plan.layout.variables if v not in self.layout.variables]
+        new_coords = [c for c in plan.layout.coords if c not in self.layout.coords]
+        changed_centres = set(centres) != self.centres
+        if not (plan.new_records or plan.new_leads or new_vars or new_coords or changed_centres):
+            return
+        group = zarr.open_group(zstore, mode="r+", use_consolidated=False)
+        if new_coords:
+            coords = {c: plan.layout.coord_vars.get(c, xr.DataArray(plan.layout.coords[c], dims=(c,)))
+                      for c in new_coords}
+            tpl.coord_dataset(coords, rec=rec).to_zarr(zstore, mode="a", consolidated=False,
+                                                        zarr_format=3)
+        sizes = {rec: n_new, LEAD_TIME: l_new, **{k: len(v) for k, v in plan.layout.coords.items()}}
+        per_chunk = POINT_RECORDS_PER_CHUNK if STATION in plan.layout.coords else 1
+        for name in new_vars:
+            self._create_var(group, name, plan.layout.variables[name], sizes, per_chunk, rec,
+                             plan.kind)
+            self._create_var_meta(group, name, plan.kind, n_new, plan.layout, rec)
+        for name in self.layout.variables:
+            arr = group[name]
+            shape = list(arr.shape)
+            shape[0] = n_new
+            if plan.kind == "forecast" and arr.metadata.dimension_names[1] == LEAD_TIME:
+                shape[1] = l_new
+            if tuple(shape) != tuple(arr.shape):
+                arr.resize(tuple(shape))
+            for sub in (sm.PRESENT, sm.SOURCE):
+                meta_arr = group[f"{sub}/{name}"]
+                want = sm.meta_shape(plan.kind, n_new, l_new if plan.kind == "forecast" else None)
+                if tuple(meta_arr.shape) != want:
+                    meta_arr.resize(want)
+        if n_new != n_old:
+            group[sm.COMPLETE].resize((n_new,))
+            group[rec].resize((n_new,))
+            tpl.write_coordinate_values(group, rec, n_old,
+                                        np.array(list(plan.new_records), dtype=np.int64)
+                                        .view("datetime64[ns]"))
+        if l_new != l_old:
+            group[LEAD_TIME].resize((l_new,))
+            tpl.write_coordinate_values(group, LEAD_TIME, l_old,
+                                        np.array(plan.layout.leads[l_old:], dtype=np.int64)
+                                        .view("timedelta64[ns]"))
+        tpl.commit_template(self.root, zstore, self.faults,
+                            attrs={CENTRES_ATTR: " ".join(centres)} if changed_centres else None)
+
+    def _write_records(self, group: Any, plan: _Plan, keys: Mapping[int, str], rec: str,
+                       progress: Callable[[str], None] | None) -> tuple[int, int]:
+        """Write every field of the plan, then commit it block by block in order (the records
+        of one chunk of the bookkeeping arrays: a commit rewrites each of its chunks once);
+        returns (bytes, fields) written."""
+        assert self.meta is not None
+        rows = {int(v): i for i, v in enumerate(self.meta.records.view(np.int64))}
+        cols = {int(v): i for i, v in enumerate(self.meta.leads.view(np.int64))} \
+            if self.meta.leads is not None else {}
+        point = STATION in plan.layout.coords
+        units: dict[int, list[int]] = {}  # data chunk along the record dim -> its records
+        for ns in sorted(plan.commit, key=lambda x: rows[x]):
+            unit = rows[ns] // POINT_RECORDS_PER_CHUNK if point else rows[ns]
+            units.setdefault(unit, []).append(ns)
+        per_block = sm.META_RECORDS_PER_CHUNK // (POINT_RECORDS_PER_CHUNK if point else 1)
+        blocks: dict[int, list[int]] = {}
+        for unit in units:
+            blocks.setdefault(unit // per_block, []).append(unit)
+        arrays = {name: group[name] for name in plan.layout.variables}
+        writers = {name: tpl.ChunkWriter.for_array(arr, root=self.root, faults=self.faults,
+                                                   tmp_dir=self.root / tpl.TMP_DIR)
+                   for name, arr in arrays.items()}
+        positions = [{int(v): i for i, v in enumerate(item.records)} for item in plan.items]
+        nbytes = nfields = 0
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            jobs = {u: self._submit_unit(pool, plan, arrays, writers, ns_list, positions, rows,
+                                         cols, rec, point)
+                    for u, ns_list in units.items()}
+            try:
+                for block_units in blocks.values():
+                    commits, block_rows = [], []
+                    for unit in block_units:
+                        for job, commit in jobs[unit]:
                             nbytes += job.result()
-                            self._fault_point()
-                        self._commit(k, [st for st, _ in plan.providers[k]], rec,
-                                     reader=reader)
-                        if progress is not None:
-                            progress(k)
-                except BaseException:
-                    for record_jobs in jobs:
-                        for job in record_jobs:
-                            job.cancel()
-                    raise
-        finally:
-            cfg.__exit__(None, None, None)
-            ctx.__exit__(None, None, None)
-        return AppendResult(store=str(self.root), kind=plan.kind,
-                            added=tuple(k for k in keys if k not in repaired),
-                            repaired=repaired, skipped=tuple(sorted(plan.skipped)),
-                            bytes_written=nbytes)
+                            commits.append(commit)
+                        block_rows.extend(rows[ns] for ns in units[unit])
+                    nfields += self._commit_unit(group, commits, block_rows)
+                    if progress is not None:
+                        for unit in block_units:
+                            for ns in units[unit]:
+                                progress(keys[ns])
+            except BaseException:
+                for unit_jobs in jobs.values():
+                    for job, _ in unit_jobs:
+                        job.cancel()
+                raise
+        shutil.rmtree(self.root / tpl.TMP_DIR, ignore_errors=True)
+        return nbytes, nfields
 
-    def _create(self, reference: xr.Dataset, values: list[np.datetime64], *, reader: str) -> None:
-        """Write the empty template: coordinates through xarray (its CF time encoding), the
-        data arrays straight through zarr (no dask graph: 2-4x faster), then the enspp
-        attributes that make it a store."""
-        import zarr
+    def _submit_unit(self, pool: ThreadPoolExecutor, plan: _Plan, arrays: Mapping[str, Any],
+                     writers: Mapping[str, tpl.ChunkWriter | None], ns_list: list[int],
+                     positions: list[dict[int, int]], rows: Mapping[int, int],
+                     cols: Mapping[int, int], rec: str, point: bool
+                     ) -> list[tuple[Future[int], tuple[str, np.ndarray, int | None, int]]]:
+        """Queue the data writes of one unit; each job comes with what its commit records:
+        ``(variable, store rows, store lead column or None, source id)``."""
+        out = []
+        for index in sorted({i for ns in ns_list for i in plan.by_record.get(ns, [])}):
+            item = plan.items[index]
+            ident = sm.source_id(item.staged.sources[0].sha256) if item.staged.sources else 1
+            mine = np.array(sorted(positions[index][ns] for ns in ns_list
+                                   if ns in positions[index]), dtype=np.int64)
+            for var, mask in item.write.items():
+                da = item.staged.ds[var]
+                arr = arrays[var]
+                lead_axis = item.leads is not None and LEAD_TIME in da.dims
+                for j in range(len(item.leads) if lead_axis else 1):
+                    sel = mask[mine, j] if lead_axis else mask[mine]
+                    idx = mine[sel]
+                    if not len(idx):
+                        continue
+                    store_rows = np.array([rows[int(item.records[i])] for i in idx])
+                    col = cols[int(item.leads[j])] if lead_axis else None
+                    jj = j if lead_axis else None
+                    if point:
+                        job = pool.submit(_write_block, arr, da, rec, idx, store_rows, jj, col)
+                        out.append((job, (var, store_rows, col, ident)))
+                        continue
+                    for i, row in zip(idx, store_rows):
+                        job = pool.submit(_write_field, arr, writers[var], da, rec, int(i),
+                                          int(row), jj, col)
+                        out.append((job, (var, np.array([row]), col, ident)))
+        return out
 
-        rec = record_dim(str(self.kind))
-        per_chunk = record_chunk(reference)
-        coords = {k: v for k, v in reference.coords.items() if rec not in v.dims}
-        coords[rec] = np.array(values, dtype="datetime64[ns]")
-        encoding: dict[str, dict[str, Any]] = {
-            rec: {"units": "seconds since 1970-01-01", "dtype": "int64", "chunks": (4096,)}}
-        xr.Dataset(coords=coords).to_zarr(self.root, mode="w", compute=True, consolidated=False,
-                                           zarr_format=3, encoding=encoding)
-        group = zarr.open_group(self.root, mode="r+", use_consolidated=False)
-        for name, var in reference.data_vars.items():
-            chunks = tuple(per_chunk if d == rec else 1 if d == "lead_time" else var.sizes[d]
-                           for d in var.dims)
-            shape = tuple(len(values) if d == rec else var.sizes[d] for d in var.dims)
-            group.create_array(str(name), shape=shape, chunks=chunks, dtype=np.float32,
-                               compressors=[_compressor()], fill_value=np.float32(np.nan),
-                               dimension_names=tuple(map(str, var.dims)),
-                               attributes={**var.attrs, "_FillValue": _NAN_FILL_ATTR})
-        zarr.consolidate_metadata(self.root)
-        # the enspp attributes last: until they are there, a re-run starts the store afresh
-        self._set_attrs({KIND_ATTR: self.kind, SCHEMA_ATTR: SCHEMA_VERSION,
-                         PROVENANCE_ATTR: prov.new_provenance(reader=reader), COMPLETE_ATTR: []})
-        self.exists = True
-        self.attrs = read_root_attrs(self.root) or {}
-
-    def _extend(self, values: list[np.datetime64], rec: str) -> None:
-        import zarr
-
-        group = zarr.open_group(self.root, mode="r+", use_consolidated=False)
-        n_old = group[rec].shape[0]
-        n_new = n_old + len(values)
-        for _, arr in group.arrays():
-            dims = arr.metadata.dimension_names or ()
-            if dims and dims[0] == rec:
-                arr.resize((n_new, *arr.shape[1:]))
-        seconds = (np.array(values, dtype="datetime64[s]")
-                   - np.datetime64(0, "s")).astype(np.int64)
-        group[rec][n_old:n_new] = seconds
-        self._fault_point()
-        zarr.consolidate_metadata(self.root)  # commit the new template in one file replace
-
-    def _submit_record(self, arrays: dict[str, Any], writers: dict[str, _ChunkWriter | None],
-                       pool: ThreadPoolExecutor, plan: _Plan, key: str, index: int, rec: str
-                       ) -> list[Future[int]]:
-        """Queue the writes of record ``key`` (at ``index``), one job per store chunk: lazily
-        decoded inputs are decoded in the pool's threads, chunk by chunk."""
-        jobs = []
-        for staged, names in plan.providers[key]:
-            position = int(np.flatnonzero(staged.ds[rec].values == plan.values[key])[0])
-            sub = staged.ds.isel({rec: slice(position, position + 1)})  # a view, no copy
-            for name in names:
-                array, var = arrays[name], sub[name].variable
-                step = array.chunks[1] if var.ndim > 1 else 0
-                starts = range(0, var.shape[1], step) if 0 < step < var.shape[1] else [None]
-                jobs.extend(pool.submit(_put, array, index, var, start, step, writers[name])
-                            for start in starts)
-        return jobs
-
-    def _commit(self, key: str, staged: list[Staged], rec: str, *, reader: str) -> None:
-        """Mark ``key`` complete and record its sources, in one atomic root-file replace."""
-        done = sorted(set(self.attrs[COMPLETE_ATTR]) | {key})
-        holders = [(src, [record_key(v) for v in st.ds[rec].values])
-                   for st in staged for src in st.sources]
-        provenance = prov.with_sources(self.attrs[PROVENANCE_ATTR], holders, reader=reader)
-        self._set_attrs({COMPLETE_ATTR: done, PROVENANCE_ATTR: provenance})
-
-    def _set_attrs(self, update: dict[str, Any]) -> None:
-        import zarr
-
-        group = zarr.open_group(self.root, mode="r+", use_consolidated=True)
-        group.attrs.update(update)  # rewrites the root zarr.json (with consolidated metadata)
-        self.attrs = {**self.attrs, **update}
-
-    def _fault_point(self) -> None:
-        self._writes += 1
-        limit = os.environ.get(FAULT_ENV)
-        if limit and self._writes >= int(limit):
-            os.kill(os.getpid(), signal.SIGKILL)
+    def _commit_unit(self, group: Any, commits: list[tuple[str, np.ndarray, int | None, int]],
+                     rows: list[int]) -> int:
+        """Source ids, then ``present`` flags of the block's fields, then its records'
+        ``complete`` flags: each a chunk replaced atomically (the block lies in one chunk)."""
+        lo, hi = min(rows), max(rows) + 1
+        by_var: dict[str, list[tuple[np.ndarray, int | None, int]]] = {}
+        for var, store_rows, col, ident in commits:
+            by_var.setdefault(var, []).append((store_rows, col, ident))
+        staged = {}
+        for var, entries in by_var.items():
+            src = np.asarray(group[f"{sm.SOURCE}/{var}"][lo:hi])
+            pres = np.asarray(group[f"{sm.PRESENT}/{var}"][lo:hi])
+            for store_rows, col, ident in entries:
+                r = store_rows - lo
+                if col is None:
+                    src[r], pres[r] = ident, 1
+                else:
+                    src[r, col], pres[r, col] = ident, 1
+            staged[var] = (src, pres)
+        for var, (src, _) in staged.items():
+            group[f"{sm.SOURCE}/{var}"][lo:hi] = src
+        for var, (_, pres) in staged.items():
+            group[f"{sm.PRESENT}/{var}"][lo:hi] = pres
+        complete = np.asarray(group[sm.COMPLETE][lo:hi])
+        complete[np.array(rows) - lo] = 1
+        group[sm.COMPLETE][lo:hi] = complete
+        return len(commits)
 
 
-def _put(array: Any, index: int, var: xr.Variable, start: int | None, step: int,
-         chunk_writer: _ChunkWriter | None) -> int:
-    """Write record ``index`` of ``var`` (whole, or its chunk ``start:start + step`` along the
-    second axis; a whole chunk through ``chunk_writer`` when there is one)."""
-    if start is None:
-        block = np.ascontiguousarray(var.values, dtype=np.float32)
-        array[index:index + 1] = block
-        return int(block.nbytes)
-    block = np.ascontiguousarray(var[:, start:start + step].values, dtype=np.float32)
-    if chunk_writer is not None and chunk_writer.fits(block):
-        chunk_writer.write(block, index, start // step)
-    else:  # a partial edge chunk, or codecs this writer does not encode: zarr's own write
-        array[index:index + 1, start:start + step] = block
+def _write_field(array: Any, writer: tpl.ChunkWriter | None, da: xr.DataArray, rec: str,
+                 i: int, row: int, j: int | None, col: int | None) -> int:
+    """One field (record ``i``, lead ``j`` of the input) into its chunk (``row``, ``col``)."""
+    sel: dict[str, Any] = {rec: slice(i, i + 1)}
+    if j is not None:
+        sel[LEAD_TIME] = slice(j, j + 1)
+    block = np.ascontiguousarray(da.isel(sel).values, dtype=np.float32)
+    if col is None:
+        if writer is not None and writer.fits(block):
+            writer.write(block, row, 0)
+        else:
+            array[row:row + 1] = block
+    elif writer is not None and writer.fits(block):
+        writer.write(block, row, col)
+    else:
+        array[row:row + 1, col:col + 1] = block
     return int(block.nbytes)
 
 
-class _ChunkWriter:
-    """Writes whole chunks of one zarr array whose codecs are the store's own (little-endian
-    bytes + Blosc) and whose chunks are one record by one step of the second axis by all the
-    rest: each chunk is encoded here and handed to the zarr store.
-
-    Why: zarr's ``Array.__setitem__`` spends as long again as the encode itself on a full
-    5-MB chunk (selection planning, an extra copy, hops between its event loop and worker
-    threads); this is the same encode (numcodecs' Blosc configured exactly as zarr's
-    ``BloscCodec`` configures it, so the stored bytes are identical, which the tests check)
-    and the same ``store.set``.  The ingest is the store's only writer (it holds the lock),
-    so a whole-chunk write without read-modify-write is what zarr would do too."""
-
-    def __init__(self, array: Any, encoder: Any) -> None:
-        self.array, self.encoder = array, encoder
-        self.chunk_shape = (1, array.chunks[1], *array.shape[2:])
-
-    @classmethod
-    def for_array(cls, array: Any) -> _ChunkWriter | None:
-        """A writer for ``array``, or None when its codecs or chunks are not the above."""
-        from zarr.codecs import BloscCodec, BytesCodec
-
-        codecs = getattr(array.metadata, "codecs", ())
-        if (len(codecs) != 2 or not isinstance(codecs[0], BytesCodec)
-                or not isinstance(codecs[1], BloscCodec)
-                or str(getattr(codecs[0].endian, "value", codecs[0].endian)) != "little"
-                or np.dtype(array.dtype) != np.dtype("<f4") or len(array.shape) < 2
-                or array.chunks[0] != 1 or tuple(array.chunks[2:]) != tuple(array.shape[2:])):
-            return None
-        return cls(array, _blosc_like(codecs[1]))
-
-    def fits(self, block: np.ndarray) -> bool:
-        return block.shape == self.chunk_shape and block.dtype == np.dtype("<f4")
-
-    def write(self, block: np.ndarray, index: int, chunk: int) -> None:
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
-        from zarr.storage import LocalStore
-
-        data = self.encoder.encode(block.reshape(-1).view(np.uint8))
-        key = self.array.metadata.encode_chunk_key((index, chunk) + (0,) * (block.ndim - 2))
-        path = f"{self.array.path}/{key}" if self.array.path else key
-        store = self.array.store_path.store
-        if isinstance(store, LocalStore):
-            # what LocalStore.set does (a temporary file renamed over the chunk), here in the
-            # calling thread instead of two thread hops away (the event loop, then the
-            # loop's executor): those hops took as long as the encode and the write together
-            _write_file_atomic(Path(store.root) / path, data)
-            return
-        buffer = default_buffer_prototype().buffer.from_bytes(data)
-        sync(store.set(path, buffer))
+def _write_block(array: Any, da: xr.DataArray, rec: str, idx: np.ndarray, rows: np.ndarray,
+                 j: int | None, col: int | None) -> int:
+    """Records ``idx`` of the input (one lead ``j``) into rows ``rows`` of a point store (one
+    chunk: zarr reads, modifies and replaces it)."""
+    sel: dict[str, Any] = {rec: idx}
+    if j is not None:
+        sel[LEAD_TIME] = [j]
+    block = np.ascontiguousarray(da.isel(sel).values, dtype=np.float32)
+    if col is None:
+        array.oindex[(rows,)] = block
+    else:
+        array.oindex[(rows, [col])] = block
+    return int(block.nbytes)
 
 
-def _write_file_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory: a reader (or
-    a crash) sees the old chunk or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(memoryview(data))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _field_sets(item: _Item, rec: str) -> dict[str, sm.FieldSet]:
+    """What the input provides, per variable, for the provenance log."""
+    keys = prov.record_keys(item.records.view("datetime64[ns]"))
+    leads = None if item.leads is None else tuple(sm.lead_seconds(item.leads.view("timedelta64[ns]")))
+    out = {}
+    for var, present in item.staged.present.items():
+        rows = np.flatnonzero(present.any(axis=1) if present.ndim == 2 else present)
+        if not len(rows):
+            continue
+        if present.ndim == 2 and leads is not None:
+            sub = present[rows]
+            absent = tuple((int(a), int(b)) for a, b in np.argwhere(~sub))
+            out[var] = sm.FieldSet(records=tuple(keys[r] for r in rows), leads=leads, absent=absent)
+        else:
+            out[var] = sm.FieldSet(records=tuple(keys[r] for r in rows), leads=None)
+    return out
 
 
-def _blosc_like(codec: Any) -> Any:
-    """numcodecs' Blosc with the settings zarr's ``BloscCodec`` gives it (typesize included)."""
-    import numcodecs
-
-    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(codec.shuffle.value)]
-    return numcodecs.Blosc(cname=codec.cname.name, clevel=codec.clevel, shuffle=shuffle,
-                           blocksize=codec.blocksize, typesize=codec.typesize)
+def _hours(ns: int | np.integer) -> str:
+    return f"{int(ns) / 3.6e12:g}"
 
 
-def _decode_times(raw: np.ndarray, attrs: Any) -> np.ndarray:
-    units = str(attrs.get("units", ""))
-    if units != "seconds since 1970-01-01":
-        raise StoreError(f"record coordinate has units {units!r}; expected "
-                         f"'seconds since 1970-01-01'")
-    return (np.datetime64(0, "s") + raw.astype("timedelta64[s]")).astype("datetime64[ns]")
+# -- layout checks ------------------------------------------------------------------------
+
+_DIM_WHAT = {"latitude": "grids (latitude)", "longitude": "grids (longitude)",
+             "member": "members", "level": "levels (hPa)", "station": "stations"}
 
 
-def _names(attrs: dict[str, Any], shas: set[str]) -> str:
-    names = [s.get("name", s["sha256"][:12]) for s in attrs[PROVENANCE_ATTR].get("sources", [])
-             if s["sha256"] in shas]
-    return ", ".join(names) or "unrecorded source"
+@dataclass
+class _Changes:
+    coords: dict[str, xr.DataArray] = field(default_factory=dict)
+    aux: dict[str, xr.DataArray] = field(default_factory=dict)
+    variables: dict[str, _Var] = field(default_factory=dict)
 
 
-def _check_nan_lazy(ds: xr.Dataset, *, name: str) -> None:
-    """The NaN policy for dask-backed data (data.schema checks numpy-backed data itself)."""
-    from enspp.data.schema import SchemaError, _is_dask
+def _check_layout(layout: _Layout, st: Staged, *, rec: str) -> _Changes:
+    """Raise :class:`StoreMismatchError` naming both sides when ``st`` does not fit
+    ``layout``; return what ``st`` adds (coordinates, variables)."""
+    ds = st.ds
+    changes = _Changes()
+    for dim in ds.dims:
+        if dim in (rec, LEAD_TIME):
+            continue
+        mine = np.asarray(ds[dim].values)
+        theirs = layout.coords.get(str(dim))
+        if theirs is None:
+            changes.coords[str(dim)] = xr.DataArray(mine, dims=(str(dim),),
+                                                    attrs=dict(ds[dim].attrs))
+            continue
+        if not _same(mine, theirs):
+            _fail(st.name, layout.owners.get(str(dim), "the store"),
+                  _DIM_WHAT.get(str(dim), f"{dim!r} coordinates"), _describe(mine),
+                  _describe(theirs))
+    for name, coord in ds.coords.items():
+        if name in ds.dims or rec in coord.dims:
+            continue
+        theirs_aux = layout.aux.get(str(name))
+        if theirs_aux is None:
+            changes.aux[str(name)] = xr.DataArray(np.asarray(coord.values), dims=coord.dims,
+                                                  attrs=dict(coord.attrs))
+        elif not _same(np.asarray(coord.values), np.asarray(theirs_aux.values)):
+            _fail(st.name, layout.owners.get(str(name), "the store"), f"coordinate {name!r}",
+                  _describe(np.asarray(coord.values)), _describe(np.asarray(theirs_aux.values)))
+    for name, da in ds.data_vars.items():
+        units = normalise_units(str(da.attrs.get("units", "")))
+        known = layout.variables.get(str(name))
+        if known is None:
+            changes.variables[str(name)] = _Var(dims=tuple(map(str, da.dims)), units=units,
+                                                attrs=dict(da.attrs), owner=st.name)
+            continue
+        if tuple(map(str, da.dims)) != known.dims:
+            _fail(st.name, known.owner, f"dims of {name!r}", str(tuple(map(str, da.dims))),
+                  str(known.dims))
+        if units != known.units:
+            _fail(st.name, known.owner, f"units of {name!r}", units, known.units)
+    return changes
 
-    for v, da_ in ds.data_vars.items():
-        if _is_dask(da_) and bool(da_.isnull().any().compute()):
-            raise SchemaError(f"{name}: variable {v!r} holds NaN values")
 
+def _apply_layout(plan: _Plan, changes: _Changes, owner: str) -> None:
+    lay = plan.layout
+    for name, da in changes.coords.items():
+        lay.coords[name] = np.asarray(da.values)
+        lay.coord_vars[name] = da
+        lay.owners[name] = owner
+    for name, da in changes.aux.items():
+        lay.aux[name] = da
+        lay.owners[name] = owner
+    lay.variables.update(changes.variables)
+    if not plan.reference_name:
+        plan.reference_name = owner
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind == "f" and b.dtype.kind in "fiu":
+        return bool(np.allclose(a, b, rtol=0, atol=1e-6))
+    if a.dtype.kind in "iu" and b.dtype.kind == "f":
+        return bool(np.allclose(a, b, rtol=0, atol=1e-6))
+    return bool(np.array_equal(a.astype(str) if a.dtype.kind in "OUT" else a,
+                               b.astype(str) if b.dtype.kind in "OUT" else b))
+
+
+def _fail(name: str, ref: str, what: str, mine: str, theirs: str) -> None:
+    raise StoreMismatchError(f"{name} does not match {ref}: {what} differ ({name}: {mine}; "
+                             f"{ref}: {theirs})")
+
+
+def _describe(values: np.ndarray) -> str:
+    if values.size == 0:
+        return "none"
+    if values.dtype.kind == "m":
+        hours = (values / np.timedelta64(1, "h")).astype(float)
+        return f"{values.size} values {_fmt(hours[0])}..{_fmt(hours[-1])} h"
+    return f"{values.size} values {_fmt(values[0])}..{_fmt(values[-1])}"
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, (float, np.floating)) else str(x)
+
+
+def _copy_layout(layout: _Layout) -> _Layout:
+    return _Layout(coords=dict(layout.coords), coord_vars=dict(layout.coord_vars),
+                   aux=dict(layout.aux), owners=dict(layout.owners),
+                   variables=dict(layout.variables), leads=list(layout.leads))
+
+
+# -- entry points -------------------------------------------------------------------------
 
 @contextmanager
 def open_writer(store: str | os.PathLike[str], *, kind: Kind | None = None,
                 lock_timeout: float | None = 300.0,
-                on_wait: Callable[[str], None] | None = None) -> Iterator[StoreWriter]:
+                on_wait: Callable[[str], None] | None = None,
+                allow_mixed_centres: bool = False) -> Iterator[StoreWriter]:
     """Lock ``store`` (the lock file lies beside it), recover it, and yield a
     :class:`StoreWriter`; the store itself is created by the first write."""
     root = Path(store)
     if root.exists() and not root.is_dir():
         raise StoreError(f"store path {root} exists and is not a directory")
+    if root.exists() and not os.access(root, os.W_OK):
+        raise StoreError(f"store {root}: the store's directory is not writable")
     with store_lock(root, timeout=lock_timeout, on_wait=on_wait):
-        yield StoreWriter(root, kind=kind)
+        yield StoreWriter(root, kind=kind, allow_mixed_centres=allow_mixed_centres)
 
 
 def append(store_path: str | os.PathLike[str], ds: xr.Dataset, *,
            sources: Sequence[str | os.PathLike[str] | SourceFile] = (),
            kind: Kind | None = None, allow_nan: bool = False,
-           lock_timeout: float | None = 300.0) -> AppendResult:
-    """Append the records of ``ds`` to the store (created if missing).
+           lock_timeout: float | None = 300.0,
+           bounds: Mapping[str, Bounds | None] | None = None,
+           allow_mixed_centres: bool = False) -> AppendResult:
+    """Append the records (and fields) of ``ds`` to the store (created if missing).
 
-    ``sources``: the files ``ds`` was read from (checksummed into the provenance; an empty
-    list records the checksum of ``ds`` itself).  Idempotent: records already complete from
-    the same bytes are skipped and the store is not touched.  ``ds`` is validated
-    (``data.schema.validate``, NaN is an error unless ``allow_nan``) and checked against the
-    store before anything is written; a mismatch raises naming both sides.
+    ``sources``: the files ``ds`` was read from (checksummed into the provenance log; an
+    empty list records the checksum of ``ds`` itself).  Idempotent: fields already in the
+    store from the same bytes are skipped and the store is not touched.  ``ds`` is validated
+    (``data.schema.validate``; NaN inside a field is an error unless ``allow_nan``, a field
+    that is NaN everywhere is recorded as absent; values outside ``bounds``, by default
+    :data:`data.field_checks.DEFAULT_BOUNDS`, are refused) and checked against the store
+    before anything is written; a mismatch raises naming both sides.
     """
     srcs = tuple(s if isinstance(s, SourceFile) else prov.source_file(s) for s in sources)
     if not srcs:
         srcs = (prov.dataset_source(ds),)
     name = ", ".join(s.name for s in srcs)
-    with open_writer(store_path, kind=kind, lock_timeout=lock_timeout) as writer:
-        staged = writer.prepare(ds, name=name, sources=srcs, allow_nan=allow_nan)
+    with open_writer(store_path, kind=kind, lock_timeout=lock_timeout,
+                     allow_mixed_centres=allow_mixed_centres) as writer:
+        staged = writer.prepare(ds, name=name, sources=srcs, allow_nan=allow_nan, bounds=bounds)
         plan = writer.plan([staged])
-        return writer.write(plan, reader=reader_version())
+        return writer.write(plan, reader=reader_version(),
+                            on_note=lambda m: print(m, file=sys.stderr))
 
 
 def reader_version() -> str:

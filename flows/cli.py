@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("enspp.flows.commands.synth", "write the synthetic ENS-like world (GRIB + oracle)"),
     "ingest": ("enspp.flows.commands.ingest", "ingest GRIB/NetCDF/Zarr files into a versioned store"),
     "validate": ("enspp.flows.commands.validate", "check a config file or a store against the model"),
+    "inspect": ("enspp.flows.commands.inspect", "show what a store holds (variables, records, absent fields, provenance)"),
     "train": ("enspp.flows.commands.train", "train a post-processing model"),
     "predict": ("enspp.flows.commands.predict", "post-process forecasts with a trained model"),
     "evaluate": ("enspp.flows.commands.evaluate", "score systems, write reports and the dashboard"),
@@ -55,6 +56,8 @@ def _quiet_libraries() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
+                            category=UserWarning)  # a store's provenance log folder
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda"):

@@ -68,6 +68,22 @@ class DataConfig(BaseModel):
     allow_nan: bool = False
     #: seconds an ingest waits for another one holding the store's lock
     lock_timeout: float = Field(300.0, ge=0)
+    #: plausible ranges per variable, overriding the defaults of ``data.field_checks``
+    #: (``t2m: [200, 330]`` in the variable's units; ``null`` for an open end; a variable set to
+    #: ``null`` is not checked); values outside refuse the file at ingest
+    bounds: dict[str, tuple[float | None, float | None] | None] = Field(default_factory=dict)
+    #: accept inputs from several originating centres (GRIB ``centre``) in one store
+    allow_mixed_centres: bool = False
+
+    @field_validator("bounds")
+    @classmethod
+    def _bounds(cls, v: dict[str, tuple[float | None, float | None] | None]
+                ) -> dict[str, tuple[float | None, float | None] | None]:
+        for name, pair in v.items():
+            if pair is not None and None not in pair and pair[0] >= pair[1]:  # type: ignore[operator]
+                raise ValueError(f"bounds of {name!r}: the lower bound {pair[0]} is not below "
+                                 f"the upper bound {pair[1]}")
+        return v
 
 
 def _check_cron(expr: str) -> str:

@@ -60,7 +60,8 @@ def _failures(futures: list[tuple[str, Any]]) -> list[str]:
 # ------------------------------------------------------------------ ingest
 @flow(name="ingest-batches")
 def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
-                    lock_timeout: float = 300.0) -> list[str]:
+                    lock_timeout: float = 300.0, bounds: dict[str, Any] | None = None,
+                    allow_mixed_centres: bool = False) -> list[str]:
     # one store's batches run one after the other (its lock would serialise them anyway) and
     # a failed batch does not stop the next; the stores' batches are submitted in turn, so
     # the forecast and analysis stores fill in parallel
@@ -71,7 +72,9 @@ def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
     for job, files in order:
         store = job["store"]
         fut = ingest_files.submit(files, store, kind=job["kind"], allow_nan=allow_nan,
-                                  lock_timeout=lock_timeout, store_name=Path(store).name,
+                                  lock_timeout=lock_timeout, bounds=bounds,
+                                  allow_mixed_centres=allow_mixed_centres,
+                                  store_name=Path(store).name,
                                   first=Path(files[0]).name, n_more=len(files) - 1,
                                   wait_for=[allow_failure(prev[store])] if store in prev else [])
         futures.append((f"{Path(store).name} <- {', '.join(files)}", fut))
@@ -111,7 +114,8 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
                          "batches": _chunks(new, cfg.data.files_per_task)})
     if jobs:
         runner = _ingest_batches.with_options(task_runner=make_task_runner(cfg.deploy))
-        bad = runner(jobs, allow_nan=cfg.data.allow_nan, lock_timeout=cfg.data.lock_timeout)
+        bad = runner(jobs, allow_nan=cfg.data.allow_nan, lock_timeout=cfg.data.lock_timeout,
+                     bounds=dict(cfg.data.bounds), allow_mixed_centres=cfg.data.allow_mixed_centres)
         if bad:
             raise FlowFailedError(f"ingest: {len(bad)} task(s) failed (the other files landed): "
                                   + " | ".join(bad))

@@ -62,9 +62,8 @@ def new_files(paths: Sequence[str], store: str | Path) -> tuple[list[str], list[
     ``data.ingest.collect_inputs``) not yet fully in ``store``, and those already in it
     (same SHA-256, all their records complete).  Missing paths are kept as new, so their
     task fails with a clear message."""
-    from enspp.data import provenance as prov
     from enspp.data.ingest import collect_inputs
-    from enspp.data.store import COMPLETE_ATTR, PROVENANCE_ATTR, read_root_attrs
+    from enspp.data.store import already_ingested
 
     files: list[Path] = []
     for p in paths:
@@ -72,23 +71,18 @@ def new_files(paths: Sequence[str], store: str | Path) -> tuple[list[str], list[
             files.extend(collect_inputs([p]))
         except FileNotFoundError:
             files.append(Path(p))
-    attrs = read_root_attrs(store) or {}
-    complete = set(attrs.get(COMPLETE_ATTR, []))
-    provenance = attrs.get(PROVENANCE_ATTR, {})
-    new, done = [], []
-    for f in dict.fromkeys(files):
-        if f.is_file() and complete:
-            records = prov.recorded_records(provenance, prov.sha256_file(f))
-            if records is not None and set(records) <= complete:
-                done.append(str(f))
-                continue
-        new.append(str(f))
+    unique = list(dict.fromkeys(files))
+    present = [f for f in unique if f.exists()]
+    known = dict(zip(present, already_ingested(store, present)))
+    new = [str(f) for f in unique if not known.get(f, False)]
+    done = [str(f) for f in unique if known.get(f, False)]
     return new, done
 
 
 @task(name="ingest-files", task_run_name="ingest {store_name}: {first}+{n_more}", **IO_RETRY)
 def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = False,
-                 lock_timeout: float = 300.0, store_name: str = "", first: str = "",
+                 lock_timeout: float = 300.0, bounds: dict[str, Any] | None = None,
+                 allow_mixed_centres: bool = False, store_name: str = "", first: str = "",
                  n_more: int = 0) -> dict[str, Any]:
     """Ingest ``files`` into ``store``: the good ones land even when others are refused; then
     fails naming the refused files (:class:`IngestFilesError`, not retried).  A missing file
@@ -104,7 +98,8 @@ def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = F
         # own lock file lives inside the store, which creating the store rewrites
         with store_lock(_lock_dir(store), timeout=lock_timeout):
             summary = ingest(present, store, kind=kind, progress=False,  # type: ignore[arg-type]
-                             on_error="skip", allow_nan=allow_nan, lock_timeout=lock_timeout)
+                             on_error="skip", allow_nan=allow_nan, lock_timeout=lock_timeout,
+                             bounds=bounds, allow_mixed_centres=allow_mixed_centres)
         get_run_logger().info(summary.line())
     if missing:
         raise FileNotFoundError(f"{len(missing)} input file(s) not found: {', '.join(missing)}"

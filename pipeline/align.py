@@ -3,7 +3,7 @@ with the analysis at its valid time (missing analyses drop samples and are repor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,9 @@ class Alignment:
     valid_times: np.ndarray
     #: init times dropped because the analysis at their valid time is missing
     dropped: np.ndarray
+    #: init times dropped because a field they need (an input variable at an input lead
+    #: time, or the target in the analysis) is absent from the store: skipped, never filled
+    absent: np.ndarray = field(default_factory=lambda: np.array([], dtype="datetime64[ns]"))
 
     @property
     def n_dropped(self) -> int:
@@ -138,12 +141,22 @@ class Alignment:
             more = f" and {self.n_dropped - 5} more" if self.n_dropped > 5 else ""
             msg += (f"; {self.n_dropped} dropped for want of an analysis at the valid time "
                     f"(init times {shown}{more})")
+        if len(self.absent):
+            shown = ", ".join(str(pd.Timestamp(t)) for t in self.absent[:5])
+            more = f" and {len(self.absent) - 5} more" if len(self.absent) > 5 else ""
+            msg += (f"; {len(self.absent)} skipped because a field they need is absent from the "
+                    f"stores (init times {shown}{more})")
         return msg
 
 
 def align(forecast: xr.Dataset, analysis: xr.Dataset, *, lead_time: np.timedelta64,
-          input_lead_times: tuple[np.timedelta64, ...] = ()) -> Alignment:
-    """Pair every forecast init time with the analysis at its valid time (no filling)."""
+          input_lead_times: tuple[np.timedelta64, ...] = (), variables: tuple[str, ...] = (),
+          targets: tuple[str, ...] = ()) -> Alignment:
+    """Pair every forecast init time with the analysis at its valid time (no filling).
+
+    With ``variables``/``targets``, an init time whose input fields (each variable at the
+    target and input lead times) or target analysis are absent from the stores
+    (``data.store.present_fields``) is skipped and counted in ``Alignment.absent``."""
     for dim, ds, name in ((INIT_TIME, forecast, "forecast"), (LEAD_TIME, forecast, "forecast"),
                           (MEMBER, forecast, "forecast"), (TIME, analysis, "analysis")):
         if dim not in ds.dims:
@@ -157,5 +170,30 @@ def align(forecast: xr.Dataset, analysis: xr.Dataset, *, lead_time: np.timedelta
     inits = forecast[INIT_TIME].values.astype("datetime64[ns]")
     valid = inits + np.timedelta64(lead_time, "ns")
     have = np.isin(valid, analysis[TIME].values.astype("datetime64[ns]"))
-    return Alignment(lead_time=np.timedelta64(lead_time, "ns"), init_times=inits[have],
-                     valid_times=valid[have], dropped=inits[~have])
+    complete = np.ones(len(inits), dtype=bool)
+    if variables or targets:
+        complete = _fields_present(forecast, analysis, inits, valid,
+                                   (lead_time, *input_lead_times), variables, targets)
+    keep = have & complete
+    return Alignment(lead_time=np.timedelta64(lead_time, "ns"), init_times=inits[keep],
+                     valid_times=valid[keep], dropped=inits[~have],
+                     absent=inits[have & ~complete])
+
+
+def _fields_present(forecast: xr.Dataset, analysis: xr.Dataset, inits: np.ndarray,
+                    valid: np.ndarray, leads: tuple, variables: tuple[str, ...],
+                    targets: tuple[str, ...]) -> np.ndarray:
+    """Per init time: every needed input field and target analysis is present."""
+    from enspp.data.store import field_present, present_fields
+
+    ok = np.ones(len(inits), dtype=bool)
+    fp = present_fields(forecast)
+    lead_values = [np.timedelta64(x, "ns") for x in leads]
+    for name in variables:
+        p = field_present(fp, name).sel(init_time=inits, lead_time=lead_values)
+        ok &= p.all(LEAD_TIME).values
+    ap = present_fields(analysis)
+    for name in targets:
+        p = field_present(ap, name).reindex({TIME: valid}, fill_value=False)
+        ok &= p.values.astype(bool)
+    return ok

@@ -86,7 +86,8 @@ class EnsembleDataModule(L.LightningDataModule):
         lead = np.timedelta64(feats.target_lead_time, "h").astype("timedelta64[ns]")
         self.alignment: Alignment = align(
             fc, an, lead_time=lead,
-            input_lead_times=tuple(np.timedelta64(h, "h") for h in feats.input_lead_times))
+            input_lead_times=tuple(np.timedelta64(h, "h") for h in feats.input_lead_times),
+            variables=tuple(feats.variables), targets=tuple(feats.targets))
         log.info("alignment: %s", self.alignment.report())
         max_lead = np.timedelta64(max(self._leads), "h").astype("timedelta64[ns]")
         self.periods = resolve_periods(fc["init_time"].values, config=cfg.split,

@@ -20,7 +20,8 @@ from enspp.data.grib_writer import write_grib
 from enspp.data.ingest import IngestError, collect_inputs, ingest
 from enspp.data.ingest_grib import decode_grib, open_grib_lazy
 from enspp.data.readers import read_grib_eccodes
-from enspp.data.store import open_store
+from enspp.data.store import open_store, present_fields
+from enspp.data.store_meta import iter_sources, open_meta
 from enspp.data.store_writer import FAULT_ENV
 from enspp.flows.cli import main
 
@@ -59,8 +60,9 @@ def test_ingest_files_and_summary(tmp_path, files):
     out = open_store(store).compute()
     expected = xr.concat([decode_grib(f) for f in files], dim="init_time")
     xr.testing.assert_equal(out[["z", "t2m"]], expected[["z", "t2m"]])
-    sources = out.attrs["provenance"]["sources"]
-    assert [s["name"] for s in sources] == [f.name for f in files]
+    sources = sorted(iter_sources(store), key=lambda s: s.name)
+    assert [s.name for s in sources] == [f.name for f in files]
+    assert [s.centre for s in sources] == ["ecmf"] * 4
 
 
 def test_reingest_changes_nothing_and_says_so(tmp_path, files):
@@ -167,7 +169,6 @@ BAD = {
     "missing_members_in_one_init": (_missing_members, r"two_inits\.grib: missing members"),
     "fewer_members": (_fewer_members, r"does not match store .*: members differ"),
     "nan_points": (_nan_points, r"nan_points\.grib message 3 \(z, pf, init 2020-01-01T12:00, \+0 h, number 1\): \d+ missing \(NaN\) points"),
-    "nan_field": (_nan_field, r"nan_field\.grib: fields absent"),
     "unknown_units": (_unknown_units, r"unknown_units\.grib: variable 'sd' is in unknown units"),
     "duplicate_init_time": (_duplicate, r"init_time 2020-01-01T00:00:00 is already complete"),
 }
@@ -185,6 +186,18 @@ def test_bad_input_is_refused_and_store_unchanged(tmp_path, files, seeded, case,
     rc = main(["ingest", str(bad), "--store", str(store), "--quiet"])
     assert rc == 1 and re.search(pattern, capsys.readouterr().err)
     assert digest(store) == before
+
+
+def test_a_field_the_file_lacks_is_recorded_absent_not_nan(tmp_path, files, seeded):
+    store, _ = seeded
+    lacking = _nan_field(tmp_path, files[0])  # t2m at +24 h is not in the file
+    summary = ingest([lacking], store, progress=False)
+    assert len(summary.added) == 1 and summary.ok
+    present = present_fields(store).sel(init_time="2020-01-01T12")
+    assert present["t2m"].values.tolist() == [True, False]
+    assert present["z"].values.tolist() == [True, True]
+    out = open_store(store).sel(init_time="2020-01-01T12")
+    assert out["t2m"].isel(lead_time=1).isnull().all() and out["t2m"].isel(lead_time=0).notnull().all()
 
 
 def test_missing_points_become_nan_when_allowed(tmp_path, files):
@@ -328,8 +341,11 @@ def test_real_analysis_and_forecast_ingest(tmp_path, shared_data):
     out = open_store(tmp_path / "an.zarr").compute()
     xr.testing.assert_equal(out[["z", "t"]], read_grib_eccodes(eda)[["z", "t"]])
     storm = shared_data / "gridded" / "ecmwf_ens_stjude-storm_2013102500_10fg3_z850.grib"
-    with pytest.raises(IngestError, match="fields absent"):
-        ingest([storm], tmp_path / "fc.zarr", progress=False)
+    summary = ingest([storm], tmp_path / "fc.zarr", progress=False)  # gusts at 3 steps, z at 1
+    assert summary.variables == ("10fg3", "z") and summary.members == 51
+    present = present_fields(tmp_path / "fc.zarr").isel(init_time=0)
+    assert present["10fg3"].values.tolist() == [True, True, True]
+    assert present["z"].values.tolist() == [False, True, False]  # z850 only at +78 h
     fc = ingest([storm], tmp_path / "fc.zarr", progress=False, allow_nan=True)
     assert fc.members == 51 and fc.variables == ("10fg3", "z")
     gust = open_store(tmp_path / "fc.zarr")["10fg3"]
@@ -350,15 +366,13 @@ def _run_ingest(store: Path, files: list[Path], env: dict[str, str] | None = Non
 
 
 def _same_store(a: Path, b: Path) -> None:
+    """Two stores read the same: data, completion, field presence, and the sources."""
     xa, xb = open_store(a).compute(), open_store(b).compute()
     xr.testing.assert_identical(xa.drop_attrs(), xb.drop_attrs())
-    assert xa.attrs["enspp_complete"] == xb.attrs["enspp_complete"]
-    keep = ("name", "sha256", "bytes", "records")
-    strip = lambda x: sorted((tuple(s[k] for k in keep) for s in x.attrs["provenance"]["sources"]),  # noqa: E731
-                             key=str)
-    assert strip(xa) == strip(xb)
-    full = open_store(a, complete_only=False)
-    assert bool(full["complete"].all()), "a re-run must leave no unfinished init time"
+    xr.testing.assert_identical(present_fields(a), present_fields(b))
+    keep = lambda s: (s.name, s.sha256, s.size, tuple(s.records))  # noqa: E731
+    assert sorted(map(keep, iter_sources(a))) == sorted(map(keep, iter_sources(b)))
+    assert bool(open_meta(a).complete.all()), "a re-run must leave no unfinished init time"
 
 
 @pytest.mark.parametrize("kill_after", [1, 4])  # 1: before the template commit, 4: mid-data

@@ -17,7 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="land the good files and report the bad ones (default: a bad "
                              "file stops the whole batch before anything is written)")
     parser.add_argument("--allow-nan", action="store_true",
-                        help="accept NaN (missing) points in fields (default: an error)")
+                        help="accept NaN (missing) points inside fields (default: an error; a "
+                             "field an input does not provide is recorded as absent either way)")
+    parser.add_argument("--allow-mixed-centres", action="store_true",
+                        help="accept inputs from several originating centres in one store")
+    parser.add_argument("--config", default=None, metavar="CFG",
+                        help="enspp.yaml whose data section gives allow_nan, lock_timeout, "
+                             "bounds (plausible ranges per variable) and allow_mixed_centres")
     parser.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="wait this long for another ingest of the store (default 300)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -27,8 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from enspp.data.ingest import ingest
 
+    bounds, mixed, allow_nan = None, args.allow_mixed_centres, args.allow_nan
+    if args.config is not None:
+        from enspp.flows.config import load_config
+
+        data = load_config(args.config).data
+        bounds = dict(data.bounds)
+        mixed = mixed or data.allow_mixed_centres
+        allow_nan = allow_nan or data.allow_nan
     summary = ingest(args.paths, args.store, kind=args.kind, progress=not args.quiet,
-                     on_error="skip" if args.skip_bad else "raise", allow_nan=args.allow_nan,
-                     lock_timeout=args.lock_timeout)
+                     on_error="skip" if args.skip_bad else "raise", allow_nan=allow_nan,
+                     lock_timeout=args.lock_timeout, bounds=bounds, allow_mixed_centres=mixed)
     print(summary.line())
     return 0 if summary.ok else 1

@@ -21,6 +21,9 @@ HELP = "check a config file or a store against the model"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="STORE_OR_CONFIG",
                         help="a Zarr store directory or a YAML config file")
+    parser.add_argument("--deep", action="store_true",
+                        help="for a store: also decode every chunk that holds data and report "
+                             "corrupt, missing and inconsistent ones")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -52,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if target.is_dir():
         from enspp.data.store import validate_store
 
-        print(validate_store(target).summary())
-        return 0
+        report = validate_store(target, deep=args.deep)
+        print(report.summary())
+        return 0 if report.ok else 1
     if target.suffix.lower() not in (".yaml", ".yml"):
         raise UsageError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
     return validate_config(target)

@@ -1,0 +1,262 @@
+"""``enspp inspect STORE``: what a store holds, for people (text) and machines (JSON).
+
+Kind and schema version, dims and sizes, variables (units, levels, long names), the records
+(range, frequency, init times missing from the regular sequence, unfinished ones), absent
+fields per variable and lead time, members, the grid or stations, bytes on disk, and a
+summary of the provenance log (sources, centres, readers, when they were ingested).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from enspp.data.schema import (
+    ANALYSIS_DIM_ORDER,
+    FORECAST_DIM_ORDER,
+    LATITUDE,
+    LEAD_TIME,
+    LEVEL,
+    LONGITUDE,
+    MEMBER,
+    STATION,
+)
+from enspp.data.store import CENTRES_ATTR, StoreError, is_store, record_dim
+
+_SHOW = 5
+
+
+def inspect_store(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything ``enspp inspect`` reports, as a JSON-able dict."""
+    from enspp.data.store_meta import open_meta
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"store {root} does not exist")
+    if not is_store(root):
+        raise StoreError(f"{root} is not an enspp store (see `enspp validate {root}`)")
+    meta = open_meta(root)
+    rec = record_dim(meta.kind)
+    group = meta.group
+    done = meta.complete
+    complete = np.sort(meta.records[done])
+    info: dict[str, Any] = {
+        "path": str(root), "kind": meta.kind, "schema_version": meta.version,
+        "conventions": meta.attrs.get("Conventions"),
+        "centres": str(meta.attrs.get(CENTRES_ATTR, "")).split(),
+        "record_dim": rec,
+    }
+    sizes = {rec: int(len(complete))}
+    coords: dict[str, np.ndarray] = {}
+    for name, arr in group.arrays():
+        dims = tuple(arr.metadata.dimension_names or ())
+        if dims == (name,) and name not in (rec, LEAD_TIME):
+            coords[name] = np.asarray(arr[:])
+            sizes[name] = int(arr.shape[0])
+    if meta.leads is not None:
+        sizes[LEAD_TIME] = len(meta.leads)
+    order = list(FORECAST_DIM_ORDER if meta.kind == "forecast" else ANALYSIS_DIM_ORDER)
+    info["sizes"] = dict(sorted(sizes.items(), key=lambda kv: order.index(kv[0])
+                                if kv[0] in order else len(order)))
+    info["records"] = _records(meta.records, done, rec)
+    leads = None if meta.leads is None else np.sort(meta.leads)
+    if leads is not None:
+        info["lead_times_hours"] = [_num(x / np.timedelta64(1, "h")) for x in leads]
+    info["variables"] = _variables(meta, group, coords, done, rec)
+    if MEMBER in coords:
+        m = coords[MEMBER].astype(int)
+        info["members"] = {"count": int(m.size), "numbers": _span(m),
+                           "control": bool((m == 0).any())}
+    info["grid"] = _grid(coords, group)
+    info["bytes_on_disk"] = _bytes(root)
+    info["provenance"] = _provenance(meta)
+    return info
+
+
+def _records(records: np.ndarray, done: np.ndarray, rec: str) -> dict[str, Any]:
+    complete = np.sort(records[done])
+    out: dict[str, Any] = {"complete": int(done.sum()), "unfinished": int((~done).sum())}
+    if (~done).any():
+        out["unfinished_examples"] = [_iso(t) for t in np.sort(records[~done])[:_SHOW]]
+    if not len(complete):
+        return out
+    out["first"], out["last"] = _iso(complete[0]), _iso(complete[-1])
+    if len(complete) > 1:
+        steps = Counter(np.diff(complete).astype("timedelta64[s]").astype(np.int64).tolist())
+        step = steps.most_common(1)[0][0]
+        out["frequency"] = _duration(step)
+        expected = np.arange(complete[0], complete[-1] + np.timedelta64(1, "s"),
+                             np.timedelta64(step, "s")).astype("datetime64[ns]")
+        missing = np.setdiff1d(expected, complete)
+        out["missing"] = int(len(missing))
+        out["irregular"] = int(len(np.setdiff1d(complete, expected)))
+        if len(missing):
+            out["missing_examples"] = [_iso(t) for t in missing[:_SHOW]]
+    return out
+
+
+def _variables(meta: Any, group: Any, coords: dict[str, np.ndarray], done: np.ndarray,
+               rec: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    lead_order = None if meta.leads is None else np.argsort(meta.leads)
+    for name in sorted(meta.variables):
+        arr = group[name]
+        attrs = dict(arr.attrs)
+        dims = list(arr.metadata.dimension_names or ())
+        entry: dict[str, Any] = {"units": attrs.get("units"), "dims": dims}
+        for key in ("long_name", "standard_name"):
+            if key in attrs:
+                entry[key] = attrs[key]
+        if LEVEL in dims and LEVEL in coords:
+            entry["levels"] = [_num(x) for x in coords[LEVEL]]
+        present = meta.present(name)[done]
+        n = int(done.sum())
+        if present.ndim == 2:
+            absent = {}
+            for j in lead_order:
+                k = int((~present[:, j]).sum())
+                if k:
+                    absent[f"{_num(meta.leads[j] / np.timedelta64(1, 'h'))}h"] = k
+            entry["fields"] = int(present.sum())
+            entry["absent"] = absent
+        else:
+            entry["fields"] = int(present.sum())
+            entry["absent"] = {"all": int(n - present.sum())} if n - present.sum() else {}
+        out[name] = entry
+    return out
+
+
+def _grid(coords: dict[str, np.ndarray], group: Any) -> dict[str, Any]:
+    if STATION in coords:
+        st = coords[STATION]
+        out = {"type": "stations", "count": int(st.size),
+               "names": [str(x) for x in st[:_SHOW]]}
+        for name in ("station_latitude", "latitude_station", "station_longitude"):
+            if name in group:
+                out[name] = _span(np.asarray(group[name][:]))
+        return out
+    if LATITUDE in coords and LONGITUDE in coords:
+        lat, lon = coords[LATITUDE], coords[LONGITUDE]
+        out = {"type": "regular_ll", "shape": [int(lat.size), int(lon.size)],
+               "latitude": [_num(lat[0]), _num(lat[-1])],
+               "longitude": [_num(lon[0]), _num(lon[-1])]}
+        if lat.size > 1 and lon.size > 1:
+            out["resolution"] = [_num(abs(lat[1] - lat[0])), _num(abs(lon[1] - lon[0]))]
+        return out
+    return {"type": "unknown"}
+
+
+def _provenance(meta: Any) -> dict[str, Any]:
+    sources = meta.sources()
+    times = sorted(s.ingested for s in sources if s.ingested)
+    return {"sources": len(sources), "bytes_read": int(sum(s.size for s in sources)),
+            "centres": sorted({c for s in sources for c in (s.centre or "").split()}),
+            "readers": sorted({s.reader for s in sources if s.reader}),
+            "first_ingested": times[0] if times else None,
+            "last_ingested": times[-1] if times else None,
+            "examples": [s.name for s in sorted(sources, key=lambda s: s.ingested)[:_SHOW]]}
+
+
+def _bytes(root: Path) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _iso(t: np.datetime64) -> str:
+    return pd.Timestamp(t).isoformat(timespec="minutes")
+
+
+def _duration(seconds: int) -> str:
+    td = pd.Timedelta(seconds=seconds)
+    hours = td / pd.Timedelta(hours=1)
+    return f"{hours:g} h" if hours < 48 else f"{hours / 24:g} days"
+
+
+def _num(x: Any) -> float | int:
+    v = float(x)
+    return int(v) if v.is_integer() else round(v, 6)
+
+
+def _span(values: np.ndarray) -> str:
+    values = np.asarray(values)
+    if values.size == 0:
+        return "none"
+    if values.dtype.kind in "iu" and np.array_equal(values, np.arange(values[0], values[0] + values.size)):
+        return f"{values[0]}..{values[-1]}"
+    if values.dtype.kind == "f":
+        return f"{_num(values.min())}..{_num(values.max())}"
+    shown = ", ".join(map(str, values[:_SHOW]))
+    return shown + (f", ... ({values.size})" if values.size > _SHOW else "")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def format_inspect(info: dict[str, Any]) -> str:
+    """The text ``enspp inspect`` prints."""
+    rec = info["record_dim"]
+    r = info["records"]
+    lines = [f"store       {info['path']}",
+             f"kind        {info['kind']} (schema version {info['schema_version']}"
+             f"{', ' + info['conventions'] if info.get('conventions') else ''})",
+             "dims        " + ", ".join(f"{k}={v}" for k, v in info["sizes"].items())]
+    span = f"{r.get('first', '-')} .. {r.get('last', '-')}"
+    line = f"{rec:<12}{r['complete']} complete, {span}"
+    if "frequency" in r:
+        line += f", every {r['frequency']}"
+    lines.append(line)
+    if r.get("missing"):
+        lines.append(f"{'':12}{r['missing']} missing from that sequence, e.g. "
+                     f"{', '.join(r['missing_examples'])}")
+    if r.get("unfinished"):
+        lines.append(f"{'':12}{r['unfinished']} unfinished (an interrupted ingest; hidden until "
+                     f"re-run): {', '.join(r['unfinished_examples'])}")
+    if "lead_times_hours" in info:
+        lines.append(f"lead times  {', '.join(f'+{h} h' for h in info['lead_times_hours'])}")
+    if "members" in info:
+        m = info["members"]
+        lines.append(f"members     {m['count']} ({m['numbers']}; control "
+                     f"{'included' if m['control'] else 'absent'})")
+    g = info["grid"]
+    if g["type"] == "regular_ll":
+        res = f", {g['resolution'][0]} x {g['resolution'][1]} deg" if "resolution" in g else ""
+        lines.append(f"grid        regular lat/lon {g['shape'][0]} x {g['shape'][1]}{res}, "
+                     f"latitude {g['latitude'][0]}..{g['latitude'][1]}, "
+                     f"longitude {g['longitude'][0]}..{g['longitude'][1]}")
+    elif g["type"] == "stations":
+        lines.append(f"stations    {g['count']} ({', '.join(g['names'])})")
+    lines.append("variables")
+    for name, v in info["variables"].items():
+        levels = f", levels {v['levels']} hPa" if "levels" in v else ""
+        desc = f" {v['long_name']}" if "long_name" in v else ""
+        absent = v.get("absent") or {}
+        where = ("; absent: " + ", ".join(f"{k} x{n}" for k, n in absent.items())) if absent else ""
+        n = v["fields"]
+        lines.append(f"  {name:<10}{v['units']}{levels};{desc}; {n} field{'s' * (n != 1)}{where}")
+    p = info["provenance"]
+    lines.append(f"on disk     {_size(info['bytes_on_disk'])}")
+    first, last = (str(p[k] or "-")[:19] for k in ("first_ingested", "last_ingested"))
+    lines.append(f"provenance  {p['sources']} source{'s' * (p['sources'] != 1)} "
+                 f"({_size(p['bytes_read'])} read), centres "
+                 f"{', '.join(p['centres']) or 'not recorded'}, ingested {first} .. {last}")
+    if p["examples"]:
+        lines.append(f"{'':12}e.g. {', '.join(p['examples'])}")
+    return "\n".join(lines)
+
+
+__all__ = ["format_inspect", "inspect_store"]
