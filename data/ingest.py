@@ -133,25 +133,26 @@ def _is_zarr(path: Path) -> bool:
 
 def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False,
                decode_budget: int = DECODE_BUDGET) -> xr.Dataset:
-    """One input as a canonical dataset: GRIB opened lazily (headers checked now, values
-    decoded when indexed, the first ``decode_budget`` bytes of them by the header scan; close
-    the dataset after), other formats through :mod:`data.readers`."""
+    """One input as a canonical dataset, lazily: GRIB (headers checked now, values decoded
+    when indexed, the first ``decode_budget`` bytes of them by the header scan; close the
+    dataset after), our own stores, WeatherBench 2 / CF Zarr and NetCDF (dask-backed,
+    :mod:`data.cf_readers`), station files (:mod:`data.point_readers`)."""
     from enspp.data import readers
     from enspp.data.sources import detect_format
 
     fmt = detect_format(path)
     if fmt == "grib":
         return open_grib_lazy(path, kind=kind, allow_nan=allow_nan, decode_budget=decode_budget)
-    if fmt == "netcdf":
-        return readers.open_analysis([path], allow_nan=allow_nan)
     if fmt == "station":
         forecast, observations = readers.open_station_netcdf(path)
         return observations if kind == "analysis" else forecast
-    if fmt == "weatherbench":
-        return readers.open_weatherbench_zarr(path, allow_nan=allow_nan)
-    from enspp.data.store import is_store, open_store
+    if fmt == "zarr":  # one of our stores: its complete records, absent fields masked
+        from enspp.data.store import open_store
 
-    return open_store(path) if is_store(path) else readers.open_canonical_zarr(path, allow_nan=allow_nan)
+        return open_store(path)
+    from enspp.data.cf_readers import open_cf
+
+    return open_cf(path, kind=kind)  # WeatherBench 2 / CF Zarr or NetCDF, lazily
 
 
 def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],

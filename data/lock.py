@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from enspp.data.errors import EnsppError
+from enspp.data.store import StoreError
 
 _POLL_S = 0.05
 
@@ -29,7 +30,7 @@ class StoreLockedError(EnsppError):
     """Another process holds the store's lock and did not release it in time."""
 
 
-class StoreNotWritableError(EnsppError):
+class StoreNotWritableError(StoreError):
     """The directory that holds the store (and its lock file) cannot be written."""
 
 

@@ -1,4 +1,5 @@
-"""Readers of Zarr stores (WeatherBench 2 layout, our own layout) and station NetCDF files."""
+"""Readers of Zarr stores in our own layout and of station NetCDF files (WeatherBench 2 and CF
+layouts: :mod:`data.cf_readers`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,9 @@ import xarray as xr
 from enspp.data import schema
 from enspp.data.translate import ReaderError, canonical_variable, finalise
 
-__all__ = ["open_weatherbench_zarr", "open_canonical_zarr", "open_station_netcdf",
+__all__ = ["open_canonical_zarr", "open_station_netcdf",
            "open_station_deterministic", "STATION_SPECS",
            "StationSpec"]
-
-_WB2_DIMS = {"time": schema.INIT_TIME, "prediction_timedelta": schema.LEAD_TIME, "number": schema.MEMBER,
-             "realization": schema.MEMBER, "lat": schema.LATITUDE, "lon": schema.LONGITUDE}
-
 
 def _open_zarr(path: str | os.PathLike) -> xr.Dataset:
     if not Path(path).exists():
@@ -29,30 +26,6 @@ def _open_zarr(path: str | os.PathLike) -> xr.Dataset:
         return xr.open_zarr(path, consolidated=None, decode_timedelta=True)
     except Exception as e:  # zarr raises several types for a directory that is not a store
         raise ReaderError(f"{path}: not a readable Zarr store ({type(e).__name__}: {e})") from e
-
-
-def open_weatherbench_zarr(path: str | os.PathLike, *, allow_nan: bool = False) -> xr.Dataset:
-    """A WeatherBench 2 forecast store (``time``, ``prediction_timedelta``, ``number``, ``level``,
-    ``latitude``, ``longitude``; long names such as ``geopotential``) as a canonical forecast.
-
-    An analysis store (``time`` without ``prediction_timedelta``) comes out as a canonical
-    analysis.  Lazy (dask); latitude may be increasing (WB2) or decreasing.
-    """
-    ds = _open_zarr(path)
-    is_forecast = "prediction_timedelta" in ds.dims
-    names = dict(_WB2_DIMS) if is_forecast else {k: v for k, v in _WB2_DIMS.items() if k != "time"}
-    ds = ds.rename({k: v for k, v in names.items() if k in ds.dims or k in ds.coords})
-    kind: schema.Kind = "forecast" if is_forecast else "analysis"
-    if is_forecast and schema.MEMBER not in ds.dims:
-        ds = ds.expand_dims({schema.MEMBER: [0]})  # a deterministic forecast is a 1-member ensemble
-    out = {}
-    for name, da in ds.data_vars.items():
-        if "units" not in da.attrs and str(name) in schema.SHORT_NAME_ALIASES:
-            da = da.assign_attrs(units=schema.VARIABLES[schema.SHORT_NAME_ALIASES[str(name)]].units)
-        new, da = canonical_variable(da, str(name), source=str(path))
-        out[new] = da
-    coords = {c: ds[c] for c in ds.dims if c in ds.coords}
-    return finalise(xr.Dataset(out, coords=coords), kind=kind, source=str(path), allow_nan=allow_nan)
 
 
 def open_canonical_zarr(path: str | os.PathLike, *, allow_nan: bool = False) -> xr.Dataset:

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from enspp.data import schema
+from enspp.data.cf_readers import open_weatherbench_zarr
 from enspp.data.grib import (
     GribMessage,
     absent_fields,
@@ -36,7 +37,7 @@ from enspp.data.grib import (
     read_grib_eccodes,
     scan_grib,
 )
-from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf, open_weatherbench_zarr
+from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf
 from enspp.data.translate import ReaderError, canonical_variable, finalise
 
 __all__ = ["ReaderError", "open_ens_grib", "open_analysis", "read_grib_eccodes", "open_grib",

@@ -122,6 +122,16 @@ SHORT_NAME_ALIASES = {
     "specific_humidity": "q",
     "mean_sea_level_pressure": "msl",
     "total_precipitation": "tp",
+    # WeatherBench 2 names
+    "10m_u_component_of_wind": "u10",
+    "10m_v_component_of_wind": "v10",
+    "2m_dewpoint_temperature": "d2m",
+    "surface_pressure": "sp",
+    "relative_humidity": "r",
+    "vertical_velocity": "w",
+    "total_precipitation_24hr": "tp24",
+    "land_sea_mask": "lsm",
+    "geopotential_at_surface": "orog",
 }
 
 #: Units accepted as spelled differently but meaning the same thing.

@@ -16,8 +16,9 @@ from typing import Literal, Protocol, runtime_checkable
 import xarray as xr
 
 from enspp.data import schema
+from enspp.data.cf_readers import open_weatherbench_zarr
 from enspp.data.grib import expand_paths, kind_of_messages, scan_grib
-from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf, open_weatherbench_zarr
+from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf
 from enspp.data.readers import is_grib_file, open_analysis, open_grib
 from enspp.data.translate import ReaderError
 
@@ -98,15 +99,17 @@ class NetcdfAnalysisSource:
 
 
 def detect_format(path: str | os.PathLike) -> Format:
-    """``grib`` | ``zarr`` (ours) | ``weatherbench`` | ``station`` | ``netcdf`` from content."""
+    """``grib`` | ``zarr`` (ours) | ``weatherbench`` (any other Zarr: WeatherBench 2 or CF
+    layout) | ``station`` | ``netcdf`` from content."""
     p = Path(path)
     if p.is_dir():
         if (p / "zarr.json").exists() or (p / ".zgroup").exists() or (p / ".zmetadata").exists():
-            ds = xr.open_zarr(p, consolidated=None)
-            if "prediction_timedelta" in ds.dims or ("time" in ds.dims and "enspp_kind" not in ds.attrs
-                                                     and schema.INIT_TIME not in ds.dims):
-                return "weatherbench"
-            return "zarr"
+            from enspp.data.store import read_root_attrs
+
+            attrs = read_root_attrs(p) or {}
+            if "enspp_kind" in attrs:
+                return "zarr"
+            return "weatherbench"  # a foreign store: WeatherBench 2 or CF layout
         return "grib"  # a directory of GRIB files; expand_paths checks it
     if not p.exists() and any(ch in str(path) for ch in "*?["):
         return "grib"

@@ -30,6 +30,7 @@ _CONVERSIONS: dict[tuple[str, str], tuple[Callable, str]] = {
     ("z", "m"): (lambda x: x * GRAVITY, "m2 s-2"),
     ("orog", "m2 s-2"): (lambda x: x / GRAVITY, "m"),
     ("msl", "hPa"): (lambda x: x * 100.0, "Pa"),
+    ("tp24", "m"): (lambda x: x * 1000.0, "mm"),
     ("sp", "hPa"): (lambda x: x * 100.0, "Pa"),
 }
 

@@ -122,7 +122,8 @@ def done_init_times(product: str | Path) -> set[str]:
     import numpy as np
 
     from enspp.data.provenance import record_key
-    from enspp.data.store import COMPLETE_ATTR, read_root_attrs
+    from enspp.data.store import read_root_attrs
+    from enspp.models.product import COMPLETE_ATTR
 
     attrs = read_root_attrs(product) or {}
     return {record_key(np.datetime64(t, "ns")) for t in attrs.get(COMPLETE_ATTR, [])}

@@ -1,0 +1,134 @@
+"""Zarr and NetCDF inputs: WeatherBench 2 forecasts and analyses, CF NetCDF, our own stores;
+translated at the edge, lazily, and their provenance (a directory is hashed sensibly)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from test_store import forecast
+
+from enspp.data.cf_readers import open_cf
+from enspp.data.ingest import IngestError, ingest
+from enspp.data.provenance import sha256_tree, source_file
+from enspp.data.schema import select_variable
+from enspp.data.store import open_store, present_fields
+from enspp.data.store_meta import iter_sources
+from enspp.data.store_writer import append
+from enspp.data.translate import ReaderError
+
+
+def wb2_forecast(n_init: int = 3, *, seed: int = 0, members: bool = True) -> xr.Dataset:
+    """A WeatherBench 2 style forecast: ``time`` is the init time, ``prediction_timedelta``
+    the lead, ``number`` the member, latitude increasing, long variable names."""
+    rng = np.random.default_rng(seed)
+    lat, lon = np.linspace(-10, 20, 4), np.arange(0.0, 360.0, 72.0)
+    dims = ("time", "prediction_timedelta") + (("number",) if members else ())
+    shape = (n_init, 2) + ((3,) if members else ())
+    coords = {"time": pd.date_range("2020-01-01", periods=n_init, freq="12h"),
+              "prediction_timedelta": pd.to_timedelta([24, 48], unit="h"),
+              "level": [500, 850], "latitude": lat, "longitude": lon}
+    if members:
+        coords["number"] = [0, 1, 2]
+    return xr.Dataset({
+        "geopotential": (dims + ("level", "latitude", "longitude"),
+                         5e4 + 100 * rng.random(shape + (2, 4, 5)), {"units": "m**2 s**-2"}),
+        "2m_temperature": (dims + ("latitude", "longitude"), 280 + rng.random(shape + (4, 5))),
+    }, coords=coords)
+
+
+def test_weatherbench_forecast_zarr_ingests_and_equals_the_source(tmp_path):
+    wb = wb2_forecast()
+    wb.chunk({"time": 1}).to_zarr(tmp_path / "wb.zarr")
+    ds = open_cf(tmp_path / "wb.zarr")
+    assert ds["t2m"].chunks is not None  # lazy: nothing loaded
+    assert ds["z"].dims == ("init_time", "lead_time", "member", "level", "latitude", "longitude")
+    store = tmp_path / "s.zarr"
+    summary = ingest([tmp_path / "wb.zarr"], store, progress=False)
+    assert len(summary.added) == 3 and summary.variables == ("t2m", "z") and summary.members == 3
+    out = open_store(store).compute()
+    np.testing.assert_allclose(select_variable(out, "z500").values,
+                               wb["geopotential"].sel(level=500).values, rtol=1e-6)
+    np.testing.assert_allclose(out["t2m"].values, wb["2m_temperature"].values, rtol=1e-6)
+    (entry,) = iter_sources(store)  # a directory input is identified, not read as a file
+    assert entry.name == "wb.zarr" and entry.sha256 == sha256_tree(tmp_path / "wb.zarr")[0]
+    again = ingest([tmp_path / "wb.zarr"], store, progress=False)
+    assert again.files_already_ingested == 1 and not again.added
+
+
+def test_a_deterministic_weatherbench_forecast_is_a_one_member_ensemble(tmp_path):
+    wb2_forecast(members=False).to_zarr(tmp_path / "hres.zarr")
+    ds = open_cf(tmp_path / "hres.zarr")
+    assert ds.sizes["member"] == 1 and ds["member"].values.tolist() == [0]
+
+
+def test_weatherbench_analysis_zarr(tmp_path):
+    era5 = wb2_forecast().isel(prediction_timedelta=0, number=0, drop=True)
+    era5.to_zarr(tmp_path / "era5.zarr")
+    summary = ingest([tmp_path / "era5.zarr"], tmp_path / "an.zarr", progress=False)
+    assert summary.kind == "analysis" and len(summary.added) == 3
+    out = open_store(tmp_path / "an.zarr")
+    assert out["z"].dims == ("time", "level", "latitude", "longitude")
+    np.testing.assert_allclose(out["t2m"].values, era5["2m_temperature"].values, rtol=1e-6)
+
+
+def test_cf_netcdf_forecast_and_analysis_by_standard_name(tmp_path):
+    rng = np.random.default_rng(2)
+    cf = xr.Dataset(
+        {"tas": (("reftime", "leadtime", "realization", "lat", "lon"),
+                 280 + rng.random((2, 2, 4, 3, 4)), {"units": "K", "standard_name": "air_temperature"}),
+         "ta": (("reftime", "leadtime", "realization", "plev", "lat", "lon"),
+                250 + rng.random((2, 2, 4, 2, 3, 4)), {"units": "K", "standard_name": "air_temperature"})},
+        coords={"reftime": ("reftime", pd.date_range("2021-03-01", periods=2, freq="D"),
+                            {"standard_name": "forecast_reference_time"}),
+                "leadtime": ("leadtime", [6, 12], {"units": "hours", "standard_name": "forecast_period"}),
+                "realization": ("realization", [0, 1, 2, 3], {"standard_name": "realization"}),
+                "plev": ("plev", [85000.0, 50000.0], {"units": "Pa", "standard_name": "air_pressure"}),
+                "lat": [50.0, 49.0, 48.0], "lon": [5.0, 6.0, 7.0, 8.0]})
+    cf.to_netcdf(tmp_path / "fc.nc")
+    ds = open_cf(tmp_path / "fc.nc")
+    assert set(ds.data_vars) == {"t2m", "t"} and ds["level"].values.tolist() == [500, 850]
+    assert (ds.lead_time.values / np.timedelta64(1, "h")).tolist() == [6, 12]
+    summary = ingest([tmp_path / "fc.nc"], tmp_path / "s.zarr", progress=False)
+    assert len(summary.added) == 2
+    np.testing.assert_allclose(select_variable(open_store(tmp_path / "s.zarr"), "t850").values,
+                               cf["ta"].sel(plev=85000.0).values, rtol=1e-6)
+    an = cf.isel(leadtime=0, realization=0, drop=True).rename(reftime="time")
+    an["time"].attrs = {"standard_name": "time"}
+    an.to_netcdf(tmp_path / "an.nc")
+    out = ingest([tmp_path / "an.nc"], tmp_path / "an.zarr", progress=False)
+    assert out.kind == "analysis" and len(out.added) == 2
+
+
+def test_our_own_store_as_input_keeps_absent_fields_absent(tmp_path):
+    src = tmp_path / "src.zarr"
+    ds = forecast(["2020-01-01", "2020-01-02"])
+    ds["t2m"] = ds["t2m"].where(ds.init_time == np.datetime64("2020-01-01", "ns"))
+    append(src, ds)
+    summary = ingest([src], tmp_path / "copy.zarr", progress=False)
+    assert len(summary.added) == 2
+    xr.testing.assert_identical(present_fields(tmp_path / "copy.zarr"), present_fields(src))
+    xr.testing.assert_identical(open_store(tmp_path / "copy.zarr").compute().drop_attrs(),
+                                open_store(src).compute().drop_attrs())
+
+
+def test_a_zarr_with_unknown_dims_is_refused_naming_them(tmp_path):
+    odd = xr.Dataset({"t2m": (("time", "ensemble_id", "y", "x"), np.zeros((2, 3, 4, 5)),
+                              {"units": "K"})},
+                     coords={"time": pd.date_range("2020-01-01", periods=2)})
+    odd.to_zarr(tmp_path / "odd.zarr")
+    with pytest.raises(ReaderError, match=r"odd\.zarr: dims \['ensemble_id', 'x', 'y'\] are not "
+                                          r"ones enspp knows"):
+        open_cf(tmp_path / "odd.zarr")
+    with pytest.raises(IngestError, match=r"dims \['ensemble_id', 'x', 'y'\]"):
+        ingest([tmp_path / "odd.zarr"], tmp_path / "s.zarr", progress=False)
+
+
+def test_a_directory_is_identified_by_its_metadata_and_file_sizes(tmp_path):
+    wb2_forecast().to_zarr(tmp_path / "a.zarr")
+    first = source_file(tmp_path / "a.zarr")
+    assert first.size == sum(p.stat().st_size for p in (tmp_path / "a.zarr").rglob("*") if p.is_file())
+    assert source_file(tmp_path / "a.zarr") == first  # the same store: the same identity
+    wb2_forecast(seed=1).to_zarr(tmp_path / "b.zarr")
+    assert source_file(tmp_path / "b.zarr").sha256 != first.sha256
