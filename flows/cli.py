@@ -58,6 +58,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
     warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
                             category=UserWarning)  # a store's provenance log folder
+    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda"):
@@ -67,7 +68,11 @@ def _quiet_libraries() -> None:
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
-    return " ".join(str(e).split())
+    text = str(e)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: its own message
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:

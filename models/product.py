@@ -112,8 +112,10 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
         data[f"{name}_mean"] = ((*head, *space), squeeze(fields["mean"][None, None, t]),
                                 {**base, "long_name": f"{label}, predictive mean",
                                  "cell_methods": "member: mean"})
+        # a standard deviation is not the variable itself: no standard_name of its own
         data[f"{name}_std"] = ((*head, *space), squeeze(fields["std"][None, None, t]),
-                               {**base, "long_name": f"{label}, predictive standard deviation",
+                               {"units": base["units"],
+                                "long_name": f"{label}, predictive standard deviation",
                                 "cell_methods": "member: standard_deviation"})
         if "quantiles" in fields:
             data[f"{name}_quantiles"] = ((*head, "quantile", *space),

@@ -46,6 +46,8 @@ def test_product_layout_attrs_and_raw_reproduction(world, tmp_path):
     assert ds.sizes == {"init_time": 2, "lead_time": 1, "member": K, "quantile": 3,
                         "latitude": NY, "longitude": NX}
     assert ds["t2m"].attrs["units"] == "K" and ds["t2m"].attrs["standard_name"] == "air_temperature"
+    assert ds["t2m_mean"].attrs["standard_name"] == "air_temperature"
+    assert "standard_name" not in ds["t2m_std"].attrs and ds["t2m_std"].attrs["units"] == "K"
     a = ds.attrs
     assert a["Conventions"].startswith("CF") and a["distribution"] == "gaussian"
     assert a["crps_estimator"] == "gaussian" and a["input_members"] == [1, 2, 3, 4, 5]

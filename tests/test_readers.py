@@ -511,7 +511,7 @@ def test_netcdf_and_source_errors(tmp_path, shared_data, rng):
         open_source(tmp_path / "nothere.grib")
     with pytest.raises(ReaderError, match="no paths given"):
         open_source([])
-    with pytest.raises(ReaderError, match="give one zarr path at a time"):
+    with pytest.raises(ReaderError, match="give one weatherbench path at a time"):  # foreign Zarr
         open_source([tmp_path / "plain.zarr", tmp_path / "plain.zarr"])
 
 

@@ -1,4 +1,7 @@
-"""Ingest vs. the eccodes decode floor on >= 1000 ENS-like GRIB messages.
+"""Ingest speed: vs. the eccodes decode floor, a station file vs. xarray's own copy, and the
+cost of one commit in a large store vs. a small one.
+
+1. Ingest vs. the eccodes decode floor on >= 1000 ENS-like GRIB messages.
 
 Writes 2 init times x 11 members x 5 lead times x 10 fields (z, t, u, v at 500/850 hPa, t2m,
 msl) on a 181 x 360 grid = 1100 messages with ``data.grib_writer`` (one file per init time),
@@ -13,7 +16,15 @@ On the 2-vCPU CI-like machines single ingest runs of the same work vary by 40 % 
 in one run; the single-threaded floor by 5-10 %), so the minimum of 7 is the figure: it is the
 cost the code achieves, with noise only ever adding to it.
 
-    python tests/benchmarks/bench_ingest.py [--repeat 7] [--keep DIR]
+2. The Magdeburg station file (``../shared/data/station``, 4461 days x 51 members) ingested
+   (``--allow-nan``: its members have missing days) vs. ``xr.open_dataset(f).to_zarr(...)``
+   of the same file (best of ``--repeat``).  Target <= 5.
+
+3. Appending one init time to a store of 10,000 init times vs. to a store of 10 (the same
+   small grid; best of ``--repeat`` appends to each, alternating).  Commits write fixed-size
+   chunks, so the ratio should be 1: target <= 1.2.
+
+    python tests/benchmarks/bench_ingest.py [--repeat 7] [--keep DIR] [--only decode|station|append]
 """
 
 from __future__ import annotations
@@ -102,14 +113,91 @@ def time_ingest(paths: list[Path], store: Path) -> float:
     return dt
 
 
+MAGDEBURG = Path(__file__).resolve().parents[3] / "shared" / "data" / "station" / \
+    "ecmwf_ens_t2m_magdeburg_2002-2014.nc"
+
+
+def bench_station(work: Path, repeat: int) -> None:
+    """The Magdeburg file into a store vs. xarray's own copy of it to Zarr."""
+    if not MAGDEBURG.is_file():
+        print(f"skipped the station figure: {MAGDEBURG} not found")
+        return
+    floors, ingests = [], []
+    for i in range(repeat):
+        out = work / f"xr_{i}.zarr"
+        t0 = time.perf_counter()
+        xr.open_dataset(MAGDEBURG).to_zarr(out, mode="w")
+        floors.append(time.perf_counter() - t0)
+        store = work / f"station_{i}.zarr"
+        t0 = time.perf_counter()
+        summary = ingest([MAGDEBURG], store, progress=False, allow_nan=True)
+        ingests.append(time.perf_counter() - t0)
+        assert len(summary.added) > 4000, summary.line()
+        shutil.rmtree(out)
+        shutil.rmtree(store)
+    floor, took = min(floors), min(ingests)
+    print(f"station file {MAGDEBURG.name}: ingest {took:.3f} s (runs: "
+          f"{', '.join(f'{x:.3f}' for x in ingests)}), xarray open_dataset().to_zarr() "
+          f"{floor:.3f} s (runs: {', '.join(f'{x:.3f}' for x in floors)})")
+    print(f"BENCH station_ingest_seconds {took:.3f} target <= {5 * floor:.3f}")
+    print(f"BENCH station_ingest_vs_xarray_ratio {took / floor:.2f} target <= 5")
+
+
+def _tiny(inits: pd.DatetimeIndex, seed: int) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    shape = (len(inits), 1, 5, 8, 16)
+    return xr.Dataset(
+        {"t2m": (("init_time", "lead_time", "member", "latitude", "longitude"),
+                 (280 + rng.standard_normal(shape)).astype(np.float32), {"units": "K"})},
+        coords={"init_time": inits.as_unit("ns").values,
+                "lead_time": pd.to_timedelta([24], unit="h").as_unit("ns").values,
+                "member": np.arange(5), "latitude": np.linspace(60.0, 30.0, 8),
+                "longitude": np.linspace(0.0, 30.0, 16)})
+
+
+def bench_append(work: Path, repeat: int, large: int = 10_000) -> None:
+    """One init time appended to a store of ``large`` init times vs. one of 10."""
+    from enspp.data.store_writer import append
+
+    stores = {}
+    for n in (10, large):
+        store = work / f"append_{n}.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        t0 = time.perf_counter()
+        append(store, _tiny(pd.date_range("1990-01-01", periods=n, freq="D"), seed=n))
+        print(f"built a store of {n} init times in {time.perf_counter() - t0:.1f} s")
+        stores[n] = store
+    times: dict[int, list[float]] = {10: [], large: []}
+    for i in range(repeat):
+        new = pd.DatetimeIndex([pd.Timestamp("2100-01-01") + pd.Timedelta(days=i)])
+        for n, store in stores.items():
+            ds = _tiny(new, seed=100 + i)
+            t0 = time.perf_counter()
+            result = append(store, ds)
+            times[n].append(time.perf_counter() - t0)
+            assert result.added, result.message()
+    small, big = min(times[10]), min(times[large])
+    print(f"append one init time: store of 10 {small * 1e3:.1f} ms (runs: "
+          f"{', '.join(f'{x * 1e3:.0f}' for x in times[10])}), store of {large} "
+          f"{big * 1e3:.1f} ms (runs: {', '.join(f'{x * 1e3:.0f}' for x in times[large])})")
+    print(f"BENCH append_large_vs_small_store_ratio {big / small:.2f} target <= 1.2")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="write inputs/store here")
+    parser.add_argument("--only", choices=("decode", "station", "append"), default=None)
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_ingest_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.only in (None, "station"):
+            bench_station(work, args.repeat)
+        if args.only in (None, "append"):
+            bench_append(work, args.repeat)
+        if args.only not in (None, "decode"):
+            return
         paths = write_inputs(work)
         floor, n = decode_floor(paths)  # warm the page cache and eccodes
         assert n >= 1000, n

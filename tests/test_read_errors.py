@@ -1,0 +1,83 @@
+"""A damaged store fails train, predict and evaluate with one line naming the store, the
+variable and the chunk (index and init time), not a decompression traceback or NaN."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from predict_data import SMALL_MIXED, K, make_checkpoint, make_stores, pipeline_config
+
+from enspp.flows.cli import main
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("read_errors")
+    paths = make_stores(root / "stores")
+    ckpt = make_checkpoint(root / "m.ckpt", pipeline_config(paths), perturb=0.1)
+    return root, ckpt
+
+
+def _damaged(root: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the stores whose forecast t2m chunk of the first init time, +48 h is
+    overwritten with random bytes (``corrupt``) or deleted (``missing``)."""
+    work = tmp_path / "w"
+    shutil.copytree(root / "stores", work / "stores")
+    chunks = sorted((work / "stores" / "forecast.zarr" / "t2m" / "c" / "0" / "1").rglob("*"))
+    chunk = next(p for p in chunks if p.is_file())
+    if how == "corrupt":
+        rng = np.random.default_rng(1)
+        chunk.write_bytes(rng.integers(0, 256, chunk.stat().st_size, dtype=np.uint8).tobytes())
+    else:
+        chunk.unlink()
+    return work
+
+
+def _config(work: Path) -> Path:
+    cfg = {"pipeline": {"stores": {"forecast": "stores/forecast.zarr",
+                                   "analysis": "stores/analysis.zarr", "static": "stores/static.nc"},
+                        "members": {"k": K}, "batches": {"batch_size": 4}},
+           "model": {"name": "mixed", "options": SMALL_MIXED},
+           "train": {"max_epochs": 1, "progress_bar": False, "run_id": "r"},
+           "evaluate": {"truth": "stores/analysis.zarr", "variables": ["t2m"],
+                        "systems": [{"name": "raw_full", "path": "stores/forecast.zarr"}]}}
+    path = work / "enspp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+WHY = {"corrupt": "corrupt chunk", "missing": "the chunk file is missing although its field was ingested"}
+
+
+def _one_line(err: str, how: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.startswith("enspp ")]
+    assert lines, err[-2000:]
+    assert re.search(r"error: store \S*forecast\.zarr: variable 't2m', chunk 0/1/0/0/0 \(init_time "
+                     r"2019-01-01T00:00, lead_time \+48 h\): " + re.escape(WHY[how]), lines[-1]), err[-2000:]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["corrupt", "missing"])
+def test_predict_and_evaluate_name_the_damaged_chunk(stores, tmp_path, capsys, how):
+    root, ckpt = stores
+    work = _damaged(root, tmp_path, how)
+    config = _config(work)
+    rc = main(["predict", "--checkpoint", str(ckpt), "--store", str(work / "stores" / "forecast.zarr"),
+               "--init-time", "2019-01-01T00:00:00", "--config", str(config)])
+    assert rc == 1
+    _one_line(capsys.readouterr().err, how)
+    rc = main(["evaluate", "--config", str(config), "--out", str(work / "report")])
+    assert rc == 1
+    _one_line(capsys.readouterr().err, how)
+
+
+def test_train_names_the_damaged_chunk(stores, tmp_path, capsys):
+    root, _ = stores
+    work = _damaged(root, tmp_path, "corrupt")
+    assert main(["train", "--config", str(_config(work))]) == 1
+    _one_line(capsys.readouterr().err, "corrupt")
