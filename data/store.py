@@ -24,6 +24,7 @@ cannot be decoded or is missing.  Writing is in :mod:`data.store_writer`; checks
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import warnings
@@ -415,6 +416,36 @@ def _why(e: Exception) -> str:
     return f"cannot be decoded ({type(e).__name__}: {text[:160]})"
 
 
+@functools.lru_cache(maxsize=32)
+def _checker(root: str, variable: str, stamp: int) -> CheckedArray | None:
+    from enspp.data.store_meta import open_meta
+
+    if not is_store(root):
+        return None
+    meta = open_meta(root)
+    if variable not in meta.variables:
+        return None
+    return CheckedArray(meta.group[variable], store=Path(root), variable=variable, meta=meta,
+                        rec=record_dim(meta.kind))
+
+
+def describe_chunk(store: str | os.PathLike[str], variable: str, coords: tuple[int, ...],
+                   why: str) -> str | None:
+    """``store S: variable 'v', chunk i/j/... (init_time ..., lead_time +h): why`` for a chunk
+    of an enspp store (None for any other Zarr): how a reader outside :func:`open_store`
+    (one that decodes chunk files itself) names a chunk it cannot read."""
+    checker = _checker(str(Path(store)), variable, _root_mtime(Path(store)))
+    return None if checker is None else checker._describe(tuple(int(c) for c in coords), why)
+
+
+def chunk_was_written(store: str | os.PathLike[str], variable: str,
+                      coords: tuple[int, ...]) -> bool:
+    """True when the chunk at ``coords`` holds a committed field of an enspp store, so its
+    file missing is data lost (not a field never ingested)."""
+    checker = _checker(str(Path(store)), variable, _root_mtime(Path(store)))
+    return checker is not None and checker._field_present(tuple(int(c) for c in coords))
+
+
 def checked_array(store: str | os.PathLike[str], variable: str) -> CheckedArray:
     """Variable ``variable`` of ``store`` for raw reads (``array[key]`` -> numpy, zarr's
     basic or outer indexing, storage order): errors of a corrupt or missing chunk become one
@@ -487,6 +518,6 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Any:
 
 __all__ = ["already_ingested", "CENTRES_ATTR", "CONVENTIONS", "CheckedArray", "KIND_ATTR", "POINT_RECORDS_PER_CHUNK",
            "RECORD_DIMS", "SCHEMA_ATTR", "SCHEMA_VERSION", "StoreError", "StoreMismatchError",
-           "StoreReadError", "checked_array", "field_present", "is_store", "open_checked", "open_store",
+           "StoreReadError", "checked_array", "chunk_was_written", "describe_chunk", "field_present", "is_store", "open_checked", "open_store",
            "present_fields", "read_root_attrs", "record_chunk", "record_dim", "to_store_layout",
            "validate_store"]

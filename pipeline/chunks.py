@@ -114,9 +114,15 @@ class ZarrChunks:
         key = self.separator.join(["c", *parts] if self.default_keys else parts)
         return os.path.join(self.path, *key.split("/"))
 
-    def describe(self, coords: Sequence[int]) -> str:
-        return (f"store {Path(self.path).parent}: variable {self.name!r}, chunk "
+    def describe(self, coords: Sequence[int], why: str = "") -> str:
+        from enspp.data.store import describe_chunk  # an enspp store: the chunk's record too
+
+        named = describe_chunk(Path(self.path).parent, self.name, tuple(coords), why)
+        if named is not None:
+            return named
+        text = (f"store {Path(self.path).parent}: variable {self.name!r}, chunk "
                 f"{tuple(int(c) for c in coords)} ({self.chunk_file(coords)})")
+        return f"{text}: {why}" if why else text
 
     def decode(self, coords: Sequence[int], out: np.ndarray) -> None:
         """Decode the chunk at ``coords`` into ``out`` (C-contiguous, shape ``self.chunks``,
@@ -125,17 +131,22 @@ class ZarrChunks:
         try:
             data = _read_file(path)
         except FileNotFoundError:
+            from enspp.data.store import chunk_was_written
+
+            if chunk_was_written(Path(self.path).parent, self.name, tuple(coords)):
+                raise ChunkReadError(self.describe(coords, "the chunk file is missing although "
+                                                           "its field was ingested")) from None
             out.fill(self.fill_value)
             return
         except OSError as e:
-            raise ChunkReadError(f"{self.describe(coords)}: cannot read ({e})") from None
+            raise ChunkReadError(self.describe(coords, f"cannot read ({e})")) from None
         target = out.reshape(-1).view(np.uint8)
         try:
             self._decode_bytes(data, target)
         except ChunkReadError as e:
-            raise ChunkReadError(f"{self.describe(coords)}: {e}") from None
+            raise ChunkReadError(self.describe(coords, f"corrupt chunk: {e}")) from None
         except (RuntimeError, ValueError, TypeError, OSError) as e:
-            raise ChunkReadError(f"{self.describe(coords)}: cannot decode ({e})") from None
+            raise ChunkReadError(self.describe(coords, f"corrupt chunk: cannot decode ({e})")) from None
         if self.big_endian:
             out.byteswap(inplace=True)
 

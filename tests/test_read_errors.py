@@ -81,3 +81,19 @@ def test_train_names_the_damaged_chunk(stores, tmp_path, capsys):
     work = _damaged(root, tmp_path, "corrupt")
     assert main(["train", "--config", str(_config(work))]) == 1
     _one_line(capsys.readouterr().err, "corrupt")
+
+
+@pytest.mark.parametrize("how", ["corrupt", "missing"])
+def test_the_pipelines_chunk_decoder_names_the_chunk_and_its_init_time(stores, tmp_path, how):
+    from enspp.pipeline.chunks import ChunkReadError, ZarrChunks
+
+    root, _ = stores
+    work = _damaged(root, tmp_path, how)
+    chunks = ZarrChunks.open(work / "stores" / "forecast.zarr" / "t2m")
+    assert chunks is not None
+    out = np.empty(chunks.chunks, chunks.dtype)
+    chunks.decode((0, 0, 0, 0, 0), out)  # an intact chunk
+    with pytest.raises(ChunkReadError, match=r"variable 't2m', chunk 0/1/0/0/0 \(init_time "
+                                             r"2019-01-01T00:00, lead_time \+48 h\): "
+                                             + re.escape(WHY[how])):
+        chunks.decode((0, 1, 0, 0, 0), out)
