@@ -19,6 +19,7 @@ Example::
       twcrps: {percentiles: [0.9, 0.95], tail: upper}
       eecrps: {climatology: {start: 2018-01-01, end: 2022-12-31}}
       cases: [evaluation/catalogue/cases.yaml, synth/events.yaml]
+      land_sea_mask: synth/static.nc   # coastlines on the maps
       reference: raw_full
 
 Paths are relative to the directory the config is read from (``base_dir`` of
@@ -193,6 +194,9 @@ class EvaluateConfig(_Frozen):
     chunk_size: int = Field(8, ge=1)
     #: lead time (hours) of the maps; the first evaluated lead when omitted
     map_lead_time: int | None = None
+    #: NetCDF or Zarr file with the land-sea mask ``lsm`` (land fraction 0..1) on the
+    #: evaluation grid, e.g. the pipeline's static file: maps draw its coastline
+    land_sea_mask: Path | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -320,6 +324,7 @@ class EvaluateConfig(_Frozen):
             "systems": [s.model_copy(update={"path": fix(s.path)}) for s in self.systems],
             "truth": None if self.truth is None else fix(self.truth),
             "cases": [fix(c) for c in self.cases],
+            "land_sea_mask": None if self.land_sea_mask is None else fix(self.land_sea_mask),
         })
 
 

@@ -46,14 +46,19 @@ def _safe_name(s: str) -> str:
 
 def scores_document(result) -> dict:
     """The JSON document of an :class:`~evaluation.evaluate.EvaluationResult` (no plots yet)."""
+    from enspp.evaluation.labels import describe_systems
+
     cfg = result.config
+    described = describe_systems(cfg)
     doc: dict = {
         "schema": SCHEMA,
         "title": cfg.title,
         "reference": cfg.reference,
         "crps_estimator": cfg.crps_estimator,
+        "twcrps_tail": cfg.twcrps.tail,
         "systems": [{"key": s.key, "name": s.name, "type": s.type, "path": str(s.path),
-                     "members": s.members} for s in cfg.systems],
+                     "members": s.members, "label": described[s.key]["label"],
+                     "input_members": described[s.key]["members"]} for s in cfg.systems],
         "variables": {},
         "cases": [c.to_dict() for c in result.cases],
         "provenance": result.provenance,
@@ -122,29 +127,39 @@ def write_netcdf(result, out_dir: Path) -> dict[str, str]:
 
 
 def write_plots(result, doc: dict, out_dir: Path) -> None:
-    """All PNGs; paths (relative to ``out_dir``) go into ``doc``; failures into ``problems``."""
+    """All PNGs; paths (relative to ``out_dir``) go into ``doc``; failures into ``problems``.
+
+    Lines over lead time (skill and spread/skill by lead) are drawn only for two or more
+    lead times: with one, the headline table holds the same numbers.  Maps and case panels
+    draw the coastline of ``config.land_sea_mask`` when it is set."""
     from enspp.evaluation import plots  # matplotlib: imported only when plots are drawn
 
     pdir = out_dir / "plots"
+    labels = {s["key"]: s.get("label") or s["key"] for s in doc["systems"]}
+    lsm = _land_sea_mask(result, doc)
     for v, ds in result.scores.items():
         entry = doc["variables"][v]
         vs = result.variables[v]
         sv = _safe_name(v)
         for key in ("skill_by_lead", "spread_skill", "histograms"):
             entry["plots"][key] = {}
+        several_leads = ds.sizes.get(LEAD_TIME, 1) > 1
         for r in entry["regions"]:
             sr = _safe_name(r)
-            with _attempt(doc, f"skill by lead of {v}/{r}"):
-                entry["plots"]["skill_by_lead"][r] = _rel(
-                    plots.skill_by_lead(ds, r, pdir / f"skill_{sv}_{sr}.png"), out_dir)
-            with _attempt(doc, f"spread/skill of {v}/{r}"):
-                entry["plots"]["spread_skill"][r] = _rel(
-                    plots.spread_skill(ds, r, pdir / f"spread_skill_{sv}_{sr}.png"), out_dir)
+            if several_leads:
+                with _attempt(doc, f"skill by lead of {v}/{r}"):
+                    entry["plots"]["skill_by_lead"][r] = _rel(
+                        plots.skill_by_lead(ds, r, pdir / f"skill_{sv}_{sr}.png", labels=labels),
+                        out_dir)
+                with _attempt(doc, f"spread/skill of {v}/{r}"):
+                    entry["plots"]["spread_skill"][r] = _rel(
+                        plots.spread_skill(ds, r, pdir / f"spread_skill_{sv}_{sr}.png",
+                                           labels=labels), out_dir)
             if vs.histograms:
                 with _attempt(doc, f"histograms of {v}/{r}"):
                     entry["plots"]["histograms"][r] = _rel(
-                        plots.histograms(vs.histograms, vs.hist_kind, r, v, pdir / f"rank_{sv}_{sr}.png"),
-                        out_dir)
+                        plots.histograms(vs.histograms, vs.hist_kind, r, v,
+                                         pdir / f"rank_{sv}_{sr}.png", labels=labels), out_dir)
         lead_h = vs.crps_map[LEAD_TIME].values / np.timedelta64(1, "h")
         want = result.config.map_lead_time
         j = int(np.argmin(np.abs(lead_h - want))) if want is not None else 0
@@ -153,7 +168,8 @@ def write_plots(result, doc: dict, out_dir: Path) -> None:
             entry["plots"]["maps"] = _rel(plots.crps_and_skill_maps(
                 vs.crps_map.isel({LEAD_TIME: j}), reference=result.config.reference,
                 variable=f"{v} at +{lead_h[j]:g} h", units=vs.units,
-                estimator=result.config.crps_estimator, path=pdir / f"maps_{sv}.png"), out_dir)
+                estimator=vs.crps_map.attrs.get("estimator", result.config.crps_estimator),
+                path=pdir / f"maps_{sv}.png", labels=labels, lsm=lsm), out_dir)
     for case_doc, case in zip(doc["cases"], result.cases, strict=True):
         if case.maps is None:
             continue
@@ -164,7 +180,35 @@ def write_plots(result, doc: dict, out_dir: Path) -> None:
         with _attempt(doc, f"case {case.case.id}"):
             case_doc["plot"] = _rel(plots.case_panel(
                 case.maps, systems=systems, title=title, threshold=case.case.threshold, units=units,
-                box=case.case.box.model_dump(), path=pdir / f"case_{_safe_name(case.case.id)}.png"), out_dir)
+                box=case.case.box.model_dump(), path=pdir / f"case_{_safe_name(case.case.id)}.png",
+                labels=labels, lsm=lsm), out_dir)
+
+
+def _land_sea_mask(result, doc: dict):
+    """The ``lsm`` field of ``config.land_sea_mask`` on the evaluation's grid, or None (a
+    file that cannot be used is reported in the problems: maps are drawn without coast)."""
+    path = result.config.land_sea_mask
+    if path is None or not result.variables:
+        return None
+    import xarray as xr
+
+    from enspp.data.schema import LATITUDE, LONGITUDE
+    from enspp.evaluation.systems import check_same_grid, open_dataset
+
+    template = next(iter(result.variables.values())).crps_map
+    try:
+        ds = xr.open_dataset(path) if Path(path).is_file() else open_dataset(Path(path))
+        name = next((n for n in ("lsm", "land_sea_mask") if n in ds.data_vars), None)
+        if name is None:
+            raise KeyError(f"no 'lsm' variable (variables: {sorted(map(str, ds.data_vars))})")
+        lsm = ds[name].squeeze(drop=True)
+        check_same_grid(template, lsm, what="land-sea mask vs evaluation grid")
+        return lsm.assign_coords({LATITUDE: template[LATITUDE].values,
+                                  LONGITUDE: template[LONGITUDE].values}).load()
+    except (OSError, ValueError, KeyError) as e:
+        doc["problems"].append(f"land-sea mask {path}: not used, maps have no coastline "
+                               f"({type(e).__name__}: {e})")
+        return None
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -227,3 +271,43 @@ def read_scores(path: Path) -> dict:
     if doc.get("schema") != SCHEMA:
         raise EnsppError(f"{p}: schema {doc.get('schema')!r} is not {SCHEMA!r}")
     return doc
+
+
+# ------------------------------------------------------------------ the headline as text
+def headline_rows(doc: dict, *, region: str = "global") -> list[dict]:
+    """Rows ``{variable, region, system, label, crps, skill, spread_skill, units, estimator}``
+    of a scores document, best CRPS first per variable (``region``, else the first one)."""
+    labels = {s["key"]: s.get("label") or s["key"] for s in doc.get("systems", [])}
+    rows = []
+    for v, entry in doc.get("variables", {}).items():
+        reg = region if region in entry.get("headline", {}) else next(iter(entry["headline"]))
+        for r in sorted(entry["headline"][reg],
+                        key=lambda r: math.inf if r.get("crps") is None else float(r["crps"])):
+            rows.append({"variable": v, "region": reg, "system": r["system"],
+                         "label": labels.get(r["system"], r["system"]),
+                         "crps": r.get("crps"), "skill": r.get("skill"),
+                         "spread_skill": r.get("spread_skill"), "units": entry.get("units", ""),
+                         "estimator": entry.get("estimator", "")})
+    return rows
+
+
+def format_table(rows: list[dict], *, reference: str = "raw_full") -> str:
+    """The headline table as plain text (what ``enspp demo`` and ``enspp evaluate`` print):
+    systems by their labels, CRPS with its units, skill against ``reference``."""
+    if not rows:
+        return "(no scores)"
+    width = max(len(r.get("label") or r["system"]) for r in rows) + 2
+    units = {r.get("units") or "" for r in rows}
+    crps_head = f"CRPS ({units.pop()})" if len(units) == 1 and "" not in units else "CRPS"
+    lines = [f"{'variable':<9}{'system':<{width}}{crps_head:>10}  {'skill vs ' + reference:>18}"
+             f"  {'spread/skill':>12}"]
+    for r in rows:
+        skill = "" if r["skill"] is None or r["system"] == reference else f"{100 * r['skill']:+.1f} %"
+        ss = "" if r["spread_skill"] is None else f"{r['spread_skill']:.2f}"
+        crps = "n/a" if r["crps"] is None else f"{r['crps']:.4f}"
+        lines.append(f"{r['variable']:<9}{r.get('label') or r['system']:<{width}}{crps:>10}  "
+                     f"{skill:>18}  {ss:>12}")
+    est = {r["estimator"] for r in rows if r["estimator"]}
+    if est:
+        lines.append("CRPS estimators: " + "; ".join(sorted(est)))
+    return "\n".join(lines)

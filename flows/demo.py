@@ -3,8 +3,13 @@ directory, with no configuration file (:func:`flows.config.default_demo_config`)
 
 Every step reuses what the work directory already holds: the world is generated once, files
 already in the stores are skipped, the registry's current model is kept, products hold their
-init times once, so a re-run only re-evaluates and prints the table again.  The resolved
-configuration is written to ``WORKDIR/enspp.yaml``, ready for ``enspp serve --config``.
+init times once, so a re-run only re-evaluates and prints the table again.
+
+The configuration is written to ``WORKDIR/enspp.yaml`` before the first step and again, with
+the ``evaluate`` section completed (every system scored, its lead times), before the
+evaluation, which then reads it: ``enspp evaluate --config WORKDIR/enspp.yaml`` scores
+exactly what the demo showed, ``enspp train`` and ``enspp predict`` with it train and apply
+the same model (the file's header names the commands).
 """
 
 from __future__ import annotations
@@ -22,21 +27,71 @@ from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from enspp.flows.config import EnsppConfig, default_demo_config  # noqa: E402
-from enspp.flows.ops import evaluate_flow, ingest_flow, predict_flow, train_flow  # noqa: E402
+from enspp.flows.ops import (  # noqa: E402
+    evaluate_flow,
+    evaluation_config,
+    ingest_flow,
+    predict_flow,
+    train_flow,
+)
 from enspp.flows.tasks import FlowInputError  # noqa: E402
 
 BASELINE = "emos_local"
 BASELINE_RUN = "baseline-emos_local"
 
 
-def write_config(config: EnsppConfig, path: Path) -> Path:
-    """``config`` as YAML at ``path`` (loadable by :func:`flows.config.load_config`)."""
+def config_header(checkpoint: str | None = None) -> str:
+    """The comment at the top of the demo's ``enspp.yaml``: how to reproduce what it showed."""
+    ckpt = checkpoint or "registry/versions/<version>/model.ckpt"
+    return (
+        "# enspp.yaml written by `enspp demo`: everything the demo ran; paths are relative\n"
+        "# to this directory. Reproduce what the demo showed, from this directory:\n"
+        "#   enspp evaluate --config enspp.yaml --out reports/again   # the table and dashboard\n"
+        "#   enspp train --config enspp.yaml                          # the mixed model again\n"
+        f"#   enspp predict --config enspp.yaml --checkpoint {ckpt} \\\n"
+        "#       --store stores/forecast.zarr --out stores/products/again.zarr --init-time T ...\n"
+        "# Check a change to this file with `enspp validate enspp.yaml`.\n")
+
+
+def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
+                 checkpoint: str | None = None) -> Path:
+    """``config`` as YAML at ``path`` (loadable by :func:`flows.config.load_config`), with
+    ``evaluate`` (an :class:`~evaluation.config.EvaluateConfig`) as its ``evaluate`` section
+    when given.  Paths inside the work directory are written relative to it, and the work
+    directory as ``.`` when the file lies in it, so the directory can be moved or copied;
+    ``checkpoint`` is named in the header's ``enspp predict`` line."""
+    root = config.workdir.root.resolve()
+    path = Path(path)
     doc = config.model_dump(mode="json", exclude_none=True)
+    if path.parent.resolve() == root:
+        doc["data"]["workdir"] = "."
+    if evaluate is not None:
+        doc["evaluate"] = _relative_paths(evaluate, root).model_dump(mode="json",
+                                                                      exclude_none=True)
     if doc.get("evaluate", {}).get("splits"):
         doc["evaluate"].pop("splits")  # re-derived from the pipeline's split on load
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(config_header(checkpoint) + yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(path)  # a reader never sees half a file
     return path
+
+
+def _relative_paths(ev: Any, root: Path) -> Any:
+    """``ev`` with the paths inside ``root`` made relative to it."""
+    def rel(p: Path) -> Path:
+        p = Path(p)
+        try:
+            return p.resolve().relative_to(root) if p.is_absolute() else p
+        except ValueError:
+            return p
+
+    return ev.model_copy(update={
+        "systems": [s.model_copy(update={"path": rel(s.path)}) for s in ev.systems],
+        "truth": None if ev.truth is None else rel(ev.truth),
+        "cases": [rel(c) for c in ev.cases],
+        "land_sea_mask": None if ev.land_sea_mask is None else rel(ev.land_sea_mask),
+    })
 
 
 @task(name="synthetic-world", cache_policy=NO_CACHE, persist_result=False)
@@ -98,4 +153,10 @@ def demo_flow(workdir: str = "enspp-work", fast: bool = False,
         ckpt = train_baseline(config)
         products["emos"] = predict_flow(config_path, split="test", checkpoint=ckpt,
                                         init_times_per_task=32)
-    return evaluate_flow(config_path, report_id="demo", products=products)
+    # the evaluation reads the systems from the file, so the file is what the demo showed
+    current = current_version(wd.registry)
+    write_config(config, wd.root / "enspp.yaml",
+                 evaluate=evaluation_config(config, products=products),
+                 checkpoint=None if current is None else
+                 str(Path(current.checkpoint).resolve().relative_to(wd.root.resolve())))
+    return evaluate_flow(config_path, report_id="demo")

@@ -261,8 +261,9 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
     """The ``evaluate`` section completed with the systems the work directory holds (at the
     pipeline's target lead time unless ``evaluate.lead_times`` is set): the raw
     full ensemble and K-member subset, the current model's product, ``products`` (label ->
-    path, Gaussian), and the synthetic oracle; paths resolved against the work directory.
-    Systems the section names itself are kept as they are."""
+    path, Gaussian), and the synthetic oracle; the pipeline's static file as the maps'
+    land-sea mask; paths resolved against the work directory.  Systems the section names
+    itself are kept as they are."""
     from enspp.evaluation.config import EvaluateConfig, SystemConfig
     from enspp.models.registry import current_version
 
@@ -293,6 +294,9 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
     oracle = wd.synth / "oracle.zarr"
     if oracle.exists():
         auto.append({"name": "oracle", "path": oracle, "type": "gaussian"})
+    static = cfg.pipeline.stores.static
+    if ev.land_sea_mask is None and static is not None and wd.path(static).exists():
+        ev = ev.model_copy(update={"land_sea_mask": wd.path(static)})  # coastlines on maps
     systems = list(ev.systems)
     keys = {s.key for s in systems}
     for s in auto:

@@ -3,13 +3,13 @@ validation, registering, evaluating and publishing the headline table."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from enspp.evaluation.report import format_table, headline_rows  # noqa: F401 (the flows' table)
 from enspp.flows.tasks import IO_RETRY, FlowInputError
 
 _PLAIN: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -132,41 +132,6 @@ def register_model(registry: str, checkpoint: str, *, score: dict[str, Any],
 
 
 # ------------------------------------------------------------------ evaluation and artifacts
-def headline_rows(doc: dict[str, Any], *, region: str = "global") -> list[dict[str, Any]]:
-    """Rows ``{variable, system, crps, skill, spread_skill, estimator}`` of a report's
-    ``scores.json`` document (``evaluation.report``), best CRPS first per variable."""
-    rows = []
-    for v, entry in doc.get("variables", {}).items():
-        reg = region if region in entry.get("headline", {}) else next(iter(entry["headline"]))
-        for r in sorted(entry["headline"][reg], key=lambda r: _num(r.get("crps"))):
-            rows.append({"variable": v, "region": reg, "system": r["system"],
-                         "crps": r.get("crps"), "skill": r.get("skill"),
-                         "spread_skill": r.get("spread_skill"), "units": entry.get("units", ""),
-                         "estimator": entry.get("estimator", "")})
-    return rows
-
-
-def _num(x: Any) -> float:
-    return math.inf if x is None else float(x)
-
-
-def format_table(rows: list[dict[str, Any]], *, reference: str = "raw_full") -> str:
-    """The headline table as plain text (what ``enspp demo`` prints)."""
-    if not rows:
-        return "(no scores)"
-    lines = [f"{'variable':<9}{'system':<14}{'CRPS':>10}  {'skill vs ' + reference:>18}"
-             f"  {'spread/skill':>12}"]
-    for r in rows:
-        skill = "" if r["skill"] is None or r["system"] == reference else f"{100 * r['skill']:+.1f} %"
-        ss = "" if r["spread_skill"] is None else f"{r['spread_skill']:.2f}"
-        crps = "n/a" if r["crps"] is None else f"{r['crps']:.4f}"
-        lines.append(f"{r['variable']:<9}{r['system']:<14}{crps:>10}  {skill:>18}  {ss:>12}")
-    est = {r["estimator"] for r in rows if r["estimator"]}
-    if est:
-        lines.append("CRPS estimators: " + "; ".join(sorted(est)))
-    return "\n".join(lines)
-
-
 @task(name="evaluate-products", **_PLAIN)
 def evaluate_products(evaluate_config: Any, out_dir: str) -> str:
     """Score the systems, write the report and dashboard to ``out_dir``; the index path."""

@@ -79,7 +79,8 @@ def new_files(paths: Sequence[str], store: str | Path) -> tuple[list[str], list[
     return new, done
 
 
-@task(name="ingest-files", task_run_name="ingest {store_name}: {first}+{n_more}", **IO_RETRY)
+@task(name="ingest-files", task_run_name="ingest {store_name}: {first} and {n_more} more files",
+      **IO_RETRY)
 def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = False,
                  lock_timeout: float = 300.0, bounds: dict[str, Any] | None = None,
                  allow_mixed_centres: bool = False, store_name: str = "", first: str = "",
@@ -129,7 +130,8 @@ def done_init_times(product: str | Path) -> set[str]:
     return {record_key(np.datetime64(t, "ns")) for t in attrs.get(COMPLETE_ATTR, [])}
 
 
-@task(name="predict-init-times", task_run_name="predict {first}+{n_more}", **IO_RETRY)
+@task(name="predict-init-times", task_run_name="predict {first} and {n_more} more init times",
+      **IO_RETRY)
 def predict_init_times(checkpoint: str, forecast: str, product: str, init_times: list[str], *,
                        options: dict[str, Any], version: str, first: str = "",
                        n_more: int = 0) -> list[str]:

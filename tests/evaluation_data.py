@@ -25,6 +25,7 @@ class World:
     product: Path
     oracle: Path
     events: Path
+    static: Path
     init_times: pd.DatetimeIndex
 
 
@@ -71,7 +72,11 @@ def make_world(root: Path, *, n_init: int = 24, n_members: int = 10, seed: int =
     orc = xr.Dataset({"t2m_mu": (dims4, mu_true.astype("float32"), {"units": "K"}),
                       "t2m_sigma": (dims4, sd_true.astype("float32"), {"units": "K"})}, coords=coords4)
     paths = World(root / "forecast.zarr", root / "analysis.zarr", root / "product.zarr",
-                  root / "oracle.zarr", root / "events.yaml", init)
+                  root / "oracle.zarr", root / "events.yaml", root / "static.nc", init)
+    # a land-sea mask: one continent between 20 and 120 E, north of the equator
+    land = (LAT[:, None] > 0) & (LON[None, :] >= 20) & (LON[None, :] <= 120)
+    xr.Dataset({"lsm": (("latitude", "longitude"), land.astype("float64"))},
+               coords={"latitude": LAT, "longitude": LON}).to_netcdf(paths.static)
     chunks = {"init_time": 1}
     fc.chunk(chunks).to_zarr(paths.forecast, mode="w")
     ana.chunk({"time": 1}).to_zarr(paths.analysis, mode="w")
@@ -111,6 +116,7 @@ def config_dict(w: World, **over) -> dict:
         "regions": ["global", "tropics"],
         "bootstrap": {"block_length": 3, "n": 200, "ci_level": 0.9},
         "cases": [str(w.events)],
+        "land_sea_mask": str(w.static),
         "chunk_size": 5,
     }
     cfg.update(over)

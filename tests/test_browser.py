@@ -1,8 +1,10 @@
-"""Headless Chromium opens the dashboard from the file system: table and images render.
+"""Headless Chromium opens the dashboard from the file system, as a reader would: every
+system carries its label, every panel shows something, every image loads, units are named,
+and the tabs switch with the page's own script.
 
 Needs ``chromium`` and ``chromedriver`` (``apt-get install -y chromium chromium-driver``, as
-``.ci/run`` does); skips with the reason otherwise.  The screenshot is kept under
-``test-artifacts/`` at the project root.
+``.ci/run`` does); skips with the reason otherwise.  Screenshots (the whole page, and each
+tab a reader would open) are kept under ``test-artifacts/`` at the project root (git-ignored).
 """
 
 from __future__ import annotations
@@ -38,34 +40,118 @@ def _browser():
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts), profile
 
 
-def test_dashboard_renders_in_chromium(tmp_path_factory):
+@pytest.fixture(scope="module")
+def browser():
     driver, profile = _browser()
     try:
-        _, result, out = evaluated_report(tmp_path_factory.getbasetemp() / "evaluation-shared")
-        driver.get((out / "index.html").resolve().as_uri())
-        driver.execute_script("return document.readyState")
-        systems = driver.execute_script(
-            "return Array.from(document.querySelector('table.headline').querySelectorAll('tbody tr'))"
-            ".map(r => r.dataset.system)")
-        assert systems == [s.key for s in result.config.systems]
-        cells = driver.execute_script(
-            "return Array.from(document.querySelector('table.headline').querySelectorAll('tbody tr'))"
-            ".map(r => r.children.length)")
-        assert all(n == 8 for n in cells)
-        images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-        assert images, "the dashboard shows no plot"
-        broken = [src for src, complete, width in images if not complete or width == 0]
-        assert not broken, f"broken images: {broken}"
-        # a region tab switches panels with the page's own script
-        driver.execute_script("document.querySelectorAll('.tabs')[1].querySelectorAll('button')[1].click()")
-        visible = driver.execute_script(
-            "return document.querySelector('.panel.active table.headline[data-region=\"tropics\"]') !== null")
-        assert visible
-        driver.execute_script("document.querySelectorAll('.tabs')[1].querySelectorAll('button')[0].click()")
-        ARTIFACTS.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
-        assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+        yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def _screenshot(driver, name: str) -> Path:
+    """The whole page (the window grown to its height) as ``test-artifacts/<name>.png``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, max(800, min(int(height), 16000)))
+    path = ARTIFACTS / f"{name}.png"
+    assert driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    return path
+
+
+# what no panel may show: nothing at all, a figure without image, a cell left empty or
+# holding a Python/JS leftover (the headline's reference row leaves its DM cell empty)
+_EMPTY_PANELS = """
+const bad = [];
+document.querySelectorAll('.panel').forEach(p => {
+  const shown = p.querySelectorAll('table tbody tr, img').length;
+  if (!shown) bad.push('empty tab panel ' + p.id);
+});
+document.querySelectorAll('figure').forEach(f => {
+  if (!f.querySelector('img')) bad.push('figure without image');
+});
+document.querySelectorAll('table').forEach(t => {
+  if (!t.querySelectorAll('tbody tr').length) bad.push('table without rows');
+});
+document.querySelectorAll('td').forEach(td => {
+  if (['None', 'nan', 'NaN', 'null', 'undefined', ''].includes(td.innerText.trim())
+      && !td.closest('tr.ref') && !td.closest('table.headline')) bad.push('cell shows "' + td.innerText + '"');
+});
+const text = document.body.innerText;
+for (const word of ['undefined', '[object']) {
+  if (text.includes(word)) bad.push('page shows ' + word);
+}
+return bad;
+"""
+
+
+def test_dashboard_reads_as_a_report_in_chromium(browser, tmp_path_factory):
+    driver = browser
+    _, result, out = evaluated_report(tmp_path_factory.getbasetemp() / "evaluation-shared")
+    driver.get((out / "index.html").resolve().as_uri())
+    driver.execute_script("return document.readyState")
+
+    # the headline: a row per system, keyed, labelled with method and member set
+    rows = driver.execute_script(
+        "return Array.from(document.querySelector('table.headline').querySelectorAll('tbody tr'))"
+        ".map(r => [r.dataset.system, r.children.length, r.querySelector('td.sys').innerText])")
+    assert [r[0] for r in rows] == [s.key for s in result.config.systems]
+    assert all(n == 8 for _, n, _ in rows)
+    labels = {key: text for key, _, text in rows}
+    assert labels["raw_full"].startswith("raw ensemble, all 10 (control + 9 perturbed)")
+    assert labels["raw_subset"].startswith("raw ensemble, control + 3 of 9 perturbed")
+    assert labels["oracle"].startswith("oracle (the exact predictive distribution)")
+    head = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.headline th')).map(t => t.innerText)")
+    assert "CRPS (K)" in head and "RMSE (K)" in head
+
+    # every image loads, no panel is empty
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    assert len(images) >= 5, "the dashboard shows too few plots"
+    broken = [src for src, complete, width in images if not complete or width == 0]
+    assert not broken, f"broken images: {broken}"
+    assert driver.execute_script(_EMPTY_PANELS) == []
+
+    # units where thresholds are named, the configuration as YAML
+    body = driver.execute_script("return document.body.innerText")
+    assert "above 295 K" in body and "295 K" in body
+    assert "systems:\n- name: raw_full" in body
+    _screenshot(driver, "dashboard")
+
+    # a region tab switches panels with the page's own script
+    driver.execute_script("document.querySelectorAll('.tabs')[1].querySelectorAll('button')[1].click()")
+    assert driver.execute_script(
+        "return document.querySelector('.panel.active table.headline[data-region=\"tropics\"]') !== null")
+    _screenshot(driver, "dashboard-tropics")
+    driver.execute_script("document.querySelectorAll('.tabs')[1].querySelectorAll('button')[0].click()")
+    driver.execute_script("document.getElementById('case-warm-spell').scrollIntoView()")
+    assert driver.execute_script(
+        "return document.querySelector('#case-warm-spell img').naturalWidth") > 0
+
+
+def test_combined_dashboard_in_chromium(browser, tmp_path_factory, tmp_path):
+    import json
+
+    from enspp.evaluation.dashboard import combine_dashboards
+    from enspp.evaluation.report import read_scores
+
+    driver = browser
+    _, _, out = evaluated_report(tmp_path_factory.getbasetemp() / "evaluation-shared")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "scores.json").write_text(json.dumps(dict(read_scores(out), title="second period")))
+    shutil.copytree(out / "plots", other / "plots")
+    index = combine_dashboards([out, other], tmp_path / "both")
+    driver.get(index.resolve().as_uri())
+    tabs = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.tabs')[0].querySelectorAll('button')).map(b => b.innerText)")
+    assert tabs == ["synthetic test", "second period"]
+    driver.execute_script("document.querySelectorAll('.tabs')[0].querySelectorAll('button')[1].click()")
+    images = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.panel.active img')).map(i => i.naturalWidth)")
+    assert images and all(w > 0 for w in images)
+    assert driver.execute_script(_EMPTY_PANELS) == []
+    _screenshot(driver, "dashboard-combined")

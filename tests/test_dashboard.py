@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from evaluation_data import evaluated_report
 
@@ -91,3 +92,183 @@ def test_dashboard_without_truth_shows_cases_only(report, tmp_path):
     doc = dict(doc, variables={}, title="forecast only")
     page = write_dashboard([doc], tmp_path).read_text()
     assert "No scores: no verifying truth" in page and "Case studies" in page
+
+
+# ------------------------------------------------------------------ what a reader sees
+def test_systems_are_named_by_method_and_member_set(report):
+    _, _, out = report
+    doc = read_scores(out)
+    labels = {s["key"]: s["label"] for s in doc["systems"]}
+    assert labels == {"raw_full": "raw ensemble, all 10 (control + 9 perturbed)",
+                      "raw_subset": "raw ensemble, control + 3 of 9 perturbed",  # members 0..3
+                      "emos": "EMOS",  # a product that does not record its input members
+                      "oracle": "oracle (the exact predictive distribution)"}
+    page = (out / "index.html").read_text()
+    head = page[page.index('<table class="headline"'):]
+    head = head[:head.index("</table>")]
+    for key, label in labels.items():
+        assert re.search(rf'data-system="{key}"[^>]*><td class="sys">{re.escape(label)}<span class="key">{key}</span>',
+                         head), key
+
+
+def test_units_everywhere_and_configuration_as_yaml(report):
+    _, result, out = report
+    page = (out / "index.html").read_text()
+    assert "CRPS (K)" in page and "RMSE (K)" in page and "bias (K)" in page
+    assert "above 295 K" in page and "above the local 90th percentile" in page  # twCRPS
+    assert "<dt>threshold</dt><dd>295 K</dd>" in page  # the case's threshold
+    assert "<dt>variable</dt><dd>t2m (K)</dd>" in page
+    config = re.search(r'<pre class="config">(.*?)</pre>', page, re.S).group(1)
+    assert "systems:\n- name: raw_full" in config and "{" not in config  # YAML, not JSON
+    assert "by lead time" in page  # two lead times: a lead-time axis
+
+
+def test_one_lead_time_gets_a_table_not_a_lead_axis(tmp_path):
+    from evaluation_data import config_dict, make_world
+
+    from enspp.evaluation.config import config_from_mapping
+    from enspp.evaluation.evaluate import evaluate
+
+    w = make_world(tmp_path / "world", n_init=6, leads_h=(48,))
+    cfg = config_from_mapping(config_dict(w, regions=["global"], bootstrap={"n": 20}, cases=[]))
+    out = tmp_path / "report"
+    evaluate(cfg, out)
+    doc = read_scores(out)
+    assert doc["variables"]["t2m"]["plots"]["skill_by_lead"] == {}
+    assert doc["variables"]["t2m"]["plots"]["spread_skill"] == {}
+    assert not list((out / "plots").glob("skill_*")) and not list((out / "plots").glob("spread_*"))
+    page = (out / "index.html").read_text()
+    assert "by lead time" not in page and 'class="by-lead"' not in page
+    assert "t2m · global · +48 h" in page
+
+
+def test_the_template_escapes_what_it_shows(report):
+    _, _, out = report
+    doc = dict(read_scores(out), title="<script>alert(1)</script>")
+    page = render_html([doc])
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)" in page
+
+
+@pytest.mark.parametrize("label, units, tail, text", [
+    ("t295", "K", "upper", "above 295 K"), ("t-5", "degC", "lower", "below -5 degC"),
+    ("p90", "K", "upper", "above the local 90th percentile"),
+    ("p1", "K", "upper", "above the local 1st percentile"), ("q", "K", "upper", "q")])
+def test_twcrps_labels_in_words(label, units, tail, text):
+    from enspp.evaluation.dashboard import twcrps_text
+
+    assert twcrps_text(label, units=units, tail=tail) == text
+
+
+@pytest.mark.parametrize("members, available, text", [
+    ([1, 2, 3, 4, 5], list(range(11)), "5 of 10 perturbed"),
+    ([0, 1, 2, 3], list(range(11)), "control + 3 of 10 perturbed"),
+    (None, list(range(11)), "all 11 (control + 10 perturbed)"),
+    (list(range(11)), list(range(11)), "all 11 (control + 10 perturbed)"),
+    ([0], list(range(11)), "control"),
+    ([3, 7], list(range(1, 51)), "2 of 50 perturbed"),
+    (None, list(range(1, 51)), "all 50 perturbed"),
+    ([1, 2], None, "2 members"),
+])
+def test_member_sets_in_words(members, available, text):
+    from enspp.evaluation.labels import describe_members
+
+    assert describe_members(members, available) == text
+
+
+def test_system_labels():
+    from enspp.evaluation.labels import member_ranges, system_label
+
+    ens = list(range(11))
+    assert system_label("mixed", members=[1, 2, 3, 4, 5], available=ens) == \
+        "mixed (ours), 5 of 10 perturbed"
+    assert system_label("emos", members=[1, 2, 3, 4, 5], available=ens, model="emos_local") == \
+        "EMOS (local), 5 of 10 perturbed"
+    assert system_label("raw_full", members=ens, available=ens) == \
+        "raw ensemble, all 11 (control + 10 perturbed)"
+    assert system_label("custom", key="my model", members=None, available=ens) == "my model"
+    assert system_label("oracle", available=ens).startswith("oracle")
+    assert member_ranges([5, 1, 2, 3, 8, 10, 11]) == "1-3, 5, 8, 10-11"
+
+
+# ------------------------------------------------------------------ maps
+def _figure_of(monkeypatch):
+    from enspp.evaluation import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    return plots, figs
+
+
+def _map(systems, lon):
+    import numpy as np
+    import xarray as xr
+
+    lat = np.array([40.0, 20.0, 0.0, -20.0])
+    rng = np.random.default_rng(0)
+    return xr.DataArray(rng.random((len(systems), lat.size, lon.size)) + 0.5,
+                        dims=("system", "latitude", "longitude"),
+                        coords={"system": systems, "latitude": lat, "longitude": lon})
+
+
+def test_maps_have_no_self_comparison_panel_and_draw_the_coast(monkeypatch, tmp_path):
+    import numpy as np
+    from matplotlib.collections import QuadMesh
+
+    plots, figs = _figure_of(monkeypatch)
+    crps = _map(["raw_full", "mixed", "emos"], np.arange(0.0, 360.0, 45.0))
+    lsm = crps.isel(system=0, drop=True) * 0 + (crps.longitude < 100)
+    labels = {"raw_full": "raw ensemble, all 11", "mixed": "mixed (ours), 5 of 10 perturbed"}
+    plots.crps_and_skill_maps(crps, reference="raw_full", variable="t2m at +48 h", units="K",
+                              estimator="fair", path=tmp_path / "m.png", labels=labels, lsm=lsm)
+    fig = figs[-1]
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
+    panels = [a for a in fig.axes if a.get_visible() and a not in bars
+              and any(isinstance(c, QuadMesh) for c in a.collections)]
+    titles = [a.get_title() for a in panels]
+    assert len(panels) == 5  # 3 CRPS maps + 2 skill maps: none for raw_full against itself
+    assert not any("skill" in t and "raw ensemble" in t for t in titles)
+    assert "mixed (ours), 5 of 10 perturbed" in titles and "skill: emos" in titles
+    assert all(len(a.collections) >= 2 for a in panels)  # the map and the coastline contour
+    assert all(a.get_xlabel() == "longitude" and a.get_ylabel() == "latitude" for a in panels)
+    ticks = [t.get_text() for t in panels[0].get_xticklabels()]
+    assert any(t.endswith("W") for t in ticks) and any(t.endswith("E") for t in ticks)
+    assert sorted(a.get_ylabel() for a in bars) == ["CRPS (K)", "CRPS skill (%)"]  # one per scale
+
+
+def test_case_panel_shares_colour_scales_across_systems(monkeypatch, tmp_path):
+    import numpy as np
+    import xarray as xr
+    from matplotlib.collections import QuadMesh
+
+    plots, figs = _figure_of(monkeypatch)
+    base = _map(["a", "b"], np.arange(0.0, 60.0, 15.0))
+    maps = xr.Dataset({f"{s}_{q}": base.sel(system=s, drop=True) * f
+                       for s, f in (("a", 1.0), ("b", 3.0)) for q in ("mean", "spread", "error")})
+    plots.case_panel(maps, systems=["a", "b"], title="case", threshold=None, units="K",
+                     box={"lat_min": 0, "lat_max": 20, "lon_min": 10, "lon_max": 40},
+                     path=tmp_path / "c.png")
+    meshes = [next(c for c in a.collections if isinstance(c, QuadMesh)) for a in figs[-1].axes
+              if a.get_label() != "<colorbar>" and any(isinstance(c, QuadMesh) for c in a.collections)]
+    assert len(meshes) == 6
+    for col in range(3):  # rows a and b of each column: the same limits
+        assert meshes[col].get_clim() == meshes[3 + col].get_clim()
+
+
+@pytest.mark.parametrize("lon, first, last", [
+    (np.arange(0.0, 360.0, 30.0), -180.0, 150.0),      # global 0..360 -> -180..180
+    (np.arange(-10.0, 20.0, 5.0), -10.0, 15.0),        # already -180..180
+    (np.arange(350.0, 375.0, 5.0) % 360, -10.0, 10.0),  # around 0 in 0..360
+    (np.arange(170.0, 200.0, 5.0), 170.0, 195.0),      # across the date line: kept
+])
+def test_one_longitude_convention(lon, first, last):
+    import xarray as xr
+
+    from enspp.evaluation.plots import lat_text, lon_text, map_longitudes
+
+    da = xr.DataArray(np.zeros((2, lon.size)), dims=("latitude", "longitude"),
+                      coords={"latitude": [1.0, 0.0], "longitude": lon})
+    got = map_longitudes(da).longitude.values
+    assert got[0] == first and got[-1] == last and np.all(np.diff(got) > 0)
+    assert [lon_text(x) for x in (219.4, -157.433, 0, 180, 45)] == \
+        ["140.6°W", "157.433°W", "0°", "180°", "45°E"]
+    assert [lat_text(x) for x in (50, -3.5, 0)] == ["50°N", "3.5°S", "0°"]

@@ -296,18 +296,3 @@ def test_demo_synth_step_refuses_another_world(tmp_path):
     no_synth = config_from_mapping({"data": {"workdir": str(tmp_path)}})
     with pytest.raises(FlowInputError, match="data.synth is not set"):
         synth_world.fn(no_synth)
-
-
-@pytest.mark.slow
-def test_enspp_demo_fast_end_to_end_and_idempotent(tmp_path, capsys):
-    from enspp.flows.cli import main
-
-    wd = tmp_path / "work"
-    assert main(["demo", "--workdir", str(wd), "--fast"]) == 0
-    out = capsys.readouterr().out
-    assert "dashboard: " in out and (wd / "reports" / "demo" / "index.html").is_file()
-    assert "mixed" in out and "raw_full" in out
-    versions = list((wd / "registry" / "versions").iterdir())
-    assert main(["demo", "--workdir", str(wd), "--fast"]) == 0  # re-run: reuses everything
-    again = "".join(capsys.readouterr())
-    assert "already" in again and list((wd / "registry" / "versions").iterdir()) == versions

@@ -62,4 +62,6 @@ def test_the_wheel_holds_only_enspp_at_top_level(tmp_path):
         assert f"enspp/{name}/__init__.py" in names
     assert "enspp/data/synth/__init__.py" in names
     assert "enspp/evaluation/catalogue/cases.yaml" in names
+    for name in ("dashboard.html", "dashboard.css", "dashboard.js"):  # the dashboard template
+        assert f"enspp/evaluation/templates/{name}" in names
     assert not any(n.startswith("enspp/tests") for n in names)

@@ -1,0 +1,121 @@
+"""What a reader calls a system: its method and the members it ran on.
+
+A report names systems by their key (``raw_full``, ``mixed``, ...), which says nothing about
+how many members a system saw.  :func:`system_label` is the one place that turns a system into
+words, e.g. ``mixed, 5 of 10 perturbed`` or ``raw ensemble, all 11 (control + 10
+perturbed)``, from the member numbers it actually used (member 0 is the control, as
+everywhere in enspp): whatever rule chose them (first K, random K, an explicit list), the
+label describes the set itself.  :func:`describe_systems` finds those numbers in the stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+METHODS = {"raw_full": "raw ensemble", "raw_subset": "raw ensemble", "emos": "EMOS",
+           "mlp": "MLP", "unet": "U-Net", "mixed": "mixed", "oracle": "oracle"}
+#: a product's ``model_name`` attribute in words
+MODEL_NAMES = {"emos_local": "EMOS (local)", "emos_global": "EMOS (global)", "mlp": "MLP",
+               "unet": "U-Net", "mixed": "mixed"}
+
+
+def member_ranges(members: Sequence[int]) -> str:
+    """``1-5, 8, 10-12``: member numbers, consecutive runs joined."""
+    ms = sorted({int(m) for m in members})
+    parts: list[str] = []
+    i = 0
+    while i < len(ms):
+        j = i
+        while j + 1 < len(ms) and ms[j + 1] == ms[j] + 1:
+            j += 1
+        parts.append(str(ms[i]) if i == j else f"{ms[i]}-{ms[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def describe_members(members: Sequence[int] | None, available: Sequence[int] | None) -> str:
+    """The member set in words: ``5 of 10 perturbed``, ``control + 4 of 10 perturbed``,
+    ``all 11 (control + 10 perturbed)``; ``members`` None means all of ``available``.
+    Without ``available`` (the full ensemble unknown): ``5 members``."""
+    if members is None and available is None:
+        return ""
+    have = sorted({int(m) for m in (available if available is not None else members)})
+    used = have if members is None else sorted({int(m) for m in members})
+    n_pert = sum(m != 0 for m in have)
+    if available is None:
+        return f"{len(used)} members"
+    if used == have:
+        if 0 in have and n_pert:
+            return f"all {len(have)} (control + {n_pert} perturbed)"
+        return f"all {len(have)}" + (" perturbed" if 0 not in have else "")
+    pert = [m for m in used if m != 0]
+    text = f"{len(pert)} of {n_pert} perturbed" if pert else ""
+    if 0 in used:
+        return "control" + (f" + {text}" if text else "")
+    return text
+
+
+def system_label(name: str, *, key: str | None = None, members: Sequence[int] | None = None,
+                 available: Sequence[int] | None = None, model: str | None = None) -> str:
+    """``<method>, <member set>``: ``name`` is the system's kind (``raw_full``, ``mixed``,
+    ``custom``...), ``key`` its key (the method of a ``custom`` system), ``members`` the member
+    numbers it ran on, ``available`` the full ensemble's, ``model`` a product's model name."""
+    if name == "oracle":
+        return "oracle (the exact predictive distribution)"
+    method = MODEL_NAMES.get(model or "", None) or METHODS.get(name) or key or name
+    if name == "mixed" or model == "mixed":
+        method = "mixed (ours)"
+    if members is None and name != "raw_full":  # a product that does not say: no claim
+        return method
+    text = describe_members(members, available)
+    return f"{method}, {text}" if text else method
+
+
+def describe_systems(config: Any) -> dict[str, dict[str, Any]]:
+    """``{key: {"label", "members", "available"}}`` for the systems of an
+    :class:`~evaluation.config.EvaluateConfig`: the member numbers come from the forecast
+    stores (and a subset's selection) and from the products' ``input_members`` attribute;
+    the full ensemble is the reference's (else the largest ensemble's) member list.
+    A store that cannot be read gives the bare method name."""
+    from enspp.data.schema import MEMBER
+    from enspp.evaluation.systems import open_dataset
+
+    info: dict[str, dict[str, Any]] = {}
+    opened: dict[Any, Any] = {}
+    for s in config.systems:
+        members: list[int] | None = None
+        model = None
+        try:
+            ds = opened.setdefault(s.path, open_dataset(s.path))
+        except (OSError, ValueError):
+            ds = None
+        if ds is not None:
+            if "input_members" in ds.attrs:  # a product: what the model was given
+                members = [int(m) for m in _as_list(ds.attrs["input_members"])]
+                model = ds.attrs.get("model_name")
+            elif s.name != "oracle" and MEMBER in ds.coords:
+                have = [int(m) for m in ds[MEMBER].values]
+                sel = s.members
+                members = have if sel is None else (list(range(sel)) if isinstance(sel, int)
+                                                    else [int(m) for m in sel])
+        info[s.key] = {"name": s.name, "members": members, "model": model}
+    ref = info.get(config.reference)
+    ensembles = [v["members"] for k, v in info.items()
+                 if v["members"] is not None and v["model"] is None]
+    available = (ref["members"] if ref and ref["members"] is not None and ref["model"] is None
+                 else max(ensembles, key=len) if ensembles else None)
+    for key, v in info.items():
+        v["available"] = available
+        v["label"] = system_label(v["name"], key=key, members=v["members"], available=available,
+                                  model=v["model"])
+    return info
+
+
+def _as_list(x: Any) -> list[Any]:
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    try:
+        return list(x.tolist()) if hasattr(x, "tolist") else [x]
+    except TypeError:
+        return [x]

@@ -1,0 +1,9 @@
+document.querySelectorAll('.tabs').forEach(function(bar){
+  bar.querySelectorAll('button').forEach(function(b){
+    b.addEventListener('click',function(){
+      bar.querySelectorAll('button').forEach(function(x){x.classList.remove('active');
+        document.getElementById(x.dataset.target).classList.remove('active');});
+      b.classList.add('active');document.getElementById(b.dataset.target).classList.add('active');
+    });
+  });
+});
