@@ -165,6 +165,12 @@ def _variable_view(doc: dict, variable: str, uid: str, prefix: str) -> dict:
                                          for lbl in tw]],
                             [_row(s, labels, [_cell(_f(tw[lbl].get(s))) for lbl in tw])
                              for s in v["systems"]], cls="twcrps")
+        ee = v.get("eecrps", {}).get(region, {})
+        eecrps = None
+        if ee:
+            eecrps = _table(["system", f"EECRPS ({u})"],
+                            [_row(s, labels, [_cell(_f(ee.get(s)))]) for s in v["systems"]],
+                            cls="eecrps")
         figures = [f for f in (
             _figure(plots.get("skill_by_lead", {}).get(region), f"skill by lead {variable} {region}",
                     prefix, "CRPS skill by lead time, with the bootstrap interval"),
@@ -174,7 +180,8 @@ def _variable_view(doc: dict, variable: str, uid: str, prefix: str) -> dict:
                     prefix, "rank (ensembles) and PIT (distributions) histograms, lead times "
                             "pooled; flat = calibrated")) if f is not None]
         regions.append({"tab": region, "headline": headline_view(doc, variable, region),
-                        "by_lead": by_lead, "twcrps": twcrps, "figures": figures})
+                        "by_lead": by_lead, "twcrps": twcrps, "eecrps": eecrps,
+                        "figures": figures})
     info = (f"{v['init_count']} init times · {hours_text(hours)} · CRPS estimator: "
             f"{v['estimator']} · {v.get('ci', '')} · {v.get('dm_test', '')}")
     if any(v.get("nan_dropped", {}).values()):
@@ -265,7 +272,7 @@ def evaluation_view(doc: dict, uid: str, prefix: str) -> dict:
     skipped = [c["message"] for c in doc.get("cases", []) if c["status"] == "out_of_range"]
     return {"uid": uid, "tab": doc["title"], "reference_label": labels.get(doc["reference"], doc["reference"]),
             "headline": headline, "estimators": "; ".join(estimators),
-            "problems": list(doc.get("problems", [])),
+            "problems": list(doc.get("problems", [])), "notes": list(doc.get("notes", [])),
             "variables": [_variable_view(doc, v, f"{uid}-{i}", prefix) for i, v in enumerate(variables)],
             "cases": cases, "cases_skipped": skipped, "provenance": _provenance_view(doc)}
 

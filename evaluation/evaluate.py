@@ -15,6 +15,7 @@ system, the variable and the init time; skipped and reported with ``missing: ski
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from enspp.data.errors import EnsppError
+from enspp.data.progress import LOGGER, Step, plural, summary_line
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
 from enspp.evaluation import fused, kernels, scoring
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
@@ -291,7 +293,7 @@ def _chunk_sums(config: EvaluateConfig, f: SystemField, arrays: list[np.ndarray]
 
 
 def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, SystemField],
-                   truth: xr.DataArray) -> VariableScores:
+                   truth: xr.DataArray, *, progress: bool = True) -> VariableScores:
     """Chunked scores of every system for ``variable`` (fields already cut to the period).
 
     Per chunk of init times every system is read once as numpy and the truth once at the
@@ -332,6 +334,7 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
 
     # the next chunk is read (I/O, decompression: outside the GIL) while this one is scored;
     # memory is two chunks at most
+    bar = Step(f"score {variable}", total=int(init_times.size), unit="init time", bar=progress)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read, starts[0])
         for n, start in enumerate(starts):
@@ -351,7 +354,9 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
                     cs = cs.with_extra("eecrps", fused.point_sums(
                         efi * crps.transpose(*_GRID).values, weights))
                 totals[k] = cs if k not in totals else totals[k].merge(cs)
+            bar.update(min(config.chunk_size, init_times.size - start))
             del chunk, obs, arrays
+    bar.close()
     dropped = {k: int(c.n_nan) for k, c in totals.items()}
     if any(dropped.values()):
         notes.append(f"{variable}: missing values skipped (points with NaN in the truth or the "
@@ -593,12 +598,15 @@ def _hours(da: xr.DataArray) -> list[float]:
     return (da[LEAD_TIME].values / np.timedelta64(1, "h")).tolist()
 
 
-def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None) -> EvaluationResult:
+def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None, *,
+             progress: bool = True) -> EvaluationResult:
     """Score all systems, evaluate the cases, and (when ``out_dir`` is given) write the
-    report and the dashboard there (:func:`evaluation.report.write_report`)."""
+    report and the dashboard there (:func:`evaluation.report.write_report`).  ``progress``:
+    a bar per variable on a terminal; one summary line is logged either way."""
     if config.truth is None:
         raise EvaluateConfigError("evaluate.truth: not set; name the analysis store to score "
                                   "against")
+    t0 = time.perf_counter()
     notes: dict[str, list[str]] = {}
     fields = prepare_fields(config, notes)
     truth = open_truth(config.truth, config.variables)
@@ -607,7 +615,7 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None) -> Evalu
     for v, fs in list(fields.items()):
         if v in truth:
             fs = fields[v] = _truth_covers(config, v, fs, truth[v], notes)
-            vs = score_variable(config, v, fs, truth[v])
+            vs = score_variable(config, v, fs, truth[v], progress=progress)
             vs.notes[:0] = notes.get(v, [])
             variables[v] = vs
             scores[v] = summarise(config, vs)
@@ -617,6 +625,13 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None) -> Evalu
         from enspp.evaluation.report import write_report
 
         write_report(result, Path(out_dir))
+    n_init = max((f.template.sizes[INIT_TIME] for fs in fields.values() for f in fs.values()),
+                 default=0)
+    LOGGER.info(summary_line(
+        f"evaluate {config.title!r}",
+        f"{plural(len(config.systems), 'system')}, {plural(len(scores), 'variable')} scored over "
+        f"{plural(int(n_init), 'init time')}, {plural(len(cases), 'case')}"
+        + (f"; report in {out_dir}" if out_dir is not None else ""), time.perf_counter() - t0))
     return result
 
 

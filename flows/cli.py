@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(sub)
     args = sub.parse_args(rest)
     from enspp.data.errors import EnsppError  # after the command's own imports: costs nothing
+    from enspp.data.progress import show_summaries
+
+    show_summaries()  # one line per long step (what, how much, how long) on stderr
 
     try:
         return int(module.run(args) or 0)

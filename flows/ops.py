@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from enspp.data.errors import EnsppError
+from enspp.data.progress import plural, show_summaries, step
 from enspp.flows.runtime import quiet_prefect
 
 quiet_prefect()
@@ -33,6 +34,10 @@ from prefect import allow_failure, flow  # noqa: E402
 from enspp.flows import steps  # noqa: E402
 from enspp.flows.runtime import make_task_runner, resolve_config  # noqa: E402
 from enspp.flows.tasks import FlowInputError, done_init_times, ingest_files, new_files, predict_init_times  # noqa: E402
+
+# the library's one-line step summaries (what, how much, how long) are printed, and so land
+# in the run's log (every flow logs prints)
+show_summaries()
 
 #: test hook: SIGKILL the predict flow after this many init-time tasks finished
 PREDICT_FAULT_ENV = "ENSPP_FAULT_KILL_AFTER_PREDICTS"
@@ -46,10 +51,14 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
-def _failures(futures: list[tuple[str, Any]]) -> list[str]:
+def _failures(futures: list[tuple[str, Any]], *, done: Any = None) -> list[str]:
+    """The failed futures' labels and errors, waiting for each in turn; ``done(i)`` is
+    called when the ``i``-th has finished (a progress bar)."""
     bad = []
-    for label, fut in futures:
+    for i, (label, fut) in enumerate(futures):
         fut.wait()
+        if done is not None:
+            done(i)
         if not fut.state.is_completed():
             exc = fut.state.result(raise_on_failure=False)
             bad.append(f"{label}: {exc}" if isinstance(exc, BaseException) else
@@ -79,7 +88,13 @@ def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
                                   wait_for=[allow_failure(prev[store])] if store in prev else [])
         futures.append((f"{Path(store).name} <- {', '.join(files)}", fut))
         prev[store] = fut
-    return _failures(futures)
+    sizes = [len(files) for _, files in order]
+    stores = sorted({Path(j["store"]).name for j in jobs})
+    with step(f"ingest into {', '.join(stores)}", total=sum(sizes), unit="file") as s:
+        bad = _failures(futures, done=lambda i: s.update(sizes[i]))
+        s.amount = (f"{plural(sum(sizes), 'file')} in {plural(len(sizes), 'batch', 'batches')}"
+                    + (f", {len(bad)} failed" if bad else ""))
+    return bad
 
 
 @flow(name="ingest", log_prints=True)

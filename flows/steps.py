@@ -50,8 +50,7 @@ def train_model(config: Any) -> dict[str, Any]:
     from enspp.models.train import train
 
     r = train(config.pipeline, config.model, config.train, workdir=config.workdir.root)
-    get_run_logger().info(f"trained {config.model.name}: {r.run_dir}, best {r.monitor} "
-                          f"{r.best_score:.4g} after {r.epochs} epochs")
+    # train() itself says what it did (epochs, the best normalised validation CRPS, time)
     return {"run_dir": str(r.run_dir), "checkpoint": str(r.best_checkpoint),
             "monitor": r.monitor, "best_score": r.best_score, "epochs": r.epochs}
 

@@ -30,6 +30,7 @@ import xarray as xr
 
 from enspp.data import schema
 from enspp.data.errors import EnsppError
+from enspp.data.progress import plural, step
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
 from enspp.models.ecc import output_ecc_members, output_quantiles
 from enspp.models.product import (
@@ -58,7 +59,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95), n_members: int = 10,
             fmt: str = "zarr", static: str | Path | xr.Dataset | None = None,
             batch_size: int = 4, seed: int = 0, model_version: str | None = None,
-            fields: Collection[str] = PRODUCT_FIELDS, whole_fields: bool = False) -> Path:
+            fields: Collection[str] = PRODUCT_FIELDS, whole_fields: bool = False,
+            progress: bool = True) -> Path:
     """Post-process ``store`` with ``checkpoint``; write (or extend) and return ``out``.
 
     ``init_times`` (default: all complete ones in the store) selects init times; ``n_members``
@@ -70,7 +72,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     ECC ``members`` and/or the ``quantiles``, which are then neither computed nor written:
     ``("mean", "std")`` is the Gaussian product alone.  ``whole_fields`` runs the model on the
     whole grid of each init time in one pass, as the training pipeline's validation and test
-    loaders feed it, instead of the tiles ``tiling`` picks.
+    loaders feed it, instead of the tiles ``tiling`` picks.  ``progress``: a bar on a
+    terminal (:mod:`data.progress`; the summary line is logged either way).
     """
     if fmt not in ("zarr", "netcdf"):
         raise PredictError(f"fmt {fmt!r}: expected 'zarr' or 'netcdf'")
@@ -96,7 +99,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     attrs = product_attrs(loaded, members=members, source=source, version=version,
                           n_members=n_members, quantiles=levels)
     writer = ProductWriter(Path(out), attrs=attrs, fmt=fmt)
-    with torch.inference_mode():
+    with step(f"predict {version}", total=len(inits), unit="init time", progress=progress) as s, \
+            torch.inference_mode():
         for init in inits:
             fields, masked = _post_process(loaded, ds, init=init, members=members,
                                            static_fixed=static_fixed, pipeline=pipeline,
@@ -106,7 +110,10 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             writer.write(product_dataset(fields, targets=meta.targets, init=init,
                                          lead_h=pipeline.features.target_lead_time,
                                          quantiles=levels, grid=ds))
-    return writer.finish()
+            s.update()
+        path = writer.finish()
+        s.amount = f"{plural(len(inits), 'init time')} of {', '.join(meta.targets)} into {path.name}"
+    return path
 
 
 def tiling(pipeline: PipelineConfig, *, grid_shape: tuple[int, int]) -> tuple[int | None, int]:

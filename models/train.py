@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from enspp.data import schema
+from enspp.data.progress import LOGGER, summary_line
 from enspp.models.checkpoint import (
     METADATA_KEY,
     CheckpointMetadata,
@@ -46,6 +48,7 @@ from enspp.models.checkpoint import (
 )
 from enspp.models.config import ModelConfig, TrainConfig
 from enspp.models.lightning_module import PostProcessingModule, monitor_name
+from enspp.models.progress import TrainProgress, train_summary
 
 RUNS_DIR = "runs"
 CHECKPOINT_DIR = "checkpoints"
@@ -215,14 +218,17 @@ class _ResumeCheckpointIO(TorchCheckpointIO):
 
 
 def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str,
-                 plugins: list[Any] | None = None) -> L.Trainer:
-    """The Lightning Trainer with checkpoints, early stopping and CSV/TensorBoard loggers."""
+                 plugins: list[Any] | None = None,
+                 callbacks: tuple[Any, ...] = ()) -> L.Trainer:
+    """The Lightning Trainer with checkpoints, early stopping, CSV/TensorBoard loggers and
+    ``callbacks`` (e.g. :class:`~models.progress.TrainProgress`, whose bar replaces
+    Lightning's own)."""
     ckpt_dir = run_dir / CHECKPOINT_DIR
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST_NAME, monitor=monitor,
                                  mode="min", save_top_k=1, save_last=True,
                                  auto_insert_metric_name=False, enable_version_counter=False)
     checkpoint.CHECKPOINT_NAME_LAST = LAST_NAME
-    callbacks: list[Any] = [checkpoint]
+    callbacks = [checkpoint, *callbacks]
     if train.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="min",
                                        patience=train.early_stopping_patience,
@@ -236,7 +242,7 @@ def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str,
         max_epochs=train.max_epochs, accelerator=train.accelerator, devices=train.devices,
         strategy=train.strategy, num_nodes=train.num_nodes, precision=train.precision,
         deterministic=train.deterministic, gradient_clip_val=train.gradient_clip_val,
-        log_every_n_steps=train.log_every_n_steps, enable_progress_bar=train.progress_bar,
+        log_every_n_steps=train.log_every_n_steps, enable_progress_bar=False,
         limit_train_batches=train.limit_train_batches,
         limit_val_batches=train.limit_val_batches, callbacks=callbacks, logger=loggers,
         default_root_dir=run_dir, enable_model_summary=False, plugins=plugins)
@@ -273,19 +279,29 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
     monitor = monitor_name(spec.distribution)
-    trainer = make_trainer(train_config, run_dir=run_dir, monitor=monitor, plugins=plugins)
+    raw_name = f"val/crps_raw_{train_config.ensemble_estimator}"
+    progress = TrainProgress(f"train {model.name}", monitor=monitor, raw=raw_name,
+                             bar=train_config.progress_bar)
+    trainer = make_trainer(train_config, run_dir=run_dir, monitor=monitor, plugins=plugins,
+                           callbacks=(progress,))
+    t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else run_dir / CHECKPOINT_DIR / f"{BEST_NAME}.ckpt"
-    raw = trainer.callback_metrics.get(f"val/crps_raw_{train_config.ensemble_estimator}")
+    raw = trainer.callback_metrics.get(raw_name)
+    best_score = (float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
+                  else float("nan"))
+    LOGGER.info(summary_line(f"train {model.name} ({run_dir.name})", train_summary(
+        epochs=int(trainer.current_epoch), best_epoch=progress.best_epoch,
+        monitor=monitor, best=best_score, raw_name=raw_name,
+        raw=None if raw is None else float(raw)), time.perf_counter() - t0))
     return TrainResult(
         run_dir=run_dir, best_checkpoint=best,
         last_checkpoint=run_dir / CHECKPOINT_DIR / f"{LAST_NAME}.ckpt", monitor=monitor,
-        best_score=float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
-        else float("nan"),
+        best_score=best_score,
         raw_score=None if raw is None else float(raw), epochs=int(trainer.current_epoch),
         metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv")
 

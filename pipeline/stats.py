@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from enspp.data.errors import EnsppError
+from enspp.data.progress import dask_progress, plural, step
 from enspp.data.schema import INIT_TIME, LEAD_TIME, MEMBER, STATION, TIME, select_variable, spatial_dims
 
 #: relative floor of a standard deviation (constant fields never give std <= 0)
@@ -201,7 +202,11 @@ def compute_stats(
     for t in targets:
         da = select_variable(analysis, t).sel({TIME: times})
         lazy.append(_moments(da, [d for d in (TIME, MEMBER) if d in da.dims]))
-    computed = dask.compute(*lazy)
+    what = (f"{plural(len(channels), 'channel')} and {plural(len(targets), 'target')} over "
+            f"{plural(len(inits), 'training init time')}")
+    with step("statistics", unit="task") as s, dask_progress(s):
+        computed = dask.compute(*lazy)
+        s.amount = what
     sdims = spatial_dims(forecast)
 
     def local(pair: tuple[xr.DataArray, xr.DataArray], is_target: bool):

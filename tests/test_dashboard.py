@@ -272,3 +272,14 @@ def test_one_longitude_convention(lon, first, last):
     assert [lon_text(x) for x in (219.4, -157.433, 0, 180, 45)] == \
         ["140.6°W", "157.433°W", "0°", "180°", "45°E"]
     assert [lat_text(x) for x in (50, -3.5, 0)] == ["50°N", "3.5°S", "0°"]
+
+
+def test_notes_and_extreme_event_scores_are_shown(report, tmp_path):
+    _, _, out = report
+    doc = read_scores(out)
+    doc["notes"] = ["region 'tropics' has no grid point: skipped"]
+    v = doc["variables"]["t2m"]
+    v["eecrps"] = {"global": {s: 0.5 for s in v["systems"]}}
+    page = write_dashboard([doc], tmp_path).read_text()
+    assert "Problems and notes" in page and "has no grid point: skipped" in page
+    assert "Extreme-event weighted CRPS" in page and "EECRPS (K)" in page
