@@ -62,4 +62,5 @@ def test_evaluate_paths_are_relative_to_the_workdir(tmp_path, capsys):
     cfg = conf / "enspp.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"workdir": "../work"}, "evaluate": section}))
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "rep")]) == 0
-    assert "raw_full=" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skill vs raw_full" in out and "raw ensemble, all 10 (control + 9 perturbed)" in out

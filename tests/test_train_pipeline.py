@@ -36,13 +36,15 @@ def test_cli_train_then_predict(tmp_path, capsys):
     make_stores(tmp_path / "stores")
     config = _config(tmp_path)
     assert main(["train", "--config", str(config), "--max-epochs", "2"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     run_dir = tmp_path / "runs" / "cli"
     assert f"run: {run_dir}" in out
     best = Path(re.search(r"best checkpoint: (\S+)", out).group(1))
     assert best == run_dir / "checkpoints" / "best.ckpt" and best.is_file()
-    assert re.search(r"best val/crps_gaussian .*: [\d.]+; raw ensemble val/crps_raw_fair "
-                     r"\(estimator fair\): [\d.]+; 2 epochs", out), out
+    # the step's summary line (stderr): epochs and both scores named for what they are
+    assert re.search(r"train mixed \(cli\): 2 epochs, best at epoch [12]; best val CRPS "
+                     r"\(gaussian, normalised\) [\d.]+, val CRPS of the raw ensemble \(fair, "
+                     r"normalised\) [\d.]+ in ", err), err
     assert (tmp_path / "stores" / "stats.nc").is_file()  # statistics file under the workdir
     meta = load_checkpoint(best).metadata
     fc = open_dataset(tmp_path / "stores" / "forecast.zarr")
@@ -69,7 +71,7 @@ def test_cli_train_then_predict(tmp_path, capsys):
     # resume continues the same run directory
     assert main(["train", "--config", str(config), "--max-epochs", "3", "--resume",
                  str(run_dir / "checkpoints" / "last.ckpt")]) == 0
-    assert "3 epochs" in capsys.readouterr().out
+    assert "train mixed (cli): 3 epochs" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

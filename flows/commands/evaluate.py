@@ -50,16 +50,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--config is required (or --combine DIR ...)")
     from enspp.evaluation.config import EvaluateConfigError
     from enspp.evaluation.evaluate import evaluate
+    from enspp.evaluation.report import format_table, headline_rows, read_scores
 
     cfg = load_evaluate_config(args.config)
     if cfg.truth is None:
         raise EvaluateConfigError(f"{args.config}: evaluate.truth: not set; name the analysis "
                                   "store to score against (e.g. truth: stores/analysis.zarr)")
     result = evaluate(cfg, args.out)
+    # the headline as the demo prints it: systems by their labels, best first
+    print(format_table(headline_rows(read_scores(result.out_dir)), reference=cfg.reference))
     for v, ds in result.scores.items():
         region = str(ds.region.values[0])
-        parts = [f"{s}={float(ds['crps_all'].sel(system=s, region=region)):.4g}" for s in ds.system.values]
-        print(f"{v} ({region}) CRPS: " + ", ".join(parts))
         if "eecrps_all" in ds:
             parts = [f"{s}={float(ds['eecrps_all'].sel(system=s, region=region)):.4g}"
                      for s in ds.system.values]

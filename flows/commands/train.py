@@ -50,11 +50,7 @@ def run(args: argparse.Namespace) -> int:
         train_cfg = train_cfg.model_copy(update={"max_epochs": args.max_epochs})
     workdir = args.workdir if args.workdir is not None else cfg["workdir"]
     result = train(cfg["pipeline"], cfg["model"], train_cfg, workdir=workdir, resume=args.resume)
-    raw = "n/a" if result.raw_score is None else f"{result.raw_score:.4g}"
-    est = train_cfg.ensemble_estimator
+    # train() has said what it did (epochs, best normalised validation CRPS, time) on stderr
     print(f"run: {result.run_dir}")
     print(f"best checkpoint: {result.best_checkpoint}")
-    print(f"best {result.monitor} (normalised CRPS, estimator {result.monitor.removeprefix('val/crps_')}): "
-          f"{result.best_score:.4g}; raw ensemble val/crps_raw_{est} (estimator {est}): {raw}; "
-          f"{result.epochs} epochs")
     return 0
