@@ -18,6 +18,17 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+@pytest.fixture(autouse=True)
+def no_printed_summaries():
+    """Whatever ran before (the CLI installs a printer of summary lines): none here."""
+    saved = list(progress.LOGGER.handlers), progress.LOGGER.level, progress.LOGGER.propagate
+    progress.LOGGER.handlers[:] = [h for h in saved[0] if not isinstance(h, progress._SummaryHandler)]
+    yield
+    progress.LOGGER.handlers[:] = saved[0]
+    progress.LOGGER.setLevel(saved[1])
+    progress.LOGGER.propagate = saved[2]
+
+
 @pytest.fixture
 def summaries(caplog):
     caplog.set_level(logging.INFO, logger="enspp")
@@ -84,18 +95,12 @@ def test_no_bar_when_progress_is_off(monkeypatch):
 def test_show_summaries_prints_each_line_once(monkeypatch):
     term = io.StringIO()
     monkeypatch.setattr(sys, "stderr", term)
-    old = list(progress.LOGGER.handlers), progress.LOGGER.level, progress.LOGGER.propagate
-    try:
-        show_summaries()
-        show_summaries()  # idempotent
-        with step("evaluate", progress=False) as s:
-            s.amount = "5 systems"
-        assert term.getvalue().count("evaluate: 5 systems in ") == 1
-        assert progress.LOGGER.propagate is False  # not printed again by a root handler
-    finally:
-        progress.LOGGER.handlers[:] = old[0]
-        progress.LOGGER.setLevel(old[1])
-        progress.LOGGER.propagate = old[2]
+    show_summaries()
+    show_summaries()  # idempotent
+    with step("evaluate", progress=False) as s:
+        s.amount = "5 systems"
+    assert term.getvalue().count("evaluate: 5 systems in ") == 1
+    assert progress.LOGGER.propagate is False  # not printed again by a root handler
 
 
 def test_dask_progress_counts_the_tasks(monkeypatch):
