@@ -46,6 +46,8 @@ def describe_members(members: Sequence[int] | None, available: Sequence[int] | N
     if available is None:
         return f"{len(used)} members"
     if used == have:
+        if len(have) == 1:
+            return "1 member"
         if 0 in have and n_pert:
             return f"all {len(have)} (control + {n_pert} perturbed)"
         return f"all {len(have)}" + (" perturbed" if 0 not in have else "")

@@ -298,14 +298,16 @@ def format_table(rows: list[dict], *, reference: str = "raw_full") -> str:
         return "(no scores)"
     width = max(len(r.get("label") or r["system"]) for r in rows) + 2
     units = {r.get("units") or "" for r in rows}
-    crps_head = f"CRPS ({units.pop()})" if len(units) == 1 and "" not in units else "CRPS"
-    lines = [f"{'variable':<9}{'system':<{width}}{crps_head:>10}  {'skill vs ' + reference:>18}"
-             f"  {'spread/skill':>12}"]
+    one_unit = len(units) == 1 and "" not in units
+    crps_head = f"CRPS ({next(iter(units))})" if one_unit else "CRPS"
+    lines = [f"{'variable':<9}{'system':<{width}}{crps_head:>10}{'' if one_unit else '  units   '}"
+             f"  {'skill vs ' + reference:>18}  {'spread/skill':>12}"]
     for r in rows:
         skill = "" if r["skill"] is None or r["system"] == reference else f"{100 * r['skill']:+.1f} %"
         ss = "" if r["spread_skill"] is None else f"{r['spread_skill']:.2f}"
         crps = "n/a" if r["crps"] is None else f"{r['crps']:.4f}"
-        lines.append(f"{r['variable']:<9}{r.get('label') or r['system']:<{width}}{crps:>10}  "
+        u = "" if one_unit else f"  {r.get('units') or '?':<8}"
+        lines.append(f"{r['variable']:<9}{r.get('label') or r['system']:<{width}}{crps:>10}{u}  "
                      f"{skill:>18}  {ss:>12}")
     est = {r["estimator"] for r in rows if r["estimator"]}
     if est:

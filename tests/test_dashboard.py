@@ -168,6 +168,7 @@ def test_twcrps_labels_in_words(label, units, tail, text):
     ([3, 7], list(range(1, 51)), "2 of 50 perturbed"),
     (None, list(range(1, 51)), "all 50 perturbed"),
     ([1, 2], None, "2 members"),
+    ([0], [0], "1 member"),
 ])
 def test_member_sets_in_words(members, available, text):
     from enspp.evaluation.labels import describe_members
