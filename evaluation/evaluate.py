@@ -622,9 +622,7 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None, *,
     cases = run_cases(config, fields, truth)
     result = EvaluationResult(config, variables, scores, cases, provenance(config, fields))
     if out_dir is not None:
-        from enspp.evaluation.report import write_report
-
-        write_report(result, Path(out_dir))
+        write_report_atomically(result, Path(out_dir))
     n_init = max((f.template.sizes[INIT_TIME] for fs in fields.values() for f in fs.values()),
                  default=0)
     LOGGER.info(summary_line(
@@ -633,6 +631,46 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None, *,
         f"{plural(int(n_init), 'init time')}, {plural(len(cases), 'case')}"
         + (f"; report in {out_dir}" if out_dir is not None else ""), time.perf_counter() - t0))
     return result
+
+
+def write_report_atomically(result: EvaluationResult, out_dir: Path) -> None:
+    """Write the report into a sibling temporary directory, then swap it into ``out_dir``: a
+    killed run leaves the previous report or the new one, never a mix.  A directory holding
+    anything but report files (a user's directory) or the working directory is written in
+    place, so nothing else in it is ever removed."""
+    import os
+    import shutil
+
+    from enspp.evaluation.report import write_report
+
+    out = out_dir.resolve()
+    swap = out != Path.cwd().resolve() and (not out.exists() or (
+        out.is_dir() and all(_is_report_entry(p) for p in out.iterdir())))
+    if not swap:
+        write_report(result, out_dir)
+        return
+    tmp, old = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.exists() and out.exists():
+        shutil.rmtree(old)  # left by a run killed after its swap
+    elif old.exists():
+        os.rename(old, out)  # a run killed between the two renames: the previous report
+    write_report(result, tmp)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    result.out_dir = out_dir
+    result.files = {k: str(out_dir / Path(v).relative_to(tmp)) for k, v in result.files.items()}
+
+
+def _is_report_entry(p: Path) -> bool:
+    """A file or folder a report writes (``index.html``, ``scores.json``, ``scores_*.nc``,
+    ``plots/``)."""
+    if p.is_dir():
+        return p.name == "plots"
+    return p.name in ("index.html", "scores.json") or (p.name.startswith("scores_")
+                                                      and p.suffix == ".nc")
 
 
 def run_cases(config: EvaluateConfig, fields: dict[str, dict[str, SystemField]],

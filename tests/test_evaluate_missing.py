@@ -120,3 +120,37 @@ def test_a_corrupt_chunk_is_one_line_naming_the_store(world, tmp_path, capsys):
     assert err.startswith(f"enspp evaluate: error: system 'emos' ({world.product}): 't2m' for init "
                           "times 2021-01-01T00..2021-01-05T00 cannot be read: "), err
     assert err.rstrip().endswith("(a corrupt or unreadable chunk)")
+
+
+def test_a_report_is_replaced_whole_or_not_at_all(world, tmp_path, monkeypatch):
+    """The report is written beside its directory and swapped in: a run that dies while
+    writing leaves the previous report as it was; a directory that is not a report (a
+    user's) is written in place, its other files kept."""
+    import enspp.evaluation.report as report
+
+    cfg = config_from_mapping(config_dict(world, **BASE))
+    out = tmp_path / "reports" / "latest"
+    res = evaluate(cfg, out)
+    assert res.files["index"] == str(out / "index.html") and Path(res.files["index"]).is_file()
+    (out / "plots" / "stale.png").write_bytes(b"from the previous report")
+    first = (out / "scores.json").read_text()
+
+    def dies(result, out_dir):
+        (Path(out_dir) / "scores.json").parent.mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "scores.json").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", dies)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate(cfg, out)
+    monkeypatch.undo()
+    assert (out / "scores.json").read_text() == first  # the previous report, untouched
+    evaluate(cfg, out)
+    assert not (out / "plots" / "stale.png").exists()  # the new report replaced the old whole
+    assert sorted(p.name for p in out.parent.iterdir()) == ["latest"]  # no .partial / .old
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for _ in range(2):
+        evaluate(cfg, mine)
+        assert (mine / "notes.txt").read_text() == "keep" and (mine / "index.html").is_file()
