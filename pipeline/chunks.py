@@ -15,8 +15,10 @@ DataLoader workers that unpickle a reader stay light.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -129,7 +131,7 @@ class ZarrChunks:
         dtype ``self.dtype``); a chunk never written reads as the fill value."""
         path = self.chunk_file(coords)
         try:
-            data = _read_file(path)
+            data = _map_file(path)
         except FileNotFoundError:
             from enspp.data.store import chunk_was_written
 
@@ -142,11 +144,16 @@ class ZarrChunks:
             raise ChunkReadError(self.describe(coords, f"cannot read ({e})")) from None
         target = out.reshape(-1).view(np.uint8)
         try:
-            self._decode_bytes(data, target)
+            with memoryview(data) as view:
+                self._decode_bytes(view, target)
         except ChunkReadError as e:
             raise ChunkReadError(self.describe(coords, f"corrupt chunk: {e}")) from None
         except (RuntimeError, ValueError, TypeError, OSError) as e:
             raise ChunkReadError(self.describe(coords, f"corrupt chunk: cannot decode ({e})")) from None
+        finally:
+            if isinstance(data, mmap.mmap):
+                with contextlib.suppress(BufferError):  # views held by a traceback: unmapped
+                    data.close()                        # when they are collected
         if self.big_endian:
             out.byteswap(inplace=True)
 
@@ -166,26 +173,19 @@ class ZarrChunks:
         target[:] = np.frombuffer(view, dtype=np.uint8)
 
 
-_scratch = threading.local()
-
-
-def _read_file(path: str) -> memoryview:
-    """The file's bytes in this thread's scratch buffer (reused, so steady reading allocates
-    nothing); valid until the thread reads the next file."""
+def _map_file(path: str) -> mmap.mmap | bytes:
+    """The file's bytes, mapped from the page cache (no copy; the decoder reads them in
+    place), or read when it is empty or cannot be mapped."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        buf: bytearray | None = getattr(_scratch, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = _scratch.buf = bytearray(max(size, 2 * len(buf or b"")))
-        view = memoryview(buf)[:size]
-        got = 0
-        while got < size:
-            n = os.readv(fd, [view[got:]])
-            if n == 0:
-                raise OSError(f"the file ended after {got} of {size} bytes")
-            got += n
-        return view
+        if size:
+            try:
+                return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+            except (OSError, ValueError):
+                pass
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
     finally:
         os.close(fd)
 

@@ -241,3 +241,57 @@ def test_lazy_packages_export_functions_named_like_submodules():
         assert getattr(enspp.pipeline, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         enspp.data.nope  # noqa: B018
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: run the benchmark")
+def test_gpu_benchmark_says_so_without_a_gpu():
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "benchmarks" / "bench_gpu.py")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("bench_gpu: no CUDA GPU on this machine") and "BENCH" not in r.stdout
+
+
+@pytest.mark.slow
+def test_large_grid_patches_whole_fields_and_tiles(tmp_path):
+    """721x1440 (0.25 degree): random patches, a whole field and inference tiles read the
+    store's values (checked against xarray), in batches of the contract's shapes."""
+    paths = write_stores(tmp_path, n_init=12, ny=721, nx=1440, n_members=4,
+                         lead_hours=(24, 48), batch_init=2)
+    cfg = {"stores": {"forecast": str(paths.forecast), "analysis": str(paths.analysis),
+                      "static": str(paths.static)},
+           "features": {"variables": ["z500", "t2m"], "targets": ["t2m"],
+                        "input_lead_times": [24]},
+           "members": {"k": 3, "strategy": "random"},
+           "split": {"train": {"start": "2019-01-01", "end": "2019-01-08"},
+                     "test": {"start": "2019-01-09", "end": "2019-01-14"}},
+           "batches": {"batch_size": 2, "patch_size": 128, "tile_size": 256, "tile_overlap": 16}}
+    dm = EnsembleDataModule(PipelineConfig.from_dict(cfg))
+    fc, an = xr.open_zarr(paths.forecast), xr.open_zarr(paths.analysis)
+
+    def check(batch, b):
+        i, y0, x0 = (int(batch[k][b]) for k in ("init_time", "y0", "x0"))
+        h, w = batch["inputs"].shape[-2:]
+        ref = fc["t2m"].sel(init_time=np.datetime64(i, "ns"), lead_time=np.timedelta64(24, "h")
+                            ).isel(latitude=slice(y0, y0 + h), longitude=slice(x0, x0 + w))
+        got = batch["inputs"][b, :, 3].numpy()  # t2m@24h, the members drawn
+        assert any(np.array_equal(got[0], ref.isel(member=m).values) for m in range(1, 4))
+        tref = an["t2m"].sel(time=np.datetime64(i, "ns") + np.timedelta64(48, "h")).isel(
+            latitude=slice(y0, y0 + h), longitude=slice(x0, x0 + w)).values
+        np.testing.assert_array_equal(batch["target"][b, 0].numpy(), tref)
+
+    patches = next(iter(dm.train_dataloader()))
+    assert patches["inputs"].shape == (2, 3, 4, 128, 128)
+    check(patches, 1)
+    whole = dm.dataset("train", mode="eval")
+    item = whole.__getitems__([0])
+    assert item["inputs"].shape == (1, 3, 4, 256, 256)  # eval: the first tile
+    tiles = dm.test_dataloader()
+    n_tiles = len(dm.dataset("test").tiles)
+    assert n_tiles == 3 * 6
+    first = next(iter(tiles))
+    check(first, 0)
+    full = EnsembleDataModule(PipelineConfig.from_dict(
+        {**cfg, "batches": {"batch_size": 1, "patch_size": None}}))
+    b = next(iter(full.train_dataloader()))
+    assert b["inputs"].shape == (1, 3, 4, 721, 1440) and b["static"].shape == (1, 8, 721, 1440)
+    check(b, 0)
