@@ -295,3 +295,19 @@ def test_large_grid_patches_whole_fields_and_tiles(tmp_path):
     b = next(iter(full.train_dataloader()))
     assert b["inputs"].shape == (1, 3, 4, 721, 1440) and b["static"].shape == (1, 8, 721, 1440)
     check(b, 0)
+
+
+def test_tiles_of_one_init_time_share_one_decode(stores):
+    """Inference tiles (and any samples of one init time) decode each chunk once: the
+    working set holds a sample's chunks."""
+    dm = EnsembleDataModule(_cfg(batch_size=2), forecast=stores.forecast,
+                            analysis=stores.analysis)
+    tiles = len(dm.dataset("test").tiles)
+    n = sum(int(b["inputs"].shape[0]) for b in dm.test_dataloader())
+    inits = len(dm.split_init_times["test"])
+    assert tiles > 2 and n == tiles * inits
+    cache = dm._reader.cache
+    # z500, t850, t2m at 48 h and 0 h: 6 forecast chunks, and the analysis at the valid time
+    # each batch (2 tiles of one init) acquires each chunk once: the init's later batches hit
+    assert tiles % 2 == 0
+    assert cache.misses == 7 * inits and cache.hits == 7 * inits * (tiles // 2 - 1)

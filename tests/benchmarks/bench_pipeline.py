@@ -82,6 +82,41 @@ def later_epoch_rate(dm, *, epochs: int = 2) -> float:
     return best
 
 
+def worker_start(paths, *, method: str | None) -> tuple[float, list[str]]:
+    """Seconds from a fresh 2-worker loader to its first batch, and the heavy packages a
+    worker holds (fork inherits this process's modules; spawn imports what it needs)."""
+    from torch.utils.data import DataLoader
+
+    from enspp.pipeline import EnsembleDataModule
+    from enspp.pipeline.dataset import collate_rows
+    from enspp.pipeline.workers import start_context
+
+    dm = EnsembleDataModule(_config(paths, samples=8, patch=None, batch=2, strategy="first"))
+    ds = dm.dataset("train")
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_rows,
+                            multiprocessing_context=start_context(method),
+                            worker_init_fn=_ModuleReport(report.name))
+        t0 = time.perf_counter()
+        next(iter(loader))
+        seconds = time.perf_counter() - t0
+        modules = set(json.loads(Path(report.name).read_text() or "[]"))
+    heavy = ["lightning", "prefect", "matplotlib", "eccodes", "cfgrib", "xarray", "dask",
+             "pandas", "zarr"]
+    return seconds, [m for m in heavy if m in modules]
+
+
+class _ModuleReport:
+    """``worker_init_fn``: write the worker's imported top-level packages to a file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, worker_id: int) -> None:
+        if worker_id == 0:
+            Path(self.path).write_text(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+
+
 def decode_floor(dm, *, samples: int) -> float:
     """Samples/s of decoding the chunks ``samples`` training samples need with numcodecs on
     one core (a thread of its own, where Blosc decodes single-threaded), from bytes read
@@ -211,6 +246,13 @@ def main() -> None:
         print(f"default decoding threads: 0 workers {rate0:.1f} samples/s, 2 workers "
               f"{rate2_auto:.1f} samples/s; main process CPU {time.process_time() - cpu0:.1f} s")
 
+        for method in (None, "spawn"):
+            seconds, heavy = worker_start(big, method=method)
+            held = ("inherited from this process, nothing imported" if method is None else
+                    f"imported {', '.join(heavy) or 'none'} of lightning, prefect, matplotlib, "
+                    "eccodes, cfgrib, xarray, dask, pandas, zarr")
+            print(f"worker start ({method or 'default: fork'}): {seconds:.2f} s from a fresh "
+                  f"2-worker loader to its first batch; modules {held}")
         cached, uncached = cached_throughput(small, samples=64, patch=a.patch, batch=8)
         print(f"64x128 patches {a.patch}: later epoch {cached:.1f} batches/s with the chunk "
               f"cache, {uncached:.1f} without; {load()}")
