@@ -16,7 +16,7 @@ from typing import Any
 _EXPORTS = {
     "enspp.data.ingest": ("IngestError", "IngestSummary", "ingest"),
     "enspp.data.cf_readers": ("open_weatherbench_zarr",),
-    "enspp.data.point_readers": ("open_station_netcdf",),
+    "enspp.data.station": ("StationOptions", "open_station"),
     "enspp.data.readers": ("ReaderError", "open_analysis", "open_ens_grib"),
     "enspp.data.schema": ("SchemaError", "available_variables", "select_variable",
                           "split_level_name", "validate"),

@@ -38,11 +38,12 @@ from enspp.data.grib import expand_inputs
 from enspp.data.ingest_grib import DECODE_BUDGET, open_grib_lazy
 from enspp.data.provenance import SourceFile
 from enspp.data.schema import MEMBER, Kind
+from enspp.data.station import Part, StationOptions, is_station_part, read_station_part
 from enspp.data.store import record_dim
 from enspp.data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version
 
 #: Suffixes picked from a directory (a file named explicitly is read whatever its name).
-INPUT_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1", ".nc", ".nc4", ".netcdf")
+INPUT_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1", ".nc", ".nc4", ".netcdf", ".csv")
 
 
 class IngestError(EnsppError):
@@ -132,20 +133,22 @@ def _is_zarr(path: Path) -> bool:
 
 
 def read_input(path: Path, *, kind: Kind | None, allow_nan: bool = False,
-               decode_budget: int = DECODE_BUDGET) -> xr.Dataset:
+               decode_budget: int = DECODE_BUDGET, station: StationOptions | None = None,
+               station_part: Part | None = None) -> xr.Dataset:
     """One input as a canonical dataset, lazily: GRIB (headers checked now, values decoded
     when indexed, the first ``decode_budget`` bytes of them by the header scan; close the
     dataset after), our own stores, WeatherBench 2 / CF Zarr and NetCDF (dask-backed,
-    :mod:`data.cf_readers`), station files (:mod:`data.point_readers`)."""
-    from enspp.data import readers
+    :mod:`data.cf_readers`), station files through :mod:`data.station` (``station`` options;
+    ``station_part``: the ensemble, the observations or the deterministic forecast, by
+    default the observations for ``kind="analysis"`` and the ensemble otherwise)."""
     from enspp.data.sources import detect_format
 
     fmt = detect_format(path)
     if fmt == "grib":
         return open_grib_lazy(path, kind=kind, allow_nan=allow_nan, decode_budget=decode_budget)
     if fmt == "station":
-        forecast, observations = readers.open_station_netcdf(path)
-        return observations if kind == "analysis" else forecast
+        part = station_part or ("observation" if kind == "analysis" else "ensemble")
+        return read_station_part(path, part, station)
     if fmt == "zarr":  # one of our stores: its complete records, absent fields masked
         from enspp.data.store import open_store
 
@@ -160,16 +163,19 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
            on_error: Literal["raise", "skip"] = "raise", allow_nan: bool = False,
            lock_timeout: float | None = 300.0, workers: int = 2,
            bounds: Mapping[str, Bounds | None] | None = None,
-           allow_mixed_centres: bool = False) -> IngestSummary:
+           allow_mixed_centres: bool = False, station: StationOptions | None = None,
+           station_part: Part | None = None) -> IngestSummary:
     """Ingest ``paths`` into ``store`` (created on first use); see the module docstring.
 
     ``kind``: "forecast" | "analysis", detected from the files when None.  ``allow_nan``:
     accept NaN inside fields (an error by default; a field an input does not provide is
-    recorded as absent either way).  ``lock_timeout``: seconds to wait for another ingest of
-    the same store.  ``workers``: threads reading files (eccodes releases the GIL).
-    ``bounds``: plausible ranges per variable overriding :data:`data.field_checks.DEFAULT_BOUNDS`
-    (None for a variable: no check).  ``allow_mixed_centres``: accept inputs from several
-    originating centres in one store.
+    recorded as absent either way; station files accept NaN, their records have gaps).
+    ``lock_timeout``: seconds to wait for another ingest of the same store.  ``workers``:
+    threads reading files (eccodes releases the GIL).  ``bounds``: plausible ranges per
+    variable overriding :data:`data.field_checks.DEFAULT_BOUNDS` (None for a variable: no
+    check).  ``allow_mixed_centres``: accept inputs from several originating centres in one
+    store.  ``station``/``station_part``: how station files are read and which of their
+    parts goes into the store (:func:`read_input`).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -181,7 +187,8 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                      allow_mixed_centres=allow_mixed_centres) as writer, _closing(opened):
         staged, failures, already, nbytes, skipped = _read_all(writer, files, kind=kind,
                                                       allow_nan=allow_nan, workers=workers,
-                                                      bar=bar, opened=opened, bounds=bounds)
+                                                      bar=bar, opened=opened, bounds=bounds,
+                                                      station=station, station_part=station_part)
         plan = writer.plan() if writer.kind is not None else None
         for item in staged:
             assert plan is not None
@@ -212,7 +219,8 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
 
 def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allow_nan: bool,
               workers: int, bar: _Progress, opened: list[xr.Dataset],
-              bounds: Mapping[str, Bounds | None] | None = None
+              bounds: Mapping[str, Bounds | None] | None = None,
+              station: StationOptions | None = None, station_part: Part | None = None
               ) -> tuple[list[Staged], list[tuple[str, str]], int, int, list[str]]:
     """Hash every file, skip those already ingested, read and validate the rest (in threads).
 
@@ -229,7 +237,8 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
         try:
             # decode as what the file says it is (unless --kind): a forecast file offered to an
             # analysis store is then refused as such by StoreWriter.prepare
-            ds = read_input(path, kind=kind, allow_nan=allow_nan, decode_budget=budget)
+            ds = read_input(path, kind=kind, allow_nan=allow_nan, decode_budget=budget,
+                            station=station, station_part=station_part)
             opened.append(ds)
             return src, ds, None
         except (ValueError, OSError) as e:  # ReaderError, SchemaError, unreadable file
@@ -251,8 +260,10 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
                 skipped_records.extend(writer.records_of(src))
             else:
                 try:
+                    # station records have gaps: a missing member or observation is NaN
                     staged.append(writer.prepare(ds, name=str(path), sources=(src,),
-                                                 allow_nan=allow_nan, bounds=bounds))
+                                                 allow_nan=allow_nan or is_station_part(ds),
+                                                 bounds=bounds))
                 except ValueError as e:
                     ds.close()  # refused: its decoded values need not wait for the write
                     msg = str(e)

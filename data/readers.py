@@ -4,8 +4,8 @@
 * :func:`read_grib_eccodes`: the same content decoded directly with eccodes (numpy-backed,
   ~5x faster; use it for ingest).  Re-exported from :mod:`data.grib`.
 * :func:`open_analysis`: analysis / reanalysis GRIB (cfgrib) or NetCDF.
-* :func:`open_weatherbench_zarr`, :func:`open_canonical_zarr`, :func:`open_station_netcdf`:
-  in :mod:`data.point_readers` and re-exported here.
+* :func:`open_weatherbench_zarr` (:mod:`data.cf_readers`), :func:`open_canonical_zarr`
+  (:mod:`data.point_readers`), re-exported here; station files: :mod:`data.station`.
 
 Every reader returns a dataset that passes :func:`data.schema.validate` and raises
 :class:`ReaderError` (a ``ValueError``) naming the file for bad input.  The conventions (member
@@ -37,11 +37,11 @@ from enspp.data.grib import (
     read_grib_eccodes,
     scan_grib,
 )
-from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf
+from enspp.data.point_readers import open_canonical_zarr
 from enspp.data.translate import ReaderError, canonical_variable, finalise
 
 __all__ = ["ReaderError", "open_ens_grib", "open_analysis", "read_grib_eccodes", "open_grib",
-           "open_weatherbench_zarr", "open_canonical_zarr", "open_station_netcdf", "is_grib_file"]
+           "open_weatherbench_zarr", "open_canonical_zarr", "is_grib_file"]
 
 _DIM_NAMES = {"number": schema.MEMBER, "step": schema.LEAD_TIME, "isobaricInhPa": schema.LEVEL}
 

@@ -293,13 +293,13 @@ def validate(ds: xr.Dataset, *, kind: Kind | None = None, source: str | None = N
     for dim in (INIT_TIME, TIME, LEAD_TIME):
         if dim in ds.coords and ds[dim].size > 1 and not _strictly_increasing(ds[dim].values):
             fail(f"coordinate {dim!r} is not strictly increasing")
-    if LATITUDE in ds.coords and ds[LATITUDE].size > 1:
+    if LATITUDE in ds.dims and ds[LATITUDE].size > 1:  # (on stations it is a plain coordinate)
         lat = ds[LATITUDE].values
         if not (_strictly_increasing(lat) or _strictly_increasing(lat[::-1])):
             fail(f"coordinate {LATITUDE!r} is not strictly monotonic")
         if np.nanmax(np.abs(lat)) > 90:
             fail(f"latitudes out of range: {float(np.nanmin(lat))}..{float(np.nanmax(lat))}")
-    if LONGITUDE in ds.coords and ds[LONGITUDE].size > 1:
+    if LONGITUDE in ds.dims and ds[LONGITUDE].size > 1:
         if not _strictly_increasing(ds[LONGITUDE].values):
             fail(f"coordinate {LONGITUDE!r} is not strictly increasing")
 

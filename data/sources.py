@@ -18,8 +18,9 @@ import xarray as xr
 from enspp.data import schema
 from enspp.data.cf_readers import open_weatherbench_zarr
 from enspp.data.grib import expand_paths, kind_of_messages, scan_grib
-from enspp.data.point_readers import open_canonical_zarr, open_station_netcdf
+from enspp.data.point_readers import open_canonical_zarr
 from enspp.data.readers import is_grib_file, open_analysis, open_grib
+from enspp.data.station import STATION_SUFFIXES, StationOptions, is_station_file, open_station
 from enspp.data.translate import ReaderError
 
 __all__ = ["ForecastSource", "GribForecastSource", "ZarrForecastSource", "WeatherBenchSource",
@@ -70,22 +71,27 @@ class WeatherBenchSource:
 
 @dataclass(frozen=True)
 class StationSource:
-    """A station NetCDF file; ``open()`` gives the forecast, ``observations()`` the obs."""
+    """A station NetCDF file or CSV table (:mod:`data.station`); ``open()`` gives the ensemble
+    forecast, ``observations()`` the observations, ``deterministic()`` the deterministic
+    forecast (None when the file has none)."""
 
     path: str
-    variable: str | None = None
+    options: StationOptions | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def _both(self) -> tuple[xr.Dataset, xr.Dataset]:
-        if "both" not in self._cache:
-            self._cache["both"] = open_station_netcdf(self.path, variable=self.variable)
-        return self._cache["both"]
+    def _data(self):
+        if "data" not in self._cache:
+            self._cache["data"] = open_station(self.path, self.options)
+        return self._cache["data"]
 
     def open(self) -> xr.Dataset:
-        return self._both()[0]
+        return self._data().forecast
 
-    def observations(self) -> xr.Dataset:
-        return self._both()[1]
+    def observations(self) -> xr.Dataset | None:
+        return self._data().observations
+
+    def deterministic(self) -> xr.Dataset | None:
+        return self._data().deterministic
 
 
 @dataclass(frozen=True)
@@ -115,15 +121,14 @@ def detect_format(path: str | os.PathLike) -> Format:
         return "grib"
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.suffix.lower() in STATION_SUFFIXES:
+        return "station"
     if is_grib_file(p):
         return "grib"
     with open(p, "rb") as fh:
         head = fh.read(8)
     if head.startswith((b"\x89HDF", b"CDF")):
-        with xr.open_dataset(p) as ds:
-            if any(str(v).endswith("_ens") for v in ds.data_vars) and "member" in ds.dims:
-                return "station"
-        return "netcdf"
+        return "station" if is_station_file(p) else "netcdf"
     raise ReaderError(f"{p}: unknown format (not GRIB, NetCDF or Zarr)")
 
 
@@ -138,7 +143,7 @@ def detect_kind(paths) -> schema.Kind:
 
 
 def open_source(path_or_paths, *, kind: schema.Kind | None = None, cache_dir: str | None = None,
-                variable: str | None = None) -> ForecastSource:
+                station: StationOptions | None = None) -> ForecastSource:
     """Pick the source for the input by content (a list of paths must all be of one format)."""
     items = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
     if not items:
@@ -156,5 +161,5 @@ def open_source(path_or_paths, *, kind: schema.Kind | None = None, cache_dir: st
     if fmt == "weatherbench":
         return WeatherBenchSource(str(items[0]))
     if fmt == "station":
-        return StationSource(str(items[0]), variable=variable)
+        return StationSource(str(items[0]), options=station)
     return NetcdfAnalysisSource(tuple(str(p) for p in items))

@@ -159,10 +159,16 @@ def _fmt(t: np.datetime64) -> str:
 
 
 def exceedance_probability(f: SystemField, threshold: float) -> xr.DataArray:
-    """P(X > threshold): the member fraction, or 1 - Phi for a Gaussian (NaN members skipped)."""
+    """P(X > threshold): the member fraction, 1 - Phi for a Gaussian, the logistic tail of a
+    zero-censored logistic (NaN members skipped)."""
     if f.kind == "ensemble":
         ens = f.ensemble
         return (ens > threshold).where(ens.notnull()).mean(MEMBER)
+    if f.kind == "censored_logistic":
+        z = (threshold - f.loc) / f.scale
+        p = xr.apply_ufunc(lambda a: 1.0 / (1.0 + np.exp(np.clip(a, -700, 700))), z,
+                           dask="parallelized", output_dtypes=[float])
+        return p if threshold >= 0 else xr.ones_like(p)
     z = (threshold - f.mu) / f.sigma
     return xr.apply_ufunc(lambda a: 1.0 - ndtr(a), z, dask="parallelized", output_dtypes=[float])
 

@@ -60,7 +60,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from enspp.data.errors import EnsppError, format_validation_error
 from enspp.evaluation.weights import REGIONS, Region
 
-SystemName = Literal["raw_full", "raw_subset", "emos", "mlp", "unet", "mixed", "oracle", "custom"]
+#: systems that are not trained models (the models' names come from ``models.base.MODELS``)
+DATA_SYSTEMS = ("raw_full", "raw_subset", "oracle", "custom")
 SystemType = Literal["ensemble", "gaussian", "censored_logistic"]
 
 #: Metrics an evaluation computes (``crps``, ``spread_skill``, ``rmse``, ``mae``, ``bias``
@@ -85,18 +86,26 @@ class _Frozen(BaseModel):
 class SystemConfig(_Frozen):
     """One forecast system to score."""
 
-    name: SystemName
+    #: ``raw_full``, ``raw_subset``, ``oracle``, ``custom`` or a model's system name
+    #: (``emos``, ``mlp``, ``unet``, ``mixed``: ``models.base.MODEL_SYSTEMS``)
+    name: str
     path: Path
     type: SystemType = "ensemble"
     #: display name and key in the results; defaults to ``name`` (required for ``custom``)
     label: str | None = None
     #: variables this system provides; defaults to the evaluation's ``variables``
     variables: list[str] | None = None
-    #: member selection: K (the first K members, 0..K-1) or an explicit list of member numbers
+    #: member selection: K (the first K perturbed members, 1..K: the control, member 0, is
+    #: not one of them; the pipeline's ``first``) or an explicit list of member numbers
     members: int | list[int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "SystemConfig":
+        from enspp.models.base import MODEL_SYSTEMS
+
+        if self.name not in (*DATA_SYSTEMS, *MODEL_SYSTEMS):
+            raise EvaluateConfigError(f"evaluate.systems: unknown system {self.name!r} (known: "
+                                      f"{', '.join((*DATA_SYSTEMS, *MODEL_SYSTEMS))})")
         if self.name == "custom" and not self.label:
             raise EvaluateConfigError("a system named 'custom' needs a 'label'")
         if self.name == "raw_subset" and self.members is None:

@@ -27,7 +27,7 @@ import xarray as xr
 
 from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, Step, plural, summary_line
-from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION
 from enspp.evaluation import fused, kernels, scoring
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
 from enspp.evaluation.cases import CaseResult, evaluate_case, load_catalogue
@@ -45,7 +45,7 @@ from enspp.evaluation.systems import (
     truth_at_valid_time,
     truth_values,
 )
-from enspp.evaluation.weights import Region, RegionError, region_weights, split_regions
+from enspp.evaluation.weights import Region, RegionError, region_weights, split_regions, station_weights
 
 
 class MissingDataError(EnsppError):
@@ -79,6 +79,8 @@ class VariableScores:
     #: regions holding no grid point of this variable (skipped) and notes for the reader
     regions_skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: {system: ensemble | gaussian | censored_logistic}
+    kinds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,13 +102,45 @@ class EvaluationResult:
 
 
 # ------------------------------------------------------------------ per-variable accumulation
-def _weights(template: xr.DataArray, regions: list[Region]) -> dict[str, xr.DataArray]:
-    return {r.name: region_weights(template[LATITUDE], template[LONGITUDE], r) for r in regions}
+def _is_point(template: xr.DataArray) -> bool:
+    return STATION in template.dims
+
+
+def _weights_array(template: xr.DataArray, regions: list[Region]) -> np.ndarray:
+    """``(region, lat, lon)`` area weights; station data ``(region, station, 1)`` with one
+    weight per station (:func:`evaluation.weights.station_weights`)."""
+    if _is_point(template):
+        return np.ascontiguousarray(np.stack([
+            station_weights(template, r).values[:, None] for r in regions]), dtype=np.float64)
+    return np.ascontiguousarray(np.stack([
+        xr.broadcast(region_weights(template[LATITUDE], template[LONGITUDE], r),
+                     template[LATITUDE], template[LONGITUDE])[0].transpose(LATITUDE, LONGITUDE).values
+        for r in regions]), dtype=np.float64)
+
+
+def _space(template: xr.DataArray) -> dict[str, np.ndarray]:
+    """The coordinates of the arrays' two spatial axes: the grid's, or for station data the
+    station index and one column (the internal layout of the chunk scoring)."""
+    if _is_point(template):
+        return {LATITUDE: np.arange(template.sizes[STATION]), LONGITUDE: np.zeros(1)}
+    return {LATITUDE: template[LATITUDE].values, LONGITUDE: template[LONGITUDE].values}
 
 
 def _regions_of(config: EvaluateConfig, template: xr.DataArray, variable: str
                 ) -> tuple[list[Region], list[str]]:
-    """The configured regions holding grid points, and a note for each one skipped."""
+    """The configured regions holding grid points (stations), and a note for each one skipped."""
+    if _is_point(template):
+        kept, empty = [], []
+        for r in config.region_list:
+            try:
+                station_weights(template, r)
+                kept.append(r)
+            except RegionError:
+                empty.append(r)
+        if not kept:
+            raise RegionError(f"evaluate.regions: none of {[r.name for r in empty]} holds a "
+                              f"station of {variable!r}")
+        return kept, [f"region {r.name!r} holds no station of {variable!r}: skipped" for r in empty]
     kept, empty = split_regions(template[LATITUDE], template[LONGITUDE], config.region_list)
     lat = template[LATITUDE].values
     lon = template[LONGITUDE].values
@@ -185,8 +219,9 @@ def _tw_thresholds(config: EvaluateConfig, truth: xr.DataArray, template: xr.Dat
                                  f"{clim.sizes['time']} times; need at least 2")
         for p in tw.percentiles:
             q = climatological_quantile(clim, p, dim="time").load()
-            out[f"p{round(p * 100):d}"] = q.assign_coords({LATITUDE: template[LATITUDE].values,
-                                                           LONGITUDE: template[LONGITUDE].values})
+            if _is_point(template):  # the chunk scoring's layout: (station index, 1)
+                q = xr.DataArray(q.transpose(STATION).values[:, None], dims=(LATITUDE, LONGITUDE))
+            out[f"p{round(p * 100):d}"] = q.assign_coords(_space(template))
     return out
 
 
@@ -195,16 +230,29 @@ _GRID = (INIT_TIME, LEAD_TIME, LATITUDE, LONGITUDE)
 
 def _read_chunk(f: SystemField) -> list[np.ndarray]:
     """The chunk of a system as numpy, canonical order, each array read once: ``[ensemble]``
-    ``(init, lead, member, lat, lon)`` or ``[mu, sigma]`` ``(init, lead, lat, lon)``."""
+    ``(init, lead, member, lat, lon)``, ``[mu, sigma]`` ``(init, lead, lat, lon)`` or, for a
+    censored logistic, ``[mu, sigma, loc, scale]``; station data with ``(station, 1)`` in place
+    of ``(lat, lon)``."""
+    point = _is_point(f.template)
+    space = (STATION,) if point else (LATITUDE, LONGITUDE)
+
+    def read(da: xr.DataArray, *head: str) -> np.ndarray:
+        values = da.transpose(INIT_TIME, LEAD_TIME, *head, *space).values
+        return values[..., None] if point else values
+
     if f.kind == "ensemble":
-        return [f.ensemble.transpose(INIT_TIME, LEAD_TIME, MEMBER, LATITUDE, LONGITUDE).values]
-    return [f.mu.transpose(*_GRID).values, f.sigma.transpose(*_GRID).values]
+        return [read(f.ensemble, MEMBER)]
+    if f.kind == "censored_logistic":
+        return [read(f.mu), read(f.sigma), read(f.loc), read(f.scale)]
+    return [read(f.mu), read(f.sigma)]
 
 
 def _obs(f: SystemField, obs: np.ndarray, tidx: np.ndarray) -> xr.DataArray:
-    """The truth of a chunk at the forecasts' valid times, ``(init, lead, lat, lon)``."""
+    """The truth of a chunk at the forecasts' valid times, ``(init, lead, lat, lon)`` (station
+    data: ``(init, lead, station index, 1)``)."""
     t = f.template
-    return xr.DataArray(obs[tidx], dims=_GRID, coords={d: t[d].values for d in _GRID})
+    return xr.DataArray(obs[tidx], dims=_GRID, coords={INIT_TIME: t[INIT_TIME].values,
+                                                       LEAD_TIME: t[LEAD_TIME].values, **_space(t)})
 
 
 def _chunk_field(f: SystemField, arrays: list[np.ndarray], obs: np.ndarray,
@@ -215,6 +263,10 @@ def _chunk_field(f: SystemField, arrays: list[np.ndarray], obs: np.ndarray,
     if f.kind == "ensemble":
         return SystemField(f.key, f.variable, f.kind, ensemble=xr.DataArray(
             arrays[0], dims=(INIT_TIME, LEAD_TIME, MEMBER, LATITUDE, LONGITUDE), coords=y.coords))
+    if f.kind == "censored_logistic":
+        return SystemField(f.key, f.variable, f.kind, mu=y.copy(data=arrays[0]),
+                           sigma=y.copy(data=arrays[1]), loc=y.copy(data=arrays[2]),
+                           scale=y.copy(data=arrays[3]))
     return SystemField(f.key, f.variable, f.kind, mu=y.copy(data=arrays[0]),
                        sigma=y.copy(data=arrays[1]))
 
@@ -280,6 +332,9 @@ def _chunk_sums(config: EvaluateConfig, f: SystemField, arrays: list[np.ndarray]
     if f.kind == "ensemble":
         cs = fused.ensemble_chunk_sums(arrays[0], obs, tidx, weights, estimator=config.crps_estimator,
                                        rank=rank, seed=config.bootstrap.seed, init_offset=offset)
+    elif f.kind == "censored_logistic":
+        cs = fused.censored_chunk_sums(*arrays, obs, tidx, weights, pit=rank,
+                                       seed=config.bootstrap.seed, init_offset=offset)
     else:
         cs = fused.gaussian_chunk_sums(arrays[0], arrays[1], obs, tidx, weights, pit=rank)
     if tw:
@@ -305,9 +360,7 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
     init_times = tmpl[INIT_TIME].values
     kept, notes = _regions_of(config, tmpl, variable)
     regions = [r.name for r in kept]
-    weights = np.ascontiguousarray(np.stack([
-        xr.broadcast(w, tmpl[LATITUDE], tmpl[LONGITUDE])[0].transpose(LATITUDE, LONGITUDE).values
-        for w in _weights(tmpl, kept).values()]), dtype=np.float64)
+    weights = _weights_array(tmpl, kept)
     tw = _tw_thresholds(config, truth, tmpl, init_times) if "twcrps" in config.metrics else {}
     ee_key = None
     if "eecrps" in config.metrics:
@@ -362,16 +415,20 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
         notes.append(f"{variable}: missing values skipped (points with NaN in the truth or the "
                      "system): " + ", ".join(f"{k} {n}" for k, n in dropped.items()))
     per_init = _per_init(totals, keys, regions, tmpl)
-    space = {LEAD_TIME: tmpl[LEAD_TIME].values, LATITUDE: tmpl[LATITUDE].values,
-             LONGITUDE: tmpl[LONGITUDE].values}
-    crps_map = xr.concat([
-        xr.DataArray(np.divide(c.map_sum, c.map_count, out=np.full_like(c.map_sum, np.nan),
-                               where=c.map_count > 0),
-                     dims=(LEAD_TIME, LATITUDE, LONGITUDE), coords=space).expand_dims(system=[k])
-        for k, c in totals.items()], "system")
+
+    def mean_map(c: fused.ChunkSums) -> xr.DataArray:
+        values = np.divide(c.map_sum, c.map_count, out=np.full_like(c.map_sum, np.nan),
+                           where=c.map_count > 0)
+        if _is_point(tmpl):  # per station
+            return xr.DataArray(values[..., 0], dims=(LEAD_TIME, STATION),
+                                coords={LEAD_TIME: tmpl[LEAD_TIME].values, STATION: tmpl[STATION].values})
+        return xr.DataArray(values, dims=(LEAD_TIME, LATITUDE, LONGITUDE),
+                            coords={LEAD_TIME: tmpl[LEAD_TIME].values, **_space(tmpl)})
+
+    crps_map = xr.concat([mean_map(c).expand_dims(system=[k]) for k, c in totals.items()], "system")
     crps_map.attrs = {"long_name": "mean CRPS over init times", "estimator": _estimator_label(config, fields)}
     hists = {k: xr.DataArray(c.hist, dims=("region", LEAD_TIME, "bin"),
-                             coords={"region": regions, LEAD_TIME: space[LEAD_TIME],
+                             coords={"region": regions, LEAD_TIME: tmpl[LEAD_TIME].values,
                                      "bin": np.arange(c.hist.shape[-1])})
              for k, c in totals.items() if c.hist is not None}
     hist_kind = {k: "rank" if fields[k].kind == "ensemble" else "pit" for k in hists}
@@ -380,7 +437,8 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
                           {k: scoring.n_members(f) for k, f in fields.items()},
                           {k: c.n_nan for k, c in totals.items()}, tw_labels=list(tw),
                           regions_skipped=[r.name for r in config.region_list
-                                           if r.name not in regions], notes=notes)
+                                           if r.name not in regions], notes=notes,
+                          kinds={k: f.kind for k, f in fields.items()})
 
 
 def _per_init(parts: dict[str, fused.ChunkSums], keys: list[str], regions: list[str],
@@ -403,6 +461,8 @@ def _estimator_label(config: EvaluateConfig, fields: dict[str, SystemField]) -> 
         parts.append(f"{config.crps_estimator} (ensembles)")
     if "gaussian" in kinds:
         parts.append("gaussian closed form (distributional products)")
+    if "censored_logistic" in kinds:
+        parts.append("censored logistic closed form (distributional products)")
     return "; ".join(parts)
 
 
@@ -479,13 +539,16 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
 
 
 def _estimator_label_from(config: EvaluateConfig, vs: VariableScores) -> str:
-    ens = [s for s in vs.systems if vs.members[s] is not None]
-    gau = [s for s in vs.systems if vs.members[s] is None]
+    ens = [s for s in vs.systems if vs.kinds.get(s, "ensemble") == "ensemble"]
+    gau = [s for s in vs.systems if vs.kinds.get(s) == "gaussian"]
+    cen = [s for s in vs.systems if vs.kinds.get(s) == "censored_logistic"]
     parts = []
     if ens:
         parts.append(f"{config.crps_estimator} ensemble CRPS for {', '.join(ens)}")
     if gau:
         parts.append(f"closed-form gaussian CRPS for {', '.join(gau)}")
+    if cen:
+        parts.append(f"closed-form censored logistic CRPS for {', '.join(cen)}")
     return "; ".join(parts)
 
 
@@ -680,6 +743,10 @@ def run_cases(config: EvaluateConfig, fields: dict[str, dict[str, SystemField]],
     for path in config.cases:
         for case in load_catalogue(path):
             fs = fields.get(case.variable, {})
+            if fs and _is_point(next(iter(fs.values())).template):
+                results.append(CaseResult(case, "out_of_range", f"case {case.id!r}: case studies "
+                                          f"cover a box of a grid; the data are stations"))
+                continue
             obs = None
             if fs and case.variable in truth:
                 try:

@@ -317,3 +317,41 @@ def gaussian_chunk_sums(mu: np.ndarray, sigma: np.ndarray, obs: np.ndarray, tidx
     return ChunkSums(np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]), QUANTITIES,
                      np.where(ok, crps, 0.0).sum(0), ok.sum(0).astype(np.float64), hist,
                      int((~ok).sum()))
+
+
+def censored_chunk_sums(mean: np.ndarray, std: np.ndarray, loc: np.ndarray, scale: np.ndarray,
+                        obs: np.ndarray, tidx: np.ndarray, weights: np.ndarray, *, pit: bool,
+                        seed: int = 0, init_offset: int = 0) -> ChunkSums:
+    """Sums of every quantity of a zero-censored logistic product ``(init, lead, lat, lon)``:
+    the closed-form CRPS of the censored distribution (``loc``/``scale`` of the latent
+    logistic), errors of its ``mean`` and its variance ``std**2``.  ``pit``: the PIT histogram,
+    randomised on the point mass (an observation of 0 gets a uniform draw in ``[0, F(0)]``,
+    seeded by ``seed`` and the chunk's position ``init_offset``)."""
+    from enspp.evaluation.kernels import crps_censored_kernel
+
+    y = obs[tidx].astype(np.float64)
+    mean = mean.astype(np.float64, copy=False)
+    loc = loc.astype(np.float64, copy=False)
+    scale = scale.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        crps = crps_censored_kernel(loc, np.where(scale > 0, scale, np.nan), y, 0.0, family="logistic")
+    err = mean - y
+    ok = ~np.isnan(crps) & ~np.isnan(err)
+    crps = np.where(ok, crps, np.nan)
+    err[~ok] = np.nan
+    var = np.where(ok, std.astype(np.float64) ** 2, np.nan)
+    parts = [point_sums(q, weights) for q in (crps, err, np.abs(err), err * err, var)]
+    hist = None
+    if pit:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            cdf = 1.0 / (1.0 + np.exp(-(y - loc) / scale))
+            at_zero = 1.0 / (1.0 + np.exp(loc / scale))
+        draw = np.random.default_rng([seed, init_offset]).uniform(size=y.shape)
+        u = np.where(y <= 0.0, draw * at_zero, cdf)
+        bins = np.where(ok, np.clip(np.floor(u * PIT_BINS), 0, PIT_BINS - 1), np.nan)
+        h = np.zeros((weights.shape[0], y.shape[1], y.shape[2], PIT_BINS))
+        _hist_kernel(bins, np.ascontiguousarray(weights, dtype=np.float64), h)
+        hist = h.sum(2)
+    return ChunkSums(np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]), QUANTITIES,
+                     np.where(ok, crps, 0.0).sum(0), ok.sum(0).astype(np.float64), hist,
+                     int((~ok).sum()))

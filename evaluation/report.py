@@ -160,6 +160,8 @@ def write_plots(result, doc: dict, out_dir: Path) -> None:
                     entry["plots"]["histograms"][r] = _rel(
                         plots.histograms(vs.histograms, vs.hist_kind, r, v,
                                          pdir / f"rank_{sv}_{sr}.png", labels=labels), out_dir)
+        if "station" in vs.crps_map.dims:  # no maps of station data (the scores are per station)
+            continue
         lead_h = vs.crps_map[LEAD_TIME].values / np.timedelta64(1, "h")
         want = result.config.map_lead_time
         j = int(np.argmin(np.abs(lead_h - want))) if want is not None else 0

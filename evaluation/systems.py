@@ -9,8 +9,10 @@ Every system becomes, per variable, a :class:`SystemField`: either an ensemble
 * ``raw_subset`` is K members (or a list) of the forecast store;
 * Gaussian products are ``v_mean``/``v_std`` of a product store (ARCHITECTURE.md);
 * the synthetic world's oracle is ``<var>_mu``/``<var>_sigma`` of ``oracle.zarr``;
-* a ``censored_logistic`` product is scored through its ECC members (an ensemble CRPS of
-  the members): the metrics have no closed form for it, and the members are what users get.
+* a ``censored_logistic`` product holding the latent logistic's ``v_loc``/``v_scale`` is
+  scored in closed form (CRPS of the zero-censored logistic; its ``v_mean``/``v_std`` for the
+  other metrics); one without them (written by an older enspp) through its ECC members;
+* station data (a ``station`` dim) are scored like a grid of one column.
 
 The truth at ``valid_time = init_time + lead_time`` is looked up in the analysis ``time``;
 a valid time the analysis lacks, or a different grid, is an :class:`AlignmentError`.
@@ -32,6 +34,7 @@ from enspp.data.schema import (
     LEAD_TIME,
     LONGITUDE,
     MEMBER,
+    STATION,
     TIME,
     select_variable,
     spatial_dims,
@@ -54,26 +57,30 @@ class SystemField:
 
     key: str
     variable: str
-    kind: Literal["ensemble", "gaussian"]
+    kind: Literal["ensemble", "gaussian", "censored_logistic"]
     ensemble: xr.DataArray | None = None
+    #: the predictive mean and std (of a censored distribution: of the censored variable)
     mu: xr.DataArray | None = None
     sigma: xr.DataArray | None = None
+    #: ``censored_logistic``: the latent logistic's location and scale
+    loc: xr.DataArray | None = None
+    scale: xr.DataArray | None = None
 
     @property
     def template(self) -> xr.DataArray:
         return self.ensemble if self.kind == "ensemble" else self.mu
 
-    def isel(self, indexers: dict) -> "SystemField":
+    def _map(self, fn) -> "SystemField":
         def sub(da: xr.DataArray | None) -> xr.DataArray | None:
-            return None if da is None else da.isel({k: v for k, v in indexers.items() if k in da.dims})
+            return None if da is None else fn(da)
         return SystemField(self.key, self.variable, self.kind, sub(self.ensemble), sub(self.mu),
-                           sub(self.sigma))
+                           sub(self.sigma), sub(self.loc), sub(self.scale))
+
+    def isel(self, indexers: dict) -> "SystemField":
+        return self._map(lambda da: da.isel({k: v for k, v in indexers.items() if k in da.dims}))
 
     def sel(self, indexers: dict) -> "SystemField":
-        def sub(da: xr.DataArray | None) -> xr.DataArray | None:
-            return None if da is None else da.sel({k: v for k, v in indexers.items() if k in da.dims})
-        return SystemField(self.key, self.variable, self.kind, sub(self.ensemble), sub(self.mu),
-                           sub(self.sigma))
+        return self._map(lambda da: da.sel({k: v for k, v in indexers.items() if k in da.dims}))
 
     def mean(self) -> xr.DataArray:
         return self.ensemble.mean(MEMBER) if self.kind == "ensemble" else self.mu
@@ -82,10 +89,7 @@ class SystemField:
         return self.ensemble.std(MEMBER, ddof=1) if self.kind == "ensemble" else self.sigma
 
     def load(self) -> "SystemField":
-        def ld(da: xr.DataArray | None) -> xr.DataArray | None:
-            return None if da is None else da.load()
-        return SystemField(self.key, self.variable, self.kind, ld(self.ensemble), ld(self.mu),
-                           ld(self.sigma))
+        return self._map(lambda da: da.load())
 
 
 def open_dataset(path: Path) -> xr.Dataset:
@@ -118,6 +122,14 @@ def system_field(ds: xr.Dataset, system: SystemConfig, variable: str) -> SystemF
         return _gaussian(ds, system, variable, mu_name, sd_name, where)
     if system.type == "gaussian":
         return _gaussian(ds, system, variable, f"{variable}_mean", f"{variable}_std", where)
+    if system.type == "censored_logistic" and f"{variable}_loc" in ds.data_vars:
+        g = _gaussian(ds, system, variable, f"{variable}_mean", f"{variable}_std", where)
+        missing = [n for n in (f"{variable}_scale",) if n not in ds.data_vars]
+        if missing:
+            raise SystemDataError(f"{where}: variables {missing} needed for {variable!r} are missing")
+        return SystemField(system.key, variable, "censored_logistic", mu=g.mu, sigma=g.sigma,
+                           loc=ds[f"{variable}_loc"].rename(variable),
+                           scale=ds[f"{variable}_scale"].rename(variable))
     try:
         da = select_variable(ds, variable)
     except KeyError as e:
@@ -142,13 +154,38 @@ def _gaussian(ds: xr.Dataset, system: SystemConfig, variable: str, mu_name: str,
 def _select_members(da: xr.DataArray, members: int | list[int] | None, where: str) -> xr.DataArray:
     if members is None:
         return da
+    from enspp.pipeline.members import first_members
+
     have = [int(m) for m in da[MEMBER].values]
-    wanted = list(range(members)) if isinstance(members, int) else [int(m) for m in members]
+    if isinstance(members, int):
+        try:
+            wanted = first_members(have, members).tolist()
+        except ValueError as e:
+            raise SystemDataError(f"{where}: {e}") from None
+    else:
+        wanted = [int(m) for m in members]
     bad = [m for m in wanted if m not in have]
     if bad:
         raise SystemDataError(f"{where}: members {bad} are out of range: the store holds members "
                               f"{min(have)}..{max(have)}")
     return da.sel({MEMBER: wanted})
+
+
+def product_system(path: str | Path, *, label: str | None = None) -> SystemConfig:
+    """A product store as an evaluation system: named after its model's method
+    (``models.base.system_name``: ``emos_global`` -> ``emos``) and typed by its distribution
+    (a ``censored_logistic`` product is scored in closed form); ``label`` keys it in the
+    results (default: the system name)."""
+    from enspp.models.base import system_name
+
+    ds = open_dataset(Path(path))
+    model = ds.attrs.get("model_name")
+    if model is None:
+        raise SystemDataError(f"{path}: not a product store of enspp predict (no 'model_name' attribute)")
+    name = system_name(str(model))
+    distribution = str(ds.attrs.get("distribution", "gaussian"))
+    return SystemConfig(name=name, label=label if label not in (None, name) else None, path=Path(path),
+                        type="censored_logistic" if distribution == "censored_logistic" else "gaussian")
 
 
 def open_systems(config: EvaluateConfig) -> dict[str, dict[str, SystemField]]:
@@ -259,8 +296,10 @@ def truth_at_valid_time(truth: xr.DataArray, template: xr.DataArray, *, what: st
 
 def truth_values(truth: xr.DataArray, template: xr.DataArray, *,
                  what: str) -> tuple[np.ndarray, np.ndarray]:
-    """The truth at the forecast's distinct valid times as numpy ``(time, lat, lon)``, read
-    in one request, and ``index[i, l]``, the row of ``init_i + lead_l`` in it."""
+    """The truth at the forecast's distinct valid times as numpy ``(time, lat, lon)`` (station
+    data: ``(time, station, 1)``), read in one request, and ``index[i, l]``, the row of
+    ``init_i + lead_l`` in it."""
     positions, index = _valid_positions(truth, template, what=what)
-    values = truth.isel({TIME: positions}).transpose(TIME, LATITUDE, LONGITUDE).values
-    return values, index
+    space = spatial_dims(template)
+    values = truth.isel({TIME: positions}).transpose(TIME, *space).values
+    return (values[..., None] if space == (STATION,) else values), index

@@ -182,3 +182,27 @@ def split_regions(latitude: xr.DataArray, longitude: xr.DataArray,
         reg = get_region(r)
         (kept if bool(region_mask(latitude, longitude, reg).any()) else empty).append(reg)
     return kept, empty
+
+
+def station_weights(stations: xr.Dataset | xr.DataArray, region: str | Region = "global") -> xr.DataArray:
+    """One weight (1) per station inside ``region`` (0 outside), from the stations'
+    ``latitude``/``longitude`` coordinates; ``global`` holds every station, even one without
+    coordinates.  Raises if the region holds no station."""
+    n = stations.sizes["station"]
+    reg = get_region(region)
+    if reg.lat_min <= -90 and reg.lat_max >= 90 and reg.lon_min == 0.0 and reg.lon_max == 360.0:
+        inside = np.ones(n, dtype=bool)
+    else:
+        if "latitude" not in stations.coords or "longitude" not in stations.coords:
+            raise RegionError(f"region {reg.name!r} needs the stations' latitude/longitude coordinates")
+        lat = np.asarray(stations["latitude"].values, dtype=np.float64)
+        lon = np.mod(np.asarray(stations["longitude"].values, dtype=np.float64), 360.0)
+        lo, hi = np.mod(reg.lon_min, 360.0), np.mod(reg.lon_max, 360.0)
+        if hi == 0.0 and reg.lon_max > reg.lon_min:
+            hi = 360.0
+        in_lon = (lon >= lo) & (lon <= hi) if lo <= hi else (lon >= lo) | (lon <= hi)
+        inside = (lat >= reg.lat_min) & (lat <= reg.lat_max) & in_lon
+    if not inside.any():
+        raise RegionError(f"region {reg.name!r} contains no station")
+    return xr.DataArray(inside.astype(np.float64), dims=("station",),
+                        attrs={"long_name": f"station weights in region {reg.name}", "region": reg.name})

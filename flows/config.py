@@ -12,8 +12,9 @@ deploy:   {task_runner: dask, dask_address: "tcp://127.0.0.1:8786"}
 
 Each section is parsed into its package's frozen pydantic model and each package receives
 only its section.  Relative paths: ``data.workdir`` is relative to the config file's
-directory; every other relative path (stores, statistics, incoming files, evaluate systems)
-is relative to the work directory.  Errors read ``<file>: <section>.<key>: <problem>``.
+directory (default: that directory); every other relative path (stores, statistics, static
+fields, incoming files, evaluate systems, truth and cases) is made absolute against the work
+directory when the file is read, so every command reads the same files wherever it runs.  Errors read ``<file>: <section>.<key>: <problem>``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from enspp.data.errors import EnsppError, format_validation_error
+from enspp.data.station import StationOptions
 from enspp.data.synth import SynthConfig
 from enspp.data.yaml_file import read_yaml_mapping
 from enspp.evaluation.config import EvaluateConfig
@@ -44,11 +46,15 @@ class ConfigError(EnsppError):
 
 
 class IncomingConfig(BaseModel):
-    """Files the ``ingest`` flow picks up: files, directories or glob patterns per store."""
+    """Files the ``ingest`` flow picks up: files, directories or glob patterns per store.
+    A station file listed under several stores gives each its part: the ensemble
+    (``forecast``), the observations (``analysis``), the deterministic forecast
+    (``deterministic``, the store ``pipeline.stores.deterministic``)."""
 
     model_config = _FROZEN
     forecast: tuple[str, ...] = ()
     analysis: tuple[str, ...] = ()
+    deterministic: tuple[str, ...] = ()
 
 
 class DataConfig(BaseModel):
@@ -74,6 +80,8 @@ class DataConfig(BaseModel):
     bounds: dict[str, tuple[float | None, float | None] | None] = Field(default_factory=dict)
     #: accept inputs from several originating centres (GRIB ``centre``) in one store
     allow_mixed_centres: bool = False
+    #: how station files (NetCDF, CSV) map onto the data model (``data.station.StationOptions``)
+    station: StationOptions | None = None
 
     @field_validator("bounds")
     @classmethod
@@ -240,7 +248,38 @@ def config_from_mapping(raw: dict[str, Any] | None, *, source: str = "config",
         raise ConfigError(_format(e, source)) from None
     if base_dir is not None and not config.data.workdir.is_absolute():
         config = config.with_workdir(base_dir / config.data.workdir)
-    return _with_splits(config)
+    return _with_splits(resolve_paths(config))
+
+
+def resolve_paths(config: EnsppConfig) -> EnsppConfig:
+    """Every relative path of the config (stores, statistics, static fields, incoming files,
+    evaluate systems, truth and cases) made absolute against the work directory, so every
+    command and flow reads the same files whatever its working directory.  A config whose
+    work directory is itself relative (built from a mapping without a file) is returned as
+    it is."""
+    root = config.data.workdir
+    if not root.is_absolute():
+        return config
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or Path(p).is_absolute() else root / p
+
+    def fix_text(p: str) -> str:
+        return p if Path(p).is_absolute() else str(root / p)
+
+    st = config.pipeline.stores
+    stores = st.model_copy(update={k: fix(getattr(st, k)) for k in type(st).model_fields})
+    inc = config.data.incoming
+    incoming = inc.model_copy(update={"forecast": tuple(map(fix_text, inc.forecast)),
+                                      "analysis": tuple(map(fix_text, inc.analysis)),
+                                      "deterministic": tuple(map(fix_text, inc.deterministic))})
+    update: dict[str, Any] = {
+        "pipeline": config.pipeline.model_copy(update={"stores": stores}),
+        "data": config.data.model_copy(update={"incoming": incoming}),
+    }
+    if config.evaluate is not None:
+        update["evaluate"] = config.evaluate.resolve_paths(root)
+    return config.model_copy(update=update)
 
 
 def _with_splits(config: EnsppConfig) -> EnsppConfig:
@@ -256,11 +295,17 @@ def _with_splits(config: EnsppConfig) -> EnsppConfig:
     return config.model_copy(update={"evaluate": ev.model_copy(update={"splits": splits})})
 
 
-def load_config(path: str | Path) -> EnsppConfig:
-    """Read ``enspp.yaml``; raises :class:`ConfigError` naming ``<file>: <section>.<key>``."""
+def load_config(path: str | Path, *, workdir: str | Path | None = None) -> EnsppConfig:
+    """Read ``enspp.yaml``; raises :class:`ConfigError` naming ``<file>: <section>.<key>``.
+
+    Relative paths resolve against the work directory: ``data.workdir`` (itself relative to
+    the config file's folder), the config file's folder when unset, or ``workdir`` when given
+    (a command's ``--workdir``)."""
     path = Path(path)
     raw = read_yaml_mapping(path, what="config file", error=ConfigError,
                             hint=f" of sections ({', '.join(SECTIONS)})")
+    if workdir is not None and isinstance(raw.get("data") or {}, dict):
+        raw = {**raw, "data": {**(raw.get("data") or {}), "workdir": str(Path(workdir).resolve())}}
     return config_from_mapping(raw, source=str(path), base_dir=path.resolve().parent)
 
 

@@ -71,28 +71,46 @@ class PointData:
                          None if self.hres is None else self.hres[mask])
 
 
-def load_station(path: str | Path, *, variable: str | None = None, hres: bool = False) -> PointData:
-    """A station NetCDF file (``data.point_readers.open_station_netcdf``) as :class:`PointData`;
-    ``hres``: also its deterministic forecast (``open_station_deterministic``)."""
-    from enspp.data.point_readers import open_station_deterministic, open_station_netcdf
+#: the timing of the two station files of ../shared/data (the experiment files' convention)
+_LEGACY_TIMING = {"t2m": dict(units="degC", time="valid", hour=12, lead_time=24),
+                  "tp24": dict(units="mm", time="init", hour=0, lead_time=30, deterministic="tp_hres")}
 
-    fc, obs = open_station_netcdf(path, variable=variable, allow_nan=True)
-    name = next(iter(fc.data_vars))
-    if fc.sizes[schema.STATION] != 1 or fc.sizes[schema.LEAD_TIME] != 1:
-        raise PointDataError(f"{path}: the experiment reads one station and one lead time, got "
-                             f"{fc.sizes[schema.STATION]} stations, {fc.sizes[schema.LEAD_TIME]} leads")
+
+def load_station(path: str | Path, *, variable: str | None = None, hres: bool = False) -> PointData:
+    """A station NetCDF file (``data.station.open_station``, with the timing of the files of
+    ../shared/data) as :class:`PointData`; ``hres``: also its deterministic forecast."""
+    import xarray as xr
+
+    from enspp.data.station import StationOptions, open_station
+
+    with xr.open_dataset(path) as raw:
+        names = sorted(str(v)[:-4] for v in raw.data_vars if str(v).endswith("_ens"))
+        labels = [str(m) for m in raw["member"].values]
+        has_hres = {f"{n}_hres" for n in names} | {"tp_hres"}
+        has_hres &= set(map(str, raw.data_vars))
+    name = variable or (names[0] if len(names) == 1 else None)
+    if name not in _LEGACY_TIMING:
+        raise PointDataError(f"{path}: no station timing known for {name!r} (known: {sorted(_LEGACY_TIMING)})")
+    timing = dict(_LEGACY_TIMING[name])
+    if timing.get("deterministic") not in has_hres:
+        timing.pop("deterministic", None)
+    control = next((x for x in labels if x.upper().endswith(("CTR", "CTRL"))), None)
+    opts = StationOptions(variable=name, control=control, station={"id": Path(path).stem}, **timing)
+    d = open_station(path, opts)
+    fc, obs = d.forecast, d.observations
     da = fc[name].isel({schema.STATION: 0, schema.LEAD_TIME: 0}).transpose(schema.INIT_TIME, schema.MEMBER)
     lead = fc[schema.LEAD_TIME].values[0]
     valid = fc[schema.INIT_TIME].values + lead
     ob = obs[name].isel({schema.STATION: 0}).reindex({schema.TIME: valid})
+    if hres and d.deterministic is None:
+        raise PointDataError(f"{path}: no deterministic forecast '{name}_hres' in the file")
     return PointData(variable=name, units=str(fc[name].attrs.get("units", "")),
                      station=str(fc[schema.STATION].values[0]),
                      members=np.asarray(da.values, dtype=np.float32),
                      observation=np.asarray(ob.values, dtype=np.float32),
                      init_time=np.asarray(fc[schema.INIT_TIME].values, dtype="datetime64[ns]"),
                      lead_time=np.timedelta64(lead, "ns"),
-                     # same file, same rows: aligned with the members by construction
-                     hres=open_station_deterministic(path, variable=name).values if hres else None)
+                     hres=(d.deterministic[name].values[:, 0, 0, 0] if hres else None))
 
 
 def day_of_year_features(times: np.ndarray) -> np.ndarray:

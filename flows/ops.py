@@ -70,7 +70,8 @@ def _failures(futures: list[tuple[str, Any]], *, done: Any = None) -> list[str]:
 @flow(name="ingest-batches")
 def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
                     lock_timeout: float = 300.0, bounds: dict[str, Any] | None = None,
-                    allow_mixed_centres: bool = False) -> list[str]:
+                    allow_mixed_centres: bool = False,
+                    station: dict[str, Any] | None = None) -> list[str]:
     # one store's batches run one after the other (its lock would serialise them anyway) and
     # a failed batch does not stop the next; the stores' batches are submitted in turn, so
     # the forecast and analysis stores fill in parallel
@@ -84,6 +85,7 @@ def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
                                   lock_timeout=lock_timeout, bounds=bounds,
                                   allow_mixed_centres=allow_mixed_centres,
                                   store_name=Path(store).name,
+                                  station=station, station_part=job.get("part"),
                                   first=Path(files[0]).name, n_more=len(files) - 1,
                                   wait_for=[allow_failure(prev[store])] if store in prev else [])
         futures.append((f"{Path(store).name} <- {', '.join(files)}", fut))
@@ -111,12 +113,18 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
         wanted = {kind: [str(wd.path(p)) for p in paths]}
     else:
         wanted = {k: [str(wd.path(p)) for p in getattr(cfg.data.incoming, k)]
-                  for k in ("forecast", "analysis")}
+                  for k in ("forecast", "analysis", "deterministic")}
         if not any(wanted.values()):
             raise FlowInputError("nothing to ingest: data.incoming names no files and no paths "
                                  "were given")
     stores = {"forecast": wd.path(cfg.pipeline.stores.forecast or wd.forecast),
               "analysis": wd.path(cfg.pipeline.stores.analysis or wd.analysis)}
+    if wanted.get("deterministic"):
+        if cfg.pipeline.stores.deterministic is None:
+            raise FlowInputError("data.incoming.deterministic needs pipeline.stores.deterministic "
+                                 "(the store the deterministic forecasts go to)")
+        stores["deterministic"] = wd.path(cfg.pipeline.stores.deterministic)
+    station = None if cfg.data.station is None else cfg.data.station.model_dump(mode="json")
     jobs, summary = [], {}
     for k, patterns in wanted.items():
         if not patterns:
@@ -125,12 +133,14 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
         summary[k] = {"new": len(new), "already_ingested": len(done)}
         print(f"{k}: {len(new)} new file(s), {len(done)} already in {stores[k]}")
         if new:
-            jobs.append({"store": str(stores[k]), "kind": k,
+            jobs.append({"store": str(stores[k]), "kind": "analysis" if k == "analysis" else "forecast",
+                         "part": {"forecast": "ensemble", "analysis": "observation"}.get(k, k),
                          "batches": _chunks(new, cfg.data.files_per_task)})
     if jobs:
         runner = _ingest_batches.with_options(task_runner=make_task_runner(cfg.deploy))
         bad = runner(jobs, allow_nan=cfg.data.allow_nan, lock_timeout=cfg.data.lock_timeout,
-                     bounds=dict(cfg.data.bounds), allow_mixed_centres=cfg.data.allow_mixed_centres)
+                     bounds=dict(cfg.data.bounds), allow_mixed_centres=cfg.data.allow_mixed_centres,
+                     station=station)
         if bad:
             raise FlowFailedError(f"ingest: {len(bad)} task(s) failed (the other files landed): "
                                   + " | ".join(bad))
@@ -231,7 +241,7 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
 def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> dict[str, Any]:
     """Refresh statistics, train, score candidate and current model on the validation split
     (same data, same estimator) and register the candidate only if it is better."""
-    from enspp.models.registry import current_version, version_name
+    from enspp.models.registry import current_version, scoring_checkpoint, version_name
 
     cfg = resolve_config(config_path)
     wd = cfg.workdir
@@ -241,10 +251,12 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     cand_version = version_name(candidate)
     current = current_version(wd.registry)
     val_dir = Path(trained["run_dir"]) / "validation"
-    products = {"candidate": _validation_product(cfg, candidate, cand_version, val_dir)}
+    # scored by fits that never saw the validation data (a refit model: its early-stopped fit)
+    products = {"candidate": _validation_product(cfg, str(scoring_checkpoint(candidate)),
+                                                 cand_version, val_dir)}
     if current is not None and current.version != cand_version:
-        products["current"] = _validation_product(cfg, str(current.checkpoint), current.version,
-                                                  val_dir)
+        products["current"] = _validation_product(
+            cfg, str(current.selection_checkpoint or current.checkpoint), current.version, val_dir)
     scores = steps.score_on_validation(cfg, products)
     decision = steps.register_model(
         str(wd.registry), candidate, score=scores["candidate"],
@@ -280,6 +292,7 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
     land-sea mask; paths resolved against the work directory.  Systems the section names
     itself are kept as they are."""
     from enspp.evaluation.config import EvaluateConfig, SystemConfig
+    from enspp.evaluation.systems import product_system
     from enspp.models.registry import current_version
 
     wd = cfg.workdir
@@ -296,16 +309,12 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
     auto: list[dict[str, Any]] = [{"name": "raw_full", "path": forecast}]
     if members.strategy != "all":
         auto.append({"name": "raw_subset", "path": forecast, "members": subset})
-    named = {"emos_local": "emos", "emos_global": "emos"}
     for label, path in (products or {}).items():
-        auto.append({"name": label if label in ("emos", "mlp", "unet", "mixed") else "custom",
-                     "label": None if label in ("emos", "mlp", "unet", "mixed") else label,
-                     "path": wd.path(path), "type": "gaussian"})
+        if Path(wd.path(path)).exists():
+            auto.append(product_system(wd.path(path), label=label).model_dump())
     current = current_version(wd.registry)
-    if current is not None:
-        name = named.get(current.version.rsplit("-", 1)[0], current.version.rsplit("-", 1)[0])
-        auto.append({"name": name, "path": wd.products / f"{current.version}.zarr",
-                     "type": "gaussian"})
+    if current is not None and (wd.products / f"{current.version}.zarr").exists():
+        auto.append(product_system(wd.products / f"{current.version}.zarr").model_dump())
     oracle = wd.synth / "oracle.zarr"
     if oracle.exists():
         auto.append({"name": "oracle", "path": oracle, "type": "gaussian"})

@@ -72,39 +72,20 @@ def split_init_times(config: Any, split: str) -> list[str]:
     return [str(x)[:19] for x in t[(t >= lo) & (t < hi)]]
 
 
-def validation_score(scores: dict[str, Any], systems: list[str], *, reference: str
-                     ) -> dict[str, dict[str, Any]]:
-    """Per system: the validation score the registry compares (lower is better) and its
-    parts.  One target: its area-weighted CRPS over all leads; several: the mean over targets
-    of CRPS / CRPS(reference) (so units do not mix)."""
-    out: dict[str, dict[str, Any]] = {}
-    for s in systems:
-        per = {v: float(ds["crps_all"].sel(system=s, region="global")) for v, ds in scores.items()}
-        if len(per) == 1:
-            (v, value), = per.items()
-            metric = f"validation {v} CRPS ({scores[v].attrs.get('crps_estimator', '')})"
-        else:
-            ratios = [per[v] / float(scores[v]["crps_all"].sel(system=reference, region="global"))
-                      for v in per]
-            value = float(sum(ratios) / len(ratios))
-            metric = f"validation CRPS / CRPS({reference}), mean over {sorted(per)}"
-        out[s] = {"score": value, "metric": metric, "crps": per}
-    return out
-
-
 @task(name="score-on-validation", **_PLAIN)
 def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
     """CRPS of each product (``{label: path}``, Gaussian predictive) on the validation
     split against the analysis store, with the raw full ensemble as the reference."""
     from enspp.evaluation.config import EvaluateConfig, Period
     from enspp.evaluation.evaluate import evaluate
+    from enspp.evaluation.systems import product_system
 
     val = config.pipeline.split.val
     if val is None:
         raise FlowInputError("pipeline.split.val is not set: registering needs a validation period")
     wd = config.workdir
     systems = [{"name": "raw_full", "path": str(wd.path(config.pipeline.stores.forecast))}]
-    systems += [{"name": "custom", "label": k, "path": p, "type": "gaussian"}
+    systems += [{"name": "custom", "label": k, "path": p, "type": product_system(p).type}
                 for k, p in products.items()]
     ev = EvaluateConfig(title="validation", systems=systems,
                         truth=wd.path(config.pipeline.stores.analysis),
@@ -113,6 +94,8 @@ def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict
                         period=Period(start=val.start, end=val.end),
                         bootstrap={"n": 10}, cases=[])
     result = evaluate(ev, None)
+    from enspp.models.registry import validation_score
+
     return validation_score(result.scores, list(products), reference="raw_full")
 
 

@@ -84,12 +84,15 @@ def new_files(paths: Sequence[str], store: str | Path) -> tuple[list[str], list[
 def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = False,
                  lock_timeout: float = 300.0, bounds: dict[str, Any] | None = None,
                  allow_mixed_centres: bool = False, store_name: str = "", first: str = "",
-                 n_more: int = 0) -> dict[str, Any]:
+                 n_more: int = 0, station: dict[str, Any] | None = None,
+                 station_part: str | None = None) -> dict[str, Any]:
     """Ingest ``files`` into ``store``: the good ones land even when others are refused; then
     fails naming the refused files (:class:`IngestFilesError`, not retried).  A missing file
-    raises ``FileNotFoundError`` (retried: it may still be arriving)."""
+    raises ``FileNotFoundError`` (retried: it may still be arriving).  ``station`` (the
+    ``data.station`` options) and ``station_part`` say how station files are read."""
     from enspp.data.ingest import ingest
     from enspp.data.lock import store_lock
+    from enspp.data.station import StationOptions
 
     missing = [f for f in files if not Path(f).exists()]
     present = [f for f in files if Path(f).exists()]
@@ -100,7 +103,9 @@ def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = F
         with store_lock(_lock_dir(store), timeout=lock_timeout):
             summary = ingest(present, store, kind=kind, progress=False,  # type: ignore[arg-type]
                              on_error="skip", allow_nan=allow_nan, lock_timeout=lock_timeout,
-                             bounds=bounds, allow_mixed_centres=allow_mixed_centres)
+                             bounds=bounds, allow_mixed_centres=allow_mixed_centres,
+                             station=None if station is None else StationOptions.model_validate(station),
+                             station_part=station_part)  # type: ignore[arg-type]
         get_run_logger().info(summary.line())
     if missing:
         raise FileNotFoundError(f"{len(missing)} input file(s) not found: {', '.join(missing)}"

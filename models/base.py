@@ -38,15 +38,38 @@ from enspp.models.normalize import Normalizer, resolve_stats
 
 #: ``mean_shift`` options of the networks' head (:meth:`PostProcessor.head`)
 MEAN_SHIFTS: tuple[str, ...] = ("ensemble", "ensemble+local")
-MODEL_NAMES: tuple[str, ...] = ("emos_local", "emos_global", "emos_lagged", "mlp", "unet", "mixed")
-_REGISTRY: dict[str, tuple[str, str]] = {
-    "emos_local": ("enspp.models.emos", "LocalEMOS"),
-    "emos_global": ("enspp.models.emos", "GlobalEMOS"),
-    "emos_lagged": ("enspp.models.emos", "LaggedEMOS"),
-    "mlp": ("enspp.models.mlp", "MLPModel"),
-    "unet": ("enspp.models.unet", "UNetModel"),
-    "mixed": ("enspp.models.mixed", "MixedModel"),
+@dataclass(frozen=True)
+class ModelInfo:
+    """One post-processing method: where its class lives and how reports name it."""
+
+    module: str
+    cls: str
+    #: the system name in evaluations and reports (ARCHITECTURE.md, "Evaluation"): every
+    #: EMOS variant is an ``emos``
+    system: str
+    #: a network (trained with the networks' settings) rather than an EMOS regression
+    network: bool
+
+
+#: every model by name: adding a model is one entry here (and its module)
+MODELS: dict[str, ModelInfo] = {
+    "emos_local": ModelInfo("enspp.models.emos", "LocalEMOS", "emos", network=False),
+    "emos_global": ModelInfo("enspp.models.emos", "GlobalEMOS", "emos", network=False),
+    "emos_lagged": ModelInfo("enspp.models.emos", "LaggedEMOS", "emos", network=False),
+    "mlp": ModelInfo("enspp.models.mlp", "MLPModel", "mlp", network=True),
+    "unet": ModelInfo("enspp.models.unet", "UNetModel", "unet", network=True),
+    "mixed": ModelInfo("enspp.models.mixed", "MixedModel", "mixed", network=True),
 }
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+#: the system names of the models, in registry order (``emos``, ``mlp``, ``unet``, ``mixed``)
+MODEL_SYSTEMS: tuple[str, ...] = tuple(dict.fromkeys(m.system for m in MODELS.values()))
+
+
+def system_name(model_name: str) -> str:
+    """The system name reports give a model (``emos_global`` -> ``emos``)."""
+    if model_name not in MODELS:
+        raise ModelSpecError(f"unknown model name {model_name!r}: expected one of {MODEL_NAMES}")
+    return MODELS[model_name].system
 #: the closed-form CRPS estimator a model of each distribution is trained and scored with
 CLOSED_FORM_ESTIMATOR: dict[str, str] = {d: d for d in DISTRIBUTIONS}
 _LOGISTIC_SCALE_PER_STD = math.sqrt(3.0) / math.pi
@@ -75,6 +98,9 @@ class ModelSpec:
     stats: Mapping[str, Any]
     distribution: str = "gaussian"
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: networks trained from this many seeds whose distributions are combined (a seed ensemble,
+    #: :class:`models.ensemble.SeedEnsemble`); 1: one network
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         for name in ("channels", "targets", "static_names"):
@@ -100,6 +126,9 @@ class ModelSpec:
             raise ModelSpecError(
                 f"target_channels {bad} out of range for {len(self.channels)} channels"
             )
+        object.__setattr__(self, "seeds", int(self.seeds))
+        if self.seeds < 1:
+            raise ModelSpecError(f"seeds must be >= 1, got {self.seeds}")
         if int(self.n_members) < 1:
             raise ModelSpecError(f"n_members must be >= 1, got {self.n_members}")
         if len(self.grid_shape) != 2 or min(self.grid_shape) < 1:
@@ -130,6 +159,7 @@ class ModelSpec:
             "stats": {k: np.asarray(v) for k, v in self.stats.items()},
             "distribution": self.distribution,
             "options": dict(self.options),
+            "seeds": int(self.seeds),
         }
 
     @classmethod
@@ -138,18 +168,23 @@ class ModelSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ModelSpecError(f"model spec dict has unknown keys {unknown}")
-        missing = sorted(k for k in known - set(d) if k not in ("distribution", "options"))
+        missing = sorted(k for k in known - set(d) if k not in ("distribution", "options", "seeds"))
         if missing:
             raise ModelSpecError(f"model spec dict lacks keys {missing}")
         return cls(**dict(d))
 
 
 def build_model(spec: ModelSpec) -> PostProcessor:
-    """Build the (untrained) model named by ``spec.name``."""
+    """Build the (untrained) model named by ``spec.name`` (a seed ensemble of such models
+    when ``spec.seeds > 1``)."""
     if not isinstance(spec, ModelSpec):
         raise ModelSpecError(f"build_model needs a ModelSpec, got {type(spec).__name__}")
-    module, cls_name = _REGISTRY[spec.name]
-    cls = getattr(importlib.import_module(module), cls_name)
+    if spec.seeds > 1:
+        from enspp.models.ensemble import SeedEnsemble
+
+        return SeedEnsemble(spec)
+    info = MODELS[spec.name]
+    cls = getattr(importlib.import_module(info.module), info.cls)
     return cls(spec)
 
 

@@ -77,6 +77,13 @@ class CheckpointMetadata:
     git_commit: str | None = None
     created: str = ""
     metadata_version: int = METADATA_VERSION
+    #: station ids of a point model, in training order (empty for a grid)
+    stations: tuple[str, ...] = ()
+    #: training-period scales of the station record features (``pipeline.station_features``)
+    feature_scales: dict[str, Any] = field(default_factory=dict)
+    #: how the weights were chosen: seeds, each member's epochs, the validation score of the
+    #: early-stopped fits, whether they were then refit on training + validation
+    training: dict[str, Any] = field(default_factory=dict)
 
     def to_checkpoint(self) -> dict[str, Any]:
         """Plain types and tensors only (loadable with ``weights_only=True``)."""
@@ -97,8 +104,9 @@ class CheckpointMetadata:
         if missing:
             raise CorruptCheckpointError(f"checkpoint {source}: metadata lacks {missing}")
         values = {k: _from_safe(v) for k, v in raw.items() if k in names}
-        for key in ("channels", "targets", "variables", "levels", "latitude", "longitude"):
-            values[key] = tuple(values[key])
+        for key in ("channels", "targets", "variables", "levels", "latitude", "longitude", "stations"):
+            if key in values:
+                values[key] = tuple(values[key])
         if values.get("patch_shape") is not None:
             values["patch_shape"] = tuple(values["patch_shape"])
         return cls(**values)
@@ -260,6 +268,18 @@ def check_store_compatible(meta: CheckpointMetadata, store: xr.Dataset, *,
         raise CheckpointMismatchError(
             f"variables: the checkpoint needs {missing} which {source} lacks "
             f"(store has {sorted(available)})")
+    if meta.stations or schema.STATION in store.dims:
+        have_st = tuple(str(x) for x in store[schema.STATION].values) if schema.STATION in store.dims else ()
+        if have_st != tuple(meta.stations):
+            raise CheckpointMismatchError(
+                f"stations: {source} holds {len(have_st)} stations {list(have_st[:3])}, the "
+                f"checkpoint was trained on {len(meta.stations)} {list(meta.stations[:3])} "
+                f"(per-station statistics and parameters are tied to them, in that order)")
+        n_store = int(store.sizes.get(schema.MEMBER, 0))
+        if meta.n_members > n_store:
+            raise CheckpointMismatchError(
+                f"K: the checkpoint uses K={meta.n_members} members but {source} holds only {n_store}")
+        return
     for dim, trained in ((schema.LATITUDE, meta.latitude), (schema.LONGITUDE, meta.longitude)):
         if dim not in store.coords:
             raise CheckpointMismatchError(f"grid: {source} has no {dim!r} coordinate "

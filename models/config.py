@@ -19,7 +19,6 @@ from enspp.data.yaml_file import read_yaml_mapping
 #: the sections one ``enspp.yaml`` may hold (ARCHITECTURE.md, "Configuration")
 KNOWN_SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")
 
-ModelName = Literal["emos_local", "emos_global", "emos_lagged", "mlp", "unet", "mixed"]
 
 
 class ConfigError(EnsppError):
@@ -31,10 +30,20 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: ModelName = "mixed"
+    #: one of ``models.base.MODELS``
+    name: str = "mixed"
     distribution: Literal["gaussian", "censored_logistic"] = "gaussian"
     #: hyper-parameters passed to the model as ``ModelSpec.options`` (model-specific)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from enspp.models.base import MODEL_NAMES
+
+        if v not in MODEL_NAMES:
+            raise ValueError(f"unknown model {v!r} (known: {', '.join(MODEL_NAMES)})")
+        return v
 
 
 class TrainConfig(BaseModel):
@@ -65,6 +74,13 @@ class TrainConfig(BaseModel):
     #: estimator of the raw-ensemble CRPS logged beside the model's for comparison
     ensemble_estimator: Literal["fair", "standard"] = "fair"
     seed: int = 0
+    #: a seed ensemble of this many networks (seeds ``seed``, ``seed + 1``, ...), each stopped at
+    #: its own best validation epoch, whose distribution parameters are averaged
+    #: (``models.ensemble``); 1: one network
+    seeds: int = Field(1, ge=1)
+    #: after choosing each network's epoch count on validation, train it again from the same
+    #: seed on training + validation for that many epochs, and use that model
+    refit: bool = False
     #: "warn" asks torch for deterministic algorithms and only warns where none exists
     deterministic: bool | Literal["warn"] = "warn"
     accelerator: str = "cpu"

@@ -4,7 +4,9 @@ Logged (per epoch, CSV/TensorBoard): ``train/crps_<estimator>`` and ``val/crps_<
 (the loss: CRPS over valid targets divided by each target's global std, so targets in
 different units weigh alike), the raw ensemble's ``val/crps_raw_<fair|standard>`` on the same
 scale, and per target in physical units ``val/crps_<estimator>/<target>`` and
-``val/crps_raw_<fair|standard>/<target>``.  Early stopping and the best checkpoint follow
+``val/crps_raw_<fair|standard>/<target>`` (``per_target_logs=False`` leaves these out for a
+single target, where they are the normalised values times the target's training std: each
+``log`` call costs milliseconds, as much as a whole full-batch epoch of a small model).  Early stopping and the best checkpoint follow
 ``val/crps_<estimator>`` (:func:`monitor_name`): validation, never test.
 """
 
@@ -35,8 +37,9 @@ class PostProcessingModule(L.LightningModule):
     """Wrap ``model`` (a PostProcessor with ``spec``) with its loss, optimiser and metadata."""
 
     def __init__(self, model: torch.nn.Module, *, train_config: TrainConfig,
-                 metadata: CheckpointMetadata | None = None) -> None:
+                 metadata: CheckpointMetadata | None = None, per_target_logs: bool = True) -> None:
         super().__init__()
+        self.per_target_logs = per_target_logs
         self.model = model
         self.train_config = train_config
         self.metadata = metadata
@@ -46,26 +49,56 @@ class PostProcessingModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch)
 
+    @property
+    def _sync(self) -> bool:
+        """Reduce logged values across processes only when there are several."""
+        trainer = self._trainer
+        return trainer is not None and trainer.world_size > 1
+
     # -- losses ---------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model.loss(self(batch), batch["target"])
-        self.log(monitor_name(self.distribution).replace("val/", "train/"), loss,
+        if hasattr(self.model, "training_loss"):  # a seed ensemble: each member its own loss
+            loss = self.model.training_loss(batch)
+            shown = loss.detach() / len(self.model.members)
+        else:
+            loss = shown = self.model.loss(self(batch), batch["target"])
+        self.log(monitor_name(self.distribution).replace("val/", "train/"), shown,
                  on_step=False, on_epoch=True, prog_bar=True,
-                 batch_size=batch["target"].shape[0], sync_dist=True)
+                 batch_size=batch["target"].shape[0], sync_dist=self._sync)
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._member_sums: torch.Tensor | None = None
+        self._member_rows = 0
+
+    def member_val_losses(self) -> torch.Tensor | None:
+        """``[N]``: each member's validation loss over the epoch just validated (one value for
+        a single model); weighted by batch rows as the logged epoch value is."""
+        sums = getattr(self, "_member_sums", None)
+        return None if sums is None or not self._member_rows else sums / self._member_rows
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         target = batch["target"]
-        out = self(batch)
         n = target.shape[0]
+        if hasattr(self.model, "member_outputs"):
+            outs = self.model.member_outputs(batch)
+            out = self.model.combine(outs)
+            member = self.model.member_losses(batch, outs).detach()
+        else:
+            out = self(batch)
+            member = self.model.loss(out, target).detach()[None]
+        sums = getattr(self, "_member_sums", None)
+        self._member_sums = member * n if sums is None else sums + member * n
+        self._member_rows = getattr(self, "_member_rows", 0) + n
         est = self.train_config.ensemble_estimator
         raw = self.model.raw_target_members(batch)
-        log = dict(on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        log = dict(on_step=False, on_epoch=True, batch_size=n, sync_dist=self._sync)
         self.log(monitor_name(self.distribution), self.model.loss(out, target), prog_bar=True,
                  **log)
         self.log(f"val/crps_raw_{est}", self.model.raw_loss(batch, estimator=est), **log)
         ones = torch.ones(1, device=target.device)
-        for t, name in enumerate(self.targets):
+        per_target = self.per_target_logs or len(self.targets) > 1
+        for t, name in enumerate(self.targets if per_target else ()):
             y = target[:, t:t + 1]
             sub = {k: v[:, t:t + 1] for k, v in out.items() if v.dim() == target.dim()}
             dist_crps = functools.partial(distribution_crps, sub, distribution=self.distribution)

@@ -45,6 +45,7 @@ from enspp.pipeline.align import open_dataset, open_static
 from enspp.pipeline.config import PipelineConfig
 from enspp.pipeline.features import STATIC_NAMES, doy_encoding, parse_channel, static_fields
 from enspp.pipeline.members import choose_members
+from enspp.pipeline.station_features import ALL_RECORD_FEATURES, FeatureScales, StationFeatures
 from enspp.pipeline.tiles import stitch, tile_slices
 
 __all__ = ["PredictError", "ProductError", "open_product", "predict", "tiling"]
@@ -60,7 +61,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             fmt: str = "zarr", static: str | Path | xr.Dataset | None = None,
             batch_size: int = 4, seed: int = 0, model_version: str | None = None,
             fields: Collection[str] = PRODUCT_FIELDS, whole_fields: bool = False,
-            progress: bool = True) -> Path:
+            progress: bool = True, analysis: str | Path | xr.Dataset | None = None,
+            deterministic: str | Path | xr.Dataset | None = None) -> Path:
     """Post-process ``store`` with ``checkpoint``; write (or extend) and return ``out``.
 
     ``init_times`` (default: all complete ones in the store) selects init times; ``n_members``
@@ -74,6 +76,11 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     whole grid of each init time in one pass, as the training pipeline's validation and test
     loaders feed it, instead of the tiles ``tiling`` picks.  ``progress``: a bar on a
     terminal (:mod:`data.progress`; the summary line is logged either way).
+
+    A station model with record features (``features.past_error``/``hres``) builds them from
+    the observations (``analysis``, default the training pipeline's analysis store) and the
+    deterministic forecast (``deterministic``, likewise) up to each init time, scaled as in
+    training (the scales are in the checkpoint).
     """
     if fmt not in ("zarr", "netcdf"):
         raise PredictError(f"fmt {fmt!r}: expected 'zarr' or 'netcdf'")
@@ -93,6 +100,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                              rng=np.random.default_rng(seed))
     inits = _select_inits(ds, init_times, source=source)
     static_fixed = static_fields(ds, _open_static(static, pipeline), regrid=pipeline.regrid)
+    records = _record_features(meta, pipeline, ds, members=members, analysis=analysis,
+                               deterministic=deterministic)
     tile, overlap = ((None, 0) if whole_fields else
                      tiling(pipeline, grid_shape=tuple(loaded.model.spec.grid_shape)))
     version = model_version or f"{meta.spec['name']}-{loaded.sha256[:12]}"
@@ -106,7 +115,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                                            static_fixed=static_fixed, pipeline=pipeline,
                                            tile=tile, overlap=overlap, quantiles=levels,
                                            n_members=n_members, batch_size=batch_size,
-                                           seed=seed, source=source)
+                                           seed=seed, source=source, records=records)
             writer.write(product_dataset(fields, targets=meta.targets, init=init,
                                          lead_h=pipeline.features.target_lead_time,
                                          quantiles=levels, grid=ds))
@@ -173,8 +182,8 @@ def _open_static(static: str | Path | xr.Dataset | None,
 def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime64,
                   members: np.ndarray, static_fixed: np.ndarray, pipeline: PipelineConfig,
                   tile: int | None, overlap: int, quantiles: tuple[float, ...],
-                  n_members: int, batch_size: int, seed: int,
-                  source: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                  n_members: int, batch_size: int, seed: int, source: Any,
+                  records: StationFeatures | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The product fields of one init time and the mask of points with NaN inputs (no
     ``quantiles`` for empty ``quantiles``, no ``members`` for ``n_members`` 0)."""
     model, meta = loaded.model, loaded.metadata
@@ -186,12 +195,15 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
             _raise_nan(inputs, meta.channels, init=init, source=source)
         inputs = _fill_nan(inputs, model)
     sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
-    static_all = _static(model.spec.static_names, static_fixed, sin_doy, cos_doy)
+    static_all = _static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
+                         records=None if records is None else records.at(init))
     params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
                        overlap=overlap, batch_size=batch_size)
     raw = inputs[:, list(model.spec.target_channels)]
     rng = np.random.default_rng([seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63])
     fields = {"mean": params["mu"], "std": params["sigma"]}
+    if meta.distribution == "censored_logistic":  # the distribution itself (closed-form scores)
+        fields["loc"], fields["scale"] = params["loc"], params["scale"]
     if quantiles:
         fields["quantiles"] = output_quantiles(params, quantiles, distribution=meta.distribution)
     if n_members:
@@ -236,14 +248,48 @@ def _fill_nan(inputs: np.ndarray, model: torch.nn.Module) -> np.ndarray:
     return np.where(np.isfinite(inputs), inputs, mean[None]).astype(np.float32)
 
 
-def _static(names: Sequence[str], fixed: np.ndarray, sin_doy: float, cos_doy: float) -> np.ndarray:
+def _record_features(meta: Any, pipeline: PipelineConfig, ds: xr.Dataset, *, members: np.ndarray,
+                     analysis: Any, deterministic: Any) -> StationFeatures | None:
+    """The station record features of a model trained with them (None otherwise)."""
+    feats = pipeline.features
+    if feats.past_error is None and not feats.hres:
+        return None
+    if not meta.feature_scales:
+        raise PredictError("the checkpoint uses station record features but holds no feature "
+                           "scales (trained by an older enspp?)")
+
+    def opened(given: Any, configured: Path | None, what: str) -> xr.Dataset | None:
+        src = given if given is not None else configured
+        if src is None:
+            return None
+        if not isinstance(src, xr.Dataset) and not Path(src).exists():
+            raise FileNotFoundError(f"{what} {src} (used in training) does not exist; pass it "
+                                    f"with --{what.split()[0]}")
+        return open_dataset(src)
+
+    an = opened(analysis, pipeline.stores.analysis, "analysis store") if feats.past_error else None
+    det = opened(deterministic, pipeline.stores.deterministic, "deterministic store") if feats.hres else None
+    return StationFeatures(ds, an, variable=feats.targets[0],
+                           lead_time=np.timedelta64(feats.target_lead_time, "h").astype("timedelta64[ns]"),
+                           members=members, features=feats, deterministic=det,
+                           scales=FeatureScales.from_dict(meta.feature_scales))
+
+
+def _static(names: Sequence[str], fixed: np.ndarray, sin_doy: float, cos_doy: float, *,
+            records: np.ndarray | None = None) -> np.ndarray:
+    """The static planes ``names`` of one init time; ``records``: ``[F, S]`` station record
+    features in the order of :func:`pipeline.station_features.feature_names`."""
     shape = fixed.shape[1:]
     planes = dict(zip(STATIC_NAMES, [*fixed, np.full(shape, sin_doy, np.float32),
                                      np.full(shape, cos_doy, np.float32)]))
+    if records is not None:
+        record_names = [n for n in names if n in ALL_RECORD_FEATURES]
+        planes.update({n: records[i][:, None] for i, n in enumerate(record_names)})
     unknown = [n for n in names if n not in planes]
     if unknown:
         raise PredictError(f"the model uses static features {unknown} that predict cannot "
-                           f"build (known: {list(STATIC_NAMES)})")
+                           f"build (known: {list(STATIC_NAMES)} and the station record "
+                           f"features {list(ALL_RECORD_FEATURES)})")
     if not names:
         return np.zeros((0, *shape), np.float32)
     return np.stack([planes[n] for n in names]).astype(np.float32)
@@ -253,8 +299,22 @@ def run_model(model: torch.nn.Module, inputs: np.ndarray, static: np.ndarray, *,
               init: np.datetime64, lead_h: int, tile: int | None, overlap: int,
               batch_size: int = 4) -> dict[str, np.ndarray]:
     """The model's parameters (``mu``, ``sigma``, ...) ``[T, Ny, Nx]`` for one init time, by
-    (overlapping, blended) tiles, ``batch_size`` tiles per forward pass."""
+    (overlapping, blended) tiles, ``batch_size`` tiles per forward pass.  A point model
+    (``inputs [K, C, n_stations, 1]``) gets every station at once, one row each (the
+    pipeline's point batches: ``H = W = 1``, ``x0`` the station index)."""
     ny, nx = inputs.shape[-2:]
+    if model.spec.is_point:
+        n = inputs.shape[2]
+        batch = {
+            "inputs": torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs, 2, 0)))[..., None],
+            "static": torch.from_numpy(np.ascontiguousarray(np.moveaxis(static, 1, 0)))[..., None],
+            "init_time": torch.full((n,), int(init.astype("datetime64[ns]").astype(np.int64))),
+            "lead_time": torch.full((n,), int(np.timedelta64(lead_h, "h").astype("timedelta64[ns]")
+                                              .astype(np.int64))),
+            "y0": torch.zeros(n, dtype=torch.int64), "x0": torch.arange(n, dtype=torch.int64),
+        }
+        # [S, T, 1, 1] -> [T, S, 1]
+        return {k: np.moveaxis(v.float().numpy()[:, :, :, 0], 0, 1) for k, v in model(batch).items()}
     slices = tile_slices((ny, nx), tile=None if model.spec.is_point else tile, overlap=overlap)
     x, s = torch.from_numpy(inputs), torch.from_numpy(static)
     init_ns = int(init.astype("datetime64[ns]").astype(np.int64))

@@ -77,7 +77,8 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
     """One init time of the product: per target ``v``, ``v`` (ECC members), ``v_mean``,
     ``v_std`` and ``v_quantiles`` with CF variable attributes.
 
-    ``fields``: ``mean``/``std`` ``[T, Ny, Nx]``, ``quantiles`` ``[Q, T, Ny, Nx]``, ``members``
+    ``fields``: ``mean``/``std`` ``[T, Ny, Nx]`` (a censored logistic also ``loc``/``scale``,
+    written as ``v_loc``/``v_scale``), ``quantiles`` ``[Q, T, Ny, Nx]``, ``members``
     ``[M, T, Ny, Nx]`` (stations: ``Nx = 1``); ``members`` and ``quantiles`` may be left out
     (the product then has no such variables, nor the ``member``/``quantile`` coordinate).
     """
@@ -117,6 +118,12 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
                                {"units": base["units"],
                                 "long_name": f"{label}, predictive standard deviation",
                                 "cell_methods": "member: standard_deviation"})
+        for param, what in (("loc", "location"), ("scale", "scale")):
+            if param in fields:  # a censored logistic: the latent logistic's parameters
+                data[f"{name}_{param}"] = (
+                    (*head, *space), squeeze(fields[param][None, None, t]),
+                    {"units": base["units"], "long_name": f"{label}, {what} of the latent logistic "
+                     f"distribution (censored at 0)"})
         if "quantiles" in fields:
             data[f"{name}_quantiles"] = ((*head, "quantile", *space),
                                          squeeze(fields["quantiles"][None, None, :, t]),

@@ -5,13 +5,18 @@ Layout::
     registry/
       versions/<version>/model.ckpt    a copy of the registered checkpoint
       versions/<version>/version.json  its score, metric, source run, time of registration
+    versions/<version>/selection.ckpt the early-stopped fit of a refit model (scored instead)
       current                          the name of the current version (one line)
       decisions.jsonl                  one JSON line per decision, registered or not, and why
 
 A candidate is registered only when it beats the current version on the validation CRPS
 (lower is better) by more than ``min_improvement``; both scores must come from the same
-validation data and estimator (the caller scores both, see ``flows``).  Every decision is
-logged with its reason.  Writes are atomic (copy to a temporary name, then rename) and
+validation data and estimator (the caller scores both, see ``flows``).  The comparison rule
+is here: :func:`validation_score` reduces a validation evaluation to the one number compared,
+:func:`scoring_checkpoint` names the checkpoint a model is scored with (a model refit on
+training + validation data is scored by its early-stopped fit, which never saw the
+validation data; both are kept in its version directory), :func:`decide` compares.  Every
+decision is logged with its reason.  Writes are atomic (copy to a temporary name, then rename) and
 serialised by an exclusive lock, so two trainings registering at once cannot corrupt it.
 """
 
@@ -34,10 +39,12 @@ VERSIONS = "versions"
 CURRENT = "current"
 LOG = "decisions.jsonl"
 CHECKPOINT = "model.ckpt"
+SELECTION = "selection.ckpt"
 META = "version.json"
 
 __all__ = ["Decision", "ModelVersion", "RegistryError", "current_version", "decide",
-           "list_versions", "read_decisions", "register_if_better", "version_name"]
+           "list_versions", "read_decisions", "register_if_better", "scoring_checkpoint",
+           "validation_score", "version_name"]
 
 
 class RegistryError(EnsppError):
@@ -57,6 +64,8 @@ class ModelVersion:
     source: str
     registered: str
     details: dict[str, Any]
+    #: the early-stopped fit of a model refit on training + validation (None otherwise)
+    selection_checkpoint: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,44 @@ def version_name(checkpoint: str | Path) -> str:
     """``<model name>-<sha256[:12]>``: the name products of this checkpoint are stored under."""
     _, meta = read_checkpoint(checkpoint)
     return f"{meta.spec['name']}-{file_sha256(checkpoint)[:12]}"
+
+
+def scoring_checkpoint(checkpoint: str | Path) -> Path:
+    """The checkpoint a model is scored on validation with: itself, or for a model refit on
+    training + validation data its early-stopped fit (``selection_checkpoint`` of
+    ``models.train``, found beside it in its run directory or registry version)."""
+    checkpoint = Path(checkpoint)
+    _, meta = read_checkpoint(checkpoint)
+    if not meta.training.get("refit"):
+        return checkpoint
+    for name in (SELECTION, "best.ckpt"):
+        candidate = checkpoint.with_name(name)
+        if candidate.is_file() and candidate != checkpoint:
+            return candidate
+    raise RegistryError(f"{checkpoint} was refit on the validation data and its early-stopped "
+                        f"fit ({SELECTION} or best.ckpt beside it) is missing: it cannot be "
+                        f"scored on validation")
+
+
+def validation_score(scores: dict[str, Any], systems: list[str], *, reference: str
+                     ) -> dict[str, dict[str, Any]]:
+    """Per system: the validation score the registry compares (lower is better) and its
+    parts, from the per-variable score datasets of an evaluation (``crps_all`` by system and
+    region).  One target: its CRPS over all leads; several: the mean over targets of CRPS /
+    CRPS(reference), so units do not mix."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in systems:
+        per = {v: float(ds["crps_all"].sel(system=s, region="global")) for v, ds in scores.items()}
+        if len(per) == 1:
+            (v, value), = per.items()
+            metric = f"validation {v} CRPS ({scores[v].attrs.get('crps_estimator', '')})"
+        else:
+            ratios = [per[v] / float(scores[v]["crps_all"].sel(system=reference, region="global"))
+                      for v in per]
+            value = float(sum(ratios) / len(ratios))
+            metric = f"validation CRPS / CRPS({reference}), mean over {sorted(per)}"
+        out[s] = {"score": value, "metric": metric, "crps": per}
+    return out
 
 
 def decide(score: float, current_score: float | None, *, min_improvement: float = 0.0,
@@ -174,10 +221,12 @@ def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: f
                             current_score=None if current_score is None else float(current_score),
                             time=now)
         if ok:
+            selection = scoring_checkpoint(checkpoint)
             _store_version(root, name, checkpoint, {
                 "version": name, "score": float(score), "metric": metric,
                 "sha256": file_sha256(checkpoint), "source": source or str(checkpoint),
-                "registered": now, "details": details or {}})
+                "registered": now, "details": details or {}},
+                selection=None if selection == checkpoint else selection)
             _atomic_write(root / CURRENT, name + "\n")
         with open(root / LOG, "a") as f:
             f.write(json.dumps({**asdict(decision), "source": source or str(checkpoint),
@@ -185,7 +234,8 @@ def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: f
     return decision
 
 
-def _store_version(root: Path, name: str, checkpoint: Path, meta: dict[str, Any]) -> None:
+def _store_version(root: Path, name: str, checkpoint: Path, meta: dict[str, Any], *,
+                   selection: Path | None = None) -> None:
     final = root / VERSIONS / name
     if final.is_dir() and (final / META).is_file():
         return  # registered before (then superseded): keep the first record
@@ -193,6 +243,8 @@ def _store_version(root: Path, name: str, checkpoint: Path, meta: dict[str, Any]
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copy2(checkpoint, tmp / CHECKPOINT)
+    if selection is not None:
+        shutil.copy2(selection, tmp / SELECTION)
     (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -209,7 +261,8 @@ def _read_version(root: Path, name: str) -> ModelVersion:
         return ModelVersion(version=m["version"], checkpoint=d / CHECKPOINT,
                             score=float(m["score"]), metric=str(m["metric"]),
                             sha256=str(m["sha256"]), source=str(m.get("source", "")),
-                            registered=str(m["registered"]), details=dict(m.get("details", {})))
+                            registered=str(m["registered"]), details=dict(m.get("details", {})),
+                            selection_checkpoint=d / SELECTION if (d / SELECTION).is_file() else None)
     except (ValueError, KeyError, TypeError) as e:
         raise RegistryError(f"{meta_path}: malformed version record ({e})") from None
 

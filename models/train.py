@@ -69,7 +69,11 @@ class TrainingData(Protocol):
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where a run wrote its files and how it ended."""
+    """Where a run wrote its files and how it ended.
+
+    ``best_checkpoint`` is the model to use: the best validation epoch's, or with
+    ``train.refit`` the refit one; ``best_score`` is always the validation score of the
+    early-stopped fit (the refit model has seen the validation data)."""
 
     run_dir: Path
     best_checkpoint: Path
@@ -83,6 +87,10 @@ class TrainResult:
     epochs: int
     #: this session's metrics (a resumed run writes a new ``version_<n>``)
     metrics_csv: Path
+    #: the early-stopped fit chosen on validation (``best_checkpoint`` unless refit)
+    selection_checkpoint: Path | None = None
+    #: per network: the epoch of its kept weights (the refit's epoch count)
+    best_epochs: tuple[int, ...] = ()
 
 
 def new_run_id(seed: int) -> str:
@@ -98,7 +106,8 @@ def run_dir_of_checkpoint(path: Path) -> Path | None:
     return None
 
 
-def build_spec(data: Any, model: ModelConfig, *, n_members: int, grid_shape: tuple[int, int]):
+def build_spec(data: Any, model: ModelConfig, *, n_members: int, grid_shape: tuple[int, int],
+               seeds: int = 1):
     """The ``ModelSpec`` of ``model`` on the DataModule's channels and statistics."""
     from enspp.models.base import ModelSpec
 
@@ -107,7 +116,7 @@ def build_spec(data: Any, model: ModelConfig, *, n_members: int, grid_shape: tup
         target_channels=tuple(int(c) for c in data.target_channels),
         static_names=tuple(data.static_names), n_members=int(n_members),
         grid_shape=tuple(int(n) for n in grid_shape), stats=data.stats.to_dict(),
-        distribution=model.distribution, options=dict(model.options))
+        distribution=model.distribution, options=dict(model.options), seeds=int(seeds))
 
 
 def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
@@ -130,12 +139,26 @@ def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,
         data_hash=_opt_str(stats.get("source_hash") if isinstance(stats, dict) else None),
         pipeline=pipeline.model_dump(mode="json"), model=model.model_dump(mode="json"),
         train=train.model_dump(mode="json"), code_version=code_version(),
-        git_commit=git_commit(), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        git_commit=git_commit(), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        stations=_stations(data, pipeline), feature_scales=_feature_scales(data))
+
+
+def _stations(data: Any, pipeline: Any) -> tuple[str, ...]:
+    ds = _forecast_of(data, pipeline)
+    if ds is None or schema.STATION not in ds.dims:
+        return ()
+    return tuple(str(s) for s in ds[schema.STATION].values)
+
+
+def _feature_scales(data: Any) -> dict[str, Any]:
+    scales = getattr(data, "feature_scales", None)
+    return {} if scales is None else scales.to_dict()
 
 
 def _grid_coord(data: Any, pipeline: Any, name: str) -> tuple[float, ...]:
-    """The training grid's ``latitude``/``longitude``: the DataModule's own (toy modules), else
-    its opened forecast store (``dm.forecast``), else the configured store."""
+    """The training grid's ``latitude``/``longitude`` (stations: theirs, when known): the
+    DataModule's own (toy modules), else its opened forecast store (``dm.forecast``), else the
+    configured store."""
     values = getattr(data, name, None)
     if values is None:
         ds = _forecast_of(data, pipeline)
@@ -262,22 +285,29 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     pipeline = resolve_store_paths(pipeline, workdir)
     data = datamodule if datamodule is not None else _build_datamodule(pipeline)
     data.setup("fit")
-    spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape)
+    spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape,
+                      seeds=train_config.seeds)
     plugins = None
     if resume is not None:
         resume = Path(resume)
+        if train_config.seeds > 1 or train_config.refit:
+            raise CheckpointMismatchError(
+                f"resume: a run with train.seeds > 1 or train.refit keeps its best weights in "
+                f"memory and cannot be resumed from {resume}; start it again")
         checkpoint = read_resume_checkpoint(resume)
         _check_resume(resume, checkpoint, spec)
         plugins = [_ResumeCheckpointIO(resume, checkpoint)]
-    from enspp.models.base import build_model
-
     metadata = build_metadata(spec, data=data, pipeline=pipeline, model=model, train=train_config)
-    module = PostProcessingModule(build_model(spec), train_config=train_config,
-                                  metadata=metadata)
     run_dir = (run_dir_of_checkpoint(resume) if resume is not None else None) or (
         Path(workdir) / RUNS_DIR / (train_config.run_id or new_run_id(train_config.seed)))
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
+    if train_config.seeds > 1 or train_config.refit:
+        return _train_selected(data, spec, metadata, train_config, run_dir=run_dir)
+    from enspp.models.base import build_model
+
+    module = PostProcessingModule(build_model(spec), train_config=train_config,
+                                  metadata=metadata)
     monitor = monitor_name(spec.distribution)
     raw_name = f"val/crps_raw_{train_config.ensemble_estimator}"
     progress = TrainProgress(f"train {model.name}", monitor=monitor, raw=raw_name,
@@ -304,6 +334,117 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
         best_score=best_score,
         raw_score=None if raw is None else float(raw), epochs=int(trainer.current_epoch),
         metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv")
+
+
+def _fresh_model(spec: Any, train_config: TrainConfig) -> Any:
+    """The untrained model: member ``i`` of a seed ensemble initialised from seed
+    ``train.seed + i``; a single network from ``train.seed``."""
+    import torch
+
+    from enspp.models.base import build_model
+    from enspp.models.ensemble import SeedEnsemble
+
+    seeds = [train_config.seed + i for i in range(spec.seeds)]
+    if spec.seeds > 1:
+        return SeedEnsemble(spec, init_seeds=seeds)
+    torch.manual_seed(seeds[0])
+    return build_model(spec)
+
+
+def _selection_trainer(train_config: TrainConfig, *, run_dir: Path, callbacks: list,
+                       max_epochs: int, validate: bool) -> L.Trainer:
+    """A Trainer without checkpoint files (weights are chosen in memory, see models.selection)."""
+    return L.Trainer(
+        max_epochs=max_epochs, accelerator=train_config.accelerator, devices=train_config.devices,
+        strategy=train_config.strategy, num_nodes=train_config.num_nodes,
+        precision=train_config.precision, deterministic=train_config.deterministic,
+        gradient_clip_val=train_config.gradient_clip_val,
+        log_every_n_steps=train_config.log_every_n_steps,
+        enable_progress_bar=train_config.progress_bar,
+        limit_train_batches=train_config.limit_train_batches,
+        limit_val_batches=train_config.limit_val_batches if validate else 0,
+        num_sanity_val_steps=0, callbacks=callbacks, enable_checkpointing=False,
+        logger=[CSVLogger(save_dir=run_dir / "logs", name="csv")], default_root_dir=run_dir,
+        enable_model_summary=False)
+
+
+def _validation_score(module: PostProcessingModule, data: Any) -> float:
+    """The model's validation loss (the combined forecast of a seed ensemble)."""
+    import torch
+
+    loader = data.val_dataloader()
+    total, rows = 0.0, 0
+    device = next(module.parameters()).device
+    module.eval()
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = int(batch["target"].shape[0])
+            total += float(module.model.loss(module.model(batch), batch["target"])) * n
+            rows += n
+    return total / rows if rows else float("nan")
+
+
+def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_config: TrainConfig,
+                    *, run_dir: Path) -> TrainResult:
+    """Seed ensembles and refits: each member stops at its own best validation epoch
+    (:class:`models.selection.MemberSelection`); with ``refit`` a fresh model is then trained on
+    training + validation, each member for its chosen number of epochs."""
+    import dataclasses
+
+    from enspp.models.selection import EpochSnapshots, MemberSelection
+
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if "val" not in data.split_init_times:
+        raise CheckpointMismatchError("train.seeds > 1 and train.refit choose epochs on the "
+                                      "validation split: configure pipeline.split.val")
+    selection = MemberSelection(spec.seeds, patience=train_config.early_stopping_patience,
+                                min_delta=train_config.early_stopping_min_delta)
+    module = PostProcessingModule(_fresh_model(spec, train_config), train_config=train_config,
+                                  metadata=metadata, per_target_logs=False)
+    trainer = _selection_trainer(train_config, run_dir=run_dir, callbacks=[selection],
+                                 max_epochs=train_config.max_epochs, validate=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(module, datamodule=data)
+    selection.restore(module.model)
+    score = _validation_score(module, data)
+    raw = trainer.callback_metrics.get(f"val/crps_raw_{train_config.ensemble_estimator}")
+    training = {"seeds": [train_config.seed + i for i in range(spec.seeds)],
+                "best_epochs": list(selection.best_epoch), "selection_score": score,
+                "member_scores": list(selection.best), "refit": False,
+                "fit_splits": list(data.fit_splits)}
+    module.metadata = dataclasses.replace(metadata, training=training)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    best = ckpt_dir / f"{BEST_NAME}.ckpt"
+    trainer.save_checkpoint(best, weights_only=False)
+    epochs = int(trainer.current_epoch)
+    final = best
+    if train_config.refit:
+        data.train_on(("train", "val"))
+        try:
+            snaps = EpochSnapshots(selection.best_epoch)
+            refit = PostProcessingModule(_fresh_model(spec, train_config), train_config=train_config,
+                                         metadata=dataclasses.replace(metadata, training={
+                                             **training, "refit": True, "fit_splits": list(data.fit_splits)}),
+                                         per_target_logs=False)
+            trainer2 = _selection_trainer(train_config, run_dir=run_dir, callbacks=[snaps],
+                                          max_epochs=max(selection.best_epoch), validate=False)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+                trainer2.fit(refit, datamodule=data)
+            snaps.restore(refit.model)
+            final = ckpt_dir / "refit.ckpt"
+            trainer2.save_checkpoint(final, weights_only=False)
+        finally:
+            data.train_on(("train",))
+    return TrainResult(
+        run_dir=run_dir, best_checkpoint=final, last_checkpoint=final,
+        monitor=monitor_name(spec.distribution), best_score=score,
+        raw_score=None if raw is None else float(raw), epochs=epochs,
+        metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv",
+        selection_checkpoint=best, best_epochs=tuple(selection.best_epoch))
 
 
 def _write_config(path: Path, *, pipeline: Any, model: ModelConfig, train: TrainConfig) -> None:

@@ -40,10 +40,32 @@ class StoresConfig(BaseModel):
     static: Path | None = None
     #: statistics file (NetCDF); computed and written there when missing
     statistics: Path | None = None
+    #: a deterministic forecast (a one-member forecast store) for ``features.hres``
+    deterministic: Path | None = None
+
+
+#: the static features every sample can carry (``batch["static"]``, scaled to O(1))
+STATIC_FEATURES: tuple[str, ...] = ("lsm", "orog", "sin_lat", "cos_lat", "sin_lon", "cos_lon",
+                                    "sin_doy", "cos_doy")
+
+
+class PastErrorConfig(BaseModel):
+    """Causal features of the recent errors at each station (point data only): per forecast,
+    from the earlier forecasts whose verifying observation is valid at or before its init
+    time, the latest and second-latest error of the members' mean (``err_lag1``,
+    ``err_lag2``), the latest observation (``obs_init``) and the exponentially weighted mean
+    error (``err_ewm``); with ``spread`` also the weighted mean error magnitude
+    (``err_ewm_abs``).  Scaled by training-period statistics (``pipeline.station_features``)."""
+
+    model_config = _FROZEN
+    halflife_days: float = Field(5.0, gt=0)
+    #: a latest error or observation older than this (a gap in the record) counts as unknown (0)
+    max_age_days: float = Field(3.0, gt=0)
+    spread: bool = False
 
 
 class FeaturesConfig(BaseModel):
-    """Which fields become input channels and targets."""
+    """Which fields become input channels, targets and static features."""
 
     model_config = _FROZEN
     #: per-member input variables, addressed as ``z500``, ``t850``, ``t2m``
@@ -54,6 +76,23 @@ class FeaturesConfig(BaseModel):
     target_lead_time: int = 48
     #: further input lead times (hours) besides the target lead, e.g. ``[0, 24]``
     input_lead_times: tuple[int, ...] = ()
+    #: static features, in this order (of :data:`STATIC_FEATURES`)
+    static: tuple[str, ...] = STATIC_FEATURES
+    #: station data: causal past-error features, appended to the static features
+    past_error: PastErrorConfig | None = None
+    #: station data: the deterministic forecast's departure from the members' mean
+    #: (``hres_dev``, needs ``stores.deterministic``), appended to the static features
+    hres: bool = False
+
+    @field_validator("static")
+    @classmethod
+    def _static(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [n for n in v if n not in STATIC_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown static features {unknown} (known: {list(STATIC_FEATURES)})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate static features in {list(v)}")
+        return v
 
     @field_validator("variables", "targets")
     @classmethod
@@ -86,6 +125,13 @@ class FeaturesConfig(BaseModel):
         if missing:
             raise ValueError(f"targets {missing} must also be input variables (features.variables "
                              f"= {list(self.variables)}) so a model sees their raw ensemble")
+        return self
+
+    @model_validator(mode="after")
+    def _station_features(self) -> FeaturesConfig:
+        if (self.past_error is not None or self.hres) and len(self.targets) != 1:
+            raise ValueError(f"past_error and hres features need exactly one target, got "
+                             f"{list(self.targets)}")
         return self
 
     @property
@@ -253,6 +299,10 @@ class BatchesConfig(BaseModel):
         if v is not None and v < 1:
             raise ValueError(f"must be >= 1, got {v}")
         return v
+    #: read every sample of a split once into memory as tensors (small data: stations, small
+    #: grids); a ``batch_size`` at least the split's size then makes one full batch per epoch
+    #: (full-batch fitting).  Draws are fixed, so it excludes patches and random members.
+    preload: bool = False
 
     @field_validator("patch_size", "tile_size", "samples_per_epoch")
     @classmethod
@@ -296,6 +346,20 @@ class PipelineConfig(BaseModel):
     #: None: forecast and analysis must share a grid; ``nearest``/``linear``: interpolate the
     #: analysis (and the static fields) onto the forecast grid
     regrid: Literal["nearest", "linear"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineConfig:
+        if self.batches.preload and (self.batches.patch_size is not None
+                                     or self.members.strategy == "random"):
+            raise ValueError("batches.preload reads each sample once, so it cannot draw fresh "
+                             "patches (batches.patch_size) or members (members.strategy: random)")
+        f = self.features
+        if (f.past_error is not None or f.hres) and self.members.strategy == "random":
+            raise ValueError("features.past_error / features.hres use the errors of the members "
+                             "in use, which members.strategy 'random' changes per sample")
+        if f.hres and self.stores.deterministic is None:
+            raise ValueError("features.hres needs stores.deterministic (a one-member forecast store)")
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, source: str = "pipeline") -> PipelineConfig:

@@ -23,11 +23,12 @@ from enspp.pipeline.align import (
     source_path,
 )
 from enspp.pipeline.config import PipelineConfig, PipelineConfigError
-from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, collate_rows
+from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, PreloadedBatches, collate_rows
 from enspp.pipeline.features import STATIC_NAMES, channel_leads, channel_names, static_fields, target_channels
-from enspp.pipeline.members import check_members
+from enspp.pipeline.members import check_members, choose_members
 from enspp.pipeline.reader import StoreReader
 from enspp.pipeline.splits import resolve_periods, split_init_times
+from enspp.pipeline.station_features import FeatureScales, StationFeatures, feature_names
 from enspp.pipeline.stats import NormStats, compute_stats, provenance_of, source_hash
 from enspp.pipeline.tiles import tile_slices
 from enspp.pipeline.workers import WorkerCounter, read_threads, start_context
@@ -49,12 +50,19 @@ class EnsembleDataModule(L.LightningDataModule):
 
     def __init__(self, config: PipelineConfig, *, forecast: StoreLike | None = None,
                  analysis: StoreLike | None = None, static: StoreLike | None = None,
-                 stats: NormStats | None = None, pin_memory: bool | None = None):
+                 stats: NormStats | None = None, pin_memory: bool | None = None,
+                 deterministic: StoreLike | None = None,
+                 feature_scales: FeatureScales | None = None):
         super().__init__()
         self.config = config
         self._fc_src = forecast if forecast is not None else config.stores.forecast
         self._an_src = analysis if analysis is not None else config.stores.analysis
         self._st_src = static if static is not None else config.stores.static
+        self._det_src = deterministic if deterministic is not None else config.stores.deterministic
+        self._feature_scales = feature_scales
+        #: the splits the training loader draws from (:meth:`train_on`)
+        self.fit_splits: tuple[str, ...] = ("train",)
+        self._preloaded: dict[tuple[str, ...], dict] = {}
         if self._fc_src is None or self._an_src is None:
             raise PipelineConfigError("pipeline.stores.forecast and pipeline.stores.analysis must be set "
                              "(or forecast=/analysis= given)")
@@ -82,7 +90,8 @@ class EnsembleDataModule(L.LightningDataModule):
         self.channels = channel_names(feats.variables, self._leads)
         self.targets = tuple(feats.targets)
         self.target_channels = target_channels(feats.variables, feats.targets)
-        self.static_names = STATIC_NAMES
+        self._static_index = [STATIC_NAMES.index(n) for n in feats.static]
+        self.static_names = tuple(feats.static) + feature_names(feats)
         lead = np.timedelta64(feats.target_lead_time, "h").astype("timedelta64[ns]")
         self.alignment: Alignment = align(
             fc, an, lead_time=lead,
@@ -106,7 +115,24 @@ class EnsembleDataModule(L.LightningDataModule):
                                                         num_workers=cfg.batches.num_workers))
         if self._stats is None:
             self._stats = self._load_or_compute_stats(fc, an)
+        self.record_features = None
+        if feats.past_error is not None or feats.hres:
+            det = open_dataset(self._det_src) if self._det_src is not None else None
+            self.record_features = StationFeatures(
+                fc, an, variable=feats.targets[0], lead_time=lead,
+                members=self._fixed_members(), features=feats, deterministic=det,
+                train_init_times=self.split_init_times["train"], scales=self._feature_scales)
         self._ready = True
+
+    def _fixed_members(self) -> np.ndarray:
+        """The members every sample carries (strategies ``first``, ``explicit``, ``all``)."""
+        return choose_members(self.store_members, config=self.config.members)
+
+    @property
+    def feature_scales(self) -> FeatureScales | None:
+        """The training scales of the record features (None without such features)."""
+        self.setup()
+        return None if self.record_features is None else self.record_features.scales
 
     def _load_or_compute_stats(self, fc: xr.Dataset, an: xr.Dataset) -> NormStats:
         train = self.split_init_times["train"]
@@ -148,31 +174,37 @@ class EnsembleDataModule(L.LightningDataModule):
         # contract attributes are filled by setup(); prepare on first access
         if name in {"channels", "targets", "target_channels", "static_names", "grid_shape",
                     "n_members", "point", "alignment", "split_init_times", "periods",
-                    "store_members"} and not self.__dict__.get("_ready", True):
+                    "store_members", "record_features"} and not self.__dict__.get("_ready", True):
             self.setup()
             return getattr(self, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ---- datasets and loaders ----------------------------------------------------------
-    def dataset(self, split: Split, *, mode: Literal["train", "eval"] | None = None
+    def dataset(self, split: Split | tuple[str, ...], *, mode: Literal["train", "eval"] | None = None
                 ) -> EnsembleDataset:
-        """The dataset of a split (``mode``: ``train`` for the train split, else ``eval``)."""
+        """The dataset of a split, or of several splits' init times together (a refit);
+        ``mode``: ``train`` for the train split, else ``eval``."""
         self.setup()
-        if split not in self.split_init_times:
-            raise PipelineConfigError(f"split {split!r} is not configured (splits: "
-                             f"{list(self.split_init_times)})")
-        mode = mode or ("train" if split == "train" else "eval")
+        splits = (split,) if isinstance(split, str) else tuple(split)
+        for s in splits:
+            if s not in self.split_init_times:
+                raise PipelineConfigError(f"split {s!r} is not configured (splits: "
+                                          f"{list(self.split_init_times)})")
+        init_times = np.concatenate([self.split_init_times[s] for s in splits])
+        mode = mode or ("train" if splits == ("train",) else "eval")
         b = self.config.batches
         tiles = None
         if mode == "eval" and not self.point:
             tiles = tile_slices(self.grid_shape, tile=b.tile_size, overlap=b.tile_overlap)
         return EnsembleDataset(
-            self._reader, init_times=self.split_init_times[split],
+            self._reader, init_times=init_times,
             lead_time=self.alignment.lead_time, channels=self.channels,
             members=self.config.members, store_members=self.store_members,
             static=self._static, grid_shape=self.grid_shape, point=self.point, mode=mode,
             patch_size=b.patch_size, tiles=tiles, seed=b.seed,
-            nan_policy=self.config.nan_policy, stats=self._stats)
+            nan_policy=self.config.nan_policy, stats=self._stats,
+            static_index=self._static_index,
+            record_features=None if self.record_features is None else self.record_features.at)
 
     def _loader(self, ds: EnsembleDataset, *, sampler=None) -> DataLoader:
         b = self.config.batches
@@ -210,17 +242,54 @@ class EnsembleDataModule(L.LightningDataModule):
         except (AttributeError, RuntimeError):
             return False
 
+    def train_on(self, splits: tuple[str, ...]) -> None:
+        """Draw training batches from ``splits`` (e.g. ``("train", "val")`` for a refit after
+        the epoch count was chosen on validation); normalisation statistics stay the
+        training split's."""
+        self.setup()
+        missing = [s for s in splits if s not in self.split_init_times]
+        if missing:
+            raise PipelineConfigError(f"splits {missing} are not configured (splits: "
+                                      f"{list(self.split_init_times)})")
+        self.fit_splits = tuple(splits)
+
+    def preloaded(self, splits: tuple[str, ...]) -> dict:
+        """Every sample of ``splits`` as one batch of tensors (read once, then kept)."""
+        key = tuple(splits)
+        if key not in self._preloaded:
+            ds = self.dataset(key, mode="train" if set(key) <= set(self.fit_splits) else "eval")
+            self._preloaded[key] = ds.__getitems__(list(range(len(ds))))
+        return self._preloaded[key]
+
     def train_dataloader(self) -> DataLoader:
-        ds = self.dataset("train")
-        sampler = EpochSampler(len(ds), seed=self.config.batches.seed, shuffle=True,
-                               samples_per_epoch=self.config.batches.samples_per_epoch)
+        b = self.config.batches
+        if b.preload:
+            return _batches(PreloadedBatches(self.preloaded(self.fit_splits), batch_size=b.batch_size,
+                                             seed=b.seed, shuffle=True))
+        ds = self.dataset(self.fit_splits, mode="train")
+        sampler = EpochSampler(len(ds), seed=b.seed, shuffle=True,
+                               samples_per_epoch=b.samples_per_epoch)
         return self._loader(ds, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.dataset("val")) if "val" in self.split_init_times else []
+        if "val" not in self.split_init_times or "val" in self.fit_splits:
+            return []
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        b = self.config.batches
+        if b.preload:
+            return _batches(PreloadedBatches(self.preloaded((split,)), batch_size=b.batch_size,
+                                             seed=b.seed, shuffle=False))
+        return self._loader(self.dataset(split))
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+def _batches(source: PreloadedBatches) -> DataLoader:
+    """A loader over ready-made batches (no collation, no workers)."""
+    return DataLoader(source, batch_size=None, num_workers=0)

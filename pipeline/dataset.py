@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from enspp.data.errors import EnsppError
 from enspp.data.schema import LATITUDE, LONGITUDE
@@ -42,7 +42,8 @@ class EnsembleDataset(Dataset):
                  static: np.ndarray, grid_shape: tuple[int, int], point: bool,
                  mode: Literal["train", "eval"] = "train", patch_size: int | None = None,
                  tiles: list[Tile] | None = None, seed: int = 0,
-                 nan_policy: Literal["error", "mask"] = "error", stats: NormStats | None = None):
+                 nan_policy: Literal["error", "mask"] = "error", stats: NormStats | None = None,
+                 static_index: Sequence[int] | None = None, record_features=None):
         if nan_policy == "mask" and stats is None:
             raise ValueError("nan_policy 'mask' needs normalisation statistics (stats)")
         self.reader = reader
@@ -68,6 +69,16 @@ class EnsembleDataset(Dataset):
             self.tiles = tiles or tile_slices(grid_shape, tile=None)
         self.patch = None if point or patch_size is None else (min(patch_size, ny),
                                                                min(patch_size, nx))
+        #: positions in (``static`` fields + sin/cos day of year) of the static features asked
+        #: for (all by default); ``record_features``: ``init_time -> [F, n_stations]`` (station
+        #: record features, ``pipeline.station_features``) appended after them
+        n_all = static.shape[0] + 2
+        self.static_index = (np.arange(n_all) if static_index is None
+                             else np.asarray(static_index, dtype=np.int64))
+        self.record_features = record_features
+        self.n_records = 0
+        if record_features is not None:
+            self.n_records = int(record_features(self.init_times[0]).shape[0]) if len(self.init_times) else 0
 
     def __len__(self) -> int:
         return len(self.init_times) * len(self.tiles)
@@ -107,7 +118,8 @@ class EnsembleDataset(Dataset):
                   ) -> dict[str, torch.Tensor]:
         draws = [self._draw(it) for it in items]
         k = len(draws[0][1])
-        n_static = self.static.shape[0] + 2
+        n_static = len(self.static_index) + self.n_records
+        full_static = self.static.shape[0] + 2
         n_targets = self.reader_targets
         if self.point:
             n = self.grid_shape[0]
@@ -141,16 +153,22 @@ class EnsembleDataset(Dataset):
             rs = slice(b * n, (b + 1) * n)
             self._nan(r.inputs, r.target, r.init_time, members, sy, sx)
             sin_d, cos_d = doy_encoding(r.valid_time)
+            n_sel = len(self.static_index)
             if self.point:
+                full = np.empty((n, full_static), np.float32)  # [n, static fields + doy]
+                full[:, :-2] = self.static[:, :, 0].T
+                full[:, -2], full[:, -1] = sin_d, cos_d
                 static = arr["static"][rs, :, 0, 0]  # [n, S]
-                static[:, :-2] = self.static[:, :, 0].T
-                static[:, -2], static[:, -1] = sin_d, cos_d
+                static[:, :n_sel] = full[:, self.static_index]
+                if self.n_records:
+                    static[:, n_sel:] = self.record_features(r.init_time).T
                 arr["y0"][rs] = 0
                 arr["x0"][rs] = np.arange(n)
             else:
-                static = arr["static"][b]
-                static[:-2] = self.static[:, sy, sx]
-                static[-2], static[-1] = sin_d, cos_d
+                full = np.empty((full_static, *self.static[:, sy, sx].shape[1:]), np.float32)
+                full[:-2] = self.static[:, sy, sx]
+                full[-2], full[-1] = sin_d, cos_d
+                arr["static"][b] = full[self.static_index]
                 arr["y0"][b], arr["x0"][b] = sy.start, sx.start
             arr["init_time"][rs] = r.init_time.astype(np.int64)
             arr["lead_time"][rs] = self.lead_time.astype(np.int64)
@@ -230,3 +248,26 @@ class EpochSampler(Sampler):
             order.extend((rng.permutation(self.n) if self.shuffle else np.arange(self.n)).tolist())
         draws = rng.integers(0, 2**62, size=self.samples_per_epoch)
         return iter([(int(i), int(d)) for i, d in zip(order[: self.samples_per_epoch], draws)])
+
+
+class PreloadedBatches(IterableDataset):
+    """Batches cut from one in-memory batch of every sample (``batches.preload``): the samples
+    in a fresh seeded order each epoch (``shuffle``), ``batch_size`` rows at a time; a
+    ``batch_size`` at least the number of rows yields the whole batch as it is, once per
+    epoch (full-batch fitting, no copy).  Rows are stations x dates for point data."""
+
+    def __init__(self, batch: dict[str, torch.Tensor], *, batch_size: int, seed: int = 0,
+                 shuffle: bool = True):
+        self.batch, self.batch_size, self.seed, self.shuffle = batch, batch_size, seed, shuffle
+        self.n = int(next(iter(batch.values())).shape[0])
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if self.batch_size >= self.n:
+            yield self.batch
+            return
+        order = (torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(self.n))
+                 if self.shuffle else torch.arange(self.n))
+        for idx in order.split(self.batch_size):
+            yield {k: v[idx] for k, v in self.batch.items()}

@@ -22,6 +22,20 @@ def perturbed_members(available: Sequence[int]) -> np.ndarray:
     return avail[avail != 0]
 
 
+def first_members(available: Sequence[int], k: int) -> np.ndarray:
+    """The one meaning of "the first K members" in enspp: the K lowest-numbered members other
+    than the control (member 0), i.e. members 1..K of an ENS store (the paper's choice), the
+    first K models of a multi-model store (which has no member 0).  Raises
+    :class:`MemberSelectionError` when there are fewer."""
+    pool = perturbed_members(available)
+    if k > len(pool):
+        avail = np.asarray(sorted(int(m) for m in available), dtype=np.int64)
+        raise MemberSelectionError(
+            f"the first {k} members are asked for but only {len(pool)} members besides the control "
+            f"are present ({_describe(pool)}; the store holds {_describe(avail)}; {_NUMBERING})")
+    return pool[:k]
+
+
 def check_members(available: Sequence[int], *, config: MembersConfig) -> int:
     """Validate the member choice against the store and return K.
 
@@ -64,9 +78,9 @@ def choose_members(
         return avail
     if config.strategy == "explicit":
         return np.asarray(config.explicit, dtype=np.int64)
-    pool = perturbed_members(avail)
     if config.strategy == "first":
-        return pool[:k]
+        return first_members(avail, k)
+    pool = perturbed_members(avail)
     if rng is None:
         raise MemberSelectionError("strategy 'random' needs a seeded numpy Generator (rng)")
     return np.sort(rng.choice(pool, size=k, replace=False))

@@ -1,4 +1,5 @@
-"""data.readers / data.grib / data.point_readers / data.sources on real and written files."""
+"""data.readers / data.grib / data.point_readers / data.sources on real and written files
+(station files: tests/test_station.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,11 @@ from enspp.data.readers import (
     open_analysis,
     open_canonical_zarr,
     open_ens_grib,
-    open_station_netcdf,
     open_weatherbench_zarr,
 )
 from enspp.data.sources import (
     ForecastSource,
     GribForecastSource,
-    StationSource,
     WeatherBenchSource,
     ZarrForecastSource,
     detect_kind,
@@ -39,7 +38,6 @@ ENS_FILES = [STJUDE, "gridded/ecmwf_hres_stjude-storm_2013102500_10fg3_z850.grib
              "gridded/ecmwf_hres_fc_vs_analysis_2016092500/fc"]
 EDA = "gridded/era5_eda_10members_z_t_500_850_20170101-02.grib"
 AN_DIR = "gridded/ecmwf_hres_fc_vs_analysis_2016092500/an"
-MAGDEBURG = "station/ecmwf_ens_t2m_magdeburg_2002-2014.nc"
 FRANKFURT = "station/ecmwf_ens_tp24_frankfurt_2007-2016.nc"
 
 
@@ -200,105 +198,6 @@ def test_canonical_zarr(tmp_path, rng):
     (tmp_path / "empty.zarr").mkdir()
     with pytest.raises(ReaderError, match="empty.zarr: not a readable Zarr store"):
         open_weatherbench_zarr(tmp_path / "empty.zarr")
-
-
-# --- stations -------------------------------------------------------------------------------
-
-def test_station_deterministic_magdeburg(shared_data):
-    from enspp.data.point_readers import open_station_deterministic
-
-    fc, _ = open_station_netcdf(shared_data / MAGDEBURG)
-    det = open_station_deterministic(shared_data / MAGDEBURG, variable="t2m")
-    assert det.dims == ("init_time",) and det.attrs["units"] == "degC"
-    assert det.name == "t2m" and det.attrs["standard_name"] == fc["t2m"].attrs["standard_name"]
-    np.testing.assert_array_equal(det["init_time"].values, fc["init_time"].values)
-    raw = xr.open_dataset(shared_data / MAGDEBURG)
-    np.testing.assert_array_equal(det.values, raw["t2m_hres"].values)
-    assert int(det.isnull().sum()) == 2
-    # Frankfurt names its HRES precipitation tp_hres (an alias of tp24_hres)
-    frankfurt = shared_data / "station/ecmwf_ens_tp24_frankfurt_2007-2016.nc"
-    det = open_station_deterministic(frankfurt, variable="tp24")
-    fc, _ = open_station_netcdf(frankfurt)
-    assert det.name == "tp24" and det.attrs["units"] == fc["tp24"].attrs["units"]
-    np.testing.assert_array_equal(det["init_time"].values, fc["init_time"].values)
-    np.testing.assert_array_equal(det.values, xr.open_dataset(frankfurt)["tp_hres"].values)
-
-
-def test_station_deterministic_missing_names_the_file_and_the_names(tmp_path):
-    from enspp.data.point_readers import open_station_deterministic
-
-    time = pd.date_range("2010-01-01", periods=3)
-    ds = xr.Dataset({"tp24_ens": (("time", "member"), np.ones((3, 2), np.float32)),
-                     "tp24_obs": ("time", np.ones(3, np.float32))},
-                    coords={"time": time, "member": ["CTR", "P1"]},
-                    attrs={"description": "06-30h accumulated precipitation (mm), 00 UTC runs"})
-    ds.to_netcdf(tmp_path / "s_x_2010.nc")
-    with pytest.raises(ReaderError, match=r"s_x_2010.nc: no deterministic forecast 'tp24_hres' or 'tp_hres'"):
-        open_station_deterministic(tmp_path / "s_x_2010.nc", variable="tp24")
-    ds.assign(tp_hres=("time", np.array([1.0, np.nan, 3.0], np.float32))).to_netcdf(tmp_path / "s_y_2010.nc")
-    det = open_station_deterministic(tmp_path / "s_y_2010.nc", variable="tp24")
-    np.testing.assert_array_equal(det.values, [1.0, np.nan, 3.0])
-
-
-def test_station_t2m_magdeburg(shared_data):
-    fc, obs = open_station_netcdf(shared_data / MAGDEBURG)
-    assert fc["t2m"].dims == ("init_time", "lead_time", "member", "station")
-    assert fc.sizes["member"] == 51 and fc["member"].values[0] == 0
-    assert fc["t2m"].attrs["units"] == "degC" and obs["t2m"].attrs["units"] == "degC"
-    assert fc["lead_time"].values[0] == np.timedelta64(24, "h")
-    assert pd.Timestamp(fc["init_time"].values[0]) == pd.Timestamp("2002-01-01T12")
-    np.testing.assert_array_equal(obs["time"].values, fc["init_time"].values + fc["lead_time"].values[0])
-    assert float(obs["t2m"].max()) == pytest.approx(36.8, abs=0.05)
-    assert pd.Timestamp(obs["time"][int(obs["t2m"].argmax())].values).strftime("%Y-%m") == "2007-07"
-    assert fc["station"].values.tolist() == ["magdeburg"] and float(fc["station_latitude"][0]) == 52.1
-    with pytest.raises(ReaderError, match="magdeburg.*NaN"):
-        open_station_netcdf(shared_data / MAGDEBURG, allow_nan=False)
-
-
-def test_station_tp24_frankfurt(shared_data):
-    fc, obs = open_station_netcdf(shared_data / FRANKFURT, variable="tp24")
-    assert fc["lead_time"].values[0] == np.timedelta64(30, "h")
-    assert fc["tp24"].attrs["units"] == "mm" and fc.sizes["member"] == 51
-    assert float(obs["tp24"].max()) == pytest.approx(50.0, abs=0.5)
-    src = open_source(shared_data / FRANKFURT)
-    assert isinstance(src, StationSource)
-    xr.testing.assert_identical(src.observations(), obs)
-
-
-@pytest.mark.parametrize("case, match", [("variable", "needs tp_ens and tp_obs"),
-                                         ("no_spec", "no lead-time convention known for 'rr'"),
-                                         ("timing", "does not state the expected"),
-                                         ("member", "cannot read a member number"),
-                                         ("dims", "must have dims \\(time, member\\)"),
-                                         ("units", "unknown units 'furlong'"),
-                                         ("pick", "pass variable=")])
-def test_station_errors(tmp_path, case, match):
-    time = pd.date_range("2010-01-01", periods=3)
-    members = ["CTR", "P1"]
-    ens = (("time", "member"), np.ones((3, 2), np.float32))
-    ds = xr.Dataset({"tp24_ens": ens, "tp24_obs": ("time", np.ones(3, np.float32))},
-                    coords={"time": time, "member": members},
-                    attrs={"description": "06-30h accumulated precipitation (mm), 00 UTC runs"})
-    variable = "tp"
-    if case != "variable":
-        variable = "tp24"
-    if case == "no_spec":
-        ds = ds.rename(tp24_ens="rr_ens", tp24_obs="rr_obs")
-        variable = "rr"
-    elif case == "timing":
-        ds.attrs["description"] = "12 UTC runs"
-    elif case == "member":
-        ds = ds.assign_coords(member=["CTR", "Px"])
-    elif case == "dims":
-        ds["tp24_ens"] = ds["tp24_ens"].rename(member="number")
-    elif case == "units":
-        ds["tp24_ens"].attrs["units"] = "furlong"
-    elif case == "pick":
-        ds["t2m_ens"], ds["t2m_obs"] = ds["tp24_ens"], ds["tp24_obs"]
-        variable = None
-    ds.to_netcdf(tmp_path / "s_x_2010-2011.nc")
-    with pytest.raises(ReaderError, match=match):
-        open_station_netcdf(tmp_path / "s_x_2010-2011.nc", variable=variable)
 
 
 # --- sources and detection ------------------------------------------------------------------
@@ -503,10 +402,6 @@ def test_netcdf_and_source_errors(tmp_path, shared_data, rng):
         open_canonical_zarr(tmp_path / "plain.zarr")
     with pytest.raises(FileNotFoundError, match="nothere.zarr"):
         open_canonical_zarr(tmp_path / "nothere.zarr")
-    with pytest.raises(FileNotFoundError, match="nothere.nc"):
-        open_station_netcdf(tmp_path / "nothere.nc")
-    with pytest.raises(ReaderError, match="junk.nc: not a readable NetCDF"):
-        open_station_netcdf(tmp_path / "junk.nc")
     with pytest.raises(FileNotFoundError, match="nothere.grib"):
         open_source(tmp_path / "nothere.grib")
     with pytest.raises(ReaderError, match="no paths given"):

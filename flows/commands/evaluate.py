@@ -1,7 +1,7 @@
 """``enspp evaluate --config CFG --out DIR``: score systems, write reports and the dashboard.
 
-Reads the ``evaluate`` section of the config file; relative paths in it are relative to the
-work directory (``data.workdir``, itself relative to the config file's directory).
+Reads the ``evaluate`` section of the config file; relative paths in it resolve against the
+work directory (``data.workdir``, else the config file's folder), as for every command.
 ``--combine DIR ...`` instead merges finished evaluations into one dashboard at ``--out``.
 """
 
@@ -24,19 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_evaluate_config(path: Path):
-    """The :class:`~evaluation.config.EvaluateConfig` of ``path`` with its relative paths
-    resolved against the work directory (``data.workdir``, by default the config file's
-    directory), as the flows resolve them."""
+    """The :class:`~evaluation.config.EvaluateConfig` of ``path`` with its paths resolved
+    against the work directory (as for every command: ``flows.config.load_config``)."""
     from enspp.evaluation.config import EvaluateConfigError
     from enspp.flows.config import load_config
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    full = load_config(path)
-    if full.evaluate is None:
+    cfg = load_config(path).evaluate
+    if cfg is None:
         raise EvaluateConfigError(f"{path}: no 'evaluate' section")
-    return full.evaluate.resolve_paths(full.workdir.root)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from enspp.flows.commands import UsageError
+
 HELP = "ingest GRIB/NetCDF/Zarr files into a versioned store"
 
 
@@ -23,7 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accept inputs from several originating centres in one store")
     parser.add_argument("--config", default=None, metavar="CFG",
                         help="enspp.yaml whose data section gives allow_nan, lock_timeout, "
-                             "bounds (plausible ranges per variable) and allow_mixed_centres")
+                             "bounds (plausible ranges per variable), allow_mixed_centres and "
+                             "station (how station files, NetCDF or CSV, map onto the data model)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="station files: ingest their deterministic forecast (a one-member "
+                             "forecast store) instead of the ensemble")
     parser.add_argument("--lock-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="wait this long for another ingest of the store (default 300)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -33,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from enspp.data.ingest import ingest
 
-    bounds, mixed, allow_nan = None, args.allow_mixed_centres, args.allow_nan
+    bounds, mixed, allow_nan, station = None, args.allow_mixed_centres, args.allow_nan, None
+    if args.deterministic and args.kind == "analysis":
+        raise UsageError("--deterministic ingests a forecast; it cannot go with --kind analysis")
     if args.config is not None:
         from enspp.flows.config import load_config
 
@@ -41,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
         bounds = dict(data.bounds)
         mixed = mixed or data.allow_mixed_centres
         allow_nan = allow_nan or data.allow_nan
-    summary = ingest(args.paths, args.store, kind=args.kind, progress=not args.quiet,
-                     on_error="skip" if args.skip_bad else "raise", allow_nan=allow_nan,
-                     lock_timeout=args.lock_timeout, bounds=bounds, allow_mixed_centres=mixed)
+        station = data.station
+    summary = ingest(args.paths, args.store, kind="forecast" if args.deterministic else args.kind,
+                     progress=not args.quiet, on_error="skip" if args.skip_bad else "raise",
+                     allow_nan=allow_nan, lock_timeout=args.lock_timeout, bounds=bounds,
+                     allow_mixed_centres=mixed, station=station,
+                     station_part="deterministic" if args.deterministic else None)
     print(summary.line())
     return 0 if summary.ok else 1

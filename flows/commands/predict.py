@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "<store dir>/products/<model version>.zarr)")
     parser.add_argument("--netcdf", action="store_true", help="write NetCDF instead of Zarr")
     parser.add_argument("--static", type=Path, help="static fields (default: the training ones)")
+    parser.add_argument("--analysis", type=Path, metavar="STORE",
+                        help="station models with past-error features: the observations "
+                             "(default: the training analysis store)")
+    parser.add_argument("--deterministic", type=Path, metavar="STORE",
+                        help="station models with the hres feature: the deterministic forecasts "
+                             "(default: the training one)")
     parser.add_argument("--config", type=Path, help="enspp.yaml with a 'predict' section")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_product_path(args.checkpoint, args.store, fmt=fmt)
     path = predict(args.checkpoint, args.store, out=out, init_times=args.init_times,
                    quantiles=options.quantiles, n_members=options.n_members, fmt=fmt,
-                   static=args.static, batch_size=options.batch_size, seed=options.seed)
+                   static=args.static, batch_size=options.batch_size, seed=options.seed,
+                   analysis=args.analysis, deterministic=args.deterministic)
     print(f"product: {path}")
     return 0

@@ -1,0 +1,219 @@
+"""data.station: station NetCDF files and CSV tables, the real files and generated layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from enspp.data.ingest import IngestError, ingest
+from enspp.data.sources import StationSource, detect_format, open_source
+from enspp.data.station import StationOptions, open_station
+from enspp.data.store import open_store
+from enspp.data.translate import ReaderError
+
+MAGDEBURG = "station/ecmwf_ens_t2m_magdeburg_2002-2014.nc"
+FRANKFURT = "station/ecmwf_ens_tp24_frankfurt_2007-2016.nc"
+#: the two files' conventions, as the shipped experiment configs state them (data.station)
+MAGDEBURG_OPTIONS = StationOptions(
+    variable="t2m", units="degC", time="valid", hour=12, lead_time=24, control="forc.CTRL",
+    station={"id": "10361", "name": "Magdeburg", "latitude": 52.1, "longitude": 11.6, "elevation": 76})
+FRANKFURT_OPTIONS = StationOptions(
+    variable="tp24", units="mm", time="init", hour=0, lead_time=30, control="CTR", deterministic="tp_hres",
+    station={"id": "10637", "name": "Frankfurt/Main", "latitude": 50.05, "longitude": 8.6, "elevation": 100})
+
+
+def test_magdeburg(shared_data):
+    d = open_station(shared_data / MAGDEBURG, MAGDEBURG_OPTIONS)
+    fc, obs, det = d.forecast, d.observations, d.deterministic
+    assert fc["t2m"].dims == ("init_time", "lead_time", "member", "station")
+    assert fc.sizes["member"] == 51 and fc["member"].values.tolist() == list(range(51))
+    assert fc["member_label"].values[0] == "forc.CTRL" and fc["member_label"].values[7] == "forc.7"
+    raw = xr.load_dataset(shared_data / MAGDEBURG)
+    # member 7 is the file's column forc.7, the control its last column
+    np.testing.assert_array_equal(fc["t2m"].values[:, 0, 7, 0], raw["t2m_ens"].sel(member="forc.7").values)
+    np.testing.assert_array_equal(fc["t2m"].values[:, 0, 0, 0], raw["t2m_ens"].sel(member="forc.CTRL").values)
+    assert fc["t2m"].attrs["units"] == "degC" and obs["t2m"].attrs["units"] == "degC"
+    assert list(fc["lead_time"].values) == [np.timedelta64(24, "h")]
+    # the rows are the verifying dates (12 UTC): the runs start at 12 UTC the day before
+    assert pd.Timestamp(fc["init_time"].values[0]) == pd.Timestamp("2002-01-01T12")
+    np.testing.assert_array_equal(obs["time"].values, fc["init_time"].values + np.timedelta64(24, "h"))
+    assert float(obs["t2m"].max()) == pytest.approx(36.8, abs=0.05)
+    assert pd.Timestamp(obs["time"][int(np.nanargmax(obs["t2m"].values[:, 0]))].values).strftime("%Y-%m") == "2007-07"
+    assert fc["station"].values.tolist() == ["10361"] and float(fc["latitude"][0]) == 52.1
+    assert str(fc["station_name"].values[0]) == "Magdeburg" and float(fc["elevation"][0]) == 76
+    assert det.sizes["member"] == 1 and int(det["t2m"].isnull().sum()) == 2
+    np.testing.assert_array_equal(det["t2m"].values[:, 0, 0, 0], raw["t2m_hres"].values)
+    assert int(fc["t2m"].isnull().sum()) > 0  # gaps are NaN, accepted
+
+
+def test_frankfurt(shared_data):
+    d = open_station(shared_data / FRANKFURT, FRANKFURT_OPTIONS)
+    fc, obs = d.forecast, d.observations
+    assert list(fc["lead_time"].values) == [np.timedelta64(30, "h")]
+    assert pd.Timestamp(fc["init_time"].values[0]) == pd.Timestamp("2007-01-06T00")
+    assert fc["tp24"].attrs["units"] == "mm" and fc["member_label"].values[:2].tolist() == ["CTR", "P1"]
+    assert float(obs["tp24"].max()) == pytest.approx(50.0, abs=0.5)
+    raw = xr.load_dataset(shared_data / FRANKFURT)
+    np.testing.assert_array_equal(d.deterministic["tp24"].values[:, 0, 0, 0], raw["tp_hres"].values)
+    src = open_source(shared_data / FRANKFURT, station=FRANKFURT_OPTIONS)
+    assert isinstance(src, StationSource)
+    xr.testing.assert_identical(src.observations(), obs)
+    assert detect_format(shared_data / FRANKFURT) == "station"
+
+
+def _multi_station(path, *, cf: bool = True):
+    """Three stations, a multi-model ensemble (CMCG, GFS, UKMO), CF timing coordinates."""
+    rng = np.random.default_rng(0)
+    init = pd.date_range("2011-01-01T00", periods=5, freq="1D")
+    ens = rng.normal(280.0, 2.0, (5, 3, 3)).astype(np.float32)  # time, member, station
+    coords = {"time": init, "member": ["CMCG", "GFS", "UKMO"], "station": ["A1", "B2", "C3"],
+              "latitude": ("station", [47.0, 48.5, 46.2]), "longitude": ("station", [-122.3, -123.0, -121.9]),
+              "elevation": ("station", [10.0, 250.0, 31.0])}
+    if cf:
+        coords["forecast_reference_time"] = ("time", init)
+        coords["forecast_period"] = ((), 48.0, {"units": "hours"})
+    ds = xr.Dataset({"t2m_ens": (("time", "member", "station"), ens, {"units": "K"}),
+                     "t2m_obs": (("time", "station"), ens.mean(1) + 1.0, {"units": "K"})}, coords=coords)
+    ds.to_netcdf(path)
+    return ens
+
+
+def test_many_stations_multi_model_and_cf_timing(tmp_path):
+    ens = _multi_station(tmp_path / "m.nc")
+    d = open_station(tmp_path / "m.nc")  # the file states everything: no options
+    fc = d.forecast
+    assert fc["station"].values.tolist() == ["A1", "B2", "C3"]
+    np.testing.assert_allclose(fc["latitude"].values, [47.0, 48.5, 46.2])
+    # no control: the models are members 1..3 in file order, their names kept
+    assert fc["member"].values.tolist() == [1, 2, 3]
+    assert fc["member_label"].values.tolist() == ["CMCG", "GFS", "UKMO"]
+    assert list(fc["lead_time"].values) == [np.timedelta64(48, "h")]
+    np.testing.assert_array_equal(fc["t2m"].values[:, 0, 1, 2], ens[:, 1, 2])
+    np.testing.assert_array_equal(d.observations["time"].values,
+                                  fc["init_time"].values + np.timedelta64(48, "h"))
+    assert d.deterministic is None
+    # a control named by the options becomes member 0
+    d2 = open_station(tmp_path / "m.nc", StationOptions(control="GFS"))
+    assert d2.forecast["member_label"].values.tolist() == ["GFS", "CMCG", "UKMO"]
+    np.testing.assert_array_equal(d2.forecast["t2m"].values[:, 0, 0, 2], ens[:, 1, 2])
+
+
+def _bma_table(path, *, drop: str | None = None):
+    """ensembleBMA layout: one row per date and station, member columns, dates YYYYMMDDHH."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for day in pd.date_range("2003-01-01", periods=6):
+        for sid, lat, lon in (("KSEA", 47.4, -122.3), ("KPDX", 45.6, -122.6)):
+            if day.day == 3 and sid == "KPDX":
+                continue  # a missing row
+            rows.append({"date": day.strftime("%Y%m%d00"), "station": sid, "latitude": lat,
+                         "longitude": lon, "elevation": 100.0, "obs": rng.normal(5),
+                         "CMCG": rng.normal(5), "GFS": rng.normal(5), "UKMO": rng.normal(5)})
+    table = pd.DataFrame(rows)
+    if drop:
+        table = table.drop(columns=drop)
+    table.to_csv(path, index=False)
+    return table
+
+
+BMA = StationOptions(variable="t2m", units="degC", time="valid", lead_time=48,
+                     columns={"time": "date", "time_format": "%Y%m%d%H", "members": ["CMCG", "GFS", "UKMO"],
+                              "observation": "obs", "station": "station", "latitude": "latitude",
+                              "longitude": "longitude", "elevation": "elevation"})
+
+
+def test_csv_table_ensemblebma_layout(tmp_path):
+    table = _bma_table(tmp_path / "srft.csv")
+    d = open_station(tmp_path / "srft.csv", BMA)
+    fc, obs = d.forecast, d.observations
+    assert fc["station"].values.tolist() == ["KSEA", "KPDX"]
+    np.testing.assert_allclose(fc["longitude"].values, [-122.3, -122.6])
+    assert fc["member"].values.tolist() == [1, 2, 3] and fc.sizes["init_time"] == 6
+    # valid dates at 00 UTC, +48 h: the runs started two days earlier
+    assert pd.Timestamp(fc["init_time"].values[0]) == pd.Timestamp("2002-12-30")
+    row = table.iloc[4]  # 2003-01-03 KSEA (KPDX has no row that day)
+    assert row["date"] == "2003010300" and row["station"] == "KSEA"
+    got = fc["t2m"].sel(init_time="2003-01-01", station="KSEA").values[0]
+    np.testing.assert_allclose(got, row[["CMCG", "GFS", "UKMO"]].to_numpy(float), rtol=1e-6)
+    assert np.isnan(fc["t2m"].sel(init_time="2003-01-01", station="KPDX").values).all()
+    assert float(obs["t2m"].sel(time="2003-01-03", station="KSEA")) == pytest.approx(row["obs"], rel=1e-6)
+
+
+def test_csv_missing_member_column_is_refused_naming_it(tmp_path):
+    _bma_table(tmp_path / "srft.csv", drop="GFS")
+    with pytest.raises(ReaderError, match=r"srft.csv: member column 'GFS' is missing"):
+        open_station(tmp_path / "srft.csv", BMA)
+
+
+def test_csv_ingests_into_stores(tmp_path):
+    _bma_table(tmp_path / "srft.csv")
+    s = ingest([tmp_path / "srft.csv"], tmp_path / "fc.zarr", kind="forecast", station=BMA, progress=False)
+    assert s.ok and len(s.added) == 6
+    ingest([tmp_path / "srft.csv"], tmp_path / "an.zarr", kind="analysis", station=BMA, progress=False)
+    fc, an = open_store(tmp_path / "fc.zarr"), open_store(tmp_path / "an.zarr")
+    expected = open_station(tmp_path / "srft.csv", BMA)
+    np.testing.assert_array_equal(fc["t2m"].values, expected.forecast["t2m"].values)
+    np.testing.assert_array_equal(an["t2m"].values, expected.observations["t2m"].values)
+    assert fc["station"].values.tolist() == ["KSEA", "KPDX"] and "latitude" in fc.coords
+    with pytest.raises(IngestError, match="srft.csv: the file holds no deterministic"):
+        ingest([tmp_path / "srft.csv"], tmp_path / "det.zarr", kind="forecast", station=BMA,
+               station_part="deterministic", progress=False)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"lead_time": None}, "the lead time is not stated: set data.station.lead_time"),
+    ({"time": None}, "say what the rows' time is: data.station.time"),
+    ({"units": None}, "t2m_ens has no units: set data.station.units"),
+    ({"control": "CTRL"}, "data.station.control 'CTRL' is not among the member labels"),
+    ({"station": None}, "holds one station without a 'station' dim: set data.station.station"),
+    ({"ensemble": "t2m_members"}, "no variable 't2m_members' \\(ensemble"),
+    ({"deterministic": "hres"}, "no variable 'hres' \\(deterministic"),
+    ({"units": "K"}, None),
+])
+def test_netcdf_options_errors(tmp_path, change, match):
+    time = pd.date_range("2010-01-01", periods=3)
+    xr.Dataset({"t2m_ens": (("time", "member"), np.ones((3, 2), np.float32)),
+                "t2m_obs": ("time", np.ones(3, np.float32))},
+               coords={"time": time, "member": ["CTR", "P1"]}).to_netcdf(tmp_path / "s.nc")
+    base = dict(variable="t2m", units="degC", time="init", lead_time=24, control="CTR",
+                station={"id": "1"})
+    opts = StationOptions(**{**base, **change})
+    if match is None:  # another unit is read as given (K): no error
+        assert open_station(tmp_path / "s.nc", opts).forecast["t2m"].attrs["units"] == "K"
+        return
+    with pytest.raises(ReaderError, match=match):
+        open_station(tmp_path / "s.nc", opts)
+
+
+def test_stated_timing_must_agree_and_dates_need_midnight(tmp_path):
+    _multi_station(tmp_path / "m.nc")
+    with pytest.raises(ReaderError, match="lead time 48 h differs from data.station.lead_time 24 h"):
+        open_station(tmp_path / "m.nc", StationOptions(lead_time=24))
+    with pytest.raises(ReaderError, match="rows are init times .* data.station.time is 'valid'"):
+        open_station(tmp_path / "m.nc", StationOptions(time="valid"))
+    with pytest.raises(ReaderError, match="holds a station dim"):
+        open_station(tmp_path / "m.nc", StationOptions(station={"id": "x"}))
+    time = pd.date_range("2010-01-01T06", periods=3)
+    xr.Dataset({"t2m_ens": (("time", "member"), np.ones((3, 2), np.float32), {"units": "K"})},
+               coords={"time": time, "member": [0, 1]}).to_netcdf(tmp_path / "h.nc")
+    with pytest.raises(ReaderError, match="hour is set but the rows' times are not dates at 00 UTC"):
+        open_station(tmp_path / "h.nc", StationOptions(time="init", hour=12, lead_time=6, station={"id": "1"}))
+    d = open_station(tmp_path / "h.nc", StationOptions(time="init", lead_time=6, station={"id": "1"}))
+    assert d.forecast["member"].values.tolist() == [0, 1] and d.observations is None
+
+
+def test_csv_errors(tmp_path):
+    _bma_table(tmp_path / "t.csv")
+    with pytest.raises(ReaderError, match="needs data.station.columns"):
+        open_station(tmp_path / "t.csv", StationOptions(variable="t2m"))
+    table = pd.read_csv(tmp_path / "t.csv")
+    pd.concat([table, table.iloc[:1]]).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(ReaderError, match="dup.csv: 1 duplicate rows for one date and station"):
+        open_station(tmp_path / "dup.csv", BMA)
+    bad = BMA.model_copy(update={"columns": BMA.columns.model_copy(update={"time_format": "%d.%m.%Y"})})
+    with pytest.raises(ReaderError, match="column 'date' does not parse as times"):
+        open_station(tmp_path / "t.csv", bad)
+    with pytest.raises(FileNotFoundError, match="nothere.csv"):
+        open_station(tmp_path / "nothere.csv", BMA)
