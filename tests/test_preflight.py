@@ -124,7 +124,8 @@ def test_a_fresh_work_directory_gives_notes_only(tmp_path, capsys):
     report = check_config(load_config(path))
     assert report.problems == []
     notes = "\n".join(report.notes)
-    for part in ("data.workdir:", "data.incoming.forecast: no file matches ['in/*.grib'] yet",
+    incoming = str(tmp_path.resolve() / "work" / "in" / "*.grib")  # resolved against the work directory
+    for part in ("data.workdir:", f"data.incoming.forecast: no file matches ['{incoming}'] yet",
                  "pipeline.stores.forecast: forecast store", "(ingest writes it)",
                  "evaluate.truth: analysis store"):
         assert part in notes, (part, notes)
