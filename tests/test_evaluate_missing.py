@@ -29,7 +29,7 @@ BASE = {"metrics": ["crps"], "cases": [], "regions": ["global"],
 
 @pytest.fixture
 def world(tmp_path):
-    return make_world(tmp_path / "w", n_init=6, n_members=4, seed=5)
+    return make_world(tmp_path / "w", n_init=6, n_members=5, seed=5)  # control + 4: raw_subset K=4
 
 
 def test_a_lost_chunk_is_refused_naming_the_store_and_init_time(world, tmp_path, capsys):
