@@ -48,7 +48,7 @@ from enspp.models.checkpoint import (
 )
 from enspp.models.config import ModelConfig, TrainConfig
 from enspp.models.lightning_module import PostProcessingModule, monitor_name
-from enspp.models.progress import TrainProgress, train_summary
+from enspp.models.progress import TrainProgress, metric_words, train_summary
 
 RUNS_DIR = "runs"
 CHECKPOINT_DIR = "checkpoints"
@@ -404,6 +404,7 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
                                   metadata=metadata, per_target_logs=False)
     trainer = _selection_trainer(train_config, run_dir=run_dir, callbacks=[selection],
                                  max_epochs=train_config.max_epochs, validate=True)
+    t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(module, datamodule=data)
@@ -439,6 +440,17 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
             trainer2.save_checkpoint(final, weights_only=False)
         finally:
             data.train_on(("train",))
+    raw_name = f"val/crps_raw_{train_config.ensemble_estimator}"
+    what = (f"{spec.seeds} seeds, each stopped at its best validation epoch "
+            f"{list(selection.best_epoch)}" if spec.seeds > 1 else
+            f"best at epoch {selection.best_epoch[0]}")
+    what += "; refit on training + validation" if train_config.refit else ""
+    LOGGER.info(summary_line(
+        f"train {spec.name} ({run_dir.name})",
+        f"{epochs} epochs ({what}); {metric_words(monitor_name(spec.distribution))} of the "
+        f"{'seed ensemble' if spec.seeds > 1 else 'model'} {score:.4g}"
+        + ("" if raw is None else f", {metric_words(raw_name)} {float(raw):.4g}"),
+        time.perf_counter() - t0))
     return TrainResult(
         run_dir=run_dir, best_checkpoint=final, last_checkpoint=final,
         monitor=monitor_name(spec.distribution), best_score=score,
