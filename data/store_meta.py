@@ -133,19 +133,21 @@ class SourceEntry:
                    fields={str(v): FieldSet.from_json(fs) for v, fs in doc.get("fields", {}).items()})
 
 
-def write_file_atomic(path: Path, data: bytes | memoryview, *, tick: Any = None,
+def write_file_atomic(path: Path, data: bytes | memoryview | list[Any], *, tick: Any = None,
                       tmp_dir: Path | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed over it: a reader (or a
     crash) sees the old file or the new one, never half of one.  The temporary file lies in
     ``tmp_dir`` (on the same file system; the store's ``enspp/tmp``, which recovery clears)
-    or beside ``path``.  ``tick`` is called after the write (the writer's fault hook)."""
+    or beside ``path``.  ``data`` may be a list of pieces written in order.  ``tick`` is
+    called after the write (the writer's fault hook)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = (tmp_dir or path.parent) / f"{path.name}.{uuid.uuid4().hex}.partial"
     try:
         with open(tmp, "wb") as fh:
-            fh.write(memoryview(data))
+            for piece in data if isinstance(data, list) else [data]:
+                fh.write(memoryview(piece))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

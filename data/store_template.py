@@ -330,16 +330,19 @@ class ChunkWriter:
     def fits(self, block: np.ndarray) -> bool:
         return block.shape == self.chunk_shape and block.dtype == np.dtype("<f4")
 
-    def encode(self, block: np.ndarray) -> bytes:
+    def encode(self, block: np.ndarray) -> list[Any]:
+        """The chunk's bytes as pieces to write one after the other (the compressed data,
+        then its CRC-32C: no copy of the data to append 4 bytes)."""
         data = self.encoder.encode(block.reshape(-1).view(np.uint8))
-        if self.checksum:
-            import google_crc32c
+        if not self.checksum:
+            return [data]
+        import google_crc32c
 
-            data = bytes(data) + np.uint32(google_crc32c.value(bytes(data))).tobytes()
-        return data
+        raw = data if isinstance(data, bytes) else bytes(data)
+        return [raw, np.uint32(google_crc32c.value(raw)).tobytes()]
 
     def write(self, block: np.ndarray, index: int, chunk: int) -> None:
-        data = self.encode(block)
+        pieces = self.encode(block)
         key = self.array.metadata.encode_chunk_key((index, chunk) + (0,) * (block.ndim - 2))
         path = f"{self.array.path}/{key}" if self.array.path else key
         store = _inner_store(self.array)
@@ -349,12 +352,13 @@ class ChunkWriter:
             # what LocalStore.set does (a temporary file renamed over the chunk), here in the
             # calling thread instead of two thread hops away (the event loop, then the
             # loop's executor): those hops took as long as the encode and the write together
-            write_file_atomic(Path(store.root) / path, data, tick=self.faults.tick,
+            write_file_atomic(Path(store.root) / path, pieces, tick=self.faults.tick,
                               tmp_dir=self.tmp_dir)
             return
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
+        data = b"".join(bytes(p) for p in pieces)
         sync(self.array.store_path.store.set(
             path, default_buffer_prototype().buffer.from_bytes(data)))
 

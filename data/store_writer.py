@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -184,9 +185,7 @@ class StoreWriter:
                              f"{kind} data into it")
         self.centres: set[str] = set(str(self.attrs.get(CENTRES_ATTR, "")).split())
         self.layout = self._read_layout() if self.meta is not None else _Layout()
-        self._rows: dict[int, int] = {}
-        if self.meta is not None:
-            self._rows = {int(v): i for i, v in enumerate(self.meta.records.view(np.int64))}
+        self._rows = _RowIndex(self.meta.records if self.meta is not None else np.array([], "datetime64[ns]"))
         self._lead_cols = {v: i for i, v in enumerate(self.layout.leads)}
 
     @property
@@ -270,7 +269,7 @@ class StoreWriter:
                  if LEAD_TIME in ds.dims else None)
         write: dict[str, np.ndarray] = {}
         ids = {sm.source_id(s.sha256) for s in st.sources}
-        rows = np.array([self._rows.get(int(r), -1) for r in records], dtype=np.int64)
+        rows = self._rows.find(records)
         for var, present in st.present.items():
             mask = np.array(present, dtype=bool, copy=True)
             if self.meta is not None and var in self.layout.variables and (rows >= 0).any():
@@ -288,23 +287,24 @@ class StoreWriter:
                     plan.layout.leads.append(int(v))
                     plan.new_leads.append(int(v))
         done = self.meta.complete if self.meta is not None else np.zeros(0, dtype=bool)
-        for i, ns in enumerate(records):
-            ns = int(ns)
-            writes = any(m[i].any() for m in write.values())
-            row = int(rows[i])
-            if writes:
-                plan.by_record.setdefault(ns, []).append(index)
-            if row < 0:
-                if writes:
-                    plan.new_records.setdefault(ns, None)
-                    plan.commit.setdefault(ns, None)
-            elif not done[row]:
-                if writes or any(np.asarray(p[i]).any() for p in st.present.values()):
-                    plan.commit.setdefault(ns, None)  # repaired: finished by this run
-            elif writes:
-                plan.commit.setdefault(ns, None)  # extended: new fields in a complete record
-            else:
-                plan.skipped.add(record_key(np.datetime64(ns, "ns")))
+        writes = np.zeros(len(records), dtype=bool)
+        provides = np.zeros(len(records), dtype=bool)
+        for var, mask in write.items():
+            writes |= mask.any(axis=1) if mask.ndim == 2 else mask
+            p = np.asarray(st.present[var])
+            provides |= p.any(axis=1) if p.ndim == 2 else p
+        is_done = np.zeros(len(records), dtype=bool)
+        is_done[rows >= 0] = done[rows[rows >= 0]]
+        for i in np.flatnonzero(writes):
+            plan.by_record.setdefault(int(records[i]), []).append(index)
+        for ns in records[writes & (rows < 0)]:  # new records
+            plan.new_records.setdefault(int(ns), None)
+            plan.commit.setdefault(int(ns), None)
+        # existing records: repaired (finished by this run) or extended (new fields)
+        for ns in records[(rows >= 0) & ((~is_done & (writes | provides)) | (is_done & writes))]:
+            plan.commit.setdefault(int(ns), None)
+        plan.skipped.update(prov.record_keys(records[(rows >= 0) & is_done & ~writes]
+                                             .view("datetime64[ns]")))
 
     def _check_centre(self, plan: _Plan, st: Staged) -> None:
         """One originating centre per store (unless mixing is allowed): an NCEP file does
@@ -399,16 +399,19 @@ class StoreWriter:
         import zarr
 
         rec = record_dim(plan.kind)
-        keys = {ns: record_key(np.datetime64(ns, "ns")) for ns in plan.commit}
+        commit = np.array(list(plan.commit), dtype=np.int64)
+        keys = dict(zip(commit.tolist(), prov.record_keys(commit.view("datetime64[ns]"))))
         if not plan.commit:
             return AppendResult(store=str(self.root), kind=plan.kind,
                                 skipped=tuple(sorted(plan.skipped)))
         notes: list[str] = []
         zstore = tpl.ticking_store(self.root, self.faults)
-        done_before = set()
-        if self.meta is not None:
-            done_before = {int(v) for v, c in zip(self.meta.records.view(np.int64),
-                                                  self.meta.complete) if c}
+        done_before: set[int] = set()
+        if self.meta is not None:  # the records of this plan complete before it
+            wanted = np.array(list(plan.commit), dtype=np.int64)
+            found = self._rows.find(wanted)
+            done = self.meta.complete
+            done_before = {int(v) for v, r in zip(wanted, found) if r >= 0 and done[r]}
         with suppress_zarr_warnings(), zarr.config.set({"array.write_empty_chunks": True}):
             if self.meta is not None and self.meta.version == 1:
                 tpl.migrate_v1(self.root, zstore, self.faults, self.meta,
@@ -560,7 +563,12 @@ class StoreWriter:
         of one chunk of the bookkeeping arrays: a commit rewrites each of its chunks once);
         returns (bytes, fields) written."""
         assert self.meta is not None
-        rows = {int(v): i for i, v in enumerate(self.meta.records.view(np.int64))}
+        index = _RowIndex(self.meta.records)
+        wanted = np.array(list(plan.commit), dtype=np.int64)
+        rows = {int(v): int(r) for v, r in zip(wanted, index.find(wanted))}
+        for item in plan.items:  # the positions of every record the plan writes
+            rows.update((int(v), int(r)) for v, r in zip(item.records, index.find(item.records))
+                        if int(v) in plan.by_record)
         cols = {int(v): i for i, v in enumerate(self.meta.leads.view(np.int64))} \
             if self.meta.leads is not None else {}
         point = STATION in plan.layout.coords
@@ -576,25 +584,42 @@ class StoreWriter:
         writers = {name: tpl.ChunkWriter.for_array(arr, root=self.root, faults=self.faults,
                                                    tmp_dir=self.root / tpl.TMP_DIR)
                    for name, arr in arrays.items()}
-        positions = [{int(v): i for i, v in enumerate(item.records)} for item in plan.items]
+        positions = [_RowIndex(item.records) for item in plan.items]
         nbytes = nfields = 0
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             jobs = {u: self._submit_unit(pool, plan, arrays, writers, ns_list, positions, rows,
                                          cols, rec, point)
                     for u, ns_list in units.items()}
             try:
-                for block_units in blocks.values():
-                    commits, block_rows = [], []
-                    for unit in block_units:
-                        for job, commit in jobs[unit]:
-                            nbytes += job.result()
-                            commits.append(commit)
-                        block_rows.extend(rows[ns] for ns in units[unit])
-                    nfields += self._commit_unit(group, commits, block_rows)
-                    if progress is not None:
+                pending = list(blocks.values())
+                last = time.monotonic()
+                while pending:
+                    # the next block once written, and with it the blocks after it whose
+                    # writes are done already: one commit for them all (each row's source,
+                    # present and complete flags are still written in that order)
+                    take = [pending.pop(0)]
+                    for job, _ in (j for unit in take[0] for j in jobs[unit]):
+                        job.result()
+                    while pending and len(take) < _MAX_BLOCKS_PER_COMMIT and (
+                            time.monotonic() - last < _COMMIT_EVERY_S or all(
+                                job.done() for unit in pending[0] for job, _ in jobs[unit])):
+                        take.append(pending.pop(0))
+                        for job, _ in (j for unit in take[-1] for j in jobs[unit]):
+                            job.result()
+                    last = time.monotonic()
+                    commits, commit_rows = [], []
+                    for block_units in take:
                         for unit in block_units:
-                            for ns in units[unit]:
-                                progress(keys[ns])
+                            for job, commit in jobs[unit]:
+                                nbytes += job.result()
+                                commits.append(commit)
+                            commit_rows.extend(rows[ns] for ns in units[unit])
+                    nfields += self._commit_unit(group, commits, commit_rows)
+                    if progress is not None:
+                        for block_units in take:
+                            for unit in block_units:
+                                for ns in units[unit]:
+                                    progress(keys[ns])
             except BaseException:
                 for unit_jobs in jobs.values():
                     for job, _ in unit_jobs:
@@ -605,7 +630,7 @@ class StoreWriter:
 
     def _submit_unit(self, pool: ThreadPoolExecutor, plan: _Plan, arrays: Mapping[str, Any],
                      writers: Mapping[str, tpl.ChunkWriter | None], ns_list: list[int],
-                     positions: list[dict[int, int]], rows: Mapping[int, int],
+                     positions: list[_RowIndex], rows: Mapping[int, int],
                      cols: Mapping[int, int], rec: str, point: bool
                      ) -> list[tuple[Future[int], tuple[str, np.ndarray, int | None, int]]]:
         """Queue the data writes of one unit; each job comes with what its commit records:
@@ -614,8 +639,8 @@ class StoreWriter:
         for index in sorted({i for ns in ns_list for i in plan.by_record.get(ns, [])}):
             item = plan.items[index]
             ident = sm.source_id(item.staged.sources[0].sha256) if item.staged.sources else 1
-            mine = np.array(sorted(positions[index][ns] for ns in ns_list
-                                   if ns in positions[index]), dtype=np.int64)
+            found = positions[index].find(np.array(ns_list, dtype=np.int64))
+            mine = np.sort(found[found >= 0])
             for var, mask in item.write.items():
                 da = item.staged.ds[var]
                 arr = arrays[var]
@@ -640,8 +665,8 @@ class StoreWriter:
 
     def _commit_unit(self, group: Any, commits: list[tuple[str, np.ndarray, int | None, int]],
                      rows: list[int]) -> int:
-        """Source ids, then ``present`` flags of the block's fields, then its records'
-        ``complete`` flags: each a chunk replaced atomically (the block lies in one chunk)."""
+        """Source ids, then ``present`` flags of the fields, then the records' ``complete``
+        flags: each chunk replaced atomically, every row's flags in that order."""
         lo, hi = min(rows), max(rows) + 1
         by_var: dict[str, list[tuple[np.ndarray, int | None, int]]] = {}
         for var, store_rows, col, ident in commits:
@@ -665,6 +690,33 @@ class StoreWriter:
         complete[np.array(rows) - lo] = 1
         group[sm.COMPLETE][lo:hi] = complete
         return len(commits)
+
+
+#: bookkeeping chunks one commit may span: blocks finished within ``_COMMIT_EVERY_S`` of the
+#: last commit (or already finished) are committed together, so a large ingest commits a few
+#: times a second at most and a kill loses at most that much work (redone by the re-run)
+_MAX_BLOCKS_PER_COMMIT = 64
+_COMMIT_EVERY_S = 0.5
+
+
+class _RowIndex:
+    """Positions of record values (int64 ns) in a store, by binary search: no per-record
+    Python structure, so looking up a few records costs the same in any store."""
+
+    def __init__(self, records: np.ndarray) -> None:
+        values = np.asarray(records).astype("datetime64[ns]").view(np.int64)
+        self.order = np.argsort(values, kind="stable")
+        self.sorted = values[self.order]
+
+    def find(self, values: np.ndarray) -> np.ndarray:
+        """Rows of ``values`` (-1 for a value not in the store)."""
+        v = np.asarray(values).astype(np.int64) if np.asarray(values).dtype.kind != "M" else \
+            np.asarray(values).astype("datetime64[ns]").view(np.int64)
+        pos = np.searchsorted(self.sorted, v)
+        pos = np.minimum(pos, max(len(self.sorted) - 1, 0))
+        hit = (len(self.sorted) > 0) & (self.sorted[pos] == v) if len(self.sorted) else \
+            np.zeros(len(v), dtype=bool)
+        return np.where(hit, self.order[pos] if len(self.sorted) else -1, -1).astype(np.int64)
 
 
 def _write_field(array: Any, writer: tpl.ChunkWriter | None, da: xr.DataArray, rec: str,
