@@ -722,10 +722,10 @@ class _RowIndex:
 def _write_field(array: Any, writer: tpl.ChunkWriter | None, da: xr.DataArray, rec: str,
                  i: int, row: int, j: int | None, col: int | None) -> int:
     """One field (record ``i``, lead ``j`` of the input) into its chunk (``row``, ``col``)."""
-    sel: dict[str, Any] = {rec: slice(i, i + 1)}
-    if j is not None:
-        sel[LEAD_TIME] = slice(j, j + 1)
-    block = np.ascontiguousarray(da.isel(sel).values, dtype=np.float32)
+    var = da.variable  # positional indexing of the Variable: no coordinate work per field
+    key = tuple(slice(i, i + 1) if d == rec else slice(j, j + 1) if d == LEAD_TIME and j is not None
+                else slice(None) for d in var.dims)
+    block = np.ascontiguousarray(var[key].values, dtype=np.float32)
     if col is None:
         if writer is not None and writer.fits(block):
             writer.write(block, row, 0)
@@ -742,10 +742,10 @@ def _write_block(array: Any, da: xr.DataArray, rec: str, idx: np.ndarray, rows: 
                  j: int | None, col: int | None) -> int:
     """Records ``idx`` of the input (one lead ``j``) into rows ``rows`` of a point store (one
     chunk: zarr reads, modifies and replaces it)."""
-    sel: dict[str, Any] = {rec: idx}
-    if j is not None:
-        sel[LEAD_TIME] = [j]
-    block = np.ascontiguousarray(da.isel(sel).values, dtype=np.float32)
+    var = da.variable
+    key = tuple(idx if d == rec else [j] if d == LEAD_TIME and j is not None else slice(None)
+                for d in var.dims)
+    block = np.ascontiguousarray(var[key].values, dtype=np.float32)
     if col is None:
         array.oindex[(rows,)] = block
     else:
