@@ -1,4 +1,5 @@
-"""CRPS kernels and losses in torch (float32, autocast off).
+"""CRPS kernels and losses in torch (at least float32: half precision is promoted, float64
+stays float64; autocast off).
 
 Every kernel is *pointwise*: it returns the CRPS per forecast case with the shape of the
 target (members reduced away); :func:`reduce_crps` is the one reduction (NaN-masked mean of
@@ -47,7 +48,9 @@ def _no_autocast(t: torch.Tensor) -> AbstractContextManager:
 
 
 def _f32(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.float() for t in tensors]
+    """The tensors in float32, or all in float64 if any is (the exact EMOS fit's precision)."""
+    wide = any(t.dtype == torch.float64 for t in tensors)
+    return [t.double() if wide else t.float() for t in tensors]
 
 
 def crps_gaussian(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
