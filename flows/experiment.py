@@ -36,6 +36,9 @@ from enspp.flows.experiment_synthetic import SyntheticSection
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 POINT_SYSTEMS = ("emos_global", "emos_local", "emos_lagged", "mlp", "mixed")
+#: every station system: ``emos_season`` is the seasonal EMOS chosen on validation among a
+#: day-of-year EMOS and sliding-window EMOS fits (``station.season_windows``)
+STATION_SYSTEMS = POINT_SYSTEMS + ("emos_season",)
 
 
 class ExperimentConfigError(EnsppError):
@@ -77,7 +80,10 @@ class StationSection(BaseModel):
     members: tuple[int, ...] = (5, 10, 25)
     #: which K members: ``first`` = 0..K-1 (control first), ``perturbed`` = 1..K
     subset: Literal["first", "perturbed"] = "first"
-    systems: tuple[Literal["emos_global", "emos_local", "emos_lagged", "mlp", "mixed"], ...] = POINT_SYSTEMS
+    systems: tuple[Literal["emos_global", "emos_local", "emos_lagged", "mlp", "mixed", "emos_season"], ...] = POINT_SYSTEMS
+    #: the sliding windows (days) ``emos_season`` chooses among on validation, beside the
+    #: day-of-year EMOS
+    season_windows: tuple[float, ...] = (25.0, 30.0, 40.0)
     features: FeatureSettings = FeatureSettings()
     #: per-model options passed to ModelSpec.options (e.g. {mixed: {embed_dim: 16}})
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -89,9 +95,22 @@ class StationSection(BaseModel):
                              f"{self.train_start}, {self.val_start}, {self.test_start}")
         if self.test_end is not None and self.test_end < self.test_start:
             raise ValueError(f"test_end {self.test_end} is before test_start {self.test_start}")
+        if any(w <= 0 for w in self.season_windows):
+            raise ValueError(f"season_windows must be > 0 days, got {list(self.season_windows)}")
         if not self.members or min(self.members) < 1:
             raise ValueError(f"members must be a non-empty list of K >= 1, got {list(self.members)}")
         return self
+
+
+class SystemTrain(BaseModel):
+    """One system's own training settings (unset keys: the train section's)."""
+
+    model_config = _FROZEN
+    max_epochs: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    seeds: int | None = Field(None, ge=1)
 
 
 class TrainSection(BaseModel):
@@ -100,6 +119,7 @@ class TrainSection(BaseModel):
     patience: int = Field(25, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(3e-3, gt=0)
+    #: synthetic experiments' EMOS learning rate (station EMOS is fitted exactly)
     emos_lr: float = Field(3e-2, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     #: learning-rate schedule of the synthetic experiment's trainings (models.config.TrainConfig)
@@ -107,14 +127,16 @@ class TrainSection(BaseModel):
     #: networks (mlp, mixed, unet) are fitted with this many seeds and their parameters averaged
     seeds: int = Field(3, ge=1)
     seed: int = 0
-    #: networks (station experiments): after early stopping on the validation period, refit
-    #: (same seed) on training + validation for the chosen number of epochs
+    #: station experiments: after early stopping on the validation period, refit (same seed)
+    #: on training + validation, networks for the chosen number of epochs, EMOS exactly
     refit: bool = False
+    #: per-system settings (station experiments), e.g. {mixed: {lr: 0.003, max_epochs: 2000}}
+    systems: dict[Literal["mlp", "mixed"], SystemTrain] = Field(default_factory=dict)
 
 
 #: train settings each experiment kind does not read (setting one is an error, not a no-op)
-_TRAIN_UNUSED = {"station": frozenset({"lr_schedule"}),
-                 "synthetic": frozenset({"batch_size", "seeds", "refit"})}
+_TRAIN_UNUSED = {"station": frozenset({"lr_schedule", "emos_lr"}),
+                 "synthetic": frozenset({"batch_size", "seeds", "refit", "systems"})}
 
 
 class EvaluateSection(BaseModel):

@@ -242,16 +242,27 @@ class FitResult:
         return self.early if self.early is not None else self.model
 
 
+def _val_loss(model: torch.nn.Module, val: Mapping[str, torch.Tensor]) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(model.loss(model(val), val["target"]))
+
+
 def _train_epochs(model: torch.nn.Module, train: Mapping[str, torch.Tensor], settings: FitSettings, seed: int,
                   *, epochs: int, val: Mapping[str, torch.Tensor] | None = None) -> tuple[float, int, int]:
     """Adam steps over ``train`` for at most ``epochs`` epochs; with ``val``, stop after
-    ``settings.patience`` epochs without a better validation loss and keep the best weights.
+    ``settings.patience`` epochs without a better validation loss and keep the best weights,
+    the untrained model (its anchor) included: epoch 0 is scored too, so a network that never
+    beats its anchor EMOS on validation stays that EMOS.
     Returns (best validation loss or nan, epochs run, best epoch)."""
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     n = train["inputs"].shape[0]
     full = settings.batch_size >= n  # one full-batch step per epoch: no shuffling or copies
     best, best_state, best_epoch, stale, epoch = math.inf, copy.deepcopy(model.state_dict()), 0, 0, 0
+    if val is not None:
+        best = _val_loss(model, val)
     for epoch in range(1, epochs + 1):
         model.train()
         for idx in [None] if full else torch.randperm(n, generator=gen).split(settings.batch_size):
@@ -262,9 +273,7 @@ def _train_epochs(model: torch.nn.Module, train: Mapping[str, torch.Tensor], set
             opt.step()
         if val is None:
             continue
-        model.eval()
-        with torch.no_grad():
-            v = float(model.loss(model(val), val["target"]))
+        v = _val_loss(model, val)
         if v < best - 1e-6:
             best, best_state, best_epoch, stale = v, copy.deepcopy(model.state_dict()), epoch, 0
         else:
@@ -277,21 +286,44 @@ def _train_epochs(model: torch.nn.Module, train: Mapping[str, torch.Tensor], set
     return (best if val is not None else math.nan), epoch, (best_epoch if val is not None else epoch)
 
 
-def fit_point_model(spec, train: Mapping[str, torch.Tensor], val: Mapping[str, torch.Tensor], *,
-                    settings: FitSettings, seed: int, refit: bool = False) -> FitResult:
-    """Fit ``models.build_model(spec)`` by minimum closed-form CRPS with early stopping on
-    ``val``.  With ``settings.batch_size >= len(train)`` every epoch is one full-batch Adam
-    step.  ``refit``: then fit a fresh model (same seed) on ``train`` + ``val`` for the chosen
-    number of epochs and return that one (``best_val`` stays the early-stopped fit's)."""
+def _fresh(spec, seed: int, train: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """``build_model(spec)`` seeded, EMOS fitted exactly on ``train`` (an EMOS model itself, or
+    a network's anchor)."""
+    from enspp.models.emos import EMOS, emos_chunk, fit_anchor, fit_emos
+
     torch.manual_seed(seed)
     model = build_model(spec)
-    best, epochs, best_epoch = _train_epochs(model, train, settings, seed, epochs=settings.max_epochs, val=val)
-    if not refit or best_epoch < 1:
+    if isinstance(model, EMOS):
+        fit_emos(model, [emos_chunk(model, train)])
+    else:
+        fit_anchor(model, [train])
+    model.eval()
+    return model
+
+
+def fit_point_model(spec, train: Mapping[str, torch.Tensor], val: Mapping[str, torch.Tensor], *,
+                    settings: FitSettings, seed: int, refit: bool = False) -> FitResult:
+    """Fit ``models.build_model(spec)`` by minimum closed-form CRPS.
+
+    EMOS models are fitted exactly (``models.emos.fit_emos``: the minimum over ``train``, no
+    epochs). Networks first get their anchor EMOS fitted exactly on ``train``, then train
+    with early stopping on ``val`` (epoch 0, the anchor itself, included); with
+    ``settings.batch_size >= len(train)`` every epoch is one full-batch Adam step.
+    ``refit``: then fit a fresh model (same seed) on ``train`` + ``val`` (a network for the
+    chosen number of epochs) and return that one (``best_val`` stays the first fit's)."""
+    from enspp.models.emos import EMOS
+
+    model = _fresh(spec, seed, train)
+    if isinstance(model, EMOS):
+        best, epochs, best_epoch = _val_loss(model, val), 0, 0
+    else:
+        best, epochs, best_epoch = _train_epochs(model, train, settings, seed, epochs=settings.max_epochs, val=val)
+    if not refit:
         return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch)
-    torch.manual_seed(seed)
-    early, model = model, build_model(spec)
     both = {k: torch.cat([train[k], val[k]]) for k in train}
-    _train_epochs(model, both, settings, seed, epochs=best_epoch)
+    early, model = model, _fresh(spec, seed, both)
+    if best_epoch >= 1:
+        _train_epochs(model, both, settings, seed, epochs=best_epoch)
     return FitResult(model=model, best_val=best, epochs=epochs, best_epoch=best_epoch, early=early)
 
 
@@ -303,3 +335,47 @@ def predict_point(models: Sequence[torch.nn.Module], batch: Mapping[str, torch.T
         for m in models:
             outs.append({k: v[:, 0, 0, 0].double().numpy() for k, v in m(batch).items()})
     return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
+
+
+def window_emos(data: PointData, members: np.ndarray, targets: np.ndarray, *, days: float, stats: dict,
+                channel: str, distribution: str, min_cases: int = 10) -> dict[str, np.ndarray]:
+    """A sliding-window EMOS, as operational centres run it: for every forecast in
+    ``targets`` (a boolean mask), a global EMOS fitted exactly on the forecasts of the last
+    ``days`` days whose observation is known at its init time (valid time at or before the
+    init time; at least the ``min_cases`` most recent such forecasts). Returns the predicted
+    distribution parameters of the target rows (``[n]`` arrays, as :func:`predict_point`).
+
+    All windows are fitted in one exact fit: each target forecast is one station of an
+    ``emos_local`` model whose cases are its window."""
+    from enspp.models import ModelSpec
+    from enspp.models.emos import emos_chunk, fit_emos
+
+    if days <= 0 or min_cases < 1:
+        raise PointDataError(f"window EMOS needs days > 0 and min_cases >= 1, got {days}, {min_cases}")
+    ok = np.isfinite(data.observation) & np.isfinite(data.members[:, members]).all(axis=1)
+    known = np.nonzero(ok)[0]
+    known = known[np.argsort(data.valid_time[known], kind="stable")]
+    vt = data.valid_time[known]
+    tgt = np.nonzero(targets)[0]
+    init = data.init_time[tgt]
+    hi = np.searchsorted(vt, init, side="right")
+    lo = np.searchsorted(vt, init - np.timedelta64(int(days * 86400), "s"), side="right")
+    lo = np.maximum(np.minimum(lo, hi - min_cases), 0)
+    if np.any(hi - lo < 1):
+        first = str(init[np.argmax(hi - lo < 1)])[:10]
+        raise PointDataError(f"window EMOS: no earlier observed forecast for the forecast of {first}")
+    rows = np.concatenate([known[a:b] for a, b in zip(lo, hi)])
+    group = np.repeat(np.arange(tgt.size), hi - lo)
+    spec = ModelSpec(name="emos_local", channels=(channel,), targets=(data.variable,), target_channels=(0,),
+                     static_names=(), n_members=len(members), grid_shape=(tgt.size, 1), stats=stats,
+                     distribution=distribution)
+    model = build_model(spec)
+    no_static = np.zeros((rows.size, 0), np.float32)
+    fit_batch = point_batch(data.members[rows][:, members], data.observation[rows], no_static,
+                            data.init_time[rows], data.lead_time)
+    fit_batch["x0"] = torch.as_tensor(group, dtype=torch.int64)
+    fit_emos(model, [emos_chunk(model, fit_batch)])
+    pred_batch = point_batch(data.members[tgt][:, members], data.observation[tgt], np.zeros((tgt.size, 0), np.float32),
+                             data.init_time[tgt], data.lead_time)
+    pred_batch["x0"] = torch.arange(tgt.size, dtype=torch.int64)
+    return predict_point([model], pred_batch)

@@ -28,6 +28,7 @@ from enspp.flows.experiment_point import (
     point_batch,
     point_stats,
     predict_point,
+    window_emos,
 )
 
 DIM = "init_time"
@@ -94,14 +95,14 @@ def _static(data: PointData, members: np.ndarray, features, train: np.ndarray) -
     return (np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)), tuple(names)
 
 
-def _static_columns(system: str, names: tuple[str, ...]) -> list[int]:
+def _static_columns(system: str, names: tuple[str, ...], options: dict | None = None) -> list[int]:
     """The static columns a system sees: networks all, ``emos_lagged`` the past-error ones,
-    the other EMOS none."""
+    the other EMOS none; an EMOS with ``season: doy`` also the day of year."""
     if system in NETWORKS:
         return list(range(len(names)))
-    if system == "emos_lagged":
-        return [i for i, n in enumerate(names) if n in STATIC_PAST]
-    return []
+    season = (options or {}).get("season") == "doy"
+    return [i for i, n in enumerate(names)
+            if (system == "emos_lagged" and n in STATIC_PAST) or (season and n in STATIC_DOY)]
 
 
 def _da(values: np.ndarray, times: np.ndarray) -> xr.DataArray:
@@ -148,6 +149,7 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
     scores: dict[str, dict[str, xr.DataArray]] = {}
     tails: dict[str, dict[str, dict]] = {}
     timings: dict[str, float] = {}
+    choices: dict[str, dict] = {}
     val_crps: dict[str, dict[str, float]] = {f"K={k}": {} for k in ks}
     val_obs = _da(data.observation[masks["val"]], data.init_time[masks["val"]])
     channel = f"{data.variable}@{int(data.lead_time / np.timedelta64(1, 'h'))}h"
@@ -168,29 +170,49 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
         stats = point_stats(data.members[masks["train"]][:, sel], train_obs, channel, data.variable)
         from enspp.models import ModelSpec
 
-        for name in sec.systems:
-            t0 = time.perf_counter()
+        def fit_system(name: str, options: dict, *, k: int = k, static_names: tuple[str, ...] = static_names,
+                       stats: dict = stats, batch: dict = batch) -> tuple[dict, dict]:
+            """Validation and test predictions of one system (seed ensemble for networks)."""
             is_net = name in NETWORKS
-            cols = _static_columns(name, static_names)
-            if name == "emos_lagged" and not cols:
+            cols = _static_columns(name, static_names, options)
+            if name == "emos_lagged" and not any(static_names[i] in STATIC_PAST for i in cols):
                 raise PointDataError(f"{sec.path}: system emos_lagged needs features.lagged_error: true")
+            if options.get("season") == "doy" and len(cols) < len(STATIC_DOY) + (name == "emos_lagged"):
+                raise PointDataError(f"{sec.path}: season: doy needs features.day_of_year: true")
             spec = ModelSpec(name=name, channels=(channel,),
                              targets=(data.variable,), target_channels=(0,),
                              static_names=tuple(static_names[i] for i in cols), n_members=k, grid_shape=(1, 1),
-                             stats=stats, distribution=sec.distribution,
-                             options=dict(sec.model_options.get(name, {})))
-            fit = settings if is_net else FitSettings(**{**settings.__dict__, "lr": tr.emos_lr})
+                             stats=stats, distribution=sec.distribution, options=options)
+            own = tr.systems.get(name)
+            fit = settings if own is None else FitSettings(**{**settings.__dict__, **{
+                key: v for key, v in {"max_epochs": None if quick else own.max_epochs, "patience": own.patience,
+                                      "lr": own.lr, "weight_decay": own.weight_decay}.items() if v is not None}})
+            n_seeds = (own.seeds if own is not None and own.seeds and not quick else seeds) if is_net else 1
             bt = {n: {**v, "static": v["static"][:, cols]} for n, v in batch.items()}
-            fits = [fit_point_model(spec, bt["train"], bt["val"], settings=fit, seed=tr.seed + i,
-                                    refit=tr.refit and is_net)
-                    for i in range(seeds if is_net else 1)]
-            models = [f.model for f in fits]
-            # validation CRPS of the system as tested (seed ensemble), from the fits that never
-            # saw the validation dates (before any refit): the figure to choose settings by
-            val_crps[key][name] = float(_model_crps(
-                predict_point([f.validation_model for f in fits], bt["val"]), val_obs,
-                distribution=sec.distribution).mean())
-            pred = predict_point(models, bt["test"])
+            fits = [fit_point_model(spec, bt["train"], bt["val"], settings=fit, seed=tr.seed + i, refit=tr.refit)
+                    for i in range(n_seeds)]
+            # validation: the fits that never saw the validation dates (before any refit)
+            return (predict_point([f.validation_model for f in fits], bt["val"]),
+                    predict_point([f.model for f in fits], bt["test"]))
+
+        for name in sec.systems:
+            t0 = time.perf_counter()
+            if name == "emos_season":
+                # candidates: a day-of-year EMOS and sliding windows; chosen on validation
+                cands = {"day of year": fit_system("emos_global", {"season": "doy"})}
+                for days in sec.season_windows:
+                    cands[f"window {days:g} d"] = tuple(
+                        window_emos(data, sel, masks[part], days=days, stats=stats, channel=channel,
+                                    distribution=sec.distribution) for part in ("val", "test"))
+                cand_val = {c: float(_model_crps(p[0], val_obs, distribution=sec.distribution).mean())
+                            for c, p in cands.items()}
+                chosen = min(cand_val, key=cand_val.get)
+                choices.setdefault(key, {})[name] = {"chosen": chosen, "val_crps": cand_val}
+                val_pred, pred = cands[chosen]
+            else:
+                val_pred, pred = fit_system(name, dict(sec.model_options.get(name, {})))
+            # validation CRPS of the system as tested: the figure to choose settings by
+            val_crps[key][name] = float(_model_crps(val_pred, val_obs, distribution=sec.distribution).mean())
             sk[name] = _model_crps(pred, obs, distribution=sec.distribution)
             if sec.distribution == "gaussian":
                 mu, sigma = _da(pred["mu"], times), _da(pred["sigma"], times)
@@ -234,6 +256,6 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
         + (f" (censored models: {N_TAIL_QUANTILES}-quantile ensemble, standard estimator)"
            if sec.distribution != "gaussian" else "") + ".\n\n" + table)
     dash = write_dashboard(docs, out_dir, title=config.title)
-    return {"title": config.title, "kind": "station", "rows": rows, "timings": timings,
+    return {"title": config.title, "kind": "station", "rows": rows, "timings": timings, "choices": choices,
             "n_test": len(times), "n_train": int(masks["train"].sum()), "n_val": int(masks["val"].sum()),
             "thresholds": thresholds, "files": {"table": str(out_dir / "table.md"), "dashboard": str(dash)}}

@@ -38,6 +38,8 @@ from enspp.models.normalize import Normalizer, resolve_stats
 
 #: ``mean_shift`` options of the networks' head (:meth:`PostProcessor.head`)
 MEAN_SHIFTS: tuple[str, ...] = ("ensemble", "ensemble+local")
+#: ``anchor`` options of the networks' head: what an untrained network is
+ANCHORS: tuple[str, ...] = ("raw", "emos_global", "emos_local")
 @dataclass(frozen=True)
 class ModelInfo:
     """One post-processing method: where its class lives and how reports name it."""
@@ -216,6 +218,15 @@ class PostProcessor(nn.Module):
     ensemble still gives a positive scale) and ``sigma_floor_init`` (pre-softplus value of the
     learned additive floor, also relative to the target std; ``-16`` adds ~1e-7 std, so an
     untrained model reproduces the raw ensemble to ~1e-6 relative).
+
+    Networks (``ANCHORED``) also take ``anchor`` (``"emos_local"``, default; ``"emos_global"``;
+    ``"raw"``) and ``anchor_season`` (``"none"`` | ``"doy"``, the anchor EMOS's ``season``):
+    the head corrects a frozen EMOS of that kind (``self.anchor``, fitted exactly on the
+    training data before the network trains: :func:`models.emos.fit_anchor`) instead of the
+    raw ensemble, so an untrained network *is* that EMOS and training can only keep a learned
+    term that beats it on validation. An anchor missing from a checkpoint (one written before
+    the option existed) loads as the untrained EMOS, i.e. the raw ensemble, which is what
+    such a head was anchored on.
     """
 
     COMMON: ClassVar[dict[str, Any]] = {
@@ -224,6 +235,9 @@ class PostProcessor(nn.Module):
         "sigma_eps": 1e-4,
         "sigma_floor_init": -16.0,
     }
+    ANCHOR_DEFAULTS: ClassVar[dict[str, Any]] = {"anchor": "emos_local", "anchor_season": "none"}
+    #: networks: the head is anchored on an EMOS (options ``anchor``, ``anchor_season``)
+    ANCHORED: ClassVar[bool] = False
     DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -251,9 +265,38 @@ class PostProcessor(nn.Module):
         self.register_buffer("target_index", torch.tensor(spec.target_channels, dtype=torch.long))
         n_t = len(spec.targets)
         self.sigma_floor = nn.Parameter(torch.full((n_t,), float(self.options["sigma_floor_init"])))
+        self.anchor: PostProcessor | None = self._build_anchor() if self.ANCHORED else None
+
+    def _build_anchor(self) -> PostProcessor | None:
+        """The frozen EMOS the head corrects (``None`` for ``anchor="raw"``); it shares this
+        model's normalisation buffers."""
+        name, season = self.options["anchor"], self.options["anchor_season"]
+        if name not in ANCHORS:
+            raise ModelSpecError(f"option anchor={name!r}: expected one of {list(ANCHORS)}")
+        if name == "raw":
+            return None
+        spec = self.spec
+        anchor_spec = ModelSpec(
+            name=name, channels=spec.channels, targets=spec.targets,
+            target_channels=spec.target_channels, static_names=spec.static_names,
+            n_members=spec.n_members, grid_shape=spec.grid_shape, stats=spec.stats,
+            distribution=spec.distribution,
+            options={"sigma_eps": self.options["sigma_eps"], "season": season,
+                     "sigma_floor_init": self.options["sigma_floor_init"]})
+        anchor = build_model(anchor_spec)
+        anchor.norm = self.norm
+        anchor.requires_grad_(False)
+        return anchor
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # a checkpoint written before the anchor existed: keep the untrained anchor (= raw)
+        if self.anchor is not None and not any(k.startswith(prefix + "anchor.") for k in state_dict):
+            for k, v in self._build_anchor().state_dict().items():  # type: ignore[union-attr]
+                state_dict[f"{prefix}anchor.{k}"] = v.to(self.sigma_floor.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        defaults = {**self.COMMON, **self.DEFAULTS}
+        defaults = {**self.COMMON, **(self.ANCHOR_DEFAULTS if self.ANCHORED else {}), **self.DEFAULTS}
         unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise ModelSpecError(
@@ -334,20 +377,26 @@ class PostProcessor(nn.Module):
 
     def head(self, a: torch.Tensor, b: torch.Tensor, batch: Mapping[str, torch.Tensor], *,
              c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``mu = mu_ens + s * a (+ t * c)``, ``sigma = s * exp(b) + floor`` with ``s`` the raw
-        ensemble std of the target channel floored at ``sigma_eps`` target stds and ``t`` the
-        target's local training std (``mean_shift="ensemble+local"`` only); ``a = b = c = 0``
-        reproduces the raw ensemble mean/std (up to the tiny initial learned floor).
+        """``mu = mu_0 + sd_0 * a (+ t * c)``, ``sigma = sd_0 * exp(b) + floor``, where
+        ``(mu_0, sd_0)`` is the anchor EMOS's mean and std (``anchor="emos_*"``) or the raw
+        ensemble mean and std of the target channel, the std floored at ``sigma_eps`` target
+        stds (``anchor="raw"``), and ``t`` the target's local training std
+        (``mean_shift="ensemble+local"`` only); ``a = b = c = 0`` reproduces the anchor (up to
+        the tiny initial learned floor, the same as the anchor's own).
 
         Why ``t * c``: where the members collapse (a damped, saturated extreme: the raw spread
-        is a few percent of the error), a correction in units of ``s`` needs ``|a|`` in the
-        hundreds, which a zero-initialised, weight-decayed layer never reaches."""
+        is a few percent of the error), a correction in units of the raw spread needs ``|a|``
+        in the hundreds, which a zero-initialised, weight-decayed layer never reaches."""
         mu_ens, sd_ens = ensemble_moments(self.raw_target_members(batch))
-        s = torch.maximum(sd_ens, self.options["sigma_eps"] * self._tstd())
-        mu = mu_ens + s * a
+        if self.anchor is not None:
+            mu0, var0 = self.anchor.moments_from(batch, mu_ens, sd_ens)
+            sd0 = var0.sqrt()
+        else:
+            mu0, sd0 = mu_ens, torch.maximum(sd_ens, self.options["sigma_eps"] * self._tstd())
+        mu = mu0 + sd0 * a
         if c is not None:
             mu = mu + self.target_scale(batch) * c
-        return self.finish(mu, s * torch.exp(b.clamp(-20.0, 20.0)))
+        return self.finish(mu, sd0 * torch.exp(b.clamp(-20.0, 20.0)))
 
     def target_scale(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The targets' training std as :meth:`channel_stats` reads the channels':

@@ -546,3 +546,15 @@ def _fit(model: _EMOS, chunks: list[dict[str, torch.Tensor]], *, max_iter: int, 
     model.set_group_matrix(theta.to(model.params.dtype))
     return EMOSFitResult(loss=float(loss.sum()) / total_n, start_loss=start, iterations=it,
                          converged=converged)
+
+
+def fit_anchor(model: PostProcessor, batches: Iterable[Mapping[str, torch.Tensor]], *,
+               max_iter: int = 100, tol: float = 1e-8) -> EMOSFitResult | None:
+    """Fit a network's anchor EMOS (``model.anchor``, see :class:`~models.base.PostProcessor`)
+    exactly on ``batches`` (the training data); ``None`` when the network has no anchor
+    (``anchor="raw"``) or ``model`` is not a network. Afterwards the untrained network's output
+    is that EMOS's."""
+    anchor = getattr(model, "anchor", None)
+    if anchor is None:
+        return None
+    return fit_emos(anchor, [emos_chunk(anchor, b) for b in batches], max_iter=max_iter, tol=tol)

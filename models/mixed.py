@@ -72,6 +72,7 @@ class MixedModel(PostProcessor):
     (``unet`` | ``resnet``), ``width`` (16), ``depth`` (U-Net, 2), ``n_blocks`` (ResNet, 4),
     ``point_hidden`` ([64, 64], stations), ``embedding_dim`` (station embedding, 4)."""
 
+    ANCHORED = True
     DEFAULTS = {
         "embed_dim": 16,
         "encoder_hidden": [16],

@@ -47,6 +47,7 @@ class MLPModel(PostProcessor):
     """``mlp`` options: ``hidden`` (int or list of widths, default ``[64, 64]``) and
     ``embedding_dim`` (station embedding size for point data; 0 disables)."""
 
+    ANCHORED = True
     DEFAULTS = {"hidden": [64, 64], "embedding_dim": 4}
 
     def __init__(self, spec: ModelSpec) -> None:

@@ -114,6 +114,7 @@ class UNetModel(PostProcessor):
     fields, predicting the mean correction ``a`` and log spread factor ``b`` of each target
     (and ``c`` with ``mean_shift="ensemble+local"``; :meth:`PostProcessor.head`)."""
 
+    ANCHORED = True
     DEFAULTS = {"width": 32, "depth": 2}
 
     def __init__(self, spec: ModelSpec) -> None:

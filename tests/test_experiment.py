@@ -325,14 +325,22 @@ def test_fit_full_batch_and_refit():
     b = point_batch(data.members, data.observation, np.zeros((200, 0), "f4"), data.init_time, data.lead_time)
     tr, va = {k: v[:150] for k, v in b.items()}, {k: v[150:] for k, v in b.items()}
     settings = FitSettings(max_epochs=40, patience=5, batch_size=10_000, lr=0.05)
+    # EMOS: the exact fit, no epochs; the refit is the exact fit on train + validation
     once = fit_point_model(spec, tr, va, settings=settings, seed=0)
     again = fit_point_model(spec, tr, va, settings=settings, seed=0, refit=True)
-    assert 1 <= once.best_epoch <= once.epochs <= 40 and again.best_epoch == once.best_epoch
-    assert np.isfinite(once.best_val) and again.best_val == once.best_val
-    assert not torch.equal(once.model.params, again.model.params)  # refit on train + val
-    # validation is scored with the early-stopped fit, which never saw the validation dates
+    assert once.best_epoch == once.epochs == 0 and np.isfinite(once.best_val) and again.best_val == once.best_val
+    assert not torch.equal(once.model.params, again.model.params)
     assert once.validation_model is once.model and once.early is None
     assert torch.equal(again.validation_model.params, once.model.params)
+    # a network: its anchor is that exact EMOS fit; epoch 0 (the anchor) is a candidate
+    net_spec = dataclasses.replace(spec, name="mlp", options={"hidden": [8], "anchor": "emos_global"})
+    net = fit_point_model(net_spec, tr, va, settings=settings, seed=0)
+    torch.testing.assert_close(net.model.anchor.params, once.model.params)
+    assert 0 <= net.best_epoch <= net.epochs <= 40 and net.best_val <= once.best_val + 1e-6
+    stuck = fit_point_model(net_spec, tr, va, settings=dataclasses.replace(settings, lr=1e-9), seed=0)
+    assert stuck.best_epoch == 0 and stuck.best_val == pytest.approx(once.best_val, rel=1e-5)
+    refit = fit_point_model(net_spec, tr, va, settings=settings, seed=0, refit=True)
+    torch.testing.assert_close(refit.model.anchor.params, again.model.params)
 
 
 def test_day_of_year_features():

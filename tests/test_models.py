@@ -104,6 +104,7 @@ def _one_thread():
 # ---- identity at initialisation, shapes, invariances --------------------------------------
 @pytest.mark.parametrize("name", GRID_MODELS)
 def test_untrained_model_is_the_raw_ensemble(name: str) -> None:
+    # an unfitted anchor EMOS is the raw ensemble too (to its variance term of ~1e-8 std^2)
     model = build_model(make_spec(name, options={}))
     # realistic spread (0.3 target std); H, W not divisible by 2**depth
     batch = toy_batch(torch.Generator().manual_seed(1), h=7, w=13, spread=1.0)
@@ -115,7 +116,8 @@ def test_untrained_model_is_the_raw_ensemble(name: str) -> None:
 
 
 def test_untrained_censored_model_is_the_raw_ensemble_latent() -> None:
-    model = build_model(make_spec("mixed", distribution="censored_logistic"))
+    model = build_model(make_spec("mixed", distribution="censored_logistic",
+                                  options={**SMALL["mixed"], "anchor": "raw"}))
     batch = toy_batch(torch.Generator().manual_seed(2))
     out = model(batch)
     mu, sd = raw_moments(batch)
@@ -434,3 +436,55 @@ def test_batch_errors() -> None:
             resolve_stats(make_stats((6, 1)), channels=CHANNELS, targets=("t2m",), target_channels=(0,), grid_shape=(6, 1)),
             point=True,
         ).lookup("channel_mean_local", torch.tensor([0]), torch.tensor([0]), 2, 2)
+
+
+# ---- the EMOS anchor ------------------------------------------------------------------------
+@pytest.mark.parametrize("anchor", ["emos_local", "emos_global"])
+@pytest.mark.parametrize("name", ["mlp", "unet", "mixed"])
+def test_untrained_network_is_its_fitted_emos(name: str, anchor: str) -> None:
+    """The head corrects the anchor EMOS: fitted exactly on the training batches, an untrained
+    network's distribution equals that of the EMOS model fitted on the same data."""
+    from enspp.models.emos import emos_chunk, fit_anchor, fit_emos
+
+    gen = torch.Generator().manual_seed(11)
+    train = [toy_batch(gen, b=16, bias=3.0, spread=0.3) for _ in range(4)]
+    opts = {**SMALL[name], "anchor": anchor}
+    torch.manual_seed(0)
+    net = build_model(make_spec(name, options=opts))
+    emos = build_model(make_spec(anchor))
+    fit_anchor(net, train)
+    fit_emos(emos, [emos_chunk(emos, b) for b in train])
+    test = toy_batch(torch.Generator().manual_seed(12), b=8, bias=3.0, spread=0.3)
+    with torch.no_grad():
+        got, want = net(test), emos(test)
+        raw = net.raw_loss(test)
+        assert net.loss(want, test["target"]) < 0.6 * raw  # the fit did something
+    torch.testing.assert_close(got["mu"], want["mu"], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got["sigma"], want["sigma"], rtol=1e-6, atol=1e-6)
+    # training moves the network's own layers, never the anchor
+    before = {k: v.clone() for k, v in net.anchor.state_dict().items()}
+    fit(net, gen, steps=3, lr=0.01, bias=3.0, spread=0.3)
+    for k, v in net.anchor.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert all(not p.requires_grad for p in net.anchor.parameters())
+
+
+def test_anchor_options_and_checkpoints_without_an_anchor() -> None:
+    from enspp.models.emos import fit_anchor
+
+    with pytest.raises(ModelSpecError, match="anchor='climate'"):
+        build_model(make_spec("mlp", options={"anchor": "climate"}))
+    with pytest.raises(ModelSpecError, match="unknown option.*anchor"):
+        build_model(make_spec("emos_local", options={"anchor": "raw"}))
+    raw = build_model(make_spec("mlp", options={**SMALL["mlp"], "anchor": "raw"}))
+    assert raw.anchor is None and fit_anchor(raw, []) is None
+    with pytest.raises(ModelSpecError, match=r"static features \['sin_doy', 'cos_doy'\]"):
+        build_model(make_spec("mlp", options={"anchor_season": "doy"}))
+    # a state dict written before the anchor existed loads; the anchor stays the raw ensemble
+    anchored = build_model(make_spec("mlp", options=SMALL["mlp"]))
+    old = {k: v for k, v in anchored.state_dict().items() if not k.startswith("anchor.")}
+    anchored.load_state_dict(old)
+    with torch.no_grad():
+        anchored.anchor.params.add_(1.0)  # a fitted anchor is replaced by the untrained one
+    anchored.load_state_dict(old)
+    assert float(anchored.anchor.params[0].abs().max()) == 0.0
