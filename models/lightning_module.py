@@ -45,6 +45,9 @@ class PostProcessingModule(L.LightningModule):
         self.metadata = metadata
         self.distribution: str = model.spec.distribution
         self.targets: tuple[str, ...] = tuple(model.spec.targets)
+        #: the training CRPS of a model fitted without epochs (an exact EMOS fit), logged
+        #: beside the validation metrics
+        self.train_loss: float | None = None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(batch)
@@ -106,6 +109,10 @@ class PostProcessingModule(L.LightningModule):
             self.log(f"{monitor_name(self.distribution)}/{name}",
                      reduce_crps(dist_crps, y, target_scale=ones), **log)
             self.log(f"val/crps_raw_{est}/{name}", reduce_crps(raw_crps, y, target_scale=ones), **log)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.train_loss is not None:
+            self.log(monitor_name(self.distribution).replace("val/", "train/"), float(self.train_loss))
 
     def configure_optimizers(self) -> Any:
         cfg = self.train_config

@@ -52,6 +52,13 @@ class MemberSelection(Callback):
         if self.patience is not None and all(s >= self.patience for s in self.stale):
             trainer.should_stop = True
 
+    def start_from(self, model: torch.nn.Module, losses: Sequence[float]) -> None:
+        """Make the untrained members (``epoch 0``, e.g. networks that are their fitted anchor
+        EMOS) the candidates to beat, with their validation ``losses``."""
+        for i, (member, value) in enumerate(zip(members_of(model), losses)):
+            self.best[i], self.best_epoch[i], self.stale[i] = float(value), 0, 0
+            self.states[i] = copy.deepcopy(member.state_dict())
+
     def restore(self, model: torch.nn.Module) -> None:
         """Load each member's best weights into ``model``."""
         for member, state in zip(members_of(model), self.states):
@@ -70,6 +77,13 @@ class EpochSnapshots(Callback):
         epoch = trainer.current_epoch + 1
         for i, member in enumerate(members_of(pl_module.model)):
             if self.epochs[i] == epoch:
+                self.states[i] = copy.deepcopy(member.state_dict())
+
+    def snapshot_initial(self, model: torch.nn.Module) -> None:
+        """Keep the untrained weights of the members whose epoch count is 0 (they stay their
+        anchor EMOS)."""
+        for i, member in enumerate(members_of(model)):
+            if self.epochs[i] == 0:
                 self.states[i] = copy.deepcopy(member.state_dict())
 
     def restore(self, model: torch.nn.Module) -> None:

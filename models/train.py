@@ -45,6 +45,7 @@ from enspp.models.checkpoint import (
     read_checkpoint_bytes,
     read_checkpoint_file,
     spec_to_dict,
+    write_checkpoint,
 )
 from enspp.models.config import ModelConfig, TrainConfig
 from enspp.models.lightning_module import PostProcessingModule, monitor_name
@@ -248,10 +249,13 @@ def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str,
     Lightning's own)."""
     ckpt_dir = run_dir / CHECKPOINT_DIR
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename=BEST_NAME, monitor=monitor,
-                                 mode="min", save_top_k=1, save_last=True,
+                                 mode="min", save_top_k=1, save_last=False,
                                  auto_insert_metric_name=False, enable_version_counter=False)
-    checkpoint.CHECKPOINT_NAME_LAST = LAST_NAME
-    callbacks = [checkpoint, *callbacks]
+    # the latest epoch, every epoch (Lightning's save_last writes only when the monitored
+    # checkpoint improved, so a resume would repeat the epochs since the best one)
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_NAME, monitor=None, save_top_k=1,
+                             auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks = [checkpoint, latest, *callbacks]
     if train.early_stopping_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="min",
                                        patience=train.early_stopping_patience,
@@ -302,12 +306,15 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
         Path(workdir) / RUNS_DIR / (train_config.run_id or new_run_id(train_config.seed)))
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
+    from enspp.models.base import MODELS, build_model
+
+    if not MODELS[spec.name].network:  # EMOS: the exact fit (deterministic: no seeds, no epochs)
+        return _train_exact_emos(data, spec, metadata, train_config, run_dir=run_dir)
     if train_config.seeds > 1 or train_config.refit:
         return _train_selected(data, spec, metadata, train_config, run_dir=run_dir)
-    from enspp.models.base import build_model
-
-    module = PostProcessingModule(build_model(spec), train_config=train_config,
-                                  metadata=metadata)
+    net = build_model(spec)
+    exact = _fit_exact(net, data) if resume is None else None
+    module = PostProcessingModule(net, train_config=train_config, metadata=metadata)
     monitor = monitor_name(spec.distribution)
     raw_name = f"val/crps_raw_{train_config.ensemble_estimator}"
     progress = TrainProgress(f"train {model.name}", monitor=monitor, raw=raw_name,
@@ -315,24 +322,35 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     trainer = make_trainer(train_config, run_dir=run_dir, monitor=monitor, plugins=plugins,
                            callbacks=(progress,))
     t0 = time.perf_counter()
+    ckpt_dir = run_dir / CHECKPOINT_DIR
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        anchor = _anchor_score(module, data, train_config) if exact is not None else None
+        start = {k: v.detach().clone() for k, v in net.state_dict().items()} if anchor is not None else None
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    ckpt_cb = trainer.checkpoint_callback
-    best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else run_dir / CHECKPOINT_DIR / f"{BEST_NAME}.ckpt"
-    raw = trainer.callback_metrics.get(raw_name)
-    best_score = (float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
-                  else float("nan"))
+        ckpt_cb = trainer.checkpoint_callback
+        best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else ckpt_dir / f"{BEST_NAME}.ckpt"
+        raw, epochs = trainer.callback_metrics.get(raw_name), int(trainer.current_epoch)
+        best_score = (float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
+                      else float("nan"))
+        if anchor is not None and start is not None and not best_score < anchor:
+            # no epoch beat the untrained network, i.e. its anchor EMOS, on validation: the
+            # best checkpoint is that EMOS
+            net.load_state_dict(start)
+            best, best_score = ckpt_dir / f"{BEST_NAME}.ckpt", anchor
+            _save_atomic(trainer, best)
+            LOGGER.info(f"train {model.name}: no epoch beat the anchor EMOS on validation "
+                        f"({monitor} {anchor:.4g}); the best checkpoint is the anchor")
     LOGGER.info(summary_line(f"train {model.name} ({run_dir.name})", train_summary(
-        epochs=int(trainer.current_epoch), best_epoch=progress.best_epoch,
+        epochs=epochs, best_epoch=progress.best_epoch,
         monitor=monitor, best=best_score, raw_name=raw_name,
         raw=None if raw is None else float(raw)), time.perf_counter() - t0))
     return TrainResult(
         run_dir=run_dir, best_checkpoint=best,
         last_checkpoint=run_dir / CHECKPOINT_DIR / f"{LAST_NAME}.ckpt", monitor=monitor,
         best_score=best_score,
-        raw_score=None if raw is None else float(raw), epochs=int(trainer.current_epoch),
+        raw_score=None if raw is None else float(raw), epochs=epochs,
         metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv")
 
 
@@ -402,6 +420,8 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
                                 min_delta=train_config.early_stopping_min_delta)
     module = PostProcessingModule(_fresh_model(spec, train_config), train_config=train_config,
                                   metadata=metadata, per_target_logs=False)
+    if _fit_exact(module.model, data) is not None:  # epoch 0, the anchor EMOS, is a candidate
+        selection.start_from(module.model, _member_scores(module.model, data))
     trainer = _selection_trainer(train_config, run_dir=run_dir, callbacks=[selection],
                                  max_epochs=train_config.max_epochs, validate=True)
     t0 = time.perf_counter()
@@ -429,15 +449,21 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
                                          metadata=dataclasses.replace(metadata, training={
                                              **training, "refit": True, "fit_splits": list(data.fit_splits)}),
                                          per_target_logs=False)
-            trainer2 = _selection_trainer(train_config, run_dir=run_dir, callbacks=[snaps],
-                                          max_epochs=max(selection.best_epoch), validate=False)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-                warnings.filterwarnings("ignore", message=".*val_dataloader.*")
-                trainer2.fit(refit, datamodule=data)
-            snaps.restore(refit.model)
+            _fit_exact(refit.model, data)  # the anchor on training + validation
+            snaps.snapshot_initial(refit.model)
             final = ckpt_dir / "refit.ckpt"
-            trainer2.save_checkpoint(final, weights_only=False)
+            if max(selection.best_epoch) > 0:
+                trainer2 = _selection_trainer(train_config, run_dir=run_dir, callbacks=[snaps],
+                                              max_epochs=max(selection.best_epoch), validate=False)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                    warnings.filterwarnings("ignore", message=".*val_dataloader.*")
+                    trainer2.fit(refit, datamodule=data)
+                snaps.restore(refit.model)
+                trainer2.save_checkpoint(final, weights_only=False)
+            else:  # every member kept its anchor: nothing to train
+                snaps.restore(refit.model)
+                write_checkpoint(final, refit.model, refit.metadata)
         finally:
             data.train_on(("train",))
     raw_name = f"val/crps_raw_{train_config.ensemble_estimator}"
@@ -457,6 +483,111 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
         raw_score=None if raw is None else float(raw), epochs=epochs,
         metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv",
         selection_checkpoint=best, best_epochs=tuple(selection.best_epoch))
+
+
+def _fit_exact(net: Any, data: Any) -> Any:
+    """Fit the anchor EMOS of a network (or of each member of a seed ensemble) exactly on one
+    pass over the training batches (:func:`models.emos.fit_anchor`); the fit's
+    :class:`~models.emos.EMOSFitResult`, or ``None`` for a network without an anchor."""
+    from enspp.models.emos import fit_anchor
+    from enspp.models.selection import members_of
+
+    t0 = time.perf_counter()
+    members = members_of(net)
+    result = fit_anchor(members[0], data.train_dataloader())
+    if result is None:
+        return None
+    for m in members[1:]:  # the same fit for every member
+        m.anchor.load_state_dict(members[0].anchor.state_dict())
+    LOGGER.info(summary_line(f"exact fit of the anchor {type(members[0].anchor).__name__}",
+                             _fit_words(result), time.perf_counter() - t0))
+    return result
+
+
+def _member_scores(model: Any, data: Any) -> list[float]:
+    """Each member's validation loss (the model itself if it is not a seed ensemble)."""
+    import torch
+
+    from enspp.models.selection import members_of
+
+    members = members_of(model)
+    totals, rows = [0.0] * len(members), 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            n = int(batch["target"].shape[0])
+            for i, m in enumerate(members):
+                m.eval()
+                totals[i] += float(m.loss(m(batch), batch["target"])) * n
+            rows += n
+    return [t / rows if rows else float("nan") for t in totals]
+
+
+def _fit_words(result: Any) -> str:
+    return (f"train CRPS {result.loss:.4g} (closed-form start {result.start_loss:.4g}), "
+            f"{result.iterations} Newton iterations" + ("" if result.converged else " (iteration limit)"))
+
+
+def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_config: TrainConfig,
+                      *, run_dir: Path) -> TrainResult:
+    """An EMOS model fitted exactly (:func:`models.emos.fit_emos`) on one pass over the
+    training batches and validated once; with ``train.refit`` fitted again on training +
+    validation (``refit.ckpt``, the returned checkpoint). No epochs, no seeds (the fit is
+    deterministic)."""
+    from enspp.models.base import build_model
+    from enspp.models.emos import emos_chunk, fit_emos
+
+    t0 = time.perf_counter()
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    model = build_model(spec)
+    result = fit_emos(model, [emos_chunk(model, b) for b in data.train_dataloader()])
+    module = PostProcessingModule(model, train_config=train_config, metadata=metadata)
+    module.train_loss = result.loss
+    monitor = monitor_name(spec.distribution)
+    raw_name = f"val/crps_raw_{train_config.ensemble_estimator}"
+    trainer = make_trainer(train_config, run_dir=run_dir, monitor=monitor)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        scores = trainer.validate(module, datamodule=data, verbose=False)
+    score = float(scores[0][monitor]) if scores and monitor in scores[0] else float("nan")
+    raw = scores[0].get(raw_name) if scores else None
+    for name in (BEST_NAME, LAST_NAME):
+        _save_atomic(trainer, ckpt_dir / f"{name}.ckpt")
+    final = ckpt_dir / f"{BEST_NAME}.ckpt"
+    if train_config.refit:
+        data.train_on(("train", "val"))
+        try:
+            result = fit_emos(model, [emos_chunk(model, b) for b in data.train_dataloader()])
+        finally:
+            data.train_on(("train",))
+        module.train_loss = result.loss
+        final = ckpt_dir / "refit.ckpt"
+        _save_atomic(trainer, final)
+    LOGGER.info(summary_line(
+        f"train {spec.name} ({run_dir.name})",
+        f"exact fit: {_fit_words(result)}; {metric_words(monitor)} {score:.4g}"
+        + ("" if raw is None else f", {metric_words(raw_name)} {float(raw):.4g}")
+        + ("; refit on training + validation" if train_config.refit else ""), time.perf_counter() - t0))
+    return TrainResult(
+        run_dir=run_dir, best_checkpoint=final, last_checkpoint=ckpt_dir / f"{LAST_NAME}.ckpt",
+        monitor=monitor, best_score=score, raw_score=None if raw is None else float(raw), epochs=0,
+        metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv",
+        selection_checkpoint=ckpt_dir / f"{BEST_NAME}.ckpt" if train_config.refit else None)
+
+
+def _anchor_score(module: Any, data: Any, train: TrainConfig) -> float | None:
+    """The validation CRPS of the untrained network (= its fitted anchor EMOS); ``None``
+    without a validation split."""
+    if "val" not in getattr(data, "split_init_times", {"val": None}):
+        return None
+    return _validation_score(module, data)
+
+
+def _save_atomic(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary file renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp)
+    tmp.replace(path)
 
 
 def _write_config(path: Path, *, pipeline: Any, model: ModelConfig, train: TrainConfig) -> None:

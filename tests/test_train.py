@@ -106,7 +106,7 @@ def test_each_model_beats_the_raw_ensemble(tmp_path: Path, name: str) -> None:
 
 
 def test_run_directory_layout(tmp_path: Path) -> None:
-    result = fit(tmp_path, name="emos_global", epochs=2)
+    result = fit(tmp_path, name="mlp", epochs=2, early_stopping_patience=None)
     assert result.run_dir == tmp_path / "runs" / "run"
     assert result.best_checkpoint == result.run_dir / "checkpoints" / "best.ckpt"
     assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
@@ -117,6 +117,47 @@ def test_run_directory_layout(tmp_path: Path) -> None:
     resolved = load_sections(result.run_dir / "config.yaml")
     assert parse_section(resolved, "train", TrainConfig).max_epochs == 2
     assert result.epochs == 2
+
+
+def test_emos_is_fitted_exactly_without_epochs(tmp_path: Path) -> None:
+    """An EMOS run is the exact fit (models.emos.fit_emos) on one pass over the training
+    batches, validated once; its checkpoints load and predict like any other."""
+    from enspp.models.checkpoint import load_checkpoint
+    from enspp.models.emos import emos_chunk, fit_emos
+
+    result = fit(tmp_path, name="emos_local", epochs=50)
+    assert result.epochs == 0 and result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    loaded = load_checkpoint(result.best_checkpoint).model
+    dm = ToyDataModule()
+    dm.setup("fit")
+    ref = type(loaded)(loaded.spec)
+    fit_emos(ref, [emos_chunk(ref, b) for b in DataLoader(dm.train_ds, batch_size=8)])
+    torch.testing.assert_close(loaded.params, ref.params, rtol=1e-5, atol=1e-6)
+    val = next(iter(DataLoader(dm.val_ds, batch_size=16)))
+    with torch.no_grad():
+        assert result.best_score == pytest.approx(float(loaded.loss(loaded(val), val["target"])), rel=1e-5)
+    rows = list(csv.DictReader(result.metrics_csv.open()))
+    assert {"val/crps_gaussian", "train/crps_gaussian", "val/crps_raw_fair"} <= set(rows[0])
+    assert result.best_score < 0.7 * result.raw_score
+    again = fit(tmp_path, name="emos_local", epochs=50, resume=result.last_checkpoint)
+    assert again.run_dir == result.run_dir and again.best_score == pytest.approx(result.best_score)
+
+
+def test_network_trains_on_its_fitted_anchor_and_keeps_it_unless_beaten(tmp_path: Path) -> None:
+    from enspp.models.checkpoint import load_checkpoint
+
+    opts = {**SMALL["mlp"], "anchor": "emos_local"}
+    emos = fit(tmp_path, name="emos_local", run_id="emos")
+    good = fit(tmp_path, name="mlp", options=opts, run_id="good", epochs=3, lr=0.01)
+    assert good.best_score <= emos.best_score + 1e-6
+    anchor = load_checkpoint(good.best_checkpoint).model.anchor
+    torch.testing.assert_close(anchor.params, load_checkpoint(emos.best_checkpoint).model.params,
+                               rtol=1e-5, atol=1e-6)
+    # a learning rate that wrecks every epoch: the best checkpoint is the anchor itself
+    bad = fit(tmp_path, name="mlp", options=opts, run_id="bad", epochs=2, lr=50.0)
+    assert bad.best_score == pytest.approx(emos.best_score, rel=1e-5)
+    net = load_checkpoint(bad.best_checkpoint).model
+    assert float(net.out.weight.abs().max()) == 0.0 and float(net.out.bias.abs().max()) == 0.0
 
 
 def test_resume_continues_the_same_run(tmp_path: Path) -> None:
