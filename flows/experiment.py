@@ -68,10 +68,22 @@ class FeatureSettings(BaseModel):
     hres: bool = False
 
 
+class MemberTransform(BaseModel):
+    """A stress test of the post-processors: every member moved by ``offset`` (the variable's
+    units) and its departure from the ensemble mean scaled by ``spread`` (so the raw
+    ensemble is biased and under- or over-dispersed), before anything else reads them."""
+
+    model_config = _FROZEN
+    offset: float = 0.0
+    spread: float = Field(1.0, gt=0)
+
+
 class StationSection(BaseModel):
     model_config = _FROZEN
     path: Path
     variable: str | None = None
+    #: e.g. {offset: 8.0, spread: 0.3}: the members biased by +8 and their spread cut to 30 %
+    transform: MemberTransform | None = None
     distribution: Literal["gaussian", "censored_logistic"] = "gaussian"
     train_start: dt.date | None = None
     val_start: dt.date

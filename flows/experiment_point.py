@@ -113,6 +113,19 @@ def load_station(path: str | Path, *, variable: str | None = None, hres: bool = 
                      hres=(d.deterministic[name].values[:, 0, 0, 0] if hres else None))
 
 
+def transform_members(data: PointData, *, offset: float = 0.0, spread: float = 1.0) -> PointData:
+    """``data`` with every member moved by ``offset`` and its departure from the ensemble mean
+    (of all members) scaled by ``spread`` (a stress test: a biased, under-dispersed raw
+    ensemble)."""
+    if not spread > 0:
+        raise PointDataError(f"transform: spread must be > 0, got {spread}")
+    m = data.members.astype(np.float64)
+    mean = np.mean(m, axis=1, keepdims=True)
+    members = (mean + offset + spread * (m - mean)).astype(np.float32)
+    return PointData(data.variable, data.units, data.station, members, data.observation, data.init_time,
+                     data.lead_time, data.hres)
+
+
 def day_of_year_features(times: np.ndarray) -> np.ndarray:
     """``[N, 2]``: sin and cos of 2 pi (day of year - 1) / 365.25."""
     t = np.asarray(times, dtype="datetime64[ns]")

@@ -28,6 +28,7 @@ from enspp.flows.experiment_point import (
     point_batch,
     point_stats,
     predict_point,
+    transform_members,
     window_emos,
 )
 
@@ -127,6 +128,8 @@ def run_station(config, *, out_dir: Path, quick: bool = False, progress=None) ->
     """Fit and score every system; write ``table.md`` and ``index.html`` into ``out_dir``."""
     sec, tr, ev = config.station, config.train, config.evaluate
     data = load_station(sec.path, variable=sec.variable, hres=sec.features.hres)
+    if sec.transform is not None:
+        data = transform_members(data, offset=sec.transform.offset, spread=sec.transform.spread)
     masks = split_masks(data, sec)
     subsets = {k: subset_members(data.members.shape[1], k, sec.subset) for k in sec.members}
     ks = sec.members[-1:] if quick else sec.members
