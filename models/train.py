@@ -18,6 +18,7 @@ DDP come from :class:`~models.config.TrainConfig`'s Trainer fields alone.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -291,10 +292,15 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     data.setup("fit")
     spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape,
                       seeds=train_config.seeds)
+    from enspp.models.base import MODELS, build_model
+
+    network = MODELS[spec.name].network
+    if not network and spec.seeds != 1:  # the exact EMOS fit is deterministic: one model
+        spec = dataclasses.replace(spec, seeds=1)
     plugins = None
     if resume is not None:
         resume = Path(resume)
-        if train_config.seeds > 1 or train_config.refit:
+        if network and (train_config.seeds > 1 or train_config.refit):
             raise CheckpointMismatchError(
                 f"resume: a run with train.seeds > 1 or train.refit keeps its best weights in "
                 f"memory and cannot be resumed from {resume}; start it again")
@@ -306,9 +312,7 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
         Path(workdir) / RUNS_DIR / (train_config.run_id or new_run_id(train_config.seed)))
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
-    from enspp.models.base import MODELS, build_model
-
-    if not MODELS[spec.name].network:  # EMOS: the exact fit (deterministic: no seeds, no epochs)
+    if not network:  # EMOS: the exact fit (deterministic: no seeds, no epochs)
         return _train_exact_emos(data, spec, metadata, train_config, run_dir=run_dir)
     if train_config.seeds > 1 or train_config.refit:
         return _train_selected(data, spec, metadata, train_config, run_dir=run_dir)
@@ -512,13 +516,15 @@ def _member_scores(model: Any, data: Any) -> list[float]:
 
     members = members_of(model)
     totals, rows = [0.0] * len(members), 0
+    was = model.training
+    model.eval()
     with torch.no_grad():
         for batch in data.val_dataloader():
             n = int(batch["target"].shape[0])
             for i, m in enumerate(members):
-                m.eval()
                 totals[i] += float(m.loss(m(batch), batch["target"])) * n
             rows += n
+    model.train(was)
     return [t / rows if rows else float("nan") for t in totals]
 
 
@@ -579,7 +585,10 @@ def _anchor_score(module: Any, data: Any, train: TrainConfig) -> float | None:
     without a validation split."""
     if "val" not in getattr(data, "split_init_times", {"val": None}):
         return None
-    return _validation_score(module, data)
+    was = module.training
+    score = _validation_score(module, data)
+    module.train(was)
+    return score
 
 
 def _save_atomic(trainer: L.Trainer, path: Path) -> None:

@@ -86,7 +86,9 @@ def test_refit_members_are_fits_on_train_and_val_for_their_own_epochs(stores, tm
     fresh model from seed ``seed + i`` trained full-batch on train + val for that many epochs."""
     pipe = _pipeline(stores, past_error={"spread": True})
     cfg = _train_config(seeds=2, refit=True, seed=7, run_id="refit")
-    result = train(pipe, ModelConfig(name="emos_lagged"), cfg, workdir=tmp_path)
+    # a network with the raw-ensemble head (EMOS is fitted exactly, without epochs or seeds)
+    model_cfg = ModelConfig(name="mlp", options={"hidden": [8], "anchor": "raw"})
+    result = train(pipe, model_cfg, cfg, workdir=tmp_path)
     assert result.best_checkpoint.name == "refit.ckpt" and result.selection_checkpoint.name == "best.ckpt"
     assert len(result.best_epochs) == 2 and all(1 <= e < 60 for e in result.best_epochs)
     refit = load_checkpoint(result.best_checkpoint)
@@ -115,7 +117,7 @@ def test_refit_members_are_fits_on_train_and_val_for_their_own_epochs(stores, tm
         score = float(selected.model.loss(selected.model(val), val["target"]))
     assert result.best_score == pytest.approx(score, rel=1e-5)
     with pytest.raises(ValueError, match="cannot be resumed"):
-        train(pipe, ModelConfig(name="emos_lagged"), cfg, workdir=tmp_path, resume=result.best_checkpoint)
+        train(pipe, model_cfg, cfg, workdir=tmp_path, resume=result.best_checkpoint)
 
 
 def test_station_model_predicts_and_evaluates(stores, tmp_path):
