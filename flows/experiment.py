@@ -142,13 +142,14 @@ class TrainSection(BaseModel):
     #: station experiments: after early stopping on the validation period, refit (same seed)
     #: on training + validation, networks for the chosen number of epochs, EMOS exactly
     refit: bool = False
-    #: per-system settings (station experiments), e.g. {mixed: {lr: 0.003, max_epochs: 2000}}
-    systems: dict[Literal["mlp", "mixed"], SystemTrain] = Field(default_factory=dict)
+    #: per-network settings, e.g. {mixed: {lr: 0.003, max_epochs: 2000}} (``seeds``: station
+    #: experiments only); EMOS is fitted exactly
+    systems: dict[Literal["mlp", "mixed", "unet"], SystemTrain] = Field(default_factory=dict)
 
 
 #: train settings each experiment kind does not read (setting one is an error, not a no-op)
 _TRAIN_UNUSED = {"station": frozenset({"lr_schedule", "emos_lr"}),
-                 "synthetic": frozenset({"batch_size", "seeds", "refit", "systems"})}
+                 "synthetic": frozenset({"batch_size", "seeds", "refit"})}
 
 
 class EvaluateSection(BaseModel):

@@ -190,10 +190,13 @@ def fit_and_predict(name: str, *, k: int, sec: SyntheticSection, train: Any, pip
     from enspp.models.train import train as train_model
 
     emos = name.startswith("emos")
-    tc = TrainConfig(max_epochs=1 if quick else train.max_epochs,
-                     learning_rate=train.emos_lr if emos else train.lr,
-                     weight_decay=0.0 if emos else train.weight_decay,
-                     early_stopping_patience=train.patience, seed=train.seed, progress_bar=False,
+    own = train.systems.get(name)  # this system's own settings, else the section's
+    pick = lambda key, default: default if own is None or getattr(own, key) is None else getattr(own, key)  # noqa: E731
+    tc = TrainConfig(max_epochs=1 if quick else pick("max_epochs", train.max_epochs),
+                     learning_rate=train.emos_lr if emos else pick("lr", train.lr),
+                     weight_decay=0.0 if emos else pick("weight_decay", train.weight_decay),
+                     early_stopping_patience=pick("patience", train.patience), seed=train.seed,
+                     progress_bar=False,
                      run_id=f"{name}-K{k}", ensemble_estimator="standard",
                      lr_schedule=train.lr_schedule,
                      limit_val_batches=4 if quick else 1.0)
