@@ -8,7 +8,7 @@ Protocol, all under the store's lock (:mod:`data.lock`):
 2. *stage* (:meth:`StoreWriter.prepare`): each input validated (``data.schema``), put in
    store layout and checked field by field (:mod:`data.field_checks`: which fields it holds,
    NaN policy, plausible values);
-3. *plan* (:meth:`StoreWriter.add`): each input checked against the store and the inputs
+3. *plan* (:meth:`StoreWriter.add`, :mod:`data.store_plan`): each input checked against the store and the inputs
    before it (same grid, members, levels and station set; a variable keeps its dims and
    units; one originating centre unless mixing is allowed); a field already in the store
    from the same bytes is skipped, from other bytes refused, a field given by two inputs
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ import xarray as xr
 
 from enspp.data import provenance as prov
 from enspp.data import store_meta as sm
+from enspp.data import store_plan as plan_mod
 from enspp.data import store_template as tpl
 from enspp.data.field_checks import Bounds, check_fields, field_stats
 from enspp.data.lock import store_lock
@@ -51,30 +52,17 @@ from enspp.data.store import (
     CENTRES_ATTR,
     POINT_RECORDS_PER_CHUNK,
     StoreError,
-    StoreMismatchError,
     is_store,
     read_root_attrs,
     record_dim,
     suppress_zarr_warnings,
     to_store_layout,
 )
+from enspp.data.store_plan import Staged
 from enspp.data.store_template import FAULT_ENV, Faults
 
 __all__ = ["AppendResult", "FAULT_ENV", "Staged", "StoreWriter", "append", "open_writer",
            "reader_version"]
-
-
-@dataclass(frozen=True)
-class Staged:
-    """One validated input: its dataset (store layout), the sources it came from, which of
-    its fields it holds (per variable, a boolean mask over its records and lead times) and
-    its originating centre (``ecmf``, ``kwbc``...; None when the format does not say)."""
-
-    name: str
-    ds: xr.Dataset
-    sources: tuple[SourceFile, ...]
-    present: Mapping[str, np.ndarray] = field(default_factory=dict)
-    centre: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,62 +97,6 @@ class AppendResult:
         return out + f", {len(self.skipped)} skipped (already in the store)"
 
 
-# -- what a store (or a batch) looks like -------------------------------------------------
-
-@dataclass
-class _Var:
-    dims: tuple[str, ...]
-    units: str
-    attrs: dict[str, Any]
-    owner: str
-
-
-@dataclass
-class _Layout:
-    """The coordinates and variables a store has (or a batch will create)."""
-
-    coords: dict[str, np.ndarray] = field(default_factory=dict)  # dims but record and lead
-    coord_vars: dict[str, xr.DataArray] = field(default_factory=dict)  # as given (attrs)
-    aux: dict[str, xr.DataArray] = field(default_factory=dict)  # non-dim coords (stations)
-    owners: dict[str, str] = field(default_factory=dict)
-    variables: dict[str, _Var] = field(default_factory=dict)
-    leads: list[int] = field(default_factory=list)  # ns, storage order
-
-
-@dataclass
-class _Item:
-    staged: Staged
-    records: np.ndarray  # int64 ns
-    leads: np.ndarray | None  # int64 ns
-    write: dict[str, np.ndarray]  # var -> bool (records[, leads]): fields to write
-
-
-@dataclass
-class _Plan:
-    kind: str
-    layout: _Layout
-    items: list[_Item] = field(default_factory=list)
-    new_records: dict[int, None] = field(default_factory=dict)  # ns, in order of arrival
-    new_leads: list[int] = field(default_factory=list)
-    by_record: dict[int, list[int]] = field(default_factory=dict)  # ns -> items touching it
-    commit: dict[int, None] = field(default_factory=dict)  # ns of records to mark complete
-    skipped: set[str] = field(default_factory=set)
-    centres: set[str] = field(default_factory=set)
-    reference_name: str = ""
-
-    @property
-    def providers(self) -> dict[str, list[_Item]]:
-        """Records to commit -> the inputs writing them (the work of :meth:`write`)."""
-        out: dict[str, list[_Item]] = {}
-        for ns in self.commit:
-            out[record_key(np.datetime64(ns, "ns"))] = [self.items[i] for i in self.by_record.get(ns, [])]
-        return out
-
-    @property
-    def reference(self) -> xr.Dataset | None:
-        return self.items[0].staged.ds if self.items else None
-
-
 # -- the writer ---------------------------------------------------------------------------
 
 class StoreWriter:
@@ -184,18 +116,18 @@ class StoreWriter:
             raise StoreError(f"store {root} holds {self.kind} data; refusing to write "
                              f"{kind} data into it")
         self.centres: set[str] = set(str(self.attrs.get(CENTRES_ATTR, "")).split())
-        self.layout = self._read_layout() if self.meta is not None else _Layout()
-        self._rows = _RowIndex(self.meta.records if self.meta is not None else np.array([], "datetime64[ns]"))
+        self.layout = self._read_layout() if self.meta is not None else plan_mod.Layout()
+        self._rows = plan_mod.RowIndex(self.meta.records if self.meta is not None else np.array([], "datetime64[ns]"))
         self._lead_cols = {v: i for i, v in enumerate(self.layout.leads)}
 
     @property
     def template(self) -> sm.StoreMeta | None:
         return self.meta
 
-    def _read_layout(self) -> _Layout:
+    def _read_layout(self) -> plan_mod.Layout:
         assert self.meta is not None
         group, rec = self.meta.group, record_dim(self.meta.kind)
-        out = _Layout()
+        out = plan_mod.Layout()
         name = f"store {self.root}"
         for key, arr in group.arrays():
             dims = tuple(arr.metadata.dimension_names or ())
@@ -208,7 +140,7 @@ class StoreWriter:
                 out.aux[key] = xr.DataArray(np.asarray(arr[:]), dims=dims)
                 out.owners[key] = name
             else:
-                out.variables[key] = _Var(dims=dims, units=normalise_units(
+                out.variables[key] = plan_mod.Var(dims=dims, units=normalise_units(
                     str(arr.attrs.get("units", ""))), attrs=dict(arr.attrs), owner=name)
         if self.meta.leads is not None:
             out.leads = [int(v) for v in self.meta.leads.view(np.int64)]
@@ -247,23 +179,23 @@ class StoreWriter:
                       sources=tuple(sources), present=present,
                       centre=None if centre is None else str(centre))
 
-    def plan(self, staged: Sequence[Staged] = ()) -> _Plan:
+    def plan(self, staged: Sequence[Staged] = ()) -> plan_mod.Plan:
         """A plan holding ``staged`` (see :meth:`add`); nothing is written."""
         if self.kind is None:
             raise StoreError(f"store {self.root}: nothing to write and no kind given")
-        plan = _Plan(kind=self.kind, layout=_copy_layout(self.layout),
+        plan = plan_mod.Plan(kind=self.kind, layout=plan_mod.copy_layout(self.layout),
                      reference_name=f"store {self.root}" if self.exists else "")
         for item in staged:
             self.add(plan, item)
         return plan
 
-    def add(self, plan: _Plan, st: Staged) -> None:
+    def add(self, plan: plan_mod.Plan, st: Staged) -> None:
         """Check ``st`` against the store and the inputs already in ``plan``, then add it;
         on error ``plan`` is unchanged and the message names ``st`` and the other side."""
         rec = record_dim(plan.kind)
         ds = st.ds
         self._check_centre(plan, st)
-        changes = _check_layout(plan.layout, st, rec=rec)
+        changes = plan_mod.check_layout(plan.layout, st, rec=rec)
         records = ds[rec].values.astype("datetime64[ns]").view(np.int64)
         leads = (ds[LEAD_TIME].values.astype("timedelta64[ns]").view(np.int64)
                  if LEAD_TIME in ds.dims else None)
@@ -277,9 +209,9 @@ class StoreWriter:
             write[var] = mask
         self._against_batch(plan, st, write, records, leads, rec)
         # every check passed: record the input in the plan
-        _apply_layout(plan, changes, st.name)
+        plan_mod.apply_layout(plan, changes, st.name)
         index = len(plan.items)
-        plan.items.append(_Item(staged=st, records=records, leads=leads, write=write))
+        plan.items.append(plan_mod.Item(staged=st, records=records, leads=leads, write=write))
         plan.centres.update((st.centre or "").split())
         if leads is not None:
             for v in leads:
@@ -306,7 +238,7 @@ class StoreWriter:
         plan.skipped.update(prov.record_keys(records[(rows >= 0) & is_done & ~writes]
                                              .view("datetime64[ns]")))
 
-    def _check_centre(self, plan: _Plan, st: Staged) -> None:
+    def _check_centre(self, plan: plan_mod.Plan, st: Staged) -> None:
         """One originating centre per store (unless mixing is allowed): an NCEP file does
         not slip into an ECMWF store."""
         mine = set((st.centre or "").split())
@@ -348,7 +280,7 @@ class StoreWriter:
             col = None if leads is None else self._lead_cols[int(leads[first[1]])]
             holder = self.meta.sources_of(var, np.array([row])).reshape(-1)[col or 0]
             key = record_key(self.meta.records[row])
-            lead = "" if leads is None else f", +{_hours(leads[first[1]])} h"
+            lead = "" if leads is None else f", +{plan_mod.hours(leads[first[1]])} h"
             state = ("complete" if self.meta.complete[row] else
                      "there (from an interrupted ingest: re-run it to finish the store)")
             raise StoreError(f"{st.name}: {rec} {key} is already {state} in store {self.root} "
@@ -358,7 +290,7 @@ class StoreWriter:
         mine &= ~(present & same_source)
         mask[existing] = mine
 
-    def _against_batch(self, plan: _Plan, st: Staged, write: Mapping[str, np.ndarray],
+    def _against_batch(self, plan: plan_mod.Plan, st: Staged, write: Mapping[str, np.ndarray],
                        records: np.ndarray, leads: np.ndarray | None, rec: str) -> None:
         """Refuse a field that another input of the batch also provides."""
         others: dict[int, list[int]] = {}
@@ -381,7 +313,7 @@ class StoreWriter:
                         common, ia, ib = np.intersect1d(leads, other.leads, return_indices=True)
                         clash = a[ia] & b[ib]
                         if clash.any():
-                            lead = f", +{_hours(common[np.flatnonzero(clash)[0]])} h"
+                            lead = f", +{plan_mod.hours(common[np.flatnonzero(clash)[0]])} h"
                         else:
                             continue
                     elif not (a & b).any():
@@ -393,7 +325,7 @@ class StoreWriter:
                                      f"{st.name} (variable {var!r}{lead})")
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, plan: _Plan, *, progress: Callable[[str], None] | None = None,
+    def write(self, plan: plan_mod.Plan, *, progress: Callable[[str], None] | None = None,
               reader: str = "", on_note: Callable[[str], None] | None = None) -> AppendResult:
         """Extend the template, then write and commit each record (see the module doc)."""
         import zarr
@@ -445,18 +377,18 @@ class StoreWriter:
             fields_written=nfields,
             notes=tuple(notes))
 
-    def _write_sources(self, plan: _Plan, reader: str) -> None:
+    def _write_sources(self, plan: plan_mod.Plan, reader: str) -> None:
         ts = prov.now_iso()
         rec = record_dim(plan.kind)
         for item in plan.items:
-            fields = _field_sets(item, rec)
+            fields = plan_mod.field_sets(item, rec)
             for src in item.staged.sources:
                 sm.write_source(self.root, sm.SourceEntry(
                     sha256=src.sha256, path=src.path, name=src.name, size=src.size,
                     reader=reader, ingested=ts, centre=item.staged.centre, fields=fields),
                     tick=self.faults.tick)
 
-    def _create(self, zstore: Any, plan: _Plan, centres: list[str]) -> None:
+    def _create(self, zstore: Any, plan: plan_mod.Plan, centres: list[str]) -> None:
         """The template of a new store: coordinates through xarray (its CF time encoding),
         data and bookkeeping arrays through zarr, then the root attributes that make it a
         store (written last: until they are there, a re-run starts the store afresh)."""
@@ -489,7 +421,7 @@ class StoreWriter:
         tpl.commit_template(self.root, zstore, self.faults,
                             attrs=tpl.root_attrs(plan.kind, centres))
 
-    def _create_var(self, group: Any, name: str, var: _Var, sizes: Mapping[str, int],
+    def _create_var(self, group: Any, name: str, var: plan_mod.Var, sizes: Mapping[str, int],
                     per_chunk: int, rec: str, kind: str) -> None:
         shape = tuple(sizes[d] for d in var.dims)
         chunks = tuple(per_chunk if d == rec else 1 if d == LEAD_TIME else sizes[d]
@@ -497,14 +429,14 @@ class StoreWriter:
         tpl.create_data_array(group, name, xr.Variable(var.dims, np.empty((0,) * len(var.dims)),
                                                        var.attrs), shape=shape, chunks=chunks)
 
-    def _create_var_meta(self, group: Any, name: str, kind: str, n_records: int, lay: _Layout,
+    def _create_var_meta(self, group: Any, name: str, kind: str, n_records: int, lay: plan_mod.Layout,
                          rec: str) -> None:
         n_leads = len(lay.leads) if kind == "forecast" else None
         dims = (rec, LEAD_TIME) if n_leads is not None else (rec,)
         sm.create_field_arrays(group, name, kind=kind, n_records=n_records, n_leads=n_leads,
                                dims=dims)
 
-    def _extend(self, zstore: Any, plan: _Plan, centres: list[str]) -> None:
+    def _extend(self, zstore: Any, plan: plan_mod.Plan, centres: list[str]) -> None:
         """New variables, records and lead times, committed in one root-file replace."""
         import zarr
 
@@ -557,13 +489,13 @@ class StoreWriter:
         tpl.commit_template(self.root, zstore, self.faults,
                             attrs={CENTRES_ATTR: " ".join(centres)} if changed_centres else None)
 
-    def _write_records(self, group: Any, plan: _Plan, keys: Mapping[int, str], rec: str,
+    def _write_records(self, group: Any, plan: plan_mod.Plan, keys: Mapping[int, str], rec: str,
                        progress: Callable[[str], None] | None) -> tuple[int, int]:
         """Write every field of the plan, then commit it block by block in order (the records
         of one chunk of the bookkeeping arrays: a commit rewrites each of its chunks once);
         returns (bytes, fields) written."""
         assert self.meta is not None
-        index = _RowIndex(self.meta.records)
+        index = plan_mod.RowIndex(self.meta.records)
         wanted = np.array(list(plan.commit), dtype=np.int64)
         rows = {int(v): int(r) for v, r in zip(wanted, index.find(wanted))}
         for item in plan.items:  # the positions of every record the plan writes
@@ -584,7 +516,7 @@ class StoreWriter:
         writers = {name: tpl.ChunkWriter.for_array(arr, root=self.root, faults=self.faults,
                                                    tmp_dir=self.root / tpl.TMP_DIR)
                    for name, arr in arrays.items()}
-        positions = [_RowIndex(item.records) for item in plan.items]
+        positions = [plan_mod.RowIndex(item.records) for item in plan.items]
         nbytes = nfields = 0
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             jobs = {u: self._submit_unit(pool, plan, arrays, writers, ns_list, positions, rows,
@@ -628,9 +560,9 @@ class StoreWriter:
         shutil.rmtree(self.root / tpl.TMP_DIR, ignore_errors=True)
         return nbytes, nfields
 
-    def _submit_unit(self, pool: ThreadPoolExecutor, plan: _Plan, arrays: Mapping[str, Any],
+    def _submit_unit(self, pool: ThreadPoolExecutor, plan: plan_mod.Plan, arrays: Mapping[str, Any],
                      writers: Mapping[str, tpl.ChunkWriter | None], ns_list: list[int],
-                     positions: list[_RowIndex], rows: Mapping[int, int],
+                     positions: list[plan_mod.RowIndex], rows: Mapping[int, int],
                      cols: Mapping[int, int], rec: str, point: bool
                      ) -> list[tuple[Future[int], tuple[str, np.ndarray, int | None, int]]]:
         """Queue the data writes of one unit; each job comes with what its commit records:
@@ -699,26 +631,6 @@ _MAX_BLOCKS_PER_COMMIT = 64
 _COMMIT_EVERY_S = 0.5
 
 
-class _RowIndex:
-    """Positions of record values (int64 ns) in a store, by binary search: no per-record
-    Python structure, so looking up a few records costs the same in any store."""
-
-    def __init__(self, records: np.ndarray) -> None:
-        values = np.asarray(records).astype("datetime64[ns]").view(np.int64)
-        self.order = np.argsort(values, kind="stable")
-        self.sorted = values[self.order]
-
-    def find(self, values: np.ndarray) -> np.ndarray:
-        """Rows of ``values`` (-1 for a value not in the store)."""
-        v = np.asarray(values).astype(np.int64) if np.asarray(values).dtype.kind != "M" else \
-            np.asarray(values).astype("datetime64[ns]").view(np.int64)
-        pos = np.searchsorted(self.sorted, v)
-        pos = np.minimum(pos, max(len(self.sorted) - 1, 0))
-        hit = (len(self.sorted) > 0) & (self.sorted[pos] == v) if len(self.sorted) else \
-            np.zeros(len(v), dtype=bool)
-        return np.where(hit, self.order[pos] if len(self.sorted) else -1, -1).astype(np.int64)
-
-
 def _write_field(array: Any, writer: tpl.ChunkWriter | None, da: xr.DataArray, rec: str,
                  i: int, row: int, j: int | None, col: int | None) -> int:
     """One field (record ``i``, lead ``j`` of the input) into its chunk (``row``, ``col``)."""
@@ -751,133 +663,6 @@ def _write_block(array: Any, da: xr.DataArray, rec: str, idx: np.ndarray, rows: 
     else:
         array.oindex[(rows, [col])] = block
     return int(block.nbytes)
-
-
-def _field_sets(item: _Item, rec: str) -> dict[str, sm.FieldSet]:
-    """What the input provides, per variable, for the provenance log."""
-    keys = prov.record_keys(item.records.view("datetime64[ns]"))
-    leads = None if item.leads is None else tuple(sm.lead_seconds(item.leads.view("timedelta64[ns]")))
-    out = {}
-    for var, present in item.staged.present.items():
-        rows = np.flatnonzero(present.any(axis=1) if present.ndim == 2 else present)
-        if not len(rows):
-            continue
-        if present.ndim == 2 and leads is not None:
-            sub = present[rows]
-            absent = tuple((int(a), int(b)) for a, b in np.argwhere(~sub))
-            out[var] = sm.FieldSet(records=tuple(keys[r] for r in rows), leads=leads, absent=absent)
-        else:
-            out[var] = sm.FieldSet(records=tuple(keys[r] for r in rows), leads=None)
-    return out
-
-
-def _hours(ns: int | np.integer) -> str:
-    return f"{int(ns) / 3.6e12:g}"
-
-
-# -- layout checks ------------------------------------------------------------------------
-
-_DIM_WHAT = {"latitude": "grids (latitude)", "longitude": "grids (longitude)",
-             "member": "members", "level": "levels (hPa)", "station": "stations"}
-
-
-@dataclass
-class _Changes:
-    coords: dict[str, xr.DataArray] = field(default_factory=dict)
-    aux: dict[str, xr.DataArray] = field(default_factory=dict)
-    variables: dict[str, _Var] = field(default_factory=dict)
-
-
-def _check_layout(layout: _Layout, st: Staged, *, rec: str) -> _Changes:
-    """Raise :class:`StoreMismatchError` naming both sides when ``st`` does not fit
-    ``layout``; return what ``st`` adds (coordinates, variables)."""
-    ds = st.ds
-    changes = _Changes()
-    for dim in ds.dims:
-        if dim in (rec, LEAD_TIME):
-            continue
-        mine = np.asarray(ds[dim].values)
-        theirs = layout.coords.get(str(dim))
-        if theirs is None:
-            changes.coords[str(dim)] = xr.DataArray(mine, dims=(str(dim),),
-                                                    attrs=dict(ds[dim].attrs))
-            continue
-        if not _same(mine, theirs):
-            _fail(st.name, layout.owners.get(str(dim), "the store"),
-                  _DIM_WHAT.get(str(dim), f"{dim!r} coordinates"), _describe(mine),
-                  _describe(theirs))
-    for name, coord in ds.coords.items():
-        if name in ds.dims or rec in coord.dims:
-            continue
-        theirs_aux = layout.aux.get(str(name))
-        if theirs_aux is None:
-            changes.aux[str(name)] = xr.DataArray(np.asarray(coord.values), dims=coord.dims,
-                                                  attrs=dict(coord.attrs))
-        elif not _same(np.asarray(coord.values), np.asarray(theirs_aux.values)):
-            _fail(st.name, layout.owners.get(str(name), "the store"), f"coordinate {name!r}",
-                  _describe(np.asarray(coord.values)), _describe(np.asarray(theirs_aux.values)))
-    for name, da in ds.data_vars.items():
-        units = normalise_units(str(da.attrs.get("units", "")))
-        known = layout.variables.get(str(name))
-        if known is None:
-            changes.variables[str(name)] = _Var(dims=tuple(map(str, da.dims)), units=units,
-                                                attrs=dict(da.attrs), owner=st.name)
-            continue
-        if tuple(map(str, da.dims)) != known.dims:
-            _fail(st.name, known.owner, f"dims of {name!r}", str(tuple(map(str, da.dims))),
-                  str(known.dims))
-        if units != known.units:
-            _fail(st.name, known.owner, f"units of {name!r}", units, known.units)
-    return changes
-
-
-def _apply_layout(plan: _Plan, changes: _Changes, owner: str) -> None:
-    lay = plan.layout
-    for name, da in changes.coords.items():
-        lay.coords[name] = np.asarray(da.values)
-        lay.coord_vars[name] = da
-        lay.owners[name] = owner
-    for name, da in changes.aux.items():
-        lay.aux[name] = da
-        lay.owners[name] = owner
-    lay.variables.update(changes.variables)
-    if not plan.reference_name:
-        plan.reference_name = owner
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.shape != b.shape:
-        return False
-    if a.dtype.kind == "f" and b.dtype.kind in "fiu":
-        return bool(np.allclose(a, b, rtol=0, atol=1e-6))
-    if a.dtype.kind in "iu" and b.dtype.kind == "f":
-        return bool(np.allclose(a, b, rtol=0, atol=1e-6))
-    return bool(np.array_equal(a.astype(str) if a.dtype.kind in "OUT" else a,
-                               b.astype(str) if b.dtype.kind in "OUT" else b))
-
-
-def _fail(name: str, ref: str, what: str, mine: str, theirs: str) -> None:
-    raise StoreMismatchError(f"{name} does not match {ref}: {what} differ ({name}: {mine}; "
-                             f"{ref}: {theirs})")
-
-
-def _describe(values: np.ndarray) -> str:
-    if values.size == 0:
-        return "none"
-    if values.dtype.kind == "m":
-        hours = (values / np.timedelta64(1, "h")).astype(float)
-        return f"{values.size} values {_fmt(hours[0])}..{_fmt(hours[-1])} h"
-    return f"{values.size} values {_fmt(values[0])}..{_fmt(values[-1])}"
-
-
-def _fmt(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, (float, np.floating)) else str(x)
-
-
-def _copy_layout(layout: _Layout) -> _Layout:
-    return _Layout(coords=dict(layout.coords), coord_vars=dict(layout.coord_vars),
-                   aux=dict(layout.aux), owners=dict(layout.owners),
-                   variables=dict(layout.variables), leads=list(layout.leads))
 
 
 # -- entry points -------------------------------------------------------------------------

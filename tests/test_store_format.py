@@ -308,3 +308,33 @@ def test_validate_reports_inconsistent_bookkeeping(small_store, capsys):
     assert "which the provenance log does not hold" in report.summary()
     assert main(["validate", str(small_store)]) == 1
     assert "INVALID forecast store" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_write_of_a_real_multi_file_ingest(tmp_path, shared_data):
+    """The same for ``enspp ingest`` of one GRIB file per parameter (the HRES analyses):
+    killed at each of its writes, re-running it gives the store of an uninterrupted run."""
+    from enspp.data.ingest import ingest
+
+    an = shared_data / "gridded" / "ecmwf_hres_fc_vs_analysis_2016092500" / "an"
+    clean = tmp_path / "clean.zarr"
+    Faults.total = 0
+    ingest(an, clean, kind="analysis", progress=False)
+    writes = Faults.total
+    finished = _visible(clean)
+    for k in range(1, writes + 1):
+        store = tmp_path / f"k{k}.zarr"
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.environ[FAULT_ENV] = str(k)
+            try:
+                ingest(an, store, kind="analysis", progress=False)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status), k
+        ingest(an, store, kind="analysis", progress=False)
+        for var, done in _visible(store).items():
+            xr.testing.assert_identical(done, finished[var])
+        assert validate_store(store).ok, (k, validate_store(store).summary())
+        shutil.rmtree(store)
