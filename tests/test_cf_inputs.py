@@ -132,3 +132,31 @@ def test_a_directory_is_identified_by_its_metadata_and_file_sizes(tmp_path):
     assert source_file(tmp_path / "a.zarr") == first  # the same store: the same identity
     wb2_forecast(seed=1).to_zarr(tmp_path / "b.zarr")
     assert source_file(tmp_path / "b.zarr").sha256 != first.sha256
+
+
+def test_a_large_weatherbench_store_is_ingested_chunk_by_chunk(tmp_path):
+    """An input of 50 MB is read one field (1 MB) at a time: the ingest's peak of traced
+    memory is a few fields per thread, a fraction of the input (loading it would take all of
+    it at once)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    lat, lon = np.linspace(-90, 90, 181), np.arange(0.0, 360.0, 1.0)
+    shape = (24, 2, 4, lat.size, lon.size)
+    wb = xr.Dataset(
+        {"2m_temperature": (("time", "prediction_timedelta", "number", "latitude", "longitude"),
+                            (280 + rng.standard_normal(shape)).astype("f4"), {"units": "K"})},
+        coords={"time": pd.date_range("2020-01-01", periods=24, freq="12h"),
+                "prediction_timedelta": pd.to_timedelta([24, 48], unit="h"),
+                "number": np.arange(4), "latitude": lat, "longitude": lon})
+    wb.chunk({"time": 1, "prediction_timedelta": 1}).to_zarr(tmp_path / "wb.zarr")
+    size = wb["2m_temperature"].nbytes
+    del wb
+    tracemalloc.start()
+    try:
+        summary = ingest([tmp_path / "wb.zarr"], tmp_path / "s.zarr", progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(summary.added) == 24
+    assert peak < size / 4, (peak, size)
