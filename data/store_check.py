@@ -111,6 +111,9 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Store
         if key not in attrs:
             raise StoreError(f"store {path}: attribute {key!r} is missing")
     version = attrs[SCHEMA_ATTR]
+    if attrs[KIND_ATTR] not in ("forecast", "analysis"):
+        raise StoreError(f"store {path}: enspp_kind {attrs[KIND_ATTR]!r}: not a forecast or "
+                         "analysis store (a product is read with models.product.open_product)")
     if version not in READABLE_VERSIONS:
         raise StoreError(f"store {path}: schema version {version!r}; this enspp reads versions "
                          f"{', '.join(map(str, READABLE_VERSIONS))}")

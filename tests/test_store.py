@@ -297,6 +297,10 @@ def test_validate_store_errors(tmp_path):
     (store / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(StoreError, match="'enspp_kind' is missing"):
         validate_store(store)
+    meta["attributes"]["enspp_kind"] = "product"
+    (store / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="enspp_kind 'product': not a forecast or analysis store"):
+        validate_store(store)
     (store / "zarr.json").write_text("{not json")
     with pytest.raises(StoreError, match="cannot read zarr.json"):
         validate_store(store)
