@@ -91,6 +91,9 @@ def _records(records: np.ndarray, done: np.ndarray, rec: str) -> dict[str, Any]:
         diffs = np.diff(complete).astype("timedelta64[s]").astype(np.int64)
         step = int(diffs[diffs > 0].min())
         out["frequency"] = _duration(step)
+        distinct = sorted(set(diffs[diffs > 0].tolist()))
+        if 1 < len(distinct) <= 3 and all(d % step for d in distinct[1:]):
+            out["steps"] = [_duration(d) for d in distinct]  # e.g. twice weekly: 3 and 4 days
         gaps = np.flatnonzero((diffs > step) & (diffs % step == 0))
         missing = [complete[i] + np.timedelta64(k * step, "s")
                    for i in gaps for k in range(1, int(diffs[i] // step))]
@@ -217,7 +220,9 @@ def format_inspect(info: dict[str, Any]) -> str:
              "dims        " + ", ".join(f"{k}={v}" for k, v in info["sizes"].items())]
     span = f"{r.get('first', '-')} .. {r.get('last', '-')}"
     line = f"{rec:<12}{r['complete']} complete, {span}"
-    if "frequency" in r:
+    if "steps" in r:
+        line += f", in steps of {' and '.join(r['steps'])}"
+    elif "frequency" in r:
         line += f", every {r['frequency']}"
     lines.append(line)
     if r.get("missing"):

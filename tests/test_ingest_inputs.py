@@ -282,3 +282,13 @@ def test_alignment_skips_init_times_with_absent_fields(tmp_path):
     assert len(both.absent) == 1 and "1 skipped because a field they need is absent" in both.report()
     only48 = align(f, a, lead_time=lead, variables=("t2m",), targets=("t2m",))
     assert len(only48.init_times) == 3  # the absent field is at +24 h, not needed here
+
+
+def test_inspect_a_twice_weekly_schedule(tmp_path):
+    from enspp.data.inspect import format_inspect, inspect_store
+
+    store = tmp_path / "s.zarr"
+    append(store, forecast(["2020-01-06", "2020-01-09", "2020-01-13", "2020-01-16"]))
+    info = inspect_store(store)
+    assert info["records"]["steps"] == ["3 days", "4 days"] and info["records"]["missing"] == 0
+    assert "in steps of 3 days and 4 days" in format_inspect(info)
