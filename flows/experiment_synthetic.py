@@ -80,6 +80,12 @@ class SyntheticSection(BaseModel):
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     #: the world of ``--quick`` runs (three years: train, validation, test)
     quick_world: SynthConfig = QUICK_WORLD
+    #: pooled stations: sample the world at this many distinct grid points (seeded by
+    #: ``station_seed``) and post-process them as one set of stations (one model for all, the
+    #: stations' coordinates, land-sea mask and orography as static features); no oracle or
+    #: case studies are scored then
+    stations: int | None = Field(None, ge=2)
+    station_seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> SyntheticSection:
@@ -93,6 +99,12 @@ class SyntheticSection(BaseModel):
         missing = [v for v in self.targets if v not in self.world.variables]
         if missing:
             raise ValueError(f"targets {missing} are not variables of the world {list(self.world.variables)}")
+        if self.stations is not None:
+            n_points = self.world.grid[0] * self.world.grid[1]
+            if self.stations > n_points:
+                raise ValueError(f"stations: {self.stations} is more than the world's {n_points} grid points")
+            if "unet" in self.systems:
+                raise ValueError("systems: unet needs a grid; with stations use emos_*, mlp, mixed")
         first, last = self.world.years
         if last - first < 2 and None in (self.train_years, self.val_years, self.test_years):
             raise ValueError(f"world years {first}-{last}: the default split needs at least three years")
@@ -108,9 +120,10 @@ class SyntheticSection(BaseModel):
 def quick_section(sec: SyntheticSection) -> SyntheticSection:
     """The ``--quick`` variant: ``quick_world``, one K (5 or the largest below), small patches."""
     k = max([m for m in sec.members if m <= min(5, sec.quick_world.n_perturbed)] or [1])
+    stations = None if sec.stations is None else min(sec.stations, 40)
     return sec.model_copy(update={"world": sec.quick_world, "members": (k,), "train_years": None,
                                   "val_years": None, "test_years": None, "patch_size": 8,
-                                  "batch_size": 8, "samples_per_epoch": 32})
+                                  "batch_size": 8, "samples_per_epoch": 32, "stations": stations})
 
 
 # ------------------------------------------------------------------ world and stores
@@ -136,11 +149,71 @@ def ensure_stores(workdir: Path, synth: Path) -> dict[str, Path]:
     return stores
 
 
-def pipeline_config(sec: SyntheticSection, *, k: int, workdir: Path, synth: Path) -> Any:
-    """The pipeline of the models for K members (perturbed members 1..K, the paper's choice)."""
+def station_points(sec: SyntheticSection) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the ``sec.stations`` sampled grid points (distinct, seeded)."""
+    ny, nx = sec.world.grid
+    flat = np.sort(np.random.default_rng(sec.station_seed).choice(ny * nx, size=int(sec.stations), replace=False))
+    return flat // nx, flat % nx
+
+
+def ensure_station_stores(workdir: Path, stores: dict[str, Path], synth: Path, sec: SyntheticSection) -> dict[str, Path]:
+    """The world's forecast and analysis stores sampled at :func:`station_points` as station
+    stores (``station`` dim with ``latitude``/``longitude`` per station), and the static
+    fields there (``static.nc``); written once per (count, seed) under ``stores/``."""
+    import shutil
+
+    import xarray as xr
+
+    from enspp.data.store import open_store
+    from enspp.data.store_writer import append
+
+    root = workdir / "stores" / f"stations-{sec.stations}-s{sec.station_seed}"
+    out = {"forecast": root / "forecast.zarr", "analysis": root / "analysis.zarr", "static": root / "static.nc"}
+    iy, ix = station_points(sec)
+    names = np.asarray([f"P{i:04d}" for i in range(iy.size)], dtype=object)
+
+    def sample(ds: xr.Dataset) -> xr.Dataset:
+        lat, lon = ds["latitude"].values, ds["longitude"].values
+        pts = ds.isel(latitude=xr.DataArray(iy, dims="station"), longitude=xr.DataArray(ix, dims="station"))
+        pts = pts.drop_vars(["latitude", "longitude"])
+        return pts.assign_coords(station=names, latitude=("station", lat[iy]), longitude=("station", lon[ix]))
+
+    for kind in ("forecast", "analysis"):
+        if out[kind].exists():
+            continue
+        # one append into a temporary store renamed at the end: a killed run leaves no
+        # half-written station store behind (the points are a few MB per variable)
+        tmp = out[kind].with_name(f".{out[kind].name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        append(tmp, sample(open_store(stores[kind])).load(), kind=kind)
+        tmp.replace(out[kind])
+    if not out["static"].exists():
+        static = sample(xr.open_dataset(synth / "static.nc").load())
+        tmp = out["static"].with_suffix(".tmp.nc")
+        static.to_netcdf(tmp)
+        tmp.replace(out["static"])
+    return out
+
+
+def pipeline_config(sec: SyntheticSection, *, k: int, workdir: Path, synth: Path,
+                    stations: dict[str, Path] | None = None) -> Any:
+    """The pipeline of the models for K members (perturbed members 1..K, the paper's choice);
+    ``stations``: the pooled station stores instead of the grid (full-batch, preloaded)."""
     from enspp.pipeline.config import PipelineConfig
 
     sp = sec.splits()
+    if stations is not None:
+        return PipelineConfig.model_validate({
+            "stores": {"forecast": str(stations["forecast"]), "analysis": str(stations["analysis"]),
+                       "static": str(stations["static"]),
+                       "statistics": str(stations["forecast"].parent / f"statistics-K{k}.nc")},
+            "features": {"variables": list(sec.variables), "targets": list(sec.targets),
+                         "target_lead_time": sec.lead_time,
+                         "input_lead_times": [h for h in sec.input_lead_times if h != sec.lead_time]},
+            "members": {"k": k, "strategy": "first"},
+            "split": {"train": list(sp["train"]), "val": list(sp["val"]), "test": list(sp["test"])},
+            "batches": {"batch_size": 1_000_000, "preload": True},
+        })
     return PipelineConfig.model_validate({
         "stores": {"forecast": str(workdir / "stores" / "forecast.zarr"),
                    "analysis": str(workdir / "stores" / "analysis.zarr"),
@@ -223,7 +296,8 @@ def evaluate_config(sec: SyntheticSection, *, title: str, k: int, stores: dict[s
                {"name": "raw_subset", "path": str(stores["forecast"]), "members": list(range(1, k + 1))}]
     systems += [{"name": SYSTEM_NAMES[s][0], "label": SYSTEM_NAMES[s][1], "path": str(p), "type": "gaussian"}
                 for s, p in products.items()]
-    systems.append({"name": "oracle", "path": str(synth / "oracle.zarr"), "type": "gaussian"})
+    if sec.stations is None:  # the oracle exists on the grid only
+        systems.append({"name": "oracle", "path": str(synth / "oracle.zarr"), "type": "gaussian"})
     metrics = ["crps", "spread_skill", "rank_histogram", "rmse", "bias", "twcrps"] if cases else ["crps", "twcrps"]
     return EvaluateConfig.model_validate({
         "title": title, "systems": systems, "truth": str(stores["analysis"]), "variables": list(sec.targets),
@@ -342,6 +416,10 @@ def run_synthetic(config: Any, *, out_dir: Path, quick: bool = False,
     timings["world"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     stores = ensure_stores(workdir, synth)
+    stations = None
+    if sec.stations is not None:
+        stations = ensure_station_stores(workdir, stores, synth, sec)
+        stores = {**stores, "forecast": stations["forecast"], "analysis": stations["analysis"]}
     timings["ingest"] = round(time.perf_counter() - t0, 1)
     inits = inits_in_years(stores["forecast"], sec.splits()["test"])
     say(f"world {sec.world.grid[0]}x{sec.world.grid[1]} {sec.world.years[0]}-{sec.world.years[1]} in "
@@ -349,7 +427,7 @@ def run_synthetic(config: Any, *, out_dir: Path, quick: bool = False,
     rows: list[dict] = []
     dirs: list[Path] = []
     for k in sec.members:
-        pipeline = pipeline_config(sec, k=k, workdir=workdir, synth=synth)
+        pipeline = pipeline_config(sec, k=k, workdir=workdir, synth=synth, stations=stations)
         products: dict[str, Path] = {}
         per_system: dict[str, dict] = {}
         for name in sec.systems:
@@ -364,7 +442,8 @@ def run_synthetic(config: Any, *, out_dir: Path, quick: bool = False,
         title = f"{config.title} · K={k} of {n}"
         common = dict(k=k, stores=stores, synth=synth, products=products, n_boot=n_boot,
                       confidence=ev.confidence, seed=ev.seed)
-        upper = evaluate(evaluate_config(sec, title=title, tail="upper", percentile=0.95, cases=True, **common),
+        upper = evaluate(evaluate_config(sec, title=title, tail="upper", percentile=0.95,
+                                         cases=sec.stations is None, **common),
                          out_dir / f"K{k}")
         lower = evaluate(evaluate_config(sec, title=title, tail="lower", percentile=0.05, cases=False, **common))
         timings[f"evaluate K={k}"] = round(time.perf_counter() - t1, 1)
