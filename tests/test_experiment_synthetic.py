@@ -177,3 +177,38 @@ def test_shipped_config_builds_every_network():
                                       grid_shape=(8, 16), stats=stats, options=options))
         if name != "emos_local":
             assert model.options["mean_shift"] == "ensemble+local", name
+
+
+def test_pooled_stations_run_end_to_end(tmp_path):
+    """The world sampled at N grid points as stations: the station stores hold the grid's
+    values at those points; EMOS (global, local) and mixed run on them through the service
+    path and are scored without the oracle."""
+    from enspp.data.store import open_store
+    from enspp.flows.cli import main
+    from enspp.flows.experiment_synthetic import station_points
+
+    section = {"world": TINY, "quick_world": TINY, "members": [3], "variables": ["t2m"], "targets": ["t2m"],
+               "systems": ["emos_global", "emos_local", "mixed"], "stations": 12, "station_seed": 3,
+               "model_options": {"mixed": {"embed_dim": 4, "encoder_hidden": [8], "point_hidden": [8]}}}
+    cfg = _write(tmp_path, section, evaluate={"n_resamples": 10})
+    out = tmp_path / "out"
+    assert main(["experiment", "--config", str(cfg), "--out", str(out), "--quick"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    crps = {r["system"]: r["crps"] for r in result["rows"]}
+    assert {"raw_full", "raw_subset", "emos", "emos_global", "mixed"} == set(crps)
+    assert crps["emos"] < crps["raw_full"] and crps["mixed"] <= crps["emos"] * (1 + 1e-6)
+    work = out / "work" / "stores"
+    grid = open_store(work / "forecast.zarr")["t2m"]
+    pts = open_store(work / "stations-12-s3" / "forecast.zarr")
+    iy, ix = station_points(SyntheticSection(world=SynthConfig(**TINY), members=(3,), targets=("t2m",),
+                                             variables=("t2m",), stations=12, station_seed=3, systems=("mixed",)))
+    assert pts.sizes["station"] == 12 and len(set(zip(iy.tolist(), ix.tolist()))) == 12
+    np.testing.assert_array_equal(pts["latitude"].values, grid["latitude"].values[iy])
+    np.testing.assert_array_equal(pts["t2m"].isel(init_time=0).values,
+                                  grid.isel(init_time=0).values[..., iy, ix])
+    with pytest.raises(ValueError, match="unet needs a grid"):
+        SyntheticSection(world=SynthConfig(**TINY), members=(2,), targets=("t2m",), variables=("t2m",),
+                         stations=4, systems=("unet",))
+    with pytest.raises(ValueError, match="more than the world's 128 grid points"):
+        SyntheticSection(world=SynthConfig(**TINY), members=(2,), targets=("t2m",), variables=("t2m",),
+                         stations=200)
