@@ -33,6 +33,7 @@ from enspp.models.losses import (
     crps_ensemble,
     distribution_crps,
     reduce_crps,
+    twcrps_gaussian,
 )
 from enspp.models.normalize import Normalizer, resolve_stats
 
@@ -75,6 +76,8 @@ def system_name(model_name: str) -> str:
 #: the closed-form CRPS estimator a model of each distribution is trained and scored with
 CLOSED_FORM_ESTIMATOR: dict[str, str] = {d: d for d in DISTRIBUTIONS}
 _LOGISTIC_SCALE_PER_STD = math.sqrt(3.0) / math.pi
+#: the standard normal's 95 % quantile: the tail loss's thresholds in local target stds
+_TAIL_Z = 1.6448536269514722
 
 
 class ModelSpecError(EnsppError):
@@ -217,7 +220,10 @@ class PostProcessor(nn.Module):
     (floor of the raw ensemble std as a fraction of the target's global std, so a zero-spread
     ensemble still gives a positive scale) and ``sigma_floor_init`` (pre-softplus value of the
     learned additive floor, also relative to the target std; ``-16`` adds ~1e-7 std, so an
-    untrained model reproduces the raw ensemble to ~1e-6 relative).
+    untrained model reproduces the raw ensemble to ~1e-6 relative) and ``tail_weight``
+    (training only: the loss adds this times the threshold-weighted CRPS of the upper and lower
+    5 % tails of the local training climatology, :meth:`tail_loss`; validation and early
+    stopping stay on the plain CRPS, so a weight is kept only where it does not cost CRPS).
 
     Networks (``ANCHORED``) also take ``anchor`` (``"emos_local"``, default; ``"emos_global"``;
     ``"raw"``) and ``anchor_season`` (``"none"`` | ``"doy"``, the anchor EMOS's ``season``):
@@ -234,6 +240,7 @@ class PostProcessor(nn.Module):
         "mean_shift": "ensemble",
         "sigma_eps": 1e-4,
         "sigma_floor_init": -16.0,
+        "tail_weight": 0.0,
     }
     ANCHOR_DEFAULTS: ClassVar[dict[str, Any]] = {"anchor": "emos_local", "anchor_season": "none"}
     #: networks: the head is anchored on an EMOS (options ``anchor``, ``anchor_season``)
@@ -250,6 +257,11 @@ class PostProcessor(nn.Module):
             raise ModelSpecError(
                 f"option normalization={self.options['normalization']!r}: expected 'local' or 'global'"
             )
+        if not float(self.options["tail_weight"]) >= 0.0:
+            raise ModelSpecError(f"option tail_weight={self.options['tail_weight']!r} must be >= 0")
+        if self.options["tail_weight"] and spec.distribution != "gaussian":
+            raise ModelSpecError(f"option tail_weight needs the gaussian distribution, not "
+                                 f"{spec.distribution!r}")
         if self.options["mean_shift"] not in MEAN_SHIFTS:
             raise ModelSpecError(
                 f"option mean_shift={self.options['mean_shift']!r}: expected one of {list(MEAN_SHIFTS)}"
@@ -425,6 +437,8 @@ class PostProcessor(nn.Module):
     # ---- forward and loss -----------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.check_batch(batch)
+        if self.tail_weight:
+            self._tail_origin = (batch["y0"], batch["x0"])
         return self._forward(batch)
 
     def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -437,7 +451,32 @@ class PostProcessor(nn.Module):
 
         ``estimator`` defaults to (and must equal) ``self.crps_estimator``.
         """
-        return _distribution_loss(out, target, self.norm.target_std, self.distribution, estimator)
+        loss = _distribution_loss(out, target, self.norm.target_std, self.distribution, estimator)
+        if self.tail_weight and self.training:
+            loss = loss + self.tail_weight * self.tail_loss(out, target)
+        return loss
+
+    @property
+    def tail_weight(self) -> float:
+        return float(self.options["tail_weight"])
+
+    def tail_loss(self, out: Mapping[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """The threshold-weighted CRPS (:func:`models.losses.twcrps_gaussian`) of both tails,
+        summed, each target divided by its global std: thresholds are the local training
+        climatology's 5 % and 95 % quantiles under a normal approximation
+        (``target_mean_local -/+ 1.645 target_std_local``). Needs the batch's ``y0``/``x0``,
+        which :meth:`forward` keeps for it (``_tail_origin``)."""
+        y0, x0 = self._tail_origin
+        h, w = target.shape[-2:]
+        mean = self.norm.lookup("target_mean_local", y0, x0, h, w)
+        std = self.norm.lookup("target_std_local", y0, x0, h, w)
+        total = target.new_zeros(())
+        for tail, sign in (("upper", 1.0), ("lower", -1.0)):
+            thr = mean + sign * _TAIL_Z * std
+            total = total + reduce_crps(
+                lambda y, thr=thr, tail=tail: twcrps_gaussian(out["mu"], out["sigma"], y, thr, tail=tail),
+                target, target_scale=self.norm.target_std)
+        return total
 
     def raw_loss(self, batch: Mapping[str, torch.Tensor], *, estimator: str = "fair") -> torch.Tensor:
         """The same normalised mean CRPS for the raw members of the target channels

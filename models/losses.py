@@ -66,6 +66,31 @@ def crps_gaussian(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor) -
         return sigma * (z * (2.0 * cdf - 1.0) + 2.0 * pdf - _INV_SQRT_PI)
 
 
+def _int_phi2(z: torch.Tensor) -> torch.Tensor:
+    """``A(z) = int_{-inf}^z Phi(u)^2 du = z Phi^2 + 2 phi Phi - Phi(z sqrt 2) / sqrt(pi)``."""
+    cdf = 0.5 * (1.0 + torch.erf(z * _INV_SQRT_2))
+    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * z * z)
+    return z * cdf * cdf + 2.0 * pdf * cdf - _INV_SQRT_PI * 0.5 * (1.0 + torch.erf(z))
+
+
+def twcrps_gaussian(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, threshold: torch.Tensor,
+                    *, tail: str = "upper") -> torch.Tensor:
+    """Closed-form threshold-weighted CRPS (weight ``1{x > t}``, or ``1{x < t}`` for the
+    ``lower`` tail) of N(mu, sigma**2) at ``target``, pointwise: the CRPS of the normal
+    censored at ``t`` against ``max(y, t)``, ``sigma (A(z) - A(l) + A(-z))`` with
+    ``z = (max(y, t) - mu) / sigma``, ``l = (t - mu) / sigma`` (:func:`_int_phi2`); the lower
+    tail is the mirror image."""
+    if tail not in ("upper", "lower"):
+        raise LossError(f"twcrps_gaussian: tail must be 'upper' or 'lower', got {tail!r}")
+    with _no_autocast(mu):
+        mu, sigma, target, threshold = _f32(mu, sigma, target, threshold)
+        sign = 1.0 if tail == "upper" else -1.0
+        m, y, t = sign * mu, sign * target, sign * threshold
+        z = (torch.maximum(y, t) - m) / sigma
+        low = (t - m) / sigma
+        return sigma * (_int_phi2(z) - _int_phi2(low) + _int_phi2(-z))
+
+
 def crps_censored_logistic(
     loc: torch.Tensor, scale: torch.Tensor, target: torch.Tensor, *, lower: float = 0.0
 ) -> torch.Tensor:

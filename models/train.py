@@ -498,7 +498,7 @@ def _fit_exact(net: Any, data: Any) -> Any:
 
     t0 = time.perf_counter()
     members = members_of(net)
-    result = fit_anchor(members[0], data.train_dataloader())
+    result = fit_anchor(members[0], _exact_fit_batches(data))
     if result is None:
         return None
     for m in members[1:]:  # the same fit for every member
@@ -528,6 +528,16 @@ def _member_scores(model: Any, data: Any) -> list[float]:
     return [t / rows if rows else float("nan") for t in totals]
 
 
+def _exact_fit_batches(data: Any) -> Any:
+    """Every training sample once for an exact fit: the training loader, except on a grid
+    trained on random patches, where it is the training init times' whole fields (or tiles,
+    ``batches.tile_size``) as the evaluation loader reads them."""
+    cfg = getattr(data, "config", None)
+    if cfg is None or getattr(data, "point", True) or cfg.batches.patch_size is None:
+        return data.train_dataloader()
+    return data._loader(data.dataset(data.fit_splits, mode="eval"))
+
+
 def _fit_words(result: Any) -> str:
     return (f"train CRPS {result.loss:.4g} (closed-form start {result.start_loss:.4g}), "
             f"{result.iterations} Newton iterations" + ("" if result.converged else " (iteration limit)"))
@@ -545,7 +555,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
     t0 = time.perf_counter()
     ckpt_dir = run_dir / CHECKPOINT_DIR
     model = build_model(spec)
-    result = fit_emos(model, [emos_chunk(model, b) for b in data.train_dataloader()])
+    result = fit_emos(model, [emos_chunk(model, b) for b in _exact_fit_batches(data)])
     module = PostProcessingModule(model, train_config=train_config, metadata=metadata)
     module.train_loss = result.loss
     monitor = monitor_name(spec.distribution)
@@ -562,7 +572,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
     if train_config.refit:
         data.train_on(("train", "val"))
         try:
-            result = fit_emos(model, [emos_chunk(model, b) for b in data.train_dataloader()])
+            result = fit_emos(model, [emos_chunk(model, b) for b in _exact_fit_batches(data)])
         finally:
             data.train_on(("train",))
         module.train_loss = result.loss

@@ -178,3 +178,25 @@ def test_censored_logistic_moments_match_integration(loc: float, scale: float) -
     mean, std = censored_logistic_moments(torch.tensor([loc]), torch.tensor([scale]))
     assert mean.item() == pytest.approx(m1, rel=1e-6, abs=1e-9)
     assert std.item() == pytest.approx(np.sqrt(m2 - m1 * m1), rel=1e-6)
+
+
+def test_twcrps_gaussian_matches_the_evaluation_kernel_and_limits() -> None:
+    """The torch twCRPS equals evaluation.twcrps_gaussian (an independent numpy
+    implementation) for both tails; a threshold far below (upper tail) is the plain CRPS."""
+    import numpy as np
+    import xarray as xr
+
+    from enspp.evaluation import twcrps_gaussian as ref
+    from enspp.models.losses import crps_gaussian, twcrps_gaussian
+
+    r = np.random.default_rng(0)
+    mu, sigma, y, t = r.normal(0, 2, 200), r.uniform(0.3, 2, 200), r.normal(0, 2, 200), r.normal(0, 1.5, 200)
+    for tail in ("upper", "lower"):
+        got = twcrps_gaussian(*(torch.as_tensor(v) for v in (mu, sigma, y, t)), tail=tail).numpy()
+        da = lambda v: xr.DataArray(v, dims=["x"])  # noqa: E731
+        want = ref(da(mu), da(sigma), da(y), threshold=da(t), tail=tail).values
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    far = twcrps_gaussian(*(torch.as_tensor(v) for v in (mu, sigma, y)), torch.full((200,), -1e3, dtype=torch.float64))
+    torch.testing.assert_close(far, crps_gaussian(*(torch.as_tensor(v) for v in (mu, sigma, y))))
+    with pytest.raises(LossError, match="tail must be"):
+        twcrps_gaussian(*(torch.as_tensor(v) for v in (mu, sigma, y, t)), tail="both")

@@ -488,3 +488,28 @@ def test_anchor_options_and_checkpoints_without_an_anchor() -> None:
         anchored.anchor.params.add_(1.0)  # a fitted anchor is replaced by the untrained one
     anchored.load_state_dict(old)
     assert float(anchored.anchor.params[0].abs().max()) == 0.0
+
+
+def test_tail_weight_adds_the_tails_twcrps_in_training_only() -> None:
+    from enspp.models.losses import twcrps_gaussian
+
+    stats = make_stats(GRID)
+    stats["target_mean_local"] = np.full((1, *GRID), 280.0, np.float32)
+    stats["target_std_local"] = np.full((1, *GRID), 3.0, np.float32)
+    model = build_model(make_spec("mlp", options={**SMALL["mlp"], "tail_weight": 0.5}, stats=stats))
+    plain = build_model(make_spec("mlp", options=SMALL["mlp"], stats=stats))
+    plain.load_state_dict(model.state_dict())
+    batch = toy_batch(torch.Generator().manual_seed(13))
+    model.train()
+    out = model(batch)
+    y = batch["target"]
+    tails = sum(twcrps_gaussian(out["mu"], out["sigma"], y, torch.full_like(y, 280.0 + s * 1.6448536 * 3.0),
+                                tail=t).mean() for s, t in ((1, "upper"), (-1, "lower"))) / 3.0
+    base = plain.loss(out, y)
+    torch.testing.assert_close(model.loss(out, y), base + 0.5 * tails, rtol=1e-5, atol=1e-6)
+    model.eval()
+    torch.testing.assert_close(model.loss(model(batch), y), base, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ModelSpecError, match="tail_weight=-1"):
+        build_model(make_spec("mlp", options={"tail_weight": -1}))
+    with pytest.raises(ModelSpecError, match="needs the gaussian"):
+        build_model(make_spec("mlp", options={"tail_weight": 1.0}, distribution="censored_logistic"))
