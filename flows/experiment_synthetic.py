@@ -256,6 +256,12 @@ def predict_test(checkpoint: Path, pipeline: Any, *, out: Path) -> Path:
                    fields=("mean", "std"), whole_fields=True)
 
 
+def _tag(sec: SyntheticSection) -> str:
+    """Run and product names of a pooled-stations experiment differ from the grid's (the two
+    may share a work directory and its world)."""
+    return "" if sec.stations is None else f"-stations{sec.stations}s{sec.station_seed}"
+
+
 def fit_and_predict(name: str, *, k: int, sec: SyntheticSection, train: Any, pipeline: Any,
                     workdir: Path, quick: bool) -> dict[str, Any]:
     """Train ``name`` on K members and write its test product; times in seconds."""
@@ -270,14 +276,15 @@ def fit_and_predict(name: str, *, k: int, sec: SyntheticSection, train: Any, pip
                      weight_decay=0.0 if emos else pick("weight_decay", train.weight_decay),
                      early_stopping_patience=pick("patience", train.patience), seed=train.seed,
                      progress_bar=False,
-                     run_id=f"{name}-K{k}", ensemble_estimator="standard",
+                     run_id=f"{name}-K{k}{_tag(sec)}", ensemble_estimator="standard",
                      lr_schedule=train.lr_schedule,
                      limit_val_batches=4 if quick else 1.0)
     t0 = time.perf_counter()
     r = train_model(pipeline, ModelConfig(name=name, options=dict(sec.model_options.get(name, {}))), tc,
                     workdir=workdir)
     t1 = time.perf_counter()
-    out = predict_test(r.best_checkpoint, pipeline, out=workdir / "stores" / "products" / f"{name}-K{k}.zarr")
+    out = predict_test(r.best_checkpoint, pipeline,
+                       out=workdir / "stores" / "products" / f"{name}-K{k}{_tag(sec)}.zarr")
     return {"product": out, "train_s": round(t1 - t0, 1), "predict_s": round(time.perf_counter() - t1, 1),
             "epochs": r.epochs, "best_val": r.best_score}
 
