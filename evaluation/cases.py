@@ -38,6 +38,7 @@ from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
 from enspp.data.yaml_file import read_yaml_mapping
 from enspp.evaluation.config import _Frozen
+from enspp.evaluation.labels import lat_text, lon_text
 from enspp.evaluation.systems import SystemField
 
 #: The catalogue shipped with the package.
@@ -71,14 +72,9 @@ class Box(_Frozen):
         return (lat >= self.lat_min - 1e-9) & (lat <= self.lat_max + 1e-9)
 
     def describe(self) -> str:
-        def ns(v: float) -> str:
-            return f"{abs(v):g}°{'N' if v >= 0 else 'S'}"
-
-        def ew(v: float) -> str:
-            v = ((v + 180.0) % 360.0) - 180.0
-            return f"{abs(v):g}°{'E' if v >= 0 else 'W'}"
-
-        return f"{ns(self.lat_min)}–{ns(self.lat_max)}, {ew(self.lon_min)}–{ew(self.lon_max)}"
+        """``40°N–60°N, 10°W–20°E``: in the convention of the maps (:mod:`evaluation.labels`)."""
+        return (f"{lat_text(self.lat_min)}–{lat_text(self.lat_max)}, "
+                f"{lon_text(self.lon_min)}–{lon_text(self.lon_max)}")
 
 
 class Window(_Frozen):

@@ -6,6 +6,10 @@ words, e.g. ``mixed, 5 of 10 perturbed`` or ``raw ensemble, all 11 (control + 10
 perturbed)``, from the member numbers it actually used (member 0 is the control, as
 everywhere in enspp): whatever rule chose them (first K, random K, an explicit list), the
 label describes the set itself.  :func:`describe_systems` finds those numbers in the stores.
+
+Coordinates, too, have one way of being written wherever a reader sees them (map ticks, a case's
+box, a case's name): :func:`lat_text` and :func:`lon_text` (``45.5°N``, ``157.4°W``: longitudes
+always in -180..180, east or west).
 """
 
 from __future__ import annotations
@@ -18,6 +22,24 @@ METHODS = {"raw_full": "raw ensemble", "raw_subset": "raw ensemble", "emos": "EM
 #: a product's ``model_name`` attribute in words
 MODEL_NAMES = {"emos_local": "EMOS (local)", "emos_global": "EMOS (global)", "mlp": "MLP",
                "unet": "U-Net", "mixed": "mixed"}
+
+
+def lon_text(v: float, digits: int | None = None) -> str:
+    """A longitude in the one convention of every page and figure: ``30°W``, ``0°``,
+    ``150°E`` (any input convention, 0..360 included, is brought into -180..180);
+    ``digits``: decimals to round to (``None``: as given)."""
+    v = ((float(v) + 180.0) % 360.0) - 180.0
+    if digits is not None:
+        v = round(v, digits)
+    if abs(v) < 1e-9 or abs(abs(v) - 180.0) < 1e-9:
+        return f"{abs(v):g}°"
+    return f"{abs(v):g}°{'E' if v > 0 else 'W'}"
+
+
+def lat_text(v: float, digits: int | None = None) -> str:
+    """A latitude in words: ``50°N``, ``3.5°S``, ``0°``."""
+    v = float(v) if digits is None else round(float(v), digits)
+    return "0°" if abs(v) < 1e-9 else f"{abs(v):g}°{'N' if v > 0 else 'S'}"
 
 
 def member_ranges(members: Sequence[int]) -> str:

@@ -22,6 +22,7 @@ import xarray as xr  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from enspp.data.schema import LATITUDE, LEAD_TIME, LONGITUDE  # noqa: E402
+from enspp.evaluation.labels import lat_text, lon_text  # noqa: E402,F401  (the one convention)
 
 _PALETTE = {"raw_full": "#4d4d4d", "raw_subset": "#9e9e9e", "emos": "#1f77b4", "mlp": "#ff7f0e",
             "unet": "#2ca02c", "mixed": "#9467bd", "oracle": "#d62728"}
@@ -135,18 +136,6 @@ def _wrap(text: str, width: int = 26) -> str:
 
 
 # ------------------------------------------------------------------ maps
-def lon_text(v: float) -> str:
-    """A longitude in the one convention of every figure: ``30°W``, ``0°``, ``150°E``."""
-    v = ((float(v) + 180.0) % 360.0) - 180.0
-    if abs(v) < 1e-9 or abs(abs(v) - 180.0) < 1e-9:
-        return f"{abs(v):g}°"
-    return f"{abs(v):g}°{'E' if v > 0 else 'W'}"
-
-
-def lat_text(v: float) -> str:
-    return "0°" if abs(v) < 1e-9 else f"{abs(v):g}°{'N' if v > 0 else 'S'}"
-
-
 def map_longitudes(da: xr.DataArray) -> xr.DataArray:
     """``da`` with longitudes in -180..180 (sorted) when they stay contiguous there (a
     global grid, or one that does not cross the prime meridian from 0..360); a grid that

@@ -275,6 +275,18 @@ def test_one_longitude_convention(lon, first, last):
     assert [lat_text(x) for x in (50, -3.5, 0)] == ["50°N", "3.5°S", "0°"]
 
 
+def test_case_boxes_and_names_use_the_maps_convention():
+    """A case's box and a synthetic event's name read like the map ticks: -180..180, E/W."""
+    from enspp.data.synth.events import _place
+    from enspp.evaluation.cases import Box
+
+    assert Box(lat_min=40, lat_max=60, lon_min=350, lon_max=20).describe() == "40°N–60°N, 10°W–20°E"
+    assert Box(lat_min=-10, lat_max=0, lon_min=200, lon_max=219.4).describe() == \
+        "10°S–0°, 160°W–140.6°W"
+    assert _place(45.53, 219.4) == "45.5°N 140.6°W" and _place(-3.0, -157.433) == "3.0°S 157.4°W"
+    assert _place(10.0, 30.0) == "10.0°N 30.0°E"
+
+
 def test_notes_and_extreme_event_scores_are_shown(report, tmp_path):
     _, _, out = report
     doc = read_scores(out)

@@ -119,6 +119,15 @@ def _blob(ev: Event, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * (dist / ev.radius_deg) ** 2)
 
 
+def _place(lat: float, lon: float) -> str:
+    """``45.5°N 157.4°W``: the convention of the dashboard (evaluation.labels), longitudes
+    in -180..180 east or west."""
+    lat, lon = round(float(lat), 1), round(((float(lon) + 180.0) % 360.0) - 180.0, 1)
+    ns = "" if lat == 0 else ("N" if lat > 0 else "S")
+    ew = "" if lon == 0 or abs(lon) == 180 else ("E" if lon > 0 else "W")
+    return f"{abs(lat):.1f}°{ns} {abs(lon):.1f}°{ew}"
+
+
 def events_to_yaml_dict(events: list[Event], *, thresholds: dict[str, float],
                         variables: tuple[str, ...]) -> dict:
     """The case catalogue in ``evaluation.cases``' schema; windows are valid times.
@@ -133,8 +142,7 @@ def events_to_yaml_dict(events: list[Event], *, thresholds: dict[str, float],
         others = [v for v in variables if abs(ev.amplitudes[v]) >= 1.0 and v != ev.variable]
         cases.append({
             "id": ev.id,
-            "name": f"{_KINDS[ev.kind]['name']} {ev.peak:%Y-%m-%d} at "
-                    f"{abs(ev.lat):.1f}{'N' if ev.lat >= 0 else 'S'} {ev.lon:.1f}E",
+            "name": f"{_KINDS[ev.kind]['name']} {ev.peak:%Y-%m-%d} at {_place(ev.lat, ev.lon)}",
             "variable": ev.variable,
             "kind": ev.kind,
             "box": {"lat_min": round(float(lat_min), 4), "lat_max": round(float(lat_max), 4),
