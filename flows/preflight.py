@@ -5,7 +5,7 @@ names and returns a :class:`Preflight` of *problems* (a run would fail: a missin
 a split outside the store's period, K above the store's perturbed members, a variable or lead
 time the store lacks, a case catalogue that does not parse) and *notes* (worth knowing, not
 fatal: a store the first ingest will create, a region without grid points that evaluate
-skips, incoming patterns that match no file yet).
+skips, incoming patterns that match no file yet, a land-sea mask the maps cannot use).
 
 Paths resolve as every command resolves them: ``data.workdir`` against the config file's
 directory, every other relative path against the work directory.  Paths under the work
@@ -227,6 +227,7 @@ class _Checker:
                                 ds["init_time"].values, p)
         grid = grid if grid is not None else (truth if truth is not None else fc)
         self.regions(grid)
+        self.land_sea_mask(ev.land_sea_mask, grid)
         for c in ev.cases:
             p = self.path("evaluate.cases", c, what="case catalogue")
             if p is not None:
@@ -239,6 +240,40 @@ class _Checker:
         if "eecrps" in ev.metrics and not any(s.type == "ensemble" for s in ev.systems):
             self.out.problems.append("evaluate.metrics: eecrps needs an ensemble system (its "
                                      "model climate and EFI), e.g. raw_full")
+
+    def land_sea_mask(self, value: Path | None, grid: Any) -> None:
+        """A mask that evaluate cannot use only costs the maps their coastline: a note."""
+        if value is None:
+            return
+        p = self.wd.path(value)
+        key = "evaluate.land_sea_mask"
+        if not p.exists():
+            self.out.notes.append(f"{key}: {p} does not exist: maps are drawn without a "
+                                  "coastline")
+            return
+        import xarray as xr
+
+        try:
+            ds = xr.open_dataset(p) if p.is_file() else self.dataset(key, p)
+        except (OSError, ValueError) as e:
+            self.out.notes.append(f"{key}: {p} cannot be opened ({' '.join(str(e).split())}): "
+                                  "maps are drawn without a coastline")
+            return
+        if ds is None:
+            return
+        name = next((n for n in ("lsm", "land_sea_mask") if n in ds.data_vars), None)
+        if name is None:
+            self.out.notes.append(f"{key}: {p} holds no 'lsm' variable (it holds "
+                                  f"{sorted(map(str, ds.data_vars))}): maps are drawn without "
+                                  "a coastline")
+            return
+        if grid is None or "latitude" not in grid.coords or "longitude" not in grid.coords:
+            return
+        shape = tuple(ds[name].sizes.get(d, 0) for d in ("latitude", "longitude"))
+        want = (grid.sizes["latitude"], grid.sizes["longitude"])
+        if shape != want:
+            self.out.notes.append(f"{key}: {p} is on a {shape[0]}x{shape[1]} grid, the stores "
+                                  f"on {want[0]}x{want[1]}: maps are drawn without a coastline")
 
     def regions(self, ds: Any) -> None:
         if ds is None or "latitude" not in ds.coords or "longitude" not in ds.coords:

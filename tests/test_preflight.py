@@ -145,3 +145,27 @@ def test_eecrps_without_an_ensemble_and_a_broken_catalogue(work):
     problems = check_config(load_config(path)).problems
     assert any(p.startswith("evaluate.metrics: eecrps needs an ensemble system") for p in problems)
     assert any(p.startswith("evaluate.cases: ") and "broken.yaml" in p for p in problems)
+
+
+def test_land_sea_mask_that_the_maps_cannot_use_is_a_note(work):
+    """The mask only draws the coastline: one evaluate cannot use (missing, no ``lsm``, another
+    grid) is a note naming the key, never a problem; a usable one says nothing."""
+    import xarray as xr
+
+    def notes(mask):
+        path = config(work, "lsm.yaml", evaluate={"land_sea_mask": mask})
+        report = check_config(load_config(path))
+        assert report.problems == []
+        return [n for n in report.notes if n.startswith("evaluate.land_sea_mask")]
+
+    assert notes("stores/static.nc") == []
+    static = xr.open_dataset(work / "stores" / "static.nc").load()
+    static[["orog"]].to_netcdf(work / "orog_only.nc")
+    static.isel(latitude=slice(0, 4)).to_netcdf(work / "small.nc")
+    (line,) = notes("missing.nc")
+    assert line == (f"evaluate.land_sea_mask: {work / 'missing.nc'} does not exist: maps are "
+                    "drawn without a coastline")
+    (line,) = notes("orog_only.nc")
+    assert "holds no 'lsm' variable (it holds ['orog'])" in line
+    (line,) = notes("small.nc")
+    assert "is on a 4x24 grid, the stores on 16x24" in line and line.endswith("without a coastline")
