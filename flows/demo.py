@@ -70,11 +70,29 @@ def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
                                                                       exclude_none=True)
     if doc.get("evaluate", {}).get("splits"):
         doc["evaluate"].pop("splits")  # re-derived from the pipeline's split on load
+    workdir = doc["data"]["workdir"]
+    doc = _relative_strings(doc, root)  # stores, incoming files: relative to the work directory
+    doc["data"]["workdir"] = workdir
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(config_header(checkpoint) + yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(path)  # a reader never sees half a file
     return path
+
+
+def _relative_strings(doc: Any, root: Path) -> Any:
+    """``doc`` (a YAML-ready tree) with every absolute path string inside ``root`` made
+    relative to it (the config resolves them against the work directory on load)."""
+    if isinstance(doc, dict):
+        return {k: _relative_strings(v, root) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_relative_strings(v, root) for v in doc]
+    if isinstance(doc, str) and doc.startswith("/"):
+        try:
+            return str(Path(doc).relative_to(root))
+        except ValueError:
+            return doc
+    return doc
 
 
 def _relative_paths(ev: Any, root: Path) -> Any:

@@ -48,8 +48,10 @@ def test_demo_config_holds_the_evaluated_systems_relative_to_the_work_directory(
     assert got.truth == want.truth and got.cases == want.cases
     assert got.lead_times == [48] and got.split == "test"
     assert set(got.splits) == {"train", "val", "test"}  # re-derived from the pipeline's split
+    # the same config, its paths now inside the moved directory
+    assert loaded.data.incoming == default_demo_config(moved).data.incoming
     for section in ("pipeline", "model", "train", "predict"):
-        assert getattr(loaded, section) == getattr(config, section), section
+        assert getattr(loaded, section) == getattr(default_demo_config(moved), section), section
 
 
 def test_demo_config_before_the_evaluation_is_loadable(tmp_path):

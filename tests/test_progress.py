@@ -145,7 +145,10 @@ def test_training_says_its_epochs_from_one_and_what_its_scores_are(tmp_path, sum
     bar = term.getvalue()
     assert "train mixed" in bar and "epoch 2/2" in bar and "epoch 3/" not in bar
     assert "normalised CRPS" in bar and "val/crps" not in bar
-    (line,) = [r.getMessage() for r in summaries.records if r.name == "enspp"]
+    lines = [r.getMessage() for r in summaries.records if r.name == "enspp"]
+    # the anchor's exact EMOS fit says its own line first; training has exactly one summary
+    assert any(m.startswith("exact fit of the anchor LocalEMOS: train CRPS ") for m in lines)
+    (line,) = [m for m in lines if m.startswith("train ")]
     assert line.startswith("train mixed (r): 2 epochs, best at epoch ")
     assert f"best val CRPS (gaussian, normalised) {result.best_score:.4g}" in line
     assert "val CRPS of the raw ensemble (fair, normalised)" in line and " in " in line
