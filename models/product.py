@@ -191,7 +191,13 @@ class ProductWriter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if not self.target.exists():
-                step.to_zarr(self.target, mode="w", consolidated=True)
+                # every data chunk checksummed (crc32c), as in the ingested stores: a chunk
+                # damaged on disk is an error on read, not wrong numbers; appends keep it
+                from enspp.data.store_template import compressors
+
+                encoding = {str(v): {"compressors": compressors()} for v in step.data_vars}
+                step.to_zarr(self.target, mode="w", consolidated=True, zarr_format=3,
+                             encoding=encoding)
             else:
                 have = xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME].values
                 hits = np.flatnonzero(have.astype("datetime64[ns]") == init)

@@ -169,6 +169,28 @@ def test_repredict_is_idempotent_and_repairs_a_killed_append(world, tmp_path):
     assert not (tmp_path / ".q.zarr.partial").exists()
 
 
+def test_product_chunks_are_checksummed_and_a_flipped_byte_is_caught(world, tmp_path):
+    """Products carry the stores' crc32c codec on every data variable (appends keep it), so
+    one flipped byte in a product chunk is a read error, not a silently wrong value."""
+    from zarr.codecs import Crc32cCodec
+
+    out, store, ckpt = tmp_path / "p.zarr", world["paths"].forecast, world["perturbed"]
+    first, second = _inits(world)
+    predict(ckpt, store, out=out, init_times=[first], quantiles=QUANTILES, n_members=7)
+    predict(ckpt, store, out=out, init_times=[second], quantiles=QUANTILES, n_members=7)
+    group = zarr.open_group(out, mode="r")
+    for name in ("t2m", "t2m_mean", "t2m_std", "t2m_quantiles"):
+        assert any(isinstance(c, Crc32cCodec) for c in group[name].metadata.codecs), name
+    chunk = out / "t2m_mean" / "c" / "1" / "0" / "0" / "0"  # the appended init time's chunk
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    ds = open_product(out)
+    ds["t2m_mean"].isel(init_time=0).load()  # the other chunk reads
+    with pytest.raises(ValueError, match="checksum"):
+        ds["t2m_mean"].isel(init_time=1).load()
+
+
 def test_existing_product_of_another_run_is_refused(world, tmp_path):
     out = tmp_path / "p.zarr"
     predict(world["raw"], world["paths"].forecast, out=out, init_times=_inits(world, 1),
