@@ -300,8 +300,8 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
                                         truth=wd.analysis,
                                         variables=list(cfg.pipeline.features.targets))
     ev = ev.resolve_paths(wd.root)
-    if ev.lead_times is None:  # products hold the model's target lead time only
-        ev = ev.model_copy(update={"lead_times": [cfg.pipeline.features.target_lead_time]})
+    if ev.lead_times is None:  # products hold the model's target lead times only
+        ev = ev.model_copy(update={"lead_times": list(cfg.pipeline.features.target_leads)})
     forecast = wd.path(cfg.pipeline.stores.forecast or wd.forecast)
     members = cfg.pipeline.members
     subset = (list(members.explicit) if members.strategy == "explicit" else

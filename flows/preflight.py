@@ -139,7 +139,8 @@ class _Checker:
         self.variables("pipeline.features.variables", feats.variables, fc, path)
         if "lead_time" in fc.coords:
             hours = set((fc["lead_time"].values / np.timedelta64(1, "h")).round(6).tolist())
-            wanted = {"pipeline.features.target_lead_time": [feats.target_lead_time],
+            wanted = {("pipeline.features.target_lead_times" if feats.target_lead_times else
+                       "pipeline.features.target_lead_time"): list(feats.target_leads),
                       "pipeline.features.input_lead_times": list(feats.input_lead_times)}
             for key, leads in wanted.items():
                 missing = [h for h in leads if float(h) not in hours]

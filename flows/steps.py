@@ -90,7 +90,7 @@ def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict
     ev = EvaluateConfig(title="validation", systems=systems,
                         truth=wd.path(config.pipeline.stores.analysis),
                         variables=list(config.pipeline.features.targets), metrics=["crps"],
-                        lead_times=[config.pipeline.features.target_lead_time],
+                        lead_times=list(config.pipeline.features.target_leads),
                         period=Period(start=val.start, end=val.end),
                         bootstrap={"n": 10}, cases=[])
     result = evaluate(ev, None)

@@ -106,6 +106,12 @@ class ModelSpec:
     #: networks trained from this many seeds whose distributions are combined (a seed ensemble,
     #: :class:`models.ensemble.SeedEnsemble`); 1: one network
     seeds: int = 1
+    #: the lead times (hours) one model post-processes (``features.target_lead_times``); empty
+    #: or one lead: a single-lead model, the targets at ``target_channels``. With several, a
+    #: batch's ``lead_time`` says which lead each sample forecasts: the head reads that lead's
+    #: target channels (``f"{target}@{lead}h"``), the anchor EMOS has one parameter set per
+    #: lead, and the networks see the lead as a one-hot input (:meth:`PostProcessor.static`)
+    target_leads: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("channels", "targets", "static_names"):
@@ -131,6 +137,17 @@ class ModelSpec:
             raise ModelSpecError(
                 f"target_channels {bad} out of range for {len(self.channels)} channels"
             )
+        object.__setattr__(self, "target_leads", tuple(int(h) for h in self.target_leads))
+        if len(self.target_leads) > 1:
+            from enspp.pipeline.features import lead_target_channels
+
+            try:
+                per_lead = lead_target_channels(self.channels, self.targets, self.target_leads)
+            except EnsppError as e:
+                raise ModelSpecError(f"target_leads {list(self.target_leads)}: {e}") from None
+            if self.target_channels not in per_lead:
+                raise ModelSpecError(f"target_channels {self.target_channels} are not the targets "
+                                     f"at one of the target_leads {list(self.target_leads)}")
         object.__setattr__(self, "seeds", int(self.seeds))
         if self.seeds < 1:
             raise ModelSpecError(f"seeds must be >= 1, got {self.seeds}")
@@ -145,6 +162,17 @@ class ModelSpec:
             target_channels=self.target_channels,
             grid_shape=self.grid_shape,
         )
+
+    @property
+    def n_leads(self) -> int:
+        """The lead times the model post-processes (1 for a single-lead model)."""
+        return max(1, len(self.target_leads))
+
+    @property
+    def n_static_inputs(self) -> int:
+        """Static planes a network reads: the static features and, with several target leads,
+        one one-hot plane per lead."""
+        return len(self.static_names) + (self.n_leads if self.n_leads > 1 else 0)
 
     @property
     def is_point(self) -> bool:
@@ -165,6 +193,7 @@ class ModelSpec:
             "distribution": self.distribution,
             "options": dict(self.options),
             "seeds": int(self.seeds),
+            "target_leads": list(self.target_leads),
         }
 
     @classmethod
@@ -173,7 +202,8 @@ class ModelSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ModelSpecError(f"model spec dict has unknown keys {unknown}")
-        missing = sorted(k for k in known - set(d) if k not in ("distribution", "options", "seeds"))
+        missing = sorted(k for k in known - set(d)
+                         if k not in ("distribution", "options", "seeds", "target_leads"))
         if missing:
             raise ModelSpecError(f"model spec dict lacks keys {missing}")
         return cls(**dict(d))
@@ -275,6 +305,19 @@ class PostProcessor(nn.Module):
         )
         self.norm = Normalizer(resolved, point=spec.is_point)
         self.register_buffer("target_index", torch.tensor(spec.target_channels, dtype=torch.long))
+        # several target leads: each lead's target channels [L, T] and lead times [L] (ns);
+        # derived from the spec, so not part of the state dict
+        leads = spec.target_leads if spec.n_leads > 1 else ()
+        if leads:
+            from enspp.pipeline.features import lead_target_channels
+
+            table = lead_target_channels(spec.channels, spec.targets, leads)
+        else:
+            table = (spec.target_channels,)
+        self.register_buffer("lead_target_index", torch.tensor(table, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer("lead_ns", torch.tensor([h * 3_600_000_000_000 for h in leads],
+                                                     dtype=torch.long), persistent=False)
         n_t = len(spec.targets)
         self.sigma_floor = nn.Parameter(torch.full((n_t,), float(self.options["sigma_floor_init"])))
         self.anchor: PostProcessor | None = self._build_anchor() if self.ANCHORED else None
@@ -292,7 +335,7 @@ class PostProcessor(nn.Module):
             name=name, channels=spec.channels, targets=spec.targets,
             target_channels=spec.target_channels, static_names=spec.static_names,
             n_members=spec.n_members, grid_shape=spec.grid_shape, stats=spec.stats,
-            distribution=spec.distribution,
+            distribution=spec.distribution, target_leads=spec.target_leads,
             options={"sigma_eps": self.options["sigma_eps"], "season": season,
                      "sigma_floor_init": self.options["sigma_floor_init"]})
         anchor = build_model(anchor_spec)
@@ -342,11 +385,45 @@ class PostProcessor(nn.Module):
             raise ModelSpecError(f"point data need H = W = 1, got inputs {tuple(x.shape)}")
 
     def static(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The static planes a network reads, ``[B, spec.n_static_inputs, H, W]``: the batch's
+        static features, then (several target leads) the one-hot of each sample's lead."""
         x = batch["inputs"]
         s = batch.get("static")
         if s is None:
-            return x.new_zeros((x.shape[0], 0, *x.shape[3:]))
-        return s.to(x.dtype)
+            s = x.new_zeros((x.shape[0], 0, *x.shape[3:]))
+        s = s.to(x.dtype)
+        lead = self.lead_index(batch)
+        if lead is None:
+            return s
+        onehot = nn.functional.one_hot(lead, self.spec.n_leads).to(x.dtype)
+        return torch.cat([s, onehot[:, :, None, None].expand(-1, -1, *x.shape[3:])], dim=1)
+
+    def lead_index(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """Per sample, the index of its lead in ``spec.target_leads`` (``[B]`` long); ``None``
+        for a single-lead model."""
+        if self.spec.n_leads == 1:
+            return None
+        if "lead_time" not in batch:
+            raise ModelSpecError(f"batch lacks key 'lead_time': a model of several target leads "
+                                 f"{list(self.spec.target_leads)} h needs each sample's lead")
+        hit = batch["lead_time"].to(self.lead_ns.device)[:, None] == self.lead_ns[None]
+        ok = hit.any(dim=1)
+        if not bool(ok.all()):
+            bad = sorted({int(v) // 3_600_000_000_000 for v in batch["lead_time"][~ok.cpu()].tolist()})
+            raise ModelSpecError(f"lead times {bad} h are not among the model's target leads "
+                                 f"{list(self.spec.target_leads)} h")
+        return hit.to(torch.int64).argmax(dim=1)
+
+    def by_lead(self, x: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``x`` ``[B or 1, L*T, ...]`` (lead-major) -> each sample's lead ``[B, T, ...]``;
+        ``x`` as it is for a single-lead model."""
+        lead = self.lead_index(batch)
+        if lead is None:
+            return x
+        n_l = self.spec.n_leads
+        x = x.reshape(x.shape[0], n_l, x.shape[1] // n_l, *x.shape[2:])
+        x = x.expand(lead.shape[0], *x.shape[1:])
+        return x[torch.arange(lead.shape[0], device=x.device), lead.to(x.device)]
 
     def channel_stats(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Channel mean and std, ``[B, C, H, W]`` (local) or ``[1, C, 1, 1]`` (global)."""
@@ -359,8 +436,15 @@ class PostProcessor(nn.Module):
         )
 
     def raw_target_members(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The raw members of each target's channel, ``[B, K, T, H, W]`` physical."""
-        return batch["inputs"].index_select(2, self.target_index)
+        """The raw members of each target's channel (at each sample's lead), ``[B, K, T, H, W]``
+        physical."""
+        lead = self.lead_index(batch)
+        if lead is None:
+            return batch["inputs"].index_select(2, self.target_index)
+        x = batch["inputs"]
+        idx = self.lead_target_index[lead.to(self.lead_target_index.device)].to(x.device)  # [B, T]
+        idx = idx[:, None, :, None, None].expand(x.shape[0], x.shape[1], idx.shape[1], *x.shape[3:])
+        return torch.gather(x, 2, idx)
 
     def ensemble_features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalised ensemble mean and std of every channel, ``[B, 2C, H, W]``."""

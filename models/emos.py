@@ -69,7 +69,7 @@ class _EMOS(PostProcessor):
                 raise ModelSpecError(f"option season='doy' needs the static features {missing} "
                                      f"(spec.static_names is {list(spec.static_names)})")
             self.season_index = tuple(spec.static_names.index(f) for f in DOY_FEATURES)
-        n_t = len(spec.targets)
+        n_t = len(spec.targets) * spec.n_leads  # several target leads: lead-major rows
         n_p = 4 + 2 * len(self.season_index)
         shape = (n_p, n_t, *spec.grid_shape) if self.local else (n_p, n_t, 1, 1)
         init = torch.zeros(shape)
@@ -78,13 +78,17 @@ class _EMOS(PostProcessor):
         self.params = nn.Parameter(init)
 
     def _params(self, batch: Mapping[str, torch.Tensor], h: int, w: int) -> torch.Tensor:
-        """``[P, B or 1, T, H or 1, W or 1]``."""
+        """``[P, B or 1, T, H or 1, W or 1]`` (several target leads: each sample's lead's)."""
         if not self.local:
-            return self.params[:, None]
-        n_p, n_t = self.params.shape[:2]
-        table = self.params.reshape(n_p * n_t, *self.params.shape[2:])
-        patch = gather_patch(table, batch["y0"], batch["x0"], h, w, point=self.spec.is_point)
-        return patch.reshape(patch.shape[0], n_p, n_t, h, w).transpose(0, 1)
+            p = self.params[:, None]
+        else:
+            n_p, n_t = self.params.shape[:2]
+            table = self.params.reshape(n_p * n_t, *self.params.shape[2:])
+            patch = gather_patch(table, batch["y0"], batch["x0"], h, w, point=self.spec.is_point)
+            p = patch.reshape(patch.shape[0], n_p, n_t, h, w).transpose(0, 1)
+        if self.spec.n_leads > 1:
+            p = torch.stack([self.by_lead(q, batch) for q in p])
+        return p
 
     def _target_mean(self, batch: Mapping[str, torch.Tensor], h: int, w: int) -> torch.Tensor:
         if not self.local:
@@ -159,8 +163,9 @@ class _EMOS(PostProcessor):
         n_t = self.params.shape[1]
         ids = torch.arange(self.n_groups, device=self.params.device).reshape(n_t, *self.params.shape[2:])
         if not self.local:
-            return ids[None]
-        return gather_patch(ids, batch["y0"], batch["x0"], h, w, point=self.spec.is_point)
+            return self.by_lead(ids[None], batch)
+        return self.by_lead(gather_patch(ids, batch["y0"], batch["x0"], h, w, point=self.spec.is_point),
+                            batch)
 
     def design(self, batch: Mapping[str, torch.Tensor], m: torch.Tensor) -> torch.Tensor:
         """The mean's regressors ``[Q, B, T, H, W]``: ``mu - m = sum_q theta_q x_q`` for the
@@ -199,6 +204,9 @@ class LaggedEMOS(GlobalEMOS):
     def __init__(self, spec: ModelSpec) -> None:
         if not spec.static_names:
             raise ModelSpecError("emos_lagged needs static features (spec.static_names is empty)")
+        if spec.n_leads > 1:
+            raise ModelSpecError("emos_lagged serves one target lead (spec.target_leads has "
+                                 f"{list(spec.target_leads)})")
         super().__init__(spec)
         self.weights = nn.Parameter(torch.zeros(len(spec.targets), len(spec.static_names)))
 
@@ -261,6 +269,8 @@ def emos_chunk(model: _EMOS, batch: Mapping[str, torch.Tensor]) -> dict[str, tor
         m, s = ensemble_moments(model.raw_target_members(batch).double())
     out = {"m": m, "s": s, "target": batch["target"].detach().double(),
            "y0": batch["y0"], "x0": batch["x0"]}
+    if model.spec.n_leads > 1:  # which lead's parameter group a sample belongs to
+        out["lead_time"] = batch["lead_time"]
     if batch.get("static") is not None:
         out["static"] = batch["static"].detach().double()
     return out

@@ -89,7 +89,7 @@ class MixedModel(PostProcessor):
         n_c, o = len(spec.channels), self.options
         dim = int(o["embed_dim"])
         self.encoder = MemberEncoder(2 * n_c, list(as_sequence(o["encoder_hidden"], "encoder_hidden")), dim)
-        c_in = 2 * dim + 2 * n_c + len(spec.static_names)
+        c_in = 2 * dim + 2 * n_c + spec.n_static_inputs
         self.embedding: StationEmbedding | None = None
         if spec.is_point:
             emb = int(o["embedding_dim"])

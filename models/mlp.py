@@ -52,7 +52,7 @@ class MLPModel(PostProcessor):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
-        c_in = 2 * len(spec.channels) + len(spec.static_names)
+        c_in = 2 * len(spec.channels) + spec.n_static_inputs
         emb = int(self.options["embedding_dim"]) if spec.is_point else 0
         self.embedding = StationEmbedding(spec.grid_shape[0], emb) if emb > 0 else None
         self.body, width = pointwise_mlp(c_in + emb, list(as_sequence(self.options["hidden"], "hidden")))

@@ -43,7 +43,13 @@ from enspp.models.product import (
 )
 from enspp.pipeline.align import open_dataset, open_static
 from enspp.pipeline.config import PipelineConfig
-from enspp.pipeline.features import STATIC_NAMES, doy_encoding, parse_channel, static_fields
+from enspp.pipeline.features import (
+    STATIC_NAMES,
+    doy_encoding,
+    lead_target_channels,
+    parse_channel,
+    static_fields,
+)
 from enspp.pipeline.members import choose_members
 from enspp.pipeline.station_features import ALL_RECORD_FEATURES, FeatureScales, StationFeatures
 from enspp.pipeline.tiles import stitch, tile_slices
@@ -111,14 +117,17 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     with step(f"predict {version}", total=len(inits), unit="init time", progress=progress) as s, \
             torch.inference_mode():
         for init in inits:
-            fields, masked = _post_process(loaded, ds, init=init, members=members,
-                                           static_fixed=static_fixed, pipeline=pipeline,
-                                           tile=tile, overlap=overlap, quantiles=levels,
-                                           n_members=n_members, batch_size=batch_size,
-                                           seed=seed, source=source, records=records)
-            writer.write(product_dataset(fields, targets=meta.targets, init=init,
-                                         lead_h=pipeline.features.target_lead_time,
-                                         quantiles=levels, grid=ds))
+            per_lead = _post_process(loaded, ds, init=init, members=members,
+                                     static_fixed=static_fixed, pipeline=pipeline,
+                                     tile=tile, overlap=overlap, quantiles=levels,
+                                     n_members=n_members, batch_size=batch_size,
+                                     seed=seed, source=source, records=records)
+            steps = [product_dataset(fields, targets=meta.targets, init=init, lead_h=lead_h,
+                                     quantiles=levels, grid=ds)
+                     for lead_h, (fields, _) in per_lead.items()]
+            writer.write(steps[0] if len(steps) == 1 else
+                         xr.concat(steps, dim=schema.LEAD_TIME, data_vars="minimal",
+                                   coords="minimal", compat="override"))
             s.update()
         path = writer.finish()
         s.amount = f"{plural(len(inits), 'init time')} of {', '.join(meta.targets)} into {path.name}"
@@ -183,24 +192,45 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                   members: np.ndarray, static_fixed: np.ndarray, pipeline: PipelineConfig,
                   tile: int | None, overlap: int, quantiles: tuple[float, ...],
                   n_members: int, batch_size: int, seed: int, source: Any,
-                  records: StationFeatures | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The product fields of one init time and the mask of points with NaN inputs (no
-    ``quantiles`` for empty ``quantiles``, no ``members`` for ``n_members`` 0)."""
+                  records: StationFeatures | None = None
+                  ) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Per target lead (hours; every lead of a model of several), the product fields of one
+    init time and the mask of points with NaN inputs (no ``quantiles`` for empty
+    ``quantiles``, no ``members`` for ``n_members`` 0).  The inputs are read once."""
     model, meta = loaded.model, loaded.metadata
-    lead_h = pipeline.features.target_lead_time
     inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
     masked = ~np.isfinite(inputs).all(axis=(0, 1))
     if masked.any():
         if pipeline.nan_policy == "error":
             _raise_nan(inputs, meta.channels, init=init, source=source)
         inputs = _fill_nan(inputs, model)
+    leads = pipeline.features.target_leads
+    channels = (lead_target_channels(meta.channels, meta.targets, leads) if len(leads) > 1
+                else (tuple(model.spec.target_channels),))
+    return {lead_h: (_lead_fields(loaded, inputs, masked, init=init, lead_h=lead_h,
+                                  target_channels=tc, static_fixed=static_fixed, tile=tile,
+                                  overlap=overlap, quantiles=quantiles, n_members=n_members,
+                                  batch_size=batch_size, seed=seed, records=records), masked)
+            for lead_h, tc in zip(leads, channels)}
+
+
+def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarray, *,
+                 init: np.datetime64, lead_h: int, target_channels: Sequence[int],
+                 static_fixed: np.ndarray, tile: int | None, overlap: int,
+                 quantiles: tuple[float, ...], n_members: int, batch_size: int, seed: int,
+                 records: StationFeatures | None) -> dict[str, np.ndarray]:
+    """The product fields of one init time at one target lead."""
+    model, meta = loaded.model, loaded.metadata
     sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
     static_all = _static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
                          records=None if records is None else records.at(init))
     params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
                        overlap=overlap, batch_size=batch_size)
-    raw = inputs[:, list(model.spec.target_channels)]
-    rng = np.random.default_rng([seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63])
+    raw = inputs[:, list(target_channels)]
+    draw = [seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63]
+    if model.spec.n_leads > 1:  # each lead's ECC draws its own (the single-lead draw unchanged)
+        draw.append(int(lead_h))
+    rng = np.random.default_rng(draw)
     fields = {"mean": params["mu"], "std": params["sigma"]}
     if meta.distribution == "censored_logistic":  # the distribution itself (closed-form scores)
         fields["loc"], fields["scale"] = params["loc"], params["scale"]
@@ -211,7 +241,7 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                                                distribution=meta.distribution, seed=rng)
     for arr in fields.values():
         arr[..., masked] = np.nan
-    return fields, masked
+    return fields
 
 
 def read_inputs(ds: xr.Dataset, channels: Sequence[str], *, init: np.datetime64,

@@ -118,7 +118,14 @@ def build_spec(data: Any, model: ModelConfig, *, n_members: int, grid_shape: tup
         target_channels=tuple(int(c) for c in data.target_channels),
         static_names=tuple(data.static_names), n_members=int(n_members),
         grid_shape=tuple(int(n) for n in grid_shape), stats=data.stats.to_dict(),
-        distribution=model.distribution, options=dict(model.options), seeds=int(seeds))
+        distribution=model.distribution, options=dict(model.options), seeds=int(seeds),
+        target_leads=_target_leads(data))
+
+
+def _target_leads(data: Any) -> tuple[int, ...]:
+    """The DataModule's target leads when it serves several (a single-lead spec keeps none)."""
+    leads = tuple(int(h) for h in getattr(data, "target_leads", ()) or ())
+    return leads if len(leads) > 1 else ()
 
 
 def build_metadata(spec: Any, *, data: Any, pipeline: Any, model: ModelConfig,

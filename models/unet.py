@@ -121,7 +121,7 @@ class UNetModel(PostProcessor):
         super().__init__(spec)
         if spec.is_point:
             raise ModelSpecError("model 'unet' needs gridded data; use 'mlp' or 'mixed' for stations")
-        c_in = 2 * len(spec.channels) + len(spec.static_names)
+        c_in = 2 * len(spec.channels) + spec.n_static_inputs
         self.backbone = UNet(c_in, width=int(self.options["width"]), depth=int(self.options["depth"]))
         self.out = zero_head(self.backbone.out_channels, self.head_channels)
 

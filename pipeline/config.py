@@ -74,6 +74,10 @@ class FeaturesConfig(BaseModel):
     targets: tuple[str, ...] = ("t2m",)
     #: the lead time (hours) of the forecast being post-processed (the paper: 48 h)
     target_lead_time: int = 48
+    #: several lead times (hours) post-processed by one model, trained on all of them (each
+    #: sample is one init time at one of these leads; the model sees every lead's inputs and
+    #: which lead it forecasts); replaces ``target_lead_time`` when set
+    target_lead_times: tuple[int, ...] = ()
     #: further input lead times (hours) besides the target lead, e.g. ``[0, 24]``
     input_lead_times: tuple[int, ...] = ()
     #: static features, in this order (of :data:`STATIC_FEATURES`)
@@ -110,7 +114,7 @@ class FeaturesConfig(BaseModel):
             raise ValueError(f"lead time must be >= 0 hours, got {v}")
         return v
 
-    @field_validator("input_lead_times")
+    @field_validator("input_lead_times", "target_lead_times")
     @classmethod
     def _leads(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         if any(h < 0 for h in v):
@@ -132,12 +136,29 @@ class FeaturesConfig(BaseModel):
         if (self.past_error is not None or self.hres) and len(self.targets) != 1:
             raise ValueError(f"past_error and hres features need exactly one target, got "
                              f"{list(self.targets)}")
+        if (self.past_error is not None or self.hres) and len(self.target_leads) != 1:
+            raise ValueError(f"past_error and hres features need one target lead time, got "
+                             f"target_lead_times {list(self.target_lead_times)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_target_lead_setting(self) -> FeaturesConfig:
+        if (self.target_lead_times and "target_lead_time" in self.model_fields_set
+                and self.target_lead_time not in self.target_lead_times):
+            raise ValueError(f"target_lead_time {self.target_lead_time} is not in target_lead_times "
+                             f"{list(self.target_lead_times)}: set one of them")
         return self
 
     @property
+    def target_leads(self) -> tuple[int, ...]:
+        """The lead times (hours) the model post-processes, increasing: ``target_lead_times``,
+        else ``(target_lead_time,)``."""
+        return tuple(sorted(self.target_lead_times)) or (self.target_lead_time,)
+
+    @property
     def lead_times(self) -> tuple[int, ...]:
-        """All input lead times (hours), increasing, the target lead included."""
-        return tuple(sorted({*self.input_lead_times, self.target_lead_time}))
+        """All input lead times (hours), increasing, the target leads included."""
+        return tuple(sorted({*self.input_lead_times, *self.target_leads}))
 
 
 class MembersConfig(BaseModel):

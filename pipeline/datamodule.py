@@ -86,24 +86,34 @@ class EnsembleDataModule(L.LightningDataModule):
         self.n_members = check_members(self.store_members, config=cfg.members)
         feats = cfg.features
         self._leads = channel_leads(target_lead_time=feats.target_lead_time,
-                                    input_lead_times=feats.input_lead_times)
+                                    input_lead_times=feats.input_lead_times,
+                                    target_lead_times=feats.target_lead_times)
         self.channels = channel_names(feats.variables, self._leads)
         self.targets = tuple(feats.targets)
         self.target_channels = target_channels(feats.variables, feats.targets)
+        #: the lead times (hours) post-processed: a sample is one init time at one of them
+        self.target_leads = feats.target_leads
         self._static_index = [STATIC_NAMES.index(n) for n in feats.static]
         self.static_names = tuple(feats.static) + feature_names(feats)
-        lead = np.timedelta64(feats.target_lead_time, "h").astype("timedelta64[ns]")
-        self.alignment: Alignment = align(
-            fc, an, lead_time=lead,
-            input_lead_times=tuple(np.timedelta64(h, "h") for h in feats.input_lead_times),
-            variables=tuple(feats.variables), targets=tuple(feats.targets))
-        log.info("alignment: %s", self.alignment.report())
+        self.alignments: tuple[Alignment, ...] = tuple(
+            align(fc, an, lead_time=np.timedelta64(h, "h").astype("timedelta64[ns]"),
+                  input_lead_times=tuple(x for x in (np.timedelta64(g, "h") for g in self._leads)
+                                         if x != np.timedelta64(h, "h")),
+                  variables=tuple(feats.variables), targets=tuple(feats.targets))
+            for h in self.target_leads)
+        self.alignment: Alignment = self.alignments[0]
+        for a in self.alignments:
+            log.info("alignment: %s", a.report())
+        lead = self.alignment.lead_time
         max_lead = np.timedelta64(max(self._leads), "h").astype("timedelta64[ns]")
         self.periods = resolve_periods(fc["init_time"].values, config=cfg.split,
                                        max_lead=max_lead)
+        # every target lead of a sample's init time has its inputs and its analysis
+        aligned = self.alignment.init_times
+        for a in self.alignments[1:]:
+            aligned = aligned[np.isin(aligned, a.init_times)]
         self.split_init_times = split_init_times(
-            self.alignment.init_times, periods=self.periods, max_lead=max_lead,
-            gap_days=cfg.split.gap_days)
+            aligned, periods=self.periods, max_lead=max_lead, gap_days=cfg.split.gap_days)
         st = open_static(self._st_src) if self._st_src is not None else None
         self._static = static_fields(fc, st, regrid=cfg.regrid)
         self._reader = StoreReader(self._fc_src, self._an_src, variables=feats.variables,
@@ -174,7 +184,7 @@ class EnsembleDataModule(L.LightningDataModule):
         # contract attributes are filled by setup(); prepare on first access
         if name in {"channels", "targets", "target_channels", "static_names", "grid_shape",
                     "n_members", "point", "alignment", "split_init_times", "periods",
-                    "store_members", "record_features"} and not self.__dict__.get("_ready", True):
+                    "store_members", "record_features", "target_leads", "alignments"} and not self.__dict__.get("_ready", True):
             self.setup()
             return getattr(self, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -199,6 +209,7 @@ class EnsembleDataModule(L.LightningDataModule):
         return EnsembleDataset(
             self._reader, init_times=init_times,
             lead_time=self.alignment.lead_time, channels=self.channels,
+            lead_times=tuple(a.lead_time for a in self.alignments),
             members=self.config.members, store_members=self.store_members,
             static=self._static, grid_shape=self.grid_shape, point=self.point, mode=mode,
             patch_size=b.patch_size, tiles=tiles, seed=b.seed,

@@ -43,12 +43,15 @@ class EnsembleDataset(Dataset):
                  mode: Literal["train", "eval"] = "train", patch_size: int | None = None,
                  tiles: list[Tile] | None = None, seed: int = 0,
                  nan_policy: Literal["error", "mask"] = "error", stats: NormStats | None = None,
-                 static_index: Sequence[int] | None = None, record_features=None):
+                 static_index: Sequence[int] | None = None, record_features=None,
+                 lead_times: Sequence[np.timedelta64] | None = None):
         if nan_policy == "mask" and stats is None:
             raise ValueError("nan_policy 'mask' needs normalisation statistics (stats)")
         self.reader = reader
         self.init_times = np.asarray(init_times, dtype="datetime64[ns]")
         self.lead_time = np.timedelta64(lead_time, "ns")
+        #: the target leads: sample ``s`` is init time ``s // n_leads`` at lead ``s % n_leads``
+        self.lead_times = tuple(np.timedelta64(x, "ns") for x in (lead_times or (lead_time,)))
         self.channels = tuple(channels)
         self.members_cfg = members
         self.store_members = np.asarray(store_members, dtype=np.int64)
@@ -81,7 +84,7 @@ class EnsembleDataset(Dataset):
             self.n_records = int(record_features(self.init_times[0]).shape[0]) if len(self.init_times) else 0
 
     def __len__(self) -> int:
-        return len(self.init_times) * len(self.tiles)
+        return len(self.init_times) * len(self.lead_times) * len(self.tiles)
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, np.ndarray]:
         """One item: numpy arrays with a leading rows dim (1, or the stations)."""
@@ -136,7 +139,7 @@ class EnsembleDataset(Dataset):
         arr = {key: v.numpy() for key, v in batch.items()}
         reads = []
         for b, (s, members, sy, sx) in enumerate(draws):
-            init = self.init_times[s]
+            init = self.init_times[s // len(self.lead_times)]
             rs = slice(b * n, (b + 1) * n)
             if self.point:  # rows are stations: [n, K, C, 1, 1] seen as [K, C, n]
                 inputs = np.moveaxis(arr["inputs"][rs, :, :, 0, 0], 0, -1)
@@ -145,11 +148,11 @@ class EnsembleDataset(Dataset):
             else:
                 inputs, target = arr["inputs"][b], arr["target"][b]
                 region = {LATITUDE: sy, LONGITUDE: sx}
-            reads.append(SampleRead(init_time=init, valid_time=init + self.lead_time,
+            reads.append(SampleRead(init_time=init, valid_time=init + self._lead(s),
                                     members=members, region=region, inputs=inputs,
                                     target=target))
         self.reader.read(reads)
-        for b, ((_, members, sy, sx), r) in enumerate(zip(draws, reads)):
+        for b, ((s, members, sy, sx), r) in enumerate(zip(draws, reads)):
             rs = slice(b * n, (b + 1) * n)
             self._nan(r.inputs, r.target, r.init_time, members, sy, sx)
             sin_d, cos_d = doy_encoding(r.valid_time)
@@ -171,8 +174,12 @@ class EnsembleDataset(Dataset):
                 arr["static"][b] = full[self.static_index]
                 arr["y0"][b], arr["x0"][b] = sy.start, sx.start
             arr["init_time"][rs] = r.init_time.astype(np.int64)
-            arr["lead_time"][rs] = self.lead_time.astype(np.int64)
+            arr["lead_time"][rs] = self._lead(s).astype(np.int64)
         return batch
+
+    def _lead(self, s: int) -> np.timedelta64:
+        """The target lead of sample ``s``."""
+        return self.lead_times[s % len(self.lead_times)]
 
     def _nan(self, inputs: np.ndarray, target: np.ndarray, init: np.datetime64,
              members: np.ndarray, sy: slice, sx: slice) -> None:

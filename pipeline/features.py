@@ -19,9 +19,26 @@ OROG_SCALE_M = 1000.0
 _YEAR_DAYS = 365.25
 
 
-def channel_leads(*, target_lead_time: int, input_lead_times: Sequence[int]) -> tuple[int, ...]:
-    """Lead times (hours) in channel order: the target lead first, then the further inputs."""
-    return (target_lead_time, *[h for h in input_lead_times if h != target_lead_time])
+def channel_leads(*, target_lead_time: int, input_lead_times: Sequence[int],
+                  target_lead_times: Sequence[int] = ()) -> tuple[int, ...]:
+    """Lead times (hours) in channel order: the target lead(s) first (increasing), then the
+    further inputs."""
+    targets = tuple(sorted(target_lead_times)) or (target_lead_time,)
+    return (*targets, *[h for h in input_lead_times if h not in targets])
+
+
+def lead_target_channels(channels: Sequence[str], targets: Sequence[str],
+                         leads: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Per target lead (hours), the index into ``channels`` of each target at that lead."""
+    index = {name: i for i, name in enumerate(channels)}
+    out = []
+    for h in leads:
+        missing = [f"{t}@{h}h" for t in targets if f"{t}@{h}h" not in index]
+        if missing:
+            raise EnsppError(f"channels {missing} are missing: a target lead's inputs must be "
+                             f"channels (channels: {list(channels)})")
+        out.append(tuple(index[f"{t}@{h}h"] for t in targets))
+    return tuple(out)
 
 
 def channel_names(variables: Sequence[str], leads: Sequence[int]) -> tuple[str, ...]:
