@@ -106,7 +106,8 @@ class IngestSummary:
         if not self.added and not self.repaired and not self.extended:
             head += ", store unchanged"
         tail = (f"; {self.files} files ({self.files_already_ingested} already ingested); "
-                f"{self.members} members; {len(self.variables)} variables "
+                f"{self.members} member{'' if self.members == 1 else 's'}; "
+                f"{len(self.variables)} variable{'' if len(self.variables) == 1 else 's'} "
                 f"({', '.join(self.variables)}); read {_mb(self.bytes_read)}, wrote "
                 f"{_mb(self.bytes_written)} in {self.seconds:.1f} s")
         if self.failed:

@@ -546,7 +546,7 @@ def _exact_fit_batches(data: Any) -> Any:
 
 
 def _fit_words(result: Any) -> str:
-    return (f"train CRPS {result.loss:.4g} (closed-form start {result.start_loss:.4g}), "
+    return (f"train CRPS (normalised) {result.loss:.4g} (closed-form start {result.start_loss:.4g}), "
             f"{result.iterations} Newton iterations" + ("" if result.converged else " (iteration limit)"))
 
 

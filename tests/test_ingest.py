@@ -400,3 +400,14 @@ def test_two_ingests_at_once_serialise(tmp_path, files):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
     _same_store(store, clean)  # whichever ran first, the store reads as one clean ingest
+
+
+def test_summary_line_counts_one_member_in_the_singular():
+    """An analysis store has one member: the summary line says '1 member', not '1 members'."""
+    from enspp.data.ingest import IngestSummary
+
+    s = IngestSummary(store="analysis.zarr", kind="analysis", files=2, files_already_ingested=0,
+                      added=("a", "b"), repaired=(), skipped=(), members=1, variables=("t2m",),
+                      bytes_read=2_000_000, bytes_written=3_000_000, seconds=1.5)
+    assert "; 1 member; 1 variable (t2m);" in s.line()
+    assert "; 11 members;" in IngestSummary(**{**s.__dict__, "members": 11}).line()

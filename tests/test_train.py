@@ -247,3 +247,14 @@ def test_lr_schedules(schedule):
         for _ in range(3):
             sched.step(1.0)  # no improvement: halved each epoch after the first
         assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)
+
+
+def test_exact_fit_line_says_its_crps_is_normalised() -> None:
+    """The exact EMOS fit's summary names what its number is (the training loss: the CRPS
+    normalised by each target's training std), as every other training line does."""
+    from types import SimpleNamespace
+
+    from enspp.models.train import _fit_words
+
+    words = _fit_words(SimpleNamespace(loss=0.0626, start_loss=0.0627, iterations=16, converged=True))
+    assert words == "train CRPS (normalised) 0.0626 (closed-form start 0.0627), 16 Newton iterations"
