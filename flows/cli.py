@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 #: subcommand -> (module, one-line help); the order is the order of ``enspp --help``.
@@ -95,16 +96,28 @@ def main(argv: list[str] | None = None) -> int:
     show_summaries()  # one line per long step (what, how much, how long) on stderr
 
     try:
-        return int(module.run(args) or 0)
+        rc = int(module.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe is met here, inside the try
+        return rc
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `enspp inspect STORE | head`: the reader has all it wanted
+        _silence_stdout()
+        return 0
     except (EnsppError, OSError) as e:  # the user's input or files: one line, no traceback
         if getattr(args, "debug", False):
             raise
         print(f"enspp {name}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     # anything else is a bug: it raises with its traceback
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import eccodes
@@ -292,3 +294,15 @@ def test_inspect_a_twice_weekly_schedule(tmp_path):
     info = inspect_store(store)
     assert info["records"]["steps"] == ["3 days", "4 days"] and info["records"]["missing"] == 0
     assert "in steps of 3 days and 4 days" in format_inspect(info)
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
+    """`enspp inspect STORE | head -1`: the reader closing the pipe is not an error."""
+    store = tmp_path / "s.zarr"
+    append(store, forecast(["2020-01-01"]))
+    proc = subprocess.Popen([sys.executable, "-m", "enspp.flows.cli", "inspect", str(store)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""

@@ -217,3 +217,49 @@ def test_csv_errors(tmp_path):
         open_station(tmp_path / "t.csv", bad)
     with pytest.raises(FileNotFoundError, match="nothere.csv"):
         open_station(tmp_path / "nothere.csv", BMA)
+
+
+def test_the_readme_station_quickstart_through_the_cli(shared_data, tmp_path, capsys):
+    """README's station quickstart: the Magdeburg file's conventions in enspp.yaml's
+    data.station, ingested by `enspp ingest --config` as forecast, observations and HRES,
+    then `enspp inspect --json`; values equal the file's."""
+    import json
+
+    from enspp.flows.cli import main
+
+    cfg = tmp_path / "magdeburg.yaml"
+    cfg.write_text(
+        "data:\n"
+        "  station: {variable: t2m, units: degC, time: valid, hour: 12, lead_time: 24, control: forc.CTRL,\n"
+        "            station: {id: '10361', name: Magdeburg, latitude: 52.1, longitude: 11.6, elevation: 76}}\n")
+    f = str(shared_data / MAGDEBURG)
+    ens, obs, hres = tmp_path / "ens.zarr", tmp_path / "obs.zarr", tmp_path / "hres.zarr"
+    assert main(["ingest", f, "--store", str(ens), "--config", str(cfg), "--quiet"]) == 0
+    assert main(["ingest", f, "--store", str(obs), "--kind", "analysis", "--config", str(cfg),
+                 "--quiet"]) == 0
+    assert main(["ingest", f, "--store", str(hres), "--deterministic", "--config", str(cfg),
+                 "--quiet"]) == 0
+    # without the options the file's timing is unknown: refused, naming the option
+    assert main(["ingest", f, "--store", str(tmp_path / "no.zarr"), "--quiet"]) == 1
+    assert "data.station.lead_time" in capsys.readouterr().err
+    assert main(["inspect", "--json", str(ens)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "forecast" and info["lead_times_hours"] == [24]
+    assert info["members"] == {"count": 51, "numbers": "0..50", "control": True}
+    assert info["grid"]["type"] == "stations" and info["grid"]["names"] == ["10361"]
+    assert info["variables"]["t2m"]["units"] == "degC"
+    # the two rows without any member are not records: inspect names them as missing
+    assert info["records"]["complete"] == 4459 and info["records"]["missing"] == 2
+    raw = xr.load_dataset(shared_data / MAGDEBURG)
+    fc = open_store(ens)
+    day = pd.Timestamp("2007-07-15T12")  # verifying 2007-07-16 12 UTC, the row of 2007-07-16
+    np.testing.assert_array_equal(
+        fc["t2m"].sel(init_time=day, member=7).values[0, 0],
+        raw["t2m_ens"].sel(time="2007-07-16", member="forc.7").values)
+    np.testing.assert_array_equal(open_store(obs)["t2m"].sel(time=day + pd.Timedelta("24h")).values[0],
+                                  raw["t2m_obs"].sel(time="2007-07-16").values)
+    np.testing.assert_array_equal(open_store(hres)["t2m"].sel(init_time=day).values[0, 0, 0],
+                                  raw["t2m_hres"].sel(time="2007-07-16").values)
+    # running it again changes nothing
+    assert main(["ingest", f, "--store", str(ens), "--config", str(cfg), "--quiet"]) == 0
+    assert "0 init times added" in capsys.readouterr().out
