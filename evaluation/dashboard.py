@@ -123,7 +123,7 @@ def headline_view(doc: dict, variable: str, region: str) -> dict:
     labels = labels_of(doc)
     u = units_text(v.get("units"))
     ci = (v.get("ci") or "").split(" ")[0] or "CI"
-    columns = ["system", f"CRPS ({u})", f"CRPS skill vs {ref}", f"{ci} interval", "DM p-value",
+    columns = ["system", f"CRPS ({u})", "CRPS skill vs reference", f"{ci} interval", "DM p-value",
                f"RMSE ({u})", f"bias ({u})", "spread/skill"]
     rows = []
     for r in v["headline"][region]:
@@ -208,7 +208,7 @@ def _case_view(doc: dict, c: dict, prefix: str) -> dict:
     if c.get("crps"):
         table = _table(
             ["system", f"CRPS in box and window ({units_text(units)}; {c['crps_estimator']})",
-             f"improvement vs {ref}"],
+             "improvement vs reference"],
             [_row(s, labels, [_cell(_f(val)),
                               _cell("—" if s == ref else _imp(c["improvement_pct"].get(s)),
                                     _imp_class(c["improvement_pct"].get(s), s == ref))],

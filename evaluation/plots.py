@@ -67,9 +67,9 @@ def skill_by_lead(scores: xr.Dataset, region: str, path: Path, *,
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("lead time (h)")
     ax.set_xticks(h)
-    ax.set_ylabel(f"CRPS skill vs {_label(labels, str(scores.attrs.get('reference')))} (%)",
-                  fontsize=8)
-    ax.set_title(f"{scores.attrs.get('variable')} · {region}: skill by lead time")
+    ax.set_ylabel("CRPS skill vs reference (%)", fontsize=8)
+    ax.set_title(f"{scores.attrs.get('variable')} · {region}: CRPS skill by lead time\n"
+                 f"reference: {_label(labels, str(scores.attrs.get('reference')))}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=1, loc="best")
     return _save(fig, path)

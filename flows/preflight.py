@@ -212,6 +212,13 @@ class _Checker:
                     self.out.problems.append(
                         f"evaluate.systems[{s.key}].members: K = {s.members} but {p} holds "
                         f"{ds.sizes['member']} members")
+                elif isinstance(s.members, (list, tuple)) and "member" in ds.coords:
+                    have = {int(m) for m in ds["member"].values}
+                    absent = sorted({int(m) for m in s.members} - have)
+                    if absent:
+                        self.out.problems.append(
+                            f"evaluate.systems[{s.key}].members: member(s) {absent} not in {p} "
+                            f"(it holds members {sorted(have)})")
             if ev.lead_times is not None and "lead_time" in ds.coords:
                 hours = set((ds["lead_time"].values / np.timedelta64(1, "h")).round(6).tolist())
                 missing = [h for h in ev.lead_times if float(h) not in hours]

@@ -123,6 +123,16 @@ def test_units_everywhere_and_configuration_as_yaml(report):
     assert "by lead time" in page  # two lead times: a lead-time axis
 
 
+def test_columns_name_the_reference_in_words_not_by_key(report):
+    """Column headers say 'vs reference'; the reference is named once by its label (the
+    heading) and its row says 'reference': no internal key such as 'vs raw_full'."""
+    _, _, out = report
+    page = (out / "index.html").read_text()
+    assert "vs raw_full" not in page
+    assert "CRPS skill vs reference" in page and "improvement vs reference" in page
+    assert "CRPS and skill against raw ensemble, all 10 (control + 9 perturbed)" in page
+
+
 def test_one_lead_time_gets_a_table_not_a_lead_axis(tmp_path):
     from evaluation_data import config_dict, make_world
 

@@ -169,3 +169,18 @@ def test_land_sea_mask_that_the_maps_cannot_use_is_a_note(work):
     assert "holds no 'lsm' variable (it holds ['orog'])" in line
     (line,) = notes("small.nc")
     assert "is on a 4x24 grid, the stores on 16x24" in line and line.endswith("without a coastline")
+
+
+def test_a_member_list_is_checked_against_the_store(work):
+    """``members: [...]`` names member numbers: one the store lacks is a problem (members
+    0..5 here), a list it holds passes."""
+    def problems(members):
+        path = config(work, "members.yaml", evaluate={"systems": [
+            {"name": "raw_full", "path": "stores/forecast.zarr"},
+            {"name": "raw_subset", "path": "stores/forecast.zarr", "members": members}]})
+        return check_config(load_config(path)).problems
+
+    assert problems([1, 2, 3, 4, 5]) == []
+    (line,) = problems([0, 4, 7, 9])
+    assert line.startswith("evaluate.systems[raw_subset].members: member(s) [7, 9] not in ")
+    assert line.endswith("(it holds members [0, 1, 2, 3, 4, 5])")
