@@ -297,6 +297,8 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     pipeline = resolve_store_paths(pipeline, workdir)
     data = datamodule if datamodule is not None else _build_datamodule(pipeline)
     data.setup("fit")
+    if hasattr(data, "expect_accelerator"):  # the loaders read before fit pin as it will
+        data.expect_accelerator(train_config.accelerator)
     spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape,
                       seeds=train_config.seeds)
     from enspp.models.base import MODELS, build_model
@@ -538,11 +540,10 @@ def _member_scores(model: Any, data: Any) -> list[float]:
 def _exact_fit_batches(data: Any) -> Any:
     """Every training sample once for an exact fit: the training loader, except on a grid
     trained on random patches, where it is the training init times' whole fields (or tiles,
-    ``batches.tile_size``) as the evaluation loader reads them."""
-    cfg = getattr(data, "config", None)
-    if cfg is None or getattr(data, "point", True) or cfg.batches.patch_size is None:
-        return data.train_dataloader()
-    return data._loader(data.dataset(data.fit_splits, mode="eval"))
+    ``batches.tile_size``) as the evaluation loader reads them; read by the training loader's
+    workers (``EnsembleDataModule.exact_fit_dataloader``)."""
+    exact = getattr(data, "exact_fit_dataloader", None)
+    return exact() if exact is not None else data.train_dataloader()
 
 
 def _fit_words(result: Any) -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import numpy as np
+import torch
 import xarray as xr
 from torch.utils.data import DataLoader
 
@@ -70,6 +72,10 @@ class EnsembleDataModule(L.LightningDataModule):
         self._pin = pin_memory
         self._ready = False
         self._worker_counter: WorkerCounter | None = None
+        #: the loaders made so far, one per split set and use (their persistent workers
+        #: serve every pass of a fit), with whether they pin batches
+        self._loaders: dict[tuple, tuple[bool, DataLoader]] = {}
+        self._expect_cuda = False
 
     # ---- preparation -------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -217,6 +223,16 @@ class EnsembleDataModule(L.LightningDataModule):
             static_index=self._static_index,
             record_features=None if self.record_features is None else self.record_features.at)
 
+    def _cached(self, key: tuple, build) -> DataLoader:
+        """The loader of ``key``, made once (``build()``) and then kept: Lightning, the exact
+        fit and the validation scores before training iterate one loader, so its persistent
+        workers start once per fit.  Made again when the pinning decision changed."""
+        pin = self._feeds_gpu()
+        kept = self._loaders.get(key)
+        if kept is None or kept[0] != pin:
+            self._loaders[key] = kept = (pin, build())
+        return kept[1]
+
     def _loader(self, ds: EnsembleDataset, *, sampler=None) -> DataLoader:
         b = self.config.batches
         workers = b.num_workers
@@ -248,10 +264,21 @@ class EnsembleDataModule(L.LightningDataModule):
         if self._pin is not None:
             return self._pin
         trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return self._expect_cuda
         try:
-            return trainer is not None and trainer.strategy.root_device.type == "cuda"
+            return trainer.strategy.root_device.type == "cuda"
         except (AttributeError, RuntimeError):
             return False
+
+    def expect_accelerator(self, accelerator: str) -> None:
+        """The accelerator the coming fit will use (a Trainer's ``accelerator``), so that
+        the loaders read before the trainer is attached (an exact fit, validation scores)
+        pin batches as the fit will, and the fit reuses them (and their workers)."""
+        import torch
+
+        name = str(accelerator).lower()
+        self._expect_cuda = name in ("cuda", "gpu") or (name == "auto" and torch.cuda.is_available())
 
     def train_on(self, splits: tuple[str, ...]) -> None:
         """Draw training batches from ``splits`` (e.g. ``("train", "val")`` for a refit after
@@ -277,10 +304,35 @@ class EnsembleDataModule(L.LightningDataModule):
         if b.preload:
             return _batches(PreloadedBatches(self.preloaded(self.fit_splits), batch_size=b.batch_size,
                                              seed=b.seed, shuffle=True))
-        ds = self.dataset(self.fit_splits, mode="train")
-        sampler = EpochSampler(len(ds), seed=b.seed, shuffle=True,
-                               samples_per_epoch=b.samples_per_epoch)
-        return self._loader(ds, sampler=sampler)
+
+        def build() -> DataLoader:
+            ds = self.dataset(self.fit_splits, mode="train")
+            if self._patches():
+                ds.whole = self.dataset(self.fit_splits, mode="eval")
+            sampler = EpochSampler(len(ds), seed=b.seed, shuffle=True,
+                                   samples_per_epoch=b.samples_per_epoch)
+            return self._loader(ds, sampler=sampler)
+
+        return self._cached(("train", self.fit_splits), build)
+
+    def _patches(self) -> bool:
+        """Training reads random patches of a grid."""
+        return not self.point and self.config.batches.patch_size is not None
+
+    def exact_fit_dataloader(self) -> Iterable[dict[str, torch.Tensor]]:
+        """Every training sample once, for an exact fit (EMOS, a network's anchor): on a
+        grid trained on random patches, the training init times' whole fields (or tiles,
+        ``batches.tile_size``) as the evaluation loader reads them; otherwise the training
+        loader's first epoch.  Read through the training loader, so its workers also serve
+        this pass (none start for it)."""
+        self.setup()
+        if self.config.batches.preload:
+            if self._patches():
+                return self._loader(self.dataset(self.fit_splits, mode="eval"))
+            return self.train_dataloader()
+        loader = self.train_dataloader()
+        whole = loader.dataset.whole
+        return ExactPass(loader, None if whole is None else len(whole))
 
     def val_dataloader(self) -> DataLoader | list:
         if "val" not in self.split_init_times or "val" in self.fit_splits:
@@ -295,10 +347,30 @@ class EnsembleDataModule(L.LightningDataModule):
         if b.preload:
             return _batches(PreloadedBatches(self.preloaded((split,)), batch_size=b.batch_size,
                                              seed=b.seed, shuffle=False))
-        return self._loader(self.dataset(split))
+        return self._cached((split,), lambda: self._loader(self.dataset(split)))
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+
+class ExactPass:
+    """One pass of a training loader for an exact fit (:meth:`EnsembleDataModule.exact_fit_dataloader`):
+    its sampler yields the pass's items once, then the loader trains as before."""
+
+    def __init__(self, loader: DataLoader, n_whole: int | None):
+        self.loader, self.n_whole = loader, n_whole
+
+    def __len__(self) -> int:
+        n = len(self.loader.sampler) if self.n_whole is None else self.n_whole
+        return -(-n // int(self.loader.batch_size or 1))
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        sampler = self.loader.sampler
+        sampler.exact_pass_next(self.n_whole)
+        try:
+            yield from self.loader
+        finally:
+            sampler.exact_pass_done()
 
 
 def _batches(source: PreloadedBatches) -> DataLoader:

@@ -4,7 +4,7 @@ tiles for inference, all stations of a date for point data; deterministic given 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,13 @@ from enspp.pipeline.tiles import Tile, tile_slices
 
 class InputNaNError(EnsppError):
     """An input field holds NaN and ``nan_policy`` is ``error``."""
+
+
+class WholeItem(NamedTuple):
+    """An item of a training dataset's :attr:`EnsembleDataset.whole` companion: the training
+    loader's workers read an exact fit's pass over whole fields (or tiles) with these."""
+
+    index: int
 
 
 class EnsembleDataset(Dataset):
@@ -79,6 +86,9 @@ class EnsembleDataset(Dataset):
         self.static_index = (np.arange(n_all) if static_index is None
                              else np.asarray(static_index, dtype=np.int64))
         self.record_features = record_features
+        #: the same init times in ``eval`` mode (whole fields or tiles), read for
+        #: :class:`WholeItem` items: one pass for an exact fit through this dataset's loader
+        self.whole: EnsembleDataset | None = None
         self.n_records = 0
         if record_features is not None:
             self.n_records = int(record_features(self.init_times[0]).shape[0]) if len(self.init_times) else 0
@@ -93,7 +103,13 @@ class EnsembleDataset(Dataset):
     def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> dict[str, torch.Tensor]:
         """A whole batch, read straight into its tensors: in shared memory inside a
         DataLoader worker (so handing it to the main process copies nothing), in pinned
-        memory when ``pin_memory`` is set (a GPU is fed from the main process)."""
+        memory when ``pin_memory`` is set (a GPU is fed from the main process).
+        :class:`WholeItem` items are read from :attr:`whole`."""
+        if items and isinstance(items[0], WholeItem):
+            if self.whole is None:
+                raise IndexError("whole-field items need the dataset's whole companion")
+            self.whole.pin_memory = self.pin_memory
+            return self.whole.__getitems__([int(it.index) for it in items])
         if get_worker_info() is not None:
             where = "shared"
         else:
@@ -240,21 +256,42 @@ class EpochSampler(Sampler):
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.samples_per_epoch = samples_per_epoch or n
         self.epoch = 0
+        self._exact: tuple[int | None] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def exact_pass_next(self, n_whole: int | None) -> None:
+        """Make the next iteration one pass for an exact fit, without moving the epoch count:
+        ``WholeItem(0) .. WholeItem(n_whole - 1)`` in order, or (``None``) the items of epoch
+        0, as a fresh sampler's first epoch."""
+        self._exact = (n_whole,)
+
+    def exact_pass_done(self) -> None:
+        self._exact = None
+
     def __len__(self) -> int:
+        if self._exact is not None and self._exact[0] is not None:
+            return self._exact[0]
         return self.samples_per_epoch
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def __iter__(self) -> Iterator[tuple[int, int]] | Iterator[WholeItem]:
+        if self._exact is not None:
+            (n_whole,), self._exact = self._exact, None
+            if n_whole is not None:
+                return iter([WholeItem(i) for i in range(n_whole)])
+            return iter(self._items(0))
+        items = self._items(self.epoch)
         self.epoch += 1
+        return iter(items)
+
+    def _items(self, epoch: int) -> list[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, epoch])
         order: list[int] = []
         while len(order) < self.samples_per_epoch:
             order.extend((rng.permutation(self.n) if self.shuffle else np.arange(self.n)).tolist())
         draws = rng.integers(0, 2**62, size=self.samples_per_epoch)
-        return iter([(int(i), int(d)) for i, d in zip(order[: self.samples_per_epoch], draws)])
+        return [(int(i), int(d)) for i, d in zip(order[: self.samples_per_epoch], draws)]
 
 
 class PreloadedBatches(IterableDataset):

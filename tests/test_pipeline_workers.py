@@ -115,6 +115,40 @@ def test_worker_start_up_once_per_fit(tmp_path):
     assert dm.worker_starts == 2
 
 
+def _same(got: list, want: list, what: str) -> None:
+    assert len(got) == len(want), what
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for k in w:
+            torch.testing.assert_close(g[k], w[k], rtol=0, atol=0, msg=f"{what}: {k}")
+
+
+@pytest.mark.parametrize("patch_size", [8, None])
+def test_exact_fit_pass_is_read_by_the_training_workers(stores, patch_size):
+    """An exact fit's pass (random patches: the training init times' whole fields, as the
+    evaluation loader reads them; whole fields: the training loader's first epoch) is read by
+    the training loader's one worker, and leaves the training epochs as they were."""
+    dm = EnsembleDataModule(_cfg(num_workers=1, patch_size=patch_size),
+                            forecast=stores.forecast, analysis=stores.analysis)
+    ref = EnsembleDataModule(_cfg(patch_size=patch_size), forecast=stores.forecast,
+                             analysis=stores.analysis, stats=dm.stats)
+    exact = dm.exact_fit_dataloader()
+    got = list(exact)
+    want = (list(ref._loader(ref.dataset("train", mode="eval"))) if patch_size else
+            list(ref.train_dataloader()))
+    assert len(exact) == len(want)
+    _same(got, want, "exact pass")
+    if patch_size:  # the tiles of whole fields in order, not random patches
+        assert got[0]["y0"].tolist() == [0, 0, 0] and got[0]["x0"].tolist() == [0, 6, 12]
+    fresh = EnsembleDataModule(_cfg(patch_size=patch_size), forecast=stores.forecast,
+                               analysis=stores.analysis, stats=dm.stats).train_dataloader()
+    train = dm.train_dataloader()
+    assert train is dm.train_dataloader() and dm.val_dataloader() is dm.val_dataloader()
+    _same([b for _ in range(2) for b in train], [b for _ in range(2) for b in fresh], "epochs")
+    _same(list(exact), got, "a second pass")
+    assert dm.worker_starts == 1
+
+
 def test_workers_import_only_the_reading_code(stores, tmp_path):
     """A worker started afresh (spawn) imports the reading code, not Lightning, Prefect,
     plotting or the GRIB libraries; ``fork`` (the default on Linux) imports nothing."""
