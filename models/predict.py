@@ -30,7 +30,7 @@ import xarray as xr
 
 from enspp.data import schema
 from enspp.data.errors import EnsppError
-from enspp.data.progress import plural, step
+from enspp.data.progress import LOGGER, plural, step
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
 from enspp.models.ecc import output_ecc_members, output_quantiles
 from enspp.models.product import (
@@ -114,14 +114,20 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     attrs = product_attrs(loaded, members=members, source=source, version=version,
                           n_members=n_members, quantiles=levels)
     writer = ProductWriter(Path(out), attrs=attrs, fmt=fmt)
+    skipped: dict[np.datetime64, list[str]] = {}
     with step(f"predict {version}", total=len(inits), unit="init time", progress=progress) as s, \
             torch.inference_mode():
         for init in inits:
-            per_lead = _post_process(loaded, ds, init=init, members=members,
-                                     static_fixed=static_fixed, pipeline=pipeline,
-                                     tile=tile, overlap=overlap, quantiles=levels,
-                                     n_members=n_members, batch_size=batch_size,
-                                     seed=seed, source=source, records=records)
+            try:
+                per_lead = _post_process(loaded, ds, init=init, members=members,
+                                         static_fixed=static_fixed, pipeline=pipeline,
+                                         tile=tile, overlap=overlap, quantiles=levels,
+                                         n_members=n_members, batch_size=batch_size,
+                                         seed=seed, source=source, records=records)
+            except _AbsentInputs as e:
+                skipped[init] = e.channels
+                s.update()
+                continue
             steps = [product_dataset(fields, targets=meta.targets, init=init, lead_h=lead_h,
                                      quantiles=levels, grid=ds)
                      for lead_h, (fields, _) in per_lead.items()]
@@ -129,9 +135,33 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                          xr.concat(steps, dim=schema.LEAD_TIME, data_vars="minimal",
                                    coords="minimal", compat="override"))
             s.update()
+        if skipped:
+            line = _skipped_line(skipped, total=len(inits), source=source)
+            if len(skipped) == len(inits):
+                raise PredictError(line)
+            LOGGER.warning(line)
         path = writer.finish()
-        s.amount = f"{plural(len(inits), 'init time')} of {', '.join(meta.targets)} into {path.name}"
+        s.amount = (f"{plural(len(inits) - len(skipped), 'init time')} of "
+                    f"{', '.join(meta.targets)} into {path.name}"
+                    + (f" ({len(skipped)} skipped: input fields absent)" if skipped else ""))
     return path
+
+
+class _AbsentInputs(Exception):
+    """An init time lacks whole input fields (absent from the store): skipped, not filled."""
+
+    def __init__(self, channels: list[str]):
+        super().__init__(", ".join(channels))
+        self.channels = channels
+
+
+def _skipped_line(skipped: dict[np.datetime64, list[str]], *, total: int, source: Any) -> str:
+    """One line naming the init times skipped for want of input fields (the first few)."""
+    shown = "; ".join(f"{str(t)[:16]} ({', '.join(c)})" for t, c in list(skipped.items())[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return (f"predict: {len(skipped)} of {plural(total, 'init time')} skipped because input "
+            f"fields are absent from {source} (not filled, whatever pipeline.nan_policy): "
+            f"{shown}{more}")
 
 
 def tiling(pipeline: PipelineConfig, *, grid_shape: tuple[int, int]) -> tuple[int | None, int]:
@@ -199,6 +229,11 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
     ``quantiles``, no ``members`` for ``n_members`` 0).  The inputs are read once."""
     model, meta = loaded.model, loaded.metadata
     inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
+    # a field absent from the store reads as NaN everywhere: the init time is skipped (a NaN
+    # inside a field follows pipeline.nan_policy)
+    absent = [meta.channels[c] for c in range(inputs.shape[1]) if np.isnan(inputs[:, c]).all()]
+    if absent:
+        raise _AbsentInputs(absent)
     masked = ~np.isfinite(inputs).all(axis=(0, 1))
     if masked.any():
         if pipeline.nan_policy == "error":

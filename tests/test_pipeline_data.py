@@ -341,3 +341,58 @@ def test_block_cache_budget_and_worker_copies(stores):
     assert worker._h == {} and worker.cache is not cache and worker.cache.misses == 0
     with pytest.raises(ValueError, match="cache_mb"):
         _cfg(batches={"cache_mb": -1})
+
+
+def test_samples_needing_an_absent_field_are_skipped_and_counted(tmp_path):
+    """A store records fields its source did not provide as absent (schema 2 presence): t2m
+    at +0 h of one init time, t (t850) at every lead of another, the analysis' t2m at the
+    valid time of a third.  The DataModule skips exactly those samples, whatever
+    ``nan_policy`` (an absent field is never filled), and says so in one line."""
+    import logging
+
+    from enspp.data.store import present_fields
+    from enspp.data.store_writer import append
+
+    inits = pd.date_range("2020-01-01", periods=16, freq="1D")
+    fc = forecast_dataset(init_times=inits, lead_hours=(0, 48), n_members=4, ny=4, nx=5)
+    fc["t2m"].loc[{"init_time": inits[3], "lead_time": pd.Timedelta(0)}] = np.nan
+    fc["t"].loc[{"init_time": inits[7]}] = np.nan
+    an = analysis_dataset(times=pd.date_range("2020-01-01", periods=20, freq="1D"), ny=4, nx=5)
+    an["t2m"].loc[{"time": inits[10] + pd.Timedelta(hours=48)}] = np.nan
+    append(tmp_path / "f.zarr", fc, kind="forecast")
+    append(tmp_path / "a.zarr", an, kind="analysis")
+    presence = present_fields(tmp_path / "f.zarr")
+    assert not presence["t2m"].values[3, 0] and presence["t2m"].values[3, 1]
+    assert not presence["t"].values[7].any() and presence["t"].values.sum() == 2 * 16 - 2
+    skipped = {inits[i].to_datetime64() for i in (3, 7, 10)}
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("enspp.pipeline.datamodule")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        for policy in ("error", "mask"):
+            lines.clear()
+            cfg = _cfg(members={"k": 2}, batches={"patch_size": None}, nan_policy=policy,
+                       split={"fractions": [0.6, 0.2, 0.2]})
+            dm = EnsembleDataModule(cfg, forecast=tmp_path / "f.zarr", analysis=tmp_path / "a.zarr")
+            dm.setup()
+            assert len(dm.alignment.init_times) == 13, policy
+            assert not skipped & set(dm.alignment.init_times), policy
+            kept = np.concatenate(list(dm.split_init_times.values()))
+            seen = set()
+            for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+                for b in loader:
+                    assert torch.isfinite(b["inputs"]).all() and torch.isfinite(b["target"]).all()
+                    seen |= set(b["init_time"].numpy().astype("datetime64[ns]"))
+            assert seen == set(kept), policy
+            said = [line for line in lines if "absent" in line]
+            assert len(said) == 1, lines
+            assert ("3 skipped because a field they need is absent from the stores "
+                    "(init times 2020-01-04 00:00:00, 2020-01-08 00:00:00, 2020-01-11") in said[0]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -265,3 +265,49 @@ def test_store_mismatch_and_too_few_members(world, tmp_path):
         predict(ckpt, ds.isel(member=slice(0, 3)), out=tmp_path / "p")
     with pytest.raises(MemberSelectionError, match="members.k = 5"):
         predict(ckpt, ds.isel(member=slice(0, 5)), out=tmp_path / "p")  # 4 perturbed members
+
+
+def test_absent_input_fields_skip_the_init_time_never_filled(world, tmp_path):
+    """A forecast store that lacks an input field at one init time (recorded as absent):
+    predict skips that init time and says so in one line, whatever ``nan_policy`` (the field
+    is not filled); when every init time asked for lacks a field, one clear error."""
+    import logging
+
+    from enspp.data.progress import LOGGER
+    from enspp.data.store import present_fields
+    from enspp.data.store_writer import append
+
+    ds = open_dataset(world["paths"].forecast).isel(init_time=slice(0, 3)).load()
+    init = ds.init_time.values[1]
+    ds["t"].loc[{"init_time": init, "lead_time": np.timedelta64(48, "h")}] = np.nan
+    store = tmp_path / "fc.zarr"
+    append(store, ds.drop_encoding(), kind="forecast")
+    assert present_fields(store)["t"].values.tolist() == [[True, True], [True, False], [True, True]]
+    mask_pipe = pipeline_config(world["paths"], nan_policy="mask",
+                                features={"variables": ["t850", "t2m"], "targets": ["t2m"]})
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    LOGGER.addHandler(handler)
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)
+    try:
+        for name, ckpt in (("error", world["raw"]),
+                           ("mask", make_checkpoint(tmp_path / "mask.ckpt", mask_pipe))):
+            lines.clear()
+            out = open_product(predict(ckpt, store, out=tmp_path / f"{name}.zarr",
+                                       quantiles=QUANTILES, progress=False))
+            assert out.init_time.values.tolist() == ds.init_time.values[[0, 2]].tolist(), name
+            assert bool(np.isfinite(out["t2m_mean"]).all()), name
+            said = [line for line in lines if "skipped because" in line]
+            assert len(said) == 1 and said[0].startswith(
+                "predict: 1 of 3 init times skipped because input fields are absent from "
+                f"{store}"), lines
+            assert f"{str(init)[:16]} (t850@48h)" in said[0]
+            assert "(1 skipped: input fields absent)" in lines[-1]
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
+    with pytest.raises(PredictError, match=r"^predict: 1 of 1 init time skipped because input "
+                       r"fields are absent .*\(t850@48h\)$"):
+        predict(world["raw"], store, out=tmp_path / "none.zarr", init_times=[init])
