@@ -73,8 +73,8 @@ class Box(_Frozen):
 
     def describe(self) -> str:
         """``40°N–60°N, 10°W–20°E``: in the convention of the maps (:mod:`evaluation.labels`)."""
-        return (f"{lat_text(self.lat_min)}–{lat_text(self.lat_max)}, "
-                f"{lon_text(self.lon_min)}–{lon_text(self.lon_max)}")
+        return (f"{lat_text(self.lat_min, 2)}–{lat_text(self.lat_max, 2)}, "
+                f"{lon_text(self.lon_min, 2)}–{lon_text(self.lon_max, 2)}")
 
 
 class Window(_Frozen):

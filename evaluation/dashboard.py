@@ -21,6 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from enspp.data.errors import EnsppError
 from enspp.evaluation.report import read_scores, write_json
 
@@ -101,6 +103,39 @@ def twcrps_text(label: str, *, units: str, tail: str = "upper") -> str:
         suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
         return f"{side} the local {n}{suffix} percentile"
     return label
+
+
+def time_text(iso: str) -> str:
+    """``2016-07-08 00:00 UTC`` from an ISO time (``2016-07-08T00:00:00``); seconds only
+    where they are not zero; text that is not a time is returned as it is."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d)(:\d\d)?(\.\d+)?(Z|[+-]00:?00)?", str(iso))
+    if not m:
+        return str(iso)
+    sec = m.group(3) if m.group(3) not in (None, ":00") else ""
+    return f"{m.group(1)} {m.group(2)}{sec} UTC"
+
+
+class _ReadableYaml(yaml.SafeDumper):
+    """YAML for a reader: mappings in block style, a list of plain values on one line
+    (``members: [1, 2, 3, 4, 5]`` rather than five lines)."""
+
+
+def _represent_list(dumper: Any, data: list) -> Any:
+    flow = bool(data) and all(isinstance(x, (int, float, bool)) or
+                              (isinstance(x, str) and len(x) < 40) for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_ReadableYaml.add_representer(list, _represent_list)
+
+
+def config_text(config: dict) -> str:
+    """The run's configuration as readable YAML (unset entries left out)."""
+    config = _pruned(config)
+    if not config:
+        return "(not recorded)"
+    return yaml.dump(config, Dumper=_ReadableYaml, sort_keys=False, default_flow_style=False,
+                     width=100, allow_unicode=True)
 
 
 # ------------------------------------------------------------------ the view
@@ -198,7 +233,8 @@ def _case_view(doc: dict, c: dict, prefix: str) -> dict:
     ref = doc["reference"]
     units = doc.get("variables", {}).get(c["variable"], {}).get("units", "") or c.get("units", "")
     facts = [("variable", f"{c['variable']} ({units_text(units)})"), ("box", c["box_text"]),
-             ("valid times", f"{c['window']['start']} – {c['window']['end']}")]
+             ("valid times", f"{time_text(c['window']['start'])} – "
+                             f"{time_text(c['window']['end'])}")]
     if c.get("threshold") is not None:
         facts.append(("threshold", f"{c['threshold']:g} {units}".rstrip()))
     facts.append(("how chosen", c["how_chosen"]))
@@ -222,8 +258,6 @@ def _case_view(doc: dict, c: dict, prefix: str) -> dict:
 
 
 def _provenance_view(doc: dict) -> dict:
-    import yaml
-
     p = doc.get("provenance", {})
 
     def text(t: Any, *, code: bool = False) -> dict:
@@ -239,10 +273,7 @@ def _provenance_view(doc: dict) -> dict:
     if files:
         links = [("scores.json", "scores.json")] + [(n, n) for n in files.get("netcdf", {}).values()]
         facts.append(("files", {"text": "", "code": False, "links": links}))
-    config = _pruned(p.get("config", {}))
-    config_yaml = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=100,
-                                 allow_unicode=True) if config else "(not recorded)"
-    return {"facts": facts, "config_yaml": config_yaml}
+    return {"facts": facts, "config_yaml": config_text(p.get("config", {}))}
 
 
 def _pruned(x: Any) -> Any:

@@ -306,3 +306,27 @@ def test_notes_and_extreme_event_scores_are_shown(report, tmp_path):
     page = write_dashboard([doc], tmp_path).read_text()
     assert "Problems and notes" in page and "has no grid point: skipped" in page
     assert "Extreme-event weighted CRPS" in page and "EECRPS (K)" in page
+
+
+def test_configuration_and_case_facts_read_as_text():
+    """The configuration: block mappings, short lists on one line, unset entries gone; a
+    case's valid times without ISO 'T' and with their time zone; its box rounded."""
+    import yaml
+
+    from enspp.evaluation.cases import Box
+    from enspp.evaluation.dashboard import config_text, time_text
+
+    config = {"title": "demo", "truth": None, "systems": [
+        {"name": "raw_subset", "path": "/w/stores/forecast.zarr", "members": [1, 2, 3, 4, 5]}],
+        "lead_times": [48], "regions": ["global", {"name": "band", "lat_min": -20}], "cases": []}
+    text = config_text(config)
+    assert text == ("title: demo\nsystems:\n- name: raw_subset\n  path: /w/stores/forecast.zarr\n"
+                    "  members: [1, 2, 3, 4, 5]\nlead_times: [48]\nregions:\n- global\n"
+                    "- name: band\n  lat_min: -20\n")
+    assert yaml.safe_load(text) == {k: v for k, v in config.items() if v not in (None, [])}
+    assert config_text({}) == "(not recorded)"
+    assert time_text("2016-07-08T00:00:00") == "2016-07-08 00:00 UTC"
+    assert time_text("2016-07-08T06:30:15") == "2016-07-08 06:30:15 UTC"
+    assert time_text("soon") == "soon"
+    assert Box(lat_min=34.3125, lat_max=61.3125, lon_min=36.1475, lon_max=276.3525).describe() \
+        == "34.31°N–61.31°N, 36.15°E–83.65°W"
