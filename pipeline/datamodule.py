@@ -108,8 +108,6 @@ class EnsembleDataModule(L.LightningDataModule):
                   variables=tuple(feats.variables), targets=tuple(feats.targets))
             for h in self.target_leads)
         self.alignment: Alignment = self.alignments[0]
-        for a in self.alignments:
-            log.info("alignment: %s", a.report())
         lead = self.alignment.lead_time
         max_lead = np.timedelta64(max(self._leads), "h").astype("timedelta64[ns]")
         self.periods = resolve_periods(fc["init_time"].values, config=cfg.split,
@@ -118,6 +116,10 @@ class EnsembleDataModule(L.LightningDataModule):
         aligned = self.alignment.init_times
         for a in self.alignments[1:]:
             aligned = aligned[np.isin(aligned, a.init_times)]
+        # one line, whatever the number of leads (samples skipped for absent fields included)
+        log.info("alignment: %s", self.alignment.report() if len(self.alignments) == 1 else
+                 f"{len(aligned)} init times with every lead aligned ("
+                 + "; ".join(a.report() for a in self.alignments) + ")")
         self.split_init_times = split_init_times(
             aligned, periods=self.periods, max_lead=max_lead, gap_days=cfg.split.gap_days)
         st = open_static(self._st_src) if self._st_src is not None else None

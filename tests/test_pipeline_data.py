@@ -393,6 +393,17 @@ def test_samples_needing_an_absent_field_are_skipped_and_counted(tmp_path):
             assert len(said) == 1, lines
             assert ("3 skipped because a field they need is absent from the stores "
                     "(init times 2020-01-04 00:00:00, 2020-01-08 00:00:00, 2020-01-11") in said[0]
+        # both leads post-processed: still one line (at +0 h the analysis lacks the valid
+        # time of 2020-01-13)
+        lines.clear()
+        cfg = _cfg(members={"k": 2}, batches={"patch_size": None},
+                   features={"input_lead_times": [], "target_lead_times": [0, 48]})
+        dm = EnsembleDataModule(cfg, forecast=tmp_path / "f.zarr", analysis=tmp_path / "a.zarr")
+        dm.setup()
+        kept = np.concatenate(list(dm.split_init_times.values()))
+        assert not (skipped | {inits[12].to_datetime64()}) & set(kept)
+        said = [line for line in lines if "alignment" in line]
+        assert len(said) == 1 and "12 init times with every lead aligned" in said[0], lines
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
