@@ -47,7 +47,7 @@ class _Checker:
         self.cfg = config
         self.wd = config.workdir
         self.out = Preflight()
-        self._open: dict[Path, Any] = {}
+        self._open: dict[tuple[Path, bool], Any] = {}
 
     # -------------------------------------------------------------- paths
     def _written_by_enspp(self, path: Path) -> bool:
@@ -72,18 +72,23 @@ class _Checker:
             self.out.problems.append(f"{key}: {what} {p} does not exist")
         return None
 
-    def dataset(self, key: str, path: Path) -> Any:
-        """The opened store (cached); a store that cannot be opened is a problem."""
-        if path not in self._open:
-            from enspp.pipeline.align import open_dataset
+    def dataset(self, key: str, path: Path, *, any_zarr: bool = False) -> Any:
+        """The opened store (cached); a store that cannot be opened is a problem.
+        ``any_zarr``: opened as evaluate opens a system (an enspp store, or any Zarr: a
+        product, the oracle), else as the pipeline opens its stores (enspp stores only)."""
+        if (path, any_zarr) not in self._open:
+            if any_zarr:
+                from enspp.evaluation.systems import open_dataset
+            else:
+                from enspp.pipeline.align import open_dataset
 
             try:
-                self._open[path] = open_dataset(path)
+                self._open[path, any_zarr] = open_dataset(path)
             except (ValueError, OSError, KeyError) as e:
                 self.out.problems.append(f"{key}: {path} cannot be opened as a store: "
                                          f"{' '.join(str(e).split())}")
-                self._open[path] = None
-        return self._open[path]
+                self._open[path, any_zarr] = None
+        return self._open[path, any_zarr]
 
     # -------------------------------------------------------------- sections
     def workdir(self) -> None:
@@ -172,7 +177,12 @@ class _Checker:
         if inside == 0:
             self.out.problems.append(f"{key}: {span} holds no init time of {path} "
                                      f"({_days(d)}, {d.size} init times)")
-        elif start < d.min() or end > d.max():
+            return
+        # a period reaching past the store by less than its spacing of init times (a split
+        # from Jan 1 on a store of Monday/Thursday inits) misses nothing: no note
+        u = np.unique(d)
+        gap = np.diff(u).max() if u.size > 1 else np.timedelta64(1, "D")
+        if start < u.min() - gap or end > u.max() + gap:
             self.out.notes.append(f"{key}: {span} reaches beyond {path} ({_days(d)}); "
                                   f"{inside} init times inside")
 
@@ -201,7 +211,7 @@ class _Checker:
         for i, s in enumerate(ev.systems):
             key = f"evaluate.systems[{s.key}].path"
             p = self.path(key, s.path, what="store", created_by="ingest or predict")
-            ds = None if p is None else self.dataset(key, p)
+            ds = None if p is None else self.dataset(key, p, any_zarr=True)
             if ds is None:
                 continue
             grid = grid if grid is not None else ds
@@ -262,7 +272,7 @@ class _Checker:
         import xarray as xr
 
         try:
-            ds = xr.open_dataset(p) if p.is_file() else self.dataset(key, p)
+            ds = xr.open_dataset(p) if p.is_file() else self.dataset(key, p, any_zarr=True)
         except (OSError, ValueError) as e:
             self.out.notes.append(f"{key}: {p} cannot be opened ({' '.join(str(e).split())}): "
                                   "maps are drawn without a coastline")

@@ -184,3 +184,35 @@ def test_a_member_list_is_checked_against_the_store(work):
     (line,) = problems([0, 4, 7, 9])
     assert line.startswith("evaluate.systems[raw_subset].members: member(s) [7, 9] not in ")
     assert line.endswith("(it holds members [0, 1, 2, 3, 4, 5])")
+
+
+def test_products_and_the_oracle_open_as_evaluate_opens_them(work):
+    """A product or the oracle is a plain Zarr, not an ingested enspp store: validate opens
+    evaluate's systems as evaluate does (the demo's own config validates)."""
+    import xarray as xr
+
+    fc = xr.open_zarr(work / "stores" / "forecast.zarr")
+    t2m = fc["t2m"].isel(member=0, drop=True)
+    xr.Dataset({"t2m_mean": t2m, "t2m_std": abs(t2m) * 0 + 1.0}).to_zarr(
+        work / "product.zarr", mode="w")
+    path = config(work, "product.yaml", evaluate={"systems": [
+        {"name": "raw_full", "path": "stores/forecast.zarr"},
+        {"name": "mixed", "path": "product.zarr", "type": "gaussian"}]})
+    assert check_config(load_config(path)).problems == []
+    (work / "notzarr.zarr").mkdir(exist_ok=True)
+    path = config(work, "broken_product.yaml", evaluate={"systems": [
+        {"name": "raw_full", "path": "stores/forecast.zarr"},
+        {"name": "mixed", "path": "notzarr.zarr", "type": "gaussian"}]})
+    (line,) = check_config(load_config(path)).problems
+    assert line.startswith(f"evaluate.systems[mixed].path: {work / 'notzarr.zarr'} cannot be opened")
+
+
+@pytest.mark.parametrize("start, end, noted", [
+    ("2018-12-31", "2019-01-17", False),  # a day past each end of daily inits: nothing missed
+    ("2018-12-01", "2019-01-10", True),
+    ("2019-01-05", "2019-03-01", True),
+])
+def test_a_split_past_the_store_is_noted_only_beyond_its_init_spacing(work, start, end, noted):
+    path = config(work, "period.yaml", pipeline={"split": {"train": {"start": start, "end": end}}})
+    notes = [n for n in check_config(load_config(path)).notes if n.startswith("pipeline.split.train")]
+    assert bool(notes) == noted, notes
