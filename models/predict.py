@@ -303,8 +303,8 @@ def _raise_nan(inputs: np.ndarray, channels: Sequence[str], *, init: np.datetime
                source: Any) -> None:
     bad = [channels[c] for c in range(inputs.shape[1]) if not np.isfinite(inputs[:, c]).all()]
     raise PredictError(f"{source}: inputs {bad} have missing values (NaN) at init time "
-                       f"{str(init)[:16]}: the field is absent from the store or values were "
-                       f"lost (pipeline.nan_policy 'error'; 'mask' fills them)")
+                       f"{str(init)[:16]}: values inside the field are missing (NaN in the source, "
+                       f"or lost; pipeline.nan_policy 'error', 'mask' fills them)")
 
 
 def _fill_nan(inputs: np.ndarray, model: torch.nn.Module) -> np.ndarray:

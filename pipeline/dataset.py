@@ -211,7 +211,7 @@ class EnsembleDataset(Dataset):
             raise InputNaNError(
                 f"input {self.channels[c]} (member {int(members[k])}, 0-based) has "
                 f"{int(bad[k, c].sum())} missing values (NaN) at init time {pd.Timestamp(init)}: "
-                "the field is absent from the forecast store or values were lost; set "
+                "values inside the field are missing (NaN in the source, or lost); set "
                 "pipeline.nan_policy to 'mask' to replace them by the training mean and mask "
                 "the target there")
         assert self.stats is not None

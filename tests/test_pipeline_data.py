@@ -213,7 +213,7 @@ def test_nan_inputs_error_by_default(tmp_path):
     cfg = _cfg(members={"k": 2}, features={"input_lead_times": []}, batches={"patch_size": None})
     dm = EnsembleDataModule(cfg, forecast=fc, analysis=an)
     with pytest.raises(InputNaNError, match=r"input t2m@48h \(member 1, 0-based\) has 1 missing "
-                       r"values \(NaN\) at init time 2020-01-\d\d.*: the field is absent"):
+                       r"values \(NaN\) at init time 2020-01-\d\d.*: values inside the field are missing"):
         next(iter(dm.train_dataloader()))
 
 

@@ -220,7 +220,7 @@ def test_nan_inputs_follow_the_pipeline_policy(world, tmp_path):
     ds["t"][:, :, :, 1, 2, 3] = np.nan  # t850 NaN at one point
     init = _inits(world, 1)
     with pytest.raises(PredictError, match=r"inputs \['t850@48h'\] have missing values \(NaN\) "
-                       r"at init time .*: the field is absent from the store"):
+                       r"at init time .*: values inside the field are missing \(NaN in the source"):
         predict(world["raw"], ds, out=tmp_path / "e.zarr", init_times=init)
     mask_pipe = pipeline_config(world["paths"], nan_policy="mask",
                                 features={"variables": ["t850", "t2m"], "targets": ["t2m"]})
