@@ -102,6 +102,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     source = str(store) if not isinstance(store, xr.Dataset) else "forecast store"
     ds = open_dataset(store)
     check_store_compatible(meta, ds, source=source)
+    if ds.nbytes <= LOAD_BYTES:  # a small store (stations): read once, not per init time
+        ds = ds.load()
     members = choose_members(ds[schema.MEMBER].values, config=pipeline.members,
                              rng=np.random.default_rng(seed))
     inits = _select_inits(ds, init_times, source=source)
@@ -117,6 +119,9 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     skipped: dict[np.datetime64, list[str]] = {}
     with step(f"predict {version}", total=len(inits), unit="init time", progress=progress) as s, \
             torch.inference_mode():
+        # small fields (stations) are written in blocks of init times: one write per block
+        block = max(1, WRITE_BLOCK_VALUES // max(1, _field_size(ds)))
+        pending: list[xr.Dataset] = []
         for init in inits:
             try:
                 per_lead = _post_process(loaded, ds, init=init, members=members,
@@ -131,10 +136,14 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             steps = [product_dataset(fields, targets=meta.targets, init=init, lead_h=lead_h,
                                      quantiles=levels, grid=ds)
                      for lead_h, (fields, _) in per_lead.items()]
-            writer.write(steps[0] if len(steps) == 1 else
-                         xr.concat(steps, dim=schema.LEAD_TIME, data_vars="minimal",
-                                   coords="minimal", compat="override"))
+            pending.append(steps[0] if len(steps) == 1 else
+                           xr.concat(steps, dim=schema.LEAD_TIME, data_vars="minimal",
+                                     coords="minimal", compat="override"))
+            if len(pending) >= block:
+                writer.write_many(pending)
+                pending = []
             s.update()
+        writer.write_many(pending)
         if skipped:
             line = _skipped_line(skipped, total=len(inits), source=source)
             if len(skipped) == len(inits):
@@ -162,6 +171,22 @@ def _skipped_line(skipped: dict[np.datetime64, list[str]], *, total: int, source
     return (f"predict: {len(skipped)} of {plural(total, 'init time')} skipped because input "
             f"fields are absent from {source} (not filled, whatever pipeline.nan_policy): "
             f"{shown}{more}")
+
+
+#: grid points x init times gathered before a product write (a station product: hundreds of
+#: init times per write; a 721x1440 grid: one)
+WRITE_BLOCK_VALUES = 65536
+#: a forecast store up to this size is read into memory once
+LOAD_BYTES = 256 * 2**20
+
+
+def _field_size(ds: xr.Dataset) -> int:
+    """Grid points (or stations) of one field of ``ds``."""
+    n = 1
+    for d in (schema.LATITUDE, schema.LONGITUDE, schema.STATION):
+        if d in ds.dims:
+            n *= int(ds.sizes[d])
+    return n
 
 
 def tiling(pipeline: PipelineConfig, *, grid_shape: tuple[int, int]) -> tuple[int | None, int]:

@@ -128,10 +128,9 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
             data[f"{name}_quantiles"] = ((*head, "quantile", *space),
                                          squeeze(fields["quantiles"][None, None, :, t]),
                                          {**base, "long_name": f"{label}, predictive quantiles"})
-    ds = xr.Dataset(data, coords=coords)
-    for v in ds.data_vars:
-        ds[v] = ds[v].astype(np.float32)
-    return ds
+    data = {k: (dims, np.asarray(values, dtype=np.float32), attrs)
+            for k, (dims, values, attrs) in data.items()}
+    return xr.Dataset(data, coords=coords)
 
 
 def open_product(path: str | Path) -> xr.Dataset:
@@ -214,8 +213,38 @@ class ProductWriter:
             self.partial.rename(self.out)
             self.target = self.out
 
-    def _mark_complete(self, init: np.datetime64) -> None:
-        self.done.add(str(np.datetime64(init, "ns")))
+    def write_many(self, steps: list[xr.Dataset]) -> None:
+        """Write several init times (each of ``steps`` holds one): new ones in one append
+        (a product of many small fields, e.g. stations, costs one write per block instead of
+        one per init time), init times already in the store one by one as :meth:`write`."""
+        if not steps:
+            return
+        have: set[Any] = set()
+        if self.target.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                have = set(xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME]
+                           .values.astype("datetime64[ns]"))
+        inits = [np.datetime64(s[schema.INIT_TIME].values[0], "ns") for s in steps]
+        if len(steps) == 1 or have.intersection(inits) or len(set(inits)) != len(inits):
+            for s in steps:
+                self.write(s)
+            return
+        block = xr.concat(steps, dim=schema.INIT_TIME, data_vars="minimal", coords="minimal",
+                          compat="override", join="override").chunk({schema.INIT_TIME: 1})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not self.target.exists():
+                block.to_zarr(self.target, mode="w", consolidated=True)
+            else:
+                block.to_zarr(self.target, append_dim=schema.INIT_TIME, consolidated=True)
+        self._mark_complete(*inits)
+        if self.target == self.partial and self.fmt == "zarr":
+            self.partial.rename(self.out)
+            self.target = self.out
+
+    def _mark_complete(self, *inits: np.datetime64) -> None:
+        self.done.update(str(np.datetime64(init, "ns")) for init in inits)
         group = zarr.open_group(self.target, mode="r+", use_consolidated=False)
         group.attrs.update({**self.attrs, COMPLETE_ATTR: sorted(self.done)})
         with warnings.catch_warnings():
