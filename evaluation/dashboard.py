@@ -43,7 +43,10 @@ def _f(x, digits: int = 3) -> str:
 
 
 def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:+.1f}%"
+    """A fraction as a signed percentage; one that rounds to zero is ``0.0%``."""
+    if x is None:
+        return "–"
+    return "0.0%" if round(100 * x, 1) == 0 else f"{100 * x:+.1f}%"
 
 
 def _slug(s: str) -> str:
@@ -64,13 +67,17 @@ def skill_class(row: dict, *, is_reference: bool) -> str:
 
 
 def _imp(x) -> str:
-    return "–" if x is None else f"{x:+.1f}%"
+    """An improvement in %, one decimal; one that rounds to zero is ``0.0%`` (not ``-0.0%``)."""
+    if x is None:
+        return "–"
+    return "0.0%" if round(x, 1) == 0 else f"{x:+.1f}%"
 
 
 def _imp_class(x, is_ref: bool) -> str:
-    if is_ref or x is None:
+    """Green or red only for a change that shows in the digits shown."""
+    if is_ref or x is None or round(x, 1) == 0:
         return ""
-    return "better" if x > 0 else "worse" if x < 0 else ""
+    return "better" if x > 0 else "worse"
 
 
 # ------------------------------------------------------------------ words

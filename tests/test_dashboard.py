@@ -330,3 +330,13 @@ def test_configuration_and_case_facts_read_as_text():
     assert time_text("soon") == "soon"
     assert Box(lat_min=34.3125, lat_max=61.3125, lon_min=36.1475, lon_max=276.3525).describe() \
         == "34.31°N–61.31°N, 36.15°E–83.65°W"
+
+
+@pytest.mark.parametrize("x, text, cls", [
+    (-0.02, "0.0%", ""), (0.04, "0.0%", ""), (-0.06, "-0.1%", "worse"), (46.7, "+46.7%", "better"),
+    (None, "–", "")])
+def test_an_improvement_that_rounds_to_zero_is_neither_red_nor_negative(x, text, cls):
+    from enspp.evaluation.dashboard import _imp, _imp_class, _pct
+
+    assert (_imp(x), _imp_class(x, False)) == (text, cls)
+    assert _pct(None if x is None else x / 100) == text
