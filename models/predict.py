@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from dask.base import is_dask_collection
 
 from enspp.data import schema
 from enspp.data.errors import EnsppError
@@ -45,12 +46,14 @@ from enspp.pipeline.align import open_dataset, open_static
 from enspp.pipeline.config import PipelineConfig
 from enspp.pipeline.features import (
     STATIC_NAMES,
+    channel_names,
     doy_encoding,
     lead_target_channels,
     parse_channel,
     static_fields,
 )
 from enspp.pipeline.members import choose_members
+from enspp.pipeline.reader import StoreReader
 from enspp.pipeline.station_features import ALL_RECORD_FEATURES, FeatureScales, StationFeatures
 from enspp.pipeline.tiles import stitch, tile_slices
 
@@ -117,32 +120,41 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                           n_members=n_members, quantiles=levels)
     writer = ProductWriter(Path(out), attrs=attrs, fmt=fmt)
     skipped: dict[np.datetime64, list[str]] = {}
+    # a store held in memory is read as it is; else through the chunk reader
+    in_memory = not any(is_dask_collection(v.data) for v in ds.data_vars.values())
+    reader = None if in_memory else _input_reader(ds, meta.channels, store)
     with step(f"predict {version}", total=len(inits), unit="init time", progress=progress) as s, \
             torch.inference_mode():
         # small fields (stations) are written in blocks of init times: one write per block
         block = max(1, WRITE_BLOCK_VALUES // max(1, _field_size(ds)))
         pending: list[xr.Dataset] = []
-        for init in inits:
-            try:
-                per_lead = _post_process(loaded, ds, init=init, members=members,
-                                         static_fixed=static_fixed, pipeline=pipeline,
-                                         tile=tile, overlap=overlap, quantiles=levels,
-                                         n_members=n_members, batch_size=batch_size,
-                                         seed=seed, source=source, records=records)
-            except _AbsentInputs as e:
-                skipped[init] = e.channels
+        for start in range(0, len(inits), READ_GROUP):
+            group = inits[start:start + READ_GROUP]
+            # the group's inputs in one read (each chunk decoded once)
+            read = read_inputs_many(ds, meta.channels, inits=group, members=members,
+                                    source=source, reader=reader)
+            for init, inputs in zip(group, read):
+                try:
+                    per_lead = _post_process(loaded, ds, init=init, members=members,
+                                             static_fixed=static_fixed, pipeline=pipeline,
+                                             tile=tile, overlap=overlap, quantiles=levels,
+                                             n_members=n_members, batch_size=batch_size,
+                                             seed=seed, source=source, records=records,
+                                             inputs=inputs)
+                except _AbsentInputs as e:
+                    skipped[init] = e.channels
+                    s.update()
+                    continue
+                steps = [product_dataset(fields, targets=meta.targets, init=init, lead_h=lead_h,
+                                         quantiles=levels, grid=ds)
+                         for lead_h, (fields, _) in per_lead.items()]
+                pending.append(steps[0] if len(steps) == 1 else
+                               xr.concat(steps, dim=schema.LEAD_TIME, data_vars="minimal",
+                                         coords="minimal", compat="override"))
+                if len(pending) >= block:
+                    writer.write_many(pending)
+                    pending = []
                 s.update()
-                continue
-            steps = [product_dataset(fields, targets=meta.targets, init=init, lead_h=lead_h,
-                                     quantiles=levels, grid=ds)
-                     for lead_h, (fields, _) in per_lead.items()]
-            pending.append(steps[0] if len(steps) == 1 else
-                           xr.concat(steps, dim=schema.LEAD_TIME, data_vars="minimal",
-                                     coords="minimal", compat="override"))
-            if len(pending) >= block:
-                writer.write_many(pending)
-                pending = []
-            s.update()
         writer.write_many(pending)
         if skipped:
             line = _skipped_line(skipped, total=len(inits), source=source)
@@ -247,13 +259,15 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                   members: np.ndarray, static_fixed: np.ndarray, pipeline: PipelineConfig,
                   tile: int | None, overlap: int, quantiles: tuple[float, ...],
                   n_members: int, batch_size: int, seed: int, source: Any,
-                  records: StationFeatures | None = None
+                  records: StationFeatures | None = None, inputs: np.ndarray | None = None
                   ) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
     """Per target lead (hours; every lead of a model of several), the product fields of one
     init time and the mask of points with NaN inputs (no ``quantiles`` for empty
-    ``quantiles``, no ``members`` for ``n_members`` 0).  The inputs are read once."""
+    ``quantiles``, no ``members`` for ``n_members`` 0).  The inputs (read here unless given,
+    as :func:`read_inputs` reads them) are read once for every lead."""
     model, meta = loaded.model, loaded.metadata
-    inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
+    if inputs is None:
+        inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
     # a field absent from the store reads as NaN everywhere: the init time is skipped (a NaN
     # inside a field follows pipeline.nan_policy)
     absent = [meta.channels[c] for c in range(inputs.shape[1]) if np.isnan(inputs[:, c]).all()]
@@ -302,6 +316,63 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
     for arr in fields.values():
         arr[..., masked] = np.nan
     return fields
+
+
+#: init times read (and written) together by :func:`predict`
+READ_GROUP = 16
+
+
+def _input_reader(ds: xr.Dataset, channels: Sequence[str], store: Any) -> StoreReader | None:
+    """The pipeline's chunk reader of ``channels`` (each chunk decoded once, no dask), or
+    None where it does not apply (channels not in its per-lead order, an in-memory store)."""
+    if isinstance(store, xr.Dataset) or schema.LEAD_TIME not in ds.dims:
+        return None
+    parsed = [parse_channel(c) for c in channels]
+    variables = tuple(dict.fromkeys(v for v, _ in parsed))
+    leads = tuple(dict.fromkeys(h for _, h in parsed))
+    if channel_names(variables, leads) != tuple(channels):
+        return None
+    have = set(ds[schema.LEAD_TIME].values.astype("timedelta64[ns]"))
+    for name in channels:
+        _channel_lead(name, have, store)
+    no_analysis = xr.Dataset(coords={schema.TIME: np.array([], dtype="datetime64[ns]")})
+    try:
+        return StoreReader(store, no_analysis, variables=variables, leads_h=leads, targets=(),
+                           forecast_ds=ds, analysis_ds=no_analysis)
+    except (EnsppError, KeyError, ValueError):
+        return None
+
+
+def read_inputs_many(ds: xr.Dataset, channels: Sequence[str], *, inits: Sequence[np.datetime64],
+                     members: np.ndarray, source: Any = "forecast store",
+                     reader: StoreReader | None = None) -> np.ndarray:
+    """``[G, K, C, Ny, Nx]``: :func:`read_inputs` of every init time of ``inits`` (through
+    ``reader``, :func:`_input_reader`, when given; else each channel read for all of them at
+    once through xarray)."""
+    if reader is not None:
+        out = np.stack([reader.read_inputs(np.datetime64(i, "ns"), members=members, region={})
+                        for i in inits])
+        return out[..., None] if out.ndim == 4 else out
+    leads = set(ds[schema.LEAD_TIME].values.astype("timedelta64[ns]"))
+    planes = []
+    for name in channels:
+        lead = _channel_lead(name, leads, source)
+        da = schema.select_variable(ds, parse_channel(name)[0]).sel(
+            {schema.INIT_TIME: list(inits), schema.LEAD_TIME: lead, schema.MEMBER: members})
+        planes.append(np.asarray(da.transpose(schema.INIT_TIME, schema.MEMBER,
+                                              *schema.spatial_dims(ds)).values, dtype=np.float32))
+    arr = np.stack(planes, axis=2)
+    return arr[..., None] if arr.ndim == 4 else arr
+
+
+def _channel_lead(name: str, leads: set, source: Any) -> np.timedelta64:
+    hours = parse_channel(name)[1]
+    lead = np.timedelta64(hours, "h").astype("timedelta64[ns]")
+    if lead not in leads:
+        have = sorted(int(x / np.timedelta64(1, "h")) for x in leads)
+        raise PredictError(f"channel {name}: lead time {hours} h is not in {source} "
+                           f"(lead times: {have} h)")
+    return lead
 
 
 def read_inputs(ds: xr.Dataset, channels: Sequence[str], *, init: np.datetime64,
