@@ -333,8 +333,9 @@ def default_demo_config(workdir: str | Path, *, fast: bool = False) -> EnsppConf
             "members": {"k": 5, "strategy": "first"},
             "split": {"train": [first, last - 2], "val": [last - 1, last - 1],
                       "test": [last, last]},
+            # tile_size: validation and predict see whole fields (one 32x64 tile)
             "batches": {"patch_size": 16, "batch_size": 16, "samples_per_epoch": 512,
-                        "cache_mb": 1024},  # the demo world's blocks: ~0.45 GiB
+                        "tile_size": 64, "cache_mb": 1024},  # the demo world's blocks: ~0.45 GiB
         },
         "model": {"name": "mixed", "options": {"embed_dim": 8, "encoder_hidden": [16],
                                                "width": 16, "depth": 1, "n_blocks": 1}},

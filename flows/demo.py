@@ -141,11 +141,57 @@ def train_baseline(config: EnsppConfig) -> str:
     if best.is_file():
         print(f"baseline {BASELINE} already trained: {best}")
         return str(best)
+    if (source := anchor_baseline(config, best)) is not None:
+        print(f"baseline {BASELINE}: the exact fit on the training years, taken from "
+              f"{source} (its anchor, the same fit): {best}")
+        return str(best)
     train_cfg = config.train.model_copy(update={"run_id": BASELINE_RUN,
                                                 "learning_rate": 1e-2})
     r = train(config.pipeline, ModelConfig(name=BASELINE), train_cfg,
               workdir=config.workdir.root)
     return str(r.best_checkpoint)
+
+
+def anchor_baseline(config: EnsppConfig, out: Path) -> str | None:
+    """Write the registered model's anchor as the baseline checkpoint ``out`` when it is the
+    baseline itself (:func:`write_anchor_checkpoint`), so the demo does not read the training
+    years and fit the same EMOS twice. Returns the model's version, or None."""
+    from enspp.models.registry import current_version
+
+    current = current_version(config.workdir.registry)
+    if current is None:
+        return None
+    if write_anchor_checkpoint(current.checkpoint, out, config.pipeline,
+                               source=current.version) is None:
+        return None
+    return current.version
+
+
+def write_anchor_checkpoint(checkpoint: str | Path, out: Path, pipeline: Any, *,
+                            source: str = "") -> Path | None:
+    """A network's anchor as an ``emos_local`` checkpoint at ``out``, when the anchor is the
+    exact local EMOS fit on ``pipeline``'s training data: a network anchored on a (static)
+    local EMOS, neither a refit nor a seed ensemble, trained with the same features, members
+    and split. That anchor *is* what training ``emos_local`` on the same data fits (the same
+    exact fit, :func:`models.emos.fit_anchor`); None (nothing written) otherwise."""
+    import dataclasses
+
+    from enspp.models.checkpoint import load_checkpoint, spec_to_dict, write_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    anchor = getattr(loaded.model, "anchor", None)
+    meta = loaded.metadata
+    wanted = pipeline.model_dump(mode="json")
+    if (anchor is None or anchor.spec.name != BASELINE or anchor.options.get("season") != "none"
+            or meta.training.get("refit")
+            or any(meta.pipeline.get(k) != wanted[k]
+                   for k in ("features", "members", "split", "nan_policy"))):
+        return None
+    baseline = dataclasses.replace(
+        meta, spec=spec_to_dict(anchor.spec),
+        model={**meta.model, "name": BASELINE, "options": {}},
+        training={"exact_fit": True, "anchor_of": source or str(checkpoint)})
+    return write_checkpoint(out, anchor, baseline)
 
 
 @flow(name="demo", log_prints=True)
