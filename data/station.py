@@ -109,6 +109,16 @@ class CsvColumns(BaseModel):
         return v
 
 
+class MemberTransform(BaseModel):
+    """A stress test of post-processing: every member moved by ``offset`` (the variable's
+    units) and its departure from the ensemble mean (of all members) scaled by ``spread``, as
+    the file is read, so the stores hold a biased and under- (or over-) dispersed ensemble."""
+
+    model_config = _FROZEN
+    offset: float = 0.0
+    spread: float = Field(1.0, gt=0)
+
+
 class StationOptions(BaseModel):
     """How a station file maps onto the canonical model (``data.station`` of ``enspp.yaml``)."""
 
@@ -133,6 +143,8 @@ class StationOptions(BaseModel):
     station: StationInfo | None = None
     #: CSV tables only: the columns
     columns: CsvColumns | None = None
+    #: e.g. ``{offset: 8.0, spread: 0.3}``: the members biased by +8 and their spread cut to 30 %
+    transform: MemberTransform | None = None
 
     @model_validator(mode="after")
     def _check(self) -> StationOptions:
@@ -417,7 +429,13 @@ def _canonical(raw: _Raw, opts: StationOptions, *, source: str) -> StationData:
         ds = xr.Dataset({raw.variable: da}).assign_coords(coords)
         return _finish(ds, kind="forecast", source=source, part=part)
 
-    fc = forecast(raw.members[:, order], members[order], "ensemble", [labels[i] for i in order])
+    ens = raw.members[:, order]
+    if opts.transform is not None:
+        t = opts.transform
+        m = ens.astype(np.float64)
+        mean = np.mean(m, axis=1, keepdims=True)
+        ens = (mean + t.offset + t.spread * (m - mean)).astype(ens.dtype)
+    fc = forecast(ens, members[order], "ensemble", [labels[i] for i in order])
     det = None
     if raw.deterministic is not None:
         det = forecast(raw.deterministic[:, None, :], np.array([0]), "deterministic", None)

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("enspp.flows.commands.train", "train a post-processing model"),
     "predict": ("enspp.flows.commands.predict", "post-process forecasts with a trained model"),
     "evaluate": ("enspp.flows.commands.evaluate", "score systems, write reports and the dashboard"),
-    "experiment": ("enspp.flows.commands.experiment", "train and compare every system on one split"),
+    "experiment": ("enspp.flows.commands.experiment", "train and compare every system of a sweep on one split"),
     "serve": ("enspp.flows.commands.serve", "serve the scheduled deployments on a Prefect server"),
 }
 

@@ -1,211 +1,483 @@
-"""``enspp experiment``: train and compare every system on one split, write a table and a dashboard.
+"""``enspp experiment``: one ``enspp.yaml`` swept over what varies, every point through the
+service path, the table assembled from the evaluations.
 
-Two kinds, one YAML file each (``configs/experiments/*.yaml``)::
+An experiment file is an ``enspp.yaml`` (the sections, keys and meanings of every other
+command, validated by ``flows.config``; unknown keys are errors) plus one ``sweep`` block::
 
-    title: Magdeburg 2 m temperature (ECMWF ENS, +24 h)
-    kind: station                      # or synthetic (flows.experiment_synthetic)
-    station:
-      path: ../shared/data/station/ecmwf_ens_t2m_magdeburg_2002-2014.nc   # relative to the CWD
-      distribution: gaussian           # or censored_logistic (precipitation)
-      val_start: 2011-01-01            # valid dates [val_start, test_start) stop the fit early
-      test_start: 2012-01-01           # valid dates >= test_start are the test period
-      members: [5, 10, 25]             # K: the first K members (control = 0) feed the models
-      systems: [emos_global, emos_local, mlp, mixed]
-    train: {max_epochs: 300, patience: 25, seeds: 3}
-    evaluate: {n_resamples: 1000}
+    data:     {workdir: ../../enspp-work/magdeburg, station: {...},
+               incoming: {forecast: [...station file...], analysis: [...station file...]}}
+    pipeline: {...}                       # as for enspp train
+    model:    {...}
+    train:    {...}
+    evaluate: {title: ..., systems: [{name: raw_full, path: stores/forecast.zarr}], ...}
+    sweep:
+      pipeline.members.k: [25, 10, 5]     # an axis: a dotted key and its values
+      systems:                            # the systems compared in each evaluation
+        emos_global: {model.name: emos_global}
+        mixed: {model.name: mixed, train.seeds: 10}
 
-Every CRPS is named: raw ensembles use the ``standard`` estimator (= properscoring), models
-their closed-form CRPS (``gaussian`` = the standard CRPS of the predictive distribution;
-``censored_logistic``).  ``quick`` shrinks everything for tests (one K, few epochs, one seed).
+Every point of the sweep (the product of the axes, ``systems`` innermost) is the file's
+config with the point's keys set (a key's value replaces the one in the file), validated
+like any ``enspp.yaml``.  Each point: the station/GRIB files of ``data.incoming`` ingested
+into the pipeline's stores (files already there are skipped), ``models.train`` (Lightning;
+``runs/<experiment>-<point>/``), the checkpoint registered in the work directory's registry
+(``models.registry``: the best on validation becomes current), ``models.predict`` on the
+pipeline's test split (``stores/products/<run>.zarr``).  Then, per combination of the other
+axes, one ``evaluation.evaluate`` of the file's ``evaluate.systems`` (e.g. ``raw_full``), the
+first K members as ``raw_subset`` and every system's product; ``table.md``, ``results.json``
+and the combined dashboard ``index.html`` are assembled from those evaluations.
+
+A point already run to the end with the same resolved config (its run directory's
+``experiment_point.json``) is reused, not trained again: a run stopped half-way, or one
+whose evaluation failed, continues where it was.  Paths resolve as for every command (``data.workdir``, relative to the file's folder, else
+the file's folder).  ``--out`` is written beside itself and renamed into place when the run
+succeeded: a failed run leaves no ``--out`` behind (and an earlier one untouched).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import copy
+import hashlib
+import itertools
 import json
+import re
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from enspp.data.errors import EnsppError, format_validation_error
+from enspp.data.errors import EnsppError
 from enspp.data.yaml_file import read_yaml_mapping
-from enspp.flows.experiment_synthetic import SyntheticSection
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
-POINT_SYSTEMS = ("emos_global", "emos_local", "emos_lagged", "mlp", "mixed")
-#: every station system: ``emos_season`` is the seasonal EMOS chosen on validation among a
-#: day-of-year EMOS and sliding-window EMOS fits (``station.season_windows``)
-STATION_SYSTEMS = POINT_SYSTEMS + ("emos_season",)
+#: the sweep key naming the systems compared inside one evaluation
+SYSTEMS_AXIS = "systems"
+#: a quick run (``--quick``): the first value of every axis, few epochs, one seed
+QUICK_TRAIN = {"max_epochs": 3, "seeds": 1}
+QUICK_BOOTSTRAP = 50
+#: what a point leaves in its run directory once trained, registered and predicted
+POINT_FILE = "experiment_point.json"
 
 
 class ExperimentConfigError(EnsppError):
     """An experiment file is malformed; the message names the file and the key."""
 
 
-class FeatureSettings(BaseModel):
-    """Station model inputs besides the members (all causal, see flows.experiment_point)."""
+@dataclass(frozen=True)
+class Point:
+    """One point of the sweep: its system label, the values of the other axes and its
+    validated config."""
 
-    model_config = _FROZEN
-    day_of_year: bool = True
-    #: past errors and the observation at init time (err_lag1, err_lag2, obs_init, err_ewm)
-    lagged_error: bool = True
-    halflife_days: float = Field(5.0, gt=0)
-    max_age_days: float = Field(3.0, gt=0)
-    #: with lagged_error: also the weighted mean of the past errors' magnitude (err_ewm_abs),
-    #: a predictor of the spread; networks only
-    error_spread: bool = False
+    system: str
+    axes: tuple[tuple[str, Any], ...]
+    overrides: dict[str, Any]
+    config: Any  # flows.config.EnsppConfig
 
-    @model_validator(mode="after")
-    def _spread_needs_errors(self) -> "FeatureSettings":
-        if self.error_spread and not self.lagged_error:
-            raise ValueError("features.error_spread needs features.lagged_error: true")
-        return self
-    #: the deterministic high-resolution forecast of the same init (``<v>_hres`` in the file),
-    #: as its departure from the subset's mean (hres_dev); networks only
-    hres: bool = False
+    @property
+    def group(self) -> str:
+        """The evaluation this point is scored in (``k=25``; ``all`` without other axes)."""
+        return " ".join(f"{_short(k)}={_text(v)}" for k, v in self.axes) or "all"
+
+    @property
+    def slug(self) -> str:
+        return _slug(f"{self.group}-{self.system}" if self.axes else self.system)
 
 
-class MemberTransform(BaseModel):
-    """A stress test of the post-processors: every member moved by ``offset`` (the variable's
-    units) and its departure from the ensemble mean scaled by ``spread`` (so the raw
-    ensemble is biased and under- or over-dispersed), before anything else reads them."""
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment file read and validated: its path, name, title and points."""
 
-    model_config = _FROZEN
-    offset: float = 0.0
-    spread: float = Field(1.0, gt=0)
-
-
-class StationSection(BaseModel):
-    model_config = _FROZEN
     path: Path
-    variable: str | None = None
-    #: e.g. {offset: 8.0, spread: 0.3}: the members biased by +8 and their spread cut to 30 %
-    transform: MemberTransform | None = None
-    distribution: Literal["gaussian", "censored_logistic"] = "gaussian"
-    train_start: dt.date | None = None
-    val_start: dt.date
-    test_start: dt.date
-    test_end: dt.date | None = None
-    members: tuple[int, ...] = (5, 10, 25)
-    #: which K members: ``first`` = 0..K-1 (control first), ``perturbed`` = 1..K
-    subset: Literal["first", "perturbed"] = "first"
-    systems: tuple[Literal["emos_global", "emos_local", "emos_lagged", "mlp", "mixed", "emos_season"], ...] = POINT_SYSTEMS
-    #: the sliding windows (days) ``emos_season`` chooses among on validation, beside the
-    #: day-of-year EMOS
-    season_windows: tuple[float, ...] = (25.0, 30.0, 40.0)
-    features: FeatureSettings = FeatureSettings()
-    #: per-model options passed to ModelSpec.options (e.g. {mixed: {embed_dim: 16}})
-    model_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _order(self) -> StationSection:
-        if not (self.train_start or dt.date.min) < self.val_start < self.test_start:
-            raise ValueError(f"dates must satisfy train_start < val_start < test_start, got "
-                             f"{self.train_start}, {self.val_start}, {self.test_start}")
-        if self.test_end is not None and self.test_end < self.test_start:
-            raise ValueError(f"test_end {self.test_end} is before test_start {self.test_start}")
-        if any(w <= 0 for w in self.season_windows):
-            raise ValueError(f"season_windows must be > 0 days, got {list(self.season_windows)}")
-        if not self.members or min(self.members) < 1:
-            raise ValueError(f"members must be a non-empty list of K >= 1, got {list(self.members)}")
-        return self
-
-
-class SystemTrain(BaseModel):
-    """One system's own training settings (unset keys: the train section's)."""
-
-    model_config = _FROZEN
-    max_epochs: int | None = Field(None, ge=1)
-    patience: int | None = Field(None, ge=1)
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
-    seeds: int | None = Field(None, ge=1)
-
-
-class TrainSection(BaseModel):
-    model_config = _FROZEN
-    max_epochs: int = Field(300, ge=1)
-    patience: int = Field(25, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    #: synthetic experiments' EMOS learning rate (station EMOS is fitted exactly)
-    emos_lr: float = Field(3e-2, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    #: learning-rate schedule of the synthetic experiment's trainings (models.config.TrainConfig)
-    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
-    #: networks (mlp, mixed, unet) are fitted with this many seeds and their parameters averaged
-    seeds: int = Field(3, ge=1)
-    seed: int = 0
-    #: station experiments: after early stopping on the validation period, refit (same seed)
-    #: on training + validation, networks for the chosen number of epochs, EMOS exactly
-    refit: bool = False
-    #: per-network settings, e.g. {mixed: {lr: 0.003, max_epochs: 2000}} (``seeds``: station
-    #: experiments only); EMOS is fitted exactly
-    systems: dict[Literal["mlp", "mixed", "unet"], SystemTrain] = Field(default_factory=dict)
-
-
-#: train settings each experiment kind does not read (setting one is an error, not a no-op)
-_TRAIN_UNUSED = {"station": frozenset({"lr_schedule", "emos_lr"}),
-                 "synthetic": frozenset({"batch_size", "seeds", "refit"})}
-
-
-class EvaluateSection(BaseModel):
-    model_config = _FROZEN
-    n_resamples: int = Field(1000, ge=10)
-    confidence: float = Field(0.9, gt=0, lt=1)
-    seed: int = 0
-    #: twCRPS tails: thresholds are these quantiles of the training-period observations/analysis
-    tail_quantiles: tuple[float, float] = (0.05, 0.95)
-
-
-class ExperimentConfig(BaseModel):
-    model_config = _FROZEN
+    name: str
     title: str
-    kind: Literal["station", "synthetic"]
-    station: StationSection | None = None
-    synthetic: SyntheticSection | None = None
-    train: TrainSection = TrainSection()
-    evaluate: EvaluateSection = EvaluateSection()
+    axes: dict[str, list[Any]]
+    points: list[Point] = field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _section(self) -> ExperimentConfig:
-        if getattr(self, self.kind) is None:
-            raise ValueError(f"kind: {self.kind} needs a '{self.kind}' section")
-        unused = sorted(self.train.model_fields_set & _TRAIN_UNUSED[self.kind])
-        if unused:  # set in the file but without effect for this kind: say so, never ignore
-            raise ValueError(f"train.{', train.'.join(unused)} has no effect on a {self.kind} "
-                             f"experiment; remove it")
-        return self
+    @property
+    def groups(self) -> dict[str, list[Point]]:
+        out: dict[str, list[Point]] = {}
+        for p in self.points:
+            out.setdefault(p.group, []).append(p)
+        return out
 
 
-def load_experiment_config(path: str | Path) -> ExperimentConfig:
-    """Parse and validate an experiment YAML file (errors name the file and the key)."""
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _text(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-").replace("=", "")
+
+
+def _set(raw: dict[str, Any], key: str, value: Any, *, source: str) -> None:
+    """``raw[a][b][c] = value`` for ``key = "a.b.c"`` (sections and mappings created)."""
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ExperimentConfigError(f"{source}: sweep: {key!r} is not a dotted key of a section "
+                                    "(e.g. pipeline.members.k, model.name, train.seed)")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ExperimentConfigError(f"{source}: sweep: {key!r}: "
+                                        f"{'.'.join(parts[:i + 1])} is not a mapping")
+        node = nxt
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _axes(sweep: Any, *, source: str) -> tuple[dict[str, list[Any]], dict[str, dict[str, Any]]]:
+    """The axes (dotted key -> values) and the systems (label -> dotted keys) of ``sweep``."""
+    if sweep is None:
+        sweep = {}
+    if not isinstance(sweep, dict):
+        raise ExperimentConfigError(f"{source}: sweep: must be a mapping of dotted keys to lists "
+                                    f"of values, got {type(sweep).__name__}")
+    axes: dict[str, list[Any]] = {}
+    systems: dict[str, dict[str, Any]] = {}
+    for key, values in sweep.items():
+        if key == SYSTEMS_AXIS:
+            if not isinstance(values, dict) or not values:
+                raise ExperimentConfigError(f"{source}: sweep.systems: must be a non-empty mapping "
+                                            "of labels to the keys each system sets "
+                                            "({mixed: {model.name: mixed}})")
+            for label, keys in values.items():
+                if not isinstance(keys, dict):
+                    raise ExperimentConfigError(f"{source}: sweep.systems.{label}: must be a mapping "
+                                                "of dotted keys to values")
+                if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(label)):
+                    raise ExperimentConfigError(f"{source}: sweep.systems: label {label!r} must be "
+                                                "letters, digits, '_', '.', '-'")
+                systems[str(label)] = keys
+            continue
+        if not isinstance(values, list) or not values:
+            raise ExperimentConfigError(f"{source}: sweep.{key}: must be a non-empty list of values")
+        if len(set(map(_text, values))) != len(values):
+            raise ExperimentConfigError(f"{source}: sweep.{key}: duplicate values in {values}")
+        axes[str(key)] = values
+    return axes, systems
+
+
+def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
+    """Read and validate an experiment file: every point's config is validated like an
+    ``enspp.yaml`` (errors name the file, the point and the key)."""
+    from enspp.flows.config import ConfigError, config_from_mapping
+    from enspp.models.base import MODELS
+
     path = Path(path)
     raw = read_yaml_mapping(path, what="experiment config", error=ExperimentConfigError)
-    try:
-        cfg = ExperimentConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ExperimentConfigError(format_validation_error(e, prefix=str(path), sep=": ")) from None
-    return cfg
+    source = str(path)
+    if raw.get("kind") is not None:
+        raise ExperimentConfigError(
+            f"{source}: kind: an experiment file is an enspp.yaml with a sweep block "
+            f"(configs/experiments/magdeburg_t2m.yaml); 'kind: synthetic' files run through "
+            f"enspp experiment as they are")
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    axes, systems = _axes(raw.get("sweep"), source=source)
+    if quick:
+        axes = {k: v[:1] for k, v in axes.items()}
+    combos = list(itertools.product(*axes.values())) or [()]
+    labels = list(systems) or [None]
+    points: list[Point] = []
+    for combo in combos:
+        for label in labels:
+            point = copy.deepcopy(base)
+            overrides = dict(zip(axes, combo))
+            overrides.update(systems.get(label, {}) if label is not None else {})
+            for key, value in overrides.items():
+                _set(point, key, value, source=source)
+            if quick:
+                for key, value in QUICK_TRAIN.items():
+                    _set(point, f"train.{key}", value, source=source)
+                if isinstance(point.get("evaluate"), dict):
+                    _set(point, "evaluate.bootstrap.n", QUICK_BOOTSTRAP, source=source)
+            where = " ".join(f"{k}={_text(v)}" for k, v in overrides.items())
+            try:
+                cfg = config_from_mapping(point, source=f"{source} ({where})" if where else source,
+                                          base_dir=path.resolve().parent)
+            except ConfigError as e:
+                raise ExperimentConfigError(str(e)) from None
+            if cfg.evaluate is None:
+                raise ExperimentConfigError(f"{source}: evaluate: the section is needed (its title, "
+                                            "systems such as raw_full, metrics and bootstrap)")
+            if not cfg.pipeline.split.explicit or cfg.pipeline.split.test is None:
+                raise ExperimentConfigError(f"{source}: pipeline.split: an experiment needs explicit "
+                                            "train, val and test periods")
+            points.append(Point(system=label or cfg.model.name, axes=tuple(zip(axes, combo)),
+                                overrides=overrides, config=cfg))
+    title = points[0].config.evaluate.title
+    _ = MODELS  # every point's model name was checked by its config
+    return Experiment(path=path, name=_slug(path.stem), title=title, axes=axes, points=points)
 
 
-def run_experiment(config: ExperimentConfig, *, out_dir: str | Path, quick: bool = False,
-                   progress: Callable[[str], None] | None = None) -> dict:
-    """Run the experiment; write ``table.md``, ``results.json`` and ``index.html`` into
-    ``out_dir``; return the results document (rows, timings, files)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+# ---------------------------------------------------------------------------- running
+def _ingest(config: Any, done: set[tuple[str, str]], say: Callable[[str], None]) -> None:
+    """The files of ``data.incoming`` into the pipeline's stores (files already ingested
+    are skipped by the store itself)."""
+    from enspp.data.ingest import ingest
+
+    st, inc, data = config.pipeline.stores, config.data.incoming, config.data
+    parts = (("forecast", inc.forecast, st.forecast), ("analysis", inc.analysis, st.analysis),
+             ("deterministic", inc.deterministic, st.deterministic))
+    for part, files, store in parts:
+        if not files:
+            continue
+        if store is None:
+            raise ExperimentConfigError(f"data.incoming.{part} is set but pipeline.stores.{part} "
+                                        "is not: name the store it goes into")
+        key = (str(store), "\n".join(files))
+        if key in done:
+            continue
+        summary = ingest(list(files), store, kind="analysis" if part == "analysis" else "forecast",
+                         progress=False, allow_nan=data.allow_nan, bounds=dict(data.bounds),
+                         allow_mixed_centres=data.allow_mixed_centres, station=data.station,
+                         station_part="deterministic" if part == "deterministic" else None)
+        say(summary.line())
+        done.add(key)
+
+
+def _test_init_times(config: Any) -> list[Any]:
+    """The init times of the pipeline's test split (``pipeline.splits``, as training sees them)."""
+    from enspp.models.train import resolve_store_paths
+    from enspp.pipeline.datamodule import EnsembleDataModule
+
+    dm = EnsembleDataModule(resolve_store_paths(config.pipeline, config.workdir.root))
+    dm.setup()
+    return list(dm.split_init_times["test"])
+
+
+def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> dict[str, Any]:
+    """Train, register and predict one point; its files and timings."""
+    from enspp.models.base import MODELS
+    from enspp.models.predict import predict
+    from enspp.models.registry import register_if_better
+    from enspp.models.train import train
+
+    cfg = point.config
+    wd = cfg.workdir
+    run_id = f"{exp.name}-{point.slug}"
+    run_dir = wd.runs / run_id
+    key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+    done = _finished_point(run_dir, key)
+    if done is not None:  # trained and predicted with this very config: reuse
+        say(f"{point.system} {point.group}: reusing {run_dir} (same config)")
+        return {**done, "reused": True}
+    if run_dir.exists():  # the point is run again from scratch
+        shutil.rmtree(run_dir)
     t0 = time.perf_counter()
-    if config.kind == "synthetic":
-        from enspp.flows.experiment_synthetic import run_synthetic as run_kind
-    else:
-        from enspp.flows.experiment_station import run_station as run_kind
+    result = train(cfg.pipeline, cfg.model, cfg.train.model_copy(update={"run_id": run_id,
+                                                                        "progress_bar": False}),
+                   workdir=wd.root)
+    t_train = time.perf_counter() - t0
+    decision = register_if_better(wd.registry, result.best_checkpoint, score=result.best_score,
+                                  metric=result.monitor, source=f"{exp.path} {point.group} {point.system}")
+    t1 = time.perf_counter()
+    product = wd.products / f"{run_id}.zarr"
+    if product.exists():
+        shutil.rmtree(product)
+    init_times = _test_init_times(cfg)
+    p = cfg.predict
+    predict(result.best_checkpoint, wd.path(cfg.pipeline.stores.forecast), out=product,
+            init_times=init_times, quantiles=p.quantiles, n_members=p.n_members, fmt="zarr",
+            batch_size=p.batch_size, seed=p.seed, progress=False)
+    t_predict = time.perf_counter() - t1
+    say(f"{point.system} {point.group}: validation {result.monitor} {result.best_score:.4f}; "
+        f"trained in {t_train:.1f} s, predicted {len(init_times)} init times in {t_predict:.1f} s; "
+        f"{decision.line()}")
+    info = {"system": point.system, "group": point.group, "model": cfg.model.name,
+            "evaluate_name": MODELS[cfg.model.name].system, "distribution": cfg.model.distribution,
+            "run": str(result.run_dir), "checkpoint": str(result.best_checkpoint),
+            "product": str(product), "val_score": result.best_score, "monitor": result.monitor,
+            "init_times": [str(t)[:19] for t in (init_times[0], init_times[-1])],
+            "train_seconds": round(t_train, 1), "predict_seconds": round(t_predict, 1),
+            "registered": decision.registered, "version": decision.version, "config_sha256": key}
+    (run_dir / POINT_FILE).write_text(json.dumps(info, indent=1, default=str))
+    return info
 
-    result = run_kind(config, out_dir=out, quick=quick, progress=progress)
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    result["quick"] = quick
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+
+def _finished_point(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The record of a point run to the end with the config of hash ``key``, else None."""
+    try:
+        info = json.loads((run_dir / POINT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("config_sha256") != key:
+        return None
+    if not (Path(info["checkpoint"]).is_file() and Path(info["product"]).is_dir()):
+        return None
+    return info
+
+
+def _raw_subset(config: Any) -> dict[str, Any] | None:
+    """The K members the point's model reads, as an ensemble system (``first``: members 1..K)."""
+    m = config.pipeline.members
+    if m.strategy == "first":
+        return {"name": "raw_subset", "path": str(config.workdir.path(config.pipeline.stores.forecast)),
+                "members": m.k}
+    if m.strategy == "explicit":
+        return {"name": "raw_subset", "path": str(config.workdir.path(config.pipeline.stores.forecast)),
+                "members": list(m.explicit or ())}
+    return None
+
+
+def evaluate_group(points: list[Point], runs: list[dict[str, Any]], out_dir: Path, *,
+                   title: str) -> Any:
+    """One evaluation of the file's systems, the points' raw subset and their products."""
+    from enspp.evaluation.config import EvaluateConfig, Period
+    from enspp.evaluation.evaluate import evaluate
+
+    cfg = points[0].config
+    ev = cfg.evaluate
+    systems = [s.model_dump(mode="json", exclude_none=True) for s in ev.systems]
+    keys = {s.get("label") or s["name"] for s in systems}
+    subset = _raw_subset(cfg)
+    if subset is not None and "raw_subset" not in keys:
+        systems.append(subset)
+    for r in runs:
+        systems.append({"name": r["evaluate_name"], "label": r["system"], "path": r["product"],
+                        "type": r["distribution"]})
+    first, last = runs[0]["init_times"]
+    update: dict[str, Any] = {"title": title, "systems": systems}
+    if ev.truth is None:
+        update["truth"] = str(cfg.workdir.path(cfg.pipeline.stores.analysis))
+    if ev.period is None and ev.split in (None, "test"):
+        # the test split's init times as the pipeline chose them (valid times in the period)
+        update.update(split=None, period=Period(start=first[:10], end=last[:10]))
+    if ev.lead_times is None:
+        update["lead_times"] = [cfg.pipeline.features.target_lead_time]
+    raw = {**ev.model_dump(mode="json"), **{k: v for k, v in update.items() if k != "period"}}
+    raw["period"] = update["period"].model_dump(mode="json") if "period" in update else raw.get("period")
+    return evaluate(EvaluateConfig.model_validate(raw), out_dir)
+
+
+def _table(exp: Experiment, docs: dict[str, dict], runs: list[dict[str, Any]]) -> tuple[str, list[dict]]:
+    """The experiment's Markdown table and rows, from the evaluations' scores documents."""
+    from enspp.evaluation.experiment import markdown_table
+
+    by_key = {(r["group"], r["system"]): r for r in runs}
+    rows: list[dict[str, Any]] = []
+    units = estimator = ""
+    for group, doc in docs.items():
+        for variable, entry in doc["variables"].items():
+            units, estimator = entry.get("units", ""), entry.get("estimator", "")
+            region = next(iter(entry["headline"]))
+            for r in entry["headline"][region]:
+                run = by_key.get((group, r["system"]), {})
+                rows.append({"group": group, "variable": variable, "system": r["system"],
+                             "crps": r.get("crps"), "skill": r.get("skill"),
+                             "skill_low": r.get("skill_low"), "skill_high": r.get("skill_high"),
+                             "dm_pvalue": r.get("dm_pvalue"), "spread_skill": r.get("spread_skill"),
+                             "val_score": run.get("val_score"),
+                             "seconds": None if not run else run["train_seconds"] + run["predict_seconds"]})
+    columns = [("group", "point", "str"), ("system", "system", "str"),
+               ("crps", f"CRPS ({units})", "f3"), ("skill", "skill vs raw_full", "pct"),
+               ("skill_low", "CI low", "pct"), ("skill_high", "CI high", "pct"),
+               ("dm_pvalue", "DM p", "f3"), ("spread_skill", "spread/skill", "f2"),
+               ("val_score", "val CRPS (normalised)", "f3"), ("seconds", "train+predict (s)", "str")]
+    head = (f"## {exp.title}\n\nEach row: one evaluation (`evaluation.evaluate`) of the test split; "
+            f"CRPS: {estimator}. Skill = 1 - CRPS/CRPS(raw_full) with its block-bootstrap interval; "
+            "val CRPS: the early-stopped fit's validation CRPS divided by the target's training std "
+            "(what training and the registry compare).\n\n")
+    return head + markdown_table(rows, columns), rows
+
+
+def load_any(path: str | Path, *, quick: bool = False) -> Any:
+    """An experiment file: a sweep (:func:`load_experiment`), or a ``kind: synthetic`` file of
+    the synthetic world (``flows.experiment_synthetic``, its own dialect until the sweep
+    runner generates worlds)."""
+    raw = read_yaml_mapping(Path(path), what="experiment config", error=ExperimentConfigError)
+    if raw.get("kind") == "synthetic":
+        from enspp.flows.experiment_synthetic import load_synthetic_config
+
+        return load_synthetic_config(path)
+    return load_experiment(path, quick=quick)
+
+
+def run_any(exp: Any, *, out_dir: str | Path, quick: bool = False,
+            progress: Callable[[str], None] | None = None) -> dict:
+    """Run what :func:`load_any` read; a synthetic run is written atomically too."""
+    if isinstance(exp, Experiment):
+        return run_experiment(exp, out_dir=out_dir, progress=progress)
+    from enspp.flows.experiment_synthetic import run_synthetic
+
+    def body(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        result = run_synthetic(exp, out_dir=tmp, quick=quick, progress=progress)
+        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        result["quick"] = quick
+        (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
+        return result
+
+    return _atomic_out(Path(out_dir), body)
+
+
+def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
+    """``body(tmp)`` writes into a folder beside ``out``, renamed to ``out`` when it returns;
+    when it raises, the folder is removed and ``out`` (if any) stays as it was."""
+    out = out.resolve()
+    tmp = out.parent / f".{out.name}.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        result = body(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
     return result
+
+
+def run_experiment(exp: Experiment, *, out_dir: str | Path,
+                   progress: Callable[[str], None] | None = None) -> dict:
+    """Run every point and evaluation; write ``table.md``, ``results.json``, ``index.html``
+    and one evaluation directory per group into ``out_dir`` (atomically: written beside it
+    and renamed into place once everything succeeded)."""
+    from enspp.evaluation.dashboard import combine_dashboards
+    from enspp.evaluation.report import read_scores
+
+    say = progress or (lambda _m: None)
+    out = Path(out_dir).resolve()
+
+    def body(tmp: Path) -> dict:
+        t0 = time.perf_counter()
+        ingested: set[tuple[str, str]] = set()
+        runs: list[dict[str, Any]] = []
+        for p in exp.points:
+            p.config.workdir.root.mkdir(parents=True, exist_ok=True)  # '..' in paths below it
+            _ingest(p.config, ingested, say)
+            runs.append(run_point(exp, p, say=say))
+        docs, dirs = {}, []
+        for group, pts in exp.groups.items():
+            d = tmp / "evaluations" / (_slug(group) if group != "all" else "all")
+            mine = [r for r in runs if r["group"] == group]
+            title = exp.title if group == "all" else f"{exp.title} · {group}"
+            t1 = time.perf_counter()
+            evaluate_group(pts, mine, d, title=title)
+            say(f"evaluate {group}: {time.perf_counter() - t1:.1f} s")
+            docs[group] = read_scores(d)
+            dirs.append(d)
+        table, rows = _table(exp, docs, runs)
+        (tmp / "table.md").write_text(table + "\n")
+        index = combine_dashboards(dirs, tmp, title=exp.title)
+        result = {"title": exp.title, "config": str(exp.path), "axes": exp.axes, "rows": rows,
+                  "runs": runs, "wall_seconds": round(time.perf_counter() - t0, 1),
+                  "files": {"table": str(out / "table.md"), "results": str(out / "results.json"),
+                            "dashboard": str(out / index.relative_to(tmp))}}
+        (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
+        return result
+
+    return _atomic_out(out, body)

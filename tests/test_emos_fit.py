@@ -15,12 +15,31 @@ import pytest
 import torch
 from scipy import optimize, stats
 
+from enspp.data.station import StationOptions, open_station
 from enspp.models import ModelSpec, build_model
 from enspp.models.emos import EMOSFitError, _derivatives, _prepare, _Rows, emos_chunk, fit_emos
 from enspp.models.losses import distribution_crps
 
 MAGDEBURG = Path("../shared/data/station/ecmwf_ens_t2m_magdeburg_2002-2014.nc")
 FRANKFURT = Path("../shared/data/station/ecmwf_ens_tp24_frankfurt_2007-2016.nc")
+#: the two files' conventions (data.station), as the experiment files state them
+MAGDEBURG_OPTIONS = StationOptions(variable="t2m", units="degC", time="valid", hour=12, lead_time=24,
+                                   control="forc.CTRL", station={"id": "10361", "latitude": 52.1,
+                                                                 "longitude": 11.6, "elevation": 76})
+FRANKFURT_OPTIONS = StationOptions(variable="tp24", units="mm", time="init", hour=0, lead_time=30,
+                                   control="CTR", station={"id": "10637", "latitude": 50.05,
+                                                           "longitude": 8.6, "elevation": 100})
+
+
+def _station_arrays(path: Path, options: StationOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(members [N, M] with member 0 the control, observations [N], valid times [N])`` of a
+    one-station file, read by ``data.station``."""
+    d = open_station(path, options)
+    v = options.variable
+    fc = d.forecast[v]
+    valid = fc["init_time"].values + fc["lead_time"].values[0]
+    obs = d.observations[v].isel(station=0).reindex(time=valid).values
+    return fc.values[:, 0, :, 0], obs, valid
 
 
 @pytest.fixture(autouse=True)
@@ -258,17 +277,14 @@ def test_magdeburg_global_emos_is_the_reference_minimum(variant: str) -> None:
     """The real station file (training years 2002-2010, 25 members), as is and with +8 degC on
     every member and the spread shrunk to 30 %: within 0.5 % of the reference fit (in fact
     within 0.01 %)."""
-    from enspp.flows.experiment_point import load_station
-
-    data = load_station(MAGDEBURG, variable="t2m")
-    train = (data.valid_time < np.datetime64("2011-01-01")) & np.isfinite(data.observation)
-    train &= np.isfinite(data.members).all(axis=1)
-    members = data.members[train][:, 1:26].astype(np.float64)
+    members, y, valid = _station_arrays(MAGDEBURG, MAGDEBURG_OPTIONS)
+    train = (valid < np.datetime64("2011-01-01")) & np.isfinite(y) & np.isfinite(members).all(axis=1)
+    members = members[train][:, 1:26].astype(np.float64)
     if variant == "biased":
         mean = members.mean(1, keepdims=True)
         members = mean + 8.0 + 0.3 * (members - mean)
     members = members.astype(np.float32)
-    y = data.observation[train]
+    y = y[train]
     model = build_model(point_spec("emos_global", members, y))
     batch = point_batch(members, y)
     result = fit_emos(model, [emos_chunk(model, batch)])
@@ -280,13 +296,9 @@ def test_magdeburg_global_emos_is_the_reference_minimum(variant: str) -> None:
 
 @pytest.mark.skipif(not FRANKFURT.is_file(), reason="station file not present")
 def test_frankfurt_censored_emos_is_the_reference_minimum() -> None:
-    from enspp.flows.experiment_point import load_station
-
-    data = load_station(FRANKFURT, variable="tp24")
-    train = (data.valid_time < np.datetime64("2011-01-01")) & np.isfinite(data.observation)
-    train &= np.isfinite(data.members).all(axis=1)
-    members = data.members[train][:, :5]
-    y = data.observation[train]
+    members, y, valid = _station_arrays(FRANKFURT, FRANKFURT_OPTIONS)
+    train = (valid < np.datetime64("2011-01-01")) & np.isfinite(y) & np.isfinite(members).all(axis=1)
+    members, y = members[train][:, :5], y[train]
     model = build_model(point_spec("emos_global", members, y, distribution="censored_logistic"))
     batch = point_batch(members, y)
     fit_emos(model, [emos_chunk(model, batch)])

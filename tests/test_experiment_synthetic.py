@@ -12,7 +12,7 @@ import yaml
 
 from enspp.data.synth import SynthConfig
 from enspp.data.synth.writer import COMPLETE_MARKER
-from enspp.flows.experiment import ExperimentConfigError, load_experiment_config
+from enspp.flows.experiment import ExperimentConfigError
 from enspp.flows.experiment_synthetic import (
     SYSTEM_NAMES,
     SyntheticExperimentError,
@@ -24,6 +24,7 @@ from enspp.flows.experiment_synthetic import (
     quick_section,
     target_checks,
 )
+from enspp.flows.experiment_synthetic import load_synthetic_config as load_experiment_config
 
 #: the test world: 8x16, three years of weekly inits, 4 perturbed members, t2m only
 TINY = {"grid": [8, 16], "years": [2012, 2014], "init_weekdays": [0], "n_perturbed": 4,

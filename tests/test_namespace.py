@@ -25,7 +25,7 @@ def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_a_users_models_py_does_not_shadow_enspp_models(tmp_path):
     (tmp_path / "models.py").write_text("raise ImportError('the user models.py was imported')\n")
     (tmp_path / "pipeline.py").write_text("raise ImportError('the user pipeline.py was imported')\n")
-    r = _run("import enspp.flows.experiment_point; from enspp.models import ModelSpec; "
+    r = _run("import enspp.flows.experiment; from enspp.models import ModelSpec; "
              "print(ModelSpec.__module__)", tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "enspp.models.base"

@@ -263,3 +263,17 @@ def test_the_readme_station_quickstart_through_the_cli(shared_data, tmp_path, ca
     # running it again changes nothing
     assert main(["ingest", f, "--store", str(ens), "--config", str(cfg), "--quiet"]) == 0
     assert "0 init times added" in capsys.readouterr().out
+
+
+def test_member_transform_biases_and_shrinks_the_ensemble(shared_data):
+    """data.station.transform (the biased-Magdeburg stress test): members + offset, their
+    departure from the ensemble mean x spread; observations untouched."""
+    plain = open_station(shared_data / MAGDEBURG, MAGDEBURG_OPTIONS)
+    opts = MAGDEBURG_OPTIONS.model_copy(update={"transform": {"offset": 8.0, "spread": 0.3}})
+    biased = open_station(shared_data / MAGDEBURG, StationOptions.model_validate(opts.model_dump()))
+    a = plain.forecast["t2m"].values.astype(np.float64)
+    b = biased.forecast["t2m"].values.astype(np.float64)
+    mean = a.mean(axis=2, keepdims=True)
+    np.testing.assert_allclose(b, mean + 8.0 + 0.3 * (a - mean), rtol=0, atol=2e-5, equal_nan=True)
+    np.testing.assert_allclose(np.nanmean(b - a), 8.0, atol=1e-3)
+    xr.testing.assert_identical(biased.observations, plain.observations)
