@@ -121,6 +121,21 @@ def test_dashboard_reads_as_a_report_in_chromium(browser, tmp_path_factory):
     assert "systems:\n- name: raw_full" in body
     _screenshot(driver, "dashboard")
 
+    # every column of scores says its units; headers name the reference in words, not by key
+    headers = driver.execute_script(
+        "return Array.from(document.querySelectorAll('th')).map(t => t.innerText)")
+    scored = [h for h in headers if any(w in h for w in ("CRPS", "RMSE", "bias"))
+              and "skill" not in h and "improvement" not in h]
+    assert scored and all("(K" in h for h in scored), scored
+    assert not [h for h in headers if "raw_full" in h or "raw_subset" in h]
+    facts = dict(driver.execute_script(
+        "return Array.from(document.querySelectorAll('#case-warm-spell dt'))"
+        ".map(d => [d.innerText, d.nextElementSibling.innerText])"))
+    assert facts["threshold"] == "295 K" and facts["variable"] == "t2m (K)"
+    assert facts["box"] == "20°N–50°N, 20°E–100°E" and facts["valid times"].endswith(" UTC")
+    assert all(alt for alt in driver.execute_script(
+        "return Array.from(document.images).map(i => i.getAttribute('alt'))"))
+
     # a region tab switches panels with the page's own script
     driver.execute_script("document.querySelectorAll('.tabs')[1].querySelectorAll('button')[1].click()")
     assert driver.execute_script(
@@ -130,6 +145,10 @@ def test_dashboard_reads_as_a_report_in_chromium(browser, tmp_path_factory):
     driver.execute_script("document.getElementById('case-warm-spell').scrollIntoView()")
     assert driver.execute_script(
         "return document.querySelector('#case-warm-spell img').naturalWidth") > 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    case = ARTIFACTS / "dashboard-case.png"  # the case study alone, as a reader scrolls to it
+    assert driver.find_element("id", "case-warm-spell").screenshot(str(case))
+    assert case.stat().st_size > 10_000
 
 
 def test_combined_dashboard_in_chromium(browser, tmp_path_factory, tmp_path):
