@@ -48,23 +48,43 @@ INPUT_SUFFIXES = (".grib", ".grb", ".grib2", ".grb2", ".grib1", ".nc", ".nc4", "
 
 class IngestError(EnsppError):
     """One or more inputs were refused; ``failures`` lists ``(file, problem)`` pairs.  The
-    message names the first few and counts the rest (a directory of hundreds of files with
-    one problem gives a few lines, not kilobytes)."""
+    message is a few lines: files refused for the same problem are told once (a directory of
+    hundreds of files with one problem gives one line, not kilobytes), the first few problems
+    named, the rest counted."""
 
     def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:
         self.failures = tuple(failures)
         super().__init__(f"{len(self.failures)} of the inputs refused, store {store} left "
-                         f"unchanged: {summarise(self.failures)}")
+                         f"unchanged:\n  " + summarise(self.failures, sep="\n  "))
 
 
-def summarise(failures: Sequence[tuple[str, str]], *, first: int = 3) -> str:
-    """The first ``first`` problems (file named) and a count of the rest, grouped so that one
-    problem shared by many files is told once."""
-    lines = [msg if msg.startswith(path) else f"{path}: {msg}" for path, msg in failures]
-    out = "; ".join(_clip(line) for line in lines[:first])
-    if len(lines) > first:
-        out += f"; and {len(lines) - first} more"
-    return out
+def summarise(failures: Sequence[tuple[str, str]], *, first: int = 3, sep: str = "; ") -> str:
+    """The first ``first`` problems, each with the files it concerns (the first two named,
+    the rest counted), then a count of the files with other problems; joined by ``sep``."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for path, msg in failures:
+        groups.setdefault(_problem(path, msg), []).append(path)
+    items = []
+    for (joint, problem), paths in list(groups.items())[:first]:
+        names = ", ".join(paths[:2])
+        if len(paths) > 2:
+            names += f" and {len(paths) - 2} more files"
+        items.append(_clip(f"{names}{joint}{problem}"))
+    rest = sum(len(paths) for paths in list(groups.values())[first:])
+    if rest:
+        other = len(groups) - first
+        items.append(f"and {rest} more file{'s' if rest > 1 else ''} "
+                     f"({other} other problem{'s' if other > 1 else ''})")
+    return sep.join(items)
+
+
+def _problem(path: str, msg: str) -> tuple[str, str]:
+    """``msg`` without the file it is about (and what joined them): the leading name
+    dropped, later mentions 'this file', so one problem of many files reads the same."""
+    for joint in (": ", " "):
+        if msg.startswith(path + joint):
+            return joint, msg[len(path + joint):].replace(path, "this file")
+    return ": ", msg.replace(path, "this file")
 
 
 def _clip(text: str, limit: int = 400) -> str:

@@ -213,8 +213,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _fail(name: str, ref: str, what: str, mine: str, theirs: str) -> None:
-    raise StoreMismatchError(f"{name} does not match {ref}: {what} differ ({name}: {mine}; "
-                             f"{ref}: {theirs})")
+    raise StoreMismatchError(f"{name} does not match {ref}: {what} differ ({mine} vs {theirs})")
 
 
 def _describe(values: np.ndarray) -> str:
@@ -222,8 +221,12 @@ def _describe(values: np.ndarray) -> str:
         return "none"
     if values.dtype.kind == "m":
         hours = (values / np.timedelta64(1, "h")).astype(float)
-        return f"{values.size} values {_fmt(hours[0])}..{_fmt(hours[-1])} h"
-    return f"{values.size} values {_fmt(values[0])}..{_fmt(values[-1])}"
+        return f"{_n_values(values)} {_fmt(hours[0])}..{_fmt(hours[-1])} h"
+    return f"{_n_values(values)} {_fmt(values[0])}..{_fmt(values[-1])}"
+
+
+def _n_values(values: np.ndarray) -> str:
+    return "1 value" if values.size == 1 else f"{values.size} values"
 
 
 def _fmt(x: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from enspp.flows.commands import UsageError
 
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enspp.data.ingest import ingest
+    from enspp.data.ingest import IngestError, ingest
 
     bounds, mixed, allow_nan, station = None, args.allow_mixed_centres, args.allow_nan, None
     if args.deterministic and args.kind == "analysis":
@@ -50,10 +51,17 @@ def run(args: argparse.Namespace) -> int:
         mixed = mixed or data.allow_mixed_centres
         allow_nan = allow_nan or data.allow_nan
         station = data.station
-    summary = ingest(args.paths, args.store, kind="forecast" if args.deterministic else args.kind,
-                     progress=not args.quiet, on_error="skip" if args.skip_bad else "raise",
-                     allow_nan=allow_nan, lock_timeout=args.lock_timeout, bounds=bounds,
-                     allow_mixed_centres=mixed, station=station,
-                     station_part="deterministic" if args.deterministic else None)
+    try:
+        summary = ingest(args.paths, args.store,
+                         kind="forecast" if args.deterministic else args.kind,
+                         progress=not args.quiet, on_error="skip" if args.skip_bad else "raise",
+                         allow_nan=allow_nan, lock_timeout=args.lock_timeout, bounds=bounds,
+                         allow_mixed_centres=mixed, station=station,
+                         station_part="deterministic" if args.deterministic else None)
+    except IngestError as e:  # a few lines: one per problem (the CLI's one-line form would
+        if args.debug:        # run them together)
+            raise
+        print(f"enspp ingest: error: {e}", file=sys.stderr)
+        return 1
     print(summary.line())
     return 0 if summary.ok else 1
