@@ -32,6 +32,7 @@ from enspp.evaluation import fused, kernels, scoring
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
 from enspp.evaluation.cases import CaseResult, evaluate_case, load_catalogue
 from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError
+from enspp.evaluation.labels import grid_text
 from enspp.evaluation.metrics import climatological_quantile
 from enspp.evaluation.registry import MissingReferenceError
 from enspp.evaluation.systems import (
@@ -142,10 +143,7 @@ def _regions_of(config: EvaluateConfig, template: xr.DataArray, variable: str
                               f"station of {variable!r}")
         return kept, [f"region {r.name!r} holds no station of {variable!r}: skipped" for r in empty]
     kept, empty = split_regions(template[LATITUDE], template[LONGITUDE], config.region_list)
-    lat = template[LATITUDE].values
-    lon = template[LONGITUDE].values
-    grid = (f"{float(lat.min()):g}..{float(lat.max()):g} N, "
-            f"{float(lon.min()):g}..{float(lon.max()):g} E")
+    grid = grid_text(template[LATITUDE].values, template[LONGITUDE].values)
     if not kept:
         raise RegionError(f"evaluate.regions: none of {[r.name for r in empty]} holds a grid "
                           f"point of {variable!r} (grid {grid})")

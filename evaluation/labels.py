@@ -42,6 +42,28 @@ def lat_text(v: float, digits: int | None = None) -> str:
     return "0°" if abs(v) < 1e-9 else f"{abs(v):g}°{'N' if v > 0 else 'S'}"
 
 
+def grid_text(latitude, longitude) -> str:
+    """A grid's extent in words: ``60°S–60°N, all longitudes`` or ``30°N–70°N, 20°W–40°E``
+    (longitudes in the one convention; a grid that goes round the globe says so)."""
+    import numpy as np
+
+    lat = np.asarray(latitude, dtype=float)
+    lon = np.asarray(longitude, dtype=float)
+    lats = f"{lat_text(lat.min(), 2)}–{lat_text(lat.max(), 2)}"
+    if lon.size == 0:
+        return lats
+    u = np.unique(np.mod(lon, 360.0))
+    gaps = np.diff(np.concatenate([u, [u[0] + 360.0]]))
+    if u.size > 1 and gaps.max() <= 1.5 * np.median(gaps):
+        return f"{lats}, all longitudes"
+    if u.size > 1:  # the grid's western edge: after the largest gap between its longitudes
+        i = int(np.argmax(gaps))
+        west, east = u[(i + 1) % u.size], u[i]
+    else:
+        return f"{lats}, {lon_text(u[0], 2)}"
+    return f"{lats}, {lon_text(west, 2)}–{lon_text(east, 2)}"
+
+
 def member_ranges(members: Sequence[int]) -> str:
     """``1-5, 8, 10-12``: member numbers, consecutive runs joined."""
     ms = sorted({int(m) for m in members})

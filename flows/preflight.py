@@ -300,12 +300,15 @@ class _Checker:
 
         kept, empty = split_regions(ds["latitude"], ds["longitude"],
                                     self.cfg.evaluate.region_list)
+        from enspp.evaluation.labels import grid_text
+
+        grid = grid_text(ds["latitude"].values, ds["longitude"].values)
         for r in empty:
             self.out.notes.append(f"evaluate.regions: {r.name!r} holds no grid point of the "
-                                  "stores' grid: evaluate skips it")
+                                  f"stores' grid ({grid}): evaluate skips it")
         if not kept:
             self.out.problems.append("evaluate.regions: no region holds a grid point of the "
-                                     "stores' grid")
+                                     f"stores' grid ({grid})")
 
 
 def check_config(config: Any) -> Preflight:

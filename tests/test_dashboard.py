@@ -340,3 +340,17 @@ def test_an_improvement_that_rounds_to_zero_is_neither_red_nor_negative(x, text,
 
     assert (_imp(x), _imp_class(x, False)) == (text, cls)
     assert _pct(None if x is None else x / 100) == text
+
+
+@pytest.mark.parametrize("lat, lon, text", [
+    (np.linspace(-60, 60, 9), np.arange(0.0, 360.0, 5.625), "60°S–60°N, all longitudes"),
+    (np.linspace(30, 70, 16), np.linspace(-20, 40, 24), "30°N–70°N, 20°W–40°E"),
+    (np.array([30.0, 70.0]), np.arange(340.0, 400.0, 5.0) % 360, "30°N–70°N, 20°W–35°E"),
+    (np.array([0.0, 10.0]), np.arange(170.0, 200.0, 5.0), "0°–10°N, 170°E–165°W"),
+    (np.array([0.0, 10.0]), np.array([8.0]), "0°–10°N, 8°E"),
+])
+def test_a_grid_extent_in_the_one_convention(lat, lon, text):
+    """A note naming a grid (a region without points) reads like the maps' ticks."""
+    from enspp.evaluation.labels import grid_text
+
+    assert grid_text(lat, lon) == text

@@ -80,7 +80,7 @@ def test_a_region_without_grid_points_is_skipped_with_a_note(world, tmp_path, ca
     assert list(ds.region.values) == ["global"]
     assert ds.attrs["regions_skipped"] == "arctic"
     assert len(result.notes) == 1 and result.notes[0].startswith(
-        "region 'arctic' holds no grid point of 't2m' (grid -60..60 N")
+        "region 'arctic' holds no grid point of 't2m' (grid 60°S–60°N, all longitudes)")
     assert result.notes[0].endswith(": skipped")
     page = html.unescape((tmp_path / "rep" / "index.html").read_text())
     assert "region 'arctic' holds no grid point" in page

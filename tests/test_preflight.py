@@ -64,8 +64,8 @@ def test_a_consistent_config_passes_with_notes(work, capsys):
     report = check_config(load_config(path))
     assert report.problems == []
     # tropics on a European grid: skipped with a note, not fatal; extratropics works
-    assert "evaluate.regions: 'tropics' holds no grid point of the stores' grid: evaluate " \
-           "skips it" in report.notes
+    assert "evaluate.regions: 'tropics' holds no grid point of the stores' grid (30°N–70°N, " \
+           "20°W–40°E): evaluate skips it" in report.notes
     assert not any("extratropics" in n for n in report.notes)
     assert any(n.startswith("pipeline.stores.statistics: statistics file") and "training writes it" in n
                for n in report.notes)
