@@ -136,13 +136,17 @@ def _represent_list(dumper: Any, data: list) -> Any:
 _ReadableYaml.add_representer(list, _represent_list)
 
 
+def readable_yaml(doc: Any) -> str:
+    """``doc`` as YAML a person reads (block mappings, short lists of values on one line);
+    ``yaml.safe_load`` gives ``doc`` back."""
+    return yaml.dump(doc, Dumper=_ReadableYaml, sort_keys=False, default_flow_style=False,
+                     width=100, allow_unicode=True)
+
+
 def config_text(config: dict) -> str:
     """The run's configuration as readable YAML (unset entries left out)."""
     config = _pruned(config)
-    if not config:
-        return "(not recorded)"
-    return yaml.dump(config, Dumper=_ReadableYaml, sort_keys=False, default_flow_style=False,
-                     width=100, allow_unicode=True)
+    return readable_yaml(config) if config else "(not recorded)"
 
 
 # ------------------------------------------------------------------ the view

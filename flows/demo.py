@@ -17,8 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from enspp.flows.runtime import quiet_prefect
 
 quiet_prefect()
@@ -26,6 +24,7 @@ quiet_prefect()
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from enspp.evaluation.dashboard import readable_yaml  # noqa: E402
 from enspp.flows.config import EnsppConfig, default_demo_config  # noqa: E402
 from enspp.flows.ops import (  # noqa: E402
     evaluate_flow,
@@ -75,7 +74,7 @@ def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
     doc["data"]["workdir"] = workdir
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_header(checkpoint) + yaml.safe_dump(doc, sort_keys=False))
+    tmp.write_text(config_header(checkpoint) + readable_yaml(doc))
     tmp.replace(path)  # a reader never sees half a file
     return path
 

@@ -22,3 +22,17 @@ def test_the_verdict_names_systems_by_label_and_scores_in_units():
 def test_no_verdict_without_both_systems():
     assert verdict_line([_row("raw_full", 1.2, "raw")]) is None
     assert verdict_line([_row("mixed", None, "m"), _row("raw_full", 1.2, "raw")]) is None
+
+
+def test_the_written_config_reads_like_a_hand_written_one(tmp_path):
+    """The demo's enspp.yaml: short lists on one line, and it loads back to the same config."""
+    from enspp.flows.config import default_demo_config, load_config
+    from enspp.flows.demo import write_config
+
+    config = default_demo_config(tmp_path)
+    text = write_config(config, tmp_path / "enspp.yaml").read_text()
+    assert "    grid: [32, 64]\n" in text and "    forecast: [synth/forecast]\n" in text
+    assert "variables: [z500, t850, t2m]" in text and "\n    - 32\n" not in text
+    loaded = load_config(tmp_path / "enspp.yaml")
+    for section in ("data", "pipeline", "model", "train", "predict"):
+        assert getattr(loaded, section) == getattr(config, section), section
