@@ -101,7 +101,26 @@ def open_cf_netcdf(path: str | os.PathLike[str], *, kind: schema.Kind | None = N
         raw = xr.open_dataset(p, chunks={}, decode_timedelta=True)
     except (OSError, ValueError) as e:
         raise ReaderError(f"{p}: not a readable NetCDF file ({e})") from e
+    if raw.attrs.get("enspp_kind") in ("forecast", "analysis"):
+        return _own_export(raw, source=str(p), kind=kind, allow_nan=allow_nan)
     return translate(raw, source=str(p), kind=kind, allow_nan=allow_nan)
+
+
+def _own_export(raw: xr.Dataset, *, source: str, kind: schema.Kind | None,
+                allow_nan: bool) -> xr.Dataset:
+    """One of our stores exported to NetCDF (``xr.open_zarr(store).to_netcdf(f)``): already
+    in the canonical model (grids and stations alike), so read as it is, lazily; a field
+    the store did not hold is NaN everywhere there and is recorded as absent again."""
+    found = str(raw.attrs["enspp_kind"])
+    if kind is not None and kind != found:
+        raise ReaderError(f"{source}: holds {'forecasts' if found == 'forecast' else 'analyses'} "
+                          f"(an enspp {found} store exported to NetCDF), expected a {kind}")
+    data = {name: da for name, da in raw.data_vars.items() if da.dtype.kind in "fiu"}
+    if not data:
+        raise ReaderError(f"{source}: no data variables")
+    ds = xr.Dataset(data, coords=raw.coords)
+    ds.attrs.update({k: v for k, v in raw.attrs.items() if k in ("enspp_centre",)})
+    return finalise(ds, kind=found, source=source, allow_nan=allow_nan)  # type: ignore[arg-type]
 
 
 def open_weatherbench_zarr(path: str | os.PathLike[str], *, allow_nan: bool = True) -> xr.Dataset:

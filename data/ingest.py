@@ -37,7 +37,7 @@ from enspp.data.field_checks import Bounds
 from enspp.data.grib import expand_inputs
 from enspp.data.ingest_grib import DECODE_BUDGET, open_grib_lazy
 from enspp.data.provenance import SourceFile
-from enspp.data.schema import MEMBER, Kind
+from enspp.data.schema import MEMBER, STATION, Kind
 from enspp.data.station import Part, StationOptions, is_station_part, read_station_part
 from enspp.data.store import record_dim
 from enspp.data.store_writer import AppendResult, Staged, StoreWriter, open_writer, reader_version
@@ -282,8 +282,10 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
             else:
                 try:
                     # station records have gaps: a missing member or observation is NaN
+                    # (in a station file, and in a station store given as input)
+                    gaps = is_station_part(ds) or STATION in ds.dims
                     staged.append(writer.prepare(ds, name=str(path), sources=(src,),
-                                                 allow_nan=allow_nan or is_station_part(ds),
+                                                 allow_nan=allow_nan or gaps,
                                                  bounds=bounds))
                 except ValueError as e:
                     ds.close()  # refused: its decoded values need not wait for the write

@@ -179,6 +179,8 @@ def is_station_file(path: str | os.PathLike) -> bool:
         return True
     try:
         with xr.open_dataset(p) as ds:
+            if ds.attrs.get("enspp_kind") in ("forecast", "analysis"):
+                return False  # one of our stores exported to NetCDF: canonical already
             return schema.MEMBER in ds.dims and not {schema.LATITUDE, schema.LONGITUDE} <= set(ds.dims) \
                 and not {"lat", "lon"} <= set(ds.dims)
     except (OSError, ValueError):

@@ -113,6 +113,31 @@ def test_our_own_store_as_input_keeps_absent_fields_absent(tmp_path):
                                 open_store(src).compute().drop_attrs())
 
 
+@pytest.mark.parametrize("real", ["storm", "magdeburg", "magdeburg_obs"])
+def test_a_store_exported_to_netcdf_or_given_as_zarr_ingests_back_the_same(tmp_path, shared_data, real):
+    """`xr.open_zarr(store).to_netcdf(f)` then `enspp ingest f`, and the store itself as
+    input: the same data, coordinates (member labels, station metadata) and absent fields,
+    for a gridded store with absent fields and for station stores (whose gaps are NaN)."""
+    from test_station import MAGDEBURG, MAGDEBURG_OPTIONS
+
+    src = tmp_path / "src.zarr"
+    if real == "storm":  # z850 only at +78 h: the other leads are absent
+        ingest([shared_data / "gridded" / "ecmwf_ens_stjude-storm_2013102500_10fg3_z850.grib"],
+               src, progress=False)
+    else:
+        ingest([shared_data / MAGDEBURG], src, progress=False, station=MAGDEBURG_OPTIONS,
+               kind="analysis" if real == "magdeburg_obs" else "forecast")
+    nc = tmp_path / "export.nc"
+    xr.open_zarr(src).to_netcdf(nc)
+    for given in (nc, src):
+        out = tmp_path / f"from_{given.suffix[1:]}.zarr"
+        summary = ingest([given], out, progress=False)
+        assert summary.added and not summary.failed
+        xr.testing.assert_identical(present_fields(out), present_fields(src))
+        xr.testing.assert_identical(open_store(out).compute().drop_attrs(),
+                                    open_store(src).compute().drop_attrs())
+
+
 def test_a_zarr_with_unknown_dims_is_refused_naming_them(tmp_path):
     odd = xr.Dataset({"t2m": (("time", "ensemble_id", "y", "x"), np.zeros((2, 3, 4, 5)),
                               {"units": "K"})},
