@@ -226,7 +226,16 @@ class ProductWriter:
                 have = set(xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME]
                            .values.astype("datetime64[ns]"))
         inits = [np.datetime64(s[schema.INIT_TIME].values[0], "ns") for s in steps]
-        if len(steps) == 1 or have.intersection(inits) or len(set(inits)) != len(inits):
+        if len(set(inits)) != len(inits):
+            for s in steps:
+                self.write(s)
+            return
+        for s, t in zip(steps, inits):  # rewritten in place
+            if t in have:
+                self.write(s)
+        steps = [s for s, t in zip(steps, inits) if t not in have]
+        inits = [t for t in inits if t not in have]
+        if len(steps) <= 1:
             for s in steps:
                 self.write(s)
             return

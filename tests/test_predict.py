@@ -311,3 +311,23 @@ def test_absent_input_fields_skip_the_init_time_never_filled(world, tmp_path):
     with pytest.raises(PredictError, match=r"^predict: 1 of 1 init time skipped because input "
                        r"fields are absent .*\(t850@48h\)$"):
         predict(world["raw"], store, out=tmp_path / "none.zarr", init_times=[init])
+
+
+def test_blocks_of_init_times_write_the_store_one_at_a_time_writes(world, tmp_path, monkeypatch):
+    """Small fields are written in blocks of init times (one append per block); the store is
+    the one init-time-at-a-time writes make, also when a block mixes stored and new init
+    times (stored ones rewritten in place, new ones appended)."""
+    import enspp.models.predict as P
+
+    store, ckpt = world["paths"].forecast, world["perturbed"]
+    inits = _inits(world, n=4)
+    kw = dict(quantiles=QUANTILES, n_members=5)
+    monkeypatch.setattr(P, "WRITE_BLOCK_VALUES", 1)  # one init time per write
+    predict(ckpt, store, out=tmp_path / "one.zarr", init_times=inits, **kw)
+    monkeypatch.setattr(P, "WRITE_BLOCK_VALUES", 10**9)  # one write for all
+    predict(ckpt, store, out=tmp_path / "block.zarr", init_times=inits[1:2], **kw)
+    predict(ckpt, store, out=tmp_path / "block.zarr", init_times=inits, **kw)
+    one, block = _snapshot(tmp_path / "one.zarr"), _snapshot(tmp_path / "block.zarr")
+    assert sorted(block.init_time.values) == sorted(inits)
+    xr.testing.assert_identical(block.sortby("init_time").drop_attrs(), one.drop_attrs())
+    assert sorted(open_product(tmp_path / "block.zarr").init_time.values) == sorted(inits)

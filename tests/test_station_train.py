@@ -154,3 +154,77 @@ def test_station_model_predicts_and_evaluates(stores, tmp_path):
     assert (tmp_path / "report" / "index.html").is_file()
     assert res.variables["t2m"].crps_map.dims == ("system", "lead_time", "station")
     shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_magdeburg_model_by_the_commands(shared_data, tmp_path, capsys):
+    """The Magdeburg file through the commands a user runs: `enspp ingest`, `enspp train` (a
+    network with record features, 2 seeds, refit), the registry, `enspp predict` and `enspp
+    evaluate`; the product is the checkpoint's output and beats the raw ensemble."""
+    import yaml
+
+    from enspp.evaluation.report import read_scores
+    from enspp.flows.cli import main
+    from enspp.models.registry import current_version, register_if_better
+
+    f = str(shared_data / "station/ecmwf_ens_t2m_magdeburg_2002-2014.nc")
+    cfg = {
+        "data": {"station": {"variable": "t2m", "units": "degC", "time": "valid", "hour": 12,
+                             "lead_time": 24, "control": "forc.CTRL",
+                             "station": {"id": "10361", "latitude": 52.1, "longitude": 11.6,
+                                         "elevation": 76}}},
+        "pipeline": {"stores": {"forecast": "stores/forecast.zarr", "analysis": "stores/analysis.zarr"},
+                     "features": {"variables": ["t2m"], "targets": ["t2m"], "target_lead_time": 24,
+                                  "static": ["sin_doy", "cos_doy"], "past_error": {"spread": True}},
+                     "members": {"k": 10},
+                     "split": {"train": [2002, 2010], "val": [2011, 2011],
+                               "test": {"start": "2012-01-01", "end": "2014-12-31"}},
+                     "batches": {"batch_size": 100000, "preload": True}, "nan_policy": "mask"},
+        "model": {"name": "mlp", "options": {"hidden": [16]}},
+        "train": {"max_epochs": 20, "learning_rate": 0.01, "seeds": 2, "refit": True,
+                  "early_stopping_patience": 5, "progress_bar": False, "run_id": "mlp"},
+        "evaluate": {"systems": [{"name": "raw_full", "path": "stores/forecast.zarr"},
+                                 {"name": "raw_subset", "path": "stores/forecast.zarr", "members": 10},
+                                 {"name": "mlp", "path": "stores/products/mlp.zarr", "type": "gaussian"}],
+                     "truth": "stores/analysis.zarr", "variables": ["t2m"], "split": "test",
+                     "crps_estimator": "standard", "missing": "skip", "metrics": ["crps"],
+                     "bootstrap": {"n": 20}},
+    }
+    path = tmp_path / "enspp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for kind in ("forecast", "analysis"):
+        assert main(["ingest", f, "--store", str(tmp_path / f"stores/{kind}.zarr"), "--kind", kind,
+                     "--config", str(path), "--quiet"]) == 0
+    assert main(["train", "--config", str(path)]) == 0
+    ckpt = tmp_path / "runs/mlp/checkpoints/refit.ckpt"
+    assert ckpt.is_file() and str(ckpt) in capsys.readouterr().out
+    decision = register_if_better(tmp_path / "registry", ckpt, score=0.09, metric="val/crps_gaussian")
+    assert decision.registered and current_version(tmp_path / "registry").version == decision.version
+    product = tmp_path / "stores/products/mlp.zarr"
+    assert main(["predict", "--checkpoint", str(ckpt), "--store", str(tmp_path / "stores/forecast.zarr"),
+                 "--out", str(product), "--init-time", "2012-01-01T12", "2012-06-30T12",
+                 "2013-01-01T12"]) == 0
+    prod = open_product(product)
+    assert prod["t2m_mean"].dims == ("init_time", "lead_time", "station") and prod.sizes["init_time"] == 3
+    assert prod.attrs["input_members"] == list(range(1, 11))
+    # the product is the checkpoint's model on the pipeline's batches of those dates
+    from enspp.pipeline.config import PipelineConfig as P
+
+    loaded = load_checkpoint(ckpt)
+    pipe = P.model_validate(loaded.metadata.pipeline)
+    dm = EnsembleDataModule(pipe)
+    dm.setup()
+    batch = dm.preloaded(("test",))
+    inits = dm.split_init_times["test"]
+    rows = [int(np.flatnonzero(inits == t)[0]) for t in prod.init_time.values]
+    with torch.no_grad():
+        mu = loaded.model(batch)["mu"][:, 0, 0, 0].numpy()[rows]
+    np.testing.assert_allclose(prod["t2m_mean"].values[:, 0, 0], mu, rtol=1e-5)
+    # the whole test period, then enspp evaluate
+    test_inits = [str(t)[:19] for t in inits]
+    assert main(["predict", "--checkpoint", str(ckpt), "--store", str(tmp_path / "stores/forecast.zarr"),
+                 "--out", str(product), "--init-time", *test_inits]) == 0
+    assert main(["evaluate", "--config", str(path), "--out", str(tmp_path / "report")]) == 0
+    head = {r["system"]: r for r in read_scores(tmp_path / "report")["variables"]["t2m"]["headline"]["global"]}
+    assert head["raw_full"]["crps"] == pytest.approx(0.893, abs=2e-3)
+    assert head["mlp"]["crps"] < 0.85 * head["raw_full"]["crps"]
