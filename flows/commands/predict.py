@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="product path (default: "
                         "<store dir>/products/<model version>.zarr)")
     parser.add_argument("--netcdf", action="store_true", help="write NetCDF instead of Zarr")
-    parser.add_argument("--static", type=Path, help="static fields (default: the training ones)")
+    parser.add_argument("--static", type=Path, help="static fields (default: --config's "
+                        "pipeline.stores.static, else the training ones)")
     parser.add_argument("--analysis", type=Path, metavar="STORE",
                         help="station models with past-error features: the observations "
                              "(default: the training analysis store)")
@@ -49,15 +50,23 @@ def run(args: argparse.Namespace) -> int:
     from enspp.models.predict import predict
 
     options = PredictConfig()
+    static, analysis, deterministic = args.static, args.analysis, args.deterministic
     if args.config is not None:
         from enspp.flows.commands.train import load_sections
 
-        options = load_sections(args.config)["predict"]
+        sections = load_sections(args.config)
+        options = sections["predict"]
+        # the config's stores (resolved against its work directory) before the paths the
+        # checkpoint recorded at training: a work directory moved or copied still predicts
+        stores = sections["pipeline"].stores
+        static = static if static is not None else stores.static
+        analysis = analysis if analysis is not None else stores.analysis
+        deterministic = deterministic if deterministic is not None else stores.deterministic
     fmt = "netcdf" if args.netcdf else options.fmt
     out = args.out or default_product_path(args.checkpoint, args.store, fmt=fmt)
     path = predict(args.checkpoint, args.store, out=out, init_times=args.init_times,
                    quantiles=options.quantiles, n_members=options.n_members, fmt=fmt,
-                   static=args.static, batch_size=options.batch_size, seed=options.seed,
-                   analysis=args.analysis, deterministic=args.deterministic)
+                   static=static, batch_size=options.batch_size, seed=options.seed,
+                   analysis=analysis, deterministic=deterministic)
     print(f"product: {path}")
     return 0
