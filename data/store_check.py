@@ -74,6 +74,8 @@ class StoreReport:
                      f"migrates it to version {SCHEMA_VERSION})")
         if self.deep:
             line += f"; deep check: {self.chunks_checked} chunks read"
+        else:
+            line += "; chunks not read (--deep decodes every one)"
         if self.incomplete:
             line += (f"; {len(self.incomplete)} unfinished {rec}s from an interrupted ingest "
                      f"(hidden from readers; re-run that ingest to finish them): "

@@ -296,6 +296,8 @@ def test_validate_deep_on_a_sound_store(small_store, capsys):
     assert report.ok and report.chunks_checked == 3 * 2 * 2
     assert main(["validate", str(small_store), "--deep"]) == 0
     assert "deep check: 12 chunks read" in capsys.readouterr().out
+    assert main(["validate", str(small_store)]) == 0  # says what it did not check
+    assert capsys.readouterr().out.rstrip().endswith("; chunks not read (--deep decodes every one)")
 
 
 def test_validate_reports_inconsistent_bookkeeping(small_store, capsys):
