@@ -27,6 +27,7 @@ from enspp.pipeline.align import (
 from enspp.pipeline.config import PipelineConfig, PipelineConfigError
 from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, PreloadedBatches, collate_rows
 from enspp.pipeline.features import STATIC_NAMES, channel_leads, channel_names, static_fields, target_channels
+from enspp.pipeline.handoff import BatchRing
 from enspp.pipeline.members import check_members, choose_members
 from enspp.pipeline.reader import StoreReader
 from enspp.pipeline.splits import resolve_periods, split_init_times
@@ -247,6 +248,9 @@ class EnsembleDataModule(L.LightningDataModule):
             context = start_context(b.start_method)
             if self._worker_counter is None:
                 self._worker_counter = WorkerCounter(context)
+            ds.ring = BatchRing(context, workers)
+            if ds.whole is not None:
+                ds.whole.ring = ds.ring
             extra = {"multiprocessing_context": context, "persistent_workers": True,
                      "prefetch_factor": b.prefetch_factor,
                      "worker_init_fn": self._worker_counter.init_fn()}

@@ -89,6 +89,9 @@ class EnsembleDataset(Dataset):
         #: the same init times in ``eval`` mode (whole fields or tiles), read for
         #: :class:`WholeItem` items: one pass for an exact fit through this dataset's loader
         self.whole: EnsembleDataset | None = None
+        #: the shared-memory blocks a DataLoader's workers write batches into
+        #: (:class:`pipeline.handoff.BatchRing`; set by the DataModule)
+        self.ring = None
         self.n_records = 0
         if record_features is not None:
             self.n_records = int(record_features(self.init_times[0]).shape[0]) if len(self.init_times) else 0
@@ -147,11 +150,14 @@ class EnsembleDataset(Dataset):
             n = 1
             rows = len(draws)
             h, w = draws[0][2].stop - draws[0][2].start, draws[0][3].stop - draws[0][3].start
-        batch = {"inputs": _empty((rows, k, len(self.channels), h, w), torch.float32, where),
-                 "static": _empty((rows, n_static, h, w), torch.float32, where),
-                 "target": _empty((rows, n_targets, h, w), torch.float32, where),
-                 **{key: _empty((rows,), torch.int64, where)
-                    for key in ("init_time", "lead_time", "y0", "x0")}}
+        specs = {"inputs": ((rows, k, len(self.channels), h, w), torch.float32),
+                 "static": ((rows, n_static, h, w), torch.float32),
+                 "target": ((rows, n_targets, h, w), torch.float32),
+                 **{key: ((rows,), torch.int64) for key in ("init_time", "lead_time", "y0", "x0")}}
+        if where == "shared" and self.ring is not None:  # a worker: a reused block
+            batch = self.ring.allocate(specs)
+        else:
+            batch = {key: _empty(shape, dtype, where) for key, (shape, dtype) in specs.items()}
         arr = {key: v.numpy() for key, v in batch.items()}
         reads = []
         for b, (s, members, sy, sx) in enumerate(draws):

@@ -149,6 +149,30 @@ def test_exact_fit_pass_is_read_by_the_training_workers(stores, patch_size):
     assert dm.worker_starts == 1
 
 
+def test_worker_batches_reuse_shared_blocks_once_released(stores):
+    """A worker writes a batch into a shared-memory block the main process has let go of;
+    a batch still held is never overwritten (the worker takes fresh memory instead)."""
+    import gc
+
+    dm = EnsembleDataModule(_cfg(num_workers=1, batch_size=2, samples_per_epoch=20),
+                            forecast=stores.forecast, analysis=stores.analysis)
+    ref = EnsembleDataModule(_cfg(batch_size=2, samples_per_epoch=20), forecast=stores.forecast,
+                             analysis=stores.analysis, stats=dm.stats)
+    loader, want = dm.train_dataloader(), ref.train_dataloader()
+    ring = loader.dataset.ring
+    held = list(loader)  # every batch of the epoch held: more than the worker's slots
+    assert len(held) > ring.slots and all(ring.state[:])  # every slot taken, none freed
+    _same(held, list(want), "held epoch")
+    del held
+    gc.collect()
+    assert not any(ring.state[:])  # all released
+    for got, w in zip(loader, want):  # batches dropped as they go: slots come back
+        _same([got], [w], "released epoch")
+        del got
+    gc.collect()
+    assert not any(ring.state[:]) and dm.worker_starts == 1
+
+
 def test_workers_import_only_the_reading_code(stores, tmp_path):
     """A worker started afresh (spawn) imports the reading code, not Lightning, Prefect,
     plotting or the GRIB libraries; ``fork`` (the default on Linux) imports nothing."""
