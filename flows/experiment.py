@@ -168,7 +168,6 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
     """Read and validate an experiment file: every point's config is validated like an
     ``enspp.yaml`` (errors name the file, the point and the key)."""
     from enspp.flows.config import ConfigError, config_from_mapping
-    from enspp.models.base import MODELS
 
     path = Path(path)
     raw = read_yaml_mapping(path, what="experiment config", error=ExperimentConfigError)
@@ -212,7 +211,6 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
             points.append(Point(system=label or cfg.model.name, axes=tuple(zip(axes, combo)),
                                 overrides=overrides, config=cfg))
     title = points[0].config.evaluate.title
-    _ = MODELS  # every point's model name was checked by its config
     return Experiment(path=path, name=_slug(path.stem), title=title, axes=axes, points=points)
 
 
@@ -254,7 +252,6 @@ def _test_init_times(config: Any) -> list[Any]:
 
 def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> dict[str, Any]:
     """Train, register and predict one point; its files and timings."""
-    from enspp.models.base import MODELS
     from enspp.models.predict import predict
     from enspp.models.registry import register_if_better
     from enspp.models.train import train
@@ -291,7 +288,7 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
         f"trained in {t_train:.1f} s, predicted {len(init_times)} init times in {t_predict:.1f} s; "
         f"{decision.line()}")
     info = {"system": point.system, "group": point.group, "model": cfg.model.name,
-            "evaluate_name": MODELS[cfg.model.name].system, "distribution": cfg.model.distribution,
+            "distribution": cfg.model.distribution,
             "run": str(result.run_dir), "checkpoint": str(result.best_checkpoint),
             "product": str(product), "val_score": result.best_score, "monitor": result.monitor,
             "init_times": [str(t)[:19] for t in (init_times[0], init_times[-1])],
@@ -331,6 +328,7 @@ def evaluate_group(points: list[Point], runs: list[dict[str, Any]], out_dir: Pat
     """One evaluation of the file's systems, the points' raw subset and their products."""
     from enspp.evaluation.config import EvaluateConfig, Period
     from enspp.evaluation.evaluate import evaluate
+    from enspp.evaluation.systems import product_system
 
     cfg = points[0].config
     ev = cfg.evaluate
@@ -339,9 +337,9 @@ def evaluate_group(points: list[Point], runs: list[dict[str, Any]], out_dir: Pat
     subset = _raw_subset(cfg)
     if subset is not None and "raw_subset" not in keys:
         systems.append(subset)
-    for r in runs:
-        systems.append({"name": r["evaluate_name"], "label": r["system"], "path": r["product"],
-                        "type": r["distribution"]})
+    for r in runs:  # named and typed from the product itself (evaluation.systems)
+        s = product_system(r["product"], label=r["system"]).model_dump(mode="json", exclude_none=True)
+        systems.append({**s, "label": r["system"]})
     first, last = runs[0]["init_times"]
     update: dict[str, Any] = {"title": title, "systems": systems}
     if ev.truth is None:
