@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from enspp.flows.commands.demo import verdict_line
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _row(system, crps, label, variable="t2m", units="K"):
@@ -36,3 +40,40 @@ def test_the_written_config_reads_like_a_hand_written_one(tmp_path):
     loaded = load_config(tmp_path / "enspp.yaml")
     for section in ("data", "pipeline", "model", "train", "predict"):
         assert getattr(loaded, section) == getattr(config, section), section
+
+
+def test_the_written_config_validates_with_its_products(tmp_path, capsys):
+    """`enspp validate enspp.yaml` on a config written as the demo writes it, whose systems
+    include a product and the oracle (plain Zarr, not ingested stores): valid, no error line."""
+    import xarray as xr
+    from predict_data import make_stores
+
+    from enspp.evaluation.config import EvaluateConfig
+    from enspp.flows.cli import main
+    from enspp.flows.config import default_demo_config
+    from enspp.flows.demo import write_config
+
+    wd = tmp_path / "work"
+    paths = make_stores(wd / "stores")
+    t2m = xr.open_zarr(paths.forecast)["t2m"].isel(member=0, drop=True)
+    for p in (wd / "stores" / "products" / "mixed-abc.zarr", wd / "synth" / "oracle.zarr"):
+        xr.Dataset({"t2m_mean": t2m, "t2m_std": abs(t2m) * 0 + 1.0}).to_zarr(p, mode="w")
+    config = default_demo_config(wd)
+    config = config.model_copy(update={"pipeline": config.pipeline.model_copy(update={
+        "stores": config.pipeline.stores.model_copy(update={"static": paths.static}),
+        "features": config.pipeline.features.model_copy(update={
+            "variables": ("t2m",), "targets": ("t2m",), "input_lead_times": (24,)}),
+        "split": config.pipeline.split.model_copy(update={"train": None, "val": None,
+                                                          "test": None})})})
+    ev = EvaluateConfig(
+        title="demo", truth=paths.analysis, variables=["t2m"], lead_times=[48],
+        systems=[{"name": "raw_full", "path": paths.forecast},
+                 {"name": "raw_subset", "path": paths.forecast, "members": [1, 2, 3, 4, 5]},
+                 {"name": "mixed", "path": wd / "stores" / "products" / "mixed-abc.zarr",
+                  "type": "gaussian"},
+                 {"name": "oracle", "path": wd / "synth" / "oracle.zarr", "type": "gaussian"}])
+    path = write_config(config, wd / "enspp.yaml", evaluate=ev)
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"{path}: valid config" in out and err == ""
