@@ -297,6 +297,19 @@ def test_case_boxes_and_names_use_the_maps_convention():
     assert _place(10.0, 30.0) == "10.0°N 30.0°E"
 
 
+def test_synthetic_case_names_and_notes_use_the_maps_convention():
+    import pandas as pd
+
+    from enspp.data.synth.events import Event, events_to_yaml_dict
+
+    ev = Event(id="e1", kind="heat_dome", variable="t2m", peak=pd.Timestamp("2016-07-09"),
+               lat=47.81, lon=219.4, radius_deg=9.0, amplitudes={"t2m": 3.15})
+    (case,) = events_to_yaml_dict([ev], thresholds={"e1": 292.786}, variables=("t2m",))["cases"]
+    assert case["name"].endswith(" 2016-07-09 at 47.8°N 140.6°W")
+    assert "(latent) at 47.8°N 140.6°W, radius 9°;" in case["notes"]
+    assert "219.4" not in case["name"] + case["notes"]
+
+
 def test_notes_and_extreme_event_scores_are_shown(report, tmp_path):
     _, _, out = report
     doc = read_scores(out)

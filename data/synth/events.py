@@ -153,7 +153,7 @@ def events_to_yaml_dict(events: list[Event], *, thresholds: dict[str, float],
             "selected_on_outcome": False,
             "map_time": ev.peak.to_pydatetime(),
             "notes": (f"peak anomaly {ev.amplitudes[ev.variable]:+.2f} climatological s.d. "
-                      f"(latent) at {ev.lat:.2f}, {ev.lon:.2f}, radius {ev.radius_deg:g} deg; "
+                      f"(latent) at {_place(ev.lat, ev.lon)}, radius {ev.radius_deg:g}°; "
                       f"threshold = climatological mean {'+' if ev.kind == 'heat_dome' else '-'}"
                       f" 2 s.d. at the centre on the peak day; also affects: "
                       f"{', '.join(others) if others else 'none'}"),
