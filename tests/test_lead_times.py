@@ -21,6 +21,7 @@ from enspp.models.train import build_spec, train
 from enspp.pipeline.align import open_dataset
 from enspp.pipeline.config import FeaturesConfig
 from enspp.pipeline.datamodule import EnsembleDataModule
+from enspp.pipeline.synthetic import write_stores
 
 H = np.timedelta64(1, "h").astype("timedelta64[ns]")
 SMALL_MIXED = {"embed_dim": 4, "encoder_hidden": [4], "width": 4, "depth": 1}
@@ -31,8 +32,17 @@ def paths(tmp_path_factory):
     return make_stores(tmp_path_factory.mktemp("leads") / "stores")
 
 
+@pytest.fixture(scope="module")
+def station_paths(tmp_path_factory):
+    return write_stores(tmp_path_factory.mktemp("leads_points") / "stores", n_init=40,
+                        lead_hours=(24, 48), n_members=6, stations=7)
+
+
 def _dm(paths, **features) -> EnsembleDataModule:
-    dm = EnsembleDataModule(pipeline_config(paths, features=features))
+    stores = {"forecast": str(paths.forecast), "analysis": str(paths.analysis)}
+    if paths.static is not None and paths.static.exists():
+        stores["static"] = str(paths.static)
+    dm = EnsembleDataModule(pipeline_config(paths, stores=stores, features=features))
     dm.setup()
     return dm
 
@@ -63,8 +73,10 @@ def test_config_refuses_a_target_lead_outside_the_list():
     assert FeaturesConfig(target_lead_time=24, input_lead_times=[0]).target_leads == (24,)
 
 
-@pytest.mark.parametrize("name", ["emos_local", "emos_global"])
-def test_emos_of_several_leads_is_each_leads_own_exact_fit(paths, name):
+@pytest.mark.parametrize(("name", "where"), [("emos_local", "grid"), ("emos_global", "grid"),
+                                             ("emos_local", "stations")])
+def test_emos_of_several_leads_is_each_leads_own_exact_fit(paths, station_paths, name, where):
+    paths = paths if where == "grid" else station_paths
     multi = _dm(paths, target_lead_times=[24, 48])
     spec = build_spec(multi, ModelConfig(name=name), n_members=multi.n_members, grid_shape=multi.grid_shape)
     assert spec.target_leads == (24, 48)
@@ -82,8 +94,10 @@ def test_emos_of_several_leads_is_each_leads_own_exact_fit(paths, name):
         ref_test = single.preloaded(("test",))
         with torch.no_grad():
             expected = ref(ref_test)
+        n = multi.grid_shape[0] if multi.point else 1  # rows per sample: stations or 1
+        rows = torch.arange(out["mu"].shape[0]).reshape(-1, 2, n)[:, i].reshape(-1)
         for key in ("mu", "sigma"):
-            torch.testing.assert_close(out[key][i::2], expected[key], rtol=2e-4, atol=2e-4)
+            torch.testing.assert_close(out[key][rows], expected[key], rtol=2e-4, atol=2e-4)
 
 
 def test_a_network_trained_on_two_leads_predicts_both_in_one_call(paths, tmp_path):
