@@ -412,6 +412,10 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
     if any(dropped.values()):
         notes.append(f"{variable}: missing values skipped (points with NaN in the truth or the "
                      "system): " + ", ".join(f"{k} {n}" for k, n in dropped.items()))
+    partial = {k: int(c.n_partial) for k, c in totals.items() if c.n_partial}
+    if partial:
+        notes.append(f"{variable}: points scored with only some of their members (the others "
+                     "missing): " + ", ".join(f"{k} {n}" for k, n in partial.items()))
     per_init = _per_init(totals, keys, regions, tmpl)
 
     def mean_map(c: fused.ChunkSums) -> xr.DataArray:

@@ -15,7 +15,8 @@ Gaussian: closed form), ``error`` (mean - truth), ``abs_error``, ``sq_error`` an
 
 NaN policy (as :mod:`evaluation.kernels`): NaN members are skipped; a point whose truth is
 NaN or that has no valid member is dropped from every quantity (weight 0 in the numerator
-and the denominator) and counted in ``n_nan``; ``variance`` also drops a point with a
+and the denominator) and counted in ``n_nan``; a point scored with only some of its members
+is counted in ``n_partial``; ``variance`` also drops a point with a
 single valid member out of several.  A rank needs the full ensemble (any NaN member: no
 rank).  Ties of the truth with members are broken by a uniform number hashed from the
 point's position in the whole period (``seed``, global init index, lead, lat, lon), so
@@ -132,7 +133,7 @@ def _row_moments_sorted(e, o, fair, buf, cnt, mean, var, crps, below, ties):  # 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _ensemble_kernel(ens, obs, tidx, weights, fair, pairwise, want_rank, seed, i0,
-                     qsum, wsum, map_sum, map_count, hist, n_nan):  # pragma: no cover - compiled
+                     qsum, wsum, map_sum, map_count, hist, n_nan, n_partial):  # pragma: no cover
     n_init, n_lead, n_mem, ny, nx = ens.shape
     n_reg = weights.shape[0]
     for row in prange(n_lead * ny):
@@ -166,6 +167,8 @@ def _ensemble_kernel(ens, obs, tidx, weights, fair, pairwise, want_rank, seed, i
                 if n == 0 or np.isnan(o[x]):
                     n_nan[lead, y] += 1
                     continue
+                if n < n_mem:
+                    n_partial[lead, y] += 1
                 c = crps[x]
                 err = mean[x] - o[x]
                 has_var = n > 1 or n_mem == 1
@@ -240,6 +243,8 @@ class ChunkSums:
     hist: np.ndarray | None
     #: points dropped by the NaN policy
     n_nan: int
+    #: ensembles: points scored with fewer members than the ensemble has (NaN members skipped)
+    n_partial: int = 0
 
     def merge(self, later: "ChunkSums") -> "ChunkSums":
         """The sums of this chunk followed by those of the ``later`` chunk."""
@@ -249,13 +254,13 @@ class ChunkSums:
                          np.concatenate([self.weights, later.weights], axis=2), self.names,
                          self.map_sum + later.map_sum, self.map_count + later.map_count,
                          None if self.hist is None else self.hist + later.hist,
-                         self.n_nan + later.n_nan)
+                         self.n_nan + later.n_nan, self.n_partial + later.n_partial)
 
     def with_extra(self, name: str, sums: tuple[np.ndarray, np.ndarray]) -> "ChunkSums":
         """A copy with one more quantity (e.g. a twCRPS) from :func:`point_sums`."""
         return ChunkSums(np.concatenate([self.sums, sums[0][None]]),
                          np.concatenate([self.weights, sums[1][None]]), (*self.names, name),
-                         self.map_sum, self.map_count, self.hist, self.n_nan)
+                         self.map_sum, self.map_count, self.hist, self.n_nan, self.n_partial)
 
 
 def point_sums(score: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -286,11 +291,12 @@ def ensemble_chunk_sums(ensemble: np.ndarray, obs: np.ndarray, tidx: np.ndarray,
     map_count = np.zeros((n_lead, ny, nx))
     hist = np.zeros((n_reg, n_lead, ny, n_mem + 1) if rank else (1, 1, 1, 1))
     n_nan = np.zeros((n_lead, ny), dtype=np.int64)
+    n_partial = np.zeros((n_lead, ny), dtype=np.int64)
     _ensemble_kernel(ensemble, obs, tidx.astype(np.int64), np.ascontiguousarray(weights, dtype=np.float64),
                      estimator == "fair", n_mem <= PAIRWISE_MAX_MEMBERS, rank, seed, init_offset,
-                     qsum, wsum, map_sum, map_count, hist, n_nan)
+                     qsum, wsum, map_sum, map_count, hist, n_nan, n_partial)
     return ChunkSums(qsum.sum(-1), wsum.sum(-1), QUANTITIES, map_sum, map_count,
-                     hist.sum(2) if rank else None, int(n_nan.sum()))
+                     hist.sum(2) if rank else None, int(n_nan.sum()), int(n_partial.sum()))
 
 
 def gaussian_chunk_sums(mu: np.ndarray, sigma: np.ndarray, obs: np.ndarray, tidx: np.ndarray,

@@ -62,6 +62,29 @@ def test_a_lost_chunk_is_refused_naming_the_store_and_init_time(world, tmp_path,
            f"raw_full {n}" in out
 
 
+def test_an_ensemble_missing_some_members_is_refused_or_scored_and_said(world, tmp_path):
+    """Member 2 is NaN at one init time (a partly archived forecast): refused by default;
+    with ``missing: skip`` those points are scored with the members there are, and a note
+    counts them per system (raw_subset, members 1..4, holds member 2 too)."""
+    fc = xr.open_zarr(world.forecast).load()
+    fc["t2m"][dict(init_time=2, member=2)] = np.nan
+    partial = tmp_path / "partial.zarr"
+    fc.chunk({"init_time": 1}).to_zarr(partial, mode="w")
+    cfg = config_dict(world, **BASE)
+    for system in cfg["systems"]:
+        if system["path"] == str(world.forecast):
+            system["path"] = str(partial)
+    with pytest.raises(MissingDataError, match=r"system 'raw_full' .* missing values \(NaN\) of "
+                                               r"'t2m' at init times 2021-01-03T00"):
+        evaluate(config_from_mapping(cfg))
+    res = evaluate(config_from_mapping({**cfg, "missing": "skip"}))
+    n = 2 * 8 * 16  # 2 leads x the 8 x 16 grid of one init time
+    assert res.scores["t2m"].attrs["nan_dropped_raw_full"] == 0  # nothing dropped...
+    assert res.notes == [f"t2m: points scored with only some of their members (the others "
+                         f"missing): raw_full {n}, raw_subset {n}"]  # ...but said
+    assert np.isfinite(res.scores["t2m"]["crps_all"]).all()
+
+
 def test_init_times_a_system_lacks_are_refused_or_skipped(world, tmp_path):
     """The product lacks two init times the raw ensemble has."""
     prod = xr.open_zarr(world.product).load()
