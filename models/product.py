@@ -243,8 +243,12 @@ class ProductWriter:
                           compat="override", join="override").chunk({schema.INIT_TIME: 1})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if not self.target.exists():
-                block.to_zarr(self.target, mode="w", consolidated=True)
+            if not self.target.exists():  # checksummed chunks, as a first write()
+                from enspp.data.store_template import compressors
+
+                encoding = {str(v): {"compressors": compressors()} for v in block.data_vars}
+                block.to_zarr(self.target, mode="w", consolidated=True, zarr_format=3,
+                              encoding=encoding)
             else:
                 block.to_zarr(self.target, append_dim=schema.INIT_TIME, consolidated=True)
         self._mark_complete(*inits)

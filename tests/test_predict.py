@@ -181,6 +181,12 @@ def test_product_chunks_are_checksummed_and_a_flipped_byte_is_caught(world, tmp_
     group = zarr.open_group(out, mode="r")
     for name in ("t2m", "t2m_mean", "t2m_std", "t2m_quantiles"):
         assert any(isinstance(c, Crc32cCodec) for c in group[name].metadata.codecs), name
+    # a first write of several init times at once (one block) is checksummed too
+    block = tmp_path / "block.zarr"
+    predict(ckpt, store, out=block, init_times=[first, second], quantiles=QUANTILES, n_members=7)
+    group = zarr.open_group(block, mode="r")
+    for name in ("t2m", "t2m_mean", "t2m_std", "t2m_quantiles"):
+        assert any(isinstance(c, Crc32cCodec) for c in group[name].metadata.codecs), name
     chunk = out / "t2m_mean" / "c" / "1" / "0" / "0" / "0"  # the appended init time's chunk
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0x01
