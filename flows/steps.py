@@ -56,20 +56,25 @@ def train_model(config: Any) -> dict[str, Any]:
 
 
 def split_init_times(config: Any, split: str) -> list[str]:
-    """The forecast store's init times in the pipeline's ``split`` period (explicit periods)."""
+    """The forecast store's init times in the pipeline's ``split`` period (the periods training
+    uses, ``pipeline.splits``: explicit or the default fractions), by init date."""
     import numpy as np
 
     from enspp.data.store import open_store
+    from enspp.pipeline.features import channel_leads
+    from enspp.pipeline.splits import period_init_times, resolve_periods
 
-    period = getattr(config.pipeline.split, split, None)
-    if period is None:
-        raise FlowInputError(f"pipeline.split.{split} is not set: the flows need explicit "
-                             f"split periods (train/val/test) to pick {split} init times")
     ds = open_store(config.workdir.path(config.pipeline.stores.forecast or "stores/forecast.zarr"))
     t = ds["init_time"].values.astype("datetime64[ns]")
-    lo = np.datetime64(period.start, "ns")
-    hi = np.datetime64(period.end, "ns") + np.timedelta64(1, "D")
-    return [str(x)[:19] for x in t[(t >= lo) & (t < hi)]]
+    f = config.pipeline.features
+    leads = channel_leads(target_lead_time=f.target_lead_time, input_lead_times=f.input_lead_times,
+                          target_lead_times=f.target_lead_times)
+    periods = resolve_periods(t, config=config.pipeline.split,
+                              max_lead=np.timedelta64(max(leads), "h"))
+    if split not in periods:
+        raise FlowInputError(f"pipeline.split.{split} is not set and the default split gives it "
+                             f"no period: name explicit split periods (train/val/test)")
+    return [str(x)[:19] for x in period_init_times(t, periods[split])]
 
 
 @task(name="score-on-validation", **_PLAIN)

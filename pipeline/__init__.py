@@ -26,7 +26,8 @@ _EXPORTS = {
                                "collate_rows"),
     "enspp.pipeline.features": ("STATIC_NAMES", "channel_names", "parse_channel"),
     "enspp.pipeline.members": ("MemberSelectionError", "check_members", "choose_members"),
-    "enspp.pipeline.splits": ("SplitError", "resolve_periods", "split_init_times"),
+    "enspp.pipeline.splits": ("SplitError", "period_init_times", "resolve_periods",
+                              "split_init_times"),
     "enspp.pipeline.stats": ("NormStats", "StatsMismatchError", "compute_stats"),
     "enspp.pipeline.tiles": ("blend_weights", "stitch", "tile_slices"),
 }

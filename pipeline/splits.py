@@ -94,6 +94,15 @@ def split_init_times(
     return {k: out[k] for k in SPLITS if k in out}
 
 
+def period_init_times(init_times: np.ndarray, period: Period) -> np.ndarray:
+    """The init times whose init date lies in ``period`` (both ends included): what predict
+    and evaluate take for a split (a training sample also needs its valid times inside the
+    period: :func:`split_init_times`)."""
+    inits = np.asarray(init_times, dtype="datetime64[ns]")
+    start = np.datetime64(period.start, "ns")
+    return inits[(inits >= start) & (inits < np.datetime64(period.end, "ns") + _DAY)]
+
+
 def _to_date(d: np.datetime64) -> dt.date:
     return pd.Timestamp(d).date()
 

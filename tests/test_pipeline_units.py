@@ -11,7 +11,7 @@ import pytest
 from enspp.pipeline.config import MembersConfig, Period, SplitConfig
 from enspp.pipeline.features import channel_leads, channel_names, doy_encoding, parse_channel, target_channels
 from enspp.pipeline.members import MemberSelectionError, check_members, choose_members
-from enspp.pipeline.splits import SplitError, resolve_periods, split_init_times
+from enspp.pipeline.splits import SplitError, period_init_times, resolve_periods, split_init_times
 from enspp.pipeline.stats import NormStats, StatsMismatchError, floor_std
 from enspp.pipeline.tiles import blend_weights, stitch, tile_slices
 
@@ -168,3 +168,14 @@ def test_normstats_dict_and_file_roundtrip(tmp_path):
 def test_std_floor():
     out = floor_std(np.array([0.0, np.nan, -1.0, 2.0]), np.array([1e4, 0.0, 0.0, 1.0]))
     assert np.all(out > 0) and out[3] == 2.0 and out[0] == pytest.approx(1e-2)
+
+
+def test_period_init_times_by_init_date_and_split_samples_by_valid_time():
+    """A split's period: predict/evaluate take every init time of its dates; a training sample
+    also needs its valid time inside (the last two days' runs at +48 h are not samples)."""
+    inits = _inits("2020-01-01", "2020-01-10")
+    period = Period(start=dt.date(2020, 1, 3), end=dt.date(2020, 1, 8))
+    got = period_init_times(inits, period)
+    assert [str(t)[:10] for t in got] == [f"2020-01-0{d}" for d in range(3, 9)]
+    samples = split_init_times(inits, periods={"test": period}, max_lead=H48)["test"]
+    assert set(samples) <= set(got) and len(got) - len(samples) == 2
