@@ -404,15 +404,21 @@ def run_any(exp: Any, *, out_dir: str | Path, quick: bool = False,
         return run_experiment(exp, out_dir=out_dir, progress=progress)
     from enspp.flows.experiment_synthetic import run_synthetic
 
+    out = Path(out_dir).resolve()
+
     def body(tmp: Path) -> dict:
         t0 = time.perf_counter()
         result = run_synthetic(exp, out_dir=tmp, quick=quick, progress=progress)
+        # the files as they are named once the folder is renamed into place
+        result["files"] = {k: (str(out / Path(v).relative_to(tmp)) if isinstance(v, (str, Path))
+                               and Path(v).is_relative_to(tmp) else v)
+                           for k, v in result.get("files", {}).items()}
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
         result["quick"] = quick
         (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
         return result
 
-    return _atomic_out(Path(out_dir), body)
+    return _atomic_out(out, body)
 
 
 def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
