@@ -234,6 +234,30 @@ def test_lazy_open_decodes_only_what_is_indexed_and_equals_the_eager_decode(tmp_
         _ = again["z"].values
 
 
+def test_lazy_chunk_reads_are_views_of_the_scan_only_in_file_order(tmp_path, files):
+    """A store chunk (one init time and step: every member and level) whose messages the scan
+    decoded one after the other is handed out as a read-only view of the scan's buffer (no
+    copy); a selection in another order, or one the scan did not decode, is a fresh array;
+    the values are the eager decode's either way, and the eager decode's arrays are
+    writable."""
+    eager = decode_grib(files[0])
+    assert all(v.values.flags.writeable for v in eager.data_vars.values())
+    lazy = open_grib_lazy(files[0])
+    one = dict(init_time=slice(0, 1), lead_time=slice(1, 2))  # as the writer selects a chunk
+    chunk = lazy["z"].isel(one).values
+    assert not chunk.flags.writeable and not chunk.flags.owndata
+    np.testing.assert_array_equal(chunk, eager["z"].isel(one).values)
+    swapped = lazy["z"].isel(one).isel(member=[2, 0, 1]).values
+    assert swapped.flags.writeable
+    np.testing.assert_array_equal(swapped, eager["z"].isel(one).isel(member=[2, 0, 1]).values)
+    lazy.close()
+    cold = open_grib_lazy(files[0], decode_budget=0)
+    again = cold["z"].isel(one).values
+    assert again.flags.writeable
+    np.testing.assert_array_equal(again, chunk)
+    cold.close()
+
+
 @pytest.mark.parametrize("budget", [0, 5, None], ids=["from-file", "5-fields", "decoded"])
 def test_lazy_open_same_fields_decoded_by_the_scan_or_from_the_file(files, budget):
     """Values decoded by the scan (within its budget) or, past it, read again from the file:
