@@ -7,6 +7,7 @@ import functools
 import multiprocessing
 import os
 import sys
+import threading
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -64,5 +65,29 @@ class WorkerCounter:
 
 
 def _worker_started(counter: Any, worker_id: int) -> None:
+    forget_inherited_exit_hooks()
     with counter.get_lock():
         counter.value += 1
+
+
+def forget_inherited_exit_hooks() -> None:
+    """In a forked worker: drop the thread-shutdown hooks of Prefect's background services
+    inherited from the parent.
+
+    A process that has run a Prefect flow (the operational flows, ``enspp demo``) holds
+    services (API log and event workers) that register a hook run at thread shutdown.
+    Prefect's own fork handler stops them in a child, but the inherited hook still runs when
+    the worker ends, fails (``assert self._done_event is not None``, Prefect 3.8) and the
+    worker exits with code 1: PyTorch then reports "DataLoader worker exited unexpectedly"
+    in the middle of a fit.  The services' threads never exist in the child, so there is
+    nothing for those hooks to drain.  A spawned worker imported no Prefect: nothing to do.
+    """
+    services = sys.modules.get("prefect._internal.concurrency.services")
+    hooks = getattr(threading, "_threading_atexits", None)
+    base = getattr(services, "_QueueServiceBase", None)
+    if base is None or not isinstance(hooks, list):
+        return
+    def owner(hook: Any) -> Any:  # threading._register_atexit stores functools.partial(f)
+        return getattr(getattr(hook, "func", hook), "__self__", None)
+
+    hooks[:] = [h for h in hooks if not isinstance(owner(h), base)]

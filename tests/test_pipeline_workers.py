@@ -369,3 +369,38 @@ def test_tiles_of_one_init_time_share_one_decode(stores):
     # each batch (2 tiles of one init) acquires each chunk once: the init's later batches hit
     assert tiles % 2 == 0
     assert cache.misses == 7 * inits and cache.hits == 7 * inits * (tiles // 2 - 1)
+
+
+def test_workers_end_cleanly_in_a_process_that_ran_prefect(stores, tmp_path):
+    """A process holding Prefect's background services (as after a flow run: the operational
+    flows, the demo) forks workers that exit with code 0, not 1 (Prefect 3.8's inherited
+    thread-shutdown hook fails in a forked child; PyTorch then stops the fit with "DataLoader
+    worker exited unexpectedly").  Run in a fresh interpreter so the started service does
+    not outlive the test."""
+    code = textwrap.dedent("""
+        import sys
+        from prefect._internal.concurrency.services import QueueService
+        from enspp.pipeline import EnsembleDataModule, PipelineConfig
+
+        class Echo(QueueService[int]):
+            async def _handle(self, item):
+                pass
+
+        Echo.instance()  # a started Prefect service
+        cfg = PipelineConfig.from_dict(json.loads(sys.argv[1]))
+        dm = EnsembleDataModule(cfg, forecast=sys.argv[2], analysis=sys.argv[3])
+        loader = dm.train_dataloader()
+        it = iter(loader)
+        n = sum(1 for _ in it)
+        workers = list(it._workers)
+        it._shutdown_workers()
+        print("batches", n, "exit codes", [w.exitcode for w in workers])
+    """)
+    cfg = _cfg(num_workers=2).model_dump(mode="json")
+    r = subprocess.run([sys.executable, "-c", "import json\n" + code, json.dumps(cfg),
+                        str(stores.forecast), str(stores.analysis)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=600,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exit codes [0, 0]" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "batches 0" not in r.stdout
