@@ -57,6 +57,28 @@ class IncomingConfig(BaseModel):
     deterministic: tuple[str, ...] = ()
 
 
+class GridStores(BaseModel):
+    """The gridded stores ``data.points`` samples (relative to the work directory)."""
+
+    model_config = _FROZEN
+    forecast: Path
+    analysis: Path
+    #: static fields (NetCDF) sampled beside them, for ``pipeline.stores.static``
+    static: Path | None = None
+
+
+class PointsConfig(BaseModel):
+    """Station stores sampled from a grid (``data.points``): ``data.incoming`` is ingested into
+    the ``grid`` stores, and ``n`` distinct grid points (drawn with ``seed``) of those become
+    the station stores ``pipeline.stores.forecast`` / ``analysis`` (and ``static``), written
+    once (:mod:`data.points`): a pooled-station study on gridded data."""
+
+    model_config = _FROZEN
+    n: int = Field(ge=1)
+    seed: int = 0
+    grid: GridStores
+
+
 class DataConfig(BaseModel):
     """Where a run lives and where its data come from."""
 
@@ -82,6 +104,8 @@ class DataConfig(BaseModel):
     allow_mixed_centres: bool = False
     #: how station files (NetCDF, CSV) map onto the data model (``data.station.StationOptions``)
     station: StationOptions | None = None
+    #: station stores sampled from gridded ones (:class:`PointsConfig`); None: no sampling
+    points: PointsConfig | None = None
 
     @field_validator("bounds")
     @classmethod
@@ -273,13 +297,54 @@ def resolve_paths(config: EnsppConfig) -> EnsppConfig:
     incoming = inc.model_copy(update={"forecast": tuple(map(fix_text, inc.forecast)),
                                       "analysis": tuple(map(fix_text, inc.analysis)),
                                       "deterministic": tuple(map(fix_text, inc.deterministic))})
+    data_update: dict[str, Any] = {"incoming": incoming}
+    if config.data.points is not None:
+        g = config.data.points.grid
+        grid = g.model_copy(update={k: fix(getattr(g, k)) for k in type(g).model_fields})
+        data_update["points"] = config.data.points.model_copy(update={"grid": grid})
     update: dict[str, Any] = {
         "pipeline": config.pipeline.model_copy(update={"stores": stores}),
-        "data": config.data.model_copy(update={"incoming": incoming}),
+        "data": config.data.model_copy(update=data_update),
     }
     if config.evaluate is not None:
         update["evaluate"] = config.evaluate.resolve_paths(root)
     return config.model_copy(update=update)
+
+
+def ingest_targets(config: EnsppConfig) -> dict[str, Path | None]:
+    """The store each part of ``data.incoming`` goes into: the pipeline's stores, or with
+    ``data.points`` the grid stores sampled afterwards (:func:`sample_points`)."""
+    st, wd = config.pipeline.stores, config.workdir
+    if config.data.points is not None:
+        g = config.data.points.grid
+        return {"forecast": wd.path(g.forecast), "analysis": wd.path(g.analysis),
+                "deterministic": None if st.deterministic is None else wd.path(st.deterministic)}
+    return {"forecast": wd.path(st.forecast or wd.forecast), "analysis": wd.path(st.analysis or wd.analysis),
+            "deterministic": None if st.deterministic is None else wd.path(st.deterministic)}
+
+
+def sample_points(config: EnsppConfig) -> str | None:
+    """With ``data.points``: the pipeline's station stores sampled from the grid stores (each
+    written once, :func:`data.points.sample_stores`); one line saying what, else None."""
+    pts = config.data.points
+    if pts is None:
+        return None
+    from enspp.data.points import sample_stores
+
+    st, wd = config.pipeline.stores, config.workdir
+    if st.forecast is None or st.analysis is None:
+        raise ConfigError("data.points: pipeline.stores.forecast and .analysis name the station "
+                          "stores the points are written to")
+    grid = {"forecast": wd.path(pts.grid.forecast), "analysis": wd.path(pts.grid.analysis),
+            "static": None if pts.grid.static is None else wd.path(pts.grid.static)}
+    out = {"forecast": wd.path(st.forecast), "analysis": wd.path(st.analysis),
+           "static": None if st.static is None or pts.grid.static is None else wd.path(st.static)}
+    had = {k: v is not None and v.exists() for k, v in out.items()}
+    written = sample_stores(grid, out, n=pts.n, seed=pts.seed)
+    new = [k for k in written if not had[k]]
+    return (f"points: {pts.n} grid points (seed {pts.seed}) of {grid['forecast']} as stations in "
+            f"{', '.join(str(written[k]) for k in written)}"
+            + (f" ({', '.join(new)} written)" if new else " (already there)"))
 
 
 def _with_splits(config: EnsppConfig) -> EnsppConfig:

@@ -164,9 +164,31 @@ def _axes(sweep: Any, *, source: str) -> tuple[dict[str, list[Any]], dict[str, d
     return axes, systems
 
 
-def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
+def _select(axes: dict[str, list[Any]], systems: dict[str, dict[str, Any]],
+            only: dict[str, list[str]], *, source: str) -> None:
+    """Keep the values of each axis named in ``only`` (``systems``: the labels) that are
+    listed there (compared as text: ``5`` selects K = 5); every listed value must exist."""
+    for key, wanted in only.items():
+        have = list(systems) if key == SYSTEMS_AXIS else [_text(v) for v in axes.get(key, [])]
+        if key != SYSTEMS_AXIS and key not in axes:
+            raise ExperimentConfigError(f"{source}: --only {key}: not an axis of the sweep "
+                                        f"(axes: {', '.join([*axes, SYSTEMS_AXIS])})")
+        unknown = [w for w in wanted if w not in have]
+        if unknown:
+            raise ExperimentConfigError(f"{source}: --only {key}: {', '.join(unknown)} not among "
+                                        f"its values ({', '.join(have)})")
+        if key == SYSTEMS_AXIS:
+            for label in [lab for lab in systems if lab not in wanted]:
+                del systems[label]
+        else:
+            axes[key] = [v for v in axes[key] if _text(v) in wanted]
+
+
+def load_experiment(path: str | Path, *, quick: bool = False,
+                    only: dict[str, list[str]] | None = None) -> Experiment:
     """Read and validate an experiment file: every point's config is validated like an
-    ``enspp.yaml`` (errors name the file, the point and the key)."""
+    ``enspp.yaml`` (errors name the file, the point and the key).  ``only`` keeps a slice of
+    the sweep (``{"pipeline.members.k": ["5"], "systems": ["emos_local", "mixed"]}``)."""
     from enspp.flows.config import ConfigError, config_from_mapping
 
     path = Path(path)
@@ -175,10 +197,12 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
     if raw.get("kind") is not None:
         raise ExperimentConfigError(
             f"{source}: kind: an experiment file is an enspp.yaml with a sweep block "
-            f"(configs/experiments/magdeburg_t2m.yaml); 'kind: synthetic' files run through "
-            f"enspp experiment as they are")
+            f"(configs/experiments/magdeburg_t2m.yaml or synthetic.yaml, whose data.synth "
+            f"generates the synthetic world)")
     base = {k: v for k, v in raw.items() if k != "sweep"}
     axes, systems = _axes(raw.get("sweep"), source=source)
+    if only:
+        _select(axes, systems, only, source=source)
     if quick:
         axes = {k: v[:1] for k, v in axes.items()}
     combos = list(itertools.product(*axes.values())) or [()]
@@ -215,14 +239,37 @@ def load_experiment(path: str | Path, *, quick: bool = False) -> Experiment:
 
 
 # ---------------------------------------------------------------------------- running
+def _world(config: Any, done: set[tuple[str, str]], say: Callable[[str], None]) -> None:
+    """The synthetic world of ``data.synth`` generated once into ``<workdir>/synth`` (an
+    existing world must be the same world; one left half-written is generated again)."""
+    from enspp.data.synth import SynthError, ensure_world
+
+    want = config.data.synth
+    if want is None:
+        return
+    root = config.workdir.synth
+    key = (str(root), want.model_dump_json())
+    if key in done:
+        return
+    try:
+        generated = ensure_world(root, want, progress=say)
+    except SynthError as e:
+        raise ExperimentConfigError(f"data.synth: {e} (or set another data.workdir)") from None
+    say(f"synthetic world {'generated' if generated else 'already'} in {root} (years "
+        f"{want.years[0]}-{want.years[1]}, {want.n_members} members, grid {want.grid[0]}x{want.grid[1]})")
+    done.add(key)
+
+
 def _ingest(config: Any, done: set[tuple[str, str]], say: Callable[[str], None]) -> None:
     """The files of ``data.incoming`` into the pipeline's stores (files already ingested
     are skipped by the store itself)."""
     from enspp.data.ingest import ingest
+    from enspp.flows.config import ingest_targets, sample_points
 
-    st, inc, data = config.pipeline.stores, config.data.incoming, config.data
-    parts = (("forecast", inc.forecast, st.forecast), ("analysis", inc.analysis, st.analysis),
-             ("deterministic", inc.deterministic, st.deterministic))
+    inc, data = config.data.incoming, config.data
+    targets = ingest_targets(config)
+    parts = (("forecast", inc.forecast, targets["forecast"]), ("analysis", inc.analysis, targets["analysis"]),
+             ("deterministic", inc.deterministic, targets["deterministic"]))
     for part, files, store in parts:
         if not files:
             continue
@@ -237,6 +284,15 @@ def _ingest(config: Any, done: set[tuple[str, str]], say: Callable[[str], None])
                          allow_mixed_centres=data.allow_mixed_centres, station=data.station,
                          station_part="deterministic" if part == "deterministic" else None)
         say(summary.line())
+        done.add(key)
+    key = ("points", config.model_dump_json(include={"data": {"points"}, "pipeline": {"stores"}}))
+    if config.data.points is not None and key not in done:
+        try:
+            line = sample_points(config)
+        except EnsppError as e:
+            raise ExperimentConfigError(str(e)) from None
+        if line:
+            say(line)
         done.add(key)
 
 
@@ -360,21 +416,30 @@ def _table(exp: Experiment, docs: dict[str, dict], runs: list[dict[str, Any]]) -
 
     by_key = {(r["group"], r["system"]): r for r in runs}
     rows: list[dict[str, Any]] = []
-    units = estimator = ""
+    units: dict[str, str] = {}
+    estimator = ""
     for group, doc in docs.items():
         for variable, entry in doc["variables"].items():
-            units, estimator = entry.get("units", ""), entry.get("estimator", "")
+            units[variable], estimator = entry.get("units", ""), entry.get("estimator", "")
             region = next(iter(entry["headline"]))
             for r in entry["headline"][region]:
                 run = by_key.get((group, r["system"]), {})
-                rows.append({"group": group, "variable": variable, "system": r["system"],
+                seconds = None if not run else round(run["train_seconds"] + run["predict_seconds"], 1)
+                rows.append({"group": group, "variable": variable,
+                             "variable_units": f"{variable} ({units[variable]})" if units[variable] else variable,
+                             "system": r["system"],
                              "crps": r.get("crps"), "skill": r.get("skill"),
                              "skill_low": r.get("skill_low"), "skill_high": r.get("skill_high"),
                              "dm_pvalue": r.get("dm_pvalue"), "spread_skill": r.get("spread_skill"),
                              "val_score": run.get("val_score"),
-                             "seconds": None if not run else run["train_seconds"] + run["predict_seconds"]})
-    columns = [("group", "point", "str"), ("system", "system", "str"),
-               ("crps", f"CRPS ({units})", "f3"), ("skill", "skill vs raw_full", "pct"),
+                             "seconds": seconds})
+    if len(units) == 1:  # one variable: its units in the CRPS header
+        (variable, u), = units.items()
+        first = [("group", "point", "str"), ("system", "system", "str"), ("crps", f"CRPS ({u})", "f3")]
+    else:  # several (each in its own units): a variable column
+        first = [("group", "point", "str"), ("variable_units", "variable", "str"),
+                 ("system", "system", "str"), ("crps", "CRPS", "f3")]
+    columns = [*first, ("skill", "skill vs raw_full", "pct"),
                ("skill_low", "CI low", "pct"), ("skill_high", "CI high", "pct"),
                ("dm_pvalue", "DM p", "f3"), ("spread_skill", "spread/skill", "f2"),
                ("val_score", "val CRPS (normalised)", "f3"), ("seconds", "train+predict (s)", "str")]
@@ -385,40 +450,15 @@ def _table(exp: Experiment, docs: dict[str, dict], runs: list[dict[str, Any]]) -
     return head + markdown_table(rows, columns), rows
 
 
-def load_any(path: str | Path, *, quick: bool = False) -> Any:
-    """An experiment file: a sweep (:func:`load_experiment`), or a ``kind: synthetic`` file of
-    the synthetic world (``flows.experiment_synthetic``, its own dialect until the sweep
-    runner generates worlds)."""
-    raw = read_yaml_mapping(Path(path), what="experiment config", error=ExperimentConfigError)
-    if raw.get("kind") == "synthetic":
-        from enspp.flows.experiment_synthetic import load_synthetic_config
-
-        return load_synthetic_config(path)
-    return load_experiment(path, quick=quick)
+def load_any(path: str | Path, *, quick: bool = False, only: dict[str, list[str]] | None = None) -> Experiment:
+    """An experiment file (:func:`load_experiment`)."""
+    return load_experiment(path, quick=quick, only=only)
 
 
-def run_any(exp: Any, *, out_dir: str | Path, quick: bool = False,
+def run_any(exp: Experiment, *, out_dir: str | Path, quick: bool = False,
             progress: Callable[[str], None] | None = None) -> dict:
-    """Run what :func:`load_any` read; a synthetic run is written atomically too."""
-    if isinstance(exp, Experiment):
-        return run_experiment(exp, out_dir=out_dir, progress=progress)
-    from enspp.flows.experiment_synthetic import run_synthetic
-
-    out = Path(out_dir).resolve()
-
-    def body(tmp: Path) -> dict:
-        t0 = time.perf_counter()
-        result = run_synthetic(exp, out_dir=tmp, quick=quick, progress=progress)
-        # the files as they are named once the folder is renamed into place
-        result["files"] = {k: (str(out / Path(v).relative_to(tmp)) if isinstance(v, (str, Path))
-                               and Path(v).is_relative_to(tmp) else v)
-                           for k, v in result.get("files", {}).items()}
-        result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-        result["quick"] = quick
-        (tmp / "results.json").write_text(json.dumps(result, indent=1, default=str))
-        return result
-
-    return _atomic_out(out, body)
+    """Run what :func:`load_any` read (:func:`run_experiment`)."""
+    return run_experiment(exp, out_dir=out_dir, progress=progress)
 
 
 def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
@@ -462,6 +502,7 @@ def run_experiment(exp: Experiment, *, out_dir: str | Path,
         runs: list[dict[str, Any]] = []
         for p in exp.points:
             p.config.workdir.root.mkdir(parents=True, exist_ok=True)  # '..' in paths below it
+            _world(p.config, ingested, say)
             _ingest(p.config, ingested, say)
             runs.append(run_point(exp, p, say=say))
         docs, dirs = {}, []

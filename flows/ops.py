@@ -32,6 +32,7 @@ quiet_prefect()
 from prefect import allow_failure, flow  # noqa: E402
 
 from enspp.flows import steps  # noqa: E402
+from enspp.flows.config import ingest_targets, sample_points  # noqa: E402
 from enspp.flows.runtime import make_task_runner, resolve_config  # noqa: E402
 from enspp.flows.tasks import FlowInputError, done_init_times, ingest_files, new_files, predict_init_times  # noqa: E402
 
@@ -117,13 +118,10 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
         if not any(wanted.values()):
             raise FlowInputError("nothing to ingest: data.incoming names no files and no paths "
                                  "were given")
-    stores = {"forecast": wd.path(cfg.pipeline.stores.forecast or wd.forecast),
-              "analysis": wd.path(cfg.pipeline.stores.analysis or wd.analysis)}
-    if wanted.get("deterministic"):
-        if cfg.pipeline.stores.deterministic is None:
-            raise FlowInputError("data.incoming.deterministic needs pipeline.stores.deterministic "
-                                 "(the store the deterministic forecasts go to)")
-        stores["deterministic"] = wd.path(cfg.pipeline.stores.deterministic)
+    stores = ingest_targets(cfg)  # with data.points: the grid stores sampled afterwards
+    if wanted.get("deterministic") and stores["deterministic"] is None:
+        raise FlowInputError("data.incoming.deterministic needs pipeline.stores.deterministic "
+                             "(the store the deterministic forecasts go to)")
     station = None if cfg.data.station is None else cfg.data.station.model_dump(mode="json")
     jobs, summary = [], {}
     for k, patterns in wanted.items():
@@ -144,6 +142,11 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
         if bad:
             raise FlowFailedError(f"ingest: {len(bad)} task(s) failed (the other files landed): "
                                   + " | ".join(bad))
+    if not paths and cfg.data.points is not None:
+        try:
+            print(sample_points(cfg))
+        except EnsppError as e:
+            raise FlowInputError(str(e)) from None
     return summary
 
 

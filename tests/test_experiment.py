@@ -214,19 +214,15 @@ def test_magdeburg_sweep_reproduces_the_committed_table(shared_data, tmp_path):
     assert current_version(tmp_path / "work" / "registry").version == run["version"]
 
 
-@pytest.mark.parametrize("name", ["magdeburg_t2m", "magdeburg_t2m_biased", "frankfurt_tp24",
-                                  "synthetic", "pooled_stations"])
+@pytest.mark.parametrize("name", ["magdeburg_t2m", "magdeburg_t2m_biased", "frankfurt_tp24"])
 def test_committed_experiment_files_load(name):
     from enspp.flows.experiment import Experiment, load_any
 
     exp = load_any(ROOT / "configs/experiments" / f"{name}.yaml")
-    if name.startswith(("magdeburg", "frankfurt")):
-        assert isinstance(exp, Experiment) and list(exp.groups) == ["k=25", "k=10", "k=5"]
-        mixed = next(p for p in exp.points if p.system == "mixed")
-        assert mixed.config.train.seeds == (3 if name.startswith("frankfurt") else 10)
-        assert mixed.config.train.refit and mixed.config.pipeline.batches.preload
-        # the station file is found from the file's folder, whatever the current directory
-        assert all(Path(f).resolve().is_relative_to(ROOT.parent / "shared")
-                   for f in mixed.config.data.incoming.forecast)
-    else:
-        assert exp.kind == "synthetic"
+    assert isinstance(exp, Experiment) and list(exp.groups) == ["k=25", "k=10", "k=5"]
+    mixed = next(p for p in exp.points if p.system == "mixed")
+    assert mixed.config.train.seeds == (3 if name.startswith("frankfurt") else 10)
+    assert mixed.config.train.refit and mixed.config.pipeline.batches.preload
+    # the station file is found from the file's folder, whatever the current directory
+    assert all(Path(f).resolve().is_relative_to(ROOT.parent / "shared")
+               for f in mixed.config.data.incoming.forecast)

@@ -106,6 +106,31 @@ def test_ingest_flow_lands_good_files_and_fails_naming_bad_ones(harness, tmp_pat
     assert ingest_flow(str(cfg)) == {"forecast": {"new": 0, "already_ingested": 3}}
 
 
+def test_ingest_flow_samples_points_after_the_grid(harness, tmp_path, gribs):
+    """data.points: the files land in the grid stores, then the pipeline's station stores are
+    the grid at the seeded points (written once; a second run adds nothing)."""
+    from enspp.data.points import random_points
+    from enspp.flows.ops import ingest_flow
+
+    an = tmp_path / "an"
+    an.mkdir()
+    analysis = forecast(["2020-01-01T00", "2020-01-01T12"], members=1, leads=(0,)).isel(
+        lead_time=0, member=0, drop=True).rename(init_time="time")
+    write_grib(an / "an.grib", analysis, kind="analysis")
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text("data: {incoming: {forecast: [in], analysis: [an]}, files_per_task: 3,\n"
+                   "       points: {n: 5, seed: 1, grid: {forecast: grid/fc.zarr, analysis: grid/an.zarr}}}\n"
+                   "pipeline: {stores: {forecast: pts/fc.zarr, analysis: pts/an.zarr}}\n")
+    assert ingest_flow(str(cfg)) == {"forecast": {"new": 3, "already_ingested": 0},
+                                     "analysis": {"new": 1, "already_ingested": 0}}
+    grid, pts = open_store(tmp_path / "grid/fc.zarr"), open_store(tmp_path / "pts/fc.zarr")
+    rows, cols = random_points((grid.sizes["latitude"], grid.sizes["longitude"]), n=5, seed=1)
+    assert pts.sizes["station"] == 5 and open_store(tmp_path / "pts/an.zarr").sizes["station"] == 5
+    np.testing.assert_array_equal(pts["t2m"].isel(station=2).values,
+                                  grid["t2m"].isel(latitude=rows[2], longitude=cols[2]).values)
+    assert ingest_flow(str(cfg))["forecast"] == {"new": 0, "already_ingested": 3}
+
+
 def test_ingest_flow_with_paths_and_input_errors(harness, tmp_path, gribs):
     from enspp.flows.ops import ingest_flow
 
