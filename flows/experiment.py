@@ -434,7 +434,7 @@ def _table(exp: Experiment, docs: dict[str, dict], runs: list[dict[str, Any]]) -
                              "val_score": run.get("val_score"),
                              "seconds": seconds})
     if len(units) == 1:  # one variable: its units in the CRPS header
-        (variable, u), = units.items()
+        (u,) = units.values()
         first = [("group", "point", "str"), ("system", "system", "str"), ("crps", f"CRPS ({u})", "f3")]
     else:  # several (each in its own units): a variable column
         first = [("group", "point", "str"), ("variable_units", "variable", "str"),
