@@ -223,6 +223,11 @@ def test_committed_experiment_files_load(name):
     mixed = next(p for p in exp.points if p.system == "mixed")
     assert mixed.config.train.seeds == (3 if name.startswith("frankfurt") else 10)
     assert mixed.config.train.refit and mixed.config.pipeline.batches.preload
+    # the seasonal EMOS baseline (day-of-year terms) sits beside the static one
+    if name != "magdeburg_t2m_biased":
+        doy = [p for p in exp.points if p.system == "emos_doy"]
+        assert len(doy) == 3 and all(p.config.model.name == "emos_global"
+                                     and p.config.model.options["season"] == "doy" for p in doy)
     # the station file is found from the file's folder, whatever the current directory
     assert all(Path(f).resolve().is_relative_to(ROOT.parent / "shared")
                for f in mixed.config.data.incoming.forecast)

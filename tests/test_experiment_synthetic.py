@@ -219,13 +219,16 @@ def test_committed_synthetic_files_build_every_network(name):
     option fails here, not after an hour of training); the networks of synthetic.yaml share
     the local mean-shift head."""
     from enspp.models import ModelSpec, build_model
+    from enspp.pipeline.features import STATIC_NAMES
 
     exp = load_experiment(ROOT / "configs/experiments" / f"{name}.yaml")
     if name == "synthetic":
         assert list(exp.groups) == ["k=2", "k=3", "k=5", "k=10"]
-        assert {p.system for p in exp.points} == {"emos_local", "mlp", "unet", "mixed"}
+        assert {p.system for p in exp.points} == {"emos_local", "mlp", "unet", "mixed",
+                                                  "mixed_w32", "mixed_w32_e16"}
     else:
-        assert {p.system for p in exp.points} == {"emos_global", "emos_local", "mlp", "mixed"}
+        assert {p.system for p in exp.points} == {"emos_global", "emos_local", "emos_doy",
+                                                  "emos_local_doy", "mlp", "mixed", "mixed_doy"}
         assert exp.points[0].config.data.points.n == 500
     for p in exp.points:
         cfg = p.config
@@ -238,7 +241,7 @@ def test_committed_synthetic_files_build_every_network(name):
         spec = ModelSpec(name=cfg.model.name, channels=channels, targets=tuple(feats.targets),
                          target_channels=tuple(channels.index(f"{t}@{feats.target_lead_time}h")
                                                for t in feats.targets),
-                         static_names=("lsm",), n_members=cfg.pipeline.members.k,
+                         static_names=STATIC_NAMES, n_members=cfg.pipeline.members.k,
                          grid_shape=(500, 1) if name == "pooled_stations" else (8, 16), stats=stats,
                          options=dict(cfg.model.options))
         model = build_model(spec)
