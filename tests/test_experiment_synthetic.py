@@ -225,7 +225,7 @@ def test_committed_synthetic_files_build_every_network(name):
     if name == "synthetic":
         assert list(exp.groups) == ["k=2", "k=3", "k=5", "k=10"]
         assert {p.system for p in exp.points} == {"emos_local", "mlp", "unet", "mixed",
-                                                  "mixed_w32", "mixed_w32_e16"}
+                                                  "unet_w16", "mixed_w16", "mixed_w32_e16"}
     else:
         assert {p.system for p in exp.points} == {"emos_global", "emos_local", "emos_doy",
                                                   "emos_local_doy", "mlp", "mixed", "mixed_doy"}
@@ -247,3 +247,9 @@ def test_committed_synthetic_files_build_every_network(name):
         model = build_model(spec)
         if name == "synthetic" and p.system != "emos_local":
             assert model.options["mean_shift"] == "ensemble+local", p.system
+    if name == "synthetic":
+        # the width chosen on validation (32) for the U-Net and mixed, run 6's width 16 beside
+        width = {p.system: p.config.model.options.get("width") for p in exp.points
+                 if p.config.pipeline.members.k == 5}
+        assert width["unet"] == width["mixed"] == width["mixed_w32_e16"] == 32
+        assert width["unet_w16"] == width["mixed_w16"] == 16
