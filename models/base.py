@@ -40,7 +40,7 @@ from enspp.models.normalize import Normalizer, resolve_stats
 #: ``mean_shift`` options of the networks' head (:meth:`PostProcessor.head`)
 MEAN_SHIFTS: tuple[str, ...] = ("ensemble", "ensemble+local")
 #: ``anchor`` options of the networks' head: what an untrained network is
-ANCHORS: tuple[str, ...] = ("raw", "emos_global", "emos_local")
+ANCHORS: tuple[str, ...] = ("raw", "emos_global", "emos_local", "emos_lagged")
 @dataclass(frozen=True)
 class ModelInfo:
     """One post-processing method: where its class lives and how reports name it."""
@@ -256,7 +256,7 @@ class PostProcessor(nn.Module):
     stopping stay on the plain CRPS, so a weight is kept only where it does not cost CRPS).
 
     Networks (``ANCHORED``) also take ``anchor`` (``"emos_local"``, default; ``"emos_global"``;
-    ``"raw"``) and ``anchor_season`` (``"none"`` | ``"doy"``, the anchor EMOS's ``season``):
+    ``"emos_lagged"``; ``"raw"``) and ``anchor_season`` (``"none"`` | ``"doy"``, the anchor EMOS's ``season``):
     the head corrects a frozen EMOS of that kind (``self.anchor``, fitted exactly on the
     training data before the network trains: :func:`models.emos.fit_anchor`) instead of the
     raw ensemble, so an untrained network *is* that EMOS and training can only keep a learned

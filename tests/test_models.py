@@ -439,7 +439,7 @@ def test_batch_errors() -> None:
 
 
 # ---- the EMOS anchor ------------------------------------------------------------------------
-@pytest.mark.parametrize("anchor", ["emos_local", "emos_global"])
+@pytest.mark.parametrize("anchor", ["emos_local", "emos_global", "emos_lagged"])
 @pytest.mark.parametrize("name", ["mlp", "unet", "mixed"])
 def test_untrained_network_is_its_fitted_emos(name: str, anchor: str) -> None:
     """The head corrects the anchor EMOS: fitted exactly on the training batches, an untrained
