@@ -34,6 +34,7 @@ from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, plural, step
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
 from enspp.models.ecc import output_ecc_members, output_quantiles
+from enspp.models.heap import reuse_large_blocks
 from enspp.models.product import (
     PRODUCT_FIELDS,
     ProductError,
@@ -124,7 +125,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     in_memory = not any(is_dask_collection(v.data) for v in ds.data_vars.values())
     reader = None if in_memory else _input_reader(ds, meta.channels, store)
     with step(f"predict {version}", total=len(inits), unit="init time", progress=progress) as s, \
-            torch.inference_mode():
+            torch.inference_mode(), reuse_large_blocks():
         # small fields (stations) are written in blocks of init times: one write per block
         block = max(1, WRITE_BLOCK_VALUES // max(1, _field_size(ds)))
         pending: list[xr.Dataset] = []

@@ -157,6 +157,30 @@ def test_mixed_backbones_fully_convolutional(backbone: str) -> None:
 
 
 @pytest.mark.parametrize("backbone", ["unet", "resnet"])
+def test_inference_path_equals_training_path(backbone: str, monkeypatch) -> None:
+    """Inference (no autograd: oneDNN's fused convolution + GELU where available) gives the
+    training path's values to float rounding, and the unfused fallback the same."""
+    from enspp.models import unet
+
+    torch.manual_seed(0)
+    options = dict(SMALL["mixed"], backbone=backbone, depth=2, n_blocks=2)
+    model = build_model(make_spec("mixed", options=options, grid=(20, 28)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    batch = toy_batch(torch.Generator().manual_seed(5), b=2, h=20, w=28, grid=(20, 28))
+    trained = model(batch)  # autograd on: the plain modules
+    with torch.inference_mode():
+        fused = model(batch)
+        monkeypatch.setattr(unet, "FUSED_CONV_GELU", False)
+        plain = model(batch)
+    for key in ("mu", "sigma"):
+        torch.testing.assert_close(fused[key], trained[key].detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(plain[key], trained[key].detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(trained["mu"], raw_moments(batch)[0])
+
+
+@pytest.mark.parametrize("backbone", ["unet", "resnet"])
 def test_tile_interior_equals_whole_field(backbone: str) -> None:
     """Fully convolutional: away from a tile's edge (receptive field) its output equals the
     whole-field output, for tile origins on the U-Net's pooling grid (multiples of 2**depth)."""
