@@ -228,6 +228,13 @@ def test_committed_experiment_files_load(name):
         doy = [p for p in exp.points if p.system == "emos_doy"]
         assert len(doy) == 3 and all(p.config.model.name == "emos_global"
                                      and p.config.model.options["season"] == "doy" for p in doy)
+    # the HRES forecast as a predictor: only in its own entries, read from the same file
+    if name != "magdeburg_t2m_biased":
+        hres = {p.system for p in exp.points if p.config.pipeline.features.hres}
+        assert hres == {"emos_hres", "mixed_hres"}
+        assert next(p for p in exp.points if p.system == "emos_hres").config.model.name == "emos_lagged"
+        assert mixed.config.data.incoming.deterministic == mixed.config.data.incoming.forecast
+        assert mixed.config.pipeline.stores.deterministic is not None
     # the station file is found from the file's folder, whatever the current directory
     assert all(Path(f).resolve().is_relative_to(ROOT.parent / "shared")
                for f in mixed.config.data.incoming.forecast)

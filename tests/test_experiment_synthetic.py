@@ -228,8 +228,11 @@ def test_committed_synthetic_files_build_every_network(name):
                                                   "unet_w16", "mixed_w16", "mixed_w32_e16"}
     else:
         assert {p.system for p in exp.points} == {"emos_global", "emos_local", "emos_doy",
-                                                  "emos_local_doy", "mlp", "mixed", "mixed_doy"}
+                                                  "emos_local_doy", "mlp", "mixed", "mixed_doy",
+                                                  "mlp_s5", "mixed_s5"}
         assert exp.points[0].config.data.points.n == 500
+        seeds = {p.system: p.config.train.seeds for p in exp.points}
+        assert seeds["mlp_s5"] == seeds["mixed_s5"] == 5 and seeds["mixed"] == 1
     for p in exp.points:
         cfg = p.config
         feats = cfg.pipeline.features
