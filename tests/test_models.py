@@ -127,11 +127,17 @@ def test_untrained_censored_model_is_the_raw_ensemble_latent() -> None:
     assert (out["mu"] >= out["loc"]).all() and (out["mu"] > 0).all()
 
 
-def test_mixed_ignores_member_order_and_takes_any_k() -> None:
-    model = build_model(make_spec("mixed"))
-    with torch.no_grad():  # make the network non-trivial
+def perturbed(model: torch.nn.Module, scale: float = 0.2) -> torch.nn.Module:
+    """``model`` with every parameter moved by seeded noise of std ``scale`` (a non-trivial
+    network: the zero-initialised head would otherwise return the anchor)."""
+    with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return model
+
+
+def test_mixed_ignores_member_order_and_takes_any_k() -> None:
+    model = perturbed(build_model(make_spec("mixed")))
     gen = torch.Generator().manual_seed(3)
     batch = toy_batch(gen, b=2)
     perm = dict(batch, inputs=batch["inputs"][:, torch.randperm(5, generator=gen)])
@@ -164,10 +170,7 @@ def test_inference_path_equals_training_path(backbone: str, monkeypatch) -> None
 
     torch.manual_seed(0)
     options = dict(SMALL["mixed"], backbone=backbone, depth=2, n_blocks=2)
-    model = build_model(make_spec("mixed", options=options, grid=(20, 28)))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    model = perturbed(build_model(make_spec("mixed", options=options, grid=(20, 28))), 0.05)
     batch = toy_batch(torch.Generator().manual_seed(5), b=2, h=20, w=28, grid=(20, 28))
     trained = model(batch)  # autograd on: the plain modules
     with torch.inference_mode():
@@ -186,10 +189,8 @@ def test_tile_interior_equals_whole_field(backbone: str) -> None:
     whole-field output, for tile origins on the U-Net's pooling grid (multiples of 2**depth)."""
     torch.manual_seed(0)
     options = dict(SMALL["mixed"], backbone=backbone, depth=1, n_blocks=2)
-    model = build_model(make_spec("mixed", options=options, grid=(40, 40)))
+    model = perturbed(build_model(make_spec("mixed", options=options, grid=(40, 40))))
     with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
         batch = toy_batch(torch.Generator().manual_seed(14), b=1, h=40, w=40, grid=(40, 40))
         batch["y0"], batch["x0"] = torch.tensor([0]), torch.tensor([0])
         whole = model(batch)["mu"]
