@@ -136,7 +136,8 @@ class EnsembleDataModule(L.LightningDataModule):
             self._stats = self._load_or_compute_stats(fc, an)
         self.record_features = None
         if feats.past_error is not None or feats.hres:
-            det = open_dataset(self._det_src) if self._det_src is not None else None
+            # the deterministic store feeds features.hres only (as in predict)
+            det = open_dataset(self._det_src) if feats.hres and self._det_src is not None else None
             self.record_features = StationFeatures(
                 fc, an, variable=feats.targets[0], lead_time=lead,
                 members=self._fixed_members(), features=feats, deterministic=det,

@@ -205,3 +205,17 @@ def test_grid_stores_have_no_station_features(tmp_path):
     with pytest.raises(StationFeatureError, match="needs a deterministic forecast store"):
         StationFeatures(fc, an, variable="t2m", lead_time=np.timedelta64(24, "h"), members=np.arange(1, 4),
                         features=_config().features, train_init_times=fc["init_time"].values)
+
+
+def test_deterministic_store_read_only_for_hres(tmp_path):
+    """A configured deterministic store that does not exist stops training only when the
+    HRES feature asks for it (past-error features alone never read it)."""
+    fc, an, _ = station_datasets(n_stations=2)
+    missing = tmp_path / "absent-deterministic.zarr"
+    cfg = _config(features={"hres": False})
+    dm = EnsembleDataModule(cfg, forecast=fc, analysis=an, deterministic=missing)
+    dm.setup()
+    assert "hres_dev" not in dm.record_features.names
+    dm_hres = EnsembleDataModule(_config(), forecast=fc, analysis=an, deterministic=missing)
+    with pytest.raises(FileNotFoundError, match="absent-deterministic"):
+        dm_hres.setup()
