@@ -35,6 +35,7 @@ RAISED = 1 << 30
 
 _lock = threading.Lock()
 _depth = 0
+_active = False  # whether the outermost block could raise the thresholds
 
 
 @cache
@@ -63,10 +64,12 @@ def _set(mmap_threshold: int, trim_threshold: int) -> bool:
 def reuse_large_blocks() -> Iterator[bool]:
     """Inside the block, freed buffers up to 1 GiB are reused instead of unmapped; yields
     whether the thresholds could be set (False off glibc)."""
-    global _depth
+    global _depth, _active
     with _lock:
         _depth += 1
-        active = _set(RAISED, 2 * RAISED) if _depth == 1 else _libc() is not None
+        if _depth == 1:
+            _active = _set(RAISED, 2 * RAISED)
+        active = _active
     try:
         yield active
     finally:
