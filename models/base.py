@@ -259,8 +259,8 @@ class PostProcessor(nn.Module):
     ``"emos_lagged"``; ``"raw"``) and ``anchor_season`` (``"none"`` | ``"doy"``, the anchor
     EMOS's ``season``): the head corrects a frozen EMOS of that kind (``self.anchor``, fitted
     exactly on the training data before the network trains: :func:`models.emos.fit_anchor`)
-    instead of the raw ensemble, so an untrained network *is* that EMOS and training can only keep a learned
-    term that beats it on validation. An anchor missing from a checkpoint (one written before
+    instead of the raw ensemble, so an untrained network *is* that EMOS and training can only
+    keep a learned term that beats it on validation. An anchor missing from a checkpoint (one written before
     the option existed) loads as the untrained EMOS, i.e. the raw ensemble, which is what
     such a head was anchored on.
     """
