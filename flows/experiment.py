@@ -29,7 +29,9 @@ and the combined dashboard ``index.html`` are assembled from those evaluations.
 
 A point already run to the end with the same resolved config (its run directory's
 ``experiment_point.json``) is reused, not trained again: a run stopped half-way, or one
-whose evaluation failed, continues where it was.  Paths resolve as for every command (``data.workdir``, relative to the file's folder, else
+whose evaluation failed, continues where it was.  A point whose fit was stopped mid-way
+(killed) resumes from its ``last.ckpt`` when its config is the same (its run directory's
+``experiment_started.json``) and the fit keeps its whole state there (one seed, no refit).  Paths resolve as for every command (``data.workdir``, relative to the file's folder, else
 the file's folder).  ``--out`` is written beside itself and renamed into place when the run
 succeeded: a failed run leaves no ``--out`` behind (and an earlier one untouched).
 """
@@ -58,6 +60,9 @@ QUICK_TRAIN = {"max_epochs": 3, "seeds": 1}
 QUICK_BOOTSTRAP = 50
 #: what a point leaves in its run directory once trained, registered and predicted
 POINT_FILE = "experiment_point.json"
+#: what a point leaves in its run directory when its training starts (the config's hash): a
+#: point stopped mid-fit with the same config resumes from its ``last.ckpt``
+STARTED_FILE = "experiment_started.json"
 
 
 class ExperimentConfigError(EnsppError):
@@ -321,12 +326,18 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
     if done is not None:  # trained and predicted with this very config: reuse
         say(f"{point.system} {point.group}: reusing {run_dir} (same config)")
         return {**done, "reused": True}
-    if run_dir.exists():  # the point is run again from scratch
-        shutil.rmtree(run_dir)
+    resume = _interrupted_point(run_dir, key, cfg, say=say)
+    if resume is not None:
+        say(f"{point.system} {point.group}: resuming {resume} (stopped mid-fit, same config)")
+    else:
+        if run_dir.exists():  # the point is run again from scratch
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        _write_atomic(run_dir / STARTED_FILE, json.dumps({"config_sha256": key}))
     t0 = time.perf_counter()
     result = train(cfg.pipeline, cfg.model, cfg.train.model_copy(update={"run_id": run_id,
                                                                         "progress_bar": False}),
-                   workdir=wd.root)
+                   workdir=wd.root, resume=resume)
     t_train = time.perf_counter() - t0
     decision = register_if_better(wd.registry, result.best_checkpoint, score=result.best_score,
                                   metric=result.monitor, source=f"{exp.path} {point.group} {point.system}")
@@ -350,8 +361,41 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
             "init_times": [str(t)[:19] for t in (init_times[0], init_times[-1])],
             "train_seconds": round(t_train, 1), "predict_seconds": round(t_predict, 1),
             "registered": decision.registered, "version": decision.version, "config_sha256": key}
-    (run_dir / POINT_FILE).write_text(json.dumps(info, indent=1, default=str))
+    _write_atomic(run_dir / POINT_FILE, json.dumps(info, indent=1, default=str))
     return info
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """``path`` holds ``text`` or what it held before, whenever the process is killed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _interrupted_point(run_dir: Path, key: str, config: Any, *,
+                       say: Callable[[str], None]) -> Path | None:
+    """The ``last.ckpt`` of a point whose fit started with the config of hash ``key`` and was
+    stopped before it finished, when training can resume from it (a network fit with one seed
+    and no refit: those keep their state in the checkpoint), else None."""
+    from enspp.models.base import MODELS
+    from enspp.models.train import CHECKPOINT_DIR, read_resume_checkpoint
+
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    try:
+        started = json.loads((run_dir / STARTED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if started.get("config_sha256") != key or not last.is_file():
+        return None
+    train = config.train
+    if not MODELS[config.model.name].network or train.seeds != 1 or train.refit:
+        return None
+    try:  # a checkpoint cut short by the kill: start again
+        read_resume_checkpoint(last)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means: start from scratch
+        say(f"{run_dir.name}: {last} unreadable ({exc}); training again from scratch")
+        return None
+    return last
 
 
 def _finished_point(run_dir: Path, key: str) -> dict[str, Any] | None:

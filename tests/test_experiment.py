@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import xarray as xr
 import yaml
 
@@ -241,3 +242,52 @@ def test_committed_experiment_files_load(name):
     # the station file is found from the file's folder, whatever the current directory
     assert all(Path(f).resolve().is_relative_to(ROOT.parent / "shared")
                for f in mixed.config.data.incoming.forecast)
+
+
+def test_a_point_killed_mid_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A point whose fit was killed after two epochs continues from its ``last.ckpt`` when the
+    experiment runs again with the same config, and ends with the weights of a fit never
+    stopped; a changed config starts the point again from scratch."""
+    from enspp.models.progress import TrainProgress
+
+    sweep = {"systems": {"mlp": {"model.name": "mlp", "model.options": {"hidden": [8]}}}}
+    train = {"max_epochs": 4, "early_stopping_patience": None, "learning_rate": 0.01}
+    whole = run_experiment(load_experiment(_experiment(tmp_path / "a", sweep=sweep, train=train)),
+                           out_dir=tmp_path / "a" / "out")
+    path = _experiment(tmp_path / "b", sweep=sweep, train=train)
+
+    class Killed(Exception):
+        pass
+
+    class KilledAtEpoch2(TrainProgress):
+        def on_train_epoch_start(self, trainer, *args):
+            if trainer.current_epoch == 2:
+                raise Killed
+            super().on_train_epoch_start(trainer, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr("enspp.models.train.TrainProgress", KilledAtEpoch2)
+        with pytest.raises(Killed):
+            run_experiment(load_experiment(path), out_dir=tmp_path / "b" / "out")
+    run_dir = tmp_path / "b" / "configs" / "work" / "runs" / "exp-mlp"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    said = []
+    resumed = run_experiment(load_experiment(path), out_dir=tmp_path / "b" / "out", progress=said.append)
+    assert any("resuming" in line for line in said)
+    a = torch.load(whole["runs"][0]["checkpoint"], weights_only=True)
+    b = torch.load(resumed["runs"][0]["checkpoint"], weights_only=True)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert (run_dir / "logs" / "csv" / "version_1").is_dir()  # the same run, continued
+    # a point stopped with another config is not resumed but trained again
+    path.write_text(path.read_text().replace("learning_rate: 0.01", "learning_rate: 0.02"))
+    with monkeypatch.context() as m:
+        m.setattr("enspp.models.train.TrainProgress", KilledAtEpoch2)
+        with pytest.raises(Killed):
+            run_experiment(load_experiment(path), out_dir=tmp_path / "b" / "out")
+    path.write_text(path.read_text().replace("learning_rate: 0.02", "learning_rate: 0.03"))
+    said.clear()
+    run_experiment(load_experiment(path), out_dir=tmp_path / "b" / "out", progress=said.append)
+    assert not any("resuming" in line for line in said)
+    assert not (run_dir / "logs" / "csv" / "version_1").exists()
