@@ -24,13 +24,44 @@ spread term is zero for both estimators and the score is the absolute error.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 
+import numba
 import numpy as np
 from numba import guvectorize, njit, prange
 from scipy.special import ndtr
 
 ESTIMATORS = ("standard", "fair")
+
+
+def start_numba_threads() -> None:
+    """Start numba's thread pool, keeping the calling thread's OpenMP thread count.
+
+    Without a TBB install numba's parallel kernels run on its OpenMP layer, and starting that
+    pool sets the calling thread's OpenMP thread count (the one torch's intra-op pool reads)
+    to numba's own count (all cores).  A process told ``OMP_NUM_THREADS=1`` or
+    ``torch.set_num_threads(n)`` would otherwise train with every core after its first
+    evaluation, and a model trained after an evaluation would differ in its last bits from
+    the same model trained alone.  The pool starts once per process; later calls do nothing.
+    """
+    torch = sys.modules.get("torch")
+    torch_before = torch.get_num_threads() if torch is not None else None
+    try:  # the process's first GNU OpenMP runtime (the one torch reads when imported later)
+        gomp = ctypes.CDLL("libgomp.so.1")
+        before = gomp.omp_get_max_threads()
+    except (OSError, AttributeError):  # no GNU OpenMP runtime: nothing to keep
+        gomp = None
+    numba.get_num_threads()  # starts the pool (once)
+    if gomp is not None and gomp.omp_get_max_threads() != before:
+        gomp.omp_set_num_threads(before)
+    if torch is not None and torch.get_num_threads() != torch_before:
+        torch.set_num_threads(torch_before)
+
+
+# at import, before any parallel kernel can run (and from this, the importing, thread)
+start_numba_threads()
 
 _INSERTION_MAX = 64  # below this many members insertion sort beats a general sort
 
