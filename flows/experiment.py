@@ -31,7 +31,8 @@ A point already run to the end with the same resolved config (its run directory'
 ``experiment_point.json``) is reused, not trained again: a run stopped half-way, or one
 whose evaluation failed, continues where it was.  A point whose fit was stopped mid-way
 (killed) resumes from its ``last.ckpt`` when its config is the same (its run directory's
-``experiment_started.json``) and the fit keeps its whole state there (one seed, no refit).  Paths resolve as for every command (``data.workdir``, relative to the file's folder, else
+``experiment_started.json``) and the fit keeps its whole state there (one seed, no refit).
+Paths resolve as for every command (``data.workdir``, relative to the file's folder, else
 the file's folder).  ``--out`` is written beside itself and renamed into place when the run
 succeeded: a failed run leaves no ``--out`` behind (and an earlier one untouched).
 """
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from enspp.data.errors import EnsppError
+from enspp.data.store_meta import write_file_atomic
 from enspp.data.yaml_file import read_yaml_mapping
 
 #: the sweep key naming the systems compared inside one evaluation
@@ -333,7 +335,7 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
         if run_dir.exists():  # the point is run again from scratch
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        _write_atomic(run_dir / STARTED_FILE, json.dumps({"config_sha256": key}))
+        write_file_atomic(run_dir / STARTED_FILE, json.dumps({"config_sha256": key}).encode())
     t0 = time.perf_counter()
     result = train(cfg.pipeline, cfg.model, cfg.train.model_copy(update={"run_id": run_id,
                                                                         "progress_bar": False}),
@@ -361,15 +363,8 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
             "init_times": [str(t)[:19] for t in (init_times[0], init_times[-1])],
             "train_seconds": round(t_train, 1), "predict_seconds": round(t_predict, 1),
             "registered": decision.registered, "version": decision.version, "config_sha256": key}
-    _write_atomic(run_dir / POINT_FILE, json.dumps(info, indent=1, default=str))
+    write_file_atomic(run_dir / POINT_FILE, json.dumps(info, indent=1, default=str).encode())
     return info
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """``path`` holds ``text`` or what it held before, whenever the process is killed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _interrupted_point(run_dir: Path, key: str, config: Any, *,
@@ -377,8 +372,7 @@ def _interrupted_point(run_dir: Path, key: str, config: Any, *,
     """The ``last.ckpt`` of a point whose fit started with the config of hash ``key`` and was
     stopped before it finished, when training can resume from it (a network fit with one seed
     and no refit: those keep their state in the checkpoint), else None."""
-    from enspp.models.base import MODELS
-    from enspp.models.train import CHECKPOINT_DIR, read_resume_checkpoint
+    from enspp.models.train import CHECKPOINT_DIR, read_resume_checkpoint, resumable
 
     last = run_dir / CHECKPOINT_DIR / "last.ckpt"
     try:
@@ -387,8 +381,7 @@ def _interrupted_point(run_dir: Path, key: str, config: Any, *,
         return None
     if started.get("config_sha256") != key or not last.is_file():
         return None
-    train = config.train
-    if not MODELS[config.model.name].network or train.seeds != 1 or train.refit:
+    if not resumable(config.model.name, config.train):
         return None
     try:  # a checkpoint cut short by the kill: start again
         read_resume_checkpoint(last)

@@ -213,6 +213,15 @@ def _opt_str(v: Any) -> str | None:
     return str(v)
 
 
+def resumable(model_name: str, train_config: TrainConfig) -> bool:
+    """Whether a stopped fit of ``model_name`` resumes from its ``last.ckpt``: a network fit
+    with one seed and no refit (a seed ensemble or a refit keeps its best weights in memory;
+    the exact EMOS fit has no epochs to resume)."""
+    from enspp.models.base import MODELS
+
+    return MODELS[model_name].network and train_config.seeds == 1 and not train_config.refit
+
+
 def read_resume_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint to resume from, read once with ``weights_only=True``: the dict that is
     checked is the dict training resumes from (:class:`_ResumeCheckpointIO`), so a file
@@ -309,7 +318,7 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     plugins = None
     if resume is not None:
         resume = Path(resume)
-        if network and (train_config.seeds > 1 or train_config.refit):
+        if network and not resumable(spec.name, train_config):
             raise CheckpointMismatchError(
                 f"resume: a run with train.seeds > 1 or train.refit keeps its best weights in "
                 f"memory and cannot be resumed from {resume}; start it again")
