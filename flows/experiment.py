@@ -114,7 +114,8 @@ def _short(key: str) -> str:
 
 
 def _text(v: Any) -> str:
-    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    """A swept value as a label; YAML dates inside a mapping or list print as ISO dates."""
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
 
 
 def _slug(text: str) -> str:

@@ -111,6 +111,21 @@ def test_sweep_errors_name_the_key(tmp_path, sweep, match):
         load_experiment(_experiment(tmp_path, sweep=sweep))
 
 
+def test_a_point_may_override_a_mapping_holding_dates(tmp_path):
+    """A system overriding the split with YAML dates (loaded as ``datetime.date``) is a point
+    like any other, its label printable."""
+    import datetime as dt
+
+    recent = {"train": {"start": dt.date(2008, 3, 1), "end": dt.date(2008, 12, 31)}, "val": [2009, 2009],
+              "test": [2010, 2010]}
+    exp = load_experiment(_experiment(tmp_path, sweep={
+        "systems": {"recent": {"model.name": "emos_global", "pipeline.split": recent}},
+        "pipeline.split": [recent]}))
+    (p,) = exp.points
+    assert p.config.pipeline.split.train.start == dt.date(2008, 3, 1)
+    assert "2008-03-01" in p.group and p.system == "recent"
+
+
 def test_the_old_dialect_is_refused(tmp_path):
     path = _experiment(tmp_path)
     raw = yaml.safe_load(path.read_text())
