@@ -317,7 +317,6 @@ def _test_init_times(config: Any) -> list[Any]:
 def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> dict[str, Any]:
     """Train, register and predict one point; its files and timings."""
     from enspp.models.predict import predict
-    from enspp.models.registry import register_if_better
     from enspp.models.train import train
 
     cfg = point.config
@@ -342,9 +341,10 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
                                                                         "progress_bar": False}),
                    workdir=wd.root, resume=resume)
     t_train = time.perf_counter() - t0
-    decision = register_if_better(wd.registry, result.best_checkpoint, score=result.best_score,
-                                  metric=result.monitor, source=f"{exp.path} {point.group} {point.system}")
     t1 = time.perf_counter()
+    registered = _register(cfg, result.best_checkpoint, run_dir,
+                           source=f"{exp.path} {point.group} {point.system}")
+    decision = registered["decision"]
     product = wd.products / f"{run_id}.zarr"
     if product.exists():
         shutil.rmtree(product)
@@ -355,17 +355,62 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
             batch_size=p.batch_size, seed=p.seed, progress=False)
     t_predict = time.perf_counter() - t1
     say(f"{point.system} {point.group}: validation {result.monitor} {result.best_score:.4f}; "
-        f"trained in {t_train:.1f} s, predicted {len(init_times)} init times in {t_predict:.1f} s; "
-        f"{decision.line()}")
+        f"trained in {t_train:.1f} s, scored on validation and predicted {len(init_times)} "
+        f"init times in {t_predict:.1f} s; {decision.line()}")
     info = {"system": point.system, "group": point.group, "model": cfg.model.name,
             "distribution": cfg.model.distribution,
             "run": str(result.run_dir), "checkpoint": str(result.best_checkpoint),
             "product": str(product), "val_score": result.best_score, "monitor": result.monitor,
             "init_times": [str(t)[:19] for t in (init_times[0], init_times[-1])],
             "train_seconds": round(t_train, 1), "predict_seconds": round(t_predict, 1),
+            "registry_score": registered["score"]["score"], "registry_metric": registered["score"]["metric"],
             "registered": decision.registered, "version": decision.version, "config_sha256": key}
     write_file_atomic(run_dir / POINT_FILE, json.dumps(info, indent=1, default=str).encode())
     return info
+
+
+def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> dict[str, Any]:
+    """Register a point's checkpoint as the train flow does: the candidate (scored by its fit
+    that never saw the validation data) and the current version predict the validation split
+    into ``run_dir/validation/``, both are scored in the target's units on the same data
+    (``flows.steps.validation_scores``), and the candidate becomes current only if it is
+    better.  (The normalised validation CRPS training monitors divides by the training
+    period's std: it does not compare fits trained on different periods.)"""
+    import pandas as pd
+
+    from enspp.flows.steps import split_period, validation_scores
+    from enspp.models.predict import predict
+    from enspp.models.registry import current_version, register_if_better, scoring_checkpoint, version_name
+
+    wd = config.workdir
+    _, inits = split_period(config, "val")
+    if not inits:
+        raise ExperimentConfigError(f"{run_dir.name}: the forecast store holds no init time in "
+                                    "the validation split: the point cannot be registered")
+    out_dir = run_dir / "validation"
+    cand = version_name(checkpoint)
+    todo = {"candidate": (scoring_checkpoint(checkpoint), cand)}
+    current = current_version(wd.registry)
+    if current is not None and current.version != cand:
+        todo["current"] = (current.selection_checkpoint or current.checkpoint, current.version)
+    products = {}
+    p = config.predict
+    for label, (ckpt, version) in todo.items():
+        product = out_dir / f"{version}.zarr"
+        if product.exists():  # left by a killed run: predicted again whole
+            shutil.rmtree(product)
+        predict(ckpt, wd.path(config.pipeline.stores.forecast), out=product,
+                init_times=list(pd.to_datetime(inits)), quantiles=p.quantiles,
+                n_members=p.n_members, fmt="zarr", batch_size=p.batch_size, seed=p.seed,
+                progress=False)
+        products[label] = str(product)
+    scores = validation_scores(config, products)
+    decision = register_if_better(
+        wd.registry, checkpoint, score=scores["candidate"]["score"],
+        metric=scores["candidate"]["metric"],
+        current_score=scores["current"]["score"] if "current" in scores else None,
+        source=source, details={"crps": scores["candidate"]["crps"]})
+    return {"decision": decision, "score": scores["candidate"]}
 
 
 def _interrupted_point(run_dir: Path, key: str, config: Any, *,
@@ -484,7 +529,8 @@ def _table(exp: Experiment, docs: dict[str, dict], runs: list[dict[str, Any]]) -
     head = (f"## {exp.title}\n\nEach row: one evaluation (`evaluation.evaluate`) of the test split; "
             f"CRPS: {estimator}. Skill = 1 - CRPS/CRPS(raw_full) with its block-bootstrap interval; "
             "val CRPS: the early-stopped fit's validation CRPS divided by the target's training std "
-            "(what training and the registry compare).\n\n")
+            "(what early stopping compares; the registry compares validation CRPS in the "
+            "target's units).\n\n")
     return head + markdown_table(rows, columns), rows
 
 

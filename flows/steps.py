@@ -55,9 +55,9 @@ def train_model(config: Any) -> dict[str, Any]:
             "monitor": r.monitor, "best_score": r.best_score, "epochs": r.epochs}
 
 
-def split_init_times(config: Any, split: str) -> list[str]:
-    """The forecast store's init times in the pipeline's ``split`` period (the periods training
-    uses, ``pipeline.splits``: explicit or the default fractions), by init date."""
+def split_period(config: Any, split: str) -> tuple[Any, list[str]]:
+    """The pipeline's ``split`` period (``pipeline.split``: explicit or the default fractions,
+    as training resolves it) and the forecast store's init times in it, by init date."""
     import numpy as np
 
     from enspp.data.store import open_store
@@ -74,20 +74,26 @@ def split_init_times(config: Any, split: str) -> list[str]:
     if split not in periods:
         raise FlowInputError(f"pipeline.split.{split} is not set and the default split gives it "
                              f"no period: name explicit split periods (train/val/test)")
-    return [str(x)[:19] for x in period_init_times(t, periods[split])]
+    return periods[split], [str(x)[:19] for x in period_init_times(t, periods[split])]
 
 
-@task(name="score-on-validation", **_PLAIN)
-def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """CRPS of each product (``{label: path}``, Gaussian predictive) on the validation
-    split against the analysis store, with the raw full ensemble as the reference."""
+def split_init_times(config: Any, split: str) -> list[str]:
+    """The forecast store's init times in the pipeline's ``split`` period (:func:`split_period`)."""
+    return split_period(config, split)[1]
+
+
+def validation_scores(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """CRPS of each product (``{label: path}``) on the pipeline's validation split against the
+    analysis store, in the targets' units, with the raw full ensemble as the reference
+    (:func:`enspp.models.registry.validation_score`): what the registry compares.  Unlike
+    the normalised validation CRPS training monitors, it does not depend on the training
+    period's statistics, so fits trained on different periods compare fairly."""
     from enspp.evaluation.config import EvaluateConfig, Period
     from enspp.evaluation.evaluate import evaluate
     from enspp.evaluation.systems import product_system
+    from enspp.models.registry import validation_score
 
-    val = config.pipeline.split.val
-    if val is None:
-        raise FlowInputError("pipeline.split.val is not set: registering needs a validation period")
+    val, _ = split_period(config, "val")
     wd = config.workdir
     systems = [{"name": "raw_full", "path": str(wd.path(config.pipeline.stores.forecast))}]
     systems += [{"name": "custom", "label": k, "path": p, "type": product_system(p).type}
@@ -98,10 +104,13 @@ def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict
                         lead_times=list(config.pipeline.features.target_leads),
                         period=Period(start=val.start, end=val.end),
                         bootstrap={"n": 10}, cases=[])
-    result = evaluate(ev, None)
-    from enspp.models.registry import validation_score
+    return validation_score(evaluate(ev, None).scores, list(products), reference="raw_full")
 
-    return validation_score(result.scores, list(products), reference="raw_full")
+
+@task(name="score-on-validation", **_PLAIN)
+def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """:func:`validation_scores` as a flow task."""
+    return validation_scores(config, products)
 
 
 @task(name="register-model", **_PLAIN)

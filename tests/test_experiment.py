@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import properscoring
 import pytest
 import torch
 import xarray as xr
@@ -169,9 +170,23 @@ def test_sweep_runs_every_point_through_the_service_path(tmp_path, monkeypatch, 
         # post-processing the biased ensemble beats it
         assert head["emos_global"]["crps"] < 0.8 * head["raw_full"]["crps"]
     assert "emos_global" in printed and "raw_subset" in printed
-    # the registry holds the best point on validation as its current version
-    best = min(res["runs"], key=lambda r: r["val_score"])
-    assert current_version(work / "registry").score == pytest.approx(best["val_score"])
+    # the registry holds the best point on validation as its current version, every point
+    # scored as the train flow scores it: validation CRPS in degC of its validation product
+    best = min(res["runs"], key=lambda r: r["registry_score"])
+    current = current_version(work / "registry")
+    assert current.score == pytest.approx(best["registry_score"]) and current.version == best["version"]
+    assert all(r["registry_metric"].startswith("validation t2m CRPS") for r in res["runs"])
+    truth = xr.open_zarr(work / "stores/analysis.zarr")["t2m"]
+    for r in res["runs"]:
+        val = open_product(Path(r["run"]) / "validation" / f"{r['version']}.zarr")
+        assert str(val.init_time.values[0])[:4] == "2009" and str(val.init_time.values[-1])[:4] == "2009"
+        valid = (val.init_time + val.lead_time).squeeze("lead_time", drop=True)
+        obs = truth.sel(time=valid).squeeze(drop=True).values
+        mu = val["t2m_mean"].squeeze(drop=True).values
+        sd = val["t2m_std"].squeeze(drop=True).values
+        ok = np.isfinite(obs)
+        assert r["registry_score"] == pytest.approx(
+            float(properscoring.crps_gaussian(obs[ok], mu[ok], sd[ok]).mean()), rel=1e-4)
     # enspp predict on a sweep's checkpoint writes the product the sweep evaluated
     run = next(r for r in res["runs"] if r["system"] == "mlp" and r["group"] == "k=5")
     product = tmp_path / "again.zarr"
