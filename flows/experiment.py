@@ -378,9 +378,9 @@ def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> d
     period's std: it does not compare fits trained on different periods.)"""
     import pandas as pd
 
-    from enspp.flows.steps import split_period, validation_scores
+    from enspp.flows.steps import split_period, validation_candidates, validation_scores
     from enspp.models.predict import predict
-    from enspp.models.registry import current_version, register_if_better, scoring_checkpoint, version_name
+    from enspp.models.registry import register_if_better
 
     wd = config.workdir
     _, inits = split_period(config, "val")
@@ -388,14 +388,9 @@ def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> d
         raise ExperimentConfigError(f"{run_dir.name}: the forecast store holds no init time in "
                                     "the validation split: the point cannot be registered")
     out_dir = run_dir / "validation"
-    cand = version_name(checkpoint)
-    todo = {"candidate": (scoring_checkpoint(checkpoint), cand)}
-    current = current_version(wd.registry)
-    if current is not None and current.version != cand:
-        todo["current"] = (current.selection_checkpoint or current.checkpoint, current.version)
     products = {}
     p = config.predict
-    for label, (ckpt, version) in todo.items():
+    for label, (ckpt, version) in validation_candidates(wd.registry, checkpoint).items():
         product = out_dir / f"{version}.zarr"
         if product.exists():  # left by a killed run: predicted again whole
             shutil.rmtree(product)

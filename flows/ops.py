@@ -244,22 +244,14 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
 def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> dict[str, Any]:
     """Refresh statistics, train, score candidate and current model on the validation split
     (same data, same estimator) and register the candidate only if it is better."""
-    from enspp.models.registry import current_version, scoring_checkpoint, version_name
-
     cfg = resolve_config(config_path)
     wd = cfg.workdir
     steps.refresh_statistics(cfg)
     trained = steps.train_model(cfg)
     candidate = trained["checkpoint"]
-    cand_version = version_name(candidate)
-    current = current_version(wd.registry)
     val_dir = Path(trained["run_dir"]) / "validation"
-    # scored by fits that never saw the validation data (a refit model: its early-stopped fit)
-    products = {"candidate": _validation_product(cfg, str(scoring_checkpoint(candidate)),
-                                                 cand_version, val_dir)}
-    if current is not None and current.version != cand_version:
-        products["current"] = _validation_product(
-            cfg, str(current.selection_checkpoint or current.checkpoint), current.version, val_dir)
+    products = {label: _validation_product(cfg, ckpt, version, val_dir)
+                for label, (ckpt, version) in steps.validation_candidates(wd.registry, candidate).items()}
     scores = steps.score_on_validation(cfg, products)
     decision = steps.register_model(
         str(wd.registry), candidate, score=scores["candidate"],

@@ -107,6 +107,20 @@ def validation_scores(config: Any, products: dict[str, str]) -> dict[str, dict[s
     return validation_score(evaluate(ev, None).scores, list(products), reference="raw_full")
 
 
+def validation_candidates(registry: str | Path, checkpoint: str | Path) -> dict[str, tuple[str, str]]:
+    """What a registration scores on validation: ``{"candidate": (checkpoint, version)}`` and,
+    when the registry holds another current version, ``"current"`` likewise; each scored by
+    its fit that never saw the validation data (a refit model: its early-stopped fit)."""
+    from enspp.models.registry import current_version, scoring_checkpoint, version_name
+
+    name = version_name(checkpoint)
+    out = {"candidate": (str(scoring_checkpoint(checkpoint)), name)}
+    current = current_version(registry)
+    if current is not None and current.version != name:
+        out["current"] = (str(current.selection_checkpoint or current.checkpoint), current.version)
+    return out
+
+
 @task(name="score-on-validation", **_PLAIN)
 def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
     """:func:`validation_scores` as a flow task."""
