@@ -245,6 +245,20 @@ def test_magdeburg_sweep_reproduces_the_committed_table(shared_data, tmp_path):
     assert current_version(tmp_path / "work" / "registry").version == run["version"]
 
 
+def test_the_magdeburg_variants_file_varies_one_setting_each():
+    from enspp.flows.experiment import load_any
+
+    exp = load_any(ROOT / "configs/experiments/magdeburg_t2m_variants.yaml")
+    base = load_any(ROOT / "configs/experiments/magdeburg_t2m.yaml")
+    committed = next(p for p in base.points if p.system == "mixed" and p.group == "k=25").config
+    k25 = {p.system: p.config for p in exp.points if p.group == "k=25"}
+    assert set(k25) == {"mixed", "mixed_w64", "mixed_hl2", "mixed_recent"}
+    assert k25["mixed"].model_dump() == committed.model_dump()
+    assert k25["mixed_w64"].model.options["encoder_hidden"] == [64]
+    assert k25["mixed_hl2"].pipeline.features.past_error.halflife_days == 2
+    assert str(k25["mixed_recent"].pipeline.split.train.start) == "2006-01-01"
+
+
 @pytest.mark.parametrize("name", ["magdeburg_t2m", "magdeburg_t2m_biased", "frankfurt_tp24"])
 def test_committed_experiment_files_load(name):
     from enspp.flows.experiment import Experiment, load_any
