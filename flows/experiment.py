@@ -43,6 +43,7 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 import re
 import shutil
 import time
@@ -364,6 +365,7 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
             "init_times": [str(t)[:19] for t in (init_times[0], init_times[-1])],
             "train_seconds": round(t_train, 1), "predict_seconds": round(t_predict, 1),
             "registry_score": registered["score"]["score"], "registry_metric": registered["score"]["metric"],
+            "validation_product": registered["product"],
             "registered": decision.registered, "version": decision.version, "config_sha256": key}
     write_file_atomic(run_dir / POINT_FILE, json.dumps(info, indent=1, default=str).encode())
     return info
@@ -371,41 +373,60 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
 
 def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> dict[str, Any]:
     """Register a point's checkpoint as the train flow does: the candidate (scored by its fit
-    that never saw the validation data) and the current version predict the validation split
-    into ``run_dir/validation/``, both are scored in the target's units on the same data
-    (``flows.steps.validation_scores``), and the candidate becomes current only if it is
-    better.  (The normalised validation CRPS training monitors divides by the training
-    period's std: it does not compare fits trained on different periods.)"""
-    import pandas as pd
-
+    that never saw the validation data) and the current version predict the validation split,
+    both are scored in the target's units on the same data (``flows.steps.validation_scores``),
+    and the candidate becomes current only if it is better.  (The normalised validation CRPS
+    training monitors divides by the training period's std: it does not compare fits trained
+    on different periods.)"""
     from enspp.flows.steps import split_period, validation_candidates, validation_scores
-    from enspp.models.predict import predict
     from enspp.models.registry import register_if_better
 
-    wd = config.workdir
     _, inits = split_period(config, "val")
     if not inits:
         raise ExperimentConfigError(f"{run_dir.name}: the forecast store holds no init time in "
                                     "the validation split: the point cannot be registered")
-    out_dir = run_dir / "validation"
-    products = {}
-    p = config.predict
-    for label, (ckpt, version) in validation_candidates(wd.registry, checkpoint).items():
-        product = out_dir / f"{version}.zarr"
-        if product.exists():  # left by a killed run: predicted again whole
-            shutil.rmtree(product)
-        predict(ckpt, wd.path(config.pipeline.stores.forecast), out=product,
-                init_times=list(pd.to_datetime(inits)), quantiles=p.quantiles,
-                n_members=p.n_members, fmt="zarr", batch_size=p.batch_size, seed=p.seed,
-                progress=False)
-        products[label] = str(product)
+    products = {label: str(_validation_product(config, ckpt, version, inits))
+                for label, (ckpt, version) in validation_candidates(config.workdir.registry,
+                                                                    checkpoint).items()}
     scores = validation_scores(config, products)
     decision = register_if_better(
-        wd.registry, checkpoint, score=scores["candidate"]["score"],
+        config.workdir.registry, checkpoint, score=scores["candidate"]["score"],
         metric=scores["candidate"]["metric"],
         current_score=scores["current"]["score"] if "current" in scores else None,
         source=source, details={"crps": scores["candidate"]["crps"]})
-    return {"decision": decision, "score": scores["candidate"]}
+    return {"decision": decision, "score": scores["candidate"], "product": products["candidate"]}
+
+
+def _validation_product(config: Any, checkpoint: str, version: str, inits: list[str]) -> Path:
+    """The product of model ``version`` over the validation init times ``inits``, kept in the
+    work directory's ``cache/validation/`` under a key of what it depends on (store, init
+    times, predict options), so the current version is predicted once per experiment, not
+    once per point; written under a temporary name and renamed, so a kill leaves no half
+    product under the final name."""
+    import pandas as pd
+
+    from enspp.models.predict import predict
+
+    wd, p = config.workdir, config.predict
+    store = wd.path(config.pipeline.stores.forecast)
+    key = hashlib.sha256(json.dumps({"store": str(store), "init_times": inits,
+                                     "predict": p.model_dump(mode="json")}).encode()).hexdigest()
+    product = wd.cache / "validation" / f"{version}-{key[:12]}.zarr"
+    if product.is_dir():
+        return product
+    tmp = product.with_name(f".{product.name}.{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    predict(checkpoint, store, out=tmp, init_times=list(pd.to_datetime(inits)),
+            quantiles=p.quantiles, n_members=p.n_members, fmt="zarr", batch_size=p.batch_size,
+            seed=p.seed, progress=False)
+    try:
+        tmp.rename(product)
+    except OSError:  # another process renamed the same product first
+        if not product.is_dir():
+            raise
+        shutil.rmtree(tmp)
+    return product
 
 
 def _interrupted_point(run_dir: Path, key: str, config: Any, *,

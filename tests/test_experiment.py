@@ -175,10 +175,15 @@ def test_sweep_runs_every_point_through_the_service_path(tmp_path, monkeypatch, 
     best = min(res["runs"], key=lambda r: r["registry_score"])
     current = current_version(work / "registry")
     assert current.score == pytest.approx(best["registry_score"]) and current.version == best["version"]
+    # each version's validation product predicted once, however often it was scored
+    cached = sorted(p.name for p in (work / "cache" / "validation").iterdir())
+    assert len(cached) == len({r["version"] for r in res["runs"]}) == 4
+    assert not any(n.startswith(".") for n in cached)
     assert all(r["registry_metric"].startswith("validation t2m CRPS") for r in res["runs"])
     truth = xr.open_zarr(work / "stores/analysis.zarr")["t2m"]
     for r in res["runs"]:
-        val = open_product(Path(r["run"]) / "validation" / f"{r['version']}.zarr")
+        val = open_product(r["validation_product"])
+        assert r["version"] in Path(r["validation_product"]).name
         assert str(val.init_time.values[0])[:4] == "2009" and str(val.init_time.values[-1])[:4] == "2009"
         valid = (val.init_time + val.lead_time).squeeze("lead_time", drop=True)
         obs = truth.sel(time=valid).squeeze(drop=True).values
