@@ -521,7 +521,9 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
                                          if n > 3 else 0)
                     pv.loc[{"system": k}] = dm["p_value"]
                 out[f"dm_pvalue{suffix}"] = pv
-    out = out.assign_coords(init_count=vs.per_init.sizes[INIT_TIME])
+    out = out.assign_coords(init_count=vs.per_init.sizes[INIT_TIME],
+                            crps_kind=("system", [_crps_kind(config, vs.kinds.get(s, "ensemble"))
+                                                  for s in out["system"].values]))
     out.attrs = {
         "variable": vs.variable, "units": vs.units,
         "crps_estimator": _estimator_label_from(config, vs),
@@ -540,18 +542,20 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
     return out
 
 
+def _crps_kind(config: EvaluateConfig, kind: str) -> str:
+    """The CRPS estimator that scores a system of ``kind`` (ensemble, gaussian, ...)."""
+    if kind == "ensemble":
+        return f"{config.crps_estimator} ensemble CRPS"
+    return f"closed-form {kind.replace('_', ' ')} CRPS"
+
+
 def _estimator_label_from(config: EvaluateConfig, vs: VariableScores) -> str:
-    ens = [s for s in vs.systems if vs.kinds.get(s, "ensemble") == "ensemble"]
-    gau = [s for s in vs.systems if vs.kinds.get(s) == "gaussian"]
-    cen = [s for s in vs.systems if vs.kinds.get(s) == "censored_logistic"]
-    parts = []
-    if ens:
-        parts.append(f"{config.crps_estimator} ensemble CRPS for {', '.join(ens)}")
-    if gau:
-        parts.append(f"closed-form gaussian CRPS for {', '.join(gau)}")
-    if cen:
-        parts.append(f"closed-form censored logistic CRPS for {', '.join(cen)}")
-    return "; ".join(parts)
+    by_kind: dict[str, list[str]] = {}
+    for s in vs.systems:
+        by_kind.setdefault(vs.kinds.get(s, "ensemble"), []).append(s)
+    order = ["ensemble", "gaussian", "censored_logistic"]
+    return "; ".join(f"{_crps_kind(config, k)} for {', '.join(by_kind[k])}"
+                     for k in sorted(by_kind, key=lambda k: order.index(k) if k in order else len(order)))
 
 
 # ------------------------------------------------------------------ orchestration

@@ -120,7 +120,10 @@ def validation_score(scores: dict[str, Any], systems: list[str], *, reference: s
         per = {v: float(ds["crps_all"].sel(system=s, region="global")) for v, ds in scores.items()}
         if len(per) == 1:
             (v, value), = per.items()
-            metric = f"validation {v} CRPS ({scores[v].attrs.get('crps_estimator', '')})"
+            ds = scores[v]
+            kind = (str(ds["crps_kind"].sel(system=s).item()) if "crps_kind" in ds.coords
+                    else ds.attrs.get("crps_estimator", ""))
+            metric = f"validation {v} CRPS ({kind})"
         else:
             ratios = [per[v] / float(scores[v]["crps_all"].sel(system=reference, region="global"))
                       for v in per]
