@@ -257,9 +257,11 @@ def test_the_magdeburg_variants_file_varies_one_setting_each():
     base = load_any(ROOT / "configs/experiments/magdeburg_t2m.yaml")
     committed = next(p for p in base.points if p.system == "mixed" and p.group == "k=25").config
     k25 = {p.system: p.config for p in exp.points if p.group == "k=25"}
-    assert set(k25) == {"mixed", "mixed_w64", "mixed_hl2", "mixed_recent"}
+    assert set(k25) == {"mixed", "mixed_w32", "mixed_hl2", "mixed_recent"}
     assert k25["mixed"].model_dump() == committed.model_dump()
-    assert k25["mixed_w64"].model.options["encoder_hidden"] == [64]
+    assert k25["mixed"].model.options["encoder_hidden"] == [64]
+    assert k25["mixed_w32"].model.options["encoder_hidden"] == [32]
+    assert k25["mixed_hl2"].model.options == k25["mixed_w32"].model.options
     assert k25["mixed_hl2"].pipeline.features.past_error.halflife_days == 2
     assert str(k25["mixed_recent"].pipeline.split.train.start) == "2006-01-01"
 
