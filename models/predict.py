@@ -129,11 +129,17 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
         # small fields (stations) are written in blocks of init times: one write per block
         block = max(1, WRITE_BLOCK_VALUES // max(1, _field_size(ds)))
         pending: list[xr.Dataset] = []
-        for start in range(0, len(inits), READ_GROUP):
-            group = inits[start:start + READ_GROUP]
+        point = loaded.model.spec.is_point
+        group_size = (min(POINT_GROUP, max(1, POINT_ROWS // _field_size(ds))) if point
+                      else READ_GROUP)
+        for start in range(0, len(inits), group_size):
+            group = inits[start:start + group_size]
             # the group's inputs in one read (each chunk decoded once)
             read = read_inputs_many(ds, meta.channels, inits=group, members=members,
                                     source=source, reader=reader)
+            # a point model: one forward pass for the whole group (its rows: stations x inits)
+            params = (_point_params(loaded, pipeline, group, read, static_fixed=static_fixed,
+                                    records=records) if point else {})
             for init, inputs in zip(group, read):
                 try:
                     per_lead = _post_process(loaded, ds, init=init, members=members,
@@ -141,7 +147,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                                              tile=tile, overlap=overlap, quantiles=levels,
                                              n_members=n_members, batch_size=batch_size,
                                              seed=seed, source=source, records=records,
-                                             inputs=inputs)
+                                             inputs=inputs, params=params.get(init))
                 except _AbsentInputs as e:
                     skipped[init] = e.channels
                     s.update()
@@ -260,47 +266,93 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                   members: np.ndarray, static_fixed: np.ndarray, pipeline: PipelineConfig,
                   tile: int | None, overlap: int, quantiles: tuple[float, ...],
                   n_members: int, batch_size: int, seed: int, source: Any,
-                  records: StationFeatures | None = None, inputs: np.ndarray | None = None
+                  records: StationFeatures | None = None, inputs: np.ndarray | None = None,
+                  params: dict[int, dict[str, np.ndarray]] | None = None
                   ) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
     """Per target lead (hours; every lead of a model of several), the product fields of one
     init time and the mask of points with NaN inputs (no ``quantiles`` for empty
     ``quantiles``, no ``members`` for ``n_members`` 0).  The inputs (read here unless given,
-    as :func:`read_inputs` reads them) are read once for every lead."""
+    as :func:`read_inputs` reads them) are read once for every lead; ``params``: the model's
+    output per lead when already computed (:func:`_point_params`)."""
     model, meta = loaded.model, loaded.metadata
     if inputs is None:
         inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
-    # a field absent from the store reads as NaN everywhere: the init time is skipped (a NaN
-    # inside a field follows pipeline.nan_policy)
-    absent = [meta.channels[c] for c in range(inputs.shape[1]) if np.isnan(inputs[:, c]).all()]
-    if absent:
-        raise _AbsentInputs(absent)
-    masked = ~np.isfinite(inputs).all(axis=(0, 1))
-    if masked.any():
-        if pipeline.nan_policy == "error":
-            _raise_nan(inputs, meta.channels, init=init, source=source)
-        inputs = _fill_nan(inputs, model)
+    inputs, masked = _prepared(inputs, meta.channels, model, pipeline, init=init, source=source)
     leads = pipeline.features.target_leads
     channels = (lead_target_channels(meta.channels, meta.targets, leads) if len(leads) > 1
                 else (tuple(model.spec.target_channels),))
     return {lead_h: (_lead_fields(loaded, inputs, masked, init=init, lead_h=lead_h,
                                   target_channels=tc, static_fixed=static_fixed, tile=tile,
                                   overlap=overlap, quantiles=quantiles, n_members=n_members,
-                                  batch_size=batch_size, seed=seed, records=records), masked)
+                                  batch_size=batch_size, seed=seed, records=records,
+                                  params=None if params is None else params[lead_h]), masked)
             for lead_h, tc in zip(leads, channels)}
+
+
+def _prepared(inputs: np.ndarray, channels: Sequence[str], model: torch.nn.Module,
+              pipeline: PipelineConfig, *, init: np.datetime64, source: Any
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs of one init time as the model reads them (NaN filled by
+    ``pipeline.nan_policy``) and the mask of points with NaN inputs.  A field absent from
+    the store reads as NaN everywhere: the init time is skipped (:class:`_AbsentInputs`)."""
+    absent = [channels[c] for c in range(inputs.shape[1]) if np.isnan(inputs[:, c]).all()]
+    if absent:
+        raise _AbsentInputs(absent)
+    masked = ~np.isfinite(inputs).all(axis=(0, 1))
+    if masked.any():
+        if pipeline.nan_policy == "error":
+            _raise_nan(inputs, channels, init=init, source=source)
+        inputs = _fill_nan(inputs, model)
+    return inputs, masked
+
+
+def _point_params(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
+                  inits: Sequence[np.datetime64], inputs: np.ndarray, *,
+                  static_fixed: np.ndarray, records: StationFeatures | None
+                  ) -> dict[np.datetime64, dict[int, dict[str, np.ndarray]]]:
+    """A point model's output (per init time, per target lead: ``mu``, ``sigma``, ...
+    ``[T, n_stations, 1]``) for every init time of ``inits`` (``inputs [G, K, C, S, 1]``) in
+    one forward pass per lead, the rows being stations x init times; init times whose inputs
+    :func:`_post_process` refuses are left out (it raises for them)."""
+    model, meta = loaded.model, loaded.metadata
+    ready: list[tuple[np.datetime64, np.ndarray]] = []
+    for init, x in zip(inits, inputs):
+        try:
+            ready.append((init, _prepared(x, meta.channels, model, pipeline, init=init,
+                                          source="")[0]))
+        except (_AbsentInputs, EnsppError):
+            continue
+    out: dict[np.datetime64, dict[int, dict[str, np.ndarray]]] = {init: {} for init, _ in ready}
+    if not ready:
+        return out
+    for lead_h in pipeline.features.target_leads:
+        statics = []
+        for init, _ in ready:
+            sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
+            statics.append(_static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
+                                   records=None if records is None else records.at(init)))
+        per_init = _run_points(model, [x for _, x in ready], statics,
+                               inits=[init for init, _ in ready], lead_h=lead_h)
+        for (init, _), params in zip(ready, per_init):
+            out[init][lead_h] = params
+    return out
 
 
 def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarray, *,
                  init: np.datetime64, lead_h: int, target_channels: Sequence[int],
                  static_fixed: np.ndarray, tile: int | None, overlap: int,
                  quantiles: tuple[float, ...], n_members: int, batch_size: int, seed: int,
-                 records: StationFeatures | None) -> dict[str, np.ndarray]:
-    """The product fields of one init time at one target lead."""
+                 records: StationFeatures | None,
+                 params: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The product fields of one init time at one target lead (the model run here unless its
+    output ``params`` is given)."""
     model, meta = loaded.model, loaded.metadata
-    sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
-    static_all = _static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
-                         records=None if records is None else records.at(init))
-    params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
-                       overlap=overlap, batch_size=batch_size)
+    if params is None:
+        sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
+        static_all = _static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
+                             records=None if records is None else records.at(init))
+        params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
+                           overlap=overlap, batch_size=batch_size)
     raw = inputs[:, list(target_channels)]
     draw = [seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63]
     if model.spec.n_leads > 1:  # each lead's ECC draws its own (the single-lead draw unchanged)
@@ -321,6 +373,37 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
 
 #: init times read (and written) together by :func:`predict`
 READ_GROUP = 16
+#: init times read together, and run through a point model in one forward pass, up to
+#: ``POINT_ROWS`` rows (stations x init times) per pass
+POINT_GROUP = 512
+POINT_ROWS = 16384
+
+
+def _run_points(model: torch.nn.Module, inputs: Sequence[np.ndarray], static: Sequence[np.ndarray],
+                *, inits: Sequence[np.datetime64], lead_h: int) -> list[dict[str, np.ndarray]]:
+    """A point model's parameters ``[T, S, 1]`` for each init time of ``inits`` (its
+    ``inputs [K, C, S, 1]`` and ``static [C_s, S, 1]``) in one forward pass: every station of
+    every init time is a row (the pipeline's point batches: ``H = W = 1``, ``x0`` the station
+    index, each row its own init time)."""
+    n = inputs[0].shape[2]
+
+    def rows(arrays: Sequence[np.ndarray], axis: int) -> np.ndarray:
+        return np.concatenate([np.moveaxis(a, axis, 0) for a in arrays])
+
+    init_ns = np.repeat([int(np.datetime64(t, "ns").astype(np.int64)) for t in inits], n)
+    lead_ns = int(np.timedelta64(lead_h, "h").astype("timedelta64[ns]").astype(np.int64))
+    batch = {
+        "inputs": torch.from_numpy(np.ascontiguousarray(rows(inputs, 2)))[..., None],
+        "static": torch.from_numpy(np.ascontiguousarray(rows(static, 1)))[..., None],
+        "init_time": torch.from_numpy(init_ns),
+        "lead_time": torch.full((len(init_ns),), lead_ns),
+        "y0": torch.zeros(len(init_ns), dtype=torch.int64),
+        "x0": torch.arange(n, dtype=torch.int64).repeat(len(inits)),
+    }
+    # [G*S, T, 1, 1] -> per init time [T, S, 1]
+    out = {k: v.float().numpy()[:, :, :, 0] for k, v in model(batch).items()}
+    return [{k: np.moveaxis(v[g * n:(g + 1) * n], 0, 1) for k, v in out.items()}
+            for g in range(len(inits))]
 
 
 def _input_reader(ds: xr.Dataset, channels: Sequence[str], store: Any) -> StoreReader | None:
@@ -466,17 +549,7 @@ def run_model(model: torch.nn.Module, inputs: np.ndarray, static: np.ndarray, *,
     pipeline's point batches: ``H = W = 1``, ``x0`` the station index)."""
     ny, nx = inputs.shape[-2:]
     if model.spec.is_point:
-        n = inputs.shape[2]
-        batch = {
-            "inputs": torch.from_numpy(np.ascontiguousarray(np.moveaxis(inputs, 2, 0)))[..., None],
-            "static": torch.from_numpy(np.ascontiguousarray(np.moveaxis(static, 1, 0)))[..., None],
-            "init_time": torch.full((n,), int(init.astype("datetime64[ns]").astype(np.int64))),
-            "lead_time": torch.full((n,), int(np.timedelta64(lead_h, "h").astype("timedelta64[ns]")
-                                              .astype(np.int64))),
-            "y0": torch.zeros(n, dtype=torch.int64), "x0": torch.arange(n, dtype=torch.int64),
-        }
-        # [S, T, 1, 1] -> [T, S, 1]
-        return {k: np.moveaxis(v.float().numpy()[:, :, :, 0], 0, 1) for k, v in model(batch).items()}
+        return _run_points(model, [inputs], [static], inits=[init], lead_h=lead_h)[0]
     slices = tile_slices((ny, nx), tile=None if model.spec.is_point else tile, overlap=overlap)
     x, s = torch.from_numpy(inputs), torch.from_numpy(static)
     init_ns = int(init.astype("datetime64[ns]").astype(np.int64))

@@ -120,10 +120,13 @@ def test_refit_members_are_fits_on_train_and_val_for_their_own_epochs(stores, tm
         train(pipe, model_cfg, cfg, workdir=tmp_path, resume=result.best_checkpoint)
 
 
-def test_station_model_predicts_and_evaluates(stores, tmp_path):
+def test_station_model_predicts_and_evaluates(stores, tmp_path, monkeypatch):
     """A station mixed model with record features: the product equals the model's output on
-    the pipeline's test batches, and evaluate scores it (closed-form CRPS) beside the raw
-    ensembles; it beats the biased raw ensemble."""
+    the pipeline's test batches (all init times in one forward pass; the same product as one
+    pass per init time), and evaluate scores it (closed-form CRPS) beside the raw ensembles;
+    it beats the biased raw ensemble."""
+    import enspp.models.predict as predict_module
+
     pipe = _pipeline(stores, past_error={"spread": True}, hres=True)
     result = train(pipe, ModelConfig(name="mixed", options={"embed_dim": 8, "encoder_hidden": [8]}),
                    _train_config(seeds=2, learning_rate=0.01, max_epochs=80, run_id="mixed"),
@@ -132,8 +135,19 @@ def test_station_model_predicts_and_evaluates(stores, tmp_path):
     dm.setup()
     test = dm.split_init_times["test"]
     out = tmp_path / "product.zarr"
+    passes = []
+    run_points = predict_module._run_points
+    monkeypatch.setattr(predict_module, "_run_points",
+                        lambda *a, **kw: passes.append(len(kw["inits"])) or run_points(*a, **kw))
     predict(result.best_checkpoint, stores.forecast, out=out, init_times=test, n_members=4)
-    prod = open_product(out)
+    assert passes == [len(test)]
+    monkeypatch.setattr(predict_module, "POINT_GROUP", 1)
+    predict(result.best_checkpoint, stores.forecast, out=tmp_path / "one.zarr", init_times=test,
+            n_members=4)
+    assert len(passes) == 1 + len(test)
+    prod, one = open_product(out), open_product(tmp_path / "one.zarr")
+    for v in prod.data_vars:
+        np.testing.assert_allclose(one[v].values, prod[v].values, rtol=1e-5, atol=1e-5)
     assert prod["t2m_mean"].dims == ("init_time", "lead_time", "station")
     assert prod.attrs["input_members"] == [1, 2, 3, 4, 5]
     model = load_checkpoint(result.best_checkpoint).model
