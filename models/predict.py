@@ -138,8 +138,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             read = read_inputs_many(ds, meta.channels, inits=group, members=members,
                                     source=source, reader=reader)
             # a point model: one forward pass for the whole group (its rows: stations x inits)
-            params = (_point_params(loaded, pipeline, group, read, static_fixed=static_fixed,
-                                    records=records) if point else {})
+            prepared = (_point_params(loaded, pipeline, group, read, static_fixed=static_fixed,
+                                      records=records) if point else {})
             for init, inputs in zip(group, read):
                 try:
                     per_lead = _post_process(loaded, ds, init=init, members=members,
@@ -147,7 +147,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                                              tile=tile, overlap=overlap, quantiles=levels,
                                              n_members=n_members, batch_size=batch_size,
                                              seed=seed, source=source, records=records,
-                                             inputs=inputs, params=params.get(init))
+                                             inputs=inputs, prepared=prepared.get(init))
                 except _AbsentInputs as e:
                     skipped[init] = e.channels
                     s.update()
@@ -267,17 +267,23 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                   tile: int | None, overlap: int, quantiles: tuple[float, ...],
                   n_members: int, batch_size: int, seed: int, source: Any,
                   records: StationFeatures | None = None, inputs: np.ndarray | None = None,
-                  params: dict[int, dict[str, np.ndarray]] | None = None
+                  prepared: Prepared | None = None
                   ) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
     """Per target lead (hours; every lead of a model of several), the product fields of one
     init time and the mask of points with NaN inputs (no ``quantiles`` for empty
     ``quantiles``, no ``members`` for ``n_members`` 0).  The inputs (read here unless given,
-    as :func:`read_inputs` reads them) are read once for every lead; ``params``: the model's
-    output per lead when already computed (:func:`_point_params`)."""
+    as :func:`read_inputs` reads them) are read once for every lead; ``prepared``: the
+    inputs as the model read them, their mask and the model's output per lead, when
+    :func:`_point_params` computed them already."""
     model, meta = loaded.model, loaded.metadata
-    if inputs is None:
-        inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
-    inputs, masked = _prepared(inputs, meta.channels, model, pipeline, init=init, source=source)
+    params: dict[int, dict[str, np.ndarray]] | None = None
+    if prepared is not None:
+        inputs, masked, params = prepared
+    else:
+        if inputs is None:
+            inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
+        inputs, masked = _prepared(inputs, meta.channels, model, pipeline, init=init,
+                                   source=source)
     leads = pipeline.features.target_leads
     channels = (lead_target_channels(meta.channels, meta.targets, leads) if len(leads) > 1
                 else (tuple(model.spec.target_channels),))
@@ -306,36 +312,45 @@ def _prepared(inputs: np.ndarray, channels: Sequence[str], model: torch.nn.Modul
     return inputs, masked
 
 
+#: one init time's inputs as the model read them, their NaN mask, the model's output per lead
+Prepared = tuple[np.ndarray, np.ndarray, dict[int, dict[str, np.ndarray]]]
+
+
 def _point_params(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
                   inits: Sequence[np.datetime64], inputs: np.ndarray, *,
                   static_fixed: np.ndarray, records: StationFeatures | None
-                  ) -> dict[np.datetime64, dict[int, dict[str, np.ndarray]]]:
-    """A point model's output (per init time, per target lead: ``mu``, ``sigma``, ...
-    ``[T, n_stations, 1]``) for every init time of ``inits`` (``inputs [G, K, C, S, 1]``) in
-    one forward pass per lead, the rows being stations x init times; init times whose inputs
-    :func:`_post_process` refuses are left out (it raises for them)."""
+                  ) -> dict[np.datetime64, Prepared]:
+    """For every init time of ``inits`` (``inputs [G, K, C, S, 1]``): its prepared inputs,
+    their mask and a point model's output per target lead (``mu``, ``sigma``, ...
+    ``[T, n_stations, 1]``), in one forward pass per lead whose rows are stations x init
+    times.  Init times whose inputs :func:`_prepared` refuses are left out
+    (:func:`_post_process` raises for them as for any other)."""
     model, meta = loaded.model, loaded.metadata
-    ready: list[tuple[np.datetime64, np.ndarray]] = []
+    ready: dict[np.datetime64, tuple[np.ndarray, np.ndarray]] = {}
     for init, x in zip(inits, inputs):
         try:
-            ready.append((init, _prepared(x, meta.channels, model, pipeline, init=init,
-                                          source="")[0]))
+            ready[init] = _prepared(x, meta.channels, model, pipeline, init=init, source="")
         except (_AbsentInputs, EnsppError):
             continue
-    out: dict[np.datetime64, dict[int, dict[str, np.ndarray]]] = {init: {} for init, _ in ready}
+    out: dict[np.datetime64, Prepared] = {init: (x, m, {}) for init, (x, m) in ready.items()}
     if not ready:
         return out
     for lead_h in pipeline.features.target_leads:
-        statics = []
-        for init, _ in ready:
-            sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
-            statics.append(_static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
-                                   records=None if records is None else records.at(init)))
-        per_init = _run_points(model, [x for _, x in ready], statics,
-                               inits=[init for init, _ in ready], lead_h=lead_h)
-        for (init, _), params in zip(ready, per_init):
-            out[init][lead_h] = params
+        statics = [_static_at(model, static_fixed, init=init, lead_h=lead_h, records=records)
+                   for init in ready]
+        per_init = _run_points(model, [x for x, _ in ready.values()], statics,
+                               inits=list(ready), lead_h=lead_h)
+        for init, params in zip(ready, per_init):
+            out[init][2][lead_h] = params
     return out
+
+
+def _static_at(model: torch.nn.Module, static_fixed: np.ndarray, *, init: np.datetime64,
+               lead_h: int, records: StationFeatures | None) -> np.ndarray:
+    """The model's static inputs at the valid time ``init + lead_h``."""
+    sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
+    return _static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
+                   records=None if records is None else records.at(init))
 
 
 def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarray, *,
@@ -348,9 +363,7 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
     output ``params`` is given)."""
     model, meta = loaded.model, loaded.metadata
     if params is None:
-        sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
-        static_all = _static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
-                             records=None if records is None else records.at(init))
+        static_all = _static_at(model, static_fixed, init=init, lead_h=lead_h, records=records)
         params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
                            overlap=overlap, batch_size=batch_size)
     raw = inputs[:, list(target_channels)]
