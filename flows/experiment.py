@@ -43,7 +43,6 @@ import copy
 import hashlib
 import itertools
 import json
-import os
 import re
 import shutil
 import time
@@ -377,56 +376,28 @@ def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> d
     both are scored in the target's units on the same data (``flows.steps.validation_scores``),
     and the candidate becomes current only if it is better.  (The normalised validation CRPS
     training monitors divides by the training period's std: it does not compare fits trained
-    on different periods.)"""
-    from enspp.flows.steps import split_period, validation_candidates, validation_scores
+    on different periods.)  The validation products are kept in the work directory's
+    ``cache/validation/``, so the current version is predicted once per experiment, not once
+    per point."""
+    from enspp.flows.steps import validation_candidates, validation_product, validation_scores
+    from enspp.flows.tasks import predict_init_times
     from enspp.models.registry import register_if_better
 
-    _, inits = split_period(config, "val")
-    if not inits:
-        raise ExperimentConfigError(f"{run_dir.name}: the forecast store holds no init time in "
-                                    "the validation split: the point cannot be registered")
-    products = {label: str(_validation_product(config, ckpt, version, inits))
-                for label, (ckpt, version) in validation_candidates(config.workdir.registry,
-                                                                    checkpoint).items()}
+    wd, options = config.workdir, config.predict.model_dump(mode="json")
+    # what a product depends on besides the model: the store and the predict options
+    key = hashlib.sha256(json.dumps({"store": str(wd.path(config.pipeline.stores.forecast)),
+                                     "predict": options}).encode()).hexdigest()[:12]
+    products = {label: validation_product(config, ckpt, version,
+                                          wd.cache / "validation" / f"{version}-{key}.zarr",
+                                          predict=predict_init_times.fn)
+                for label, (ckpt, version) in validation_candidates(wd.registry, checkpoint).items()}
     scores = validation_scores(config, products)
     decision = register_if_better(
-        config.workdir.registry, checkpoint, score=scores["candidate"]["score"],
+        wd.registry, checkpoint, score=scores["candidate"]["score"],
         metric=scores["candidate"]["metric"],
         current_score=scores["current"]["score"] if "current" in scores else None,
         source=source, details={"crps": scores["candidate"]["crps"]})
     return {"decision": decision, "score": scores["candidate"], "product": products["candidate"]}
-
-
-def _validation_product(config: Any, checkpoint: str, version: str, inits: list[str]) -> Path:
-    """The product of model ``version`` over the validation init times ``inits``, kept in the
-    work directory's ``cache/validation/`` under a key of what it depends on (store, init
-    times, predict options), so the current version is predicted once per experiment, not
-    once per point; written under a temporary name and renamed, so a kill leaves no half
-    product under the final name."""
-    import pandas as pd
-
-    from enspp.models.predict import predict
-
-    wd, p = config.workdir, config.predict
-    store = wd.path(config.pipeline.stores.forecast)
-    key = hashlib.sha256(json.dumps({"store": str(store), "init_times": inits,
-                                     "predict": p.model_dump(mode="json")}).encode()).hexdigest()
-    product = wd.cache / "validation" / f"{version}-{key[:12]}.zarr"
-    if product.is_dir():
-        return product
-    tmp = product.with_name(f".{product.name}.{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    predict(checkpoint, store, out=tmp, init_times=list(pd.to_datetime(inits)),
-            quantiles=p.quantiles, n_members=p.n_members, fmt="zarr", batch_size=p.batch_size,
-            seed=p.seed, progress=False)
-    try:
-        tmp.rename(product)
-    except OSError:  # another process renamed the same product first
-        if not product.is_dir():
-            raise
-        shutil.rmtree(tmp)
-    return product
 
 
 def _interrupted_point(run_dir: Path, key: str, config: Any, *,

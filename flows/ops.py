@@ -250,7 +250,7 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     trained = steps.train_model(cfg)
     candidate = trained["checkpoint"]
     val_dir = Path(trained["run_dir"]) / "validation"
-    products = {label: _validation_product(cfg, ckpt, version, val_dir)
+    products = {label: steps.validation_product(cfg, ckpt, version, val_dir / f"{version}.zarr")
                 for label, (ckpt, version) in steps.validation_candidates(wd.registry, candidate).items()}
     scores = steps.score_on_validation(cfg, products)
     decision = steps.register_model(
@@ -260,22 +260,6 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     print(f"registry: {decision['version']} "
           f"{'registered' if decision['registered'] else 'not registered'}: {decision['reason']}")
     return {**trained, **decision}
-
-
-def _validation_product(cfg: Any, checkpoint: str, version: str, out_dir: Path) -> str:
-    inits = steps.split_init_times(cfg, "val")
-    if not inits:
-        raise FlowInputError("the forecast store holds no init time in pipeline.split.val")
-    product = out_dir / f"{version}.zarr"
-    from enspp.data.provenance import record_key
-
-    done = done_init_times(product)
-    todo = [t for t in inits if record_key(t) not in done]
-    if todo:
-        predict_init_times(checkpoint, str(cfg.workdir.path(cfg.pipeline.stores.forecast)),
-                           str(product), todo, options=cfg.predict.model_dump(mode="json"),
-                           version=version, first=todo[0], n_more=len(todo) - 1)
-    return str(product)
 
 
 # ------------------------------------------------------------------ evaluate

@@ -3,6 +3,7 @@ validation, registering, evaluating and publishing the headline table."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,28 @@ def validation_candidates(registry: str | Path, checkpoint: str | Path) -> dict[
     if current is not None and current.version != name:
         out["current"] = (str(current.selection_checkpoint or current.checkpoint), current.version)
     return out
+
+
+def validation_product(config: Any, checkpoint: str, version: str, product: Path, *,
+                       predict: Callable[..., Any] | None = None) -> str:
+    """``product``: model ``version`` (``checkpoint``) over the validation split's init times,
+    predicted only for those not yet complete in it (a product records its complete init
+    times, so a killed run resumes and a product already there is reused); ``predict``: the
+    :func:`~enspp.flows.tasks.predict_init_times` task (default) or its plain function."""
+    from enspp.data.provenance import record_key
+    from enspp.flows.tasks import done_init_times, predict_init_times
+
+    inits = split_init_times(config, "val")
+    if not inits:
+        raise FlowInputError("the forecast store holds no init time in pipeline.split.val")
+    done = done_init_times(product)
+    todo = [t for t in inits if record_key(t) not in done]
+    if todo:
+        (predict or predict_init_times)(
+            checkpoint, str(config.workdir.path(config.pipeline.stores.forecast)), str(product),
+            todo, options=config.predict.model_dump(mode="json"), version=version,
+            first=todo[0], n_more=len(todo) - 1)
+    return str(product)
 
 
 @task(name="score-on-validation", **_PLAIN)

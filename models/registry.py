@@ -120,9 +120,7 @@ def validation_score(scores: dict[str, Any], systems: list[str], *, reference: s
         per = {v: float(ds["crps_all"].sel(system=s, region="global")) for v, ds in scores.items()}
         if len(per) == 1:
             (v, value), = per.items()
-            ds = scores[v]
-            kind = (str(ds["crps_kind"].sel(system=s).item()) if "crps_kind" in ds.coords
-                    else ds.attrs.get("crps_estimator", ""))
+            kind = str(scores[v]["crps_kind"].sel(system=s).item())  # its own estimator
             metric = f"validation {v} CRPS ({kind})"
         else:
             ratios = [per[v] / float(scores[v]["crps_all"].sel(system=reference, region="global"))

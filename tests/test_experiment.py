@@ -145,10 +145,15 @@ def test_sweep_runs_every_point_through_the_service_path(tmp_path, monkeypatch, 
     """Ingest, train, register, predict, evaluate per point; the table holds the evaluations'
     numbers; a checkpoint predicts with ``enspp predict`` exactly the product the sweep
     scored; the CWD does not matter."""
+    import enspp.models.predict as predict_module
+
     path = _experiment(tmp_path / "proj")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
+    outs, real_predict = [], predict_module.predict
+    monkeypatch.setattr(predict_module, "predict",
+                        lambda *a, **kw: outs.append(str(kw["out"])) or real_predict(*a, **kw))
     assert main(["experiment", "--config", str(path), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     out = tmp_path / "out"
@@ -176,9 +181,9 @@ def test_sweep_runs_every_point_through_the_service_path(tmp_path, monkeypatch, 
     current = current_version(work / "registry")
     assert current.score == pytest.approx(best["registry_score"]) and current.version == best["version"]
     # each version's validation product predicted once, however often it was scored
-    cached = sorted(p.name for p in (work / "cache" / "validation").iterdir())
+    cached = sorted((work / "cache" / "validation").glob("*.zarr"))
     assert len(cached) == len({r["version"] for r in res["runs"]}) == 4
-    assert not any(n.startswith(".") for n in cached)
+    assert sorted(o for o in outs if "validation" in o) == [str(c) for c in cached]
     assert {r["registry_metric"] for r in res["runs"]} == {"validation t2m CRPS (closed-form gaussian CRPS)"}
     truth = xr.open_zarr(work / "stores/analysis.zarr")["t2m"]
     for r in res["runs"]:
