@@ -7,8 +7,10 @@ Per target ``v`` the product holds (ARCHITECTURE.md, "Models -> products contrac
     v_quantiles(init_time, lead_time, quantile, latitude, longitude)
 
 with CF attributes and provenance (checkpoint sha256, input members, model version,
-distribution, CRPS estimator).  Memory stays bounded: one init time is read, post-processed
-(by overlapping tiles when the grid is larger than the training patch) and written at a time.
+distribution, CRPS estimator).  Memory stays bounded: init times are read in groups,
+post-processed one at a time (by overlapping tiles when the grid is larger than the training
+patch; a point model runs a group in one pass) and written in blocks of ~65536 values
+(one init time of a large grid, thousands at a station).
 
 A Zarr product is appended to: init times already in it are rewritten in place, new ones are
 appended, and ``enspp_complete`` lists the init times whose write finished.  Everything
@@ -41,7 +43,7 @@ from enspp.models.product import (
     ProductWriter,
     open_product,
     product_attrs,
-    product_dataset,
+    product_block,
 )
 from enspp.pipeline.align import open_dataset, open_static
 from enspp.pipeline.config import PipelineConfig
@@ -119,7 +121,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     version = model_version or f"{meta.spec['name']}-{loaded.sha256[:12]}"
     attrs = product_attrs(loaded, members=members, source=source, version=version,
                           n_members=n_members, quantiles=levels)
-    writer = ProductWriter(Path(out), attrs=attrs, fmt=fmt)
+    writer = ProductWriter(Path(out), attrs=attrs, fmt=fmt,
+                           init_chunk=product_init_chunk(_field_size(ds)))
     skipped: dict[np.datetime64, list[str]] = {}
     # a store held in memory is read as it is; else through the chunk reader
     in_memory = not any(is_dask_collection(v.data) for v in ds.data_vars.values())
@@ -128,7 +131,15 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             torch.inference_mode(), reuse_large_blocks():
         # small fields (stations) are written in blocks of init times: one write per block
         block = max(1, WRITE_BLOCK_VALUES // max(1, _field_size(ds)))
-        pending: list[xr.Dataset] = []
+        pending: list[tuple[np.datetime64, dict[int, dict[str, np.ndarray]]]] = []
+
+        def flush() -> None:
+            if pending:
+                writer.write_block(product_block([f for _, f in pending], targets=meta.targets,
+                                                 inits=[t for t, _ in pending],
+                                                 quantiles=levels, grid=ds))
+                pending.clear()
+
         point = loaded.model.spec.is_point
         group_size = (min(POINT_GROUP, max(1, POINT_ROWS // _field_size(ds))) if point
                       else READ_GROUP)
@@ -152,17 +163,12 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                     skipped[init] = e.channels
                     s.update()
                     continue
-                steps = [product_dataset(fields, targets=meta.targets, init=init, lead_h=lead_h,
-                                         quantiles=levels, grid=ds)
-                         for lead_h, (fields, _) in per_lead.items()]
-                pending.append(steps[0] if len(steps) == 1 else
-                               xr.concat(steps, dim=schema.LEAD_TIME, data_vars="minimal",
-                                         coords="minimal", compat="override"))
+                pending.append((init, {lead_h: fields
+                                       for lead_h, (fields, _) in per_lead.items()}))
                 if len(pending) >= block:
-                    writer.write_many(pending)
-                    pending = []
+                    flush()
                 s.update()
-        writer.write_many(pending)
+        flush()
         if skipped:
             line = _skipped_line(skipped, total=len(inits), source=source)
             if len(skipped) == len(inits):
@@ -195,6 +201,9 @@ def _skipped_line(skipped: dict[np.datetime64, list[str]], *, total: int, source
 #: grid points x init times gathered before a product write (a station product: hundreds of
 #: init times per write; a 721x1440 grid: one)
 WRITE_BLOCK_VALUES = 65536
+#: values of one field per product chunk: a chunk spans this many values' worth of init
+#: times (a station product: thousands of init times per chunk; a 721x1440 grid: one)
+PRODUCT_CHUNK_VALUES = 65536
 #: a forecast store up to this size is read into memory once
 LOAD_BYTES = 256 * 2**20
 
@@ -206,6 +215,11 @@ def _field_size(ds: xr.Dataset) -> int:
         if d in ds.dims:
             n *= int(ds.sizes[d])
     return n
+
+
+def product_init_chunk(field_size: int) -> int:
+    """Init times per chunk of a new product whose fields hold ``field_size`` points."""
+    return max(1, PRODUCT_CHUNK_VALUES // max(1, field_size))
 
 
 def tiling(pipeline: PipelineConfig, *, grid_shape: tuple[int, int]) -> tuple[int | None, int]:

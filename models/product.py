@@ -1,11 +1,14 @@
 """The product store written by :func:`models.predict.predict`: layout, attributes, writing.
 
-Zarr products grow one init time at a time.  An init time already in the store is rewritten
-in place (a region write), a new one is appended; only then is it added to the root attribute
-``enspp_complete``.  A store whose arrays were left at different lengths by a killed append is
-trimmed back to the init times all arrays hold, so running the same init times again repairs
-it.  A brand-new store is built under ``.<name>.partial`` and renamed when its first init time
-is written.  :func:`open_product` shows only complete init times.
+Zarr products grow by blocks of init times.  Init times already in the store are rewritten
+in place (region writes), new ones are appended; only then are they added to the root
+attribute ``enspp_complete``.  A chunk spans as many init times as hold ~65536 values of one
+field (a station product: thousands; a global grid: one), and a chunk file is replaced whole
+(zarr's local store writes a temporary file and renames it), so a killed write never damages
+init times already complete.  A store whose arrays were left at different lengths by a killed
+append is trimmed back to the init times all arrays hold, so running the same init times
+again repairs it.  A brand-new store is built under ``.<name>.partial`` and renamed when its
+first init times are written.  :func:`open_product` shows only complete init times.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,21 +77,42 @@ def product_attrs(loaded: Any, *, members: np.ndarray, source: Any, version: str
 def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
                     init: np.datetime64, lead_h: int, quantiles: Sequence[float],
                     grid: xr.Dataset) -> xr.Dataset:
-    """One init time of the product: per target ``v``, ``v`` (ECC members), ``v_mean``,
-    ``v_std`` and ``v_quantiles`` with CF variable attributes.
+    """One init time and lead of the product (:func:`product_block` of one)."""
+    return product_block([{lead_h: fields}], targets=targets, inits=[init],
+                         quantiles=quantiles, grid=grid)
 
-    ``fields``: ``mean``/``std`` ``[T, Ny, Nx]`` (a censored logistic also ``loc``/``scale``,
-    written as ``v_loc``/``v_scale``), ``quantiles`` ``[Q, T, Ny, Nx]``, ``members``
-    ``[M, T, Ny, Nx]`` (stations: ``Nx = 1``); ``members`` and ``quantiles`` may be left out
-    (the product then has no such variables, nor the ``member``/``quantile`` coordinate).
+
+def product_block(fields: Sequence[Mapping[int, Mapping[str, np.ndarray]]], *,
+                  targets: Sequence[str], inits: Sequence[np.datetime64],
+                  quantiles: Sequence[float], grid: xr.Dataset) -> xr.Dataset:
+    """Init times of the product, built in one go: per target ``v``, ``v`` (ECC members),
+    ``v_mean``, ``v_std`` and ``v_quantiles`` with CF variable attributes.
+
+    ``fields[i]`` maps each lead (hours; the same leads for every init time) of
+    ``inits[i]`` to its fields: ``mean``/``std`` ``[T, Ny, Nx]`` (a censored logistic also
+    ``loc``/``scale``, written as ``v_loc``/``v_scale``), ``quantiles`` ``[Q, T, Ny, Nx]``,
+    ``members`` ``[M, T, Ny, Nx]`` (stations: ``Nx = 1``); ``members`` and ``quantiles`` may
+    be left out (the product then has no such variables, nor the ``member``/``quantile``
+    coordinate).
     """
+    if len(fields) != len(inits) or not fields:
+        raise ValueError(f"{len(fields)} sets of fields for {len(inits)} init times")
+    leads = list(fields[0])
+    if any(list(f) != leads for f in fields):
+        raise ValueError("every init time of a product block needs the same leads")
+    # each field [I, L, ...]: init times, then leads
+    stacked = {key: np.stack([np.stack([np.asarray(f[lead][key]) for lead in leads])
+                              for f in fields])
+               for key in fields[0][leads[0]]}
     space = schema.spatial_dims(grid)
     coords: dict[str, Any] = {
-        schema.INIT_TIME: [np.datetime64(init, "ns")],
-        schema.LEAD_TIME: [np.timedelta64(lead_h, "h").astype("timedelta64[ns]")],
+        schema.INIT_TIME: np.asarray([np.datetime64(t, "ns") for t in inits]),
+        schema.LEAD_TIME: np.asarray([np.timedelta64(h, "h") for h in leads],
+                                     dtype="timedelta64[ns]"),
     }
+    fields = stacked  # type: ignore[assignment]
     if "members" in fields:
-        coords[schema.MEMBER] = np.arange(fields["members"].shape[0])
+        coords[schema.MEMBER] = np.arange(fields["members"].shape[2])
     if "quantiles" in fields:
         coords["quantile"] = ("quantile", np.asarray(quantiles, dtype=np.float64),
                               {"long_name": "probability level of the predictive distribution",
@@ -107,26 +131,26 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
         label = info.long_name if info else name
         if "members" in fields:
             data[name] = ((*head, schema.MEMBER, *space),
-                          squeeze(fields["members"][None, None, :, t]),
+                          squeeze(fields["members"][:, :, :, t]),
                           {**base, "long_name": f"{label}, calibrated ECC members",
                            "ensemble_method": "ensemble copula coupling"})
-        data[f"{name}_mean"] = ((*head, *space), squeeze(fields["mean"][None, None, t]),
+        data[f"{name}_mean"] = ((*head, *space), squeeze(fields["mean"][:, :, t]),
                                 {**base, "long_name": f"{label}, predictive mean",
                                  "cell_methods": "member: mean"})
         # a standard deviation is not the variable itself: no standard_name of its own
-        data[f"{name}_std"] = ((*head, *space), squeeze(fields["std"][None, None, t]),
+        data[f"{name}_std"] = ((*head, *space), squeeze(fields["std"][:, :, t]),
                                {"units": base["units"],
                                 "long_name": f"{label}, predictive standard deviation",
                                 "cell_methods": "member: standard_deviation"})
         for param, what in (("loc", "location"), ("scale", "scale")):
             if param in fields:  # a censored logistic: the latent logistic's parameters
                 data[f"{name}_{param}"] = (
-                    (*head, *space), squeeze(fields[param][None, None, t]),
+                    (*head, *space), squeeze(fields[param][:, :, t]),
                     {"units": base["units"], "long_name": f"{label}, {what} of the latent logistic "
                      f"distribution (censored at 0)"})
         if "quantiles" in fields:
             data[f"{name}_quantiles"] = ((*head, "quantile", *space),
-                                         squeeze(fields["quantiles"][None, None, :, t]),
+                                         squeeze(fields["quantiles"][:, :, :, t]),
                                          {**base, "long_name": f"{label}, predictive quantiles"})
     data = {k: (dims, np.asarray(values, dtype=np.float32), attrs)
             for k, (dims, values, attrs) in data.items()}
@@ -153,8 +177,11 @@ def open_product(path: str | Path) -> xr.Dataset:
 class ProductWriter:
     """Writes the init times of one product: Zarr in place (idempotent), NetCDF at the end."""
 
-    def __init__(self, out: Path, *, attrs: dict[str, Any], fmt: str) -> None:
+    def __init__(self, out: Path, *, attrs: dict[str, Any], fmt: str,
+                 init_chunk: int = 1) -> None:
         self.out, self.attrs, self.fmt = Path(out), dict(attrs), fmt
+        #: init times per chunk of a new store (an existing one keeps its own chunking)
+        self.init_chunk = max(1, int(init_chunk))
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.partial = self.out.parent / f".{self.out.name}.partial"
         shutil.rmtree(self.partial, ignore_errors=True)  # left by a killed first write
@@ -185,76 +212,72 @@ class ProductWriter:
 
     def write(self, step: xr.Dataset) -> None:
         """Write one init time (``step`` holds a single ``init_time``)."""
-        init = step[schema.INIT_TIME].values[0]
-        step = step.chunk({schema.INIT_TIME: 1})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if not self.target.exists():
-                # every data chunk checksummed (crc32c), as in the ingested stores: a chunk
-                # damaged on disk is an error on read, not wrong numbers; appends keep it
-                from enspp.data.store_template import compressors
-
-                encoding = {str(v): {"compressors": compressors()} for v in step.data_vars}
-                step.to_zarr(self.target, mode="w", consolidated=True, zarr_format=3,
-                             encoding=encoding)
-            else:
-                have = xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME].values
-                hits = np.flatnonzero(have.astype("datetime64[ns]") == init)
-                if hits.size:
-                    i = int(hits[0])
-                    region = step.drop_vars([v for v in step.variables
-                                             if schema.INIT_TIME not in step[v].dims])
-                    region.to_zarr(self.target, region={schema.INIT_TIME: slice(i, i + 1)},
-                                   mode="r+", consolidated=True)
-                else:
-                    step.to_zarr(self.target, append_dim=schema.INIT_TIME, consolidated=True)
-        self._mark_complete(init)
-        if self.target == self.partial and self.fmt == "zarr":
-            self.partial.rename(self.out)
-            self.target = self.out
+        self.write_block(step)
 
     def write_many(self, steps: list[xr.Dataset]) -> None:
-        """Write several init times (each of ``steps`` holds one): new ones in one append
-        (a product of many small fields, e.g. stations, costs one write per block instead of
-        one per init time), init times already in the store one by one as :meth:`write`."""
+        """Write several init times (each of ``steps`` holds one; an init time given twice:
+        its last step) as one :meth:`write_block`."""
         if not steps:
             return
-        have: set[Any] = set()
-        if self.target.exists():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                have = set(xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME]
-                           .values.astype("datetime64[ns]"))
-        inits = [np.datetime64(s[schema.INIT_TIME].values[0], "ns") for s in steps]
+        last = {np.datetime64(s[schema.INIT_TIME].values[0], "ns"): s for s in steps}
+        self.write_block(_concat(list(last.values())))
+
+    def write_block(self, block: xr.Dataset) -> None:
+        """Write the init times of ``block`` (distinct, in any order): those already in the
+        store rewritten in place, one region write per run of consecutive positions, the new
+        ones in one append; then they are marked complete.
+
+        The arrays are written from memory (no dask): a chunk holding several init times is
+        read, modified and replaced whole, and the local store replaces a chunk file
+        atomically, so a killed write leaves every chunk either as it was or as it is now."""
+        inits = block[schema.INIT_TIME].values.astype("datetime64[ns]")
         if len(set(inits)) != len(inits):
-            for s in steps:
-                self.write(s)
+            raise ProductError(f"{self.out}: a product block holds an init time twice")
+        if not len(inits):
             return
-        for s, t in zip(steps, inits):  # rewritten in place
-            if t in have:
-                self.write(s)
-        steps = [s for s, t in zip(steps, inits) if t not in have]
-        inits = [t for t in inits if t not in have]
-        if len(steps) <= 1:
-            for s in steps:
-                self.write(s)
-            return
-        block = xr.concat(steps, dim=schema.INIT_TIME, data_vars="minimal", coords="minimal",
-                          compat="override", join="override").chunk({schema.INIT_TIME: 1})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if not self.target.exists():  # checksummed chunks, as a first write()
-                from enspp.data.store_template import compressors
-
-                encoding = {str(v): {"compressors": compressors()} for v in block.data_vars}
-                block.to_zarr(self.target, mode="w", consolidated=True, zarr_format=3,
-                              encoding=encoding)
-            else:
-                block.to_zarr(self.target, append_dim=schema.INIT_TIME, consolidated=True)
+            at: dict[np.datetime64, int] = {}
+            if self.target.exists():
+                have = xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME].values
+                at = {np.datetime64(t, "ns"): i for i, t in enumerate(have)}
+            old = sorted((at[t], k) for k, t in enumerate(inits) if t in at)
+            if old:
+                inside = block.drop_vars([v for v in block.variables
+                                          if schema.INIT_TIME not in block[v].dims])
+                for run in _runs(old):  # rewritten in place
+                    region = inside.isel({schema.INIT_TIME: [k for _, k in run]})
+                    region.to_zarr(self.target, mode="r+", consolidated=True,
+                                   region={schema.INIT_TIME: slice(run[0][0], run[-1][0] + 1)})
+            new = [k for k, t in enumerate(inits) if t not in at]
+            if new:
+                part = block if len(new) == len(inits) else block.isel({schema.INIT_TIME: new})
+                if not self.target.exists():
+                    self._create(part)
+                else:
+                    part.to_zarr(self.target, append_dim=schema.INIT_TIME, consolidated=True)
         self._mark_complete(*inits)
         if self.target == self.partial and self.fmt == "zarr":
             self.partial.rename(self.out)
             self.target = self.out
+
+    def _create(self, block: xr.Dataset) -> None:
+        """A new store from ``block``: ``init_chunk`` init times per chunk along
+        ``init_time``, every other dimension whole, every data chunk checksummed (crc32c, as
+        in the ingested stores: a chunk damaged on disk is an error on read, not wrong
+        numbers; appends keep it)."""
+        from enspp.data.store_template import compressors
+
+        def chunks(v: str) -> tuple[int, ...]:
+            return tuple(self.init_chunk if d == schema.INIT_TIME else int(block.sizes[d])
+                         for d in block[v].dims)
+
+        encoding: dict[str, dict[str, Any]] = {
+            str(v): {"compressors": compressors(), "chunks": chunks(str(v))}
+            for v in block.data_vars}
+        encoding[schema.INIT_TIME] = {"chunks": (self.init_chunk,)}
+        block.to_zarr(self.target, mode="w", consolidated=True, zarr_format=3,
+                      encoding=encoding)
 
     def _mark_complete(self, *inits: np.datetime64) -> None:
         self.done.update(str(np.datetime64(init, "ns")) for init in inits)
@@ -277,6 +300,25 @@ class ProductWriter:
             tmp.replace(self.out)
             shutil.rmtree(self.partial, ignore_errors=True)
         return self.out
+
+
+def _concat(steps: list[xr.Dataset]) -> xr.Dataset:
+    """Init times (one per dataset) along ``init_time``, in the given order."""
+    if len(steps) == 1:
+        return steps[0]
+    return xr.concat(steps, dim=schema.INIT_TIME, data_vars="minimal", coords="minimal",
+                     compat="override", join="override")
+
+
+def _runs(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Sorted ``(position, item)`` pairs cut into runs of consecutive positions."""
+    runs: list[list[tuple[int, int]]] = []
+    for p in positions:
+        if runs and p[0] == runs[-1][-1][0] + 1:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    return runs
 
 
 def _plain(v: Any) -> Any:

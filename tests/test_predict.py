@@ -3,7 +3,9 @@ tiles vs whole fields, idempotent and repairable appends, NaN policy and bad inp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,12 +189,15 @@ def test_product_chunks_are_checksummed_and_a_flipped_byte_is_caught(world, tmp_
     group = zarr.open_group(block, mode="r")
     for name in ("t2m", "t2m_mean", "t2m_std", "t2m_quantiles"):
         assert any(isinstance(c, Crc32cCodec) for c in group[name].metadata.codecs), name
-    chunk = out / "t2m_mean" / "c" / "1" / "0" / "0" / "0"  # the appended init time's chunk
+    # the appended init time's chunk (a small field: both init times share one chunk)
+    per_chunk = zarr.open_group(out, mode="r")["t2m_mean"].chunks[0]
+    assert per_chunk > 1
+    chunk = out / "t2m_mean" / "c" / str(1 // per_chunk) / "0" / "0" / "0"
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     chunk.write_bytes(bytes(raw))
     ds = open_product(out)
-    ds["t2m_mean"].isel(init_time=0).load()  # the other chunk reads
+    ds["t2m_std"].load()  # the other variables read
     with pytest.raises(ValueError, match="checksum"):
         ds["t2m_mean"].isel(init_time=1).load()
 
@@ -337,3 +342,44 @@ def test_blocks_of_init_times_write_the_store_one_at_a_time_writes(world, tmp_pa
     assert sorted(block.init_time.values) == sorted(inits)
     xr.testing.assert_identical(block.sortby("init_time").drop_attrs(), one.drop_attrs())
     assert sorted(open_product(tmp_path / "block.zarr").init_time.values) == sorted(inits)
+    # a product chunked one init time each (as written before products were chunked in
+    # blocks) keeps its chunking when extended, and holds the same
+    monkeypatch.setattr(P, "PRODUCT_CHUNK_VALUES", 1)
+    predict(ckpt, store, out=tmp_path / "old.zarr", init_times=inits[:1], **kw)
+    monkeypatch.undo()
+    predict(ckpt, store, out=tmp_path / "old.zarr", init_times=inits, **kw)
+    assert zarr.open_group(tmp_path / "old.zarr", mode="r")["t2m_mean"].chunks[0] == 1
+    assert zarr.open_group(tmp_path / "one.zarr", mode="r")["t2m_mean"].chunks[0] > 1
+    xr.testing.assert_identical(_snapshot(tmp_path / "old.zarr").drop_attrs(), one.drop_attrs())
+
+
+def test_a_write_that_dies_at_a_chunk_leaves_the_stored_init_times(world, tmp_path, monkeypatch):
+    """A product chunk of a small field spans several init times and is replaced whole (zarr
+    writes a temporary file and renames it): a run that dies at a chunk leaves the init
+    times already stored as they were, and running again completes the product, identical to
+    one written in one go; a rewrite of scattered stored init times leaves it identical."""
+    store, ckpt = world["paths"].forecast, world["perturbed"]
+    inits = _inits(world, n=4)
+    kw = dict(quantiles=QUANTILES, n_members=5)
+    out = tmp_path / "p.zarr"
+    predict(ckpt, store, out=out, init_times=inits[:2], **kw)
+    assert zarr.open_group(out, mode="r")["t2m_mean"].chunks[0] >= len(inits)
+    before = open_product(out).load()
+    replace = Path.replace
+
+    def dies_at_a_chunk(self: Path, target: Any) -> Any:
+        if f"{os.sep}c{os.sep}" in str(target):
+            raise OSError("killed")
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", dies_at_a_chunk)
+    with pytest.raises(OSError, match="killed"):
+        predict(ckpt, store, out=out, init_times=inits, **kw)
+    monkeypatch.undo()
+    xr.testing.assert_identical(open_product(out).load(), before)
+    predict(ckpt, store, out=out, init_times=inits, **kw)
+    predict(ckpt, store, out=tmp_path / "whole.zarr", init_times=inits, **kw)
+    whole = _snapshot(tmp_path / "whole.zarr")
+    xr.testing.assert_identical(_snapshot(out), whole)
+    predict(ckpt, store, out=out, init_times=[inits[3], inits[0], inits[2]], **kw)
+    xr.testing.assert_identical(_snapshot(out), whole)
