@@ -184,6 +184,10 @@ def _raw_order(raw: np.ndarray, per_point: np.ndarray, idx: np.ndarray,
     """
     n_out = len(idx)
     counts = np.bincount(idx, minlength=raw.shape[0])
+    # copies of the same raw member with a lower priority, per output member
+    place = ((idx[None, :] == idx[:, None]) & (priority[None, :] < priority[:, None])).sum(1)
+    if raw[0].size <= SORT_POINTS:
+        return _raw_order_sorted(raw, per_point, counts), place
     used = [int(k) for k in np.flatnonzero(counts)]
     values = {k: raw[k] for k in used}
     if any(np.isnan(v).any() for v in values.values()):
@@ -198,8 +202,33 @@ def _raw_order(raw: np.ndarray, per_point: np.ndarray, idx: np.ndarray,
                 a_first |= tie & (per_point[a] <= per_point[b])
             before[b] += a_first * dtype(counts[a])
             before[a] += ~a_first * dtype(counts[b])
-    place = np.array([int(np.sum((idx == idx[j]) & (priority < priority[j]))) for j in range(n_out)])
     return before, place
+
+
+#: fields of up to this many points (stations) order their raw members by one sort per
+#: point instead of one vectorised comparison per pair of members (the same order: the
+#: pairwise loop's Python overhead dominates on small fields, the sort's on large ones;
+#: measured with 10 of 25 members, one thread: 0.46 vs 1.6 ms per call at 1 point, 1.2 vs
+#: 1.7 ms at 1000 points, 3.9 vs 2.2 ms at 4096)
+SORT_POINTS = 1024
+
+
+def _raw_order_sorted(raw: np.ndarray, per_point: np.ndarray,
+                      counts: np.ndarray) -> dict[int, np.ndarray]:
+    """``before`` of :func:`_raw_order` by sorting the used raw members at every point: by
+    value (NaN last), then by the per-point draw, then by member index."""
+    used = np.flatnonzero(counts)
+    flat = raw[used].reshape(len(used), -1)
+    values = np.where(np.isnan(flat), np.inf, flat)
+    draws = per_point[used].reshape(len(used), -1)
+    index = np.broadcast_to(np.arange(len(used))[:, None], values.shape)
+    order = np.lexsort((index, draws, values), axis=0)  # [U, P]: used members, first first
+    weight = counts[used][order]
+    ahead = np.cumsum(weight, axis=0) - weight  # outputs following members ordered earlier
+    dtype = np.int16 if int(counts.sum()) < 2**15 else np.int64
+    before = np.empty(values.shape, dtype=dtype)
+    np.put_along_axis(before, order, ahead.astype(dtype), axis=0)
+    return {int(k): before[i].reshape(raw.shape[1:]) for i, k in enumerate(used)}
 
 
 def output_ecc_members(

@@ -152,3 +152,34 @@ def test_ecc_and_quantile_errors(field) -> None:
         ecc_members(mu, sigma, raw, n_out=0)
     with pytest.raises(ECCError, match="lacks \\['loc', 'scale'\\]"):
         output_quantiles({"mu": mu, "sigma": sigma}, [0.5], distribution="censored_logistic")
+
+
+@pytest.mark.parametrize("n_out", [3, 5, 7, 12])
+def test_small_fields_sort_the_members_as_the_pairwise_order_does(rng, monkeypatch, n_out):
+    """Small fields (stations) order the raw members by one sort per point; the members are
+    the ones the pairwise comparisons give, with ties of value, NaN and repeated members."""
+    import enspp.models.ecc as E
+
+    raw = rng.normal(size=(5, 3, 40)).round(1)  # [K, T, points]: many ties of value
+    raw[1, 0, :5] = raw[3, 0, :5]
+    raw[2, 1, 10:14] = np.nan
+    raw[0, 2, 20:] = raw[4, 2, 20:] = np.nan
+    mu, sigma = rng.normal(size=(3, 40)), rng.uniform(0.5, 2.0, size=(3, 40))
+    got = {}
+    for name, points in (("pairwise", 0), ("sorted", 10**9)):
+        monkeypatch.setattr(E, "SORT_POINTS", points)
+        got[name] = ecc_members(mu, sigma, raw, n_out=n_out, member_dim=0, seed=3)
+    np.testing.assert_array_equal(got["sorted"], got["pairwise"])
+    # the ranks themselves: before + place of every output member, both ways
+    per_point = rng.random(raw.shape, dtype=np.float32)
+    idx = ecc_template(5, n_out, rng=np.random.default_rng(1))
+    priority = np.random.default_rng(2).permutation(n_out)
+    monkeypatch.setattr(E, "SORT_POINTS", 0)
+    before_pairwise, place = E._raw_order(raw, per_point, idx, priority)
+    monkeypatch.setattr(E, "SORT_POINTS", 10**9)
+    before_sorted, place_sorted = E._raw_order(raw, per_point, idx, priority)
+    np.testing.assert_array_equal(place_sorted, place)
+    assert before_sorted.keys() == before_pairwise.keys()
+    for k in before_pairwise:
+        np.testing.assert_array_equal(before_sorted[k], before_pairwise[k])
+        assert before_sorted[k].dtype == before_pairwise[k].dtype
