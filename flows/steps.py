@@ -88,7 +88,9 @@ def validation_scores(config: Any, products: dict[str, str]) -> dict[str, dict[s
     analysis store, in the targets' units, with the raw full ensemble as the reference
     (:func:`enspp.models.registry.validation_score`): what the registry compares.  Unlike
     the normalised validation CRPS training monitors, it does not depend on the training
-    period's statistics, so fits trained on different periods compare fairly."""
+    period's statistics, so fits trained on different periods compare fairly.  Init times a
+    product lacks (input fields absent from the forecast store) are left out for every
+    product alike (``missing: skip``, a paired comparison), and said so."""
     from enspp.evaluation.config import EvaluateConfig, Period
     from enspp.evaluation.evaluate import evaluate
     from enspp.evaluation.systems import product_system
@@ -104,8 +106,11 @@ def validation_scores(config: Any, products: dict[str, str]) -> dict[str, dict[s
                         variables=list(config.pipeline.features.targets), metrics=["crps"],
                         lead_times=list(config.pipeline.features.target_leads),
                         period=Period(start=val.start, end=val.end),
-                        bootstrap={"n": 10}, cases=[])
-    return validation_score(evaluate(ev, None).scores, list(products), reference="raw_full")
+                        bootstrap={"n": 10}, cases=[], missing="skip")
+    result = evaluate(ev, None)
+    for note in result.notes:
+        print(f"validation scores: {note}")
+    return validation_score(result.scores, list(products), reference="raw_full")
 
 
 def validation_candidates(registry: str | Path, checkpoint: str | Path) -> dict[str, tuple[str, str]]:
@@ -126,15 +131,17 @@ def validation_product(config: Any, checkpoint: str, version: str, product: Path
                        predict: Callable[..., Any] | None = None) -> str:
     """``product``: model ``version`` (``checkpoint``) over the validation split's init times,
     predicted only for those not yet complete in it (a product records its complete init
-    times, so a killed run resumes and a product already there is reused); ``predict``: the
-    :func:`~enspp.flows.tasks.predict_init_times` task (default) or its plain function."""
+    times, so a killed run resumes and a product already there is reused) nor left out by an
+    earlier predict into it for want of input fields (also recorded: predicting them again
+    would skip them again); ``predict``: the :func:`~enspp.flows.tasks.predict_init_times`
+    task (default) or its plain function."""
     from enspp.data.provenance import record_key
-    from enspp.flows.tasks import done_init_times, predict_init_times
+    from enspp.flows.tasks import done_init_times, predict_init_times, skipped_init_times
 
     inits = split_init_times(config, "val")
     if not inits:
         raise FlowInputError("the forecast store holds no init time in pipeline.split.val")
-    done = done_init_times(product)
+    done = done_init_times(product) | skipped_init_times(product)
     todo = [t for t in inits if record_key(t) not in done]
     if todo:
         (predict or predict_init_times)(

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from enspp.data.errors import EnsppError
 
 __all__ = ["FlowInputError", "IngestFilesError", "is_transient", "new_files", "ingest_files",
-           "predict_init_times", "done_init_times", "IO_RETRY"]
+           "predict_init_times", "done_init_times", "skipped_init_times", "IO_RETRY"]
 
 
 class FlowInputError(EnsppError):
@@ -133,6 +133,19 @@ def done_init_times(product: str | Path) -> set[str]:
 
     attrs = read_root_attrs(product) or {}
     return {record_key(np.datetime64(t, "ns")) for t in attrs.get(COMPLETE_ATTR, [])}
+
+
+def skipped_init_times(product: str | Path) -> set[str]:
+    """Init times a predict into ``product`` left out because input fields were absent from
+    the forecast store (``record_key`` strings, to seconds)."""
+    import numpy as np
+
+    from enspp.data.provenance import record_key
+    from enspp.data.store import read_root_attrs
+    from enspp.models.product import SKIPPED_ATTR
+
+    attrs = read_root_attrs(product) or {}
+    return {record_key(np.datetime64(t, "ns")) for t in attrs.get(SKIPPED_ATTR, [])}
 
 
 @task(name="predict-init-times", task_run_name="predict {first} and {n_more} more init times",

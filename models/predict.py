@@ -171,6 +171,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
         flush()
         if skipped:
             line = _skipped_line(skipped, total=len(inits), source=source)
+            writer.mark_skipped(list(skipped))  # recorded in the product (enspp_skipped)
             if len(skipped) == len(inits):
                 raise PredictError(line)
             LOGGER.warning(line)

@@ -29,6 +29,9 @@ from enspp.data.errors import EnsppError
 
 PRODUCT_KIND = "product"
 COMPLETE_ATTR = "enspp_complete"
+#: init times a predict left out because input fields were absent from the forecast store
+#: (removed once such an init time is written)
+SKIPPED_ATTR = "enspp_skipped"
 #: attributes an existing product must share with a new write (else: another product)
 IDENTITY_ATTRS = ("checkpoint_sha256", "input_members", "n_ecc_members", "quantiles",
                   "distribution")
@@ -191,9 +194,12 @@ class ProductWriter:
         self.target = self.partial if fmt == "netcdf" or not self.out.exists() else self.out
         #: init times complete in the target (xarray's appends replace the root attributes)
         self.done: set[str] = set()
+        #: init times left out for want of input fields (:meth:`mark_skipped`)
+        self.skipped: set[str] = set()
         if self.target.exists():
-            self.done = {str(np.datetime64(t, "ns")) for t in
-                         zarr.open_group(self.target, mode="r", use_consolidated=False).attrs.get(COMPLETE_ATTR, [])}
+            have = zarr.open_group(self.target, mode="r", use_consolidated=False).attrs
+            self.done = {str(np.datetime64(t, "ns")) for t in have.get(COMPLETE_ATTR, [])}
+            self.skipped = {str(np.datetime64(t, "ns")) for t in have.get(SKIPPED_ATTR, [])}
 
     def _check_existing(self) -> None:
         if not self.out.is_dir():
@@ -279,10 +285,22 @@ class ProductWriter:
         block.to_zarr(self.target, mode="w", consolidated=True, zarr_format=3,
                       encoding=encoding)
 
+    def mark_skipped(self, inits: Sequence[np.datetime64]) -> None:
+        """Record ``inits`` as left out for want of input fields (a Zarr store that exists:
+        nothing is recorded where nothing was written)."""
+        self.skipped.update(str(np.datetime64(t, "ns")) for t in inits)
+        if self.fmt == "zarr" and self.target.exists():
+            self._mark_complete()
+
     def _mark_complete(self, *inits: np.datetime64) -> None:
         self.done.update(str(np.datetime64(init, "ns")) for init in inits)
+        self.skipped -= self.done
         group = zarr.open_group(self.target, mode="r+", use_consolidated=False)
         group.attrs.update({**self.attrs, COMPLETE_ATTR: sorted(self.done)})
+        if self.skipped:
+            group.attrs[SKIPPED_ATTR] = sorted(self.skipped)
+        elif SKIPPED_ATTR in group.attrs:
+            del group.attrs[SKIPPED_ATTR]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(self.target)
@@ -291,7 +309,8 @@ class ProductWriter:
         """NetCDF: convert the staged Zarr store into ``out`` (replacing it); return ``out``."""
         if self.fmt == "netcdf":
             with open_product(self.partial) as ds:
-                attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ATTR}
+                attrs = {k: v for k, v in ds.attrs.items()
+                         if k not in (COMPLETE_ATTR, SKIPPED_ATTR)}
                 attrs["history"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} enspp predict"
                 tmp = self.out.parent / f".{self.out.name}.tmp.nc"
                 product = ds.copy()

@@ -4,6 +4,7 @@ the registry, predict and evaluate; the table from the evaluations."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -347,3 +348,38 @@ def test_a_point_killed_mid_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
     run_experiment(load_experiment(path), out_dir=tmp_path / "b" / "out", progress=said.append)
     assert not any("resuming" in line for line in said)
     assert not (run_dir / "logs" / "csv" / "version_1").exists()
+
+
+def test_validation_init_times_without_inputs_are_left_out_alike(tmp_path, monkeypatch):
+    """Two validation dates whose perturbed members are missing (the control is there, so
+    the init times are in the store, their K members' fields absent): every
+    point's validation product records them as skipped, the registry compares candidate and
+    current on the init times both hold, and the cached current product is not predicted
+    again for them (predicting only those would skip them all: an error)."""
+    import enspp.models.predict as predict_module
+
+    path = _experiment(tmp_path / "proj", sweep={
+        "systems": {"emos_global": {"model.name": "emos_global"},
+                    "emos_local": {"model.name": "emos_local"}}})
+    station = tmp_path / "proj" / "data" / "testville.nc"
+    ds = xr.load_dataset(station)
+    gaps = np.array(["2009-05-10", "2009-08-20"], dtype="datetime64[ns]")
+    perturbed = [m for m in ds.member.values if m != "forc.CTRL"]
+    ds["t2m_ens"].loc[{"time": gaps, "member": perturbed}] = np.nan
+    ds.to_netcdf(station)
+    calls, real_predict = [], predict_module.predict
+    monkeypatch.setattr(predict_module, "predict",
+                        lambda *a, **kw: calls.append((str(kw["out"]), kw.get("init_times")))
+                        or real_predict(*a, **kw))
+    assert main(["experiment", "--config", str(path), "--out", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    inits = gaps + np.timedelta64(12 - 24, "h")  # the forecasts verifying there at 12 UTC
+    for r in res["runs"]:
+        val = open_product(r["validation_product"])
+        assert val.attrs["enspp_skipped"] == [str(t) for t in inits]
+        assert not np.isin(inits, val.init_time.values).any()
+        assert val.sizes["init_time"] == 365 - 2
+    validation = [c for c in calls if f"cache{os.sep}validation" in c[0]]
+    assert len(validation) == len({r["version"] for r in res["runs"]}) == 2
+    best = min(res["runs"], key=lambda r: r["registry_score"])
+    assert current_version(tmp_path / "proj" / "configs" / "work" / "registry").version == best["version"]

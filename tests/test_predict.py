@@ -316,6 +316,7 @@ def test_absent_input_fields_skip_the_init_time_never_filled(world, tmp_path):
                 f"{store}"), lines
             assert f"{str(init)[:16]} (t850@48h)" in said[0]
             assert "(1 skipped: input fields absent)" in lines[-1]
+            assert out.attrs["enspp_skipped"] == [str(init)]  # recorded in the product
     finally:
         LOGGER.removeHandler(handler)
         LOGGER.setLevel(level)
