@@ -379,16 +379,18 @@ def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> d
     on different periods.)  The validation products are kept in the work directory's
     ``cache/validation/``, so the current version is predicted once per experiment, not once
     per point."""
-    from enspp.flows.steps import validation_candidates, validation_product, validation_scores
+    from enspp.flows.steps import (
+        validation_candidates,
+        validation_product,
+        validation_product_path,
+        validation_scores,
+    )
     from enspp.flows.tasks import predict_init_times
     from enspp.models.registry import register_if_better
 
-    wd, options = config.workdir, config.predict.model_dump(mode="json")
-    # what a product depends on besides the model: the store and the predict options
-    key = hashlib.sha256(json.dumps({"store": str(wd.path(config.pipeline.stores.forecast)),
-                                     "predict": options}).encode()).hexdigest()[:12]
+    wd = config.workdir
     products = {label: validation_product(config, ckpt, version,
-                                          wd.cache / "validation" / f"{version}-{key}.zarr",
+                                          validation_product_path(config, version),
                                           predict=predict_init_times.fn)
                 for label, (ckpt, version) in validation_candidates(wd.registry, checkpoint).items()}
     scores = validation_scores(config, products)

@@ -249,8 +249,8 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     steps.refresh_statistics(cfg)
     trained = steps.train_model(cfg)
     candidate = trained["checkpoint"]
-    val_dir = Path(trained["run_dir"]) / "validation"
-    products = {label: steps.validation_product(cfg, ckpt, version, val_dir / f"{version}.zarr")
+    products = {label: steps.validation_product(cfg, ckpt, version,
+                                                steps.validation_product_path(cfg, version))
                 for label, (ckpt, version) in steps.validation_candidates(wd.registry, candidate).items()}
     scores = steps.score_on_validation(cfg, products)
     decision = steps.register_model(

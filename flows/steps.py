@@ -3,6 +3,8 @@ validation, registering, evaluating and publishing the headline table."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,20 @@ def validation_candidates(registry: str | Path, checkpoint: str | Path) -> dict[
     if current is not None and current.version != name:
         out["current"] = (str(current.selection_checkpoint or current.checkpoint), current.version)
     return out
+
+
+def validation_product_path(config: Any, version: str) -> Path:
+    """Where model ``version``'s validation product lives in the work directory:
+    ``cache/validation/<version>-<key>.zarr``, ``key`` a hash of what the product depends on
+    besides the model (the forecast store and the predict options), so the train flow and
+    the experiment runner predict a version's validation init times once per work
+    directory, however often it is scored (a validation period of another split adds its
+    init times to the same product)."""
+    wd = config.workdir
+    key = hashlib.sha256(json.dumps({"store": str(wd.path(config.pipeline.stores.forecast)),
+                                     "predict": config.predict.model_dump(mode="json")}
+                                    ).encode()).hexdigest()[:12]
+    return wd.cache / "validation" / f"{version}-{key}.zarr"
 
 
 def validation_product(config: Any, checkpoint: str, version: str, product: Path, *,

@@ -193,9 +193,14 @@ def test_train_predict_evaluate_flows(harness, small_world):
     first = train_flow(cfg)
     assert first["registered"] and first["reason"].startswith("no current version")
     assert current_version(registry).version == first["version"]
-    assert (Path(first["run_dir"]) / "validation" / f"{first['version']}.zarr").is_dir()
+    # the validation product in the work directory's cache, shared with the experiments
+    cached = list((small_world / "cache" / "validation").glob(f"{first['version']}-*.zarr"))
+    assert len(cached) == 1 and (cached[0] / "zarr.json").is_file()
+    stamp = (cached[0] / "zarr.json").stat().st_mtime_ns
     second = train_flow(cfg, min_improvement=1e9)  # cannot beat the current model by that much
     assert not second["registered"] and current_version(registry).version == first["version"]
+    # the current version was scored again without predicting its validation product again
+    assert (cached[0] / "zarr.json").stat().st_mtime_ns == stamp
     log = read_decisions(registry)
     assert [d["registered"] for d in log] == [True, False] and "does not beat" in log[1]["reason"] \
         or "same checkpoint" in log[1]["reason"]
