@@ -170,6 +170,53 @@ def ecc_members(
     return _like(np.moveaxis(q, 0, axis), mu)
 
 
+def ecc_members_many(
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    raw_members: np.ndarray,
+    *,
+    n_out: int,
+    rngs: Sequence[np.random.Generator],
+    distribution: str = "gaussian",
+) -> np.ndarray:
+    """:func:`ecc_members` of ``G`` small fields at once, each with its own generator:
+    ``mu``/``sigma`` ``[G, ...]``, ``raw_members`` ``[G, K, ...]``; returns ``[G, n_out, ...]``,
+    equal to ``ecc_members(mu[g], sigma[g], raw_members[g], n_out=n_out, member_dim=0,
+    seed=rngs[g])`` for every ``g`` (the same draws, in the same order, from each generator;
+    the members ordered by one sort per point as :func:`_raw_order_sorted` orders them)."""
+    raw = np.asarray(raw_members)
+    m, s = np.asarray(mu), np.asarray(sigma)
+    n_fields, n_raw = raw.shape[:2]
+    shape = raw.shape[2:]
+    if m.shape != (n_fields, *shape) or s.shape != m.shape or len(rngs) != n_fields:
+        raise ECCError(f"mu {m.shape}, sigma {s.shape} and {len(rngs)} generators do not match "
+                       f"raw_members {raw.shape} ([G, K, ...])")
+    idx = np.empty((n_fields, n_out), dtype=np.int64)
+    priority = np.empty((n_fields, n_out), dtype=np.int64)
+    draws = np.empty(raw.shape, dtype=np.float32)
+    for g, rng in enumerate(rngs):  # as ecc_members draws them
+        idx[g] = ecc_template(n_raw, n_out, rng=rng)
+        priority[g] = rng.permutation(n_out)
+        draws[g] = np.moveaxis(rng.random((*shape, n_raw), dtype=np.float32), -1, 0)
+    flat = raw.reshape(n_fields, n_raw, -1)
+    values = np.where(np.isnan(flat), np.inf, flat)
+    index = np.broadcast_to(np.arange(n_raw)[None, :, None], values.shape)
+    order = np.lexsort((index, draws.reshape(values.shape), values), axis=1)
+    counts = np.stack([np.bincount(i, minlength=n_raw) for i in idx])  # [G, K]
+    weight = np.take_along_axis(np.broadcast_to(counts[:, :, None], values.shape), order, axis=1)
+    before = np.empty(values.shape, dtype=np.int64)
+    np.put_along_axis(before, order, np.cumsum(weight, axis=1) - weight, axis=1)
+    place = ((idx[:, None, :] == idx[:, :, None])
+             & (priority[:, None, :] < priority[:, :, None])).sum(2)  # [G, M]
+    rank = np.take_along_axis(before, idx[:, :, None], axis=1) + place[:, :, None]  # [G, M, P]
+    z = _ppf(np.arange(1, n_out + 1) / (n_out + 1.0), distribution).astype(np.result_type(m, s))
+    flat_m, flat_s = m.reshape(n_fields, 1, -1), s.reshape(n_fields, 1, -1)
+    q = flat_s * z[rank] + flat_m
+    if distribution == "censored_logistic":
+        np.maximum(q, 0.0, out=q)
+    return q.reshape(n_fields, n_out, *shape)
+
+
 def _raw_order(raw: np.ndarray, per_point: np.ndarray, idx: np.ndarray,
                priority: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Where each output member goes in the order of the M outputs.

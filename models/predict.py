@@ -35,7 +35,7 @@ from enspp.data import schema
 from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, plural, step
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
-from enspp.models.ecc import output_ecc_members, output_quantiles
+from enspp.models.ecc import ecc_members_many, output_ecc_members, output_quantiles
 from enspp.models.heap import reuse_large_blocks
 from enspp.models.product import (
     PRODUCT_FIELDS,
@@ -151,14 +151,16 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             # a point model: one forward pass for the whole group (its rows: stations x inits)
             prepared = (_point_params(loaded, pipeline, group, read, static_fixed=static_fixed,
                                       records=records) if point else {})
+            # ... and its quantiles and ECC members for the whole group
+            done = _point_fields(loaded, pipeline, prepared, quantiles=levels,
+                                 n_members=n_members, seed=seed)
             for init, inputs in zip(group, read):
                 try:
-                    per_lead = _post_process(loaded, ds, init=init, members=members,
-                                             static_fixed=static_fixed, pipeline=pipeline,
-                                             tile=tile, overlap=overlap, quantiles=levels,
-                                             n_members=n_members, batch_size=batch_size,
-                                             seed=seed, source=source, records=records,
-                                             inputs=inputs, prepared=prepared.get(init))
+                    per_lead = done.get(init) or _post_process(
+                        loaded, ds, init=init, members=members, static_fixed=static_fixed,
+                        pipeline=pipeline, tile=tile, overlap=overlap, quantiles=levels,
+                        n_members=n_members, batch_size=batch_size, seed=seed, source=source,
+                        records=records, inputs=inputs, prepared=prepared.get(init))
                 except _AbsentInputs as e:
                     skipped[init] = e.channels
                     s.update()
@@ -382,10 +384,7 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
         params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
                            overlap=overlap, batch_size=batch_size)
     raw = inputs[:, list(target_channels)]
-    draw = [seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63]
-    if model.spec.n_leads > 1:  # each lead's ECC draws its own (the single-lead draw unchanged)
-        draw.append(int(lead_h))
-    rng = np.random.default_rng(draw)
+    rng = _ecc_rng(seed, init=init, lead_h=lead_h, n_leads=model.spec.n_leads)
     fields = {"mean": params["mu"], "std": params["sigma"]}
     if meta.distribution == "censored_logistic":  # the distribution itself (closed-form scores)
         fields["loc"], fields["scale"] = params["loc"], params["scale"]
@@ -397,6 +396,57 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
     for arr in fields.values():
         arr[..., masked] = np.nan
     return fields
+
+
+def _ecc_rng(seed: int, *, init: np.datetime64, lead_h: int, n_leads: int) -> np.random.Generator:
+    """The generator of one init time's (and lead's) ECC draws: a product does not depend on
+    which init times are predicted together."""
+    draw = [seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63]
+    if n_leads > 1:  # each lead's ECC draws its own (the single-lead draw unchanged)
+        draw.append(int(lead_h))
+    return np.random.default_rng(draw)
+
+
+def _point_fields(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
+                  prepared: dict[np.datetime64, Prepared], *, quantiles: tuple[float, ...],
+                  n_members: int, seed: int
+                  ) -> dict[np.datetime64, dict[int, tuple[dict[str, np.ndarray], np.ndarray]]]:
+    """What :func:`_post_process` returns for each init time of ``prepared`` (a point
+    model's group), computed for the whole group at once: the quantiles in one call, the ECC
+    members by :func:`ecc_members_many` with each init time's own draws (the same fields)."""
+    model, meta = loaded.model, loaded.metadata
+    inits = list(prepared)
+    out: dict[np.datetime64, dict[int, tuple[dict[str, np.ndarray], np.ndarray]]] = {
+        init: {} for init in inits}
+    if not inits:
+        return out
+    leads = pipeline.features.target_leads
+    channels = (lead_target_channels(meta.channels, meta.targets, leads) if len(leads) > 1
+                else (tuple(model.spec.target_channels),))
+    for lead_h, tc in zip(leads, channels):
+        params = {k: np.stack([prepared[i][2][lead_h][k] for i in inits])
+                  for k in prepared[inits[0]][2][lead_h]}
+        fields = {"mean": params["mu"], "std": params["sigma"]}
+        if meta.distribution == "censored_logistic":
+            fields["loc"], fields["scale"] = params["loc"], params["scale"]
+        if quantiles:
+            fields["quantiles"] = output_quantiles(params, quantiles, level_axis=1,
+                                                   distribution=meta.distribution)
+        if n_members:
+            a, b = (params["loc"], params["scale"]) if meta.distribution == "censored_logistic" \
+                else (params["mu"], params["sigma"])
+            fields["members"] = ecc_members_many(
+                a, b, np.stack([prepared[i][0][:, list(tc)] for i in inits]), n_out=n_members,
+                distribution=meta.distribution,
+                rngs=[_ecc_rng(seed, init=i, lead_h=lead_h, n_leads=model.spec.n_leads)
+                      for i in inits])
+        for g, init in enumerate(inits):
+            masked = prepared[init][1]
+            mine = {k: v[g].copy() for k, v in fields.items()}
+            for arr in mine.values():
+                arr[..., masked] = np.nan
+            out[init][lead_h] = (mine, masked)
+    return out
 
 
 #: init times read (and written) together by :func:`predict`

@@ -183,3 +183,27 @@ def test_small_fields_sort_the_members_as_the_pairwise_order_does(rng, monkeypat
     for k in before_pairwise:
         np.testing.assert_array_equal(before_sorted[k], before_pairwise[k])
         assert before_sorted[k].dtype == before_pairwise[k].dtype
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "censored_logistic"])
+@pytest.mark.parametrize("n_out", [3, 5, 12])
+def test_many_small_fields_at_once_are_each_fields_members(rng, distribution, n_out):
+    """ecc_members_many gives, bit for bit, what ecc_members gives field by field with the
+    same generators (ties of value, NaN, fewer and more outputs than raw members)."""
+    from enspp.models.ecc import ecc_members_many
+
+    raw = rng.normal(size=(6, 5, 2, 3, 1)).round(1).astype(np.float32)  # [G, K, T, S, 1]
+    raw[1, :, 0] = raw[1, 2, 0]  # every member tied
+    raw[2, 3, 1, 0] = np.nan
+    mu = rng.normal(size=(6, 2, 3, 1)).astype(np.float32)
+    sigma = rng.uniform(0.5, 2.0, size=(6, 2, 3, 1)).astype(np.float32)
+    seeds = [[7, g] for g in range(6)]
+    many = ecc_members_many(mu, sigma, raw, n_out=n_out, distribution=distribution,
+                            rngs=[np.random.default_rng(s) for s in seeds])
+    for g in range(6):
+        one = ecc_members(mu[g], sigma[g], raw[g], n_out=n_out, member_dim=0,
+                          seed=np.random.default_rng(seeds[g]), distribution=distribution)
+        assert one.dtype == many.dtype
+        np.testing.assert_array_equal(many[g], one)
+    with pytest.raises(ECCError, match="do not match"):
+        ecc_members_many(mu, sigma, raw, n_out=n_out, rngs=[np.random.default_rng(0)])
