@@ -160,10 +160,18 @@ def validation_product(config: Any, checkpoint: str, version: str, product: Path
     done = done_init_times(product) | skipped_init_times(product)
     todo = [t for t in inits if record_key(t) not in done]
     if todo:
-        (predict or predict_init_times)(
-            checkpoint, str(config.workdir.path(config.pipeline.stores.forecast)), str(product),
-            todo, options=config.predict.model_dump(mode="json"), version=version,
-            first=todo[0], n_more=len(todo) - 1)
+        from enspp.models.predict import PredictError
+
+        try:
+            (predict or predict_init_times)(
+                checkpoint, str(config.workdir.path(config.pipeline.stores.forecast)),
+                str(product), todo, options=config.predict.model_dump(mode="json"),
+                version=version, first=todo[0], n_more=len(todo) - 1)
+        except PredictError:
+            # every init time left lacks its inputs (a product written before the skipped
+            # ones were recorded): the predict recorded them, nothing is left to predict
+            if not {record_key(t) for t in todo} <= skipped_init_times(product):
+                raise
     return str(product)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
+import zarr
 
 from enspp.evaluation.report import read_scores
 from enspp.flows.cli import main
@@ -383,3 +384,20 @@ def test_validation_init_times_without_inputs_are_left_out_alike(tmp_path, monke
     assert len(validation) == len({r["version"] for r in res["runs"]}) == 2
     best = min(res["runs"], key=lambda r: r["registry_score"])
     assert current_version(tmp_path / "proj" / "configs" / "work" / "registry").version == best["version"]
+    # a validation product written before skipped init times were recorded: completing it
+    # predicts only those two, which are skipped again and now recorded, not an error
+    from enspp.flows.steps import validation_candidates, validation_product
+    from enspp.flows.tasks import predict_init_times
+
+    run = res["runs"][0]
+    group = zarr.open_group(run["validation_product"], mode="r+")
+    del group.attrs["enspp_skipped"]
+    zarr.consolidate_metadata(run["validation_product"])
+    config = load_experiment(path).points[0].config
+    calls.clear()
+    ckpt, version = validation_candidates(tmp_path / "proj" / "configs" / "work" / "registry",
+                                          run["checkpoint"])["candidate"]
+    validation_product(config, ckpt, version, Path(run["validation_product"]),
+                       predict=predict_init_times.fn)
+    assert [len(c[1]) for c in calls] == [2]
+    assert open_product(run["validation_product"]).attrs["enspp_skipped"] == [str(t) for t in inits]
