@@ -32,6 +32,8 @@ A point already run to the end with the same resolved config (its run directory'
 whose evaluation failed, continues where it was.  A point whose fit was stopped mid-way
 (killed) resumes from its ``last.ckpt`` when its config is the same (its run directory's
 ``experiment_started.json``) and the fit keeps its whole state there (one seed, no refit).
+A point whose fit finished (``experiment_trained.json``) but whose registration or predict
+failed keeps its fit: running again goes on from there.
 Paths resolve as for every command (``data.workdir``, relative to the file's folder, else
 the file's folder).  ``--out`` is written beside itself and renamed into place when the run
 succeeded: a failed run leaves no ``--out`` behind (and an earlier one untouched).
@@ -49,6 +51,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from enspp.data.errors import EnsppError
@@ -65,6 +68,9 @@ POINT_FILE = "experiment_point.json"
 #: what a point leaves in its run directory when its training starts (the config's hash): a
 #: point stopped mid-fit with the same config resumes from its ``last.ckpt``
 STARTED_FILE = "experiment_started.json"
+#: what a point leaves in its run directory when its fit finished (the config's hash and the
+#: fit's checkpoint and scores): registration and predict go on from there if they failed
+TRAINED_FILE = "experiment_trained.json"
 
 
 class ExperimentConfigError(EnsppError):
@@ -328,19 +334,28 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
     if done is not None:  # trained and predicted with this very config: reuse
         say(f"{point.system} {point.group}: reusing {run_dir} (same config)")
         return {**done, "reused": True}
-    resume = _interrupted_point(run_dir, key, cfg, say=say)
-    if resume is not None:
-        say(f"{point.system} {point.group}: resuming {resume} (stopped mid-fit, same config)")
+    result = _trained_point(run_dir, key)
+    if result is not None:
+        say(f"{point.system} {point.group}: reusing the fit in {run_dir} (same config; "
+            f"registration or predict did not finish)")
+        t_train = result.seconds
     else:
-        if run_dir.exists():  # the point is run again from scratch
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        write_file_atomic(run_dir / STARTED_FILE, json.dumps({"config_sha256": key}).encode())
-    t0 = time.perf_counter()
-    result = train(cfg.pipeline, cfg.model, cfg.train.model_copy(update={"run_id": run_id,
-                                                                        "progress_bar": False}),
-                   workdir=wd.root, resume=resume)
-    t_train = time.perf_counter() - t0
+        resume = _interrupted_point(run_dir, key, cfg, say=say)
+        if resume is not None:
+            say(f"{point.system} {point.group}: resuming {resume} (stopped mid-fit, same config)")
+        else:
+            if run_dir.exists():  # the point is run again from scratch
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+            write_file_atomic(run_dir / STARTED_FILE, json.dumps({"config_sha256": key}).encode())
+        t0 = time.perf_counter()
+        result = train(cfg.pipeline, cfg.model, cfg.train.model_copy(
+            update={"run_id": run_id, "progress_bar": False}), workdir=wd.root, resume=resume)
+        t_train = time.perf_counter() - t0
+        write_file_atomic(run_dir / TRAINED_FILE, json.dumps({
+            "config_sha256": key, "best_checkpoint": str(result.best_checkpoint),
+            "best_score": result.best_score, "monitor": result.monitor,
+            "run_dir": str(result.run_dir), "seconds": round(t_train, 1)}).encode())
     t1 = time.perf_counter()
     registered = _register(cfg, result.best_checkpoint, run_dir,
                            source=f"{exp.path} {point.group} {point.system}")
@@ -424,6 +439,21 @@ def _interrupted_point(run_dir: Path, key: str, config: Any, *,
         say(f"{run_dir.name}: {last} unreadable ({exc}); training again from scratch")
         return None
     return last
+
+
+def _trained_point(run_dir: Path, key: str) -> SimpleNamespace | None:
+    """The fit of a point trained to the end with the config of hash ``key`` (its checkpoint
+    still there), else None: ``best_checkpoint``, ``best_score``, ``monitor``, ``run_dir``,
+    ``seconds``."""
+    try:
+        info = json.loads((run_dir / TRAINED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if info.get("config_sha256") != key or not Path(info["best_checkpoint"]).is_file():
+        return None
+    return SimpleNamespace(best_checkpoint=Path(info["best_checkpoint"]),
+                           best_score=float(info["best_score"]), monitor=info["monitor"],
+                           run_dir=Path(info["run_dir"]), seconds=float(info["seconds"]))
 
 
 def _finished_point(run_dir: Path, key: str) -> dict[str, Any] | None:

@@ -401,3 +401,32 @@ def test_validation_init_times_without_inputs_are_left_out_alike(tmp_path, monke
                        predict=predict_init_times.fn)
     assert [len(c[1]) for c in calls] == [2]
     assert open_product(run["validation_product"]).attrs["enspp_skipped"] == [str(t) for t in inits]
+
+
+def test_a_point_whose_registration_failed_keeps_its_fit(tmp_path, monkeypatch):
+    """A point trained to the end whose registration failed is not trained again when the
+    experiment runs again with the same config: it goes on from its fit."""
+    import enspp.flows.experiment as E
+    import enspp.models.train as T
+
+    sweep = {"systems": {"mlp": {"model.name": "mlp", "model.options": {"hidden": [8]}}}}
+    path = _experiment(tmp_path, sweep=sweep)
+    fits, real_train = [], T.train
+    monkeypatch.setattr(T, "train", lambda *a, **kw: fits.append(1) or real_train(*a, **kw))
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("registry unreachable")
+
+    with monkeypatch.context() as m:
+        m.setattr(E, "_register", fails)
+        with pytest.raises(RuntimeError, match="registry unreachable"):
+            run_experiment(load_experiment(path), out_dir=tmp_path / "out")
+    assert len(fits) == 1
+    said = []
+    res = run_experiment(load_experiment(path), out_dir=tmp_path / "out", progress=said.append)
+    assert len(fits) == 1 and any("reusing the fit" in line for line in said)
+    assert res["runs"][0]["registered"] and Path(res["runs"][0]["product"]).is_dir()
+    # a changed config trains again
+    changed = _experiment(tmp_path, sweep=sweep, train={"max_epochs": 2, "seeds": 1})
+    run_experiment(load_experiment(changed), out_dir=tmp_path / "out2")
+    assert len(fits) == 2
