@@ -302,6 +302,28 @@ def test_committed_experiment_files_load(name):
                for f in mixed.config.data.incoming.forecast)
 
 
+def test_the_rolling_refit_file_predicts_each_test_year_with_the_years_before_it():
+    """magdeburg_t2m_rolling.yaml: the committed network and local EMOS, each test year
+    (2012, 2013, 2014) predicted by a fit whose training, validation and refit years all
+    precede it; otherwise the settings of magdeburg_t2m.yaml."""
+    from enspp.flows.experiment import load_any
+
+    base = load_any(ROOT / "configs/experiments/magdeburg_t2m.yaml")
+    exp = load_any(ROOT / "configs/experiments/magdeburg_t2m_rolling.yaml")
+    mixed = next(p for p in base.points if p.system == "mixed" and p.group == "k=25").config
+    years = {}
+    for p in exp.points:
+        split = p.config.pipeline.split
+        test = (split.test.start.year, split.test.end.year)
+        years.setdefault(p.system.split("_y")[0], []).append(test)
+        assert split.val.end.year + 1 == split.test.start.year and split.train.start.year == 2002
+        if p.system.startswith("mixed"):
+            assert p.config.model == mixed.model and p.config.train == mixed.train
+            assert p.config.pipeline.features == mixed.pipeline.features
+    assert years == {"mixed": [(2012, 2014), (2013, 2013), (2014, 2014)],
+                     "emos_local": [(2012, 2014), (2013, 2013), (2014, 2014)]}
+
+
 def test_a_point_killed_mid_fit_resumes_where_it_stopped(tmp_path, monkeypatch):
     """A point whose fit was killed after two epochs continues from its ``last.ckpt`` when the
     experiment runs again with the same config, and ends with the weights of a fit never
