@@ -516,7 +516,7 @@ def _table(exp: Experiment, docs: dict[str, dict], runs: list[dict[str, Any]]) -
     """The experiment's Markdown table and rows, from the evaluations' scores documents."""
     from enspp.evaluation.experiment import markdown_table
 
-    by_key = {(r["group"], r["system"]): r for r in runs}
+    by_key = {(r.get("evaluation", r["group"]), r["system"]): r for r in runs}
     rows: list[dict[str, Any]] = []
     units: dict[str, str] = {}
     estimator = ""
@@ -588,6 +588,25 @@ def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
     return result
 
 
+def _evaluations(exp: Experiment, runs: list[dict[str, Any]]
+                 ) -> list[tuple[str, list[Point], list[dict[str, Any]]]]:
+    """``(label, points, runs)`` per evaluation: one per group, or, where a group's points
+    test on different periods (a point overriding ``pipeline.split``), one per test period,
+    labelled with it; each run records the label it is scored under (``evaluation``)."""
+    out = []
+    for group, pts in exp.groups.items():
+        mine = [r for r in runs if r["group"] == group]
+        periods = list(dict.fromkeys(tuple(r["init_times"]) for r in mine))
+        for first, last in periods:
+            sub = [r for r in mine if tuple(r["init_times"]) == (first, last)]
+            label = group if len(periods) == 1 else f"{group} · test {first[:10]}..{last[:10]}"
+            systems = {r["system"] for r in sub}
+            for r in sub:
+                r["evaluation"] = label
+            out.append((label, [p for p in pts if p.system in systems], sub))
+    return out
+
+
 def run_experiment(exp: Experiment, *, out_dir: str | Path,
                    progress: Callable[[str], None] | None = None) -> dict:
     """Run every point and evaluation; write ``table.md``, ``results.json``, ``index.html``
@@ -609,14 +628,13 @@ def run_experiment(exp: Experiment, *, out_dir: str | Path,
             _ingest(p.config, ingested, say)
             runs.append(run_point(exp, p, say=say))
         docs, dirs = {}, []
-        for group, pts in exp.groups.items():
-            d = tmp / "evaluations" / (_slug(group) if group != "all" else "all")
-            mine = [r for r in runs if r["group"] == group]
-            title = exp.title if group == "all" else f"{exp.title} · {group}"
+        for label, pts, mine in _evaluations(exp, runs):
+            d = tmp / "evaluations" / (_slug(label) if label != "all" else "all")
+            title = exp.title if label == "all" else f"{exp.title} · {label}"
             t1 = time.perf_counter()
             evaluate_group(pts, mine, d, title=title)
-            say(f"evaluate {group}: {time.perf_counter() - t1:.1f} s")
-            docs[group] = read_scores(d)
+            say(f"evaluate {label}: {time.perf_counter() - t1:.1f} s")
+            docs[label] = read_scores(d)
             dirs.append(d)
         table, rows = _table(exp, docs, runs)
         (tmp / "table.md").write_text(table + "\n")

@@ -452,3 +452,22 @@ def test_a_point_whose_registration_failed_keeps_its_fit(tmp_path, monkeypatch):
     changed = _experiment(tmp_path, sweep=sweep, train={"max_epochs": 2, "seeds": 1})
     run_experiment(load_experiment(changed), out_dir=tmp_path / "out2")
     assert len(fits) == 2
+
+
+def test_points_testing_on_different_periods_are_evaluated_apart(tmp_path):
+    """A point overriding the split (a rolling refit's later year) is evaluated over its own
+    test period, beside the group's others over theirs, not refused for sharing no init time."""
+    split = {"train": [2008, 2008], "val": [2009, 2009], "test": [2010, 2010]}
+    later = {"train": {"start": "2008-01-01", "end": "2009-06-30"},
+             "val": {"start": "2009-07-01", "end": "2009-12-31"},
+             "test": {"start": "2010-07-01", "end": "2010-12-31"}}
+    path = _experiment(tmp_path, sweep={"systems": {
+        "emos_global": {"model.name": "emos_global", "pipeline.split": split},
+        "emos_global_late": {"model.name": "emos_global", "pipeline.split": later}}})
+    res = run_experiment(load_experiment(path), out_dir=tmp_path / "out")
+    groups = {r["system"]: r["group"] for r in res["rows"] if r["system"].startswith("emos")}
+    assert groups == {"emos_global": "all · test 2010-01-01..2010-12-30",
+                      "emos_global_late": "all · test 2010-07-01..2010-12-30"}
+    raws = [r for r in res["rows"] if r["system"] == "raw_full"]
+    assert len(raws) == 2 and raws[0]["crps"] != raws[1]["crps"]  # scored over each period
+    assert len(list((tmp_path / "out" / "evaluations").iterdir())) == 2

@@ -22,21 +22,20 @@ WORK = Path(__file__).parents[2] / "enspp-work" / "magdeburg"
 YEARS = {"2012": "", "2013": "_y2013", "2014": "_y2014"}
 
 
-def crps_by_year(product: Path, truth: xr.DataArray) -> dict[str, tuple[float, int]]:
-    """Mean closed-form Gaussian CRPS and the number of init times per test year."""
+def crps_per_forecast(product: Path, truth: xr.DataArray) -> dict[np.datetime64, float]:
+    """Closed-form Gaussian CRPS of every forecast of ``product`` that has an observation."""
     ds = open_product(product)
     valid = (ds.init_time + ds.lead_time).squeeze("lead_time", drop=True)
     obs = truth.sel(time=valid.values).values.ravel()
     mu = ds["t2m_mean"].values.ravel()
     sd = ds["t2m_std"].values.ravel()
-    years = ds.init_time.dt.year.values.astype(str)
-    out = {}
-    for y in YEARS:
-        ok = (years == y) & np.isfinite(obs) & np.isfinite(mu)
-        if ok.any():
-            out[y] = (float(properscoring.crps_gaussian(obs[ok], mu[ok], sd[ok]).mean()),
-                      int(ok.sum()))
-    return out
+    ok = np.isfinite(obs) & np.isfinite(mu)
+    crps = properscoring.crps_gaussian(obs[ok], mu[ok], sd[ok])
+    return dict(zip(valid.values[ok], crps))
+
+
+def _year(t: np.datetime64) -> str:
+    return str(t)[:4]
 
 
 def main() -> None:
@@ -46,20 +45,22 @@ def main() -> None:
     args = parser.parse_args()
     truth = xr.open_zarr(WORK / "stores" / "analysis.zarr")["t2m"].squeeze(drop=True).load()
     products = WORK / "stores" / "products"
-    print("system      year  fixed split  rolling refit  init times")
+    print("system      year  fixed split  rolling refit  forecasts (valid times in both)")
     for system in ("mixed", "emos_local"):
-        fixed = crps_by_year(products / f"{args.prefix}-k25-{system}.zarr", truth)
-        rolled = {y: crps_by_year(products / f"{args.prefix}-k25-{system}{suffix}.zarr",
-                                  truth)[y] for y, suffix in YEARS.items()}
-        for y in YEARS:
-            print(f"{system:<11} {y}  {fixed[y][0]:.4f}       {rolled[y][0]:.4f}         "
-                  f"{rolled[y][1]}")
-        n = sum(rolled[y][1] for y in YEARS)
-        assert n == sum(fixed[y][1] for y in YEARS)  # the same init times
-        f = sum(fixed[y][0] * fixed[y][1] for y in YEARS) / n
-        r = sum(rolled[y][0] * rolled[y][1] for y in YEARS) / n
-        print(f"{system:<11} all   {f:.4f}       {r:.4f}         {n}  ({100 * (r / f - 1):+.1f} %)")
-
+        fixed = crps_per_forecast(products / f"{args.prefix}-k25-{system}.zarr", truth)
+        rolled: dict[np.datetime64, float] = {}
+        for y, suffix in YEARS.items():  # each year from the fit on the years before it
+            mine = crps_per_forecast(products / f"{args.prefix}-k25-{system}{suffix}.zarr", truth)
+            rolled.update({t: c for t, c in mine.items() if _year(t) == y})
+        # the rolling fits' test splits lose the forecast across each new year (its init
+        # time lies in the year before): both are scored where both have a forecast
+        common = sorted(set(fixed) & set(rolled))
+        for y in [*YEARS, "all"]:
+            ts = [t for t in common if y in (_year(t), "all")]
+            f = float(np.mean([fixed[t] for t in ts]))
+            r = float(np.mean([rolled[t] for t in ts]))
+            print(f"{system:<11} {y:<4}  {f:.4f}       {r:.4f}         {len(ts)}"
+                  + (f"  ({100 * (r / f - 1):+.1f} %)" if y == "all" else ""))
 
 if __name__ == "__main__":
     main()
