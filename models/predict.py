@@ -160,7 +160,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                         loaded, ds, init=init, members=members, static_fixed=static_fixed,
                         pipeline=pipeline, tile=tile, overlap=overlap, quantiles=levels,
                         n_members=n_members, batch_size=batch_size, seed=seed, source=source,
-                        records=records, inputs=inputs, prepared=prepared.get(init))
+                        records=records, inputs=inputs)
                 except _AbsentInputs as e:
                     skipped[init] = e.channels
                     s.update()
@@ -283,32 +283,24 @@ def _post_process(loaded: LoadedCheckpoint, ds: xr.Dataset, *, init: np.datetime
                   members: np.ndarray, static_fixed: np.ndarray, pipeline: PipelineConfig,
                   tile: int | None, overlap: int, quantiles: tuple[float, ...],
                   n_members: int, batch_size: int, seed: int, source: Any,
-                  records: StationFeatures | None = None, inputs: np.ndarray | None = None,
-                  prepared: Prepared | None = None
+                  records: StationFeatures | None = None, inputs: np.ndarray | None = None
                   ) -> dict[int, tuple[dict[str, np.ndarray], np.ndarray]]:
     """Per target lead (hours; every lead of a model of several), the product fields of one
     init time and the mask of points with NaN inputs (no ``quantiles`` for empty
     ``quantiles``, no ``members`` for ``n_members`` 0).  The inputs (read here unless given,
-    as :func:`read_inputs` reads them) are read once for every lead; ``prepared``: the
-    inputs as the model read them, their mask and the model's output per lead, when
-    :func:`_point_params` computed them already."""
+    as :func:`read_inputs` reads them) are read once for every lead.  (A point model's
+    group goes through :func:`_point_params` and :func:`_point_fields` instead.)"""
     model, meta = loaded.model, loaded.metadata
-    params: dict[int, dict[str, np.ndarray]] | None = None
-    if prepared is not None:
-        inputs, masked, params = prepared
-    else:
-        if inputs is None:
-            inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
-        inputs, masked = _prepared(inputs, meta.channels, model, pipeline, init=init,
-                                   source=source)
+    if inputs is None:
+        inputs = read_inputs(ds, meta.channels, init=init, members=members, source=source)
+    inputs, masked = _prepared(inputs, meta.channels, model, pipeline, init=init, source=source)
     leads = pipeline.features.target_leads
     channels = (lead_target_channels(meta.channels, meta.targets, leads) if len(leads) > 1
                 else (tuple(model.spec.target_channels),))
     return {lead_h: (_lead_fields(loaded, inputs, masked, init=init, lead_h=lead_h,
                                   target_channels=tc, static_fixed=static_fixed, tile=tile,
                                   overlap=overlap, quantiles=quantiles, n_members=n_members,
-                                  batch_size=batch_size, seed=seed, records=records,
-                                  params=None if params is None else params[lead_h]), masked)
+                                  batch_size=batch_size, seed=seed, records=records), masked)
             for lead_h, tc in zip(leads, channels)}
 
 
@@ -374,15 +366,12 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
                  init: np.datetime64, lead_h: int, target_channels: Sequence[int],
                  static_fixed: np.ndarray, tile: int | None, overlap: int,
                  quantiles: tuple[float, ...], n_members: int, batch_size: int, seed: int,
-                 records: StationFeatures | None,
-                 params: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """The product fields of one init time at one target lead (the model run here unless its
-    output ``params`` is given)."""
+                 records: StationFeatures | None) -> dict[str, np.ndarray]:
+    """The product fields of one init time at one target lead (the model run here)."""
     model, meta = loaded.model, loaded.metadata
-    if params is None:
-        static_all = _static_at(model, static_fixed, init=init, lead_h=lead_h, records=records)
-        params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
-                           overlap=overlap, batch_size=batch_size)
+    static_all = _static_at(model, static_fixed, init=init, lead_h=lead_h, records=records)
+    params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
+                       overlap=overlap, batch_size=batch_size)
     raw = inputs[:, list(target_channels)]
     rng = _ecc_rng(seed, init=init, lead_h=lead_h, n_leads=model.spec.n_leads)
     fields = {"mean": params["mu"], "std": params["sigma"]}
