@@ -217,6 +217,15 @@ def ecc_members_many(
     return q.reshape(n_fields, n_out, *shape)
 
 
+def output_ecc_members_many(out: Mapping[str, Any], raw_members: np.ndarray, *, n_out: int,
+                            rngs: Sequence[np.random.Generator],
+                            distribution: str) -> np.ndarray:
+    """:func:`ecc_members_many` of a model output dict whose arrays have a leading field
+    axis (``mu``/``sigma`` or ``loc``/``scale``)."""
+    a, b = _params(out, distribution)
+    return ecc_members_many(a, b, raw_members, n_out=n_out, rngs=rngs, distribution=distribution)
+
+
 def _raw_order(raw: np.ndarray, per_point: np.ndarray, idx: np.ndarray,
                priority: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Where each output member goes in the order of the M outputs.

@@ -35,7 +35,12 @@ from enspp.data import schema
 from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, plural, step
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
-from enspp.models.ecc import ecc_members_many, output_ecc_members, output_quantiles
+from enspp.models.ecc import (
+    SORT_POINTS,
+    output_ecc_members,
+    output_ecc_members_many,
+    output_quantiles,
+)
 from enspp.models.heap import reuse_large_blocks
 from enspp.models.product import (
     PRODUCT_FIELDS,
@@ -372,18 +377,42 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
     static_all = _static_at(model, static_fixed, init=init, lead_h=lead_h, records=records)
     params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
                        overlap=overlap, batch_size=batch_size)
-    raw = inputs[:, list(target_channels)]
     rng = _ecc_rng(seed, init=init, lead_h=lead_h, n_leads=model.spec.n_leads)
+    fields = _fields({k: v[None] for k, v in params.items()},
+                     inputs[None][:, :, list(target_channels)], masks=[masked], rngs=[rng],
+                     distribution=meta.distribution, quantiles=quantiles, n_members=n_members)
+    return {k: v[0] for k, v in fields.items()}
+
+
+def _fields(params: dict[str, np.ndarray], raw: np.ndarray, *, masks: Sequence[np.ndarray],
+            rngs: Sequence[np.random.Generator], distribution: str,
+            quantiles: tuple[float, ...], n_members: int) -> dict[str, np.ndarray]:
+    """The product fields of ``G`` init times at one lead from the model's output ``params``
+    (arrays ``[G, T, ...]``) and the raw target members ``raw [G, K, T, ...]``: mean, std
+    (a censored logistic also loc, scale), quantiles ``[G, Q, ...]`` and ECC members
+    ``[G, M, ...]`` (each init time's own generator of ``rngs``), NaN where ``masks[g]``.
+    Small fields (stations) take the members of all init times in one call
+    (:func:`ecc_members_many`), a large one field by field (the pairwise order is faster
+    there); the members are the same either way."""
     fields = {"mean": params["mu"], "std": params["sigma"]}
-    if meta.distribution == "censored_logistic":  # the distribution itself (closed-form scores)
+    if distribution == "censored_logistic":  # the distribution itself (closed-form scores)
         fields["loc"], fields["scale"] = params["loc"], params["scale"]
     if quantiles:
-        fields["quantiles"] = output_quantiles(params, quantiles, distribution=meta.distribution)
+        fields["quantiles"] = output_quantiles(params, quantiles, level_axis=1,
+                                               distribution=distribution)
     if n_members:
-        fields["members"] = output_ecc_members(params, raw, n_out=n_members, member_dim=0,
-                                               distribution=meta.distribution, seed=rng)
-    for arr in fields.values():
-        arr[..., masked] = np.nan
+        if raw[0, 0].size <= SORT_POINTS:
+            fields["members"] = output_ecc_members_many(params, raw, n_out=n_members, rngs=rngs,
+                                                        distribution=distribution)
+        else:
+            each = [output_ecc_members({k: v[g] for k, v in params.items()}, raw[g],
+                                       n_out=n_members, member_dim=0, distribution=distribution,
+                                       seed=rng) for g, rng in enumerate(rngs)]
+            # one init time (a grid): no copy of its members
+            fields["members"] = each[0][None] if len(each) == 1 else np.stack(each)
+    for g, masked in enumerate(masks):
+        for arr in fields.values():
+            arr[g][..., masked] = np.nan
     return fields
 
 
@@ -401,8 +430,8 @@ def _point_fields(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
                   n_members: int, seed: int
                   ) -> dict[np.datetime64, dict[int, tuple[dict[str, np.ndarray], np.ndarray]]]:
     """What :func:`_post_process` returns for each init time of ``prepared`` (a point
-    model's group), computed for the whole group at once: the quantiles in one call, the ECC
-    members by :func:`ecc_members_many` with each init time's own draws (the same fields)."""
+    model's group), computed for the whole group at once by :func:`_fields` (the same
+    fields as one init time at a time)."""
     model, meta = loaded.model, loaded.metadata
     inits = list(prepared)
     out: dict[np.datetime64, dict[int, tuple[dict[str, np.ndarray], np.ndarray]]] = {
@@ -415,26 +444,14 @@ def _point_fields(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
     for lead_h, tc in zip(leads, channels):
         params = {k: np.stack([prepared[i][2][lead_h][k] for i in inits])
                   for k in prepared[inits[0]][2][lead_h]}
-        fields = {"mean": params["mu"], "std": params["sigma"]}
-        if meta.distribution == "censored_logistic":
-            fields["loc"], fields["scale"] = params["loc"], params["scale"]
-        if quantiles:
-            fields["quantiles"] = output_quantiles(params, quantiles, level_axis=1,
-                                                   distribution=meta.distribution)
-        if n_members:
-            a, b = (params["loc"], params["scale"]) if meta.distribution == "censored_logistic" \
-                else (params["mu"], params["sigma"])
-            fields["members"] = ecc_members_many(
-                a, b, np.stack([prepared[i][0][:, list(tc)] for i in inits]), n_out=n_members,
-                distribution=meta.distribution,
-                rngs=[_ecc_rng(seed, init=i, lead_h=lead_h, n_leads=model.spec.n_leads)
-                      for i in inits])
+        fields = _fields(params, np.stack([prepared[i][0][:, list(tc)] for i in inits]),
+                         masks=[prepared[i][1] for i in inits],
+                         rngs=[_ecc_rng(seed, init=i, lead_h=lead_h, n_leads=model.spec.n_leads)
+                               for i in inits],
+                         distribution=meta.distribution, quantiles=quantiles,
+                         n_members=n_members)
         for g, init in enumerate(inits):
-            masked = prepared[init][1]
-            mine = {k: v[g].copy() for k, v in fields.items()}
-            for arr in mine.values():
-                arr[..., masked] = np.nan
-            out[init][lead_h] = (mine, masked)
+            out[init][lead_h] = ({k: v[g] for k, v in fields.items()}, prepared[init][1])
     return out
 
 
