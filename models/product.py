@@ -220,14 +220,6 @@ class ProductWriter:
         """Write one init time (``step`` holds a single ``init_time``)."""
         self.write_block(step)
 
-    def write_many(self, steps: list[xr.Dataset]) -> None:
-        """Write several init times (each of ``steps`` holds one; an init time given twice:
-        its last step) as one :meth:`write_block`."""
-        if not steps:
-            return
-        last = {np.datetime64(s[schema.INIT_TIME].values[0], "ns"): s for s in steps}
-        self.write_block(_concat(list(last.values())))
-
     def write_block(self, block: xr.Dataset) -> None:
         """Write the init times of ``block`` (distinct, in any order): those already in the
         store rewritten in place, one region write per run of consecutive positions, the new
@@ -319,14 +311,6 @@ class ProductWriter:
             tmp.replace(self.out)
             shutil.rmtree(self.partial, ignore_errors=True)
         return self.out
-
-
-def _concat(steps: list[xr.Dataset]) -> xr.Dataset:
-    """Init times (one per dataset) along ``init_time``, in the given order."""
-    if len(steps) == 1:
-        return steps[0]
-    return xr.concat(steps, dim=schema.INIT_TIME, data_vars="minimal", coords="minimal",
-                     compat="override", join="override")
 
 
 def _runs(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
