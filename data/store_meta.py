@@ -236,6 +236,39 @@ class StoreMeta:
             return np.repeat(ids[:, None], len(self.leads), axis=1) if self.leads is not None else ids
         return self._rows(f"{SOURCE}/{var}", rows).astype(np.uint64)
 
+    def field_digests(self, fields: Sequence[tuple[str, int]], records: np.ndarray
+                      ) -> dict[str, str]:
+        """Per record of ``records`` (``record_key`` -> digest): a short hash of the source
+        ids of ``fields`` (``(variable, lead hours)`` pairs; the lead is ignored outside a
+        forecast store) at that record.  It changes when any of those fields comes from other
+        bytes than before (a store rebuilt from corrected files) or is written where it was
+        absent, so a product can tell which of its init times were computed from other
+        inputs.  Records the store does not hold are left out; absent fields count as id 0."""
+        import hashlib
+
+        from enspp.data.provenance import record_keys
+
+        index = _index_of(self.records)
+        keys = [k for k in record_keys(records) if k in index]
+        if not keys:
+            return {}
+        rows = np.array([index[k] for k in keys], dtype=np.int64)
+        cols = None if self.leads is None else _lead_index(self.leads)
+        parts = []
+        for var, lead_h in sorted(set(fields)):
+            if var not in self.variables:
+                parts.append(np.zeros((len(rows), 1), dtype=np.uint64))
+                continue
+            ids = self.sources_of(var, rows)
+            if cols is not None:
+                col = cols.get(int(lead_h) * 3600)
+                ids = (np.zeros(len(rows), dtype=np.uint64) if col is None
+                       else ids[:, col])
+            parts.append(np.asarray(ids, dtype=np.uint64).reshape(len(rows), -1))
+        table = np.ascontiguousarray(np.concatenate(parts, axis=1))
+        return {k: hashlib.sha256(table[i].tobytes()).hexdigest()[:16]
+                for i, k in enumerate(keys)}
+
     def _rows(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         if name not in self.group:
             raise StoreMetaError(f"store {self.root}: bookkeeping array {name} is missing "

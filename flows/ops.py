@@ -217,7 +217,8 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
     """Post-process the latest init time of the forecast store (or ``init_times``, or every
     init time of the pipeline's ``split``) with the registry's current model (or
     ``checkpoint``) into ``WORKDIR/stores/products/<version>.zarr``; init times already in
-    the product are skipped.  Fails loudly when inputs or the model are missing."""
+    the product are skipped, unless their input fields in the store have been replaced since
+    (a store rebuilt from other files: predicted again).  Fails loudly when inputs or the model are missing."""
     cfg = resolve_config(config_path)
     wd = cfg.workdir
     ckpt, version = _model_checkpoint(cfg, checkpoint)
@@ -225,11 +226,16 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
     wanted = _wanted_init_times(cfg, forecast, init_times, split)
     product = wd.products / f"{version}.zarr"
     from enspp.data.provenance import record_key
+    from enspp.models.product import stale_init_times
 
-    done = done_init_times(product)
+    # init times whose inputs were replaced since (a store rebuilt from other files) again
+    stale = stale_init_times(product, forecast)
+    done = done_init_times(product) - stale
     todo = [t for t in wanted if record_key(t) not in done]
-    print(f"predict {version}: {len(todo)} init time(s) to post-process, "
-          f"{len(wanted) - len(todo)} already in {product}")
+    again = sum(record_key(t) in stale for t in todo)
+    print(f"predict {version}: {len(todo)} init time(s) to post-process"
+          + (f" ({again} computed from inputs since replaced)" if again else "")
+          + f", {len(wanted) - len(todo)} already in {product}")
     if todo:
         runner = _predict_batches.with_options(task_runner=make_task_runner(cfg.deploy))
         bad = runner(ckpt, str(forecast), str(product), _chunks(todo, init_times_per_task),

@@ -132,7 +132,8 @@ def validation_candidates(registry: str | Path, checkpoint: str | Path) -> dict[
 def validation_product_path(config: Any, version: str) -> Path:
     """Where model ``version``'s validation product lives in the work directory:
     ``cache/validation/<version>-<key>.zarr``, ``key`` a hash of what the product depends on
-    besides the model (the forecast store and the predict options), so the train flow and
+    besides the model (the forecast store's path and the predict options; init times whose
+    inputs in the store were replaced since are predicted again), so the train flow and
     the experiment runner predict a version's validation init times once per work
     directory, however often it is scored (a validation period of another split adds its
     init times to the same product)."""
@@ -149,23 +150,29 @@ def validation_product(config: Any, checkpoint: str, version: str, product: Path
     predicted only for those not yet complete in it (a product records its complete init
     times, so a killed run resumes and a product already there is reused) nor left out by an
     earlier predict into it for want of input fields (also recorded: predicting them again
-    would skip them again); ``predict``: the :func:`~enspp.flows.tasks.predict_init_times`
-    task (default) or its plain function."""
+    would skip them again), unless their input fields in the forecast store have been
+    replaced since (a store rebuilt from other files: predicted again, so a cached product
+    never scores old inputs); ``predict``: the
+    :func:`~enspp.flows.tasks.predict_init_times` task (default) or its plain function."""
     from enspp.data.provenance import record_key
     from enspp.flows.tasks import done_init_times, predict_init_times, skipped_init_times
+    from enspp.models.product import stale_init_times
 
     inits = split_init_times(config, "val")
     if not inits:
         raise FlowInputError("the forecast store holds no init time in pipeline.split.val")
-    done = done_init_times(product) | skipped_init_times(product)
+    forecast = str(config.workdir.path(config.pipeline.stores.forecast))
+    # an init time computed from input fields replaced since is predicted again
+    done = (done_init_times(product) | skipped_init_times(product)) - stale_init_times(
+        product, forecast)
     todo = [t for t in inits if record_key(t) not in done]
     if todo:
         from enspp.models.predict import PredictError
 
         try:
             (predict or predict_init_times)(
-                checkpoint, str(config.workdir.path(config.pipeline.stores.forecast)),
-                str(product), todo, options=config.predict.model_dump(mode="json"),
+                checkpoint, forecast, str(product), todo,
+                options=config.predict.model_dump(mode="json"),
                 version=version, first=todo[0], n_more=len(todo) - 1)
         except PredictError:
             # every init time left lacks its inputs (a product written before the skipped

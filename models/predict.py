@@ -128,6 +128,9 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                           n_members=n_members, quantiles=levels)
     writer = ProductWriter(Path(out), attrs=attrs, fmt=fmt,
                            init_chunk=product_init_chunk(_field_size(ds)))
+    if fmt == "zarr" and not isinstance(store, xr.Dataset):
+        fields_in = [parse_channel(c) for c in meta.channels]
+        writer.record_inputs(fields_in, _input_digests(store, fields_in, inits))
     skipped: dict[np.datetime64, list[str]] = {}
     # a store held in memory is read as it is; else through the chunk reader
     in_memory = not any(is_dask_collection(v.data) for v in ds.data_vars.values())
@@ -271,6 +274,22 @@ def _select_inits(ds: xr.Dataset, init_times: Sequence[Any] | None, *,
         raise PredictError(f"init times {missing} are not in {source} "
                            f"({str(have[0])[:16]}..{str(have[-1])[:16]}, {have.size} init times)")
     return list(dict.fromkeys(wanted))
+
+
+def _input_digests(store: str | Path, fields: Sequence[tuple[str, int]],
+                   inits: Sequence[np.datetime64]) -> dict[np.datetime64, str]:
+    """Each init time's digest of the source ids of its input ``fields`` in the store
+    (recorded in the product: :data:`models.product.INPUTS_ATTR`); none for a store without
+    our bookkeeping (a foreign Zarr store opened directly)."""
+    from enspp.data.provenance import record_key
+    from enspp.data.store_meta import StoreMetaError, open_meta
+
+    try:
+        meta = open_meta(store)
+    except (StoreMetaError, OSError):
+        return {}
+    by_key = meta.field_digests(fields, np.asarray(inits, dtype="datetime64[ns]"))
+    return {t: by_key[record_key(t)] for t in inits if record_key(t) in by_key}
 
 
 def _open_static(static: str | Path | xr.Dataset | None,

@@ -5,7 +5,11 @@ in place (region writes), new ones are appended; only then are they added to the
 attribute ``enspp_complete``.  A chunk spans as many init times as hold ~65536 values of one
 field (a station product: thousands; a global grid: one), and a chunk file is replaced whole
 (zarr's local store writes a temporary file and renames it), so a killed write never damages
-init times already complete.  A store whose arrays were left at different lengths by a killed
+init times already complete; an init time already complete that is rewritten from other
+inputs is unmarked first, so a rewrite killed half-way leaves it incomplete (and a rerun
+completes it), never complete with a mix of old and new fields.  Each init time's inputs are recorded
+(``enspp_inputs``) so a caller can tell which were computed from inputs since replaced
+(:func:`stale_init_times`).  A store whose arrays were left at different lengths by a killed
 append is trimmed back to the init times all arrays hold, so running the same init times
 again repairs it.  A brand-new store is built under ``.<name>.partial`` and renamed when its
 first init times are written.  :func:`open_product` shows only complete init times.
@@ -32,6 +36,11 @@ COMPLETE_ATTR = "enspp_complete"
 #: init times a predict left out because input fields were absent from the forecast store
 #: (removed once such an init time is written)
 SKIPPED_ATTR = "enspp_skipped"
+#: what each recorded init time was computed from: ``{"fields": [[variable, lead hours],
+#: ...], "digests": {init time: digest}}``, the digest a hash of the forecast store's source
+#: ids of those fields (:meth:`data.store_meta.StoreMeta.field_digests`): an init time whose
+#: inputs now come from other bytes (a store rebuilt from corrected files) is out of date
+INPUTS_ATTR = "enspp_inputs"
 #: attributes an existing product must share with a new write (else: another product)
 IDENTITY_ATTRS = ("checkpoint_sha256", "input_members", "n_ecc_members", "quantiles",
                   "distribution")
@@ -196,10 +205,18 @@ class ProductWriter:
         self.done: set[str] = set()
         #: init times left out for want of input fields (:meth:`mark_skipped`)
         self.skipped: set[str] = set()
+        #: the recorded input digests (init time -> digest) and the fields they cover;
+        #: digests of this run's init times wait in ``_new_inputs`` until they are marked
+        self.inputs: dict[str, str] = {}
+        self.input_fields: list[list[Any]] = []
+        self._new_inputs: dict[str, str] = {}
         if self.target.exists():
             have = zarr.open_group(self.target, mode="r", use_consolidated=False).attrs
             self.done = {str(np.datetime64(t, "ns")) for t in have.get(COMPLETE_ATTR, [])}
             self.skipped = {str(np.datetime64(t, "ns")) for t in have.get(SKIPPED_ATTR, [])}
+            recorded = have.get(INPUTS_ATTR) or {}
+            self.inputs = dict(recorded.get("digests", {}))
+            self.input_fields = [list(f) for f in recorded.get("fields", [])]
 
     def _check_existing(self) -> None:
         if not self.out.is_dir():
@@ -215,6 +232,16 @@ class ProductWriter:
                 raise ProductError(
                     f"{self.out} holds another product: its {key} is {attrs.get(key)!r}, this "
                     f"run's is {self.attrs[key]!r}; write to another --out")
+
+    def record_inputs(self, fields: Sequence[tuple[str, int]],
+                      digests: Mapping[np.datetime64, str]) -> None:
+        """The input digests of init times this run writes or skips (recorded as each is
+        marked): ``fields`` the ``(variable, lead hours)`` pairs they cover."""
+        fields = [[str(v), int(h)] for v, h in sorted(set(fields))]
+        if self.input_fields and fields != self.input_fields:
+            self.inputs = {}  # digests of other fields: not comparable, forgotten
+        self.input_fields = fields
+        self._new_inputs.update({str(np.datetime64(t, "ns")): d for t, d in digests.items()})
 
     def write(self, step: xr.Dataset) -> None:
         """Write one init time (``step`` holds a single ``init_time``)."""
@@ -240,6 +267,14 @@ class ProductWriter:
                 have = xr.open_zarr(self.target, consolidated=False)[schema.INIT_TIME].values
                 at = {np.datetime64(t, "ns"): i for i, t in enumerate(have)}
             old = sorted((at[t], k) for k, t in enumerate(inits) if t in at)
+            # complete init times rewritten from other inputs are unmarked first, so a
+            # rewrite killed half-way leaves them incomplete (a rewrite from the same inputs
+            # writes the same values: they stay complete throughout)
+            again = {t for t in (str(inits[k]) for _, k in old) if t in self.done
+                     and t in self._new_inputs and self.inputs.get(t) != self._new_inputs[t]}
+            if again:
+                self.done -= again
+                self._mark_complete()
             if old:
                 inside = block.drop_vars([v for v in block.variables
                                           if schema.INIT_TIME not in block[v].dims])
@@ -285,14 +320,23 @@ class ProductWriter:
             self._mark_complete()
 
     def _mark_complete(self, *inits: np.datetime64) -> None:
-        self.done.update(str(np.datetime64(init, "ns")) for init in inits)
+        marked = {str(np.datetime64(init, "ns")) for init in inits}
+        self.done.update(marked)
         self.skipped -= self.done
+        for t in marked | self.skipped:
+            if t in self._new_inputs:
+                self.inputs[t] = self._new_inputs.pop(t)
         group = zarr.open_group(self.target, mode="r+", use_consolidated=False)
         group.attrs.update({**self.attrs, COMPLETE_ATTR: sorted(self.done)})
         if self.skipped:
             group.attrs[SKIPPED_ATTR] = sorted(self.skipped)
         elif SKIPPED_ATTR in group.attrs:
             del group.attrs[SKIPPED_ATTR]
+        kept = {t: d for t, d in sorted(self.inputs.items()) if t in self.done | self.skipped}
+        if kept:
+            group.attrs[INPUTS_ATTR] = {"fields": self.input_fields, "digests": kept}
+        elif INPUTS_ATTR in group.attrs:
+            del group.attrs[INPUTS_ATTR]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(self.target)
@@ -302,7 +346,7 @@ class ProductWriter:
         if self.fmt == "netcdf":
             with open_product(self.partial) as ds:
                 attrs = {k: v for k, v in ds.attrs.items()
-                         if k not in (COMPLETE_ATTR, SKIPPED_ATTR)}
+                         if k not in (COMPLETE_ATTR, SKIPPED_ATTR, INPUTS_ATTR)}
                 attrs["history"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} enspp predict"
                 tmp = self.out.parent / f".{self.out.name}.tmp.nc"
                 product = ds.copy()
@@ -311,6 +355,33 @@ class ProductWriter:
             tmp.replace(self.out)
             shutil.rmtree(self.partial, ignore_errors=True)
         return self.out
+
+
+def stale_init_times(product: str | Path, forecast: str | Path) -> set[str]:
+    """Init times recorded in ``product`` (complete or skipped; ``record_key`` strings) whose
+    input fields in the forecast store ``forecast`` now come from other bytes than those they
+    were computed from (:data:`INPUTS_ATTR`; a product written before inputs were recorded,
+    or a store that cannot be read as an enspp store, has none).  Predicting them again
+    brings the product up to date."""
+    from enspp.data.provenance import record_key
+    from enspp.data.store import read_root_attrs
+    from enspp.data.store_meta import StoreMetaError, open_meta
+
+    path = Path(product)
+    attrs = read_root_attrs(path) if path.is_dir() else None
+    recorded = (attrs or {}).get(INPUTS_ATTR) or {}
+    digests = recorded.get("digests") or {}
+    if not digests:
+        return set()
+    try:
+        meta = open_meta(forecast)
+    except (StoreMetaError, OSError, FileNotFoundError):
+        return set()
+    by_key = {record_key(np.datetime64(t, "ns")): d for t, d in digests.items()}
+    now = meta.field_digests([(str(v), int(h)) for v, h in recorded.get("fields", [])],
+                             np.array(list(digests), dtype="datetime64[ns]"))
+    # an init time the store no longer holds keeps its product (nothing to compute it from)
+    return {k for k, d in now.items() if by_key.get(k) != d}
 
 
 def _runs(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:

@@ -224,6 +224,58 @@ def test_train_predict_evaluate_flows(harness, small_world):
     assert {"enspp-headline", "enspp-dashboard"} <= keys
 
 
+def test_init_times_computed_from_replaced_inputs_are_predicted_again(harness, tmp_path, caplog):
+    """After the forecast store is rebuilt with one init time's fields from other bytes, the
+    predict flow and a cached validation product predict exactly that init time again (and
+    nothing else); the product then equals one predicted from the new store."""
+    import shutil
+
+    from predict_data import make_checkpoint, pipeline_config
+    from test_predict import _rebuild_per_init
+
+    from enspp.flows.ops import predict_flow
+    from enspp.flows.runtime import resolve_config
+    from enspp.flows.steps import validation_product
+    from enspp.flows.tasks import predict_init_times
+    from enspp.models.predict import predict
+    from enspp.models.product import open_product
+    from enspp.pipeline.synthetic import write_stores
+
+    paths = write_stores(tmp_path / "stores", n_init=30, lead_hours=(24, 48), n_members=6,
+                         ny=16, nx=24, start="2019-01-01")
+    original = open_store(paths.forecast).load()
+    _rebuild_per_init(paths.forecast, original)  # one source per init time
+    (tmp_path / "enspp.yaml").write_text(FLOW_CONFIG)
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", pipeline_config(paths), perturb=0.05)
+    config = resolve_config(str(tmp_path / "enspp.yaml"))
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append([str(t)[:10] for t in args[3]])
+        return predict_init_times.fn(*args, **kw)
+
+    val = tmp_path / "cache" / "val.zarr"
+    validation_product(config, str(ckpt), "v1", val, predict=counted)
+    product = Path(predict_flow(str(tmp_path / "enspp.yaml"), split="val", checkpoint=str(ckpt)))
+    assert len(calls) == 1 and len(calls[0]) == 6  # 2019-01-19..24
+    changed = original.copy(deep=True)
+    when = np.datetime64("2019-01-21", "ns")
+    changed["t2m"].loc[{"init_time": when}] += 3.0
+    _rebuild_per_init(paths.forecast, changed)
+    caplog.clear()
+    predict_flow(str(tmp_path / "enspp.yaml"), split="val", checkpoint=str(ckpt))
+    assert "1 init time(s) to post-process (1 computed from inputs since replaced)" in caplog.text
+    validation_product(config, str(ckpt), "v1", val, predict=counted)
+    assert calls[1:] == [["2019-01-21"]]
+    fresh = predict(ckpt, paths.forecast, out=tmp_path / "fresh.zarr",
+                    init_times=open_product(val).init_time.values, quantiles=(0.05, 0.25, 0.5, 0.75, 0.95),
+                    n_members=4)
+    for done in (val, product):
+        np.testing.assert_array_equal(open_product(done)["t2m_mean"].values,
+                                      open_product(fresh)["t2m_mean"].values)
+    shutil.rmtree(tmp_path / "stores")
+
+
 # ------------------------------------------------------------------ registry
 def test_decide():
     assert decide(1.0, None) == (True, "no current version; candidate val CRPS 1")

@@ -384,3 +384,67 @@ def test_a_write_that_dies_at_a_chunk_leaves_the_stored_init_times(world, tmp_pa
     xr.testing.assert_identical(_snapshot(out), whole)
     predict(ckpt, store, out=out, init_times=[inits[3], inits[0], inits[2]], **kw)
     xr.testing.assert_identical(_snapshot(out), whole)
+
+
+def _rebuild_per_init(store: Path, ds: xr.Dataset) -> None:
+    """``store`` written again from ``ds``, one source per init time (as one GRIB file per
+    forecast run is ingested): an init time's fields keep their source id while its values
+    stay the same."""
+    import shutil
+
+    from enspp.data.store_writer import append
+
+    shutil.rmtree(store, ignore_errors=True)
+    for i in range(ds.sizes["init_time"]):
+        append(store, ds.isel(init_time=[i]), kind="forecast")
+
+
+def test_an_init_time_computed_from_replaced_inputs_is_stale_and_rewritten_whole(
+        world, tmp_path, monkeypatch):
+    """The product records what each init time was computed from (a digest of the forecast
+    store's source ids of the model's input fields): after the store is rebuilt with one init
+    time's fields from other bytes, exactly that one is stale; predicting it again unmarks it
+    first, so a rewrite killed half-way leaves it incomplete (never a mix of old and new
+    fields), and the rerun completes it with the new values."""
+    from enspp.data.store import open_store
+    from enspp.models.product import INPUTS_ATTR, stale_init_times
+
+    original = open_store(world["paths"].forecast).isel(init_time=slice(0, 3)).load()
+    store, out, ckpt = tmp_path / "fc.zarr", tmp_path / "p.zarr", world["perturbed"]
+    _rebuild_per_init(store, original)
+    inits = list(original.init_time.values)
+    kw = dict(quantiles=QUANTILES, n_members=5)
+    predict(ckpt, store, out=out, init_times=inits, **kw)
+    recorded = zarr.open_group(out, mode="r").attrs[INPUTS_ATTR]
+    assert sorted(map(tuple, recorded["fields"])) == [("t2m", 48), ("t850", 48), ("z500", 48)]
+    assert sorted(recorded["digests"]) == [str(t) for t in inits]
+    assert stale_init_times(out, store) == set()
+    before = open_product(out).load()
+
+    changed = original.copy(deep=True)
+    changed["t2m"][dict(init_time=1)] += 3.0
+    _rebuild_per_init(store, changed)
+    assert stale_init_times(out, store) == {str(inits[1])[:19]}
+
+    replace = Path.replace
+
+    def dies_at_a_chunk(self: Path, target: Any) -> Any:
+        if f"{os.sep}c{os.sep}" in str(target):
+            raise OSError("killed")
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", dies_at_a_chunk)
+    with pytest.raises(OSError, match="killed"):
+        predict(ckpt, store, out=out, init_times=[inits[1]], **kw)
+    monkeypatch.undo()
+    left = open_product(out)
+    assert list(left.init_time.values) == [inits[0], inits[2]]  # not complete, not mixed
+    predict(ckpt, store, out=out, init_times=[inits[1]], **kw)
+    assert stale_init_times(out, store) == set()
+    after = open_product(out).load()
+    fresh = predict(ckpt, store, out=tmp_path / "fresh.zarr", init_times=inits, **kw)
+    xr.testing.assert_identical(after, open_product(fresh).load())
+    assert not np.allclose(after["t2m_mean"].sel(init_time=inits[1]),
+                           before["t2m_mean"].sel(init_time=inits[1]))
+    xr.testing.assert_equal(after.sel(init_time=[inits[0], inits[2]]),  # values, not attrs
+                            before.sel(init_time=[inits[0], inits[2]]))
