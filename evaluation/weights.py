@@ -133,25 +133,69 @@ def latitude_weights(
                         attrs={"long_name": f"latitude weight ({method}), mean 1"})
 
 
+def _in_lat(lat: np.ndarray, reg: Region) -> np.ndarray:
+    """Latitudes inside ``reg``'s band (and its mirror band when symmetric); NaN is outside."""
+    inside = (lat >= reg.lat_min) & (lat <= reg.lat_max)
+    if reg.symmetric:
+        inside |= (lat >= -reg.lat_max) & (lat <= -reg.lat_min)
+    return inside
+
+
+def _in_lon(lon: np.ndarray, reg: Region) -> np.ndarray:
+    """Longitudes inside ``reg``, either convention, a box crossing 0/360 or the dateline."""
+    if reg.lon_min == 0.0 and reg.lon_max == 360.0:
+        return np.ones(lon.shape, dtype=bool)
+    lon360 = np.mod(lon, 360.0)
+    lo, hi = np.mod(reg.lon_min, 360.0), np.mod(reg.lon_max, 360.0)
+    if hi == 0.0 and reg.lon_max > reg.lon_min:
+        hi = 360.0
+    return (lon360 >= lo) & (lon360 <= hi) if lo <= hi else (lon360 >= lo) | (lon360 <= hi)
+
+
+def is_points(latitude: xr.DataArray, longitude: xr.DataArray) -> bool:
+    """True when ``latitude`` and ``longitude`` are coordinates of the same points (both on
+    ``station``, say) rather than the two axes of a grid."""
+    return latitude.dims == longitude.dims
+
+
 def region_mask(latitude: xr.DataArray, longitude: xr.DataArray, region: str | Region) -> xr.DataArray:
-    """Boolean (latitude, longitude) mask of the points inside ``region`` (edges included)."""
+    """Boolean mask of the points inside ``region`` (edges included).
+
+    On a grid (1-D ``latitude`` and ``longitude`` on their own dims) the ``(latitude,
+    longitude)`` mask of the grid points; for points (``latitude`` and ``longitude`` on the
+    same dims, e.g. ``latitude(station)``, :func:`is_points`) a mask on those dims: a point
+    is inside when its own latitude and longitude are (a point without coordinates, NaN, is
+    outside, except from a region covering the whole globe, which holds every point)."""
     reg = get_region(region)
+    if is_points(latitude, longitude):
+        return _point_mask(latitude, longitude, reg)
     lat = _lat_values(latitude)
     lon = np.asarray(longitude.values, dtype=np.float64)
-    in_lat = (lat >= reg.lat_min) & (lat <= reg.lat_max)
-    if reg.symmetric:
-        in_lat |= (lat >= -reg.lat_max) & (lat <= -reg.lat_min)
-    if reg.lon_min == 0.0 and reg.lon_max == 360.0:
-        in_lon = np.ones(lon.shape, dtype=bool)
-    else:
-        lon360 = np.mod(lon, 360.0)
-        lo, hi = np.mod(reg.lon_min, 360.0), np.mod(reg.lon_max, 360.0)
-        if hi == 0.0 and reg.lon_max > reg.lon_min:
-            hi = 360.0
-        in_lon = (lon360 >= lo) & (lon360 <= hi) if lo <= hi else (lon360 >= lo) | (lon360 <= hi)
-    mask = np.outer(in_lat, in_lon)
+    mask = np.outer(_in_lat(lat, reg), _in_lon(lon, reg))
     return xr.DataArray(mask, dims=(latitude.dims[0], longitude.dims[0]),
                         coords={latitude.dims[0]: latitude.values, longitude.dims[0]: lon},
+                        attrs={"long_name": f"mask of region {reg.name}"})
+
+
+def _whole_globe(reg: Region) -> bool:
+    return reg.lat_min <= -90 and reg.lat_max >= 90 and reg.lon_min == 0.0 and reg.lon_max == 360.0
+
+
+def _point_mask(latitude: xr.DataArray, longitude: xr.DataArray, reg: Region) -> xr.DataArray:
+    """Per point: inside ``reg`` when the point's own latitude and longitude are."""
+    lat = np.asarray(latitude.values, dtype=np.float64)
+    lon = np.asarray(longitude.values, dtype=np.float64)
+    if lat.shape != lon.shape:
+        raise RegionError(f"point latitude {lat.shape} and longitude {lon.shape} differ in shape")
+    if np.any(np.abs(lat[~np.isnan(lat)]) > 90.0):
+        raise RegionError(f"point latitudes outside -90..90: min {np.nanmin(lat)}, "
+                          f"max {np.nanmax(lat)}")
+    if _whole_globe(reg):
+        mask = np.ones(lat.shape, dtype=bool)
+    else:
+        with np.errstate(invalid="ignore"):
+            mask = _in_lat(lat, reg) & _in_lon(lon, reg) & ~np.isnan(lon)
+    return xr.DataArray(mask, dims=latitude.dims, coords=latitude.coords,
                         attrs={"long_name": f"mask of region {reg.name}"})
 
 
@@ -163,20 +207,24 @@ def region_weights(
     method: Literal["cos", "area"] = "area",
 ) -> xr.DataArray:
     """Latitude weights (mean 1 over the grid) times the region mask; raises if the region
-    holds no grid point."""
+    holds no grid point.  Points (:func:`is_points`, e.g. stations) weigh the same: 1 inside
+    the region, 0 outside (as :func:`station_weights`)."""
     mask = region_mask(latitude, longitude, region)
+    points = is_points(latitude, longitude)
     if not mask.any():
         reg = get_region(region)
-        raise RegionError(f"region {reg.name!r} contains no point of the grid")
-    w = latitude_weights(latitude, method=method) * mask
+        raise RegionError(f"region {reg.name!r} contains no point of the "
+                          f"{'points' if points else 'grid'}")
+    w = mask.astype(np.float64) if points else latitude_weights(latitude, method=method) * mask
     w.attrs = {"long_name": f"area weights in region {get_region(region).name}", "region": get_region(region).name}
     return w.rename("weights")
 
 
 def split_regions(latitude: xr.DataArray, longitude: xr.DataArray,
                   regions: list[str | Region]) -> tuple[list[Region], list[Region]]:
-    """``(with_points, without_points)``: the regions holding at least one grid point, and
-    those holding none (a tropical box on a European grid), each in the given order."""
+    """``(with_points, without_points)``: the regions holding at least one grid point (or
+    point, for points such as stations: :func:`region_mask`), and those holding none (a
+    tropical box on a European grid), each in the given order."""
     kept, empty = [], []
     for r in regions:
         reg = get_region(r)
@@ -187,21 +235,16 @@ def split_regions(latitude: xr.DataArray, longitude: xr.DataArray,
 def station_weights(stations: xr.Dataset | xr.DataArray, region: str | Region = "global") -> xr.DataArray:
     """One weight (1) per station inside ``region`` (0 outside), from the stations'
     ``latitude``/``longitude`` coordinates; ``global`` holds every station, even one without
-    coordinates.  Raises if the region holds no station."""
+    coordinates; a symmetric region holds the stations of both its bands.  Raises if the
+    region holds no station."""
     n = stations.sizes["station"]
     reg = get_region(region)
-    if reg.lat_min <= -90 and reg.lat_max >= 90 and reg.lon_min == 0.0 and reg.lon_max == 360.0:
+    if _whole_globe(reg):
         inside = np.ones(n, dtype=bool)
     else:
         if "latitude" not in stations.coords or "longitude" not in stations.coords:
             raise RegionError(f"region {reg.name!r} needs the stations' latitude/longitude coordinates")
-        lat = np.asarray(stations["latitude"].values, dtype=np.float64)
-        lon = np.mod(np.asarray(stations["longitude"].values, dtype=np.float64), 360.0)
-        lo, hi = np.mod(reg.lon_min, 360.0), np.mod(reg.lon_max, 360.0)
-        if hi == 0.0 and reg.lon_max > reg.lon_min:
-            hi = 360.0
-        in_lon = (lon >= lo) & (lon <= hi) if lo <= hi else (lon >= lo) | (lon <= hi)
-        inside = (lat >= reg.lat_min) & (lat <= reg.lat_max) & in_lon
+        inside = _point_mask(stations["latitude"], stations["longitude"], reg).values
     if not inside.any():
         raise RegionError(f"region {reg.name!r} contains no station")
     return xr.DataArray(inside.astype(np.float64), dims=("station",),

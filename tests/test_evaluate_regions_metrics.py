@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,95 @@ def test_eecrps_with_a_climatology_period_and_without_an_ensemble(world):
     only_gaussian["reference"] = "emos"
     with pytest.raises(EvaluateConfigError, match="eecrps of 't2m' needs an ensemble system"):
         evaluate(config_from_mapping(only_gaussian))
+
+
+# ------------------------------------------------------------------ regions of stations
+def _stations() -> xr.Dataset:
+    """Stations in no order of latitude (a grid's checks would refuse them), one without
+    coordinates, one in each hemisphere's extratropics, one on each side of the dateline."""
+    lat = [52.1, 48.0, -35.0, 10.0, np.nan, 55.0, -17.5]
+    lon = [11.6, 2.3, 150.0, -75.0, np.nan, -3.0, 178.0]
+    return xr.Dataset(coords={"station": [f"S{i}" for i in range(len(lat))],
+                              "latitude": ("station", np.asarray(lat)),
+                              "longitude": ("station", np.asarray(lon))})
+
+
+@pytest.mark.parametrize("region, inside", [
+    ("global", ["S0", "S1", "S2", "S3", "S4", "S5", "S6"]),
+    ("europe", ["S0", "S1", "S5"]),
+    ({"name": "north_of_50", "lat_min": 50, "lat_max": 90}, ["S0", "S5"]),
+    ({"name": "east", "lon_min": 0, "lon_max": 180}, ["S0", "S1", "S2", "S6"]),
+    ("extratropics", ["S0", "S1", "S2", "S5"]),
+    ("fiji", ["S6"]),
+    ("tropics", ["S3", "S6"]),
+])
+def test_a_region_of_stations_holds_exactly_the_stations_inside(region, inside):
+    """Station data (``latitude(station)``, ``longitude(station)``): one mask value per
+    station from its own coordinates, not a latitude x longitude product (which warned of
+    duplicate ``station`` dims and mixed one station's latitude with another's longitude);
+    the station weights agree, a symmetric region included."""
+    from enspp.evaluation.weights import split_regions, station_weights
+
+    st = _stations()
+    reg = Region(**region) if isinstance(region, dict) else region
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mask = region_mask(st["latitude"], st["longitude"], reg)
+        weights = region_weights(st["latitude"], st["longitude"], reg)
+        kept, empty = split_regions(st["latitude"], st["longitude"], [reg, "north_america"])
+        per_station = station_weights(st, reg)
+    assert mask.dims == ("station",) and mask.dtype == bool
+    assert list(st.station.values[mask.values]) == inside
+    assert weights.values.tolist() == mask.values.astype(float).tolist()  # uniform inside
+    assert per_station.values.tolist() == weights.values.tolist()
+    assert [r.name for r in kept] == [Region(**region).name if isinstance(region, dict) else region]
+    assert [r.name for r in empty] == ["north_america"]
+
+
+def test_a_region_without_stations_raises_and_bad_station_latitudes_are_named():
+    st = _stations().isel(station=[0, 1])
+    with pytest.raises(RegionError, match="'tropics' contains no point of the points"):
+        region_weights(st["latitude"], st["longitude"], "tropics")
+    bad = st.assign_coords(latitude=("station", [52.0, 95.0]))
+    with pytest.raises(RegionError, match=r"point latitudes outside -90..90: min 52.0, max 95.0"):
+        region_mask(bad["latitude"], bad["longitude"], "europe")
+
+
+def test_validate_of_a_station_config_checks_regions_per_station(tmp_path, capsys):
+    """``enspp validate`` on station stores (3 stations at 45, 50, 55 N): a region holding
+    only the middle station is kept, one holding none is a note naming the stations, and
+    nothing warns of duplicate ``station`` dims."""
+    from station_data import write_station_stores
+
+    from enspp.flows.cli import main
+    from enspp.flows.config import load_config
+    from enspp.flows.preflight import check_config
+
+    write_station_stores(tmp_path / "stores", n_stations=3, n_days=120)
+    middle = {"name": "middle", "lat_min": 49, "lat_max": 51, "lon_min": 9, "lon_max": 11}
+    corner = {"name": "corner", "lat_min": 49, "lat_max": 51, "lon_min": 14, "lon_max": 16}
+    path = tmp_path / "enspp.yaml"
+    path.write_text(yaml.safe_dump({
+        "pipeline": {"stores": {"forecast": "stores/forecast.zarr", "analysis": "stores/analysis.zarr"},
+                     "features": {"variables": ["t2m"], "targets": ["t2m"], "target_lead_time": 24},
+                     "members": {"k": 5},
+                     "split": {"train": {"start": "2010-01-01", "end": "2010-02-28"},
+                               "val": {"start": "2010-03-01", "end": "2010-03-15"},
+                               "test": {"start": "2010-03-16", "end": "2010-04-30"}}},
+        "evaluate": {"truth": "stores/analysis.zarr", "variables": ["t2m"], "split": "test",
+                     "systems": [{"name": "raw_full", "path": "stores/forecast.zarr"}],
+                     "regions": ["global", middle, corner, "tropics"], "metrics": ["crps"]}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = check_config(load_config(path))
+    assert report.problems == []
+    regions = [n for n in report.notes if n.startswith("evaluate.regions")]
+    # the outer product of the stations' latitudes and longitudes put the 50 N station's
+    # latitude with the 55 N station's 15 E: 'corner' seemed to hold a station
+    assert regions == [f"evaluate.regions: {name!r} holds no station of the stores (3 stations, "
+                       "45°N–55°N, 5°E–15°E): evaluate skips it" for name in ("corner", "tropics")]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["validate", str(path)]) == 0
+    assert not [w for w in seen if "Duplicate dimension" in str(w.message)]
+    assert "'tropics' holds no station" in capsys.readouterr().out
