@@ -285,5 +285,19 @@ def _g(x: float | None) -> str:
     return "none" if x is None else f"{float(x):.6g}"
 
 
+def members_missing(da: xr.DataArray, *, record: str) -> np.ndarray:
+    """Per ``record`` (init time) of ``da``: True where only some members hold a value, i.e.
+    at some point (station) and lead time one member is NaN while another is not (a perturbed
+    ensemble missing beside its control).  Loads ``da``: meant for point data, which is
+    small; False everywhere without a ``member`` dim or with one member."""
+    n = da.sizes[record]
+    if MEMBER not in da.dims or da.sizes[MEMBER] < 2:
+        return np.zeros(n, dtype=bool)
+    nan = da.isnull()
+    partial = nan.any(MEMBER) & ~nan.all(MEMBER)
+    other = [d for d in partial.dims if d != record]
+    return np.asarray((partial.any(other) if other else partial).transpose(record).values, dtype=bool)
+
+
 __all__ = ["Bounds", "DEFAULT_BOUNDS", "FieldStats", "ImplausibleValuesError", "UNIT_BOUNDS",
-           "bounds_for", "check_fields", "field_stats"]
+           "bounds_for", "check_fields", "field_stats", "members_missing"]

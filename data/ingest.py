@@ -110,6 +110,10 @@ class IngestSummary:
     failed: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     extended: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: records the inputs held without any value (every member NaN): not in the store
+    left_out: tuple[str, ...] = ()
+    #: records written with only some of their members (station data)
+    members_missing: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -235,7 +239,8 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                          variables=variables, bytes_read=nbytes,
                          bytes_written=result.bytes_written,
                          seconds=time.perf_counter() - t0, failed=tuple(failures),
-                         extended=result.extended, notes=result.notes)
+                         extended=result.extended, notes=result.notes,
+                         left_out=result.left_out, members_missing=result.members_missing)
 
 
 def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allow_nan: bool,

@@ -2,7 +2,8 @@
 
 Kind and schema version, dims and sizes, variables (units, levels, long names), the records
 (range, frequency, init times missing from the regular sequence, unfinished ones), absent
-fields per variable and lead time, members, the grid or stations, bytes on disk, and a
+fields per variable and lead time (and for a station forecast store the init times at which
+only some members hold values), members, the grid or stations, bytes on disk, and a
 summary of the provenance log (sources, centres, readers, when they were ingested).
 """
 
@@ -67,6 +68,8 @@ def inspect_store(path: str | os.PathLike[str]) -> dict[str, Any]:
     if leads is not None:
         info["lead_times_hours"] = [_num(x / np.timedelta64(1, "h")) for x in leads]
     info["variables"] = _variables(meta, group, coords, done, rec)
+    if meta.kind == "forecast" and STATION in coords and MEMBER in coords:
+        _members_missing(root, info["variables"], rec)
     if MEMBER in coords:
         m = coords[MEMBER].astype(int)
         info["members"] = {"count": int(m.size), "numbers": _span(m),
@@ -132,6 +135,32 @@ def _variables(meta: Any, group: Any, coords: dict[str, np.ndarray], done: np.nd
             entry["absent"] = {"all": int(n - present.sum())} if n - present.sum() else {}
         out[name] = entry
     return out
+
+
+#: station stores up to this many values are read to count init times missing some members
+MEMBER_SCAN_LIMIT = 50_000_000
+
+
+def _members_missing(root: Path, variables: dict[str, Any], rec: str) -> None:
+    """For a station forecast store (small: read whole, up to :data:`MEMBER_SCAN_LIMIT`
+    values a variable): per variable, the complete init times at which only some members
+    hold values (``data.field_checks.members_missing``), as ``members_missing`` (a count)
+    and ``members_missing_examples``."""
+    from enspp.data.field_checks import members_missing
+    from enspp.data.store import POINT_RECORDS_PER_CHUNK, open_store
+
+    ds = open_store(root)
+    for name, entry in variables.items():
+        da = ds[name]
+        if MEMBER not in da.dims or da.size > MEMBER_SCAN_LIMIT:
+            continue
+        n = da.sizes[rec]
+        flags = np.concatenate([members_missing(da.isel({rec: slice(i, i + POINT_RECORDS_PER_CHUNK)}),
+                                                record=rec)
+                                for i in range(0, n, POINT_RECORDS_PER_CHUNK)]) if n else np.zeros(0, bool)
+        entry["members_missing"] = int(flags.sum())
+        if flags.any():
+            entry["members_missing_examples"] = [_iso(t) for t in ds[rec].values[flags][:_SHOW]]
 
 
 def _grid(coords: dict[str, np.ndarray], group: Any) -> dict[str, Any]:
@@ -253,6 +282,11 @@ def format_inspect(info: dict[str, Any]) -> str:
         where = ("; absent: " + ", ".join(f"{k} x{n}" for k, n in absent.items())) if absent else ""
         n = v["fields"]
         lines.append(f"  {name:<10}{v['units']}{levels};{desc}; {n} field{'s' * (n != 1)}{where}")
+        if v.get("members_missing"):
+            k = v["members_missing"]
+            lines.append(f"{'':12}{k} {rec.replace('_', ' ')}{'s' * (k != 1)} with members "
+                         f"missing (only some members hold values), e.g. "
+                         f"{', '.join(v['members_missing_examples'])}")
     p = info["provenance"]
     lines.append(f"on disk     {_size(info['bytes_on_disk'])}")
     first, last = (str(p[k] or "-")[:19] for k in ("first_ingested", "last_ingested"))

@@ -33,6 +33,8 @@ class Staged:
     sources: tuple[SourceFile, ...]
     present: Mapping[str, np.ndarray] = field(default_factory=dict)
     centre: str | None = None
+    #: per record: only some members hold values (point data; None: not counted)
+    members_missing: np.ndarray | None = None
 
 
 @dataclass
@@ -74,6 +76,10 @@ class Plan:
     commit: dict[int, None] = field(default_factory=dict)  # ns of records to mark complete
     skipped: set[str] = field(default_factory=set)
     centres: set[str] = field(default_factory=set)
+    #: ns of records an input holds but provides no field of (every value NaN), not in the store
+    empty: dict[int, None] = field(default_factory=dict)
+    #: ns of records an input provides with only some of their members
+    members_missing: dict[int, None] = field(default_factory=dict)
     reference_name: str = ""
 
     @property

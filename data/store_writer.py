@@ -44,10 +44,10 @@ from enspp.data import provenance as prov
 from enspp.data import store_meta as sm
 from enspp.data import store_plan as plan_mod
 from enspp.data import store_template as tpl
-from enspp.data.field_checks import Bounds, check_fields, field_stats
+from enspp.data.field_checks import Bounds, check_fields, field_stats, members_missing
 from enspp.data.lock import store_lock
 from enspp.data.provenance import SourceFile, record_key
-from enspp.data.schema import LEAD_TIME, STATION, Kind, detect_kind, normalise_units, validate
+from enspp.data.schema import LEAD_TIME, MEMBER, STATION, Kind, detect_kind, normalise_units, validate
 from enspp.data.store import (
     CENTRES_ATTR,
     POINT_RECORDS_PER_CHUNK,
@@ -70,7 +70,8 @@ class AppendResult:
     """What an append did: records added, repaired (finished after an interrupted run),
     extended (complete records that got new fields: a variable or lead time) or skipped
     (everything already in the store from the same bytes), the bytes of data written, and
-    notes (a migration)."""
+    notes (a migration; records left out for want of any value, records written with only
+    some members: see ``left_out`` and ``members_missing``)."""
 
     store: str
     kind: str
@@ -81,6 +82,10 @@ class AppendResult:
     extended: tuple[str, ...] = ()
     fields_written: int = 0
     notes: tuple[str, ...] = ()
+    #: records an input held with no value in any field (NaN for every member): not written
+    left_out: tuple[str, ...] = ()
+    #: records written with only some of their members (point data: NaN beside values)
+    members_missing: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -175,9 +180,15 @@ class StoreWriter:
         stats = {str(v): field_stats(da) for v, da in ds.data_vars.items()}
         present = check_fields(ds, name=name, allow_nan=allow_nan, bounds=bounds, stats=stats)
         centre = centre or ds.attrs.get("enspp_centre") or None
-        return Staged(name=name, ds=to_store_layout(ds, kind=kind),  # type: ignore[arg-type]
-                      sources=tuple(sources), present=present,
-                      centre=None if centre is None else str(centre))
+        laid = to_store_layout(ds, kind=kind)  # type: ignore[arg-type]
+        gaps = None
+        if STATION in laid.dims:  # point data is small: which records lack some members
+            rec = record_dim(kind)
+            gaps = np.zeros(laid.sizes[rec], dtype=bool)
+            for da in laid.data_vars.values():
+                gaps |= members_missing(da, record=rec)
+        return Staged(name=name, ds=laid, sources=tuple(sources), present=present,
+                      centre=None if centre is None else str(centre), members_missing=gaps)
 
     def plan(self, staged: Sequence[Staged] = ()) -> plan_mod.Plan:
         """A plan holding ``staged`` (see :meth:`add`); nothing is written."""
@@ -227,6 +238,11 @@ class StoreWriter:
             provides |= p.any(axis=1) if p.ndim == 2 else p
         is_done = np.zeros(len(records), dtype=bool)
         is_done[rows >= 0] = done[rows[rows >= 0]]
+        for ns in records[~provides & (rows < 0)]:  # no value at all: never written
+            plan.empty.setdefault(int(ns), None)
+        if st.members_missing is not None:
+            for ns in records[st.members_missing & provides]:
+                plan.members_missing.setdefault(int(ns), None)
         for i in np.flatnonzero(writes):
             plan.by_record.setdefault(int(records[i]), []).append(index)
         for ns in records[writes & (rows < 0)]:  # new records
@@ -333,9 +349,11 @@ class StoreWriter:
         rec = record_dim(plan.kind)
         commit = np.array(list(plan.commit), dtype=np.int64)
         keys = dict(zip(commit.tolist(), prov.record_keys(commit.view("datetime64[ns]"))))
+        left_out, partial, gap_notes = _gap_report(plan)
         if not plan.commit:
             return AppendResult(store=str(self.root), kind=plan.kind,
-                                skipped=tuple(sorted(plan.skipped)))
+                                skipped=tuple(sorted(plan.skipped)), notes=gap_notes,
+                                left_out=left_out, members_missing=partial)
         notes: list[str] = []
         zstore = tpl.ticking_store(self.root, self.faults)
         done_before: set[int] = set()
@@ -375,7 +393,7 @@ class StoreWriter:
             extended=tuple(keys[ns] for ns in order if ns in done_before),
             skipped=tuple(sorted(plan.skipped - set(keys.values()))), bytes_written=nbytes,
             fields_written=nfields,
-            notes=tuple(notes))
+            notes=tuple(notes) + gap_notes, left_out=left_out, members_missing=partial)
 
     def _write_sources(self, plan: plan_mod.Plan, reader: str) -> None:
         ts = prov.now_iso()
@@ -666,6 +684,32 @@ def _write_block(array: Any, da: xr.DataArray, rec: str, idx: np.ndarray, rows: 
 
 
 # -- entry points -------------------------------------------------------------------------
+
+def _gap_report(plan: plan_mod.Plan) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """``(left_out, members_missing, notes)`` of a plan: the records its inputs hold without
+    any value (not written: NaN for every member), the records it writes with only some
+    members, and a note on each for the ingest's summary, e.g. ``2 init times left out
+    (every member missing: 2005-06-04T12, 2006-06-19T12)``."""
+    rec = record_dim(plan.kind).replace("_", " ")
+    left = np.array(sorted(ns for ns in plan.empty if ns not in plan.new_records), dtype=np.int64)
+    part = np.array(sorted(ns for ns in plan.members_missing if ns in plan.commit), dtype=np.int64)
+    members = plan.kind == "forecast" and len(plan.layout.coords.get(MEMBER, ())) > 1
+    notes = []
+    if left.size:
+        why = "every member missing" if members else "every value missing"
+        notes.append(f"{left.size} {rec}{'s' * (left.size != 1)} left out ({why}: "
+                     f"{_examples(left)})")
+    if part.size:
+        notes.append(f"{part.size} {rec}{'s' * (part.size != 1)} with members missing (only "
+                     f"some members hold values: {_examples(part)})")
+    return (tuple(prov.record_keys(left.view("datetime64[ns]"))),
+            tuple(prov.record_keys(part.view("datetime64[ns]"))), tuple(notes))
+
+
+def _examples(ns: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(t) for t in np.datetime_as_string(ns[:limit].view("datetime64[ns]"), unit="h"))
+    return shown + (f" and {ns.size - limit} more" if ns.size > limit else "")
+
 
 @contextmanager
 def open_writer(store: str | os.PathLike[str], *, kind: Kind | None = None,

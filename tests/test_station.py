@@ -277,3 +277,75 @@ def test_member_transform_biases_and_shrinks_the_ensemble(shared_data):
     np.testing.assert_allclose(b, mean + 8.0 + 0.3 * (a - mean), rtol=0, atol=2e-5, equal_nan=True)
     np.testing.assert_allclose(np.nanmean(b - a), 8.0, atol=1e-3)
     xr.testing.assert_identical(biased.observations, plain.observations)
+
+
+def _gappy(path):
+    """Two stations, 8 daily rows, the control and 4 perturbed members (seeded): row 2 has no
+    member anywhere; row 5 only the control at station A; row 6 lacks member 3 at station B;
+    row 7 has no member at station A (a station gap: every member alike, not reported); the
+    observations lack row 3 at both stations."""
+    rng = np.random.default_rng(3)
+    ens = rng.normal(5.0, 2.0, (8, 5, 2)).astype(np.float32)  # time, member, station
+    ens[2] = np.nan
+    ens[5, :4, 0] = np.nan  # the perturbed members; the control (last column) stays
+    ens[6, 3, 1] = np.nan
+    ens[7, :, 0] = np.nan
+    obs = rng.normal(5.0, 2.0, (8, 2)).astype(np.float32)
+    obs[3] = np.nan
+    time = pd.date_range("2012-04-20", periods=8, freq="1D")
+    xr.Dataset({"t2m_ens": (("time", "member", "station"), ens, {"units": "degC"}),
+                "t2m_obs": (("time", "station"), obs, {"units": "degC"})},
+               coords={"time": time, "member": ["p1", "p2", "p3", "p4", "CTRL"],
+                       "station": ["A", "B"], "latitude": ("station", [52.1, 48.0]),
+                       "longitude": ("station", [11.6, 2.3])}).to_netcdf(path)
+    return ens, time
+
+
+def test_ingest_reports_rows_left_out_and_init_times_missing_members(tmp_path, capsys):
+    """A row without any member is not a record (as before): the summary now says how many
+    rows were left out and why, and how many init times hold only some members; `enspp
+    inspect` counts the latter.  The store holds what it held before."""
+    import json
+
+    from enspp.flows.cli import main
+
+    ens, time = _gappy(tmp_path / "gappy.nc")
+    opts = StationOptions(variable="t2m", time="valid", hour=12, lead_time=24, control="CTRL")
+    s = ingest([tmp_path / "gappy.nc"], tmp_path / "fc.zarr", kind="forecast", station=opts,
+               progress=False)
+    init = [f"2012-04-{d:02d}T12" for d in range(19, 27)]  # the valid dates' runs, a day before
+    assert len(s.added) == 7
+    assert s.left_out == (f"{init[2]}:00:00",)
+    assert s.members_missing == (f"{init[5]}:00:00", f"{init[6]}:00:00")
+    line = s.line()
+    assert f"; 1 init time left out (every member missing: {init[2]}); " in line
+    assert line.endswith(f"; 2 init times with members missing (only some members hold "
+                         f"values: {init[5]}, {init[6]})")
+    # the store's content is unchanged: every row but the empty one, values as in the file
+    fc = open_store(tmp_path / "fc.zarr")["t2m"]
+    keep = [i for i in range(8) if i != 2]
+    np.testing.assert_array_equal(fc["init_time"].values,
+                                  (time[keep] - pd.Timedelta("12h")).values.astype("datetime64[ns]"))
+    np.testing.assert_array_equal(fc.values[:, 0, 0], ens[keep, 4])  # the control is member 0
+    np.testing.assert_array_equal(fc.values[:, 0, 1:], ens[keep, :4])
+    # the observations: a row without any is left out of the analysis store, and said so
+    an = ingest([tmp_path / "gappy.nc"], tmp_path / "an.zarr", kind="analysis", station=opts,
+                progress=False)
+    assert len(an.added) == 7 and an.members_missing == ()
+    assert an.line().endswith("; 1 time left out (every value missing: 2012-04-23T12)")
+    # through the CLI: the printed line and `enspp inspect`
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text("data:\n  station: {variable: t2m, time: valid, hour: 12, lead_time: 24, "
+                   "control: CTRL}\n")
+    assert main(["ingest", str(tmp_path / "gappy.nc"), "--store", str(tmp_path / "cli.zarr"),
+                 "--config", str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "1 init time left out (every member missing: 2012-04-21T12)" in out
+    assert "2 init times with members missing" in out
+    assert main(["inspect", "--json", str(tmp_path / "cli.zarr")]) == 0
+    t2m = json.loads(capsys.readouterr().out)["variables"]["t2m"]
+    assert t2m["members_missing"] == 2
+    assert t2m["members_missing_examples"] == [f"{init[5]}:00", f"{init[6]}:00"]
+    assert main(["inspect", str(tmp_path / "cli.zarr")]) == 0
+    assert (f"2 init times with members missing (only some members hold values), e.g. "
+            f"{init[5]}:00, {init[6]}:00") in capsys.readouterr().out
