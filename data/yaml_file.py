@@ -25,7 +25,11 @@ def read_yaml_mapping(path: str | os.PathLike[str], *, what: str, error: type[Ex
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a text (UTF-8) file: byte {e.object[e.start]:#04x} at "
+                    f"offset {e.start} (a binary file such as GRIB or NetCDF given as "
+                    f"the {what}?)") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: not valid YAML: {e}") from None
     if raw is None:

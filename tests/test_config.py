@@ -87,6 +87,23 @@ def test_file_level_errors(tmp_path):
         load_config(write(tmp_path, "data: {workdir: [\n"))
     with pytest.raises(ConfigError, match="top level must be a mapping of sections"):
         load_config(write(tmp_path, "- data\n- model\n"))
+    binary = tmp_path / "fc.grib"
+    binary.write_bytes(b"GRIB\x00\x00\xe4\x02" + bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"fc.grib: not a text \(UTF-8\) file: byte 0xe4 at offset 6"):
+        load_config(binary)
+
+
+@pytest.mark.parametrize("command", [["evaluate", "--config", "{f}", "--out", "{d}/o"],
+                                     ["train", "--config", "{f}"], ["validate", "{f}"]])
+def test_a_binary_file_as_config_is_one_line(tmp_path, capsys, command):
+    from enspp.flows.cli import main
+
+    binary = tmp_path / "fc.yaml"
+    binary.write_bytes(b"GRIB\x00\x00\xe4\x02" + bytes(range(256)))
+    args = [a.format(f=binary, d=tmp_path) for a in command]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fc.yaml: not a text (UTF-8) file" in err, err
 
 
 def test_demo_config_needs_no_file_and_round_trips(tmp_path):
