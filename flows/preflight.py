@@ -121,12 +121,27 @@ class _Checker:
                   created_by="training")
         fc = None if fc_path is None else self.dataset("pipeline.stores.forecast", fc_path)
         an = None if an_path is None else self.dataset("pipeline.stores.analysis", an_path)
+        fc = self.kind("pipeline.stores.forecast", fc, fc_path, expected="forecast")
+        an = self.kind("pipeline.stores.analysis", an, an_path, expected="analysis")
         if fc is not None:
             self.forecast_store(fc, fc_path)
         if an is not None:
             self.variables("pipeline.features.targets", self.cfg.pipeline.features.targets, an,
                            an_path)
         return fc, an
+
+    def kind(self, key: str, ds: Any, path: Path | None, *, expected: str) -> Any:
+        """``ds``, or ``None`` (and a problem) when it is a store of another kind."""
+        from enspp.pipeline.align import StoreKindError, check_store_kind
+
+        if ds is None:
+            return None
+        try:
+            check_store_kind(ds, expected=expected, key=key, source=path)
+        except StoreKindError as e:
+            self.out.problems.append(str(e))
+            return None
+        return ds
 
     def variables(self, key: str, names: Any, ds: Any, path: Path) -> None:
         from enspp.data.schema import available_variables
@@ -196,6 +211,7 @@ class _Checker:
             self.out.notes.append(f"evaluate.truth: not set; the evaluate flow uses "
                                   f"{self.wd.analysis}, enspp evaluate needs it set")
         truth = None if truth_path is None else self.dataset("evaluate.truth", truth_path)
+        truth = self.kind("evaluate.truth", truth, truth_path, expected="analysis")
         if truth is not None:
             self.variables("evaluate.variables", ev.variables, truth, truth_path)
         keys = {s.key for s in ev.systems}
@@ -212,6 +228,10 @@ class _Checker:
             key = f"evaluate.systems[{s.key}].path"
             p = self.path(key, s.path, what="store", created_by="ingest or predict")
             ds = None if p is None else self.dataset(key, p, any_zarr=True)
+            if ds is not None and _kind_of(ds) == "analysis":
+                self.out.problems.append(f"{key}: {p} is an analysis store, not a forecast "
+                                         "or product store (is it the truth?)")
+                continue
             if ds is None:
                 continue
             grid = grid if grid is not None else ds
@@ -314,6 +334,12 @@ class _Checker:
                                   "skips it")
         if not kept:
             self.out.problems.append(f"evaluate.regions: no region holds a {where}")
+
+
+def _kind_of(ds: Any) -> str | None:
+    from enspp.pipeline.align import store_kind
+
+    return store_kind(ds)
 
 
 def check_config(config: Any) -> Preflight:

@@ -39,6 +39,37 @@ def open_dataset(source: StoreLike) -> xr.Dataset:
     return open_store(path)
 
 
+class StoreKindError(EnsppError):
+    """A store of the wrong kind where the config names one (an analysis store as the
+    forecast store, or the reverse); the message names the key and the store."""
+
+
+def store_kind(ds: xr.Dataset) -> str | None:
+    """``forecast``/``analysis`` (or ``product``) as the dims say (``init_time``: a forecast
+    or a product, ``time``: an analysis), else the recorded kind; ``None`` when neither."""
+    kind = ds.attrs.get("enspp_kind")
+    if INIT_TIME in ds.dims:
+        return "product" if kind == "product" else "forecast"
+    if TIME in ds.dims:
+        return "analysis"
+    return str(kind) if kind else None
+
+
+def check_store_kind(ds: xr.Dataset, *, expected: str, key: str, source: StoreLike) -> None:
+    """Raise :class:`StoreKindError` if ``ds`` (named ``key`` in the config, opened from
+    ``source``) is a store of another kind than ``expected``."""
+    kind = store_kind(ds)
+    if kind is not None and kind != expected:
+        swapped = ({kind, expected} == {"forecast", "analysis"})
+        raise StoreKindError(
+            f"{key}: {source} is {_a(kind)} store, not {_a(expected)} store"
+            + (" (are the forecast and analysis stores swapped?)" if swapped else ""))
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def open_static(source: StoreLike) -> xr.Dataset:
     """The static fields (``lsm``, ``orog``) from a NetCDF file, a Zarr store or a dataset."""
     if isinstance(source, xr.Dataset):

@@ -19,6 +19,7 @@ from enspp.pipeline.align import (
     StoreLike,
     align,
     check_grids,
+    check_store_kind,
     open_dataset,
     open_static,
     regrid_like,
@@ -84,6 +85,12 @@ class EnsembleDataModule(L.LightningDataModule):
             return
         cfg = self.config
         fc, an = open_dataset(self._fc_src), open_dataset(self._an_src)
+        check_store_kind(fc, expected="forecast", key="pipeline.stores.forecast",
+                         source=self._fc_src if not isinstance(self._fc_src, xr.Dataset)
+                         else "the forecast dataset")
+        check_store_kind(an, expected="analysis", key="pipeline.stores.analysis",
+                         source=self._an_src if not isinstance(self._an_src, xr.Dataset)
+                         else "the analysis dataset")
         self._forecast = fc
         self._regrid = check_grids(fc, an, regrid=cfg.regrid)
         self.point = spatial_dims(fc) == (STATION,)

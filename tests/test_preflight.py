@@ -216,3 +216,29 @@ def test_a_split_past_the_store_is_noted_only_beyond_its_init_spacing(work, star
     path = config(work, "period.yaml", pipeline={"split": {"train": {"start": start, "end": end}}})
     notes = [n for n in check_config(load_config(path)).notes if n.startswith("pipeline.split.train")]
     assert bool(notes) == noted, notes
+
+
+def test_swapped_forecast_and_analysis_stores_are_problems_and_train_says_so(work, capsys):
+    """An analysis store where a forecast store belongs (and the reverse) is a problem naming
+    the key; ``enspp train`` on such a config stops with one line, not a traceback."""
+    fc, an = work / "stores" / "forecast.zarr", work / "stores" / "analysis.zarr"
+    path = config(work, "swapped.yaml",
+                  pipeline={"stores": {"forecast": "stores/analysis.zarr",
+                                       "analysis": "stores/forecast.zarr",
+                                       "static": "stores/static.nc"}},
+                  evaluate={"truth": "stores/forecast.zarr",
+                            "systems": [{"name": "raw_full", "path": "stores/analysis.zarr"}],
+                            "reference": "raw_full", "metrics": ["crps"]})
+    problems = check_config(load_config(path)).problems
+    assert (f"pipeline.stores.forecast: {an} is an analysis store, not a forecast store (are "
+            "the forecast and analysis stores swapped?)") in problems
+    assert (f"pipeline.stores.analysis: {fc} is a forecast store, not an analysis store (are "
+            "the forecast and analysis stores swapped?)") in problems
+    assert any(p.startswith(f"evaluate.truth: {fc} is a forecast store") for p in problems)
+    assert (f"evaluate.systems[raw_full].path: {an} is an analysis store, not a forecast or "
+            "product store (is it the truth?)") in problems
+    assert main(["validate", str(path)]) == 1
+    capsys.readouterr()
+    assert main(["train", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pipeline.stores.forecast: " in err and "swapped" in err, err
