@@ -204,9 +204,14 @@ def read_checkpoint_bytes(data: bytes, *, source: str | Path) -> tuple[dict[str,
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
+        why = str(e).splitlines()[0] if str(e) else "unreadable"
+        if "Weights only load failed" in why:
+            # torch's own text goes on to suggest weights_only=False: never for a checkpoint
+            # of unknown origin, so it is not repeated
+            why = "it holds objects other than tensors and plain data, which are not loaded"
         raise CorruptCheckpointError(
             f"checkpoint {source} is corrupt or not a checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from e
+            f"{why})") from e
     if not isinstance(raw, dict) or "state_dict" not in raw:
         raise CorruptCheckpointError(f"checkpoint {source} holds no 'state_dict': "
                                      f"not a Lightning checkpoint")
@@ -216,17 +221,35 @@ def read_checkpoint_bytes(data: bytes, *, source: str | Path) -> tuple[dict[str,
     return raw, CheckpointMetadata.from_checkpoint(raw[METADATA_KEY], source=source)
 
 
-def read_checkpoint_file(path: str | Path) -> bytes:
-    """The bytes of checkpoint ``path``, read once (a missing file names the path)."""
+#: the checkpoint a run directory (``runs/<id>/``) stands for: its best on validation
+RUN_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or for a run directory of ``enspp train`` its
+    ``checkpoints/best.ckpt`` (the weights chosen on validation); a missing file or another
+    directory is an error naming the path."""
     path = Path(path)
+    if path.is_dir():
+        if (path / RUN_CHECKPOINT).is_file():
+            return path / RUN_CHECKPOINT
+        raise FileNotFoundError(f"checkpoint {path} is a directory without {RUN_CHECKPOINT} "
+                                f"(give a .ckpt file or a run directory of enspp train)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return path.read_bytes()
+    return path
+
+
+def read_checkpoint_file(path: str | Path) -> bytes:
+    """The bytes of checkpoint ``path`` (a file, or a run directory: :func:`checkpoint_file`),
+    read once (a missing file names the path)."""
+    return checkpoint_file(path).read_bytes()
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], CheckpointMetadata]:
     """Read the raw Lightning dict and its metadata (``weights_only=True``); errors name the
     file."""
+    path = checkpoint_file(path)
     return read_checkpoint_bytes(read_checkpoint_file(path), source=path)
 
 
@@ -234,7 +257,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model of a checkpoint for inference (CPU, eval mode)."""
     from enspp.models.base import build_model
 
-    path = Path(path)
+    path = checkpoint_file(path)
     data = read_checkpoint_file(path)  # one read: the weights and the hash are the same bytes
     raw, meta = read_checkpoint_bytes(data, source=path)
     try:
@@ -262,6 +285,12 @@ def check_store_compatible(meta: CheckpointMetadata, store: xr.Dataset, *,
     (per-point statistics and parameters are tied to it) and that the store holds at least the
     K members the model was trained with.
     """
+    kind = store.attrs.get("enspp_kind")
+    if kind not in (None, "forecast") or schema.INIT_TIME not in store.dims:
+        raise CheckpointMismatchError(
+            f"{source} is {'an ' + str(kind) if kind else 'not a forecast'} store "
+            f"(dims {sorted(map(str, store.dims))}), not an ensemble forecast store: predict "
+            "post-processes forecasts (init_time, lead_time, member)")
     available = set(schema.available_variables(store))
     missing = [v for v in meta.variables if v not in available]
     if missing:

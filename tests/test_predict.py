@@ -276,6 +276,33 @@ def test_store_mismatch_and_too_few_members(world, tmp_path):
         predict(ckpt, ds.isel(member=slice(0, 3)), out=tmp_path / "p")
     with pytest.raises(MemberSelectionError, match="members.k = 5"):
         predict(ckpt, ds.isel(member=slice(0, 5)), out=tmp_path / "p")  # 4 perturbed members
+    with pytest.raises(CheckpointMismatchError, match=r"analysis.zarr is an analysis store "
+                       r"\(dims .*\), not an ensemble forecast store"):
+        predict(ckpt, world["paths"].analysis, out=tmp_path / "p")
+
+
+def test_a_run_directory_stands_for_its_best_checkpoint(world, tmp_path, capsys):
+    """``--checkpoint`` takes a run directory of ``enspp train`` (its checkpoints/best.ckpt,
+    the same product); a directory without one is one line naming it."""
+    import shutil
+
+    from enspp.flows.cli import main
+
+    run = tmp_path / "runs" / "20260101-000000-s0"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(world["raw"], run / "checkpoints" / "best.ckpt")
+    init = str(_inits(world, 1)[0])[:13]
+    args = ["predict", "--store", str(world["paths"].forecast), "--init-time", init]
+    assert main([*args, "--checkpoint", str(run), "--out", str(tmp_path / "a.zarr")]) == 0
+    assert main([*args, "--checkpoint", str(world["raw"]), "--out", str(tmp_path / "b.zarr")]) == 0
+    a, b = open_product(tmp_path / "a.zarr").load(), open_product(tmp_path / "b.zarr").load()
+    xr.testing.assert_equal(a, b)
+    assert a.attrs["checkpoint_sha256"] == b.attrs["checkpoint_sha256"]
+    assert a.attrs["checkpoint"] == "best.ckpt"
+    capsys.readouterr()
+    assert main([*args, "--checkpoint", str(tmp_path / "runs"), "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "runs is a directory without checkpoints/best.ckpt" in err
 
 
 def test_absent_input_fields_skip_the_init_time_never_filled(world, tmp_path):

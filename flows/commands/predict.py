@@ -17,7 +17,9 @@ HELP = "post-process forecasts with a trained model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="trained checkpoint (.ckpt), or a run directory of enspp train "
+                             "(its checkpoints/best.ckpt)")
     parser.add_argument("--store", type=Path, required=True, help="forecast store (Zarr)")
     parser.add_argument("--init-time", nargs="+", metavar="T", dest="init_times",
                         help="init times to post-process (default: all in the store)")
@@ -62,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
         static = static if static is not None else stores.static
         analysis = analysis if analysis is not None else stores.analysis
         deterministic = deterministic if deterministic is not None else stores.deterministic
+    from enspp.models.checkpoint import checkpoint_file
+
+    checkpoint = checkpoint_file(args.checkpoint)
     fmt = "netcdf" if args.netcdf else options.fmt
-    out = args.out or default_product_path(args.checkpoint, args.store, fmt=fmt)
-    path = predict(args.checkpoint, args.store, out=out, init_times=args.init_times,
+    out = args.out or default_product_path(checkpoint, args.store, fmt=fmt)
+    path = predict(checkpoint, args.store, out=out, init_times=args.init_times,
                    quantiles=options.quantiles, n_members=options.n_members, fmt=fmt,
                    static=static, batch_size=options.batch_size, seed=options.seed,
                    analysis=analysis, deterministic=deterministic)
