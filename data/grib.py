@@ -37,7 +37,7 @@ import xarray as xr
 from enspp.data import schema
 from enspp.data.translate import ReaderError, canonical_name, canonical_variable, finalise
 
-__all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_inputs", "expand_paths", "scan_grib", "read_grib_eccodes", "read_messages", "kind_of_messages",
+__all__ = ["GribMessage", "absent_fields", "check_inventory", "expand_inputs", "expand_paths", "scan_grib", "read_grib_eccodes", "read_messages", "kind_of_messages", "messages_kind",
            "FORECAST_DATA_TYPES", "ANALYSIS_DATA_TYPES"]
 
 T = TypeVar("T")
@@ -252,6 +252,28 @@ def kind_of_messages(messages: Sequence[GribMessage], *, source: str) -> schema.
                       f"(forecast: {sorted(FORECAST_DATA_TYPES)}, analysis: {sorted(ANALYSIS_DATA_TYPES)})")
 
 
+def messages_kind(messages: Sequence[GribMessage], kind: schema.Kind | None, *,
+                  source: str) -> schema.Kind:
+    """The kind the messages are read as: ``kind`` when given, else detected
+    (:func:`kind_of_messages`).  A given kind must agree with the messages' dataType, except
+    that forecast fields at step 0 may be read as analyses (a step-0 field is the analysis
+    the forecast started from); a forecast at a later step given as an analysis (its valid
+    time would be taken as the analysis time) is an error naming the file."""
+    found = kind_of_messages(messages, source=source)
+    if kind is None or kind == found:
+        return found
+    later = sorted({m.lead_time for m in messages if m.lead_time != np.timedelta64(0, "ns")})
+    if kind == "analysis" and not later:
+        return kind
+    steps = ", ".join(f"+{int(t // np.timedelta64(1, 'h'))} h" for t in later[:4])
+    raise ReaderError(f"{source}: holds {found} messages (dataType "
+                      f"{sorted({m.data_type for m in messages})}"
+                      + (f", steps {steps}" if later else "") + "), expected "
+                      + ("analyses" if kind == "analysis" else "forecasts")
+                      + (": ingest it without --kind analysis (a forecast store), or give the "
+                         "analyses" if kind == "analysis" else ""))
+
+
 def read_grib_eccodes(paths, *, kind: schema.Kind | None = None, allow_nan: bool = False) -> xr.Dataset:
     """Decode GRIB file(s) directly with eccodes into one canonical, numpy-backed dataset.
 
@@ -266,7 +288,7 @@ def read_grib_eccodes(paths, *, kind: schema.Kind | None = None, allow_nan: bool
         msgs = scan_grib(f, values=True, allow_nan=allow_nan)
         messages.extend(msgs)
     source = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
-    kind = kind or kind_of_messages(messages, source=source)
+    kind = messages_kind(messages, kind, source=source)
     check_inventory(messages, kind=kind)
     lat, lon = messages[0].latitudes, messages[0].longitudes
     by_var: dict[str, list[GribMessage]] = defaultdict(list)

@@ -29,7 +29,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from enspp.data import schema
-from enspp.data.grib import GribMessage, absent_fields, check_inventory, kind_of_messages, read_messages
+from enspp.data.grib import GribMessage, absent_fields, check_inventory, messages_kind, read_messages
 from enspp.data.translate import ReaderError, canonical_name, canonical_variable, normalise_longitude
 
 #: cheap integer keys that, with edition/centre/typeOfLevel/stepType, determine the concepts
@@ -243,7 +243,7 @@ def _dataset(messages: list[GribMessage], holder: _Messages, *, source: str,
              kind: schema.Kind | None, allow_nan: bool) -> xr.Dataset:
     """Check the inventory from the headers, then build one lazily indexed array per
     variable (:class:`_FieldArray`) over ``holder``."""
-    kind = kind or kind_of_messages(messages, source=source)
+    kind = messages_kind(messages, kind, source=source)
     check_inventory(messages, kind=kind)
     # variables with different lead times (or times) are aligned on the union; a field the
     # file does not hold is absent (NaN here, recorded as absent by the ingest)

@@ -33,7 +33,7 @@ from enspp.data.grib import (
     absent_fields,
     check_inventory,
     expand_paths,
-    kind_of_messages,
+    messages_kind,
     read_grib_eccodes,
     scan_grib,
 )
@@ -80,10 +80,7 @@ def open_grib(paths, *, kind: schema.Kind | None = None, cache_dir: str | os.Pat
         per_file[f] = scan_grib(f, values=False, allow_nan=allow_nan)
         messages.extend(per_file[f])
     source = _source_name(files)
-    found = kind_of_messages(messages, source=source)
-    if kind is not None and found != kind:
-        raise ReaderError(f"{source}: holds {found} messages (dataType "
-                          f"{sorted({m.data_type for m in messages})}), expected a {kind}")
+    found = messages_kind(messages, kind, source=source)
     check_inventory(messages, kind=found)
     pieces: dict[str, list[xr.DataArray]] = defaultdict(list)
     for f, msgs in per_file.items():

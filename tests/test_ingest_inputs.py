@@ -326,3 +326,32 @@ def test_inspect_into_a_closed_pipe_is_quiet(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert err == ""
+
+
+def test_a_forecast_given_as_analyses_is_refused_unless_at_step_0(tmp_path, capsys):
+    """``--kind analysis`` on forecast messages at later steps would store a +24 h forecast
+    as the analysis of its valid time: refused with one line naming the file (by the ingest
+    and by the reader); forecast fields at step 0 are the analysis they start from and are
+    taken as analyses."""
+    from enspp.data.readers import open_grib
+    from enspp.data.translate import ReaderError
+
+    fc = forecast(["2020-01-01T00"], members=1, leads=(0, 24))
+    path = grib(tmp_path / "hres_fc.grib", fc)
+    with pytest.raises(IngestError, match=r"hres_fc.grib: holds forecast messages \(dataType "
+                                          r"\[.*\], steps \+24 h\), expected analyses"):
+        ingest([path], tmp_path / "an.zarr", kind="analysis", progress=False)
+    with pytest.raises(ReaderError, match="steps \\+24 h\\), expected analyses"):
+        open_grib([path], kind="analysis")
+    assert not (tmp_path / "an.zarr").exists()
+    assert main(["ingest", str(path), "--store", str(tmp_path / "an.zarr"), "--kind",
+                 "analysis"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("enspp ingest: error: 1 of the inputs refused") and \
+        "hres_fc.grib: holds forecast messages" in err  # one line per refused input
+    step0 = grib(tmp_path / "step0.grib", fc.isel(lead_time=[0]))
+    ingest([step0], tmp_path / "an0.zarr", kind="analysis", progress=False)
+    an = open_store(tmp_path / "an0.zarr")
+    assert an.sizes["time"] == 1 and str(an.time.values[0])[:13] == "2020-01-01T00"
+    np.testing.assert_allclose(an["t2m"].values[0], fc["t2m"].values[0, 0, 0], atol=0.01)
+    assert open_grib([step0], kind="analysis").sizes["time"] == 1
