@@ -428,7 +428,9 @@ def score_variable(config: EvaluateConfig, variable: str, fields: dict[str, Syst
                             coords={LEAD_TIME: tmpl[LEAD_TIME].values, **_space(tmpl)})
 
     crps_map = xr.concat([mean_map(c).expand_dims(system=[k]) for k, c in totals.items()], "system")
-    crps_map.attrs = {"long_name": "mean CRPS over init times", "estimator": _estimator_label(config, fields)}
+    crps_map.attrs = {"long_name": "mean CRPS over init times", "estimator": estimator_label(
+        config, kinds={k: f.kind for k, f in fields.items()},
+        members={k: scoring.n_members(f) for k, f in fields.items()})}
     hists = {k: xr.DataArray(c.hist, dims=("region", LEAD_TIME, "bin"),
                              coords={"region": regions, LEAD_TIME: tmpl[LEAD_TIME].values,
                                      "bin": np.arange(c.hist.shape[-1])})
@@ -454,18 +456,6 @@ def _per_init(parts: dict[str, fused.ChunkSums], keys: list[str], regions: list[
         out[f"{name}_ws"] = (dims, np.stack([parts[k].sums[j] for k in keys]))
         out[f"{name}_w"] = (dims, np.stack([parts[k].weights[j] for k in keys]))
     return xr.Dataset(out, coords=coords)
-
-
-def _estimator_label(config: EvaluateConfig, fields: dict[str, SystemField]) -> str:
-    kinds = {f.kind for f in fields.values()}
-    parts = []
-    if "ensemble" in kinds:
-        parts.append(f"{config.crps_estimator} (ensembles)")
-    if "gaussian" in kinds:
-        parts.append("gaussian closed form (distributional products)")
-    if "censored_logistic" in kinds:
-        parts.append("censored logistic closed form (distributional products)")
-    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------ summary scores and skill
@@ -542,20 +532,35 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
     return out
 
 
-def _crps_kind(config: EvaluateConfig, kind: str) -> str:
+#: how a one-member "ensemble" (a deterministic forecast) is scored: every CRPS estimator
+#: reduces to the absolute error there (the spread term is zero)
+ONE_MEMBER = "absolute error (one member)"
+
+
+def _crps_kind(config: EvaluateConfig, kind: str, n_members: int | None = None) -> str:
     """The CRPS estimator that scores a system of ``kind`` (ensemble, gaussian, ...)."""
     if kind == "ensemble":
-        return f"{config.crps_estimator} ensemble CRPS"
+        return ONE_MEMBER if n_members == 1 else f"{config.crps_estimator} ensemble CRPS"
     return f"closed-form {kind.replace('_', ' ')} CRPS"
 
 
+def estimator_label(config: EvaluateConfig, *, kinds: dict[str, str],
+                    members: dict[str, int | None]) -> str:
+    """Which CRPS estimator scored which system (``kinds``: system -> ensemble | gaussian |
+    censored_logistic; ``members``: system -> member count), e.g. ``fair ensemble CRPS for
+    raw_full, raw_subset; closed-form gaussian CRPS for mixed``: the printed line and the
+    output attributes."""
+    by_label: dict[str, list[str]] = {}
+    for s, kind in kinds.items():
+        by_label.setdefault(_crps_kind(config, kind, members.get(s)), []).append(s)
+    return "; ".join(f"{label} for {', '.join(systems)}" for label, systems in by_label.items())
+
+
 def _estimator_label_from(config: EvaluateConfig, vs: VariableScores) -> str:
-    by_kind: dict[str, list[str]] = {}
-    for s in vs.systems:
-        by_kind.setdefault(vs.kinds.get(s, "ensemble"), []).append(s)
-    order = ["ensemble", "gaussian", "censored_logistic"]
-    return "; ".join(f"{_crps_kind(config, k)} for {', '.join(by_kind[k])}"
-                     for k in sorted(by_kind, key=lambda k: order.index(k) if k in order else len(order)))
+    order = {"ensemble": 0, "gaussian": 1, "censored_logistic": 2}
+    systems = sorted(vs.systems, key=lambda s: order.get(vs.kinds.get(s, "ensemble"), 3))
+    return estimator_label(config, kinds={s: vs.kinds.get(s, "ensemble") for s in systems},
+                           members={s: vs.members.get(s) for s in systems})
 
 
 # ------------------------------------------------------------------ orchestration

@@ -66,6 +66,28 @@ def test_crps_equals_direct_weighted_mean(report):
     assert got == pytest.approx(direct, rel=1e-10)
 
 
+def test_a_one_member_system_is_labelled_as_the_absolute_error_it_is(world):
+    """Every CRPS estimator of a one-member "ensemble" (a deterministic forecast) is its
+    absolute error: the label says so instead of naming the fair estimator."""
+    from enspp.evaluation.evaluate import _estimator_label_from
+
+    cfg = _cfg(world, systems=[{"name": "raw_full", "path": str(world.forecast)},
+                               {"name": "raw_subset", "path": str(world.forecast), "members": [0]},
+                               {"name": "emos", "path": str(world.product), "type": "gaussian"}])
+    vs = score_variable(cfg, "t2m", prepare_fields(cfg)["t2m"],
+                        open_truth(cfg.truth, ["t2m"])["t2m"])
+    label = ("fair ensemble CRPS for raw_full; absolute error (one member) for raw_subset; "
+             "closed-form gaussian CRPS for emos")
+    assert _estimator_label_from(cfg, vs) == label == vs.crps_map.attrs["estimator"]
+    fc = xr.open_zarr(world.forecast)["t2m"].isel(member=0).load()
+    obs = xr.open_zarr(world.analysis)["t2m"].load().sel(time=fc.init_time + fc.lead_time)
+    err = np.abs(fc - obs.drop_vars("time"))
+    wts = region_weights(fc.latitude, fc.longitude, "global")
+    mae = float((err * wts).sum() / wts.broadcast_like(err).sum())
+    got = float(summarise(cfg, vs)["crps_all"].sel(system="raw_subset", region="global"))
+    assert got == pytest.approx(mae, rel=1e-9)
+
+
 def test_chunked_and_one_shot_agree(world):
     out = []
     for chunk in (3, 100):
