@@ -18,6 +18,11 @@ uses the same, under ``cases:`` or ``events:``)::
 
 Longitudes may be given in -180..180 or 0..360 and may wrap (``lon_min: 172, lon_max: -178``).
 
+On station data (a ``station`` dim with ``latitude(station)``, ``longitude(station)``) a case
+scores the stations whose own latitude and longitude are in the box, each weighing the same
+(no latitude weights), and instead of maps carries a time series per station over the window
+(:func:`_case_series`: truth, each system's mean and spread, its CRPS).
+
 Selecting cases by the observed outcome alone favours forecasts that cry wolf (the
 forecaster's dilemma, Lerch et al. 2017): every case says how it was chosen, and the report
 prints it beside the scores, with a warning when ``selected_on_outcome`` is true.
@@ -35,7 +40,7 @@ from pydantic import Field, ValidationError, model_validator
 from scipy.special import ndtr
 
 from enspp.data.errors import EnsppError, format_validation_error
-from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER
+from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION
 from enspp.data.yaml_file import read_yaml_mapping
 from enspp.evaluation.config import _Frozen
 from enspp.evaluation.labels import lat_text, lon_text
@@ -132,7 +137,12 @@ class CaseOutOfRange(EnsppError):
 
 def case_subset(template: xr.DataArray, case: Case) -> dict[str, np.ndarray]:
     """Integer indexers of the grid points in the box and of the ``(init_time, lead_time)``
-    whose valid time is in the window; raise :class:`CaseOutOfRange` saying what is missing."""
+    whose valid time is in the window; raise :class:`CaseOutOfRange` saying what is missing.
+
+    Station data (a ``station`` dim): ``{"station": ..., "inside": ...}``, the stations whose
+    own latitude and longitude are in the box (:func:`station_subset`)."""
+    if STATION in template.dims:
+        return {"station": station_subset(template, case), "inside": _window(template, case)}
     lat, lon = template[LATITUDE].values, template[LONGITUDE].values
     ilat = np.flatnonzero(case.box.lat_mask(lat))
     ilon = np.flatnonzero(case.box.lon_mask(lon))
@@ -140,6 +150,34 @@ def case_subset(template: xr.DataArray, case: Case) -> dict[str, np.ndarray]:
         raise CaseOutOfRange(
             f"case {case.id!r}: box {case.box.describe()} is outside the data's domain "
             f"(latitudes {lat.min():g}..{lat.max():g}, longitudes {lon.min():g}..{lon.max():g})")
+    return {"lat": ilat, "lon": ilon, "inside": _window(template, case)}
+
+
+def station_subset(template: xr.DataArray, case: Case) -> np.ndarray:
+    """Positions along ``station`` of the stations inside the case's box, each by its own
+    latitude and longitude (a station without coordinates, NaN, is outside); raise
+    :class:`CaseOutOfRange` when the box holds none."""
+    n = template.sizes[STATION]
+    if LATITUDE not in template.coords or LONGITUDE not in template.coords:
+        raise CaseOutOfRange(f"case {case.id!r}: the data's {n} stations have no latitude/longitude "
+                             "coordinates to place them in the box")
+    lat = np.asarray(template[LATITUDE].values, dtype=float)
+    lon = np.asarray(template[LONGITUDE].values, dtype=float)
+    with np.errstate(invalid="ignore"):
+        inside = case.box.lat_mask(lat) & case.box.lon_mask(lon) & ~np.isnan(lon)
+    if not inside.any():
+        known = ~(np.isnan(lat) | np.isnan(lon))
+        where = (f"latitudes {lat[known].min():g}..{lat[known].max():g}, "
+                 f"longitudes {lon[known].min():g}..{lon[known].max():g}") if known.any() \
+            else "none with coordinates"
+        raise CaseOutOfRange(
+            f"case {case.id!r}: box {case.box.describe()} holds none of the data's stations "
+            f"({n} station{'s' if n != 1 else ''}: {where})")
+    return np.flatnonzero(inside)
+
+
+def _window(template: xr.DataArray, case: Case) -> np.ndarray:
+    """``(init_time, lead_time)`` mask of the valid times in the case's window."""
     valid = (template[INIT_TIME] + template[LEAD_TIME]).values  # (init, lead)
     start, end = np.datetime64(case.window.start, "ns"), np.datetime64(case.window.end, "ns")
     inside = (valid >= start) & (valid <= end)
@@ -147,7 +185,7 @@ def case_subset(template: xr.DataArray, case: Case) -> dict[str, np.ndarray]:
         raise CaseOutOfRange(
             f"case {case.id!r}: window {case.window.start:%Y-%m-%d %H:%M}..{case.window.end:%Y-%m-%d %H:%M} "
             f"is outside the data's valid times ({_fmt(valid.min())}..{_fmt(valid.max())})")
-    return {"lat": ilat, "lon": ilon, "inside": inside}
+    return inside
 
 
 def _fmt(t: np.datetime64) -> str:
@@ -186,8 +224,17 @@ class CaseResult:
     map_lead_hours: float | None = None
     #: Dataset with ``<system>_mean/_spread/_prob/_error`` (latitude, longitude) and ``truth``
     maps: xr.Dataset | None = None
+    #: station data: ``truth`` and ``<system>_mean/_spread/_crps/_prob`` per (station,
+    #: valid_time) over the window (:func:`_case_series`), instead of maps
+    series: xr.Dataset | None = None
 
     def to_dict(self) -> dict:
+        d = self._dict()
+        if self.series is not None:  # station data only: a gridded case's entry is as it was
+            d["series"] = series_document(self.series)
+        return d
+
+    def _dict(self) -> dict:
         c = self.case
         return {
             "id": c.id, "name": c.name, "variable": c.variable, "kind": c.kind,
@@ -211,7 +258,8 @@ def evaluate_case(
     reference: str,
     estimator: str,
 ) -> CaseResult:
-    """Score every system in the case's box and window and build its maps.
+    """Score every system in the case's box and window and build its maps (station data:
+    the stations in the box, uniformly weighted, and their time series instead of maps).
 
     ``fields`` are the systems' fields of ``case.variable``; ``truth`` is the truth already on
     the forecast's ``(init_time, lead_time)`` (or ``None`` when there is no verifying
@@ -227,17 +275,23 @@ def evaluate_case(
         sub = case_subset(first.template, case)
     except CaseOutOfRange as e:
         return CaseResult(case, "out_of_range", str(e))
-    box = {LATITUDE: sub["lat"], LONGITUDE: sub["lon"]}
+    points = STATION in first.template.dims
     inside = xr.DataArray(sub["inside"], dims=(INIT_TIME, LEAD_TIME),
                           coords={INIT_TIME: first.template[INIT_TIME], LEAD_TIME: first.template[LEAD_TIME]})
-    lat = first.template[LATITUDE].values[sub["lat"]]
-    weights = xr.DataArray(np.cos(np.deg2rad(lat)), dims=(LATITUDE,))
+    if points:  # every station in the box weighs the same
+        box = {STATION: sub["station"]}
+        weights = xr.DataArray(np.ones(sub["station"].size), dims=(STATION,))
+    else:
+        box = {LATITUDE: sub["lat"], LONGITUDE: sub["lon"]}
+        lat = first.template[LATITUDE].values[sub["lat"]]
+        weights = xr.DataArray(np.cos(np.deg2rad(lat)), dims=(LATITUDE,))
 
     result = CaseResult(case, "ok" if truth is not None else "no_truth", estimator=estimator)
     if truth is None:
         result.message = (f"case {case.id!r}: no verifying analysis for {case.variable!r} in the "
-                          "window; scores are not computed, forecast maps and exceedance "
-                          "probabilities are shown")
+                          "window; scores are not computed, forecast "
+                          f"{'time series' if points else 'maps'} and exceedance probabilities "
+                          "are shown")
     else:
         obs = truth.isel(box)
         for key, f in fields.items():
@@ -248,7 +302,10 @@ def evaluate_case(
         if reference in result.crps and np.isfinite(result.crps[reference]) and result.crps[reference] > 0:
             ref = result.crps[reference]
             result.improvement_pct = {k: 100.0 * (1.0 - v / ref) for k, v in result.crps.items()}
-    result.maps, result.map_valid_time, result.map_lead_hours = _case_maps(case, fields, truth, sub)
+    if points:
+        result.series = _case_series(case, fields, truth, sub, score_fn)
+    else:
+        result.maps, result.map_valid_time, result.map_lead_hours = _case_maps(case, fields, truth, sub)
     return result
 
 
@@ -291,3 +348,78 @@ def _case_maps(case: Case, fields: dict[str, SystemField], truth: xr.DataArray |
     ds.attrs.update({"case": case.id, "box": case.box.describe()})
     lead_h = float(first[LEAD_TIME].values[j] / np.timedelta64(1, "h"))
     return ds, _fmt(best_t), lead_h
+
+
+#: the time-series dim of a station case
+VALID_TIME = "valid_time"
+
+
+def _case_series(case: Case, fields: dict[str, SystemField], truth: xr.DataArray | None,
+                 sub: dict[str, np.ndarray], score_fn) -> xr.Dataset:
+    """Per station in the box and valid time in the window: ``truth`` and each system's
+    ``_mean``, ``_spread`` (ensemble standard deviation, or the distribution's), ``_crps``
+    (with a truth) and ``_prob`` (P(X > threshold), with a threshold), from the forecast of the
+    shortest lead time with that valid time (as the maps of a gridded case)."""
+    tmpl = next(iter(fields.values())).template
+    valid = (tmpl[INIT_TIME] + tmpl[LEAD_TIME]).values
+    leads = tmpl[LEAD_TIME].values
+    inside = sub["inside"]
+    times = np.unique(valid[inside])
+    pick = [min((tuple(ij) for ij in np.argwhere(inside & (valid == t))), key=lambda ij: leads[ij[1]])
+            for t in times]
+    idx = {INIT_TIME: xr.DataArray([i for i, _ in pick], dims=VALID_TIME),
+           LEAD_TIME: xr.DataArray([j for _, j in pick], dims=VALID_TIME), STATION: sub["station"]}
+    out: dict[str, xr.DataArray] = {}
+    obs = None if truth is None else truth.isel(idx)
+    for key, f in fields.items():
+        g = f.isel(idx)
+        out[f"{key}_mean"] = g.mean()
+        out[f"{key}_spread"] = g.spread()
+        if obs is not None:
+            out[f"{key}_crps"] = score_fn(g, obs)
+        if case.threshold is not None:
+            out[f"{key}_prob"] = exceedance_probability(g, case.threshold)
+    if obs is not None:
+        out["truth"] = obs
+    keep = (STATION, LATITUDE, LONGITUDE)
+    ds = xr.Dataset({k: v.drop_vars([c for c in v.coords if c not in keep]).transpose(STATION, VALID_TIME)
+                     for k, v in out.items()})
+    ds = ds.assign_coords({VALID_TIME: times, "lead_hours": (VALID_TIME, leads[[j for _, j in pick]]
+                                                              / np.timedelta64(1, "h"))})
+    for name in ("station_name", "name"):
+        if name in tmpl.coords and tmpl[name].dims == (STATION,):
+            ds = ds.assign_coords(station_name=(STATION, tmpl[name].values[sub["station"]]))
+            break
+    ds.attrs.update({"case": case.id, "box": case.box.describe()})
+    return ds.load()
+
+
+def series_document(series: xr.Dataset) -> dict:
+    """A station case's time series as JSON-ready lists: ``valid_times``, ``lead_hours``,
+    ``systems`` and per station its ``id``, ``name``, ``latitude``, ``longitude``, ``truth``
+    and per quantity (``mean``, ``spread``, ``crps``, ``prob``) ``{system: values}``."""
+    systems = [n[:-len("_mean")] for n in series.data_vars if n.endswith("_mean")]
+    quantities = ("mean", "spread", "crps", "prob")
+
+    def values(da: xr.DataArray) -> list[float | None]:  # 7 significant digits: float32's
+        return [float(f"{x:.7g}") if np.isfinite(x) else None for x in np.asarray(da.values, dtype=float)]
+
+    stations = []
+    for k in range(series.sizes[STATION]):
+        st = series.isel({STATION: k})
+        entry: dict = {"id": str(st[STATION].values) if STATION in st.coords else str(k)}
+        if "station_name" in st.coords:
+            entry["name"] = str(st["station_name"].values)
+        for c in (LATITUDE, LONGITUDE):
+            if c in st.coords:
+                entry[c] = float(st[c].values)
+        if "truth" in st:
+            entry["truth"] = values(st["truth"])
+        for q in quantities:
+            per = {s: values(st[f"{s}_{q}"]) for s in systems if f"{s}_{q}" in st}
+            if per:
+                entry[q] = per
+        stations.append(entry)
+    return {"valid_times": [_fmt(t) for t in series[VALID_TIME].values],
+            "lead_hours": [float(h) for h in series["lead_hours"].values],
+            "systems": systems, "stations": stations}

@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 
 from enspp.data.errors import EnsppError
-from enspp.evaluation.report import read_scores, write_json
+from enspp.evaluation.labels import lat_text, lon_text
+from enspp.evaluation.report import MAX_CASE_STATIONS, read_scores, write_json
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -260,12 +261,70 @@ def _case_view(doc: dict, c: dict, prefix: str) -> dict:
                               _cell("—" if s == ref else _imp(c["improvement_pct"].get(s)),
                                     _imp_class(c["improvement_pct"].get(s), s == ref))],
                   ref=s == ref) for s, val in c["crps"].items()], cls="case-scores")
+    series = c.get("series")
+    if series:  # station data: a time series per station instead of maps
+        n = len(series["stations"])
+        facts.insert(2, ("stations in the box", _station_list(series["stations"])))
+        return {"id": c["id"], "name": c["name"], "status": c["status"],
+                "status_text": c["status"].replace("_", " "), "facts": facts,
+                "dilemma": bool(c.get("selected_on_outcome")), "message": c.get("message") or "",
+                "table": table, "series": _series_view(series, labels, units, c.get("threshold")),
+                "series_note": (f"first {MAX_CASE_STATIONS} of {n} stations shown; scores.json holds "
+                                "them all" if n > MAX_CASE_STATIONS else ""),
+                "figure": _figure(c.get("plot"), f"case {c['id']}", prefix,
+                                  "observed (black) and each system's mean with one spread either "
+                                  "side; the shortest lead per valid time")}
     return {"id": c["id"], "name": c["name"], "status": c["status"],
             "status_text": c["status"].replace("_", " "), "facts": facts,
             "dilemma": bool(c.get("selected_on_outcome")), "message": c.get("message") or "",
-            "table": table,
+            "table": table, "series": None, "series_note": "",
             "figure": _figure(c.get("plot"), f"case {c['id']}", prefix,
                               "every column shares one colour scale; dashed: the case's box")}
+
+
+def _station_list(stations: list[dict]) -> str:
+    """``Magdeburg 10361 (52.10°N, 11.60°E)``, comma-separated (the first few, then a count)."""
+    def one(st: dict) -> str:
+        name = st.get("name")
+        head = f"{name} {st['id']}" if name and name != st["id"] else st["id"]
+        if st.get("latitude") is None or st.get("longitude") is None:
+            return head
+        return f"{head} ({lat_text(st['latitude'], 2)}, {lon_text(st['longitude'], 2)})"
+    shown = ", ".join(one(st) for st in stations[:MAX_CASE_STATIONS])
+    more = len(stations) - MAX_CASE_STATIONS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _series_view(series: dict, labels: dict[str, str], units: str,
+                 threshold: float | None) -> list[dict]:
+    """Per station (the first :data:`MAX_CASE_STATIONS`): a table of its valid times, the
+    observation and each system's mean ± spread, with its CRPS (and P(> threshold)) below."""
+    u = units_text(units)
+    systems = series["systems"]
+    n = len(series["valid_times"])
+    out = []
+    for st in series["stations"][:MAX_CASE_STATIONS]:
+        def at(quantity: str, s: str | None = None, st=st) -> list:
+            v = st.get(quantity) if s is None else st.get(quantity, {}).get(s)
+            return v if v is not None else [None] * n
+        columns = ["valid time", "lead", f"observed ({u})",
+                   *[f"{labels.get(s, s)}: mean ± spread" for s in systems]]
+        rows = []
+        for k, t in enumerate(series["valid_times"]):
+            cells = [{"text": time_text(t), "sub": ""}, {"text": f"+{series['lead_hours'][k]:g} h", "sub": ""},
+                     {"text": _f(at("truth")[k], 1), "sub": ""}]
+            for s in systems:
+                sub = []
+                if s in st.get("crps", {}):
+                    sub.append(f"CRPS {_f(at('crps', s)[k], 2)}")
+                if s in st.get("prob", {}) and threshold is not None:
+                    p = at("prob", s)[k]
+                    sub.append(f"P(> {threshold:g} {units}".rstrip() + f") {'–' if p is None else f'{100 * p:.0f}%'}")
+                cells.append({"text": f"{_f(at('mean', s)[k], 1)} ± {_f(at('spread', s)[k], 1)}",
+                              "sub": " · ".join(sub)})
+            rows.append(cells)
+        out.append({"title": _station_list([st]), "columns": columns, "rows": rows})
+    return out
 
 
 def _provenance_view(doc: dict) -> dict:

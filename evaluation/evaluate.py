@@ -749,15 +749,13 @@ def _is_report_entry(p: Path) -> bool:
 
 def run_cases(config: EvaluateConfig, fields: dict[str, dict[str, SystemField]],
               truth: dict[str, xr.DataArray]) -> list[CaseResult]:
-    """Every case of every catalogue; a case the data do not cover is reported, not fatal."""
+    """Every case of every catalogue (a grid's box, or the stations in it:
+    :func:`evaluation.cases.evaluate_case`); a case the data do not cover is reported, not
+    fatal."""
     results: list[CaseResult] = []
     for path in config.cases:
         for case in load_catalogue(path):
             fs = fields.get(case.variable, {})
-            if fs and _is_point(next(iter(fs.values())).template):
-                results.append(CaseResult(case, "out_of_range", f"case {case.id!r}: case studies "
-                                          f"cover a box of a grid; the data are stations"))
-                continue
             obs = None
             if fs and case.variable in truth:
                 try:

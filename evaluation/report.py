@@ -173,6 +173,15 @@ def write_plots(result, doc: dict, out_dir: Path) -> None:
                 estimator=vs.crps_map.attrs.get("estimator", result.config.crps_estimator),
                 path=pdir / f"maps_{sv}.png", labels=labels, lsm=lsm), out_dir)
     for case_doc, case in zip(doc["cases"], result.cases, strict=True):
+        if case.series is not None:  # station data: lines over the window, not maps
+            units = result.variables[case.case.variable].units if case.case.variable in result.variables else ""
+            systems = [s for s in (x.key for x in result.config.systems) if f"{s}_mean" in case.series]
+            with _attempt(doc, f"case {case.case.id}"):
+                case_doc["plot"] = _rel(case_series_plot(
+                    case.series, systems=systems, title=f"{case.case.name} — {case.case.variable}",
+                    threshold=case.case.threshold, units=units,
+                    path=pdir / f"case_{_safe_name(case.case.id)}.png", labels=labels), out_dir)
+            continue
         if case.maps is None:
             continue
         units = result.variables[case.case.variable].units if case.case.variable in result.variables else ""
@@ -184,6 +193,70 @@ def write_plots(result, doc: dict, out_dir: Path) -> None:
                 case.maps, systems=systems, title=title, threshold=case.case.threshold, units=units,
                 box=case.case.box.model_dump(), path=pdir / f"case_{_safe_name(case.case.id)}.png",
                 labels=labels, lsm=lsm), out_dir)
+
+
+#: stations drawn in a station case's figure (and shown in its dashboard tables); scores.json
+#: holds them all
+MAX_CASE_STATIONS = 6
+
+
+def case_series_plot(series, *, systems: list[str], title: str, threshold: float | None, units: str,
+                     path: Path, labels: dict[str, str] | None = None) -> Path:
+    """A station case (:func:`evaluation.cases._case_series`): per station (a panel each, the
+    first :data:`MAX_CASE_STATIONS`) the truth and each system's mean with a band of one
+    spread (standard deviation) either side, over the valid times of the window."""
+    import matplotlib.dates as mdates
+
+    from enspp.evaluation import plots  # matplotlib: imported only when plots are drawn
+    from enspp.evaluation.labels import lat_text, lon_text
+
+    plt = plots.plt
+    n = min(series.sizes["station"], MAX_CASE_STATIONS)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 0.6, 3.0 * rows + 0.9), squeeze=False,
+                             sharex=True, layout="constrained")
+    t = series["valid_time"].values
+    for k in range(rows * cols):
+        ax = axes[k // cols][k % cols]
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        st = series.isel(station=k)
+        for i, s in enumerate(systems):
+            colour = plots.system_colour(s, i)
+            mean = st[f"{s}_mean"].values
+            ax.plot(t, mean, color=colour, lw=1.4, marker=".", label=plots._label(labels, s))
+            spread = st[f"{s}_spread"].values
+            if np.isfinite(spread).any():
+                ax.fill_between(t, mean - spread, mean + spread, color=colour, alpha=0.15, lw=0)
+        if "truth" in st:
+            ax.plot(t, st["truth"].values, color="black", lw=1.8, marker="o", ms=3.5, label="observed")
+        if threshold is not None:
+            ax.axhline(threshold, color="#b42318", ls="--", lw=0.9, label=f"threshold {threshold:g}")
+        name = str(st["station_name"].values) if "station_name" in st.coords else ""
+        sid = str(st["station"].values) if "station" in st.coords else str(k)
+        where = (f" ({lat_text(float(st['latitude']), 2)}, {lon_text(float(st['longitude']), 2)})"
+                 if "latitude" in st.coords and "longitude" in st.coords else "")
+        ax.set_title(f"{name + ' ' if name and name != sid else ''}{sid}{where}", fontsize=9)
+        if k % cols == 0:
+            ax.set_ylabel(units or "value", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if t.size <= 14:  # a tick at each valid time
+        axes[-1][0].set_xticks(t)
+    for ax in axes.ravel():
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d %H UTC"))
+        for lab in ax.get_xticklabels():
+            lab.set_rotation(30)
+            lab.set_ha("right")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 3), fontsize=8,
+               frameon=False)
+    more = series.sizes["station"] - n
+    fig.suptitle(title + (f" (first {n} of {series.sizes['station']} stations)" if more > 0 else "")
+                 + "\nmean ± one spread, shortest lead per valid time", fontsize=10)
+    return plots._save(fig, path)
 
 
 def _land_sea_mask(result, doc: dict):
