@@ -168,9 +168,13 @@ def _grid(coords: dict[str, np.ndarray], group: Any) -> dict[str, Any]:
         st = coords[STATION]
         out = {"type": "stations", "count": int(st.size),
                "names": [str(x) for x in st[:_SHOW]]}
-        for name in ("station_latitude", "latitude_station", "station_longitude"):
-            if name in group:
-                out[name] = _span(np.asarray(group[name][:]))
+        if "station_name" in group:
+            out["station_names"] = [str(x) for x in np.asarray(group["station_name"][:_SHOW])]
+        for name in ("latitude", "longitude", "elevation"):  # coordinates on 'station'
+            if name in group and tuple(group[name].metadata.dimension_names or ()) == (STATION,):
+                values = np.asarray(group[name][:], dtype=np.float64)
+                if np.isfinite(values).any():
+                    out[name] = [_num(np.nanmin(values)), _num(np.nanmax(values))]
         return out
     if LATITUDE in coords and LONGITUDE in coords:
         lat, lon = coords[LATITUDE], coords[LONGITUDE]
@@ -218,6 +222,11 @@ def _duration(seconds: int) -> str:
 def _num(x: Any) -> float | int:
     v = float(x)
     return int(v) if v.is_integer() else round(v, 6)
+
+
+def _range(lo_hi: list[Any]) -> str:
+    lo, hi = lo_hi
+    return f"{lo}" if lo == hi else f"{lo}..{hi}"
 
 
 def _span(values: np.ndarray) -> str:
@@ -273,7 +282,12 @@ def format_inspect(info: dict[str, Any]) -> str:
                      f"latitude {g['latitude'][0]}..{g['latitude'][1]}, "
                      f"longitude {g['longitude'][0]}..{g['longitude'][1]}")
     elif g["type"] == "stations":
-        lines.append(f"stations    {g['count']} ({', '.join(g['names'])})")
+        names = [f"{i} {n}" if n and n != i else i
+                 for i, n in zip(g["names"], g.get("station_names") or [""] * len(g["names"]))]
+        more = ", ..." if g["count"] > len(names) else ""
+        where = "".join(f", {k} {_range(g[k])}" for k in ("latitude", "longitude", "elevation")
+                        if k in g)
+        lines.append(f"stations    {g['count']} ({', '.join(names)}{more}){where}")
     lines.append("variables")
     for name, v in info["variables"].items():
         levels = f", levels {v['levels']} hPa" if "levels" in v else ""

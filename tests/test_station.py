@@ -247,6 +247,11 @@ def test_the_readme_station_quickstart_through_the_cli(shared_data, tmp_path, ca
     assert info["kind"] == "forecast" and info["lead_times_hours"] == [24]
     assert info["members"] == {"count": 51, "numbers": "0..50", "control": True}
     assert info["grid"]["type"] == "stations" and info["grid"]["names"] == ["10361"]
+    assert info["grid"]["station_names"] == ["Magdeburg"]
+    assert (info["grid"]["latitude"], info["grid"]["longitude"]) == ([52.1, 52.1], [11.6, 11.6])
+    assert main(["inspect", str(ens)]) == 0
+    assert "stations    1 (10361 Magdeburg), latitude 52.1, longitude 11.6, elevation 76\n" in \
+        capsys.readouterr().out
     assert info["variables"]["t2m"]["units"] == "degC"
     # the two rows without any member are not records: inspect names them as missing
     assert info["records"]["complete"] == 4459 and info["records"]["missing"] == 2
