@@ -71,6 +71,22 @@ STARTED_FILE = "experiment_started.json"
 #: what a point leaves in its run directory when its fit finished (the config's hash and the
 #: fit's checkpoint and scores): registration and predict go on from there if they failed
 TRAINED_FILE = "experiment_trained.json"
+#: the sections a point's fit depends on (its key for STARTED_FILE/TRAINED_FILE), and with
+#: the predict options those its product depends on (POINT_FILE): a change to ``evaluate``
+#: (systems, cases, metrics) or ``deploy`` neither trains nor predicts a point again
+FIT_SECTIONS = ("data", "pipeline", "model", "train")
+POINT_SECTIONS = (*FIT_SECTIONS, "predict")
+
+
+def point_keys(config: Any) -> SimpleNamespace:
+    """The hashes a point's files are matched by: ``fit`` (:data:`FIT_SECTIONS`), ``point``
+    (:data:`POINT_SECTIONS`) and ``legacy`` (the whole config, as files written before
+    these keys recorded it; still accepted, so finished points are reused)."""
+    def sha(include: Any) -> str:
+        return hashlib.sha256(config.model_dump_json(include=include).encode()).hexdigest()
+
+    return SimpleNamespace(fit=sha(set(FIT_SECTIONS)), point=sha(set(POINT_SECTIONS)),
+                           legacy=sha(None))
 
 
 class ExperimentConfigError(EnsppError):
@@ -329,31 +345,33 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
     wd = cfg.workdir
     run_id = f"{exp.name}-{point.slug}"
     run_dir = wd.runs / run_id
-    key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
-    done = _finished_point(run_dir, key)
+    keys = point_keys(cfg)
+    key = keys.point
+    done = _finished_point(run_dir, (keys.point, keys.legacy))
     if done is not None:  # trained and predicted with this very config: reuse
         say(f"{point.system} {point.group}: reusing {run_dir} (same config)")
         return {**done, "reused": True}
-    result = _trained_point(run_dir, key)
+    result = _trained_point(run_dir, (keys.fit, keys.legacy))
     if result is not None:
         say(f"{point.system} {point.group}: reusing the fit in {run_dir} (same config; "
             f"registration or predict did not finish)")
         t_train = result.seconds
     else:
-        resume = _interrupted_point(run_dir, key, cfg, say=say)
+        resume = _interrupted_point(run_dir, (keys.fit, keys.legacy), cfg, say=say)
         if resume is not None:
             say(f"{point.system} {point.group}: resuming {resume} (stopped mid-fit, same config)")
         else:
             if run_dir.exists():  # the point is run again from scratch
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True)
-            write_file_atomic(run_dir / STARTED_FILE, json.dumps({"config_sha256": key}).encode())
+            write_file_atomic(run_dir / STARTED_FILE,
+                              json.dumps({"config_sha256": keys.fit}).encode())
         t0 = time.perf_counter()
         result = train(cfg.pipeline, cfg.model, cfg.train.model_copy(
             update={"run_id": run_id, "progress_bar": False}), workdir=wd.root, resume=resume)
         t_train = time.perf_counter() - t0
         write_file_atomic(run_dir / TRAINED_FILE, json.dumps({
-            "config_sha256": key, "best_checkpoint": str(result.best_checkpoint),
+            "config_sha256": keys.fit, "best_checkpoint": str(result.best_checkpoint),
             "best_score": result.best_score, "monitor": result.monitor,
             "run_dir": str(result.run_dir), "seconds": round(t_train, 1)}).encode())
     t1 = time.perf_counter()
@@ -417,9 +435,9 @@ def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> d
     return {"decision": decision, "score": scores["candidate"], "product": products["candidate"]}
 
 
-def _interrupted_point(run_dir: Path, key: str, config: Any, *,
+def _interrupted_point(run_dir: Path, key: tuple[str, ...], config: Any, *,
                        say: Callable[[str], None]) -> Path | None:
-    """The ``last.ckpt`` of a point whose fit started with the config of hash ``key`` and was
+    """The ``last.ckpt`` of a point whose fit started with a config of a hash in ``key`` and was
     stopped before it finished, when training can resume from it (a network fit with one seed
     and no refit: those keep their state in the checkpoint), else None."""
     from enspp.models.train import CHECKPOINT_DIR, read_resume_checkpoint, resumable
@@ -429,7 +447,7 @@ def _interrupted_point(run_dir: Path, key: str, config: Any, *,
         started = json.loads((run_dir / STARTED_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if started.get("config_sha256") != key or not last.is_file():
+    if started.get("config_sha256") not in key or not last.is_file():
         return None
     if not resumable(config.model.name, config.train):
         return None
@@ -441,28 +459,28 @@ def _interrupted_point(run_dir: Path, key: str, config: Any, *,
     return last
 
 
-def _trained_point(run_dir: Path, key: str) -> SimpleNamespace | None:
-    """The fit of a point trained to the end with the config of hash ``key`` (its checkpoint
+def _trained_point(run_dir: Path, key: tuple[str, ...]) -> SimpleNamespace | None:
+    """The fit of a point trained to the end with a config of a hash in ``key`` (its checkpoint
     still there), else None: ``best_checkpoint``, ``best_score``, ``monitor``, ``run_dir``,
     ``seconds``."""
     try:
         info = json.loads((run_dir / TRAINED_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if info.get("config_sha256") != key or not Path(info["best_checkpoint"]).is_file():
+    if info.get("config_sha256") not in key or not Path(info["best_checkpoint"]).is_file():
         return None
     return SimpleNamespace(best_checkpoint=Path(info["best_checkpoint"]),
                            best_score=float(info["best_score"]), monitor=info["monitor"],
                            run_dir=Path(info["run_dir"]), seconds=float(info["seconds"]))
 
 
-def _finished_point(run_dir: Path, key: str) -> dict[str, Any] | None:
-    """The record of a point run to the end with the config of hash ``key``, else None."""
+def _finished_point(run_dir: Path, key: tuple[str, ...]) -> dict[str, Any] | None:
+    """The record of a point run to the end with a config of a hash in ``key``, else None."""
     try:
         info = json.loads((run_dir / POINT_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if info.get("config_sha256") != key:
+    if info.get("config_sha256") not in key:
         return None
     if not (Path(info["checkpoint"]).is_file() and Path(info["product"]).is_dir()):
         return None
