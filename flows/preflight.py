@@ -342,10 +342,13 @@ def _kind_of(ds: Any) -> str | None:
     return store_kind(ds)
 
 
-def check_config(config: Any) -> Preflight:
-    """Problems and notes of ``config`` against the files it names (see the module doc)."""
+def check_config(config: Any, *, pipeline: bool = True) -> Preflight:
+    """Problems and notes of ``config`` against the files it names (see the module doc);
+    ``pipeline=False``: the evaluate section alone (a file that names nothing else)."""
     c = _Checker(config)
-    c.workdir()
-    fc, _ = c.pipeline()
+    fc = None
+    if pipeline:
+        c.workdir()
+        fc, _ = c.pipeline()
     c.evaluate(fc)
     return c.out

@@ -242,3 +242,19 @@ def test_swapped_forecast_and_analysis_stores_are_problems_and_train_says_so(wor
     assert main(["train", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pipeline.stores.forecast: " in err and "swapped" in err, err
+
+
+def test_an_evaluate_only_config_is_checked_as_such(work, capsys):
+    """A file with only an evaluate section (scoring existing stores) gets no notes about
+    the training stores it never names, and the verdict says what the file holds."""
+    ev = {"evaluate": {"truth": "stores/analysis.zarr", "variables": ["t2m"], "lead_times": [48],
+                       "systems": [{"name": "raw_full", "path": "stores/forecast.zarr"}]}}
+    path = work / "scores.yaml"
+    path.write_text(yaml.safe_dump(ev))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline.stores" not in out and "note:" not in out
+    assert out == f"{path}: valid config (section evaluate, for enspp evaluate; work directory {work})\n"
+    full = config(work, "full.yaml")
+    assert main(["validate", str(full)]) == 0
+    assert "valid config (sections evaluate, pipeline, the others default; " in capsys.readouterr().out

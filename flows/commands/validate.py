@@ -29,22 +29,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_config(target: Path) -> int:
     """Parse and pre-check a config file; print the verdict, the notes and the problems."""
-    from enspp.flows.config import load_config
+    from enspp.data.yaml_file import read_yaml_mapping
+    from enspp.flows.config import ConfigError, load_config
     from enspp.flows.preflight import check_config
 
     cfg = load_config(target)
-    report = check_config(cfg)
+    given = list(read_yaml_mapping(target, what="config file", error=ConfigError))
+    # a file with an evaluate section alone scores existing stores: the training stores it
+    # does not name are not checked
+    evaluate_only = given == ["evaluate"]
+    report = check_config(cfg, pipeline=not evaluate_only)
     for note in report.notes:
         print(f"{target}: note: {note}")
     if not report.ok:
         for problem in report.problems:
             print(f"enspp validate: error: {target}: {problem}", file=sys.stderr)
         return 1
-    sections = ["data", "pipeline", "model", "train", "predict", "deploy"]
-    if cfg.evaluate is not None:
-        sections.insert(5, "evaluate")
-    print(f"{target}: valid config (sections {', '.join(sections)}; work directory "
-          f"{cfg.data.workdir}; model {cfg.model.name}; task runner {cfg.deploy.task_runner})")
+    if evaluate_only:
+        print(f"{target}: valid config (section evaluate, for enspp evaluate; work directory "
+              f"{cfg.data.workdir})")
+        return 0
+    print(f"{target}: valid config (sections {', '.join(given) or 'none'}, the others default; "
+          f"work directory {cfg.data.workdir}; model {cfg.model.name}; task runner "
+          f"{cfg.deploy.task_runner})")
     return 0
 
 
