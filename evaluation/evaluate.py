@@ -768,8 +768,10 @@ def run_cases(config: EvaluateConfig, fields: dict[str, dict[str, SystemField]],
                                           f"case {case.id!r}: variable {case.variable!r} is not "
                                           f"evaluated (variables: {list(fields)})"))
                 continue
+            label = estimator_label(config, kinds={k: f.kind for k, f in fs.items()},
+                                    members={k: scoring.n_members(f) for k, f in fs.items()})
             results.append(evaluate_case(
-                case, fs, obs, reference=config.reference, estimator=config.crps_estimator,
+                case, fs, obs, reference=config.reference, estimator=label,
                 score_fn=lambda f, o: scoring.crps(f, o, estimator=config.crps_estimator)))
     return results
 
