@@ -3,7 +3,9 @@ tiles vs whole fields, idempotent and repairable appends, NaN policy and bad inp
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +383,22 @@ def test_blocks_of_init_times_write_the_store_one_at_a_time_writes(world, tmp_pa
     xr.testing.assert_identical(_snapshot(tmp_path / "old.zarr").drop_attrs(), one.drop_attrs())
 
 
+@contextlib.contextmanager
+def dying_at_a_chunk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside: a process killed at its first chunk write (zarr's local store writes a chunk
+    to a temporary file and renames it into place: the rename fails)."""
+    replace = Path.replace
+
+    def dies_at_a_chunk(self: Path, target: Any) -> Any:
+        if f"{os.sep}c{os.sep}" in str(target):
+            raise OSError("killed")
+        return replace(self, target)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "replace", dies_at_a_chunk)
+        yield
+
+
 def test_a_write_that_dies_at_a_chunk_leaves_the_stored_init_times(world, tmp_path, monkeypatch):
     """A product chunk of a small field spans several init times and is replaced whole (zarr
     writes a temporary file and renames it): a run that dies at a chunk leaves the init
@@ -393,17 +411,8 @@ def test_a_write_that_dies_at_a_chunk_leaves_the_stored_init_times(world, tmp_pa
     predict(ckpt, store, out=out, init_times=inits[:2], **kw)
     assert zarr.open_group(out, mode="r")["t2m_mean"].chunks[0] >= len(inits)
     before = open_product(out).load()
-    replace = Path.replace
-
-    def dies_at_a_chunk(self: Path, target: Any) -> Any:
-        if f"{os.sep}c{os.sep}" in str(target):
-            raise OSError("killed")
-        return replace(self, target)
-
-    monkeypatch.setattr(Path, "replace", dies_at_a_chunk)
-    with pytest.raises(OSError, match="killed"):
+    with pytest.raises(OSError, match="killed"), dying_at_a_chunk(monkeypatch):
         predict(ckpt, store, out=out, init_times=inits, **kw)
-    monkeypatch.undo()
     xr.testing.assert_identical(open_product(out).load(), before)
     predict(ckpt, store, out=out, init_times=inits, **kw)
     predict(ckpt, store, out=tmp_path / "whole.zarr", init_times=inits, **kw)
@@ -453,17 +462,8 @@ def test_an_init_time_computed_from_replaced_inputs_is_stale_and_rewritten_whole
     _rebuild_per_init(store, changed)
     assert stale_init_times(out, store) == {str(inits[1])[:19]}
 
-    replace = Path.replace
-
-    def dies_at_a_chunk(self: Path, target: Any) -> Any:
-        if f"{os.sep}c{os.sep}" in str(target):
-            raise OSError("killed")
-        return replace(self, target)
-
-    monkeypatch.setattr(Path, "replace", dies_at_a_chunk)
-    with pytest.raises(OSError, match="killed"):
+    with pytest.raises(OSError, match="killed"), dying_at_a_chunk(monkeypatch):
         predict(ckpt, store, out=out, init_times=[inits[1]], **kw)
-    monkeypatch.undo()
     left = open_product(out)
     assert list(left.init_time.values) == [inits[0], inits[2]]  # not complete, not mixed
     predict(ckpt, store, out=out, init_times=[inits[1]], **kw)
