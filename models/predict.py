@@ -281,15 +281,16 @@ def _input_digests(store: str | Path, fields: Sequence[tuple[str, int]],
     """Each init time's digest of the source ids of its input ``fields`` in the store
     (recorded in the product: :data:`models.product.INPUTS_ATTR`); none for a store without
     our bookkeeping (a foreign Zarr store opened directly)."""
-    from enspp.data.provenance import record_key
+    from enspp.data.provenance import record_keys
     from enspp.data.store_meta import StoreMetaError, open_meta
 
     try:
         meta = open_meta(store)
     except (StoreMetaError, OSError):
         return {}
-    by_key = meta.field_digests(fields, np.asarray(inits, dtype="datetime64[ns]"))
-    return {t: by_key[record_key(t)] for t in inits if record_key(t) in by_key}
+    times = np.asarray(inits, dtype="datetime64[ns]")
+    by_key = meta.field_digests(fields, times)
+    return {t: by_key[k] for t, k in zip(inits, record_keys(times)) if k in by_key}
 
 
 def _open_static(static: str | Path | xr.Dataset | None,

@@ -327,16 +327,16 @@ class ProductWriter:
             if t in self._new_inputs:
                 self.inputs[t] = self._new_inputs.pop(t)
         group = zarr.open_group(self.target, mode="r+", use_consolidated=False)
-        group.attrs.update({**self.attrs, COMPLETE_ATTR: sorted(self.done)})
+        attrs = {**dict(group.attrs), **self.attrs, COMPLETE_ATTR: sorted(self.done)}
+        attrs.pop(SKIPPED_ATTR, None)
+        attrs.pop(INPUTS_ATTR, None)
         if self.skipped:
-            group.attrs[SKIPPED_ATTR] = sorted(self.skipped)
-        elif SKIPPED_ATTR in group.attrs:
-            del group.attrs[SKIPPED_ATTR]
-        kept = {t: d for t, d in sorted(self.inputs.items()) if t in self.done | self.skipped}
+            attrs[SKIPPED_ATTR] = sorted(self.skipped)
+        recorded = self.done | self.skipped
+        kept = {t: d for t, d in sorted(self.inputs.items()) if t in recorded}
         if kept:
-            group.attrs[INPUTS_ATTR] = {"fields": self.input_fields, "digests": kept}
-        elif INPUTS_ATTR in group.attrs:
-            del group.attrs[INPUTS_ATTR]
+            attrs[INPUTS_ATTR] = {"fields": self.input_fields, "digests": kept}
+        group.attrs.put(attrs)  # one rewrite of the group's metadata document
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(self.target)
