@@ -55,7 +55,7 @@ from enspp.pipeline.config import PipelineConfig
 from enspp.pipeline.features import (
     STATIC_NAMES,
     channel_names,
-    doy_encoding,
+    doy_encodings,
     lead_target_channels,
     parse_channel,
     static_fields,
@@ -369,11 +369,11 @@ def _point_params(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
     out: dict[np.datetime64, Prepared] = {init: (x, m, {}) for init, (x, m) in ready.items()}
     if not ready:
         return out
+    x = np.stack([x for x, _ in ready.values()])
     for lead_h in pipeline.features.target_leads:
-        statics = [_static_at(model, static_fixed, init=init, lead_h=lead_h, records=records)
-                   for init in ready]
-        per_init = _run_points(model, [x for x, _ in ready.values()], statics,
-                               inits=list(ready), lead_h=lead_h)
+        statics = _statics_at(model, static_fixed, inits=list(ready), lead_h=lead_h,
+                              records=records)
+        per_init = _run_points(model, x, statics, inits=list(ready), lead_h=lead_h)
         for init, params in zip(ready, per_init):
             out[init][2][lead_h] = params
     return out
@@ -382,9 +382,17 @@ def _point_params(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
 def _static_at(model: torch.nn.Module, static_fixed: np.ndarray, *, init: np.datetime64,
                lead_h: int, records: StationFeatures | None) -> np.ndarray:
     """The model's static inputs at the valid time ``init + lead_h``."""
-    sin_doy, cos_doy = doy_encoding(init + np.timedelta64(lead_h, "h"))
-    return _static(model.spec.static_names, static_fixed, sin_doy, cos_doy,
-                   records=None if records is None else records.at(init))
+    return _statics_at(model, static_fixed, inits=[init], lead_h=lead_h, records=records)[0]
+
+
+def _statics_at(model: torch.nn.Module, static_fixed: np.ndarray, *,
+                inits: Sequence[np.datetime64], lead_h: int,
+                records: StationFeatures | None) -> np.ndarray:
+    """:func:`_static_at` of ``G`` init times, ``[G, C_s, ...]``."""
+    times = np.asarray(inits, dtype="datetime64[ns]")
+    sin_doy, cos_doy = doy_encodings(times + np.timedelta64(lead_h, "h"))
+    return _statics(model.spec.static_names, static_fixed, sin_doy, cos_doy,
+                    records=None if records is None else np.stack([records.at(t) for t in times]))
 
 
 def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarray, *,
@@ -483,31 +491,33 @@ POINT_GROUP = 512
 POINT_ROWS = 16384
 
 
-def _run_points(model: torch.nn.Module, inputs: Sequence[np.ndarray], static: Sequence[np.ndarray],
-                *, inits: Sequence[np.datetime64], lead_h: int) -> list[dict[str, np.ndarray]]:
-    """A point model's parameters ``[T, S, 1]`` for each init time of ``inits`` (its
-    ``inputs [K, C, S, 1]`` and ``static [C_s, S, 1]``) in one forward pass: every station of
+def _run_points(model: torch.nn.Module, inputs: np.ndarray, static: np.ndarray, *,
+                inits: Sequence[np.datetime64], lead_h: int) -> list[dict[str, np.ndarray]]:
+    """A point model's parameters ``[T, S, 1]`` for each init time of ``inits`` (``inputs
+    [G, K, C, S, 1]`` and ``static [G, C_s, S, 1]``) in one forward pass: every station of
     every init time is a row (the pipeline's point batches: ``H = W = 1``, ``x0`` the station
     index, each row its own init time)."""
-    n = inputs[0].shape[2]
+    n, g = inputs.shape[3], len(inputs)
 
-    def rows(arrays: Sequence[np.ndarray], axis: int) -> np.ndarray:
-        return np.concatenate([np.moveaxis(a, axis, 0) for a in arrays])
+    def rows(stacked: np.ndarray, axis: int) -> np.ndarray:
+        """``[G, ..., S (at axis), ..., 1]`` -> ``[G * S, ...]`` (init-major)."""
+        by_point = np.moveaxis(stacked, axis, 1)  # [G, S, ...]
+        return np.ascontiguousarray(by_point).reshape(g * n, *by_point.shape[2:])
 
-    init_ns = np.repeat([int(np.datetime64(t, "ns").astype(np.int64)) for t in inits], n)
+    init_ns = np.repeat(np.asarray(inits, dtype="datetime64[ns]").astype(np.int64), n)
     lead_ns = int(np.timedelta64(lead_h, "h").astype("timedelta64[ns]").astype(np.int64))
     batch = {
-        "inputs": torch.from_numpy(np.ascontiguousarray(rows(inputs, 2)))[..., None],
-        "static": torch.from_numpy(np.ascontiguousarray(rows(static, 1)))[..., None],
+        "inputs": torch.from_numpy(rows(inputs, 3))[..., None],
+        "static": torch.from_numpy(rows(static, 2))[..., None],
         "init_time": torch.from_numpy(init_ns),
         "lead_time": torch.full((len(init_ns),), lead_ns),
         "y0": torch.zeros(len(init_ns), dtype=torch.int64),
         "x0": torch.arange(n, dtype=torch.int64).repeat(len(inits)),
     }
-    # [G*S, T, 1, 1] -> per init time [T, S, 1]
-    out = {k: v.float().numpy()[:, :, :, 0] for k, v in model(batch).items()}
-    return [{k: np.moveaxis(v[g * n:(g + 1) * n], 0, 1) for k, v in out.items()}
-            for g in range(len(inits))]
+    # [G*S, T, 1, 1] -> [G, T, S, 1]: per init time a [T, S, 1] view
+    out = {k: v.float().numpy()[:, :, :, 0].reshape(g, n, -1, 1).transpose(0, 2, 1, 3)
+           for k, v in model(batch).items()}
+    return [{k: v[i] for k, v in out.items()} for i in range(g)]
 
 
 def _input_reader(ds: xr.Dataset, channels: Sequence[str], store: Any) -> StoreReader | None:
@@ -628,20 +638,32 @@ def _static(names: Sequence[str], fixed: np.ndarray, sin_doy: float, cos_doy: fl
             records: np.ndarray | None = None) -> np.ndarray:
     """The static planes ``names`` of one init time; ``records``: ``[F, S]`` station record
     features in the order of :func:`pipeline.station_features.feature_names`."""
-    shape = fixed.shape[1:]
-    planes = dict(zip(STATIC_NAMES, [*fixed, np.full(shape, sin_doy, np.float32),
-                                     np.full(shape, cos_doy, np.float32)]))
+    return _statics(names, fixed, np.array([sin_doy]), np.array([cos_doy]),
+                    records=None if records is None else np.asarray(records)[None])[0]
+
+
+def _statics(names: Sequence[str], fixed: np.ndarray, sin_doy: np.ndarray, cos_doy: np.ndarray,
+             *, records: np.ndarray | None = None) -> np.ndarray:
+    """The static planes ``names`` of ``G`` init times, ``[G, C_s, ...]``: ``fixed``
+    ``[C_fixed, ...]`` the same for all, ``sin_doy``/``cos_doy`` ``[G]``, ``records``
+    ``[G, F, S]`` station record features (order of
+    :func:`pipeline.station_features.feature_names`)."""
+    shape, g = fixed.shape[1:], len(sin_doy)
+    ones = (1,) * len(shape)
+    planes = {n: np.broadcast_to(p, (g, *shape)) for n, p in zip(STATIC_NAMES, fixed)}
+    for n, v in (("sin_doy", sin_doy), ("cos_doy", cos_doy)):
+        planes[n] = np.broadcast_to(np.asarray(v, np.float32).reshape(g, *ones), (g, *shape))
     if records is not None:
         record_names = [n for n in names if n in ALL_RECORD_FEATURES]
-        planes.update({n: records[i][:, None] for i, n in enumerate(record_names)})
+        planes.update({n: records[:, i, :, None] for i, n in enumerate(record_names)})
     unknown = [n for n in names if n not in planes]
     if unknown:
         raise PredictError(f"the model uses static features {unknown} that predict cannot "
                            f"build (known: {list(STATIC_NAMES)} and the station record "
                            f"features {list(ALL_RECORD_FEATURES)})")
     if not names:
-        return np.zeros((0, *shape), np.float32)
-    return np.stack([planes[n] for n in names]).astype(np.float32)
+        return np.zeros((g, 0, *shape), np.float32)
+    return np.stack([planes[n] for n in names], axis=1).astype(np.float32)
 
 
 def run_model(model: torch.nn.Module, inputs: np.ndarray, static: np.ndarray, *,
@@ -653,7 +675,7 @@ def run_model(model: torch.nn.Module, inputs: np.ndarray, static: np.ndarray, *,
     pipeline's point batches: ``H = W = 1``, ``x0`` the station index)."""
     ny, nx = inputs.shape[-2:]
     if model.spec.is_point:
-        return _run_points(model, [inputs], [static], inits=[init], lead_h=lead_h)[0]
+        return _run_points(model, inputs[None], static[None], inits=[init], lead_h=lead_h)[0]
     slices = tile_slices((ny, nx), tile=None if model.spec.is_point else tile, overlap=overlap)
     x, s = torch.from_numpy(inputs), torch.from_numpy(static)
     init_ns = int(init.astype("datetime64[ns]").astype(np.int64))

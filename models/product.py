@@ -112,10 +112,11 @@ def product_block(fields: Sequence[Mapping[int, Mapping[str, np.ndarray]]], *,
     leads = list(fields[0])
     if any(list(f) != leads for f in fields):
         raise ValueError("every init time of a product block needs the same leads")
-    # each field [I, L, ...]: init times, then leads
-    stacked = {key: np.stack([np.stack([np.asarray(f[lead][key]) for lead in leads])
-                              for f in fields])
-               for key in fields[0][leads[0]]}
+    # each field [I, L, ...]: init times, then leads (one stack of every init time's leads)
+    stacked = {}
+    for key in fields[0][leads[0]]:
+        flat = np.stack([f[lead][key] for f in fields for lead in leads])
+        stacked[key] = flat.reshape(len(fields), len(leads), *flat.shape[1:])
     space = schema.spatial_dims(grid)
     coords: dict[str, Any] = {
         schema.INIT_TIME: np.asarray([np.datetime64(t, "ns") for t in inits]),

@@ -61,9 +61,15 @@ def target_channels(variables: Sequence[str], targets: Sequence[str]) -> tuple[i
 
 def doy_encoding(valid_time: np.datetime64) -> tuple[float, float]:
     """``(sin, cos)`` of the day of year of ``valid_time`` (period 365.25 days)."""
-    ts = pd.Timestamp(valid_time)
-    phase = 2 * np.pi * (ts.day_of_year - 1 + ts.hour / 24) / _YEAR_DAYS
-    return float(np.sin(phase)), float(np.cos(phase))
+    sin, cos = doy_encodings(np.asarray([valid_time], dtype="datetime64[ns]"))
+    return float(sin[0]), float(cos[0])
+
+
+def doy_encodings(valid_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`doy_encoding` of many valid times at once: float64 ``(sin, cos)`` arrays."""
+    t = pd.DatetimeIndex(np.asarray(valid_times, dtype="datetime64[ns]"))
+    phase = 2 * np.pi * (t.day_of_year.to_numpy() - 1 + t.hour.to_numpy() / 24) / _YEAR_DAYS
+    return np.sin(phase), np.cos(phase)
 
 
 def static_fields(forecast: xr.Dataset, static: xr.Dataset | None, *,
