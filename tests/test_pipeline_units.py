@@ -179,3 +179,21 @@ def test_period_init_times_by_init_date_and_split_samples_by_valid_time():
     assert [str(t)[:10] for t in got] == [f"2020-01-0{d}" for d in range(3, 9)]
     samples = split_init_times(inits, periods={"test": period}, max_lead=H48)["test"]
     assert set(samples) <= set(got) and len(got) - len(samples) == 2
+
+
+def test_day_of_year_encoding_of_many_valid_times_equals_each_ones():
+    """``doy_encodings`` (a point group's static planes at predict) gives, bit for bit, the
+    encoding the training pipeline computes for each valid time: sin/cos of
+    2 pi (day of year - 1 + hour / 24) / 365.25, here from the standard library."""
+    import math
+
+    import pandas as pd
+
+    from enspp.pipeline.features import doy_encoding, doy_encodings
+
+    times = pd.date_range("1999-12-30", "2001-01-02T18", freq="6h").values
+    sin, cos = doy_encodings(times)
+    for t, s, c in zip(times, sin, cos):
+        d = pd.Timestamp(t).to_pydatetime()
+        phase = 2 * math.pi * (d.timetuple().tm_yday - 1 + d.hour / 24) / 365.25
+        assert (s, c) == (math.sin(phase), math.cos(phase)) == doy_encoding(t), d
