@@ -20,8 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="land the good files and report the bad ones (default: a bad "
                              "file stops the whole batch before anything is written)")
     parser.add_argument("--allow-nan", action="store_true",
-                        help="accept NaN (missing) points inside fields (default: an error; a "
-                             "field an input does not provide is recorded as absent either way)")
+                        help="accept NaN (missing) points inside gridded fields (default: an "
+                             "error; a field an input does not provide is recorded as absent "
+                             "either way). Station tables have gaps by nature: their missing "
+                             "members and observations are kept as NaN and counted in the "
+                             "summary line, with or without this flag")
     parser.add_argument("--allow-mixed-centres", action="store_true",
                         help="accept inputs from several originating centres in one store")
     parser.add_argument("--config", default=None, metavar="CFG",
