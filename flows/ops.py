@@ -167,9 +167,13 @@ def _model_checkpoint(cfg: Any, checkpoint: str | None) -> tuple[str, str]:
 
 
 def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
-                       split: str | None) -> list[str]:
+                       split: str | None, product: Path | None = None) -> list[str]:
+    """``init_times`` (each must be in the store), the ``split``'s, or by default the latest
+    init time of the store and every earlier one since the ``product``'s first that it lacks
+    (a run missed, failed or ingested late: a scheduled predict fills the gap)."""
     import numpy as np
 
+    from enspp.data.provenance import record_keys
     from enspp.data.store import open_store
 
     if not forecast.exists():
@@ -180,7 +184,18 @@ def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
     if split is not None:
         return steps.split_init_times(cfg, split)
     if not init_times:
-        return [str(have.max())[:19]]
+        done = done_init_times(product) if product is not None else set()
+        if not done:
+            return [str(have.max())[:19]]
+        from enspp.flows.tasks import skipped_init_times
+        from enspp.models.product import stale_init_times
+
+        # init times skipped for want of inputs are tried again once their inputs arrive
+        left = skipped_init_times(product) - stale_init_times(product, forecast)
+        first = min(np.datetime64(t, "ns") for t in done)
+        later = np.sort(have[have >= first])
+        return [str(t)[:19] for t, k in zip(later, record_keys(later))
+                if (k not in done and k not in left) or t == have.max()]
     wanted = [np.datetime64(t, "ns") for t in init_times]
     missing = [str(t)[:16] for t in wanted if t not in set(have)]
     if missing:
@@ -214,8 +229,9 @@ def _predict_batches(checkpoint: str, forecast: str, product: str, batches: list
 def predict_flow(config_path: str | None = None, init_times: list[str] | None = None,
                  split: str | None = None, checkpoint: str | None = None,
                  init_times_per_task: int = 1) -> str:
-    """Post-process the latest init time of the forecast store (or ``init_times``, or every
-    init time of the pipeline's ``split``) with the registry's current model (or
+    """Post-process the latest init time of the forecast store and every earlier one since
+    the product's first that the product lacks (a missed or late run; or ``init_times``, or
+    every init time of the pipeline's ``split``) with the registry's current model (or
     ``checkpoint``) into ``WORKDIR/stores/products/<version>.zarr``; init times already in
     the product are skipped, unless their input fields in the store have been replaced since
     (a store rebuilt from other files: predicted again).  Fails loudly when inputs or the model are missing."""
@@ -223,8 +239,8 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
     wd = cfg.workdir
     ckpt, version = _model_checkpoint(cfg, checkpoint)
     forecast = wd.path(cfg.pipeline.stores.forecast or wd.forecast)
-    wanted = _wanted_init_times(cfg, forecast, init_times, split)
     product = wd.products / f"{version}.zarr"
+    wanted = _wanted_init_times(cfg, forecast, init_times, split, product)
     from enspp.data.provenance import record_key
     from enspp.models.product import stale_init_times
 

@@ -276,6 +276,35 @@ def test_init_times_computed_from_replaced_inputs_are_predicted_again(harness, t
     shutil.rmtree(tmp_path / "stores")
 
 
+def test_a_scheduled_predict_catches_up_the_init_times_its_product_lacks(harness, tmp_path,
+                                                                         caplog):
+    """The predict flow without init times (the scheduled run) post-processes the latest init
+    time and every earlier one since the product's first that the product lacks (runs missed
+    or ingested late), not the latest alone; init times before the product's first are left
+    alone, and a run with nothing new does nothing."""
+    from predict_data import make_checkpoint, pipeline_config
+
+    from enspp.flows.ops import predict_flow
+    from enspp.models.product import open_product
+    from enspp.pipeline.synthetic import write_stores
+
+    paths = write_stores(tmp_path / "stores", n_init=30, lead_hours=(24, 48), n_members=6,
+                         ny=16, nx=24, start="2019-01-01")
+    (tmp_path / "enspp.yaml").write_text(FLOW_CONFIG)
+    ckpt = str(make_checkpoint(tmp_path / "m.ckpt", pipeline_config(paths)))
+    cfg = str(tmp_path / "enspp.yaml")
+    product = Path(predict_flow(cfg, init_times=["2019-01-20T00"], checkpoint=ckpt))
+    predict_flow(cfg, init_times=["2019-01-25T00"], checkpoint=ckpt)
+    caplog.clear()
+    predict_flow(cfg, checkpoint=ckpt)  # scheduled: 21..24 missed, 26..30 new
+    assert "9 init time(s) to post-process, 0 already in" in caplog.text
+    days = sorted(str(t)[:10] for t in open_product(product).init_time.values)
+    assert days == [f"2019-01-{d:02d}" for d in range(20, 31)]
+    caplog.clear()
+    predict_flow(cfg, checkpoint=ckpt)
+    assert "0 init time(s) to post-process" in caplog.text
+
+
 # ------------------------------------------------------------------ registry
 def test_decide():
     assert decide(1.0, None) == (True, "no current version; candidate val CRPS 1")
