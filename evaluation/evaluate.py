@@ -723,19 +723,28 @@ def write_report_atomically(result: EvaluationResult, out_dir: Path) -> None:
     if not swap:
         write_report(result, out_dir)
         return
+    from enspp.data.lock import store_lock
+
     tmp, old = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old.exists() and out.exists():
-        shutil.rmtree(old)  # left by a run killed after its swap
-    elif old.exists():
-        os.rename(old, out)  # a run killed between the two renames: the previous report
-    write_report(result, tmp)
-    if out.exists():
-        os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    # one writer of a report at a time (two runs of the nightly evaluation, or a manual one
+    # beside it, would share the scratch directory): the second waits for the first
+    with store_lock(out, timeout=REPORT_LOCK_TIMEOUT):
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and out.exists():
+            shutil.rmtree(old)  # left by a run killed after its swap
+        elif old.exists():
+            os.rename(old, out)  # a run killed between the two renames: the previous report
+        write_report(result, tmp)
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     result.out_dir = out_dir
     result.files = {k: str(out_dir / Path(v).relative_to(tmp)) for k, v in result.files.items()}
+
+
+#: seconds a report write waits for another run writing the same report
+REPORT_LOCK_TIMEOUT = 1800.0
 
 
 def _is_report_entry(p: Path) -> bool:

@@ -155,12 +155,11 @@ def predict_init_times(checkpoint: str, forecast: str, product: str, init_times:
                        n_more: int = 0) -> list[str]:
     """Post-process ``init_times`` of ``forecast`` into ``product`` (serialised per product by
     a lock, since Zarr appends to one store must not interleave)."""
-    from enspp.data.lock import store_lock
     from enspp.models.predict import predict
 
-    with store_lock(_lock_dir(product), timeout=600.0):
-        predict(checkpoint, forecast, out=product, init_times=init_times,
-                quantiles=tuple(options["quantiles"]), n_members=int(options["n_members"]),
-                fmt="zarr", batch_size=int(options["batch_size"]), seed=int(options["seed"]),
-                model_version=version)
+    # predict holds the product's lock: one writer at a time, the CLI's included
+    predict(checkpoint, forecast, out=product, init_times=init_times,
+            quantiles=tuple(options["quantiles"]), n_members=int(options["n_members"]),
+            fmt="zarr", batch_size=int(options["batch_size"]), seed=int(options["seed"]),
+            model_version=version)
     return list(init_times)

@@ -72,6 +72,27 @@ class PredictError(EnsppError):
     """The forecast store cannot be post-processed as asked; the message names the problem."""
 
 
+#: seconds a predict waits for another writer of the same product (then refuses, naming it)
+PRODUCT_LOCK_TIMEOUT = 600.0
+
+
+def _one_writer(fn: Any) -> Any:
+    """Run ``fn`` holding the product's lock (``<dir>/.<product>.lock``, released by the
+    kernel if the process dies): the CLI, the predict flow and the validation products
+    serialise their writes to one product instead of interleaving them."""
+    import functools
+
+    from enspp.data.lock import store_lock
+
+    @functools.wraps(fn)
+    def locked(*args: Any, out: str | Path, **kwargs: Any) -> Path:
+        with store_lock(Path(out), timeout=PRODUCT_LOCK_TIMEOUT):
+            return fn(*args, out=out, **kwargs)
+
+    return locked
+
+
+@_one_writer
 def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             out: str | Path, init_times: Sequence[Any] | None = None,
             quantiles: Sequence[float] = (0.05, 0.25, 0.5, 0.75, 0.95), n_members: int = 10,
@@ -93,6 +114,9 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     whole grid of each init time in one pass, as the training pipeline's validation and test
     loaders feed it, instead of the tiles ``tiling`` picks.  ``progress``: a bar on a
     terminal (:mod:`data.progress`; the summary line is logged either way).
+
+    One process writes a product at a time: a second waits for the first (up to
+    :data:`PRODUCT_LOCK_TIMEOUT` seconds).
 
     A station model with record features (``features.past_error``/``hres``) builds them from
     the observations (``analysis``, default the training pipeline's analysis store) and the

@@ -4,6 +4,7 @@ truth lacks.  Refused by default, naming the store, the variable and the init ti
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -171,10 +172,33 @@ def test_a_report_is_replaced_whole_or_not_at_all(world, tmp_path, monkeypatch):
     assert (out / "scores.json").read_text() == first  # the previous report, untouched
     evaluate(cfg, out)
     assert not (out / "plots" / "stale.png").exists()  # the new report replaced the old whole
-    assert sorted(p.name for p in out.parent.iterdir()) == ["latest"]  # no .partial / .old
+    # no .partial / .old left (the lock file of the report's writers stays beside it)
+    assert sorted(p.name for p in out.parent.iterdir()) == [".latest.lock", "latest"]
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     for _ in range(2):
         evaluate(cfg, mine)
         assert (mine / "notes.txt").read_text() == "keep" and (mine / "index.html").is_file()
+
+
+def test_two_runs_writing_one_report_take_turns(world, tmp_path, monkeypatch):
+    """Two evaluations writing the same report at once (the nightly run and a manual one)
+    take turns on its lock instead of sharing one scratch directory: both complete and the
+    report is whole; a run that cannot get the lock in time refuses, naming the report."""
+    import importlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from enspp.data.lock import StoreLockedError, store_lock
+
+    E = importlib.import_module("enspp.evaluation.evaluate")
+
+    cfg = config_from_mapping(config_dict(world, **BASE))
+    out = tmp_path / "reports" / "latest"
+    with ThreadPoolExecutor(2) as pool:
+        for run in [pool.submit(evaluate, cfg, out, progress=False) for _ in range(2)]:
+            assert Path(run.result().files["index"]).is_file()
+    assert json.loads((out / "scores.json").read_text())["variables"]
+    monkeypatch.setattr(E, "REPORT_LOCK_TIMEOUT", 0.2)
+    with store_lock(out), pytest.raises(StoreLockedError, match="latest"):
+        evaluate(cfg, out, progress=False)

@@ -475,3 +475,28 @@ def test_an_init_time_computed_from_replaced_inputs_is_stale_and_rewritten_whole
                            before["t2m_mean"].sel(init_time=inits[1]))
     xr.testing.assert_equal(after.sel(init_time=[inits[0], inits[2]]),  # values, not attrs
                             before.sel(init_time=[inits[0], inits[2]]))
+
+
+def test_one_writer_of_a_product_at_a_time(world, tmp_path, monkeypatch):
+    """Predicts into one product (the CLI beside the predict flow) take turns on the
+    product's lock: two at once both complete it, identical to one run; one that cannot get
+    the lock in time refuses, naming the product."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import enspp.models.predict as P
+    from enspp.data.lock import StoreLockedError, store_lock
+
+    store, ckpt = world["paths"].forecast, world["perturbed"]
+    inits, kw = _inits(world, n=4), dict(quantiles=QUANTILES, n_members=5, progress=False)
+    out = tmp_path / "p.zarr"
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(predict, ckpt, store, out=out, init_times=part, **kw)
+                for part in (inits[:2], inits[2:])]
+        for run in runs:
+            run.result()
+    predict(ckpt, store, out=tmp_path / "one.zarr", init_times=inits, **kw)
+    xr.testing.assert_equal(open_product(out).load().sortby("init_time"),
+                            open_product(tmp_path / "one.zarr").load())
+    monkeypatch.setattr(P, "PRODUCT_LOCK_TIMEOUT", 0.2)
+    with store_lock(out), pytest.raises(StoreLockedError, match="p.zarr"):
+        predict(ckpt, store, out=out, init_times=inits[:1], **kw)
