@@ -777,8 +777,9 @@ def run_cases(config: EvaluateConfig, fields: dict[str, dict[str, SystemField]],
                                           f"case {case.id!r}: variable {case.variable!r} is not "
                                           f"evaluated (variables: {list(fields)})"))
                 continue
-            label = estimator_label(config, kinds={k: f.kind for k, f in fs.items()},
-                                    members={k: scoring.n_members(f) for k, f in fs.items()})
+            # the estimators used, without system keys (the dashboard's column header)
+            label = "; ".join(dict.fromkeys(_crps_kind(config, f.kind, scoring.n_members(f))
+                                            for f in fs.values()))
             results.append(evaluate_case(
                 case, fs, obs, reference=config.reference, estimator=label,
                 score_fn=lambda f, o: scoring.crps(f, o, estimator=config.crps_estimator)))

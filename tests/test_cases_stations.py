@@ -215,7 +215,7 @@ def test_a_report_with_a_station_case_renders(tmp_path):
     doc = json.loads((out / "scores.json").read_text())
     case = doc["cases"][0]
     assert case["status"] == "ok" and case["crps_estimator"] == (
-        "standard ensemble CRPS for raw_full; closed-form gaussian CRPS for emos")
+        "standard ensemble CRPS; closed-form gaussian CRPS")
     assert [s["id"] for s in case["series"]["stations"]] == ["S1", "S2"]
     assert (out / case["plot"]).is_file() and (out / case["plot"]).stat().st_size > 1000
     assert doc["cases"][1]["status"] == "out_of_range"
