@@ -34,7 +34,13 @@ from prefect import allow_failure, flow  # noqa: E402
 from enspp.flows import steps  # noqa: E402
 from enspp.flows.config import ingest_targets, sample_points  # noqa: E402
 from enspp.flows.runtime import make_task_runner, resolve_config  # noqa: E402
-from enspp.flows.tasks import FlowInputError, done_init_times, ingest_files, new_files, predict_init_times  # noqa: E402
+from enspp.flows.tasks import (  # noqa: E402
+    FlowInputError,
+    ingest_files,
+    new_files,
+    predict_init_times,
+    recorded_init_times,
+)
 
 # the library's one-line step summaries (what, how much, how long) are printed, and so land
 # in the run's log (every flow logs prints)
@@ -184,14 +190,11 @@ def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
     if split is not None:
         return steps.split_init_times(cfg, split)
     if not init_times:
-        done = done_init_times(product) if product is not None else set()
+        # init times skipped for want of inputs are tried again once their inputs arrive
+        done, left, _ = (recorded_init_times(product, forecast) if product is not None
+                         else (set(), set(), set()))
         if not done:
             return [str(have.max())[:19]]
-        from enspp.flows.tasks import skipped_init_times
-        from enspp.models.product import stale_init_times
-
-        # init times skipped for want of inputs are tried again once their inputs arrive
-        left = skipped_init_times(product) - stale_init_times(product, forecast)
         first = min(np.datetime64(t, "ns") for t in done)
         later = np.sort(have[have >= first])
         return [str(t)[:19] for t, k in zip(later, record_keys(later))
@@ -242,11 +245,9 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
     product = wd.products / f"{version}.zarr"
     wanted = _wanted_init_times(cfg, forecast, init_times, split, product)
     from enspp.data.provenance import record_key
-    from enspp.models.product import stale_init_times
 
     # init times whose inputs were replaced since (a store rebuilt from other files) again
-    stale = stale_init_times(product, forecast)
-    done = done_init_times(product) - stale
+    done, _, stale = recorded_init_times(product, forecast)
     todo = [t for t in wanted if record_key(t) not in done]
     again = sum(record_key(t) in stale for t in todo)
     print(f"predict {version}: {len(todo)} init time(s) to post-process"

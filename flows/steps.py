@@ -155,16 +155,15 @@ def validation_product(config: Any, checkpoint: str, version: str, product: Path
     never scores old inputs); ``predict``: the
     :func:`~enspp.flows.tasks.predict_init_times` task (default) or its plain function."""
     from enspp.data.provenance import record_key
-    from enspp.flows.tasks import done_init_times, predict_init_times, skipped_init_times
-    from enspp.models.product import stale_init_times
+    from enspp.flows.tasks import predict_init_times, recorded_init_times, skipped_init_times
 
     inits = split_init_times(config, "val")
     if not inits:
         raise FlowInputError("the forecast store holds no init time in pipeline.split.val")
     forecast = str(config.workdir.path(config.pipeline.stores.forecast))
     # an init time computed from input fields replaced since is predicted again
-    done = (done_init_times(product) | skipped_init_times(product)) - stale_init_times(
-        product, forecast)
+    complete, skipped, _ = recorded_init_times(product, forecast)
+    done = complete | skipped
     todo = [t for t in inits if record_key(t) not in done]
     if todo:
         from enspp.models.predict import PredictError

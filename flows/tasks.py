@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from enspp.data.errors import EnsppError
 
 __all__ = ["FlowInputError", "IngestFilesError", "is_transient", "new_files", "ingest_files",
-           "predict_init_times", "done_init_times", "skipped_init_times", "IO_RETRY"]
+           "predict_init_times", "done_init_times", "skipped_init_times", "recorded_init_times", "IO_RETRY"]
 
 
 class FlowInputError(EnsppError):
@@ -146,6 +146,17 @@ def skipped_init_times(product: str | Path) -> set[str]:
 
     attrs = read_root_attrs(product) or {}
     return {record_key(np.datetime64(t, "ns")) for t in attrs.get(SKIPPED_ATTR, [])}
+
+
+def recorded_init_times(product: str | Path, forecast: str | Path) -> tuple[set[str], set[str], set[str]]:
+    """``(done, skipped, stale)`` of ``product`` (``record_key`` strings): its complete init
+    times and those a predict skipped for want of inputs, less those computed from input
+    fields of ``forecast`` replaced since (:func:`enspp.models.product.stale_init_times`),
+    which are ``stale`` and to be predicted again."""
+    from enspp.models.product import stale_init_times
+
+    stale = stale_init_times(product, forecast)
+    return done_init_times(product) - stale, skipped_init_times(product) - stale, stale
 
 
 @task(name="predict-init-times", task_run_name="predict {first} and {n_more} more init times",
