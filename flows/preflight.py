@@ -223,12 +223,14 @@ class _Checker:
                                       "needs it listed")
             else:
                 self.out.problems.append(msg)
+        from enspp.pipeline.align import store_kind
+
         grid = None
         for i, s in enumerate(ev.systems):
             key = f"evaluate.systems[{s.key}].path"
             p = self.path(key, s.path, what="store", created_by="ingest or predict")
             ds = None if p is None else self.dataset(key, p, any_zarr=True)
-            if ds is not None and _kind_of(ds) == "analysis":
+            if ds is not None and store_kind(ds) == "analysis":
                 self.out.problems.append(f"{key}: {p} is an analysis store, not a forecast "
                                          "or product store (is it the truth?)")
                 continue
@@ -334,12 +336,6 @@ class _Checker:
                                   "skips it")
         if not kept:
             self.out.problems.append(f"evaluate.regions: no region holds a {where}")
-
-
-def _kind_of(ds: Any) -> str | None:
-    from enspp.pipeline.align import store_kind
-
-    return store_kind(ds)
 
 
 def check_config(config: Any, *, pipeline: bool = True) -> Preflight:
