@@ -100,6 +100,22 @@ def new_run_id(seed: int) -> str:
     return f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-s{seed}"
 
 
+def claim_run_dir(runs: Path, run_id: str) -> Path:
+    """A new, empty ``runs/<run_id>`` created for this run alone: when another run already
+    holds that name (two trainings started within one second with one seed), the first free
+    ``<run_id>-2``, ``<run_id>-3``, ...  Creating the directory is the claim, so two
+    processes never share one."""
+    runs.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = runs / (run_id if n == 1 else f"{run_id}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{runs}: no free run directory named {run_id}-<n>")
+
+
 def run_dir_of_checkpoint(path: Path) -> Path | None:
     """The run directory holding ``path`` (``runs/<id>/checkpoints/x.ckpt``), else ``None``."""
     path = Path(path).resolve()
@@ -327,8 +343,9 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
         plugins = [_ResumeCheckpointIO(resume, checkpoint)]
     metadata = build_metadata(spec, data=data, pipeline=pipeline, model=model, train=train_config)
     run_dir = (run_dir_of_checkpoint(resume) if resume is not None else None) or (
-        Path(workdir) / RUNS_DIR / (train_config.run_id or new_run_id(train_config.seed)))
-    run_dir.mkdir(parents=True, exist_ok=True)
+        Path(workdir) / RUNS_DIR / train_config.run_id if train_config.run_id else
+        claim_run_dir(Path(workdir) / RUNS_DIR, new_run_id(train_config.seed)))
+    run_dir.mkdir(parents=True, exist_ok=True)  # a named run (experiments) may be re-entered
     _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
     if not network:  # EMOS: the exact fit (deterministic: no seeds, no epochs)
         return _train_exact_emos(data, spec, metadata, train_config, run_dir=run_dir)

@@ -258,3 +258,22 @@ def test_exact_fit_line_says_its_crps_is_normalised() -> None:
 
     words = _fit_words(SimpleNamespace(loss=0.0626, start_loss=0.0627, iterations=16, converged=True))
     assert words == "train CRPS (normalised) 0.0626 (closed-form start 0.0627), 16 Newton iterations"
+
+
+def test_two_runs_started_in_one_second_get_their_own_directories(tmp_path):
+    """Run ids have one-second resolution: a second training started within that second
+    (one seed) must not write into the first one's directory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from enspp.models.train import claim_run_dir
+
+    runs = tmp_path / "runs"
+    (runs / "20261207-030000-s0").mkdir(parents=True)
+    (runs / "20261207-030000-s0" / "config.yaml").write_text("first run's\n")
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: claim_run_dir(runs, "20261207-030000-s0"), range(8)))
+    assert len(set(dirs)) == 8
+    assert runs / "20261207-030000-s0" not in dirs
+    assert sorted(d.name for d in dirs) == sorted(f"20261207-030000-s0-{n}" for n in range(2, 10))
+    assert all(not any(d.iterdir()) for d in dirs)
+    assert (runs / "20261207-030000-s0" / "config.yaml").read_text() == "first run's\n"
