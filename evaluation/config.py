@@ -10,7 +10,7 @@ Example::
         - {name: raw_subset, path: stores/forecast.zarr, members: 10}
         - {name: mlp, path: stores/products/mlp-v3.zarr, type: gaussian}
       variables: [t2m, z500]
-      period: {start: 2023-01-01, end: 2023-12-31}
+      period: {start: 2023-01-01, end: 2023-12-31}   # or split: test, or recent_days: 30
       regions: [global, tropics, extratropics,      # names of evaluation.weights.REGIONS
                 {name: alps, lat_min: 44, lat_max: 48.5, lon_min: 5, lon_max: 17}]
       lead_times: [24, 48]          # hours; all leads when omitted
@@ -187,6 +187,10 @@ class EvaluateConfig(_Frozen):
     #: named periods a ``split`` refers to (filled from the pipeline section by the CLI)
     splits: dict[str, Period] = {}
     split: str | None = None
+    #: the last ``recent_days`` days of init dates, ending at the latest init time whose
+    #: valid times the truth holds (a nightly report of recent skill: the period moves with
+    #: the data); exclusive with ``period`` and ``split``
+    recent_days: int | None = Field(None, ge=1)
     regions: list[str | Region] = ["global"]
     lead_times: list[int] | None = None
     metrics: list[str] = ["crps", "spread_skill", "rank_histogram", "rmse", "mae", "bias"]
@@ -250,6 +254,14 @@ class EvaluateConfig(_Frozen):
         splits = info.data.get("splits") or {}
         if v is not None and splits and v not in splits:
             raise EvaluateConfigError(f"{v!r} is not a known split ({sorted(splits)})")
+        return v
+
+    @field_validator("recent_days")
+    @classmethod
+    def _recent(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and (info.data.get("period") is not None
+                              or info.data.get("split") is not None):
+            raise EvaluateConfigError("give one of 'period', 'split' and 'recent_days'")
         return v
 
     @field_validator("regions", mode="before")

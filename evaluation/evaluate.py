@@ -42,6 +42,7 @@ from enspp.evaluation.systems import (
     common_init_times,
     open_systems,
     open_truth,
+    recent_period,
     select_period,
     truth_at_valid_time,
     truth_values,
@@ -580,6 +581,8 @@ def prepare_fields(config: EvaluateConfig, notes: dict[str, list[str]] | None = 
             f"among the systems {sorted(systems)}; add it to evaluate.systems or change "
             f"evaluate.reference")
     period = config.resolved_period()
+    if config.recent_days is not None:
+        period = _recent_period(config, systems)
     out: dict[str, dict[str, SystemField]] = {}
     for v in config.variables:
         fs = {k: select_period(d[v], period, config.lead_times) for k, d in systems.items() if v in d}
@@ -598,6 +601,24 @@ def prepare_fields(config: EvaluateConfig, notes: dict[str, list[str]] | None = 
             check_same_grid(t, ref, what=f"system {k!r} vs reference {config.reference!r} ({v!r})")
         out[v] = fs
     return out
+
+
+def _recent_period(config: EvaluateConfig, systems: dict[str, dict[str, SystemField]]):
+    """``evaluate.recent_days`` as a period: the last days of the reference system's init
+    times whose valid times (at the evaluated lead times) the truth holds, for every variable."""
+    if config.truth is None:
+        raise EvaluateConfigError("evaluate.recent_days needs evaluate.truth")
+    truth = open_truth(config.truth, config.variables)
+    ends = []
+    for v in config.variables:
+        if v in systems[config.reference] and v in truth:
+            ref = select_period(systems[config.reference][v], None, config.lead_times).template
+            ends.append(recent_period(ref[INIT_TIME].values, ref[LEAD_TIME].values,
+                                      truth[v]["time"].values, days=config.recent_days))
+    if not ends:
+        raise MissingReferenceError(f"evaluate.recent_days: the reference {config.reference!r} "
+                                    f"and the truth share no variable of {config.variables}")
+    return min(ends, key=lambda p: p.end)
 
 
 def _missing_init_times(config: EvaluateConfig, variable: str, fields: dict[str, SystemField],

@@ -235,6 +235,21 @@ def select_period(field: SystemField, period: Period | None,
     return field.isel(idx) if idx else field
 
 
+def recent_period(init_times: np.ndarray, lead_times: np.ndarray, truth_times: np.ndarray, *,
+                  days: int) -> Period:
+    """The last ``days`` init dates ending at the latest of ``init_times`` whose valid times
+    (the init time plus each of ``lead_times``) the truth holds, both ends included."""
+    init = np.asarray(init_times, dtype="datetime64[ns]")
+    valid = init[:, None] + np.asarray(lead_times, dtype="timedelta64[ns]")[None, :]
+    ok = np.isin(valid, np.asarray(truth_times, dtype="datetime64[ns]")).all(axis=1)
+    if not ok.any():
+        raise AlignmentError("evaluate.recent_days: the truth holds the valid times of no init "
+                             "time; ingest the analyses first")
+    end = init[ok].max().astype("datetime64[D]")
+    start = end - np.timedelta64(days - 1, "D")
+    return Period(start=start.astype(object), end=end.astype(object))
+
+
 def common_init_times(fields: list[SystemField]) -> np.ndarray:
     """Init times every system has (paired comparison needs the same dates)."""
     common: np.ndarray | None = None

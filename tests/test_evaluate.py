@@ -205,6 +205,8 @@ def test_missing_values(tmp_path):
     ({"period": {"start": "2021-01-01", "end": "2021-02-01"}, "split": "test"}, "either 'period' or 'split'"),
     ({"split": "test", "splits": {"train": {"start": "2020-01-01", "end": "2020-02-01"}}}, "not a known split"),
     ({"period": {"start": "2021-02-01", "end": "2021-01-01"}}, "is before start"),
+    ({"split": "test", "recent_days": 30}, "one of 'period', 'split' and 'recent_days'"),
+    ({"recent_days": 0}, "recent_days"),
     ({"lead_times": [-6]}, "must be >= 0"),
     ({"twcrps": {"percentiles": [1.5]}}, r"must lie in \(0, 1\)"),
     ({"bootstrap": {"n": 3}}, "evaluate.bootstrap.n"),
@@ -239,6 +241,36 @@ def test_period_selects_init_dates(world):
     assert res.provenance["init_times"]["t2m"]["first"].startswith("2021-01-03")
     with pytest.raises(AlignmentError, match="share no init time"):
         evaluate(_cfg(world, period={"start": "2030-01-01", "end": "2030-01-05"}))
+
+
+def test_recent_days_follow_the_truth(world, tmp_path):
+    """``recent_days``: the last days of init times the truth can verify; the period moves
+    with the data (a nightly report of recent skill needs no date in its config)."""
+    day = [str(t.date()) for t in world.init_times]
+    res = evaluate(_cfg(world, recent_days=3))
+    assert int(res.scores["t2m"]["init_count"]) == 3
+    assert res.provenance["init_times"]["t2m"]["first"].startswith(day[-3])
+    # analyses that end two days earlier verify the +48 h forecasts up to the third-last init
+    ana = xr.open_zarr(world.analysis).sel(time=slice(None, day[-1])).load()
+    ana.chunk({"time": 1}).to_zarr(tmp_path / "late.zarr", mode="w")
+    res = evaluate(_cfg(world, recent_days=3, truth=str(tmp_path / "late.zarr")))
+    assert int(res.scores["t2m"]["init_count"]) == 3
+    assert res.provenance["init_times"]["t2m"]["first"].startswith(day[-5])
+    assert res.provenance["init_times"]["t2m"]["last"].startswith(day[-3])
+
+
+def test_recent_period_by_hand():
+    from enspp.evaluation.systems import recent_period
+
+    init = np.array(["2021-01-01T00", "2021-01-01T12", "2021-01-02T00", "2021-01-03T00"],
+                    dtype="datetime64[ns]")
+    leads = np.array([0, 24], dtype="timedelta64[h]")
+    truth = np.arange(np.datetime64("2021-01-01T00"), np.datetime64("2021-01-03T01"),
+                      np.timedelta64(12, "h")).astype("datetime64[ns]")
+    p = recent_period(init, leads, truth, days=2)
+    assert (str(p.start), str(p.end)) == ("2021-01-01", "2021-01-02")
+    with pytest.raises(AlignmentError, match="no init time"):
+        recent_period(init, leads, truth[:1], days=2)
 
 
 # ------------------------------------------------------------------ CLI
