@@ -272,9 +272,10 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     steps.refresh_statistics(cfg)
     trained = steps.train_model(cfg)
     candidate = trained["checkpoint"]
+    scored = steps.validation_candidates(wd.registry, candidate)
     products = {label: steps.validation_product(cfg, ckpt, version,
                                                 steps.validation_product_path(cfg, version))
-                for label, (ckpt, version) in steps.validation_candidates(wd.registry, candidate).items()}
+                for label, (ckpt, version) in scored.items()}
     scores = steps.score_on_validation(cfg, products)
     decision = steps.register_model(
         str(wd.registry), candidate, score=scores["candidate"],
@@ -282,6 +283,7 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
         source=trained["run_dir"], min_improvement=min_improvement)
     print(f"registry: {decision['version']} "
           f"{'registered' if decision['registered'] else 'not registered'}: {decision['reason']}")
+    steps.prune_validation_cache(cfg, scored, decision)  # never scored again
     return {**trained, **decision}
 
 

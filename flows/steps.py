@@ -181,6 +181,50 @@ def validation_product(config: Any, checkpoint: str, version: str, product: Path
     return str(product)
 
 
+TRASH_PREFIX = ".trash-"
+
+
+def prune_validation_products(cache: Path, *, drop: set[str]) -> list[str]:
+    """Remove the validation products of the model versions ``drop`` from ``cache``
+    (``cache/validation``): the train flow's rejected candidate, or the version a candidate
+    replaced; neither is scored on validation again, so without this every weekly training
+    would leave a product behind.  Each product is first renamed (atomically) to a
+    ``.trash-`` name and then deleted, so a process killed meanwhile leaves no half-deleted
+    product under a name a later run would reuse; leftovers of such a kill go first.  The
+    names removed."""
+    import shutil
+
+    if not cache.is_dir():
+        return []
+    for left in cache.glob(f"{TRASH_PREFIX}*"):
+        shutil.rmtree(left, ignore_errors=True)
+    removed = []
+    for product in sorted(cache.glob("*.zarr")):
+        version = product.name.removesuffix(".zarr").rsplit("-", 1)[0]
+        if version not in drop:
+            continue
+        trash = product.with_name(f"{TRASH_PREFIX}{product.name}")
+        product.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        product.with_name(f".{product.name}.lock").unlink(missing_ok=True)
+        removed.append(product.name)
+    return removed
+
+
+@task(name="prune-validation-products", **_PLAIN)
+def prune_validation_cache(config: Any, scored: dict[str, tuple[str, str]],
+                           decision: dict[str, Any]) -> list[str]:
+    """After a registration decision: drop the validation products of the scored versions
+    that are not the registry's current one (:func:`prune_validation_products`)."""
+    current = decision["version"] if decision["registered"] else decision.get("current")
+    drop = {version for _, version in scored.values()} - {current}
+    removed = prune_validation_products(config.workdir.cache / "validation", drop=drop)
+    if removed:
+        print(f"removed {len(removed)} validation product(s) no longer scored: "
+              + ", ".join(removed))
+    return removed
+
+
 @task(name="score-on-validation", **_PLAIN)
 def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
     """:func:`validation_scores` as a flow task."""
