@@ -52,8 +52,46 @@ def config_header(checkpoint: str | None = None) -> str:
         "# Check a change to this file with `enspp validate enspp.yaml`.\n")
 
 
+SERVICE_HEADER = (
+    "# service.yaml written by `enspp demo`: the demo's configuration as a scheduled service\n"
+    "# starts from it (enspp.yaml reproduces the demo itself). Unlike enspp.yaml:\n"
+    "#  - pipeline.split has no fixed years: train / validation / test follow the stores'\n"
+    "#    init times by `fractions`, so the weekly training learns from new data;\n"
+    "#  - evaluate scores the last `recent_days` of init times the analyses verify, and names\n"
+    "#    only the raw ensemble: the evaluate flow adds the raw K-member subset and the\n"
+    "#    current model's product, whichever version is current.\n"
+    "# Point data.incoming at where forecast and analysis files arrive, check with\n"
+    "#   enspp validate service.yaml\n"
+    "# and serve (docs/operations.md): enspp serve --config service.yaml\n")
+
+#: days of init times the service's nightly report scores
+SERVICE_RECENT_DAYS = 30
+
+
+def service_config(config: EnsppConfig) -> EnsppConfig:
+    """``config`` (the demo's) as a service starts from it (:data:`SERVICE_HEADER`)."""
+    from enspp.evaluation.config import EvaluateConfig
+    from enspp.pipeline.config import SplitConfig
+
+    ev = config.evaluate.model_dump(exclude={"splits"}) | {
+        "title": f"enspp: the last {SERVICE_RECENT_DAYS} days", "split": None,
+        "period": None, "recent_days": SERVICE_RECENT_DAYS,
+        "systems": [{"name": "raw_full", "path": config.workdir.forecast}]}
+    split = SplitConfig(fractions=config.pipeline.split.fractions,
+                        gap_days=config.pipeline.split.gap_days)
+    return config.model_copy(update={
+        "pipeline": config.pipeline.model_copy(update={"split": split}),
+        "evaluate": EvaluateConfig(**ev)})
+
+
+def write_service_config(config: EnsppConfig, path: Path) -> Path:
+    """:func:`service_config` of ``config`` written to ``path`` like :func:`write_config`."""
+    service = service_config(config)
+    return write_config(service, path, evaluate=service.evaluate, header=SERVICE_HEADER)
+
+
 def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
-                 checkpoint: str | None = None) -> Path:
+                 checkpoint: str | None = None, header: str | None = None) -> Path:
     """``config`` as YAML at ``path`` (loadable by :func:`flows.config.load_config`), with
     ``evaluate`` (an :class:`~evaluation.config.EvaluateConfig`) as its ``evaluate`` section
     when given.  Paths inside the work directory are written relative to it, and the work
@@ -74,7 +112,7 @@ def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
     doc["data"]["workdir"] = workdir
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_header(checkpoint) + readable_yaml(doc))
+    tmp.write_text((header or config_header(checkpoint)) + readable_yaml(doc))
     tmp.replace(path)  # a reader never sees half a file
     return path
 
@@ -222,4 +260,5 @@ def demo_flow(workdir: str = "enspp-work", fast: bool = False,
                  evaluate=evaluation_config(config, products=products),
                  checkpoint=None if current is None else
                  str(Path(current.checkpoint).resolve().relative_to(wd.root.resolve())))
+    write_service_config(config, wd.root / "service.yaml")
     return evaluate_flow(config_path, report_id="demo")

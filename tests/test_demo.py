@@ -96,6 +96,9 @@ def test_enspp_demo_fast_end_to_end_reproducible_and_idempotent(tmp_path, capsys
     shown = _headline(read_scores(wd / "reports" / "demo"))
     assert {s for _, s in shown} >= {"raw_full", "raw_subset", "mixed", "emos", "oracle"}
 
+    # the service's starting point is valid against the demo's stores
+    assert main(["validate", str(wd / "service.yaml")]) == 0
+
     # enspp evaluate with the written config scores exactly what the demo showed
     cfg = wd / "enspp.yaml"
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "again")]) == 0
@@ -129,3 +132,30 @@ def test_enspp_demo_fast_end_to_end_reproducible_and_idempotent(tmp_path, capsys
     again_out = "".join(capsys.readouterr())
     assert "already" in again_out and list((wd / "registry" / "versions").iterdir()) == versions
     assert _headline(read_scores(wd / "reports" / "demo")) == shown
+
+
+def test_service_config_follows_the_data(tmp_path):
+    """``service.yaml``: what a scheduled service starts from -- no fixed years in the
+    split, a nightly report of the last days, only the raw ensemble named (the evaluate
+    flow adds the current model's product)."""
+    from enspp.flows.demo import SERVICE_RECENT_DAYS, write_config, write_service_config
+    from enspp.flows.ops import evaluation_config
+
+    config = default_demo_config(tmp_path)
+    write_config(config, tmp_path / "enspp.yaml")
+    path = write_service_config(config, tmp_path / "service.yaml")
+    text = path.read_text()
+    assert text.startswith("# service.yaml written by `enspp demo`")
+    loaded = load_config(path)
+    assert loaded.pipeline.split.train is None and not loaded.pipeline.split.explicit
+    assert loaded.pipeline.split.fractions == config.pipeline.split.fractions
+    ev = loaded.evaluate
+    assert ev.recent_days == SERVICE_RECENT_DAYS and ev.split is None and ev.period is None
+    assert [s.key for s in ev.systems] == ["raw_full"]
+    assert "stores/products" not in text and str(tmp_path) not in text  # nothing pinned
+    # everything else is the demo's
+    assert loaded.model == config.model and loaded.data.synth == config.data.synth
+    assert loaded.pipeline.features == config.pipeline.features
+    assert [c.name for c in ev.cases] == ["events.yaml"]
+    completed = evaluation_config(loaded)
+    assert completed.recent_days == SERVICE_RECENT_DAYS
