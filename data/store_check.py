@@ -87,7 +87,10 @@ class StoreReport:
         return "\n".join(lines)
 
 
-class _Problems:
+class Problems:
+    """Problems by kind: every one counted, the first :data:`_EXAMPLES` of each kind kept as
+    one line ``kind: message``."""
+
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.examples: list[str] = []
@@ -98,6 +101,51 @@ class _Problems:
         if self._per_kind.get(kind, 0) < _EXAMPLES:
             self._per_kind[kind] = self._per_kind.get(kind, 0) + 1
             self.examples.append(f"{kind}: {message}")
+
+
+def chunk_exists(arr: object, coords: tuple[int, ...]) -> bool:
+    """True if the chunk file of the zarr array ``arr`` at chunk ``coords`` exists (a missing
+    one reads as the fill value, silently)."""
+    key = arr.metadata.encode_chunk_key(coords)  # type: ignore[attr-defined]
+    path = f"{arr.path}/{key}" if arr.path else key  # type: ignore[attr-defined]
+    store = arr.store_path.store  # type: ignore[attr-defined]
+    root = getattr(store, "root", None)
+    if root is not None:
+        return (Path(root) / path).exists()
+    from zarr.core.sync import sync
+
+    return bool(sync(store.exists(path)))
+
+
+def read_rows(arr: object, start: int, stop: int) -> tuple[np.ndarray | None,
+                                                           list[tuple[tuple[int, ...], str]]]:
+    """Rows ``start:stop`` (first axis) of the zarr array ``arr``, read chunk by chunk: the
+    values, or ``None`` and each chunk that cannot be read as ``(chunk coords, why)`` (its
+    file missing, or it does not decode)."""
+    shape, chunks = tuple(arr.shape), tuple(arr.chunks)  # type: ignore[attr-defined]
+    stop = min(stop, shape[0])
+    first, last = start // chunks[0], -(-stop // chunks[0])
+    base = first * chunks[0]
+    out = np.empty((min(last * chunks[0], shape[0]) - base, *shape[1:]),
+                   dtype=arr.dtype)  # type: ignore[attr-defined]
+    bad: list[tuple[tuple[int, ...], str]] = []
+    grid = [range(first, last)] + [range(-(-n // c)) for n, c in zip(shape[1:], chunks[1:])]
+    with suppress_zarr_warnings():
+        for coords in itertools.product(*grid):
+            if not chunk_exists(arr, coords):
+                bad.append((coords, "the chunk file is missing"))
+                continue
+            try:
+                block = np.asarray(arr.get_block_selection(coords))  # type: ignore[attr-defined]
+            except Exception as e:  # noqa: BLE001 - any decode failure
+                bad.append((coords, _why(e)))
+                continue
+            lo = [c * n for c, n in zip(coords, chunks)]
+            lo[0] -= base  # ``out`` starts at the first row chunk
+            out[tuple(slice(x, x + k) for x, k in zip(lo, block.shape))] = block
+    if bad:
+        return None, bad
+    return out[start - base:stop - base], bad
 
 
 def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> StoreReport:
@@ -128,7 +176,7 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Store
                          "re-run the ingest)")
     kind = str(attrs[KIND_ATTR])
     rec = record_dim(kind)
-    problems = _Problems()
+    problems = Problems()
     try:
         meta = open_meta(root, attrs)
     except StoreMetaError as e:
@@ -162,7 +210,7 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Store
                        deep=deep, chunks_checked=checked)
 
 
-def _check_bookkeeping(meta: object, sources: Mapping[int, object], problems: _Problems,
+def _check_bookkeeping(meta: object, sources: Mapping[int, object], problems: Problems,
                        rec: str) -> None:
     """Completion, presence and provenance agree with each other."""
     from enspp.data.store_meta import COMPLETE, PRESENT, SOURCE, id_hex, meta_shape
@@ -226,7 +274,7 @@ def _fields(fs: object) -> list[tuple[str, int | None]]:
             for j, lead in enumerate(fs.leads) if (i, j) not in absent]  # type: ignore[attr-defined]
 
 
-def _check_chunks(meta: object, problems: _Problems, rec: str) -> int:
+def _check_chunks(meta: object, problems: Problems, rec: str) -> int:
     """Decode every chunk holding a committed field; count corrupt, missing, inconsistent."""
     from enspp.data.store import CheckedArray, StoreReadError
 
@@ -274,4 +322,4 @@ def _why(e: Exception) -> str:
     return why(e)
 
 
-__all__ = ["StoreReport", "validate_store"]
+__all__ = ["Problems", "StoreReport", "chunk_exists", "read_rows", "validate_store"]
