@@ -21,6 +21,7 @@ import datetime as dt
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -429,3 +430,437 @@ def _trim_to_common_length(path: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(path)
+
+
+# --- reading a product's state back (``enspp inspect`` / ``enspp validate`` of a product) ---
+
+#: why an init time is in :data:`SKIPPED_ATTR` (the one reason predict skips one)
+SKIPPED_REASON = "input fields absent from the forecast store"
+#: per-variable data dims that are not spatial
+_NON_SPATIAL = (schema.INIT_TIME, schema.LEAD_TIME, schema.MEMBER, "quantile")
+_SHOW = 5
+
+
+@dataclass(frozen=True)
+class ProductState:
+    """What a product store's attributes and ``init_time`` coordinate say (nothing written):
+    ``complete`` one flag per row of the coordinate (marked in :data:`COMPLETE_ATTR`),
+    ``skipped`` and ``not_in_coordinate`` (marked complete, yet no row holds them) as
+    ``record_key`` strings, ``problems`` the attributes that do not parse (one line each)."""
+
+    path: Path
+    attrs: dict[str, Any]
+    init_times: np.ndarray
+    complete: np.ndarray
+    skipped: tuple[str, ...]
+    not_in_coordinate: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def incomplete(self) -> tuple[str, ...]:
+        """Rows written (allocated) but not marked complete nor skipped: what a killed
+        predict leaves, redone by the next one."""
+        from enspp.data.provenance import record_keys
+
+        skipped = set(self.skipped)
+        return tuple(k for k in record_keys(self.init_times[~self.complete]) if k not in skipped)
+
+    @property
+    def kind(self) -> str:
+        """``members`` (ECC members written) or ``distribution`` (its parameters, moments and
+        quantiles only)."""
+        n = self.attrs.get("n_ecc_members")
+        return "members" if isinstance(n, int) and n > 0 else "distribution"
+
+
+def is_product_store(path: str | Path) -> bool:
+    """True if ``path`` is a Zarr store whose root attributes say it is an enspp product."""
+    from enspp.data.store import read_root_attrs
+
+    p = Path(path)
+    return p.is_dir() and (read_root_attrs(p) or {}).get("enspp_kind") == PRODUCT_KIND
+
+
+def read_product_state(path: str | Path) -> ProductState:
+    """The :class:`ProductState` of the Zarr product at ``path`` (its own metadata, not the
+    consolidated copy); :class:`ProductError` for a directory that is not a product."""
+    from enspp.data.provenance import record_key
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"product {p} does not exist")
+    if not is_product_store(p):
+        raise ProductError(f"{p} is not an enspp product store (no zarr.json with enspp_kind "
+                           f"{PRODUCT_KIND!r})")
+    attrs = dict(zarr.open_group(p, mode="r", use_consolidated=False).attrs)
+    problems: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with xr.open_zarr(p, consolidated=False) as ds:
+                coord = ds[schema.INIT_TIME].values.astype("datetime64[ns]")
+    except Exception as e:  # noqa: BLE001 - zarr/xarray raise many types for a damaged store
+        raise ProductError(f"store {p}: the init_time coordinate cannot be read "
+                           f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    done = _times_attr(attrs, COMPLETE_ATTR, p, problems, required=True)
+    skipped = _times_attr(attrs, SKIPPED_ATTR, p, problems, required=False)
+    _check_attrs(attrs, p, problems)
+    marked = set(done.tolist())
+    return ProductState(
+        path=p, attrs=attrs, init_times=coord,
+        complete=np.array([t in marked for t in coord.tolist()], dtype=bool),
+        skipped=tuple(record_key(t) for t in skipped),
+        not_in_coordinate=tuple(record_key(t) for t in np.setdiff1d(done, coord)),
+        problems=tuple(problems))
+
+
+def _times_attr(attrs: Mapping[str, Any], key: str, path: Path, problems: list[str], *,
+                required: bool) -> np.ndarray:
+    value = attrs.get(key)
+    if value is None:
+        if required:
+            problems.append(f"store {path}: attribute {key!r} is missing")
+        return np.array([], dtype="datetime64[ns]")
+    if not isinstance(value, list):
+        problems.append(f"store {path}: attribute {key!r} is not a list of init times")
+        return np.array([], dtype="datetime64[ns]")
+    good = []
+    for v in value:
+        try:
+            good.append(np.datetime64(v, "ns"))
+        except (TypeError, ValueError):
+            problems.append(f"store {path}: attribute {key!r}: {v!r} is not a time")
+    return np.array(sorted(set(good)), dtype="datetime64[ns]")
+
+
+def _check_attrs(attrs: Mapping[str, Any], path: Path, problems: list[str]) -> None:
+    """The identity attributes a rerun compares, and :data:`INPUTS_ATTR`, parse."""
+    kinds = {"checkpoint_sha256": (str, "a string"), "input_members": (list, "a list"),
+             "n_ecc_members": (int, "an integer"), "quantiles": (list, "a list"),
+             "distribution": (str, "a string")}
+    for key in IDENTITY_ATTRS:
+        if key not in attrs:
+            problems.append(f"store {path}: attribute {key!r} is missing")
+        elif key in kinds and not isinstance(attrs[key], kinds[key][0]):
+            problems.append(f"store {path}: attribute {key!r} is {attrs[key]!r}, not "
+                            f"{kinds[key][1]}")
+    inputs = attrs.get(INPUTS_ATTR)
+    if inputs is None:
+        return
+    fields = inputs.get("fields") if isinstance(inputs, dict) else None
+    digests = inputs.get("digests") if isinstance(inputs, dict) else None
+    if (not isinstance(fields, list) or not isinstance(digests, dict)
+            or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[1], int)
+                       for f in fields)):
+        problems.append(f"store {path}: attribute {INPUTS_ATTR!r} is not "
+                        "{'fields': [[variable, lead hours], ...], 'digests': {init time: digest}}")
+        return
+    for t in digests:
+        try:
+            np.datetime64(t, "ns")
+        except (TypeError, ValueError):
+            problems.append(f"store {path}: attribute {INPUTS_ATTR!r}: {t!r} is not a time")
+            break
+
+
+def recorded_forecast(attrs: Mapping[str, Any]) -> str | None:
+    """The forecast store a product was computed from, as its ``source`` attribute records
+    it (``enspp predict, model M, input PATH``); ``None`` when not recorded (a dataset held
+    in memory)."""
+    source = str(attrs.get("source", ""))
+    head, sep, tail = source.partition(", input ")
+    if not sep or not head.startswith("enspp predict") or tail in ("", "forecast store"):
+        return None
+    return tail
+
+
+def product_variables(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The data variables of a product store (those along ``init_time``): dims, shape,
+    chunks and CF attributes, in name order."""
+    group = zarr.open_group(Path(path), mode="r", use_consolidated=False)
+    out = {}
+    for name, arr in sorted(group.arrays(), key=lambda kv: kv[0]):
+        dims = list(arr.metadata.dimension_names or arr.attrs.get("_ARRAY_DIMENSIONS", []))
+        if name == schema.INIT_TIME or dims[:1] != [schema.INIT_TIME]:
+            continue
+        attrs = dict(arr.attrs)
+        out[name] = {"dims": dims, "shape": [int(n) for n in arr.shape],
+                     "chunks": [int(c) for c in arr.chunks], "units": attrs.get("units"),
+                     "long_name": attrs.get("long_name")}
+    return out
+
+
+def product_summary(path: str | Path, *, forecast: str | Path | None = None
+                    ) -> dict[str, Any]:
+    """What ``enspp inspect PRODUCT`` reports, as a JSON-able dict: the product kind, the
+    model and checkpoint, variables, lead times, init times complete / skipped (and why) /
+    incomplete, the stale ones when the forecast store (``forecast``, else the recorded one)
+    can be read, the chunking."""
+    from enspp.data.inspect import bytes_on_disk
+    from enspp.data.provenance import record_keys
+
+    state = read_product_state(path)
+    a = state.attrs
+    variables = product_variables(state.path)
+    group = zarr.open_group(state.path, mode="r", use_consolidated=False)
+    leads = (np.asarray(xr.open_zarr(state.path, consolidated=False)[schema.LEAD_TIME].values)
+             if schema.LEAD_TIME in group else np.array([], dtype="timedelta64[ns]"))
+    done = record_keys(np.sort(state.init_times[state.complete]))
+    info: dict[str, Any] = {
+        "path": str(state.path), "kind": PRODUCT_KIND, "product": state.kind,
+        "distribution": a.get("distribution"), "crps_estimator": a.get("crps_estimator"),
+        "ecc_members": a.get("n_ecc_members"), "quantiles": a.get("quantiles"),
+        "targets": sorted(n[:-len("_mean")] for n in variables if n.endswith("_mean")),
+        "model": {k: a.get(k) for k in ("model_name", "model_version", "checkpoint",
+                                        "checkpoint_sha256", "code_version",
+                                        "training_data_version")},
+        "input_members": a.get("input_members"),
+        "forecast": recorded_forecast(a),
+        "lead_times_hours": [float(x / np.timedelta64(1, "h")) for x in np.sort(leads)],
+        "init_times": {
+            "rows": int(len(state.init_times)), "complete": len(done),
+            "first": done[0] if done else None, "last": done[-1] if done else None,
+            "skipped": len(state.skipped), "skipped_examples": list(state.skipped[:_SHOW]),
+            "skipped_reason": SKIPPED_REASON if state.skipped else None,
+            "incomplete": len(state.incomplete),
+            "incomplete_examples": list(state.incomplete[:_SHOW]),
+            "not_in_coordinate": list(state.not_in_coordinate)},
+        "variables": variables,
+        "chunking": _chunking(variables),
+        "problems": list(state.problems),
+    }
+    info["stale"] = _stale(state, forecast)
+    info["bytes_on_disk"] = bytes_on_disk(state.path)
+    return info
+
+
+def _chunking(variables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    per = {v["chunks"][0] for v in variables.values() if v["chunks"]}
+    whole = all(v["chunks"][1:] == v["shape"][1:] for v in variables.values())
+    return {"init_times_per_chunk": sorted(per), "other_dims_whole": whole,
+            "chunks": {name: v["chunks"] for name, v in variables.items()}}
+
+
+def _stale(state: ProductState, forecast: str | Path | None) -> dict[str, Any]:
+    """The stale init times (:func:`stale_init_times`) when the forecast store is given or
+    recorded and is an enspp store; else why they were not looked for."""
+    from enspp.data.store import is_store, read_root_attrs
+
+    given = forecast if forecast is not None else recorded_forecast(state.attrs)
+    if given is None:
+        return {"forecast": None, "checked": False, "why": "no forecast store recorded"}
+    if not (state.attrs.get(INPUTS_ATTR) or {}).get("digests"):
+        return {"forecast": str(given), "checked": False, "why": "no inputs recorded"}
+    if not is_store(given) or (read_root_attrs(given) or {}).get("enspp_kind") != "forecast":
+        return {"forecast": str(given), "checked": False,
+                "why": "not found or not an enspp forecast store"}
+    stale = sorted(stale_init_times(state.path, given))
+    return {"forecast": str(given), "checked": True, "count": len(stale),
+            "examples": stale[:_SHOW]}
+
+
+@dataclass(frozen=True)
+class ProductReport:
+    """What ``enspp validate PRODUCT`` says: ``problems`` (one line each, ``kind: message``;
+    ``counts`` per kind) make it invalid, ``notes`` (incomplete init times a killed predict
+    left, skipped ones, masked points) do not."""
+
+    path: str
+    kind: str
+    complete: int
+    variables: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    counts: Mapping[str, int] | None = None
+    problems: tuple[str, ...] = ()
+    deep: bool = False
+    chunks_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        state = "valid" if self.ok else "INVALID"
+        line = (f"{self.path}: {state} product store ({self.kind}), {self.complete} complete "
+                f"init times, variables {list(self.variables)}")
+        line += (f"; deep check: {self.chunks_checked} chunks read" if self.deep else
+                 "; chunks not read (--deep decodes every one)")
+        lines = [line, *(f"{self.path}: note: {n}" for n in self.notes)]
+        if self.counts:
+            lines.append("problems: " + ", ".join(f"{n} {k}" for k, n in self.counts.items()))
+            lines.extend(f"  {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+def check_product(path: str | Path, *, deep: bool = False) -> ProductReport:
+    """Check a Zarr product store: its attributes parse, the init times marked complete are
+    in the ``init_time`` coordinate and every variable the attributes call for is there and
+    holds them; ``deep`` also reads every chunk holding a complete init time (a chunk file
+    missing or not decoding is a problem) and checks its values: a point is NaN in every field
+    of an init time (its inputs were NaN, ``pipeline.nan_policy: mask``) or in none, and no
+    field is NaN everywhere.  Init times written but not marked complete are a note (the
+    next predict over them redoes them), not a problem."""
+    from enspp.data.store_check import Problems
+
+    state = read_product_state(path)
+    problems = Problems()
+    for p in state.problems:
+        problems.add("attribute", p)
+    for t in state.not_in_coordinate:
+        problems.add("inconsistent", f"store {state.path}: init time {t} is marked complete "
+                                     "but the init_time coordinate does not hold it")
+    variables = product_variables(state.path)
+    _check_variables(state, variables, problems)
+    notes = _product_notes(state)
+    checked, masked = (_check_product_chunks(state, variables, problems) if deep else (0, 0))
+    if masked:
+        notes.append(f"{masked} complete init time{'s' * (masked != 1)} "
+                     f"hold{'s' * (masked == 1)} points that are "
+                     "NaN in every field (inputs NaN there, pipeline.nan_policy 'mask')")
+    return ProductReport(path=str(state.path), kind=state.kind,
+                         complete=int(state.complete.sum()), variables=tuple(variables),
+                         notes=tuple(notes), counts=dict(problems.counts),
+                         problems=tuple(problems.examples), deep=deep, chunks_checked=checked)
+
+
+def _product_notes(state: ProductState) -> list[str]:
+    notes = []
+    if state.incomplete:
+        n = len(state.incomplete)
+        notes.append(f"{n} incomplete init time{'s' * (n != 1)} (written but not marked "
+                     f"complete: a killed predict; hidden from readers, the next predict over "
+                     f"them redoes them): {', '.join(state.incomplete[:_SHOW])}"
+                     f"{', ...' if n > _SHOW else ''}")
+    if state.skipped:
+        n = len(state.skipped)
+        notes.append(f"{n} init time{'s' * (n != 1)} skipped ({SKIPPED_REASON}): "
+                     f"{', '.join(state.skipped[:_SHOW])}{', ...' if n > _SHOW else ''}")
+    return notes
+
+
+def _check_variables(state: ProductState, variables: Mapping[str, Mapping[str, Any]],
+                     problems: Any) -> None:
+    """The variables the attributes call for exist, with the members and quantiles they
+    say, and hold every complete init time."""
+    from enspp.data.provenance import record_key
+
+    a, where = state.attrs, f"store {state.path}"
+    targets = sorted(n[:-len("_mean")] for n in variables if n.endswith("_mean"))
+    if not targets:
+        problems.add("inconsistent", f"{where}: no product variable (<target>_mean) found")
+    n_members = a.get("n_ecc_members") if isinstance(a.get("n_ecc_members"), int) else None
+    levels = a.get("quantiles") if isinstance(a.get("quantiles"), list) else None
+    sizes = {schema.MEMBER: n_members, "quantile": None if levels is None else len(levels)}
+    for t in targets:
+        want = [f"{t}_std"]
+        want += [t] if n_members else []
+        want += [f"{t}_quantiles"] if levels else []
+        want += [f"{t}_loc", f"{t}_scale"] if a.get("distribution") == "censored_logistic" else []
+        for name in want:
+            if name not in variables:
+                problems.add("inconsistent", f"{where}: variable {name!r} is missing (the "
+                                             "attributes call for it)")
+    rows = np.flatnonzero(state.complete)
+    for name, v in variables.items():
+        for dim, n in sizes.items():
+            if n is not None and dim in v["dims"] and v["shape"][v["dims"].index(dim)] != n:
+                problems.add("inconsistent", f"{where}: variable {name!r} has "
+                                             f"{v['shape'][v['dims'].index(dim)]} {dim}s, the "
+                                             f"attributes say {n}")
+        short = rows[rows >= v["shape"][0]]
+        if len(short):
+            problems.add("inconsistent", f"{where}: variable {name!r} holds {v['shape'][0]} "
+                                         f"init times, not init time "
+                                         f"{record_key(state.init_times[short[0]])} marked "
+                                         f"complete ({len(short)} such)")
+
+
+def _check_product_chunks(state: ProductState, variables: Mapping[str, Mapping[str, Any]],
+                          problems: Any) -> tuple[int, int]:
+    """Read every chunk holding a complete init time, block of init times by block; return
+    the chunks read and the complete init times with masked points."""
+    from enspp.data.provenance import record_key
+    from enspp.data.store_check import read_rows
+
+    group = zarr.open_group(state.path, mode="r", use_consolidated=False)
+    names = [n for n, v in variables.items() if v["shape"][0]]
+    if not names:
+        return 0, 0
+    step = int(variables[names[0]]["chunks"][0])
+    done = state.complete
+    checked = masked_inits = 0
+    for r0 in range(0, len(done), step):
+        r1 = min(r0 + step, len(done))
+        rows = np.flatnonzero(done[r0:r1]) + r0
+        if not len(rows):
+            continue
+        masks: dict[str, np.ndarray] = {}  # variable -> [rows, points]: NaN in all its values
+        for name in names:
+            arr, v = group[name], variables[name]
+            stop = min(r1, v["shape"][0])
+            if stop <= r0:
+                continue
+            c0 = v["chunks"][0]
+            checked += (-(-stop // c0) - r0 // c0) * int(np.prod(
+                [-(-n // c) for n, c in zip(v["shape"][1:], v["chunks"][1:])]))
+            values, bad = read_rows(arr, r0, stop)
+            for coords, why in bad:
+                lo = coords[0] * c0
+                hit = [record_key(state.init_times[r]) for r in rows if lo <= r < lo + c0]
+                if not hit:
+                    continue
+                span = hit[0] if len(hit) == 1 else f"{hit[0]}..{hit[-1]} ({len(hit)} complete)"
+                kind = "missing" if why == "the chunk file is missing" else "corrupt"
+                problems.add(kind, f"store {state.path}: variable {name!r}, chunk "
+                                   f"{'/'.join(map(str, coords))} (init time {span}): {why}")
+            if values is None:
+                continue
+            masks[name] = _nan_points(values[rows[rows < stop] - r0], v["dims"],
+                                      name=name, keys=[record_key(state.init_times[r])
+                                                       for r in rows if r < stop],
+                                      where=f"store {state.path}", problems=problems)
+        masked_inits += _compare_masks(masks, rows=rows, state=state, problems=problems)
+    return checked, masked_inits
+
+
+def _nan_points(values: np.ndarray, dims: Sequence[str], *, name: str, keys: Sequence[str],
+                where: str, problems: Any) -> np.ndarray:
+    """Per init time (first axis), the points NaN in every value of the variable (all leads,
+    members, quantiles); a point NaN in some of them only, or a field NaN everywhere, is a
+    problem."""
+    space = [i for i, d in enumerate(dims) if d not in _NON_SPATIAL]
+    other = tuple(i for i in range(1, len(dims)) if i not in space)
+    nan = np.isnan(values)
+    flat = (lambda x: x.reshape(x.shape[0], -1))  # noqa: E731
+    every, some = flat(nan.all(axis=other)), flat(nan.any(axis=other))
+    for k, key in enumerate(keys):
+        if every[k].all():
+            problems.add("nan", f"{where}: variable {name!r} at init time {key} (marked "
+                                "complete) holds only NaN")
+        elif (some[k] & ~every[k]).any():
+            n = int((some[k] & ~every[k]).sum())
+            problems.add("nan", f"{where}: variable {name!r} at init time {key} (marked "
+                                f"complete) is NaN at {n} point{'s' * (n != 1)} in some of its "
+                                "values only (a masked point is NaN in all of them)")
+    return every
+
+
+def _compare_masks(masks: Mapping[str, np.ndarray], *, rows: np.ndarray, state: ProductState,
+                   problems: Any) -> int:
+    """A point NaN in one field of an init time is NaN in all of them; return the init times
+    with points masked in every field."""
+    from enspp.data.provenance import record_key
+
+    if not masks:
+        return 0
+    n = min(len(m) for m in masks.values())
+    common = np.logical_and.reduce([m[:n] for m in masks.values()])
+    for name, m in masks.items():
+        extra = m[:n] & ~common
+        for k in np.flatnonzero(extra.any(axis=1) & ~m[:n].all(axis=1)):
+            c = int(extra[k].sum())
+            problems.add("nan", f"store {state.path}: variable {name!r} at init time "
+                                f"{record_key(state.init_times[rows[k]])} (marked complete) is "
+                                f"NaN at {c} point{'s' * (c != 1)} where the other fields hold "
+                                "values")
+    return int((common.any(axis=1) & ~common.all(axis=1)).sum())
