@@ -312,4 +312,57 @@ def format_inspect(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["format_inspect", "inspect_store"]
+def format_product(info: dict[str, Any]) -> str:
+    """The text ``enspp inspect PRODUCT`` prints (``models.product.product_summary``)."""
+    m, r, st = info["model"], info["init_times"], info["stale"]
+    what = (f"members ({info['ecc_members']} ECC members)" if info["product"] == "members"
+            else "distribution (no ECC members)")
+    quantiles = ", ".join(f"{q:g}" for q in info.get("quantiles") or []) or "none"
+    sha = str(m.get("checkpoint_sha256") or "")[:12] or "not recorded"
+    lines = [f"store       {info['path']}",
+             f"kind        product: {what}; distribution {info['distribution']}, CRPS "
+             f"estimator {info['crps_estimator']}; quantiles {quantiles}",
+             f"model       {m.get('model_version') or 'not recorded'}, checkpoint "
+             f"{m.get('checkpoint') or 'not recorded'} (sha256 {sha}), code "
+             f"{m.get('code_version') or '-'}",
+             f"input       {info.get('forecast') or 'not recorded'}, members "
+             f"{_span(np.asarray(info.get('input_members') or [], dtype=int))}",
+             f"init_time   {r['complete']} complete, {r['first'] or '-'} .. {r['last'] or '-'}; "
+             f"{r['skipped']} skipped; {r['incomplete']} incomplete"]
+    if r["skipped"]:
+        lines.append(f"{'':12}{r['skipped']} skipped ({r['skipped_reason']}): "
+                     f"{', '.join(r['skipped_examples'])}")
+    if r["incomplete"]:
+        lines.append(f"{'':12}{r['incomplete']} incomplete (written but not marked complete: a "
+                     f"killed predict; hidden from readers, the next predict redoes them): "
+                     f"{', '.join(r['incomplete_examples'])}")
+    if r["not_in_coordinate"]:
+        lines.append(f"{'':12}{len(r['not_in_coordinate'])} marked complete but not in the "
+                     f"init_time coordinate: {', '.join(r['not_in_coordinate'][:_SHOW])}")
+    if st["checked"]:
+        eg = f": {', '.join(st['examples'])}" if st["count"] else ""
+        lines.append(f"stale       {st['count']} (inputs since replaced in {st['forecast']}; "
+                     f"predict them again){eg}")
+    else:
+        lines.append(f"stale       not checked ({st['why']}"
+                     f"{': ' + st['forecast'] if st['forecast'] else ''})")
+    lines.append(f"lead times  {', '.join(f'+{_num(h)} h' for h in info['lead_times_hours'])}")
+    lines.append("variables")
+    for name, v in info["variables"].items():
+        lines.append(f"  {name:<14}{v['units']}; {', '.join(v['dims'])}; chunks "
+                     f"{'x'.join(map(str, v['chunks']))}")
+    c = info["chunking"]
+    per = " or ".join(map(str, c["init_times_per_chunk"])) or "-"
+    lines.append(f"chunks      {per} init times per chunk, other dims "
+                 f"{'whole' if c['other_dims_whole'] else 'split'}")
+    lines.append(f"on disk     {_size(info['bytes_on_disk'])}")
+    lines.extend(f"problem     {p}" for p in info.get("problems") or [])
+    return "\n".join(lines)
+
+
+def bytes_on_disk(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a store (every file under it)."""
+    return _bytes(Path(path))
+
+
+__all__ = ["bytes_on_disk", "format_inspect", "format_product", "inspect_store"]

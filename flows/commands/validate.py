@@ -5,6 +5,11 @@ before anything runs (``flows.preflight``): stores, static and case files, split
 forecast store's period, K against its members, variables and lead times, regions against the
 grid, the metrics' needs.  Problems print one per line and exit 1; notes (a store the first
 ingest creates, a region evaluate will skip) print and exit 0.
+
+A product store (``enspp predict``'s) is checked by ``models.product.check_product``: its
+attributes, its complete init times against the coordinate and the variables, with
+``--deep`` every chunk holding a complete init time (missing, corrupt, NaN where no masked
+input explains it); incomplete init times (a killed predict) are a note.
 """
 
 from __future__ import annotations
@@ -61,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{target}: no such file or directory")
     if target.is_dir():
         from enspp.data.store import validate_store
+        from enspp.models.product import check_product, is_product_store
+
+        if is_product_store(target):
+            product = check_product(target, deep=args.deep)
+            print(product.summary())
+            return 0 if product.ok else 1
 
         report = validate_store(target, deep=args.deep)
         print(report.summary())

@@ -1,0 +1,262 @@
+"""``enspp inspect PRODUCT`` and ``enspp validate [--deep] PRODUCT``: a product store (what
+``enspp predict`` writes) is summarised and checked, through the real CLI entry."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from enspp.flows import cli
+from enspp.models.product import COMPLETE_ATTR, ProductWriter, product_block
+
+NY, NX, N_MEMBERS, QUANTILES = 4, 5, 3, (0.1, 0.5, 0.9)
+INITS = np.array(["2020-01-01T00", "2020-01-02T00", "2020-01-03T00", "2020-01-04T00"],
+                 dtype="datetime64[ns]")
+LEADS = (24, 48)
+
+
+def _attrs(forecast: str) -> dict:
+    return {"Conventions": "CF-1.8", "enspp_kind": "product",
+            "source": f"enspp predict, model mixed-0123456789ab, input {forecast}",
+            "model_name": "mixed", "model_version": "mixed-0123456789ab", "code_version": "0.1.0",
+            "distribution": "gaussian", "crps_estimator": "gaussian", "checkpoint": "best.ckpt",
+            "checkpoint_sha256": "0123456789ab" + "0" * 52, "input_members": [1, 2, 3, 4],
+            "member_strategy": "first", "n_input_members": 4, "n_ecc_members": N_MEMBERS,
+            "quantiles": list(QUANTILES)}
+
+
+def _fields(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
+    out = {}
+    for lead in LEADS:
+        mean = 270 + rng.normal(size=(1, NY, NX))
+        std = 1 + rng.random(size=(1, NY, NX))
+        out[lead] = {"mean": mean, "std": std,
+                     "quantiles": mean[None] + np.array(QUANTILES)[:, None, None, None] - 0.5,
+                     "members": mean[None] + rng.normal(size=(N_MEMBERS, 1, NY, NX))}
+    return out
+
+
+def make_product(path: Path, *, seed: int = 0, masked: tuple[int, int] | None = None,
+                 skipped: bool = False, forecast: Path | None = None,
+                 inits: np.ndarray = INITS) -> Path:
+    """A seeded synthetic product of 4 init times, 2 init times per chunk; ``masked``: one
+    point NaN in every field of the first init time (a NaN input under nan_policy 'mask');
+    ``forecast``: the forecast store recorded as its input (its input digests recorded as
+    predict records them)."""
+    rng = np.random.default_rng(seed)
+    grid = xr.Dataset(coords={"latitude": np.linspace(50, 47, NY),
+                              "longitude": np.linspace(5, 9, NX)})
+    fields = [_fields(rng) for _ in inits]
+    if masked is not None:
+        for per_lead in fields[0].values():
+            for arr in per_lead.values():
+                arr[..., masked[0], masked[1]] = np.nan
+    source = forecast or path.parent / "forecast.zarr"
+    writer = ProductWriter(path, attrs=_attrs(str(source)), fmt="zarr", init_chunk=2)
+    digests = {t: f"digest{i}" for i, t in enumerate(inits)}
+    if forecast is not None:
+        from enspp.data.store_meta import open_meta
+
+        digests = open_meta(forecast).field_digests([("t2m", 24)], inits)
+    writer.record_inputs([("t2m", 24)], {np.datetime64(t, "ns"): d for t, d in digests.items()})
+    writer.write_block(product_block(fields, targets=["t2m"], inits=list(inits),
+                                     quantiles=QUANTILES, grid=grid))
+    if skipped:
+        writer.mark_skipped([np.datetime64("2020-01-05T00", "ns")])
+    return writer.finish()
+
+
+def _unmark(path: Path, init: str) -> None:
+    """What a predict killed after writing ``init`` but before marking it leaves."""
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group.attrs[COMPLETE_ATTR] = [t for t in group.attrs[COMPLETE_ATTR] if not t.startswith(init)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(path)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = cli.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_inspect_a_product_names_kind_counts_and_chunking(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr", skipped=True)
+    _unmark(path, "2020-01-04")
+    rc, out, err = _run(capsys, "inspect", str(path))
+    assert rc == 0, err
+    assert "kind        product: members (3 ECC members); distribution gaussian" in out
+    assert "quantiles 0.1, 0.5, 0.9" in out
+    assert "checkpoint best.ckpt (sha256 0123456789ab)" in out
+    assert "init_time   3 complete, 2020-01-01T00:00:00 .. 2020-01-03T00:00:00; 1 skipped; 1 incomplete" in out
+    assert "1 skipped (input fields absent from the forecast store): 2020-01-05T00:00:00" in out
+    assert "1 incomplete (written but not marked complete" in out and "2020-01-04T00:00:00" in out
+    assert "stale       not checked (not found or not an enspp forecast store:" in out
+    assert "lead times  +24 h, +48 h" in out
+    for name in ("t2m ", "t2m_mean ", "t2m_std ", "t2m_quantiles "):
+        assert f"  {name}" in out
+    assert "chunks      2 init times per chunk, other dims whole" in out
+    rc, out, _ = _run(capsys, "inspect", "--json", str(path))
+    import json
+
+    info = json.loads(out)
+    assert info["product"] == "members" and info["init_times"]["complete"] == 3
+    assert info["init_times"]["skipped"] == 1 and info["init_times"]["incomplete"] == 1
+
+
+def test_inspect_names_the_stale_init_times(tmp_path, capsys):
+    from enspp.models.product import INPUTS_ATTR
+    from enspp.pipeline.synthetic import write_stores
+
+    stores = write_stores(tmp_path / "stores", n_init=4, n_members=3, ny=NY, nx=NX,
+                          lead_hours=LEADS)
+    inits = xr.open_zarr(stores.forecast)["init_time"].values
+    path = make_product(tmp_path / "p.zarr", forecast=stores.forecast, inits=inits)
+    rc, out, _ = _run(capsys, "inspect", str(path))
+    assert rc == 0 and f"stale       0 (inputs since replaced in {stores.forecast};" in out
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    inputs = group.attrs[INPUTS_ATTR]
+    inputs["digests"][str(inits[1])] = "computed-from-other-bytes"
+    group.attrs[INPUTS_ATTR] = inputs
+    rc, out, _ = _run(capsys, "inspect", str(path))
+    assert rc == 0 and "stale       1 (" in out and out.count("2019-01-02T00:00:00") == 1
+    rc, out, _ = _run(capsys, "inspect", "--forecast", str(stores.analysis), str(path))
+    assert "stale       not checked (not found or not an enspp forecast store" in out
+
+
+def test_inspect_a_distribution_product(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    grid = xr.Dataset(coords={"latitude": np.linspace(50, 47, NY),
+                              "longitude": np.linspace(5, 9, NX)})
+    fields = [{lead: {"mean": f[lead]["mean"], "std": f[lead]["std"]} for lead in LEADS}
+              for f in (_fields(rng) for _ in INITS[:2])]
+    attrs = {**_attrs("forecast store"), "n_ecc_members": 0, "quantiles": []}
+    writer = ProductWriter(tmp_path / "d.zarr", attrs=attrs, fmt="zarr")
+    writer.write_block(product_block(fields, targets=["t2m"], inits=list(INITS[:2]),
+                                     quantiles=(), grid=grid))
+    rc, out, _ = _run(capsys, "inspect", str(tmp_path / "d.zarr"))
+    assert rc == 0 and "product: distribution (no ECC members)" in out
+    assert "stale       not checked (no forecast store recorded)" in out
+    rc, out, _ = _run(capsys, "validate", "--deep", str(tmp_path / "d.zarr"))
+    assert rc == 0 and "valid product store (distribution), 2 complete init times" in out
+
+
+def test_validate_deep_passes_on_a_good_product(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr", masked=(1, 2))
+    rc, out, err = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 0, out + err
+    first = out.splitlines()[0]
+    assert first.startswith(f"{path}: valid product store (members), 4 complete init times")
+    assert "deep check: 8 chunks read" in first  # 4 variables x 2 chunks of init times
+    # a point NaN in every field (a masked input) is what nan_policy 'mask' writes: a note
+    assert "note: 1 complete init time holds points that are NaN in every field" in out
+    assert "problems" not in out and err == ""
+    rc, out, _ = _run(capsys, "validate", str(path))
+    assert rc == 0 and "chunks not read" in out
+
+
+def test_validate_deep_names_a_deleted_chunk_file(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr")
+    (path / "t2m_std" / "c" / "1" / "0" / "0" / "0").unlink()
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1
+    assert f"{path}: INVALID product store" in out
+    assert "problems: 1 missing" in out
+    [line] = [x for x in out.splitlines() if x.startswith("  missing:")]
+    assert line == (f"  missing: store {path}: variable 't2m_std', chunk 1/0/0/0 (init time "
+                    "2020-01-03T00:00:00..2020-01-04T00:00:00 (2 complete)): the chunk file is "
+                    "missing")
+    rc, out, _ = _run(capsys, "validate", str(path))  # not read without --deep
+    assert rc == 0
+
+
+def test_validate_deep_names_a_corrupt_chunk(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr")
+    chunk = path / "t2m" / "c" / "0" / "0" / "0" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    chunk.write_bytes(bytes(raw))
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1 and "problems: 1 corrupt" in out
+    assert f"corrupt: store {path}: variable 't2m', chunk 0/0/0/0/0 (init time " in out
+    assert "checksum" in out
+
+
+def test_validate_deep_names_nan_in_a_complete_init_time(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr")
+    arr = zarr.open_group(path, mode="r+", use_consolidated=False)["t2m_mean"]
+    arr[1, 0, 2, 3] = np.nan  # one value of one field: no masked input explains it
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1 and "problems: 1 nan" in out
+    assert (f"  nan: store {path}: variable 't2m_mean' at init time 2020-01-02T00:00:00 (marked "
+            "complete) is NaN at 1 point in some of its values only") in out
+    arr[1] = np.nan  # a whole field NaN
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1
+    assert "variable 't2m_mean' at init time 2020-01-02T00:00:00 (marked complete) holds only NaN" in out
+    arr[1, 1] = np.full((NY, NX), 270.0)  # the second lead finite again
+    arr[1, 0] = np.where(np.arange(NX) == 0, np.nan, 270.0) * np.ones((NY, 1))  # a column NaN
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1 and "is NaN at 4 points in some of its values only" in out
+
+
+def test_validate_deep_names_nan_in_one_field_only(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr")
+    arr = zarr.open_group(path, mode="r+", use_consolidated=False)["t2m_std"]
+    arr[3, :, 0, 0] = np.nan  # every lead of one point, in one field only
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1
+    assert (f"  nan: store {path}: variable 't2m_std' at init time 2020-01-04T00:00:00 (marked "
+            "complete) is NaN at 1 point where the other fields hold values") in out
+
+
+def test_an_incomplete_init_time_is_a_note_not_an_error(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr")
+    _unmark(path, "2020-01-04")
+    arr = zarr.open_group(path, mode="r+", use_consolidated=False)["t2m_mean"]
+    arr[3] = np.nan  # what an unfinished write may hold: not checked
+    rc, out, err = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 0, out + err
+    assert "valid product store (members), 3 complete init times" in out
+    assert (f"{path}: note: 1 incomplete init time (written but not marked complete: a killed "
+            "predict; hidden from readers, the next predict over them redoes them): "
+            "2020-01-04T00:00:00") in out
+
+
+def test_attributes_and_coordinate_are_checked(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr")
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group.attrs[COMPLETE_ATTR] = [*group.attrs[COMPLETE_ATTR], "2021-06-01T00:00:00", "soon"]
+    group.attrs["n_ecc_members"] = "three"
+    rc, out, _ = _run(capsys, "validate", str(path))
+    assert rc == 1
+    assert f"attribute: store {path}: attribute 'enspp_complete': 'soon' is not a time" in out
+    assert f"attribute: store {path}: attribute 'n_ecc_members' is 'three', not an integer" in out
+    assert (f"inconsistent: store {path}: init time 2021-06-01T00:00:00 is marked complete but "
+            "the init_time coordinate does not hold it") in out
+
+
+def test_a_damaged_init_time_coordinate_is_one_line(tmp_path, capsys):
+    path = make_product(tmp_path / "p.zarr")
+    for chunk in (path / "init_time" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"garbage")
+    rc, _, err = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1
+    assert err.startswith(f"enspp validate: error: store {path}: the init_time coordinate "
+                          "cannot be read") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["inspect", "validate"])
+def test_forecast_stores_are_still_told_apart(tmp_path, capsys, command):
+    (tmp_path / "x.zarr").mkdir()
+    (tmp_path / "x.zarr" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", '
+                                                   '"attributes": {"enspp_kind": "other"}}')
+    rc, _, err = _run(capsys, command, str(tmp_path / "x.zarr"))
+    assert rc == 1 and err.count("\n") == 1
