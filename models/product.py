@@ -81,6 +81,9 @@ def product_attrs(loaded: Any, *, members: np.ndarray, source: Any, version: str
         "ensemble_method": "ensemble copula coupling (ECC-Q), ranks of the input members",
         "training_data_version": meta.data_version or "",
         "training_data_hash": meta.data_hash or "",
+        # what predict does with NaN inputs: 'mask' writes NaN at such points (validate
+        # --deep accepts them only then)
+        "nan_policy": str((meta.pipeline or {}).get("nan_policy", "")),
     }
     if not n_members:
         del attrs["ensemble_method"]
@@ -713,7 +716,11 @@ def check_product(path: str | Path, *, deep: bool = False) -> ProductReport:
     _check_variables(state, variables, problems)
     notes = _product_notes(state)
     checked, masked = (_check_product_chunks(state, variables, problems) if deep else (0, 0))
-    if masked:
+    if masked and state.attrs.get("nan_policy") == "error":
+        problems.add("inconsistent", f"store {state.path}: {masked} complete init time"
+                     f"{'s' * (masked != 1)} hold points that are NaN in every field, but the "
+                     "model's pipeline.nan_policy is 'error' (predict writes no NaN then)")
+    elif masked:
         notes.append(f"{masked} complete init time{'s' * (masked != 1)} "
                      f"hold{'s' * (masked == 1)} points that are "
                      "NaN in every field (inputs NaN there, pipeline.nan_policy 'mask')")

@@ -43,7 +43,7 @@ def _fields(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
 
 def make_product(path: Path, *, seed: int = 0, masked: tuple[int, int] | None = None,
                  skipped: bool = False, forecast: Path | None = None,
-                 inits: np.ndarray = INITS) -> Path:
+                 inits: np.ndarray = INITS, nan_policy: str | None = None) -> Path:
     """A seeded synthetic product of 4 init times, 2 init times per chunk; ``masked``: one
     point NaN in every field of the first init time (a NaN input under nan_policy 'mask');
     ``forecast``: the forecast store recorded as its input (its input digests recorded as
@@ -57,7 +57,8 @@ def make_product(path: Path, *, seed: int = 0, masked: tuple[int, int] | None = 
             for arr in per_lead.values():
                 arr[..., masked[0], masked[1]] = np.nan
     source = forecast or path.parent / "forecast.zarr"
-    writer = ProductWriter(path, attrs=_attrs(str(source)), fmt="zarr", init_chunk=2)
+    attrs = _attrs(str(source)) | ({} if nan_policy is None else {"nan_policy": nan_policy})
+    writer = ProductWriter(path, attrs=attrs, fmt="zarr", init_chunk=2)
     digests = {t: f"digest{i}" for i, t in enumerate(inits)}
     if forecast is not None:
         from enspp.data.store_meta import open_meta
@@ -159,6 +160,34 @@ def test_validate_deep_passes_on_a_good_product(tmp_path, capsys):
     assert "problems" not in out and err == ""
     rc, out, _ = _run(capsys, "validate", str(path))
     assert rc == 0 and "chunks not read" in out
+
+
+def test_masked_points_need_the_mask_policy_when_it_is_recorded(tmp_path, capsys):
+    """A product records the model's nan_policy: under 'error' predict writes no NaN, so
+    points NaN in every field are damage; under 'mask' (or unrecorded: older products) they
+    are a note."""
+    path = make_product(tmp_path / "e.zarr", masked=(1, 2), nan_policy="error")
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1
+    assert "NaN in every field, but the model's pipeline.nan_policy is 'error'" in out
+    path = make_product(tmp_path / "m.zarr", masked=(1, 2), nan_policy="mask")
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 0 and "NaN in every field (inputs NaN there" in out
+
+
+def test_predict_records_the_nan_policy():
+    from types import SimpleNamespace
+
+    from enspp.models.product import product_attrs
+
+    for policy in ("mask", "error"):
+        meta = SimpleNamespace(spec={"name": "mixed"}, code_version="x", distribution="gaussian",
+                               estimator="gaussian", member_strategy="first", data_version=None,
+                               data_hash=None, pipeline={"nan_policy": policy})
+        loaded = SimpleNamespace(metadata=meta, path=Path("best.ckpt"), sha256="0" * 64)
+        attrs = product_attrs(loaded, members=np.arange(1, 5), source="f.zarr", version="v",
+                              n_members=0, quantiles=())
+        assert attrs["nan_policy"] == policy
 
 
 def test_validate_deep_names_a_deleted_chunk_file(tmp_path, capsys):
