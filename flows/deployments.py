@@ -29,7 +29,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -241,3 +241,81 @@ def prefect_yaml(config: Any) -> str:
                      {"directory": "{{ $ENSPP_HOME }}"}}],
            "deployments": deployments}
     return _HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)
+
+
+# ------------------------------------------------------------------ serving
+def _graceful_runner_class() -> type:  # a factory: prefect.runner is imported on first use
+    """:class:`prefect.runner.Runner` whose SIGTERM (and SIGINT) stop it the way Prefect
+    means to, on the running event loop (see :func:`serve_deployments`)."""
+    import asyncio
+    import signal
+
+    from prefect.runner import Runner
+
+    class GracefulRunner(Runner):
+        _stop_requested = False
+        _stop_task: asyncio.Task[None] | None = None
+        #: called once the runner serves (its client, loops and signal handlers in place)
+        on_started: Callable[[], None] | None = None
+
+        async def __aenter__(self) -> Any:
+            out = await super().__aenter__()
+            if self.on_started is not None:
+                self.on_started()
+            return out
+
+        def handle_sigterm(self, signum: int | None = None, frame: Any = None) -> None:
+            """First signal: schedule :meth:`astop` on the running loop (cancels the runs in
+            flight, ends the polling loops; leaving the runner then pauses the deployments).
+            A second signal, or one before the runner started: ``KeyboardInterrupt``."""
+            if self._stop_requested or not self.started:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            name = signal.Signals(signum).name if signum else "signal"
+            self._logger.info(f"{name} received: cancelling the runs in flight, then stopping "
+                              "(send it again to stop at once)")
+            loop = asyncio.get_running_loop()
+            loop.call_soon_threadsafe(self._begin_stop, loop)
+
+        def _begin_stop(self, loop: asyncio.AbstractEventLoop) -> None:
+            self._stop_task = loop.create_task(self.astop())
+
+        async def start(self, *args: Any, **kwargs: Any) -> None:
+            # Runner.start installs handle_sigterm for SIGTERM; SIGINT (Ctrl-C, kill -INT)
+            # takes the same path unless the process ignores it
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, self.handle_sigterm)
+            await super().start(*args, **kwargs)
+
+    return GracefulRunner
+
+
+def serve_deployments(deployments: list[Any], *, limit: int | None = None,
+                      on_started: Callable[[], None] | None = None) -> None:
+    """Serve ``deployments`` until SIGTERM or SIGINT, then stop gracefully; ``on_started()``
+    is called once they are served (a signal before that stops the process at once).
+
+    Prefect 3.8.8's ``serve()`` does not: its SIGTERM handler calls ``Runner.stop()`` from
+    inside the event loop, which only creates a coroutine that is never awaited, then exits,
+    and its SIGINT path leaves the loop without cancelling anything; either way a run in
+    flight stays RUNNING on the server.  Here the first signal runs ``Runner.astop()`` on the
+    loop: each run in flight is cancelled (its process stopped, its state set to CANCELLED),
+    then the runner pauses the deployments' schedules as it leaves (Prefect's
+    ``pause_on_shutdown``: no runs pile up while nothing serves them); the next
+    ``enspp serve`` registers them unpaused again.  The signal handlers in place before are
+    restored on return."""
+    import asyncio
+    import signal
+    import threading
+
+    runner = _graceful_runner_class()(pause_on_shutdown=True, limit=limit)
+    runner.on_started = on_started
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    main = threading.current_thread() is threading.main_thread()
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        asyncio.run(runner.start())
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -52,3 +52,91 @@ def make_task_runner(deploy: Any) -> Any:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=deploy.max_workers)
+
+
+# ------------------------------------------------------------------ the Prefect API of a server
+#: what ``enspp serve`` tells an operator whose Prefect API is missing or unreachable
+START_SERVER_HINT = ("start a Prefect server with `prefect server start --host 127.0.0.1` and set "
+                     "PREFECT_API_URL=http://127.0.0.1:4200/api (in the environment, or in the "
+                     "active profile with `prefect config set PREFECT_API_URL=...`)")
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API URL in effect: ``$PREFECT_API_URL``, else the active Prefect
+    profile's ``PREFECT_API_URL``; ``None`` when neither sets one (Prefect would then start a
+    temporary server, whose schedules never fire)."""
+    quiet_prefect()
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+
+
+def prefect_api_headers(*, auth_string: str | None, api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header Prefect's client sends: basic auth of ``auth_string``
+    (``user:password``) if set, else the bearer ``api_key``, else none."""
+    import base64
+
+    if auth_string:
+        return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+    if api_key:
+        return {"Authorization": f"Bearer {api_key}"}
+    return {}
+
+
+def prefect_api_problem(url: str, *, headers: dict[str, str] | None = None,
+                        timeout: float = 5.0, verify: Any = True) -> str | None:
+    """Why the Prefect API at ``url`` cannot serve deployments (one line), or ``None`` when
+    its ``/health`` endpoint answers ``true``: one GET, at most ``timeout`` seconds."""
+    import httpx
+
+    health = url.rstrip("/") + "/health"
+    try:
+        response = httpx.get(health, headers=headers or {}, timeout=timeout, verify=verify)
+    except httpx.TimeoutException:
+        return f"the Prefect API at {url} did not answer within {timeout:g} s: {START_SERVER_HINT}"
+    except (httpx.HTTPError, ValueError) as e:  # refused, unknown host, TLS, malformed URL
+        reason = " ".join(str(e).split()) or type(e).__name__
+        return f"no Prefect API answers at {url} ({reason}): {START_SERVER_HINT}"
+    if response.status_code in (401, 403):
+        return (f"the Prefect API at {url} refused the credentials (HTTP {response.status_code}):"
+                " set PREFECT_API_AUTH_STRING=user:password as the server's "
+                "PREFECT_SERVER_API_AUTH_STRING")
+    try:
+        healthy = response.status_code == 200 and response.json() is True
+    except ValueError:
+        healthy = False
+    if not healthy:
+        return (f"{health} answered HTTP {response.status_code}, not Prefect's health check: "
+                "PREFECT_API_URL must name the API (e.g. http://127.0.0.1:4200/api)")
+    return None
+
+
+def check_prefect_api(*, timeout: float = 5.0) -> str:
+    """The Prefect API URL in effect, after checking that its server answers; else
+    :class:`~enspp.data.errors.EnsppError` with one line naming the URL and what to do."""
+    import ssl
+
+    url = prefect_api_url()
+    if not url:
+        raise EnsppError(f"PREFECT_API_URL is not set: {START_SERVER_HINT}")
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    verify: Any = True
+    if api.tls_insecure_skip_verify:
+        verify = False
+    elif api.ssl_cert_file and Path(api.ssl_cert_file).is_file():
+        verify = ssl.create_default_context(cafile=api.ssl_cert_file)
+    problem = prefect_api_problem(
+        url, timeout=timeout, verify=verify,
+        headers=prefect_api_headers(auth_string=_secret(api.auth_string),
+                                    api_key=_secret(api.key)))
+    if problem:
+        raise EnsppError(problem)
+    return url

@@ -1,10 +1,12 @@
 """``enspp serve [--config CFG]``: serve the four scheduled deployments on a Prefect server.
 
-The server is the one ``PREFECT_API_URL`` names (e.g. ``http://127.0.0.1:4200/api`` after
-``prefect server start --host 127.0.0.1``); schedules (UTC by default) come from the config's
+The server is the one ``PREFECT_API_URL`` names, in the environment or in the active Prefect
+profile (e.g. ``http://127.0.0.1:4200/api`` after ``prefect server start --host 127.0.0.1``);
+it must answer before anything is served.  Schedules (UTC by default) come from the config's
 ``deploy.schedules``: ingest hourly, predict after the 00 and 12 UTC runs arrive, evaluate
 nightly, train weekly.  The config is fixed here: the deployments take no config path
-(``flows.deployments``).  Runs until interrupted.
+(``flows.deployments``).  Runs until SIGTERM or SIGINT, which cancel the runs in flight and
+pause the schedules (the next ``enspp serve`` resumes them; ``flows.deployments.serve_deployments``).
 
 ``--write-prefect-yaml FILE`` instead writes the same deployments, with the same schedules,
 as a ``prefect.yaml`` for a work pool (``prefect deploy --all --prefect-file FILE``).
@@ -13,13 +15,18 @@ as a ``prefect.yaml`` for a work pool (``prefect deploy --all --prefect-file FIL
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 from pathlib import Path
 
+from enspp.data.errors import EnsppError
 from enspp.flows.commands import UsageError
-from enspp.flows.runtime import CONFIG_ENV, quiet_prefect
+from enspp.flows.runtime import CONFIG_ENV, check_prefect_api, quiet_prefect
 
 HELP = "serve the scheduled deployments on a Prefect server"
+
+#: seconds the Prefect API has to answer its health check before serving
+API_TIMEOUT_S = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +47,25 @@ def config_path_of(args: argparse.Namespace) -> Path:
     return Path(path)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``
+    (readers never see half a file); missing parent directories are created.  A failure is
+    an ``OSError`` naming ``path`` (not the temporary file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # a file where a directory must be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), e.filename) from e
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.strerror:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     quiet_prefect()
     from enspp.flows.config import load_config
@@ -50,21 +76,23 @@ def run(args: argparse.Namespace) -> int:
         from enspp.flows.deployments import prefect_yaml
 
         out = args.write_prefect_yaml
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(prefect_yaml(config))
-        os.replace(tmp, out)
+        write_atomically(out, prefect_yaml(config))
         print(f"wrote {out}: prefect deploy --all --prefect-file {out} (with {CONFIG_ENV}="
               f"{path} in the worker's environment)")
         return 0
-    if not os.environ.get("PREFECT_API_URL"):
-        raise UsageError("PREFECT_API_URL is not set: start a server (prefect server start "
-                         "--host 127.0.0.1) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    try:
+        url = check_prefect_api(timeout=API_TIMEOUT_S)
+    except EnsppError as e:
+        raise UsageError(str(e)) from None
     # the config of every served run: runs start in subprocesses that inherit this
     # environment, and no deployment parameter can change it
     os.environ[CONFIG_ENV] = str(path)
-    from prefect import serve
+    from enspp.flows.deployments import DEPLOYMENTS, build_deployments, serve_deployments
 
-    from enspp.flows.deployments import build_deployments
+    def started() -> None:
+        print(f"serving {', '.join(DEPLOYMENTS)} on {url} (stop with SIGTERM or Ctrl-C)",
+              flush=True)
 
-    serve(*build_deployments(config), limit=args.limit)
+    serve_deployments(build_deployments(config), limit=args.limit, on_started=started)
+    print("stopped: runs in flight cancelled, schedules paused until the next enspp serve")
     return 0

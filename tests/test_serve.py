@@ -1,0 +1,399 @@
+"""``enspp serve``: the Prefect API is found (environment or profile) and checked before
+anything is served, with one line when it cannot be; ``--write-prefect-yaml`` creates missing
+directories and writes atomically; SIGTERM and SIGINT stop the runner the way Prefect means
+to (runs in flight cancelled, schedules paused, resumed by the next start)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+EXE = Path(sys.executable).parent
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """``/api/health`` answers ``true``; with ``auth`` set, only to that Authorization."""
+
+    auth: str | None = None
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        type(self).seen.append(dict(self.headers))
+        if self.auth and self.headers.get("Authorization") != self.auth:
+            self._answer(401, {"detail": "Unauthorized"})
+        elif self.path == "/api/health":
+            self._answer(200, True)
+        else:
+            self._answer(404, {"detail": "Not Found"})
+
+    def _answer(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def health_server():
+    """A stand-in Prefect API on a loopback port: yields its handler class and base URL."""
+    handler = type("Handler", (_Health,), {"auth": None, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield handler, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def api_url():
+    """Set the Prefect API URL in effect (``None``: unset) for the duration of a test, over
+    whatever settings context is active (a test harness's server included)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    stack = []
+
+    def set_url(url: str | None) -> None:
+        cm = (temporary_settings(restore_defaults={PREFECT_API_URL}) if url is None
+              else temporary_settings(updates={PREFECT_API_URL: url}))
+        cm.__enter__()
+        stack.append(cm)
+
+    yield set_url
+    while stack:
+        stack.pop().__exit__(None, None, None)
+
+
+@pytest.fixture
+def cfg(tmp_path) -> Path:
+    path = tmp_path / "enspp.yaml"
+    path.write_text("")
+    return path
+
+
+# ------------------------------------------------------------------ the API: found and checked
+def test_prefect_api_problem_names_the_url_and_what_to_do(health_server):
+    from enspp.flows.runtime import prefect_api_problem
+
+    handler, base = health_server
+    assert prefect_api_problem(f"{base}/api") is None
+    assert prefect_api_problem(f"{base}/api/") is None
+    # the server's root is the UI, not the API
+    problem = prefect_api_problem(base)
+    assert problem.startswith(f"{base}/health answered HTTP 404") and "/api" in problem
+    closed = f"http://127.0.0.1:{_closed_port()}/api"
+    problem = prefect_api_problem(closed, timeout=2)
+    assert closed in problem and "prefect server start --host 127.0.0.1" in problem
+    assert "\n" not in problem
+    assert "missing an 'http://'" in prefect_api_problem("127.0.0.1:4200/api")
+
+
+def test_prefect_api_problem_sends_prefects_credentials(health_server):
+    from enspp.flows.runtime import prefect_api_headers, prefect_api_problem
+
+    handler, base = health_server
+    handler.auth = "Basic dXNlcjpwdw=="  # user:pw
+    problem = prefect_api_problem(f"{base}/api")
+    assert "refused the credentials (HTTP 401)" in problem and "PREFECT_API_AUTH_STRING" in problem
+    headers = prefect_api_headers(auth_string="user:pw", api_key="ignored")
+    assert headers == {"Authorization": "Basic dXNlcjpwdw=="}
+    assert prefect_api_problem(f"{base}/api", headers=headers) is None
+    assert handler.seen[-1]["Authorization"] == "Basic dXNlcjpwdw=="
+    assert prefect_api_headers(auth_string=None, api_key="k") == {"Authorization": "Bearer k"}
+    assert prefect_api_headers(auth_string=None, api_key=None) == {}
+
+
+def test_check_prefect_api_reads_the_settings_in_effect(health_server, api_url):
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+
+    from enspp.data.errors import EnsppError
+    from enspp.flows.runtime import check_prefect_api
+
+    handler, base = health_server
+    api_url(f"{base}/api")
+    assert check_prefect_api(timeout=5) == f"{base}/api"
+    handler.auth = "Basic dXNlcjpwdw=="
+    with temporary_settings(updates={PREFECT_API_AUTH_STRING: "user:pw"}):
+        assert check_prefect_api(timeout=5) == f"{base}/api"
+    api_url(None)
+    with pytest.raises(EnsppError, match="PREFECT_API_URL is not set: start a Prefect server"):
+        check_prefect_api(timeout=5)
+
+
+def test_serve_refuses_an_unreachable_api_in_one_line(cfg, api_url, capsys):
+    """No traceback: one line naming the URL and how to start a server, exit status 1."""
+    from enspp.flows.cli import main
+
+    url = f"http://127.0.0.1:{_closed_port()}/api"
+    api_url(url)
+    assert main(["serve", "--config", str(cfg)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"enspp serve: error: no Prefect API answers at {url}")
+    assert "prefect server start --host 127.0.0.1" in lines[0]
+    assert "serving" not in captured.out
+
+
+def test_serve_reads_the_api_url_from_the_environment_and_the_profile(cfg, tmp_path):
+    """The command itself, as an operator runs it: ``$PREFECT_API_URL`` or the active
+    profile's ``PREFECT_API_URL`` (``prefect config set``) is the URL checked (neither: see
+    test_check_prefect_api_reads_the_settings_in_effect)."""
+    env_url = f"http://127.0.0.1:{_closed_port()}/api"
+    profile_url = f"http://127.0.0.1:{_closed_port()}/api"
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(f'active = "ops"\n[profiles.ops]\nPREFECT_API_URL = "{profile_url}"\n')
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    base.update(DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                PREFECT_HOME=str(tmp_path / "prefect"))
+    cases = [({"PREFECT_API_URL": env_url}, f"no Prefect API answers at {env_url}"),
+             ({"PREFECT_PROFILES_PATH": str(profiles)}, f"no Prefect API answers at {profile_url}")]
+    for extra, expected in cases:
+        r = subprocess.run([str(EXE / "enspp"), "serve", "--config", str(cfg)],
+                           env={**base, **extra}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, (extra, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (extra, r.stderr)
+
+
+# ------------------------------------------------------------------ --write-prefect-yaml
+def test_write_prefect_yaml_creates_missing_directories(cfg, tmp_path, capsys):
+    import yaml
+
+    from enspp.flows.cli import main
+
+    out = tmp_path / "some" / "missing" / "dir" / "prefect.yaml"
+    assert main(["serve", "--config", str(cfg), "--write-prefect-yaml", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert len(yaml.safe_load(out.read_text())["deployments"]) == 4
+    assert sorted(p.name for p in out.parent.iterdir()) == ["prefect.yaml"]  # no temporary file
+
+
+def test_write_prefect_yaml_failure_names_the_real_path(cfg, tmp_path, capsys):
+    from enspp.flows.cli import main
+
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "prefect.yaml"
+    assert main(["serve", "--config", str(cfg), "--write-prefect-yaml", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"enspp serve: error: {out.parent}: Not a directory"]
+
+
+def test_write_atomically_replaces_and_names_the_target_on_failure(tmp_path, monkeypatch):
+    from enspp.flows.commands.serve import write_atomically
+
+    target = tmp_path / "prefect.yaml"
+    target.write_text("old")
+    write_atomically(target, "new")
+    assert target.read_text() == "new"
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as info:
+        write_atomically(target, "newer")
+    assert info.value.filename == str(target)
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefect.yaml"]
+
+
+# ------------------------------------------------------------------ SIGTERM / SIGINT
+@pytest.fixture
+def runner():
+    from enspp.flows.deployments import _graceful_runner_class
+
+    return _graceful_runner_class()(pause_on_shutdown=True)
+
+
+def test_a_signal_before_the_runner_started_interrupts(runner):
+    assert not runner.started
+    with pytest.raises(KeyboardInterrupt):
+        runner.handle_sigterm(signal.SIGTERM, None)
+
+
+def test_the_first_signal_stops_the_runner_on_its_loop_the_second_interrupts(runner, monkeypatch):
+    """Prefect's own handler calls the sync ``stop()`` inside the loop, which only creates a
+    coroutine; here ``astop()`` (cancel the runs in flight, end the loops) runs on the loop."""
+    stopped = []
+
+    async def astop():
+        stopped.append(asyncio.get_running_loop())
+
+    monkeypatch.setattr(runner, "astop", astop)
+    runner.started = True
+
+    async def main():
+        runner.handle_sigterm(signal.SIGTERM, None)
+        assert stopped == []  # scheduled, not run inside the signal handler
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert stopped == [asyncio.get_running_loop()]
+        with pytest.raises(KeyboardInterrupt):
+            runner.handle_sigterm(signal.SIGINT, None)
+
+    asyncio.run(main())
+    assert len(stopped) == 1
+
+
+def test_serving_routes_sigterm_and_sigint_to_the_runner_and_restores_them(monkeypatch):
+    """``serve_deployments`` takes SIGTERM and SIGINT for the runner while it serves (SIGINT
+    only where the process does not ignore it) and gives the previous handlers back."""
+    from prefect.runner import Runner
+
+    from enspp.flows.deployments import serve_deployments
+
+    seen = {}
+
+    async def fake_start(self, *args, **kwargs):  # what Runner.start does with signals
+        signal.signal(signal.SIGTERM, self.handle_sigterm)
+        seen.update(term=signal.getsignal(signal.SIGTERM), int=signal.getsignal(signal.SIGINT),
+                    runner=self)
+
+    monkeypatch.setattr(Runner, "start", fake_start)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    serve_deployments([], limit=2)
+    assert seen["term"] == seen["runner"].handle_sigterm
+    assert seen["int"] == seen["runner"].handle_sigterm
+    assert seen["runner"].limit == 2
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    # a process started with SIGINT ignored (`cmd &` in a script) keeps ignoring it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        serve_deployments([])
+        assert seen["int"] is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before[1])
+
+
+_SLEEPER = '''
+import sys, time
+from prefect import flow
+from enspp.flows.deployments import serve_deployments
+
+@flow(name="enspp-test-sleeper")
+def sleeper(seconds: int = 600):
+    print("sleeping", flush=True)
+    time.sleep(seconds)
+
+if __name__ == "__main__":
+    serve_deployments([sleeper.to_deployment(name="s", cron="0 3 * * 0")],
+                      on_started=lambda: print("serving", flush=True))
+    print("serve returned", flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_the_run_in_flight_and_the_next_start_resumes(tmp_path):
+    """A real loopback server: SIGTERM while a served run sleeps leaves it CANCELLED (not
+    RUNNING) and the deployment paused; serving again unpauses it."""
+    port = _closed_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    script = tmp_path / "sleeper.py"
+    script.write_text(_SLEEPER)
+    server = subprocess.Popen([str(EXE / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)
+    serving = []
+
+    def serve() -> subprocess.Popen:
+        """The sleeper served, once it serves (SIGTERM before that is Python's default)."""
+        log = tmp_path / f"serve{len(serving)}.log"
+        with open(log, "w") as f:
+            serving.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=f,
+                                            stderr=subprocess.STDOUT, cwd=tmp_path))
+        _wait(lambda: "serving" in log.read_text() or serving[-1].poll() is not None,
+              what="serving", timeout=120)
+        assert serving[-1].poll() is None, log.read_text()
+        return serving[-1]
+
+    try:
+        _wait(lambda: _get(api, "/health") is True, what="the server", timeout=180)
+        first = serve()
+        dep = _get(api, "/deployments/name/enspp-test-sleeper/s")
+        assert dep["paused"] is False
+        run = _post(api, f"/deployments/{dep['id']}/create_flow_run", {})
+        _wait(lambda: _state(api, run["id"]) == "RUNNING", what="the run", timeout=120)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 0
+        assert _state(api, run["id"]) == "CANCELLED"
+        assert _get(api, f"/deployments/{dep['id']}")["paused"] is True
+        second = serve()
+        assert _get(api, f"/deployments/{dep['id']}")["paused"] is False
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=120) == 0
+    finally:
+        for p in (*serving, server):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def _request(api: str, method: str, path: str, body: dict | None = None):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(api + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read() or b"null")
+    except (urllib.error.HTTPError, OSError):
+        return None
+
+
+def _get(api: str, path: str):
+    return _request(api, "GET", path)
+
+
+def _post(api: str, path: str, body: dict):
+    out = _request(api, "POST", path, body)
+    assert out is not None, path
+    return out
+
+
+def _state(api: str, run_id: str) -> str | None:
+    run = _get(api, f"/flow_runs/{run_id}") or {}
+    return (run.get("state") or {}).get("type")
+
+
+def _wait(check, *, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not ready within {timeout} s"
+        time.sleep(1)
