@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -207,6 +208,84 @@ def test_compose_and_dockerfile_agree():
     assert "torch==2.13.0" in docker and "DO_NOT_TRACK=1" in docker and "COPY flows" in docker
 
 
+def _dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """``.dockerignore`` as (exclude, regex) rules, Docker's syntax: ``*``/``?`` within one
+    path element, ``**`` across any, a leading ``!`` re-includes."""
+    rules = []
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        include = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((not include, re.compile(regex + r"\Z")))
+    return rules
+
+
+def _docker_ignores(path: str, rules) -> bool:
+    """Whether Docker leaves ``path`` (relative to the context) out: the last rule matching
+    the path or one of its parent directories decides."""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for exclude, regex in rules:
+        if any(regex.match(p) for p in prefixes):
+            ignored = exclude
+    return ignored
+
+
+def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_big():
+    """The compose build context is the project root (``context: ..``): ``.dockerignore``
+    keeps every COPY source of the Dockerfile (and the files inside) and leaves out the
+    virtual environment, work directories, reports, build outputs, git and caches."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert (DEPLOY / compose["services"]["worker"]["build"]["context"]).resolve() == ROOT
+    rules = _dockerignore_rules()
+    sources = []
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words and words[0] == "COPY":
+            assert not any(w.startswith("--from") for w in words), line
+            sources += [w for w in words[1:-1] if not w.startswith("--")]
+    assert {"pyproject.toml", "README.md", "flows", "deploy"} <= set(sources)
+    for src in sources:
+        assert (ROOT / src).exists(), src
+        assert not _docker_ignores(src, rules), f"{src} is COPYed but ignored"
+    # every file git tracks under a copied folder travels (the package data included)
+    tracked = subprocess.run(["git", "ls-files", *sources], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert any(t.endswith(".yaml") for t in tracked) and len(tracked) > 20
+    sent = [t for t in tracked if not _docker_ignores(t, rules)]
+    assert sent == tracked, sorted(set(tracked) - set(sent))
+    for big in (".venv", ".venv/lib/python3.11/site-packages/torch/__init__.py", "enspp-work",
+                "enspp-work/stores/forecast.zarr/zarr.json", "build", "reports", "test-artifacts",
+                ".git", ".git/HEAD", "tests", "enspp.egg-info", ".pytest_cache", ".ruff_cache",
+                "real", "flows/__pycache__/cli.cpython-311.pyc", "data/x.grib.idx"):
+        assert _docker_ignores(big, rules), f"{big} would be sent to the Docker daemon"
+
+
+def test_dockerignore_matcher_follows_dockers_rules():
+    rules = [(True, re.compile(r"[^/]*\Z")), (False, re.compile(r"data\Z")),
+             (True, re.compile(r"(?:.*/)?__pycache__\Z"))]
+    assert _docker_ignores(".venv/bin/python", rules)
+    assert not _docker_ignores("data/errors.py", rules)
+    assert _docker_ignores("data/sub/__pycache__/a.pyc", rules)
+    assert _docker_ignores("datafile", rules)
+
+
 def test_serve_refuses_without_config_or_server(tmp_path, monkeypatch, capsys):
     from enspp.flows.cli import main
 
@@ -215,8 +294,11 @@ def test_serve_refuses_without_config_or_server(tmp_path, monkeypatch, capsys):
     assert "no config: pass --config or set ENSPP_CONFIG" in capsys.readouterr().err
     cfg = tmp_path / "enspp.yaml"
     cfg.write_text("")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert main(["serve", "--config", str(cfg)]) == 1
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # the URL in effect (environment or profile) is unset, whatever server a harness started
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(["serve", "--config", str(cfg)]) == 1
     assert "PREFECT_API_URL is not set" in capsys.readouterr().err
 
 
