@@ -5,7 +5,7 @@
 in the rank order of a *template* built from the raw members, so each output field keeps the
 spatial (and inter-variable) structure of the raw member it came from.
 
-Template of M members from K raw members (reproducible with ``seed``):
+Template of M members from K raw members (reproducible with ``seed``, a 64-bit key):
 
 * ``M == K``: the raw members themselves, output member ``j`` follows raw member ``j``.
 * ``M < K``: a random subset of M raw members (in increasing member order).
@@ -17,6 +17,13 @@ once per template position, the same at every point, so a copy keeps its place a
 field. Ties between *different* raw members at a point (e.g. several dry members) are broken
 at random per point (the usual ECC convention for precipitation).
 
+Random draws (the template's subset, the copies' priority, the per-point tie-breakers) are
+counter-based: hashes of (key, stream, position) (:func:`ecc_keys`, :func:`_hash32`), not a
+generator's sequence, so the draws of many fields (every init time of a station product) are
+computed in one vectorised call, a field's draws do not depend on which fields are computed
+with it, and the tie-breakers of a large field are computed only at the points where raw
+members tie.
+
 Distributions: ``gaussian`` takes ``(mu, sigma)``; ``censored_logistic`` takes the latent
 ``(loc, scale)`` and censors the quantiles at 0. numpy arrays and torch tensors are accepted
 (torch inputs are processed in numpy on the CPU and returned on their device and dtype).
@@ -24,7 +31,7 @@ Distributions: ``gaussian`` takes ``(mu, sigma)``; ``censored_logistic`` takes t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,16 +117,83 @@ def _params(out: Mapping[str, Any], distribution: str) -> tuple[Any, Any]:
     return out[keys[0]], out[keys[1]]
 
 
-def ecc_template(n_raw: int, n_out: int, *, rng: np.random.Generator) -> np.ndarray:
-    """Indices (length ``n_out``) of the raw members each output member follows."""
+#: the draw streams of one key (:func:`_hash32`)
+_TEMPLATE, _PRIORITY, _TIES = 1, 2, 3
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of ``uint64`` values (a bijection; wraps modulo 2**64)."""
+    z = np.array(z, dtype=np.uint64)
+    z += np.uint64(0x9E3779B97F4A7C15)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """The murmur3 finaliser of ``uint32`` values, in place (a bijection)."""
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+def ecc_keys(seed: int, *parts: np.ndarray | int) -> np.ndarray:
+    """The ``uint64`` draw keys of fields named by ``parts`` (integers or integer arrays,
+    broadcast together, e.g. init times in ns and a lead in hours) under ``seed``."""
+    key = _mix64(np.uint64(int(seed) % 2**64))
+    for part in parts:
+        key = _mix64(key ^ np.asarray(part).astype(np.int64).view(np.uint64))
+    return np.atleast_1d(key)
+
+
+def _hash32(keys: np.ndarray, stream: int, counters: np.ndarray) -> np.ndarray:
+    """``uint32`` draws of ``keys`` ``[G]`` at ``counters`` (``uint32``, ``[G or 1, ...]``):
+    for one key and stream, distinct counters give distinct draws (a bijection)."""
+    salt = _mix64(np.asarray(keys, dtype=np.uint64) ^ np.uint64(stream))
+    shape = (len(salt),) + (1,) * (np.ndim(counters) - 1)
+    lo = (salt & np.uint64(0xFFFFFFFF)).astype(np.uint32).reshape(shape)
+    hi = (salt >> np.uint64(32)).astype(np.uint32).reshape(shape)
+    h = _fmix32(np.bitwise_xor(counters, lo, dtype=np.uint32))
+    h ^= hi
+    return _fmix32(h)
+
+
+def _templates(keys: np.ndarray, n_raw: int, n_out: int) -> np.ndarray:
+    """:func:`ecc_template` of every key: ``[G, n_out]``."""
     if n_raw < 1 or n_out < 1:
         raise ECCError(f"ECC needs >= 1 raw and >= 1 output member, got K={n_raw}, M={n_out}")
-    if n_out == n_raw:
-        return np.arange(n_raw)
-    if n_out < n_raw:
-        return np.sort(rng.choice(n_raw, size=n_out, replace=False))
-    extra = np.sort(rng.choice(n_raw, size=n_out % n_raw, replace=False))
-    return np.concatenate([np.tile(np.arange(n_raw), n_out // n_raw), extra])
+    g = len(keys)
+    whole = np.broadcast_to(np.tile(np.arange(n_raw), n_out // n_raw), (g, n_raw * (n_out // n_raw)))
+    n_extra = n_out if n_out < n_raw else n_out % n_raw
+    if not n_extra:
+        return np.ascontiguousarray(whole)
+    draw = _hash32(keys, _TEMPLATE, np.arange(n_raw, dtype=np.uint32)[None])
+    extra = np.sort(np.argsort(draw, axis=1)[:, :n_extra], axis=1)
+    return np.concatenate([whole, extra], axis=1)
+
+
+def _priorities(keys: np.ndarray, n_out: int) -> np.ndarray:
+    """The copies' priority of every key: a permutation of ``n_out``, ``[G, n_out]``."""
+    return np.argsort(_hash32(keys, _PRIORITY, np.arange(n_out, dtype=np.uint32)[None]), axis=1)
+
+
+def _tie_draws(keys: np.ndarray, member: np.ndarray | int, points: np.ndarray,
+               n_points: int) -> np.ndarray:
+    """The tie-breakers of raw ``member`` at flat ``points`` of fields of ``n_points``."""
+    counters = (np.asarray(member, dtype=np.int64) * n_points + points).astype(np.uint32)
+    return _hash32(keys, _TIES, counters)
+
+
+def ecc_template(n_raw: int, n_out: int, *, seed: int) -> np.ndarray:
+    """Indices (length ``n_out``) of the raw members each output member follows, for the
+    draw key ``seed`` (:func:`ecc_keys`)."""
+    return _templates(np.array([int(seed) % 2**64], dtype=np.uint64), n_raw, n_out)[0]
 
 
 def ecc_members(
@@ -129,10 +203,11 @@ def ecc_members(
     *,
     n_out: int | None = None,
     member_dim: int = 1,
-    seed: int | np.random.Generator = 0,
+    seed: int = 0,
     distribution: str = "gaussian",
 ) -> Any:
-    """``n_out`` (default K) ECC members with the member axis at ``member_dim``.
+    """``n_out`` (default K) ECC members with the member axis at ``member_dim``; ``seed``:
+    the field's draw key (an integer, e.g. one of :func:`ecc_keys`).
 
     ``mu``/``sigma`` (``loc``/``scale`` for ``censored_logistic``) have the shape of
     ``raw_members`` without its member axis. Computed in the float dtype of ``mu``/``sigma``
@@ -154,11 +229,16 @@ def ecc_members(
         )
     n_raw = raw.shape[0]
     n_out = n_raw if n_out is None else int(n_out)
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    idx = ecc_template(n_raw, n_out, rng=rng)
-    priority = rng.permutation(n_out)
-    # tie-breakers of different raw members, per point (drawn member-last: same draws as before)
-    per_point = np.moveaxis(rng.random((*raw.shape[1:], n_raw), dtype=np.float32), -1, 0)
+    if isinstance(seed, np.random.Generator):
+        raise ECCError("seed: a draw key (an integer, see ecc_keys), not a generator")
+    key = np.array([int(seed) % 2**64], dtype=np.uint64)
+    idx, priority = _templates(key, n_raw, n_out)[0], _priorities(key, n_out)[0]
+    n_points = raw[0].size
+    _check_counters(n_raw, n_points)
+
+    def per_point(member: int, points: np.ndarray) -> np.ndarray:
+        return _tie_draws(key, member, points, n_points)
+
     before, place = _raw_order(raw, per_point, idx, priority)
     z = _ppf(np.arange(1, n_out + 1) / (n_out + 1.0), distribution).astype(np.result_type(m, s))
     q = np.empty((n_out, *m.shape), dtype=z.dtype)
@@ -176,32 +256,32 @@ def ecc_members_many(
     raw_members: np.ndarray,
     *,
     n_out: int,
-    rngs: Sequence[np.random.Generator],
+    keys: np.ndarray,
     distribution: str = "gaussian",
 ) -> np.ndarray:
-    """:func:`ecc_members` of ``G`` small fields at once, each with its own generator:
-    ``mu``/``sigma`` ``[G, ...]``, ``raw_members`` ``[G, K, ...]``; returns ``[G, n_out, ...]``,
-    equal to ``ecc_members(mu[g], sigma[g], raw_members[g], n_out=n_out, member_dim=0,
-    seed=rngs[g])`` for every ``g`` (the same draws, in the same order, from each generator;
-    the members ordered by one sort per point as :func:`_raw_order_sorted` orders them)."""
+    """:func:`ecc_members` of ``G`` small fields at once, each with its own draw key:
+    ``mu``/``sigma`` ``[G, ...]``, ``raw_members`` ``[G, K, ...]``, ``keys`` ``[G]``
+    (:func:`ecc_keys`); returns ``[G, n_out, ...]``, equal to ``ecc_members(mu[g], sigma[g],
+    raw_members[g], n_out=n_out, member_dim=0, seed=keys[g])`` for every ``g`` (the same
+    draws, computed for all fields in one call; the members ordered by one sort per point as
+    :func:`_raw_order_sorted` orders them)."""
     raw = np.asarray(raw_members)
     m, s = np.asarray(mu), np.asarray(sigma)
     n_fields, n_raw = raw.shape[:2]
     shape = raw.shape[2:]
-    if m.shape != (n_fields, *shape) or s.shape != m.shape or len(rngs) != n_fields:
-        raise ECCError(f"mu {m.shape}, sigma {s.shape} and {len(rngs)} generators do not match "
+    keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    if m.shape != (n_fields, *shape) or s.shape != m.shape or len(keys) != n_fields:
+        raise ECCError(f"mu {m.shape}, sigma {s.shape} and {len(keys)} keys do not match "
                        f"raw_members {raw.shape} ([G, K, ...])")
-    idx = np.empty((n_fields, n_out), dtype=np.int64)
-    priority = np.empty((n_fields, n_out), dtype=np.int64)
-    draws = np.empty(raw.shape, dtype=np.float32)
-    for g, rng in enumerate(rngs):  # as ecc_members draws them
-        idx[g] = ecc_template(n_raw, n_out, rng=rng)
-        priority[g] = rng.permutation(n_out)
-        draws[g] = np.moveaxis(rng.random((*shape, n_raw), dtype=np.float32), -1, 0)
+    idx, priority = _templates(keys, n_raw, n_out), _priorities(keys, n_out)
+    n_points = int(np.prod(shape, dtype=np.int64))
+    _check_counters(n_raw, n_points)
+    members = np.arange(n_raw)[None, :, None]  # the tie-breakers of every field: [G, K, P]
+    draws = _tie_draws(keys, members, np.arange(n_points)[None, None], n_points)
     flat = raw.reshape(n_fields, n_raw, -1)
     values = np.where(np.isnan(flat), np.inf, flat)
     index = np.broadcast_to(np.arange(n_raw)[None, :, None], values.shape)
-    order = np.lexsort((index, draws.reshape(values.shape), values), axis=1)
+    order = np.lexsort((index, draws, values), axis=1)
     counts = np.stack([np.bincount(i, minlength=n_raw) for i in idx])  # [G, K]
     weight = np.take_along_axis(np.broadcast_to(counts[:, :, None], values.shape), order, axis=1)
     before = np.empty(values.shape, dtype=np.int64)
@@ -218,20 +298,37 @@ def ecc_members_many(
 
 
 def output_ecc_members_many(out: Mapping[str, Any], raw_members: np.ndarray, *, n_out: int,
-                            rngs: Sequence[np.random.Generator],
-                            distribution: str) -> np.ndarray:
+                            keys: np.ndarray, distribution: str) -> np.ndarray:
     """:func:`ecc_members_many` of a model output dict whose arrays have a leading field
     axis (``mu``/``sigma`` or ``loc``/``scale``)."""
     a, b = _params(out, distribution)
-    return ecc_members_many(a, b, raw_members, n_out=n_out, rngs=rngs, distribution=distribution)
+    return ecc_members_many(a, b, raw_members, n_out=n_out, keys=keys, distribution=distribution)
 
 
-def _raw_order(raw: np.ndarray, per_point: np.ndarray, idx: np.ndarray,
+def _check_counters(n_raw: int, n_points: int) -> None:
+    if n_raw * n_points >= 2**32:
+        raise ECCError(f"ECC of {n_raw} members x {n_points} points: more than 2**32 draws "
+                       "per field")
+
+
+#: per-point tie-breakers: an array ``[K, ...]`` like the raw members, or a function of a
+#: raw member and flat point indices giving its draws there
+PerPoint = np.ndarray | Callable[[int, np.ndarray], np.ndarray]
+
+
+def _draws_at(per_point: PerPoint, member: int, points: np.ndarray) -> np.ndarray:
+    if callable(per_point):
+        return per_point(member, points)
+    return per_point[member].reshape(-1)[points]
+
+
+def _raw_order(raw: np.ndarray, per_point: PerPoint, idx: np.ndarray,
                priority: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Where each output member goes in the order of the M outputs.
 
     Output member ``j`` follows raw member ``idx[j]``. Raw members are ordered by value
-    (NaN last), ties by ``per_point`` (then by member index); the copies of one raw member
+    (NaN last), ties by ``per_point`` (then by member index; a function is asked only at
+    the points where two members tie in value); the copies of one raw member
     take consecutive places in the order of ``priority`` (the same at every point). So the
     rank of output ``j`` is ``before[idx[j]] + place[j]``: ``before[k]`` ``[...]`` counts the
     outputs following raw members ordered before ``k`` at each point (one vectorised
@@ -253,9 +350,10 @@ def _raw_order(raw: np.ndarray, per_point: np.ndarray, idx: np.ndarray,
     for i, b in enumerate(used):
         for a in used[:i]:  # a < b: a goes first on ties of value and per-point draw
             a_first = values[a] < values[b]
-            tie = values[a] == values[b]
-            if tie.any():
-                a_first |= tie & (per_point[a] <= per_point[b])
+            tie = np.flatnonzero(values[a] == values[b])
+            if tie.size:
+                a_first.reshape(-1)[tie] |= (_draws_at(per_point, a, tie)
+                                             <= _draws_at(per_point, b, tie))
             before[b] += a_first * dtype(counts[a])
             before[a] += ~a_first * dtype(counts[b])
     return before, place
@@ -269,14 +367,15 @@ def _raw_order(raw: np.ndarray, per_point: np.ndarray, idx: np.ndarray,
 SORT_POINTS = 1024
 
 
-def _raw_order_sorted(raw: np.ndarray, per_point: np.ndarray,
+def _raw_order_sorted(raw: np.ndarray, per_point: PerPoint,
                       counts: np.ndarray) -> dict[int, np.ndarray]:
     """``before`` of :func:`_raw_order` by sorting the used raw members at every point: by
     value (NaN last), then by the per-point draw, then by member index."""
     used = np.flatnonzero(counts)
     flat = raw[used].reshape(len(used), -1)
     values = np.where(np.isnan(flat), np.inf, flat)
-    draws = per_point[used].reshape(len(used), -1)
+    points = np.arange(flat.shape[1])
+    draws = np.stack([_draws_at(per_point, int(k), points) for k in used])
     index = np.broadcast_to(np.arange(len(used))[:, None], values.shape)
     order = np.lexsort((index, draws, values), axis=0)  # [U, P]: used members, first first
     weight = counts[used][order]
@@ -294,7 +393,7 @@ def output_ecc_members(
     distribution: str,
     n_out: int | None = None,
     member_dim: int = 1,
-    seed: int | np.random.Generator = 0,
+    seed: int = 0,
 ) -> Any:
     """:func:`ecc_members` of a model output dict (``mu``/``sigma`` or ``loc``/``scale``)."""
     a, b = _params(out, distribution)

@@ -37,6 +37,7 @@ from enspp.data.progress import LOGGER, plural, step
 from enspp.models.checkpoint import LoadedCheckpoint, check_store_compatible, load_checkpoint
 from enspp.models.ecc import (
     SORT_POINTS,
+    ecc_keys,
     output_ecc_members,
     output_ecc_members_many,
     output_quantiles,
@@ -429,20 +430,20 @@ def _lead_fields(loaded: LoadedCheckpoint, inputs: np.ndarray, masked: np.ndarra
     static_all = _static_at(model, static_fixed, init=init, lead_h=lead_h, records=records)
     params = run_model(model, inputs, static_all, init=init, lead_h=lead_h, tile=tile,
                        overlap=overlap, batch_size=batch_size)
-    rng = _ecc_rng(seed, init=init, lead_h=lead_h, n_leads=model.spec.n_leads)
+    keys = _ecc_keys(seed, [init], lead_h=lead_h, n_leads=model.spec.n_leads)
     fields = _fields({k: v[None] for k, v in params.items()},
-                     inputs[None][:, :, list(target_channels)], masks=[masked], rngs=[rng],
+                     inputs[None][:, :, list(target_channels)], masks=[masked], keys=keys,
                      distribution=meta.distribution, quantiles=quantiles, n_members=n_members)
     return {k: v[0] for k, v in fields.items()}
 
 
 def _fields(params: dict[str, np.ndarray], raw: np.ndarray, *, masks: Sequence[np.ndarray],
-            rngs: Sequence[np.random.Generator], distribution: str,
+            keys: np.ndarray, distribution: str,
             quantiles: tuple[float, ...], n_members: int) -> dict[str, np.ndarray]:
     """The product fields of ``G`` init times at one lead from the model's output ``params``
     (arrays ``[G, T, ...]``) and the raw target members ``raw [G, K, T, ...]``: mean, std
     (a censored logistic also loc, scale), quantiles ``[G, Q, ...]`` and ECC members
-    ``[G, M, ...]`` (each init time's own generator of ``rngs``), NaN where ``masks[g]``.
+    ``[G, M, ...]`` (each init time's own draw key of ``keys``), NaN where ``masks[g]``.
     Small fields (stations) take the members of all init times in one call
     (:func:`ecc_members_many`), a large one field by field (the pairwise order is faster
     there); the members are the same either way."""
@@ -454,12 +455,12 @@ def _fields(params: dict[str, np.ndarray], raw: np.ndarray, *, masks: Sequence[n
                                                distribution=distribution)
     if n_members:
         if raw[0, 0].size <= SORT_POINTS:
-            fields["members"] = output_ecc_members_many(params, raw, n_out=n_members, rngs=rngs,
+            fields["members"] = output_ecc_members_many(params, raw, n_out=n_members, keys=keys,
                                                         distribution=distribution)
         else:
             each = [output_ecc_members({k: v[g] for k, v in params.items()}, raw[g],
                                        n_out=n_members, member_dim=0, distribution=distribution,
-                                       seed=rng) for g, rng in enumerate(rngs)]
+                                       seed=int(key)) for g, key in enumerate(keys)]
             # one init time (a grid): no copy of its members
             fields["members"] = each[0][None] if len(each) == 1 else np.stack(each)
     for g, masked in enumerate(masks):
@@ -468,13 +469,15 @@ def _fields(params: dict[str, np.ndarray], raw: np.ndarray, *, masks: Sequence[n
     return fields
 
 
-def _ecc_rng(seed: int, *, init: np.datetime64, lead_h: int, n_leads: int) -> np.random.Generator:
-    """The generator of one init time's (and lead's) ECC draws: a product does not depend on
-    which init times are predicted together."""
-    draw = [seed, int(init.astype("datetime64[ns]").astype(np.int64)) % 2**63]
-    if n_leads > 1:  # each lead's ECC draws its own (the single-lead draw unchanged)
-        draw.append(int(lead_h))
-    return np.random.default_rng(draw)
+def _ecc_keys(seed: int, inits: Sequence[np.datetime64], *, lead_h: int,
+              n_leads: int) -> np.ndarray:
+    """The ECC draw keys of init times at one lead (:func:`~models.ecc.ecc_keys`): each
+    init time's (and lead's) own, so a product does not depend on which init times are
+    predicted together."""
+    ns = np.asarray(inits, dtype="datetime64[ns]").astype(np.int64)
+    if n_leads > 1:  # each lead's ECC draws its own
+        return ecc_keys(seed, ns, lead_h)
+    return ecc_keys(seed, ns)
 
 
 def _point_fields(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
@@ -498,8 +501,7 @@ def _point_fields(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
                   for k in prepared[inits[0]][2][lead_h]}
         fields = _fields(params, np.stack([prepared[i][0][:, list(tc)] for i in inits]),
                          masks=[prepared[i][1] for i in inits],
-                         rngs=[_ecc_rng(seed, init=i, lead_h=lead_h, n_leads=model.spec.n_leads)
-                               for i in inits],
+                         keys=_ecc_keys(seed, inits, lead_h=lead_h, n_leads=model.spec.n_leads),
                          distribution=meta.distribution, quantiles=quantiles,
                          n_members=n_members)
         for g, init in enumerate(inits):

@@ -56,7 +56,7 @@ def test_ecc_many_members_matches_mean_and_spread(rng: np.random.Generator) -> N
     np.testing.assert_array_equal(ranks(out[:5], 0), ranks(raw, 0))
     # every output member follows its template raw member: sorted by output value, the
     # template values never decrease (copies of one member tie and may come in either order)
-    idx = ecc_template(5, 50, rng=np.random.default_rng(1))
+    idx = ecc_template(5, 50, seed=1)
     assert_follows(out, raw[idx], axis=0)
 
 
@@ -71,7 +71,7 @@ def test_ecc_fewer_members_and_reproducibility(field) -> None:
     a = ecc_members(mu, sigma, raw, n_out=3, member_dim=1, seed=5)
     b = ecc_members(mu, sigma, raw, n_out=3, member_dim=1, seed=5)
     np.testing.assert_array_equal(a, b)
-    idx = ecc_template(5, 3, rng=np.random.default_rng(5))
+    idx = ecc_template(5, 3, seed=5)
     np.testing.assert_array_equal(ranks(a, 1), ranks(raw[:, idx], 1))
     c = ecc_members(mu, sigma, raw, n_out=12, member_dim=1, seed=5)
     d = ecc_members(mu, sigma, raw, n_out=12, member_dim=1, seed=6)
@@ -79,14 +79,38 @@ def test_ecc_fewer_members_and_reproducibility(field) -> None:
 
 
 def test_ecc_template() -> None:
-    gen = np.random.default_rng(0)
-    np.testing.assert_array_equal(ecc_template(4, 4, rng=gen), np.arange(4))
-    t = ecc_template(4, 10, rng=gen)
+    np.testing.assert_array_equal(ecc_template(4, 4, seed=0), np.arange(4))
+    t = ecc_template(4, 10, seed=0)
     np.testing.assert_array_equal(t[:8], np.tile(np.arange(4), 2))
-    assert len(set(t[8:])) == 2
-    assert len(set(ecc_template(10, 4, rng=gen))) == 4
+    assert len(set(t[8:])) == 2 and np.all(np.diff(t[8:]) > 0)
+    sub = ecc_template(10, 4, seed=0)
+    assert len(set(sub)) == 4 and np.all(np.diff(sub) > 0)
     with pytest.raises(ECCError, match="K=0, M=3"):
-        ecc_template(0, 3, rng=gen)
+        ecc_template(0, 3, seed=0)
+
+
+def test_ecc_draws_are_uniform_and_independent_of_the_other_fields() -> None:
+    """The counter-based draws: each subset of the template equally likely, each priority
+    a permutation, each key's draws its own whatever keys are drawn with it."""
+    from enspp.models.ecc import _priorities, _templates, ecc_keys
+
+    keys = ecc_keys(0, np.arange(20000))
+    subsets = _templates(keys, 5, 2)  # 10 subsets of 2 of 5 members
+    _, counts = np.unique(subsets[:, 0] * 5 + subsets[:, 1], return_counts=True)
+    assert len(counts) == 10
+    expected = len(keys) / 10
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < stats.chi2.ppf(0.999, df=9)
+    pri = _priorities(keys[:100], 7)
+    assert all(sorted(p) == list(range(7)) for p in pri)
+    np.testing.assert_array_equal(_templates(keys[37:38], 5, 2), subsets[37:38])
+    np.testing.assert_array_equal(_priorities(keys[5:6], 7), pri[5:6])
+    assert len(set(ecc_keys(3, np.arange(1000)).tolist())) == 1000
+    assert not np.array_equal(ecc_keys(3, np.arange(10)), ecc_keys(4, np.arange(10)))
+    np.testing.assert_array_equal(ecc_keys(3, np.arange(10), 24)[4], ecc_keys(3, 4, 24)[0])
+    with pytest.raises(ECCError, match="not a generator"):
+        ecc_members(np.zeros(3), np.ones(3), np.zeros((2, 3)), member_dim=0,
+                    seed=np.random.default_rng(0))
 
 
 def test_ecc_censored_precipitation(rng: np.random.Generator) -> None:
@@ -172,7 +196,7 @@ def test_small_fields_sort_the_members_as_the_pairwise_order_does(rng, monkeypat
     np.testing.assert_array_equal(got["sorted"], got["pairwise"])
     # the ranks themselves: before + place of every output member, both ways
     per_point = rng.random(raw.shape, dtype=np.float32)
-    idx = ecc_template(5, n_out, rng=np.random.default_rng(1))
+    idx = ecc_template(5, n_out, seed=1)
     priority = np.random.default_rng(2).permutation(n_out)
     monkeypatch.setattr(E, "SORT_POINTS", 0)
     before_pairwise, place = E._raw_order(raw, per_point, idx, priority)
@@ -189,7 +213,9 @@ def test_small_fields_sort_the_members_as_the_pairwise_order_does(rng, monkeypat
 @pytest.mark.parametrize("n_out", [3, 5, 12])
 def test_many_small_fields_at_once_are_each_fields_members(rng, distribution, n_out):
     """ecc_members_many gives, bit for bit, what ecc_members gives field by field with the
-    same generators (ties of value, NaN, fewer and more outputs than raw members)."""
+    same keys (ties of value, NaN, fewer and more outputs than raw members), on either of
+    ecc_members' orderings (one sort per point, or pairwise with tie-breakers drawn only
+    where members tie)."""
     from enspp.models.ecc import ecc_members_many
 
     raw = rng.normal(size=(6, 5, 2, 3, 1)).round(1).astype(np.float32)  # [G, K, T, S, 1]
@@ -197,13 +223,22 @@ def test_many_small_fields_at_once_are_each_fields_members(rng, distribution, n_
     raw[2, 3, 1, 0] = np.nan
     mu = rng.normal(size=(6, 2, 3, 1)).astype(np.float32)
     sigma = rng.uniform(0.5, 2.0, size=(6, 2, 3, 1)).astype(np.float32)
-    seeds = [[7, g] for g in range(6)]
-    many = ecc_members_many(mu, sigma, raw, n_out=n_out, distribution=distribution,
-                            rngs=[np.random.default_rng(s) for s in seeds])
-    for g in range(6):
-        one = ecc_members(mu[g], sigma[g], raw[g], n_out=n_out, member_dim=0,
-                          seed=np.random.default_rng(seeds[g]), distribution=distribution)
-        assert one.dtype == many.dtype
-        np.testing.assert_array_equal(many[g], one)
+    import enspp.models.ecc as E
+    from enspp.models.ecc import ecc_keys
+
+    keys = ecc_keys(7, np.arange(6))
+    many = ecc_members_many(mu, sigma, raw, n_out=n_out, distribution=distribution, keys=keys)
+    for points in (0, 10**9):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(E, "SORT_POINTS", points)
+            for g in range(6):
+                one = ecc_members(mu[g], sigma[g], raw[g], n_out=n_out, member_dim=0,
+                                  seed=int(keys[g]), distribution=distribution)
+                assert one.dtype == many.dtype
+                np.testing.assert_array_equal(many[g], one)
+    # a field's members do not depend on the fields computed with it
+    np.testing.assert_array_equal(
+        ecc_members_many(mu[2:4], sigma[2:4], raw[2:4], n_out=n_out, distribution=distribution,
+                         keys=keys[2:4]), many[2:4])
     with pytest.raises(ECCError, match="do not match"):
-        ecc_members_many(mu, sigma, raw, n_out=n_out, rngs=[np.random.default_rng(0)])
+        ecc_members_many(mu, sigma, raw, n_out=n_out, keys=keys[:1])
