@@ -48,24 +48,6 @@ def _version() -> str:
         return "enspp (source tree)"
 
 
-def _quiet_libraries() -> None:
-    """Silence known, harmless notices that would bury the command's own output: zarr's note
-    that consolidated metadata is outside the v3 spec (used on purpose: one atomic root file
-    is how stores commit), Lightning's hardware banner and tips (printed twice once Prefect
-    also captures the logger), and a torch-internal deprecation inside Lightning."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-    warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
-                            category=UserWarning)  # a store's provenance log folder
-    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
         return f"{e.filename}: {e.strerror}"
@@ -78,7 +60,9 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_libraries()
+    from enspp.flows.runtime import quiet_libraries
+
+    quiet_libraries()
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         args = parser.parse_args(argv)  # prints help / version / error and exits

@@ -34,9 +34,10 @@ from typing import Any, Callable, Literal
 import yaml
 
 from enspp.data.errors import EnsppError
-from enspp.flows.runtime import CONFIG_ENV, quiet_prefect
+from enspp.flows.runtime import CONFIG_ENV, quiet_libraries, quiet_prefect
 
 quiet_prefect()
+quiet_libraries()  # a served run is a process of its own: no Lightning banners in its logs
 
 from prefect import flow  # noqa: E402
 

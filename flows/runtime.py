@@ -28,6 +28,25 @@ def quiet_prefect() -> None:
         os.environ.setdefault(k, v)
 
 
+def quiet_libraries() -> None:
+    """Silence known, harmless notices that would bury the command's own output: zarr's note
+    that consolidated metadata is outside the v3 spec (used on purpose: one atomic root file
+    is how stores commit), Lightning's hardware banner and tips (printed twice once Prefect
+    also captures the logger), and a torch-internal deprecation inside Lightning.  The CLI
+    calls it, and so does every served flow run (:mod:`flows.deployments`)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component",
+                            category=UserWarning)  # a store's provenance log folder
+    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def resolve_config(config_path: str | os.PathLike[str] | None) -> Any:
     """The :class:`~flows.config.EnsppConfig` of ``config_path``, else of ``$ENSPP_CONFIG``."""
     from enspp.flows.config import load_config

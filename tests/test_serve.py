@@ -397,3 +397,18 @@ def _wait(check, *, what: str, timeout: float):
             return value
         assert time.monotonic() < deadline, f"{what} not ready within {timeout} s"
         time.sleep(1)
+
+
+def test_a_served_run_prints_no_lightning_banner():
+    """A served flow run is a process of its own that imports the deployments' module, not
+    the CLI: Lightning's hardware banner must not reach its logs there either."""
+    code = ("import enspp.flows.deployments\n"
+            "import lightning as L\n"
+            "L.Trainer(accelerator='cpu', logger=False, enable_progress_bar=False, "
+            "enable_checkpointing=False)\n"
+            "print('trainer built')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "trainer built" in done.stdout
+    assert "GPU available" not in done.stdout + done.stderr
