@@ -9,7 +9,9 @@ Default policy (``on_error="raise"``): every file is read, validated and checked
 store and the other files first; if any is bad, nothing is written and :class:`IngestError`
 names each bad file and its problem.  ``on_error="skip"`` lands the good files and lists the
 bad ones in the summary.  Files already ingested (same SHA-256, all their records complete)
-are skipped without being decoded, so re-running an ingest changes nothing.
+are skipped without being decoded, so re-running an ingest changes nothing; the digests of the
+files ingested are remembered beside the store with their stat stamps, so those unchanged since
+are not even read again (:func:`data.provenance.identify_file`, :func:`ingested`).
 
 GRIB is decoded directly with eccodes by :func:`data.ingest_grib.open_grib_lazy` (not cfgrib, and
 not the per-message ``shortName`` lookups of ``data.readers.read_grib_eccodes``: see that
@@ -23,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from typing import Literal
 import xarray as xr
 
 from enspp.data import provenance as prov
+from enspp.data import store_meta as sm
 from enspp.data.errors import EnsppError
 from enspp.data.field_checks import Bounds
 from enspp.data.grib import expand_inputs
@@ -210,10 +213,11 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     opened: list[xr.Dataset] = []  # lazily decoded inputs, closed (handles freed) at the end
     with open_writer(store, kind=kind, lock_timeout=lock_timeout, on_wait=bar.note,
                      allow_mixed_centres=allow_mixed_centres) as writer, _closing(opened):
-        staged, failures, already, nbytes, skipped = _read_all(writer, files, kind=kind,
-                                                      allow_nan=allow_nan, workers=workers,
-                                                      bar=bar, opened=opened, bounds=bounds,
-                                                      station=station, station_part=station_part)
+        known = sm.read_digests(store)
+        staged, failures, already, nbytes, skipped, hashed = _read_all(
+            writer, files, kind=kind, allow_nan=allow_nan, workers=workers, bar=bar,
+            opened=opened, bounds=bounds, station=station, station_part=station_part,
+            known=known)
         plan = writer.plan() if writer.kind is not None else None
         for item in staged:
             assert plan is not None
@@ -231,6 +235,10 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                                   reader=reader_version())
         bar.close()
         members, variables = _shape_of(writer, plan)
+        if hashed and Path(store).exists():  # still holding the store's lock
+            done = sm.open_meta(store).ingested([src.sha256 for src, _ in hashed])
+            _remember(store, {src.path: e for (src, e), ok in zip(hashed, done) if ok},
+                      known=known)
     return IngestSummary(store=str(store), kind=result.kind, files=len(files),
                          files_already_ingested=already, added=result.added,
                          repaired=result.repaired,
@@ -243,12 +251,80 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                          left_out=result.left_out, members_missing=result.members_missing)
 
 
+def new_inputs(paths: Sequence[str | os.PathLike[str]], store: str | os.PathLike[str]
+               ) -> tuple[list[str], list[str]]:
+    """``(new, done)``: the files of ``paths`` (files, directories, globs; see
+    :func:`collect_inputs`) not yet fully in ``store``, and those already in it (same SHA-256,
+    all their records complete; files remembered unchanged are not read: :func:`ingested`).
+    A path that matches nothing is kept as new, so ingesting it fails with a clear message."""
+    files: list[Path] = []
+    for p in paths:
+        try:
+            files.extend(collect_inputs([p]))
+        except FileNotFoundError:
+            files.append(Path(p))
+    unique = list(dict.fromkeys(files))
+    present = [f for f in unique if f.exists()]
+    known = dict(zip(present, ingested(present, store)))
+    return ([str(f) for f in unique if not known.get(f, False)],
+            [str(f) for f in unique if known.get(f, False)])
+
+
+def ingested(files: Sequence[str | os.PathLike[str]], store: str | os.PathLike[str], *,
+             workers: int = 2) -> list[bool]:
+    """For each existing input of ``files``: is it in ``store`` already (the same bytes recorded
+    and every field it provides committed)?  Files whose digest the store remembers with an
+    unchanged stat stamp are not read (:func:`data.provenance.identify_file`); the digests of
+    the others found ingested are remembered when the store's lock is free (else next time)."""
+    from enspp.data.lock import store_lock
+    from enspp.data.store import is_store
+
+    if not files or not Path(store).exists() or not is_store(store):
+        return [False] * len(files)
+    known = sm.read_digests(store)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = identify_all(files, known=known, pool=pool)
+    done = sm.open_meta(store).ingested([src.sha256 for src, _ in found])
+    learned = {src.path: entry for (src, entry), ok in zip(found, done) if ok and entry}
+    if learned:
+        try:
+            with store_lock(store, timeout=0):
+                _remember(store, learned, known=sm.read_digests(store))
+        except (EnsppError, OSError):  # busy (its ingest remembers its own files) or read-only
+            pass
+    return done
+
+
+def identify_all(files: Sequence[str | os.PathLike[str]], *,
+                 known: Mapping[str, prov.KnownFile], pool: Executor
+                 ) -> list[tuple[SourceFile, prov.KnownFile | None]]:
+    """:func:`data.provenance.identify_file` of each of ``files``: those ``known`` holds
+    unchanged recalled in turn (a stat each), the others hashed in ``pool``'s threads."""
+    recalled = [prov.recall_file(f, known=known) for f in files]
+    hashed = iter(pool.map(lambda f: prov.identify_file(f, known={}),
+                           [f for f, src in zip(files, recalled) if src is None]))
+    return [(src, None) if src is not None else next(hashed) for src in recalled]
+
+
+def _remember(store: str | os.PathLike[str], learned: Mapping[str, prov.KnownFile], *,
+              known: Mapping[str, prov.KnownFile]) -> None:
+    """Add ``learned`` to the store's remembered digests (``known``: as read), rewriting the
+    digest file only when that changes it; the caller holds the store's lock."""
+    if learned and any(known.get(path) != entry for path, entry in learned.items()):
+        sm.write_digests(store, {**known, **learned})
+
+
 def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allow_nan: bool,
               workers: int, bar: _Progress, opened: list[xr.Dataset],
               bounds: Mapping[str, Bounds | None] | None = None,
-              station: StationOptions | None = None, station_part: Part | None = None
-              ) -> tuple[list[Staged], list[tuple[str, str]], int, int, list[str]]:
-    """Hash every file, skip those already ingested, read and validate the rest (in threads).
+              station: StationOptions | None = None, station_part: Part | None = None,
+              known: Mapping[str, prov.KnownFile] | None = None
+              ) -> tuple[list[Staged], list[tuple[str, str]], int, int, list[str],
+                         list[tuple[SourceFile, prov.KnownFile]]]:
+    """Identify every file (hashing only those ``known`` does not hold unchanged), skip those
+    already ingested, read and validate the rest (in threads).  Also returns the files hashed
+    whose digest may be remembered once they are in the store
+    (:func:`data.provenance.identify_file`).
 
     GRIB files are opened lazily (headers read and checked, values decoded later by the
     writer's threads, chunk by chunk); every dataset read is appended to ``opened``."""
@@ -256,47 +332,53 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
     # every file stays open until the write: one decode budget for the whole ingest
     budget = DECODE_BUDGET // max(1, len(files))
 
-    def load(path: Path) -> tuple[SourceFile, xr.Dataset | None, str | None]:
-        src = prov.source_file(path)
-        if writer.is_ingested(src):
-            return src, None, None
+    def load(path: Path) -> tuple[xr.Dataset | None, str | None]:
         try:
             # decode as what the file says it is (unless --kind): a forecast file offered to an
             # analysis store is then refused as such by StoreWriter.prepare
             ds = read_input(path, kind=kind, allow_nan=allow_nan, decode_budget=budget,
                             station=station, station_part=station_part)
             opened.append(ds)
-            return src, ds, None
+            return ds, None
         except (ValueError, OSError) as e:  # ReaderError, SchemaError, unreadable file
             msg = str(e)
-            return src, None, msg if str(path) in msg else f"{path}: {msg}"
+            return None, msg if str(path) in msg else f"{path}: {msg}"
 
     staged: list[Staged] = []
     skipped_records: list[str] = []
     failures: list[tuple[str, str]] = []
     already = nbytes = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for path, (src, ds, error) in zip(files, pool.map(load, files)):
+        found = identify_all(files, known=known or {}, pool=pool)
+        # one look at the store's bookkeeping for all the files, before any is decoded
+        done = (writer.meta.ingested([src.sha256 for src, _ in found])
+                if writer.meta is not None else [False] * len(files))
+        todo = [p for p, ok in zip(files, done) if not ok]
+        loaded = dict(zip(todo, pool.map(load, todo)))
+        for path, (src, _), ok in zip(files, found, done):
             bar.step()
             nbytes += src.size
-            if error is not None:
-                failures.append((str(path), error))
-            elif ds is None:
+            if ok:
                 already += 1
                 skipped_records.extend(writer.records_of(src))
-            else:
-                try:
-                    # station records have gaps: a missing member or observation is NaN
-                    # (in a station file, and in a station store given as input)
-                    gaps = is_station_part(ds) or STATION in ds.dims
-                    staged.append(writer.prepare(ds, name=str(path), sources=(src,),
-                                                 allow_nan=allow_nan or gaps,
-                                                 bounds=bounds))
-                except ValueError as e:
-                    ds.close()  # refused: its decoded values need not wait for the write
-                    msg = str(e)
-                    failures.append((str(path), msg if str(path) in msg else f"{path}: {msg}"))
-    return staged, failures, already, nbytes, skipped_records
+                continue
+            ds, error = loaded[path]
+            if error is not None:
+                failures.append((str(path), error))
+                continue
+            assert ds is not None
+            try:
+                # station records have gaps: a missing member or observation is NaN
+                # (in a station file, and in a station store given as input)
+                gaps = is_station_part(ds) or STATION in ds.dims
+                staged.append(writer.prepare(ds, name=str(path), sources=(src,),
+                                             allow_nan=allow_nan or gaps, bounds=bounds))
+            except ValueError as e:
+                ds.close()  # refused: its decoded values need not wait for the write
+                msg = str(e)
+                failures.append((str(path), msg if str(path) in msg else f"{path}: {msg}"))
+    hashed = [(src, entry) for src, entry in found if entry is not None]
+    return staged, failures, already, nbytes, skipped_records, hashed
 
 
 @contextmanager
@@ -348,4 +430,5 @@ class _Progress:
             self._bar = None
 
 
-__all__ = ["IngestError", "IngestSummary", "collect_inputs", "ingest", "read_input", "summarise"]
+__all__ = ["IngestError", "IngestSummary", "collect_inputs", "ingest", "ingested", "new_inputs",
+           "read_input", "summarise"]

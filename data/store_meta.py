@@ -20,6 +20,13 @@ replaced atomically, and none of them grows with the store, so a commit costs th
 store of 10 records as in one of 10,000.  Readers (:func:`data.store.open_store`) see a field
 when its record is complete and the field is present.
 
+Beside the store, ``.<store name>.digests.json`` (:func:`read_digests`) remembers the SHA-256 of
+the input files ingested into it, each with the stat stamp it had when hashed, so a scheduled
+ingest does not read again the bytes of files it already holds (:func:`data.provenance.identify_file`).
+It is a cache: it never decides what is ingested (the provenance log does, by digest), it is
+replaced whole and atomically by a writer holding the store's lock, and a missing or unreadable
+one is read as empty (every file is then hashed, as without it).
+
 Schema version 1 kept ``enspp_complete`` and ``provenance`` in the root attributes (rewritten,
 whole, at every commit); :class:`StoreMeta` reads such a store as it is and the writer migrates
 it once (:func:`migrate_v1`).
@@ -49,6 +56,11 @@ META_RECORDS_PER_CHUNK = 512
 #: root attributes of schema version 1
 V1_COMPLETE_ATTR = "enspp_complete"
 V1_PROVENANCE_ATTR = "provenance"
+
+
+#: suffix of the file beside a store that remembers its inputs' digests
+DIGESTS_SUFFIX = ".digests.json"
+_DIGESTS_FORMAT = 1
 
 
 class StoreMetaError(EnsppError):
@@ -163,6 +175,41 @@ def write_source(root: Path, entry: SourceEntry, *, tick: Any = None) -> None:
         return
     write_file_atomic(path, json.dumps(entry.to_json(), sort_keys=True).encode(), tick=tick,
                       tmp_dir=Path(root) / "enspp" / "tmp")
+
+
+def digests_path(root: str | os.PathLike[str]) -> Path:
+    """``<parent>/.<store name>.digests.json``: beside the store (like its lock file), so
+    remembering a digest never changes the store itself."""
+    root = Path(root).absolute()
+    return root.parent / f".{root.name}{DIGESTS_SUFFIX}"
+
+
+def read_digests(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The remembered digests of ``root``'s inputs: resolved path -> ``KnownFile``; empty when
+    there is no digest file or it cannot be read (a cache: every file is then hashed)."""
+    from enspp.data.provenance import KnownFile
+
+    try:
+        doc = json.loads(digests_path(root).read_bytes())
+        files = doc["files"] if doc.get("format") == _DIGESTS_FORMAT else {}
+        return {str(path): KnownFile(int(a), int(b), int(c), int(d), str(sha))
+                for path, (a, b, c, d, sha) in files.items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def write_digests(root: str | os.PathLike[str], known: Mapping[str, Any], *,
+                  keep: Any = os.path.exists) -> None:
+    """Replace ``root``'s digest file with ``known`` (path -> ``KnownFile``) less the paths
+    ``keep`` refuses (by default, files that are gone), atomically; the caller holds the
+    store's lock.  Temporary files of a writer killed earlier are removed."""
+    path = digests_path(root)
+    for stale in path.parent.glob(f"{path.name}.*.partial"):
+        stale.unlink(missing_ok=True)
+    files = {p: [e.size, e.mtime_ns, e.ctime_ns, e.inode, e.sha256]
+             for p, e in sorted(known.items()) if keep(p)}
+    doc = {"format": _DIGESTS_FORMAT, "files": files}
+    write_file_atomic(path, json.dumps(doc, separators=(",", ":")).encode())
 
 
 def read_source(root: str | os.PathLike[str], ident: int) -> SourceEntry | None:
@@ -323,17 +370,26 @@ class StoreMeta:
     def is_ingested(self, sha256: str) -> bool:
         """True if the source with this checksum is recorded and every field it provides is
         committed (present, written by it) in a complete record."""
-        entry = self.source(source_id(sha256))
-        if entry is None or entry.sha256 != sha256:
-            return False
-        return not list(self.missing_fields(entry, limit=1))
+        return self.ingested([sha256])[0]
 
-    def missing_fields(self, entry: SourceEntry, *, limit: int | None = None
-                       ) -> Iterator[tuple[str, str, int | None, str]]:
+    def ingested(self, sha256s: Sequence[str]) -> list[bool]:
+        """:meth:`is_ingested` of many sources at once: each variable's flags are read once,
+        at the records of all of them, not once per source."""
+        entries = []
+        for sha in sha256s:
+            entry = self.source(source_id(sha))
+            entries.append(entry if entry is not None and entry.sha256 == sha else None)
+        flags = _Flags(self, [e for e in entries if e is not None])
+        return [e is not None and not list(self.missing_fields(e, limit=1, flags=flags))
+                for e in entries]
+
+    def missing_fields(self, entry: SourceEntry, *, limit: int | None = None,
+                       flags: _Flags | None = None) -> Iterator[tuple[str, str, int | None, str]]:
         """The fields ``entry`` lists that the store does not hold from it, as
-        ``(variable, record, lead seconds or None, why)``."""
-        rec_index = _index_of(self.records)
-        lead_index = None if self.leads is None else _lead_index(self.leads)
+        ``(variable, record, lead seconds or None, why)``; ``flags``: the store's flags
+        already read (by :meth:`ingested`)."""
+        flags = flags or _Flags(self, [entry])
+        rec_index, lead_index = flags.rec_index, flags.lead_index
         want = np.uint64(source_id(entry.sha256))
         found = 0
         for var, fs in entry.fields.items():
@@ -341,13 +397,13 @@ class StoreMeta:
             cols = (None if fs.leads is None or lead_index is None else
                     np.array([lead_index.get(s, -1) for s in fs.leads], dtype=np.int64))
             if (rows < 0).any() or (cols is not None and (cols < 0).any()) or \
-                    (self.version == 2 and f"{PRESENT}/{var}" not in self.group):
+                    not flags.has(var):
                 yield var, fs.records[0] if fs.records else "", None, "not in the store's template"
                 found += 1
                 if limit is not None and found >= limit:
                     return
                 continue
-            present, ids = self.present(var, rows), self.sources_of(var, rows)
+            present, ids = flags.at(var, rows)
             done = self.complete[rows]
             if cols is not None:
                 present, ids, done = present[:, cols], ids[:, cols], done[:, None]
@@ -364,6 +420,40 @@ class StoreMeta:
 
 
 _WHY = {1: "not present", 2: "written by another source", 3: "record not complete"}
+
+
+class _Flags:
+    """The ``present`` flags and source ids of a store's variables at the records some
+    provenance entries name, each variable read once (one orthogonal selection)."""
+
+    def __init__(self, meta: StoreMeta, entries: Sequence[SourceEntry]) -> None:
+        self.meta = meta
+        self.rec_index = _index_of(meta.records)
+        self.lead_index = None if meta.leads is None else _lead_index(meta.leads)
+        wanted: dict[str, set[int]] = {}
+        for entry in entries:
+            for var, fs in entry.fields.items():
+                wanted.setdefault(var, set()).update(self.rec_index.get(r, -1) for r in fs.records)
+        self._rows = {var: np.array(sorted(r for r in rows if r >= 0), dtype=np.int64)
+                      for var, rows in wanted.items()}
+        self._read: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def has(self, var: str) -> bool:
+        """False for a variable without bookkeeping arrays (not in the store's template)."""
+        if var not in self._read:
+            if self.meta.version == 2 and f"{PRESENT}/{var}" not in self.meta.group:
+                self._read[var] = None
+            else:
+                rows = self._rows.get(var, np.zeros(0, dtype=np.int64))
+                self._read[var] = (self.meta.present(var, rows), self.meta.sources_of(var, rows))
+        return self._read[var] is not None
+
+    def at(self, var: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``present`` and source ids of ``var`` at ``rows`` (records this object read)."""
+        read = self._read[var] if self.has(var) else None
+        assert read is not None
+        pos = np.searchsorted(self._rows[var], rows)
+        return read[0][pos], read[1][pos]
 
 
 def open_meta(root: str | os.PathLike[str], attrs: Mapping[str, Any] | None = None) -> StoreMeta:
@@ -479,7 +569,8 @@ def create_meta(group: Any, *, kind: str, rec: str, n_records: int, n_leads: int
         create_field_arrays(group, var, kind=kind, n_records=n_records, n_leads=n_leads, dims=dims)
 
 
-__all__ = ["COMPLETE", "FieldSet", "META_GROUP", "META_RECORDS_PER_CHUNK", "PRESENT", "SOURCE",
+__all__ = ["COMPLETE", "DIGESTS_SUFFIX", "FieldSet", "META_GROUP", "META_RECORDS_PER_CHUNK", "PRESENT", "SOURCE",
            "SOURCES_DIR", "SourceEntry", "StoreMeta", "StoreMetaError", "create_field_arrays",
-           "create_meta", "decode_leads", "decode_times", "encode_leads", "id_hex", "iter_sources", "lead_seconds", "meta_chunks", "meta_shape", "open_meta",
-           "read_source", "source_id", "source_path", "write_file_atomic", "write_source"]
+           "create_meta", "decode_leads", "decode_times", "digests_path", "encode_leads", "id_hex", "iter_sources", "lead_seconds", "meta_chunks", "meta_shape", "open_meta",
+           "read_digests", "read_source", "source_id", "source_path", "write_digests",
+           "write_file_atomic", "write_source"]

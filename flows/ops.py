@@ -37,7 +37,6 @@ from enspp.flows.runtime import make_task_runner, resolve_config  # noqa: E402
 from enspp.flows.tasks import (  # noqa: E402
     FlowInputError,
     ingest_files,
-    new_files,
     predict_init_times,
     recorded_init_times,
 )
@@ -111,7 +110,10 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
                 kind: str | None = None) -> dict[str, Any]:
     """Ingest new files: ``paths`` (files, directories or globs; ``kind`` says which store),
     else the ``data.incoming`` patterns of the config.  Files already in a store are skipped
-    without a task.  Ends Failed listing the bad files after the good ones landed."""
+    without a task (a file remembered unchanged is not even read: ``data.ingest.ingested``).
+    Ends Failed listing the bad files after the good ones landed."""
+    from enspp.data.ingest import new_inputs
+
     cfg = resolve_config(config_path)
     wd = cfg.workdir
     if paths:
@@ -133,7 +135,7 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
     for k, patterns in wanted.items():
         if not patterns:
             continue
-        new, done = new_files(patterns, stores[k])
+        new, done = new_inputs(patterns, stores[k])
         summary[k] = {"new": len(new), "already_ingested": len(done)}
         print(f"{k}: {len(new)} new file(s), {len(done)} already in {stores[k]}")
         if new:
