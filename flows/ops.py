@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -57,19 +58,25 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), max(1, size))]
 
 
-def _failures(futures: list[tuple[str, Any]], *, done: Any = None) -> list[str]:
-    """The failed futures' labels and errors, waiting for each in turn; ``done(i)`` is
-    called when the ``i``-th has finished (a progress bar)."""
-    bad = []
-    for i, (label, fut) in enumerate(futures):
+def _errors(futures: list[tuple[str, Any]], *, done: Any = None
+            ) -> list[tuple[int, BaseException | str]]:
+    """The failed futures' indices and errors (the exception, else the state's message),
+    waiting for each in turn; ``done(i)`` is called when the ``i``-th has finished (a
+    progress bar)."""
+    bad: list[tuple[int, BaseException | str]] = []
+    for i, (_label, fut) in enumerate(futures):
         fut.wait()
         if done is not None:
             done(i)
         if not fut.state.is_completed():
             exc = fut.state.result(raise_on_failure=False)
-            bad.append(f"{label}: {exc}" if isinstance(exc, BaseException) else
-                       f"{label}: {fut.state.message}")
+            bad.append((i, exc if isinstance(exc, BaseException) else str(fut.state.message)))
     return bad
+
+
+def _failures(futures: list[tuple[str, Any]], *, done: Any = None) -> list[str]:
+    """The failed futures' labels and errors (:func:`_errors`)."""
+    return [f"{futures[i][0]}: {err}" for i, err in _errors(futures, done=done)]
 
 
 # ------------------------------------------------------------------ ingest
@@ -77,7 +84,8 @@ def _failures(futures: list[tuple[str, Any]], *, done: Any = None) -> list[str]:
 def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
                     lock_timeout: float = 300.0, bounds: dict[str, Any] | None = None,
                     allow_mixed_centres: bool = False,
-                    station: dict[str, Any] | None = None) -> list[str]:
+                    station: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The failed batches (:func:`_failed_batch`)."""
     # one store's batches run one after the other (its lock would serialise them anyway) and
     # a failed batch does not stop the next; the stores' batches are submitted in turn, so
     # the forecast and analysis stores fill in parallel
@@ -99,10 +107,58 @@ def _ingest_batches(jobs: list[dict[str, Any]], allow_nan: bool = False,
     sizes = [len(files) for _, files in order]
     stores = sorted({Path(j["store"]).name for j in jobs})
     with step(f"ingest into {', '.join(stores)}", total=sum(sizes), unit="file") as s:
-        bad = _failures(futures, done=lambda i: s.update(sizes[i]))
+        errors = _errors(futures, done=lambda i: s.update(sizes[i]))
         s.amount = (f"{plural(sum(sizes), 'file')} in {plural(len(sizes), 'batch', 'batches')}"
-                    + (f", {len(bad)} failed" if bad else ""))
-    return bad
+                    + (f", {len(errors)} failed" if errors else ""))
+    return [_failed_batch(order[i][0]["store"], order[i][1], err) for i, err in errors]
+
+
+def _failed_batch(store: str, files: list[str], err: BaseException | str) -> dict[str, Any]:
+    """What the flow tells of a failed batch: its store and files, its error on one line, and
+    the problem of each file its task refused (when the error lists them)."""
+    refused = getattr(err, "failures", None) or ()
+    return {"store": store, "files": list(files), "error": _one_line(str(err)),
+            "refused": {str(Path(p).resolve()): _one_line(m) for p, m in refused}}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _not_landed(batch: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(file, problem)`` of each file of a failed batch that its store does not hold now
+    (the store says which landed, whatever the task's error claims)."""
+    from enspp.data.ingest import ingested
+
+    files = [f for f in batch["files"] if Path(f).exists()]
+    landed = {f for f, ok in zip(files, ingested(files, batch["store"])) if ok}
+    out = []
+    for f in batch["files"]:
+        if f in landed:
+            continue
+        problem = batch["refused"].get(str(Path(f).resolve()))
+        if problem is None:
+            problem = ("no such file" if not Path(f).exists() else
+                       f"not ingested, its task failed: {batch['error']}")
+        out.append((f, problem))
+    return out
+
+
+def _ingest_failure(problems: list[tuple[str, str]], *, files: int,
+                    errors: Sequence[str] = ()) -> str:
+    """The one-line message of an ingest flow of ``files`` new files of which those of
+    ``problems`` (``(file, problem)``) did not land: the failed files with their problem,
+    and how many of the others landed (``errors``: the failed tasks' errors, told when
+    every file landed all the same)."""
+    from enspp.data.ingest import summarise
+
+    if not problems:
+        return (f"ingest: all {plural(files, 'new file')} landed, but "
+                f"{plural(len(errors), 'task')} failed: " + " | ".join(errors))
+    others = files - len(problems)
+    landed = "none landed" if others == 0 else f"the other {others} landed"
+    return (f"ingest: {len(problems)} of {plural(files, 'new file')} failed, {landed}: "
+            + summarise(problems, first=5, sep=" | "))
 
 
 @flow(name="ingest", log_prints=True)
@@ -111,7 +167,7 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
     """Ingest new files: ``paths`` (files, directories or globs; ``kind`` says which store),
     else the ``data.incoming`` patterns of the config.  Files already in a store are skipped
     without a task (a file remembered unchanged is not even read: ``data.ingest.ingested``).
-    Ends Failed listing the bad files after the good ones landed."""
+    Ends Failed naming the files that did not land, after the others landed."""
     from enspp.data.ingest import new_inputs
 
     cfg = resolve_config(config_path)
@@ -148,8 +204,10 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
                      bounds=dict(cfg.data.bounds), allow_mixed_centres=cfg.data.allow_mixed_centres,
                      station=station)
         if bad:
-            raise FlowFailedError(f"ingest: {len(bad)} task(s) failed (the other files landed): "
-                                  + " | ".join(bad))
+            problems = [p for batch in bad for p in _not_landed(batch)]
+            raise FlowFailedError(_ingest_failure(
+                problems, files=sum(len(f) for j in jobs for f in j["batches"]),
+                errors=[b["error"] for b in bad]))
     if not paths and cfg.data.points is not None:
         try:
             print(sample_points(cfg))

@@ -97,8 +97,9 @@ def test_ingest_flow_lands_good_files_and_fails_naming_bad_ones(harness, tmp_pat
     state = ingest_flow(str(cfg), return_state=True)
     assert state.is_failed()
     msg = state.message
-    assert "corrupt.grib" in msg and "missing.grib: 1 input file(s) not found" in msg
-    assert "2 task(s) failed (the other files landed)" in msg
+    assert "corrupt.grib: " in msg and "missing.grib: no such file" in msg
+    assert "2 of 5 new files failed, the other 3 landed" in msg
+    assert not any(f"{g.name}" in msg for g in gribs)  # the files that landed are not named
     store = tmp_path / "stores" / "forecast.zarr"
     assert open_store(store).sizes["init_time"] == 3
     # a re-run with the good files only: nothing new, nothing to do

@@ -1,5 +1,6 @@
 """Ingest without re-reading what it holds: the digests of ingested files remembered with their
-stat stamps beside the store (``data.provenance.identify_file``, ``data.store_meta``)."""
+stat stamps beside the store (``data.provenance.identify_file``, ``data.store_meta``), and the
+ingest flow's failure message naming exactly the files that did not land."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_flows import write_forecast_gribs
+from test_flows import shared_harness, write_forecast_gribs
 from test_store import forecast
 
 from enspp.data import provenance as prov
@@ -173,3 +174,61 @@ def test_a_vanished_file_is_forgotten(tmp_path, gribs, hashes):
     gribs[0].unlink()
     ingest(gribs[1:], store, progress=False)
     assert sorted(sm.read_digests(store)) == [str(gribs[1]), str(gribs[2])]
+
+
+# ------------------------------------------------------------------ the flow's failure message
+def test_failure_message_names_only_the_failed_files_and_counts_the_landed():
+    from enspp.flows.ops import _ingest_failure
+
+    msg = _ingest_failure([("/in/bad.grib", "/in/bad.grib: not a GRIB file")], files=3)
+    assert msg == "ingest: 1 of 3 new files failed, the other 2 landed: /in/bad.grib: not a GRIB file"
+    msg = _ingest_failure([("/in/a.grib", "no such file"), ("/in/b.grib", "locked")], files=2)
+    assert msg == ("ingest: 2 of 2 new files failed, none landed: /in/a.grib: no such file | "
+                   "/in/b.grib: locked")
+    msg = _ingest_failure([], files=2, errors=["log full"])
+    assert msg == "ingest: all 2 new files landed, but 1 task failed: log full"
+
+
+def test_not_landed_asks_the_store(tmp_path, gribs):
+    from enspp.flows.ops import _failed_batch, _not_landed
+
+    store = tmp_path / "s.zarr"
+    bad = gribs[0].parent / "corrupt.grib"
+    bad.write_bytes(gribs[0].read_bytes()[:200])
+    batch = [str(gribs[0]), str(bad), str(gribs[1])]
+    summary = ingest(batch, store, progress=False, on_error="skip")
+    err = IngestError(summary.failed, store=str(store))
+    problems = _not_landed(_failed_batch(str(store), batch, err))
+    assert [p for p, _ in problems] == [str(bad)]
+    assert problems[0][1] == " ".join(summary.failed[0][1].split())
+    # a batch whose task failed before writing anything: none of its files landed
+    other = [str(gribs[2]), str(tmp_path / "gone.grib")]
+    problems = _not_landed(_failed_batch(str(store), other, "store s.zarr is locked"))
+    assert problems == [(other[0], "not ingested, its task failed: store s.zarr is locked"),
+                        (other[1], "no such file")]
+
+
+@pytest.fixture(scope="session")
+def harness():
+    yield from shared_harness()
+
+
+def test_ingest_flow_failure_message(harness, tmp_path):
+    from enspp.flows.ops import ingest_flow
+
+    d = tmp_path / "in"
+    gribs = write_forecast_gribs(d, INITS[:2])
+    bad = d / "corrupt.grib"
+    bad.write_bytes(gribs[0].read_bytes()[:200])
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text("data: {incoming: {forecast: [in]}, files_per_task: 3}\n")
+    state = ingest_flow(str(cfg), return_state=True)
+    assert state.is_failed()
+    msg = state.message
+    assert "ingest: 1 of 3 new files failed, the other 2 landed: " in msg
+    assert f"{bad.resolve()}: " in msg and "its task failed" not in msg  # its own problem
+    assert "fc0.grib" not in msg and "fc1.grib" not in msg
+    assert open_store(tmp_path / "stores" / "forecast.zarr").sizes["init_time"] == 2
+    # only the corrupt file is new now, and it does not land
+    state = ingest_flow(str(cfg), return_state=True)
+    assert "ingest: 1 of 1 new file failed, none landed: " in state.message
