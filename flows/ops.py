@@ -132,14 +132,18 @@ def _not_landed(batch: dict[str, Any]) -> list[tuple[str, str]]:
 
     files = [f for f in batch["files"] if Path(f).exists()]
     landed = {f for f, ok in zip(files, ingested(files, batch["store"])) if ok}
+    missing = len(batch["files"]) > len(files)
     out = []
     for f in batch["files"]:
         if f in landed:
             continue
         problem = batch["refused"].get(str(Path(f).resolve()))
-        if problem is None:
-            problem = ("no such file" if not Path(f).exists() else
-                       f"not ingested, its task failed: {batch['error']}")
+        if problem is None and f not in files:
+            problem = "no such file"
+        elif problem is None and missing:  # the task raised for the missing file(s) only
+            problem = "not ingested; its task reported the missing file only (see its log)"
+        elif problem is None:
+            problem = f"not ingested, its task failed: {batch['error']}"
         out.append((f, problem))
     return out
 

@@ -204,8 +204,10 @@ def test_not_landed_asks_the_store(tmp_path, gribs):
     # a batch whose task failed before writing anything: none of its files landed
     other = [str(gribs[2]), str(tmp_path / "gone.grib")]
     problems = _not_landed(_failed_batch(str(store), other, "store s.zarr is locked"))
-    assert problems == [(other[0], "not ingested, its task failed: store s.zarr is locked"),
-                        (other[1], "no such file")]
+    assert problems == [(other[0], "not ingested; its task reported the missing file only "
+                                   "(see its log)"), (other[1], "no such file")]
+    problems = _not_landed(_failed_batch(str(store), other[:1], "store s.zarr is locked"))
+    assert problems == [(other[0], "not ingested, its task failed: store s.zarr is locked")]
 
 
 @pytest.fixture(scope="session")
