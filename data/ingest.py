@@ -28,8 +28,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import xarray as xr
 
@@ -56,9 +57,13 @@ class IngestError(EnsppError):
     named, the rest counted."""
 
     def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:
-        self.failures = tuple(failures)
+        self.failures, self.store = tuple(failures), store
         super().__init__(f"{len(self.failures)} of the inputs refused, store {store} left "
                          f"unchanged:\n  " + summarise(self.failures, sep="\n  "))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled by task runners in other processes: keep the files' problems
+        return (partial(type(self), store=self.store), (self.failures,))
 
 
 def summarise(failures: Sequence[tuple[str, str]], *, first: int = 3, sep: str = "; ") -> str:

@@ -9,6 +9,7 @@ are the cache: every task skips what is already in its store, so re-runs are che
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from enspp.data.errors import EnsppError
 
-__all__ = ["FlowInputError", "IngestFilesError", "is_transient", "new_files", "ingest_files",
+__all__ = ["FlowInputError", "IngestFilesError", "is_transient", "ingest_files",
            "predict_init_times", "done_init_times", "skipped_init_times", "recorded_init_times", "IO_RETRY"]
 
 
@@ -29,10 +30,17 @@ class IngestFilesError(EnsppError):
     """Some files of an ingest task were refused; ``failures`` lists ``(file, problem)``."""
 
     def __init__(self, failures: Sequence[tuple[str, str]], *, store: str) -> None:
-        self.failures = tuple(failures)
+        self.failures, self.store = tuple(failures), store
         super().__init__(f"{len(self.failures)} file(s) refused by store {store}: "
-                         + "; ".join(m if m.startswith(p) else f"{p}: {m}"
-                                     for p, m in self.failures))
+                         + "; ".join(_problem(p, m) for p, m in self.failures))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a task runner in other processes (dask) pickles the error: keep the files' problems
+        return (partial(type(self), store=self.store), (self.failures,))
+
+
+def _problem(path: str, message: str) -> str:
+    return message if message.startswith(path) else f"{path}: {message}"
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -55,28 +63,6 @@ def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
 IO_RETRY: dict[str, Any] = dict(retries=2, retry_delay_seconds=[1, 5],
                                 retry_condition_fn=_retry_transient, cache_policy=NO_CACHE,
                                 persist_result=False)
-
-
-def new_files(paths: Sequence[str], store: str | Path) -> tuple[list[str], list[str]]:
-    """``(new, done)``: the files of ``paths`` (files, directories, globs; see
-    ``data.ingest.collect_inputs``) not yet fully in ``store``, and those already in it
-    (same SHA-256, all their records complete).  Missing paths are kept as new, so their
-    task fails with a clear message."""
-    from enspp.data.ingest import collect_inputs
-    from enspp.data.store import already_ingested
-
-    files: list[Path] = []
-    for p in paths:
-        try:
-            files.extend(collect_inputs([p]))
-        except FileNotFoundError:
-            files.append(Path(p))
-    unique = list(dict.fromkeys(files))
-    present = [f for f in unique if f.exists()]
-    known = dict(zip(present, already_ingested(store, present)))
-    new = [str(f) for f in unique if not known.get(f, False)]
-    done = [str(f) for f in unique if known.get(f, False)]
-    return new, done
 
 
 @task(name="ingest-files", task_run_name="ingest {store_name}: {first} and {n_more} more files",
@@ -109,13 +95,21 @@ def ingest_files(files: list[str], store: str, *, kind: str, allow_nan: bool = F
         get_run_logger().info(summary.line())
     if missing:
         raise FileNotFoundError(f"{len(missing)} input file(s) not found: {', '.join(missing)}"
-                                + ("" if summary is None else
-                                   f" (the other {len(present)} were ingested)"))
+                                + ("" if summary is None else _others(summary, len(present))))
     assert summary is not None
     if summary.failed:
         raise IngestFilesError(summary.failed, store=store)
     return {"added": list(summary.added), "skipped": list(summary.skipped),
             "repaired": list(summary.repaired)}
+
+
+def _others(summary: Any, n_present: int) -> str:
+    """What became of the files of a task that were there, beside its missing ones."""
+    refused = len(summary.failed)
+    if not refused:
+        return f" (the other {n_present} landed)"
+    return (f" (of the other {n_present}, {n_present - refused} landed and {refused} were "
+            "refused: " + "; ".join(_problem(p, m) for p, m in summary.failed) + ")")
 
 
 def _lock_dir(store: str | Path) -> Path:

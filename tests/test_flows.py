@@ -11,8 +11,9 @@ import pytest
 from test_store import forecast
 
 from enspp.data.grib_writer import write_grib
+from enspp.data.ingest import new_inputs
 from enspp.data.store import open_store
-from enspp.flows.tasks import FlowInputError, IngestFilesError, is_transient, new_files
+from enspp.flows.tasks import FlowInputError, IngestFilesError, is_transient
 from enspp.models.registry import (
     RegistryError,
     current_version,
@@ -74,16 +75,50 @@ def test_is_transient():
     assert not is_transient(IngestFilesError([("a.grib", "bad")], store="s"))
 
 
-def test_new_files_skips_what_the_store_holds(tmp_path, gribs):
+def test_new_inputs_skip_what_the_store_holds(tmp_path, gribs):
     from enspp.data.ingest import ingest
 
     store = tmp_path / "s.zarr"
-    new, done = new_files([str(gribs[0].parent)], store)
+    new, done = new_inputs([str(gribs[0].parent)], store)
     assert (new, done) == ([str(p) for p in gribs], [])
     ingest(gribs[:2], store, progress=False)
-    new, done = new_files([str(gribs[0].parent / "*.grib"), str(tmp_path / "gone.grib")], store)
+    new, done = new_inputs([str(gribs[0].parent / "*.grib"), str(tmp_path / "gone.grib")], store)
     assert done == [str(p) for p in gribs[:2]]
     assert new == [str(gribs[2]), str(tmp_path / "gone.grib")]  # missing kept: its task fails
+
+
+def test_ingest_errors_keep_their_files_through_pickling():
+    """A task runner in other processes (dask) pickles a task's error: the refused files and
+    their problems must survive, not fail to rebuild for want of ``store=``."""
+    import pickle
+
+    from enspp.data.ingest import IngestError
+
+    for cls in (IngestFilesError, IngestError):
+        err = cls([("a.grib", "a.grib: not GRIB"), ("b.grib", "truncated")], store="s.zarr")
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is cls and back.failures == err.failures and str(back) == str(err)
+
+
+def test_a_missing_file_beside_refused_ones_tells_what_became_of_them(tmp_path, gribs,
+                                                                      monkeypatch):
+    """A task with a missing file and a corrupt one: the message (retried: the missing file
+    may still be arriving) says which of the others landed and which were refused, instead
+    of claiming they were all ingested."""
+    import logging
+
+    import enspp.flows.tasks as tasks
+
+    monkeypatch.setattr(tasks, "get_run_logger", lambda: logging.getLogger("test"))
+    bad = tmp_path / "bad.grib"
+    bad.write_bytes(b"GRIB not really")
+    files = [str(gribs[0]), str(bad), str(tmp_path / "late.grib")]
+    with pytest.raises(FileNotFoundError) as e:
+        tasks.ingest_files.fn(files, str(tmp_path / "s.zarr"), kind="forecast")
+    text = str(e.value)
+    assert "1 input file(s) not found" in text and "late.grib" in text
+    assert "of the other 2, 1 landed and 1 were refused: " in text and "bad.grib" in text
+    assert "were ingested" not in text
 
 
 # ------------------------------------------------------------------ ingest flow
