@@ -19,11 +19,9 @@ the wall-clock ratio depends on how the scheduler shares cores, the CPU-time rat
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from benchlib import best_of, work_directory  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -106,26 +105,9 @@ def io_floor(store: Path, out: Path, attrs: dict) -> None:
     writer.finish()
 
 
-def best_of(repeats: int, fn) -> tuple[float, float]:
-    """Best wall-clock and best CPU time (all threads, ``time.process_time``) of ``fn``."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return min(walls), min(cpus)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
     warnings.simplefilter("ignore")
-    work = args.out or Path(tempfile.mkdtemp(prefix="enspp-bench-models-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_directory(__doc__, prefix="enspp-bench-models-") as (args, work):
         t0 = time.perf_counter()
         store, ckpt, _ = build(work)
         print(f"setup (store {NY}x{NX}, {N_STORE_MEMBERS} members, checkpoint): "
@@ -157,9 +139,6 @@ def main() -> None:
         print(f"ratio: {ratio:.2f} (cpu-time ratio {c_pred / c_floor:.2f}; load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)")
         print(f"BENCH predict_vs_io_ratio {ratio:.2f} target <= 3")
-    finally:
-        if args.out is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

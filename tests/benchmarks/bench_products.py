@@ -19,11 +19,9 @@ Each side runs ``--repeats`` times (fresh output); best wall-clock times; one to
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +33,7 @@ sys.path.insert(0, str(HERE.parents[1]))  # tests/: the seeded station stores
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from benchlib import best_of, work_directory  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -89,24 +88,14 @@ def io_floor(store: Path, out: Path, attrs: dict) -> None:
     writer.finish()
 
 
-def best_of(repeats: int, fn) -> float:
-    walls = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - t0)
-    return min(walls)
+def wall_of(repeats: int, fn) -> float:
+    """The best wall-clock time of ``fn`` over ``repeats`` runs."""
+    return best_of(repeats, fn)[0]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
     warnings.simplefilter("ignore")
-    work = args.out or Path(tempfile.mkdtemp(prefix="enspp-bench-products-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_directory(__doc__, prefix="enspp-bench-products-") as (args, work):
         t0 = time.perf_counter()
         store, ckpt = build(work)
         print(f"setup (station store, {N_DAYS} init times, {N_MEMBERS} members; one-epoch "
@@ -117,22 +106,22 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             predict(ckpt, store, out=out, quantiles=QUANTILES, n_members=M, progress=False)
 
-        t_pred = best_of(args.repeats, lambda: run_predict(product))
+        t_pred = wall_of(args.repeats, lambda: run_predict(product))
         import zarr
 
         attrs = dict(zarr.open_group(product, mode="r").attrs)
         attrs.pop("enspp_complete", None)
         floor_out = work / "floor.zarr"
-        t_floor = best_of(args.repeats, lambda: io_floor(store, floor_out, attrs) if not
+        t_floor = wall_of(args.repeats, lambda: io_floor(store, floor_out, attrs) if not
                           shutil.rmtree(floor_out, ignore_errors=True) else None)
         chunk = predict_module.PRODUCT_CHUNK_VALUES
         predict_module.PRODUCT_CHUNK_VALUES = 1  # the former layout: one init time per chunk
         try:
-            t_former = best_of(1, lambda: run_predict(former))
+            t_former = wall_of(1, lambda: run_predict(former))
         finally:
             predict_module.PRODUCT_CHUNK_VALUES = chunk
-        t_read = best_of(args.repeats, lambda: open_product(product).load())
-        t_read_former = best_of(1, lambda: open_product(former).load())
+        t_read = wall_of(args.repeats, lambda: open_product(product).load())
+        t_read_former = wall_of(1, lambda: open_product(former).load())
         files = {p.name: sum(1 for _ in p.rglob("*")) for p in (product, former)}
         print(f"predict, {N_DAYS} init times (K={K}, M={M}, {len(QUANTILES)} quantiles, "
               f"1 thread): {t_pred:.2f} s; into the former layout {t_former:.2f} s")
@@ -143,9 +132,6 @@ def main() -> None:
         print(f"BENCH station_predict_vs_io_ratio {t_pred / t_floor:.2f} target <= 3")
         print(f"BENCH station_product_read_seconds {t_read:.3f} target <= 0.5")
         print(f"BENCH station_predict_former_vs_blocks {t_former / t_pred:.1f} target >= 3")
-    finally:
-        if args.out is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
