@@ -126,6 +126,7 @@ def describe_systems(config: Any) -> dict[str, dict[str, Any]]:
     A store that cannot be read gives the bare method name."""
     from enspp.data.schema import MEMBER
     from enspp.evaluation.systems import open_dataset
+    from enspp.pipeline.members import MemberSelectionError, first_members
 
     info: dict[str, dict[str, Any]] = {}
     opened: dict[Any, Any] = {}
@@ -143,8 +144,11 @@ def describe_systems(config: Any) -> dict[str, dict[str, Any]]:
             elif s.name != "oracle" and MEMBER in ds.coords:
                 have = [int(m) for m in ds[MEMBER].values]
                 sel = s.members
-                members = have if sel is None else (list(range(sel)) if isinstance(sel, int)
-                                                    else [int(m) for m in sel])
+                try:  # an int K: the members evaluate scores (pipeline.members.first_members: 1..K)
+                    members = have if sel is None else ([int(m) for m in first_members(have, sel)]
+                                                        if isinstance(sel, int) else [int(m) for m in sel])
+                except MemberSelectionError:
+                    members = None
         info[s.key] = {"name": s.name, "members": members, "model": model}
     ref = info.get(config.reference)
     ensembles = [v["members"] for k, v in info.items()

@@ -101,7 +101,7 @@ def test_dashboard_reads_as_a_report_in_chromium(browser, tmp_path_factory):
     assert all(n == 8 for _, n, _ in rows)
     labels = {key: text for key, _, text in rows}
     assert labels["raw_full"].startswith("raw ensemble, all 10 (control + 9 perturbed)")
-    assert labels["raw_subset"].startswith("raw ensemble, control + 3 of 9 perturbed")
+    assert labels["raw_subset"].startswith("raw ensemble, 4 of 9 perturbed")
     assert labels["oracle"].startswith("oracle (the exact predictive distribution)")
     head = driver.execute_script(
         "return Array.from(document.querySelectorAll('table.headline th')).map(t => t.innerText)")

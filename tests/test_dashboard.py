@@ -100,9 +100,13 @@ def test_systems_are_named_by_method_and_member_set(report):
     doc = read_scores(out)
     labels = {s["key"]: s["label"] for s in doc["systems"]}
     assert labels == {"raw_full": "raw ensemble, all 10 (control + 9 perturbed)",
-                      "raw_subset": "raw ensemble, control + 3 of 9 perturbed",  # members 0..3
+                      "raw_subset": "raw ensemble, 4 of 9 perturbed",  # members: 4 -> 1..4
                       "emos": "EMOS",  # a product that does not record its input members
                       "oracle": "oracle (the exact predictive distribution)"}
+    # the label names the members that were scored: "members: K" is the first K perturbed
+    # members (pipeline.members.first_members), as evaluation.systems selects them
+    subset = next(s for s in doc["systems"] if s["key"] == "raw_subset")
+    assert subset["input_members"] == [1, 2, 3, 4]
     page = (out / "index.html").read_text()
     head = page[page.index('<table class="headline"'):]
     head = head[:head.index("</table>")]
