@@ -50,6 +50,16 @@ def _pct(x) -> str:
     return "0.0%" if round(100 * x, 1) == 0 else f"{100 * x:+.1f}%"
 
 
+def _p(x) -> str:
+    """A p-value: two decimals, three below 0.01 (``0.004``, not ``0.00``), and ``<0.001``
+    below that (a test's tail holds no more digits than that)."""
+    if x is None:
+        return "–"
+    if x < 0.001:
+        return "<0.001"
+    return f"{x:.3f}" if x < 0.01 else f"{x:.2f}"
+
+
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower() or "x"
 
@@ -163,8 +173,17 @@ def _cell(text: str, cls: str = "", *, ci: bool = False) -> dict:
     return {"text": text, "cls": cls, "ci": ci}
 
 
+def system_order(doc: dict, variable: str, region: str) -> list[str]:
+    """The systems of ``variable`` in ``region``, lowest (best) mean CRPS first, as ``enspp
+    evaluate`` prints them (:func:`evaluation.report.headline_rows`); a system without a CRPS
+    last, ties in the configuration's order."""
+    rows = doc["variables"][variable]["headline"][region]
+    crps = {r["system"]: r.get("crps") for r in rows}
+    return sorted(crps, key=lambda s: (crps[s] is None, crps[s] if crps[s] is not None else 0.0))
+
+
 def headline_view(doc: dict, variable: str, region: str) -> dict:
-    """The headline table of ``variable`` in ``region``: one row per system."""
+    """The headline table of ``variable`` in ``region``: one row per system, best CRPS first."""
     v = doc["variables"][variable]
     ref = doc["reference"]
     labels = labels_of(doc)
@@ -173,15 +192,16 @@ def headline_view(doc: dict, variable: str, region: str) -> dict:
     columns = ["system", f"CRPS ({u})", "CRPS skill vs reference", f"{ci} interval", "DM p-value",
                f"RMSE ({u})", f"bias ({u})", "spread/skill"]
     rows = []
-    for r in v["headline"][region]:
-        s = r["system"]
+    by_system = {r["system"]: r for r in v["headline"][region]}
+    for s in system_order(doc, variable, region):
+        r = by_system[s]
         is_ref = s == ref
         rows.append(_row(s, labels, [
             _cell(_f(r.get("crps"))),
             _cell("—" if is_ref else _pct(r.get("skill")), skill_class(r, is_reference=is_ref)),
             _cell("reference") if is_ref else
             _cell(f"[{_pct(r.get('skill_low'))}, {_pct(r.get('skill_high'))}]", ci=True),
-            _cell("" if is_ref else _f(r.get("dm_pvalue"), 2)),
+            _cell("" if is_ref else _p(r.get("dm_pvalue"))),
             _cell(_f(r.get("rmse"))), _cell(_f(r.get("bias"))),
             _cell(_f(r.get("spread_skill"), 2))], ref=is_ref))
     return _table(columns, rows, cls="headline", variable=variable, region=region)
@@ -200,23 +220,24 @@ def _variable_view(doc: dict, variable: str, uid: str, prefix: str) -> dict:
     tail = doc.get("twcrps_tail", "upper")
     regions = []
     for region in v["regions"]:
+        order = system_order(doc, variable, region)  # every table of the region: best first
         by_lead = None
         if len(hours) > 1:  # a lead-time axis only where there are several lead times
             by_lead = _table(["system", *[f"+{h:g} h" for h in hours]], [
-                _row(s, labels, [_cell(_f(x)) for x in d.get("crps", [])])
-                for s, d in v["by_lead"][region].items()], cls="by-lead")
+                _row(s, labels, [_cell(_f(x)) for x in v["by_lead"][region][s].get("crps", [])])
+                for s in order if s in v["by_lead"][region]], cls="by-lead")
         tw = v.get("twcrps", {}).get(region, {})
         twcrps = None
         if tw:
             twcrps = _table(["system", *[twcrps_text(lbl, units=v.get("units", ""), tail=tail)
                                          for lbl in tw]],
                             [_row(s, labels, [_cell(_f(tw[lbl].get(s))) for lbl in tw])
-                             for s in v["systems"]], cls="twcrps")
+                             for s in order], cls="twcrps")
         ee = v.get("eecrps", {}).get(region, {})
         eecrps = None
         if ee:
             eecrps = _table(["system", f"EECRPS ({u})"],
-                            [_row(s, labels, [_cell(_f(ee.get(s)))]) for s in v["systems"]],
+                            [_row(s, labels, [_cell(_f(ee.get(s)))]) for s in order],
                             cls="eecrps")
         figures = [f for f in (
             _figure(plots.get("skill_by_lead", {}).get(region), f"skill by lead {variable} {region}",

@@ -97,7 +97,10 @@ def test_dashboard_reads_as_a_report_in_chromium(browser, tmp_path_factory):
     rows = driver.execute_script(
         "return Array.from(document.querySelector('table.headline').querySelectorAll('tbody tr'))"
         ".map(r => [r.dataset.system, r.children.length, r.querySelector('td.sys').innerText])")
-    assert [r[0] for r in rows] == [s.key for s in result.config.systems]
+    assert sorted(r[0] for r in rows) == sorted(s.key for s in result.config.systems)
+    crps = result.scores["t2m"]["crps_all"].sel(region="global")
+    assert [r[0] for r in rows] == sorted((r[0] for r in rows),
+                                          key=lambda k: float(crps.sel(system=k)))  # best first
     assert all(n == 8 for _, n, _ in rows)
     labels = {key: text for key, _, text in rows}
     assert labels["raw_full"].startswith("raw ensemble, all 10 (control + 9 perturbed)")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
 from evaluation_data import evaluated_report
 
+from enspp.evaluation.dashboard import render_html
 from enspp.evaluation.report import read_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -43,3 +46,50 @@ def test_subset_label_names_the_members_that_were_scored(report):
     assert scored == pytest.approx(crps(subset["input_members"]), rel=1e-6)
     assert subset["input_members"] == [1, 2, 3, 4]
     assert subset["label"] == "raw ensemble, 4 of 9 perturbed"
+
+
+def _headline_rows(page: str) -> list[str]:
+    head = page[page.index('<table class="headline"'):]
+    return re.findall(r'<tr data-system="([^"]+)"', head[:head.index("</table>")])
+
+
+def test_tables_list_systems_best_first(report, tmp_path):
+    """The dashboard lists systems in the configuration's order while ``enspp evaluate``
+    prints them best first: a reader scanning for the best system must compare every row.
+    Every table of a region (headline, by lead, twCRPS) now shows the lowest CRPS first."""
+    _, _, out = report
+    doc = read_scores(out)
+    rows = doc["variables"]["t2m"]["headline"]["global"]
+    crps = {r["system"]: r["crps"] for r in rows}
+    best_first = sorted(crps, key=crps.get)
+    assert [r["system"] for r in rows] != best_first  # the configuration's order is another
+    page = render_html([doc])
+    assert _headline_rows(page) == best_first
+    assert "lowest (best) first" in page
+    by_lead = page[page.index('<table class="by-lead"'):]
+    by_lead = by_lead[:by_lead.index("</table>")]
+    assert re.findall(r'<tr data-system="([^"]+)"', by_lead) == best_first
+    twcrps = page[page.index('<table class="twcrps"'):]
+    assert re.findall(r'<tr data-system="([^"]+)"', twcrps[:twcrps.index("</table>")]) == best_first
+
+
+@pytest.mark.parametrize("p, text", [(0.004, "0.004"), (0.0012, "0.001"), (2.7e-16, "<0.001"),
+                                     (0.138, "0.14"), (0.5, "0.50"), (None, "–")])
+def test_dm_p_values_keep_their_digits(p, text):
+    """A p-value of 0.004 showed as ``0.00`` and 2.7e-16 as ``2.7e-16`` (digits no
+    asymptotic test holds)."""
+    from enspp.evaluation.dashboard import _p
+
+    assert _p(p) == text
+
+
+def test_dm_p_value_column(report):
+    _, _, out = report
+    doc = read_scores(out)
+    for r in doc["variables"]["t2m"]["headline"]["global"]:
+        if r["system"] != doc["reference"]:
+            r["dm_pvalue"] = 0.004
+    page = render_html([doc])
+    head = page[page.index('<table class="headline"'):]
+    head = head[:head.index("</table>")]
+    assert "<td>0.004</td>" in head and "<td>0.00</td>" not in head
