@@ -126,11 +126,38 @@ def twcrps_text(label: str, *, units: str, tail: str = "upper") -> str:
 def time_text(iso: str) -> str:
     """``2016-07-08 00:00 UTC`` from an ISO time (``2016-07-08T00:00:00``); seconds only
     where they are not zero; text that is not a time is returned as it is."""
-    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d)(:\d\d)?(\.\d+)?(Z|[+-]00:?00)?", str(iso))
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[T ](\d\d)(:\d\d)?(:\d\d)?(\.\d+)?(Z|[+-]00:?00)?", str(iso))
     if not m:
         return str(iso)
-    sec = m.group(3) if m.group(3) not in (None, ":00") else ""
-    return f"{m.group(1)} {m.group(2)}{sec} UTC"
+    sec = m.group(4) if m.group(4) not in (None, ":00") else ""
+    return f"{m.group(1)} {m.group(2)}{m.group(3) or ':00'}{sec} UTC"
+
+
+def period_text(doc: dict) -> str:
+    """Which init times were scored and why those: ``the last 30 days of init times the truth
+    verifies: 9 init times, 2016-12-01 00:00 UTC – 2016-12-29 00:00 UTC`` (``evaluate.recent_days``),
+    ``split 'test' (2016-01-01 – 2016-12-31): ...``, ``period ...: ...``; per variable where
+    the variables' init times differ."""
+    p = doc.get("provenance", {})
+    cfg = p.get("config") or {}
+    if cfg.get("recent_days"):
+        how = f"the last {cfg['recent_days']} days of init times the truth verifies"
+    elif cfg.get("split"):
+        span = (cfg.get("splits") or {}).get(cfg["split"]) or {}
+        how = f"split '{cfg['split']}'" + (f" ({span['start']} – {span['end']})"
+                                           if span.get("start") and span.get("end") else "")
+    elif cfg.get("period"):
+        how = f"period {cfg['period'].get('start')} – {cfg['period'].get('end')}"
+    else:
+        how = ""
+    spans = {v: (f"{d['count']} init times, {time_text(d['first'])} – {time_text(d['last'])}"
+                 if d.get("count") else "no init time")
+             for v, d in p.get("init_times", {}).items()}
+    if len(set(spans.values())) == 1:
+        scored = next(iter(spans.values()))
+    else:
+        scored = "; ".join(f"{v}: {t}" for v, t in spans.items())
+    return f"{how}: {scored}" if how and scored else how or scored
 
 
 class _ReadableYaml(yaml.SafeDumper):
@@ -354,8 +381,10 @@ def _provenance_view(doc: dict) -> dict:
     def text(t: Any, *, code: bool = False) -> dict:
         return {"text": "" if t is None else str(t), "code": code, "links": None}
 
-    facts = [("created", text(p.get("created"))), ("git commit", text(p.get("git_commit"), code=True)),
-             ("init times", text("; ".join(f"{k}: {d['count']} init times {d['first']} – {d['last']}"
+    facts = [("created", text(time_text(p.get("created", "")))),
+             ("git commit", text(p.get("git_commit"), code=True)),
+             ("init times", text("; ".join(f"{k}: {d['count']} init times {time_text(d['first'])} – "
+                                           f"{time_text(d['last'])}"
                                            for k, d in p.get("init_times", {}).items())))]
     labels = labels_of(doc)
     facts += [(labels.get(k, k), text(v, code=True)) for k, v in p.get("stores", {}).items()]
@@ -392,7 +421,8 @@ def evaluation_view(doc: dict, uid: str, prefix: str) -> dict:
     estimators = sorted({doc["variables"][v].get("estimator", "") for v in variables} - {""})
     cases = [_case_view(doc, c, prefix) for c in doc.get("cases", []) if c["status"] != "out_of_range"]
     skipped = [c["message"] for c in doc.get("cases", []) if c["status"] == "out_of_range"]
-    return {"uid": uid, "tab": doc["title"], "reference_label": labels.get(doc["reference"], doc["reference"]),
+    return {"uid": uid, "tab": dated_title(doc), "reference_label": labels.get(doc["reference"], doc["reference"]),
+            "period": period_text(doc),
             "headline": headline, "estimators": "; ".join(estimators),
             "problems": list(doc.get("problems", [])), "notes": list(doc.get("notes", [])),
             "variables": [_variable_view(doc, v, f"{uid}-{i}", prefix) for i, v in enumerate(variables)],
@@ -406,23 +436,36 @@ def render_html(docs: list[dict], *, prefixes: list[str] | None = None, title: s
         raise EnsppError("render_html: no evaluation to show")
     prefixes = prefixes or [""] * len(docs)
     if len(docs) == 1:
-        page_title = title or docs[0]["title"]
+        page_title = title or dated_title(docs[0])
         sub = _subtitle(docs[0])
     else:
         page_title = title or "enspp: comparison of evaluations"
-        sub = " · ".join(d["title"] for d in docs)
+        sub = " · ".join(dated_title(d) for d in docs)
     views = [evaluation_view(d, f"e{i}", prefixes[i]) for i, d in enumerate(docs)]
     return _environment().get_template("dashboard.html").render(
         page_title=page_title, subtitle=sub, evaluations=views,
         css=(TEMPLATES / "dashboard.css").read_text(), js=(TEMPLATES / "dashboard.js").read_text())
 
 
+def dated_title(doc: dict) -> str:
+    """The evaluation's title; a report of the last N days (``evaluate.recent_days``, whose
+    period moves with the data) adds the dates of its init times: ``enspp: the last 30 days
+    (init times 2016-12-01 – 2016-12-29)``."""
+    p = doc.get("provenance", {})
+    spans = [d for d in p.get("init_times", {}).values() if d.get("count")]
+    if not (p.get("config") or {}).get("recent_days") or not spans:
+        return doc["title"]
+    first = min(d["first"] for d in spans)[:10]
+    last = max(d["last"] for d in spans)[:10]
+    return f"{doc['title']} (init times {first} – {last})"
+
+
 def _subtitle(d: dict) -> str:
     p = d.get("provenance", {})
-    periods = "; ".join(f"{v['count']} init times {v['first']} – {v['last']}" for v in p.get("init_times", {}).values())
     n = len(d.get("systems", []))
     ref = labels_of(d).get(d["reference"], d["reference"])
-    return f"{n} systems · reference: {ref} · {periods} · created {p.get('created', '')}"
+    return (f"{n} systems · reference: {ref} · {period_text(d)} · created "
+            f"{time_text(p.get('created', ''))}")
 
 
 def write_dashboard(docs: list[dict], out_dir: Path, *, prefixes: list[str] | None = None,
@@ -445,7 +488,7 @@ def combine_dashboards(dirs: list[Path | str], out: Path | str, *, title: str | 
     docs, prefixes, used = [], [], set()
     for d in map(Path, dirs):
         doc = read_scores(d)
-        slug = _slug(doc["title"])
+        slug = _slug(dated_title(doc))
         while slug in used:
             slug += "-2"
         used.add(slug)

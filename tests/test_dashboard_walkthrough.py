@@ -93,3 +93,68 @@ def test_dm_p_value_column(report):
     head = page[page.index('<table class="headline"'):]
     head = head[:head.index("</table>")]
     assert "<td>0.004</td>" in head and "<td>0.00</td>" not in head
+
+
+def test_recent_days_report_says_which_dates_it_scored(tmp_path):
+    """A report of ``recent_days: 3`` (a nightly service's: its title stays while its dates
+    move) named no dates in its title and never said how its period was chosen; the page's
+    title now carries the init dates, and the headline says which init times were scored
+    and why those."""
+    from evaluation_data import config_dict, make_world
+
+    from enspp.evaluation.config import config_from_mapping
+    from enspp.evaluation.evaluate import evaluate
+
+    w = make_world(tmp_path / "w", n_init=8, n_members=5, seed=3)
+    cfg = config_from_mapping(config_dict(
+        w, title="enspp: the last days", recent_days=3, metrics=["crps"], cases=[],
+        regions=["global"], bootstrap={"n": 20, "block_length": 2}, land_sea_mask=None))
+    res = evaluate(cfg, tmp_path / "report", progress=False)
+    init = res.provenance["init_times"]["t2m"]
+    first, last = init["first"][:10], init["last"][:10]
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert f"<h1>enspp: the last days (init times {first} – {last})</h1>" in page
+    assert re.search(r'<p class="period">Scored: the last 3 days of init times the truth verifies: '
+                     rf'{init["count"]} init times, {first} 00:00 UTC – {last} 00:00 UTC</p>', page)
+    assert "T00 –" not in page  # no ISO fragments in the period
+
+
+def test_headline_names_the_split_and_period(report):
+    _, _, out = report
+    doc = read_scores(out)
+    cfg = doc["provenance"]["config"]
+    cfg.update(period=None, recent_days=None, split="test",
+               splits={"test": {"start": "2021-01-01", "end": "2021-12-31"}})
+    page = render_html([doc])
+    assert "Scored: split &#39;test&#39; (2021-01-01 – 2021-12-31): 12 init times, " in page
+    cfg.update(split=None, period={"start": "2020-06-01", "end": "2021-12-31"})
+    page = render_html([doc])
+    assert "Scored: period 2020-06-01 – 2021-12-31: 12 init times, 2021-01-01 00:00 UTC" in page
+    # a fixed period keeps its title as it is
+    assert f"<h1>{doc['title']}</h1>" in page
+
+
+def test_two_nightly_reports_combined_get_distinct_tabs(report, tmp_path):
+    """Two nights of the same rolling report shared one title: their tabs read the same."""
+    import json
+    import shutil
+
+    from enspp.evaluation.dashboard import combine_dashboards
+
+    _, _, out = report
+    dirs = []
+    for night, (first, last) in enumerate([("2021-01-01T00", "2021-01-12T00"),
+                                           ("2021-01-02T00", "2021-01-13T00"),]):
+        doc = read_scores(out)
+        doc["title"] = "enspp: the last 30 days"
+        doc["provenance"]["config"].update(recent_days=30, split=None, period=None)
+        doc["provenance"]["init_times"]["t2m"].update(first=first, last=last)
+        d = tmp_path / f"night{night}"
+        d.mkdir()
+        (d / "scores.json").write_text(json.dumps(doc))
+        shutil.copytree(out / "plots", d / "plots")
+        dirs.append(d)
+    page = combine_dashboards(dirs, tmp_path / "both").read_text()
+    tabs = re.findall(r'<button type="button" class="[^"]*" data-target="ev-\d">([^<]+)</button>', page)
+    assert tabs == ["enspp: the last 30 days (init times 2021-01-01 – 2021-01-12)",
+                    "enspp: the last 30 days (init times 2021-01-02 – 2021-01-13)"]
