@@ -177,3 +177,48 @@ def test_combined_dashboard_in_chromium(browser, tmp_path_factory, tmp_path):
     assert images and all(w > 0 for w in images)
     assert driver.execute_script(_EMPTY_PANELS) == []
     _screenshot(driver, "dashboard-combined")
+
+
+def _station_case(doc: dict) -> dict:
+    """A station case as evaluation.cases writes it (Magdeburg's shape): one station, a week of
+    valid times, every system's mean, spread, CRPS and P(> threshold)."""
+    systems = [s["key"] for s in doc["systems"]]
+    times = [f"2021-01-{d:02d} 12:00" for d in range(3, 10)]
+    n = len(times)
+    station = {"id": "10361", "name": "Magdeburg", "latitude": 52.1, "longitude": 11.6,
+               "truth": [30.0 + 0.1 * k for k in range(n)],
+               **{q: {s: [28.0 + 0.1 * k for k in range(n)] for s in systems}
+                  for q in ("mean", "spread", "crps", "prob")}}
+    return {"id": "station-week", "name": "A hot week at one station", "variable": "t2m",
+            "box_text": "51.6°N–52.6°N, 11.1°E–12.1°E",
+            "window": {"start": "2021-01-03T12:00:00", "end": "2021-01-09T12:00:00"},
+            "threshold": 30.0, "how_chosen": "fixed in advance", "selected_on_outcome": False,
+            "status": "ok", "message": "", "crps_estimator": "fair ensemble CRPS",
+            "crps": {s: 1.0 for s in systems}, "improvement_pct": {s: 0.0 for s in systems},
+            "series": {"valid_times": times, "lead_hours": [24.0] * n, "systems": systems,
+                       "stations": [station]}}
+
+
+def test_station_case_table_fits_the_page(browser, tmp_path_factory, tmp_path):
+    """A station case's table (a column per system, each headed by its long label) ran past
+    the page's right edge: the page scrolled sideways and the last systems were cut off."""
+    from enspp.evaluation.dashboard import write_dashboard
+    from enspp.evaluation.report import read_scores
+
+    driver = browser
+    _, _, out = evaluated_report(tmp_path_factory.getbasetemp() / "evaluation-shared")
+    doc = read_scores(out)
+    doc["cases"] = [_station_case(doc)]
+    index = write_dashboard([doc], tmp_path)
+    driver.set_window_size(1400, 2000)
+    driver.get(index.resolve().as_uri())
+    assert driver.execute_script("return document.querySelectorAll('table.case-series').length") == 1
+    page_w, view_w = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert page_w <= view_w, f"the page is {page_w} px wide in a {view_w} px window"
+    # the table stays whole: within its section, scrolled there if it must be
+    overflow = driver.execute_script(
+        "const t = document.querySelector('table.case-series');"
+        "return [t.getBoundingClientRect().right, t.closest('section').getBoundingClientRect().right,"
+        " getComputedStyle(t.parentElement).overflowX]")
+    assert overflow[0] <= overflow[1] or overflow[2] == "auto"
