@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from enspp.data.errors import EnsppError
-from enspp.evaluation.labels import lat_text, lon_text
+from enspp.evaluation.labels import lat_text, lon_text, region_text
 from enspp.evaluation.report import MAX_CASE_STATIONS, read_scores, write_json
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -95,6 +95,24 @@ def _imp_class(x, is_ref: bool) -> str:
 def labels_of(doc: dict) -> dict[str, str]:
     """``{system key: label}`` of a scores document (the key where it has no label)."""
     return {s["key"]: s.get("label") or s["key"] for s in doc.get("systems", [])}
+
+
+def region_boxes(doc: dict) -> dict[str, str]:
+    """``{region name: its box in words}`` of the evaluation's configured regions (a name of
+    ``evaluation.weights.REGIONS`` or a box of its own, which may reuse a known name)."""
+    out = {}
+    for r in ((doc.get("provenance") or {}).get("config") or {}).get("regions") or []:
+        name = r if isinstance(r, str) else r.get("name") if isinstance(r, dict) else None
+        if name is not None:
+            out[name] = region_text(r)
+    return {k: v for k, v in out.items() if v}
+
+
+def region_heading(doc: dict, region: str) -> str:
+    """``tropics (20°S–20°N, all longitudes)``; the name alone where the box is not known or
+    is the whole domain (``global``)."""
+    box = region_boxes(doc).get(region)
+    return f"{region} ({box})" if box and box != "the whole domain" else region
 
 
 def units_text(units: str | None) -> str:
@@ -274,7 +292,8 @@ def _variable_view(doc: dict, variable: str, uid: str, prefix: str) -> dict:
             _figure(plots.get("histograms", {}).get(region), f"rank histograms {variable} {region}",
                     prefix, "rank (ensembles) and PIT (distributions) histograms, lead times "
                             "pooled; flat = calibrated")) if f is not None]
-        regions.append({"tab": region, "headline": headline_view(doc, variable, region),
+        regions.append({"tab": region, "heading": region_heading(doc, region),
+                        "headline": headline_view(doc, variable, region),
                         "by_lead": by_lead, "twcrps": twcrps, "eecrps": eecrps,
                         "figures": figures})
     info = (f"{v['init_count']} init times · {hours_text(hours)} · CRPS estimator: "
@@ -414,7 +433,7 @@ def evaluation_view(doc: dict, uid: str, prefix: str) -> dict:
     for v in variables:
         entry = doc["variables"][v]
         region = entry["regions"][0]
-        headline.append({"variable": v, "region": region,
+        headline.append({"variable": v, "region": region_heading(doc, region),
                          "leads": hours_text([float(h) for h in entry.get("lead_hours", [])]),
                          "units_text": f"units: {units_text(entry.get('units'))}",
                          "table": headline_view(doc, v, region)})

@@ -169,3 +169,31 @@ def _as_list(x: Any) -> list[Any]:
         return list(x.tolist()) if hasattr(x, "tolist") else [x]
     except TypeError:
         return [x]
+
+
+def region_text(region: Any) -> str:
+    """A region's box in words (a :class:`~evaluation.weights.Region`, a mapping of its
+    fields, or a name of :data:`~evaluation.weights.REGIONS`): ``20°S–20°N, all longitudes``,
+    ``35°N–70°N, 10°W–30°E``, ``20°N–90°N and 90°S–20°S, all longitudes`` (symmetric);
+    ``""`` for a name that is not a known region."""
+    from enspp.evaluation.weights import REGIONS, Region
+
+    if isinstance(region, str):
+        region = REGIONS.get(region)
+    elif isinstance(region, dict):
+        try:
+            region = Region(**region)
+        except (TypeError, ValueError):
+            return ""
+    if region is None:
+        return ""
+    lat = f"{lat_text(region.lat_min, 2)}–{lat_text(region.lat_max, 2)}"
+    if region.symmetric:
+        lat += f" and {lat_text(-region.lat_max, 2)}–{lat_text(-region.lat_min, 2)}"
+    all_lat = region.lat_min <= -90 and region.lat_max >= 90
+    width = (region.lon_max - region.lon_min) % 360.0
+    all_lon = width == 0 and region.lon_max != region.lon_min  # 0..360, -180..180
+    if all_lat and all_lon:
+        return "the whole domain"
+    lon = "all longitudes" if all_lon else f"{lon_text(region.lon_min, 2)}–{lon_text(region.lon_max, 2)}"
+    return f"{'all latitudes' if all_lat else lat}, {lon}"

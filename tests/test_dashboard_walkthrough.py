@@ -158,3 +158,32 @@ def test_two_nightly_reports_combined_get_distinct_tabs(report, tmp_path):
     tabs = re.findall(r'<button type="button" class="[^"]*" data-target="ev-\d">([^<]+)</button>', page)
     assert tabs == ["enspp: the last 30 days (init times 2021-01-01 – 2021-01-12)",
                     "enspp: the last 30 days (init times 2021-01-02 – 2021-01-13)"]
+
+
+def test_region_tabs_say_what_each_region_is(report):
+    """Region tabs showed bare names: a box of one's own named ``europe`` read as the shipped
+    ``europe`` (35-75N, 12.5W-42.5E), and ``tropics`` did not say where it ends."""
+    _, _, out = report
+    doc = read_scores(out)
+    assert "Region tropics (20°S–20°N, all longitudes)" in render_html([doc])
+    doc["provenance"]["config"]["regions"] = [
+        "global", {"name": "tropics", "lat_min": -10, "lat_max": 10, "lon_min": 0, "lon_max": 360}]
+    page = render_html([doc])
+    assert "Region tropics (10°S–10°N, all longitudes)" in page
+    assert "Region global</p>" in page
+    doc["provenance"]["config"]["regions"] = ["tropics"]
+    doc["variables"]["t2m"]["regions"] = ["tropics", "global"]
+    assert "t2m · tropics (20°S–20°N, all longitudes) · " in render_html([doc])  # the headline
+
+
+@pytest.mark.parametrize("region, text", [
+    ("extratropics", "20°N–90°N and 90°S–20°S, all longitudes"),
+    ("europe", "35°N–75°N, 12.5°W–42.5°E"),
+    ({"name": "pacific", "lat_min": -10, "lat_max": 10, "lon_min": 172, "lon_max": -178},
+     "10°S–10°N, 172°E–178°W"),
+    ("no-such-region", ""),
+])
+def test_region_text(region, text):
+    from enspp.evaluation.labels import region_text
+
+    assert region_text(region) == text
