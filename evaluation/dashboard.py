@@ -256,6 +256,17 @@ def _figure(src: str | None, alt: str, prefix: str, caption: str = "") -> dict |
     return None if not src else {"src": prefix + src, "alt": alt, "caption": caption}
 
 
+def nan_dropped_text(counts: dict[str, int], labels: dict[str, str]) -> str:
+    """Points left out for a missing value (NaN), in words: ``missing values (NaN): 2 points
+    left out of every system's scores`` where the counts agree, else each system by its label."""
+    n = {k: int(v) for k, v in counts.items()}
+    if len(set(n.values())) == 1:
+        c = next(iter(n.values()))
+        return f"missing values (NaN): {c} point{'s' if c != 1 else ''} left out of every system's scores"
+    return "missing values (NaN), points left out: " + ", ".join(
+        f"{labels.get(k, k)} {c}" for k, c in n.items() if c)
+
+
 def _variable_view(doc: dict, variable: str, uid: str, prefix: str) -> dict:
     v = doc["variables"][variable]
     labels = labels_of(doc)
@@ -299,7 +310,7 @@ def _variable_view(doc: dict, variable: str, uid: str, prefix: str) -> dict:
     info = (f"{v['init_count']} init times · {hours_text(hours)} · CRPS estimator: "
             f"{v['estimator']} · {v.get('ci', '')} · {v.get('dm_test', '')}")
     if any(v.get("nan_dropped", {}).values()):
-        info += f" · NaN points dropped: {v['nan_dropped']}"
+        info += f" · {nan_dropped_text(v['nan_dropped'], labels)}"
     maps = _figure(plots.get("maps"), f"CRPS and skill maps {variable}", prefix,
                    f"mean CRPS ({u}) per grid point and CRPS skill against the reference")
     return {"tab": variable, "uid": uid, "info": info, "regions": regions, "maps": maps,

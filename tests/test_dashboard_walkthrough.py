@@ -187,3 +187,18 @@ def test_region_text(region, text):
     from enspp.evaluation.labels import region_text
 
     assert region_text(region) == text
+
+
+def test_missing_values_in_words_not_a_python_dict(report):
+    """``missing: skip`` with NaN in the truth: the variable's line read
+    ``NaN points dropped: {'raw_full': 2, 'raw_subset': 2, ...}`` (a Python dict, system keys)."""
+    _, _, out = report
+    doc = read_scores(out)
+    doc["variables"]["t2m"]["nan_dropped"] = {s["key"]: 2 for s in doc["systems"]}
+    page = render_html([doc])
+    assert "missing values (NaN): 2 points left out of every system&#39;s scores" in page
+    assert "{" not in re.search(r"init times · [^<]*", page).group(0)
+    doc["variables"]["t2m"]["nan_dropped"] = {"raw_full": 3, "emos": 0, "oracle": 1, "raw_subset": 3}
+    line = re.search(r"init times · [^<]*", render_html([doc])).group(0)
+    assert "points left out: raw ensemble, all 10 (control + 9 perturbed) 3" in line
+    assert "oracle (the exact predictive distribution) 1" in line and "EMOS 0" not in line
