@@ -436,8 +436,9 @@ def _pruned(x: Any) -> Any:
     return x
 
 
-def evaluation_view(doc: dict, uid: str, prefix: str) -> dict:
-    """Everything the template shows of one scores document."""
+def evaluation_view(doc: dict, uid: str, prefix: str, tab: str | None = None) -> dict:
+    """Everything the template shows of one scores document (``tab``: its name among
+    several; :func:`dated_title` by default)."""
     variables = list(doc["variables"])
     labels = labels_of(doc)
     headline = []
@@ -451,7 +452,7 @@ def evaluation_view(doc: dict, uid: str, prefix: str) -> dict:
     estimators = sorted({doc["variables"][v].get("estimator", "") for v in variables} - {""})
     cases = [_case_view(doc, c, prefix) for c in doc.get("cases", []) if c["status"] != "out_of_range"]
     skipped = [c["message"] for c in doc.get("cases", []) if c["status"] == "out_of_range"]
-    return {"uid": uid, "tab": dated_title(doc), "reference_label": labels.get(doc["reference"], doc["reference"]),
+    return {"uid": uid, "tab": tab or dated_title(doc), "reference_label": labels.get(doc["reference"], doc["reference"]),
             "period": period_text(doc),
             "headline": headline, "estimators": "; ".join(estimators),
             "problems": list(doc.get("problems", [])), "notes": list(doc.get("notes", [])),
@@ -459,19 +460,21 @@ def evaluation_view(doc: dict, uid: str, prefix: str) -> dict:
             "cases": cases, "cases_skipped": skipped, "provenance": _provenance_view(doc)}
 
 
-def render_html(docs: list[dict], *, prefixes: list[str] | None = None, title: str | None = None) -> str:
+def render_html(docs: list[dict], *, prefixes: list[str] | None = None, title: str | None = None,
+                tabs: list[str] | None = None) -> str:
     """The dashboard page for one or several evaluations (``prefixes``: where each one's
-    plots are, relative to the page)."""
+    plots are, relative to the page; ``tabs``: their names, :func:`dated_title` by default)."""
     if not docs:
         raise EnsppError("render_html: no evaluation to show")
     prefixes = prefixes or [""] * len(docs)
+    tabs = tabs or [dated_title(d) for d in docs]
     if len(docs) == 1:
         page_title = title or dated_title(docs[0])
         sub = _subtitle(docs[0])
     else:
         page_title = title or "enspp: comparison of evaluations"
-        sub = " · ".join(dated_title(d) for d in docs)
-    views = [evaluation_view(d, f"e{i}", prefixes[i]) for i, d in enumerate(docs)]
+        sub = " · ".join(tabs)
+    views = [evaluation_view(d, f"e{i}", prefixes[i], tabs[i]) for i, d in enumerate(docs)]
     return _environment().get_template("dashboard.html").render(
         page_title=page_title, subtitle=sub, evaluations=views,
         css=(TEMPLATES / "dashboard.css").read_text(), js=(TEMPLATES / "dashboard.js").read_text())
@@ -499,18 +502,32 @@ def _subtitle(d: dict) -> str:
 
 
 def write_dashboard(docs: list[dict], out_dir: Path, *, prefixes: list[str] | None = None,
-                    title: str | None = None) -> Path:
+                    title: str | None = None, tabs: list[str] | None = None) -> Path:
     """Write ``out_dir/index.html`` for ``docs`` (scores documents); returns its path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    path.write_text(render_html(docs, prefixes=prefixes, title=title), encoding="utf-8")
+    path.write_text(render_html(docs, prefixes=prefixes, title=title, tabs=tabs), encoding="utf-8")
     return path
+
+
+def _distinct_tabs(names: list[str], dirs: list[Path]) -> list[str]:
+    """Tab names told apart: evaluations sharing a title (the default ``enspp evaluation``, two
+    models scored alike) add their directory's name, then a number if that is shared too."""
+    tabs = [n if names.count(n) == 1 else f"{n} ({d.name})" for n, d in zip(names, dirs, strict=True)]
+    seen: dict[str, int] = {}
+    out = []
+    for t in tabs:
+        seen[t] = seen.get(t, 0) + 1
+        out.append(t if tabs.count(t) == 1 else f"{t} #{seen[t]}")
+    return out
 
 
 def combine_dashboards(dirs: list[Path | str], out: Path | str, *, title: str | None = None) -> Path:
     """One dashboard comparing several evaluation directories (each with ``scores.json``):
-    their plots and scores are copied under ``out/<slug>/`` so ``out`` is self-contained."""
+    their plots and scores are copied under ``out/<slug>/`` so ``out`` is self-contained.
+    Each is a tab named by its title (:func:`dated_title`), and by its directory's name where
+    titles are shared."""
     if len(dirs) < 1:
         raise EnsppError("combine_dashboards: give at least one evaluation directory")
     out = Path(out)
@@ -529,4 +546,5 @@ def combine_dashboards(dirs: list[Path | str], out: Path | str, *, title: str | 
         write_json(doc, dest / "scores.json")
         docs.append(doc)
         prefixes.append(f"{slug}/")
-    return write_dashboard(docs, out, prefixes=prefixes, title=title)
+    tabs = _distinct_tabs([dated_title(doc) for doc in docs], [Path(d).resolve() for d in dirs])
+    return write_dashboard(docs, out, prefixes=prefixes, title=title, tabs=tabs)

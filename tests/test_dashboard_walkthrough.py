@@ -202,3 +202,29 @@ def test_missing_values_in_words_not_a_python_dict(report):
     line = re.search(r"init times · [^<]*", render_html([doc])).group(0)
     assert "points left out: raw ensemble, all 10 (control + 9 perturbed) 3" in line
     assert "oracle (the exact predictive distribution) 1" in line and "EMOS 0" not in line
+
+
+def test_combined_reports_with_one_title_are_told_apart(report, tmp_path):
+    """Two evaluations under the default title combined into tabs that read the same
+    ('enspp evaluation' twice): which tab was which model?  Shared titles add the directory."""
+    import json
+    import shutil
+
+    from enspp.evaluation.dashboard import combine_dashboards
+
+    _, _, out = report
+    dirs = []
+    for name in ("mixed-v3", "unet-v1"):
+        d = tmp_path / "reports" / name
+        d.mkdir(parents=True)
+        (d / "scores.json").write_text(json.dumps(dict(read_scores(out), title="enspp evaluation")))
+        shutil.copytree(out / "plots", d / "plots")
+        dirs.append(d)
+    page = combine_dashboards(dirs, tmp_path / "both").read_text()
+    tabs = re.findall(r'<button type="button" class="[^"]*" data-target="ev-\d">([^<]+)</button>', page)
+    assert tabs == ["enspp evaluation (mixed-v3)", "enspp evaluation (unet-v1)"]
+    assert '<div class="sub">enspp evaluation (mixed-v3) · enspp evaluation (unet-v1)</div>' in page
+    # the same directory twice: numbered
+    page = combine_dashboards([dirs[0], dirs[0]], tmp_path / "twice").read_text()
+    tabs = re.findall(r'<button type="button" class="[^"]*" data-target="ev-\d">([^<]+)</button>', page)
+    assert tabs == ["enspp evaluation (mixed-v3) #1", "enspp evaluation (mixed-v3) #2"]
