@@ -350,8 +350,9 @@ def read_scores(path: Path) -> dict:
 
 # ------------------------------------------------------------------ the headline as text
 def headline_rows(doc: dict, *, region: str = "global") -> list[dict]:
-    """Rows ``{variable, region, system, label, crps, skill, spread_skill, units, estimator}``
-    of a scores document, best CRPS first per variable (``region``, else the first one)."""
+    """Rows ``{variable, region, system, label, crps, skill, spread_skill, units, estimator,
+    reference}`` of a scores document, best CRPS first per variable (``region``, else the
+    first one)."""
     labels = {s["key"]: s.get("label") or s["key"] for s in doc.get("systems", [])}
     rows = []
     for v, entry in doc.get("variables", {}).items():
@@ -362,15 +363,18 @@ def headline_rows(doc: dict, *, region: str = "global") -> list[dict]:
                          "label": labels.get(r["system"], r["system"]),
                          "crps": r.get("crps"), "skill": r.get("skill"),
                          "spread_skill": r.get("spread_skill"), "units": entry.get("units", ""),
-                         "estimator": entry.get("estimator", "")})
+                         "estimator": entry.get("estimator", ""),
+                         "reference": doc.get("reference", "raw_full")})
     return rows
 
 
-def format_table(rows: list[dict], *, reference: str = "raw_full") -> str:
+def format_table(rows: list[dict], *, reference: str | None = None) -> str:
     """The headline table as plain text (what ``enspp demo`` and ``enspp evaluate`` print):
-    systems by their labels, CRPS with its units, skill against ``reference``."""
+    systems by their labels, CRPS with its units, skill against ``reference`` (by default the
+    rows' own, :func:`headline_rows`; ``raw_full`` for rows that do not say)."""
     if not rows:
         return "(no scores)"
+    reference = reference or rows[0].get("reference") or "raw_full"
     width = max(len(r.get("label") or r["system"]) for r in rows) + 2
     units = {r.get("units") or "" for r in rows}
     one_unit = len(units) == 1 and "" not in units

@@ -228,3 +228,20 @@ def test_combined_reports_with_one_title_are_told_apart(report, tmp_path):
     page = combine_dashboards([dirs[0], dirs[0]], tmp_path / "twice").read_text()
     tabs = re.findall(r'<button type="button" class="[^"]*" data-target="ev-\d">([^<]+)</button>', page)
     assert tabs == ["enspp evaluation (mixed-v3) #1", "enspp evaluation (mixed-v3) #2"]
+
+
+def test_text_table_names_the_reports_own_reference(report):
+    """``format_table(rows)`` (the Prefect artifact of a scheduled evaluation, the demo) said
+    'skill vs raw_full' whatever the reference, and gave the reference's row a skill."""
+    from enspp.evaluation.report import format_table, headline_rows
+
+    _, _, out = report
+    doc = read_scores(out)
+    doc["reference"] = "emos"
+    for r in doc["variables"]["t2m"]["headline"]["global"]:
+        r["skill"] = 0.0 if r["system"] == "emos" else r["skill"]
+    text = format_table(headline_rows(doc))
+    assert "skill vs emos" in text.splitlines()[0] and "raw_full" not in text.splitlines()[0]
+    emos = next(line for line in text.splitlines() if line.startswith("t2m      EMOS"))
+    assert "%" not in emos  # the reference has no skill against itself
+    assert "skill vs raw_full" in format_table([dict(r, reference=None) for r in headline_rows(doc)])
