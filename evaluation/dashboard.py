@@ -303,7 +303,7 @@ def _variable_view(doc: dict, variable: str, uid: str, prefix: str) -> dict:
             _figure(plots.get("histograms", {}).get(region), f"rank histograms {variable} {region}",
                     prefix, "rank (ensembles) and PIT (distributions) histograms, lead times "
                             "pooled; flat = calibrated")) if f is not None]
-        regions.append({"tab": region, "heading": region_heading(doc, region),
+        regions.append({"tab": region, "box": region_boxes(doc).get(region, ""),
                         "headline": headline_view(doc, variable, region),
                         "by_lead": by_lead, "twcrps": twcrps, "eecrps": eecrps,
                         "figures": figures})

@@ -165,12 +165,12 @@ def test_region_tabs_say_what_each_region_is(report):
     ``europe`` (35-75N, 12.5W-42.5E), and ``tropics`` did not say where it ends."""
     _, _, out = report
     doc = read_scores(out)
-    assert "Region tropics (20°S–20°N, all longitudes)" in render_html([doc])
+    assert "Region tropics: 20°S–20°N, all longitudes" in render_html([doc])
     doc["provenance"]["config"]["regions"] = [
         "global", {"name": "tropics", "lat_min": -10, "lat_max": 10, "lon_min": 0, "lon_max": 360}]
     page = render_html([doc])
-    assert "Region tropics (10°S–10°N, all longitudes)" in page
-    assert "Region global</p>" in page
+    assert "Region tropics: 10°S–10°N, all longitudes" in page
+    assert "Region global: the whole domain</p>" in page
     doc["provenance"]["config"]["regions"] = ["tropics"]
     doc["variables"]["t2m"]["regions"] = ["tropics", "global"]
     assert "t2m · tropics (20°S–20°N, all longitudes) · " in render_html([doc])  # the headline
