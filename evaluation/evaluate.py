@@ -649,11 +649,11 @@ def _missing_init_times(config: EvaluateConfig, variable: str, fields: dict[str,
     if outside:
         notes.setdefault(variable, []).append(
             f"{variable}: scored on the init times every system covers, "
-            f"{_times(np.array([lo]))}..{_times(np.array([hi]))}; {outside} init times outside "
-            "that span are left out")
+            f"{_times(np.array([lo]))}..{_times(np.array([hi]))}; {plural(outside, 'init time')} "
+            f"outside that span {'is' if outside == 1 else 'are'} left out")
     if parts:
         notes.setdefault(variable, []).append(
-            f"{variable}: {inside.size - common.size} init times skipped for every system "
+            f"{variable}: {plural(inside.size - common.size, 'init time')} skipped for every system "
             f"({common.size} scored) because some systems lack them: {'; '.join(parts)}")
 
 
@@ -675,8 +675,8 @@ def _truth_covers(config: EvaluateConfig, variable: str, fields: dict[str, Syste
         raise AlignmentError(f"the truth ({config.truth}) holds no valid time of any init time "
                              f"of {variable!r}")
     notes.setdefault(variable, []).append(
-        f"{variable}: {int(bad.sum())} init times skipped because the truth lacks their valid "
-        f"times ({_times(init[bad])})")
+        f"{variable}: {plural(int(bad.sum()), 'init time')} skipped because the truth lacks "
+        f"{'its valid times' if int(bad.sum()) == 1 else 'their valid times'} ({_times(init[bad])})")
     return {k: _keep_init_times(f, init[~bad]) for k, f in fields.items()}
 
 

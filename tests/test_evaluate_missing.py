@@ -128,7 +128,7 @@ def test_valid_times_the_truth_lacks_are_refused_or_skipped(world, tmp_path):
         evaluate(config_from_mapping(cfg))
     res = evaluate(config_from_mapping({**cfg, "missing": "skip"}))
     assert int(res.scores["t2m"]["init_count"]) == 5
-    assert res.notes == ["t2m: 1 init times skipped because the truth lacks their valid times "
+    assert res.notes == ["t2m: 1 init time skipped because the truth lacks its valid times "
                          "(2021-01-06T00)"]
 
 
