@@ -240,7 +240,8 @@ def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
                        split: str | None, product: Path | None = None) -> list[str]:
     """``init_times`` (each must be in the store), the ``split``'s, or by default the latest
     init time of the store and every earlier one since the ``product``'s first that it lacks
-    (a run missed, failed or ingested late: a scheduled predict fills the gap)."""
+    (a run missed, failed or ingested late: a scheduled predict fills the gap); a product
+    not yet started also gets the nightly report's window (:func:`_report_window`)."""
     import numpy as np
 
     from enspp.data.provenance import record_keys
@@ -257,8 +258,8 @@ def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
         # init times skipped for want of inputs are tried again once their inputs arrive
         done, left, _ = (recorded_init_times(product, forecast) if product is not None
                          else (set(), set(), set()))
-        if not done:
-            return [str(have.max())[:19]]
+        if not done:  # a new product (a newly registered version): the report's window too
+            return [str(t)[:19] for t in np.sort(_report_window(cfg, have))]
         first = min(np.datetime64(t, "ns") for t in done)
         later = np.sort(have[have >= first])
         return [str(t)[:19] for t, k in zip(later, record_keys(later))
@@ -270,6 +271,37 @@ def _wanted_init_times(cfg: Any, forecast: Path, init_times: list[str] | None,
                              f"({str(have.min())[:16]}..{str(have.max())[:16]}): their input "
                              "data have not arrived; ingest them first")
     return [str(t)[:19] for t in wanted]
+
+
+def _report_window(cfg: Any, have: Any) -> Any:
+    """The init times of ``have`` (the forecast store's) a new product starts with: the
+    latest and, with ``evaluate.recent_days``, those of the nightly report's window (the last
+    days of init times the analyses verify, as the evaluate flow takes them), so that the
+    report scores a newly registered version at once instead of failing for want of its
+    product (or scoring one init time) until that many days have passed."""
+    import numpy as np
+
+    latest = have.max()
+    ev = cfg.evaluate
+    if ev is None or ev.recent_days is None:
+        return np.array([latest])
+    from enspp.evaluation.systems import open_truth, recent_period
+
+    truth = cfg.workdir.path(ev.truth) if ev.truth is not None else cfg.workdir.analysis
+    hours = ev.lead_times or list(cfg.pipeline.features.target_leads)
+    leads = np.asarray(hours, dtype="int64") * np.timedelta64(1, "h")
+    try:
+        fields = open_truth(Path(truth), [v for v in ev.variables])
+        periods = [recent_period(have, leads, f["time"].values, days=ev.recent_days)
+                   for f in fields.values()]
+    except (EnsppError, OSError, KeyError, ValueError):
+        periods = []  # no analyses yet: the evaluate flow says so; predict the latest
+    if not periods:
+        return np.array([latest])
+    period = min(periods, key=lambda p: p.end)
+    days = have.astype("datetime64[D]")
+    keep = (days >= np.datetime64(period.start)) & (days <= np.datetime64(period.end))
+    return np.union1d(have[keep], [latest])
 
 
 @flow(name="predict-init-times")

@@ -1,0 +1,55 @@
+"""Running enspp as a scheduled service (docs/operations.md), step by step as an operator
+does: what the flows do between one scheduled run and the next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_flows import FLOW_CONFIG, harness  # noqa: F401 (the shared Prefect harness)
+
+SERVICE_CONFIG = FLOW_CONFIG.split("evaluate:")[0] + """\
+evaluate: {systems: [{name: raw_full, path: stores/forecast.zarr}], truth: stores/analysis.zarr,
+           recent_days: 5, metrics: [crps, rmse], bootstrap: {n: 10}}
+"""
+
+
+@pytest.fixture
+def service(tmp_path) -> tuple[Path, Path]:
+    """A work directory with stores (30 daily init times from 2019-01-01, every one verified
+    by the analyses), a nightly report of the last 5 days and a registered model: what
+    the service holds right after a weekly training registered a new version."""
+    from predict_data import make_checkpoint, pipeline_config
+
+    from enspp.models.registry import register_if_better
+    from enspp.pipeline.synthetic import write_stores
+
+    paths = write_stores(tmp_path / "stores", n_init=30, lead_hours=(24, 48), n_members=6,
+                         ny=16, nx=24, start="2019-01-01")
+    (tmp_path / "enspp.yaml").write_text(SERVICE_CONFIG)
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", pipeline_config(paths), perturb=0.05)
+    decision = register_if_better(tmp_path / "registry", ckpt, score=1.0, metric="val CRPS")
+    assert decision.registered
+    return tmp_path / "enspp.yaml", tmp_path / "stores" / "products" / f"{decision.version}.zarr"
+
+
+def test_a_new_versions_first_predict_covers_the_nightly_reports_window(harness, service,  # noqa: F811
+                                                                        caplog):
+    """After a new version is registered, the next scheduled predict starts its product with
+    the init times the nightly report scores (``evaluate.recent_days``), not the latest one
+    alone: the nightly evaluate then scores the new version over its whole window (it
+    scored one init time, or failed with 'share no init time' when the analyses lag)."""
+    from enspp.flows.ops import evaluate_flow, predict_flow
+    from enspp.models.product import open_product
+
+    cfg, product = service
+    assert Path(predict_flow(str(cfg))) == product  # the scheduled run: no init times given
+    days = sorted(str(t)[:10] for t in open_product(product).init_time.values)
+    assert days == [f"2019-01-{d:02d}" for d in range(26, 31)]
+    caplog.clear()
+    out = evaluate_flow(str(cfg), report_id="nightly")
+    assert "scored over 5 init times" in caplog.text and "left out" not in caplog.text
+    assert "mixed" in {r["system"] for r in out["rows"]}
+    caplog.clear()
+    predict_flow(str(cfg))  # nothing new since: nothing to do
+    assert "0 init time(s) to post-process" in caplog.text
