@@ -25,6 +25,7 @@ for the default schedules, checked by the tests).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -40,6 +41,36 @@ quiet_prefect()
 quiet_libraries()  # a served run is a process of its own: no Lightning banners in its logs
 
 from prefect import flow  # noqa: E402
+
+#: the Prefect loggers that log a run's exception with its traceback
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.engine")
+
+
+class ExpectedErrorsInOneLine(logging.Filter):
+    """Drop the traceback from a log record of an :class:`EnsppError` (a refused file, a
+    missing model, a bad parameter: the message says what happened and what to do), so a
+    served run that fails that way logs one line per record; any other exception (a bug)
+    keeps its traceback.  Prefect logs a failed run's exception with ``exc_info`` from its
+    engine: twice, about 30 lines each, for one expected failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, EnsppError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def one_line_errors() -> None:
+    """Install :class:`ExpectedErrorsInOneLine` on :data:`RUN_LOGGERS` (once): every served
+    run imports this module."""
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, ExpectedErrorsInOneLine) for f in logger.filters):
+            logger.addFilter(ExpectedErrorsInOneLine())
+
+
+one_line_errors()
 
 #: deployment name -> (served flow in this module, schedule key in deploy.schedules, description)
 DEPLOYMENTS: dict[str, tuple[str, str, str]] = {

@@ -53,3 +53,41 @@ def test_a_new_versions_first_predict_covers_the_nightly_reports_window(harness,
     caplog.clear()
     predict_flow(str(cfg))  # nothing new since: nothing to do
     assert "0 init time(s) to post-process" in caplog.text
+
+
+def test_a_served_run_that_fails_for_an_expected_reason_logs_no_traceback(harness,  # noqa: F811
+                                                                        tmp_path, monkeypatch,
+                                                                        caplog):
+    """A served run refused for a reason enspp names (here: no model registered yet) logs
+    that one line, not Prefect's two tracebacks of the flow engine; the run is Failed with
+    the message all the same."""
+    from enspp.flows.deployments import predict_deployment
+
+    cfg = tmp_path / "service.yaml"
+    cfg.write_text("data: {workdir: .}\n")
+    monkeypatch.setenv("ENSPP_CONFIG", str(cfg))
+    caplog.clear()
+    state = predict_deployment(return_state=True)
+    assert state.is_failed() and "no current model in registry" in state.message
+    assert "no current model in registry" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_bugs_traceback_is_kept():
+    """Only enspp's own errors lose their traceback; anything else (a bug) keeps it."""
+    import logging
+    import sys
+
+    from enspp.data.errors import EnsppError
+    from enspp.flows.deployments import RUN_LOGGERS, ExpectedErrorsInOneLine
+
+    for exc in (KeyError("x"), EnsppError("refused")):
+        try:
+            raise exc
+        except Exception:
+            record = logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "boom",
+                                       None, sys.exc_info())
+        assert ExpectedErrorsInOneLine().filter(record)
+        assert (record.exc_info is None) == isinstance(exc, EnsppError)
+    assert all(any(isinstance(f, ExpectedErrorsInOneLine) for f in logging.getLogger(n).filters)
+               for n in RUN_LOGGERS)
