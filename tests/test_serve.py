@@ -412,3 +412,26 @@ def test_a_served_run_prints_no_lightning_banner():
     assert done.returncode == 0, done.stderr
     assert "trainer built" in done.stdout
     assert "GPU available" not in done.stdout + done.stderr
+
+
+def test_serve_names_the_deployments_as_prefect_deployment_run_takes_them(cfg, health_server,
+                                                                         api_url, capsys,
+                                                                         monkeypatch):
+    """The line printed once serving names each deployment ``<flow>/<deployment>``, the name
+    ``prefect deployment run`` needs (a bare ``ingest-hourly`` is not found)."""
+    from enspp.flows import deployments
+    from enspp.flows.cli import main
+
+    _, base = health_server
+    api_url(f"{base}/api")
+    monkeypatch.setenv("ENSPP_CONFIG", "unset after the test")  # enspp serve sets it
+
+    def served(deps, *, limit=None, on_started=None):
+        on_started()
+
+    monkeypatch.setattr(deployments, "serve_deployments", served)
+    assert main(["serve", "--config", str(cfg)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("serving ingest/ingest-hourly, predict/predict-00-12, "
+                           "evaluate/evaluate-nightly, train/train-weekly on ")
+    assert "prefect deployment run ingest/ingest-hourly" in line

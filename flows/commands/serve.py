@@ -66,6 +66,17 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def serving_line(url: str) -> str:
+    """What ``enspp serve`` prints once it serves: the deployments by the full names that
+    ``prefect deployment run`` takes (``<flow>/<deployment>``)."""
+    from enspp.flows import deployments
+
+    names = [f"{getattr(deployments, flow).name}/{name}"
+             for name, (flow, _, _) in deployments.DEPLOYMENTS.items()]
+    return (f"serving {', '.join(names)} on {url} (run one now with `prefect deployment run "
+            f"{names[0]}`; stop with SIGTERM or Ctrl-C)")
+
+
 def run(args: argparse.Namespace) -> int:
     quiet_prefect()
     from enspp.flows.config import load_config
@@ -87,11 +98,10 @@ def run(args: argparse.Namespace) -> int:
     # the config of every served run: runs start in subprocesses that inherit this
     # environment, and no deployment parameter can change it
     os.environ[CONFIG_ENV] = str(path)
-    from enspp.flows.deployments import DEPLOYMENTS, build_deployments, serve_deployments
+    from enspp.flows.deployments import build_deployments, serve_deployments
 
     def started() -> None:
-        print(f"serving {', '.join(DEPLOYMENTS)} on {url} (stop with SIGTERM or Ctrl-C)",
-              flush=True)
+        print(serving_line(url), flush=True)
 
     serve_deployments(build_deployments(config), limit=args.limit, on_started=started)
     print("stopped: runs in flight cancelled, schedules paused until the next enspp serve")
