@@ -64,3 +64,24 @@ def test_evaluate_paths_are_relative_to_the_workdir(tmp_path, capsys):
     assert main(["evaluate", "--config", str(cfg), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "skill vs raw_full" in out and "raw ensemble, all 10 (control + 9 perturbed)" in out
+
+
+def test_synth_reads_the_world_of_an_enspp_yaml(tmp_path):
+    """``enspp synth --config enspp.yaml`` (to extend the demo's world, e.g. for a service
+    test) takes the file's ``data.synth``; it refused every other section as an unknown key
+    of the synth config."""
+    import argparse
+
+    from enspp.flows.commands import synth
+
+    cfg = tmp_path / "enspp.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"workdir": ".", "synth": {"seed": 2024, "grid": [8, 16], "years": [2012, 2013],
+                                           "n_perturbed": 4}},
+        "pipeline": {"members": {"k": 2}}, "model": {"name": "mixed"}}))
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    config = synth.build_config(parser.parse_args(["--out", str(tmp_path / "w"), "--config",
+                                                   str(cfg), "--years", "2012-2017"]))
+    assert config.seed == 2024 and tuple(config.grid) == (8, 16) and config.n_perturbed == 4
+    assert tuple(config.years) == (2012, 2017)  # the command line still wins

@@ -17,7 +17,8 @@ HELP = "write the synthetic ENS-like world (GRIB + oracle)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory to write the world to")
     parser.add_argument("--config", type=Path, default=None,
-                        help="YAML file with a 'synth' section (or the SynthConfig keys at top level)")
+                        help="YAML file with a 'synth' section (an enspp.yaml's data.synth, or "
+                             "the SynthConfig keys at top level)")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument("--grid", default=None, help="NLATxNLON, e.g. 32x64 or 181x360")
     parser.add_argument("--years", default=None, help="FIRST-LAST, e.g. 2012-2019")
@@ -44,7 +45,11 @@ def build_config(args: argparse.Namespace):
     if args.config is not None:
         doc = read_yaml_mapping(args.config, what="config file", error=SynthError,
                                 hint=" with a 'synth' section")
-        section = doc.get("synth", doc)
+        data = doc.get("data")
+        if "synth" not in doc and isinstance(data, dict) and "synth" in data:
+            section = data["synth"]  # an enspp.yaml (the demo's): its data.synth
+        else:
+            section = doc.get("synth", doc)
         if not isinstance(section, dict):
             raise SynthError(f"{args.config}: expected a mapping with a 'synth' section")
         values = dict(section)
