@@ -98,6 +98,15 @@ def product_dataset(fields: dict[str, np.ndarray], *, targets: Sequence[str],
                          quantiles=quantiles, grid=grid)
 
 
+def _units(grid: xr.Dataset, name: str, short: str) -> str | None:
+    """The units the forecast store (``grid``) gives target ``name`` (stored as ``name`` or,
+    on levels, as ``short``): a station file's t2m in degC is post-processed in degC."""
+    for key in (name, short):
+        if key in grid.data_vars and grid[key].attrs.get("units"):
+            return str(grid[key].attrs["units"])
+    return None
+
+
 def product_block(fields: Sequence[Mapping[int, Mapping[str, np.ndarray]]], *,
                   targets: Sequence[str], inits: Sequence[np.datetime64],
                   quantiles: Sequence[float], grid: xr.Dataset) -> xr.Dataset:
@@ -142,7 +151,7 @@ def product_block(fields: Sequence[Mapping[int, Mapping[str, np.ndarray]]], *,
     for t, name in enumerate(targets):
         short, _ = schema.split_level_name(name)
         info = schema.VARIABLES.get(short)
-        base = {"units": info.units if info else "1"}
+        base = {"units": _units(grid, name, short) or (info.units if info else "1")}
         if info and info.standard_name:
             base["standard_name"] = info.standard_name
         label = info.long_name if info else name

@@ -150,6 +150,8 @@ def test_station_model_predicts_and_evaluates(stores, tmp_path, monkeypatch):
         np.testing.assert_allclose(one[v].values, prod[v].values, rtol=1e-5, atol=1e-5)
     assert prod["t2m_mean"].dims == ("init_time", "lead_time", "station")
     assert prod.attrs["input_members"] == [1, 2, 3, 4, 5]
+    # the station file's units (degC), not the schema's canonical K
+    assert {prod[v].attrs["units"] for v in ("t2m", "t2m_mean", "t2m_std")} == {"degC"}
     model = load_checkpoint(result.best_checkpoint).model
     batch = dm.preloaded(("test",))
     with torch.no_grad():
