@@ -440,10 +440,18 @@ def evaluate_flow(config_path: str | None = None, report_id: str = "latest",
     from enspp.flows.deployments import check_plain_name
 
     check_plain_name(report_id, what="report_id")
+    from enspp.models.registry import current_version
+
     cfg = resolve_config(config_path)
     ev = evaluation_config(cfg, products=products)
     if ev.truth is None or not Path(ev.truth).exists():
         raise FlowInputError(f"analysis store {ev.truth} does not exist: run the ingest flow")
+    current = current_version(cfg.workdir.registry)
+    if current is not None and not (cfg.workdir.products / f"{current.version}.zarr").exists():
+        # the report would leave the current model out without saying so
+        print(f"note: the current model {current.version} has no product yet "
+              f"({cfg.workdir.products / f'{current.version}.zarr'}): this report leaves it "
+              "out; run the predict flow")
     out = cfg.workdir.reports / report_id
     index = steps.evaluate_products(ev, str(out))
     rows = steps.headline_rows(read_scores(out))

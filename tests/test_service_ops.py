@@ -91,3 +91,17 @@ def test_a_bugs_traceback_is_kept():
         assert (record.exc_info is None) == isinstance(exc, EnsppError)
     assert all(any(isinstance(f, ExpectedErrorsInOneLine) for f in logging.getLogger(n).filters)
                for n in RUN_LOGGERS)
+
+
+def test_the_nightly_report_says_when_the_current_model_has_no_product(harness, service,  # noqa: F811
+                                                                      caplog):
+    """A newly registered version before its first predict: the evaluate flow scores what
+    there is (the raw ensembles) and says that the current model is left out, and why."""
+    from enspp.flows.ops import evaluate_flow
+
+    cfg, product = service
+    caplog.clear()
+    out = evaluate_flow(str(cfg), report_id="nightly")
+    assert "mixed" not in {r["system"] for r in out["rows"]}
+    assert f"note: the current model {product.stem} has no product yet" in caplog.text
+    assert "run the predict flow" in caplog.text
