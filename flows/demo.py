@@ -105,7 +105,7 @@ def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
     if evaluate is not None:
         doc["evaluate"] = _relative_paths(evaluate, root).model_dump(mode="json",
                                                                       exclude_none=True)
-    if doc.get("evaluate", {}).get("splits"):
+    if "splits" in doc.get("evaluate", {}):
         doc["evaluate"].pop("splits")  # re-derived from the pipeline's split on load
     workdir = doc["data"]["workdir"]
     doc = _relative_strings(doc, root)  # stores, incoming files: relative to the work directory

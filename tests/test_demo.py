@@ -153,6 +153,7 @@ def test_service_config_follows_the_data(tmp_path):
     assert ev.recent_days == SERVICE_RECENT_DAYS and ev.split is None and ev.period is None
     assert [s.key for s in ev.systems] == ["raw_full"]
     assert "stores/products" not in text and str(tmp_path) not in text  # nothing pinned
+    assert "splits" not in text  # derived from the pipeline's split (an empty one said nothing)
     # everything else is the demo's
     assert loaded.model == config.model and loaded.data.synth == config.data.synth
     assert loaded.pipeline.features == config.pipeline.features
