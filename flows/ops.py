@@ -416,8 +416,11 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
     if current is not None and (wd.products / f"{current.version}.zarr").exists():
         auto.append(product_system(wd.products / f"{current.version}.zarr").model_dump())
     oracle = wd.synth / "oracle.zarr"
-    if oracle.exists():
+    if oracle.exists() and (ev.recent_days is None or _covers_latest(oracle, forecast)):
         auto.append({"name": "oracle", "path": oracle, "type": "gaussian"})
+    elif oracle.exists():  # a world extended by later files: the report's days lie beyond it
+        print(f"note: the synthetic oracle ({oracle}) ends before the forecast store's latest "
+              f"init time: left out of the report of the last {ev.recent_days} days")
     static = cfg.pipeline.stores.static
     if ev.land_sea_mask is None and static is not None and wd.path(static).exists():
         ev = ev.model_copy(update={"land_sea_mask": wd.path(static)})  # coastlines on maps
@@ -429,6 +432,22 @@ def evaluation_config(cfg: Any, *, products: dict[str, str] | None = None) -> An
             systems.append(sc)
             keys.add(sc.key)
     return ev.model_copy(update={"systems": systems, "truth": ev.truth or wd.analysis})
+
+
+def _covers_latest(system: Path, forecast: Path) -> bool:
+    """Whether the store ``system`` holds the latest init time of the ``forecast`` store
+    (either unreadable: True, the evaluation says what is wrong)."""
+    import numpy as np
+
+    from enspp.data.store import open_store
+    from enspp.evaluation.systems import open_dataset
+
+    try:
+        latest = open_store(forecast)["init_time"].values.astype("datetime64[ns]").max()
+        have = open_dataset(system)["init_time"].values.astype("datetime64[ns]")
+        return bool(np.isin(latest, have))
+    except Exception:
+        return True
 
 
 @flow(name="evaluate", log_prints=True)

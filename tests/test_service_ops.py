@@ -105,3 +105,27 @@ def test_the_nightly_report_says_when_the_current_model_has_no_product(harness, 
     assert "mixed" not in {r["system"] for r in out["rows"]}
     assert f"note: the current model {product.stem} has no product yet" in caplog.text
     assert "run the predict flow" in caplog.text
+
+
+def test_a_synthetic_oracle_that_ends_before_the_data_is_left_out_of_the_recent_report(
+        harness, service, caplog):  # noqa: F811
+    """The demo's world extended by later files (``enspp synth --years`` into the incoming
+    directories): the oracle of ``synth/oracle.zarr`` ends before the report's last days, so
+    the evaluate flow leaves it out with a note rather than cutting the report to the days it
+    covers (or failing: 'share no init time')."""
+    from enspp.data.store import open_store
+    from enspp.flows.ops import evaluate_flow, predict_flow
+
+    cfg, _ = service
+    wd = cfg.parent
+    # an oracle like the synthetic world's (t2m_mu, t2m_sigma) for 2019-01-01..10 only
+    fc = open_store(wd / "stores" / "forecast.zarr")["t2m"].isel(init_time=slice(0, 10)).load()
+    oracle = fc.mean("member").to_dataset(name="t2m_mu")
+    oracle["t2m_sigma"] = fc.std("member")
+    oracle.to_zarr(wd / "synth" / "oracle.zarr", mode="w")
+    predict_flow(str(cfg))
+    caplog.clear()
+    out = evaluate_flow(str(cfg), report_id="nightly")
+    assert "oracle" not in {r["system"] for r in out["rows"]}
+    assert "note: the synthetic oracle" in caplog.text and "left out" in caplog.text
+    assert "scored over 5 init times" in caplog.text
