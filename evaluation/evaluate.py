@@ -689,6 +689,14 @@ def _keep_init_times(field: SystemField, init_times: np.ndarray) -> SystemField:
     return field.isel({INIT_TIME: pos})
 
 
+def _cases_text(cases: list[CaseResult]) -> str:
+    """``"2 cases"``, or ``"1 case (19 outside the data)"`` when the data miss some."""
+    outside = sum(c.status == "out_of_range" for c in cases)
+    if not outside:
+        return plural(len(cases), "case")
+    return f"{plural(len(cases) - outside, 'case')} ({outside} outside the data)"
+
+
 def _hours(da: xr.DataArray) -> list[float]:
     return (da[LEAD_TIME].values / np.timedelta64(1, "h")).tolist()
 
@@ -723,7 +731,7 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None, *,
     LOGGER.info(summary_line(
         f"evaluate {config.title!r}",
         f"{plural(len(config.systems), 'system')}, {plural(len(scores), 'variable')} scored over "
-        f"{plural(int(n_init), 'init time')}, {plural(len(cases), 'case')}"
+        f"{plural(int(n_init), 'init time')}, {_cases_text(cases)}"
         + (f"; report in {out_dir}" if out_dir is not None else ""), time.perf_counter() - t0))
     return result
 

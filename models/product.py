@@ -825,6 +825,7 @@ def _check_product_chunks(state: ProductState, variables: Mapping[str, Mapping[s
                 hit = [record_key(state.init_times[r]) for r in rows if lo <= r < lo + c0]
                 if not hit:
                     continue
+                hit.sort()  # rows are in the order predicted (a catch-up writes earlier ones later)
                 span = hit[0] if len(hit) == 1 else f"{hit[0]}..{hit[-1]} ({len(hit)} complete)"
                 kind = "missing" if why == "the chunk file is missing" else "corrupt"
                 problems.add(kind, f"store {state.path}: variable {name!r}, chunk "

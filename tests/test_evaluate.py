@@ -259,6 +259,18 @@ def test_recent_days_follow_the_truth(world, tmp_path):
     assert res.provenance["init_times"]["t2m"]["last"].startswith(day[-3])
 
 
+def test_the_summary_counts_the_cases_the_data_cover():
+    from types import SimpleNamespace
+
+    from enspp.evaluation.evaluate import _cases_text
+
+    ok, out = SimpleNamespace(status="ok"), SimpleNamespace(status="out_of_range")
+    assert _cases_text([ok, ok]) == "2 cases"
+    assert _cases_text([ok] + [out] * 19) == "1 case (19 outside the data)"
+    assert _cases_text([out] * 20) == "0 cases (20 outside the data)"
+    assert _cases_text([]) == "0 cases"
+
+
 def test_recent_period_by_hand():
     from enspp.evaluation.systems import recent_period
 

@@ -205,6 +205,17 @@ def test_validate_deep_names_a_deleted_chunk_file(tmp_path, capsys):
     assert rc == 0
 
 
+def test_a_chunks_init_times_are_named_first_to_last(tmp_path, capsys):
+    """A catch-up predicts earlier init times after later ones, so a chunk's rows are not in
+    time order: the damaged chunk's span still reads first..last."""
+    path = make_product(tmp_path / "p.zarr", inits=INITS[::-1])
+    (path / "t2m_std" / "c" / "0" / "0" / "0" / "0").unlink()
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1
+    assert ("(init time 2020-01-03T00:00:00..2020-01-04T00:00:00 (2 complete)): the chunk file "
+            "is missing") in out
+
+
 def test_validate_deep_names_a_corrupt_chunk(tmp_path, capsys):
     path = make_product(tmp_path / "p.zarr")
     chunk = path / "t2m" / "c" / "0" / "0" / "0" / "0" / "0"
