@@ -38,6 +38,9 @@ LOGGER = logging.getLogger("enspp")
 #: seconds a step must last before its bar appears, and between two redraws
 BAR_DELAY = 1.0
 BAR_INTERVAL = 0.5
+#: with no bar shown (a log, a served flow run), a step's status (:meth:`Step.note`) is
+#: logged at most this often, so a long training shows it is alive
+HEARTBEAT_SECONDS = 60.0
 
 
 def format_seconds(seconds: float) -> str:
@@ -74,6 +77,7 @@ class Step:
         self.unit = unit
         self.amount = ""
         self.t0 = time.perf_counter()
+        self._last_beat = self.t0
         self._bar: Any = None
         if bar:
             from tqdm import tqdm
@@ -98,9 +102,15 @@ class Step:
             self._bar.refresh()
 
     def note(self, text: str) -> None:
-        """A short status beside the bar (e.g. the current file or metric)."""
-        if self._bar is not None:
+        """A short status beside the bar (e.g. the current file or metric); with no bar on
+        screen, logged as ``<what>: <text>`` every :data:`HEARTBEAT_SECONDS` at most."""
+        if self._bar is not None and not self._bar.disable:
             self._bar.set_postfix_str(text, refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self._last_beat >= HEARTBEAT_SECONDS:
+            self._last_beat = now
+            LOGGER.info(f"{self.what}: {text} ({format_seconds(now - self.t0)} so far)")
 
     def close(self) -> None:
         if self._bar is not None:

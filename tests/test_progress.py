@@ -61,6 +61,27 @@ def test_a_step_logs_one_line_and_no_bar_off_a_terminal(summaries, monkeypatch, 
     assert out == "" and err == ""  # stderr is not a terminal under pytest: no bar
 
 
+def test_off_a_terminal_a_long_step_logs_its_status_now_and_then(summaries, monkeypatch):
+    """A served training run has no bar: its epoch notes reach the log, one a minute at most,
+    so the operator sees it is alive; on a terminal the bar shows them instead."""
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    with step("train mixed", total=100, unit="batch") as s:
+        for epoch in range(1, 7):
+            clock[0] += 25.0
+            s.note(f"epoch {epoch}/6 · val 0.0{epoch}")
+    lines = [r.getMessage() for r in summaries.records if r.name == "enspp"]
+    assert lines[:2] == ["train mixed: epoch 3/6 · val 0.03 (1 min 15 s so far)",
+                         "train mixed: epoch 6/6 · val 0.06 (2 min 30 s so far)"]
+    assert len(lines) == 3 and lines[2].startswith("train mixed: 2 min 30 s")
+    monkeypatch.setattr(sys, "stderr", FakeTerminal())
+    summaries.clear()
+    with step("train mixed", total=100, unit="batch") as s:
+        clock[0] += 120.0
+        s.note("epoch 1/5")
+    assert len([r for r in summaries.records if r.name == "enspp"]) == 1  # the summary only
+
+
 def test_a_failed_step_logs_nothing(summaries):
     with pytest.raises(RuntimeError):
         with step("evaluate"):
