@@ -217,6 +217,9 @@ def ingest_flow(config_path: str | None = None, paths: list[str] | None = None,
             print(sample_points(cfg))
         except EnsppError as e:
             raise FlowInputError(str(e)) from None
+    steps.publish_summary("enspp-ingest", "ingest", [
+        f"{k}: {v['new']} new file(s) ingested, {v['already_ingested']} already in "
+        f"{stores[k]}" for k, v in summary.items()] or ["no incoming files configured"])
     return summary
 
 
@@ -355,7 +358,17 @@ def predict_flow(config_path: str | None = None, init_times: list[str] | None = 
                      cfg.predict.model_dump(mode="json"), version)
         if bad:
             raise FlowFailedError(f"predict: {len(bad)} task(s) failed: " + " | ".join(bad))
+    steps.publish_summary("enspp-predict", f"predict {version}", [
+        f"{len(todo)} init time(s) post-processed"
+        + (f" ({_span(todo)})" if todo else "")
+        + (f", {again} of them because their inputs were replaced" if again else ""),
+        f"{len(wanted) - len(todo)} already in the product", f"product: {product}"])
     return str(product)
+
+
+def _span(times: list[str]) -> str:
+    first, last = min(times), max(times)
+    return str(first) if first == last else f"{first} .. {last}"
 
 
 # ------------------------------------------------------------------ train
@@ -380,6 +393,15 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     print(f"registry: {decision['version']} "
           f"{'registered' if decision['registered'] else 'not registered'}: {decision['reason']}")
     steps.prune_validation_cache(cfg, scored, decision)  # never scored again
+    current = decision.get("current")
+    steps.publish_summary("enspp-train", f"train: {decision['version']} "
+                          f"{'registered' if decision['registered'] else 'not registered'}", [
+        decision["reason"],
+        f"candidate's validation score {decision['score']:.6g}"
+        + ("" if decision.get("current_score") is None else
+           f", current {current}'s {decision['current_score']:.6g}"),
+        f"run directory: {trained['run_dir']}",
+        f"current model now: {decision['version'] if decision['registered'] else current}"])
     return {**trained, **decision}
 
 

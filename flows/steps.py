@@ -258,6 +258,21 @@ def evaluate_products(evaluate_config: Any, out_dir: str) -> str:
 
 
 @task(name="publish-artifacts", **_PLAIN)
+def publish_summary(key: str, title: str, lines: list[str]) -> bool:
+    """A flow run's outcome as a Prefect markdown artifact (``key``: ``enspp-ingest``,
+    ``enspp-predict``, ``enspp-train``), which the UI shows with the run: flow return values
+    are not persisted, so without it an operator reads the outcome from the logs alone.
+    Nothing outside a flow run (``flow.fn`` calls); True when published."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return False
+    md = f"# {title}\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+    create_markdown_artifact(markdown=md, key=key, description=title)
+    return True
+
+
 def publish_artifacts(rows: list[dict[str, Any]], index: str, *, title: str) -> None:
     """The headline table and a link to the dashboard as Prefect artifacts."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact

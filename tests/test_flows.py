@@ -140,6 +140,11 @@ def test_ingest_flow_lands_good_files_and_fails_naming_bad_ones(harness, tmp_pat
     # a re-run with the good files only: nothing new, nothing to do
     cfg.write_text("data: {incoming: {forecast: ['in/fc*.grib']}}\n")
     assert ingest_flow(str(cfg)) == {"forecast": {"new": 0, "already_ingested": 3}}
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = {a.data for a in client.read_artifacts() if a.key == "enspp-ingest"}
+    assert f"- forecast: 0 new file(s) ingested, 3 already in {store}" in "".join(runs)
 
 
 def test_ingest_flow_samples_points_after_the_grid(harness, tmp_path, gribs):
@@ -256,8 +261,18 @@ def test_train_predict_evaluate_flows(harness, small_world):
     assert {"raw_full", "raw_subset", "mixed"} <= systems
     assert Path(out["index"]).is_file()
     with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts()}
-    assert {"enspp-headline", "enspp-dashboard"} <= keys
+        artifacts = client.read_artifacts()
+    keys = {a.key for a in artifacts}
+    assert {"enspp-headline", "enspp-dashboard", "enspp-train", "enspp-predict"} <= keys
+    # what each run did, in the UI beside the run (flow results are not persisted)
+    trains = [a.data for a in artifacts if a.key == "enspp-train"]
+    assert any(f"train: {first['version']} registered" in m and "run directory: " in m
+               for m in trains)
+    assert any("not registered" in m and f"current model now: {first['version']}" in m
+               for m in trains)
+    predicts = [a.data for a in artifacts if a.key == "enspp-predict"]
+    assert any("- 5 init time(s) post-processed (2019-01-25" in m
+               and "- 1 already in the product" in m for m in predicts)
 
 
 def test_init_times_computed_from_replaced_inputs_are_predicted_again(harness, tmp_path, caplog):
