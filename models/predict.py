@@ -175,7 +175,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
 
         point = loaded.model.spec.is_point
         group_size = (min(POINT_GROUP, max(1, POINT_ROWS // _field_size(ds))) if point
-                      else READ_GROUP)
+                      else read_group_size(_field_size(ds) * len(members) * len(meta.channels)))
         for start in range(0, len(inits), group_size):
             group = inits[start:start + group_size]
             # the group's inputs in one read (each chunk decoded once)
@@ -509,8 +509,17 @@ def _point_fields(loaded: LoadedCheckpoint, pipeline: PipelineConfig,
     return out
 
 
-#: init times read (and written) together by :func:`predict`
+#: init times read (and written) together by :func:`predict`, at most
 READ_GROUP = 16
+#: input values (members x channels x grid points) of one read group, at most: a global
+#: 0.25 deg grid reads one init time at a time, so memory does not grow with the group
+READ_VALUES = 1 << 23
+
+
+def read_group_size(values_per_init: int) -> int:
+    """Init times :func:`predict` reads together when one init time's inputs hold
+    ``values_per_init`` values: ``READ_GROUP``, fewer for large grids (at least one)."""
+    return max(1, min(READ_GROUP, READ_VALUES // max(1, values_per_init)))
 #: init times read together, and run through a point model in one forward pass, up to
 #: ``POINT_ROWS`` rows (stations x init times) per pass
 POINT_GROUP = 512

@@ -500,3 +500,15 @@ def test_one_writer_of_a_product_at_a_time(world, tmp_path, monkeypatch):
     monkeypatch.setattr(P, "PRODUCT_LOCK_TIMEOUT", 0.2)
     with store_lock(out), pytest.raises(StoreLockedError, match="p.zarr"):
         predict(ckpt, store, out=out, init_times=inits[:1], **kw)
+
+
+def test_read_group_is_bounded_by_the_input_size():
+    """predict reads several init times at once only while their inputs stay small: a global
+    0.25 deg grid (721 x 1440, K = 5, 3 channels) is read one init time at a time, so the
+    memory of a predict does not grow with the number of init times (scale walk)."""
+    from enspp.models.predict import READ_GROUP, read_group_size
+
+    assert read_group_size(721 * 1440 * 5 * 3) == 1
+    assert read_group_size(32 * 64 * 5 * 3) == READ_GROUP
+    assert 1 <= read_group_size(181 * 360 * 5 * 3) < READ_GROUP
+    assert read_group_size(0) == READ_GROUP
