@@ -37,6 +37,22 @@ class Preflight:
         return not self.problems
 
 
+#: networks with an anchor EMOS (``model.options.anchor``, default ``emos_local``)
+NETWORKS = ("mlp", "unet", "mixed")
+#: bytes of one training case in the exact EMOS fit (flat float64 arrays of its terms)
+EMOS_CASE_BYTES = 100
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, if known."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _days(values: np.ndarray) -> str:
     t = np.asarray(values, "datetime64[D]")
     return f"{t.min()}..{t.max()}" if t.size else "none"
@@ -183,6 +199,37 @@ class _Checker:
                 period = getattr(split, name)
                 if period is not None:
                     self.period(f"pipeline.split.{name}", period, t, path)
+            self.exact_fit_memory(fc, t)
+
+    def exact_fit_memory(self, fc: Any, times: np.ndarray) -> None:
+        """The exact EMOS fit (an EMOS model, or a network's anchor) holds every training
+        case in memory (:func:`models.emos.fit_emos`, about :data:`EMOS_CASE_BYTES` each): a
+        problem beyond this machine's memory, a note beyond half of it."""
+        model = self.cfg.model
+        anchor = (model.name if model.name.startswith("emos") else
+                  (model.options or {}).get("anchor", "emos_local"))
+        if anchor == "raw" or model.name not in NETWORKS and not model.name.startswith("emos"):
+            return
+        split, feats = self.cfg.pipeline.split, self.cfg.pipeline.features
+        if split.train is not None:
+            days = np.asarray(times, "datetime64[D]")
+            n_train = int(((days >= np.datetime64(split.train.start))
+                           & (days <= np.datetime64(split.train.end))).sum())
+        else:
+            n_train = int(round(len(times) * split.fractions[0]))
+        points = int(np.prod([fc.sizes[d] for d in ("latitude", "longitude", "station")
+                              if d in fc.sizes]))
+        need = n_train * points * len(feats.targets) * len(feats.target_leads) * EMOS_CASE_BYTES
+        have = _memory_bytes()
+        if have is None or need <= have / 2:
+            return
+        what = f"the {anchor} anchor of {model.name}" if anchor != model.name else model.name
+        text = (f"model: the exact fit of {what} holds every training case in memory: about "
+                f"{need / 2**30:.0f} GiB for {n_train} training init times x {points} points "
+                f"(this machine has {have / 2**30:.0f} GiB); "
+                + ("set model.options.anchor: raw, or " if anchor != model.name else "")
+                + "train on fewer init times or points")
+        (self.out.problems if need > have else self.out.notes).append(text)
 
     def period(self, key: str, period: Any, times: np.ndarray, path: Path) -> None:
         d = np.asarray(times, "datetime64[D]")

@@ -520,6 +520,8 @@ def read_group_size(values_per_init: int) -> int:
     """Init times :func:`predict` reads together when one init time's inputs hold
     ``values_per_init`` values: ``READ_GROUP``, fewer for large grids (at least one)."""
     return max(1, min(READ_GROUP, READ_VALUES // max(1, values_per_init)))
+
+
 #: init times read together, and run through a point model in one forward pass, up to
 #: ``POINT_ROWS`` rows (stations x init times) per pass
 POINT_GROUP = 512

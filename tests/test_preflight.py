@@ -258,3 +258,31 @@ def test_an_evaluate_only_config_is_checked_as_such(work, capsys):
     full = config(work, "full.yaml")
     assert main(["validate", str(full)]) == 0
     assert "valid config (sections evaluate, pipeline, the others default; " in capsys.readouterr().out
+
+
+def test_an_exact_fit_beyond_this_machines_memory_is_named(work, monkeypatch):
+    """The exact EMOS fit of a network's anchor holds every training case in memory (about
+    100 bytes each): at 0.25 deg over years that is beyond any machine, so validate says so
+    before a training is killed for it, with the way out."""
+    import xarray as xr
+
+    import enspp.flows.preflight as preflight
+
+    fc = xr.open_zarr(work / "stores" / "forecast.zarr")
+    need = 10 * fc.sizes["latitude"] * fc.sizes["longitude"] * preflight.EMOS_CASE_BYTES
+    cfg = lambda **model: load_config(config(work, "mem.yaml", model=model))  # noqa: E731
+    monkeypatch.setattr(preflight, "_memory_bytes", lambda: need - 1)
+    report = check_config(cfg(name="mixed"))
+    [problem] = [p for p in report.problems if p.startswith("model:")]
+    assert "the emos_local anchor of mixed holds every training case in memory" in problem
+    assert "for 10 training init times x" in problem and "set model.options.anchor: raw" in problem
+    report = check_config(cfg(name="emos_local"))
+    assert any(p.startswith("model: the exact fit of emos_local holds") for p in report.problems)
+    monkeypatch.setattr(preflight, "_memory_bytes", lambda: need + 1)  # over half: a note
+    report = check_config(cfg(name="mixed"))
+    assert not [p for p in report.problems if p.startswith("model:")]
+    assert any(n.startswith("model: the exact fit of the emos_local anchor") for n in report.notes)
+    report = check_config(cfg(name="mixed", options={"anchor": "raw"}))  # no exact fit
+    assert not [m for m in report.problems + report.notes if m.startswith("model:")]
+    monkeypatch.setattr(preflight, "_memory_bytes", lambda: 2 * need)
+    assert not [m for m in check_config(cfg(name="mixed")).notes if m.startswith("model:")]
