@@ -460,24 +460,6 @@ def checked_array(store: str | os.PathLike[str], variable: str) -> CheckedArray:
                         rec=record_dim(meta.kind))
 
 
-def already_ingested(store: str | os.PathLike[str],
-                     sources: list[Any]) -> list[bool]:
-    """For each input (a path or a :class:`~data.provenance.SourceFile`): is it in ``store``
-    already, the same bytes recorded and every field it provides committed?  (What lets a
-    re-run skip files without decoding them.)"""
-    from enspp.data.provenance import SourceFile, source_file
-    from enspp.data.store_meta import open_meta
-
-    if not Path(store).exists() or not is_store(store):
-        return [False] * len(sources)
-    meta = open_meta(store)
-    out = []
-    for src in sources:
-        s = src if isinstance(src, SourceFile) else source_file(src)
-        out.append(meta.is_ingested(s.sha256))
-    return out
-
-
 def to_store_layout(ds: xr.Dataset, *, kind: Kind) -> xr.Dataset:
     """Canonical store layout of ``ds``: dims in canonical order, float32 data variables,
     nanosecond times, and no derived coordinates along the record dim (``valid_time`` and
@@ -516,7 +498,7 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Any:
     return check(path, deep=deep)
 
 
-__all__ = ["already_ingested", "CENTRES_ATTR", "CONVENTIONS", "CheckedArray", "KIND_ATTR", "POINT_RECORDS_PER_CHUNK",
+__all__ = ["CENTRES_ATTR", "CONVENTIONS", "CheckedArray", "KIND_ATTR", "POINT_RECORDS_PER_CHUNK",
            "RECORD_DIMS", "SCHEMA_ATTR", "SCHEMA_VERSION", "StoreError", "StoreMismatchError",
            "StoreReadError", "checked_array", "chunk_was_written", "describe_chunk", "field_present", "is_store", "open_checked", "open_store",
            "present_fields", "read_root_attrs", "record_chunk", "record_dim", "to_store_layout",
