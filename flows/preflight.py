@@ -2,10 +2,12 @@
 
 :func:`check_config` compares a parsed :class:`~flows.config.EnsppConfig` with the files it
 names and returns a :class:`Preflight` of *problems* (a run would fail: a missing input file,
-a split outside the store's period, K above the store's perturbed members, a variable or lead
-time the store lacks, a case catalogue that does not parse) and *notes* (worth knowing, not
-fatal: a store the first ingest will create, a region without grid points that evaluate
-skips, incoming patterns that match no file yet, a land-sea mask the maps cannot use).
+a split outside the store's period or one that selects no sample (valid times the analysis
+store lacks: the pipeline's own selection, on coordinates), K above the store's perturbed
+members, a variable or lead time the store lacks, a case catalogue that does not parse) and
+*notes* (worth knowing, not fatal: a store the first ingest will create, a region without
+grid points that evaluate skips, incoming patterns that match no file yet, a land-sea mask
+the maps cannot use).
 
 Paths resolve as every command resolves them: ``data.workdir`` against the config file's
 directory, every other relative path against the work directory.  Paths under the work
@@ -144,7 +146,31 @@ class _Checker:
         if an is not None:
             self.variables("pipeline.features.targets", self.cfg.pipeline.features.targets, an,
                            an_path)
+        if fc is not None and an is not None:
+            self.samples(fc, an)
         return fc, an
+
+    def samples(self, fc: Any, an: Any) -> None:
+        """Each split selects a sample, as training forms them (the pipeline's own
+        :func:`~pipeline.splits.split_samples`: valid times the analysis holds, fields
+        present); only when the coordinates let it run (a missing lead time or variable is
+        a problem of its own) and no problem names the split yet."""
+        from enspp.data.schema import VariableNotFoundError
+        from enspp.pipeline.align import AlignmentError
+        from enspp.pipeline.splits import SplitError, split_samples
+
+        if "init_time" not in fc.coords or fc.sizes["init_time"] == 0:
+            return
+        split = self.cfg.pipeline.split
+        try:
+            split_samples(fc, an, features=self.cfg.pipeline.features, split=split)
+        except (AlignmentError, VariableNotFoundError):
+            return
+        except SplitError as e:
+            key = ("pipeline.split.fractions" if not split.explicit or e.split is None
+                   else f"pipeline.split.{e.split}")
+            if not any(p.startswith(f"{key}:") for p in self.out.problems):
+                self.out.problems.append(f"{key}: {' '.join(str(e).split())}")
 
     def kind(self, key: str, ds: Any, path: Path | None, *, expected: str) -> Any:
         """``ds``, or ``None`` (and a problem) when it is a store of another kind."""

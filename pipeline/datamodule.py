@@ -17,7 +17,6 @@ from enspp.data.schema import MEMBER, STATION, spatial_dims
 from enspp.pipeline.align import (
     Alignment,
     StoreLike,
-    align,
     check_grids,
     check_store_kind,
     open_dataset,
@@ -27,11 +26,11 @@ from enspp.pipeline.align import (
 )
 from enspp.pipeline.config import PipelineConfig, PipelineConfigError
 from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, PreloadedBatches, collate_rows
-from enspp.pipeline.features import STATIC_NAMES, channel_leads, channel_names, static_fields, target_channels
+from enspp.pipeline.features import STATIC_NAMES, channel_names, static_fields, target_channels
 from enspp.pipeline.handoff import BatchRing
 from enspp.pipeline.members import check_members, choose_members
 from enspp.pipeline.reader import StoreReader
-from enspp.pipeline.splits import resolve_periods, split_init_times
+from enspp.pipeline.splits import split_samples
 from enspp.pipeline.station_features import FeatureScales, StationFeatures, feature_names
 from enspp.pipeline.stats import NormStats, compute_stats, provenance_of, source_hash
 from enspp.pipeline.tiles import tile_slices
@@ -99,9 +98,9 @@ class EnsembleDataModule(L.LightningDataModule):
         self.store_members = fc[MEMBER].values.astype(np.int64)
         self.n_members = check_members(self.store_members, config=cfg.members)
         feats = cfg.features
-        self._leads = channel_leads(target_lead_time=feats.target_lead_time,
-                                    input_lead_times=feats.input_lead_times,
-                                    target_lead_times=feats.target_lead_times)
+        # every target lead of a sample's init time has its inputs and its analysis
+        samples = split_samples(fc, an, features=feats, split=cfg.split)
+        self._leads = samples.leads
         self.channels = channel_names(feats.variables, self._leads)
         self.targets = tuple(feats.targets)
         self.target_channels = target_channels(feats.variables, feats.targets)
@@ -109,27 +108,15 @@ class EnsembleDataModule(L.LightningDataModule):
         self.target_leads = feats.target_leads
         self._static_index = [STATIC_NAMES.index(n) for n in feats.static]
         self.static_names = tuple(feats.static) + feature_names(feats)
-        self.alignments: tuple[Alignment, ...] = tuple(
-            align(fc, an, lead_time=np.timedelta64(h, "h").astype("timedelta64[ns]"),
-                  input_lead_times=tuple(x for x in (np.timedelta64(g, "h") for g in self._leads)
-                                         if x != np.timedelta64(h, "h")),
-                  variables=tuple(feats.variables), targets=tuple(feats.targets))
-            for h in self.target_leads)
+        self.alignments: tuple[Alignment, ...] = samples.alignments
         self.alignment: Alignment = self.alignments[0]
         lead = self.alignment.lead_time
-        max_lead = np.timedelta64(max(self._leads), "h").astype("timedelta64[ns]")
-        self.periods = resolve_periods(fc["init_time"].values, config=cfg.split,
-                                       max_lead=max_lead)
-        # every target lead of a sample's init time has its inputs and its analysis
-        aligned = self.alignment.init_times
-        for a in self.alignments[1:]:
-            aligned = aligned[np.isin(aligned, a.init_times)]
+        self.periods = samples.periods
         # one line, whatever the number of leads (samples skipped for absent fields included)
         log.info("alignment: %s", self.alignment.report() if len(self.alignments) == 1 else
-                 f"{len(aligned)} init times with every lead aligned ("
+                 f"{len(samples.aligned)} init times with every lead aligned ("
                  + "; ".join(a.report() for a in self.alignments) + ")")
-        self.split_init_times = split_init_times(
-            aligned, periods=self.periods, max_lead=max_lead, gap_days=cfg.split.gap_days)
+        self.split_init_times = samples.init_times
         st = open_static(self._st_src) if self._st_src is not None else None
         self._static = static_fields(fc, st, regrid=cfg.regrid)
         self._reader = StoreReader(self._fc_src, self._an_src, variables=feats.variables,

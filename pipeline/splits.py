@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from enspp.data.errors import EnsppError
-from enspp.pipeline.config import Period, SplitConfig
+from enspp.pipeline.config import FeaturesConfig, Period, SplitConfig
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from enspp.pipeline.align import Alignment
 
 SPLITS = ("train", "val", "test")
 _DAY = np.timedelta64(1, "D")
@@ -17,7 +24,12 @@ _NO_LEAD = np.timedelta64(0, "h")
 
 
 class SplitError(EnsppError):
-    """A split is empty or cannot be formed from the data."""
+    """A split is empty or cannot be formed from the data; ``split`` names the empty split
+    (``None`` when no split could be formed at all)."""
+
+    def __init__(self, message: str, *, split: str | None = None) -> None:
+        super().__init__(message)
+        self.split = split
 
 
 def resolve_periods(init_times: np.ndarray, *, config: SplitConfig,
@@ -85,13 +97,76 @@ def split_init_times(
                 keep &= inits >= np.datetime64(op.end, "ns") + _DAY * (gap_days + 1)
         if not keep.any():
             raise SplitError(
-                f"split {name!r} ({period}) selects no data: the store's init times span "
+                f"split {name!r} ({period}) selects no data: the samples' init times span "
                 f"{_span(inits)}, and a sample needs its valid time at lead "
                 f"{_hours(lead)} h inside the period"
                 + (f" and its init time more than {gap_days} days after earlier splits"
-                   if gap_days else ""))
+                   if gap_days else ""), split=name)
         out[name] = inits[keep]
     return {k: out[k] for k in SPLITS if k in out}
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The samples of a pipeline: its init times paired with their analyses, and split."""
+
+    #: lead times (hours) in channel order (:func:`~pipeline.features.channel_leads`)
+    leads: tuple[int, ...]
+    #: one alignment per target lead time
+    alignments: tuple[Alignment, ...]
+    #: init times aligned at every target lead (a sample's init time)
+    aligned: np.ndarray
+    #: the split periods (:func:`resolve_periods`)
+    periods: dict[str, Period]
+    #: each split's init times (:func:`split_init_times`)
+    init_times: dict[str, np.ndarray]
+
+
+def split_samples(forecast: xr.Dataset, analysis: xr.Dataset, *, features: FeaturesConfig,
+                  split: SplitConfig) -> Samples:
+    """The samples of each split, as training forms them: forecast init times whose inputs
+    and target analyses are present at every target lead (:func:`~pipeline.align.align`),
+    split by :func:`resolve_periods` and :func:`split_init_times`.  Reads coordinates and
+    the stores' bookkeeping only, no field.
+
+    Raises :class:`SplitError` when a split selects no sample; when the split's period holds
+    init times of the forecast store that lack their analysis (or a field), it says so.
+    """
+    from enspp.pipeline.align import align
+    from enspp.pipeline.features import channel_leads
+
+    leads = channel_leads(target_lead_time=features.target_lead_time,
+                          input_lead_times=features.input_lead_times,
+                          target_lead_times=features.target_lead_times)
+    alignments = tuple(
+        align(forecast, analysis, lead_time=np.timedelta64(h, "h").astype("timedelta64[ns]"),
+              input_lead_times=tuple(x for x in (np.timedelta64(g, "h") for g in leads)
+                                     if x != np.timedelta64(h, "h")),
+              variables=tuple(features.variables), targets=tuple(features.targets))
+        for h in features.target_leads)
+    max_lead = np.timedelta64(max(leads), "h").astype("timedelta64[ns]")
+    inits = forecast["init_time"].values
+    periods = resolve_periods(inits, config=split, max_lead=max_lead)
+    aligned = alignments[0].init_times
+    for a in alignments[1:]:
+        aligned = aligned[np.isin(aligned, a.init_times)]
+    try:
+        per_split = split_init_times(aligned, periods=periods, max_lead=max_lead,
+                                     gap_days=split.gap_days)
+    except SplitError as e:
+        if e.split is None:
+            raise
+        inside = period_init_times(inits, periods[e.split])
+        lacking = inside[~np.isin(inside, aligned)]
+        if not len(lacking):
+            raise
+        hours = ", ".join(str(h) for h in features.target_leads)
+        raise SplitError(
+            f"{e}; {len(lacking)} of the {len(inside)} forecast init times in the period "
+            f"({_span(lacking)}) have no analysis at their valid time (init + {hours} h) "
+            "or lack a field a sample needs", split=e.split) from None
+    return Samples(leads=leads, alignments=alignments, aligned=aligned, periods=periods,
+                   init_times=per_split)
 
 
 def period_init_times(init_times: np.ndarray, period: Period) -> np.ndarray:

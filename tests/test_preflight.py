@@ -286,3 +286,70 @@ def test_an_exact_fit_beyond_this_machines_memory_is_named(work, monkeypatch):
     assert not [m for m in report.problems + report.notes if m.startswith("model:")]
     monkeypatch.setattr(preflight, "_memory_bytes", lambda: 2 * need)
     assert not [m for m in check_config(cfg(name="mixed")).notes if m.startswith("model:")]
+
+
+def _analysis(work: Path, name: str, days: list[str]) -> str:
+    """An analysis store on the stores' grid holding the given days only (written once)."""
+    import pandas as pd
+    from predict_data import NX, NY
+
+    from enspp.data.store_writer import append
+    from enspp.pipeline.synthetic import analysis_dataset
+
+    path = work / "stores" / name
+    if not path.exists():
+        append(path, analysis_dataset(times=pd.DatetimeIndex(days), ny=NY, nx=NX, seed=3),
+               kind="analysis")
+    return f"stores/{name}"
+
+
+def test_a_split_whose_valid_times_the_analysis_lacks_is_the_error_train_stops_on(work, capsys):
+    """A split period holding init times whose valid times (init + 48 h) the analysis store
+    lacks selects no sample: validate names the split's key and why, with the message
+    ``enspp train`` stops on (the pipeline's own selection, on coordinates)."""
+    import pandas as pd
+
+    days = [str(d.date()) for d in pd.date_range("2019-01-01", "2019-01-18")
+            if str(d.date()) != "2019-01-13"]  # the valid time of val's one init time
+    stores = {"forecast": "stores/forecast.zarr", "static": "stores/static.nc",
+              "analysis": _analysis(work, "analysis_gap.zarr", days)}
+    path = config(work, "gap.yaml", pipeline={"stores": stores})
+    (line,) = check_config(load_config(path)).problems
+    assert line.startswith("pipeline.split.val: split 'val' (2019-01-11..2019-01-13) selects "
+                           "no data: ")
+    assert ("1 of the 3 forecast init times in the period (2019-01-11 00:00:00..2019-01-11 "
+            "00:00:00) have no analysis at their valid time (init + 48 h)") in line
+    assert main(["validate", str(path)]) == 1
+    capsys.readouterr()
+    assert main(["train", "--config", str(path)]) == 1
+    assert line.removeprefix("pipeline.split.val: ") in capsys.readouterr().err
+
+    # a fraction split (the paper's default here: test 2019-01-13..16) whose valid times
+    # lie past the analysis's last day
+    stores["analysis"] = _analysis(work, "analysis_short.zarr",
+                                   [str(d.date()) for d in pd.date_range("2019-01-01",
+                                                                         "2019-01-14")])
+    path = config(work, "short.yaml", pipeline={"stores": stores, "split": {}},
+                  evaluate={"split": None})
+    problems = [p for p in check_config(load_config(path)).problems
+                if p.startswith("pipeline.split")]
+    assert len(problems) == 1 and problems[0].startswith(
+        "pipeline.split.fractions: split 'test' (2019-01-13..2019-01-16) selects no data"), problems
+    # the stores' own analysis: every split selects samples
+    stores["analysis"] = "stores/analysis.zarr"
+    path = config(work, "full_analysis.yaml", pipeline={"stores": stores, "split": {}},
+                  evaluate={"split": None})
+    assert not [p for p in check_config(load_config(path)).problems if p.startswith("pipeline.split")]
+
+
+def test_fractions_that_leave_training_nothing_are_a_problem(tmp_path):
+    """Fractions of too few days of data: no training split at all (4 daily init times,
+    each split needing 2 more days for its 48 h valid times)."""
+    make_stores(tmp_path / "stores", n_init=4)
+    path = config(tmp_path, "few.yaml", pipeline={"split": {}}, evaluate={"split": None,
+                                                                         "cases": []})
+    problems = [p for p in check_config(load_config(path)).problems
+                if p.startswith("pipeline.split")]
+    assert problems == ["pipeline.split.fractions: cannot split 4 days of data into fractions "
+                        "(0.7894736842105263, 0.10526315789473684, 0.10526315789473684): "
+                        "nothing is left for training"], problems
