@@ -42,7 +42,7 @@ from enspp.evaluation.systems import (
     common_init_times,
     open_systems,
     open_truth,
-    recent_period,
+    recent_window,
     select_period,
     truth_at_valid_time,
     truth_values,
@@ -608,17 +608,16 @@ def _recent_period(config: EvaluateConfig, systems: dict[str, dict[str, SystemFi
     times whose valid times (at the evaluated lead times) the truth holds, for every variable."""
     if config.truth is None:
         raise EvaluateConfigError("evaluate.recent_days needs evaluate.truth")
-    truth = open_truth(config.truth, config.variables)
-    ends = []
+    times = {}
     for v in config.variables:
-        if v in systems[config.reference] and v in truth:
+        if v in systems[config.reference]:
             ref = select_period(systems[config.reference][v], None, config.lead_times).template
-            ends.append(recent_period(ref[INIT_TIME].values, ref[LEAD_TIME].values,
-                                      truth[v]["time"].values, days=config.recent_days))
-    if not ends:
+            times[v] = (ref[INIT_TIME].values, ref[LEAD_TIME].values)
+    period = recent_window(config.truth, times, days=config.recent_days)
+    if period is None:
         raise MissingReferenceError(f"evaluate.recent_days: the reference {config.reference!r} "
                                     f"and the truth share no variable of {config.variables}")
-    return min(ends, key=lambda p: p.end)
+    return period
 
 
 def _missing_init_times(config: EvaluateConfig, variable: str, fields: dict[str, SystemField],

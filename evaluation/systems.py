@@ -20,6 +20,7 @@ a valid time the analysis lacks, or a different grid, is an :class:`AlignmentErr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -248,6 +249,21 @@ def recent_period(init_times: np.ndarray, lead_times: np.ndarray, truth_times: n
     end = init[ok].max().astype("datetime64[D]")
     start = end - np.timedelta64(days - 1, "D")
     return Period(start=start.astype(object), end=end.astype(object))
+
+
+def recent_window(truth: Path, times: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
+                  days: int) -> Period | None:
+    """``evaluate.recent_days`` as a period: per variable of ``times`` (its init times and
+    the lead times evaluated), the last ``days`` init dates whose valid times the ``truth``
+    store holds (:func:`recent_period`); the earliest ending of them, so that every variable
+    is verified.  ``None`` when ``times`` names no variable.  What the evaluate flow scores
+    and what predict starts a new product with."""
+    if not times:
+        return None
+    fields = open_truth(Path(truth), list(times))
+    periods = [recent_period(init, leads, fields[v][TIME].values, days=days)
+               for v, (init, leads) in times.items()]
+    return min(periods, key=lambda p: p.end)
 
 
 def common_init_times(fields: list[SystemField]) -> np.ndarray:

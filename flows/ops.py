@@ -288,20 +288,18 @@ def _report_window(cfg: Any, have: Any) -> Any:
     ev = cfg.evaluate
     if ev is None or ev.recent_days is None:
         return np.array([latest])
-    from enspp.evaluation.systems import open_truth, recent_period
+    from enspp.evaluation.systems import recent_window
 
     truth = cfg.workdir.path(ev.truth) if ev.truth is not None else cfg.workdir.analysis
     hours = ev.lead_times or list(cfg.pipeline.features.target_leads)
     leads = np.asarray(hours, dtype="int64") * np.timedelta64(1, "h")
     try:
-        fields = open_truth(Path(truth), [v for v in ev.variables])
-        periods = [recent_period(have, leads, f["time"].values, days=ev.recent_days)
-                   for f in fields.values()]
+        period = recent_window(Path(truth), {v: (have, leads) for v in ev.variables},
+                               days=ev.recent_days)
     except (EnsppError, OSError, KeyError, ValueError):
-        periods = []  # no analyses yet: the evaluate flow says so; predict the latest
-    if not periods:
+        period = None  # no analyses yet: the evaluate flow says so; predict the latest
+    if period is None:
         return np.array([latest])
-    period = min(periods, key=lambda p: p.end)
     days = have.astype("datetime64[D]")
     keep = (days >= np.datetime64(period.start)) & (days <= np.datetime64(period.end))
     return np.union1d(have[keep], [latest])

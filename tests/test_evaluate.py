@@ -285,6 +285,31 @@ def test_recent_period_by_hand():
         recent_period(init, leads, truth[:1], days=2)
 
 
+def test_recent_window_is_the_earliest_ending_variables_period(tmp_path):
+    """The one window of ``evaluate.recent_days`` (the evaluate flow's, and the first
+    predict of a new version's): per variable the last days the truth verifies, the
+    earliest ending of them; no variable, no window."""
+    from enspp.evaluation.systems import recent_window
+
+    time = np.arange(np.datetime64("2021-01-01"), np.datetime64("2021-01-11"),
+                     np.timedelta64(1, "D")).astype("datetime64[ns]")
+    field = (("time", "latitude", "longitude"), np.ones((time.size, 2, 3), "float32"))
+    xr.Dataset({"t2m": field, "msl": field},
+               coords={"time": time, "latitude": [10.0, 0.0], "longitude": [0.0, 1.0, 2.0]}
+               ).to_zarr(tmp_path / "truth.zarr")
+    truth, leads = tmp_path / "truth.zarr", np.array([0, 48], dtype="timedelta64[h]")
+    p = recent_window(truth, {"msl": (time, leads[:1])}, days=2)
+    assert (str(p.start), str(p.end)) == ("2021-01-09", "2021-01-10")
+    # t2m verified at +48 h too ends two days earlier: the window every variable verifies
+    p = recent_window(truth, {"msl": (time, leads[:1]), "t2m": (time, leads)}, days=3)
+    assert (str(p.start), str(p.end)) == ("2021-01-06", "2021-01-08")
+    assert recent_window(truth, {}, days=3) is None
+    with pytest.raises(AlignmentError, match="no init time"):
+        recent_window(truth, {"t2m": (time + np.timedelta64(30, "D"), leads)}, days=3)
+    with pytest.raises(SystemDataError, match="z500"):
+        recent_window(truth, {"z500": (time, leads)}, days=3)
+
+
 # ------------------------------------------------------------------ CLI
 def test_cli_evaluate_and_combine(world, tmp_path):
     from enspp.flows.cli import main
