@@ -25,9 +25,14 @@ needs thousands of steps there and early stopping ends it long before the minimu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -260,6 +265,12 @@ class EMOSFitResult:
     iterations: int
     #: no group's CRPS fell by more than ``tol`` (relative) over the last iterations
     converged: bool
+    #: valid training cases
+    cases: int = 0
+    #: ranges of groups fitted one after another (1: every case in memory at once)
+    ranges: int = 1
+    #: bytes of cases written to the spill folder (0: none)
+    spilled_bytes: int = 0
 
 
 def emos_chunk(model: _EMOS, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -277,9 +288,10 @@ def emos_chunk(model: _EMOS, batch: Mapping[str, torch.Tensor]) -> dict[str, tor
 
 
 def fit_emos(model: _EMOS, chunks: Iterable[Mapping[str, torch.Tensor]], *, max_iter: int = 100,
-             tol: float = 1e-8) -> EMOSFitResult:
+             tol: float = 1e-8, memory: int | None = None,
+             spill_dir: str | os.PathLike[str] | None = None) -> EMOSFitResult:
     """Fit ``model`` in place to the minimum of its mean closed-form CRPS over ``chunks``
-    (:func:`emos_chunk` of every training batch; they are held, so each batch is read once).
+    (:func:`emos_chunk` of every training batch, consumed once, one at a time).
 
     Every parameter group (a target, or a target at one grid point or station) is an
     independent problem of ``P`` parameters (4; 8 with ``season="doy"``; plus one per static
@@ -291,55 +303,245 @@ def fit_emos(model: _EMOS, chunks: Iterable[Mapping[str, torch.Tensor]], *, max_
     otherwise). It stops when no group's CRPS fell by more than ``tol`` (relative) over the
     last ``_WINDOW`` iterations. float64 throughout; the model keeps its dtype. The learned
     floor (``sigma_floor``) stays at its ~1e-7 init: it duplicates ``gamma``.
+
+    The valid cases are held compactly (:data:`CASE_BYTES` each, the group's constants in
+    tables), in memory up to ``memory`` bytes (default :func:`fit_memory`). Beyond that they
+    are spilled to files in ``spill_dir`` (a temporary folder by default; removed afterwards)
+    by contiguous ranges of groups, and the ranges are fitted one after another, each with
+    its cases in memory: the groups are independent, so the result is the same (a single
+    group larger than ``memory``, e.g. a global EMOS, is still read whole).
     """
     if not isinstance(model, _EMOS):
         raise EMOSFitError(f"fit_emos fits an EMOS model, got {type(model).__name__}")
     dtype = next(model.parameters()).dtype
-    raw = list(chunks)
-    if not raw:
-        raise EMOSFitError("fit_emos: no training data (no chunks)")
     model.double()
     try:
-        prepared = [_prepare(model, c) for c in raw]
-        return _fit(model, prepared, max_iter=max_iter, tol=tol)
+        with _CaseStore(model, memory=fit_memory() if memory is None else memory,
+                        spill_dir=spill_dir) as store:
+            for c in chunks:
+                store.add(c)
+            if store.n_chunks == 0:
+                raise EMOSFitError("fit_emos: no training data (no chunks)")
+            if store.n_cases == 0:
+                raise EMOSFitError("fit_emos: the training data hold no valid (finite) target")
+            rows = _Rows(model)
+            theta = _theta(model)
+            loss = start = 0.0
+            iterations, converged, runs = 0, True, 0
+            for lo, hi, cases in store.ranges():
+                fitted, r = _fit(theta[lo:hi], rows, cases, max_iter=max_iter, tol=tol)
+                theta[lo:hi] = fitted
+                loss, start = loss + r.loss, start + r.start_loss
+                iterations, converged = max(iterations, r.iterations), converged and r.converged
+                runs += 1
+            model.set_group_matrix(theta.to(model.params.dtype))
+            return EMOSFitResult(loss=loss / store.n_cases, start_loss=start / store.n_cases,
+                                 iterations=iterations, converged=converged, cases=store.n_cases,
+                                 ranges=runs, spilled_bytes=store.spilled_bytes)
     finally:
         model.to(dtype)
 
 
-def _prepare(model: _EMOS, c: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The chunk's valid cases (finite target, mean and spread) as flat float64 arrays of
-    everything the fit reads: group ``g``, raw mean ``m``, floored raw variance ``s2``, target
-    ``y``, the mean's regressors ``X`` ``[N, Q]`` (:meth:`_EMOS.design`), the log-spread's
-    ``D`` ``[N, 1 or 3]`` (2 for ``delta``; ``sin``/``cos`` with ``season="doy"``), the
-    target's std ``ts`` and the learned floor ``floor`` (fixed during the fit)."""
+def fit_memory() -> int:
+    """The exact fit's default memory for its cases: a quarter of this machine's memory
+    (1 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2**30
+
+
+#: bytes one valid training case takes in the exact fit (its group, raw mean, floored raw
+#: variance and target as float64), plus 8 per static feature the model reads
+CASE_BYTES = 32
+#: contiguous ranges of groups the cases are spilled by when they exceed the fit's memory
+SPILL_RANGES = 256
+#: cases the fit's loops expand to float64 at a time when reading spilled ranges
+PIECE_CASES = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which columns of a compact case's static features (``z``) the model reads where: the
+    day-of-year ``sin``/``cos`` (``season="doy"``) and ``emos_lagged``'s features."""
+
+    static: tuple[int, ...]   # the columns of the batch's ``static`` kept in ``z``
+    season: tuple[int, ...]   # positions of sin_doy, cos_doy in ``z``
+    lagged: tuple[int, ...]   # positions of emos_lagged's features in ``z``
+
+    @classmethod
+    def of(cls, model: _EMOS) -> _Layout:
+        if isinstance(model, LaggedEMOS):
+            every = tuple(range(len(model.spec.static_names)))
+            return cls(static=every, season=model.season_index, lagged=every)
+        return cls(static=model.season_index, season=tuple(range(len(model.season_index))), lagged=())
+
+
+def _compact(model: _EMOS, c: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk's valid cases (finite target, mean and spread) as rows ``[N, 4 + E]`` of
+    float64: group, raw mean ``m``, floored raw variance ``s2``, target ``y`` and the ``E``
+    static features the model reads (:class:`_Layout`); and the per-case values of the
+    group's constants ``[3, N]``: target std ``ts``, learned floor ``floor`` and the target
+    mean the slope's regressor subtracts ``tm``."""
     missing = [k for k in CHUNK_KEYS if k not in c]
     if missing:
         raise EMOSFitError(f"fit_emos: a chunk lacks {missing} (build chunks with emos_chunk)")
-    c = dict(c)
     m, s, y = (c[k].double() for k in ("m", "s", "target"))
-    if "static" in c:
-        c["static"] = c["static"].double()
     keep = torch.isfinite(y) & torch.isfinite(m) & torch.isfinite(s)
-    zero = torch.zeros((), dtype=torch.float64)
-    m, s, y = (torch.where(keep, x, zero) for x in (m, s, y))
+    layout = _Layout.of(model)
     with torch.no_grad():
         std = model._tstd()
         groups = model.group_index(c, *m.shape[-2:]).expand_as(m)
-        x = model.design(c, m)
-        d = [torch.full_like(m, 2.0)]
-        if model.season_index:
-            d += list(model._season(c, torch.float64))
+        tm = model._target_mean(c, *m.shape[-2:]).to(torch.float64)
         floor = F.softplus(model.sigma_floor)[None, :, None, None] * std
-        return {"g": groups[keep], "m": m[keep], "y": y[keep],
-                "s2": torch.maximum(s, model.options["sigma_eps"] * std).square()[keep],
-                "X": torch.stack([_cases(t, keep) for t in x], 1),
-                "D": torch.stack([_cases(t, keep) for t in d], 1),
-                "ts": _cases(std, keep), "floor": _cases(floor, keep)}
+        cols = [groups[keep].double(), m[keep],
+                torch.maximum(s, model.options["sigma_eps"] * std).square()[keep], y[keep]]
+        if layout.static:
+            st = c["static"].double()
+            cols += [_cases(st[:, j:j + 1], keep) for j in layout.static]
+        consts = torch.stack([_cases(std, keep), _cases(floor, keep), _cases(tm, keep)])
+    return torch.stack(cols, 1), consts
+
+
+def _expand(rows: torch.Tensor, tables: torch.Tensor, layout: _Layout, lo: int = 0) -> dict[str, torch.Tensor]:
+    """Compact cases (:func:`_compact`) as the float64 arrays the fit's loops read: group
+    ``g`` (relative to ``lo``), ``m``, ``s2``, ``y``, the mean's regressors ``X`` ``[N, Q]``
+    (:meth:`_EMOS.design`), the log-spread's ``D`` ``[N, 1 or 3]`` (2 for ``delta``;
+    ``sin``/``cos`` with ``season="doy"``), the target's std ``ts`` and the learned floor
+    ``floor`` (fixed during the fit); ``tables`` ``[3, G]`` holds each group's ``ts``,
+    ``floor`` and ``tm``."""
+    g = rows[:, 0].long()
+    m, z = rows[:, 1], rows[:, 4:]
+    ts, floor, tm = tables[:, g]
+    x = [ts, m - tm] + [ts * z[:, j] for j in layout.season] + [ts * z[:, j] for j in layout.lagged]
+    d = [torch.full_like(m, 2.0)] + [z[:, j] for j in layout.season]
+    return {"g": g - lo, "m": m, "s2": rows[:, 2], "y": rows[:, 3], "X": torch.stack(x, 1),
+            "D": torch.stack(d, 1), "ts": ts, "floor": floor}
+
+
+def _prepare(model: _EMOS, c: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The chunk's valid cases as the fit reads them (:func:`_compact`, :func:`_expand`)."""
+    rows, consts = _compact(model, c)
+    tables = torch.full((3, model.n_groups), math.nan, dtype=torch.float64)
+    tables[:, rows[:, 0].long()] = consts
+    return _expand(rows, tables, _Layout.of(model))
 
 
 def _cases(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The valid cases of ``t`` broadcast to the chunk's ``[B, T, H, W]``, flat."""
     return t.expand_as(keep)[keep]
+
+
+class _Cases:
+    """The compact cases of the groups ``lo .. lo + n`` as pieces; iterating expands one
+    piece at a time (:func:`_expand`), group ids relative to ``lo``."""
+
+    def __init__(self, pieces: list[torch.Tensor], tables: torch.Tensor, layout: _Layout, lo: int) -> None:
+        self.pieces, self.tables, self.layout, self.lo = pieces, tables, layout, lo
+
+    def __iter__(self):
+        for p in self.pieces:
+            yield _expand(p, self.tables, self.layout, self.lo)
+
+    def counts(self, n_g: int) -> torch.Tensor:
+        out = torch.zeros(n_g, dtype=torch.float64)
+        for p in self.pieces:
+            out += torch.bincount(p[:, 0].long() - self.lo, minlength=n_g)[:n_g].double()
+        return out
+
+    def select(self, groups: torch.Tensor) -> _Cases:
+        """The cases of the groups where ``groups`` (relative) is true."""
+        pieces = [p[groups[p[:, 0].long() - self.lo]] for p in self.pieces]
+        return _Cases([p for p in pieces if p.shape[0]], self.tables, self.layout, self.lo)
+
+
+class _CaseStore:
+    """The valid training cases of an exact fit, compact (:func:`_compact`): in memory up to
+    ``memory`` bytes; beyond, in files of a temporary folder under ``spill_dir``, one per
+    contiguous range of groups (:data:`SPILL_RANGES`), read back a few ranges at a time
+    (:meth:`ranges`). The folder is removed on exit, whatever happened."""
+
+    def __init__(self, model: _EMOS, *, memory: int, spill_dir: str | os.PathLike[str] | None) -> None:
+        self.layout = _Layout.of(model)
+        self.n_groups = model.n_groups
+        self.model, self.memory, self.spill_dir = model, max(int(memory), 1), spill_dir
+        self.tables = torch.full((3, self.n_groups), math.nan, dtype=torch.float64)
+        self.n_cols = 4 + len(self.layout.static)
+        self.n_ranges = min(self.n_groups, SPILL_RANGES)
+        self.width = -(-self.n_groups // self.n_ranges)
+        self.pieces: list[torch.Tensor] = []
+        self.n_chunks = self.n_cases = self.held = self.spilled_bytes = 0
+        self.folder: str | None = None
+        self.files: list[Any] = []
+        self.sizes = [0] * self.n_ranges
+
+    def __enter__(self) -> _CaseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self.files:
+            f.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def add(self, c: Mapping[str, torch.Tensor]) -> None:
+        rows, consts = _compact(self.model, c)
+        self.n_chunks += 1
+        if rows.shape[0] == 0:
+            return
+        self.tables[:, rows[:, 0].long()] = consts
+        self.n_cases += rows.shape[0]
+        if not self.files and self.held + rows.numel() * 8 > self.memory and self.n_ranges > 1:
+            self._spill()
+        if self.files:
+            self._write(rows)
+        else:
+            self.pieces.append(rows)
+            self.held += rows.numel() * 8
+
+    def _spill(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="enspp-exact-fit-", dir=self.spill_dir)
+        self.files = [open(os.path.join(self.folder, f"{i:03d}.f64"), "wb") for i in range(self.n_ranges)]
+        for p in self.pieces:
+            self._write(p)
+        self.pieces, self.held = [], 0
+
+    def _write(self, rows: torch.Tensor) -> None:
+        which = rows[:, 0].long() // self.width
+        order = torch.argsort(which, stable=True)
+        rows = rows[order].contiguous().numpy()
+        counts = torch.bincount(which, minlength=self.n_ranges).tolist()
+        start = 0
+        for i, n in enumerate(counts):
+            if n:
+                self.files[i].write(rows[start:start + n].tobytes())
+                self.sizes[i] += n
+                start += n
+        self.spilled_bytes += rows.nbytes
+
+    def ranges(self) -> Iterator[tuple[int, int, _Cases]]:
+        """``(lo, hi, cases)`` for consecutive ranges of groups whose cases fit in memory
+        together (all the groups at once when nothing was spilled)."""
+        if not self.files:
+            yield 0, self.n_groups, _Cases(self.pieces, self.tables, self.layout, 0)
+            return
+        for f in self.files:
+            f.close()
+        row = self.n_cols * 8
+        i = 0
+        while i < self.n_ranges:
+            j, size = i + 1, self.sizes[i] * row
+            while j < self.n_ranges and size + self.sizes[j] * row <= self.memory:
+                size += self.sizes[j] * row
+                j += 1
+            pieces = []
+            for k in range(i, j):
+                if self.sizes[k]:
+                    data = np.fromfile(os.path.join(self.folder, f"{k:03d}.f64"), dtype="<f8")
+                    pieces += list(torch.from_numpy(data.reshape(-1, self.n_cols)).split(PIECE_CASES))
+            lo, hi = i * self.width, min(j * self.width, self.n_groups)
+            yield lo, hi, _Cases(pieces, self.tables, self.layout, lo)
+            i = j
 
 
 class _Rows:
@@ -370,7 +572,7 @@ def _crps(rows: _Rows, u: torch.Tensor, v: torch.Tensor, y: torch.Tensor) -> tor
     return distribution_crps({keys[0]: u, keys[1]: v}, y, distribution=rows.distribution)
 
 
-def _losses(rows: _Rows, theta: torch.Tensor, chunks: list[dict[str, torch.Tensor]], n_g: int) -> torch.Tensor:
+def _losses(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, torch.Tensor]], n_g: int) -> torch.Tensor:
     """Summed normalised CRPS per group, ``[G]``."""
     total = torch.zeros(n_g, dtype=torch.float64)
     for c in chunks:
@@ -379,7 +581,7 @@ def _losses(rows: _Rows, theta: torch.Tensor, chunks: list[dict[str, torch.Tenso
     return total
 
 
-def _derivatives(rows: _Rows, theta: torch.Tensor, chunks: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _derivatives(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group gradient ``[G, P]`` and Hessian ``[G, P, P]`` of the summed normalised CRPS
     (the groups are independent, so the Hessian of the total is block diagonal).
 
@@ -452,13 +654,13 @@ def _theta(model: _EMOS) -> torch.Tensor:
     return model.group_matrix([p.detach() for p in model.fit_parameters()]).clone().double()
 
 
-def _closed_form_start(model: _EMOS, rows: _Rows, chunks: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+def _closed_form_start(theta0: torch.Tensor, rows: _Rows, chunks: Iterable[dict[str, torch.Tensor]]) -> torch.Tensor:
     """Least-squares start ``[G, P]``: the mean's parameters by (ridge-stabilised) least
     squares of ``y - m`` on :meth:`_EMOS.design` per group; then ``E[r^2] = c^2 s^2 + d^2`` by
     least squares of the squared residuals on ``s^2``, each term kept at >= 5 % of the mean
     squared residual (``delta = log c``, ``gamma = softplus^-1(d^2 / std^2)``); the seasonal
     log-spread terms start at 0."""
-    n_g, q = model.n_groups, len(rows.mean)
+    n_g, q = theta0.shape[0], len(rows.mean)
     xtx = torch.zeros(n_g, q * q, dtype=torch.float64)
     xty = torch.zeros(n_g, q, dtype=torch.float64)
     for c in chunks:
@@ -468,7 +670,7 @@ def _closed_form_start(model: _EMOS, rows: _Rows, chunks: list[dict[str, torch.T
     xtx = xtx.reshape(n_g, q, q)
     ridge = 1e-9 * torch.diagonal(xtx, dim1=1, dim2=2).mean(dim=1) + 1e-12
     coef = torch.linalg.solve(xtx + ridge[:, None, None] * torch.eye(q, dtype=torch.float64), xty[..., None])[..., 0]
-    theta = _theta(model)
+    theta = theta0.clone()
     theta[:, rows.mean] = coef
     sums = torch.zeros(n_g, 6, dtype=torch.float64)  # n, s2, s4, r2, r2 s2, std^2
     for c in chunks:
@@ -491,31 +693,33 @@ def _closed_form_start(model: _EMOS, rows: _Rows, chunks: list[dict[str, torch.T
     return theta
 
 
-def _select(c: dict[str, torch.Tensor], groups: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The cases of ``c`` in the groups where ``groups`` is true."""
-    keep = groups[c["g"]]
-    return {k: v[keep] for k, v in c.items()}
+class _RangeFit(NamedTuple):
+    """How the fit of one range of groups ended: summed normalised CRPS, at the start too."""
+
+    loss: float
+    start_loss: float
+    iterations: int
+    converged: bool
 
 
-def _fit(model: _EMOS, chunks: list[dict[str, torch.Tensor]], *, max_iter: int, tol: float) -> EMOSFitResult:
-    n_g = model.n_groups
-    counts = torch.zeros(n_g, dtype=torch.float64)
-    for c in chunks:
-        counts.index_add_(0, c["g"], torch.ones_like(c["y"]))
-    total_n = float(counts.sum())
-    if total_n == 0:
-        raise EMOSFitError("fit_emos: the training data hold no valid (finite) target")
+def _fit(theta0: torch.Tensor, rows: _Rows, cases: _Cases, *, max_iter: int,
+         tol: float) -> tuple[torch.Tensor, _RangeFit]:
+    """The damped Newton fit (:func:`fit_emos`) of the groups of ``theta0`` ``[G, P]`` (their
+    start) on ``cases``; groups without a case keep their start."""
+    n_g = theta0.shape[0]
+    counts = cases.counts(n_g)
     active = counts > 0
-    rows = _Rows(model)
-    theta = _closed_form_start(model, rows, chunks)
-    loss = _losses(rows, theta, chunks, n_g)
-    start = float(loss.sum()) / total_n
+    if not bool(active.any()):
+        return theta0, _RangeFit(0.0, 0.0, 0, True)
+    theta = _closed_form_start(theta0, rows, cases)
+    loss = _losses(rows, theta, cases, n_g)
+    start = float(loss.sum())
     lam = torch.full((n_g,), 1e-4, dtype=torch.float64)
     n_kept = int(active.sum())
     history = [loss]
     converged, it = False, 0
     for it in range(1, max_iter + 1):
-        grad, hess = _derivatives(rows, theta, chunks)
+        grad, hess = _derivatives(rows, theta, cases)
         diag = torch.diagonal(hess, dim1=1, dim2=2).abs()
         diag = diag + 1e-9 * diag.amax(dim=1, keepdim=True) + 1e-300
         step = torch.zeros_like(theta)
@@ -533,13 +737,13 @@ def _fit(model: _EMOS, chunks: list[dict[str, torch.Tensor]], *, max_iter: int, 
                 break
         # the decrease the damped quadratic model predicts for the step
         pred = -(grad * step).sum(1) - 0.5 * torch.einsum("gi,gij,gj->g", step, hess, step)
-        new = _losses(rows, theta + step, chunks, n_g)
+        new = _losses(rows, theta + step, cases, n_g)
         better = active & torch.isfinite(new) & (new <= loss)
         theta = torch.where(better[:, None], theta + step, theta)
         loss = torch.where(better, new, loss)
         lam = torch.where(better, (lam / 3.0).clamp(min=1e-12), lam * 4.0)
         if _DEBUG:
-            print(it, float(loss.sum()) / total_n, int((~better[active]).sum()), int(active.sum()))
+            print(it, float(loss.sum()) / float(counts.sum()), int((~better[active]).sum()), int(active.sum()))
         history.append(loss)
         # a group is done (and left as it is) when its CRPS fell by no more than tol
         # (relative) over the last _WINDOW iterations and the quadratic model predicts no
@@ -551,20 +755,20 @@ def _fit(model: _EMOS, chunks: list[dict[str, torch.Tensor]], *, max_iter: int, 
                 converged = True
                 break
             if int(active.sum()) < 0.5 * n_kept:  # drop the finished groups' cases
-                chunks = [_select(c, active) for c in chunks]
+                cases = cases.select(active)
                 n_kept = int(active.sum())
-    model.set_group_matrix(theta.to(model.params.dtype))
-    return EMOSFitResult(loss=float(loss.sum()) / total_n, start_loss=start, iterations=it,
-                         converged=converged)
+    return theta, _RangeFit(float(loss.sum()), start, it, converged)
 
 
 def fit_anchor(model: PostProcessor, batches: Iterable[Mapping[str, torch.Tensor]], *,
-               max_iter: int = 100, tol: float = 1e-8) -> EMOSFitResult | None:
+               max_iter: int = 100, tol: float = 1e-8, memory: int | None = None,
+               spill_dir: str | os.PathLike[str] | None = None) -> EMOSFitResult | None:
     """Fit a network's anchor EMOS (``model.anchor``, see :class:`~models.base.PostProcessor`)
-    exactly on ``batches`` (the training data); ``None`` when the network has no anchor
-    (``anchor="raw"``) or ``model`` is not a network. Afterwards the untrained network's output
-    is that EMOS's."""
+    exactly on ``batches`` (the training data; :func:`fit_emos`); ``None`` when the network
+    has no anchor (``anchor="raw"``) or ``model`` is not a network. Afterwards the untrained
+    network's output is that EMOS's."""
     anchor = getattr(model, "anchor", None)
     if anchor is None:
         return None
-    return fit_emos(anchor, [emos_chunk(anchor, b) for b in batches], max_iter=max_iter, tol=tol)
+    return fit_emos(anchor, (emos_chunk(anchor, b) for b in batches), max_iter=max_iter, tol=tol,
+                    memory=memory, spill_dir=spill_dir)

@@ -352,7 +352,7 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     if train_config.seeds > 1 or train_config.refit:
         return _train_selected(data, spec, metadata, train_config, run_dir=run_dir)
     net = build_model(spec)
-    exact = _fit_exact(net, data) if resume is None else None
+    exact = _fit_exact(net, data, spill_dir=run_dir) if resume is None else None
     module = PostProcessingModule(net, train_config=train_config, metadata=metadata)
     monitor = monitor_name(spec.distribution)
     raw_name = f"val/crps_raw_{train_config.ensemble_estimator}"
@@ -459,7 +459,7 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
                                 min_delta=train_config.early_stopping_min_delta)
     module = PostProcessingModule(_fresh_model(spec, train_config), train_config=train_config,
                                   metadata=metadata, per_target_logs=False)
-    if _fit_exact(module.model, data) is not None:  # epoch 0, the anchor EMOS, is a candidate
+    if _fit_exact(module.model, data, spill_dir=run_dir) is not None:  # epoch 0, the anchor EMOS, is a candidate
         selection.start_from(module.model, _member_scores(module.model, data))
     trainer = _selection_trainer(train_config, run_dir=run_dir, callbacks=[selection],
                                  max_epochs=train_config.max_epochs, validate=True)
@@ -488,7 +488,7 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
                                          metadata=dataclasses.replace(metadata, training={
                                              **training, "refit": True, "fit_splits": list(data.fit_splits)}),
                                          per_target_logs=False)
-            _fit_exact(refit.model, data)  # the anchor on training + validation
+            _fit_exact(refit.model, data, spill_dir=run_dir)  # the anchor on training + validation
             snaps.snapshot_initial(refit.model)
             final = ckpt_dir / "refit.ckpt"
             if max(selection.best_epoch) > 0:
@@ -524,16 +524,17 @@ def _train_selected(data: Any, spec: Any, metadata: CheckpointMetadata, train_co
         selection_checkpoint=best, best_epochs=tuple(selection.best_epoch))
 
 
-def _fit_exact(net: Any, data: Any) -> Any:
+def _fit_exact(net: Any, data: Any, *, spill_dir: Path) -> Any:
     """Fit the anchor EMOS of a network (or of each member of a seed ensemble) exactly on one
-    pass over the training batches (:func:`models.emos.fit_anchor`); the fit's
+    pass over the training batches (:func:`models.emos.fit_anchor`; cases beyond its memory
+    are spilled to a temporary folder under ``spill_dir``, the run's); the fit's
     :class:`~models.emos.EMOSFitResult`, or ``None`` for a network without an anchor."""
     from enspp.models.emos import fit_anchor
     from enspp.models.selection import members_of
 
     t0 = time.perf_counter()
     members = members_of(net)
-    result = fit_anchor(members[0], _exact_fit_batches(data))
+    result = fit_anchor(members[0], _exact_fit_batches(data), spill_dir=spill_dir)
     if result is None:
         return None
     for m in members[1:]:  # the same fit for every member
@@ -573,8 +574,11 @@ def _exact_fit_batches(data: Any) -> Any:
 
 
 def _fit_words(result: Any) -> str:
+    spilled = getattr(result, "spilled_bytes", 0)
     return (f"train CRPS (normalised) {result.loss:.4g} (closed-form start {result.start_loss:.4g}), "
-            f"{result.iterations} Newton iterations" + ("" if result.converged else " (iteration limit)"))
+            f"{result.iterations} Newton iterations" + ("" if result.converged else " (iteration limit)")
+            + (f"; {result.cases} cases beyond its memory, spilled to disk ({spilled / 2**20:.0f} MiB) "
+               f"and fitted in {result.ranges} ranges of groups" if spilled else ""))
 
 
 def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_config: TrainConfig,
@@ -589,7 +593,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
     t0 = time.perf_counter()
     ckpt_dir = run_dir / CHECKPOINT_DIR
     model = build_model(spec)
-    result = fit_emos(model, [emos_chunk(model, b) for b in _exact_fit_batches(data)])
+    result = fit_emos(model, (emos_chunk(model, b) for b in _exact_fit_batches(data)), spill_dir=run_dir)
     module = PostProcessingModule(model, train_config=train_config, metadata=metadata)
     module.train_loss = result.loss
     monitor = monitor_name(spec.distribution)
@@ -606,7 +610,8 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
     if train_config.refit:
         data.train_on(("train", "val"))
         try:
-            result = fit_emos(model, [emos_chunk(model, b) for b in _exact_fit_batches(data)])
+            result = fit_emos(model, (emos_chunk(model, b) for b in _exact_fit_batches(data)),
+                              spill_dir=run_dir)
         finally:
             data.train_on(("train",))
         module.train_loss = result.loss

@@ -304,3 +304,84 @@ def test_frankfurt_censored_emos_is_the_reference_minimum() -> None:
     fit_emos(model, [emos_chunk(model, batch)])
     ref = reference_fit(members.mean(1), members.std(1, ddof=1), y, distribution="censored_logistic")
     assert fitted_crps(model, batch) <= ref * (1 + 1e-4), (fitted_crps(model, batch), ref)
+
+
+def _many_stations(n_stations: int = 600, per: int = 40, seed: int = 8):
+    """Stations with their own bias, spread error and seasonal bias, in shuffled order."""
+    r = np.random.default_rng(seed)
+    n = n_stations * per
+    station = np.repeat(np.arange(n_stations), per)
+    doy = r.uniform(0, 2 * np.pi, n)
+    z = 10 + 5 * r.standard_normal(n)
+    y = z + r.standard_normal(n)
+    bias = r.normal(0, 3, n_stations)[station] + np.sin(doy)
+    members = (z + bias)[:, None] + r.uniform(0.3, 2, n_stations)[station][:, None] * r.standard_normal((n, 8))
+    static = np.stack([np.sin(doy), np.cos(doy)], 1).astype(np.float32)
+    order = r.permutation(n)
+    return members[order].astype(np.float32), y[order].astype(np.float32), station[order], static[order]
+
+
+def test_cases_beyond_memory_are_spilled_and_the_fit_is_the_same(tmp_path) -> None:
+    """Past its memory the fit writes the compact cases to files by ranges of groups and fits
+    the ranges one after another: the same parameters as the fit in memory, the files'
+    size is CASE_BYTES (+8 per static feature) per case, and the folder is gone afterwards."""
+    from enspp.models.emos import CASE_BYTES
+
+    members, y, station, static = _many_stations()
+    spec = point_spec("emos_local", members, y, n_stations=600, static_names=("sin_doy", "cos_doy"),
+                      options={"season": "doy"})
+    batch = point_batch(members, y, station=station, static=static)
+    parts = torch.arange(len(y)).split(5000)
+
+    def chunks(model):
+        return (emos_chunk(model, {k: v[i] for k, v in batch.items()}) for i in parts)
+
+    held, spilled = build_model(spec), build_model(spec)
+    a = fit_emos(held, chunks(held))
+    b = fit_emos(spilled, chunks(spilled), memory=200_000, spill_dir=tmp_path)
+    assert a.ranges == 1 and a.spilled_bytes == 0 and a.cases == len(y)
+    assert b.ranges > 5 and b.spilled_bytes == len(y) * (CASE_BYTES + 2 * 8)
+    assert a.converged and b.converged
+    torch.testing.assert_close(spilled.params, held.params, rtol=1e-9, atol=1e-12)
+    assert b.loss == pytest.approx(a.loss, rel=1e-12)
+    assert b.start_loss == pytest.approx(a.start_loss, rel=1e-12)
+    assert list(tmp_path.iterdir()) == []
+    # the fit is each station's own: station 7 alone, in memory
+    sel = station == 7
+    alone = build_model(spec)
+    fit_emos(alone, [emos_chunk(alone, point_batch(members[sel], y[sel], station=station[sel],
+                                                   static=static[sel]))])
+    torch.testing.assert_close(spilled.params[:, :, 7], alone.params[:, :, 7], rtol=1e-7, atol=1e-9)
+
+
+def test_one_group_cannot_be_split_so_it_stays_in_memory(tmp_path) -> None:
+    """A global EMOS is one group per target: a memory below its cases changes nothing."""
+    members, y = biased_members(12, n=400)
+    spec = point_spec("emos_global", members, y)
+    a, b = build_model(spec), build_model(spec)
+    fit_emos(a, [emos_chunk(a, point_batch(members, y))])
+    r = fit_emos(b, [emos_chunk(b, point_batch(members, y))], memory=1000, spill_dir=tmp_path)
+    assert r.ranges == 1 and r.spilled_bytes == 0
+    torch.testing.assert_close(b.params, a.params, rtol=0, atol=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_spill_folder_is_removed_when_the_fit_is_interrupted(tmp_path) -> None:
+    members, y, station, static = _many_stations(n_stations=300, per=20)
+    spec = point_spec("emos_local", members, y, n_stations=300)
+    model = build_model(spec)
+    batch = point_batch(members, y, station=station)
+    seen = []
+
+    def chunks():
+        for i in torch.arange(len(y)).split(1000):
+            yield emos_chunk(model, {k: v[i] for k, v in batch.items()})
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        raise KeyboardInterrupt
+
+    init = model.params.detach().clone()
+    with pytest.raises(KeyboardInterrupt):
+        fit_emos(model, chunks(), memory=10_000, spill_dir=tmp_path)
+    assert any(seen), "the cases were never spilled"
+    assert list(tmp_path.iterdir()) == []
+    torch.testing.assert_close(model.params, init, rtol=0, atol=0)
