@@ -41,8 +41,9 @@ class Preflight:
 
 #: networks with an anchor EMOS (``model.options.anchor``, default ``emos_local``)
 NETWORKS = ("mlp", "unet", "mixed")
-#: bytes of one training case in the exact EMOS fit (flat float64 arrays of its terms)
-EMOS_CASE_BYTES = 100
+#: bytes of one training case in the exact EMOS fit (``models.emos.CASE_BYTES``, not imported:
+#: validate stays free of torch), plus 16 for the day-of-year features of a seasonal fit
+EMOS_CASE_BYTES = 32
 
 
 def _memory_bytes() -> int | None:
@@ -228,13 +229,23 @@ class _Checker:
             self.exact_fit_memory(fc, t)
 
     def exact_fit_memory(self, fc: Any, times: np.ndarray) -> None:
-        """The exact EMOS fit (an EMOS model, or a network's anchor) holds every training
-        case in memory (:func:`models.emos.fit_emos`, about :data:`EMOS_CASE_BYTES` each): a
-        problem beyond this machine's memory, a note beyond half of it."""
+        """The exact EMOS fit (an EMOS model, or a network's anchor) holds its training cases
+        (:func:`models.emos.fit_emos`, :data:`EMOS_CASE_BYTES` each) in memory up to a quarter
+        of this machine's, and spills the rest to the run's folder by ranges of grid points,
+        fitting one range at a time. A global EMOS is one parameter group per target and lead,
+        whose cases cannot be split: a problem beyond this machine's memory. Spilled cases
+        beyond the work directory's free disk are a problem; a spill at all, a note."""
+        import shutil
+
         model = self.cfg.model
-        anchor = (model.name if model.name.startswith("emos") else
-                  (model.options or {}).get("anchor", "emos_local"))
-        if anchor == "raw" or model.name not in NETWORKS and not model.name.startswith("emos"):
+        options = model.options or {}
+        if model.name.startswith("emos"):
+            fit, season = model.name, options.get("season", "none")
+        elif model.name in NETWORKS:
+            fit, season = options.get("anchor", "emos_local"), options.get("anchor_season", "none")
+        else:
+            return
+        if fit == "raw":
             return
         split, feats = self.cfg.pipeline.split, self.cfg.pipeline.features
         if split.train is not None:
@@ -245,17 +256,40 @@ class _Checker:
             n_train = int(round(len(times) * split.fractions[0]))
         points = int(np.prod([fc.sizes[d] for d in ("latitude", "longitude", "station")
                               if d in fc.sizes]))
-        need = n_train * points * len(feats.targets) * len(feats.target_leads) * EMOS_CASE_BYTES
-        have = _memory_bytes()
-        if have is None or need <= have / 2:
+        per_case = EMOS_CASE_BYTES + (16 if season == "doy" else 0)
+        groups = len(feats.targets) * len(feats.target_leads)
+        need = n_train * points * groups * per_case
+        what = f"the {fit} anchor of {model.name}" if fit != model.name else model.name
+        cases = f"{n_train} training init times x {points} points"
+        if fit != "emos_local":  # one group per target and lead: held whole
+            have = _memory_bytes()
+            if have is not None and need / groups > have / 2:
+                text = (f"model: the exact fit of {what} holds all of a target's training cases "
+                        f"in memory: about {need / groups / 2**30:.1f} GiB for {cases} (this "
+                        f"machine has {have / 2**30:.0f} GiB); "
+                        + ("set model.options.anchor: raw or emos_local, or " if fit != model.name
+                           else "use emos_local, or ")
+                        + "train on fewer init times or points")
+                (self.out.problems if need / groups > have else self.out.notes).append(text)
             return
-        what = f"the {anchor} anchor of {model.name}" if anchor != model.name else model.name
-        text = (f"model: the exact fit of {what} holds every training case in memory: about "
-                f"{need / 2**30:.0f} GiB for {n_train} training init times x {points} points "
-                f"(this machine has {have / 2**30:.0f} GiB); "
-                + ("set model.options.anchor: raw, or " if anchor != model.name else "")
-                + "train on fewer init times or points")
-        (self.out.problems if need > have else self.out.notes).append(text)
+        budget = (_memory_bytes() or 2**32) // 4  # models.emos.fit_memory
+        if need <= budget:
+            return
+        root = Path(self.wd.root)
+        while not root.exists() and root != root.parent:
+            root = root.parent
+        free = shutil.disk_usage(root).free
+        spill = need  # once beyond memory, every case goes to disk
+        text = (f"model: the exact fit of {what} spills its training cases beyond memory "
+                f"({budget / 2**30:.1f} GiB) to the run's folder in {self.wd.root}: about "
+                f"{spill / 2**30:.1f} GiB for {cases}")
+        if spill > free:
+            self.out.problems.append(f"{text}, more than the {free / 2**30:.1f} GiB free there; "
+                                     "free disk space, set model.options.anchor: raw, or train "
+                                     "on fewer init times")
+        else:
+            self.out.notes.append(f"{text} ({free / 2**30:.0f} GiB free), then fits it in ranges "
+                                  "of grid points")
 
     def period(self, key: str, period: Any, times: np.ndarray, path: Path) -> None:
         d = np.asarray(times, "datetime64[D]")

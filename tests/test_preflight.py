@@ -260,32 +260,53 @@ def test_an_evaluate_only_config_is_checked_as_such(work, capsys):
     assert "valid config (sections evaluate, pipeline, the others default; " in capsys.readouterr().out
 
 
-def test_an_exact_fit_beyond_this_machines_memory_is_named(work, monkeypatch):
-    """The exact EMOS fit of a network's anchor holds every training case in memory (about
-    100 bytes each): at 0.25 deg over years that is beyond any machine, so validate says so
-    before a training is killed for it, with the way out."""
+def test_an_exact_fit_beyond_memory_or_disk_is_named(work, monkeypatch):
+    """The exact EMOS fit holds its training cases in memory up to a quarter of the machine's
+    and spills the rest to the run's folder (models.emos.fit_emos): validate notes a spill,
+    names one beyond the free disk as a problem with the way out, and a global EMOS (one
+    group per target, held whole) beyond this machine's memory as a problem."""
+    import shutil
+    from types import SimpleNamespace
+
     import xarray as xr
 
     import enspp.flows.preflight as preflight
+    from enspp.models.emos import CASE_BYTES, fit_memory
 
+    assert preflight.EMOS_CASE_BYTES == CASE_BYTES
+    assert fit_memory() == preflight._memory_bytes() // 4
     fc = xr.open_zarr(work / "stores" / "forecast.zarr")
-    need = 10 * fc.sizes["latitude"] * fc.sizes["longitude"] * preflight.EMOS_CASE_BYTES
+    points = fc.sizes["latitude"] * fc.sizes["longitude"]
+    need = 10 * points * CASE_BYTES  # 10 training init times, one target and lead
     cfg = lambda **model: load_config(config(work, "mem.yaml", model=model))  # noqa: E731
+
+    def model_lines(report):
+        return ([p for p in report.problems if p.startswith("model:")],
+                [n for n in report.notes if n.startswith("model:")])
+
+    monkeypatch.setattr(preflight, "_memory_bytes", lambda: 4 * need + 4)  # it all fits
+    assert model_lines(check_config(cfg(name="mixed"))) == ([], [])
+    monkeypatch.setattr(preflight, "_memory_bytes", lambda: 4 * need - 4)  # spilled
+    problems, [note] = model_lines(check_config(cfg(name="mixed")))
+    assert not problems
+    assert note.startswith("model: the exact fit of the emos_local anchor of mixed spills its "
+                           "training cases beyond memory")
+    assert "for 10 training init times x" in note and "then fits it in ranges" in note
+    problems, [note] = model_lines(check_config(cfg(name="mixed", options={"anchor_season": "doy"})))
+    assert f"about {10 * points * (CASE_BYTES + 16) / 2**30:.1f} GiB" in note
+    assert model_lines(check_config(cfg(name="mixed", options={"anchor": "raw"}))) == ([], [])
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(free=need - 1))
+    [problem], _ = model_lines(check_config(cfg(name="emos_local")))
+    assert problem.startswith("model: the exact fit of emos_local spills") and "free disk space" in problem
+    # a global EMOS is held whole: a problem beyond the machine's memory, a note beyond half
     monkeypatch.setattr(preflight, "_memory_bytes", lambda: need - 1)
-    report = check_config(cfg(name="mixed"))
-    [problem] = [p for p in report.problems if p.startswith("model:")]
-    assert "the emos_local anchor of mixed holds every training case in memory" in problem
-    assert "for 10 training init times x" in problem and "set model.options.anchor: raw" in problem
-    report = check_config(cfg(name="emos_local"))
-    assert any(p.startswith("model: the exact fit of emos_local holds") for p in report.problems)
-    monkeypatch.setattr(preflight, "_memory_bytes", lambda: need + 1)  # over half: a note
-    report = check_config(cfg(name="mixed"))
-    assert not [p for p in report.problems if p.startswith("model:")]
-    assert any(n.startswith("model: the exact fit of the emos_local anchor") for n in report.notes)
-    report = check_config(cfg(name="mixed", options={"anchor": "raw"}))  # no exact fit
-    assert not [m for m in report.problems + report.notes if m.startswith("model:")]
-    monkeypatch.setattr(preflight, "_memory_bytes", lambda: 2 * need)
-    assert not [m for m in check_config(cfg(name="mixed")).notes if m.startswith("model:")]
+    [problem], _ = model_lines(check_config(cfg(name="emos_global")))
+    assert "holds all of a target's training cases in memory" in problem and "use emos_local" in problem
+    [problem], _ = model_lines(check_config(cfg(name="mixed", options={"anchor": "emos_global"})))
+    assert "set model.options.anchor: raw or emos_local" in problem
+    monkeypatch.setattr(preflight, "_memory_bytes", lambda: need + 1)
+    assert model_lines(check_config(cfg(name="emos_global")))[0] == []
+    assert len(model_lines(check_config(cfg(name="emos_global")))[1]) == 1
 
 
 def _analysis(work: Path, name: str, days: list[str]) -> str:
@@ -353,3 +374,21 @@ def test_fractions_that_leave_training_nothing_are_a_problem(tmp_path):
     assert problems == ["pipeline.split.fractions: cannot split 4 days of data into fractions "
                         "(0.7894736842105263, 0.10526315789473684, 0.10526315789473684): "
                         "nothing is left for training"], problems
+
+
+def test_validate_reads_the_config_file_once(work, monkeypatch, capsys):
+    """``enspp validate CONFIG`` parses the file once: the config and the sections it gives
+    come from the same read."""
+    path = config(work, "once.yaml")
+    reads = []
+    read_text = Path.read_text
+
+    def counting(self, *args, **kwargs):
+        if self == path:
+            reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    assert main(["validate", str(path)]) == 0
+    assert "valid config (sections evaluate, pipeline, the others default" in capsys.readouterr().out
+    assert len(reads) == 1
