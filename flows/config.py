@@ -35,7 +35,7 @@ from enspp.models.config import ModelConfig, PredictConfig, TrainConfig
 from enspp.pipeline.config import PipelineConfig
 
 __all__ = ["ConfigError", "DataConfig", "DeployConfig", "EnsppConfig", "IncomingConfig",
-           "SchedulesConfig", "Workdir", "default_demo_config", "load_config"]
+           "SchedulesConfig", "Workdir", "default_demo_config", "load_config", "read_config"]
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 SECTIONS = ("data", "pipeline", "model", "train", "predict", "evaluate", "deploy")
@@ -366,12 +366,20 @@ def load_config(path: str | Path, *, workdir: str | Path | None = None) -> Enspp
     Relative paths resolve against the work directory: ``data.workdir`` (itself relative to
     the config file's folder), the config file's folder when unset, or ``workdir`` when given
     (a command's ``--workdir``)."""
+    return read_config(path, workdir=workdir)[0]
+
+
+def read_config(path: str | Path, *, workdir: str | Path | None = None
+                ) -> tuple[EnsppConfig, list[str]]:
+    """:func:`load_config`, and the sections the file gives (in its order; the others are
+    defaults), from one read of the file."""
     path = Path(path)
     raw = read_yaml_mapping(path, what="config file", error=ConfigError,
                             hint=f" of sections ({', '.join(SECTIONS)})")
+    given = list(raw)
     if workdir is not None and isinstance(raw.get("data") or {}, dict):
         raw = {**raw, "data": {**(raw.get("data") or {}), "workdir": str(Path(workdir).resolve())}}
-    return config_from_mapping(raw, source=str(path), base_dir=path.resolve().parent)
+    return config_from_mapping(raw, source=str(path), base_dir=path.resolve().parent), given
 
 
 def demo_synth(*, fast: bool = False) -> SynthConfig:

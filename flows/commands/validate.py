@@ -34,12 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_config(target: Path) -> int:
     """Parse and pre-check a config file; print the verdict, the notes and the problems."""
-    from enspp.data.yaml_file import read_yaml_mapping
-    from enspp.flows.config import ConfigError, load_config
+    from enspp.flows.config import read_config
     from enspp.flows.preflight import check_config
 
-    cfg = load_config(target)
-    given = list(read_yaml_mapping(target, what="config file", error=ConfigError))
+    cfg, given = read_config(target)
     # a file with an evaluate section alone scores existing stores: the training stores it
     # does not name are not checked
     evaluate_only = given == ["evaluate"]
