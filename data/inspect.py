@@ -319,7 +319,8 @@ def format_product(info: dict[str, Any]) -> str:
             else "distribution (no ECC members)")
     quantiles = ", ".join(f"{q:g}" for q in info.get("quantiles") or []) or "none"
     sha = str(m.get("checkpoint_sha256") or "")[:12] or "not recorded"
-    lines = [f"store       {info['path']}",
+    netcdf = info.get("format") == "netcdf"
+    lines = [f"store       {info['path']}" + (" (NetCDF file)" if netcdf else ""),
              f"kind        product: {what}; distribution {info['distribution']}, CRPS "
              f"estimator {info['crps_estimator']}; quantiles {quantiles}",
              f"model       {m.get('model_version') or 'not recorded'}, checkpoint "
@@ -349,20 +350,24 @@ def format_product(info: dict[str, Any]) -> str:
     lines.append(f"lead times  {', '.join(f'+{_num(h)} h' for h in info['lead_times_hours'])}")
     lines.append("variables")
     for name, v in info["variables"].items():
-        lines.append(f"  {name:<14}{v['units']}; {', '.join(v['dims'])}; chunks "
-                     f"{'x'.join(map(str, v['chunks']))}")
+        chunks = "x".join(map(str, v["chunks"])) if v["chunks"] else "none (contiguous)"
+        lines.append(f"  {name:<14}{v['units']}; {', '.join(v['dims'])}; chunks {chunks}")
     c = info["chunking"]
-    per = " or ".join(map(str, c["init_times_per_chunk"])) or "-"
-    lines.append(f"chunks      {per} init times per chunk, other dims "
-                 f"{'whole' if c['other_dims_whole'] else 'split'}")
+    per = " or ".join(map(str, c["init_times_per_chunk"]))
+    if per or not netcdf:
+        lines.append(f"chunks      {per or '-'} init times per chunk, other dims "
+                     f"{'whole' if c['other_dims_whole'] else 'split'}")
+    else:
+        lines.append("chunks      none (contiguous NetCDF variables)")
     lines.append(f"on disk     {_size(info['bytes_on_disk'])}")
     lines.extend(f"problem     {p}" for p in info.get("problems") or [])
     return "\n".join(lines)
 
 
 def bytes_on_disk(path: str | os.PathLike[str]) -> int:
-    """Bytes on disk of a store (every file under it)."""
-    return _bytes(Path(path))
+    """Bytes on disk of a store (every file under it), or of a file."""
+    p = Path(path)
+    return p.stat().st_size if p.is_file() else _bytes(p)
 
 
 __all__ = ["bytes_on_disk", "format_inspect", "format_product", "inspect_store"]

@@ -20,8 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,14 @@ import zarr
 
 from enspp.data import schema
 from enspp.data.errors import EnsppError
+from enspp.models.product_file import (
+    file_attrs,
+    file_variables,
+    is_netcdf,
+    open_product_file,
+    read_file_rows,
+    read_step,
+)
 
 PRODUCT_KIND = "product"
 COMPLETE_ATTR = "enspp_complete"
@@ -455,10 +463,12 @@ _SHOW = 5
 
 @dataclass(frozen=True)
 class ProductState:
-    """What a product store's attributes and ``init_time`` coordinate say (nothing written):
-    ``complete`` one flag per row of the coordinate (marked in :data:`COMPLETE_ATTR`),
-    ``skipped`` and ``not_in_coordinate`` (marked complete, yet no row holds them) as
-    ``record_key`` strings, ``problems`` the attributes that do not parse (one line each)."""
+    """What a product's attributes and coordinates say (no field read):
+    ``complete`` one flag per row of the coordinate (marked in :data:`COMPLETE_ATTR`; every
+    row of a NetCDF product, written whole from complete init times), ``skipped`` and
+    ``not_in_coordinate`` (marked complete, yet no row holds them) as ``record_key`` strings,
+    ``problems`` the attributes that do not parse (one line each), ``variables`` as
+    :func:`product_variables` gives them, ``fmt`` ``zarr`` or ``netcdf``."""
 
     path: Path
     attrs: dict[str, Any]
@@ -467,6 +477,14 @@ class ProductState:
     skipped: tuple[str, ...]
     not_in_coordinate: tuple[str, ...]
     problems: tuple[str, ...]
+    lead_times: np.ndarray = field(default_factory=lambda: np.array([], "timedelta64[ns]"))
+    variables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fmt: str = "zarr"
+
+    @property
+    def where(self) -> str:
+        """How problem lines name the product: ``store PATH`` or ``file PATH``."""
+        return f"{'file' if self.fmt == 'netcdf' else 'store'} {self.path}"
 
     @property
     def incomplete(self) -> tuple[str, ...]:
@@ -493,14 +511,24 @@ def is_product_store(path: str | Path) -> bool:
     return p.is_dir() and (read_root_attrs(p) or {}).get("enspp_kind") == PRODUCT_KIND
 
 
+def is_product(path: str | Path) -> bool:
+    """True if ``path`` is read as a product (:func:`read_product_state`): a Zarr product
+    store, or a NetCDF file (predict's ``fmt: netcdf``; one that is no product, or cannot
+    be opened, is then a :class:`ProductError` naming it)."""
+    return is_product_store(path) or is_netcdf(path)
+
+
 def read_product_state(path: str | Path) -> ProductState:
-    """The :class:`ProductState` of the Zarr product at ``path`` (its own metadata, not the
-    consolidated copy); :class:`ProductError` for a directory that is not a product."""
+    """The :class:`ProductState` of the product at ``path``: a Zarr store (its own metadata,
+    not the consolidated copy) or a NetCDF file; :class:`ProductError` for one that is not a
+    product, or a file that cannot be opened."""
     from enspp.data.provenance import record_key
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"product {p} does not exist")
+    if p.is_file():
+        return _read_file_state(p)
     if not is_product_store(p):
         raise ProductError(f"{p} is not an enspp product store (no zarr.json with enspp_kind "
                            f"{PRODUCT_KIND!r})")
@@ -511,19 +539,45 @@ def read_product_state(path: str | Path) -> ProductState:
             warnings.simplefilter("ignore")
             with xr.open_zarr(p, consolidated=False) as ds:
                 coord = ds[schema.INIT_TIME].values.astype("datetime64[ns]")
+                leads = (ds[schema.LEAD_TIME].values if schema.LEAD_TIME in ds.coords
+                         else np.array([], dtype="timedelta64[ns]"))
     except Exception as e:  # noqa: BLE001 - zarr/xarray raise many types for a damaged store
         raise ProductError(f"store {p}: the init_time coordinate cannot be read "
                            f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
     done = _times_attr(attrs, COMPLETE_ATTR, p, problems, required=True)
     skipped = _times_attr(attrs, SKIPPED_ATTR, p, problems, required=False)
-    _check_attrs(attrs, p, problems)
+    _check_attrs(attrs, f"store {p}", problems)
     marked = set(done.tolist())
     return ProductState(
         path=p, attrs=attrs, init_times=coord,
         complete=np.array([t in marked for t in coord.tolist()], dtype=bool),
         skipped=tuple(record_key(t) for t in skipped),
         not_in_coordinate=tuple(record_key(t) for t in np.setdiff1d(done, coord)),
-        problems=tuple(problems))
+        problems=tuple(problems), lead_times=np.asarray(leads, dtype="timedelta64[ns]"),
+        variables=product_variables(p))
+
+
+def _read_file_state(p: Path) -> ProductState:
+    """A NetCDF product: every init time it holds is complete (:mod:`models.product_file`)."""
+    with open_product_file(p) as ds:
+        attrs = file_attrs(ds)
+        if attrs.get("enspp_kind") != PRODUCT_KIND:
+            raise ProductError(f"{p} is a NetCDF file but not an enspp product (its attribute "
+                               f"enspp_kind is {attrs.get('enspp_kind')!r}, not "
+                               f"{PRODUCT_KIND!r})")
+        if schema.INIT_TIME not in ds.coords:
+            raise ProductError(f"file {p}: no init_time coordinate (dims {tuple(ds.dims)})")
+        coord = ds[schema.INIT_TIME].values.astype("datetime64[ns]")
+        leads = (ds[schema.LEAD_TIME].values if schema.LEAD_TIME in ds.coords
+                 else np.array([], dtype="timedelta64[ns]"))
+        variables = file_variables(ds)
+    problems: list[str] = []
+    _check_attrs(attrs, f"file {p}", problems)
+    return ProductState(
+        path=p, attrs=attrs, init_times=coord, complete=np.ones(len(coord), dtype=bool),
+        skipped=(), not_in_coordinate=(), problems=tuple(problems),
+        lead_times=np.asarray(leads, dtype="timedelta64[ns]"), variables=variables,
+        fmt="netcdf")
 
 
 def _times_attr(attrs: Mapping[str, Any], key: str, path: Path, problems: list[str], *,
@@ -545,16 +599,17 @@ def _times_attr(attrs: Mapping[str, Any], key: str, path: Path, problems: list[s
     return np.array(sorted(set(good)), dtype="datetime64[ns]")
 
 
-def _check_attrs(attrs: Mapping[str, Any], path: Path, problems: list[str]) -> None:
-    """The identity attributes a rerun compares, and :data:`INPUTS_ATTR`, parse."""
+def _check_attrs(attrs: Mapping[str, Any], where: str, problems: list[str]) -> None:
+    """The identity attributes a rerun compares, and :data:`INPUTS_ATTR`, parse (``where``:
+    ``store PATH`` or ``file PATH``)."""
     kinds = {"checkpoint_sha256": (str, "a string"), "input_members": (list, "a list"),
              "n_ecc_members": (int, "an integer"), "quantiles": (list, "a list"),
              "distribution": (str, "a string")}
     for key in IDENTITY_ATTRS:
         if key not in attrs:
-            problems.append(f"store {path}: attribute {key!r} is missing")
+            problems.append(f"{where}: attribute {key!r} is missing")
         elif key in kinds and not isinstance(attrs[key], kinds[key][0]):
-            problems.append(f"store {path}: attribute {key!r} is {attrs[key]!r}, not "
+            problems.append(f"{where}: attribute {key!r} is {attrs[key]!r}, not "
                             f"{kinds[key][1]}")
     inputs = attrs.get(INPUTS_ATTR)
     if inputs is None:
@@ -564,14 +619,14 @@ def _check_attrs(attrs: Mapping[str, Any], path: Path, problems: list[str]) -> N
     if (not isinstance(fields, list) or not isinstance(digests, dict)
             or not all(isinstance(f, list) and len(f) == 2 and isinstance(f[1], int)
                        for f in fields)):
-        problems.append(f"store {path}: attribute {INPUTS_ATTR!r} is not "
+        problems.append(f"{where}: attribute {INPUTS_ATTR!r} is not "
                         "{'fields': [[variable, lead hours], ...], 'digests': {init time: digest}}")
         return
     for t in digests:
         try:
             np.datetime64(t, "ns")
         except (TypeError, ValueError):
-            problems.append(f"store {path}: attribute {INPUTS_ATTR!r}: {t!r} is not a time")
+            problems.append(f"{where}: attribute {INPUTS_ATTR!r}: {t!r} is not a time")
             break
 
 
@@ -587,8 +642,11 @@ def recorded_forecast(attrs: Mapping[str, Any]) -> str | None:
 
 
 def product_variables(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The data variables of a product store (those along ``init_time``): dims, shape,
-    chunks and CF attributes, in name order."""
+    """The data variables of a product (those along ``init_time``): dims, shape, chunks
+    (``None``: a contiguous NetCDF variable) and CF attributes, in name order."""
+    if Path(path).is_file():
+        with open_product_file(path) as ds:
+            return file_variables(ds)
     group = zarr.open_group(Path(path), mode="r", use_consolidated=False)
     out = {}
     for name, arr in sorted(group.arrays(), key=lambda kv: kv[0]):
@@ -613,13 +671,12 @@ def product_summary(path: str | Path, *, forecast: str | Path | None = None
 
     state = read_product_state(path)
     a = state.attrs
-    variables = product_variables(state.path)
-    group = zarr.open_group(state.path, mode="r", use_consolidated=False)
-    leads = (np.asarray(xr.open_zarr(state.path, consolidated=False)[schema.LEAD_TIME].values)
-             if schema.LEAD_TIME in group else np.array([], dtype="timedelta64[ns]"))
+    variables = state.variables
+    leads = state.lead_times
     done = record_keys(np.sort(state.init_times[state.complete]))
     info: dict[str, Any] = {
-        "path": str(state.path), "kind": PRODUCT_KIND, "product": state.kind,
+        "path": str(state.path), "kind": PRODUCT_KIND, "format": state.fmt,
+        "product": state.kind,
         "distribution": a.get("distribution"), "crps_estimator": a.get("crps_estimator"),
         "ecc_members": a.get("n_ecc_members"), "quantiles": a.get("quantiles"),
         "targets": sorted(n[:-len("_mean")] for n in variables if n.endswith("_mean")),
@@ -648,7 +705,8 @@ def product_summary(path: str | Path, *, forecast: str | Path | None = None
 
 def _chunking(variables: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     per = {v["chunks"][0] for v in variables.values() if v["chunks"]}
-    whole = all(v["chunks"][1:] == v["shape"][1:] for v in variables.values())
+    whole = all(v["chunks"] is None or v["chunks"][1:] == v["shape"][1:]
+                for v in variables.values())
     return {"init_times_per_chunk": sorted(per), "other_dims_whole": whole,
             "chunks": {name: v["chunks"] for name, v in variables.items()}}
 
@@ -685,7 +743,9 @@ class ProductReport:
     counts: Mapping[str, int] | None = None
     problems: tuple[str, ...] = ()
     deep: bool = False
+    #: chunks read by the deep check (a NetCDF product: reads of a block of init times)
     chunks_checked: int = 0
+    fmt: str = "zarr"
 
     @property
     def ok(self) -> bool:
@@ -693,10 +753,16 @@ class ProductReport:
 
     def summary(self) -> str:
         state = "valid" if self.ok else "INVALID"
-        line = (f"{self.path}: {state} product store ({self.kind}), {self.complete} complete "
-                f"init times, variables {list(self.variables)}")
-        line += (f"; deep check: {self.chunks_checked} chunks read" if self.deep else
-                 "; chunks not read (--deep decodes every one)")
+        if self.fmt == "netcdf":  # written whole from complete init times
+            line = (f"{self.path}: {state} NetCDF product ({self.kind}), {self.complete} init "
+                    f"times, variables {list(self.variables)}")
+            line += ("; deep check: every value read" if self.deep else
+                     "; values not read (--deep reads every one)")
+        else:
+            line = (f"{self.path}: {state} product store ({self.kind}), {self.complete} "
+                    f"complete init times, variables {list(self.variables)}")
+            line += (f"; deep check: {self.chunks_checked} chunks read" if self.deep else
+                     "; chunks not read (--deep decodes every one)")
         lines = [line, *(f"{self.path}: note: {n}" for n in self.notes)]
         if self.counts:
             lines.append("problems: " + ", ".join(f"{n} {k}" for k, n in self.counts.items()))
@@ -705,13 +771,14 @@ class ProductReport:
 
 
 def check_product(path: str | Path, *, deep: bool = False) -> ProductReport:
-    """Check a Zarr product store: its attributes parse, the init times marked complete are
-    in the ``init_time`` coordinate and every variable the attributes call for is there and
-    holds them; ``deep`` also reads every chunk holding a complete init time (a chunk file
-    missing or not decoding is a problem) and checks its values: a point is NaN in every field
-    of an init time (its inputs were NaN, ``pipeline.nan_policy: mask``) or in none, and no
-    field is NaN everywhere.  Init times written but not marked complete are a note (the
-    next predict over them redoes them), not a problem."""
+    """Check a product: its attributes parse, the init times marked complete are in the
+    ``init_time`` coordinate and every variable the attributes call for is there and holds
+    them; ``deep`` also reads every chunk holding a complete init time (a chunk file missing
+    or not decoding is a problem) and checks its values: a point is NaN in every field of an
+    init time (its inputs were NaN, ``pipeline.nan_policy: mask``) or in none, and no field
+    is NaN everywhere.  Init times written but not marked complete are a note (the next
+    predict over them redoes them), not a problem.  A NetCDF product (every init time
+    complete) gets the same checks, ``deep`` reading every value block by block."""
     from enspp.data.store_check import Problems
 
     state = read_product_state(path)
@@ -719,14 +786,14 @@ def check_product(path: str | Path, *, deep: bool = False) -> ProductReport:
     for p in state.problems:
         problems.add("attribute", p)
     for t in state.not_in_coordinate:
-        problems.add("inconsistent", f"store {state.path}: init time {t} is marked complete "
+        problems.add("inconsistent", f"{state.where}: init time {t} is marked complete "
                                      "but the init_time coordinate does not hold it")
-    variables = product_variables(state.path)
+    variables = state.variables
     _check_variables(state, variables, problems)
     notes = _product_notes(state)
     checked, masked = (_check_product_chunks(state, variables, problems) if deep else (0, 0))
     if masked and state.attrs.get("nan_policy") == "error":
-        problems.add("inconsistent", f"store {state.path}: {masked} complete init time"
+        problems.add("inconsistent", f"{state.where}: {masked} complete init time"
                      f"{'s' * (masked != 1)} hold points that are NaN in every field, but the "
                      "model's pipeline.nan_policy is 'error' (predict writes no NaN then)")
     elif masked:
@@ -736,7 +803,8 @@ def check_product(path: str | Path, *, deep: bool = False) -> ProductReport:
     return ProductReport(path=str(state.path), kind=state.kind,
                          complete=int(state.complete.sum()), variables=tuple(variables),
                          notes=tuple(notes), counts=dict(problems.counts),
-                         problems=tuple(problems.examples), deep=deep, chunks_checked=checked)
+                         problems=tuple(problems.examples), deep=deep, chunks_checked=checked,
+                         fmt=state.fmt)
 
 
 def _product_notes(state: ProductState) -> list[str]:
@@ -760,7 +828,7 @@ def _check_variables(state: ProductState, variables: Mapping[str, Mapping[str, A
     say, and hold every complete init time."""
     from enspp.data.provenance import record_key
 
-    a, where = state.attrs, f"store {state.path}"
+    a, where = state.attrs, state.where
     targets = sorted(n[:-len("_mean")] for n in variables if n.endswith("_mean"))
     if not targets:
         problems.add("inconsistent", f"{where}: no product variable (<target>_mean) found")
@@ -791,18 +859,35 @@ def _check_variables(state: ProductState, variables: Mapping[str, Mapping[str, A
                                          f"complete ({len(short)} such)")
 
 
+#: reads rows ``r0:stop`` of a variable for the deep check, ``rows`` the complete ones among
+#: them: ``(values or None when unreadable, chunks read)``; what cannot be read is a problem
+_Reader = Callable[[str, int, int, np.ndarray], tuple["np.ndarray | None", int]]
+
+
 def _check_product_chunks(state: ProductState, variables: Mapping[str, Mapping[str, Any]],
                           problems: Any) -> tuple[int, int]:
-    """Read every chunk holding a complete init time, block of init times by block; return
-    the chunks read and the complete init times with masked points."""
-    from enspp.data.provenance import record_key
-    from enspp.data.store_check import read_rows
-
-    group = zarr.open_group(state.path, mode="r", use_consolidated=False)
+    """Read every chunk holding a complete init time, block of init times by block (a
+    NetCDF product: every value, a bounded block of init times at a time); return the chunks
+    read and the complete init times with masked points."""
     names = [n for n, v in variables.items() if v["shape"][0]]
     if not names:
         return 0, 0
-    step = int(variables[names[0]]["chunks"][0])
+    if state.fmt == "netcdf":
+        with open_product_file(state.path) as ds:
+            return _check_blocks(state, variables, names, problems,
+                                 step=read_step({n: variables[n] for n in names}),
+                                 read=_file_reader(ds, state, problems))
+    group = zarr.open_group(state.path, mode="r", use_consolidated=False)
+    return _check_blocks(state, variables, names, problems,
+                         step=int(variables[names[0]]["chunks"][0]),
+                         read=_zarr_reader(group, state, variables, problems))
+
+
+def _check_blocks(state: ProductState, variables: Mapping[str, Mapping[str, Any]],
+                  names: Sequence[str], problems: Any, *, step: int,
+                  read: _Reader) -> tuple[int, int]:
+    from enspp.data.provenance import record_key
+
     done = state.complete
     checked = masked_inits = 0
     for r0 in range(0, len(done), step):
@@ -812,32 +897,71 @@ def _check_product_chunks(state: ProductState, variables: Mapping[str, Mapping[s
             continue
         masks: dict[str, np.ndarray] = {}  # variable -> [rows, points]: NaN in all its values
         for name in names:
-            arr, v = group[name], variables[name]
+            v = variables[name]
             stop = min(r1, v["shape"][0])
             if stop <= r0:
                 continue
-            c0 = v["chunks"][0]
-            checked += (-(-stop // c0) - r0 // c0) * int(np.prod(
-                [-(-n // c) for n, c in zip(v["shape"][1:], v["chunks"][1:])]))
-            values, bad = read_rows(arr, r0, stop)
-            for coords, why in bad:
-                lo = coords[0] * c0
-                hit = [record_key(state.init_times[r]) for r in rows if lo <= r < lo + c0]
-                if not hit:
-                    continue
-                hit.sort()  # rows are in the order predicted (a catch-up writes earlier ones later)
-                span = hit[0] if len(hit) == 1 else f"{hit[0]}..{hit[-1]} ({len(hit)} complete)"
-                kind = "missing" if why == "the chunk file is missing" else "corrupt"
-                problems.add(kind, f"store {state.path}: variable {name!r}, chunk "
-                                   f"{'/'.join(map(str, coords))} (init time {span}): {why}")
+            values, n = read(name, r0, stop, rows)
+            checked += n
             if values is None:
                 continue
             masks[name] = _nan_points(values[rows[rows < stop] - r0], v["dims"],
                                       name=name, keys=[record_key(state.init_times[r])
                                                        for r in rows if r < stop],
-                                      where=f"store {state.path}", problems=problems)
+                                      where=state.where, problems=problems)
         masked_inits += _compare_masks(masks, rows=rows, state=state, problems=problems)
     return checked, masked_inits
+
+
+def _zarr_reader(group: Any, state: ProductState, variables: Mapping[str, Mapping[str, Any]],
+                 problems: Any) -> _Reader:
+    """Rows of a Zarr product, chunk by chunk: a chunk file missing or not decoding is a
+    problem naming the chunk and its complete init times."""
+    from enspp.data.provenance import record_key
+    from enspp.data.store_check import read_rows
+
+    def read(name: str, r0: int, stop: int, rows: np.ndarray) -> tuple[np.ndarray | None, int]:
+        v = variables[name]
+        c0 = v["chunks"][0]
+        count = (-(-stop // c0) - r0 // c0) * int(np.prod(
+            [-(-n // c) for n, c in zip(v["shape"][1:], v["chunks"][1:])]))
+        values, bad = read_rows(group[name], r0, stop)
+        for coords, why in bad:
+            lo = coords[0] * c0
+            hit = [record_key(state.init_times[r]) for r in rows if lo <= r < lo + c0]
+            if not hit:
+                continue
+            kind = "missing" if why == "the chunk file is missing" else "corrupt"
+            problems.add(kind, f"{state.where}: variable {name!r}, chunk "
+                               f"{'/'.join(map(str, coords))} (init time {_span(hit)}): {why}")
+        return values, count
+
+    return read
+
+
+def _file_reader(ds: xr.Dataset, state: ProductState, problems: Any) -> _Reader:
+    """Rows of a NetCDF product: a block that cannot be read (damaged compression, a file
+    cut short) is a problem naming the variable and its init times."""
+    from enspp.data.provenance import record_key
+
+    def read(name: str, r0: int, stop: int, rows: np.ndarray) -> tuple[np.ndarray | None, int]:
+        try:
+            return read_file_rows(ds, name, r0, stop), 1
+        except Exception as e:  # noqa: BLE001 - netCDF4/HDF5 raise many types for damage
+            hit = [record_key(state.init_times[r]) for r in rows if r < stop]
+            problems.add("corrupt", f"{state.where}: variable {name!r} (init time "
+                                    f"{_span(hit)}) cannot be read: {type(e).__name__}: "
+                                    f"{' '.join(str(e).split())[:160]}")
+            return None, 1
+
+    return read
+
+
+def _span(keys: list[str]) -> str:
+    """Init times first..last (rows are in the order predicted: a catch-up writes earlier
+    init times after later ones)."""
+    keys = sorted(keys)
+    return keys[0] if len(keys) == 1 else f"{keys[0]}..{keys[-1]} ({len(keys)} complete)"
 
 
 def _nan_points(values: np.ndarray, dims: Sequence[str], *, name: str, keys: Sequence[str],
@@ -876,7 +1000,7 @@ def _compare_masks(masks: Mapping[str, np.ndarray], *, rows: np.ndarray, state: 
         extra = m[:n] & ~common
         for k in np.flatnonzero(extra.any(axis=1) & ~m[:n].all(axis=1)):
             c = int(extra[k].sum())
-            problems.add("nan", f"store {state.path}: variable {name!r} at init time "
+            problems.add("nan", f"{state.where}: variable {name!r} at init time "
                                 f"{record_key(state.init_times[rows[k]])} (marked complete) is "
                                 f"NaN at {c} point{'s' * (c != 1)} where the other fields hold "
                                 "values")

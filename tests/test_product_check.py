@@ -43,11 +43,12 @@ def _fields(rng: np.random.Generator) -> dict[int, dict[str, np.ndarray]]:
 
 def make_product(path: Path, *, seed: int = 0, masked: tuple[int, int] | None = None,
                  skipped: bool = False, forecast: Path | None = None,
-                 inits: np.ndarray = INITS, nan_policy: str | None = None) -> Path:
+                 inits: np.ndarray = INITS, nan_policy: str | None = None,
+                 fmt: str = "zarr") -> Path:
     """A seeded synthetic product of 4 init times, 2 init times per chunk; ``masked``: one
     point NaN in every field of the first init time (a NaN input under nan_policy 'mask');
     ``forecast``: the forecast store recorded as its input (its input digests recorded as
-    predict records them)."""
+    predict records them); ``fmt: netcdf``: a NetCDF file, as predict writes one."""
     rng = np.random.default_rng(seed)
     grid = xr.Dataset(coords={"latitude": np.linspace(50, 47, NY),
                               "longitude": np.linspace(5, 9, NX)})
@@ -58,7 +59,7 @@ def make_product(path: Path, *, seed: int = 0, masked: tuple[int, int] | None = 
                 arr[..., masked[0], masked[1]] = np.nan
     source = forecast or path.parent / "forecast.zarr"
     attrs = _attrs(str(source)) | ({} if nan_policy is None else {"nan_policy": nan_policy})
-    writer = ProductWriter(path, attrs=attrs, fmt="zarr", init_chunk=2)
+    writer = ProductWriter(path, attrs=attrs, fmt=fmt, init_chunk=2)
     digests = {t: f"digest{i}" for i, t in enumerate(inits)}
     if forecast is not None:
         from enspp.data.store_meta import open_meta
@@ -300,3 +301,95 @@ def test_forecast_stores_are_still_told_apart(tmp_path, capsys, command):
                                                    '"attributes": {"enspp_kind": "other"}}')
     rc, _, err = _run(capsys, command, str(tmp_path / "x.zarr"))
     assert rc == 1 and err.count("\n") == 1
+
+
+def _rewrite(path: Path, change) -> None:
+    """Write the NetCDF product at ``path`` again, as ``change(dataset)`` returns it."""
+    with xr.open_dataset(path) as ds:
+        ds = change(ds.load())
+    ds.to_netcdf(path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def test_a_netcdf_product_is_inspected_and_validated(tmp_path, capsys):
+    """predict's ``fmt: netcdf`` writes the product whole from its complete init times:
+    inspect and validate read it as a product (init times, lead times, variables; --deep
+    every value)."""
+    path = make_product(tmp_path / "p.nc", masked=(1, 2), fmt="netcdf")
+    rc, out, err = _run(capsys, "inspect", str(path))
+    assert rc == 0, err
+    assert f"store       {path} (NetCDF file)" in out
+    assert "kind        product: members (3 ECC members); distribution gaussian" in out
+    assert "init_time   4 complete, 2020-01-01T00:00:00 .. 2020-01-04T00:00:00; 0 skipped" in out
+    assert "lead times  +24 h, +48 h" in out
+    for name in ("t2m ", "t2m_mean ", "t2m_std ", "t2m_quantiles "):
+        assert f"  {name}" in out
+    assert "on disk     0 B" not in out
+    rc, out, _ = _run(capsys, "inspect", "--json", str(path))
+    import json
+
+    info = json.loads(out)
+    assert info["format"] == "netcdf" and info["input_members"] == [1, 2, 3, 4]
+    assert info["init_times"]["complete"] == 4 and info["problems"] == []
+    assert info["bytes_on_disk"] == path.stat().st_size
+    rc, out, err = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 0, out + err
+    assert out.startswith(f"{path}: valid NetCDF product (members), 4 init times, variables "
+                          "['t2m', 't2m_mean', 't2m_quantiles', 't2m_std']; deep check: every "
+                          "value read")
+    assert "note: 1 complete init time holds points that are NaN in every field" in out
+    rc, out, _ = _run(capsys, "validate", str(path))
+    assert rc == 0 and "values not read (--deep reads every one)" in out
+    # a list of one went through NetCDF as a scalar: still a list
+    _rewrite(path, lambda ds: ds.assign_attrs(input_members=[3]))
+    rc, out, _ = _run(capsys, "validate", str(path))
+    assert rc == 0, out
+
+
+def test_validate_names_what_a_netcdf_product_lacks(tmp_path, capsys, monkeypatch):
+    path = make_product(tmp_path / "p.nc", fmt="netcdf")
+
+    def damage(ds):
+        ds["t2m_mean"][1, 0, 2, 3] = np.nan  # one value of one field
+        return ds.drop_vars("t2m_std").assign_attrs(n_ecc_members="three")
+
+    _rewrite(path, damage)
+    rc, out, _ = _run(capsys, "validate", str(path))
+    assert rc == 1 and out.startswith(f"{path}: INVALID NetCDF product")
+    assert f"  attribute: file {path}: attribute 'n_ecc_members' is 'three', not an integer" in out
+    assert (f"  inconsistent: file {path}: variable 't2m_std' is missing (the attributes call "
+            "for it)") in out
+    assert "nan:" not in out  # values are read with --deep only
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1
+    assert (f"  nan: file {path}: variable 't2m_mean' at init time 2020-01-02T00:00:00 (marked "
+            "complete) is NaN at 1 point in some of its values only") in out
+    # a block that does not read back (damaged compression) names the variable and init times
+    import enspp.models.product as product
+
+    def unreadable(ds, name, start, stop):
+        if name == "t2m":
+            raise RuntimeError("NetCDF: HDF error")
+        return np.asarray(ds[name].isel(init_time=slice(start, stop)).values)
+
+    monkeypatch.setattr(product, "read_file_rows", unreadable)
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1 and (f"  corrupt: file {path}: variable 't2m' (init time 2020-01-01T00:00:00.."
+                        "2020-01-04T00:00:00 (4 complete)) cannot be read: RuntimeError: NetCDF: "
+                        "HDF error") in out
+
+
+@pytest.mark.parametrize("command", ["inspect", "validate"])
+def test_a_truncated_netcdf_product_is_one_line_naming_it(tmp_path, capsys, command):
+    path = make_product(tmp_path / "p.nc", fmt="netcdf")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    rc, out, err = _run(capsys, command, str(path))
+    assert rc == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"enspp {command}: error: {path}: cannot be read as a NetCDF file "
+                          "(truncated or damaged?): ")
+    # a NetCDF file that is no product (a static file) is named as such
+    xr.Dataset({"lsm": ("x", np.zeros(3))}).to_netcdf(tmp_path / "static.nc")
+    rc, _, err = _run(capsys, command, str(tmp_path / "static.nc"))
+    assert rc == 1 and err == (f"enspp {command}: error: {tmp_path / 'static.nc'} is a NetCDF "
+                               "file but not an enspp product (its attribute enspp_kind is "
+                               "None, not 'product')\n")

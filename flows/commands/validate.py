@@ -9,7 +9,9 @@ ingest creates, a region evaluate will skip) print and exit 0.
 A product store (``enspp predict``'s) is checked by ``models.product.check_product``: its
 attributes, its complete init times against the coordinate and the variables, with
 ``--deep`` every chunk holding a complete init time (missing, corrupt, NaN where no masked
-input explains it); incomplete init times (a killed predict) are a note.
+input explains it); incomplete init times (a killed predict) are a note.  A NetCDF product
+(``predict.fmt: netcdf``) gets the same checks (every init time it holds is complete;
+``--deep`` reads every value); a file that cannot be opened is one line naming it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ HELP = "check a config file or a store against the model"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="STORE_OR_CONFIG",
-                        help="a Zarr store directory or a YAML config file")
+                        help="a Zarr store directory, a NetCDF product or a YAML config file")
     parser.add_argument("--deep", action="store_true",
                         help="for a store: also decode every chunk that holds data and report "
                              "corrupt, missing and inconsistent ones")
@@ -62,18 +64,19 @@ def run(args: argparse.Namespace) -> int:
     target = Path(args.target)
     if not target.exists():
         raise FileNotFoundError(f"{target}: no such file or directory")
+    if target.is_file() and target.suffix.lower() in (".yaml", ".yml"):
+        return validate_config(target)
+    from enspp.models.product import check_product, is_product
+
+    if is_product(target):
+        product = check_product(target, deep=args.deep)
+        print(product.summary())
+        return 0 if product.ok else 1
     if target.is_dir():
         from enspp.data.store import validate_store
-        from enspp.models.product import check_product, is_product_store
-
-        if is_product_store(target):
-            product = check_product(target, deep=args.deep)
-            print(product.summary())
-            return 0 if product.ok else 1
 
         report = validate_store(target, deep=args.deep)
         print(report.summary())
         return 0 if report.ok else 1
-    if target.suffix.lower() not in (".yaml", ".yml"):
-        raise UsageError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file")
-    return validate_config(target)
+    raise UsageError(f"{target}: expected a Zarr store directory or a .yaml/.yml config file "
+                     "(or a NetCDF product)")
