@@ -78,11 +78,17 @@ def _local(
     full = (n, *grid_shape)
     if arr is None:
         return np.broadcast_to(glob[:, None, None], full).astype(np.float32)
-    arr = np.asarray(arr, dtype=np.float64)
+    arr = np.asarray(arr)
+    if arr.dtype != np.float32:  # float32 statistics (the pipeline's) are checked as they are
+        arr = arr.astype(np.float64)
     if arr.size != int(np.prod(full)):
         raise StatsError(f"stats[{key!r}] has shape {arr.shape}, expected {full}")
     arr = arr.reshape(full)
-    bad = ~np.isfinite(arr) | ((arr <= 0) if is_std else False)
+    bad = ~np.isfinite(arr)
+    if is_std:
+        bad |= arr <= 0
+    if not bad.any():  # the usual case: a float32 copy, no masked pass
+        return arr.astype(np.float32)
     return np.where(bad, glob[:, None, None], arr).astype(np.float32)
 
 
@@ -143,7 +149,8 @@ def gather_patch(
     """Per-batch patches ``[B, n, h, w]`` of a per-grid-point ``table`` ``[n, Ny, Nx]``.
 
     Grid data: rows ``y0:y0+h``, columns ``x0:x0+w``. Point data (``table`` ``[n, n_stations,
-    1]``): ``x0`` is the station index and ``h = w = 1``. Out-of-range origins raise.
+    1]``): ``x0`` is the station index and ``h = w = 1``. Out-of-range origins raise. One grid
+    patch is a view of ``table`` (not to be written to), several a gathered copy.
     """
     ny, nx = table.shape[1:]
     y0 = torch.as_tensor(y0).to(device=table.device, dtype=torch.long).reshape(-1)
@@ -155,6 +162,9 @@ def gather_patch(
         return table[:, x0, 0].transpose(0, 1)[:, :, None, None]
     _check_range(y0, ny - h + 1, f"y0 (patch of height {h} in a grid of {ny} rows)")
     _check_range(x0, nx - w + 1, f"x0 (patch of width {w} in a grid of {nx} columns)")
+    if len(y0) == len(x0) == 1:  # one patch (predict's whole field or tile): a view, no gathered copy
+        y, x = int(y0[0]), int(x0[0])
+        return table[None, :, y:y + h, x:x + w]
     iy = y0[:, None] + torch.arange(h, device=table.device)
     ix = x0[:, None] + torch.arange(w, device=table.device)
     return table[:, iy[:, :, None], ix[:, None, :]].transpose(0, 1)

@@ -399,6 +399,46 @@ def test_stats_fallbacks() -> None:
     np.testing.assert_array_equal(r["target_std_local"][0], r["channel_std_local"][2])
 
 
+def test_local_stats_resolve_the_same_from_float32_and_float64() -> None:
+    """Float32 statistics (the pipeline's) are checked as they are: the same resolved values
+    as their float64 copy, bad points (non-finite, std <= 0) replaced by the global value."""
+    stats = make_stats(GRID)
+    stats["channel_std_local"][0, 1, 1] = -1.0
+    stats["channel_std_local"][2, 0, 5] = np.nan
+    stats["channel_mean_local"][1, 3, 2] = np.inf
+    wide = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32 else v)
+            for k, v in stats.items()}
+    kw = dict(channels=CHANNELS, targets=("t2m",), target_channels=(0,), grid_shape=GRID)
+    r32, r64 = resolve_stats(stats, **kw), resolve_stats(wide, **kw)
+    for key in r32:
+        assert r32[key].dtype == np.float32 and r64[key].dtype == np.float32
+        np.testing.assert_array_equal(r32[key], r64[key])
+    assert r32["channel_std_local"][0, 1, 1] == STD[0] and r32["channel_std_local"][2, 0, 5] == STD[2]
+    assert r32["channel_mean_local"][1, 3, 2] == MEAN[1]
+    assert r32["channel_std_local"][0, 0, 0] == stats["channel_std_local"][0, 0, 0]
+    # the resolved arrays are copies: the statistics are not written through them
+    r32["channel_mean_local"][:] = 0.0
+    assert stats["channel_mean_local"][0, 0, 0] != 0.0
+
+
+def test_one_patch_lookup_equals_the_gathered_patches() -> None:
+    """A single patch (predict's whole field or tile) is looked up as a view; its values are
+    those of the batched gather."""
+    from enspp.models.normalize import gather_patch
+
+    table = torch.randn(3, 12, 16, generator=torch.Generator().manual_seed(25))
+    y0, x0 = torch.tensor([0, 2, 5]), torch.tensor([0, 7, 3])
+    batched = gather_patch(table, y0, x0, 6, 9, point=False)
+    for i in range(3):
+        one = gather_patch(table, y0[i:i + 1], x0[i:i + 1], 6, 9, point=False)
+        assert one.shape == (1, 3, 6, 9)
+        torch.testing.assert_close(one[0], batched[i], rtol=0, atol=0)
+    whole = gather_patch(table, torch.tensor([0]), torch.tensor([0]), 12, 16, point=False)
+    torch.testing.assert_close(whole[0], table, rtol=0, atol=0)
+    with pytest.raises(StatsError, match="out of range"):
+        gather_patch(table, torch.tensor([7]), torch.tensor([0]), 6, 9, point=False)
+
+
 def test_spec_dict_errors() -> None:
     d = make_spec().to_dict()
     with pytest.raises(ModelSpecError, match="unknown keys \\['colour'\\]"):
