@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,22 +260,30 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 
     path = checkpoint_file(path)
     data = read_checkpoint_file(path)  # one read: the weights and the hash are the same bytes
-    raw, meta = read_checkpoint_bytes(data, source=path)
-    try:
-        model = build_model(spec_from_dict(meta.spec))
-    except ValueError as e:
-        raise CorruptCheckpointError(f"checkpoint {path}: its model spec is invalid: {e}") from e
-    state = {k[len(MODEL_PREFIX):]: v for k, v in raw["state_dict"].items()
-             if k.startswith(MODEL_PREFIX)}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CorruptCheckpointError(
-            f"checkpoint {path}: weights do not fit model {meta.spec.get('name')!r} "
-            f"(missing {list(result.missing_keys)[:5]}, unexpected "
-            f"{list(result.unexpected_keys)[:5]})")
-    model.eval()
-    return LoadedCheckpoint(model=model, metadata=meta, path=path,
-                            sha256=hashlib.sha256(data).hexdigest())
+    # the hash (C, without the GIL) runs on another core while the file is parsed
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        raw, meta = read_checkpoint_bytes(data, source=path)
+        try:
+            model = build_model(spec_from_dict(meta.spec))
+        except ValueError as e:
+            raise CorruptCheckpointError(f"checkpoint {path}: its model spec is invalid: {e}") from e
+        own = model.state_dict()
+        state = {k[len(MODEL_PREFIX):]: v for k, v in raw["state_dict"].items()
+                 if k.startswith(MODEL_PREFIX)}
+        state = {k: v.to(own[k].dtype) if k in own and v.dtype != own[k].dtype else v
+                 for k, v in state.items()}
+        # the loaded tensors become the parameters and buffers (no copy into the built ones:
+        # they are the checkpoint's own, read above)
+        result = model.load_state_dict(state, strict=False, assign=True)
+        if result.missing_keys or result.unexpected_keys:
+            raise CorruptCheckpointError(
+                f"checkpoint {path}: weights do not fit model {meta.spec.get('name')!r} "
+                f"(missing {list(result.missing_keys)[:5]}, unexpected "
+                f"{list(result.unexpected_keys)[:5]})")
+        model.eval()
+        sha256 = digest.result()
+    return LoadedCheckpoint(model=model, metadata=meta, path=path, sha256=sha256)
 
 
 def check_store_compatible(meta: CheckpointMetadata, store: xr.Dataset, *,

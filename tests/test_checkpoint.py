@@ -9,9 +9,11 @@ from predict_data import NX, NY, K, make_checkpoint, make_stores, pipeline_confi
 
 from enspp.models.checkpoint import (
     METADATA_KEY,
+    MODEL_PREFIX,
     CheckpointMismatchError,
     CorruptCheckpointError,
     check_store_compatible,
+    file_sha256,
     load_checkpoint,
     read_checkpoint,
 )
@@ -58,6 +60,23 @@ def test_round_trip_same_outputs_metadata_and_buffers(world):
     assert buffers["norm.channel_mean_local"].shape == (3, NY, NX)
     raw, _ = read_checkpoint(world["ckpt"])
     assert "model.norm.channel_std_local" in raw["state_dict"] and METADATA_KEY in raw
+
+
+def test_loaded_model_holds_the_checkpoint_weights_and_its_hash(world):
+    """The checkpoint's tensors become the model's parameters and buffers (float32, the
+    anchor still frozen and sharing the model's normalisation); the hash is the file's."""
+    loaded = load_checkpoint(world["ckpt"])
+    assert loaded.sha256 == file_sha256(world["ckpt"])
+    raw, _ = read_checkpoint(world["ckpt"])
+    state = loaded.model.state_dict()
+    for key, value in raw["state_dict"].items():
+        torch.testing.assert_close(state[key[len(MODEL_PREFIX):]], value, rtol=0, atol=0)
+    params = dict(loaded.model.named_parameters())
+    assert all(isinstance(p, torch.nn.Parameter) and p.dtype == torch.float32
+               for p in params.values())
+    assert params["out.weight"].requires_grad and not params["anchor.params"].requires_grad
+    assert loaded.model.anchor.norm is loaded.model.norm
+    assert not loaded.model.training
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random", "not_lightning", "no_metadata",
