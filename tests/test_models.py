@@ -183,6 +183,51 @@ def test_inference_path_equals_training_path(backbone: str, monkeypatch) -> None
     assert not torch.allclose(trained["mu"], raw_moments(batch)[0])
 
 
+def test_upsampled_weight_is_a_convolution_of_the_upsampled_input() -> None:
+    """A 3x3 convolution (padding 1) of the 2x nearest-upsampled input is the stride-2
+    transposed convolution of the input itself with :func:`models.unet.upsampled_weight`."""
+    import torch.nn.functional as F
+
+    from enspp.models.unet import upsampled_weight
+
+    gen = torch.Generator().manual_seed(21)
+    w = torch.randn(5, 3, 3, 3, generator=gen, dtype=torch.float64)
+    for h, wd in ((4, 6), (1, 1), (3, 5)):
+        y = torch.randn(2, 3, h, wd, generator=gen, dtype=torch.float64)
+        plain = F.conv2d(F.interpolate(y, scale_factor=2.0, mode="nearest"), w, padding=1)
+        direct = F.conv_transpose2d(y, upsampled_weight(w), stride=2, padding=1)
+        torch.testing.assert_close(direct, plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (1, 1), (4, 10)])
+def test_decoder_block_inference_path_equals_the_plain_block(shape, monkeypatch) -> None:
+    """:func:`models.unet.run_up_block` in inference (no upsampled tensor, no concatenation)
+    gives the plain upsample -> concatenate -> conv block's values to float rounding, for
+    inputs in either memory format, and falls back to it with the fused path off."""
+    import torch.nn.functional as F
+
+    from enspp.models import unet
+
+    gen = torch.Generator().manual_seed(22)
+    block = unet.conv_block(12 + 6, 8)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    h, w = shape
+    y = torch.randn(2, 12, h, w, generator=gen)
+    skip = torch.randn(2, 6, 2 * h, 2 * w, generator=gen)
+    plain = block(torch.cat([F.interpolate(y, scale_factor=2.0, mode="nearest"), skip], dim=1))
+    with torch.inference_mode():
+        fast = unet.run_up_block(block, y, skip)
+        last = unet.run_up_block(block, y.contiguous(memory_format=torch.channels_last),
+                                 skip.contiguous(memory_format=torch.channels_last))
+        monkeypatch.setattr(unet, "FUSED_CONV_GELU", False)
+        off = unet.run_up_block(block, y, skip)
+    for got in (fast, last, off):
+        assert got.shape == plain.shape
+        torch.testing.assert_close(got, plain.detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backbone", ["unet", "resnet"])
 def test_tile_interior_equals_whole_field(backbone: str) -> None:
     """Fully convolutional: away from a tile's edge (receptive field) its output equals the
