@@ -305,6 +305,7 @@ class PostProcessor(nn.Module):
         )
         self.norm = Normalizer(resolved, point=spec.is_point)
         self.register_buffer("target_index", torch.tensor(spec.target_channels, dtype=torch.long))
+        self._targets_are_channels = tuple(spec.target_channels) == tuple(range(len(spec.channels)))
         # several target leads: each lead's target channels [L, T] and lead times [L] (ns);
         # derived from the spec, so not part of the state dict
         leads = spec.target_leads if spec.n_leads > 1 else ()
@@ -440,7 +441,10 @@ class PostProcessor(nn.Module):
         physical."""
         lead = self.lead_index(batch)
         if lead is None:
-            return batch["inputs"].index_select(2, self.target_index)
+            x = batch["inputs"]
+            if self._targets_are_channels:  # every channel, in order: the inputs, no copy
+                return x
+            return x.index_select(2, self.target_index)
         x = batch["inputs"]
         idx = self.lead_target_index[lead.to(self.lead_target_index.device)].to(x.device)  # [B, T]
         idx = idx[:, None, :, None, None].expand(x.shape[0], x.shape[1], idx.shape[1], *x.shape[3:])

@@ -228,6 +228,56 @@ def test_decoder_block_inference_path_equals_the_plain_block(shape, monkeypatch)
         torch.testing.assert_close(got, plain.detach(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("gelu", [True, False])
+def test_linear_last_inference_path_equals_linear(gelu: bool, monkeypatch) -> None:
+    """:func:`models.mixed.linear_last` (a oneDNN 1x1 convolution in inference) gives
+    ``F.linear`` (then GELU) to float rounding on members, fields and points alike."""
+    import torch.nn.functional as F
+
+    from enspp.models import unet
+    from enspp.models.mixed import linear_last
+
+    gen = torch.Generator().manual_seed(23)
+    weight = torch.randn(7, 6, 1, 1, generator=gen)
+    bias = torch.randn(7, generator=gen)
+    for shape in ((2, 5, 9, 11, 6), (1, 13, 17, 6), (40, 1, 1, 6), (3, 6)):
+        x = torch.randn(shape, generator=gen)
+        want = F.linear(x, weight.flatten(1), bias)
+        want = F.gelu(want) if gelu else want
+        with torch.inference_mode():
+            got = linear_last(x, weight, bias, gelu=gelu)
+            no_bias = linear_last(x, weight, None, gelu=False)
+            monkeypatch.setattr(unet, "FUSED_CONV_GELU", False)
+            off = linear_last(x, weight, bias, gelu=gelu)
+            monkeypatch.undo()
+        for out in (got, off):
+            assert out.shape == want.shape
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(no_bias, F.linear(x, weight.flatten(1)), rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_inference_on_a_field_equals_the_plain_path(monkeypatch) -> None:
+    """The default ``mixed`` (width 32, depth 2: the decoder's transposed convolutions, the
+    oneDNN encoder and head) on a whole field whose size is not a multiple of 4 gives the
+    plain modules' values (no fused path) to float rounding."""
+    from enspp.models import unet
+
+    torch.manual_seed(0)
+    grid = (37, 50)
+    model = build_model(make_spec("mixed", options={}, grid=grid))
+    with torch.no_grad():  # a head that reads the backbone (zero-initialised otherwise)
+        model.out.weight.normal_(0.0, 0.05)
+        model.out.bias.normal_(0.0, 0.05)
+    batch = toy_batch(torch.Generator().manual_seed(24), b=1, h=grid[0], w=grid[1], grid=grid)
+    with torch.inference_mode():
+        fast = model(batch)
+        monkeypatch.setattr(unet, "FUSED_CONV_GELU", False)
+        plain = model(batch)
+    for key in ("mu", "sigma"):
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(plain["mu"], raw_moments(batch)[0])
+
+
 @pytest.mark.parametrize("backbone", ["unet", "resnet"])
 def test_tile_interior_equals_whole_field(backbone: str) -> None:
     """Fully convolutional: away from a tile's edge (receptive field) its output equals the
