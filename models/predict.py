@@ -138,11 +138,12 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     source = str(store) if not isinstance(store, xr.Dataset) else "forecast store"
     ds = open_dataset(store)
     check_store_compatible(meta, ds, source=source)
-    if ds.nbytes <= LOAD_BYTES:  # a small store (stations): read once, not per init time
-        ds = ds.load()
     members = choose_members(ds[schema.MEMBER].values, config=pipeline.members,
                              rng=np.random.default_rng(seed))
     inits = _select_inits(ds, init_times, source=source)
+    if ds.nbytes <= LOAD_BYTES and len(inits) > _group_size(loaded, ds, members):
+        # a small store read in several groups (stations): read once, not group by group
+        ds = ds.load()
     static_fixed = static_fields(ds, _open_static(static, pipeline), regrid=pipeline.regrid)
     records = _record_features(meta, pipeline, ds, members=members, analysis=analysis,
                                deterministic=deterministic)
@@ -174,8 +175,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
                 pending.clear()
 
         point = loaded.model.spec.is_point
-        group_size = (min(POINT_GROUP, max(1, POINT_ROWS // _field_size(ds))) if point
-                      else read_group_size(_field_size(ds) * len(members) * len(meta.channels)))
+        group_size = _group_size(loaded, ds, members)
         for start in range(0, len(inits), group_size):
             group = inits[start:start + group_size]
             # the group's inputs in one read (each chunk decoded once)
@@ -242,6 +242,13 @@ WRITE_BLOCK_VALUES = 65536
 PRODUCT_CHUNK_VALUES = 65536
 #: a forecast store up to this size is read into memory once
 LOAD_BYTES = 256 * 2**20
+
+
+def _group_size(loaded: LoadedCheckpoint, ds: xr.Dataset, members: np.ndarray) -> int:
+    """Init times :func:`predict` reads (and a point model runs) together."""
+    if loaded.model.spec.is_point:
+        return min(POINT_GROUP, max(1, POINT_ROWS // _field_size(ds)))
+    return read_group_size(_field_size(ds) * len(members) * len(loaded.metadata.channels))
 
 
 def _field_size(ds: xr.Dataset) -> int:

@@ -108,6 +108,27 @@ def test_tiles_match_a_whole_field_pass(world, tmp_path):
     assert float(np.abs(whole["t2m_mean"] - raw.mean("member")).max()) > 0.05
 
 
+def test_product_is_the_plain_modules_product(world, tmp_path, monkeypatch):
+    """predict's inference paths (oneDNN's fused and transposed convolutions, 1x1
+    convolutions for the per-point layers) write the product that the plain modules write,
+    to float32 rounding: every field, ECC members included."""
+    from enspp.models import unet
+
+    inits = _inits(world, 2)
+    fast = open_product(predict(world["perturbed"], world["paths"].forecast,
+                                out=tmp_path / "fast.zarr", init_times=inits,
+                                quantiles=QUANTILES)).load()
+    monkeypatch.setattr(unet, "FUSED_CONV_GELU", False)
+    plain = open_product(predict(world["perturbed"], world["paths"].forecast,
+                                 out=tmp_path / "plain.zarr", init_times=inits,
+                                 quantiles=QUANTILES)).load()
+    assert set(fast.data_vars) == set(plain.data_vars) and "t2m" in fast.data_vars
+    scale = float(plain["t2m_std"].mean())
+    for name in fast.data_vars:
+        np.testing.assert_allclose(fast[name].values, plain[name].values, rtol=1e-5,
+                                   atol=1e-5 * scale, err_msg=name)
+
+
 def test_gaussian_only_whole_field_product_is_the_test_loaders(world, tmp_path):
     """``fields=("mean", "std")`` with ``whole_fields``: the two moments alone, as the training
     pipeline's test loader computes them (the synthetic experiment's product)."""
