@@ -356,8 +356,10 @@ def fit_memory() -> int:
 CASE_BYTES = 32
 #: contiguous ranges of groups the cases are spilled by when they exceed the fit's memory
 SPILL_RANGES = 256
-#: cases the fit's loops expand to float64 at a time when reading spilled ranges
+#: cases the fit's loops expand to float64 at a time when reading spilled ranges (at most)
 PIECE_CASES = 1 << 20
+#: bytes of the fit's temporaries per case of a piece (the derivatives' P x P terms, P <= 8)
+PIECE_TEMP_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -474,6 +476,9 @@ class _CaseStore:
         self.folder: str | None = None
         self.files: list[Any] = []
         self.sizes = [0] * self.n_ranges
+        #: cases per piece read back: the pieces' temporaries within an eighth of ``memory``
+        #: (at least 65536 cases: tens of MiB, as a chunk of a 181 x 360 grid)
+        self.piece = max(1 << 16, min(PIECE_CASES, self.memory // (8 * PIECE_TEMP_BYTES)))
 
     def __enter__(self) -> _CaseStore:
         return self
@@ -538,7 +543,7 @@ class _CaseStore:
             for k in range(i, j):
                 if self.sizes[k]:
                     data = np.fromfile(os.path.join(self.folder, f"{k:03d}.f64"), dtype="<f8")
-                    pieces += list(torch.from_numpy(data.reshape(-1, self.n_cols)).split(PIECE_CASES))
+                    pieces += list(torch.from_numpy(data.reshape(-1, self.n_cols)).split(self.piece))
             lo, hi = i * self.width, min(j * self.width, self.n_groups)
             yield lo, hi, _Cases(pieces, self.tables, self.layout, lo)
             i = j
@@ -592,12 +597,18 @@ def _derivatives(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, to
     derivatives in ``(u, v)`` are closed form (Gaussian) or from automatic differentiation of
     the closed-form CRPS, elementwise (censored logistic)."""
     n_g, n_p = theta.shape
-    grad = torch.zeros(n_g, n_p, dtype=torch.float64)
-    hess = torch.zeros(n_g, n_p * n_p, dtype=torch.float64)
+    # a case's derivatives are weighted products of its features f = [X, D, 1] (placed at the
+    # rows mean, log, gamma of theta): the gradient's weights by kind (u, l, g) and the
+    # Hessian's by pair of kinds, summed over the unique pairs i <= j only
+    pos = list(rows.mean) + list(rows.log) + [rows.gamma]
+    kind = torch.tensor([0] * len(rows.mean) + [1] * len(rows.log) + [2])
+    iu, ju = torch.triu_indices(len(pos), len(pos))
+    pair = torch.tensor([[0, 1, 2], [1, 3, 4], [2, 4, 5]])[kind[iu], kind[ju]]
+    grad = torch.zeros(n_g, len(pos), dtype=torch.float64)
+    upper = torch.zeros(n_g, len(iu), dtype=torch.float64)
     k = rows.k
     for c in chunks:
-        n = c["g"].shape[0]
-        if n == 0:
+        if c["g"].shape[0] == 0:
             continue
         u, v, a, sig, tv, gam = _case_terms(rows, theta, c)
         cu, cv, cuu, cuv, cvv = (t / c["ts"] for t in _crps_derivatives(rows, u, v, c["y"]))
@@ -606,25 +617,19 @@ def _derivatives(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, to
         s3 = 4.0 * sig ** 3
         v_l, v_g = k * a / (2 * sig), k * b1 / (2 * sig)
         v_ll, v_lg, v_gg = k * (a / (2 * sig) - a * a / s3), -k * a * b1 / s3, k * (b2 / (2 * sig) - b1 * b1 / s3)
-        ju = torch.zeros(n, n_p, dtype=torch.float64)
-        ju[:, rows.mean] = c["X"]
-        dl = torch.zeros(n, n_p, dtype=torch.float64)
-        dl[:, rows.log] = c["D"]
-        jv = dl * v_l[:, None]
-        jv[:, rows.gamma] = v_g
-        grad.index_add_(0, c["g"], cu[:, None] * ju + cv[:, None] * jv)
-        # J^T C J with J = [ju; jv], C the CRPS's Hessian in (u, v); then v's own curvature
-        r0 = cuu[:, None] * ju + cuv[:, None] * jv
-        r1 = cuv[:, None] * ju + cvv[:, None] * jv
-        h = ju[:, :, None] * r0[:, None, :] + jv[:, :, None] * r1[:, None, :]
-        h += (cv * v_ll)[:, None, None] * dl[:, :, None] * dl[:, None, :]
-        cross = (cv * v_lg)[:, None] * dl
-        h[:, rows.gamma] += cross
-        h[:, :, rows.gamma] += cross
-        h[:, rows.gamma, rows.gamma] += cv * v_gg
-        hess.index_add_(0, c["g"], h.reshape(n, -1))
-    hess = hess.reshape(n_g, n_p, n_p)
-    return grad, 0.5 * (hess + hess.transpose(1, 2))
+        f = torch.cat([c["X"], c["D"], torch.ones_like(u)[:, None]], 1)
+        grad.index_add_(0, c["g"], f * torch.stack([cu, cv * v_l, cv * v_g], 1)[:, kind])
+        # J^T C J with J = [du; dv], C the CRPS's Hessian in (u, v), plus v's own curvature
+        w = torch.stack([cuu, cuv * v_l, cuv * v_g, cvv * v_l * v_l + cv * v_ll,
+                         cvv * v_l * v_g + cv * v_lg, cvv * v_g * v_g + cv * v_gg], 1)
+        upper.index_add_(0, c["g"], f[:, iu] * f[:, ju] * w[:, pair])
+    out_g = torch.zeros(n_g, n_p, dtype=torch.float64)
+    out_g[:, pos] = grad
+    hess = torch.zeros(n_g, n_p, n_p, dtype=torch.float64)
+    p_i, p_j = torch.tensor(pos)[iu], torch.tensor(pos)[ju]
+    hess[:, p_i, p_j] = upper
+    hess[:, p_j, p_i] = upper
+    return out_g, hess
 
 
 _INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
@@ -744,7 +749,7 @@ def _fit(theta0: torch.Tensor, rows: _Rows, cases: _Cases, *, max_iter: int,
         lam = torch.where(better, (lam / 3.0).clamp(min=1e-12), lam * 4.0)
         if _DEBUG:
             print(it, float(loss.sum()) / float(counts.sum()), int((~better[active]).sum()), int(active.sum()))
-        history.append(loss)
+        history = [*history[-_WINDOW:], loss]
         # a group is done (and left as it is) when its CRPS fell by no more than tol
         # (relative) over the last _WINDOW iterations and the quadratic model predicts no
         # more than that either (a step rejected at the minimum only meets rounding)
