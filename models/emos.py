@@ -330,6 +330,7 @@ def fit_emos(model: _EMOS, chunks: Iterable[Mapping[str, torch.Tensor]], *, max_
             iterations, converged, runs = 0, True, 0
             for lo, hi, cases in store.ranges():
                 fitted, r = _fit(theta[lo:hi], rows, cases, max_iter=max_iter, tol=tol)
+                cases.pieces = []  # the range's cases go now
                 theta[lo:hi] = fitted
                 loss, start = loss + r.loss, start + r.start_loss
                 iterations, converged = max(iterations, r.iterations), converged and r.converged
@@ -451,10 +452,12 @@ class _Cases:
             out += torch.bincount(p[:, 0].long() - self.lo, minlength=n_g)[:n_g].double()
         return out
 
-    def select(self, groups: torch.Tensor) -> _Cases:
-        """The cases of the groups where ``groups`` (relative) is true."""
-        pieces = [p[groups[p[:, 0].long() - self.lo]] for p in self.pieces]
-        return _Cases([p for p in pieces if p.shape[0]], self.tables, self.layout, self.lo)
+    def keep(self, groups: torch.Tensor) -> None:
+        """Keep only the cases of the groups where ``groups`` (relative) is true, one piece
+        at a time (no second copy of the cases)."""
+        for i, p in enumerate(self.pieces):
+            self.pieces[i] = p[groups[p[:, 0].long() - self.lo]]
+        self.pieces = [p for p in self.pieces if p.shape[0]]
 
 
 class _CaseStore:
@@ -528,7 +531,8 @@ class _CaseStore:
         """``(lo, hi, cases)`` for consecutive ranges of groups whose cases fit in memory
         together (all the groups at once when nothing was spilled)."""
         if not self.files:
-            yield 0, self.n_groups, _Cases(self.pieces, self.tables, self.layout, 0)
+            pieces, self.pieces = self.pieces, []  # the fit drops finished groups' cases
+            yield 0, self.n_groups, _Cases(pieces, self.tables, self.layout, 0)
             return
         for f in self.files:
             f.close()
@@ -760,7 +764,7 @@ def _fit(theta0: torch.Tensor, rows: _Rows, cases: _Cases, *, max_iter: int,
                 converged = True
                 break
             if int(active.sum()) < 0.5 * n_kept:  # drop the finished groups' cases
-                cases = cases.select(active)
+                cases.keep(active)
                 n_kept = int(active.sum())
     return theta, _RangeFit(float(loss.sum()), start, it, converged)
 
