@@ -22,6 +22,7 @@ killed run is repaired by running it again.  NetCDF products are written whole.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -457,22 +458,32 @@ def _fields(params: dict[str, np.ndarray], raw: np.ndarray, *, masks: Sequence[n
     fields = {"mean": params["mu"], "std": params["sigma"]}
     if distribution == "censored_logistic":  # the distribution itself (closed-form scores)
         fields["loc"], fields["scale"] = params["loc"], params["scale"]
-    if quantiles:
-        fields["quantiles"] = output_quantiles(params, quantiles, level_axis=1,
-                                               distribution=distribution)
-    if n_members:
-        if raw[0, 0].size <= SORT_POINTS:
-            fields["members"] = output_ecc_members_many(params, raw, n_out=n_members, keys=keys,
-                                                        distribution=distribution)
-        else:
+
+    def levels() -> np.ndarray:
+        return output_quantiles(params, quantiles, level_axis=1, distribution=distribution)
+
+    if n_members and raw[0, 0].size > SORT_POINTS:
+        # a grid: the quantiles (numpy, without the GIL) on another core while the members
+        # are drawn here
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(levels) if quantiles else None
             each = [output_ecc_members({k: v[g] for k, v in params.items()}, raw[g],
                                        n_out=n_members, member_dim=0, distribution=distribution,
                                        seed=int(key)) for g, key in enumerate(keys)]
-            # one init time (a grid): no copy of its members
-            fields["members"] = each[0][None] if len(each) == 1 else np.stack(each)
+            if pending is not None:
+                fields["quantiles"] = pending.result()
+        # one init time (a grid): no copy of its members
+        fields["members"] = each[0][None] if len(each) == 1 else np.stack(each)
+    else:
+        if quantiles:
+            fields["quantiles"] = levels()
+        if n_members:
+            fields["members"] = output_ecc_members_many(params, raw, n_out=n_members, keys=keys,
+                                                        distribution=distribution)
     for g, masked in enumerate(masks):
-        for arr in fields.values():
-            arr[g][..., masked] = np.nan
+        if masked.any():
+            for arr in fields.values():
+                arr[g][..., masked] = np.nan
     return fields
 
 
