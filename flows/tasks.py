@@ -118,14 +118,14 @@ def _lock_dir(store: str | Path) -> Path:
 
 
 def done_init_times(product: str | Path) -> set[str]:
-    """Init times already complete in a product store (``record_key`` strings, to seconds)."""
+    """Init times already complete in a product (``record_key`` strings, to seconds): a Zarr
+    store's marked ones, every one a NetCDF product holds."""
     import numpy as np
 
     from enspp.data.provenance import record_key
-    from enspp.data.store import read_root_attrs
-    from enspp.models.product import COMPLETE_ATTR
+    from enspp.models.product import COMPLETE_ATTR, read_product_attrs
 
-    attrs = read_root_attrs(product) or {}
+    attrs = read_product_attrs(product) or {}
     return {record_key(np.datetime64(t, "ns")) for t in attrs.get(COMPLETE_ATTR, [])}
 
 
@@ -135,10 +135,9 @@ def skipped_init_times(product: str | Path) -> set[str]:
     import numpy as np
 
     from enspp.data.provenance import record_key
-    from enspp.data.store import read_root_attrs
-    from enspp.models.product import SKIPPED_ATTR
+    from enspp.models.product import SKIPPED_ATTR, read_product_attrs
 
-    attrs = read_root_attrs(product) or {}
+    attrs = read_product_attrs(product) or {}
     return {record_key(np.datetime64(t, "ns")) for t in attrs.get(SKIPPED_ATTR, [])}
 
 

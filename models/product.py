@@ -13,6 +13,12 @@ completes it), never complete with a mix of old and new fields.  Each init time'
 append is trimmed back to the init times all arrays hold, so running the same init times
 again repairs it.  A brand-new store is built under ``.<name>.partial`` and renamed when its
 first init times are written.  :func:`open_product` shows only complete init times.
+
+A NetCDF product (``fmt: netcdf``) is staged as such a store and written whole at the end
+(:meth:`ProductWriter.finish`), with the same bookkeeping (skipped init times, inputs; as
+JSON text, :mod:`models.product_file`); a predict into an existing NetCDF product stages
+its init times first, so it is extended, rewritten and brought up to date as a Zarr product
+is.  :func:`read_product_attrs` reads the bookkeeping of either format.
 """
 
 from __future__ import annotations
@@ -32,9 +38,12 @@ import zarr
 from enspp.data import schema
 from enspp.data.errors import EnsppError
 from enspp.models.product_file import (
+    ProductFileError,
     file_attrs,
     file_variables,
     is_netcdf,
+    netcdf_attrs,
+    open_file,
     open_product_file,
     read_file_rows,
     read_step,
@@ -192,12 +201,13 @@ def product_block(fields: Sequence[Mapping[int, Mapping[str, np.ndarray]]], *,
 
 
 def open_product(path: str | Path) -> xr.Dataset:
-    """A product (Zarr: only its complete init times; NetCDF: as written), lazily."""
+    """A product (Zarr: only its complete init times; NetCDF: as written, every init time
+    complete, its attributes as the Zarr product holds them), lazily."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"product {path} does not exist")
     if not path.is_dir():
-        return xr.open_dataset(path)
+        return open_file(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = xr.open_zarr(path, consolidated=True)
@@ -209,7 +219,8 @@ def open_product(path: str | Path) -> xr.Dataset:
 
 
 class ProductWriter:
-    """Writes the init times of one product: Zarr in place (idempotent), NetCDF at the end."""
+    """Writes the init times of one product: Zarr in place (idempotent), NetCDF at the end
+    (staged as a Zarr store, an existing file's init times first)."""
 
     def __init__(self, out: Path, *, attrs: dict[str, Any], fmt: str,
                  init_chunk: int = 1) -> None:
@@ -222,7 +233,11 @@ class ProductWriter:
         if fmt == "zarr" and self.out.exists():
             self._check_existing()
             _trim_to_common_length(self.out)
+        elif fmt == "netcdf" and self.out.exists():
+            self._check_existing_file()
         self.target = self.partial if fmt == "netcdf" or not self.out.exists() else self.out
+        if fmt == "netcdf" and self.out.exists():
+            self._stage_file()
         #: init times complete in the target (xarray's appends replace the root attributes)
         self.done: set[str] = set()
         #: init times left out for want of input fields (:meth:`mark_skipped`)
@@ -242,13 +257,68 @@ class ProductWriter:
 
     def _check_existing(self) -> None:
         if not self.out.is_dir():
-            raise ProductError(f"{self.out} exists and is not a Zarr product store")
+            raise ProductError(f"{self.out} exists and is not a Zarr product store"
+                               + (" (a NetCDF file: predict.fmt netcdf extends it)"
+                                  if is_netcdf(self.out) else ""))
         try:
             attrs = dict(zarr.open_group(self.out, mode="r", use_consolidated=False).attrs)
         except Exception as e:  # zarr raises several types for a non-store
             raise ProductError(f"{self.out} exists and is not a Zarr store ({e})") from e
         if attrs.get("enspp_kind") != PRODUCT_KIND:
             raise ProductError(f"{self.out} exists and is not an enspp product store")
+        self._check_identity(attrs)
+
+    def _check_existing_file(self) -> None:
+        """``out`` exists and ``fmt`` is netcdf: a NetCDF product of this product (else one
+        line naming it, before anything is computed)."""
+        if self.out.is_dir():
+            raise ProductError(f"{self.out} exists and is a directory, not a NetCDF product "
+                               "file (a Zarr product: predict.fmt zarr extends it); write to "
+                               "another --out")
+        try:
+            with open_product_file(self.out) as ds:
+                attrs = dict(ds.attrs)
+        except ProductFileError as e:
+            raise ProductError(f"{e}; remove it or write to another --out") from None
+        if attrs.get("enspp_kind") != PRODUCT_KIND:
+            raise ProductError(f"{self.out} exists and is not an enspp product (a NetCDF file "
+                               f"whose attribute enspp_kind is {attrs.get('enspp_kind')!r})")
+        self._check_identity(attrs)
+
+    def _stage_file(self) -> None:
+        """The existing NetCDF product's init times, as complete, with its skipped init
+        times and inputs, into the partial store (a bounded block of init times at a time),
+        so that this run extends it as it extends a Zarr product; :meth:`finish` writes
+        the whole file again."""
+        with open_product_file(self.out) as ds:
+            n = int(ds.sizes.get(schema.INIT_TIME, 0))
+            attrs = {k: v for k, v in ds.attrs.items() if k != "history"}
+            step = max(1, read_step(file_variables(ds)) // self.init_chunk) * self.init_chunk
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for r0 in range(0, n, step):
+                    block = ds.isel({schema.INIT_TIME: slice(r0, r0 + step)}).load()
+                    block = block.drop_encoding().assign_coords(
+                        {schema.INIT_TIME: block[schema.INIT_TIME].values.astype("datetime64[ns]")})
+                    if schema.LEAD_TIME in block.coords:
+                        block = block.assign_coords({schema.LEAD_TIME: block[
+                            schema.LEAD_TIME].values.astype("timedelta64[ns]")})
+                    if r0 == 0:
+                        self._create(block)
+                    else:
+                        block.to_zarr(self.partial, append_dim=schema.INIT_TIME,
+                                      consolidated=True)
+            times = ds[schema.INIT_TIME].values.astype("datetime64[ns]") if n else []
+        if not n:
+            return
+        attrs[COMPLETE_ATTR] = sorted(str(np.datetime64(t, "ns")) for t in times)
+        group = zarr.open_group(self.partial, mode="r+", use_consolidated=False)
+        group.attrs.put(attrs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self.partial)
+
+    def _check_identity(self, attrs: Mapping[str, Any]) -> None:
         for key in IDENTITY_ATTRS:
             if _plain(attrs.get(key)) != _plain(self.attrs[key]):
                 raise ProductError(
@@ -335,10 +405,11 @@ class ProductWriter:
                       encoding=encoding)
 
     def mark_skipped(self, inits: Sequence[np.datetime64]) -> None:
-        """Record ``inits`` as left out for want of input fields (a Zarr store that exists:
-        nothing is recorded where nothing was written)."""
+        """Record ``inits`` as left out for want of input fields (in a store that exists, the
+        staged one of a NetCDF product included: nothing is recorded where nothing was
+        written)."""
         self.skipped.update(str(np.datetime64(t, "ns")) for t in inits)
-        if self.fmt == "zarr" and self.target.exists():
+        if self.target.exists():
             self._mark_complete()
 
     def _mark_complete(self, *inits: np.datetime64) -> None:
@@ -364,15 +435,16 @@ class ProductWriter:
             zarr.consolidate_metadata(self.target)
 
     def finish(self) -> Path:
-        """NetCDF: convert the staged Zarr store into ``out`` (replacing it); return ``out``."""
+        """NetCDF: convert the staged Zarr store into ``out`` (replacing it), its complete
+        init times, with the skipped ones and the inputs recorded as in the Zarr store
+        (:func:`models.product_file.netcdf_attrs`); return ``out``."""
         if self.fmt == "netcdf":
             with open_product(self.partial) as ds:
-                attrs = {k: v for k, v in ds.attrs.items()
-                         if k not in (COMPLETE_ATTR, SKIPPED_ATTR, INPUTS_ATTR)}
+                attrs = {k: v for k, v in ds.attrs.items() if k != COMPLETE_ATTR}
                 attrs["history"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} enspp predict"
                 tmp = self.out.parent / f".{self.out.name}.tmp.nc"
                 product = ds.copy()
-                product.attrs = attrs
+                product.attrs = netcdf_attrs(attrs)
                 product.to_netcdf(tmp)
             tmp.replace(self.out)
             shutil.rmtree(self.partial, ignore_errors=True)
@@ -386,12 +458,9 @@ def stale_init_times(product: str | Path, forecast: str | Path) -> set[str]:
     or a store that cannot be read as an enspp store, has none).  Predicting them again
     brings the product up to date."""
     from enspp.data.provenance import record_key
-    from enspp.data.store import read_root_attrs
     from enspp.data.store_meta import StoreMetaError, open_meta
 
-    path = Path(product)
-    attrs = read_root_attrs(path) if path.is_dir() else None
-    recorded = (attrs or {}).get(INPUTS_ATTR) or {}
+    recorded = (read_product_attrs(product) or {}).get(INPUTS_ATTR) or {}
     digests = recorded.get("digests") or {}
     if not digests:
         return set()
@@ -404,6 +473,28 @@ def stale_init_times(product: str | Path, forecast: str | Path) -> set[str]:
                              np.array(list(digests), dtype="datetime64[ns]"))
     # an init time the store no longer holds keeps its product (nothing to compute it from)
     return {k for k, d in now.items() if by_key.get(k) != d}
+
+
+def read_product_attrs(path: str | Path) -> dict[str, Any] | None:
+    """The attributes of the product at ``path`` as a Zarr product store holds them, for
+    whoever reads its bookkeeping (:data:`COMPLETE_ATTR`, :data:`SKIPPED_ATTR`,
+    :data:`INPUTS_ATTR`): a Zarr store's root attributes; a NetCDF product's
+    (:func:`models.product_file.file_attrs`, JSON text decoded) with :data:`COMPLETE_ATTR`
+    the init times it holds (all complete); ``None`` where there is neither (nothing written
+    yet).  A NetCDF file that cannot be opened is a :class:`ProductFileError` naming it."""
+    from enspp.data.store import read_root_attrs
+
+    p = Path(path)
+    if not p.is_file():
+        return read_root_attrs(p)
+    if not is_netcdf(p):
+        return None
+    with open_product_file(p) as ds:
+        attrs = dict(ds.attrs)
+        if attrs.get("enspp_kind") == PRODUCT_KIND and schema.INIT_TIME in ds.coords:
+            attrs[COMPLETE_ATTR] = sorted(
+                str(t) for t in ds[schema.INIT_TIME].values.astype("datetime64[ns]"))
+    return attrs
 
 
 def _runs(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -544,8 +635,8 @@ def read_product_state(path: str | Path) -> ProductState:
     except Exception as e:  # noqa: BLE001 - zarr/xarray raise many types for a damaged store
         raise ProductError(f"store {p}: the init_time coordinate cannot be read "
                            f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
-    done = _times_attr(attrs, COMPLETE_ATTR, p, problems, required=True)
-    skipped = _times_attr(attrs, SKIPPED_ATTR, p, problems, required=False)
+    done = _times_attr(attrs, COMPLETE_ATTR, f"store {p}", problems, required=True)
+    skipped = _times_attr(attrs, SKIPPED_ATTR, f"store {p}", problems, required=False)
     _check_attrs(attrs, f"store {p}", problems)
     marked = set(done.tolist())
     return ProductState(
@@ -558,7 +649,10 @@ def read_product_state(path: str | Path) -> ProductState:
 
 
 def _read_file_state(p: Path) -> ProductState:
-    """A NetCDF product: every init time it holds is complete (:mod:`models.product_file`)."""
+    """A NetCDF product: every init time it holds is complete (:mod:`models.product_file`);
+    its skipped init times and inputs recorded as in a Zarr product."""
+    from enspp.data.provenance import record_key
+
     with open_product_file(p) as ds:
         attrs = file_attrs(ds)
         if attrs.get("enspp_kind") != PRODUCT_KIND:
@@ -572,30 +666,33 @@ def _read_file_state(p: Path) -> ProductState:
                  else np.array([], dtype="timedelta64[ns]"))
         variables = file_variables(ds)
     problems: list[str] = []
+    skipped = _times_attr(attrs, SKIPPED_ATTR, f"file {p}", problems, required=False)
     _check_attrs(attrs, f"file {p}", problems)
     return ProductState(
         path=p, attrs=attrs, init_times=coord, complete=np.ones(len(coord), dtype=bool),
-        skipped=(), not_in_coordinate=(), problems=tuple(problems),
+        skipped=tuple(record_key(t) for t in skipped), not_in_coordinate=(),
+        problems=tuple(problems),
         lead_times=np.asarray(leads, dtype="timedelta64[ns]"), variables=variables,
         fmt="netcdf")
 
 
-def _times_attr(attrs: Mapping[str, Any], key: str, path: Path, problems: list[str], *,
+def _times_attr(attrs: Mapping[str, Any], key: str, where: str, problems: list[str], *,
                 required: bool) -> np.ndarray:
+    """The init times of attribute ``key`` (``where``: ``store PATH`` or ``file PATH``)."""
     value = attrs.get(key)
     if value is None:
         if required:
-            problems.append(f"store {path}: attribute {key!r} is missing")
+            problems.append(f"{where}: attribute {key!r} is missing")
         return np.array([], dtype="datetime64[ns]")
     if not isinstance(value, list):
-        problems.append(f"store {path}: attribute {key!r} is not a list of init times")
+        problems.append(f"{where}: attribute {key!r} is not a list of init times")
         return np.array([], dtype="datetime64[ns]")
     good = []
     for v in value:
         try:
             good.append(np.datetime64(v, "ns"))
         except (TypeError, ValueError):
-            problems.append(f"store {path}: attribute {key!r}: {v!r} is not a time")
+            problems.append(f"{where}: attribute {key!r}: {v!r} is not a time")
     return np.array(sorted(set(good)), dtype="datetime64[ns]")
 
 

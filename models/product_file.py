@@ -2,16 +2,20 @@
 validate``.
 
 Predict writes a NetCDF product whole, at its end, from the complete init times of the Zarr
-store it staged (:meth:`models.product.ProductWriter.finish`): every init time the file holds
-is complete, and it records neither skipped init times nor inputs.  Its attributes went
-through NetCDF, which keeps a list of one as a scalar and integers as numpy's:
-:func:`file_attrs` gives them back as the Zarr product holds them.  A file that cannot be
-opened (truncated, damaged) is one line naming it (:class:`ProductFileError`).
+store it staged (:meth:`models.product.ProductWriter.finish`; a predict into an existing file
+stages its init times first, so the file is extended as a Zarr product is): every init time
+the file holds is complete.  It records, as a Zarr product does, the init times skipped for
+want of inputs and what each init time was computed from (:data:`JSON_ATTRS`, which NetCDF
+cannot hold as they are: JSON text, :func:`netcdf_attrs`).  Its attributes went through
+NetCDF, which keeps a list of one as a scalar and integers as numpy's: :func:`file_attrs`
+gives them back as the Zarr product holds them.  A file that cannot be opened (truncated,
+damaged) is one line naming it (:class:`ProductFileError`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,10 @@ NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
 NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
 #: product attributes that are lists (NetCDF keeps a list of one as a scalar)
 LIST_ATTRS = ("input_members", "quantiles")
+#: product attributes NetCDF cannot hold as they are (a list of init times, empty or of one;
+#: a nested mapping): written as JSON text, read back by :func:`file_attrs`
+#: (``models.product.SKIPPED_ATTR``, ``models.product.INPUTS_ATTR``)
+JSON_ATTRS = ("enspp_skipped", "enspp_inputs")
 #: values one read of a deep check holds at most (a contiguous variable is read in blocks
 #: of init times)
 READ_VALUES = 8 * 2**20
@@ -52,22 +60,37 @@ def is_netcdf(path: str | Path) -> bool:
     return head.startswith(NETCDF_MAGIC)
 
 
-@contextmanager
-def open_product_file(path: str | Path) -> Iterator[xr.Dataset]:
-    """The NetCDF file at ``path``, lazily (its coordinates read, no field);
-    :class:`ProductFileError` naming the file when it cannot be opened."""
+def open_file(path: str | Path) -> xr.Dataset:
+    """The NetCDF file at ``path``, lazily (its coordinates read, no field), its global
+    attributes as predict wrote them (:func:`file_attrs`); :class:`ProductFileError` naming
+    the file when it cannot be opened.  The caller closes it."""
     p = Path(path)
     try:
         ds = xr.open_dataset(p, decode_timedelta=True)
     except Exception as e:  # noqa: BLE001 - netCDF4/HDF5 raise many types for a damaged file
         raise ProductFileError(f"{p}: cannot be read as a NetCDF file (truncated or damaged?): "
                                f"{_why(e)}") from None
-    with ds:
+    ds.attrs = file_attrs(ds)
+    return ds
+
+
+@contextmanager
+def open_product_file(path: str | Path) -> Iterator[xr.Dataset]:
+    """:func:`open_file`, closed on leaving."""
+    with open_file(path) as ds:
         yield ds
 
 
+def netcdf_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``attrs`` as a NetCDF file holds them: :data:`JSON_ATTRS` as JSON text."""
+    return {k: json.dumps(v, sort_keys=True) if k in JSON_ATTRS else v
+            for k, v in attrs.items()}
+
+
 def file_attrs(ds: xr.Dataset) -> dict[str, Any]:
-    """The global attributes as predict wrote them: lists as lists, numbers as Python's."""
+    """The global attributes as predict wrote them: lists as lists, numbers as Python's,
+    :data:`JSON_ATTRS` decoded (text that does not parse is kept as it is: the checks of
+    ``enspp validate`` name it)."""
     out = {}
     for key, value in ds.attrs.items():
         if isinstance(value, np.ndarray):
@@ -76,6 +99,11 @@ def file_attrs(ds: xr.Dataset) -> dict[str, Any]:
             value = value.item()
         if key in LIST_ATTRS and not isinstance(value, list):
             value = [value]
+        if key in JSON_ATTRS and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
         out[key] = value
     return out
 
@@ -117,5 +145,5 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
 
 
-__all__ = ["ProductFileError", "file_attrs", "file_variables", "is_netcdf",
-           "open_product_file", "read_file_rows", "read_step"]
+__all__ = ["JSON_ATTRS", "ProductFileError", "file_attrs", "file_variables", "is_netcdf",
+           "netcdf_attrs", "open_file", "open_product_file", "read_file_rows", "read_step"]

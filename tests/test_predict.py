@@ -375,6 +375,35 @@ def test_absent_input_fields_skip_the_init_time_never_filled(world, tmp_path):
         predict(world["raw"], store, out=tmp_path / "none.zarr", init_times=[init])
 
 
+def test_a_netcdf_product_records_skipped_init_times_and_is_extended(world, tmp_path):
+    """``fmt: netcdf``: the init times skipped for want of input fields are recorded in the
+    file as in a Zarr product (inspect, validate and the flows read them), and a predict into
+    an existing file extends it (the skipped one tried again) instead of replacing it with
+    the new init times alone."""
+    from enspp.data.store_writer import append
+    from enspp.models.product import read_product_state
+
+    ds = open_dataset(world["paths"].forecast).isel(init_time=slice(0, 3)).load()
+    inits = list(ds.init_time.values)
+    ds["t"].loc[{"init_time": inits[1], "lead_time": np.timedelta64(48, "h")}] = np.nan
+    store = tmp_path / "fc.zarr"
+    append(store, ds.drop_encoding(), kind="forecast")
+    kw = dict(quantiles=QUANTILES, n_members=3, progress=False)
+    out = predict(world["raw"], store, out=tmp_path / "p.nc", fmt="netcdf",
+                  init_times=inits[:2], **kw)
+    state = read_product_state(out)
+    assert state.skipped == (str(inits[1])[:19],) and list(state.init_times) == [inits[0]]
+    with open_product(out) as got:
+        assert got.attrs["enspp_skipped"] == [str(inits[1])]
+    predict(world["raw"], store, out=out, fmt="netcdf", init_times=inits[1:], **kw)
+    zarr_out = predict(world["raw"], store, out=tmp_path / "p.zarr", init_times=inits, **kw)
+    with open_product(out) as got, open_product(zarr_out) as want:
+        assert list(got.init_time.values) == [inits[0], inits[2]]
+        assert got.attrs["enspp_skipped"] == want.attrs["enspp_skipped"] == [str(inits[1])]
+        xr.testing.assert_allclose(got.load().drop_attrs(), want.load().drop_attrs())
+    assert read_product_state(out).skipped == read_product_state(zarr_out).skipped
+
+
 def test_blocks_of_init_times_write_the_store_one_at_a_time_writes(world, tmp_path, monkeypatch):
     """Small fields are written in blocks of init times (one append per block); the store is
     the one init-time-at-a-time writes make, also when a block mixes stored and new init

@@ -393,3 +393,116 @@ def test_a_truncated_netcdf_product_is_one_line_naming_it(tmp_path, capsys, comm
     assert rc == 1 and err == (f"enspp {command}: error: {tmp_path / 'static.nc'} is a NetCDF "
                                "file but not an enspp product (its attribute enspp_kind is "
                                "None, not 'product')\n")
+
+
+def test_a_netcdf_product_records_skipped_and_stale_init_times_as_a_zarr_one(tmp_path, capsys):
+    """A NetCDF product records the init times skipped for want of inputs and what each
+    init time was computed from (as JSON text: NetCDF holds no nested attribute), read back
+    through the one reader: inspect, validate and whoever completes a product (the predict
+    flow, the cached validation products) see the same as for the Zarr product."""
+    import json
+
+    from enspp.flows.tasks import recorded_init_times
+    from enspp.models.product import (
+        INPUTS_ATTR,
+        SKIPPED_ATTR,
+        read_product_attrs,
+        read_product_state,
+    )
+    from enspp.models.product_file import JSON_ATTRS
+    from enspp.pipeline.synthetic import write_stores
+
+    assert set(JSON_ATTRS) == {SKIPPED_ATTR, INPUTS_ATTR}
+    stores = write_stores(tmp_path / "stores", n_init=4, n_members=3, ny=NY, nx=NX,
+                          lead_hours=LEADS)
+    inits = xr.open_zarr(stores.forecast)["init_time"].values
+    paths = {suffix: make_product(tmp_path / f"p.{suffix}", forecast=stores.forecast,
+                                  inits=inits, skipped=True, fmt=fmt)
+             for suffix, fmt in (("zarr", "zarr"), ("nc", "netcdf"))}
+    # an init time computed from other bytes than the store's now: stale
+    group = zarr.open_group(paths["zarr"], mode="r+", use_consolidated=False)
+    inputs = group.attrs[INPUTS_ATTR]
+    inputs["digests"][str(inits[1])] = "computed-from-other-bytes"
+    group.attrs[INPUTS_ATTR] = inputs
+
+    def stale(ds):
+        recorded = json.loads(ds.attrs[INPUTS_ATTR])
+        recorded["digests"][str(inits[1])] = "computed-from-other-bytes"
+        return ds.assign_attrs({INPUTS_ATTR: json.dumps(recorded)})
+
+    _rewrite(paths["nc"], stale)
+    zarr_attrs, nc_attrs = (read_product_attrs(paths[f]) for f in ("zarr", "nc"))
+    for key in ("enspp_complete", SKIPPED_ATTR, INPUTS_ATTR):
+        assert nc_attrs[key] == zarr_attrs[key], key
+    assert nc_attrs[SKIPPED_ATTR] == ["2020-01-05T00:00:00.000000000"]
+    states = [read_product_state(paths[f]) for f in ("zarr", "nc")]
+    assert states[0].skipped == states[1].skipped == ("2020-01-05T00:00:00",)
+    assert states[1].problems == ()
+    done, skipped, stale_keys = recorded_init_times(paths["nc"], stores.forecast)
+    assert (done, skipped, stale_keys) == recorded_init_times(paths["zarr"], stores.forecast)
+    assert stale_keys == {"2019-01-02T00:00:00"} and skipped == {"2020-01-05T00:00:00"}
+    assert len(done) == 3
+    for path in paths.values():
+        rc, out, err = _run(capsys, "inspect", str(path))
+        assert rc == 0, err
+        assert "1 skipped (input fields absent from the forecast store): 2020-01-05T00:00:00" in out
+        assert "stale       1 (" in out and out.count("2019-01-02T00:00:00") == 1
+        rc, out, _ = _run(capsys, "validate", str(path))
+        assert rc == 0 and ("note: 1 init time skipped (input fields absent from the forecast "
+                            "store): 2020-01-05T00:00:00") in out
+    # recorded text that does not parse is named, as a Zarr product's wrong attribute is
+    _rewrite(paths["nc"], lambda ds: ds.assign_attrs({SKIPPED_ATTR: "[2020-01-05"}))
+    rc, out, _ = _run(capsys, "validate", str(paths["nc"]))
+    assert rc == 1 and (f"attribute: file {paths['nc']}: attribute 'enspp_skipped' is not a "
+                        "list of init times") in out
+
+
+def test_a_netcdf_product_is_extended_as_a_zarr_one(tmp_path):
+    """A NetCDF product is written whole, but a write into an existing one stages its init
+    times first: it is extended (init times rewritten in place, new ones added, a skipped one
+    written at last leaves the skipped list) instead of replaced by the new init times
+    alone; another product's file, a Zarr store where a file is asked for (and the other
+    way round) or a damaged file are one line naming it, before anything is written."""
+    from enspp.models.product import ProductError, open_product, read_product_state
+
+    rng = np.random.default_rng(0)
+    grid = xr.Dataset(coords={"latitude": np.linspace(50, 47, NY),
+                              "longitude": np.linspace(5, 9, NX)})
+    fields = [_fields(rng) for _ in INITS]
+
+    def write(path, rows, *, fmt="netcdf", skip=(), attrs=None):
+        writer = ProductWriter(path, attrs=attrs or _attrs("fc.zarr"), fmt=fmt, init_chunk=2)
+        writer.record_inputs([("t2m", 24)], {INITS[r]: f"d{r}" for r in (*rows, *skip)})
+        writer.write_block(product_block([fields[r] for r in rows], targets=["t2m"],
+                                         inits=[INITS[r] for r in rows], quantiles=QUANTILES,
+                                         grid=grid))
+        if skip:
+            writer.mark_skipped([INITS[r] for r in skip])
+        return writer.finish()
+
+    def read(path):
+        with open_product(path) as ds:
+            return ds.load()
+
+    path = write(tmp_path / "p.nc", [0, 1], skip=[3])
+    assert read_product_state(path).skipped == ("2020-01-04T00:00:00",)
+    write(path, [1, 2, 3])
+    whole = write(tmp_path / "whole.nc", [0, 1, 2, 3])
+    got, want = read(path), read(whole)
+    xr.testing.assert_identical(got.drop_attrs(), want.drop_attrs())
+    for key in ("enspp_inputs", "input_members", "quantiles"):
+        assert got.attrs[key] == want.attrs[key], key
+    assert "enspp_skipped" not in got.attrs and not (tmp_path / ".p.nc.partial").exists()
+    with pytest.raises(ProductError, match=r"holds another product: its checkpoint_sha256 is"):
+        write(path, [0], attrs={**_attrs("fc.zarr"), "checkpoint_sha256": "f" * 64})
+    with pytest.raises(ProductError, match=r"is a directory, not a NetCDF product file \(a Zarr "
+                                           r"product: predict.fmt zarr extends it\)"):
+        write(make_product(tmp_path / "z.zarr"), [0])
+    with pytest.raises(ProductError, match=r"exists and is not a Zarr product store \(a NetCDF "
+                                           r"file: predict.fmt netcdf extends it\)"):
+        write(path, [0], fmt="zarr")
+    xr.testing.assert_identical(read(path), got)  # untouched
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ProductError, match=r"cannot be read as a NetCDF file \(truncated or "
+                                           r"damaged\?\): .*; remove it or write to another --out"):
+        write(path, [0])
