@@ -5,7 +5,8 @@ Every system becomes, per variable, a :class:`SystemField`: either an ensemble
 ``(init_time, lead_time, *space)``, lazily backed by its store.
 
 * ensembles come from forecast stores (``variable`` via :func:`data.schema.select_variable`)
-  or from the ECC members ``v`` of a product store;
+  or from the ECC members ``v`` of a product (a Zarr store, or the NetCDF file of
+  ``predict.fmt: netcdf``);
 * ``raw_subset`` is K members (or a list) of the forecast store;
 * Gaussian products are ``v_mean``/``v_std`` of a product store (ARCHITECTURE.md);
 * the synthetic world's oracle is ``<var>_mu``/``<var>_sigma`` of ``oracle.zarr``;
@@ -95,12 +96,22 @@ class SystemField:
 
 def open_dataset(path: Path) -> xr.Dataset:
     """Open a store lazily: an enspp store through ``data.store.open_store`` (only its
-    complete records), any other Zarr (products, the oracle) with ``xr.open_zarr``."""
+    complete records), any other Zarr (products, the oracle) with ``xr.open_zarr``, a NetCDF
+    file (a product of ``predict.fmt: netcdf``) as predict's products are read back
+    (:func:`models.product.open_product`)."""
     import warnings
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"store not found: {path}")
+    if path.is_file():
+        from enspp.models.product import open_product
+        from enspp.models.product_file import is_netcdf
+
+        if not is_netcdf(path):
+            raise SystemDataError(f"{path}: a file that is not NetCDF (a system is a Zarr store "
+                                  "or a NetCDF product)")
+        return open_product(path)
     try:
         from enspp.data.store import is_store, open_store
     except ImportError:  # pragma: no cover - data.store is part of the project

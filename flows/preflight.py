@@ -93,8 +93,9 @@ class _Checker:
 
     def dataset(self, key: str, path: Path, *, any_zarr: bool = False) -> Any:
         """The opened store (cached); a store that cannot be opened is a problem.
-        ``any_zarr``: opened as evaluate opens a system (an enspp store, or any Zarr: a
-        product, the oracle), else as the pipeline opens its stores (enspp stores only)."""
+        ``any_zarr``: opened as evaluate opens a system (an enspp store, any Zarr: a
+        product, the oracle; or a NetCDF product of ``predict.fmt: netcdf``), else as the
+        pipeline opens its stores (enspp stores only)."""
         if (path, any_zarr) not in self._open:
             if any_zarr:
                 from enspp.evaluation.systems import open_dataset

@@ -104,6 +104,27 @@ def test_chunked_and_one_shot_agree(world):
     np.testing.assert_allclose(va.histograms["raw_full"].values, vb.histograms["raw_full"].values)
 
 
+def test_a_netcdf_product_is_a_system_as_its_zarr_store_is(world, tmp_path):
+    """A product written as NetCDF (``predict.fmt: netcdf``) is opened as predict's products
+    are read back and scored as the same product in Zarr; a file that is not NetCDF is one
+    line naming it."""
+    with xr.open_zarr(world.product) as ds:
+        ds.load().to_netcdf(tmp_path / "product.nc")
+    systems = [{"name": "raw_full", "path": str(world.forecast)},
+               {"name": "emos", "path": str(world.product), "type": "gaussian"}]
+    got = []
+    for path in (world.product, tmp_path / "product.nc"):
+        systems[1]["path"] = str(path)
+        got.append(evaluate(_cfg(world, systems=systems, metrics=["crps", "rmse"]),
+                            progress=False).scores["t2m"])
+    xr.testing.assert_allclose(got[0], got[1], rtol=1e-12)
+    (tmp_path / "product.txt").write_text("not a product")
+    systems[1]["path"] = str(tmp_path / "product.txt")
+    with pytest.raises(SystemDataError, match=r"product.txt: a file that is not NetCDF \(a system "
+                                              r"is a Zarr store or a NetCDF product\)$"):
+        evaluate(_cfg(world, systems=systems))
+
+
 def test_report_files_name_the_estimator(report):
     _, result, out = report
     doc = json.loads((out / "scores.json").read_text())

@@ -207,6 +207,34 @@ def test_products_and_the_oracle_open_as_evaluate_opens_them(work):
     assert line.startswith(f"evaluate.systems[mixed].path: {work / 'notzarr.zarr'} cannot be opened")
 
 
+def test_a_netcdf_product_is_a_system_as_evaluate_reads_it(work):
+    """``enspp evaluate`` scores a NetCDF product (``predict.fmt: netcdf``): validate opens
+    it as evaluate does (its lead times and period checked), no false problem; a file that
+    is no NetCDF is the problem evaluate would stop on."""
+    import xarray as xr
+
+    fc = xr.open_zarr(work / "stores" / "forecast.zarr")
+    t2m = fc["t2m"].isel(member=0, drop=True)
+    xr.Dataset({"t2m_mean": t2m, "t2m_std": abs(t2m) * 0 + 1.0},
+               attrs={"enspp_kind": "product"}).to_netcdf(work / "product.nc")
+    path = config(work, "netcdf_product.yaml", evaluate={"systems": [
+        {"name": "raw_full", "path": "stores/forecast.zarr"},
+        {"name": "mixed", "path": "product.nc", "type": "gaussian"}]})
+    assert check_config(load_config(path)).problems == []
+    path = config(work, "netcdf_product_leads.yaml", evaluate={"lead_times": [72], "systems": [
+        {"name": "mixed", "path": "product.nc", "type": "gaussian"}], "reference": "mixed"})
+    assert f"evaluate.lead_times: [72] h not in {work / 'product.nc'} (lead times [24.0, 48.0] h)" \
+        in check_config(load_config(path)).problems
+    (work / "product.txt").write_text("not a product")
+    path = config(work, "text_product.yaml", evaluate={"systems": [
+        {"name": "raw_full", "path": "stores/forecast.zarr"},
+        {"name": "mixed", "path": "product.txt", "type": "gaussian"}]})
+    (line,) = check_config(load_config(path)).problems
+    assert line == (f"evaluate.systems[mixed].path: {work / 'product.txt'} cannot be opened as a "
+                    f"store: {work / 'product.txt'}: a file that is not NetCDF (a system is a "
+                    "Zarr store or a NetCDF product)")
+
+
 @pytest.mark.parametrize("start, end, noted", [
     ("2018-12-31", "2019-01-17", False),  # a day past each end of daily inits: nothing missed
     ("2018-12-01", "2019-01-10", True),
