@@ -96,7 +96,8 @@ class SystemField:
 
 def open_dataset(path: Path) -> xr.Dataset:
     """Open a store lazily: an enspp store through ``data.store.open_store`` (only its
-    complete records), any other Zarr (products, the oracle) with ``xr.open_zarr``, a NetCDF
+    complete records), a product through :func:`models.product.open_product` (only the init
+    times predict marked complete), any other Zarr (the oracle) with ``xr.open_zarr``, a NetCDF
     file (a product of ``predict.fmt: netcdf``) as predict's products are read back
     (:func:`models.product.open_product`)."""
     import warnings
@@ -121,9 +122,14 @@ def open_dataset(path: Path) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         try:
-            return xr.open_zarr(path, consolidated=None)
+            ds = xr.open_zarr(path, consolidated=None)
         except (OSError, ValueError, KeyError) as e:
             raise SystemDataError(f"{path}: cannot be opened as a Zarr store ({e})") from None
+    from enspp.models.product import PRODUCT_KIND, open_product
+
+    if ds.attrs.get("enspp_kind") == PRODUCT_KIND:  # a predict killed mid-write: its last
+        return open_product(path)  # init times are not marked complete, and not scored
+    return ds
 
 
 def system_field(ds: xr.Dataset, system: SystemConfig, variable: str) -> SystemField:

@@ -125,6 +125,29 @@ def test_a_netcdf_product_is_a_system_as_its_zarr_store_is(world, tmp_path):
         evaluate(_cfg(world, systems=systems))
 
 
+def test_a_products_unfinished_init_times_are_not_scored(world, tmp_path):
+    """A predict killed after writing an init time but before marking it complete leaves
+    values that may be partial: evaluate reads a product as predict reads it back (only
+    the init times marked complete), so that init time is not scored."""
+    import shutil
+
+    import zarr
+
+    from enspp.evaluation.systems import open_dataset
+    from enspp.models.product import COMPLETE_ATTR, PRODUCT_KIND
+
+    path = tmp_path / "product.zarr"
+    shutil.copytree(world.product, path)
+    with xr.open_zarr(path) as ds:
+        inits = ds.init_time.values
+    group = zarr.open_group(path, mode="r+", use_consolidated=False)
+    group.attrs.update({"enspp_kind": PRODUCT_KIND,
+                        COMPLETE_ATTR: [str(t)[:19] for t in inits[:-1]]})
+    zarr.consolidate_metadata(path)
+    np.testing.assert_array_equal(open_dataset(path).init_time.values, inits[:-1])
+    np.testing.assert_array_equal(open_dataset(world.product).init_time.values, inits)
+
+
 def test_report_files_name_the_estimator(report):
     _, result, out = report
     doc = json.loads((out / "scores.json").read_text())
