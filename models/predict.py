@@ -145,7 +145,14 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     if ds.nbytes <= LOAD_BYTES and len(inits) > _group_size(loaded, ds, members):
         # a small store read in several groups (stations): read once, not group by group
         ds = ds.load()
-    static_fixed = static_fields(ds, _open_static(static, pipeline), regrid=pipeline.regrid)
+    # the static planes (numpy, mostly without the GIL) on another core while the product
+    # and the input reader are set up
+    static_ds = _open_static(static, pipeline)
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        static_job = pool.submit(static_fields, ds, static_ds, regrid=pipeline.regrid)
+    finally:
+        pool.shutdown(wait=False)
     records = _record_features(meta, pipeline, ds, members=members, analysis=analysis,
                                deterministic=deterministic)
     tile, overlap = ((None, 0) if whole_fields else
@@ -162,6 +169,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     # a store held in memory is read as it is; else through the chunk reader
     in_memory = not any(is_dask_collection(v.data) for v in ds.data_vars.values())
     reader = None if in_memory else _input_reader(ds, meta.channels, store)
+    static_fixed = static_job.result()
     with step(f"predict {version}", total=len(inits), unit="init time", progress=progress) as s, \
             torch.inference_mode(), reuse_large_blocks():
         # small fields (stations) are written in blocks of init times: one write per block
