@@ -93,13 +93,20 @@ class MemberEncoder(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         g = pointwise_last(self.mlp, features)  # [B, K, H, W, hidden]
         w, bias = self.proj.weight, self.proj.bias
+        scratch = not g.requires_grad and g is not features
+        if scratch and g.shape[1] >= 2:
+            # inference: every member projected first (E < hidden values per member from
+            # here on), then the embeddings' mean and their deviations from it, in place
+            e = linear_last(g, w, None)  # [B, K, H, W, E], without the bias
+            e_mean = e.mean(dim=1)
+            var = e.sub_(e_mean.unsqueeze(1)).square_().mean(dim=1)
+            return torch.cat([e_mean.add_(bias), var.add_(1e-12).sqrt_()], dim=-1)
         g_mean = g.mean(dim=1)
         mean = linear_last(g_mean, w, bias)  # the projection is affine: the embeddings' mean
         if g.shape[1] < 2:
             return torch.cat([mean, torch.zeros_like(mean)], dim=-1)
         # the embeddings' deviations from their mean are the (bias-free) projections of g's;
         # without an autograd graph the big per-member buffers are reused in place
-        scratch = not g.requires_grad and g is not features
         dev = linear_last(g.sub_(g_mean.unsqueeze(1)) if scratch else g - g_mean.unsqueeze(1), w, None)
         var = (dev.square_() if scratch else dev.square()).mean(dim=1)
         return torch.cat([mean, var.add(1e-12).sqrt()], dim=-1)

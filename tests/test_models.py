@@ -256,6 +256,24 @@ def test_linear_last_inference_path_equals_linear(gelu: bool, monkeypatch) -> No
         torch.testing.assert_close(no_bias, F.linear(x, weight.flatten(1)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_member_encoder_inference_equals_training(k: int) -> None:
+    """The encoder in inference (members projected first, pooled in place) gives the
+    training formulation's pooled mean and std of the embeddings to float rounding."""
+    from enspp.models.mixed import MemberEncoder
+
+    torch.manual_seed(0)
+    enc = MemberEncoder(6, [16], 8)
+    with torch.no_grad():
+        enc.proj.bias.normal_()
+    features = torch.randn(2, k, 9, 13, 6, generator=torch.Generator().manual_seed(k))
+    trained = enc(features)  # autograd on
+    with torch.inference_mode():
+        fast = enc(features)
+    assert fast.shape == (2, 9, 13, 16)
+    torch.testing.assert_close(fast, trained.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_mixed_inference_on_a_field_equals_the_plain_path(monkeypatch) -> None:
     """The default ``mixed`` (width 32, depth 2: the decoder's transposed convolutions, the
     oneDNN encoder and head) on a whole field whose size is not a multiple of 4 gives the
