@@ -107,7 +107,7 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
 
     ``init_times`` (default: all complete ones in the store) selects init times; ``n_members``
     is M, the number of ECC members written (may exceed K); ``fmt`` is ``zarr`` (appendable,
-    idempotent) or ``netcdf`` (written whole); ``static`` overrides the static-field file
+    idempotent) or ``netcdf`` (written whole; an existing file is extended); ``static`` overrides the static-field file
     recorded in the checkpoint's pipeline config; ``batch_size`` is tiles per forward pass.
 
     ``fields`` (of ``PRODUCT_FIELDS``; ``mean`` and ``std`` are always written) leaves out the
@@ -160,9 +160,10 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
     version = model_version or f"{meta.spec['name']}-{loaded.sha256[:12]}"
     attrs = product_attrs(loaded, members=members, source=source, version=version,
                           n_members=n_members, quantiles=levels)
+    extends = Path(out).exists()
     writer = ProductWriter(Path(out), attrs=attrs, fmt=fmt,
                            init_chunk=product_init_chunk(_field_size(ds)))
-    if fmt == "zarr" and not isinstance(store, xr.Dataset):
+    if not isinstance(store, xr.Dataset):
         fields_in = [parse_channel(c) for c in meta.channels]
         writer.record_inputs(fields_in, _input_digests(store, fields_in, inits))
     skipped: dict[np.datetime64, list[str]] = {}
@@ -217,6 +218,8 @@ def predict(checkpoint: str | Path, store: str | Path | xr.Dataset, *,
             line = _skipped_line(skipped, total=len(inits), source=source)
             writer.mark_skipped(list(skipped))  # recorded in the product (enspp_skipped)
             if len(skipped) == len(inits):
+                if fmt == "netcdf" and extends:  # the file it extends records them too
+                    writer.finish()
                 raise PredictError(line)
             LOGGER.warning(line)
         path = writer.finish()

@@ -381,7 +381,8 @@ def test_a_netcdf_product_records_skipped_init_times_and_is_extended(world, tmp_
     an existing file extends it (the skipped one tried again) instead of replacing it with
     the new init times alone."""
     from enspp.data.store_writer import append
-    from enspp.models.product import read_product_state
+    from enspp.models.predict import PredictError
+    from enspp.models.product import INPUTS_ATTR, read_product_attrs, read_product_state
 
     ds = open_dataset(world["paths"].forecast).isel(init_time=slice(0, 3)).load()
     inits = list(ds.init_time.values)
@@ -402,6 +403,16 @@ def test_a_netcdf_product_records_skipped_init_times_and_is_extended(world, tmp_
         assert got.attrs["enspp_skipped"] == want.attrs["enspp_skipped"] == [str(inits[1])]
         xr.testing.assert_allclose(got.load().drop_attrs(), want.load().drop_attrs())
     assert read_product_state(out).skipped == read_product_state(zarr_out).skipped
+    # the file records what each init time was computed from, as the Zarr product does
+    inputs = read_product_attrs(out)[INPUTS_ATTR]
+    assert inputs and inputs == read_product_attrs(zarr_out)[INPUTS_ATTR]
+    # a predict whose init times are all skipped fails, and the file it extends records them
+    again = predict(world["raw"], store, out=tmp_path / "q.nc", fmt="netcdf",
+                    init_times=inits[:1], **kw)
+    with pytest.raises(PredictError, match="input fields absent|skipped"):
+        predict(world["raw"], store, out=again, fmt="netcdf", init_times=inits[1:2], **kw)
+    assert read_product_state(again).skipped == (str(inits[1])[:19],)
+    assert list(read_product_state(again).init_times) == [inits[0]]
 
 
 def test_blocks_of_init_times_write_the_store_one_at_a_time_writes(world, tmp_path, monkeypatch):
