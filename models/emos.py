@@ -480,8 +480,8 @@ class _CaseStore:
         self.files: list[Any] = []
         self.sizes = [0] * self.n_ranges
         #: cases per piece read back: the pieces' temporaries within an eighth of ``memory``
-        #: (at least 65536 cases: tens of MiB, as a chunk of a 181 x 360 grid)
-        self.piece = max(1 << 16, min(PIECE_CASES, self.memory // (8 * PIECE_TEMP_BYTES)))
+        #: (at least 16384 cases: ~16 MiB of temporaries)
+        self.piece = max(1 << 14, min(PIECE_CASES, self.memory // (8 * PIECE_TEMP_BYTES)))
 
     def __enter__(self) -> _CaseStore:
         return self
@@ -543,11 +543,14 @@ class _CaseStore:
             while j < self.n_ranges and size + self.sizes[j] * row <= self.memory:
                 size += self.sizes[j] * row
                 j += 1
-            pieces = []
-            for k in range(i, j):
+            data = np.empty((sum(self.sizes[i:j]), self.n_cols), dtype="<f8")
+            at = 0
+            for k in range(i, j):  # the range's files one after another into one array
                 if self.sizes[k]:
-                    data = np.fromfile(os.path.join(self.folder, f"{k:03d}.f64"), dtype="<f8")
-                    pieces += list(torch.from_numpy(data.reshape(-1, self.n_cols)).split(self.piece))
+                    with open(os.path.join(self.folder, f"{k:03d}.f64"), "rb") as f:
+                        f.readinto(memoryview(data[at:at + self.sizes[k]]).cast("B"))
+                    at += self.sizes[k]
+            pieces = list(torch.from_numpy(data).split(self.piece))
             lo, hi = i * self.width, min(j * self.width, self.n_groups)
             yield lo, hi, _Cases(pieces, self.tables, self.layout, lo)
             i = j

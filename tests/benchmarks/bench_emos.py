@@ -9,7 +9,7 @@ init times (synthetic fields: a bias per point, a collapsed spread), fitted by
   to files by ranges of grid points and the ranges are fitted one after another.
 
 Each process reports the growth of its peak resident memory over the fit (``VmHWM`` reset
-just before it) and the fit's wall time; the held fit runs again on half the init times, so
+just before it) and the fit's wall time; the held fit runs again on a third of the init times, so
 that the peak's growth per case is separated from the fit's fixed working set (the
 temporaries of one piece of cases, the allocator's slack). The floor of that growth is the
 compact case itself (``models.emos.CASE_BYTES``: group, raw mean, raw variance and target,
@@ -87,7 +87,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="spill folder's parent (default: a temporary one)")
-    parser.add_argument("--inits", type=int, default=24)
+    parser.add_argument("--inits", type=int, default=48)
     args = parser.parse_args()
     from enspp.models.emos import CASE_BYTES
 
@@ -101,9 +101,9 @@ def main() -> None:
                              check=True, capture_output=True, text=True)
         return json.loads(run.stdout.strip().splitlines()[-1])
 
-    half = args.inits // 2
+    part = args.inits // 3
     held, spilled = child("none"), child(str(memory))
-    held_half = child("none", half)
+    held_half = child("none", part)
     # growth of the peak per case beyond the fit's fixed working set (its pieces' temporaries)
     per_case = (held["peak"] - held_half["peak"]) / (cases - held_half["cases"])
     import numpy as np
@@ -113,7 +113,7 @@ def main() -> None:
           f"{cases * CASE_BYTES / 2**20:.1f} MiB; {held['iterations']} Newton iterations "
           f"(converged: {held['converged']})")
     print(f"held in memory: peak +{held['peak'] / 2**20:.1f} MiB, {held['wall']:.1f} s; with "
-          f"{half} init times +{held_half['peak'] / 2**20:.1f} MiB: {per_case:.1f} B per further "
+          f"{part} init times +{held_half['peak'] / 2**20:.1f} MiB: {per_case:.1f} B per further "
           f"case (floor {CASE_BYTES})")
     print(f"spilled (memory {memory / 2**20:.1f} MiB): peak +{spilled['peak'] / 2**20:.1f} MiB, "
           f"{spilled['ranges']} ranges, {spilled['spilled'] / 2**20:.1f} MiB written, "
