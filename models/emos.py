@@ -357,8 +357,9 @@ def fit_memory() -> int:
 CASE_BYTES = 32
 #: contiguous ranges of groups the cases are spilled by when they exceed the fit's memory
 SPILL_RANGES = 256
-#: cases the fit's loops expand to float64 at a time when reading spilled ranges (at most)
-PIECE_CASES = 1 << 20
+#: cases the fit's loops expand to float64 at a time (at most; a chunk of a 0.25 deg field
+#: holds 1 M: its temporaries would be ~1 GiB)
+PIECE_CASES = 1 << 18
 #: bytes of the fit's temporaries per case of a piece (the derivatives' P x P terms, P <= 8)
 PIECE_TEMP_BYTES = 1024
 
@@ -504,7 +505,7 @@ class _CaseStore:
         if self.files:
             self._write(rows)
         else:
-            self.pieces.append(rows)
+            self.pieces += list(rows.split(self.piece))
             self.held += rows.numel() * 8
 
     def _spill(self) -> None:
@@ -594,8 +595,15 @@ def _losses(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, torch.T
 
 
 def _derivatives(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group gradient ``[G, P]`` and Hessian ``[G, P, P]`` of the summed normalised CRPS
-    (the groups are independent, so the Hessian of the total is block diagonal).
+    """Per-group gradient ``[G, P]`` and Hessian ``[G, P, P]`` (:func:`_derivative_terms`)."""
+    grad, upper = _derivative_terms(rows, theta, chunks)
+    return grad, upper.block()
+
+
+def _derivative_terms(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, _Upper]:
+    """Per-group gradient ``[G, P]`` and Hessian (its unique entries, :class:`_Upper`) of the
+    summed normalised CRPS (the groups are independent, so the Hessian of the total is block
+    diagonal).
 
     By the chain rule through the two distribution parameters of every case, ``u`` (mean or
     location) and ``v`` (std or logistic scale): ``u`` is linear in the mean's parameters
@@ -632,11 +640,24 @@ def _derivatives(rows: _Rows, theta: torch.Tensor, chunks: Iterable[dict[str, to
         upper.index_add_(0, c["g"], f[:, iu] * f[:, ju] * w[:, pair])
     out_g = torch.zeros(n_g, n_p, dtype=torch.float64)
     out_g[:, pos] = grad
-    hess = torch.zeros(n_g, n_p, n_p, dtype=torch.float64)
-    p_i, p_j = torch.tensor(pos)[iu], torch.tensor(pos)[ju]
-    hess[:, p_i, p_j] = upper
-    hess[:, p_j, p_i] = upper
-    return out_g, hess
+    return out_g, _Upper(upper, torch.tensor(pos)[iu], torch.tensor(pos)[ju], n_p)
+
+
+class _Upper(NamedTuple):
+    """Per-group Hessians as their unique entries ``values`` ``[G, U]`` at rows ``i`` and
+    columns ``j`` of the ``P x P`` matrix (:meth:`block` builds the matrices of some groups)."""
+
+    values: torch.Tensor
+    i: torch.Tensor
+    j: torch.Tensor
+    n_p: int
+
+    def block(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        v = self.values[lo:hi]
+        out = torch.zeros(v.shape[0], self.n_p, self.n_p, dtype=v.dtype)
+        out[:, self.i, self.j] = v
+        out[:, self.j, self.i] = v
+        return out
 
 
 _INV_SQRT_PI = 1.0 / math.sqrt(math.pi)
@@ -705,6 +726,33 @@ def _closed_form_start(theta0: torch.Tensor, rows: _Rows, chunks: Iterable[dict[
     return theta
 
 
+#: groups whose P x P Newton systems are built and solved at a time (a 0.25 deg grid has
+#: ~1 M groups per target and lead: [G, P, P] copies of all of them were ~130 MiB each)
+GROUP_BLOCK = 1 << 16
+
+
+def _damped_steps(hess: torch.Tensor, grad: torch.Tensor, lam: torch.Tensor,
+                  active: torch.Tensor) -> torch.Tensor:
+    """Levenberg-Marquardt steps ``[B, P]`` of the active groups of a block: ``lam`` (updated
+    in place) is raised until every group's damped system is positive definite."""
+    diag = torch.diagonal(hess, dim1=1, dim2=2).abs()
+    diag = diag + 1e-9 * diag.amax(dim=1, keepdim=True) + 1e-300
+    step = torch.zeros_like(grad)
+    todo = active.clone()
+    for _ in range(40):
+        idx = todo.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        a = hess[idx] + torch.diag_embed(lam[idx, None] * diag[idx])
+        chol, info = torch.linalg.cholesky_ex(a)
+        ok = info == 0
+        if ok.any():
+            step[idx[ok]] = -torch.cholesky_solve(grad[idx[ok]][..., None], chol[ok])[..., 0]
+        lam[idx[~ok]] *= 10.0
+        todo[idx[ok]] = False
+    return step
+
+
 class _RangeFit(NamedTuple):
     """How the fit of one range of groups ended: summed normalised CRPS, at the start too."""
 
@@ -731,24 +779,17 @@ def _fit(theta0: torch.Tensor, rows: _Rows, cases: _Cases, *, max_iter: int,
     history = [loss]
     converged, it = False, 0
     for it in range(1, max_iter + 1):
-        grad, hess = _derivatives(rows, theta, cases)
-        diag = torch.diagonal(hess, dim1=1, dim2=2).abs()
-        diag = diag + 1e-9 * diag.amax(dim=1, keepdim=True) + 1e-300
+        grad, upper = _derivative_terms(rows, theta, cases)
         step = torch.zeros_like(theta)
-        todo = active.clone()
-        for _ in range(40):  # raise the damping until every group's system is positive definite
-            idx = todo.nonzero().squeeze(1)
-            a = hess[idx] + torch.diag_embed(lam[idx, None] * diag[idx])
-            chol, info = torch.linalg.cholesky_ex(a)
-            ok = info == 0
-            if ok.any():
-                step[idx[ok]] = -torch.cholesky_solve(grad[idx[ok]][..., None], chol[ok])[..., 0]
-            lam[idx[~ok]] *= 10.0
-            todo[idx[ok]] = False
-            if not todo.any():
-                break
-        # the decrease the damped quadratic model predicts for the step
-        pred = -(grad * step).sum(1) - 0.5 * torch.einsum("gi,gij,gj->g", step, hess, step)
+        pred = torch.zeros(n_g, dtype=torch.float64)
+        for lo in range(0, n_g, GROUP_BLOCK):  # P x P systems a block of groups at a time
+            hi = min(n_g, lo + GROUP_BLOCK)
+            hess = upper.block(lo, hi)
+            step[lo:hi] = _damped_steps(hess, grad[lo:hi], lam[lo:hi], active[lo:hi])
+            # the decrease the damped quadratic model predicts for the step
+            s_b, g_b = step[lo:hi], grad[lo:hi]
+            pred[lo:hi] = -(g_b * s_b).sum(1) - 0.5 * torch.einsum("gi,gij,gj->g", s_b, hess, s_b)
+        del grad, upper
         new = _losses(rows, theta + step, cases, n_g)
         better = active & torch.isfinite(new) & (new <= loss)
         theta = torch.where(better[:, None], theta + step, theta)
