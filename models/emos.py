@@ -481,8 +481,9 @@ class _CaseStore:
         self.files: list[Any] = []
         self.sizes = [0] * self.n_ranges
         #: cases per piece read back: the pieces' temporaries within an eighth of ``memory``
-        #: (at least 16384 cases: ~16 MiB of temporaries)
-        self.piece = max(1 << 14, min(PIECE_CASES, self.memory // (8 * PIECE_TEMP_BYTES)))
+        #: (at least 32768 cases: ~32 MiB of temporaries; smaller pieces cost more in per-piece
+        #: overhead than they save)
+        self.piece = max(1 << 15, min(PIECE_CASES, self.memory // (8 * PIECE_TEMP_BYTES)))
 
     def __enter__(self) -> _CaseStore:
         return self
