@@ -44,6 +44,8 @@ NETWORKS = ("mlp", "unet", "mixed")
 #: bytes of one training case in the exact EMOS fit (``models.emos.CASE_BYTES``, not imported:
 #: validate stays free of torch), plus 16 for the day-of-year features of a seasonal fit
 EMOS_CASE_BYTES = 32
+#: training init times per parameter below which a local EMOS's fit at a point is a note
+LOCAL_CASES_PER_PARAMETER = 5
 
 
 def _memory_bytes() -> int | None:
@@ -262,6 +264,8 @@ class _Checker:
         need = n_train * points * groups * per_case
         what = f"the {fit} anchor of {model.name}" if fit != model.name else model.name
         cases = f"{n_train} training init times x {points} points"
+        if fit == "emos_local":
+            self.local_cases(what, fit != model.name, n_train, season)
         if fit != "emos_local":  # one group per target and lead: held whole
             have = _memory_bytes()
             if have is not None and need / groups > have / 2:
@@ -291,6 +295,22 @@ class _Checker:
         else:
             self.out.notes.append(f"{text} ({free / 2**30:.0f} GiB free), then fits it in ranges "
                                   "of grid points")
+
+    def local_cases(self, what: str, anchor: bool, n_train: int, season: str) -> None:
+        """A local EMOS fits its parameters at every point from that point's training init
+        times alone: fewer than :data:`LOCAL_CASES_PER_PARAMETER` per parameter overfit the
+        training period (2 init times fit a point's 4 parameters exactly and score far worse
+        than the raw ensemble): a note."""
+        n_params = 8 if season == "doy" else 4
+        need = LOCAL_CASES_PER_PARAMETER * n_params
+        if 0 < n_train < need:
+            fix = ("set model.options.anchor: emos_global (one fit for all points) or raw"
+                   if anchor else "use emos_global (one fit for all points)")
+            self.out.notes.append(
+                f"model: the exact fit of {what} fits {n_params} parameters at every point from "
+                f"only {n_train} training init times (fewer than {need}, "
+                f"{LOCAL_CASES_PER_PARAMETER} per parameter): it will overfit; train on more "
+                f"init times or {fix}")
 
     def period(self, key: str, period: Any, times: np.ndarray, path: Path) -> None:
         d = np.asarray(times, "datetime64[D]")

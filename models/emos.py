@@ -271,6 +271,9 @@ class EMOSFitResult:
     ranges: int = 1
     #: bytes of cases written to the spill folder (0: none)
     spilled_bytes: int = 0
+    #: the fewest valid cases of a group that has any, and each group's parameters
+    min_group_cases: int = 0
+    parameters: int = 0
 
 
 def emos_chunk(model: _EMOS, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -327,7 +330,7 @@ def fit_emos(model: _EMOS, chunks: Iterable[Mapping[str, torch.Tensor]], *, max_
             rows = _Rows(model)
             theta = _theta(model)
             loss = start = 0.0
-            iterations, converged, runs = 0, True, 0
+            iterations, converged, runs, fewest = 0, True, 0, store.n_cases
             for lo, hi, cases in store.ranges():
                 fitted, r = _fit(theta[lo:hi], rows, cases, max_iter=max_iter, tol=tol)
                 cases.pieces = []  # the range's cases go now
@@ -335,10 +338,12 @@ def fit_emos(model: _EMOS, chunks: Iterable[Mapping[str, torch.Tensor]], *, max_
                 loss, start = loss + r.loss, start + r.start_loss
                 iterations, converged = max(iterations, r.iterations), converged and r.converged
                 runs += 1
+                fewest = min(fewest, r.min_cases or fewest)
             model.set_group_matrix(theta.to(model.params.dtype))
             return EMOSFitResult(loss=loss / store.n_cases, start_loss=start / store.n_cases,
                                  iterations=iterations, converged=converged, cases=store.n_cases,
-                                 ranges=runs, spilled_bytes=store.spilled_bytes)
+                                 ranges=runs, spilled_bytes=store.spilled_bytes,
+                                 min_group_cases=fewest, parameters=int(theta.shape[1]))
     finally:
         model.to(dtype)
 
@@ -761,6 +766,8 @@ class _RangeFit(NamedTuple):
     start_loss: float
     iterations: int
     converged: bool
+    #: the fewest cases of a group with any (0 when none has one)
+    min_cases: int
 
 
 def _fit(theta0: torch.Tensor, rows: _Rows, cases: _Cases, *, max_iter: int,
@@ -771,7 +778,8 @@ def _fit(theta0: torch.Tensor, rows: _Rows, cases: _Cases, *, max_iter: int,
     counts = cases.counts(n_g)
     active = counts > 0
     if not bool(active.any()):
-        return theta0, _RangeFit(0.0, 0.0, 0, True)
+        return theta0, _RangeFit(0.0, 0.0, 0, True, 0)
+    fewest = int(counts[active].min())
     theta = _closed_form_start(theta0, rows, cases)
     loss = _losses(rows, theta, cases, n_g)
     start = float(loss.sum())
@@ -811,7 +819,7 @@ def _fit(theta0: torch.Tensor, rows: _Rows, cases: _Cases, *, max_iter: int,
             if int(active.sum()) < 0.5 * n_kept:  # drop the finished groups' cases
                 cases.keep(active)
                 n_kept = int(active.sum())
-    return theta, _RangeFit(float(loss.sum()), start, it, converged)
+    return theta, _RangeFit(float(loss.sum()), start, it, converged, fewest)
 
 
 def fit_anchor(model: PostProcessor, batches: Iterable[Mapping[str, torch.Tensor]], *,

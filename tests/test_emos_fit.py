@@ -342,6 +342,8 @@ def test_cases_beyond_memory_are_spilled_and_the_fit_is_the_same(tmp_path) -> No
     assert a.ranges == 1 and a.spilled_bytes == 0 and a.cases == len(y)
     assert b.ranges > 5 and b.spilled_bytes == len(y) * (CASE_BYTES + 2 * 8)
     assert a.converged and b.converged
+    # every station's 40 cases for its 8 parameters (4 + 4 seasonal), in memory or by ranges
+    assert (a.min_group_cases, a.parameters) == (b.min_group_cases, b.parameters) == (40, 8)
     torch.testing.assert_close(spilled.params, held.params, rtol=1e-9, atol=1e-12)
     assert b.loss == pytest.approx(a.loss, rel=1e-12)
     assert b.start_loss == pytest.approx(a.start_loss, rel=1e-12)
@@ -385,3 +387,20 @@ def test_the_spill_folder_is_removed_when_the_fit_is_interrupted(tmp_path) -> No
     assert any(seen), "the cases were never spilled"
     assert list(tmp_path.iterdir()) == []
     torch.testing.assert_close(model.params, init, rtol=0, atol=0)
+
+
+def test_a_fit_from_too_few_cases_per_group_says_it_overfits() -> None:
+    """A local fit's smallest group is reported; fewer than 5 cases per parameter make the
+    training log say the fit overfits (2 cases per station for 4 parameters)."""
+    from enspp.models.train import _fit_words
+
+    members, y, station, _ = _many_stations(n_stations=50, per=40)
+    words = {}
+    for per in (2, 40):
+        sel = np.concatenate([np.flatnonzero(station == i)[:per] for i in range(50)])
+        model = build_model(point_spec("emos_local", members, y, n_stations=50))
+        r = fit_emos(model, [emos_chunk(model, point_batch(members[sel], y[sel], station=station[sel]))])
+        assert (r.min_group_cases, r.parameters, r.cases) == (per, 4, 50 * per)
+        words[per] = _fit_words(r)
+    assert "a group has only 2 cases for its 4 parameters: it overfits" in words[2]
+    assert "overfits" not in words[40]

@@ -308,9 +308,9 @@ def test_an_exact_fit_beyond_memory_or_disk_is_named(work, monkeypatch):
     need = 10 * points * CASE_BYTES  # 10 training init times, one target and lead
     cfg = lambda **model: load_config(config(work, "mem.yaml", model=model))  # noqa: E731
 
-    def model_lines(report):
+    def model_lines(report):  # (10 training init times: the local fit's overfit note aside)
         return ([p for p in report.problems if p.startswith("model:")],
-                [n for n in report.notes if n.startswith("model:")])
+                [n for n in report.notes if n.startswith("model:") and "overfit" not in n])
 
     monkeypatch.setattr(preflight, "_memory_bytes", lambda: 4 * need + 4)  # it all fits
     assert model_lines(check_config(cfg(name="mixed"))) == ([], [])
@@ -335,6 +335,33 @@ def test_an_exact_fit_beyond_memory_or_disk_is_named(work, monkeypatch):
     monkeypatch.setattr(preflight, "_memory_bytes", lambda: need + 1)
     assert model_lines(check_config(cfg(name="emos_global")))[0] == []
     assert len(model_lines(check_config(cfg(name="emos_global")))[1]) == 1
+
+
+def test_a_local_fit_from_too_few_init_times_is_a_note(work):
+    """A local EMOS fits 4 parameters (8 seasonal) at every point from that point's training
+    init times alone: fewer than 5 per parameter is a note naming the count and the way out,
+    for the model and for a network's anchor; a global fit or a raw anchor is not noted."""
+    import enspp.flows.preflight as preflight
+
+    cfg = lambda **model: load_config(config(work, "few.yaml", model=model))  # noqa: E731
+
+    def overfit(report):
+        return [n for n in report.notes if "overfit" in n]
+
+    [note] = overfit(check_config(cfg(name="emos_local")))  # the fixture: 10 training init times
+    assert note == ("model: the exact fit of emos_local fits 4 parameters at every point from "
+                    "only 10 training init times (fewer than 20, 5 per parameter): it will "
+                    "overfit; train on more init times or use emos_global (one fit for all "
+                    "points)")
+    [note] = overfit(check_config(cfg(name="mixed", options={"anchor_season": "doy"})))
+    assert note.startswith("model: the exact fit of the emos_local anchor of mixed fits 8 "
+                           "parameters") and "(fewer than 40," in note
+    assert "set model.options.anchor: emos_global (one fit for all points) or raw" in note
+    for model in ({"name": "emos_global"}, {"name": "mixed", "options": {"anchor": "raw"}},
+                  {"name": "mixed", "options": {"anchor": "emos_global"}}):
+        assert overfit(check_config(cfg(**model))) == []
+    assert not check_config(cfg(name="emos_local")).problems
+    assert preflight.LOCAL_CASES_PER_PARAMETER == 5
 
 
 def _analysis(work: Path, name: str, days: list[str]) -> str:
