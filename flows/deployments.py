@@ -322,8 +322,88 @@ def _graceful_runner_class() -> type:  # a factory: prefect.runner is imported o
     return GracefulRunner
 
 
+#: seconds a PENDING run may wait for its process before a restarted serve settles it (a run
+#: is pending only while the runner starts its process)
+PENDING_GRACE_S = 600.0
+
+
+def flow_run_processes() -> set[str] | None:
+    """The flow run ids of this machine's live processes started for a flow run (the runner
+    puts ``PREFECT__FLOW_RUN_ID`` into each run's process environment), read from ``/proc``;
+    ``None`` where there is no ``/proc`` to read (not Linux)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "environ").exists():
+        return None
+    out: set[str] = set()
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes()  # empty for a zombie: not alive
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        for item in env.split(b"\0"):
+            if item.startswith(b"PREFECT__FLOW_RUN_ID="):
+                out.add(item.split(b"=", 1)[1].decode(errors="replace"))
+    return out
+
+
+async def settle_orphaned_runs(deployments: dict[Any, str], *, alive: set[str],
+                               grace_s: float = PENDING_GRACE_S) -> list[str]:
+    """Runs of ``deployments`` (id -> ``flow/deployment``) that a serve left in flight with no
+    process: a serve killed with SIGKILL, or with the machine, cancels nothing, so its runs
+    stay RUNNING (or PENDING, CANCELLING) on the server for good. Every such run whose id is
+    not in ``alive`` (:func:`flow_run_processes`) is set CRASHED (CANCELLING ones CANCELLED,
+    as asked), PENDING ones only after ``grace_s``. Called by :func:`serve_deployments`
+    before serving: no run of these deployments is in flight then but those of a former
+    serve, whose processes, if they outlived it, are alive here and report their own end.
+    One line per run settled."""
+    import datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterDeploymentId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Crashed
+
+    why = ("its process is gone: the enspp serve that ran it stopped without ending it "
+           "(killed, or its machine stopped); settled by the next enspp serve")
+    lines: list[str] = []
+    now = datetime.datetime.now(datetime.timezone.utc)
+    flt = FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=list(deployments)),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType.RUNNING, StateType.PENDING, StateType.CANCELLING])))
+    async with get_client() as client:
+        runs = []
+        while batch := await client.read_flow_runs(flow_run_filter=flt, limit=200,
+                                                   offset=len(runs)):
+            runs += batch
+            if len(batch) < 200:
+                break
+        for run in runs:
+            state = run.state
+            if str(run.id) in alive or state is None:
+                continue
+            if state.type == StateType.PENDING and state.timestamp is not None and (
+                    now - state.timestamp).total_seconds() < grace_s:
+                continue
+            new = (Cancelled(message=f"cancelled: {why}") if state.type == StateType.CANCELLING
+                   else Crashed(message=f"crashed: {why}"))
+            await client.set_flow_run_state(run.id, new, force=True)
+            lines.append(f"{deployments.get(run.deployment_id, 'run')} run {run.name!r} ({run.id}) "
+                         f"was {state.type.value} with no process left: marked {new.type.value} "
+                         "(the serve that ran it was stopped without ending it)")
+    return lines
+
+
 def serve_deployments(deployments: list[Any], *, limit: int | None = None,
-                      on_started: Callable[[], None] | None = None) -> None:
+                      on_started: Callable[[], None] | None = None,
+                      report: Callable[[str], None] = print) -> None:
     """Serve ``deployments`` until SIGTERM or SIGINT, then stop gracefully; ``on_started()``
     is called once they are served (a signal before that stops the process at once).
 
@@ -335,15 +415,31 @@ def serve_deployments(deployments: list[Any], *, limit: int | None = None,
     then the runner pauses the deployments' schedules as it leaves (Prefect's
     ``pause_on_shutdown``: no runs pile up while nothing serves them); the next
     ``enspp serve`` registers them unpaused again.  The signal handlers in place before are
-    restored on return."""
+    restored on return.
+
+    Before serving, runs of these deployments that a former serve left in flight with no
+    process (it was killed: SIGKILL, out of memory, the machine) are settled
+    (:func:`settle_orphaned_runs`, one ``report`` line each); where this machine's processes
+    cannot be read (no ``/proc``), a ``report`` line says that such runs are left as they are."""
     import asyncio
     import signal
     import threading
 
     runner = _graceful_runner_class()(pause_on_shutdown=True, limit=limit)
     runner.on_started = on_started
-    for deployment in deployments:
-        runner.add_deployment(deployment)
+    ids = {runner.add_deployment(d): f"{d.flow_name}/{d.name}" for d in deployments}
+    alive = flow_run_processes() if ids else set()
+    if alive is None:
+        report("enspp serve: this machine's processes cannot be read (no /proc): runs a killed "
+               "serve left RUNNING are not settled; set them crashed in the Prefect UI")
+    elif ids:
+        try:
+            lines = asyncio.run(settle_orphaned_runs(ids, alive=alive))
+        except Exception as e:  # serving matters more than the former serve's leftovers
+            lines = [f"enspp serve: runs a former serve left in flight were not checked: "
+                     f"{' '.join(str(e).split()) or type(e).__name__}"]
+        for line in lines:
+            report(line)
     main = threading.current_thread() is threading.main_thread()
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:

@@ -292,6 +292,83 @@ def test_serving_routes_sigterm_and_sigint_to_the_runner_and_restores_them(monke
         signal.signal(signal.SIGINT, before[1])
 
 
+# ------------------------------------------------------------------ runs a killed serve left
+def test_flow_run_processes_are_found_by_the_run_id_in_their_environment():
+    """The runner starts each run's process with PREFECT__FLOW_RUN_ID in its environment:
+    a live process is found by it, one that ended is not."""
+    import uuid
+
+    from enspp.flows.deployments import flow_run_processes
+
+    if flow_run_processes() is None:
+        pytest.skip("no /proc on this machine")
+    run_id = str(uuid.uuid4())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env={**os.environ, "PREFECT__FLOW_RUN_ID": run_id})
+    try:
+        _wait(lambda: run_id in flow_run_processes(), what="the child", timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert run_id not in flow_run_processes()
+
+
+def test_runs_left_in_flight_without_a_process_are_settled(monkeypatch):
+    """A RUNNING run without a process becomes CRASHED, a CANCELLING one CANCELLED; a run
+    whose process is alive here, and a PENDING one younger than the grace, are left; the
+    runs are read only for the served deployments and for states in flight; one line each."""
+    import datetime
+    import uuid
+    from types import SimpleNamespace
+
+    import prefect.client.orchestration as orchestration
+    from prefect.client.schemas.objects import StateType
+
+    from enspp.flows.deployments import settle_orphaned_runs
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    dep = uuid.uuid4()
+
+    def run(name, kind, age_s=3600.0):
+        state = SimpleNamespace(type=kind, timestamp=now - datetime.timedelta(seconds=age_s))
+        return SimpleNamespace(id=uuid.uuid4(), name=name, deployment_id=dep, state=state)
+
+    runs = {r.name: r for r in (run("dead", StateType.RUNNING), run("alive", StateType.RUNNING),
+                                run("stopping", StateType.CANCELLING),
+                                run("starting", StateType.PENDING, age_s=30),
+                                run("stuck", StateType.PENDING))}
+    calls, filters = [], []
+
+    class Client:
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+        async def read_flow_runs(self, *, flow_run_filter, limit, offset):
+            filters.append(flow_run_filter)
+            return list(runs.values())[offset:offset + limit]
+
+        async def set_flow_run_state(self, run_id, state, force=False):
+            calls.append((run_id, state.type, force, state.message))
+
+    monkeypatch.setattr(orchestration, "get_client", lambda: Client())
+    lines = asyncio.run(settle_orphaned_runs({dep: "predict/predict"},
+                                             alive={str(runs["alive"].id)}))
+    assert [(c[0], c[1], c[2]) for c in calls] == [
+        (runs["dead"].id, StateType.CRASHED, True), (runs["stopping"].id, StateType.CANCELLED, True),
+        (runs["stuck"].id, StateType.CRASHED, True)]
+    assert all("its process is gone" in c[3] for c in calls)
+    assert filters[0].deployment_id.any_ == [dep]
+    assert set(filters[0].state.type.any_) == {StateType.RUNNING, StateType.PENDING,
+                                               StateType.CANCELLING}
+    assert lines[0] == (f"predict/predict run 'dead' ({runs['dead'].id}) was RUNNING with no "
+                        "process left: marked CRASHED (the serve that ran it was stopped "
+                        "without ending it)")
+    assert len(lines) == 3
+
+
 _SLEEPER = '''
 import sys, time
 from prefect import flow
@@ -351,6 +428,82 @@ def test_sigterm_cancels_the_run_in_flight_and_the_next_start_resumes(tmp_path):
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=120) == 0
     finally:
+        for p in (*serving, server):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def _run_pid(run_id: str) -> int | None:
+    """The pid of this machine's process started for the flow run ``run_id``."""
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and f"PREFECT__FLOW_RUN_ID={run_id}".encode() in (
+                    d / "environ").read_bytes().split(b"\0"):
+                return int(d.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_a_killed_serve_leaves_no_run_in_flight_for_good(tmp_path):
+    """A real loopback server: the serve is killed with SIGKILL while two runs sleep; one run's
+    process dies with it, the other's outlives it. The next serve marks the first CRASHED
+    (one line saying so) and leaves the second RUNNING: its process is alive and ends it."""
+    port = _closed_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    script = tmp_path / "sleeper.py"
+    script.write_text(_SLEEPER)
+    server = subprocess.Popen([str(EXE / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)
+    serving, pids = [], []
+
+    def serve() -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"serve{len(serving)}.log"
+        with open(log, "w") as f:
+            serving.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=f,
+                                            stderr=subprocess.STDOUT, cwd=tmp_path))
+        _wait(lambda: "serving" in log.read_text() or serving[-1].poll() is not None,
+              what="serving", timeout=120)
+        assert serving[-1].poll() is None, log.read_text()
+        return serving[-1], log
+
+    try:
+        _wait(lambda: _get(api, "/health") is True, what="the server", timeout=180)
+        first, _ = serve()
+        dep = _get(api, "/deployments/name/enspp-test-sleeper/s")
+        runs = [_post(api, f"/deployments/{dep['id']}/create_flow_run", {}) for _ in range(2)]
+        for r in runs:
+            _wait(lambda r=r: _state(api, r["id"]) == "RUNNING", what="the run", timeout=120)
+            pids.append(_wait(lambda r=r: _run_pid(r["id"]), what="the run's process", timeout=60))
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        os.kill(pids[0], signal.SIGKILL)  # the first run's process dies with the serve
+        _wait(lambda: _run_pid(runs[0]["id"]) is None, what="the first run's end", timeout=60)
+        states = [_get(api, f"/flow_runs/{r['id']}")["state"] for r in runs]
+        assert [st["type"] for st in states] == ["RUNNING", "RUNNING"], states
+        second, log = serve()
+        assert [_state(api, r["id"]) for r in runs] == ["CRASHED", "RUNNING"]
+        assert "its process is gone" in _get(api, f"/flow_runs/{runs[0]['id']}")["state"]["message"]
+        [line] = [x for x in log.read_text().splitlines() if "marked CRASHED" in x]
+        assert line.startswith(f"enspp-test-sleeper/s run '{runs[0]['name']}' ({runs[0]['id']}) "
+                               "was RUNNING with no process left")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=120) == 0
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for p in (*serving, server):
             if p.poll() is None:
                 p.terminate()
