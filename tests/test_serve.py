@@ -1,7 +1,8 @@
 """``enspp serve``: the Prefect API is found (environment or profile) and checked before
 anything is served, with one line when it cannot be; ``--write-prefect-yaml`` creates missing
 directories and writes atomically; SIGTERM and SIGINT stop the runner the way Prefect means
-to (runs in flight cancelled, schedules paused, resumed by the next start)."""
+to (runs in flight cancelled, schedules paused, resumed by the next start); the next start
+settles the runs a killed serve left in flight without a process."""
 
 from __future__ import annotations
 
