@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -33,7 +33,7 @@ from enspp.pipeline.reader import StoreReader
 from enspp.pipeline.splits import split_samples
 from enspp.pipeline.station_features import FeatureScales, StationFeatures, feature_names
 from enspp.pipeline.stats import NormStats, compute_stats, provenance_of, source_hash
-from enspp.pipeline.tiles import tile_slices
+from enspp.pipeline.tiles import owned_windows, tile_slices
 from enspp.pipeline.workers import WorkerCounter, read_threads, start_context
 
 log = logging.getLogger(__name__)
@@ -327,13 +327,26 @@ class EnsembleDataModule(L.LightningDataModule):
         loader's first epoch.  Read through the training loader, so its workers also serve
         this pass (none start for it)."""
         self.setup()
-        if self.config.batches.preload:
+        b = self.config.batches
+        if b.preload:
             if self._patches():
-                return self._loader(self.dataset(self.fit_splits, mode="eval"))
+                return self._owned(self._loader(self.dataset(self.fit_splits, mode="eval")))
             return self.train_dataloader()
         loader = self.train_dataloader()
         whole = loader.dataset.whole
-        return ExactPass(loader, None if whole is None else len(whole))
+        return self._owned(ExactPass(loader, None if whole is None else len(whole)))
+
+    def _owned(self, batches: Any) -> Any:
+        """``batches`` of overlapping tiles with the target NaN (no case) outside the points
+        each tile owns (:func:`~pipeline.tiles.owned_windows`), so an exact fit counts every
+        point once; whole fields as they are."""
+        b = self.config.batches
+        if not self._patches() or b.tile_size is None or min(self.grid_shape) <= 0:
+            return batches
+        windows = owned_windows(self.grid_shape, tile=b.tile_size, overlap=b.tile_overlap)
+        if len(windows) == 1:
+            return batches
+        return OwnedPoints(batches, windows)
 
     def val_dataloader(self) -> DataLoader | list:
         if "val" not in self.split_init_times or "val" in self.fit_splits:
@@ -372,6 +385,27 @@ class ExactPass:
             yield from self.loader
         finally:
             sampler.exact_pass_done()
+
+
+class OwnedPoints:
+    """Batches of tiles (``y0``/``x0`` their origins) whose targets are NaN outside each
+    tile's owned window (:meth:`EnsembleDataModule._owned`); the batches' length kept."""
+
+    def __init__(self, batches: Any, windows: dict[tuple[int, int], tuple[slice, slice]]):
+        self.batches, self.windows = batches, windows
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.batches:
+            target = batch["target"].clone()
+            for i, (y, x) in enumerate(zip(batch["y0"].tolist(), batch["x0"].tolist())):
+                sy, sx = self.windows[(y, x)]
+                keep = torch.zeros(target.shape[-2:], dtype=torch.bool)
+                keep[sy, sx] = True
+                target[i][..., ~keep] = float("nan")
+            yield {**batch, "target": target}
 
 
 def _batches(source: PreloadedBatches) -> DataLoader:

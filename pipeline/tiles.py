@@ -31,6 +31,25 @@ def tile_slices(shape: tuple[int, int], *, tile: int | None, overlap: int = 0) -
             for y in _starts(ny, ty, step) for x in _starts(nx, tx, step)]
 
 
+def owned_windows(shape: tuple[int, int], *, tile: int | None, overlap: int = 0
+                  ) -> dict[tuple[int, int], Tile]:
+    """For each tile of :func:`tile_slices` (keyed by its origin ``(y0, x0)``) the window,
+    relative to the tile, of the points it owns: every grid point is owned by exactly one
+    tile, the one with the largest origin at or before it along each axis, so a pass over
+    the tiles that keeps only owned points counts each point once."""
+    ny, nx = shape
+    if tile is None:
+        return {(0, 0): (slice(0, ny), slice(0, nx))}
+    ty, tx = min(tile, ny), min(tile, nx)
+    ys, xs = _starts(ny, ty, tile - overlap), _starts(nx, tx, tile - overlap)
+
+    def owned(starts: list[int], n: int) -> list[slice]:
+        ends = [*starts[1:], n]
+        return [slice(0, e - s) for s, e in zip(starts, ends)]
+
+    return {(y, x): (sy, sx) for y, sy in zip(ys, owned(ys, ny)) for x, sx in zip(xs, owned(xs, nx))}
+
+
 def blend_weights(tile_shape: tuple[int, int], *, overlap: int) -> np.ndarray:
     """``[h, w]`` weights rising linearly over ``overlap`` points from each edge (always > 0),
     so overlapping predictions fade into each other when stitched."""

@@ -123,6 +123,27 @@ def test_tiles_cover_and_stitch_exactly(shape, tile, overlap, rng):
     assert w.min() > 0 and w.max() == 1.0
 
 
+@pytest.mark.parametrize("shape, tile, overlap", [((50, 70), 16, 4), ((16, 16), 32, 0),
+                                                  ((33, 17), 8, 3), ((20, 20), 10, 0),
+                                                  ((21, 9), 7, 1)])
+def test_tiles_own_every_point_once(shape, tile, overlap):
+    """Each grid point lies in the owned window of exactly one tile (an exact fit over
+    overlapping tiles counts it once), and that window lies inside its tile."""
+    from enspp.pipeline.tiles import owned_windows
+
+    slices = tile_slices(shape, tile=tile, overlap=overlap)
+    windows = owned_windows(shape, tile=tile, overlap=overlap)
+    assert sorted(windows) == sorted((sy.start, sx.start) for sy, sx in slices)
+    cover = np.zeros(shape, int)
+    for sy, sx in slices:
+        wy, wx = windows[(sy.start, sx.start)]
+        assert 0 <= wy.start < wy.stop <= sy.stop - sy.start
+        assert 0 <= wx.start < wx.stop <= sx.stop - sx.start
+        cover[sy.start + wy.start:sy.start + wy.stop, sx.start + wx.start:sx.start + wx.stop] += 1
+    assert (cover == 1).all()
+    assert owned_windows(shape, tile=None) == {(0, 0): (slice(0, shape[0]), slice(0, shape[1]))}
+
+
 def test_tile_errors():
     assert tile_slices((10, 12), tile=None) == [(slice(0, 10), slice(0, 12))]
     with pytest.raises(ValueError, match="more than twice the overlap"):

@@ -120,14 +120,16 @@ def _same(got: list, want: list, what: str) -> None:
     for g, w in zip(got, want):
         assert g.keys() == w.keys()
         for k in w:
-            torch.testing.assert_close(g[k], w[k], rtol=0, atol=0, msg=f"{what}: {k}")
+            torch.testing.assert_close(g[k], w[k], rtol=0, atol=0, equal_nan=True,
+                                       msg=f"{what}: {k}")
 
 
 @pytest.mark.parametrize("patch_size", [8, None])
 def test_exact_fit_pass_is_read_by_the_training_workers(stores, patch_size):
     """An exact fit's pass (random patches: the training init times' whole fields, as the
-    evaluation loader reads them; whole fields: the training loader's first epoch) is read by
-    the training loader's one worker, and leaves the training epochs as they were."""
+    evaluation loader reads them, each point's target in the one tile that owns it; whole
+    fields: the training loader's first epoch) is read by the training loader's one worker,
+    and leaves the training epochs as they were."""
     dm = EnsembleDataModule(_cfg(num_workers=1, patch_size=patch_size),
                             forecast=stores.forecast, analysis=stores.analysis)
     ref = EnsembleDataModule(_cfg(patch_size=patch_size), forecast=stores.forecast,
@@ -137,7 +139,21 @@ def test_exact_fit_pass_is_read_by_the_training_workers(stores, patch_size):
     want = (list(ref._loader(ref.dataset("train", mode="eval"))) if patch_size else
             list(ref.train_dataloader()))
     assert len(exact) == len(want)
-    _same(got, want, "exact pass")
+    if patch_size:  # overlapping tiles: each point's target kept in one tile only
+        owned = [{**w, "target": torch.where(g["target"].isnan(), torch.nan, w["target"])}
+                 for g, w in zip(got, want)]
+        _same(got, owned, "exact pass")
+        ny, nx = dm.grid_shape
+        cover = torch.zeros(ny, nx)
+        for g in got:
+            th, tw = g["target"].shape[-2:]
+            for t, y, x in zip(g["target"], g["y0"].tolist(), g["x0"].tolist()):
+                cover[y:y + th, x:x + tw] += t[0].isfinite()
+        n_samples = len(dm.split_init_times["train"])
+        assert torch.equal(cover, torch.full((ny, nx), float(n_samples))), cover
+        assert sum(int(w["target"].isfinite().sum()) for w in want) > n_samples * ny * nx
+    else:
+        _same(got, want, "exact pass")
     if patch_size:  # the tiles of whole fields in order, not random patches
         assert got[0]["y0"].tolist() == [0, 0, 0] and got[0]["x0"].tolist() == [0, 6, 12]
     fresh = EnsembleDataModule(_cfg(patch_size=patch_size), forecast=stores.forecast,
