@@ -170,6 +170,11 @@ class MembersConfig(BaseModel):
     #: members per sample (seeded); ``explicit``: the list in ``explicit``; ``all``: every member
     strategy: Literal["first", "random", "explicit", "all"] = "first"
     explicit: tuple[int, ...] | None = None
+    #: ``random``: training samples carry K perturbed members drawn afresh for every sample
+    #: and epoch (seeded), while validation, test, predict and evaluate keep ``strategy``: a
+    #: network learns from the sampling noise of any K of the N members instead of one fixed
+    #: K (the archive holds all N; operations run K). ``fixed``: training uses ``strategy``.
+    train_draw: Literal["fixed", "random"] = "fixed"
 
     @field_validator("k")
     @classmethod
@@ -195,7 +200,18 @@ class MembersConfig(BaseModel):
         elif self.explicit is not None:
             raise ValueError(f"members.explicit is only used with strategy 'explicit', "
                              f"not {self.strategy!r}")
+        if self.train_draw == "random" and self.strategy in ("random", "all"):
+            raise ValueError(f"members.train_draw 'random' draws K members for training while "
+                             f"the other splits keep members.strategy; with strategy "
+                             f"{self.strategy!r} it has nothing to change")
         return self
+
+    def training(self) -> MembersConfig:
+        """The members of training samples: K random perturbed members with ``train_draw:
+        random``, else this config."""
+        if self.train_draw != "random":
+            return self
+        return MembersConfig(k=self.n_chosen or self.k, strategy="random")
 
     @property
     def n_chosen(self) -> int | None:
@@ -373,11 +389,15 @@ class PipelineConfig(BaseModel):
         if self.batches.preload and (self.batches.patch_size is not None
                                      or self.members.strategy == "random"):
             raise ValueError("batches.preload reads each sample once, so it cannot draw fresh "
-                             "patches (batches.patch_size) or members (members.strategy: random)")
+                             "patches (batches.patch_size) or members (members.strategy: random; "
+                             "members.train_draw: random can: the preloaded training samples "
+                             "hold every perturbed member)")
         f = self.features
-        if (f.past_error is not None or f.hres) and self.members.strategy == "random":
+        if (f.past_error is not None or f.hres) and "random" in (self.members.strategy,
+                                                                 self.members.train_draw):
             raise ValueError("features.past_error / features.hres use the errors of the members "
-                             "in use, which members.strategy 'random' changes per sample")
+                             "in use, which members.strategy (or members.train_draw) 'random' "
+                             "changes per sample")
         if f.hres and self.stores.deterministic is None:
             raise ValueError("features.hres needs stores.deterministic (a one-member forecast store)")
         return self

@@ -24,11 +24,11 @@ from enspp.pipeline.align import (
     regrid_like,
     source_path,
 )
-from enspp.pipeline.config import PipelineConfig, PipelineConfigError
+from enspp.pipeline.config import MembersConfig, PipelineConfig, PipelineConfigError
 from enspp.pipeline.dataset import EnsembleDataset, EpochSampler, PreloadedBatches, collate_rows
 from enspp.pipeline.features import STATIC_NAMES, channel_names, static_fields, target_channels
 from enspp.pipeline.handoff import BatchRing
-from enspp.pipeline.members import check_members, choose_members
+from enspp.pipeline.members import check_members, choose_members, perturbed_members
 from enspp.pipeline.reader import StoreReader
 from enspp.pipeline.splits import split_samples
 from enspp.pipeline.station_features import FeatureScales, StationFeatures, feature_names
@@ -297,14 +297,22 @@ class EnsembleDataModule(L.LightningDataModule):
         key = tuple(splits)
         if key not in self._preloaded:
             ds = self.dataset(key, mode="train" if set(key) <= set(self.fit_splits) else "eval")
+            if ds.mode == "train" and self._draws_members():  # the pool a fresh draw takes from
+                ds.members_cfg = MembersConfig(strategy="explicit",
+                                               explicit=tuple(perturbed_members(self.store_members)))
             self._preloaded[key] = ds.__getitems__(list(range(len(ds))))
         return self._preloaded[key]
+
+    def _draws_members(self) -> bool:
+        """Training draws K random members per sample (``members.train_draw: random``)."""
+        return self.config.members.train_draw == "random"
 
     def train_dataloader(self) -> DataLoader:
         b = self.config.batches
         if b.preload:
+            draw = self.config.members.training().k if self._draws_members() else None
             return _batches(PreloadedBatches(self.preloaded(self.fit_splits), batch_size=b.batch_size,
-                                             seed=b.seed, shuffle=True))
+                                             seed=b.seed, shuffle=True, draw=draw))
 
         def build() -> DataLoader:
             ds = self.dataset(self.fit_splits, mode="train")

@@ -60,7 +60,8 @@ class EnsembleDataset(Dataset):
         #: the target leads: sample ``s`` is init time ``s // n_leads`` at lead ``s % n_leads``
         self.lead_times = tuple(np.timedelta64(x, "ns") for x in (lead_times or (lead_time,)))
         self.channels = tuple(channels)
-        self.members_cfg = members
+        #: training samples draw their members by ``members.training()`` (``train_draw``)
+        self.members_cfg = members.training() if mode == "train" else members
         self.store_members = np.asarray(store_members, dtype=np.int64)
         self.static = static
         self.grid_shape = grid_shape
@@ -307,17 +308,30 @@ class PreloadedBatches(IterableDataset):
     epoch (full-batch fitting, no copy).  Rows are stations x dates for point data."""
 
     def __init__(self, batch: dict[str, torch.Tensor], *, batch_size: int, seed: int = 0,
-                 shuffle: bool = True):
+                 shuffle: bool = True, draw: int | None = None):
         self.batch, self.batch_size, self.seed, self.shuffle = batch, batch_size, seed, shuffle
         self.n = int(next(iter(batch.values())).shape[0])
         self.epoch = 0
+        #: ``draw`` members of the batch's ``inputs`` (which then hold a pool of members)
+        #: chosen afresh for every row and epoch (``members.train_draw: random``)
+        self.draw = draw
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
+        batch = self.batch if self.draw is None else self._drawn(epoch)
         if self.batch_size >= self.n:
-            yield self.batch
+            yield batch
             return
         order = (torch.from_numpy(np.random.default_rng([self.seed, epoch]).permutation(self.n))
                  if self.shuffle else torch.arange(self.n))
         for idx in order.split(self.batch_size):
-            yield {k: v[idx] for k, v in self.batch.items()}
+            yield {k: v[idx] for k, v in batch.items()}
+
+    def _drawn(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The batch with ``draw`` of its pool's members per row (distinct, in pool order),
+        from a generator seeded by the seed and the epoch."""
+        pool = self.batch["inputs"]
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        pick = np.sort(np.argsort(rng.random((self.n, pool.shape[1])), axis=1)[:, :self.draw], axis=1)
+        idx = torch.from_numpy(pick).view(self.n, self.draw, *([1] * (pool.dim() - 2)))
+        return {**self.batch, "inputs": torch.take_along_dim(pool, idx, dim=1)}

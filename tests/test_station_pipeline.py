@@ -177,9 +177,53 @@ def test_preloaded_full_and_mini_batches(tmp_path):
         dm.train_on(("train", "holdout"))
 
 
+def test_training_draws_fresh_members_while_the_other_splits_keep_the_first(tmp_path):
+    """members.train_draw: random, preloaded: the training rows hold K distinct perturbed
+    members drawn afresh each epoch (the same epochs again from the same seed), each row's
+    members a subset of the store's; validation keeps members 1..K (as with fixed draws)."""
+    stores = write_station_stores(tmp_path, n_stations=2)
+    plain = {"features": {"past_error": None, "hres": False}}
+    fixed = EnsembleDataModule(_config(stores, **plain))
+    drawn = EnsembleDataModule(_config(stores, **plain, members={"k": 5, "train_draw": "random"}))
+    pool = drawn.preloaded(("train",))["inputs"]  # every perturbed member
+    n_perturbed = int((drawn.store_members != 0).sum())
+    assert pool.shape[1] == n_perturbed > 5
+    loader = drawn.train_dataloader()
+    epochs = [next(iter(loader))["inputs"] for _ in range(3)]
+    assert all(e.shape == fixed.preloaded(("train",))["inputs"].shape for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])
+    again = drawn.train_dataloader()
+    torch.testing.assert_close(next(iter(again))["inputs"], epochs[0], equal_nan=True)
+    rows = pool.shape[0]
+    for e in epochs:  # each row: 5 distinct members of that row's pool, in member order
+        for r in range(0, rows, max(1, rows // 15)):
+            got, have = e[r, :, 0, 0, 0], pool[r, :, 0, 0, 0]
+            if got.isnan().any():
+                continue
+            pos = [int(torch.nonzero(have == v)[0]) for v in got]
+            assert pos == sorted(set(pos)), (r, pos)
+    torch.testing.assert_close(next(iter(drawn.val_dataloader()))["inputs"],
+                               next(iter(fixed.val_dataloader()))["inputs"], equal_nan=True)
+
+
+def test_training_draws_fresh_members_when_read_per_sample(tmp_path):
+    """Without preload the training dataset draws K random members per sample and epoch
+    while the evaluation datasets read members 1..K."""
+    stores = write_station_stores(tmp_path, n_stations=2)
+    cfg = _config(stores, features={"past_error": None, "hres": False},
+                  members={"k": 3, "train_draw": "random"}, batches={"preload": False})
+    dm = EnsembleDataModule(cfg)
+    train, val = dm.dataset("train"), dm.dataset("val")
+    draws = {tuple(train._draw((0, seed))[1].tolist()) for seed in range(20)}
+    assert len(draws) > 1 and all(len(d) == 3 and 0 not in d for d in draws)
+    assert val._draw(0)[1].tolist() == [1, 2, 3]
+
+
 @pytest.mark.parametrize("over, match", [
     ({"batches": {"preload": True, "patch_size": 8}}, "cannot draw fresh patches"),
     ({"members": {"k": 5, "strategy": "random"}, "batches": {"preload": False}}, "random' changes per sample"),
+    ({"members": {"k": 5, "train_draw": "random"}}, "train_draw\\) 'random' changes per sample"),
+    ({"members": {"k": 5, "strategy": "all", "train_draw": "random"}}, "it has nothing to change"),
     ({"stores": {"deterministic": None}}, "features.hres needs stores.deterministic"),
     ({"features": {"variables": ["t2m", "t850"], "targets": ["t2m", "t850"]}}, "exactly one target"),
     ({"features": {"static": ["sin_doy", "height"]}}, "unknown static features \\['height'\\]"),
