@@ -174,6 +174,7 @@ class MembersConfig(BaseModel):
     #: and epoch (seeded), while validation, test, predict and evaluate keep ``strategy``: a
     #: network learns from the sampling noise of any K of the N members instead of one fixed
     #: K (the archive holds all N; operations run K). ``fixed``: training uses ``strategy``.
+    #: Past-error and HRES features stay those of the ``strategy`` members in every split.
     train_draw: Literal["fixed", "random"] = "fixed"
 
     @field_validator("k")
@@ -393,11 +394,9 @@ class PipelineConfig(BaseModel):
                              "members.train_draw: random can: the preloaded training samples "
                              "hold every perturbed member)")
         f = self.features
-        if (f.past_error is not None or f.hres) and "random" in (self.members.strategy,
-                                                                 self.members.train_draw):
+        if (f.past_error is not None or f.hres) and self.members.strategy == "random":
             raise ValueError("features.past_error / features.hres use the errors of the members "
-                             "in use, which members.strategy (or members.train_draw) 'random' "
-                             "changes per sample")
+                             "in use, which members.strategy 'random' changes per sample")
         if f.hres and self.stores.deterministic is None:
             raise ValueError("features.hres needs stores.deterministic (a one-member forecast store)")
         return self
