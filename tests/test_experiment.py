@@ -288,6 +288,10 @@ def test_committed_experiment_files_load(name):
     if name.startswith("frankfurt"):  # the former setting beside it, and the MLP's
         seeds = {p.system: p.config.train.seeds for p in exp.points}
         assert seeds["mixed_s3"] == seeds["mlp"] == 3
+        # the networks train on fresh member draws (chosen on validation), beside the fixed
+        draw = {p.system: p.config.pipeline.members.train_draw for p in exp.points}
+        assert draw["mixed"] == draw["mlp"] == "random"
+        assert draw["mixed_fixed"] == draw["mlp_fixed"] == draw["emos_local"] == "fixed"
     assert mixed.config.train.refit and mixed.config.pipeline.batches.preload
     # the seasonal EMOS baseline (day-of-year terms) sits beside the static one
     if name != "magdeburg_t2m_biased":

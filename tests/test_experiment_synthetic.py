@@ -234,8 +234,10 @@ def test_committed_synthetic_files_build_every_network(name):
     else:
         assert {p.system for p in exp.points} == {"emos_global", "emos_local", "emos_doy",
                                                   "emos_local_doy", "mlp", "mixed", "mixed_doy",
-                                                  "mlp_s5", "mixed_s5"}
+                                                  "mlp_s5", "mixed_s5", "mlp_draw", "mixed_draw"}
         assert exp.points[0].config.data.points.n == 500
+        draw = {p.system: p.config.pipeline.members.train_draw for p in exp.points}
+        assert draw["mlp_draw"] == draw["mixed_draw"] == "random" and draw["mixed"] == "fixed"
         seeds = {p.system: p.config.train.seeds for p in exp.points}
         assert seeds["mlp_s5"] == seeds["mixed_s5"] == 5 and seeds["mixed"] == 1
     for p in exp.points:
