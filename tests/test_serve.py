@@ -387,55 +387,73 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.slow
-def test_sigterm_cancels_the_run_in_flight_and_the_next_start_resumes(tmp_path):
-    """A real loopback server: SIGTERM while a served run sleeps leaves it CANCELLED (not
-    RUNNING) and the deployment paused; serving again unpauses it."""
-    port = _closed_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect"),
-           "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    script = tmp_path / "sleeper.py"
-    script.write_text(_SLEEPER)
-    server = subprocess.Popen([str(EXE / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT)
-    serving = []
+class _Loopback:
+    """A real Prefect server on a loopback port and the sleeper script served against it."""
 
-    def serve() -> subprocess.Popen:
-        """The sleeper served, once it serves (SIGTERM before that is Python's default)."""
-        log = tmp_path / f"serve{len(serving)}.log"
+    def __init__(self, tmp_path: Path):
+        port = _closed_port()
+        self.tmp_path, self.api = tmp_path, f"http://127.0.0.1:{port}/api"
+        self.env = {**os.environ, "PREFECT_API_URL": self.api,
+                    "PREFECT_HOME": str(tmp_path / "prefect"), "DO_NOT_TRACK": "1",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        self.script = tmp_path / "sleeper.py"
+        self.script.write_text(_SLEEPER)
+        self.serving: list[subprocess.Popen] = []
+        self.server = subprocess.Popen([str(EXE / "prefect"), "server", "start", "--host",
+                                        "127.0.0.1", "--port", str(port)], env=self.env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        _wait(lambda: _get(self.api, "/health") is True, what="the server", timeout=180)
+
+    def serve(self) -> tuple[subprocess.Popen, Path]:
+        """The sleeper served, once it serves (SIGTERM before that is Python's default), and
+        its output's file."""
+        log = self.tmp_path / f"serve{len(self.serving)}.log"
         with open(log, "w") as f:
-            serving.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=f,
-                                            stderr=subprocess.STDOUT, cwd=tmp_path))
-        _wait(lambda: "serving" in log.read_text() or serving[-1].poll() is not None,
+            self.serving.append(subprocess.Popen([sys.executable, str(self.script)], env=self.env,
+                                                 stdout=f, stderr=subprocess.STDOUT,
+                                                 cwd=self.tmp_path))
+        _wait(lambda: "serving" in log.read_text() or self.serving[-1].poll() is not None,
               what="serving", timeout=120)
-        assert serving[-1].poll() is None, log.read_text()
-        return serving[-1]
+        assert self.serving[-1].poll() is None, log.read_text()
+        return self.serving[-1], log
 
-    try:
-        _wait(lambda: _get(api, "/health") is True, what="the server", timeout=180)
-        first = serve()
-        dep = _get(api, "/deployments/name/enspp-test-sleeper/s")
-        assert dep["paused"] is False
-        run = _post(api, f"/deployments/{dep['id']}/create_flow_run", {})
-        _wait(lambda: _state(api, run["id"]) == "RUNNING", what="the run", timeout=120)
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=120) == 0
-        assert _state(api, run["id"]) == "CANCELLED"
-        assert _get(api, f"/deployments/{dep['id']}")["paused"] is True
-        second = serve()
-        assert _get(api, f"/deployments/{dep['id']}")["paused"] is False
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(timeout=120) == 0
-    finally:
-        for p in (*serving, server):
+    def close(self) -> None:
+        for p in (*self.serving, self.server):
             if p.poll() is None:
                 p.terminate()
                 try:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+@pytest.fixture
+def loopback(tmp_path):
+    server = _Loopback(tmp_path)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_the_run_in_flight_and_the_next_start_resumes(loopback):
+    """A real loopback server: SIGTERM while a served run sleeps leaves it CANCELLED (not
+    RUNNING) and the deployment paused; serving again unpauses it."""
+    api = loopback.api
+    first, _ = loopback.serve()
+    dep = _get(api, "/deployments/name/enspp-test-sleeper/s")
+    assert dep["paused"] is False
+    run = _post(api, f"/deployments/{dep['id']}/create_flow_run", {})
+    _wait(lambda: _state(api, run["id"]) == "RUNNING", what="the run", timeout=120)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 0
+    assert _state(api, run["id"]) == "CANCELLED"
+    assert _get(api, f"/deployments/{dep['id']}")["paused"] is True
+    second, _ = loopback.serve()
+    assert _get(api, f"/deployments/{dep['id']}")["paused"] is False
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=120) == 0
 
 
 def _run_pid(run_id: str) -> int | None:
@@ -452,34 +470,13 @@ def _run_pid(run_id: str) -> int | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
-def test_a_killed_serve_leaves_no_run_in_flight_for_good(tmp_path):
+def test_a_killed_serve_leaves_no_run_in_flight_for_good(loopback):
     """A real loopback server: the serve is killed with SIGKILL while two runs sleep; one run's
     process dies with it, the other's outlives it. The next serve marks the first CRASHED
     (one line saying so) and leaves the second RUNNING: its process is alive and ends it."""
-    port = _closed_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect"),
-           "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    script = tmp_path / "sleeper.py"
-    script.write_text(_SLEEPER)
-    server = subprocess.Popen([str(EXE / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT)
-    serving, pids = [], []
-
-    def serve() -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / f"serve{len(serving)}.log"
-        with open(log, "w") as f:
-            serving.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=f,
-                                            stderr=subprocess.STDOUT, cwd=tmp_path))
-        _wait(lambda: "serving" in log.read_text() or serving[-1].poll() is not None,
-              what="serving", timeout=120)
-        assert serving[-1].poll() is None, log.read_text()
-        return serving[-1], log
-
+    api, pids = loopback.api, []
     try:
-        _wait(lambda: _get(api, "/health") is True, what="the server", timeout=180)
-        first, _ = serve()
+        first, _ = loopback.serve()
         dep = _get(api, "/deployments/name/enspp-test-sleeper/s")
         runs = [_post(api, f"/deployments/{dep['id']}/create_flow_run", {}) for _ in range(2)]
         for r in runs:
@@ -491,7 +488,7 @@ def test_a_killed_serve_leaves_no_run_in_flight_for_good(tmp_path):
         _wait(lambda: _run_pid(runs[0]["id"]) is None, what="the first run's end", timeout=60)
         states = [_get(api, f"/flow_runs/{r['id']}")["state"] for r in runs]
         assert [st["type"] for st in states] == ["RUNNING", "RUNNING"], states
-        second, log = serve()
+        second, log = loopback.serve()
         assert [_state(api, r["id"]) for r in runs] == ["CRASHED", "RUNNING"]
         assert "its process is gone" in _get(api, f"/flow_runs/{runs[0]['id']}")["state"]["message"]
         [line] = [x for x in log.read_text().splitlines() if "marked CRASHED" in x]
@@ -505,13 +502,6 @@ def test_a_killed_serve_leaves_no_run_in_flight_for_good(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for p in (*serving, server):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
 
 def _request(api: str, method: str, path: str, body: dict | None = None):
