@@ -244,6 +244,8 @@ def test_magdeburg_sweep_reproduces_the_committed_table(shared_data, tmp_path):
                     "systems": {"emos_global": raw["sweep"]["systems"]["emos_global"]}}
     raw["evaluate"]["bootstrap"]["n"] = 50
     raw["evaluate"]["metrics"] = ["crps"]
+    # the case catalogue is named relative to the work directory, moved here
+    raw["evaluate"]["cases"] = [str(ROOT / "configs/cases/magdeburg_t2m.yaml")]
     path = tmp_path / "magdeburg.yaml"
     path.write_text(yaml.safe_dump(raw))
     res = run_experiment(load_experiment(path), out_dir=tmp_path / "out")
