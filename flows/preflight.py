@@ -214,10 +214,18 @@ class _Checker:
                     self.out.problems.append(f"{key}: {missing} h not in {path} (lead times "
                                              f"{sorted(hours)} h)")
         if "member" in fc.coords:
+            members = self.cfg.pipeline.members
             try:
-                check_members(fc["member"].values.tolist(), config=self.cfg.pipeline.members)
+                k = check_members(fc["member"].values.tolist(), config=members)
             except MemberSelectionError as e:
                 self.out.problems.append(f"pipeline.members: {e} in {path}")
+            else:
+                pool = int((fc["member"].values != 0).sum())
+                if members.train_draw == "random" and pool <= k:
+                    self.out.notes.append(
+                        f"pipeline.members.train_draw: random draws {k} of the {pool} perturbed "
+                        f"members of {path}, so every draw is the same: it needs a store with "
+                        "more members than the K it runs")
         if "init_time" in fc.coords:
             t = fc["init_time"].values
             if t.size == 0:

@@ -337,6 +337,20 @@ def test_an_exact_fit_beyond_memory_or_disk_is_named(work, monkeypatch):
     assert len(model_lines(check_config(cfg(name="emos_global")))[1]) == 1
 
 
+def test_fresh_member_draws_from_no_more_members_than_k_are_a_note(work):
+    """members.train_draw: random over a store holding only K perturbed members draws the
+    same members every time: a note; with more members than K, none."""
+    def notes(k):
+        cfg = load_config(config(work, "draw.yaml", pipeline={
+            "members": {"k": k, "train_draw": "random"}}))
+        return [n for n in check_config(cfg).notes if n.startswith("pipeline.members.train_draw")]
+
+    [note] = notes(5)  # the fixture's store: 5 perturbed members
+    assert note.startswith("pipeline.members.train_draw: random draws 5 of the 5 perturbed "
+                           "members of ") and "every draw is the same" in note
+    assert notes(3) == []
+
+
 def test_a_local_fit_from_too_few_init_times_is_a_note(work):
     """A local EMOS fits 4 parameters (8 seasonal) at every point from that point's training
     init times alone: fewer than 5 per parameter is a note naming the count and the way out,
