@@ -401,6 +401,22 @@ async def settle_orphaned_runs(deployments: dict[Any, str], *, alive: set[str],
     return lines
 
 
+def _settle_lines(deployments: dict[Any, str]) -> list[str]:
+    """:func:`settle_orphaned_runs` for a starting serve, as lines to report; a failure is one
+    line (serving matters more than a former serve's leftovers)."""
+    import asyncio
+
+    alive = flow_run_processes()
+    if alive is None:
+        return ["enspp serve: this machine's processes cannot be read (no /proc): runs a killed "
+                "serve left RUNNING are not settled; set them crashed in the Prefect UI"]
+    try:
+        return asyncio.run(settle_orphaned_runs(deployments, alive=alive))
+    except Exception as e:
+        return [f"enspp serve: runs a former serve left in flight were not checked: "
+                f"{' '.join(str(e).split()) or type(e).__name__}"]
+
+
 def serve_deployments(deployments: list[Any], *, limit: int | None = None,
                       on_started: Callable[[], None] | None = None,
                       report: Callable[[str], None] = print) -> None:
@@ -428,17 +444,8 @@ def serve_deployments(deployments: list[Any], *, limit: int | None = None,
     runner = _graceful_runner_class()(pause_on_shutdown=True, limit=limit)
     runner.on_started = on_started
     ids = {runner.add_deployment(d): f"{d.flow_name}/{d.name}" for d in deployments}
-    alive = flow_run_processes() if ids else set()
-    if alive is None:
-        report("enspp serve: this machine's processes cannot be read (no /proc): runs a killed "
-               "serve left RUNNING are not settled; set them crashed in the Prefect UI")
-    elif ids:
-        try:
-            lines = asyncio.run(settle_orphaned_runs(ids, alive=alive))
-        except Exception as e:  # serving matters more than the former serve's leftovers
-            lines = [f"enspp serve: runs a former serve left in flight were not checked: "
-                     f"{' '.join(str(e).split()) or type(e).__name__}"]
-        for line in lines:
+    if ids:
+        for line in _settle_lines(ids):
             report(line)
     main = threading.current_thread() is threading.main_thread()
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}

@@ -45,6 +45,7 @@ NETWORKS = ("mlp", "unet", "mixed")
 #: validate stays free of torch), plus 16 for the day-of-year features of a seasonal fit
 EMOS_CASE_BYTES = 32
 #: training init times per parameter below which a local EMOS's fit at a point is a note
+#: (``models.emos.OVERFIT_CASES_PER_PARAMETER``, not imported: validate stays free of torch)
 LOCAL_CASES_PER_PARAMETER = 5
 
 
@@ -272,8 +273,6 @@ class _Checker:
         need = n_train * points * groups * per_case
         what = f"the {fit} anchor of {model.name}" if fit != model.name else model.name
         cases = f"{n_train} training init times x {points} points"
-        if fit == "emos_local":
-            self.local_cases(what, fit != model.name, n_train, season)
         if fit != "emos_local":  # one group per target and lead: held whole
             have = _memory_bytes()
             if have is not None and need / groups > have / 2:
@@ -285,6 +284,7 @@ class _Checker:
                         + "train on fewer init times or points")
                 (self.out.problems if need / groups > have else self.out.notes).append(text)
             return
+        self.local_cases(what, fit != model.name, n_train, season)
         budget = (_memory_bytes() or 2**32) // 4  # models.emos.fit_memory
         if need <= budget:
             return

@@ -275,6 +275,12 @@ class EMOSFitResult:
     min_group_cases: int = 0
     parameters: int = 0
 
+    @property
+    def overfits(self) -> bool:
+        """A group was fitted from fewer than :data:`OVERFIT_CASES_PER_PARAMETER` cases per
+        parameter (a local EMOS from a few init times: its fit follows the training noise)."""
+        return 0 < self.min_group_cases < OVERFIT_CASES_PER_PARAMETER * self.parameters
+
 
 def emos_chunk(model: _EMOS, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A pipeline batch reduced to what an EMOS fit reads: the raw target moments ``m``, ``s``
@@ -357,6 +363,9 @@ def fit_memory() -> int:
         return 2**30
 
 
+#: cases per parameter below which a group's exact fit overfits (:attr:`EMOSFitResult.overfits`;
+#: ``flows.preflight.LOCAL_CASES_PER_PARAMETER`` notes it before training)
+OVERFIT_CASES_PER_PARAMETER = 5
 #: bytes one valid training case takes in the exact fit (its group, raw mean, floored raw
 #: variance and target as float64), plus 8 per static feature the model reads
 CASE_BYTES = 32

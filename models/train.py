@@ -573,21 +573,15 @@ def _exact_fit_batches(data: Any) -> Any:
     return exact() if exact is not None else data.train_dataloader()
 
 
-#: an exact EMOS fit whose smallest group has fewer cases per parameter says it overfits
-#: (``flows.preflight.LOCAL_CASES_PER_PARAMETER`` notes it before training)
-OVERFIT_CASES_PER_PARAMETER = 5
-
-
 def _fit_words(result: Any) -> str:
     spilled = getattr(result, "spilled_bytes", 0)
-    fewest, n_params = getattr(result, "min_group_cases", 0), getattr(result, "parameters", 0)
     return (f"train CRPS (normalised) {result.loss:.4g} (closed-form start {result.start_loss:.4g}), "
             f"{result.iterations} Newton iterations" + ("" if result.converged else " (iteration limit)")
             + (f"; {result.cases} cases beyond its memory, spilled to disk ({spilled / 2**20:.0f} MiB) "
                f"and fitted in {result.ranges} ranges of groups" if spilled else "")
-            + (f"; a group has only {fewest} cases for its {n_params} parameters: it "
-               "overfits (more training init times, or a global EMOS)"
-               if 0 < fewest < OVERFIT_CASES_PER_PARAMETER * n_params else ""))
+            + (f"; a group has only {result.min_group_cases} cases for its {result.parameters} "
+               "parameters: it overfits (more training init times, or a global EMOS)"
+               if getattr(result, "overfits", False) else ""))
 
 
 def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_config: TrainConfig,

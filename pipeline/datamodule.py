@@ -194,10 +194,11 @@ class EnsembleDataModule(L.LightningDataModule):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ---- datasets and loaders ----------------------------------------------------------
-    def dataset(self, split: Split | tuple[str, ...], *, mode: Literal["train", "eval"] | None = None
-                ) -> EnsembleDataset:
+    def dataset(self, split: Split | tuple[str, ...], *, mode: Literal["train", "eval"] | None = None,
+                members: MembersConfig | None = None) -> EnsembleDataset:
         """The dataset of a split, or of several splits' init times together (a refit);
-        ``mode``: ``train`` for the train split, else ``eval``."""
+        ``mode``: ``train`` for the train split, else ``eval``; ``members``: instead of
+        ``pipeline.members``."""
         self.setup()
         splits = (split,) if isinstance(split, str) else tuple(split)
         for s in splits:
@@ -214,7 +215,7 @@ class EnsembleDataModule(L.LightningDataModule):
             self._reader, init_times=init_times,
             lead_time=self.alignment.lead_time, channels=self.channels,
             lead_times=tuple(a.lead_time for a in self.alignments),
-            members=self.config.members, store_members=self.store_members,
+            members=members or self.config.members, store_members=self.store_members,
             static=self._static, grid_shape=self.grid_shape, point=self.point, mode=mode,
             patch_size=b.patch_size, tiles=tiles, seed=b.seed,
             nan_policy=self.config.nan_policy, stats=self._stats,
@@ -296,10 +297,12 @@ class EnsembleDataModule(L.LightningDataModule):
         """Every sample of ``splits`` as one batch of tensors (read once, then kept)."""
         key = tuple(splits)
         if key not in self._preloaded:
-            ds = self.dataset(key, mode="train" if set(key) <= set(self.fit_splits) else "eval")
-            if ds.mode == "train" and self._draws_members():  # the pool a fresh draw takes from
-                ds.members_cfg = MembersConfig(strategy="explicit",
-                                               explicit=tuple(perturbed_members(self.store_members)))
+            train = set(key) <= set(self.fit_splits)
+            pool = None  # a fresh draw per epoch (PreloadedBatches) takes from every member
+            if train and self._draws_members():
+                pool = MembersConfig(strategy="explicit",
+                                     explicit=tuple(perturbed_members(self.store_members)))
+            ds = self.dataset(key, mode="train" if train else "eval", members=pool)
             self._preloaded[key] = ds.__getitems__(list(range(len(ds))))
         return self._preloaded[key]
 
@@ -349,7 +352,7 @@ class EnsembleDataModule(L.LightningDataModule):
         each tile owns (:func:`~pipeline.tiles.owned_windows`), so an exact fit counts every
         point once; whole fields as they are."""
         b = self.config.batches
-        if not self._patches() or b.tile_size is None or min(self.grid_shape) <= 0:
+        if not self._patches() or b.tile_size is None:
             return batches
         windows = owned_windows(self.grid_shape, tile=b.tile_size, overlap=b.tile_overlap)
         if len(windows) == 1:
@@ -401,18 +404,27 @@ class OwnedPoints:
 
     def __init__(self, batches: Any, windows: dict[tuple[int, int], tuple[slice, slice]]):
         self.batches, self.windows = batches, windows
+        #: each tile's points it does not own, ``[h, w]``, made on first use
+        self.others: dict[tuple[int, int], torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.batches)
 
+    def _others(self, origin: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor:
+        mask = self.others.get(origin)
+        if mask is None:  # every batch's tiles have the one tile shape
+            sy, sx = self.windows[origin]
+            mask = torch.ones(shape, dtype=torch.bool)
+            mask[sy, sx] = False
+            self.others[origin] = mask
+        return mask
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for batch in self.batches:
             target = batch["target"].clone()
-            for i, (y, x) in enumerate(zip(batch["y0"].tolist(), batch["x0"].tolist())):
-                sy, sx = self.windows[(y, x)]
-                keep = torch.zeros(target.shape[-2:], dtype=torch.bool)
-                keep[sy, sx] = True
-                target[i][..., ~keep] = float("nan")
+            shape = tuple(target.shape[-2:])
+            for i, origin in enumerate(zip(batch["y0"].tolist(), batch["x0"].tolist())):
+                target[i][..., self._others(origin, shape)] = float("nan")
             yield {**batch, "target": target}
 
 

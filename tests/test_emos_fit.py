@@ -321,7 +321,7 @@ def _many_stations(n_stations: int = 600, per: int = 40, seed: int = 8):
     return members[order].astype(np.float32), y[order].astype(np.float32), station[order], static[order]
 
 
-def test_cases_beyond_memory_are_spilled_and_the_fit_is_the_same(tmp_path) -> None:
+def test_cases_beyond_memory_are_spilled_and_the_fit_is_the_same(tmp_path, monkeypatch) -> None:
     """Past its memory the fit writes the compact cases to files by ranges of groups and fits
     the ranges one after another: the same parameters as the fit in memory, the files'
     size is CASE_BYTES (+8 per static feature) per case, and the folder is gone afterwards."""
@@ -346,6 +346,13 @@ def test_cases_beyond_memory_are_spilled_and_the_fit_is_the_same(tmp_path) -> No
     assert (a.min_group_cases, a.parameters) == (b.min_group_cases, b.parameters) == (40, 8)
     torch.testing.assert_close(spilled.params, held.params, rtol=1e-9, atol=1e-12)
     assert b.loss == pytest.approx(a.loss, rel=1e-12)
+    # the Newton systems solved a block of groups at a time: the same fit
+    import enspp.models.emos as emos
+
+    blocked = build_model(spec)
+    monkeypatch.setattr(emos, "GROUP_BLOCK", 64)  # 600 stations: 10 blocks
+    fit_emos(blocked, chunks(blocked))
+    torch.testing.assert_close(blocked.params, held.params, rtol=1e-9, atol=1e-12)
     assert b.start_loss == pytest.approx(a.start_loss, rel=1e-12)
     assert list(tmp_path.iterdir()) == []
     # the fit is each station's own: station 7 alone, in memory
@@ -403,4 +410,8 @@ def test_a_fit_from_too_few_cases_per_group_says_it_overfits() -> None:
         assert (r.min_group_cases, r.parameters, r.cases) == (per, 4, 50 * per)
         words[per] = _fit_words(r)
     assert "a group has only 2 cases for its 4 parameters: it overfits" in words[2]
+    from enspp.flows.preflight import LOCAL_CASES_PER_PARAMETER
+    from enspp.models.emos import OVERFIT_CASES_PER_PARAMETER
+
+    assert LOCAL_CASES_PER_PARAMETER == OVERFIT_CASES_PER_PARAMETER  # validate says it first
     assert "overfits" not in words[40]
