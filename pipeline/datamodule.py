@@ -195,10 +195,10 @@ class EnsembleDataModule(L.LightningDataModule):
 
     # ---- datasets and loaders ----------------------------------------------------------
     def dataset(self, split: Split | tuple[str, ...], *, mode: Literal["train", "eval"] | None = None,
-                members: MembersConfig | None = None) -> EnsembleDataset:
+                members: MembersConfig | None = None, member_nan: bool = False) -> EnsembleDataset:
         """The dataset of a split, or of several splits' init times together (a refit);
         ``mode``: ``train`` for the train split, else ``eval``; ``members``: instead of
-        ``pipeline.members``."""
+        ``pipeline.members``; ``member_nan``: see :class:`EnsembleDataset`."""
         self.setup()
         splits = (split,) if isinstance(split, str) else tuple(split)
         for s in splits:
@@ -220,7 +220,8 @@ class EnsembleDataModule(L.LightningDataModule):
             patch_size=b.patch_size, tiles=tiles, seed=b.seed,
             nan_policy=self.config.nan_policy, stats=self._stats,
             static_index=self._static_index,
-            record_features=None if self.record_features is None else self.record_features.at)
+            record_features=None if self.record_features is None else self.record_features.at,
+            member_nan=member_nan)
 
     def _cached(self, key: tuple, build) -> DataLoader:
         """The loader of ``key``, made once (``build()``) and then kept: Lightning, the exact
@@ -302,7 +303,8 @@ class EnsembleDataModule(L.LightningDataModule):
             if train and self._draws_members():
                 pool = MembersConfig(strategy="explicit",
                                      explicit=tuple(perturbed_members(self.store_members)))
-            ds = self.dataset(key, mode="train" if train else "eval", members=pool)
+            ds = self.dataset(key, mode="train" if train else "eval", members=pool,
+                              member_nan=pool is not None)
             self._preloaded[key] = ds.__getitems__(list(range(len(ds))))
         return self._preloaded[key]
 

@@ -51,7 +51,7 @@ class EnsembleDataset(Dataset):
                  tiles: list[Tile] | None = None, seed: int = 0,
                  nan_policy: Literal["error", "mask"] = "error", stats: NormStats | None = None,
                  static_index: Sequence[int] | None = None, record_features=None,
-                 lead_times: Sequence[np.timedelta64] | None = None):
+                 lead_times: Sequence[np.timedelta64] | None = None, member_nan: bool = False):
         if nan_policy == "mask" and stats is None:
             raise ValueError("nan_policy 'mask' needs normalisation statistics (stats)")
         self.reader = reader
@@ -70,6 +70,11 @@ class EnsembleDataset(Dataset):
         self.seed = seed
         self.nan_policy = nan_policy
         self.stats = stats
+        #: ``nan_policy: mask`` over a pool of members of which a later step draws some
+        #: (:class:`PreloadedBatches` ``draw``): batches carry ``member_nan`` (rows, members,
+        #: y, x: where each member was missing) and the target is masked only where a drawn
+        #: member is, not where any member of the pool is
+        self.member_nan = member_nan and nan_policy == "mask"
         #: batches in page-locked memory (set by the DataModule when the main process feeds a GPU)
         self.pin_memory = False
         self.reader_targets = len(reader.targets)
@@ -155,6 +160,8 @@ class EnsembleDataset(Dataset):
                  "static": ((rows, n_static, h, w), torch.float32),
                  "target": ((rows, n_targets, h, w), torch.float32),
                  **{key: ((rows,), torch.int64) for key in ("init_time", "lead_time", "y0", "x0")}}
+        if self.member_nan:
+            specs["member_nan"] = ((rows, k, h, w), torch.bool)
         if where == "shared" and self.ring is not None:  # a worker: a reused block
             batch = self.ring.allocate(specs)
         else:
@@ -177,7 +184,11 @@ class EnsembleDataset(Dataset):
         self.reader.read(reads)
         for b, ((s, members, sy, sx), r) in enumerate(zip(draws, reads)):
             rs = slice(b * n, (b + 1) * n)
-            self._nan(r.inputs, r.target, r.init_time, members, sy, sx)
+            missing = None
+            if self.member_nan:  # [K, y, x] (a grid) or [K, stations] (point data)
+                missing = (np.moveaxis(arr["member_nan"][rs, :, 0, 0], 0, -1) if self.point
+                           else arr["member_nan"][b])
+            self._nan(r.inputs, r.target, r.init_time, members, sy, sx, missing=missing)
             sin_d, cos_d = doy_encoding(r.valid_time)
             n_sel = len(self.static_index)
             if self.point:
@@ -205,9 +216,13 @@ class EnsembleDataset(Dataset):
         return self.lead_times[s % len(self.lead_times)]
 
     def _nan(self, inputs: np.ndarray, target: np.ndarray, init: np.datetime64,
-             members: np.ndarray, sy: slice, sx: slice) -> None:
+             members: np.ndarray, sy: slice, sx: slice, *, missing: np.ndarray | None = None
+             ) -> None:
         """Apply ``nan_policy`` to one sample's buffers in place (a NaN-free sample costs one
-        sum over its inputs)."""
+        sum over its inputs).  ``missing``: where each member is missing is written there
+        and the target left whole (:attr:`member_nan`)."""
+        if missing is not None:
+            missing[...] = False
         if not np.isnan(inputs.sum(dtype=np.float32)):
             return
         bad = np.isnan(inputs)
@@ -225,7 +240,10 @@ class EnsembleDataset(Dataset):
         mean = self.stats.channel_mean_local  # [C, Ny, Nx] or [C, S, 1]
         mean = mean[:, :, 0] if self.point else mean[:, sy, sx]
         np.copyto(inputs, np.broadcast_to(mean[None], inputs.shape), where=bad)
-        target[:, bad.any(axis=(0, 1))] = np.nan
+        if missing is not None:
+            np.any(bad, axis=1, out=missing)
+        else:
+            target[:, bad.any(axis=(0, 1))] = np.nan
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, where: str) -> torch.Tensor:
@@ -315,6 +333,10 @@ class PreloadedBatches(IterableDataset):
         #: ``draw`` members of the batch's ``inputs`` (which then hold a pool of members)
         #: chosen afresh for every row and epoch (``members.train_draw: random``)
         self.draw = draw
+        missing = batch.get("member_nan")
+        if missing is not None and draw is None:
+            raise ValueError("a batch with member_nan (a pool of members) needs draw")
+        self._missing = missing is not None and bool(missing.any())
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -334,4 +356,10 @@ class PreloadedBatches(IterableDataset):
         rng = np.random.default_rng([self.seed, epoch, 1])
         pick = np.sort(np.argsort(rng.random((self.n, pool.shape[1])), axis=1)[:, :self.draw], axis=1)
         idx = torch.from_numpy(pick).view(self.n, self.draw, *([1] * (pool.dim() - 2)))
-        return {**self.batch, "inputs": torch.take_along_dim(pool, idx, dim=1)}
+        drawn = {k: v for k, v in self.batch.items() if k != "member_nan"}
+        drawn["inputs"] = torch.take_along_dim(pool, idx, dim=1)
+        if self._missing:  # the target masked where a drawn member was missing
+            missing = torch.take_along_dim(self.batch["member_nan"], idx.view(self.n, self.draw, 1, 1),
+                                           dim=1).any(dim=1)
+            drawn["target"] = self.batch["target"].masked_fill(missing[:, None], float("nan"))
+        return drawn

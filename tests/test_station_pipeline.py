@@ -208,6 +208,47 @@ def test_training_draws_fresh_members_while_the_other_splits_keep_the_first(tmp_
                                next(iter(fixed.val_dataloader()))["inputs"], equal_nan=True)
 
 
+def test_fresh_draws_mask_the_target_only_where_a_drawn_member_is_missing(tmp_path):
+    """nan_policy: mask with fresh draws from a preloaded pool: a member missing at one
+    station and date (member 3, station 0, day 50 of the fixture) masks that target in the
+    epochs whose draw holds member 3 and in no other; the batches carry no member_nan."""
+    stores = write_station_stores(tmp_path, n_stations=2)
+    dm = EnsembleDataModule(_config(stores, features={"past_error": None, "hres": False},
+                                    members={"k": 5, "train_draw": "random"}))
+    batch = dm.preloaded(("train",))
+    members = [int(m) for m in dm.store_members if m != 0]
+    where = members.index(3)
+    row = int(np.flatnonzero((batch["init_time"].numpy() == stores.init_times[50].astype(np.int64))
+                             & (batch["x0"].numpy() == 0))[0])
+    missing = batch["member_nan"][:, :, 0, 0]
+    assert missing[row].tolist() == [i == where for i in range(len(members))]
+    assert int(missing.sum()) == 1  # the fixture's only missing member
+    pool = batch["inputs"][row, :, 0, 0, 0]
+    seen = {True: 0, False: 0}
+    loader = dm.train_dataloader()
+    for _ in range(12):
+        drawn = next(iter(loader))
+        assert "member_nan" not in drawn
+        got = drawn["inputs"][row, :, 0, 0, 0]
+        holds = where in [int(torch.nonzero(pool == v)[0]) for v in got]
+        assert bool(drawn["target"][row].isnan().all()) == holds
+        seen[holds] += 1
+        others = torch.ones(len(drawn["target"]), dtype=torch.bool)
+        others[row] = False  # every other target as read (NaN only where observed missing)
+        torch.testing.assert_close(drawn["target"][others], batch["target"][others], equal_nan=True)
+    assert seen[True] and seen[False]
+    fixed = EnsembleDataModule(_config(stores, features={"past_error": None, "hres": False}))
+    first = fixed.preloaded(("train",))  # members 1..5 hold member 3: masked, no member_nan
+    assert "member_nan" not in first and bool(first["target"][row].isnan().all())
+
+
+def test_preloaded_batches_refuse_a_member_pool_without_a_draw():
+    batch = {"inputs": torch.zeros(2, 4, 1, 1, 1), "target": torch.zeros(2, 1, 1, 1),
+             "member_nan": torch.zeros(2, 4, 1, 1, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="needs draw"):
+        PreloadedBatches(batch, batch_size=2)
+
+
 def test_training_draws_fresh_members_when_read_per_sample(tmp_path):
     """Without preload the training dataset draws K random members per sample and epoch
     while the evaluation datasets read members 1..K."""
