@@ -60,6 +60,8 @@ SKIPPED_ATTR = "enspp_skipped"
 #: inputs now come from other bytes (a store rebuilt from corrected files) is out of date
 INPUTS_ATTR = "enspp_inputs"
 #: attributes an existing product must share with a new write (else: another product)
+#: the largest chunk of a NetCDF product's variable (HDF5 refuses chunks of 4 GiB or more)
+NETCDF_CHUNK_BYTES = 2**30
 IDENTITY_ATTRS = ("checkpoint_sha256", "input_members", "n_ecc_members", "quantiles",
                   "distribution")
 #: the fields a product holds per target ``v``: ``v`` (ECC members), ``v_mean``, ``v_std``,
@@ -445,10 +447,27 @@ class ProductWriter:
                 tmp = self.out.parent / f".{self.out.name}.tmp.nc"
                 product = ds.copy()
                 product.attrs = netcdf_attrs(attrs)
-                product.to_netcdf(tmp)
+                product.to_netcdf(tmp, encoding=self._netcdf_encoding(product))
             tmp.replace(self.out)
             shutil.rmtree(self.partial, ignore_errors=True)
         return self.out
+
+
+    def _netcdf_encoding(self, product: xr.Dataset) -> dict[str, dict[str, Any]]:
+        """Every variable along ``init_time`` chunked as the Zarr product is (``init_chunk``
+        init times, every other dimension whole; a chunk at most :data:`NETCDF_CHUNK_BYTES`)
+        with HDF5's Fletcher-32 checksum on each chunk: a chunk damaged on disk is an error
+        on read (``enspp validate --deep`` names it), not wrong numbers, as the Zarr
+        product's CRC-32C makes it."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, da in product.data_vars.items():
+            if da.dims[:1] != (schema.INIT_TIME,) or 0 in da.shape:
+                continue  # (an empty variable: nothing to chunk)
+            row = int(np.prod(da.shape[1:], dtype=np.int64)) * da.dtype.itemsize
+            n = max(1, min(self.init_chunk, NETCDF_CHUNK_BYTES // row, da.shape[0]))
+            out[str(name)] = {"chunksizes": (n, *(int(x) for x in da.shape[1:])),
+                              "fletcher32": True}
+        return out
 
 
 def stale_init_times(product: str | Path, forecast: str | Path) -> set[str]:
@@ -1046,9 +1065,11 @@ def _file_reader(ds: xr.Dataset, state: ProductState, problems: Any) -> _Reader:
             return read_file_rows(ds, name, r0, stop), 1
         except Exception as e:  # noqa: BLE001 - netCDF4/HDF5 raise many types for damage
             hit = [record_key(state.init_times[r]) for r in rows if r < stop]
+            why = ("; a chunk's checksum or compression does not match: the file is damaged"
+                   if "HDF error" in str(e) else "")
             problems.add("corrupt", f"{state.where}: variable {name!r} (init time "
                                     f"{_span(hit)}) cannot be read: {type(e).__name__}: "
-                                    f"{' '.join(str(e).split())[:160]}")
+                                    f"{' '.join(str(e).split())[:160]}{why}")
             return None, 1
 
     return read

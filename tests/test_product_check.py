@@ -346,6 +346,28 @@ def test_a_netcdf_product_is_inspected_and_validated(tmp_path, capsys):
     assert rc == 0, out
 
 
+def test_validate_deep_names_a_damaged_chunk_of_a_netcdf_product(tmp_path, capsys):
+    """A NetCDF product's variables are chunked as the Zarr product's (2 init times here)
+    with a Fletcher-32 checksum per chunk: one bit flipped inside the stored values of the
+    first chunk of t2m is a read error naming the variable and its init times, not wrong
+    numbers."""
+    path = make_product(tmp_path / "p.nc", fmt="netcdf")
+    with xr.open_dataset(path) as ds:
+        assert all(ds[v].encoding["fletcher32"] and ds[v].encoding["chunksizes"][0] == 2
+                   for v in ds.data_vars)
+        first = ds["t2m"].values[:2].astype("<f4").tobytes()  # the first chunk as stored
+    raw = bytearray(path.read_bytes())
+    at = raw.find(first)
+    assert at > 0 and raw.find(first, at + 1) == -1
+    raw[at + len(first) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    rc, out, _ = _run(capsys, "validate", "--deep", str(path))
+    assert rc == 1 and "problems: 1 corrupt" in out, out
+    assert (f"corrupt: file {path}: variable 't2m' (init time 2020-01-01T00:00:00.."
+            "2020-01-02T00:00:00 (2 complete)) cannot be read: RuntimeError: NetCDF: HDF error; "
+            "a chunk's checksum or compression does not match: the file is damaged" in out), out
+
+
 def test_validate_names_what_a_netcdf_product_lacks(tmp_path, capsys, monkeypatch):
     path = make_product(tmp_path / "p.nc", fmt="netcdf")
 
@@ -374,9 +396,10 @@ def test_validate_names_what_a_netcdf_product_lacks(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(product, "read_file_rows", unreadable)
     rc, out, _ = _run(capsys, "validate", "--deep", str(path))
-    assert rc == 1 and (f"  corrupt: file {path}: variable 't2m' (init time 2020-01-01T00:00:00.."
-                        "2020-01-04T00:00:00 (4 complete)) cannot be read: RuntimeError: NetCDF: "
-                        "HDF error") in out
+    for first, last in (("01", "02"), ("03", "04")):  # read chunk by chunk (2 init times)
+        assert rc == 1 and (f"  corrupt: file {path}: variable 't2m' (init time 2020-01-{first}T"
+                            f"00:00:00..2020-01-{last}T00:00:00 (2 complete)) cannot be read: "
+                            "RuntimeError: NetCDF: HDF error") in out
 
 
 @pytest.mark.parametrize("command", ["inspect", "validate"])
