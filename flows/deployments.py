@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -401,20 +402,116 @@ async def settle_orphaned_runs(deployments: dict[Any, str], *, alive: set[str],
     return lines
 
 
+#: the automation ``enspp serve`` keeps on the server (one per server, over every deployment
+#: an enspp serve has served there)
+UNRESPONSIVE_AUTOMATION = "enspp: crash unresponsive runs"
+#: heartbeats a run may miss before the server marks it CRASHED
+MISSED_HEARTBEATS = 3
+#: the events that end a run's wait for its next heartbeat
+_RUN_ENDS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed",
+             "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed")
+
+
+def heartbeat_seconds() -> int | None:
+    """Seconds between a flow run's heartbeats (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; Prefect
+    3.8 sends them by default, every 180 s, at least every 30 s); ``None`` where turned off."""
+    from prefect.settings import get_current_settings
+
+    value = get_current_settings().flows.heartbeat_frequency
+    return None if value is None else max(int(value), 30)
+
+
+def unresponsive_run_automation(deployment_ids: Sequence[Any], *, heartbeat_s: int) -> Any:
+    """The Prefect automation that marks a run of ``deployment_ids`` CRASHED once it sent no
+    heartbeat for :data:`MISSED_HEARTBEATS` heartbeats and did not end: its serve or worker
+    was killed with it, or its machine stopped, and nothing else would ever end it on the
+    server (the Prefect server's own services do not; Prefect's guide "detect zombie flows").
+    Heartbeats come from the run's process itself (a thread of Prefect's flow engine)."""
+    import datetime
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    within = datetime.timedelta(seconds=MISSED_HEARTBEATS * heartbeat_s)
+    ids = sorted({f"prefect.deployment.{d}" for d in deployment_ids})
+    return AutomationCore(
+        name=UNRESPONSIVE_AUTOMATION,
+        description=(f"enspp serve: a run of its deployments with no heartbeat for "
+                     f"{_minutes(within)} that did not end is marked CRASHED"),
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *_RUN_ENDS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "deployment", "prefect.resource.id": ids},
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=within),
+        actions=[ChangeFlowRunState(
+            state=StateType.CRASHED,
+            message=(f"crashed: no heartbeat from its process for {_minutes(within)} (its enspp "
+                     "serve or worker was killed with it, or its machine stopped)"))])
+
+
+def _minutes(t: Any) -> str:
+    s = int(t.total_seconds())
+    return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
+
+
+async def keep_unresponsive_run_automation(deployment_ids: Sequence[Any]) -> str:
+    """Create the :data:`UNRESPONSIVE_AUTOMATION` automation on the server, or update the one
+    there to cover ``deployment_ids`` too (those it covered stay: several serves may share a
+    server); one line saying what it does."""
+    import datetime
+
+    from prefect.client.orchestration import get_client
+
+    heartbeat_s = heartbeat_seconds()
+    if heartbeat_s is None:
+        return ("enspp serve: flow run heartbeats are off (PREFECT_FLOWS_HEARTBEAT_FREQUENCY): "
+                "a run whose serve is killed stays RUNNING until the next enspp serve settles it")
+    async with get_client() as client:
+        kept = await client.read_automations_by_name(UNRESPONSIVE_AUTOMATION)
+        ids = set(map(str, deployment_ids))
+        for a in kept:  # the deployments it covers already stay covered
+            related = getattr(a.trigger, "match_related", None) or []
+            for spec in related if isinstance(related, list) else [related]:
+                if "prefect.resource.id" in spec:
+                    ids |= {h.removeprefix("prefect.deployment.")
+                            for h in spec["prefect.resource.id"]}
+        automation = unresponsive_run_automation(sorted(ids), heartbeat_s=heartbeat_s)
+        if kept:
+            await client.update_automation(kept[0].id, automation)
+            for extra in kept[1:]:  # two serves started at once each created one
+                await client.delete_automation(extra.id)
+        else:
+            await client.create_automation(automation)
+    within = _minutes(datetime.timedelta(seconds=MISSED_HEARTBEATS * heartbeat_s))
+    return (f"enspp serve: a run of these deployments with no heartbeat for {within} (its "
+            f"process gone) is marked CRASHED by the server (automation '{UNRESPONSIVE_AUTOMATION}')")
+
+
 def _settle_lines(deployments: dict[Any, str]) -> list[str]:
-    """:func:`settle_orphaned_runs` for a starting serve, as lines to report; a failure is one
+    """Before serving: :func:`settle_orphaned_runs`, then
+    :func:`keep_unresponsive_run_automation`, as lines to report; a failure of either is one
     line (serving matters more than a former serve's leftovers)."""
     import asyncio
 
     alive = flow_run_processes()
     if alive is None:
-        return ["enspp serve: this machine's processes cannot be read (no /proc): runs a killed "
-                "serve left RUNNING are not settled; set them crashed in the Prefect UI"]
+        lines = ["enspp serve: this machine's processes cannot be read (no /proc): runs a "
+                 "killed serve left RUNNING are not settled; set them crashed in the Prefect UI"]
+    else:
+        try:
+            lines = asyncio.run(settle_orphaned_runs(deployments, alive=alive))
+        except Exception as e:
+            lines = [f"enspp serve: runs a former serve left in flight were not checked: "
+                     f"{' '.join(str(e).split()) or type(e).__name__}"]
     try:
-        return asyncio.run(settle_orphaned_runs(deployments, alive=alive))
+        lines.append(asyncio.run(keep_unresponsive_run_automation(list(deployments))))
     except Exception as e:
-        return [f"enspp serve: runs a former serve left in flight were not checked: "
-                f"{' '.join(str(e).split()) or type(e).__name__}"]
+        lines.append("enspp serve: the automation that crashes unresponsive runs was not set: "
+                     f"{' '.join(str(e).split()) or type(e).__name__}")
+    return lines
 
 
 def serve_deployments(deployments: list[Any], *, limit: int | None = None,

@@ -491,13 +491,45 @@ def test_a_killed_serve_leaves_no_run_in_flight_for_good(loopback):
         second, log = loopback.serve()
         assert [_state(api, r["id"]) for r in runs] == ["CRASHED", "RUNNING"]
         assert "its process is gone" in _get(api, f"/flow_runs/{runs[0]['id']}")["state"]["message"]
-        [line] = [x for x in log.read_text().splitlines() if "marked CRASHED" in x]
+        [line] = [x for x in log.read_text().splitlines() if "with no process left" in x]
         assert line.startswith(f"enspp-test-sleeper/s run '{runs[0]['name']}' ({runs[0]['id']}) "
                                "was RUNNING with no process left")
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=120) == 0
     finally:
         for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_the_server_crashes_a_run_whose_serve_and_process_were_killed(loopback):
+    """A real loopback server, heartbeats every 30 s: the serve and its run's process are
+    killed with SIGKILL and no serve starts again; the server itself marks the run CRASHED
+    once three heartbeats are missed (the automation the serve set), not RUNNING for good."""
+    loopback.env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"
+    api, pid = loopback.api, None
+    try:
+        first, log = loopback.serve()
+        assert "is marked CRASHED by the server (automation 'enspp: crash unresponsive runs')" in (
+            log.read_text())
+        dep = _get(api, "/deployments/name/enspp-test-sleeper/s")
+        run = _post(api, f"/deployments/{dep['id']}/create_flow_run", {})
+        _wait(lambda: _state(api, run["id"]) == "RUNNING", what="the run", timeout=120)
+        pid = _wait(lambda: _run_pid(run["id"]), what="the run's process", timeout=60)
+        time.sleep(5)  # its first heartbeat is sent as it starts
+        first.send_signal(signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+        first.wait(timeout=60)
+        killed = time.monotonic()
+        _wait(lambda: _state(api, run["id"]) == "CRASHED", what="the crash", timeout=240)
+        assert time.monotonic() - killed > 45  # not before heartbeats were missed
+        assert "no heartbeat from its process" in _get(api, f"/flow_runs/{run['id']}")["state"]["message"]
+    finally:
+        if pid is not None:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -579,3 +611,84 @@ def test_serve_names_the_deployments_as_prefect_deployment_run_takes_them(cfg, h
     assert line.startswith("serving ingest/ingest-hourly, predict/predict-00-12, "
                            "evaluate/evaluate-nightly, train/train-weekly on ")
     assert "prefect deployment run ingest/ingest-hourly" in line
+
+
+def test_the_unresponsive_run_automation_crashes_runs_that_stop_beating():
+    """The automation enspp serve keeps: after a heartbeat of a run of the served deployments,
+    expect another (or the run's end) within 3 heartbeats, per run; else mark it CRASHED."""
+    import datetime
+    import uuid
+
+    from prefect.client.schemas.objects import StateType
+
+    from enspp.flows.deployments import UNRESPONSIVE_AUTOMATION, unresponsive_run_automation
+
+    deps = [uuid.uuid4(), uuid.uuid4()]
+    a = unresponsive_run_automation(deps, heartbeat_s=180)
+    t = a.trigger
+    assert a.name == UNRESPONSIVE_AUTOMATION and a.enabled
+    assert t.posture == "Proactive" and t.threshold == 1
+    assert t.within == datetime.timedelta(minutes=9)
+    assert t.after == {"prefect.flow-run.heartbeat"}
+    assert t.expect == {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                        "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                        "prefect.flow-run.Crashed"}
+    assert t.for_each == {"prefect.resource.id"}
+    assert t.match["prefect.resource.id"] == ["prefect.flow-run.*"]
+    assert t.match_related["prefect.resource.role"] == ["deployment"]
+    assert t.match_related["prefect.resource.id"] == sorted(f"prefect.deployment.{d}" for d in deps)
+    [action] = a.actions
+    assert action.type == "change-flow-run-state" and action.state == StateType.CRASHED
+    assert "no heartbeat from its process for 9 min" in action.message
+
+
+def test_the_unresponsive_run_automation_is_created_once_and_extended(monkeypatch):
+    """The first serve creates the automation; a later serve of other deployments updates it
+    to cover both (and removes a duplicate two serves started at once made); heartbeats
+    turned off: no automation, one line saying what that means."""
+    import uuid
+    from types import SimpleNamespace
+
+    import prefect.client.orchestration as orchestration
+
+    from enspp.flows import deployments
+    from enspp.flows.deployments import keep_unresponsive_run_automation
+
+    stored: dict = {}
+
+    class Client:
+        async def __aenter__(self):
+            return self
+
+        async def __aexit__(self, *exc):
+            return False
+
+        async def read_automations_by_name(self, name):
+            return [SimpleNamespace(id=k, trigger=v.trigger) for k, v in stored.items()
+                    if v.name == name]
+
+        async def create_automation(self, automation):
+            stored[uuid.uuid4()] = automation
+
+        async def update_automation(self, automation_id, automation):
+            assert automation_id in stored
+            stored[automation_id] = automation
+
+        async def delete_automation(self, automation_id):
+            del stored[automation_id]
+
+    monkeypatch.setattr(orchestration, "get_client", lambda: Client())
+    first, second = uuid.uuid4(), uuid.uuid4()
+    line = asyncio.run(keep_unresponsive_run_automation([first]))
+    assert line == ("enspp serve: a run of these deployments with no heartbeat for 9 min (its "
+                    "process gone) is marked CRASHED by the server (automation "
+                    "'enspp: crash unresponsive runs')")
+    [kept] = stored
+    stored[uuid.uuid4()] = stored[kept]  # a duplicate
+    asyncio.run(keep_unresponsive_run_automation([second]))
+    [(key, automation)] = stored.items()
+    assert automation.trigger.match_related["prefect.resource.id"] == sorted(
+        f"prefect.deployment.{d}" for d in (first, second))
+    monkeypatch.setattr(deployments, "heartbeat_seconds", lambda: None)
+    line = asyncio.run(keep_unresponsive_run_automation([first]))
+    assert line.startswith("enspp serve: flow run heartbeats are off") and len(stored) == 1
