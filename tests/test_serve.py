@@ -492,6 +492,10 @@ def test_a_killed_serve_leaves_no_run_in_flight_for_good(loopback):
         assert [_state(api, r["id"]) for r in runs] == ["CRASHED", "RUNNING"]
         assert "its process is gone" in _get(api, f"/flow_runs/{runs[0]['id']}")["state"]["message"]
         [line] = [x for x in log.read_text().splitlines() if "with no process left" in x]
+        # the second serve updated the automation the first one created
+        assert "is marked CRASHED by the server (automation " in log.read_text()
+        [automation] = _post(api, "/automations/filter", {})
+        assert automation["name"] == "enspp: crash unresponsive runs"
         assert line.startswith(f"enspp-test-sleeper/s run '{runs[0]['name']}' ({runs[0]['id']}) "
                                "was RUNNING with no process left")
         second.send_signal(signal.SIGTERM)
