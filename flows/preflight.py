@@ -266,6 +266,9 @@ class _Checker:
                            & (days <= np.datetime64(split.train.end))).sum())
         else:
             n_train = int(round(len(times) * split.fractions[0]))
+        subset = self.cfg.pipeline.batches.exact_fit_init_times
+        if subset is not None:  # the fit reads that many of them
+            n_train = min(n_train, subset)
         points = int(np.prod([fc.sizes[d] for d in ("latitude", "longitude", "station")
                               if d in fc.sizes]))
         per_case = EMOS_CASE_BYTES + (16 if season == "doy" else 0)
@@ -273,6 +276,8 @@ class _Checker:
         need = n_train * points * groups * per_case
         what = f"the {fit} anchor of {model.name}" if fit != model.name else model.name
         cases = f"{n_train} training init times x {points} points"
+        fewer = ("set pipeline.batches.exact_fit_init_times (the fit from that many training "
+                 "init times, evenly spread)")
         if fit != "emos_local":  # one group per target and lead: held whole
             have = _memory_bytes()
             if have is not None and need / groups > have / 2:
@@ -281,7 +286,7 @@ class _Checker:
                         f"machine has {have / 2**30:.0f} GiB); "
                         + ("set model.options.anchor: raw or emos_local, or " if fit != model.name
                            else "use emos_local, or ")
-                        + "train on fewer init times or points")
+                        + f"{fewer}, or train on fewer points")
                 (self.out.problems if need / groups > have else self.out.notes).append(text)
             return
         self.local_cases(what, fit != model.name, n_train, season)
@@ -298,8 +303,7 @@ class _Checker:
                 f"{spill / 2**30:.1f} GiB for {cases}")
         if spill > free:
             self.out.problems.append(f"{text}, more than the {free / 2**30:.1f} GiB free there; "
-                                     "free disk space, set model.options.anchor: raw, or train "
-                                     "on fewer init times")
+                                     f"{fewer}, free disk space, or set model.options.anchor: raw")
         else:
             self.out.notes.append(f"{text} ({free / 2**30:.0f} GiB free), then fits it in ranges "
                                   "of grid points")

@@ -540,7 +540,7 @@ def _fit_exact(net: Any, data: Any, *, spill_dir: Path) -> Any:
     for m in members[1:]:  # the same fit for every member
         m.anchor.load_state_dict(members[0].anchor.state_dict())
     LOGGER.info(summary_line(f"exact fit of the anchor {type(members[0].anchor).__name__}",
-                             _fit_words(result), time.perf_counter() - t0))
+                             _fit_words(result) + _subset_words(data), time.perf_counter() - t0))
     return result
 
 
@@ -571,6 +571,12 @@ def _exact_fit_batches(data: Any) -> Any:
     workers (``EnsembleDataModule.exact_fit_dataloader``)."""
     exact = getattr(data, "exact_fit_dataloader", None)
     return exact() if exact is not None else data.train_dataloader()
+
+
+def _subset_words(data: Any) -> str:
+    """The training init times an exact fit read, where not all (``exact_fit_words``)."""
+    words = getattr(data, "exact_fit_words", None)
+    return words() if words is not None else ""
 
 
 def _fit_words(result: Any) -> str:
@@ -622,7 +628,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
         _save_atomic(trainer, final)
     LOGGER.info(summary_line(
         f"train {spec.name} ({run_dir.name})",
-        f"exact fit: {_fit_words(result)}; {metric_words(monitor)} {score:.4g}"
+        f"exact fit: {_fit_words(result)}{_subset_words(data)}; {metric_words(monitor)} {score:.4g}"
         + ("" if raw is None else f", {metric_words(raw_name)} {float(raw):.4g}")
         + ("; refit on training + validation" if train_config.refit else ""), time.perf_counter() - t0))
     return TrainResult(

@@ -341,8 +341,14 @@ class BatchesConfig(BaseModel):
     #: grids); a ``batch_size`` at least the split's size then makes one full batch per epoch
     #: (full-batch fitting).  Draws are fixed, so it excludes patches and random members.
     preload: bool = False
+    #: at most this many training init times, evenly spread over the training split (every
+    #: season kept), feed an exact EMOS fit (an EMOS model, a network's anchor); None: every
+    #: one.  A local EMOS fits 4 (8 seasonal) parameters per point, which a few thousand cases
+    #: determine as well as decades do, while its cases take 32 bytes each in memory or on
+    #: disk (decades at 0.25 deg: hundreds of GB); the networks still train on every init time
+    exact_fit_init_times: int | None = None
 
-    @field_validator("patch_size", "tile_size", "samples_per_epoch")
+    @field_validator("patch_size", "tile_size", "samples_per_epoch", "exact_fit_init_times")
     @classmethod
     def _positive_or_none(cls, v: int | None) -> int | None:
         if v is not None and v < 1:

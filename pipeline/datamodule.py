@@ -195,17 +195,20 @@ class EnsembleDataModule(L.LightningDataModule):
 
     # ---- datasets and loaders ----------------------------------------------------------
     def dataset(self, split: Split | tuple[str, ...], *, mode: Literal["train", "eval"] | None = None,
-                members: MembersConfig | None = None, member_nan: bool = False) -> EnsembleDataset:
+                members: MembersConfig | None = None, member_nan: bool = False,
+                init_times: np.ndarray | None = None) -> EnsembleDataset:
         """The dataset of a split, or of several splits' init times together (a refit);
         ``mode``: ``train`` for the train split, else ``eval``; ``members``: instead of
-        ``pipeline.members``; ``member_nan``: see :class:`EnsembleDataset`."""
+        ``pipeline.members``; ``member_nan``: see :class:`EnsembleDataset`; ``init_times``:
+        these of the splits' init times only."""
         self.setup()
         splits = (split,) if isinstance(split, str) else tuple(split)
         for s in splits:
             if s not in self.split_init_times:
                 raise PipelineConfigError(f"split {s!r} is not configured (splits: "
                                           f"{list(self.split_init_times)})")
-        init_times = np.concatenate([self.split_init_times[s] for s in splits])
+        if init_times is None:
+            init_times = np.concatenate([self.split_init_times[s] for s in splits])
         mode = mode or ("train" if splits == ("train",) else "eval")
         b = self.config.batches
         tiles = None
@@ -341,13 +344,45 @@ class EnsembleDataModule(L.LightningDataModule):
         this pass (none start for it)."""
         self.setup()
         b = self.config.batches
+        keep = self.exact_fit_keep()
         if b.preload:
             if self._patches():
-                return self._owned(self._loader(self.dataset(self.fit_splits, mode="eval")))
-            return self.train_dataloader()
+                times = np.concatenate([self.split_init_times[s] for s in self.fit_splits])
+                ds = self.dataset(self.fit_splits, mode="eval",
+                                  init_times=None if keep is None else times[keep])
+                return self._owned(self._loader(ds))
+            batches = self.train_dataloader()
+            if keep is None:
+                return batches
+            times = np.concatenate([self.split_init_times[s] for s in self.fit_splits])
+            return KeptInitTimes(batches, times[keep])
         loader = self.train_dataloader()
         whole = loader.dataset.whole
-        return self._owned(ExactPass(loader, None if whole is None else len(whole)))
+        ds = loader.dataset if whole is None else whole
+        per_init = len(ds) // max(1, len(ds.init_times))
+        return self._owned(ExactPass(loader, None if whole is None else len(whole), keep=keep,
+                                     per_init=per_init))
+
+    def exact_fit_keep(self) -> np.ndarray | None:
+        """Which of the training init times (those of :attr:`fit_splits`, in order) an exact
+        fit reads: ``batches.exact_fit_init_times`` of them evenly spread (first and last
+        included), as a flag per init time; ``None``: every one."""
+        self.setup()
+        n_keep = self.config.batches.exact_fit_init_times
+        n = sum(len(self.split_init_times[s]) for s in self.fit_splits)
+        if n_keep is None or n_keep >= n:
+            return None
+        keep = np.zeros(n, dtype=bool)
+        keep[np.unique(np.round(np.linspace(0, n - 1, n_keep)).astype(np.int64))] = True
+        return keep
+
+    def exact_fit_words(self) -> str:
+        """How many training init times an exact fit reads, for its log line ("" if all)."""
+        keep = self.exact_fit_keep()
+        if keep is None:
+            return ""
+        return (f"; from {int(keep.sum())} of {keep.size} training init times, evenly spread "
+                "(pipeline.batches.exact_fit_init_times)")
 
     def _owned(self, batches: Any) -> Any:
         """``batches`` of overlapping tiles with the target NaN (no case) outside the points
@@ -382,22 +417,51 @@ class EnsembleDataModule(L.LightningDataModule):
 
 class ExactPass:
     """One pass of a training loader for an exact fit (:meth:`EnsembleDataModule.exact_fit_dataloader`):
-    its sampler yields the pass's items once, then the loader trains as before."""
+    its sampler yields the pass's items once (``keep``: those of the init times flagged,
+    ``per_init`` items each), then the loader trains as before."""
 
-    def __init__(self, loader: DataLoader, n_whole: int | None):
-        self.loader, self.n_whole = loader, n_whole
+    def __init__(self, loader: DataLoader, n_whole: int | None, *, keep: np.ndarray | None = None,
+                 per_init: int = 1):
+        self.loader, self.n_whole, self.keep, self.per_init = loader, n_whole, keep, per_init
+
+    def _next(self) -> Any:
+        sampler = self.loader.sampler
+        sampler.exact_pass_next(self.n_whole, keep=self.keep, per_init=self.per_init)
+        return sampler
 
     def __len__(self) -> int:
-        n = len(self.loader.sampler) if self.n_whole is None else self.n_whole
+        sampler = self._next()
+        try:
+            n = len(sampler)
+        finally:
+            sampler.exact_pass_done()
         return -(-n // int(self.loader.batch_size or 1))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        sampler = self.loader.sampler
-        sampler.exact_pass_next(self.n_whole)
+        sampler = self._next()
         try:
             yield from self.loader
         finally:
             sampler.exact_pass_done()
+
+
+class KeptInitTimes:
+    """Preloaded training batches with the target NaN (no case) in the rows of init times
+    other than ``kept`` (``batches.exact_fit_init_times``); the batches' length kept."""
+
+    def __init__(self, batches: Any, kept: np.ndarray):
+        self.batches = batches
+        self.kept = torch.from_numpy(np.asarray(kept, dtype="datetime64[ns]").astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.batches:
+            other = ~torch.isin(batch["init_time"], self.kept)
+            target = batch["target"].clone()
+            target[other] = float("nan")
+            yield {**batch, "target": target}
 
 
 class OwnedPoints:

@@ -281,31 +281,36 @@ class EpochSampler(Sampler):
         self.n, self.seed, self.shuffle = n, seed, shuffle
         self.samples_per_epoch = samples_per_epoch or n
         self.epoch = 0
-        self._exact: tuple[int | None] | None = None
+        self._exact: list[tuple[int, int]] | list[WholeItem] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def exact_pass_next(self, n_whole: int | None) -> None:
+    def exact_pass_next(self, n_whole: int | None, *, keep: np.ndarray | None = None,
+                        per_init: int = 1) -> None:
         """Make the next iteration one pass for an exact fit, without moving the epoch count:
         ``WholeItem(0) .. WholeItem(n_whole - 1)`` in order, or (``None``) the items of epoch
-        0, as a fresh sampler's first epoch."""
-        self._exact = (n_whole,)
+        0, as a fresh sampler's first epoch; ``keep`` (a flag per init time; an item's init
+        time is its index ``// per_init``): only the items of the init times kept."""
+        items = ([WholeItem(i) for i in range(n_whole)] if n_whole is not None
+                 else self._items(0))
+        if keep is not None:
+            items = [it for it in items
+                     if keep[(int(it.index) if isinstance(it, WholeItem) else it[0]) // per_init]]
+        self._exact = items
 
     def exact_pass_done(self) -> None:
         self._exact = None
 
     def __len__(self) -> int:
-        if self._exact is not None and self._exact[0] is not None:
-            return self._exact[0]
+        if self._exact is not None:
+            return len(self._exact)
         return self.samples_per_epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]] | Iterator[WholeItem]:
         if self._exact is not None:
-            (n_whole,), self._exact = self._exact, None
-            if n_whole is not None:
-                return iter([WholeItem(i) for i in range(n_whole)])
-            return iter(self._items(0))
+            items, self._exact = self._exact, None
+            return iter(items)
         items = self._items(self.epoch)
         self.epoch += 1
         return iter(items)

@@ -71,3 +71,47 @@ def test_seed_ensemble_members_keep_their_anchor_unless_an_epoch_beats_it(stores
         assert float(member.anchor.params.abs().max()) > 0.0  # fitted on train + val
     good = train(pipe, ModelConfig(name="mlp", options=opts), _cfg(seeds=2, run_id="good"), workdir=tmp_path)
     assert good.best_score <= emos.best_score + 1e-6
+
+
+def test_an_exact_fit_from_some_training_init_times_is_their_fit(stores, tmp_path):
+    """batches.exact_fit_init_times on preloaded station data: the EMOS run is the exact fit
+    of the rows of those init times (evenly spread, first and last included) alone, built
+    here by selecting the rows; the train line says so."""
+    import logging
+
+    import numpy as np
+
+    base = _pipeline(stores)
+    pipe = base.model_copy(update={"batches": base.batches.model_copy(
+        update={"exact_fit_init_times": 40})})
+    dm = EnsembleDataModule(pipe)
+    dm.setup()
+    times = dm.split_init_times["train"]
+    assert len(times) > 100
+    keep = np.unique(np.round(np.linspace(0, len(times) - 1, 40)).astype(np.int64))
+    assert np.array_equal(np.flatnonzero(dm.exact_fit_keep()), keep)
+    from enspp.data.progress import LOGGER
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    LOGGER.addHandler(handler)
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)
+    try:
+        result = train(pipe, ModelConfig(name="emos_local"), _cfg(run_id="sub"), workdir=tmp_path)
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
+    got = load_checkpoint(result.best_checkpoint).model
+    batch = dm.preloaded(("train",))
+    kept = torch.from_numpy(times[keep].astype("datetime64[ns]").astype(np.int64))
+    rows = torch.isin(batch["init_time"], kept)
+    assert int(rows.sum()) == 40 * 2  # two stations
+    ref = type(got)(got.spec)
+    fit_emos(ref, [emos_chunk(ref, {k: v[rows] for k, v in batch.items()})])
+    torch.testing.assert_close(got.params, ref.params, rtol=1e-5, atol=1e-6)
+    full = type(got)(got.spec)
+    fit_emos(full, [emos_chunk(full, batch)])
+    assert not torch.allclose(full.params, ref.params, rtol=1e-3, atol=1e-4)
+    assert any("from 40 of" in r and "training init times, evenly spread" in r for r in records), records

@@ -165,6 +165,44 @@ def test_exact_fit_pass_is_read_by_the_training_workers(stores, patch_size):
     assert dm.worker_starts == 1
 
 
+def _rows(batches: list) -> dict:
+    """Each sample row of ``batches`` by (init time, lead, tile origin)."""
+    out = {}
+    for b in batches:
+        for i in range(len(b["init_time"])):
+            key = (int(b["init_time"][i]), int(b["lead_time"][i]), int(b["y0"][i]), int(b["x0"][i]))
+            out[key] = {k: v[i] for k, v in b.items()}
+    return out
+
+
+@pytest.mark.parametrize("patch_size", [8, None])
+def test_exact_fit_pass_reads_only_the_init_times_it_is_given(stores, patch_size):
+    """batches.exact_fit_init_times: the exact fit's pass reads that many training init
+    times, evenly spread (the first and the last included), each sample as the full pass
+    reads it; the training epochs are untouched."""
+    dm = EnsembleDataModule(_cfg(num_workers=1, patch_size=patch_size, exact_fit_init_times=2),
+                            forecast=stores.forecast, analysis=stores.analysis)
+    full = EnsembleDataModule(_cfg(patch_size=patch_size), forecast=stores.forecast,
+                              analysis=stores.analysis, stats=dm.stats)
+    times = dm.split_init_times["train"]
+    keep = dm.exact_fit_keep()
+    assert keep.sum() == 2 and keep[0] and keep[-1] and len(times) == 4
+    exact = dm.exact_fit_dataloader()
+    got = list(exact)
+    assert len(exact) == len(got)
+    rows, all_rows = _rows(got), _rows(list(full.exact_fit_dataloader()))
+    kept = set(times[keep].astype("datetime64[ns]").astype(np.int64).tolist())
+    assert {k[0] for k in rows} == kept
+    assert len(rows) == sum(1 for k in all_rows if k[0] in kept)  # every sample of those
+    for key, row in rows.items():
+        for name, value in row.items():
+            torch.testing.assert_close(value, all_rows[key][name], rtol=0, atol=0, equal_nan=True)
+    assert "from 2 of 4 training init times" in dm.exact_fit_words() and full.exact_fit_words() == ""
+    fresh = EnsembleDataModule(_cfg(patch_size=patch_size), forecast=stores.forecast,
+                               analysis=stores.analysis, stats=dm.stats).train_dataloader()
+    _same(list(dm.train_dataloader()), list(fresh), "the first epoch after the pass")
+
+
 def test_worker_batches_reuse_shared_blocks_once_released(stores):
     """A worker writes a batch into a shared-memory block the main process has let go of;
     a batch still held is never overwritten (the worker takes fresh memory instead)."""

@@ -326,6 +326,14 @@ def test_an_exact_fit_beyond_memory_or_disk_is_named(work, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(free=need - 1))
     [problem], _ = model_lines(check_config(cfg(name="emos_local")))
     assert problem.startswith("model: the exact fit of emos_local spills") and "free disk space" in problem
+    assert "set pipeline.batches.exact_fit_init_times" in problem
+    # the fit from 5 of the 10 training init times: half the cases, held in memory
+    pipe = yaml.safe_load(config(work, "x.yaml").read_text())["pipeline"]
+    sub = lambda n: load_config(config(work, "sub.yaml", model={"name": "emos_local"},  # noqa: E731
+                                       pipeline={**pipe, "batches": {"exact_fit_init_times": n}}))
+    assert model_lines(check_config(sub(5))) == ([], [])
+    [problem], _ = model_lines(check_config(sub(20)))  # more than the split holds: all 10
+    assert "for 10 training init times x" in problem
     # a global EMOS is held whole: a problem beyond the machine's memory, a note beyond half
     monkeypatch.setattr(preflight, "_memory_bytes", lambda: need - 1)
     [problem], _ = model_lines(check_config(cfg(name="emos_global")))
