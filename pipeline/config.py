@@ -344,8 +344,9 @@ class BatchesConfig(BaseModel):
     #: at most this many training init times, evenly spread over the training split (every
     #: season kept), feed an exact EMOS fit (an EMOS model, a network's anchor); None: every
     #: one.  A local EMOS fits 4 (8 seasonal) parameters per point, which a few thousand cases
-    #: determine as well as decades do, while its cases take 32 bytes each in memory or on
-    #: disk (decades at 0.25 deg: hundreds of GB); the networks still train on every init time
+    #: determine nearly as well as decades do (synthetic world: from 150 of 624 init times
+    #: CRPS +0.5 %, from 50 +2.5 %), while its cases take 32 bytes each in memory or on disk
+    #: (decades at 0.25 deg: hundreds of GB); the networks still train on every init time
     exact_fit_init_times: int | None = None
 
     @field_validator("patch_size", "tile_size", "samples_per_epoch", "exact_fit_init_times")
