@@ -164,6 +164,7 @@ def ingest_deployment(paths: list[str] | None = None,
     """Ingest the configured ``data.incoming`` files, or ``paths`` inside those directories."""
     from enspp.flows.ops import ingest_flow
 
+    watch_this_run()
     path, cfg = _config()
     if paths:
         check_incoming_paths(cfg, paths, kind)
@@ -181,6 +182,7 @@ def predict_deployment(init_times: list[str] | None = None,
     from enspp.flows.ops import predict_flow
     from enspp.models.registry import list_versions
 
+    watch_this_run()
     path, cfg = _config()
     for t in init_times or []:
         try:
@@ -208,6 +210,7 @@ def evaluate_deployment(report_id: str = "latest") -> dict[str, Any]:
     from enspp.flows.ops import evaluate_flow
 
     check_plain_name(report_id, what="report_id")
+    watch_this_run()
     path, _ = _config()
     return evaluate_flow.fn(str(path), report_id=report_id)
 
@@ -220,6 +223,7 @@ def train_deployment(min_improvement: float = 0.0) -> dict[str, Any]:
     if not (math.isfinite(min_improvement) and min_improvement >= 0):
         raise DeploymentParameterError(f"min_improvement must be a finite number >= 0, got "
                                        f"{min_improvement}")
+    watch_this_run()
     path, _ = _config()
     return train_flow.fn(str(path), min_improvement=min_improvement)
 
@@ -457,37 +461,64 @@ def _minutes(t: Any) -> str:
     return f"{s // 60} min" + (f" {s % 60} s" if s % 60 else "")
 
 
-async def keep_unresponsive_run_automation(deployment_ids: Sequence[Any]) -> str:
+def keep_unresponsive_run_automation(deployment_ids: Sequence[Any]) -> tuple[bool, str]:
     """Create the :data:`UNRESPONSIVE_AUTOMATION` automation on the server, or update the one
-    there to cover ``deployment_ids`` too (those it covered stay: several serves may share a
-    server); one line saying what it does."""
+    there to cover ``deployment_ids`` too (those it covered stay: several serves, and a work
+    pool's deployments, may share a server); nothing is written when it covers them already.
+    Whether it wrote, and one line saying what the automation does."""
     import datetime
 
     from prefect.client.orchestration import get_client
 
     heartbeat_s = heartbeat_seconds()
     if heartbeat_s is None:
-        return ("enspp serve: flow run heartbeats are off (PREFECT_FLOWS_HEARTBEAT_FREQUENCY): "
-                "a run whose serve is killed stays RUNNING until the next enspp serve settles it")
-    async with get_client() as client:
-        kept = await client.read_automations_by_name(UNRESPONSIVE_AUTOMATION)
-        ids = set(map(str, deployment_ids))
+        return False, ("flow run heartbeats are off (PREFECT_FLOWS_HEARTBEAT_FREQUENCY): a run "
+                       "whose process dies with its serve or worker stays RUNNING (the next "
+                       "enspp serve settles it)")
+    with get_client(sync_client=True) as client:
+        kept = client.read_automations_by_name(UNRESPONSIVE_AUTOMATION)
+        have: set[str] = set()
         for a in kept:  # the deployments it covers already stay covered
             related = getattr(a.trigger, "match_related", None) or []
             for spec in related if isinstance(related, list) else [related]:
                 if "prefect.resource.id" in spec:
-                    ids |= {h.removeprefix("prefect.deployment.")
-                            for h in spec["prefect.resource.id"]}
+                    have |= {h.removeprefix("prefect.deployment.")
+                             for h in spec["prefect.resource.id"]}
+        ids = have | set(map(str, deployment_ids))
         automation = unresponsive_run_automation(sorted(ids), heartbeat_s=heartbeat_s)
-        if kept:
-            await client.update_automation(kept[0].id, automation)
+        wrote = not (len(kept) == 1 and ids == have
+                     and getattr(kept[0].trigger, "within", None) == automation.trigger.within)
+        if wrote and kept:
+            client.update_automation(kept[0].id, automation)
             for extra in kept[1:]:  # two serves started at once each created one
-                await client.delete_automation(extra.id)
-        else:
-            await client.create_automation(automation)
+                client.delete_automation(extra.id)
+        elif wrote:
+            client.create_automation(automation)
     within = _minutes(datetime.timedelta(seconds=MISSED_HEARTBEATS * heartbeat_s))
-    return (f"enspp serve: a run of these deployments with no heartbeat for {within} (its "
-            f"process gone) is marked CRASHED by the server (automation '{UNRESPONSIVE_AUTOMATION}')")
+    return wrote, (f"a run of these deployments with no heartbeat for {within} (its process "
+                   f"gone) is marked CRASHED by the server (automation "
+                   f"'{UNRESPONSIVE_AUTOMATION}')")
+
+
+def watch_this_run(deployment_id: Any = None) -> None:
+    """At the start of a deployment's run (served, or a work pool's worker's): make sure the
+    :data:`UNRESPONSIVE_AUTOMATION` covers its deployment (``deployment_id``, by default this
+    run's), so the server marks the run CRASHED if its process dies with its serve or worker.
+    A line only when that changed the automation; a failure is a line, never the run's."""
+    if deployment_id is None:
+        from prefect.runtime import deployment
+
+        deployment_id = deployment.id
+    if not deployment_id:
+        return
+    try:
+        wrote, line = keep_unresponsive_run_automation([deployment_id])
+    except Exception as e:
+        print("the automation that crashes unresponsive runs was not checked: "
+              f"{' '.join(str(e).split()) or type(e).__name__}")
+        return
+    if wrote:
+        print(line)
 
 
 def _settle_lines(deployments: dict[Any, str]) -> list[str]:
@@ -507,7 +538,7 @@ def _settle_lines(deployments: dict[Any, str]) -> list[str]:
             lines = [f"enspp serve: runs a former serve left in flight were not checked: "
                      f"{' '.join(str(e).split()) or type(e).__name__}"]
     try:
-        lines.append(asyncio.run(keep_unresponsive_run_automation(list(deployments))))
+        lines.append(f"enspp serve: {keep_unresponsive_run_automation(list(deployments))[1]}")
     except Exception as e:
         lines.append("enspp serve: the automation that crashes unresponsive runs was not set: "
                      f"{' '.join(str(e).split()) or type(e).__name__}")

@@ -373,10 +373,11 @@ def test_runs_left_in_flight_without_a_process_are_settled(monkeypatch):
 _SLEEPER = '''
 import sys, time
 from prefect import flow
-from enspp.flows.deployments import serve_deployments
+from enspp.flows.deployments import serve_deployments, watch_this_run
 
 @flow(name="enspp-test-sleeper")
 def sleeper(seconds: int = 600):
+    watch_this_run()  # as enspp's deployment flows do
     print("sleeping", flush=True)
     time.sleep(seconds)
 
@@ -521,9 +522,18 @@ def test_the_server_crashes_a_run_whose_serve_and_process_were_killed(loopback):
         assert "is marked CRASHED by the server (automation 'enspp: crash unresponsive runs')" in (
             log.read_text())
         dep = _get(api, "/deployments/name/enspp-test-sleeper/s")
+        # gone (as for a work pool's deployments, which no serve registers): the run's own
+        # start sets it again
+        [automation] = _post(api, "/automations/filter", {})
+        _request(api, "DELETE", f"/automations/{automation['id']}")
+        assert _post(api, "/automations/filter", {}) == []
         run = _post(api, f"/deployments/{dep['id']}/create_flow_run", {})
         _wait(lambda: _state(api, run["id"]) == "RUNNING", what="the run", timeout=120)
         pid = _wait(lambda: _run_pid(run["id"]), what="the run's process", timeout=60)
+        [automation] = _wait(lambda: _post(api, "/automations/filter", {}), what="the automation",
+                             timeout=60)
+        assert automation["trigger"]["match_related"]["prefect.resource.id"] == [
+            f"prefect.deployment.{dep['id']}"]
         time.sleep(5)  # its first heartbeat is sent as it starts
         first.send_signal(signal.SIGKILL)
         os.kill(pid, signal.SIGKILL)
@@ -646,53 +656,78 @@ def test_the_unresponsive_run_automation_crashes_runs_that_stop_beating():
     assert "no heartbeat from its process for 9 min" in action.message
 
 
-def test_the_unresponsive_run_automation_is_created_once_and_extended(monkeypatch):
+def test_the_unresponsive_run_automation_is_created_once_and_extended(monkeypatch, capsys):
     """The first serve creates the automation; a later serve of other deployments updates it
-    to cover both (and removes a duplicate two serves started at once made); heartbeats
-    turned off: no automation, one line saying what that means."""
+    to cover both (and removes a duplicate two serves started at once made); a run whose
+    deployment it covers writes nothing (each served or work-pool run checks at its start);
+    heartbeats turned off: no automation, one line saying what that means; a server that
+    cannot be asked: a line in the run's log, not a failed run."""
     import uuid
     from types import SimpleNamespace
 
     import prefect.client.orchestration as orchestration
 
     from enspp.flows import deployments
-    from enspp.flows.deployments import keep_unresponsive_run_automation
+    from enspp.flows.deployments import keep_unresponsive_run_automation, watch_this_run
 
     stored: dict = {}
+    writes: list[str] = []
 
     class Client:
-        async def __aenter__(self):
+        def __enter__(self):
             return self
 
-        async def __aexit__(self, *exc):
+        def __exit__(self, *exc):
             return False
 
-        async def read_automations_by_name(self, name):
+        def read_automations_by_name(self, name):
             return [SimpleNamespace(id=k, trigger=v.trigger) for k, v in stored.items()
                     if v.name == name]
 
-        async def create_automation(self, automation):
+        def create_automation(self, automation):
+            writes.append("create")
             stored[uuid.uuid4()] = automation
 
-        async def update_automation(self, automation_id, automation):
+        def update_automation(self, automation_id, automation):
             assert automation_id in stored
+            writes.append("update")
             stored[automation_id] = automation
 
-        async def delete_automation(self, automation_id):
+        def delete_automation(self, automation_id):
+            writes.append("delete")
             del stored[automation_id]
 
-    monkeypatch.setattr(orchestration, "get_client", lambda: Client())
+    monkeypatch.setattr(orchestration, "get_client", lambda sync_client=False: Client())
     first, second = uuid.uuid4(), uuid.uuid4()
-    line = asyncio.run(keep_unresponsive_run_automation([first]))
-    assert line == ("enspp serve: a run of these deployments with no heartbeat for 9 min (its "
-                    "process gone) is marked CRASHED by the server (automation "
-                    "'enspp: crash unresponsive runs')")
+    wrote, line = keep_unresponsive_run_automation([first])
+    assert wrote and line == ("a run of these deployments with no heartbeat for 9 min (its "
+                              "process gone) is marked CRASHED by the server (automation "
+                              "'enspp: crash unresponsive runs')")
     [kept] = stored
     stored[uuid.uuid4()] = stored[kept]  # a duplicate
-    asyncio.run(keep_unresponsive_run_automation([second]))
+    assert keep_unresponsive_run_automation([second])[0]
     [(key, automation)] = stored.items()
     assert automation.trigger.match_related["prefect.resource.id"] == sorted(
         f"prefect.deployment.{d}" for d in (first, second))
+    assert writes == ["create", "update", "delete"]
+    watch_this_run(first)  # covered: nothing written, nothing said
+    assert writes == ["create", "update", "delete"] and capsys.readouterr().out == ""
+    third = uuid.uuid4()
+    watch_this_run(third)  # a work pool's deployment: added, one line
+    assert writes[-1] == "update" and "is marked CRASHED by the server" in capsys.readouterr().out
+    watch_this_run(None)  # outside a deployment run: nothing asked
+    assert writes[-1] == "update" and len(writes) == 4
     monkeypatch.setattr(deployments, "heartbeat_seconds", lambda: None)
-    line = asyncio.run(keep_unresponsive_run_automation([first]))
-    assert line.startswith("enspp serve: flow run heartbeats are off") and len(stored) == 1
+    wrote, line = keep_unresponsive_run_automation([first])
+    assert not wrote and line.startswith("flow run heartbeats are off") and len(stored) == 1
+
+    def down(sync_client=False):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(orchestration, "get_client", down)
+    monkeypatch.setattr(deployments, "heartbeat_seconds", lambda: 180)
+    watch_this_run(first)
+    assert capsys.readouterr().out == ("the automation that crashes unresponsive runs was not "
+                                       "checked: connection refused\n")
+
+
