@@ -226,11 +226,16 @@ def test_committed_synthetic_files_build_every_network(name):
         assert list(exp.groups) == ["k=2", "k=3", "k=5", "k=10"]
         assert {p.system for p in exp.points} == {"emos_local", "mlp", "unet", "mixed",
                                                   "unet_w16", "mixed_w16", "mixed_w32_e16", "unet_clip", "mixed_clip",
-                                                  "mixed_lr1e3"}
+                                                  "mixed_lr1e3", "unet_draw", "mixed_draw",
+                                                  "emos_local_n50", "emos_local_n150"}
         clip = {p.system: p.config.train.gradient_clip_val for p in exp.points}
         assert clip["unet_clip"] == clip["mixed_clip"] == 1.0 and clip["unet"] is None
         lr = {p.system: p.config.train.learning_rate for p in exp.points}
         assert lr["mixed_lr1e3"] == 0.001 and lr["mixed"] == 0.003
+        draw = {p.system: p.config.pipeline.members.train_draw for p in exp.points}
+        assert draw["unet_draw"] == draw["mixed_draw"] == "random" and draw["mixed"] == "fixed"
+        fit = {p.system: p.config.pipeline.batches.exact_fit_init_times for p in exp.points}
+        assert fit["emos_local_n50"] == 50 and fit["emos_local_n150"] == 150 and fit["mixed"] is None
     else:
         assert {p.system for p in exp.points} == {"emos_global", "emos_local", "emos_doy",
                                                   "emos_local_doy", "mlp", "mixed", "mixed_doy",
