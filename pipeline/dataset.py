@@ -295,8 +295,7 @@ class EpochSampler(Sampler):
         items = ([WholeItem(i) for i in range(n_whole)] if n_whole is not None
                  else self._items(0))
         if keep is not None:
-            items = [it for it in items
-                     if keep[(int(it.index) if isinstance(it, WholeItem) else it[0]) // per_init]]
+            items = [it for it in items if keep[int(it[0]) // per_init]]  # it[0]: the index
         self._exact = items
 
     def exact_pass_done(self) -> None:
