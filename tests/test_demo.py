@@ -82,12 +82,17 @@ def _headline(doc: dict) -> dict:
 def test_enspp_demo_fast_end_to_end_reproducible_and_idempotent(tmp_path, capsys):
     import numpy as np
     import torch
+    from prefect.logging.configuration import setup_logging
 
     from enspp.evaluation.report import read_scores
     from enspp.flows.cli import main
     from enspp.models.product import open_product
     from enspp.models.registry import current_version
 
+    # Prefect's console handlers write to the streams of the moment Prefect was imported; a
+    # module collected before this one (test_deploy) imported it under other streams, where
+    # the demo's flow prints would go: set them up again on this test's captured streams
+    setup_logging(incremental=False)
     wd = tmp_path / "work"
     assert main(["demo", "--workdir", str(wd), "--fast"]) == 0
     out = capsys.readouterr().out
