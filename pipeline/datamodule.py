@@ -345,17 +345,14 @@ class EnsembleDataModule(L.LightningDataModule):
         self.setup()
         b = self.config.batches
         keep = self.exact_fit_keep()
+        kept = None if keep is None else np.concatenate(
+            [self.split_init_times[s] for s in self.fit_splits])[keep]
         if b.preload:
             if self._patches():
-                times = np.concatenate([self.split_init_times[s] for s in self.fit_splits])
-                ds = self.dataset(self.fit_splits, mode="eval",
-                                  init_times=None if keep is None else times[keep])
+                ds = self.dataset(self.fit_splits, mode="eval", init_times=kept)
                 return self._owned(self._loader(ds))
             batches = self.train_dataloader()
-            if keep is None:
-                return batches
-            times = np.concatenate([self.split_init_times[s] for s in self.fit_splits])
-            return KeptInitTimes(batches, times[keep])
+            return batches if kept is None else KeptInitTimes(batches, kept)
         loader = self.train_dataloader()
         whole = loader.dataset.whole
         ds = loader.dataset if whole is None else whole
