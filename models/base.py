@@ -209,6 +209,15 @@ class ModelSpec:
         return cls(**dict(d))
 
 
+def check_model_options(name: str, distribution: str, options: Mapping[str, Any]) -> None:
+    """Raise :class:`ModelSpecError` if model ``name`` would refuse ``options`` with
+    ``distribution`` (:meth:`PostProcessor.resolved_options`): what a config can be checked
+    for before any data is read."""
+    info = MODELS[name]
+    cls = getattr(importlib.import_module(info.module), info.cls)
+    cls.resolved_options(name, distribution, options)
+
+
 def build_model(spec: ModelSpec) -> PostProcessor:
     """Build the (untrained) model named by ``spec.name`` (a seed ensemble of such models
     when ``spec.seeds > 1``)."""
@@ -282,20 +291,7 @@ class PostProcessor(nn.Module):
         self.spec = spec
         self.distribution = spec.distribution
         self.crps_estimator = CLOSED_FORM_ESTIMATOR[spec.distribution]
-        self.options = self._resolve_options(spec.options)
-        if self.options["normalization"] not in ("local", "global"):
-            raise ModelSpecError(
-                f"option normalization={self.options['normalization']!r}: expected 'local' or 'global'"
-            )
-        if not float(self.options["tail_weight"]) >= 0.0:
-            raise ModelSpecError(f"option tail_weight={self.options['tail_weight']!r} must be >= 0")
-        if self.options["tail_weight"] and spec.distribution != "gaussian":
-            raise ModelSpecError(f"option tail_weight needs the gaussian distribution, not "
-                                 f"{spec.distribution!r}")
-        if self.options["mean_shift"] not in MEAN_SHIFTS:
-            raise ModelSpecError(
-                f"option mean_shift={self.options['mean_shift']!r}: expected one of {list(MEAN_SHIFTS)}"
-            )
+        self.options = self.resolved_options(spec.name, spec.distribution, spec.options)
         resolved = resolve_stats(
             spec.stats,
             channels=spec.channels,
@@ -326,9 +322,7 @@ class PostProcessor(nn.Module):
     def _build_anchor(self) -> PostProcessor | None:
         """The frozen EMOS the head corrects (``None`` for ``anchor="raw"``); it shares this
         model's normalisation buffers."""
-        name, season = self.options["anchor"], self.options["anchor_season"]
-        if name not in ANCHORS:
-            raise ModelSpecError(f"option anchor={name!r}: expected one of {list(ANCHORS)}")
+        name, season = self.options["anchor"], self.options["anchor_season"]  # checked
         if name == "raw":
             return None
         spec = self.spec
@@ -351,15 +345,34 @@ class PostProcessor(nn.Module):
                 state_dict[f"{prefix}anchor.{k}"] = v.to(self.sigma_floor.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        defaults = {**self.COMMON, **(self.ANCHOR_DEFAULTS if self.ANCHORED else {}), **self.DEFAULTS}
+    @classmethod
+    def resolved_options(cls, name: str, distribution: str, options: Mapping[str, Any]
+                         ) -> dict[str, Any]:
+        """``options`` over this model's defaults, checked as far as no data is needed
+        (unknown names, ``normalization``, ``tail_weight``, ``mean_shift``, ``anchor``), so a
+        config is refused before anything trains (:func:`check_model_options`)."""
+        defaults = {**cls.COMMON, **(cls.ANCHOR_DEFAULTS if cls.ANCHORED else {}), **cls.DEFAULTS}
         unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise ModelSpecError(
-                f"unknown option(s) {unknown} for model {self.spec.name!r}: "
+                f"unknown option(s) {unknown} for model {name!r}: "
                 f"known options are {sorted(defaults)}"
             )
-        return {**defaults, **dict(options)}
+        out = {**defaults, **dict(options)}
+        if out["normalization"] not in ("local", "global"):
+            raise ModelSpecError(
+                f"option normalization={out['normalization']!r}: expected 'local' or 'global'")
+        if not float(out["tail_weight"]) >= 0.0:
+            raise ModelSpecError(f"option tail_weight={out['tail_weight']!r} must be >= 0")
+        if out["tail_weight"] and distribution != "gaussian":
+            raise ModelSpecError(f"option tail_weight needs the gaussian distribution, not "
+                                 f"{distribution!r}")
+        if out["mean_shift"] not in MEAN_SHIFTS:
+            raise ModelSpecError(
+                f"option mean_shift={out['mean_shift']!r}: expected one of {list(MEAN_SHIFTS)}")
+        if cls.ANCHORED and out["anchor"] not in ANCHORS:
+            raise ModelSpecError(f"option anchor={out['anchor']!r}: expected one of {list(ANCHORS)}")
+        return out
 
     # ---- batch handling -------------------------------------------------------------------
     def check_batch(self, batch: Mapping[str, torch.Tensor]) -> None:

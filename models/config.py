@@ -11,7 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from enspp.data.errors import EnsppError, format_validation_error
 from enspp.data.yaml_file import read_yaml_mapping
@@ -44,6 +52,17 @@ class ModelConfig(BaseModel):
         if v not in MODEL_NAMES:
             raise ValueError(f"unknown model {v!r} (known: {', '.join(MODEL_NAMES)})")
         return v
+
+    @model_validator(mode="after")
+    def _options(self) -> ModelConfig:
+        """The options the model would refuse, refused here (before any data is read)."""
+        from enspp.models.base import ModelSpecError, check_model_options
+
+        try:
+            check_model_options(self.name, self.distribution, self.options)
+        except ModelSpecError as e:
+            raise ValueError(f"options: {e}") from None
+        return self
 
 
 class TrainConfig(BaseModel):

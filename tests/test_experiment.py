@@ -108,6 +108,12 @@ def test_points_are_validated_configs(tmp_path):
     ({"systems": {"a b": {"model.name": "mlp"}}}, "label 'a b'"),
     ({"systems": {"x": {"model.name": "forest"}}}, "unknown model 'forest'"),
     ({"systems": []}, "non-empty mapping"),
+    # a point whose model would refuse its options fails at load, before any point trains
+    ({"systems": {"ok": {"model.name": "mlp"},
+                  "tail": {"model.name": "mlp", "model.distribution": "censored_logistic",
+                           "model.options": {"tail_weight": 0.2}}}},
+     r"\(model.name=mlp model.distribution=censored_logistic model.options=.*\): model: options: "
+     "option tail_weight needs the gaussian distribution"),
 ])
 def test_sweep_errors_name_the_key(tmp_path, sweep, match):
     with pytest.raises(ExperimentConfigError, match=match):
