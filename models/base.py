@@ -209,13 +209,17 @@ class ModelSpec:
         return cls(**dict(d))
 
 
+def model_class(name: str) -> type[PostProcessor]:
+    """The class of model ``name`` (:data:`MODELS`), its module imported on first use."""
+    info = MODELS[name]
+    return getattr(importlib.import_module(info.module), info.cls)
+
+
 def check_model_options(name: str, distribution: str, options: Mapping[str, Any]) -> None:
     """Raise :class:`ModelSpecError` if model ``name`` would refuse ``options`` with
     ``distribution`` (:meth:`PostProcessor.resolved_options`): what a config can be checked
     for before any data is read."""
-    info = MODELS[name]
-    cls = getattr(importlib.import_module(info.module), info.cls)
-    cls.resolved_options(name, distribution, options)
+    model_class(name).resolved_options(name, distribution, options)
 
 
 def build_model(spec: ModelSpec) -> PostProcessor:
@@ -227,9 +231,7 @@ def build_model(spec: ModelSpec) -> PostProcessor:
         from enspp.models.ensemble import SeedEnsemble
 
         return SeedEnsemble(spec)
-    info = MODELS[spec.name]
-    cls = getattr(importlib.import_module(info.module), info.cls)
-    return cls(spec)
+    return model_class(spec.name)(spec)
 
 
 def ensemble_moments(members: torch.Tensor, *, member_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

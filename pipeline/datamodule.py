@@ -195,20 +195,12 @@ class EnsembleDataModule(L.LightningDataModule):
 
     # ---- datasets and loaders ----------------------------------------------------------
     def dataset(self, split: Split | tuple[str, ...], *, mode: Literal["train", "eval"] | None = None,
-                members: MembersConfig | None = None, member_nan: bool = False,
-                init_times: np.ndarray | None = None) -> EnsembleDataset:
+                members: MembersConfig | None = None, member_nan: bool = False) -> EnsembleDataset:
         """The dataset of a split, or of several splits' init times together (a refit);
         ``mode``: ``train`` for the train split, else ``eval``; ``members``: instead of
-        ``pipeline.members``; ``member_nan``: see :class:`EnsembleDataset`; ``init_times``:
-        these of the splits' init times only."""
-        self.setup()
+        ``pipeline.members``; ``member_nan``: see :class:`EnsembleDataset`."""
         splits = (split,) if isinstance(split, str) else tuple(split)
-        for s in splits:
-            if s not in self.split_init_times:
-                raise PipelineConfigError(f"split {s!r} is not configured (splits: "
-                                          f"{list(self.split_init_times)})")
-        if init_times is None:
-            init_times = np.concatenate([self.split_init_times[s] for s in splits])
+        init_times = self._init_times(splits)
         mode = mode or ("train" if splits == ("train",) else "eval")
         b = self.config.batches
         tiles = None
@@ -225,6 +217,15 @@ class EnsembleDataModule(L.LightningDataModule):
             static_index=self._static_index,
             record_features=None if self.record_features is None else self.record_features.at,
             member_nan=member_nan)
+
+    def _init_times(self, splits: tuple[str, ...]) -> np.ndarray:
+        """The init times of ``splits``, in order (a split not configured is an error)."""
+        self.setup()
+        for s in splits:
+            if s not in self.split_init_times:
+                raise PipelineConfigError(f"split {s!r} is not configured (splits: "
+                                          f"{list(self.split_init_times)})")
+        return np.concatenate([self.split_init_times[s] for s in splits])
 
     def _cached(self, key: tuple, build) -> DataLoader:
         """The loader of ``key``, made once (``build()``) and then kept: Lightning, the exact
@@ -342,17 +343,11 @@ class EnsembleDataModule(L.LightningDataModule):
         ``batches.tile_size``) as the evaluation loader reads them; otherwise the training
         loader's first epoch.  Read through the training loader, so its workers also serve
         this pass (none start for it)."""
-        self.setup()
-        b = self.config.batches
         keep = self.exact_fit_keep()
-        kept = None if keep is None else np.concatenate(
-            [self.split_init_times[s] for s in self.fit_splits])[keep]
-        if b.preload:
-            if self._patches():
-                ds = self.dataset(self.fit_splits, mode="eval", init_times=kept)
-                return self._owned(self._loader(ds))
+        if self.config.batches.preload:  # (never with patches: the config refuses them)
             batches = self.train_dataloader()
-            return batches if kept is None else KeptInitTimes(batches, kept)
+            return batches if keep is None else KeptInitTimes(
+                batches, self._init_times(self.fit_splits)[keep])
         loader = self.train_dataloader()
         whole = loader.dataset.whole
         ds = loader.dataset if whole is None else whole
@@ -364,9 +359,8 @@ class EnsembleDataModule(L.LightningDataModule):
         """Which of the training init times (those of :attr:`fit_splits`, in order) an exact
         fit reads: ``batches.exact_fit_init_times`` of them evenly spread (first and last
         included), as a flag per init time; ``None``: every one."""
-        self.setup()
         n_keep = self.config.batches.exact_fit_init_times
-        n = sum(len(self.split_init_times[s]) for s in self.fit_splits)
+        n = len(self._init_times(self.fit_splits))
         if n_keep is None or n_keep >= n:
             return None
         keep = np.zeros(n, dtype=bool)
