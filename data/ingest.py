@@ -40,6 +40,7 @@ from enspp.data.errors import EnsppError
 from enspp.data.field_checks import Bounds
 from enspp.data.grib import expand_inputs
 from enspp.data.ingest_grib import DECODE_BUDGET, open_grib_lazy
+from enspp.data.progress import plural
 from enspp.data.provenance import SourceFile
 from enspp.data.schema import MEMBER, STATION, Kind
 from enspp.data.station import Part, StationOptions, is_station_part, read_station_part
@@ -129,7 +130,7 @@ class IngestSummary:
 
     def line(self) -> str:
         rec = record_dim(self.kind).replace("_", " ")
-        head = (f"ingest {self.store}: {len(self.added)} {rec}s added, {len(self.skipped)} "
+        head = (f"ingest {self.store}: {plural(len(self.added), rec)} added, {len(self.skipped)} "
                 f"skipped (already in the store)")
         if self.repaired:
             head += f", {len(self.repaired)} repaired (finished after an interrupted ingest)"
@@ -137,7 +138,7 @@ class IngestSummary:
             head += f", {len(self.extended)} extended with new fields"
         if not self.added and not self.repaired and not self.extended:
             head += ", store unchanged"
-        tail = (f"; {self.files} files ({self.files_already_ingested} already ingested); "
+        tail = (f"; {plural(self.files, 'file')} ({self.files_already_ingested} already ingested); "
                 f"{self.members} member{'' if self.members == 1 else 's'}; "
                 f"{len(self.variables)} variable{'' if len(self.variables) == 1 else 's'} "
                 f"({', '.join(self.variables)}); read {_mb(self.bytes_read)}, wrote "

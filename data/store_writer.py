@@ -46,6 +46,7 @@ from enspp.data import store_plan as plan_mod
 from enspp.data import store_template as tpl
 from enspp.data.field_checks import Bounds, check_fields, field_stats, members_missing
 from enspp.data.lock import store_lock
+from enspp.data.progress import plural
 from enspp.data.provenance import SourceFile, record_key
 from enspp.data.schema import LEAD_TIME, MEMBER, STATION, Kind, detect_kind, normalise_units, validate
 from enspp.data.store import (
@@ -94,9 +95,9 @@ class AppendResult:
     def message(self) -> str:
         rec = record_dim(self.kind)
         if not self.changed:
-            return (f"{self.store}: nothing to do, {len(self.skipped)} {rec}s already in the "
+            return (f"{self.store}: nothing to do, {plural(len(self.skipped), rec)} already in the "
                     f"store from the same bytes (unchanged)")
-        out = f"{self.store}: {len(self.added)} {rec}s added, {len(self.repaired)} repaired"
+        out = f"{self.store}: {plural(len(self.added), rec)} added, {len(self.repaired)} repaired"
         if self.extended:
             out += f", {len(self.extended)} extended with new fields"
         return out + f", {len(self.skipped)} skipped (already in the store)"

@@ -310,7 +310,7 @@ def test_skip_policy_lands_good_files_and_reports_bad(tmp_path, files, seeded, c
     assert summary.failed[0][0] == str(bad) and "FAILED" in summary.line()
     rc = main(["ingest", str(files[3]), str(bad), "--store", str(store), "--skip-bad", "--quiet"])
     out = capsys.readouterr().out
-    assert rc == 1 and "1 init times added" in out and "notes.grib" in out
+    assert rc == 1 and "1 init time added" in out and "notes.grib" in out
     with pytest.raises(ValueError, match="on_error"):
         ingest(files, store, on_error="ignore")  # type: ignore[arg-type]
 
