@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from enspp.data import durable as durable_mod
 from enspp.data.errors import EnsppError
 
 META_GROUP = "enspp"
@@ -146,12 +147,14 @@ class SourceEntry:
 
 
 def write_file_atomic(path: Path, data: bytes | memoryview | list[Any], *, tick: Any = None,
-                      tmp_dir: Path | None = None) -> None:
+                      tmp_dir: Path | None = None, durable: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed over it: a reader (or a
     crash) sees the old file or the new one, never half of one.  The temporary file lies in
     ``tmp_dir`` (on the same file system; the store's ``enspp/tmp``, which recovery clears)
     or beside ``path``.  ``data`` may be a list of pieces written in order.  ``tick`` is
-    called after the write (the writer's fault hook)."""
+    called after the write (the writer's fault hook).  ``durable``: the data flushed to disk
+    before the rename and the rename after it (:mod:`enspp.data.durable`; a commit's own
+    file: chunk data are flushed once per commit instead, by the commit)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -160,10 +163,14 @@ def write_file_atomic(path: Path, data: bytes | memoryview | list[Any], *, tick:
         with open(tmp, "wb") as fh:
             for piece in data if isinstance(data, list) else [data]:
                 fh.write(memoryview(piece))
+            if durable:
+                durable_mod.flush(fh)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        durable_mod.sync_dir(path.parent)
     if tick is not None:
         tick()
 

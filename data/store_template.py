@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from enspp.data import durable
 from enspp.data import store_meta as meta_mod
 from enspp.data.schema import COORD_ATTRS, LEAD_TIME
 from enspp.data.store import (
@@ -205,9 +206,11 @@ def commit_template(root: Path, zstore: Any, faults: Faults,
                     attrs: Mapping[str, Any] | None = None,
                     drop: Sequence[str] = ()) -> None:
     """Commit the template: the consolidated metadata rewritten (one atomic file), then the
-    root attributes updated in the same file (a second atomic replace) when asked."""
+    root attributes updated in the same file (a second atomic replace) when asked.  What it
+    names is flushed to disk before it, and it after (:mod:`enspp.data.durable`)."""
     import zarr
 
+    durable.sync_filesystem(root)
     with suppress_zarr_warnings():
         zarr.consolidate_metadata(zstore)
     if attrs or drop:
@@ -218,6 +221,7 @@ def commit_template(root: Path, zstore: Any, faults: Faults,
         doc["attributes"] = merged
         write_file_atomic(path, json.dumps(doc, indent=2).encode(), tick=faults.tick,
                           tmp_dir=root / TMP_DIR)
+    durable.sync_filesystem(root)
 
 
 def root_attrs(kind: str, centres: Sequence[str]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from enspp.data import durable
 from enspp.data import provenance as prov
 from enspp.data import store_meta as sm
 from enspp.data import store_plan as plan_mod
@@ -617,7 +618,11 @@ class StoreWriter:
     def _commit_unit(self, group: Any, commits: list[tuple[str, np.ndarray, int | None, int]],
                      rows: list[int]) -> int:
         """Source ids, then ``present`` flags of the fields, then the records' ``complete``
-        flags: each chunk replaced atomically, every row's flags in that order."""
+        flags: each chunk replaced atomically, every row's flags in that order.  The data
+        they flag are flushed to disk first and the flags after them (one ``syncfs`` each,
+        :mod:`enspp.data.durable`): after a power loss a flag never names data the disk
+        lacks, nor is a flag chunk itself left empty."""
+        durable.sync_filesystem(self.root)
         lo, hi = min(rows), max(rows) + 1
         by_var: dict[str, list[tuple[np.ndarray, int | None, int]]] = {}
         for var, store_rows, col, ident in commits:
@@ -640,6 +645,7 @@ class StoreWriter:
         complete = np.asarray(group[sm.COMPLETE][lo:hi])
         complete[np.array(rows) - lo] = 1
         group[sm.COMPLETE][lo:hi] = complete
+        durable.sync_filesystem(self.root)
         return len(commits)
 
 

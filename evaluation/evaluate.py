@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from enspp.data import durable
 from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, Step, plural, summary_line
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION
@@ -763,9 +764,11 @@ def write_report_atomically(result: EvaluationResult, out_dir: Path) -> None:
         elif old.exists():
             os.rename(old, out)  # a run killed between the two renames: the previous report
         write_report(result, tmp)
+        durable.sync_filesystem(tmp)  # the new report on disk before it replaces the old one
         if out.exists():
             os.rename(out, old)
         os.rename(tmp, out)
+        durable.sync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     result.out_dir = out_dir
     result.files = {k: str(out_dir / Path(v).relative_to(tmp)) for k, v in result.files.items()}

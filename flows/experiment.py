@@ -54,6 +54,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from enspp.data import durable
 from enspp.data.errors import EnsppError
 from enspp.data.store_meta import write_file_atomic
 from enspp.data.yaml_file import read_yaml_mapping
@@ -373,7 +374,7 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
         write_file_atomic(run_dir / TRAINED_FILE, json.dumps({
             "config_sha256": keys.fit, "best_checkpoint": str(result.best_checkpoint),
             "best_score": result.best_score, "monitor": result.monitor,
-            "run_dir": str(result.run_dir), "seconds": round(t_train, 1)}).encode())
+            "run_dir": str(result.run_dir), "seconds": round(t_train, 1)}).encode(), durable=True)
     t1 = time.perf_counter()
     registered = _register(cfg, result.best_checkpoint, run_dir,
                            source=f"{exp.path} {point.group} {point.system}")
@@ -399,7 +400,8 @@ def run_point(exp: Experiment, point: Point, *, say: Callable[[str], None]) -> d
             "registry_score": registered["score"]["score"], "registry_metric": registered["score"]["metric"],
             "validation_product": registered["product"],
             "registered": decision.registered, "version": decision.version, "config_sha256": key}
-    write_file_atomic(run_dir / POINT_FILE, json.dumps(info, indent=1, default=str).encode())
+    write_file_atomic(run_dir / POINT_FILE, json.dumps(info, indent=1, default=str).encode(),
+                      durable=True)
     return info
 
 
@@ -595,6 +597,7 @@ def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    durable.sync_filesystem(tmp)  # the new results on disk before they replace the old ones
     if out.exists():
         old = out.parent / f".{out.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -603,6 +606,7 @@ def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+    durable.sync_dir(out.parent)
     return result
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from enspp.data import schema
+from enspp.data import durable, schema
 from enspp.data.errors import EnsppError
 
 #: key of the metadata in a Lightning checkpoint dict
@@ -343,9 +343,16 @@ def write_checkpoint(path: str | Path, model: torch.nn.Module,
                      metadata: CheckpointMetadata) -> Path:
     """Write a weights-only enspp checkpoint (no optimizer or loop state: not resumable) that
     :func:`load_checkpoint` reads like a training checkpoint, e.g. an untrained model built
-    with statistics from a store (benchmarks, baselines)."""
+    with statistics from a store (benchmarks, baselines); through a temporary file renamed
+    over ``path`` (:func:`enspp.data.durable.replace`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"{MODEL_PREFIX}{k}": v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, METADATA_KEY: metadata.to_checkpoint()}, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save({"state_dict": state, METADATA_KEY: metadata.to_checkpoint()}, tmp)
+        durable.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

@@ -35,7 +35,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from enspp.data import schema
+from enspp.data import durable, schema
 from enspp.data.errors import EnsppError
 from enspp.models.product_file import (
     ProductFileError,
@@ -386,6 +386,7 @@ class ProductWriter:
         self._mark_complete(*inits)
         if self.target == self.partial and self.fmt == "zarr":
             self.partial.rename(self.out)
+            durable.sync_dir(self.out.parent)
             self.target = self.out
 
     def _create(self, block: xr.Dataset) -> None:
@@ -421,6 +422,9 @@ class ProductWriter:
         for t in marked | self.skipped:
             if t in self._new_inputs:
                 self.inputs[t] = self._new_inputs.pop(t)
+        # the fields it marks reach the disk before the mark, and the mark after them
+        # (enspp.data.durable): after a power loss no init time is complete without its data
+        durable.sync_filesystem(self.target)
         group = zarr.open_group(self.target, mode="r+", use_consolidated=False)
         attrs = {**dict(group.attrs), **self.attrs, COMPLETE_ATTR: sorted(self.done)}
         attrs.pop(SKIPPED_ATTR, None)
@@ -435,6 +439,7 @@ class ProductWriter:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(self.target)
+        durable.sync_filesystem(self.target)
 
     def finish(self) -> Path:
         """NetCDF: convert the staged Zarr store into ``out`` (replacing it), its complete
@@ -448,7 +453,7 @@ class ProductWriter:
                 product = ds.copy()
                 product.attrs = netcdf_attrs(attrs)
                 product.to_netcdf(tmp, encoding=self._netcdf_encoding(product))
-            tmp.replace(self.out)
+            durable.replace(tmp, self.out)
             shutil.rmtree(self.partial, ignore_errors=True)
         return self.out
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from enspp.data import durable
 from enspp.data.errors import EnsppError
 from enspp.data.lock import store_lock
 from enspp.models.checkpoint import file_sha256, read_checkpoint
@@ -228,7 +228,7 @@ def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: f
                 "sha256": file_sha256(checkpoint), "source": source or str(checkpoint),
                 "registered": now, "details": details or {}},
                 selection=None if selection == checkpoint else selection)
-            _atomic_write(root / CURRENT, name + "\n")
+            durable.write_text(root / CURRENT, name + "\n")
         with open(root / LOG, "a") as f:
             f.write(json.dumps({**asdict(decision), "source": source or str(checkpoint),
                                 "details": details or {}}) + "\n")
@@ -248,7 +248,7 @@ def _store_version(root: Path, name: str, checkpoint: Path, meta: dict[str, Any]
         shutil.copy2(selection, tmp / SELECTION)
     (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    durable.replace(tmp, final)
 
 
 def _read_version(root: Path, name: str) -> ModelVersion:
@@ -267,8 +267,3 @@ def _read_version(root: Path, name: str) -> ModelVersion:
     except (ValueError, KeyError, TypeError) as e:
         raise RegistryError(f"{meta_path}: malformed version record ({e})") from None
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

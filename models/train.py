@@ -30,12 +30,13 @@ from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
+import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from enspp.data import schema
+from enspp.data import durable, schema
 from enspp.data.progress import LOGGER, summary_line
 from enspp.models.checkpoint import (
     METADATA_KEY,
@@ -256,8 +257,29 @@ def _check_resume(path: Path, raw: dict[str, Any], spec: Any) -> None:
                 f"resume: checkpoint {path} has {key} = {old!r} but the config gives {new!r}")
 
 
-class _ResumeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, except that the resume checkpoint is the dict read (and
+class _DurableCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, each checkpoint written to a temporary file beside it and
+    committed by :func:`enspp.data.durable.replace` (flushed, renamed, the rename flushed):
+    a killed run or a power loss leaves the previous checkpoint or the new one, never an
+    empty or half-written file that a resume or a registration would then read."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("enspp checkpoints take no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            torch.save(checkpoint, tmp)
+            durable.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class _ResumeCheckpointIO(_DurableCheckpointIO):
+    """The durable checkpoint I/O, except that the resume checkpoint is the dict read (and
     checked) before training: Lightning never opens that path again.  Any other load is
     ``weights_only=True``."""
 
@@ -305,7 +327,8 @@ def make_trainer(train: TrainConfig, *, run_dir: Path, monitor: str,
         log_every_n_steps=train.log_every_n_steps, enable_progress_bar=False,
         limit_train_batches=train.limit_train_batches,
         limit_val_batches=train.limit_val_batches, callbacks=callbacks, logger=loggers,
-        default_root_dir=run_dir, enable_model_summary=False, plugins=plugins)
+        default_root_dir=run_dir, enable_model_summary=False,
+        plugins=plugins or [_DurableCheckpointIO()])
 
 
 def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
@@ -378,7 +401,7 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
             # best checkpoint is that EMOS
             net.load_state_dict(start)
             best, best_score = ckpt_dir / f"{BEST_NAME}.ckpt", anchor
-            _save_atomic(trainer, best)
+            trainer.save_checkpoint(best)
             LOGGER.info(f"train {model.name}: no epoch beat the anchor EMOS on validation "
                         f"({monitor} {anchor:.4g}); the best checkpoint is the anchor")
     LOGGER.info(summary_line(f"train {model.name} ({run_dir.name})", train_summary(
@@ -422,7 +445,7 @@ def _selection_trainer(train_config: TrainConfig, *, run_dir: Path, callbacks: l
         limit_val_batches=train_config.limit_val_batches if validate else 0,
         num_sanity_val_steps=0, callbacks=callbacks, enable_checkpointing=False,
         logger=[CSVLogger(save_dir=run_dir / "logs", name="csv")], default_root_dir=run_dir,
-        enable_model_summary=False)
+        enable_model_summary=False, plugins=[_DurableCheckpointIO()])
 
 
 def _validation_score(module: PostProcessingModule, data: Any) -> float:
@@ -614,7 +637,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
     score = float(scores[0][monitor]) if scores and monitor in scores[0] else float("nan")
     raw = scores[0].get(raw_name) if scores else None
     for name in (BEST_NAME, LAST_NAME):
-        _save_atomic(trainer, ckpt_dir / f"{name}.ckpt")
+        trainer.save_checkpoint(ckpt_dir / f"{name}.ckpt")
     final = ckpt_dir / f"{BEST_NAME}.ckpt"
     if train_config.refit:
         data.train_on(("train", "val"))
@@ -625,7 +648,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
             data.train_on(("train",))
         module.train_loss = result.loss
         final = ckpt_dir / "refit.ckpt"
-        _save_atomic(trainer, final)
+        trainer.save_checkpoint(final)
     LOGGER.info(summary_line(
         f"train {spec.name} ({run_dir.name})",
         f"exact fit: {_fit_words(result)}{_subset_words(data)}; {metric_words(monitor)} {score:.4g}"
@@ -649,12 +672,6 @@ def _anchor_score(module: Any, data: Any, train: TrainConfig) -> float | None:
     return score
 
 
-def _save_atomic(trainer: L.Trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` to a temporary file renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp)
-    tmp.replace(path)
 
 
 def _write_config(path: Path, *, pipeline: Any, model: ModelConfig, train: TrainConfig) -> None:

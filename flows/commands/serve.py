@@ -19,6 +19,7 @@ import errno
 import os
 from pathlib import Path
 
+from enspp.data import durable
 from enspp.data.errors import EnsppError
 from enspp.flows.commands import UsageError
 from enspp.flows.runtime import CONFIG_ENV, check_prefect_api, quiet_prefect
@@ -57,8 +58,11 @@ def write_atomically(path: Path, text: str) -> None:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), e.filename) from e
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            durable.flush(fh)
         os.replace(tmp, path)
+        durable.sync_dir(path.parent)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.strerror:
