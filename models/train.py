@@ -401,7 +401,7 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
             # best checkpoint is that EMOS
             net.load_state_dict(start)
             best, best_score = ckpt_dir / f"{BEST_NAME}.ckpt", anchor
-            trainer.save_checkpoint(best)
+            trainer.save_checkpoint(best, weights_only=False)
             LOGGER.info(f"train {model.name}: no epoch beat the anchor EMOS on validation "
                         f"({monitor} {anchor:.4g}); the best checkpoint is the anchor")
     LOGGER.info(summary_line(f"train {model.name} ({run_dir.name})", train_summary(
@@ -637,7 +637,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
     score = float(scores[0][monitor]) if scores and monitor in scores[0] else float("nan")
     raw = scores[0].get(raw_name) if scores else None
     for name in (BEST_NAME, LAST_NAME):
-        trainer.save_checkpoint(ckpt_dir / f"{name}.ckpt")
+        trainer.save_checkpoint(ckpt_dir / f"{name}.ckpt", weights_only=False)
     final = ckpt_dir / f"{BEST_NAME}.ckpt"
     if train_config.refit:
         data.train_on(("train", "val"))
@@ -648,7 +648,7 @@ def _train_exact_emos(data: Any, spec: Any, metadata: CheckpointMetadata, train_
             data.train_on(("train",))
         module.train_loss = result.loss
         final = ckpt_dir / "refit.ckpt"
-        trainer.save_checkpoint(final)
+        trainer.save_checkpoint(final, weights_only=False)
     LOGGER.info(summary_line(
         f"train {spec.name} ({run_dir.name})",
         f"exact fit: {_fit_words(result)}{_subset_words(data)}; {metric_words(monitor)} {score:.4g}"
