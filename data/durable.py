@@ -26,10 +26,11 @@ import ctypes.util
 import errno
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-__all__ = ["enabled", "flush", "replace", "write_text", "sync_dir", "sync_file", "sync_filesystem", "DURABLE_ENV"]
+__all__ = ["enabled", "flush", "replace", "write_text", "write_via", "sync_dir", "sync_file", "sync_filesystem", "DURABLE_ENV"]
 
 #: environment variable: ``0`` turns the flushes off
 DURABLE_ENV = "ENSPP_DURABLE"
@@ -132,18 +133,21 @@ def replace(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
     sync_dir(final.parent)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it, committed by
-    :func:`replace` (readers never see half a file, a power loss leaves the old or the new
-    one).  The temporary file is removed when the write fails."""
+def write_via(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path`` (``.<name>.tmp``), then committed
+    by :func:`replace`: readers never see half a file, and a kill or a power loss leaves the
+    old file or the new one.  The temporary file is removed when anything fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            flush(fh)
-        os.replace(tmp, path)
+        write(tmp)
+        replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    sync_dir(path.parent)
+    return path
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`write_via` of ``text``."""
+    return write_via(path, lambda tmp: tmp.write_text(text))

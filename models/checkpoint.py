@@ -344,15 +344,9 @@ def write_checkpoint(path: str | Path, model: torch.nn.Module,
     """Write a weights-only enspp checkpoint (no optimizer or loop state: not resumable) that
     :func:`load_checkpoint` reads like a training checkpoint, e.g. an untrained model built
     with statistics from a store (benchmarks, baselines); through a temporary file renamed
-    over ``path`` (:func:`enspp.data.durable.replace`)."""
+    over ``path`` (:func:`enspp.data.durable.write_via`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"{MODEL_PREFIX}{k}": v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save({"state_dict": state, METADATA_KEY: metadata.to_checkpoint()}, tmp)
-        durable.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return durable.write_via(path, lambda tmp: torch.save(
+        {"state_dict": state, METADATA_KEY: metadata.to_checkpoint()}, tmp))

@@ -259,7 +259,7 @@ def _check_resume(path: Path, raw: dict[str, Any], spec: Any) -> None:
 
 class _DurableCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, each checkpoint written to a temporary file beside it and
-    committed by :func:`enspp.data.durable.replace` (flushed, renamed, the rename flushed):
+    committed by :func:`enspp.data.durable.write_via` (flushed, renamed, the rename flushed):
     a killed run or a power loss leaves the previous checkpoint or the new one, never an
     empty or half-written file that a resume or a registration would then read."""
 
@@ -267,15 +267,8 @@ class _DurableCheckpointIO(TorchCheckpointIO):
                         storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("enspp checkpoints take no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            torch.save(checkpoint, tmp)
-            durable.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        durable.write_via(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 class _ResumeCheckpointIO(_DurableCheckpointIO):

@@ -49,23 +49,18 @@ def config_path_of(args: argparse.Namespace) -> Path:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``
-    (readers never see half a file); missing parent directories are created.  A failure is
-    an ``OSError`` naming ``path`` (not the temporary file)."""
+    """Write ``text`` to ``path`` through a temporary file beside it
+    (:func:`enspp.data.durable.write_text`: readers never see half a file); missing parent
+    directories are created.  A failure is an ``OSError`` naming ``path`` (not the
+    temporary file)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError as e:  # a file where a directory must be
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), e.filename) from e
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            durable.flush(fh)
-        os.replace(tmp, path)
-        durable.sync_dir(path.parent)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.strerror:
+        durable.write_text(path, text)
+    except OSError as e:
+        if e.strerror:
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
