@@ -208,3 +208,43 @@ def test_checkpoints_are_written_durably_and_a_failed_save_keeps_the_old_one(tmp
     with pytest.raises(OSError):
         io.save_checkpoint({"epoch": 2}, path)
     assert torch.load(path)["epoch"] == 1 and os.listdir(path.parent) == ["best.ckpt"]
+
+
+def test_without_syncfs_the_whole_system_is_synced(tmp_path, monkeypatch):
+    """Where libc has no syncfs (not Linux), sync(2) flushes every file system."""
+    monkeypatch.delenv(durable.DURABLE_ENV, raising=False)
+    monkeypatch.setattr(durable, "_SYNCFS", None)
+    calls = []
+    monkeypatch.setattr(os, "sync", lambda: calls.append("sync"))
+    durable.sync_filesystem(tmp_path)
+    assert calls == ["sync"]
+
+
+def test_a_file_system_that_refuses_fsync_on_directories_is_not_an_error(tmp_path, log,
+                                                                         monkeypatch):
+    """Some FUSE and network file systems answer EINVAL to an fsync of a directory: there is
+    nothing to flush there, and the commit goes on."""
+    real_fsync = os.fsync
+
+    def refuse_dirs(fd):
+        if os.path.isdir(_path_of(fd)):
+            raise OSError(22, "Invalid argument")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", refuse_dirs)
+    durable.write_text(tmp_path / "a", "x")
+    assert (tmp_path / "a").read_text() == "x"
+
+
+def test_write_file_atomic_durable_flushes_before_and_after_the_rename(tmp_path, log):
+    from enspp.data.store_meta import write_file_atomic
+
+    path = tmp_path / "d" / "point.json"
+    write_file_atomic(path, [b'{"a": ', b"1}"], durable=True)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [e[0] for e in log] == ["fsync", "replace", "fsync"]
+    assert log[0][1].endswith(".partial") and log[1][1] == str(path.absolute())
+    assert log[2][1] == str(path.parent)
+    log.clear()
+    write_file_atomic(path, b"{}")  # not durable: no flush
+    assert [e[0] for e in log] == ["replace"]
