@@ -103,20 +103,26 @@ def crps_sorted(xs, n, y, fair):  # pragma: no cover - compiled
     return abs_sum / n - spread / (n * n)
 
 
-def _crps_rows_impl(x, y, fair, out):  # pragma: no cover - compiled
-    n_rows, m_total = x.shape
+def _crps_presorted_impl(xs, y, fair, out):  # pragma: no cover - compiled
+    """Rows of ``xs`` sorted ascending with their NaNs last (numpy's sort order)."""
+    n_rows, m_total = xs.shape
     for r in prange(n_rows):
         yy = np.float64(y[r])
-        if np.isnan(yy):
+        n = m_total
+        while n > 0 and np.isnan(xs[r, n - 1]):
+            n -= 1
+        if np.isnan(yy) or n == 0:
             out[r] = np.nan
-            continue
-        buf = np.empty(m_total, dtype=np.float64)
-        n = sorted_valid(x[r], buf)
-        out[r] = crps_sorted(buf, n, yy, fair) if n else np.nan
+        else:
+            out[r] = crps_sorted(xs[r], n, yy, fair)
 
 
-_crps_rows_serial = njit(cache=True)(_crps_rows_impl)
-_crps_rows_parallel = njit(parallel=True, cache=True)(_crps_rows_impl)
+_crps_presorted_serial = njit(cache=True)(_crps_presorted_impl)
+_crps_presorted_parallel = njit(parallel=True, cache=True)(_crps_presorted_impl)
+
+#: rows sorted by numpy at a time (its SIMD sort, ~5x numba's insertion sort at 50 members):
+#: a block's sorted copy is 2**16 x M values
+_SORT_BLOCK = 1 << 16
 
 
 def check_estimator(estimator: str) -> None:
@@ -139,7 +145,9 @@ def crps_ensemble_kernel(
 ) -> np.ndarray:
     """Ensemble CRPS over the last axis of ``members`` (float64 result, shape of ``obs``).
 
-    Sort-based O(M log M) (insertion sort up to 64 members), float64 accumulation.
+    Sort-based O(M log M): numpy's vectorised sort of blocks of rows (NaNs last), then one
+    numba pass per row in float64 (2.9x faster than sorting inside the numba loop at 50
+    members: ``tests/benchmarks/bench_evaluation.py``).
     ``parallel`` spreads the points over numba's threads; use ``False`` inside dask tasks,
     which are already parallel.
     """
@@ -153,8 +161,10 @@ def crps_ensemble_kernel(
     y = np.ascontiguousarray(np.broadcast_to(obs, shape)).reshape(n_points)
     out = np.empty(y.shape[0], dtype=np.float64)
     if y.shape[0] and m:
-        run = _crps_rows_parallel if parallel else _crps_rows_serial
-        run(x, y, estimator == "fair", out)
+        run = _crps_presorted_parallel if parallel else _crps_presorted_serial
+        for lo in range(0, n_points, _SORT_BLOCK):
+            hi = min(lo + _SORT_BLOCK, n_points)
+            run(np.sort(x[lo:hi], axis=1), y[lo:hi], estimator == "fair", out[lo:hi])
     elif y.shape[0]:
         out[:] = np.nan
     return out.reshape(shape)

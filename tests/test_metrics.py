@@ -130,6 +130,29 @@ def test_kernel_edge_cases():
     np.testing.assert_allclose(mixed, 1.0)
 
 
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_kernel_across_sort_blocks_with_nan_members_and_observations(rng, parallel):
+    """More rows than one sort block (numpy sorts blocks of rows, NaNs last): every row
+    equals the brute-force CRPS of its valid members; NaN observations, and rows without a
+    valid member, give NaN."""
+    n, m = kernels._SORT_BLOCK + 123, 9
+    x = rng.normal(size=(n, m)).astype(np.float32)
+    y = rng.normal(size=n)
+    x[rng.random((n, m)) < 0.1] = np.nan
+    x[5] = np.nan
+    y[7] = np.nan
+    for est in ("fair", "standard"):
+        ours = kernels.crps_ensemble_kernel(x, y, estimator=est, parallel=parallel)
+        ref = np.full(n, np.nan)
+        for valid in range(1, m + 1):  # rows grouped by their number of valid members
+            rows = np.flatnonzero((np.isfinite(x).sum(axis=1) == valid) & np.isfinite(y))
+            xs = np.sort(x[rows], axis=1)[:, :valid]  # NaNs sort last
+            ref[rows] = kernels.crps_ensemble_pairwise(xs, y[rows], estimator=est)
+        assert np.isnan(ours[5]) and np.isnan(ours[7])
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
 # ----------------------------------------------------------------- parametric CRPS
 def test_crps_gaussian_equals_properscoring(rng):
     mu, sig, y = rng.normal(size=100), rng.uniform(0.2, 3, 100), rng.normal(size=100)
