@@ -13,7 +13,8 @@ some cases).  The functions here order those writes:
   Linux, ``sync`` elsewhere): one call flushes the many chunk files of a store commit, where
   an ``fsync`` per file would cost a disk round trip each;
 - :func:`replace`: the commit itself: the new version flushed, renamed over the old one, the
-  rename flushed.
+  rename flushed; :func:`write_via` / :func:`write_text`: a file written beside its final
+  name and committed so.
 
 Setting ``ENSPP_DURABLE=0`` turns the flushes off (scratch directories, file systems where a
 flush is slow and a power loss does not matter); killed processes stay safe either way.
@@ -30,7 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-__all__ = ["enabled", "flush", "replace", "write_text", "write_via", "sync_dir", "sync_file", "sync_filesystem", "DURABLE_ENV"]
+__all__ = ["DURABLE_ENV", "enabled", "flush", "replace", "sync_dir", "sync_file",
+           "sync_filesystem", "write_text", "write_via"]
 
 #: environment variable: ``0`` turns the flushes off
 DURABLE_ENV = "ENSPP_DURABLE"
