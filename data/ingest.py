@@ -230,6 +230,8 @@ def ingest(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
             try:
                 writer.add(plan, item)
             except ValueError as e:
+                if _target_damaged(e, writer):
+                    raise
                 failures.append((item.name, str(e)))
         if failures and on_error == "raise":
             raise IngestError(failures, store=str(store))
@@ -347,6 +349,8 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
             opened.append(ds)
             return ds, None
         except (ValueError, OSError) as e:  # ReaderError, SchemaError, unreadable file
+            if _target_damaged(e, writer):
+                raise
             msg = str(e)
             return None, msg if str(path) in msg else f"{path}: {msg}"
 
@@ -380,11 +384,19 @@ def _read_all(writer: StoreWriter, files: list[Path], *, kind: Kind | None, allo
                 staged.append(writer.prepare(ds, name=str(path), sources=(src,),
                                              allow_nan=allow_nan or gaps, bounds=bounds))
             except ValueError as e:
+                if _target_damaged(e, writer):
+                    raise
                 ds.close()  # refused: its decoded values need not wait for the write
                 msg = str(e)
                 failures.append((str(path), msg if str(path) in msg else f"{path}: {msg}"))
     hashed = [(src, entry) for src, entry in found if entry is not None]
     return staged, failures, already, nbytes, skipped_records, hashed
+
+
+def _target_damaged(e: BaseException, writer: StoreWriter) -> bool:
+    """Whether ``e`` is damage of the store being written (not of an input store): the
+    ingest stops with it instead of refusing the input it was checking."""
+    return isinstance(e, sm.DamagedStoreError) and e.of(writer.root)
 
 
 @contextmanager

@@ -68,6 +68,18 @@ class StoreMetaError(EnsppError):
     """A store's bookkeeping cannot be read (the message names the store and the file)."""
 
 
+class DamagedStoreError(StoreMetaError):
+    """A chunk of a store's bookkeeping arrays does not decode; ``root``: the store."""
+
+    def __init__(self, message: str, *, root: str | os.PathLike[str]) -> None:
+        super().__init__(message)
+        self.root = Path(root)
+
+    def of(self, root: str | os.PathLike[str]) -> bool:
+        """Whether this is the damage of the store at ``root``."""
+        return self.root.resolve() == Path(root).resolve()
+
+
 def source_id(sha256: str) -> int:
     """The 64-bit id of a source in ``enspp/source/<var>``: the first 16 hex digits of its
     SHA-256 (never 0, which means "no source")."""
@@ -269,8 +281,8 @@ class StoreMeta:
                 self._complete = np.array([k in done for k in record_keys(self.records)],
                                           dtype=bool)
             else:
-                arr = self.group[COMPLETE]
-                self._complete = np.asarray(arr[: len(self.records)]).astype(bool)
+                n = len(self.records)
+                self._complete = self._read(COMPLETE, lambda arr: arr[:n]).astype(bool)
         return self._complete
 
     # -- fields -------------------------------------------------------------------------
@@ -327,14 +339,31 @@ class StoreMeta:
         if name not in self.group:
             raise StoreMetaError(f"store {self.root}: bookkeeping array {name} is missing "
                                  f"(run `enspp validate {self.root}`)")
-        arr = self.group[name]
         n_leads = None if self.leads is None else len(self.leads)
         if isinstance(rows, slice):
-            block = arr[rows] if n_leads is None else arr[rows, :n_leads]
-        else:
-            block = arr.oindex[np.asarray(rows, dtype=np.int64)] if n_leads is None else \
-                arr.oindex[np.asarray(rows, dtype=np.int64), :n_leads]
-        return np.asarray(block)
+            return self._read(name, lambda arr: arr[rows] if n_leads is None else
+                              arr[rows, :n_leads])
+        index = np.asarray(rows, dtype=np.int64)
+        return self._read(name, lambda arr: arr.oindex[index] if n_leads is None else
+                          arr.oindex[index, :n_leads])
+
+    def _read(self, name: str, read: Any) -> np.ndarray:
+        """``read(array)`` of the bookkeeping array ``name``.  A chunk of it that does not
+        decode (changed or cut short on disk: a disk fault, or a power loss on a store
+        written before enspp flushed its commits) is a :class:`StoreMetaError` naming the
+        store and the array, not a traceback: the store cannot say which of its fields are
+        committed, so it is rebuilt by ingesting its files into a new store."""
+        try:
+            return np.asarray(read(self.group[name]))
+        except MemoryError:
+            raise
+        except Exception as e:
+            from enspp.data.store import _why
+
+            raise DamagedStoreError(
+                f"store {self.root}: its bookkeeping array {name} cannot be read, {_why(e)}: "
+                f"the store cannot say which fields are committed; ingest its files into a "
+                f"new store", root=self.root) from e
 
     # -- sources ------------------------------------------------------------------------
     def source(self, ident: int) -> SourceEntry | None:
@@ -576,7 +605,7 @@ def create_meta(group: Any, *, kind: str, rec: str, n_records: int, n_leads: int
         create_field_arrays(group, var, kind=kind, n_records=n_records, n_leads=n_leads, dims=dims)
 
 
-__all__ = ["COMPLETE", "DIGESTS_SUFFIX", "FieldSet", "META_GROUP", "META_RECORDS_PER_CHUNK", "PRESENT", "SOURCE",
+__all__ = ["COMPLETE", "DIGESTS_SUFFIX", "DamagedStoreError", "FieldSet", "META_GROUP", "META_RECORDS_PER_CHUNK", "PRESENT", "SOURCE",
            "SOURCES_DIR", "SourceEntry", "StoreMeta", "StoreMetaError", "create_field_arrays",
            "create_meta", "decode_leads", "decode_times", "digests_path", "encode_leads", "id_hex", "iter_sources", "lead_seconds", "meta_chunks", "meta_shape", "open_meta",
            "read_digests", "read_source", "source_id", "source_path", "write_digests",

@@ -97,3 +97,41 @@ def test_the_pipelines_chunk_decoder_names_the_chunk_and_its_init_time(stores, t
                                              r"2019-01-01T00:00, lead_time \+48 h\): "
                                              + re.escape(WHY[how])):
         chunks.decode((0, 1, 0, 0, 0), out)
+
+
+@pytest.mark.parametrize("array", ["enspp/complete", "enspp/present/t2m", "enspp/source/t2m"])
+@pytest.mark.parametrize("how", ["empty", "corrupt"])
+def test_a_damaged_bookkeeping_chunk_is_one_line_naming_store_and_array(stores, tmp_path, capsys,
+                                                                       array, how):
+    """A flag chunk emptied (what a power loss can leave of a file renamed before its data
+    reached the disk) or overwritten: each command that reads the array says in one line that the
+    store's bookkeeping cannot be read, and the store is left as it was."""
+    root, _ = stores
+    work = tmp_path / "w"
+    shutil.copytree(root / "stores", work / "stores")
+    store = work / "stores" / "forecast.zarr"
+    chunk = next(p for p in sorted((store / array / "c").rglob("*")) if p.is_file())
+    if how == "empty":
+        chunk.write_bytes(b"")
+    else:
+        size = max(chunk.stat().st_size, 16)
+        chunk.write_bytes(np.random.default_rng(2).integers(0, 256, size, dtype=np.uint8).tobytes())
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    cfg = _config(work)
+    commands = {"validate": ["validate", str(store)], "inspect": ["inspect", str(store)],
+                "evaluate": ["evaluate", "--config", str(cfg), "--out", str(work / "report")],
+                "ingest": ["ingest", str(root / "stores" / "forecast.zarr"), "--store", str(store)]}
+    # the commands that read the array: every writer reads the completion flags before it
+    # looks at an input; inspect and evaluate read no source ids (provenance comes from the
+    # sources' log)
+    reading = {"enspp/complete": ["validate", "inspect", "evaluate", "ingest"],
+               "enspp/present/t2m": ["validate", "inspect", "evaluate"],
+               "enspp/source/t2m": ["validate"]}[array]
+    for argv in (commands[c] for c in reading):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        lines = [line for line in err.strip().splitlines() if line.startswith("enspp ")]
+        assert lines and re.search(rf"error: store \S*forecast\.zarr: its bookkeeping array "
+                                   rf"{re.escape(array)} cannot be read, ", lines[-1]), err[-2000:]
+        assert "ingest its files into a new store" in lines[-1] and "Traceback" not in err
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
