@@ -80,6 +80,26 @@ class DamagedStoreError(StoreMetaError):
         return self.root.resolve() == Path(root).resolve()
 
 
+def read_bookkeeping(root: str | os.PathLike[str], array: Any, name: str, read: Any
+                     ) -> np.ndarray:
+    """``read(array)`` of the store's bookkeeping array ``name``.  A chunk of it that does not
+    decode (changed or cut short on disk: a disk fault, or a power loss on a store written
+    before enspp flushed its commits) is a :class:`DamagedStoreError` naming the store and
+    the array, not a traceback: the store cannot say which of its fields are committed, so
+    it is rebuilt by ingesting its files into a new store."""
+    try:
+        return np.asarray(read(array))
+    except MemoryError:
+        raise
+    except Exception as e:
+        from enspp.data.store import _why
+
+        raise DamagedStoreError(
+            f"store {root}: its bookkeeping array {name} cannot be read, {_why(e)}: the store "
+            f"cannot say which fields are committed; ingest its files into a new store",
+            root=root) from e
+
+
 def source_id(sha256: str) -> int:
     """The 64-bit id of a source in ``enspp/source/<var>``: the first 16 hex digits of its
     SHA-256 (never 0, which means "no source")."""
@@ -348,22 +368,7 @@ class StoreMeta:
                           arr.oindex[index, :n_leads])
 
     def _read(self, name: str, read: Any) -> np.ndarray:
-        """``read(array)`` of the bookkeeping array ``name``.  A chunk of it that does not
-        decode (changed or cut short on disk: a disk fault, or a power loss on a store
-        written before enspp flushed its commits) is a :class:`StoreMetaError` naming the
-        store and the array, not a traceback: the store cannot say which of its fields are
-        committed, so it is rebuilt by ingesting its files into a new store."""
-        try:
-            return np.asarray(read(self.group[name]))
-        except MemoryError:
-            raise
-        except Exception as e:
-            from enspp.data.store import _why
-
-            raise DamagedStoreError(
-                f"store {self.root}: its bookkeeping array {name} cannot be read, {_why(e)}: "
-                f"the store cannot say which fields are committed; ingest its files into a "
-                f"new store", root=self.root) from e
+        return read_bookkeeping(self.root, self.group[name], name, read)
 
     # -- sources ------------------------------------------------------------------------
     def source(self, ident: int) -> SourceEntry | None:
@@ -608,5 +613,5 @@ def create_meta(group: Any, *, kind: str, rec: str, n_records: int, n_leads: int
 __all__ = ["COMPLETE", "DIGESTS_SUFFIX", "DamagedStoreError", "FieldSet", "META_GROUP", "META_RECORDS_PER_CHUNK", "PRESENT", "SOURCE",
            "SOURCES_DIR", "SourceEntry", "StoreMeta", "StoreMetaError", "create_field_arrays",
            "create_meta", "decode_leads", "decode_times", "digests_path", "encode_leads", "id_hex", "iter_sources", "lead_seconds", "meta_chunks", "meta_shape", "open_meta",
-           "read_digests", "read_source", "source_id", "source_path", "write_digests",
-           "write_file_atomic", "write_source"]
+           "read_bookkeeping", "read_digests", "read_source", "source_id", "source_path",
+           "write_digests", "write_file_atomic", "write_source"]

@@ -629,8 +629,8 @@ class StoreWriter:
             by_var.setdefault(var, []).append((store_rows, col, ident))
         staged = {}
         for var, entries in by_var.items():
-            src = np.asarray(group[f"{sm.SOURCE}/{var}"][lo:hi])
-            pres = np.asarray(group[f"{sm.PRESENT}/{var}"][lo:hi])
+            src, pres = (sm.read_bookkeeping(self.root, group[name], name, lambda a: a[lo:hi])
+                         for name in (f"{sm.SOURCE}/{var}", f"{sm.PRESENT}/{var}"))
             for store_rows, col, ident in entries:
                 r = store_rows - lo
                 if col is None:
@@ -642,7 +642,8 @@ class StoreWriter:
             group[f"{sm.SOURCE}/{var}"][lo:hi] = src
         for var, (_, pres) in staged.items():
             group[f"{sm.PRESENT}/{var}"][lo:hi] = pres
-        complete = np.asarray(group[sm.COMPLETE][lo:hi])
+        complete = sm.read_bookkeeping(self.root, group[sm.COMPLETE], sm.COMPLETE,
+                                       lambda a: a[lo:hi])
         complete[np.array(rows) - lo] = 1
         group[sm.COMPLETE][lo:hi] = complete
         durable.sync_filesystem(self.root)

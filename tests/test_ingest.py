@@ -435,3 +435,21 @@ def test_summary_line_counts_one_member_in_the_singular():
                       bytes_read=2_000_000, bytes_written=3_000_000, seconds=1.5)
     assert "; 1 member; 1 variable (t2m);" in s.line()
     assert "; 11 members;" in IngestSummary(**{**s.__dict__, "members": 11}).line()
+
+
+def test_an_ingest_into_a_store_with_a_damaged_flag_chunk_stops_naming_it(tmp_path, seeded, files):
+    """New init times land in the chunk of presence flags that a power loss (or a disk fault)
+    left empty: the commit stops with one error naming the store and the array, and no
+    record is marked complete that was not before (the data written for it stay hidden)."""
+    from enspp.data.store_meta import DamagedStoreError
+
+    store, _ = seeded
+    chunk = next(p for p in sorted((store / "enspp" / "present" / "t2m" / "c").rglob("*"))
+                 if p.is_file())
+    chunk.write_bytes(b"")
+    with pytest.raises(DamagedStoreError, match=r"bookkeeping array enspp/present/t2m cannot be "
+                                                r"read, .*ingest its files into a new store"):
+        ingest(files[1:2], store, progress=False)
+    assert open_meta(store).complete.tolist() == [True, False]  # as a kill leaves it
+    rc = main(["ingest", str(files[1]), "--store", str(store)])
+    assert rc == 1
