@@ -14,7 +14,8 @@ some cases).  The functions here order those writes:
   an ``fsync`` per file would cost a disk round trip each;
 - :func:`replace`: the commit itself: the new version flushed, renamed over the old one, the
   rename flushed; :func:`write_via` / :func:`write_text`: a file written beside its final
-  name and committed so.
+  name and committed so; :func:`swap_tree`: a directory written beside another and swapped
+  in (:func:`recover_tree` finishes a swap that was killed).
 
 Setting ``ENSPP_DURABLE=0`` turns the flushes off (scratch directories, file systems where a
 flush is slow and a power loss does not matter); killed processes stay safe either way.
@@ -26,13 +27,14 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-__all__ = ["DURABLE_ENV", "enabled", "flush", "replace", "sync_dir", "sync_file",
-           "sync_filesystem", "write_text", "write_via"]
+__all__ = ["DURABLE_ENV", "enabled", "flush", "recover_tree", "replace", "swap_tree",
+           "sync_dir", "sync_file", "sync_filesystem", "write_text", "write_via"]
 
 #: environment variable: ``0`` turns the flushes off
 DURABLE_ENV = "ENSPP_DURABLE"
@@ -133,6 +135,38 @@ def replace(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
         sync_file(tmp)
     os.replace(tmp, final)
     sync_dir(final.parent)
+
+
+def _old_of(out: Path) -> Path:
+    return out.parent / f".{out.name}.old"
+
+
+def recover_tree(out: str | os.PathLike[str]) -> None:
+    """Finish a :func:`swap_tree` killed between its two renames: the previous directory,
+    left at ``.<name>.old`` with nothing at ``out``, is put back (with both there, the old
+    one is removed)."""
+    out = Path(out)
+    old = _old_of(out)
+    if old.exists() and out.exists():
+        shutil.rmtree(old)
+    elif old.exists():
+        os.rename(old, out)
+
+
+def swap_tree(tmp: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Commit the directory ``tmp`` as ``out``, replacing a directory there: ``tmp``'s files
+    flushed, the old ``out`` moved aside to ``.<name>.old``, ``tmp`` renamed in, the renames
+    flushed, the old directory removed.  Readers see the old directory or the new one; a
+    kill between the renames leaves the old one aside, which :func:`recover_tree` restores."""
+    tmp, out = Path(tmp), Path(out)
+    sync_filesystem(tmp)
+    old = _old_of(out)
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+    os.rename(tmp, out)
+    sync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_via(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:

@@ -355,9 +355,9 @@ class CheckedArray(BackendArray):
             try:
                 self.array.get_block_selection(coords)
             except Exception as e:  # noqa: BLE001
-                return StoreReadError(self._describe(coords, _why(e)))
+                return StoreReadError(self._describe(coords, read_error_words(e)))
         return StoreReadError(f"store {self.store}: variable {self.variable!r}: read failed "
-                              f"({_why(error)})")
+                              f"({read_error_words(error)})")
 
     def _check_missing(self, key: tuple) -> None:
         for coords in self._chunks_of(key):
@@ -407,7 +407,9 @@ class CheckedArray(BackendArray):
                 f"{'/'.join(map(str, coords))} ({when}): {why}")
 
 
-def _why(e: Exception) -> str:
+def read_error_words(e: Exception) -> str:
+    """What a failed chunk read means, in words (corrupt: checksum or compression; else the
+    error's type and text), for the one-line errors that name the chunk."""
     text = " ".join(str(e).split())
     if "checksum" in text.lower():
         return f"corrupt chunk (checksum mismatch: {text[:120]})"
@@ -501,5 +503,6 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Any:
 __all__ = ["CENTRES_ATTR", "CONVENTIONS", "CheckedArray", "KIND_ATTR", "POINT_RECORDS_PER_CHUNK",
            "RECORD_DIMS", "SCHEMA_ATTR", "SCHEMA_VERSION", "StoreError", "StoreMismatchError",
            "StoreReadError", "checked_array", "chunk_was_written", "describe_chunk", "field_present", "is_store", "open_checked", "open_store",
-           "present_fields", "read_root_attrs", "record_chunk", "record_dim", "to_store_layout",
+           "present_fields", "read_error_words", "read_root_attrs", "record_chunk", "record_dim",
+           "to_store_layout",
            "validate_store"]

@@ -32,6 +32,7 @@ from enspp.data.store import (
     StoreError,
     is_store,
     open_store,
+    read_error_words,
     read_root_attrs,
     record_dim,
     suppress_zarr_warnings,
@@ -138,7 +139,7 @@ def read_rows(arr: object, start: int, stop: int) -> tuple[np.ndarray | None,
             try:
                 block = np.asarray(arr.get_block_selection(coords))  # type: ignore[attr-defined]
             except Exception as e:  # noqa: BLE001 - any decode failure
-                bad.append((coords, _why(e)))
+                bad.append((coords, read_error_words(e)))
                 continue
             lo = [c * n for c, n in zip(coords, chunks)]
             lo[0] -= base  # ``out`` starts at the first row chunk
@@ -306,7 +307,7 @@ def _check_chunks(meta: object, problems: Problems, rec: str) -> int:
                     block = np.asarray(arr.get_block_selection(coords))
                 except Exception as e:  # noqa: BLE001 - any decode failure
                     problems.add("corrupt", StoreReadError(checker._describe(
-                        coords, _why(e))).args[0])
+                        coords, read_error_words(e))).args[0])
                     continue
                 values = block.reshape(block.shape[0], -1)
                 for k in np.flatnonzero(sub):
@@ -314,12 +315,6 @@ def _check_chunks(meta: object, problems: Problems, rec: str) -> int:
                         problems.add("inconsistent", f"{where}: record {k} of the chunk is "
                                                      "committed but holds only NaN")
     return checked
-
-
-def _why(e: Exception) -> str:
-    from enspp.data.store import _why as why
-
-    return why(e)
 
 
 __all__ = ["Problems", "StoreReport", "chunk_exists", "read_rows", "validate_store"]

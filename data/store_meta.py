@@ -92,11 +92,12 @@ def read_bookkeeping(root: str | os.PathLike[str], array: Any, name: str, read: 
     except MemoryError:
         raise
     except Exception as e:
-        from enspp.data.store import _why
+        from enspp.data.store import read_error_words
 
         raise DamagedStoreError(
-            f"store {root}: its bookkeeping array {name} cannot be read, {_why(e)}: the store "
-            f"cannot say which fields are committed; ingest its files into a new store",
+            f"store {root}: its bookkeeping array {name} cannot be read, "
+            f"{read_error_words(e)}: the store cannot say which fields are committed; ingest "
+            f"its files into a new store",
             root=root) from e
 
 

@@ -741,7 +741,6 @@ def write_report_atomically(result: EvaluationResult, out_dir: Path) -> None:
     killed run leaves the previous report or the new one, never a mix.  A directory holding
     anything but report files (a user's directory) or the working directory is written in
     place, so nothing else in it is ever removed."""
-    import os
     import shutil
 
     from enspp.evaluation.report import write_report
@@ -754,22 +753,14 @@ def write_report_atomically(result: EvaluationResult, out_dir: Path) -> None:
         return
     from enspp.data.lock import store_lock
 
-    tmp, old = out.parent / f".{out.name}.partial", out.parent / f".{out.name}.old"
+    tmp = out.parent / f".{out.name}.partial"
     # one writer of a report at a time (two runs of the nightly evaluation, or a manual one
     # beside it, would share the scratch directory): the second waits for the first
     with store_lock(out, timeout=REPORT_LOCK_TIMEOUT):
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and out.exists():
-            shutil.rmtree(old)  # left by a run killed after its swap
-        elif old.exists():
-            os.rename(old, out)  # a run killed between the two renames: the previous report
+        durable.recover_tree(out)  # a run killed mid-swap: the previous report back in place
         write_report(result, tmp)
-        durable.sync_filesystem(tmp)  # the new report on disk before it replaces the old one
-        if out.exists():
-            os.rename(out, old)
-        os.rename(tmp, out)
-        durable.sync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        durable.swap_tree(tmp, out)
     result.out_dir = out_dir
     result.files = {k: str(out_dir / Path(v).relative_to(tmp)) for k, v in result.files.items()}
 

@@ -588,6 +588,7 @@ def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
     """``body(tmp)`` writes into a folder beside ``out``, renamed to ``out`` when it returns;
     when it raises, the folder is removed and ``out`` (if any) stays as it was."""
     out = out.resolve()
+    durable.recover_tree(out)  # a run killed mid-swap: the previous results back in place
     tmp = out.parent / f".{out.name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -597,16 +598,7 @@ def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    durable.sync_filesystem(tmp)  # the new results on disk before they replace the old ones
-    if out.exists():
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-    durable.sync_dir(out.parent)
+    durable.swap_tree(tmp, out)
     return result
 
 

@@ -412,7 +412,6 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
 def _fresh_model(spec: Any, train_config: TrainConfig) -> Any:
     """The untrained model: member ``i`` of a seed ensemble initialised from seed
     ``train.seed + i``; a single network from ``train.seed``."""
-    import torch
 
     from enspp.models.base import build_model
     from enspp.models.ensemble import SeedEnsemble
@@ -443,7 +442,6 @@ def _selection_trainer(train_config: TrainConfig, *, run_dir: Path, callbacks: l
 
 def _validation_score(module: PostProcessingModule, data: Any) -> float:
     """The model's validation loss (the combined forecast of a seed ensemble)."""
-    import torch
 
     loader = data.val_dataloader()
     total, rows = 0.0, 0
@@ -562,7 +560,6 @@ def _fit_exact(net: Any, data: Any, *, spill_dir: Path) -> Any:
 
 def _member_scores(model: Any, data: Any) -> list[float]:
     """Each member's validation loss (the model itself if it is not a seed ensemble)."""
-    import torch
 
     from enspp.models.selection import members_of
 

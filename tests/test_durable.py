@@ -248,3 +248,25 @@ def test_write_file_atomic_durable_flushes_before_and_after_the_rename(tmp_path,
     log.clear()
     write_file_atomic(path, b"{}")  # not durable: no flush
     assert [e[0] for e in log] == ["replace"]
+
+
+def test_swap_tree_flushes_the_new_directory_then_swaps_and_recovers_a_killed_swap(tmp_path,
+                                                                                   log):
+    out, tmp = tmp_path / "report", tmp_path / ".report.partial"
+    out.mkdir()
+    (out / "a").write_text("old")
+    tmp.mkdir()
+    (tmp / "a").write_text("new")
+    durable.swap_tree(tmp, out)
+    assert (out / "a").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["report"]
+    assert [e[:2] for e in log] == [("syncfs", str(tmp)), ("fsync", str(tmp_path))]
+    # killed between the renames: the previous directory aside, nothing at out
+    os.rename(out, tmp_path / ".report.old")
+    durable.recover_tree(out)
+    assert (out / "a").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["report"]
+    # killed after the second rename: both there, the old one goes
+    (tmp_path / ".report.old").mkdir()
+    durable.recover_tree(out)
+    assert sorted(os.listdir(tmp_path)) == ["report"]
+    durable.recover_tree(out)  # nothing to do
+    assert (out / "a").read_text() == "new"
