@@ -178,13 +178,50 @@ def is_station_file(path: str | os.PathLike) -> bool:
     if p.suffix.lower() in STATION_SUFFIXES:
         return True
     try:
-        with xr.open_dataset(p) as ds:
+        with open_netcdf(p, image_limit=SNIFF_IMAGE_LIMIT_BYTES) as ds:
             if ds.attrs.get("enspp_kind") in ("forecast", "analysis"):
                 return False  # one of our stores exported to NetCDF: canonical already
             return schema.MEMBER in ds.dims and not {schema.LATITUDE, schema.LONGITUDE} <= set(ds.dims) \
                 and not {"lat", "lon"} <= set(ds.dims)
     except (OSError, ValueError):
         return False
+
+
+#: the largest files opened from an image of their bytes (see :func:`open_netcdf`): when
+#: reading a station file (loaded whole anyway) and when only looking at a NetCDF file's
+#: dims to tell a station file from a gridded one
+IMAGE_LIMIT_BYTES = 1024 * 2**20
+SNIFF_IMAGE_LIMIT_BYTES = 64 * 2**20
+
+
+def open_netcdf(path: str | os.PathLike, *, image_limit: int = IMAGE_LIMIT_BYTES,
+                **kwargs) -> xr.Dataset:
+    """A NetCDF file opened from an image of its bytes in memory (netCDF4's ``memory=``),
+    not from its path: ``xr.open_dataset`` otherwise.
+
+    Why: with netCDF-C 4.10 / HDF5 2.2, opening a NetCDF-4 file from its path while this
+    process already holds it open (a notebook's ``xr.open_dataset`` of the file about to be
+    ingested), after another handle to it was closed, kills the process with a segmentation
+    fault (both station files in ``../shared/data`` do it; pydata/xarray#8289).  An image
+    shares nothing with the handles held.  Files above ``image_limit`` bytes are opened from
+    their path (the station reader loads the whole file anyway, so its image costs at most
+    that much memory again; a large gridded file is not read whole just to look at it)."""
+    p = Path(path)
+    if p.stat().st_size > image_limit:
+        return xr.open_dataset(p, **kwargs)
+    import netCDF4
+
+    data = p.read_bytes()
+    try:
+        nc = netCDF4.Dataset(str(p), mode="r", memory=data)
+    except OSError:
+        # not NetCDF-4/HDF5 nor classic NetCDF: let xarray's engines try (and name the file)
+        return xr.open_dataset(p, **kwargs)
+    try:
+        return xr.open_dataset(xr.backends.NetCDF4DataStore(nc), **kwargs)
+    except BaseException:
+        nc.close()
+        raise
 
 
 def is_station_part(ds: xr.Dataset) -> bool:
@@ -232,7 +269,7 @@ class _Raw:
 
 def _read_netcdf(path: Path, opts: StationOptions) -> _Raw:
     try:
-        with xr.open_dataset(path, decode_timedelta=True) as f:
+        with open_netcdf(path, decode_timedelta=True) as f:
             ds = f.load()
     except (OSError, ValueError) as e:
         raise ReaderError(f"{path}: not a readable NetCDF file ({e})") from e

@@ -354,3 +354,43 @@ def test_ingest_reports_rows_left_out_and_init_times_missing_members(tmp_path, c
     assert main(["inspect", str(tmp_path / "cli.zarr")]) == 0
     assert (f"2 init times with members missing (only some members hold values), e.g. "
             f"{init[5]}:00, {init[6]}:00") in capsys.readouterr().out
+
+
+def test_ingest_while_the_file_is_held_open_in_the_process(shared_data, tmp_path):
+    """A station file that the process holds open (a notebook's xr.open_dataset) is ingested:
+    netCDF-C/HDF5 kill the process when a NetCDF-4 file held open is opened from its path
+    again after a second handle closed (both real files do it), so the reader opens an image
+    of its bytes.  Run in a child process: without the image it dies of SIGSEGV."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import xarray as xr
+        from enspp.data.ingest import ingest
+        from enspp.data.station import StationOptions
+        held = xr.open_dataset({str(shared_data / MAGDEBURG)!r})
+        held.load()  # reads the member labels (variable-length strings) through the handle
+        opts = StationOptions.model_validate({MAGDEBURG_OPTIONS.model_dump()!r})
+        for i in range(2):  # two ingests: every open (the format check, the read) twice
+            s = ingest([{str(shared_data / MAGDEBURG)!r}], {str(tmp_path)!r} + f"/s{{i}}.zarr",
+                       progress=False, station=opts)
+            print(len(s.added))
+        print(str(held["member"].values[0]))  # the handle held still reads
+        """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["4459", "4459", "forc.1"]
+
+
+def test_station_file_read_from_its_path_above_the_image_limit(shared_data, monkeypatch):
+    """Files above the image limit are opened from their path: the same data."""
+    from enspp.data import station
+
+    image = open_station(shared_data / MAGDEBURG, MAGDEBURG_OPTIONS)
+    monkeypatch.setattr(station, "IMAGE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(station.open_netcdf, "__kwdefaults__", {"image_limit": 0})
+    from_path = open_station(shared_data / MAGDEBURG, MAGDEBURG_OPTIONS)
+    xr.testing.assert_identical(image.forecast, from_path.forecast)
+    xr.testing.assert_identical(image.observations, from_path.observations)
