@@ -41,6 +41,7 @@ Station records have gaps: NaN is accepted in every variable.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -159,7 +160,7 @@ class StationOptions(BaseModel):
 class StationData:
     """The parts of one station file, canonical (``observations``/``deterministic`` may be None)."""
 
-    forecast: xr.Dataset
+    forecast: xr.Dataset | None  # None only where the ensemble was not asked for
     observations: xr.Dataset | None
     deterministic: xr.Dataset | None
 
@@ -231,12 +232,16 @@ def is_station_part(ds: xr.Dataset) -> bool:
 
 def read_station_part(path: str | os.PathLike, part: Part,
                       options: StationOptions | None = None) -> xr.Dataset:
-    """One part of a station file (what ``enspp ingest`` writes into one store)."""
-    return open_station(path, options).part(part, source=str(path))
+    """One part of a station file (what ``enspp ingest`` writes into one store; only that
+    part is built)."""
+    return open_station(path, options, parts=(part,)).part(part, source=str(path))
 
 
-def open_station(path: str | os.PathLike, options: StationOptions | None = None) -> StationData:
-    """Read a station NetCDF file or CSV table (see the module doc) into canonical datasets.
+def open_station(path: str | os.PathLike, options: StationOptions | None = None, *,
+                 parts: Sequence[Part] = ("ensemble", "observation", "deterministic")
+                 ) -> StationData:
+    """Read a station NetCDF file or CSV table (see the module doc) into canonical datasets
+    (the ``parts`` asked for; the others are None).
 
     Raises :class:`ReaderError` naming the file and the problem, ``FileNotFoundError`` for a
     missing file.
@@ -246,7 +251,7 @@ def open_station(path: str | os.PathLike, options: StationOptions | None = None)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     raw = _read_csv(path, opts) if path.suffix.lower() in STATION_SUFFIXES else _read_netcdf(path, opts)
-    return _canonical(raw, opts, source=str(path))
+    return _canonical(raw, opts, source=str(path), parts=parts)
 
 
 # ------------------------------------------------------------------ the two layouts
@@ -441,7 +446,8 @@ def _read_csv(path: Path, opts: StationOptions) -> _Raw:
 
 
 # ------------------------------------------------------------------ to the canonical model
-def _canonical(raw: _Raw, opts: StationOptions, *, source: str) -> StationData:
+def _canonical(raw: _Raw, opts: StationOptions, *, source: str,
+               parts: Sequence[Part]) -> StationData:
     init, lead = _timing(raw, opts, source=source)
     members, labels = _member_numbers(raw.labels, opts, source=source)
     order = np.argsort(members, kind="stable")
@@ -474,12 +480,13 @@ def _canonical(raw: _Raw, opts: StationOptions, *, source: str) -> StationData:
         m = ens.astype(np.float64)
         mean = np.mean(m, axis=1, keepdims=True)
         ens = (mean + t.offset + t.spread * (m - mean)).astype(ens.dtype)
-    fc = forecast(ens, members[order], "ensemble", [labels[i] for i in order])
+    fc = forecast(ens, members[order], "ensemble", [labels[i] for i in order]) \
+        if "ensemble" in parts else None
     det = None
-    if raw.deterministic is not None:
+    if raw.deterministic is not None and "deterministic" in parts:
         det = forecast(raw.deterministic[:, None, :], np.array([0]), "deterministic", None)
     obs = None
-    if raw.observation is not None:
+    if raw.observation is not None and "observation" in parts:
         ob = raw.observation
         keep = np.ones(len(valid), bool)
         if len(np.unique(valid)) != len(valid):  # cannot happen for one lead; guard anyway

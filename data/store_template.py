@@ -104,22 +104,44 @@ def compressors() -> list[Any]:
 
 # -- recovery -----------------------------------------------------------------------------
 
-def recover(root: Path, faults: Faults) -> None:
-    """Put a store a killed writer left back into its committed state: temporary files
-    removed, arrays created or resized after the last template commit removed or shrunk back;
-    a store whose creation never finished is emptied (nothing in it was ever visible)."""
-    if not root.exists():
-        return
-    shutil.rmtree(root / TMP_DIR, ignore_errors=True)
-    for partial in _shallow_partials(root):
-        partial.unlink(missing_ok=True)
+#: written first into the directory of a store being created and removed once its template
+#: is committed: a directory holding it without a committed template is a creation a kill
+#: interrupted (emptied by the next writer); any other directory without one is not an
+#: enspp store and is never touched (:func:`is_foreign`)
+NEW_MARKER = ".enspp-new"
+
+
+def _committed_doc(root: Path) -> dict[str, Any] | None:
     doc = read_root_doc(root)
     attrs = (doc or {}).get("attributes", {})
     if (doc is None or KIND_ATTR not in attrs or SCHEMA_ATTR not in attrs
             or "consolidated_metadata" not in doc):
+        return None
+    return doc
+
+
+def is_foreign(root: Path) -> bool:
+    """A directory holding files but neither a committed store nor the marker of one being
+    created: someone else's files, which no writer may empty."""
+    return (root.is_dir() and _committed_doc(root) is None
+            and not (root / NEW_MARKER).exists() and any(root.iterdir()))
+
+
+def recover(root: Path, faults: Faults) -> None:
+    """Put a store a killed writer left back into its committed state: temporary files
+    removed, arrays created or resized after the last template commit removed or shrunk back;
+    a store whose creation never finished (its :data:`NEW_MARKER` still there) is emptied
+    (nothing in it was ever visible).  A directory that is not a store is left as it is."""
+    if not root.exists() or is_foreign(root):
+        return
+    doc = _committed_doc(root)
+    if doc is None:
         for child in root.iterdir():
             shutil.rmtree(child) if child.is_dir() else child.unlink()
         return
+    shutil.rmtree(root / TMP_DIR, ignore_errors=True)
+    for partial in _shallow_partials(root):
+        partial.unlink(missing_ok=True)
     import zarr
 
     committed = {k: tuple(m.get("shape", ())) for k, m in
@@ -204,15 +226,17 @@ def _jsonable(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def commit_template(root: Path, zstore: Any, faults: Faults,
                     attrs: Mapping[str, Any] | None = None,
-                    drop: Sequence[str] = ()) -> None:
-    """Commit the template: the consolidated metadata rewritten (one atomic file), then the
-    root attributes updated in the same file (a second atomic replace) when asked.  What it
-    names is flushed to disk before it, and it after (:mod:`enspp.data.durable`)."""
+                    drop: Sequence[str] = (), consolidate: bool = True) -> None:
+    """Commit the template: the consolidated metadata rewritten (one atomic file; not when
+    ``consolidate`` is False: written with the template already), then the root attributes
+    updated in the same file (a second atomic replace) when asked.  What it names is
+    flushed to disk before it, and it after (:mod:`enspp.data.durable`)."""
     import zarr
 
     durable.sync_filesystem(root)
-    with suppress_zarr_warnings():
-        zarr.consolidate_metadata(zstore)
+    if consolidate:
+        with suppress_zarr_warnings():
+            zarr.consolidate_metadata(zstore)
     if attrs or drop:
         path = root / "zarr.json"
         doc = json.loads(path.read_text())
@@ -222,6 +246,15 @@ def commit_template(root: Path, zstore: Any, faults: Faults,
         write_file_atomic(path, json.dumps(doc, indent=2).encode(), tick=faults.tick,
                           tmp_dir=root / TMP_DIR)
     durable.sync_filesystem(root)
+
+
+def write_out(memory: Any, root: Path, faults: Faults) -> None:
+    """The files of a zarr ``MemoryStore`` (a new store's template) written under ``root``,
+    each atomically, the root ``zarr.json`` last."""
+    items = sorted(memory._store_dict.items(), key=lambda kv: (kv[0] == "zarr.json", kv[0]))
+    for key, value in items:
+        write_file_atomic(root / key, [value.to_bytes()], tick=faults.tick,
+                          tmp_dir=root / TMP_DIR)
 
 
 def root_attrs(kind: str, centres: Sequence[str]) -> dict[str, Any]:
@@ -292,8 +325,9 @@ def migrate_v1(root: Path, zstore: Any, faults: Faults, meta: Any,
 
 class ChunkWriter:
     """Writes whole chunks of one zarr array whose codecs are the store's (little-endian
-    bytes, Blosc, optionally CRC-32C) and whose chunks are one record by one step of the
-    second axis by all the rest: each chunk is encoded here and written to its file.
+    bytes, Blosc, optionally CRC-32C) and whose chunks are some records (one in a gridded
+    store, a block in a point store) by one step of the second axis by all the rest: each
+    chunk is encoded here and written to its file.
 
     Why: zarr's ``Array.__setitem__`` spends as long again as the encode itself on a full
     5-MB chunk (selection planning, an extra copy, hops between its event loop and worker
@@ -307,7 +341,7 @@ class ChunkWriter:
                  tmp_dir: Path) -> None:
         self.array, self.encoder, self.checksum = array, encoder, checksum
         self.root, self.faults, self.tmp_dir = root, faults, tmp_dir
-        self.chunk_shape = (1, array.chunks[1], *array.shape[2:])
+        self.chunk_shape = (array.chunks[0], array.chunks[1], *array.shape[2:])
 
     @classmethod
     def for_array(cls, array: Any, *, root: Path | None = None, faults: Faults | None = None,
@@ -323,7 +357,7 @@ class ChunkWriter:
                 or not isinstance(codecs[1], BloscCodec)
                 or str(getattr(codecs[0].endian, "value", codecs[0].endian)) != "little"
                 or np.dtype(array.dtype) != np.dtype("<f4") or len(array.shape) < 2
-                or array.chunks[0] != 1 or tuple(array.chunks[2:]) != tuple(array.shape[2:])):
+                or tuple(array.chunks[2:]) != tuple(array.shape[2:])):
             return None
         store_root = getattr(_inner_store(array), "root", None)
         root = Path(store_root) if root is None and store_root is not None else root
@@ -345,10 +379,25 @@ class ChunkWriter:
         raw = data if isinstance(data, bytes) else bytes(data)
         return [raw, np.uint32(google_crc32c.value(raw)).tobytes()]
 
+    def _path(self, index: int, chunk: int) -> str:
+        key = self.array.metadata.encode_chunk_key((index, chunk) + (0,) * (self.array.ndim - 2))
+        return f"{self.array.path}/{key}" if self.array.path else key
+
+    def exists(self, index: int, chunk: int) -> bool:
+        """Whether chunk (``index``, ``chunk``) has a file (True where the store is not a
+        local directory: the caller then merges through zarr)."""
+        from zarr.storage import LocalStore
+
+        store = _inner_store(self.array)
+        if not isinstance(store, LocalStore):
+            return True
+        return (Path(store.root) / self._path(index, chunk)).exists()
+
     def write(self, block: np.ndarray, index: int, chunk: int) -> None:
+        """``block`` (one whole chunk) as chunk number ``index`` along the first axis and
+        ``chunk`` along the second."""
         pieces = self.encode(block)
-        key = self.array.metadata.encode_chunk_key((index, chunk) + (0,) * (block.ndim - 2))
-        path = f"{self.array.path}/{key}" if self.array.path else key
+        path = self._path(index, chunk)
         store = _inner_store(self.array)
         from zarr.storage import LocalStore
 
@@ -410,7 +459,7 @@ def put(array: Any, index: int | np.ndarray, var: xr.Variable, start: int | None
     return int(block.nbytes)
 
 
-__all__ = ["ChunkWriter", "FAULT_ENV", "Faults", "LEAD_UNITS", "NAN_FILL_ATTR", "RECORD_UNITS",
+__all__ = ["ChunkWriter", "FAULT_ENV", "NEW_MARKER", "is_foreign", "write_out", "Faults", "LEAD_UNITS", "NAN_FILL_ATTR", "RECORD_UNITS",
            "TMP_DIR", "commit_template", "compressors", "coord_dataset", "coord_encoding",
            "create_data_array", "migrate_v1", "put", "recover", "root_attrs", "ticking_store",
            "write_coordinate_values"]

@@ -244,12 +244,42 @@ def test_uncommitted_template_extension_is_rolled_back(tmp_path):
 
 
 def test_interrupted_creation_is_started_afresh(tmp_path):
+    from enspp.data.store_template import NEW_MARKER
+
     store = tmp_path / "s.zarr"
     forecast(INITS[:1]).to_zarr(store, zarr_format=3, consolidated=False)  # no enspp attributes
+    (store / NEW_MARKER).touch()  # what a creation killed before its commit leaves
     with pytest.raises(StoreError, match="not an enspp store"):
         open_store(store)
     append(store, forecast(INITS[:2]))
     assert open_store(store).sizes["init_time"] == 2
+    assert not (store / NEW_MARKER).exists()
+
+
+@pytest.mark.parametrize("foreign", ["files", "zarr"])
+def test_a_directory_that_is_not_a_store_is_refused_untouched(tmp_path, foreign):
+    """A non-empty directory that is neither a store nor one being created (someone's files,
+    another tool's Zarr store) is refused in one line and left exactly as it was; it used to
+    be emptied as if it were an interrupted creation."""
+    store = tmp_path / "mine"
+    if foreign == "files":
+        (store / "sub").mkdir(parents=True)
+        (store / "thesis.tex").write_text("precious")
+        (store / "sub" / "data.csv").write_text("1,2")
+    else:
+        forecast(INITS[:1]).to_zarr(store, zarr_format=3, consolidated=False)
+    before = sorted((str(p.relative_to(store)), p.read_bytes() if p.is_file() else b"")
+                    for p in store.rglob("*"))
+    with pytest.raises(StoreError, match=r"holds files and is not an enspp store .*"
+                                         r"give a new or empty directory"):
+        append(store, forecast(INITS[:2]))
+    after = sorted((str(p.relative_to(store)), p.read_bytes() if p.is_file() else b"")
+                   for p in store.rglob("*"))
+    assert after == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    append(empty, forecast(INITS[:1]))  # an empty directory is a new store
+    assert open_store(empty).sizes["init_time"] == 1
 
 
 def test_lock_refuses_a_second_writer_clearly(tmp_path):
@@ -386,6 +416,36 @@ def test_direct_chunk_write_stores_the_bytes_zarr_would(tmp_path):
     ChunkWriter.for_array(memory).write(block, 1, 2)
     np.testing.assert_array_equal(memory[1:2, 2:3], block)
     assert list(tmp_path.rglob("*.partial")) == []
+
+
+def test_point_chunk_written_whole_matches_zarr(tmp_path):
+    """A point store's block of records: a chunk without a file is built (NaN beside the
+    rows) and written whole, byte for byte what zarr writes; a chunk that has a file is
+    merged by zarr, keeping the rows already there; the edge chunk too."""
+    from enspp.data.store_template import ChunkWriter, compressors
+    from enspp.data.store_writer import _write_block
+
+    rng = np.random.default_rng(5)
+    da = xr.DataArray(rng.standard_normal((6, 1, 3, 2)).astype(np.float32),
+                      dims=("init_time", "lead_time", "member", "station"))
+    arrays = [zarr.create_array(tmp_path / f"{n}.zarr", shape=(10, 1, 3, 2), chunks=(4, 1, 3, 2),
+                                dtype="f4", compressors=compressors(), zarr_format=3,
+                                fill_value=np.float32(np.nan)) for n in ("direct", "zarr")]
+    direct, reference = arrays
+    writer = ChunkWriter.for_array(direct)
+    assert writer is not None and writer.chunk_shape == (4, 1, 3, 2)
+    steps = [(np.array([0, 1]), np.array([4, 6])),  # a new chunk, two of its rows
+             (np.array([2]), np.array([5])),  # the same chunk again: merged
+             (np.array([3, 4]), np.array([8, 9]))]  # the edge chunk (2 of its 4 rows exist)
+    for idx, rows in steps:
+        assert _write_block(direct, writer, da, "init_time", idx, rows, 0, 0) == 4 * 6 * len(idx)
+        reference.oindex[(rows, [0])] = da.values[idx]
+    for key in ("c/1/0/0/0", "c/2/0/0/0"):
+        assert (tmp_path / "direct.zarr" / key).read_bytes() == \
+            (tmp_path / "zarr.zarr" / key).read_bytes()
+    np.testing.assert_array_equal(direct[:], reference[:])
+    assert np.isnan(direct[:4]).all() and np.isnan(direct[7]).all()
+    np.testing.assert_array_equal(direct[[4, 5, 6, 8, 9], 0], da.values[[0, 2, 1, 3, 4], 0])
 
 
 def test_chunk_file_write_is_atomic(tmp_path, monkeypatch):

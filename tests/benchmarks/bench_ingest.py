@@ -145,10 +145,12 @@ def bench_station(work: Path, repeat: int) -> None:
     floors, ingests = [], []
     for i in range(repeat):
         out = work / f"xr_{i}.zarr"
+        os.sync()  # each timing starts without the other's writes pending (ingest flushes)
         t0 = time.perf_counter()
         xr.open_dataset(MAGDEBURG).to_zarr(out, mode="w")
         floors.append(time.perf_counter() - t0)
         store = work / f"station_{i}.zarr"
+        os.sync()
         t0 = time.perf_counter()
         summary = ingest([MAGDEBURG], store, progress=False, station=options)
         ingests.append(time.perf_counter() - t0)
