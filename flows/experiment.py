@@ -91,7 +91,8 @@ def point_keys(config: Any) -> SimpleNamespace:
 
 
 class ExperimentConfigError(EnsppError):
-    """An experiment file is malformed; the message names the file and the key."""
+    """An experiment file is malformed (the message names the file and the key), or its
+    output directory cannot take the results."""
 
 
 @dataclass(frozen=True)
@@ -584,11 +585,32 @@ def run_any(exp: Experiment, *, out_dir: str | Path, quick: bool = False,
     return run_experiment(exp, out_dir=out_dir, progress=progress)
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse an output directory the results would replace but that is not an experiment's
+    results (``results.json`` / ``table.md`` in it): a typo'd ``--out`` must not remove
+    someone's files."""
+    out = out.resolve()
+    if out == Path.cwd().resolve():
+        raise ExperimentConfigError(f"experiment output {out}: the working directory cannot "
+                                    "be replaced by the results; give a directory for them")
+    if out.exists() and not out.is_dir():
+        raise ExperimentConfigError(f"experiment output {out}: exists and is not a directory")
+    if out.is_dir() and not any((out / f).is_file() for f in ("results.json", "table.md")) \
+            and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ExperimentConfigError(
+            f"experiment output {out}: the directory holds files and is not an experiment's "
+            f"results ({shown}); give a new or empty directory, or an earlier run's "
+            "(nothing was changed)")
+
+
 def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
     """``body(tmp)`` writes into a folder beside ``out``, renamed to ``out`` when it returns;
     when it raises, the folder is removed and ``out`` (if any) stays as it was."""
     out = out.resolve()
     durable.recover_tree(out)  # a run killed mid-swap: the previous results back in place
+    check_out_dir(out)
     tmp = out.parent / f".{out.name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -631,6 +653,8 @@ def run_experiment(exp: Experiment, *, out_dir: str | Path,
 
     say = progress or (lambda _m: None)
     out = Path(out_dir).resolve()
+    durable.recover_tree(out)
+    check_out_dir(out)  # before hours of training, not after
 
     def body(tmp: Path) -> dict:
         t0 = time.perf_counter()

@@ -238,6 +238,26 @@ def test_a_failed_run_leaves_no_out_directory(tmp_path, monkeypatch):
     assert (out / "table.md").read_text() == "earlier"
 
 
+def test_an_out_directory_that_is_not_results_is_refused_untouched(tmp_path, monkeypatch):
+    """The results replace their directory: one holding anything else (a typo'd --out) is
+    refused before any point runs, and left as it was; the working directory too."""
+    path = _experiment(tmp_path, sweep={"systems": {"emos_global": {"model.name": "emos_global"}}})
+    exp = load_experiment(path)
+    ran = []
+    monkeypatch.setattr("enspp.flows.experiment.run_point", lambda *a, **k: ran.append(a))
+    out = tmp_path / "papers"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(ExperimentConfigError, match=r"holds files and is not an experiment's "
+                                                    r"results \(thesis.tex\)"):
+        run_experiment(exp, out_dir=out)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"] and not ran
+    monkeypatch.chdir(out)
+    with pytest.raises(ExperimentConfigError, match="working directory cannot be replaced"):
+        run_experiment(exp, out_dir=".")
+    assert (out / "thesis.tex").read_text() == "precious" and not ran
+
+
 @pytest.mark.slow
 def test_magdeburg_sweep_reproduces_the_committed_table(shared_data, tmp_path):
     """The committed Magdeburg file, narrowed by its own sweep syntax to global EMOS at K = 25
