@@ -248,10 +248,10 @@ def commit_template(root: Path, zstore: Any, faults: Faults,
     durable.sync_filesystem(root)
 
 
-def write_out(memory: Any, root: Path, faults: Faults) -> None:
-    """The files of a zarr ``MemoryStore`` (a new store's template) written under ``root``,
-    each atomically, the root ``zarr.json`` last."""
-    items = sorted(memory._store_dict.items(), key=lambda kv: (kv[0] == "zarr.json", kv[0]))
+def write_out(files: Mapping[str, Any], root: Path, faults: Faults) -> None:
+    """The files of a zarr ``MemoryStore`` (its ``store_dict``: a new store's template)
+    written under ``root``, each atomically, the root ``zarr.json`` last."""
+    items = sorted(files.items(), key=lambda kv: (kv[0] == "zarr.json", kv[0]))
     for key, value in items:
         write_file_atomic(root / key, [value.to_bytes()], tick=faults.tick,
                           tmp_dir=root / TMP_DIR)

@@ -424,7 +424,8 @@ class StoreWriter:
         import zarr
         from zarr.storage import MemoryStore
 
-        disk, zstore = zstore, MemoryStore()
+        files: dict[str, Any] = {}  # the template's files: key -> zarr buffer
+        disk, zstore = zstore, MemoryStore(files)
 
         rec = record_dim(plan.kind)
         lay = plan.layout
@@ -454,7 +455,7 @@ class StoreWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         marker = self.root / tpl.NEW_MARKER  # first: a kill from here on leaves it
         marker.touch()
-        tpl.write_out(zstore, self.root, self.faults)
+        tpl.write_out(files, self.root, self.faults)
         tpl.commit_template(self.root, disk, self.faults,
                             attrs=tpl.root_attrs(plan.kind, centres), consolidate=False)
         marker.unlink()
