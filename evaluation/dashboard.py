@@ -523,6 +523,44 @@ def _distinct_tabs(names: list[str], dirs: list[Path]) -> list[str]:
     return out
 
 
+def write_combined_dashboard(dirs: list[Path | str], out: Path | str, *,
+                             title: str | None = None) -> Path:
+    """:func:`combine_dashboards` into ``out`` as a directory of its own (``enspp evaluate
+    --combine``): written beside it and swapped in, and only over a directory that is
+    absent, empty or an earlier combined dashboard (:mod:`enspp.data.output_dir`); anything
+    else (a user's folder, one of the evaluations combined) is refused in one line."""
+    from enspp.data import durable, output_dir
+
+    out = Path(out).resolve()
+    output_dir.check_replaceable(out, kind="dashboard", what="combined dashboard",
+                                 legacy=_legacy_combined)
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        index = combine_dashboards(dirs, tmp, title=title)
+        output_dir.write_manifest(tmp, kind="dashboard")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    durable.recover_tree(out)
+    durable.swap_tree(tmp, out)
+    return out / index.relative_to(tmp)
+
+
+def _legacy_combined(out: Path) -> bool:
+    """A combined dashboard written before manifests: ``index.html`` and at least one folder,
+    each holding a ``scores.json`` of the report schema (with ``plots/``), nothing else."""
+    folders = [p for p in out.iterdir() if p.name != "index.html"]
+    if not (out / "index.html").is_file() or not folders:
+        return False
+    for p in folders:
+        try:
+            read_scores(p)
+        except (OSError, ValueError, EnsppError):
+            return False
+    return True
+
+
 def combine_dashboards(dirs: list[Path | str], out: Path | str, *, title: str | None = None) -> Path:
     """One dashboard comparing several evaluation directories (each with ``scores.json``):
     their plots and scores are copied under ``out/<slug>/`` so ``out`` is self-contained.

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from enspp.data import durable
+from enspp.data import durable, output_dir
 from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, Step, plural, summary_line
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION
@@ -738,18 +738,25 @@ def evaluate(config: EvaluateConfig, out_dir: Path | str | None = None, *,
 
 def write_report_atomically(result: EvaluationResult, out_dir: Path) -> None:
     """Write the report into a sibling temporary directory, then swap it into ``out_dir``: a
-    killed run leaves the previous report or the new one, never a mix.  A directory holding
-    anything but report files (a user's directory) or the working directory is written in
-    place, so nothing else in it is ever removed."""
+    killed run leaves the previous report or the new one, never a mix.  Only a directory that
+    is absent, empty or an earlier report (its manifest lists every file in it:
+    :mod:`enspp.data.output_dir`) is replaced.  Any other directory (a user's, the working
+    directory) is written in place, so nothing else in it is ever removed, and only when the
+    report's own names there (``index.html``, ``scores.json``, ...) are free or its own:
+    else one line, nothing changed."""
     import shutil
 
     from enspp.evaluation.report import write_report
 
     out = out_dir.resolve()
-    swap = out != Path.cwd().resolve() and (not out.exists() or (
-        out.is_dir() and all(_is_report_entry(p) for p in out.iterdir())))
+    swap = out != Path.cwd().resolve() and (not out.exists() or (out.is_dir() and (
+        not any(out.iterdir()) or output_dir.owned(out, kind="report", legacy=_legacy_report))))
     if not swap:
+        _check_in_place(out)
         write_report(result, out_dir)
+        doc = output_dir.read_manifest(out)
+        before = set(doc["files"]) if doc is not None and doc.get("kind") == "report" else set()
+        output_dir.write_manifest(out, kind="report", files=before | set(_report_files(out)))
         return
     from enspp.data.lock import store_lock
 
@@ -760,9 +767,54 @@ def write_report_atomically(result: EvaluationResult, out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         durable.recover_tree(out)  # a run killed mid-swap: the previous report back in place
         write_report(result, tmp)
+        output_dir.write_manifest(tmp, kind="report")
         durable.swap_tree(tmp, out)
     result.out_dir = out_dir
     result.files = {k: str(out_dir / Path(v).relative_to(tmp)) for k, v in result.files.items()}
+
+
+def _report_files(out: Path) -> list[str]:
+    """The files under ``out`` with a report's names (relative paths)."""
+    return [f for f in output_dir.files_under(out)
+            if _is_report_entry(out / f.split("/", 1)[0])]
+
+
+def _legacy_report(out: Path) -> bool:
+    """A report written before manifests: a ``scores.json`` of the report schema and nothing
+    but report entries."""
+    from enspp.evaluation.report import read_scores
+
+    try:
+        read_scores(out)
+    except (OSError, ValueError, EnsppError):
+        return False
+    return all(_is_report_entry(p) for p in out.iterdir())
+
+
+def _check_in_place(out: Path) -> None:
+    """A report written into ``out`` in place may replace only its own earlier files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise output_dir.OutputDirError(f"report {out}: exists and is not a directory "
+                                        "(nothing was changed)")
+    doc = output_dir.read_manifest(out)
+    if doc is not None and doc.get("kind") == "report":
+        ours = set(doc["files"])
+    else:
+        from enspp.evaluation.report import read_scores
+
+        try:  # a report written in place before manifests: its files are its own
+            read_scores(out)
+            ours = set(_report_files(out))
+        except (OSError, ValueError, EnsppError):
+            ours = set()
+    clash = sorted(set(_report_files(out)) - ours)
+    if clash:
+        shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
+        raise output_dir.OutputDirError(
+            f"report {out}: the directory already holds {shown}, not written by an enspp "
+            "report; move them aside or give another --out (nothing was changed)")
 
 
 #: seconds a report write waits for another run writing the same report

@@ -54,7 +54,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from enspp.data import durable
+from enspp.data import durable, output_dir
 from enspp.data.errors import EnsppError
 from enspp.data.store_meta import write_file_atomic
 from enspp.data.yaml_file import read_yaml_mapping
@@ -91,8 +91,7 @@ def point_keys(config: Any) -> SimpleNamespace:
 
 
 class ExperimentConfigError(EnsppError):
-    """An experiment file is malformed (the message names the file and the key), or its
-    output directory cannot take the results."""
+    """An experiment file is malformed; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
@@ -586,23 +585,26 @@ def run_any(exp: Experiment, *, out_dir: str | Path, quick: bool = False,
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse an output directory the results would replace but that is not an experiment's
-    results (``results.json`` / ``table.md`` in it): a typo'd ``--out`` must not remove
-    someone's files."""
-    out = out.resolve()
-    if out == Path.cwd().resolve():
-        raise ExperimentConfigError(f"experiment output {out}: the working directory cannot "
-                                    "be replaced by the results; give a directory for them")
-    if out.exists() and not out.is_dir():
-        raise ExperimentConfigError(f"experiment output {out}: exists and is not a directory")
-    if out.is_dir() and not any((out / f).is_file() for f in ("results.json", "table.md")) \
-            and any(out.iterdir()):
-        names = sorted(p.name for p in out.iterdir())
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise ExperimentConfigError(
-            f"experiment output {out}: the directory holds files and is not an experiment's "
-            f"results ({shown}); give a new or empty directory, or an earlier run's "
-            "(nothing was changed)")
+    """Refuse an output directory the results would replace but that is not an earlier
+    run's results (its manifest lists every file in it, :mod:`enspp.data.output_dir`): a
+    typo'd ``--out`` must not remove someone's files."""
+    output_dir.check_replaceable(out, kind="experiment", what="experiment output",
+                                 legacy=_legacy_results)
+
+
+def _legacy_results(out: Path) -> bool:
+    """Results written before manifests: a ``results.json`` of this module's layout, a
+    ``table.md``, and nothing but what a run writes (``index.html``, ``evaluations/`` and the
+    combined dashboard's folders, each with its ``scores.json``)."""
+    try:
+        doc = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or not {"title", "config", "axes", "rows", "runs"} <= set(doc) \
+            or not (out / "table.md").is_file():
+        return False
+    return all(p.name in ("results.json", "table.md", "index.html", "evaluations")
+               or (p.is_dir() and (p / "scores.json").is_file()) for p in out.iterdir())
 
 
 def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
@@ -620,6 +622,7 @@ def _atomic_out(out: Path, body: Callable[[Path], dict]) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    output_dir.write_manifest(tmp, kind="experiment")
     durable.swap_tree(tmp, out)
     return result
 

@@ -76,6 +76,38 @@ def test_combine_two_evaluations(report, tmp_path):
     assert (tmp_path / "both" / "second-period" / "scores.json").is_file()
 
 
+def test_combined_dashboard_never_replaces_files_it_did_not_write(report, tmp_path):
+    """``enspp evaluate --combine`` swaps its dashboard into --out only over an earlier
+    combined dashboard: a user's folder (its own index.html), an evaluation being combined
+    or an earlier dashboard with a file added are refused in one line and left as they were."""
+    from enspp.data.output_dir import OutputDirError
+    from enspp.evaluation.dashboard import write_combined_dashboard
+
+    _, _, out = report
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my homepage")
+    with pytest.raises(OutputDirError, match=r"combined dashboard .*site: the directory holds "
+                                             r"files and is not an enspp combined dashboard"):
+        write_combined_dashboard([out], site)
+    assert [p.name for p in site.iterdir()] == ["index.html"]
+    assert (site / "index.html").read_text() == "my homepage"
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(OutputDirError, match="is not an enspp combined dashboard"):
+        write_combined_dashboard([out], out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    both = tmp_path / "both"
+    index = write_combined_dashboard([out], both)
+    assert index == both.resolve() / "index.html" and index.is_file()
+    write_combined_dashboard([out], both)  # an earlier combined dashboard is replaced
+    (both / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"holds files the combined dashboard did not "
+                                             r"write \(notes.txt\)"):
+        write_combined_dashboard([out], both)
+    assert (both / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".*.partial"))
+
+
 def test_bad_dashboard_input(tmp_path):
     with pytest.raises(ValueError, match="no evaluation"):
         render_html([])

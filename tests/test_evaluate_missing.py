@@ -17,6 +17,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from evaluation_data import config_dict, make_world  # noqa: E402
 
+from enspp.data.output_dir import MANIFEST, OutputDirError, write_manifest  # noqa: E402
 from enspp.evaluation.config import config_from_mapping  # noqa: E402
 from enspp.evaluation.evaluate import MissingDataError, evaluate  # noqa: E402
 from enspp.evaluation.systems import AlignmentError  # noqa: E402
@@ -147,6 +148,12 @@ def test_a_corrupt_chunk_is_one_line_naming_the_store(world, tmp_path, capsys):
     assert err.rstrip().endswith("(a corrupt or unreadable chunk)")
 
 
+def output_dir_files(path):
+    from enspp.data.output_dir import files_under
+
+    return files_under(path)
+
+
 def test_a_report_is_replaced_whole_or_not_at_all(world, tmp_path, monkeypatch):
     """The report is written beside its directory and swapped in: a run that dies while
     writing leaves the previous report as it was; a directory that is not a report (a
@@ -158,6 +165,7 @@ def test_a_report_is_replaced_whole_or_not_at_all(world, tmp_path, monkeypatch):
     res = evaluate(cfg, out)
     assert res.files["index"] == str(out / "index.html") and Path(res.files["index"]).is_file()
     (out / "plots" / "stale.png").write_bytes(b"from the previous report")
+    write_manifest(out, kind="report")  # as if that report had written it
     first = (out / "scores.json").read_text()
 
     def dies(result, out_dir):
@@ -180,6 +188,37 @@ def test_a_report_is_replaced_whole_or_not_at_all(world, tmp_path, monkeypatch):
     for _ in range(2):
         evaluate(cfg, mine)
         assert (mine / "notes.txt").read_text() == "keep" and (mine / "index.html").is_file()
+
+
+@pytest.mark.parametrize("theirs", ["plots/precious.png", "index.html", "scores.json"])
+def test_a_report_never_replaces_files_it_did_not_write(world, tmp_path, theirs):
+    """A directory holding only report-like names that enspp did not write (a user's plots/,
+    their own index.html) is neither swapped away nor overwritten in place: one line, nothing
+    changed.  It used to be taken for an earlier report by its names and deleted whole."""
+    cfg = config_from_mapping(config_dict(world, **BASE))
+    out = tmp_path / "figs"
+    (out / theirs).parent.mkdir(parents=True, exist_ok=True)
+    (out / theirs).write_bytes(b"precious")
+    with pytest.raises(OutputDirError, match=rf"report .*figs: the directory already holds "
+                                             rf"{theirs}, not written by an enspp report"):
+        evaluate(cfg, out)
+    assert output_dir_files(out) == [theirs] and (out / theirs).read_bytes() == b"precious"
+    # beside the user's other files, a report's own earlier files are rewritten in place
+    (out / theirs).unlink()
+    (out / "notes.txt").write_text("keep")
+    evaluate(cfg, out)
+    evaluate(cfg, out)
+    assert (out / "notes.txt").read_text() == "keep"
+    # a report written in place before manifests (scores.json of the schema) is its own
+    (out / MANIFEST).unlink()
+    evaluate(cfg, out)
+    # a file added inside an earlier report's plots/ is not the report's: refused
+    latest = tmp_path / "latest"
+    evaluate(cfg, latest)
+    (latest / "plots" / "mine.png").write_bytes(b"precious")
+    with pytest.raises(OutputDirError, match="plots/mine.png, not written by an enspp report"):
+        evaluate(cfg, latest)
+    assert (latest / "plots" / "mine.png").read_bytes() == b"precious"
 
 
 def test_two_runs_writing_one_report_take_turns(world, tmp_path, monkeypatch):

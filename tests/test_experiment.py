@@ -16,6 +16,7 @@ import xarray as xr
 import yaml
 import zarr
 
+from enspp.data.output_dir import OutputDirError, write_manifest
 from enspp.evaluation.report import read_scores
 from enspp.flows.cli import main
 from enspp.flows.experiment import ExperimentConfigError, load_experiment, run_experiment
@@ -233,14 +234,19 @@ def test_a_failed_run_leaves_no_out_directory(tmp_path, monkeypatch):
     # an earlier result stays as it was
     out.mkdir()
     (out / "table.md").write_text("earlier")
+    (out / "results.json").write_text(json.dumps({"title": "t", "config": "c", "axes": [],
+                                                  "rows": [], "runs": []}))
+    write_manifest(out, kind="experiment")
     with pytest.raises(RuntimeError):
         run_experiment(exp, out_dir=out)
     assert (out / "table.md").read_text() == "earlier"
 
 
 def test_an_out_directory_that_is_not_results_is_refused_untouched(tmp_path, monkeypatch):
-    """The results replace their directory: one holding anything else (a typo'd --out) is
-    refused before any point runs, and left as it was; the working directory too."""
+    """The results replace their directory: one holding anything an earlier run did not
+    write (a typo'd --out, another tool's run with its own results.json, notes added to
+    earlier results) is refused before any point runs, and left as it was; the working
+    directory too."""
     path = _experiment(tmp_path, sweep={"systems": {"emos_global": {"model.name": "emos_global"}}})
     exp = load_experiment(path)
     ran = []
@@ -248,12 +254,30 @@ def test_an_out_directory_that_is_not_results_is_refused_untouched(tmp_path, mon
     out = tmp_path / "papers"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(ExperimentConfigError, match=r"holds files and is not an experiment's "
-                                                    r"results \(thesis.tex\)"):
+    with pytest.raises(OutputDirError, match=r"experiment output .*papers: the directory holds "
+                                             r"files and is not an enspp experiment output "
+                                             r"\(thesis.tex\)"):
         run_experiment(exp, out_dir=out)
     assert [p.name for p in out.iterdir()] == ["thesis.tex"] and not ran
+    other = tmp_path / "mltool_run"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "results.json").write_text('{"accuracy": 0.9}')
+    (other / "table.md").write_text("| a |")
+    (other / "checkpoints" / "best.ckpt").write_bytes(b"precious")
+    with pytest.raises(OutputDirError, match="is not an enspp experiment output"):
+        run_experiment(exp, out_dir=other)
+    assert (other / "checkpoints" / "best.ckpt").read_bytes() == b"precious" and not ran
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "table.md").write_text("earlier")
+    write_manifest(earlier, kind="experiment")
+    (earlier / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=r"holds files the experiment output did not write "
+                                             r"\(notes.txt\)"):
+        run_experiment(exp, out_dir=earlier)
+    assert (earlier / "notes.txt").read_text() == "mine" and not ran
     monkeypatch.chdir(out)
-    with pytest.raises(ExperimentConfigError, match="working directory cannot be replaced"):
+    with pytest.raises(OutputDirError, match="working directory cannot be replaced"):
         run_experiment(exp, out_dir=".")
     assert (out / "thesis.tex").read_text() == "precious" and not ran
 

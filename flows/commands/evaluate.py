@@ -40,9 +40,9 @@ def load_evaluate_config(path: Path):
 
 def run(args: argparse.Namespace) -> int:
     if args.combine:
-        from enspp.evaluation.dashboard import combine_dashboards
+        from enspp.evaluation.dashboard import write_combined_dashboard
 
-        index = combine_dashboards(args.combine, args.out)
+        index = write_combined_dashboard(args.combine, args.out)
         print(f"dashboard: {index}")
         return 0
     if args.config is None:
