@@ -10,10 +10,18 @@ the ``evaluate`` section completed (every system scored, its lead times), before
 evaluation, which then reads it: ``enspp evaluate --config WORKDIR/enspp.yaml`` scores
 exactly what the demo showed, ``enspp train`` and ``enspp predict`` with it train and apply
 the same model (the file's header names the commands).
+
+The demo never replaces a file it did not write: it records the sha256 of each config file it
+writes in ``WORKDIR/.enspp-demo`` (:data:`DEMO_MARKER`) and writes ``enspp.yaml`` or
+``service.yaml`` again only when the file is absent or still what it wrote.  A file edited
+since, or a non-empty work directory that holds no earlier demo, is refused in one line
+before anything is written (:func:`check_workdir`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +94,14 @@ def service_config(config: EnsppConfig) -> EnsppConfig:
 
 def write_service_config(config: EnsppConfig, path: Path) -> Path:
     """:func:`service_config` of ``config`` written to ``path`` like :func:`write_config`."""
+    path = Path(path)
+    return _write_text(path, service_config_text(config, path))
+
+
+def service_config_text(config: EnsppConfig, path: Path) -> str:
+    """What :func:`write_service_config` writes to ``path``."""
     service = service_config(config)
-    return write_config(service, path, evaluate=service.evaluate, header=SERVICE_HEADER)
+    return config_text(service, path, evaluate=service.evaluate, header=SERVICE_HEADER)
 
 
 def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
@@ -97,6 +111,22 @@ def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
     when given.  Paths inside the work directory are written relative to it, and the work
     directory as ``.`` when the file lies in it, so the directory can be moved or copied;
     ``checkpoint`` is named in the header's ``enspp predict`` line."""
+    path = Path(path)
+    return _write_text(path, config_text(config, path, evaluate=evaluate,
+                                         checkpoint=checkpoint, header=header))
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # a reader never sees half a file
+    return path
+
+
+def config_text(config: EnsppConfig, path: Path, *, evaluate: Any = None,
+                checkpoint: str | None = None, header: str | None = None) -> str:
+    """What :func:`write_config` writes to ``path``."""
     root = config.workdir.root.resolve()
     path = Path(path)
     doc = config.model_dump(mode="json", exclude_none=True)
@@ -110,11 +140,7 @@ def write_config(config: EnsppConfig, path: Path, *, evaluate: Any = None,
     workdir = doc["data"]["workdir"]
     doc = _relative_strings(doc, root)  # stores, incoming files: relative to the work directory
     doc["data"]["workdir"] = workdir
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text((header or config_header(checkpoint)) + readable_yaml(doc))
-    tmp.replace(path)  # a reader never sees half a file
-    return path
+    return (header or config_header(checkpoint)) + readable_yaml(doc)
 
 
 def _relative_strings(doc: Any, root: Path) -> Any:
@@ -147,6 +173,213 @@ def _relative_paths(ev: Any, root: Path) -> Any:
         "cases": [rel(c) for c in ev.cases],
         "land_sea_mask": None if ev.land_sea_mask is None else rel(ev.land_sea_mask),
     })
+
+
+# ------------------------------------------------------------------ the demo's own files
+#: the demo's record, in its work directory, of the config files it wrote (their sha256)
+DEMO_MARKER = ".enspp-demo"
+#: the files the demo writes into its work directory (and no other)
+DEMO_FILES = ("enspp.yaml", "service.yaml")
+
+
+class DemoWorkdirError(FlowInputError):
+    """The work directory holds something the demo did not write (or did, and it was edited
+    since): refused before the demo writes anything."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str | None:
+    """The sha256 of the file ``path``; None for anything else (a directory, a link to
+    nothing) or an unreadable file."""
+    try:
+        return _sha256(path.read_bytes()) if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _read_record(root: Path) -> dict[str, list[str]] | None:
+    """The demo's record in ``root`` (file name -> accepted sha256s); None when there is none.
+    A record the demo cannot read is refused (it is not the demo's, or was changed)."""
+    marker = root / DEMO_MARKER
+    if not (marker.exists() or marker.is_symlink()):
+        return None
+    try:
+        doc = json.loads(marker.read_text())
+        hashes = doc["sha256"]
+        if not (isinstance(hashes, dict) and all(
+                isinstance(v, list) and all(isinstance(h, str) for h in v)
+                for v in hashes.values())):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DemoWorkdirError(
+            f"demo: {marker} is not the record the demo keeps of its files; move it aside "
+            "or give another --workdir (nothing was changed)") from None
+    return {k: list(v) for k, v in hashes.items() if k in DEMO_FILES}
+
+
+def _save_record(root: Path, record: dict[str, list[str]]) -> None:
+    from enspp.data import durable
+
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {"written_by": "enspp demo: the sha256 of each file it wrote here, so that it "
+                         "never replaces one edited since", "sha256": record}
+    durable.write_text(root / DEMO_MARKER, json.dumps(doc, indent=1) + "\n")
+
+
+def _edited(path: Path, *, advice: str = "move it aside or give another --workdir"
+            ) -> DemoWorkdirError:
+    return DemoWorkdirError(f"demo: {path} differs from the file the demo wrote (edited?); "
+                            f"{advice} (nothing was changed)")
+
+
+def _legacy_texts(config: EnsppConfig, name: str) -> set[str]:
+    """What the demo writes as ``name`` in its work directory, at any of its steps: a work
+    directory of an earlier enspp (no :data:`DEMO_MARKER`) is the demo's when its files are
+    exactly these."""
+    root = config.workdir.root
+    if name == "service.yaml":
+        return {service_config_text(config, root / name)}
+    texts = {config_text(config, root / name)}  # before the first step
+    from enspp.models.registry import version_name
+
+    baseline = config.workdir.runs / BASELINE_RUN / "checkpoints" / "best.ckpt"
+    candidates: list[dict[str, str]] = [{}]
+    if baseline.is_file():
+        try:
+            candidates.append({"emos": str(config.workdir.products
+                                           / f"{version_name(baseline)}.zarr")})
+        except Exception:  # noqa: BLE001 -- no candidate: the file is refused
+            pass
+    for products in candidates:  # after the evaluation, with or without the baseline
+        try:
+            texts.add(final_config_text(config, products))
+        except Exception:  # noqa: BLE001 -- an unreadable store: no candidate, refused
+            pass
+    return texts
+
+
+def check_workdir(config: EnsppConfig) -> dict[str, list[str]]:
+    """Check, before the demo writes anything, that its work directory is new, empty or an
+    earlier demo's whose ``enspp.yaml`` / ``service.yaml`` are absent or still what the demo
+    wrote: their sha256 in :data:`DEMO_MARKER`, or (a directory of an earlier enspp, no
+    record) exactly what the demo writes now.  Returns the record to carry on with; raises
+    :class:`DemoWorkdirError` (one line, nothing changed) otherwise.  A synthetic world of
+    another config (another ``--fast``) is refused here too, before any write."""
+    root = config.workdir.root
+    if root.exists() and not root.is_dir():
+        raise DemoWorkdirError(f"demo: {root} exists and is not a directory; give another "
+                               "--workdir (nothing was changed)")
+    temps = {f".{n}.tmp" for n in (DEMO_MARKER, *DEMO_FILES)}  # left by a killed demo
+    if not root.exists() or all(p.name in temps for p in root.iterdir()):
+        return {}
+    record = _read_record(root)
+    if record is None:  # no record: an earlier enspp's demo, or not a demo at all
+        first = root / "enspp.yaml"
+        have = _file_sha256(first)
+        if have is None and (first.exists() or first.is_symlink()):
+            raise DemoWorkdirError(
+                f"demo: {first} is not a file the demo wrote; give another --workdir "
+                "(nothing was changed)")
+        if have is None:
+            # other things in it (the experiments' work directories beside the demo's,
+            # under enspp-work/): the demo writes only its own names and never removes
+            record = {}
+        elif have not in {_sha256(t.encode()) for t in _legacy_texts(config, "enspp.yaml")}:
+            with open(first, "rb") as fh:
+                ours = fh.read(64).startswith(b"# enspp.yaml written by `enspp demo`")
+            if ours:  # an earlier demo's, edited (or of another --fast: its world says so)
+                _check_world(config)
+                raise _edited(first, advice="give another --workdir")
+            raise DemoWorkdirError(
+                f"demo: {first} is not the file the demo writes (a config of your own?); move "
+                "it aside or give another --workdir (nothing was changed)")
+        else:
+            record = {"enspp.yaml": [have]}
+        service = root / "service.yaml"
+        if service.exists() or service.is_symlink():
+            have = _file_sha256(service)
+            if have is None or have not in {_sha256(t.encode())
+                                            for t in _legacy_texts(config, "service.yaml")}:
+                raise _edited(service)
+            record["service.yaml"] = [have]
+    else:
+        for name in DEMO_FILES:
+            path = root / name
+            if path.exists() or path.is_symlink():
+                have = _file_sha256(path)
+                if have is None or have not in record.get(name, []):
+                    raise _edited(path)
+                record[name] = [have]
+            else:
+                record.pop(name, None)
+    _check_world(config)
+    return record
+
+
+def _check_world(config: EnsppConfig) -> None:
+    """:func:`data.synth.ensure_world`'s refusals, before the demo writes anything."""
+    from enspp.data.synth import SynthError
+    from enspp.data.synth.writer import world_config
+
+    synth, want = config.workdir.synth, config.data.synth
+    if not (synth.exists() or synth.is_symlink()) or want is None:
+        return
+    try:
+        if not synth.is_dir():
+            raise SynthError(f"{synth}: exists and is not a directory")
+        have = world_config(synth)
+        if have is None and any(synth.iterdir()):
+            raise SynthError(f"{synth}: directory is not empty and holds no synthetic world "
+                             "(synth.yaml)")
+        if have is not None and have != want:
+            raise SynthError(f"{synth} holds another synthetic world "
+                             f"({synth / 'synth.yaml'}: another --fast?)")
+    except SynthError as e:
+        raise DemoWorkdirError(f"demo: {e}; give another --workdir (nothing was changed)"
+                               ) from None
+
+
+def write_demo_file(config: EnsppConfig, name: str, text: str,
+                    record: dict[str, list[str]]) -> Path:
+    """Write ``text`` as the demo's file ``name`` in its work directory, ``record``
+    (:func:`check_workdir`) kept in :data:`DEMO_MARKER`: the file is written only while it is
+    absent or what the demo last wrote (checked again: it may have been edited while the
+    demo ran), its new sha256 recorded before the write (a kill in between leaves a file the
+    record accepts) and the old one dropped after."""
+    root = config.workdir.root
+    path = root / name
+    new = _sha256(text.encode())
+    if path.exists() or path.is_symlink():
+        have = _file_sha256(path)
+        if have is None or have not in record.get(name, []):
+            raise _edited(path)
+        if have == new:
+            record[name] = [new]
+            _save_record(root, record)
+            return path
+    record[name] = [*record.get(name, []), new]
+    _save_record(root, record)
+    _write_text(path, text)
+    record[name] = [new]
+    _save_record(root, record)
+    return path
+
+
+def final_config_text(config: EnsppConfig, products: dict[str, str]) -> str:
+    """The demo's ``enspp.yaml`` once its steps have run: the ``evaluate`` section completed
+    with the systems the work directory holds (and ``products``), the current model's
+    checkpoint named in the header."""
+    from enspp.models.registry import current_version
+
+    wd = config.workdir
+    current = current_version(wd.registry)
+    return config_text(config, wd.root / "enspp.yaml",
+                       evaluate=evaluation_config(config, products=products),
+                       checkpoint=None if current is None else
+                       str(Path(current.checkpoint).resolve().relative_to(wd.root.resolve())))
 
 
 @task(name="synthetic-world", cache_policy=NO_CACHE, persist_result=False)
@@ -239,7 +472,9 @@ def demo_flow(workdir: str = "enspp-work", fast: bool = False,
 
     config = default_demo_config(workdir, fast=fast)
     wd = config.workdir
-    config_path = str(write_config(config, wd.root / "enspp.yaml"))
+    record = check_workdir(config)  # before anything is written
+    config_path = str(write_demo_file(config, "enspp.yaml",
+                                      config_text(config, wd.root / "enspp.yaml"), record))
     synth_world(config)
     ingest_flow(config_path)
     current = current_version(wd.registry)
@@ -255,10 +490,7 @@ def demo_flow(workdir: str = "enspp-work", fast: bool = False,
         products["emos"] = predict_flow(config_path, split="test", checkpoint=ckpt,
                                         init_times_per_task=32)
     # the evaluation reads the systems from the file, so the file is what the demo showed
-    current = current_version(wd.registry)
-    write_config(config, wd.root / "enspp.yaml",
-                 evaluate=evaluation_config(config, products=products),
-                 checkpoint=None if current is None else
-                 str(Path(current.checkpoint).resolve().relative_to(wd.root.resolve())))
-    write_service_config(config, wd.root / "service.yaml")
+    write_demo_file(config, "enspp.yaml", final_config_text(config, products), record)
+    write_demo_file(config, "service.yaml",
+                    service_config_text(config, wd.root / "service.yaml"), record)
     return evaluate_flow(config_path, report_id="demo")

@@ -205,6 +205,40 @@ def test_write_prefect_yaml_failure_names_the_real_path(cfg, tmp_path, capsys):
     assert err.strip().splitlines() == [f"enspp serve: error: {out.parent}: Not a directory"]
 
 
+def test_write_prefect_yaml_never_replaces_the_config_or_a_foreign_file(cfg, tmp_path, capsys):
+    """The --config file itself and an existing file enspp did not write are refused in one
+    line and left byte for byte; enspp's own earlier prefect.yaml is written again."""
+    from enspp.flows.cli import main
+
+    cfg.write_text("# PRECIOUS hand-written config\n")
+    mine = tmp_path / "prefect.yaml"
+    mine.write_text("# PRECIOUS hand-tuned prefect.yaml\nname: mine\n")
+    link = tmp_path / "link.yaml"
+    link.symlink_to(cfg)
+    for out, expected in [(cfg, "is the --config file itself"),
+                          (link, "is the --config file itself"),
+                          (mine, "exists and is not a prefect.yaml written by enspp"),
+                          (tmp_path, "exists and is not a prefect.yaml written by enspp")]:
+        assert main(["serve", "--config", str(cfg), "--write-prefect-yaml", str(out)]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and str(out) in lines[0], lines
+        assert "nothing was changed" in lines[0]
+    assert cfg.read_text() == "# PRECIOUS hand-written config\n"
+    assert mine.read_text() == "# PRECIOUS hand-tuned prefect.yaml\nname: mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enspp.yaml", "link.yaml",
+                                                          "prefect.yaml"]
+
+    # enspp's own earlier prefect.yaml (an older schedule) is written again
+    ours = tmp_path / "deploy" / "prefect.yaml"
+    assert main(["serve", "--config", str(cfg), "--write-prefect-yaml", str(ours)]) == 0
+    fresh = ours.read_text()
+    older = fresh.replace("cron: 5 * * * *", "cron: 7 * * * *")
+    assert older != fresh
+    ours.write_text(older)
+    assert main(["serve", "--config", str(cfg), "--write-prefect-yaml", str(ours)]) == 0
+    assert ours.read_text() == fresh
+
+
 def test_write_atomically_replaces_and_names_the_target_on_failure(tmp_path, monkeypatch):
     from enspp.flows.commands.serve import write_atomically
 

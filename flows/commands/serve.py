@@ -9,7 +9,9 @@ nightly, train weekly.  The config is fixed here: the deployments take no config
 pause the schedules (the next ``enspp serve`` resumes them; ``flows.deployments.serve_deployments``).
 
 ``--write-prefect-yaml FILE`` instead writes the same deployments, with the same schedules,
-as a ``prefect.yaml`` for a work pool (``prefect deploy --all --prefect-file FILE``).
+as a ``prefect.yaml`` for a work pool (``prefect deploy --all --prefect-file FILE``).  FILE
+may be new or a ``prefect.yaml`` enspp wrote earlier; the config itself or any other existing
+file is refused in one line, unchanged (:func:`check_prefect_yaml_target`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,37 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def check_prefect_yaml_target(out: Path, config_path: Path) -> None:
+    """Refuse (:class:`~enspp.flows.commands.UsageError`, one line, nothing written) a
+    ``--write-prefect-yaml`` target that would replace something enspp does not own: the
+    ``--config`` file itself, or an existing file that is not a ``prefect.yaml`` enspp wrote
+    (one starting with :data:`enspp.flows.deployments._HEADER`).  An absent file, or one
+    enspp wrote earlier, may be written."""
+    from enspp.flows.deployments import _HEADER
+
+    try:
+        same = out.resolve() == config_path.resolve() or (
+            out.exists() and config_path.exists() and os.path.samefile(out, config_path))
+    except OSError:
+        same = False
+    if same:
+        raise UsageError(f"--write-prefect-yaml {out} is the --config file itself; give "
+                         "another FILE (nothing was changed)")
+    if not (out.exists() or out.is_symlink()):
+        return
+    head = b""
+    if out.is_file():
+        try:
+            with open(out, "rb") as fh:
+                head = fh.read(len(_HEADER.encode()))
+        except OSError:
+            head = b""
+    if head != _HEADER.encode():
+        raise UsageError(f"--write-prefect-yaml {out}: exists and is not a prefect.yaml "
+                         "written by enspp (it does not start with enspp's header); move it "
+                         "aside or give another FILE (nothing was changed)")
+
+
 def serving_line(url: str) -> str:
     """What ``enspp serve`` prints once it serves: the deployments by the full names that
     ``prefect deployment run`` takes (``<flow>/<deployment>``)."""
@@ -86,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         from enspp.flows.deployments import prefect_yaml
 
         out = args.write_prefect_yaml
+        check_prefect_yaml_target(out, path)  # before anything is written
         write_atomically(out, prefect_yaml(config))
         print(f"wrote {out}: prefect deploy --all --prefect-file {out} (with {CONFIG_ENV}="
               f"{path} in the worker's environment)")
