@@ -322,7 +322,7 @@ def check_workdir(config: EnsppConfig) -> dict[str, list[str]]:
 def _check_world(config: EnsppConfig) -> None:
     """:func:`data.synth.ensure_world`'s refusals, before the demo writes anything."""
     from enspp.data.synth import SynthError
-    from enspp.data.synth.writer import world_config
+    from enspp.data.synth.writer import is_complete, not_a_world, world_config
 
     synth, want = config.workdir.synth, config.data.synth
     if not (synth.exists() or synth.is_symlink()) or want is None:
@@ -337,6 +337,8 @@ def _check_world(config: EnsppConfig) -> None:
         if have is not None and have != want:
             raise SynthError(f"{synth} holds another synthetic world "
                              f"({synth / 'synth.yaml'}: another --fast?)")
+        if have is not None and not is_complete(synth) and (why := not_a_world(synth)):
+            raise SynthError(f"{synth} holds no synthetic world the generator wrote ({why})")
     except SynthError as e:
         raise DemoWorkdirError(f"demo: {e}; give another --workdir (nothing was changed)"
                                ) from None

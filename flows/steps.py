@@ -30,7 +30,7 @@ def refresh_statistics(config: Any) -> str:
     """Training-period normalisation statistics for the stores as they are now: a statistics
     file computed from older data (or another split) is replaced.  Returns their hash."""
     from enspp.pipeline.datamodule import EnsembleDataModule
-    from enspp.pipeline.stats import StatsMismatchError
+    from enspp.pipeline.stats import NotStatisticsError, StatsMismatchError
 
     pipeline = resolved_pipeline(config)
     for path in (pipeline.stores.forecast, pipeline.stores.analysis):
@@ -39,9 +39,19 @@ def refresh_statistics(config: Any) -> str:
     dm = EnsembleDataModule(pipeline)
     try:
         dm.setup("fit")
+    except NotStatisticsError as e:
+        # someone else's file at the statistics path: refused, never replaced
+        raise FlowInputError(str(e)) from None
     except StatsMismatchError as e:
+        # enspp's own statistics (their kind was checked), computed from other data
         get_run_logger().info(f"statistics are stale, recomputing: {e}")
-        Path(pipeline.stores.statistics).unlink()
+        stale = Path(pipeline.stores.statistics)
+        if stale.is_dir():  # a .zarr statistics store
+            import shutil
+
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
         dm = EnsembleDataModule(pipeline)
         dm.setup("fit")
     return str(dm.stats.hash)

@@ -37,6 +37,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from enspp.data import durable, schema
+from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, summary_line
 from enspp.models.checkpoint import (
     METADATA_KEY,
@@ -57,6 +58,10 @@ RUNS_DIR = "runs"
 CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best"
 LAST_NAME = "last"
+
+
+class RunDirError(EnsppError):
+    """The run directory a training would write into holds another run."""
 
 
 class TrainingData(Protocol):
@@ -336,6 +341,10 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     """
     L.seed_everything(train_config.seed, workers=True, verbose=False)
     pipeline = resolve_store_paths(pipeline, workdir)
+    config_text = _config_text(pipeline=pipeline, model=model, train=train_config)
+    resumed_dir = run_dir_of_checkpoint(resume) if resume is not None else None
+    if resumed_dir is None and train_config.run_id:  # checked before anything is read or written
+        check_named_run(Path(workdir) / RUNS_DIR / train_config.run_id, config_text)
     data = datamodule if datamodule is not None else _build_datamodule(pipeline)
     data.setup("fit")
     if hasattr(data, "expect_accelerator"):  # the loaders read before fit pin as it will
@@ -358,11 +367,12 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
         _check_resume(resume, checkpoint, spec)
         plugins = [_ResumeCheckpointIO(resume, checkpoint)]
     metadata = build_metadata(spec, data=data, pipeline=pipeline, model=model, train=train_config)
-    run_dir = (run_dir_of_checkpoint(resume) if resume is not None else None) or (
+    run_dir = resumed_dir or (
         Path(workdir) / RUNS_DIR / train_config.run_id if train_config.run_id else
         claim_run_dir(Path(workdir) / RUNS_DIR, new_run_id(train_config.seed)))
-    run_dir.mkdir(parents=True, exist_ok=True)  # a named run (experiments) may be re-entered
-    _write_config(run_dir / "config.yaml", pipeline=pipeline, model=model, train=train_config)
+    # a resumed run, or a named one that check_named_run let in, is re-entered
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_text)
     if not network:  # EMOS: the exact fit (deterministic: no seeds, no epochs)
         return _train_exact_emos(data, spec, metadata, train_config, run_dir=run_dir)
     if train_config.seeds > 1 or train_config.refit:
@@ -664,10 +674,35 @@ def _anchor_score(module: Any, data: Any, train: TrainConfig) -> float | None:
 
 
 
-def _write_config(path: Path, *, pipeline: Any, model: ModelConfig, train: TrainConfig) -> None:
+def _config_text(*, pipeline: Any, model: ModelConfig, train: TrainConfig) -> str:
+    """The run's ``config.yaml``: the pipeline, model and train sections it was trained with."""
     sections = {"pipeline": pipeline.model_dump(mode="json"),
                 "model": model.model_dump(mode="json"), "train": train.model_dump(mode="json")}
-    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return yaml.safe_dump(sections, sort_keys=False)
+
+
+def check_named_run(run_dir: Path, config_text: str) -> None:
+    """Refuse to train into the named run ``run_dir`` (``train.run_id``) when it holds another
+    run: a ``config.yaml`` other than ``config_text``, or checkpoints without a config.  A new
+    directory, one holding nothing of a run yet (an experiment point creates its directory
+    before training), or the same run trained again may be entered."""
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return
+    hint = "give another train.run_id or remove it (nothing was changed)"
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} exists and is not a run directory; {hint}")
+    cfg = run_dir / "config.yaml"
+    if cfg.exists() or cfg.is_symlink():
+        try:
+            same = cfg.is_file() and yaml.safe_load(cfg.read_text(encoding="utf-8")) == \
+                yaml.safe_load(config_text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            same = False
+        if not same:
+            raise RunDirError(f"{run_dir} holds another run (its config differs); {hint}")
+    elif (run_dir / CHECKPOINT_DIR).exists():
+        raise RunDirError(f"{run_dir} holds another run (checkpoints without a config.yaml); "
+                          f"{hint}")
 
 
 def resolve_store_paths(pipeline: Any, workdir: str | Path) -> Any:

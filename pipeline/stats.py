@@ -29,6 +29,14 @@ class StatsMismatchError(EnsppError):
     """A statistics file does not belong to the store (or configuration) in use."""
 
 
+class NotStatisticsError(EnsppError):
+    """The file at the statistics path is not an enspp statistics file at all (no
+    ``enspp_kind == "normalisation_statistics"``): someone else's data, never to be replaced.
+
+    Deliberately not a :class:`StatsMismatchError`: stale statistics may be recomputed, a
+    foreign file must be refused."""
+
+
 @dataclass(frozen=True, eq=False)
 class NormStats:
     """Per channel mean/std, global ``[C]`` and per grid point ``[C, Ny, Nx]`` (stations:
@@ -124,7 +132,10 @@ class NormStats:
         opener = xr.open_zarr if path.suffix == ".zarr" else xr.open_dataset
         with opener(path) as ds:
             if ds.attrs.get("enspp_kind") != "normalisation_statistics":
-                raise StatsMismatchError(f"{path} is not an enspp statistics file")
+                raise NotStatisticsError(
+                    f"{path} is not an enspp statistics file (it has no enspp_kind "
+                    f"'normalisation_statistics'): point pipeline.stores.statistics at another "
+                    f"path or move that file away (nothing was changed)")
             d: dict[str, object] = {k: ds[k].values for k in _ARRAYS}
             d["channels"] = ds["channel"].values
             d["targets"] = ds["target"].values

@@ -454,7 +454,75 @@ def test_demo_synth_step_refuses_another_world(tmp_path):
         synth_world.fn(cfg)
     same = cfg.data.synth.model_dump(mode="json")
     (tmp_path / "synth" / "synth.yaml").write_text(yaml.safe_dump({"synth": same}))
+    # a synth.yaml alone (nothing else the generator writes) is no world: refused, kept
+    before = (tmp_path / "synth" / "synth.yaml").read_bytes()
+    with pytest.raises(FlowInputError, match="holds no synthetic world"):
+        synth_world.fn(cfg)
+    assert [p.name for p in (tmp_path / "synth").iterdir()] == ["synth.yaml"]
+    assert (tmp_path / "synth" / "synth.yaml").read_bytes() == before
+    (tmp_path / "synth" / ".complete").touch()  # the generator's completion marker
     assert synth_world.fn(cfg) == str(tmp_path / "synth")  # already there: reused
     no_synth = config_from_mapping({"data": {"workdir": str(tmp_path)}})
     with pytest.raises(FlowInputError, match="data.synth is not set"):
         synth_world.fn(no_synth)
+
+
+# ------------------------------------------------------------------ refresh-statistics
+@pytest.fixture(scope="module")
+def stat_stores(tmp_path_factory):
+    from enspp.pipeline.synthetic import write_stores
+
+    return write_stores(tmp_path_factory.mktemp("stat_stores"), n_init=20, lead_hours=(0, 48),
+                        n_members=5, ny=6, nx=8)
+
+
+def _stats_config(stores, statistics, *, input_lead_times=(0,)):
+    from types import SimpleNamespace
+
+    from enspp.pipeline import PipelineConfig
+
+    pipeline = PipelineConfig.from_dict({
+        "stores": {"forecast": str(stores.forecast), "analysis": str(stores.analysis),
+                   "statistics": str(statistics)},
+        "features": {"variables": ["t2m"], "targets": ["t2m"],
+                     "input_lead_times": list(input_lead_times)},
+        "members": {"k": 3}, "batches": {"patch_size": 4, "batch_size": 2}})
+    return SimpleNamespace(pipeline=pipeline, workdir=SimpleNamespace(root=Path(statistics).parent))
+
+
+def test_refresh_statistics_refuses_a_file_that_is_not_enspp_statistics(stat_stores, tmp_path):
+    """The train flow's refresh recomputes stale statistics, but a file at the statistics path
+    that enspp did not write (a typo naming the user's NetCDF) is refused in one line, kept."""
+    import xarray as xr
+
+    from enspp.flows.steps import refresh_statistics
+
+    path = tmp_path / "my_climatology.nc"
+    xr.Dataset({"t2m_clim": ("x", np.arange(5.0))}, attrs={"title": "mine"}).to_netcdf(path)
+    before = path.read_bytes()
+    with pytest.raises(FlowInputError, match="not an enspp statistics file") as e:
+        refresh_statistics.fn(_stats_config(stat_stores, path))
+    assert str(path) in str(e.value) and "nothing was changed" in str(e.value)
+    assert "\n" not in str(e.value) and path.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_refresh_statistics_replaces_stale_enspp_statistics(stat_stores, tmp_path, monkeypatch,
+                                                            suffix):
+    """enspp's own statistics computed from other data (another split of channels) are stale:
+    the refresh removes and recomputes them (a file or a Zarr store alike)."""
+    import logging
+
+    import enspp.flows.steps as steps
+    from enspp.pipeline import EnsembleDataModule
+    from enspp.pipeline.stats import NormStats
+
+    monkeypatch.setattr(steps, "get_run_logger", lambda: logging.getLogger("test"))
+    path = tmp_path / f"stats{suffix}"
+    old = _stats_config(stat_stores, path, input_lead_times=())
+    EnsembleDataModule(old.pipeline).setup("fit")  # writes statistics of the other channels
+    old_hash = NormStats.from_file(path).hash
+    cfg = _stats_config(stat_stores, path)
+    new_hash = steps.refresh_statistics.fn(cfg)
+    assert new_hash != old_hash and NormStats.from_file(path).hash == new_hash
+    assert steps.refresh_statistics.fn(cfg) == new_hash  # now current: kept

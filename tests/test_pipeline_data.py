@@ -130,6 +130,23 @@ def test_statistics_lazy_train_only_and_file_checked(stores, tmp_path):
     assert NormStats.from_dict(d).hash == s.hash
 
 
+def test_a_foreign_file_at_the_statistics_path_is_refused_and_kept(stores, tmp_path):
+    """``pipeline.stores.statistics`` naming someone else's NetCDF (a typo): refused with its
+    own error, which is no StatsMismatchError (stale statistics are recomputed, this is not),
+    and the file is left byte for byte."""
+    from enspp.pipeline.stats import NotStatisticsError
+
+    path = tmp_path / "my_climatology.nc"
+    xr.Dataset({"t2m_clim": ("x", np.arange(5.0))}, attrs={"title": "mine"}).to_netcdf(path)
+    before = path.read_bytes()
+    dm = EnsembleDataModule(_cfg(stores={"statistics": str(path)}), forecast=stores.forecast,
+                            analysis=stores.analysis)
+    with pytest.raises(NotStatisticsError, match="not an enspp statistics file") as e:
+        dm.setup()
+    assert not isinstance(e.value, StatsMismatchError) and "\n" not in str(e.value)
+    assert path.read_bytes() == before
+
+
 def test_constant_field_has_positive_std(tmp_path):
     inits = pd.date_range("2020-01-01", periods=16, freq="1D")
     fc = forecast_dataset(init_times=inits, lead_hours=(48,), n_members=4, ny=4, nx=5)

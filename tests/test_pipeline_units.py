@@ -12,7 +12,7 @@ from enspp.pipeline.config import MembersConfig, Period, SplitConfig
 from enspp.pipeline.features import channel_leads, channel_names, doy_encoding, parse_channel, target_channels
 from enspp.pipeline.members import MemberSelectionError, check_members, choose_members
 from enspp.pipeline.splits import SplitError, period_init_times, resolve_periods, split_init_times
-from enspp.pipeline.stats import NormStats, StatsMismatchError, floor_std
+from enspp.pipeline.stats import NormStats, NotStatisticsError, StatsMismatchError, floor_std
 from enspp.pipeline.tiles import blend_weights, stitch, tile_slices
 
 H48 = np.timedelta64(48, "h")
@@ -182,8 +182,11 @@ def test_normstats_dict_and_file_roundtrip(tmp_path):
         NormStats.from_file(tmp_path / "none.nc")
     import xarray as xr
     xr.Dataset({"a": ("x", [1.0])}).to_netcdf(tmp_path / "other.nc")
-    with pytest.raises(StatsMismatchError, match="not an enspp statistics file"):
+    # someone else's file: its own error, not a mismatch (stale statistics may be replaced)
+    with pytest.raises(NotStatisticsError, match="not an enspp statistics file") as e:
         NormStats.from_file(tmp_path / "other.nc")
+    assert not isinstance(e.value, StatsMismatchError)
+    assert str(tmp_path / "other.nc") in str(e.value) and "nothing was changed" in str(e.value)
 
 
 def test_std_floor():

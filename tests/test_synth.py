@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import properscoring as ps
@@ -369,3 +371,83 @@ def test_interrupted_world_is_generated_again(tiny_world, tmp_path):
     assert ensure_world(root, SynthConfig(**TINY), progress=notes.append) is True
     assert any("not finished" in n for n in notes)
     assert _digest(root) == _digest(tiny_world.root)
+
+
+#: a very small world for the --overwrite tests (about a second to generate)
+MICRO = dict(seed=3, grid=(8, 16), years=(2012, 2012), init_weekdays=(0,), n_perturbed=2,
+             variables=("t2m",), lead_times_h=(24,), events_per_year=1)
+
+
+def _users_data(root):
+    """A user's directory: the synth config they pass to --config, named synth.yaml, next to
+    their own forecast/ and analysis/ GRIB folders and a static.nc."""
+    (root / "forecast").mkdir(parents=True)
+    (root / "analysis").mkdir()
+    (root / "synth.yaml").write_text(yaml.safe_dump({"synth": {"grid": [8, 16],
+                                                               "years": [2012, 2012]}}))
+    (root / "forecast" / "ens_2013010100.grib").write_bytes(b"real ECMWF GRIB from MARS")
+    (root / "analysis" / "precious_an_2013.grib").write_bytes(b"real analysis")
+    (root / "static.nc").write_text("my notes")
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_users_directory_with_a_synth_yaml_is_no_world(tmp_path, capsys, overwrite):
+    """A synth.yaml alone does not make a directory a synthetic world: with or without
+    --overwrite the user's files are refused in one line and left byte for byte."""
+    from enspp.flows.cli import main
+
+    root = tmp_path / "mydata"
+    _users_data(root)
+    before = _digest(root)
+    with pytest.raises(SynthError, match="holds no synthetic world.*nothing was changed"):
+        generate_world(root, SynthConfig(**MICRO), overwrite=overwrite)
+    args = ["synth", "--out", str(root), "--config", str(root / "synth.yaml"), "--quiet"]
+    assert main(args + (["--overwrite"] if overwrite else [])) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(root) in err and "holds no synthetic world" in err
+    assert _digest(root) == before and sorted(p.name for p in root.iterdir()) == [
+        "analysis", "forecast", "static.nc", "synth.yaml"]
+
+
+def test_overwrite_replaces_a_world_but_not_files_the_generator_did_not_write(tmp_path):
+    """--overwrite replaces a world whose forecast/, analysis/, static.nc, ... are the
+    generator's own (a cfgrib index next to a GRIB included; other files in the directory are
+    kept); a file of someone else's among them is refused, and nothing is changed."""
+    from enspp.data.synth import ensure_world
+    from enspp.data.synth.writer import COMPLETE_MARKER
+
+    root = tmp_path / "w"
+    generate_world(root, SynthConfig(**MICRO))
+    world = _digest(root)
+    for name, content in (("forecast/notes.txt", "mine"), ("analysis/an_2013.grib", "mine"),
+                          ("forecast/sub/ens_2012010200.grib", "mine")):
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_text(content)
+        before = _digest(root)
+        with pytest.raises(SynthError, match=f"{root / name.split('/')[0]}.*generator did not "
+                                             "write.*nothing was changed"):
+            generate_world(root, SynthConfig(**MICRO), overwrite=True)
+        assert _digest(root) == before
+        (root / name).unlink()
+    (root / "forecast" / "sub").rmdir()
+    # a static.nc or events.yaml that is not the generator's
+    for name in ("static.nc", "events.yaml"):
+        saved = (root / name).read_bytes()
+        (root / name).write_text("mine")
+        with pytest.raises(SynthError, match=f"{root / name}, which the generator did not"):
+            generate_world(root, SynthConfig(**MICRO), overwrite=True)
+        assert (root / name).read_text() == "mine"
+        (root / name).write_bytes(saved)
+    assert _digest(root) == world
+    # the world's own files (and a cfgrib index of one) are replaced; the user's README stays
+    grib = sorted((root / "forecast").iterdir())[0]
+    (root / "forecast" / f"{grib.name}.5b7b6.idx").write_bytes(b"index")
+    (root / "README.txt").write_text("mine")
+    generate_world(root, SynthConfig(**MICRO), overwrite=True)
+    assert (root / "README.txt").read_text() == "mine"
+    assert {k: v for k, v in _digest(root).items() if k != "README.txt"} == world
+    # a world interrupted before its oracle was written is still recognised and regenerated
+    (root / COMPLETE_MARKER).unlink()
+    shutil.rmtree(root / "oracle.zarr")
+    assert ensure_world(root, SynthConfig(**MICRO)) is True
+    assert {k: v for k, v in _digest(root).items() if k != "README.txt"} == world

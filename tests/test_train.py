@@ -277,3 +277,40 @@ def test_two_runs_started_in_one_second_get_their_own_directories(tmp_path):
     assert sorted(d.name for d in dirs) == sorted(f"20261207-030000-s0-{n}" for n in range(2, 10))
     assert all(not any(d.iterdir()) for d in dirs)
     assert (runs / "20261207-030000-s0" / "config.yaml").read_text() == "first run's\n"
+
+
+def test_a_named_run_holding_another_run_is_refused_and_kept(tmp_path: Path) -> None:
+    """``train.run_id: NAME`` re-enters ``runs/NAME`` only for the same run (an equal
+    config.yaml) or one with nothing of a run in it yet (an experiment point's fresh
+    directory); another run there is refused in one line, its files left byte for byte."""
+    from test_store import digest
+
+    from enspp.data.errors import EnsppError
+    from enspp.models.train import RunDirError
+
+    first = fit(tmp_path, name="emos_global", epochs=1, run_id="paper")
+    before = digest(first.run_dir)
+    for name in ("mlp", "emos_local"):
+        with pytest.raises(RunDirError, match=r"holds another run \(its config differs\); give "
+                                              r"another train.run_id") as e:
+            fit(tmp_path, name=name, epochs=1, run_id="paper")
+        assert isinstance(e.value, EnsppError) and "\n" not in str(e.value)
+        assert str(first.run_dir) in str(e.value) and "nothing was changed" in str(e.value)
+        assert digest(first.run_dir) == before
+    # checkpoints whose config is gone: another run too
+    lost = tmp_path / "runs" / "lost" / "checkpoints"
+    lost.mkdir(parents=True)
+    (lost / "best.ckpt").write_bytes(b"someone's weights")
+    with pytest.raises(RunDirError, match="checkpoints without a config.yaml"):
+        fit(tmp_path, name="emos_global", epochs=1, run_id="lost")
+    assert (lost / "best.ckpt").read_bytes() == b"someone's weights"
+    # the same run again, a resume, and a directory with nothing of a run yet are entered
+    again = fit(tmp_path, name="emos_global", epochs=1, run_id="paper")
+    assert again.run_dir == first.run_dir and again.best_checkpoint.is_file()
+    resumed = fit(tmp_path, name="emos_global", epochs=1, run_id="paper",
+                  resume=again.last_checkpoint)
+    assert resumed.run_dir == first.run_dir
+    point = tmp_path / "runs" / "exp-point"
+    point.mkdir()
+    (point / "experiment_started.json").write_text("{}")
+    assert fit(tmp_path, name="mlp", epochs=1, run_id="exp-point").run_dir == point

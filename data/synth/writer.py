@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from collections import deque
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import yaml
+from pydantic import ValidationError
 
 from enspp.data import schema
 from enspp.data.grib_writer import GribFields, write_fields
@@ -23,7 +26,8 @@ from enspp.data.synth.pool import auto_workers, forecast_runner
 from enspp.data.synth.world import AnalysisChunk, ForecastChunk, World, build_world, simulate_states
 from enspp.data.yaml_file import read_yaml_mapping
 
-__all__ = ["WorldPaths", "generate_world", "ensure_world", "world_config", "ORACLE_DESCRIPTION"]
+__all__ = ["WorldPaths", "generate_world", "ensure_world", "world_config", "not_a_world",
+           "ORACLE_DESCRIPTION"]
 
 ORACLE_DESCRIPTION = (
     "exact predictive distribution of the truth given everything the forecast carries "
@@ -193,15 +197,25 @@ def _config_dict(config: SynthConfig) -> dict:
 
 
 def _prepare(root: Path, *, overwrite: bool) -> None:
+    """Make ``root`` ready for a new world: new or empty, or (``overwrite``) holding a world
+    whose own files alone are then removed.  Everything is checked before anything is removed:
+    a refusal changes nothing."""
     if root.exists() and not root.is_dir():
         raise SynthError(f"{root}: exists and is not a directory")
     if root.is_dir() and any(root.iterdir()):
-        if not (root / "synth.yaml").is_file():
+        why = not_a_world(root)
+        if why is not None:
             raise SynthError(f"{root}: directory is not empty and holds no synthetic world "
-                             "(synth.yaml); choose an empty or new directory")
+                             f"({why}); choose an empty or new directory (nothing was changed)")
         if not overwrite:
             raise SynthError(f"{root}: already holds a synthetic world; pass overwrite=True "
                              "(--overwrite) to replace it")
+        for name in _OWNED:
+            foreign = _foreign(root / name)
+            if foreign is not None:
+                raise SynthError(f"{root}: not overwriting the synthetic world: {foreign}, which "
+                                 "the generator did not write; move it away or choose another "
+                                 "directory (nothing was changed)")
         for name in _OWNED:
             p = root / name
             if p.is_dir():
@@ -209,6 +223,91 @@ def _prepare(root: Path, *, overwrite: bool) -> None:
             elif p.exists():
                 p.unlink()
     root.mkdir(parents=True, exist_ok=True)
+
+
+#: the generator's file names in ``forecast/`` and ``analysis/`` (:func:`write_forecast`,
+#: :func:`_write_analysis`); a cfgrib index of such a file (``<file>.<hash>.idx``, written
+#: next to it by a reader that was not given an index directory) is derived from it
+_GRIB_INDEX = r"(\.[0-9a-f]+\.idx)?"
+_WORLD_FILES = {"forecast": re.compile(r"ens_\d{10}\.grib" + _GRIB_INDEX),
+                "analysis": re.compile(r"analysis_\d{6}\.grib" + _GRIB_INDEX)}
+_STATIC_TITLE = "enspp synthetic world: static fields"
+_ORACLE_TITLE = "enspp synthetic world: oracle (exact predictive distribution)"
+_EVENTS_SOURCE = "enspp synthetic world (events placed by construction)"
+
+
+def not_a_world(root: str | Path) -> str | None:
+    """Why ``root`` holds no world the generator wrote (None: it holds one, whole or
+    interrupted): its ``synth.yaml`` must be a synth config, and one of what the generator
+    writes with it must be there: the completion marker, the oracle, or the static fields
+    (written first, before ``synth.yaml``)."""
+    root = Path(root)
+    cfg = root / "synth.yaml"
+    if not cfg.is_file() or cfg.is_symlink():
+        return "no synth.yaml"
+    try:
+        raw = read_yaml_mapping(cfg, what="synthetic world config", error=SynthError)
+        SynthConfig.model_validate(raw["synth"])
+    except (SynthError, ValidationError, KeyError, TypeError):
+        return f"{cfg} is not a synthetic world's config"
+    if set(raw) != {"synth"}:
+        return f"{cfg} is not a synthetic world's config"
+    marker = root / COMPLETE_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        return None
+    if _foreign(root / "oracle.zarr") is None and (root / "oracle.zarr").exists():
+        return None
+    if _foreign(root / "static.nc") is None and (root / "static.nc").exists():
+        return None
+    return f"no {COMPLETE_MARKER}, oracle.zarr or static fields the generator wrote"
+
+
+def _foreign(p: Path) -> str | None:
+    """None if ``p`` (one of the world's own names) is absent or what the generator writes
+    there; else a description of what is there instead."""
+    if not p.exists() and not p.is_symlink():
+        return None
+    if p.is_symlink():
+        return f"{p} (a symbolic link)"
+    if p.name in _WORLD_FILES:
+        if not p.is_dir():
+            return f"{p} (not a directory)"
+        pattern = _WORLD_FILES[p.name]
+        for f in sorted(p.iterdir()):
+            if f.is_symlink() or not f.is_file() or not pattern.fullmatch(f.name):
+                return f"{f}"
+        return None
+    if p.name == "static.nc":
+        return None if p.is_file() and _nc_title(p) == _STATIC_TITLE else f"{p}"
+    if p.name == "oracle.zarr":
+        return None if p.is_dir() and _zarr_title(p) == _ORACLE_TITLE else f"{p}"
+    if p.name == "events.yaml":
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) if p.is_file() else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            raw = None
+        ok = isinstance(raw, dict) and raw.get("source") == _EVENTS_SOURCE
+        return None if ok else f"{p}"
+    if p.name == COMPLETE_MARKER:
+        return None if p.is_file() and p.stat().st_size == 0 else f"{p}"
+    return None if p.is_file() else f"{p}"  # synth.yaml: checked by not_a_world
+
+
+def _nc_title(path: Path) -> str | None:
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.attrs.get("title")
+    except Exception:  # not NetCDF at all: not the generator's
+        return None
+
+
+def _zarr_title(path: Path) -> str | None:
+    """The ``title`` attribute of the Zarr group ``path`` (v3 ``zarr.json``), without zarr."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+        return meta.get("attributes", {}).get("title")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _coords(world: World) -> dict:
