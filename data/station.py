@@ -44,7 +44,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -179,13 +179,13 @@ def is_station_file(path: str | os.PathLike) -> bool:
     if p.suffix.lower() in STATION_SUFFIXES:
         return True
     try:
-        with open_netcdf(p, image_limit=SNIFF_IMAGE_LIMIT_BYTES) as ds:
-            if ds.attrs.get("enspp_kind") in ("forecast", "analysis"):
-                return False  # one of our stores exported to NetCDF: canonical already
-            return schema.MEMBER in ds.dims and not {schema.LATITUDE, schema.LONGITUDE} <= set(ds.dims) \
-                and not {"lat", "lon"} <= set(ds.dims)
+        dims, attrs = netcdf_header(p)
     except (OSError, ValueError):
         return False
+    if attrs.get("enspp_kind") in ("forecast", "analysis"):
+        return False  # one of our stores exported to NetCDF: canonical already
+    return schema.MEMBER in dims and not {schema.LATITUDE, schema.LONGITUDE} <= dims \
+        and not {"lat", "lon"} <= dims
 
 
 #: the largest files opened from an image of their bytes (see :func:`open_netcdf`): when
@@ -195,34 +195,68 @@ IMAGE_LIMIT_BYTES = 1024 * 2**20
 SNIFF_IMAGE_LIMIT_BYTES = 64 * 2**20
 
 
-def open_netcdf(path: str | os.PathLike, *, image_limit: int = IMAGE_LIMIT_BYTES,
-                **kwargs) -> xr.Dataset:
-    """A NetCDF file opened from an image of its bytes in memory (netCDF4's ``memory=``),
-    not from its path: ``xr.open_dataset`` otherwise.
+def _netcdf_lock() -> Any:
+    """xarray's lock around the netCDF-C / HDF5 libraries (not thread-safe): every call into
+    them here holds it, as xarray's own reads do."""
+    from xarray.backends.netCDF4_ import NETCDF4_PYTHON_LOCK
 
-    Why: with netCDF-C 4.10 / HDF5 2.2, opening a NetCDF-4 file from its path while this
-    process already holds it open (a notebook's ``xr.open_dataset`` of the file about to be
-    ingested), after another handle to it was closed, kills the process with a segmentation
-    fault (both station files in ``../shared/data`` do it; pydata/xarray#8289).  An image
-    shares nothing with the handles held.  Files above ``image_limit`` bytes are opened from
-    their path (the station reader loads the whole file anyway, so its image costs at most
-    that much memory again; a large gridded file is not read whole just to look at it)."""
-    p = Path(path)
-    if p.stat().st_size > image_limit:
-        return xr.open_dataset(p, **kwargs)
+    return NETCDF4_PYTHON_LOCK
+
+
+def _open_image(p: Path, image_limit: int) -> Any:
+    """``netCDF4.Dataset`` of the file's bytes (of its path above ``image_limit``); the
+    caller holds :func:`_netcdf_lock`.  Raises OSError for what netCDF4 cannot open."""
     import netCDF4
 
-    data = p.read_bytes()
-    try:
-        nc = netCDF4.Dataset(str(p), mode="r", memory=data)
-    except OSError:
-        # not NetCDF-4/HDF5 nor classic NetCDF: let xarray's engines try (and name the file)
-        return xr.open_dataset(p, **kwargs)
-    try:
-        return xr.open_dataset(xr.backends.NetCDF4DataStore(nc), **kwargs)
-    except BaseException:
-        nc.close()
-        raise
+    if p.stat().st_size > image_limit:
+        return netCDF4.Dataset(str(p), mode="r")
+    return netCDF4.Dataset(str(p), mode="r", memory=p.read_bytes())
+
+
+def netcdf_header(path: str | os.PathLike) -> tuple[set[str], dict[str, Any]]:
+    """The dim names and global attributes of a NetCDF file (nothing else is read)."""
+    p = Path(path)
+    with _netcdf_lock():
+        nc = _open_image(p, SNIFF_IMAGE_LIMIT_BYTES)
+        try:
+            return set(nc.dimensions), {k: nc.getncattr(k) for k in nc.ncattrs()}
+        finally:
+            nc.close()
+
+
+def open_netcdf(path: str | os.PathLike, *, image_limit: int = IMAGE_LIMIT_BYTES,
+                **kwargs: Any) -> xr.Dataset:
+    """A NetCDF file read whole into memory (``xr.open_dataset(path, **kwargs).load()``),
+    opened from an image of its bytes (netCDF4's ``memory=``) rather than from its path,
+    under xarray's netCDF/HDF5 lock.
+
+    Why the image: with netCDF-C 4.10 / HDF5 2.2, opening a NetCDF-4 file from its path while
+    this process already holds it open (a notebook's ``xr.open_dataset`` of the file about to
+    be ingested), after another handle to it was closed, kills the process with a
+    segmentation fault (both station files in ``../shared/data`` do it; pydata/xarray#8289).
+    An image shares nothing with the handles held.  Why the lock: the libraries are not
+    thread-safe and the ingest reads files in threads; xarray takes this lock around its own
+    opens, which an image opened here would bypass (two files read at once crashed).  Files
+    above ``image_limit`` bytes are opened from their path (the image would double the
+    memory of a file loaded whole anyway)."""
+    p = Path(path)
+    with _netcdf_lock():
+        try:
+            nc = _open_image(p, image_limit)
+        except OSError:
+            nc = None
+        if nc is not None:
+            try:
+                # lock=False: this thread holds the lock already (it is not re-entrant)
+                ds = xr.open_dataset(xr.backends.NetCDF4DataStore(nc, lock=False),
+                                     **kwargs).load()
+                ds.set_close(None)  # closed here, under the lock
+                return ds
+            finally:
+                nc.close()
+    # not NetCDF-4/HDF5 nor classic NetCDF: xarray's engines try it and name the problem
+    with xr.open_dataset(p, **kwargs) as f:
+        return f.load()
 
 
 def is_station_part(ds: xr.Dataset) -> bool:

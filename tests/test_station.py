@@ -394,3 +394,31 @@ def test_station_file_read_from_its_path_above_the_image_limit(shared_data, monk
     from_path = open_station(shared_data / MAGDEBURG, MAGDEBURG_OPTIONS)
     xr.testing.assert_identical(image.forecast, from_path.forecast)
     xr.testing.assert_identical(image.observations, from_path.observations)
+
+
+def test_several_station_files_read_in_threads(shared_data, tmp_path):
+    """Eight NetCDF station files in one ingest, read by two threads: the image opens hold
+    xarray's netCDF/HDF5 lock (without it two threads inside netCDF-C crashed the process:
+    SIGSEGV, bus error or double free).  Run in a child process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    raw = xr.load_dataset(shared_data / MAGDEBURG)
+    files = []
+    for i in range(8):
+        f = tmp_path / f"part{i}.nc"
+        raw.isel(time=slice(100 * i, 100 * (i + 1))).to_netcdf(f)
+        files.append(str(f))
+    script = textwrap.dedent(f"""
+        from enspp.data.ingest import ingest
+        from enspp.data.station import StationOptions
+        opts = StationOptions.model_validate({MAGDEBURG_OPTIONS.model_dump()!r})
+        s = ingest({files!r}, {str(tmp_path / "s.zarr")!r}, progress=False, station=opts,
+                   workers=2)
+        print(len(s.added))
+        """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.split()[-1] == "800"
