@@ -214,8 +214,14 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
         return bool(np.allclose(a, b, rtol=0, atol=1e-6))
     if a.dtype.kind in "iu" and b.dtype.kind == "f":
         return bool(np.allclose(a, b, rtol=0, atol=1e-6))
-    return bool(np.array_equal(a.astype(str) if a.dtype.kind in "OUT" else a,
-                               b.astype(str) if b.dtype.kind in "OUT" else b))
+    return bool(np.array_equal(_text(a) if a.dtype.kind in "OUST" else a,
+                               _text(b) if b.dtype.kind in "OUST" else b))
+
+
+def _text(a: np.ndarray) -> np.ndarray:
+    """Labels as Python strings: a store returns them as numpy's ``StringDType`` (kind
+    ``T``, which ``astype(str)`` cannot cast), a file as ``<U`` or objects."""
+    return np.array([str(x) for x in a.ravel()], dtype=object).reshape(a.shape)
 
 
 def _fail(name: str, ref: str, what: str, mine: str, theirs: str) -> None:

@@ -422,3 +422,29 @@ def test_several_station_files_read_in_threads(shared_data, tmp_path):
                          timeout=300)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
     assert run.stdout.split()[-1] == "800"
+
+
+def test_a_second_station_file_appends_to_the_store(shared_data, tmp_path):
+    """Station files ingested one after another (the daily case): the store's station ids,
+    read back as numpy StringDType, are compared with the file's (a TypeError traceback
+    before); a file of another station is refused naming both."""
+    raw = xr.load_dataset(shared_data / MAGDEBURG)
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    raw.isel(time=slice(0, 100)).to_netcdf(a)
+    raw.isel(time=slice(100, 250)).to_netcdf(b)
+    store = tmp_path / "s.zarr"
+    ingest([a], store, progress=False, station=MAGDEBURG_OPTIONS)
+    s = ingest([b], store, progress=False, station=MAGDEBURG_OPTIONS)
+    assert len(s.added) == 150
+    fc = open_store(store)
+    assert fc.sizes["init_time"] == 250 and fc["station"].values.tolist() == ["10361"]
+    np.testing.assert_array_equal(
+        fc["t2m"].values[:, 0, 7, 0],
+        raw["t2m_ens"].sel(member="forc.7").values[:250])
+    other = MAGDEBURG_OPTIONS.model_copy(update={"station": MAGDEBURG_OPTIONS.station.model_copy(
+        update={"id": "99999"})})
+    c = tmp_path / "c.nc"
+    raw.isel(time=slice(250, 260)).to_netcdf(c)
+    with pytest.raises(IngestError, match=r"station.* differ \(1 value.*99999.* vs .*10361"):
+        ingest([c], store, progress=False, station=other)
+    assert open_store(store).sizes["init_time"] == 250
