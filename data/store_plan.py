@@ -18,7 +18,7 @@ import xarray as xr
 from enspp.data import provenance as prov
 from enspp.data import store_meta as sm
 from enspp.data.provenance import SourceFile, record_key
-from enspp.data.schema import LEAD_TIME, normalise_units
+from enspp.data.schema import LEAD_TIME, STATION, normalise_units
 from enspp.data.store import StoreMismatchError
 
 
@@ -155,6 +155,12 @@ def check_layout(layout: Layout, st: Staged, *, rec: str) -> Changes:
     ``layout``; return what ``st`` adds (coordinates, variables)."""
     ds = st.ds
     changes = Changes()
+    if layout.variables:  # stations and a grid never share a store
+        point_store, point_input = STATION in layout.coords, STATION in ds.dims
+        if point_store != point_input:
+            owner = next(iter(layout.variables.values())).owner or "the store"
+            _fail(st.name, owner, "layouts", "stations" if point_input else "a grid",
+                  "stations" if point_store else "a grid")
     for dim in ds.dims:
         if dim in (rec, LEAD_TIME):
             continue

@@ -491,10 +491,19 @@ class StoreWriter:
             return
         group = zarr.open_group(zstore, mode="r+", use_consolidated=False)
         if new_coords:
+            # encoded by xarray into memory, then only their arrays' files written out: an
+            # xarray append to the store itself rewrites its root attributes (the store's
+            # kind and schema were lost: a pressure-level parameter added to a store of
+            # surface fields left a store no command would open)
+            from zarr.storage import MemoryStore
+
             coords = {c: plan.layout.coord_vars.get(c, xr.DataArray(plan.layout.coords[c], dims=(c,)))
                       for c in new_coords}
-            tpl.coord_dataset(coords, rec=rec).to_zarr(zstore, mode="a", consolidated=False,
-                                                        zarr_format=3)
+            files: dict[str, Any] = {}
+            tpl.coord_dataset(coords, rec=rec).to_zarr(MemoryStore(files), mode="w",
+                                                        consolidated=False, zarr_format=3)
+            tpl.write_out({k: v for k, v in files.items() if k != "zarr.json"}, self.root,
+                          self.faults)
         sizes = {rec: n_new, LEAD_TIME: l_new, **{k: len(v) for k, v in plan.layout.coords.items()}}
         per_chunk = POINT_RECORDS_PER_CHUNK if STATION in plan.layout.coords else 1
         for name in new_vars:

@@ -448,3 +448,28 @@ def test_a_second_station_file_appends_to_the_store(shared_data, tmp_path):
     with pytest.raises(IngestError, match=r"station.* differ \(1 value.*99999.* vs .*10361"):
         ingest([c], store, progress=False, station=other)
     assert open_store(store).sizes["init_time"] == 250
+
+
+def test_stations_and_a_grid_never_share_a_store(shared_data, tmp_path):
+    """A station file into a gridded store, a grid into a station store, or both in one
+    ingest: refused naming both layouts, the store as it was (a station file used to add its
+    dims to a grid store, and a grid a traceback to a station store)."""
+    from enspp.data.store import StoreMismatchError
+    from enspp.data.store_writer import append
+
+    part = open_station(shared_data / MAGDEBURG, MAGDEBURG_OPTIONS).forecast.isel(
+        init_time=slice(0, 5))
+    it = part["init_time"].values
+    grid = xr.Dataset(
+        {"t2m": (("init_time", "lead_time", "member", "latitude", "longitude"),
+                 np.full((5, 1, 3, 2, 3), 7.0, "f4"), {"units": "degC"})},
+        coords={"init_time": it, "lead_time": part["lead_time"].values, "member": [0, 1, 2],
+                "latitude": [50.0, 49.0], "longitude": [8.0, 9.0, 10.0]})
+    for first, second, mine, theirs in ((grid, part, "stations", "a grid"),
+                                        (part, grid, "a grid", "stations")):
+        store = tmp_path / f"{mine[0]}.zarr"
+        append(store, first)
+        before = open_store(store).load()
+        with pytest.raises(StoreMismatchError, match=rf"layouts differ \({mine} vs {theirs}\)"):
+            append(store, second)
+        xr.testing.assert_identical(open_store(store).load(), before)

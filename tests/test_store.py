@@ -67,6 +67,25 @@ def digest(store: Path) -> dict[str, str]:
 INITS = ["2020-01-01", "2020-01-02", "2020-01-03"]
 
 
+def test_a_variable_on_levels_added_to_a_surface_store_keeps_the_store(tmp_path):
+    """A parameter on pressure levels ingested into a store of surface fields (the
+    one-file-per-parameter archive, file by file): the new ``level`` coordinate is added and
+    the store stays a store (an xarray append rewrote its root attributes, after which no
+    command opened it)."""
+    from enspp.data.store import read_root_attrs
+    from enspp.data.store_meta import open_meta
+
+    store = tmp_path / "s.zarr"
+    ds = forecast(INITS)
+    append(store, ds[["t2m"]])
+    attrs = read_root_attrs(store)
+    append(store, ds[["z"]])
+    assert read_root_attrs(store) == attrs
+    out = open_store(store)
+    xr.testing.assert_equal(out[["z", "t2m"]].compute(), ds)
+    assert open_meta(store).kind == "forecast"
+
+
 def test_append_roundtrip_layout_and_attributes(tmp_path):
     from enspp.data.store_meta import iter_sources
 
