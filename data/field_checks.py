@@ -89,6 +89,11 @@ UNIT_BOUNDS: dict[str, Bounds] = {
 _SLACK = 1e-6
 
 
+class UnreadableInputError(EnsppError):
+    """A chunk of an input cannot be read (corrupt, truncated, not decodable); the message
+    names the variable and the records of the chunk (the caller names the input)."""
+
+
 class ImplausibleValuesError(EnsppError):
     """Decoded values of an input are outside the plausible range of their variable (or NaN
     where they may not be); the message names the file, variable, record, lead and member."""
@@ -142,19 +147,79 @@ def field_stats(da: xr.DataArray) -> FieldStats:
     elif da.chunks is not None:
         import dask
 
-        minimum, maximum, n_nan = dask.compute(da.min(spatial, skipna=True).data,
-                                               da.max(spatial, skipna=True).data,
-                                               da.isnull().sum(spatial).data)
+        try:
+            minimum, maximum, n_nan = dask.compute(da.min(spatial, skipna=True).data,
+                                                   da.max(spatial, skipna=True).data,
+                                                   da.isnull().sum(spatial).data)
+        except (MemoryError, EnsppError):
+            raise
+        except Exception:  # noqa: BLE001 - a chunk that cannot be decoded, if one is found
+            unreadable = _unreadable_chunk(da)
+            if unreadable is None:
+                raise
+            raise unreadable from None
     elif isinstance(da.variable._data, np.ndarray) or not lead:
-        minimum, maximum, n_nan = _reduce(np.asarray(da.values), da.dims, spatial)
+        minimum, maximum, n_nan = _reduce(_read(da, {}), da.dims, spatial)
     else:  # a lazily indexed backend array: one record at a time, never the whole input
-        parts = [_reduce(np.asarray(da.isel({lead[0]: i}).values),
+        parts = [_reduce(_read(da, {lead[0]: i}),
                          tuple(d for d in da.dims if d != lead[0]), spatial)
                  for i in range(da.sizes[lead[0]])]
         minimum, maximum, n_nan = (np.stack([p[k] for p in parts]) for k in range(3))
     return FieldStats(dims=lead, minimum=np.asarray(minimum, dtype=np.float64),
                       maximum=np.asarray(maximum, dtype=np.float64),
                       n_nan=np.asarray(n_nan, dtype=np.int64), points=points)
+
+
+def _read(da: xr.DataArray, at: dict[str, int]) -> np.ndarray:
+    """The values of ``da.isel(at)``; a failure to read them is :class:`UnreadableInputError`."""
+    part = da.isel(at) if at else da
+    try:
+        return np.asarray(part.values)
+    except (MemoryError, EnsppError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any decode failure of the input's bytes
+        raise _unreadable(da, {d: slice(i, i + 1) for d, i in at.items()}, e) from None
+
+
+def _unreadable_chunk(da: xr.DataArray) -> UnreadableInputError | None:
+    """The first dask chunk of ``da`` that cannot be read, as :class:`UnreadableInputError`
+    (None when every chunk reads: the error was not one of reading)."""
+    data = da.data
+    starts = [np.concatenate([[0], np.cumsum(c)]) for c in data.chunks]
+    for block in np.ndindex(*data.numblocks):
+        try:
+            data.blocks[block].compute()
+        except (MemoryError, EnsppError):
+            raise
+        except Exception as e:  # noqa: BLE001 - any decode failure of the input's bytes
+            span = {d: slice(int(s[b]), int(s[b + 1]))
+                    for d, s, b in zip(da.dims, starts, block)}
+            return _unreadable(da, span, e)
+    return None
+
+
+def _unreadable(da: xr.DataArray, span: Mapping[str, slice], e: Exception
+                ) -> UnreadableInputError:
+    from enspp.data.store import read_error_words
+
+    where = []
+    for dim in (INIT_TIME, TIME, LEAD_TIME):
+        sl = span.get(dim)
+        if sl is None or dim not in da.coords:
+            continue
+        if sl.stop - sl.start == da.sizes[dim] > 1:  # the chunk spans them all: says nothing
+            continue
+        first, last = da[dim].values[sl.start], da[dim].values[sl.stop - 1]
+        if dim == LEAD_TIME:
+            h = [pd.Timedelta(v) / pd.Timedelta(hours=1) for v in (first, last)]
+            where.append(f"lead_time +{h[0]:g} h" if h[0] == h[1]
+                         else f"lead_time +{h[0]:g}..+{h[1]:g} h")
+        else:
+            t = [pd.Timestamp(v).isoformat(timespec="minutes") for v in (first, last)]
+            where.append(f"{dim} {t[0]}" if t[0] == t[1] else f"{dim} {t[0]}..{t[1]}")
+    at = f" ({', '.join(where)})" if where else ""
+    return UnreadableInputError(f"variable {da.name!r}{at}: a chunk cannot be read: "
+                                f"{read_error_words(e)}")
 
 
 def _reader_stats(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -300,4 +365,4 @@ def members_missing(da: xr.DataArray, *, record: str) -> np.ndarray:
 
 
 __all__ = ["Bounds", "DEFAULT_BOUNDS", "FieldStats", "ImplausibleValuesError", "UNIT_BOUNDS",
-           "bounds_for", "check_fields", "field_stats", "members_missing"]
+           "UnreadableInputError", "bounds_for", "check_fields", "field_stats", "members_missing"]

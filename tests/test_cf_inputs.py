@@ -3,6 +3,8 @@ translated at the edge, lazily, and their provenance (a directory is hashed sens
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -185,3 +187,39 @@ def test_a_large_weatherbench_store_is_ingested_chunk_by_chunk(tmp_path):
         tracemalloc.stop()
     assert len(summary.added) == 24
     assert peak < size / 4, (peak, size)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip"])
+def test_a_damaged_chunk_in_a_zarr_input_is_one_line_and_nothing_of_it_is_written(tmp_path, capsys,
+                                                                                  codec):
+    """A chunk of a WeatherBench 2 input cut short (a broken copy): the input is refused in one
+    line naming it, the variable, the init time of the chunk and why, like any unreadable input;
+    the other inputs land, nothing of the damaged one does."""
+    from zarr.codecs import GzipCodec
+
+    from enspp.flows.cli import main
+
+    enc = {"2m_temperature": {"compressors": [GzipCodec()]}} if codec == "gzip" else {}
+    wb2_forecast().chunk({"time": 1}).to_zarr(tmp_path / "bad.zarr", encoding=enc)
+    chunk = tmp_path / "bad.zarr" / "2m_temperature" / "c" / "1" / "0" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    good = wb2_forecast()
+    good = good.assign_coords(time=good["time"] + np.timedelta64(3, "D"))  # other init times
+    good.to_zarr(tmp_path / "good.zarr")
+    why = (r"variable 't2m' \(init_time 2020-01-01T12:00\): a chunk cannot be read: "
+           + (r"corrupt chunk \(cannot be decompressed: Zstd" if codec == "zstd"
+              else r"cannot be decoded \(EOFError: "))
+    store = tmp_path / "s.zarr"
+    with pytest.raises(IngestError, match=re.escape(str(tmp_path / "bad.zarr")) + ": " + why):
+        ingest([tmp_path / "good.zarr", tmp_path / "bad.zarr"], store, progress=False)
+    assert not store.exists()
+    assert main(["ingest", str(tmp_path / "bad.zarr"), "--store", str(store), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(f"bad\\.zarr: {why}", err), err
+    assert len(err.strip().splitlines()) == 2, err  # the refusal and the input's line
+    assert not store.exists()
+    summary = ingest([tmp_path / "good.zarr", tmp_path / "bad.zarr"], store, progress=False,
+                     on_error="skip")
+    assert [f for f, _ in summary.failed] == [str(tmp_path / "bad.zarr")]
+    assert [e.name for e in iter_sources(store)] == ["good.zarr"]
+    np.testing.assert_array_equal(open_store(store)["init_time"].values, good["time"].values)

@@ -154,3 +154,69 @@ def test_enspp_validate_config(tmp_path, capsys):
 def test_enspp_validate_missing_path(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 1
     assert "nope.yaml: no such file or directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pipeline:\n  split:\n    train: {start: 2002-01-01, end: 2021-02-29}\n",
+     "line 3, column 37: '2021-02-29' is not a date that exists (day is out of range for month)"),
+    ("evaluate:\n  period: {start: 2020-13-45}\n",
+     "line 2, column 19: '2020-13-45' is not a date that exists (month must be in 1..12)"),
+])
+def test_an_impossible_date_is_one_line_naming_file_line_and_value(tmp_path, capsys, text,
+                                                                    expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: {expected}"
+    for argv in (["validate", str(path)], ["train", "--config", str(path)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{path}: {expected}" in err, err
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a section pasted twice: the first (with its learning_rate) was silently dropped
+    ("train:\n  max_epochs: 500\n  learning_rate: 0.01\ntrain:\n  max_epochs: 5\n",
+     "line 4, column 1: key 'train' given twice (first at line 1)"),
+    ("train:\n  max_epochs: 500\n  max_epochs: 5\n",
+     "line 3, column 3: key 'train.max_epochs' given twice (first at line 2)"),
+    ("pipeline: {split: {train: [2012, 2014], val: [2015, 2015], train: [2016, 2016]}}\n",
+     "line 1, column 60: key 'pipeline.split.train' given twice (first at line 1)"),
+    ("evaluate:\n  systems:\n    - {name: a, path: x.zarr}\n    - name: b\n      path: y.zarr\n"
+     "      name: c\n", "line 6, column 7: key 'evaluate.systems[1].name' given twice "
+     "(first at line 4)"),
+])
+def test_a_key_given_twice_is_refused_naming_file_key_and_line(tmp_path, capsys, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: {expected}"), str(e.value)
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: {expected}" in err, err
+
+
+def test_yaml_merge_keys_may_be_overridden_and_aliases_are_checked_once(tmp_path):
+    from enspp.data.yaml_file import read_yaml_mapping
+
+    path = tmp_path / "x.yaml"
+    path.write_text("base: &b {a: 1, b: 2}\nmore: {<<: *b, b: 3}\nagain: [*b, *b]\n")
+    assert read_yaml_mapping(path, what="x", error=ConfigError) == {
+        "base": {"a": 1, "b": 2}, "more": {"a": 1, "b": 3}, "again": [{"a": 1, "b": 2}] * 2}
+    path.write_text("base: &b {a: 1, a: 2}\nmore: {<<: *b}\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml: line 1, column 17: key 'base\.a' given twice"):
+        read_yaml_mapping(path, what="x", error=ConfigError)
+
+
+def test_every_shipped_yaml_file_loads_as_safe_load_reads_it():
+    """The strict reader (duplicate keys, impossible dates) accepts every YAML file the
+    project ships, with the same content as ``yaml.safe_load``."""
+    import yaml
+
+    from enspp.data.yaml_file import read_yaml_mapping
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for d in ("configs", "deploy", "evaluation") for p in sorted((root / d).rglob("*.y*ml"))]
+    assert len(files) >= 10, files
+    for p in files:
+        assert read_yaml_mapping(p, what="file", error=ConfigError) == yaml.safe_load(p.read_text()), p

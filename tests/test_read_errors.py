@@ -135,3 +135,20 @@ def test_a_damaged_bookkeeping_chunk_is_one_line_naming_store_and_array(stores, 
                                    rf"{re.escape(array)} cannot be read, ", lines[-1]), err[-2000:]
         assert "ingest its files into a new store" in lines[-1] and "Traceback" not in err
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("how", ["corrupt", "missing"])
+def test_a_damaged_store_given_to_ingest_as_input_is_one_line_and_writes_nothing(stores, tmp_path,
+                                                                                 capsys, how):
+    """One of our stores as the input of an ingest (a copy into a new store): its damaged chunk
+    refuses the input in one line naming it, the variable and the chunk; no store is made."""
+    root, _ = stores
+    work = _damaged(root, tmp_path, how)
+    target = tmp_path / "copy.zarr"
+    assert main(["ingest", str(work / "stores" / "forecast.zarr"), "--store", str(target),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 2, err
+    assert re.search(r"forecast\.zarr: .*variable 't2m', chunk 0/1/0/0/0 \(init_time "
+                     r"2019-01-01T00:00, lead_time \+48 h\): " + re.escape(WHY[how]), err), err
+    assert not target.exists()
