@@ -90,9 +90,10 @@ def summarise(failures: Sequence[tuple[str, str]], *, first: int = 3, sep: str =
 def _problem(path: str, msg: str) -> tuple[str, str]:
     """``msg`` without the file it is about (and what joined them): the leading name
     dropped, later mentions 'this file', so one problem of many files reads the same."""
-    for joint in (": ", " "):
-        if msg.startswith(path + joint):
-            return joint, msg[len(path + joint):].replace(path, "this file")
+    for lead in (path, f"store {path}"):  # an input that is one of our stores names it so
+        for joint in (": ", " "):
+            if msg.startswith(lead + joint):
+                return joint, msg[len(lead + joint):].replace(path, "this file")
     return ": ", msg.replace(path, "this file")
 
 

@@ -149,6 +149,7 @@ def test_a_damaged_store_given_to_ingest_as_input_is_one_line_and_writes_nothing
                  "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2, err
+    assert "this file" not in err, err  # the input store named once, not 'store this file'
     assert re.search(r"forecast\.zarr: .*variable 't2m', chunk 0/1/0/0/0 \(init_time "
                      r"2019-01-01T00:00, lead_time \+48 h\): " + re.escape(WHY[how]), err), err
     assert not target.exists()
