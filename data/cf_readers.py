@@ -161,9 +161,12 @@ def translate(raw: xr.Dataset, *, source: str, kind: schema.Kind | None = None,
     if has_lead and schema.INIT_TIME not in roles.values():
         roles = {d: schema.INIT_TIME if r == schema.TIME else r for d, r in roles.items()}
     found = "forecast" if has_lead or schema.INIT_TIME in roles.values() else "analysis"
+    # an analysis whose time reads as an init time (and no lead dim): say why it is a forecast
+    why = "" if has_lead else _why_init(raw, roles)
     if kind is not None and kind != found:
         raise ReaderError(f"{source}: holds {'forecasts' if found == 'forecast' else 'analyses'} "
-                          f"(dims {dims}), expected a {kind}")
+                          f"(dims {dims}{why}), expected {'an' if kind == 'analysis' else 'a'} "
+                          f"{kind}")
     taken: dict[str, str] = {}
     for d, r in roles.items():
         if r in taken:
@@ -172,10 +175,19 @@ def translate(raw: xr.Dataset, *, source: str, kind: schema.Kind | None = None,
     ds = xr.Dataset(data).drop_vars([c for c in raw.coords if c not in dims], errors="ignore")
     ds = ds.rename({d: r for d, r in roles.items() if d != r})
     ds = _fix_coords(ds, raw, roles, source)
+    for r, d in taken.items():  # zero init times (times, members...): nothing to read
+        if ds.sizes.get(r, 1) == 0:
+            what = {schema.INIT_TIME: "init times", schema.TIME: "times",
+                    schema.LEAD_TIME: "lead times", schema.MEMBER: "members",
+                    schema.LEVEL: "levels"}.get(r, f"{r} values")
+            raise ReaderError(f"{source}: holds no {what} (dim {d!r} is empty)")
     if found == "forecast":
         for dim in (schema.INIT_TIME, schema.LEAD_TIME):
             if dim not in ds.dims:
-                raise ReaderError(f"{source}: a forecast needs {dim!r} (dims {dims})")
+                hint = ("; an analysis? its time dim must read as 'time' (standard_name "
+                        "'time', or none)" if dim == schema.LEAD_TIME and why else "")
+                raise ReaderError(f"{source}: a forecast needs {dim!r} (dims {dims}{why}){hint}")
+        _check_leads(ds[schema.LEAD_TIME], taken[schema.LEAD_TIME], source)
         if schema.MEMBER not in ds.dims:  # a deterministic forecast: a 1-member ensemble
             ds = ds.expand_dims({schema.MEMBER: [0]})
     out = {}
@@ -190,6 +202,35 @@ def translate(raw: xr.Dataset, *, source: str, kind: schema.Kind | None = None,
     if centre and len(str(centre).split()) == 1:
         ds.attrs["enspp_centre"] = str(centre)
     return finalise(ds, kind=found, source=source, allow_nan=allow_nan)  # type: ignore[arg-type]
+
+
+def _why_init(raw: xr.Dataset, roles: dict) -> str:
+    """Why a dim reads as the init time (its ``standard_name``, else its name), for the
+    messages of an input read as a forecast without a lead time; "" when none does."""
+    for d, r in roles.items():
+        if r != schema.INIT_TIME:
+            continue
+        coord = raw.coords.get(d)
+        std = "" if coord is None else str(coord.attrs.get("standard_name", ""))
+        if std.lower() in _ROLE_BY_STANDARD_NAME:
+            return f"; dim {d!r} is an init time by its standard_name {std!r}"
+        return f"; dim {d!r} is an init time by its name"
+    return ""
+
+
+def _check_leads(lead: xr.DataArray, dim: str, source: str) -> None:
+    """Lead times are >= 0 and not missing (a forecast is valid at or after its init)."""
+    values = np.asarray(lead.values)
+    if values.dtype.kind != "m":
+        return
+    missing = np.isnat(values)
+    if missing.any():
+        raise ReaderError(f"{source}: lead time dim {dim!r} holds a missing value (NaT)")
+    negative = values < np.timedelta64(0, "ns")
+    if negative.any():
+        h = values[negative][0] / np.timedelta64(1, "h")
+        raise ReaderError(f"{source}: lead time {h:g} h (dim {dim!r}) is negative; a forecast's "
+                          f"lead times are >= 0")
 
 
 def _fix_coords(ds: xr.Dataset, raw: xr.Dataset, roles: dict, source: str) -> xr.Dataset:

@@ -141,6 +141,13 @@ def field_stats(da: xr.DataArray) -> FieldStats:
     spatial = tuple(d for d in da.dims if d in (LATITUDE, LONGITUDE, STATION))
     lead = tuple(d for d in da.dims if d not in spatial)
     points = int(np.prod([da.sizes[d] for d in spatial])) if spatial else 1
+    if da.size == 0:  # nothing to reduce (numpy and dask refuse a reduction of nothing)
+        empty = [d for d in spatial if da.sizes[d] == 0]
+        if empty:
+            raise SchemaError(f"variable {da.name!r} holds no values (dim {empty[0]!r} is empty)")
+        shape = tuple(da.sizes[d] for d in lead)  # no records: no fields
+        return FieldStats(dims=lead, minimum=np.full(shape, np.nan), maximum=np.full(shape, np.nan),
+                          n_nan=np.zeros(shape, dtype=np.int64), points=points)
     own = _reader_stats(da)
     if own is not None and own[0].shape == tuple(da.sizes[d] for d in lead):
         minimum, maximum, n_nan = own

@@ -58,6 +58,10 @@ __all__ = ["CsvColumns", "StationData", "StationInfo", "StationOptions", "is_sta
            "is_station_part", "open_station", "read_station_part"]
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+#: the ranges of a station's coordinates (in :class:`StationInfo` and a CSV table's columns):
+#: degrees north, degrees east (-180..180 or 0..360), metres above sea level
+COORD_RANGES = {"latitude": (-90.0, 90.0), "longitude": (-180.0, 360.0),
+                "elevation": (-500.0, 9000.0)}
 _INIT_NAMES = ("forecast_reference_time", "init_time")
 _LEAD_NAMES = ("forecast_period", "lead_time")
 #: the three parts of a station file and the kind of store each goes to
@@ -75,7 +79,7 @@ class StationInfo(BaseModel):
     name: str | None = None
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=360)
-    elevation: float | None = None
+    elevation: float | None = Field(None, ge=-500, le=9000)
 
     @field_validator("id", mode="before")
     @classmethod
@@ -393,13 +397,21 @@ def _lead(path: Path, ds: xr.Dataset) -> np.timedelta64 | None:
                 raise ReaderError(f"{path}: {name} holds {v.size} values; a station file holds "
                                   f"one lead time")
             val = v.values.reshape(-1)[0]
-            if np.asarray(val).dtype.kind == "m":
-                return np.timedelta64(val, "ns")
             units = str(v.attrs.get("units", ""))
-            if units.split()[0:1] in (["hours"], ["hour"], ["h"]):
-                return np.timedelta64(int(round(float(val) * 3600)), "s").astype("timedelta64[ns]")
-            raise ReaderError(f"{path}: {name} = {val!r} needs units 'hours' or a timedelta "
-                              f"(units: {units!r})")
+            if np.asarray(val).dtype.kind == "m":
+                lead = np.timedelta64(val, "ns")
+            elif units.split()[0:1] in (["hours"], ["hour"], ["h"]):
+                hours = float(val)
+                lead = (np.timedelta64(int(round(hours * 3600)), "s").astype("timedelta64[ns]")
+                        if np.isfinite(hours) else np.timedelta64("NaT", "ns"))
+            else:
+                raise ReaderError(f"{path}: {name} = {val!r} needs units 'hours' or a timedelta "
+                                  f"(units: {units!r})")
+            if np.isnat(lead) or lead < np.timedelta64(0, "ns"):
+                said = "missing" if np.isnat(lead) else f"{lead / np.timedelta64(1, 'h'):g} h"
+                raise ReaderError(f"{path}: {name} is {said}, not a lead time >= 0 (a forecast "
+                                  f"is valid at or after its init time)")
+            return lead
     return None
 
 
@@ -413,8 +425,18 @@ def _read_csv(path: Path, opts: StationOptions) -> _Raw:
                           f"of its values, e.g. t2m)")
     try:
         table = pd.read_csv(path)
+        # the header as written: pandas renames a second 'GFS' to 'GFS.1'
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError) as e:
-        raise ReaderError(f"{path}: not a readable CSV table ({e})") from e
+        said = (str(e).strip().splitlines() or [type(e).__name__])[0]  # pandas' may end in \n
+        raise ReaderError(f"{path}: not a readable CSV table ({said})") from e
+    used = {cols.time, cols.observation, cols.deterministic, cols.station, cols.latitude,
+            cols.longitude, cols.elevation, *cols.members} - {None}
+    written = [str(c) for c in (header.iloc[0].tolist() if len(header) else [])]
+    twice = [c for c in dict.fromkeys(written) if written.count(c) > 1 and c in used]
+    if twice:
+        raise ReaderError(f"{path}: column {twice[0]!r} is in the header {written.count(twice[0])} "
+                          f"times (each column once)")
     have = set(table.columns)
     for role, name in (("time", cols.time), ("observation", cols.observation),
                        ("deterministic", cols.deterministic), ("station", cols.station),
@@ -427,12 +449,9 @@ def _read_csv(path: Path, opts: StationOptions) -> _Raw:
         raise ReaderError(f"{path}: member column {missing[0]!r} is missing"
                           + (f" (and {len(missing) - 1} more: {missing[1:4]})" if len(missing) > 1 else "")
                           + f"; columns: {list(table.columns)}")
-    try:
-        t = pd.to_datetime(table[cols.time].astype(str) if cols.time_format else table[cols.time],
-                           format=cols.time_format)
-    except (ValueError, TypeError) as e:
-        raise ReaderError(f"{path}: column {cols.time!r} does not parse as times"
-                          f"{' with format ' + repr(cols.time_format) if cols.time_format else ''} ({e})") from None
+    if table.empty:
+        raise ReaderError(f"{path}: holds no rows (a header only)")
+    t = _csv_times(path, table[cols.time], cols.time, cols.time_format)
     table = table.assign(**{"__t": pd.DatetimeIndex(t).as_unit("ns")})
     if cols.station is not None:
         table["__s"] = table[cols.station].astype(str)
@@ -464,11 +483,10 @@ def _read_csv(path: Path, opts: StationOptions) -> _Raw:
 
     members = np.moveaxis(grid(numeric(list(cols.members))), 2, 1)  # [R, M, S]
     stations: dict[str, np.ndarray] = {"id": np.asarray(ids)}
-    first = table.drop_duplicates("__s").set_index("__s").loc[ids]
     for key, col in (("latitude", cols.latitude), ("longitude", cols.longitude),
                      ("elevation", cols.elevation)):
         if col is not None:
-            stations[key] = first[col].to_numpy(dtype=np.float64)
+            stations[key] = _csv_station_coord(path, table, key, col, ids)
     return _Raw(variable=opts.variable, times=times, rows_are=None, lead=None, members=members,
                 labels=list(cols.members),
                 observation=None if cols.observation is None else grid(numeric([cols.observation]))[..., 0],
@@ -477,6 +495,69 @@ def _read_csv(path: Path, opts: StationOptions) -> _Raw:
                 names={"ensemble": f"member columns {list(cols.members)[:3]}...",
                        "observation": str(cols.observation), "deterministic": str(cols.deterministic)},
                 stations=None if cols.station is None else stations)
+
+
+def _line(i: int) -> str:
+    """Where row ``i`` (0-based, of the data) of a CSV table is: its line, the header line 1."""
+    return f"line {i + 2}"
+
+
+def _csv_times(path: Path, column: pd.Series, name: str, time_format: str | None) -> pd.Series:
+    """The time column of a CSV table as datetimes; an empty cell or a value that does not
+    parse is refused, naming its line."""
+    empty = column.isna().to_numpy()
+    if empty.any():
+        i = int(np.argmax(empty))
+        raise ReaderError(f"{path}: column {name!r} (time) is empty on {_line(i)}"
+                          + (f" (and {int(empty.sum()) - 1} more lines)" if empty.sum() > 1 else ""))
+    values = column.astype(str) if time_format else column
+    how = f" with format {time_format!r}" if time_format else ""
+    try:
+        return pd.to_datetime(values, format=time_format)
+    except (ValueError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first.split(". You might want to try")[0]
+        try:
+            bad = pd.to_datetime(values, format=time_format, errors="coerce").isna().to_numpy()
+        except (ValueError, TypeError):
+            bad = np.zeros(len(values), dtype=bool)
+        at = ""
+        if bad.any():
+            i = int(np.argmax(bad))
+            at = f": {column.iloc[i]!r} on {_line(i)}"
+        raise ReaderError(f"{path}: column {name!r} does not parse as times{how}{at} "
+                          f"({first})") from None
+
+
+def _csv_station_coord(path: Path, table: pd.DataFrame, key: str, col: str,
+                       ids: list[str]) -> np.ndarray:
+    """One value of ``key`` (latitude, longitude, elevation) per station, from column ``col``:
+    every row must hold a number in :data:`COORD_RANGES`, the same on every row of a station."""
+    raw = table[col]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    lo, hi = COORD_RANGES[key]
+    # a cell that is not a number (text, empty), or one outside the range
+    wrong = ~np.isfinite(values) | (values < lo) | (values > hi)
+    if wrong.any():
+        i = int(np.argmax(wrong))
+        st = table["__s"].iloc[i]
+        what = ("is empty" if pd.isna(raw.iloc[i]) else
+                f"holds {str(raw.iloc[i])!r}" if np.isnan(values[i]) else f"holds {values[i]:g}")
+        n = int(wrong.sum())
+        role = "" if col == key else f" ({key})"
+        more = f"; {n - 1} more lines like it" if n > 1 else ""
+        raise ReaderError(f"{path}: column {col!r}{role} {what} on {_line(i)} (station {st}"
+                          f"{more}); a {key} is a number in {lo:g}..{hi:g}")
+    per = pd.Series(values, index=table.index).groupby(table["__s"].to_numpy(), sort=False)
+    first = per.transform("first").to_numpy()
+    differ = values != first
+    if differ.any():
+        i = int(np.argmax(differ))
+        st = table["__s"].iloc[i]
+        j = int(np.argmax((table["__s"] == st).to_numpy()))
+        raise ReaderError(f"{path}: station {st} has {key} {values[j]:g} on {_line(j)} but "
+                          f"{values[i]:g} on {_line(i)} (column {col!r}; one {key} per station)")
+    return per.first().loc[ids].to_numpy(dtype=np.float64)
 
 
 # ------------------------------------------------------------------ to the canonical model

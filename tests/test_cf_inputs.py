@@ -223,3 +223,32 @@ def test_a_damaged_chunk_in_a_zarr_input_is_one_line_and_nothing_of_it_is_writte
     assert [f for f, _ in summary.failed] == [str(tmp_path / "bad.zarr")]
     assert [e.name for e in iter_sources(store)] == ["good.zarr"]
     np.testing.assert_array_equal(open_store(store)["init_time"].values, good["time"].values)
+
+
+def test_a_weatherbench_store_with_no_init_times_or_a_negative_lead_is_refused(tmp_path):
+    wb2_forecast().isel(time=slice(0, 0)).to_zarr(tmp_path / "notime.zarr")
+    with pytest.raises(ReaderError, match=r"notime\.zarr: holds no init times \(dim 'time' is empty\)$"):
+        open_cf(tmp_path / "notime.zarr")
+    era5 = wb2_forecast().isel(prediction_timedelta=0, number=0, drop=True)
+    era5.isel(time=slice(0, 0)).to_zarr(tmp_path / "notime_an.zarr")
+    with pytest.raises(ReaderError, match=r"notime_an\.zarr: holds no times \(dim 'time' is empty\)$"):
+        open_cf(tmp_path / "notime_an.zarr")
+    neg = wb2_forecast().assign_coords(prediction_timedelta=pd.to_timedelta([-24, 24], unit="h"))
+    neg.to_zarr(tmp_path / "neglead.zarr")
+    with pytest.raises(ReaderError, match=r"neglead\.zarr: lead time -24 h \(dim 'prediction_timedelta'\) "
+                                          r"is negative; a forecast's lead times are >= 0$"):
+        open_cf(tmp_path / "neglead.zarr")
+    with pytest.raises(IngestError, match=r"neglead\.zarr: lead time -24 h"):
+        ingest([tmp_path / "neglead.zarr"], tmp_path / "s.zarr", progress=False)
+
+
+def test_an_analysis_whose_time_reads_as_an_init_time_says_why(tmp_path):
+    an = wb2_forecast().isel(prediction_timedelta=0, number=0, drop=True)
+    an["time"].attrs = {"standard_name": "forecast_reference_time"}
+    an.to_netcdf(tmp_path / "an.nc")
+    why = r"dim 'time' is an init time by its standard_name 'forecast_reference_time'"
+    with pytest.raises(ReaderError, match=rf"an\.nc: a forecast needs 'lead_time' \(dims .*; {why}\); an "
+                                          r"analysis\? its time dim must read as 'time'"):
+        open_cf(tmp_path / "an.nc")
+    with pytest.raises(ReaderError, match=rf"holds forecasts \(dims .*; {why}\), expected an analysis$"):
+        open_cf(tmp_path / "an.nc", kind="analysis")

@@ -355,3 +355,19 @@ def test_a_forecast_given_as_analyses_is_refused_unless_at_step_0(tmp_path, caps
     assert an.sizes["time"] == 1 and str(an.time.values[0])[:13] == "2020-01-01T00"
     np.testing.assert_allclose(an["t2m"].values[0], fc["t2m"].values[0, 0, 0], atol=0.01)
     assert open_grib([step0], kind="analysis").sizes["time"] == 1
+
+
+def test_field_stats_of_an_empty_input_is_not_a_numpy_error():
+    """No records: no fields (as the numpy path says, chunked or not); no points: one line."""
+    from enspp.data.field_checks import field_stats
+    from enspp.data.schema import SchemaError
+
+    da = xr.DataArray(np.zeros((0, 2, 3, 4)), dims=("init_time", "lead_time", "latitude", "longitude"),
+                      name="t2m")
+    for given in (da, da.chunk()):
+        st = field_stats(given)
+        assert st.minimum.shape == st.n_nan.shape == (0, 2) and st.points == 12
+    none = xr.DataArray(np.zeros((3, 1, 0)), dims=("init_time", "member", "station"), name="t2m")
+    for given in (none, none.chunk()):
+        with pytest.raises(SchemaError, match=r"^variable 't2m' holds no values \(dim 'station' is empty\)$"):
+            field_stats(given)

@@ -473,3 +473,67 @@ def test_stations_and_a_grid_never_share_a_store(shared_data, tmp_path):
         with pytest.raises(StoreMismatchError, match=rf"layouts differ \({mine} vs {theirs}\)"):
             append(store, second)
         xr.testing.assert_identical(open_store(store).load(), before)
+
+
+_CSV_HEAD = "date,station,latitude,longitude,elevation,obs,CMCG,GFS,UKMO\n"
+
+
+@pytest.mark.parametrize("rows, match", [
+    # a coordinate out of range, empty or not a number: the column, the line, the station, the rule
+    (["2003010100,KSEA,999,-122.3,100,5.2,1,2,3"],
+     r"t\.csv: column 'latitude' holds 999 on line 2 \(station KSEA\); a latitude is a number in -90\.\.90$"),
+    (["2003010100,KSEA,47.4,-122.3,100,5.2,1,2,3", "2003010200,KSEA,,-122.3,100,5.2,1,2,3"],
+     r"column 'latitude' is empty on line 3 \(station KSEA\); a latitude is a number"),
+    (["2003010100,KSEA,47.4,abc,100,5.2,1,2,3"],
+     r"column 'longitude' holds 'abc' on line 2 \(station KSEA\); a longitude is a number in -180\.\.360"),
+    (["2003010100,KSEA,47.4,-122.3,-9999,5.2,1,2,3", "2003010200,KSEA,47.4,-122.3,-9999,5.2,1,2,3"],
+     r"column 'elevation' holds -9999 on line 2 \(station KSEA; 1 more lines like it\); an? elevation"),
+    # one station, two latitudes: refused, not the first row silently
+    (["2003010100,KSEA,47.4,-122.3,100,5.2,1,2,3", "2003010200,KSEA,48.4,-122.3,100,5.2,1,2,3"],
+     r"station KSEA has latitude 47\.4 on line 2 but 48\.4 on line 3 \(column 'latitude'; one "
+     r"latitude per station\)"),
+    # dates: an empty cell names its line; an unparseable one its value, one line of pandas
+    (["2003010100,KSEA,47.4,-122.3,100,5.2,1,2,3", ",KSEA,47.4,-122.3,100,5.2,1,2,3"],
+     r"column 'date' \(time\) is empty on line 3$"),
+    (["2003010100,KSEA,47.4,-122.3,100,5.2,1,2,3", "xx,KSEA,47.4,-122.3,100,5.2,1,2,3"],
+     r"""column 'date' does not parse as times with format '%Y%m%d%H': 'xx' on line 3 \(time """
+     r"""data "xx" doesn't match format "%Y%m%d%H"\)$"""),
+    # a header and no rows
+    ([], r"t\.csv: holds no rows \(a header only\)$"),
+])
+def test_csv_bad_cells_are_refused_in_one_line(tmp_path, rows, match):
+    (tmp_path / "t.csv").write_text(_CSV_HEAD + "".join(r + "\n" for r in rows))
+    with pytest.raises(ReaderError, match=match) as e:
+        open_station(tmp_path / "t.csv", BMA)
+    assert "\n" not in str(e.value)
+
+
+def test_csv_duplicate_member_column_is_refused(tmp_path):
+    (tmp_path / "t.csv").write_text(_CSV_HEAD.replace("UKMO", "UKMO,GFS")
+                                    + "2003010100,KSEA,47.4,-122.3,100,5.2,1,2,3,4\n")
+    with pytest.raises(ReaderError, match=r"t\.csv: column 'GFS' is in the header 2 times"):
+        open_station(tmp_path / "t.csv", BMA)
+    # a repeated column the options do not use is harmless
+    (tmp_path / "u.csv").write_text(_CSV_HEAD.replace("UKMO", "UKMO,note,note")
+                                    + "2003010100,KSEA,47.4,-122.3,100,5.2,1,2,3,a,b\n")
+    assert open_station(tmp_path / "u.csv", BMA).forecast.sizes["member"] == 3
+
+
+def test_csv_station_coordinates_are_kept_per_station(tmp_path):
+    (tmp_path / "t.csv").write_text(
+        _CSV_HEAD + "2003010100,KSEA,47.4,-122.3,100,5.2,1,2,3\n"
+        "2003010100,KPDX,45.6,237.4,-20,5.2,1,2,3\n2003010200,KSEA,47.40,-122.3,100.0,5.2,1,2,3\n")
+    fc = open_station(tmp_path / "t.csv", BMA).forecast
+    assert fc["station"].values.tolist() == ["KSEA", "KPDX"]
+    np.testing.assert_array_equal(fc["latitude"].values, [47.4, 45.6])
+    np.testing.assert_array_equal(fc["longitude"].values, [-122.3, 237.4])
+    np.testing.assert_array_equal(fc["elevation"].values, [100, -20])
+
+
+def test_a_negative_lead_time_in_a_station_file_is_refused(tmp_path):
+    time = pd.date_range("2010-01-01", periods=3)
+    xr.Dataset({"t2m_ens": (("time", "member"), np.ones((3, 2), np.float32), {"units": "K"})},
+               coords={"time": time, "member": [0, 1],
+                       "lead_time": ((), -24.0, {"units": "hours"})}).to_netcdf(tmp_path / "s.nc")
+    with pytest.raises(ReaderError, match=r"s\.nc: lead_time is -24 h, not a lead time >= 0"):
+        open_station(tmp_path / "s.nc", StationOptions(time="init", station={"id": "1"}))
