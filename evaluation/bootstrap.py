@@ -31,6 +31,23 @@ def default_block_length(n: int) -> int:
     return max(1, math.ceil(n ** (1.0 / 3.0)))
 
 
+def has_interval(n: int, block_length: int) -> bool:
+    """Whether ``n`` dates hold at least two whole blocks of ``block_length``, the fewest
+    with which a block bootstrap gives an interval worth reporting.
+
+    A resample is a sequence of blocks of consecutive dates.  With ``n <= block_length``
+    every circular resample is the series rotated (every moving one the series itself), so
+    every resampled mean equals the sample mean and the "interval" has zero width.  With
+    ``block_length < n < 2 * block_length`` a resample is one block covering more than half
+    of the series plus a stub, so the resamples barely vary and the interval is far too
+    narrow.  From two blocks on, resamples combine independently drawn stretches, which is
+    what the block bootstrap's variance estimate rests on.  Below that no interval is given
+    (NaN) rather than a silently overconfident one; the block length is never shrunk behind
+    the caller's back.
+    """
+    return n >= 2 * block_length
+
+
 def block_indices(
     n: int,
     *,
@@ -83,26 +100,42 @@ def bootstrap_skill(
 ) -> xr.Dataset:
     """Skill ``1 - mean(score)/mean(reference)`` over ``dim`` with a block-bootstrap
     percentile interval.  Returns a Dataset with ``value``, ``low``, ``high`` (and the
-    settings in attrs), one value per point of the other dims."""
+    settings in attrs), one value per point of the other dims.
+
+    When the dates hold fewer than two blocks (:func:`has_interval`), ``low`` and ``high``
+    are NaN and ``attrs["interval"]`` says why; ``value`` is still the skill."""
     if not 0.0 < confidence < 1.0:
         raise BootstrapError(f"confidence must lie in (0, 1), got {confidence}")
     s, r = _paired_valid(score, reference, dim)
     n = s.sizes[dim]
+    if n < 2:
+        raise BootstrapError(f"need at least 2 dates to bootstrap, got {n}")
     bl = default_block_length(n) if block_length is None else block_length
-    idx = block_indices(n, block_length=bl, n_resamples=n_resamples, method=method,
-                        rng=np.random.default_rng(seed))
+    if bl < 1:
+        raise BootstrapError(f"block_length must be >= 1, got {bl}")
+    interval = has_interval(n, bl)
     sv, rv = s.values, r.values
     valid = ~(np.isnan(sv) | np.isnan(rv))
     sv0, rv0 = np.where(valid, sv, 0.0), np.where(valid, rv, 0.0)
-    cnt = valid[..., idx].sum(-1)  # [..., R]
     with np.errstate(invalid="ignore", divide="ignore"):
-        ms = sv0[..., idx].sum(-1) / cnt
-        mr = rv0[..., idx].sum(-1) / cnt
-        boot = 1.0 - ms / mr
         value = 1.0 - (sv0.sum(-1) / valid.sum(-1)) / (rv0.sum(-1) / valid.sum(-1))
-    alpha = 1.0 - confidence
-    low = np.nanquantile(boot, alpha / 2, axis=-1) if boot.size else boot
-    high = np.nanquantile(boot, 1 - alpha / 2, axis=-1) if boot.size else boot
+    if interval:
+        idx = block_indices(n, block_length=bl, n_resamples=n_resamples, method=method,
+                            rng=np.random.default_rng(seed))
+        cnt = valid[..., idx].sum(-1)  # [..., R]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ms = sv0[..., idx].sum(-1) / cnt
+            mr = rv0[..., idx].sum(-1) / cnt
+            boot = 1.0 - ms / mr
+        alpha = 1.0 - confidence
+        low = np.nanquantile(boot, alpha / 2, axis=-1) if boot.size else boot
+        high = np.nanquantile(boot, 1 - alpha / 2, axis=-1) if boot.size else boot
+    else:
+        if method not in ("circular", "moving"):
+            raise BootstrapError(f"unknown block bootstrap {method!r}: choose circular or moving")
+        if n_resamples < 1:
+            raise BootstrapError(f"n_resamples must be >= 1, got {n_resamples}")
+        low = high = np.full_like(np.asarray(value, dtype=np.float64), np.nan)
     other = [d for d in s.dims if d != dim]
     coords = {k: v for k, v in s.coords.items() if dim not in v.dims}
     out = xr.Dataset(
@@ -111,7 +144,9 @@ def bootstrap_skill(
         coords=coords,
     )
     out.attrs = {"statistic": "skill = 1 - mean(score)/mean(reference)",
-                 "interval": f"{confidence:.0%} percentile, {method} block bootstrap over {dim}",
+                 "interval": (f"{confidence:.0%} percentile, {method} block bootstrap over {dim}"
+                              if interval else f"none: {n} dates ({dim}) are fewer than two blocks of "
+                              f"{bl}"),
                  "confidence": confidence, "block_length": bl, "n_resamples": n_resamples,
                  "method": method, "seed": seed}
     for key in ("estimator",):

@@ -30,7 +30,7 @@ from enspp.data.errors import EnsppError
 from enspp.data.progress import LOGGER, Step, plural, summary_line
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION
 from enspp.evaluation import fused, kernels, scoring
-from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano
+from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano, has_interval
 from enspp.evaluation.cases import CaseResult, evaluate_case, load_catalogue
 from enspp.evaluation.config import EvaluateConfig, EvaluateConfigError
 from enspp.evaluation.labels import grid_text
@@ -492,11 +492,18 @@ def summarise(config: EvaluateConfig, vs: VariableScores) -> xr.Dataset:
         series_all = p["crps_ws"].sum(LEAD_TIME) / p["crps_w"].sum(LEAD_TIME).where(p["crps_w"].sum(LEAD_TIME) > 0)
         bs = config.bootstrap
         n = series.sizes[INIT_TIME]
+        if n and not has_interval(n, bs.block_length):
+            # never shrink the block behind the user's back: no interval, and say so
+            note = (f"{vs.variable}: bootstrap: {plural(n, 'init time')} "
+                    f"{'is' if n == 1 else 'are'} fewer than two blocks of "
+                    f"{bs.block_length} (evaluate.bootstrap.block_length): no confidence interval")
+            if note not in vs.notes:
+                vs.notes.append(note)
         for suffix, s in (("", series), ("_all", series_all)):
             r = s.sel(system=ref, drop=True)
             if n >= 2:
                 sk = bootstrap_skill(s, r, dim=INIT_TIME, confidence=bs.ci_level, n_resamples=bs.n,
-                                     block_length=min(bs.block_length, n), seed=bs.seed)
+                                     block_length=bs.block_length, seed=bs.seed)
                 out[f"skill{suffix}"] = sk["value"]
                 out[f"skill_low{suffix}"] = sk["low"]
                 out[f"skill_high{suffix}"] = sk["high"]

@@ -134,16 +134,114 @@ def check_grids(forecast: xr.Dataset, other: xr.Dataset, *, regrid: str | None,
             + ("" if spatial_dims(forecast) == (STATION,) else
                " (set pipeline.regrid to 'nearest' or 'linear' to interpolate the "
                f"{what} onto the forecast grid)"))
+    _regrid_plan(other[LATITUDE].values, other[LONGITUDE].values, forecast[LATITUDE].values,
+                 forecast[LONGITUDE].values, what=what, source=other, target=forecast)
     return True
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to read a source grid at the target's points: ``lat_order``/``lon_order`` index
+    the source's rows/columns into increasing order, ``lat``/``lon`` are the coordinates
+    there (longitudes unwrapped into one increasing run, a global grid padded by one column
+    on each side), ``tlat``/``tlon`` the target's points in the same terms."""
+
+    lat_order: np.ndarray
+    lon_order: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    tlat: np.ndarray
+    tlon: np.ndarray
+
+
+def _edge_tolerance(values: np.ndarray) -> tuple[float, float]:
+    """Half the spacing at each end of the (sorted) coordinate: a target point that close
+    beyond the edge is read at the edge (its nearest source point)."""
+    if len(values) < 2:
+        return 0.0, 0.0
+    return 0.5 * float(values[1] - values[0]), 0.5 * float(values[-1] - values[-2])
+
+
+def _regrid_plan(src_lat: np.ndarray, src_lon: np.ndarray, tgt_lat: np.ndarray,
+                 tgt_lon: np.ndarray, *, what: str = "analysis", source=None, target=None) -> _Plan:
+    """Longitudes are compared modulo 360: the source's are brought into one increasing run
+    (cut at their widest gap, so a regional source crossing the 0 or 180 meridian stays in
+    one piece; a global one is padded with a column on each side so that interpolation
+    across the seam works) and each target longitude into the same run.  A target point
+    farther than half a source spacing outside the source's coverage raises
+    :class:`GridMismatchError` (it would be left NaN, or copied from the edge)."""
+    slat = np.asarray(src_lat, dtype=np.float64)
+    lat_order = np.argsort(slat, kind="stable")
+    slat = slat[lat_order]
+    wrapped = np.round(np.asarray(src_lon, dtype=np.float64) % 360.0, 9) % 360.0
+    lon_vals, lon_order = np.unique(wrapped, return_index=True)  # sorted, duplicates mod 360 out
+    gaps = np.diff(np.append(lon_vals, lon_vals[0] + 360.0))     # the last: across 360 -> 0
+    cut = int(np.argmax(gaps))
+    # global: no gap (the one across the seam included) is wider than about the spacing
+    glob = len(lon_vals) > 2 and gaps[cut] <= 1.5 * float(np.median(gaps))
+    # one increasing run starting after the widest gap
+    roll = (cut + 1) % len(lon_vals)
+    lon_order = np.roll(lon_order, -roll)
+    lon_vals = np.roll(lon_vals, -roll)
+    lon_vals = np.where(np.arange(len(lon_vals)) >= len(lon_vals) - roll, lon_vals + 360.0,
+                        lon_vals) if roll else lon_vals
+    s0 = float(lon_vals[0])
+    tlon = (np.asarray(tgt_lon, dtype=np.float64) - s0) % 360.0 + s0
+    tlat = np.asarray(tgt_lat, dtype=np.float64)
+    bad_lon = np.zeros(tlon.shape, dtype=bool)
+    if glob:
+        lon_order = np.concatenate([lon_order[-1:], lon_order, lon_order[:1]])
+        lon_vals = np.concatenate([lon_vals[-1:] - 360.0, lon_vals, lon_vals[:1] + 360.0])
+    else:
+        end = float(lon_vals[-1])
+        # beyond the run's end: nearer its start going round? then in front of the start
+        before = (tlon > end) & (s0 + 360.0 - tlon < tlon - end)
+        tlon = np.where(before, tlon - 360.0, tlon)
+        lo_tol, hi_tol = _edge_tolerance(lon_vals)
+        bad_lon = (tlon < s0 - lo_tol - 1e-9) | (tlon > end + hi_tol + 1e-9)
+        tlon = np.clip(tlon, s0, end)
+    lo_tol, hi_tol = _edge_tolerance(slat)
+    bad_lat = (tlat < slat[0] - lo_tol - 1e-9) | (tlat > slat[-1] + hi_tol + 1e-9)
+    if bad_lon.any() or bad_lat.any():
+        src = describe_grid(source) if source is not None else (
+            f"latitude {slat[0]:g}..{slat[-1]:g}, longitude {src_lon.min():g}..{src_lon.max():g}")
+        tgt = f" ({describe_grid(target)})" if target is not None else ""
+        parts = []
+        if bad_lat.any():
+            parts.append(f"latitudes {_span(np.asarray(tgt_lat)[bad_lat])}")
+        if bad_lon.any():
+            parts.append(f"longitudes {_span(np.asarray(tgt_lon)[bad_lon])}")
+        raise GridMismatchError(
+            f"pipeline.regrid: the {what} ({src}) does not cover the forecast grid{tgt}: its "
+            f"{' and '.join(parts)} lie outside the {what}, whose values there would be missing "
+            f"or copied from its edge; give {_a(what) if what == 'analysis' else what} covering "
+            "the forecast grid")
+    tlat = np.clip(tlat, slat[0], slat[-1])
+    return _Plan(lat_order, lon_order, slat, lon_vals, tlat, tlon)
+
+
+def _span(values: np.ndarray) -> str:
+    v = np.unique(np.asarray(values, dtype=np.float64))
+    return f"{v[0]:g}" if len(v) == 1 else f"{v.min():g}..{v.max():g} ({len(v)} values)"
 
 
 def regrid_like(da: xr.DataArray, *, latitude: np.ndarray, longitude: np.ndarray,
                 method: str) -> xr.DataArray:
-    """Interpolate a (small, in-memory) field onto the given latitudes/longitudes."""
+    """Interpolate a (small, in-memory) field onto the given latitudes/longitudes.
+
+    Longitudes are matched modulo 360 (a 0..360 field onto a -180..180 grid and the reverse,
+    across the seam too; see :func:`_regrid_plan`); a target point outside the field's
+    coverage raises :class:`GridMismatchError` instead of a silent NaN or edge value.  The
+    result carries the requested ``latitude``/``longitude`` as coordinates."""
+    plan = _regrid_plan(da[LATITUDE].values, da[LONGITUDE].values, latitude, longitude)
+    src = da.isel({LATITUDE: plan.lat_order, LONGITUDE: plan.lon_order})
+    src = src.assign_coords({LATITUDE: plan.lat, LONGITUDE: plan.lon})
+    want = {LATITUDE: plan.tlat, LONGITUDE: plan.tlon}
     if method == "nearest":
-        return da.sel({LATITUDE: latitude, LONGITUDE: longitude}, method="nearest")
-    return da.interp({LATITUDE: latitude, LONGITUDE: longitude}, method="linear",
-                     kwargs={"fill_value": None})
+        out = src.sel(want, method="nearest")
+    else:
+        out = src.interp(want, method="linear", kwargs={"fill_value": None})
+    return out.assign_coords({LATITUDE: np.asarray(latitude), LONGITUDE: np.asarray(longitude)})
 
 
 @dataclass(frozen=True)

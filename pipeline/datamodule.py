@@ -341,8 +341,9 @@ class EnsembleDataModule(L.LightningDataModule):
         """Every training sample once, for an exact fit (EMOS, a network's anchor): on a
         grid trained on random patches, the training init times' whole fields (or tiles,
         ``batches.tile_size``) as the evaluation loader reads them; otherwise the training
-        loader's first epoch.  Read through the training loader, so its workers also serve
-        this pass (none start for it)."""
+        loader's first epoch as it is without ``batches.samples_per_epoch`` (which sets a
+        network epoch's length, never how much an exact fit reads).  Read through the
+        training loader, so its workers also serve this pass (none start for it)."""
         keep = self.exact_fit_keep()
         if self.config.batches.preload:  # (never with patches: the config refuses them)
             batches = self.train_dataloader()

@@ -289,11 +289,13 @@ class EpochSampler(Sampler):
     def exact_pass_next(self, n_whole: int | None, *, keep: np.ndarray | None = None,
                         per_init: int = 1) -> None:
         """Make the next iteration one pass for an exact fit, without moving the epoch count:
-        ``WholeItem(0) .. WholeItem(n_whole - 1)`` in order, or (``None``) the items of epoch
-        0, as a fresh sampler's first epoch; ``keep`` (a flag per init time; an item's init
-        time is its index ``// per_init``): only the items of the init times kept."""
+        ``WholeItem(0) .. WholeItem(n_whole - 1)`` in order, or (``None``) every sample once,
+        in the order and with the draw seeds of a fresh sampler's first epoch without
+        ``samples_per_epoch`` (a network-epoch setting that must not limit, nor repeat
+        samples in, an exact fit); ``keep`` (a flag per init time; an item's init time is its
+        index ``// per_init``): only the items of the init times kept."""
         items = ([WholeItem(i) for i in range(n_whole)] if n_whole is not None
-                 else self._items(0))
+                 else self._items(0, count=self.n))
         if keep is not None:
             items = [it for it in items if keep[int(it[0]) // per_init]]  # it[0]: the index
         self._exact = items
@@ -314,13 +316,16 @@ class EpochSampler(Sampler):
         self.epoch += 1
         return iter(items)
 
-    def _items(self, epoch: int) -> list[tuple[int, int]]:
+    def _items(self, epoch: int, *, count: int | None = None) -> list[tuple[int, int]]:
+        """The ``(index, draw_seed)`` items of ``epoch``: ``count`` of them (default
+        ``samples_per_epoch``), cycling through fresh permutations."""
+        count = self.samples_per_epoch if count is None else count
         rng = np.random.default_rng([self.seed, epoch])
         order: list[int] = []
-        while len(order) < self.samples_per_epoch:
+        while len(order) < count:
             order.extend((rng.permutation(self.n) if self.shuffle else np.arange(self.n)).tolist())
-        draws = rng.integers(0, 2**62, size=self.samples_per_epoch)
-        return [(int(i), int(d)) for i, d in zip(order[: self.samples_per_epoch], draws)]
+        draws = rng.integers(0, 2**62, size=count)
+        return [(int(i), int(d)) for i, d in zip(order[:count], draws)]
 
 
 class PreloadedBatches(IterableDataset):

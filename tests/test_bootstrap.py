@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import enspp.evaluation as ev
-from enspp.evaluation.bootstrap import block_indices, default_block_length, newey_west_lag
+from enspp.evaluation.bootstrap import block_indices, default_block_length, has_interval, newey_west_lag
 
 
 def _ar1(rng, shape, phi):
@@ -67,13 +67,36 @@ def test_bootstrap_errors(rng):
     with pytest.raises(ev.BootstrapError, match="not paired"):
         ev.bootstrap_skill(s, s.assign_coords(init_time=np.arange(10) + 1))
     with pytest.raises(ev.BootstrapError, match="block_length"):
-        ev.bootstrap_skill(s, s, block_length=11)
+        ev.bootstrap_skill(s, s, block_length=0)
     with pytest.raises(ev.BootstrapError, match="at least 2 dates"):
         ev.bootstrap_skill(s[:1], s[:1])
     with pytest.raises(ev.BootstrapError, match="unknown block bootstrap"):
         ev.bootstrap_skill(s, s, method="stationary")
     with pytest.raises(ev.BootstrapError, match="n_resamples"):
         ev.bootstrap_skill(s, s, n_resamples=0)
+
+
+@pytest.mark.parametrize("n, block", [(4, 5), (5, 5), (9, 5), (12, 500), (3, 2)])
+def test_fewer_than_two_blocks_give_no_interval(rng, n, block):
+    """A block as long as the series makes every circular resample a rotation of it (a
+    zero-width "interval"); up to two blocks the resamples barely vary: no interval then."""
+    t = np.arange(n)
+    ref = xr.DataArray(1.0 + 0.3 * rng.random(n), dims="init_time", coords={"init_time": t})
+    score = xr.DataArray(0.7 + 0.3 * rng.random(n), dims="init_time", coords={"init_time": t})
+    out = ev.bootstrap_skill(score, ref, block_length=block, n_resamples=100)
+    assert not has_interval(n, block)
+    assert out["value"].item() == pytest.approx(1 - score.mean().item() / ref.mean().item())
+    assert np.isnan(out["low"].item()) and np.isnan(out["high"].item())
+    assert out.attrs["interval"] == f"none: {n} dates (init_time) are fewer than two blocks of {block}"
+    assert out.attrs["block_length"] == block  # never shrunk
+    # two whole blocks: an interval of some width
+    m = 2 * block if block < 100 else 10
+    t = np.arange(m)
+    ref = xr.DataArray(1.0 + 0.3 * rng.random(m), dims="init_time", coords={"init_time": t})
+    score = xr.DataArray(0.7 + 0.3 * rng.random(m), dims="init_time", coords={"init_time": t})
+    b = block if block < 100 else 5
+    two = ev.bootstrap_skill(score, ref, block_length=b, n_resamples=100)
+    assert has_interval(m, b) and two["low"].item() < two["value"].item() < two["high"].item()
 
 
 def test_diebold_mariano_size_and_power(rng):

@@ -287,6 +287,39 @@ def test_period_selects_init_dates(world):
         evaluate(_cfg(world, period={"start": "2030-01-01", "end": "2030-01-05"}))
 
 
+@pytest.mark.parametrize("period_end, block, interval", [
+    ("2021-01-03", 2, False),   # 3 init times, blocks of 2: one block and a stub
+    ("2021-01-04", 3, False),   # 4 init times, blocks of 3: one block and a stub
+    ("2021-01-08", 4, True),    # 8 init times: two whole blocks of 4
+    ("2021-01-08", 500, False),  # a block far longer than the period
+])
+def test_an_interval_needs_two_blocks_and_its_absence_is_noted(world, period_end, block, interval):
+    from enspp.evaluation.dashboard import headline_view
+    from enspp.evaluation.report import scores_document
+
+    cfg = _cfg(world, period={"start": "2021-01-01", "end": period_end},
+               bootstrap={"n": 50, "block_length": block}, systems=config_dict(world)["systems"][::2])
+    res = evaluate(cfg)
+    ds = res.scores["t2m"].sel(region="global", system="emos")
+    n = int(res.scores["t2m"]["init_count"])
+    noted = [x for x in res.notes if "bootstrap" in x]
+    assert np.isfinite(float(ds["skill_all"]))
+    if interval:
+        assert not noted
+        assert float(ds["skill_low_all"]) < float(ds["skill_high_all"])
+        return
+    # no interval at all rather than a zero-width one, and one note that says why
+    assert np.isnan(float(ds["skill_low_all"])) and bool(np.isnan(ds["skill_high"]).all())
+    assert noted == [f"t2m: bootstrap: {n} init times are fewer than two blocks of {block} "
+                     "(evaluate.bootstrap.block_length): no confidence interval"]
+    doc = scores_document(res)
+    row = next(r for r in doc["variables"]["t2m"]["headline"]["global"] if r["system"] == "emos")
+    assert row["skill"] is not None and row["skill_low"] is None and row["skill_high"] is None
+    assert noted[0] in doc["notes"]
+    cells = [c for r in headline_view(doc, "t2m", "global")["rows"] for c in r["cells"]]
+    assert any(c.get("text") == "[–, –]" for c in cells)
+
+
 def test_recent_days_follow_the_truth(world, tmp_path):
     """``recent_days``: the last days of init times the truth can verify; the period moves
     with the data (a nightly report of recent skill needs no date in its config)."""

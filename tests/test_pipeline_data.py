@@ -201,6 +201,79 @@ def test_grid_mismatch_names_both_grids_unless_regrid(tmp_path):
         dm3.setup()
 
 
+def _lon_field(lon: np.ndarray) -> xr.DataArray:
+    """A global field whose value is ``1000 + longitude in 0..360`` (a jump at 0 E)."""
+    lat = np.array([10.0, 0.0, -10.0])
+    return xr.DataArray(np.broadcast_to(1000.0 + lon % 360, (3, len(lon))).copy(),
+                        dims=("latitude", "longitude"), coords={"latitude": lat, "longitude": lon})
+
+
+@pytest.mark.parametrize("source, target", [
+    (np.arange(0.0, 360.0, 10.0), np.array([-180.0, -175.0, -170.0, -4.0, 0.0, 170.0, 175.0, 176.0])),
+    (np.arange(-180.0, 180.0, 10.0), np.array([180.0, 185.0, 190.0, 356.0, 0.0, 170.0, 175.0, 176.0])),
+])
+def test_regrid_wraps_longitudes_both_ways(source, target):
+    """0..360 onto -180..180 and the reverse: 170 E, 170 W (= 190 E) and points across the
+    seams (180 and 0) read the right source columns, for nearest and linear."""
+    from enspp.pipeline.align import regrid_like
+
+    da = _lon_field(source)
+    lat = np.array([5.0, -10.0])
+    near = regrid_like(da, latitude=lat, longitude=target, method="nearest")
+    lin = regrid_like(da, latitude=lat, longitude=target, method="linear")
+    # 180 E, 185 E, 190 E (170 W), 356 E (4 W, between 350 and 360 = 0), 0, 170 E, 175 E, 176 E
+    np.testing.assert_allclose(lin.values[0], [1180, 1185, 1190, 1350 + 0.6 * (1000 - 1350),
+                                               1000, 1170, 1175, 1176])
+    np.testing.assert_allclose(near.values[0, [0, 2, 3, 4, 5, 7]], [1180, 1190, 1000, 1000, 1170, 1180])
+    np.testing.assert_array_equal(lin.longitude.values, target)
+    np.testing.assert_array_equal(near.latitude.values, lat)
+    assert np.isfinite(lin.values).all()
+
+
+def test_regrid_refuses_points_outside_the_source():
+    """A regional source (one crossing the date line included) is read where it covers the
+    target; a target point beyond it is refused in one line rather than NaN or edge-copied."""
+    from enspp.pipeline.align import regrid_like
+
+    dateline = _lon_field(np.array([160.0, 170.0, 180.0, -170.0, -160.0]))
+    out = regrid_like(dateline, latitude=np.array([0.0]), longitude=np.array([175.0, 185.0, -175.0]),
+                      method="linear")
+    np.testing.assert_allclose(out.values[0], [1175, 1185, 1185])
+    # half a spacing beyond the edge reads the edge (cell centres vs nodes)
+    edge = regrid_like(dateline, latitude=np.array([14.0]), longitude=np.array([155.0]), method="linear")
+    np.testing.assert_allclose(edge.values, [[1160]])
+    with pytest.raises(GridMismatchError, match=r"^pipeline.regrid: the analysis .*longitudes "
+                       r"-150..150 \(2 values\) lie outside"):
+        regrid_like(dateline, latitude=np.array([0.0]), longitude=np.array([150.0, 175.0, -150.0]),
+                    method="nearest")
+    with pytest.raises(GridMismatchError, match=r"latitudes 20 lie outside"):
+        regrid_like(dateline, latitude=np.array([20.0]), longitude=np.array([170.0]), method="linear")
+
+
+@pytest.mark.parametrize("method", ["nearest", "linear"])
+def test_regrid_trains_a_0_360_forecast_on_a_pm180_analysis(method):
+    """The forecast on 0..330 E, the analysis on the same points as -180..150: the training
+    targets are the analysis at each forecast point (east of 180 E too)."""
+    inits = pd.date_range("2020-01-01", periods=16, freq="1D")
+    lon360 = np.arange(12) * 30.0
+    fc = forecast_dataset(init_times=inits, lead_hours=(48,), n_members=4, ny=3, nx=12)
+    fc = fc.assign_coords(longitude=lon360)
+    an = analysis_dataset(times=pd.date_range("2020-01-01", periods=20, freq="1D"), ny=3, nx=12)
+    an = an.assign_coords(longitude=(lon360 + 180) % 360 - 180).sortby("longitude")
+    an["t2m"] = an["t2m"] * 0 + (200.0 + (an.longitude % 360) / 10)
+    cfg = _cfg(members={"k": 2}, features={"input_lead_times": []},
+               batches={"patch_size": None}, regrid=method)
+    dm = EnsembleDataModule(cfg, forecast=fc, analysis=an)
+    dm.setup("fit")
+    t = next(iter(dm.val_dataloader()))["target"]
+    np.testing.assert_allclose(t[0, 0].numpy(), np.broadcast_to(200 + lon360 / 10, (3, 12)),
+                               rtol=1e-6)
+    # an analysis covering only part of the forecast grid is refused at setup, in one line
+    dm = EnsembleDataModule(cfg, forecast=fc, analysis=an.isel(longitude=slice(0, 8)))
+    with pytest.raises(GridMismatchError, match="pipeline.regrid: the analysis .* does not cover"):
+        dm.setup("fit")
+
+
 def test_k_larger_than_members_and_empty_split(stores):
     dm = EnsembleDataModule(_cfg(members={"k": 7}), forecast=stores.forecast,
                             analysis=stores.analysis)

@@ -165,6 +165,35 @@ def test_exact_fit_pass_is_read_by_the_training_workers(stores, patch_size):
     assert dm.worker_starts == 1
 
 
+def test_exact_fit_reads_every_sample_once_whatever_samples_per_epoch(stores):
+    """batches.samples_per_epoch sets a network epoch's length: an exact fit on whole fields
+    still reads every training sample once (not the first epoch's few, nor repeats), so the
+    EMOS it fits is the same with and without it."""
+    from enspp.models.base import build_model
+    from enspp.models.config import ModelConfig
+    from enspp.models.emos import emos_chunk, fit_emos
+    from enspp.models.train import build_spec
+
+    params, passes = [], []
+    for spe in (None, 3, 40):
+        dm = EnsembleDataModule(_cfg(patch_size=None, samples_per_epoch=spe),
+                                forecast=stores.forecast, analysis=stores.analysis)
+        assert len(dm.train_dataloader().sampler) == (spe or len(dm.train_dataloader().dataset))
+        exact = dm.exact_fit_dataloader()
+        got = list(exact)
+        assert len(exact) == len(got)
+        passes.append(got)
+        model = build_model(build_spec(dm, ModelConfig(name="emos_local"), n_members=dm.n_members,
+                                       grid_shape=dm.grid_shape))
+        fit_emos(model, (emos_chunk(model, b) for b in got))
+        params.append(model.params.detach().clone())
+    times = torch.cat([b["init_time"] for b in passes[0]])
+    assert len(times) == len(set(times.tolist())) == len(dm.split_init_times["train"])
+    for got, p in zip(passes[1:], params[1:]):
+        _same(got, passes[0], "exact pass")
+        torch.testing.assert_close(p, params[0], rtol=0, atol=0)
+
+
 def _rows(batches: list) -> dict:
     """Each sample row of ``batches`` by (init time, lead, tile origin)."""
     out = {}
