@@ -3,7 +3,8 @@
 :func:`check_config` compares a parsed :class:`~flows.config.EnsppConfig` with the files it
 names and returns a :class:`Preflight` of *problems* (a run would fail: a missing input file,
 a split outside the store's period or one that selects no sample (valid times the analysis
-store lacks: the pipeline's own selection, on coordinates), K above the store's perturbed
+store lacks: the pipeline's own selection, on coordinates), a split without validation init
+times (training chooses and scores its checkpoint on them), K above the store's perturbed
 members, a variable or lead time the store lacks, a case catalogue that does not parse) and
 *notes* (worth knowing, not fatal: a store the first ingest will create, a region without
 grid points that evaluate skips, incoming patterns that match no file yet, a land-sea mask
@@ -12,7 +13,8 @@ the maps cannot use).
 Paths resolve as every command resolves them: ``data.workdir`` against the config file's
 directory, every other relative path against the work directory.  Paths under the work
 directory's ``stores/`` and ``cache/`` (and ``synth/`` when ``data.synth`` is set) are written
-by enspp itself, so their absence is a note; any other missing input is a problem.  Checks
+by enspp itself, so their absence is a note, as is a missing statistics file wherever it is
+configured (training writes it); any other missing input is a problem.  Checks
 that need a store (splits, members, variables, lead times, regions) run only when it exists.
 """
 
@@ -70,6 +72,8 @@ class _Checker:
         self.wd = config.workdir
         self.out = Preflight()
         self._open: dict[tuple[Path, bool], Any] = {}
+        #: the pipeline's samples of each split (:meth:`samples`), once formed
+        self._samples: Any = None
 
     # -------------------------------------------------------------- paths
     def _written_by_enspp(self, path: Path) -> bool:
@@ -81,14 +85,16 @@ class _Checker:
         return any(p.is_relative_to(r.resolve()) for r in roots)
 
     def path(self, key: str, value: Path | str | None, *, what: str,
-             created_by: str = "the first run") -> Path | None:
-        """The resolved path if it exists; else a problem or a note, and ``None``."""
+             created_by: str = "the first run", written: bool = False) -> Path | None:
+        """The resolved path if it exists; else a problem or a note, and ``None``.
+        ``written``: a file enspp writes wherever it is configured (the statistics), so its
+        absence is a note anywhere."""
         if value is None:
             return None
         p = self.wd.path(value)
         if p.exists():
             return p
-        if self._written_by_enspp(p):
+        if written or self._written_by_enspp(p):
             self.out.notes.append(f"{key}: {what} {p} does not exist yet ({created_by} writes it)")
         else:
             self.out.problems.append(f"{key}: {what} {p} does not exist")
@@ -141,7 +147,11 @@ class _Checker:
         self.path("pipeline.stores.static", st.static, what="static file",
                   created_by="the synthetic world")
         self.path("pipeline.stores.statistics", st.statistics, what="statistics file",
-                  created_by="training")
+                  created_by="training", written=True)
+        from enspp.models.config import validation_split_problem
+
+        if (problem := validation_split_problem(self.cfg.pipeline.split)) is not None:
+            self.out.problems.append(problem)
         fc = None if fc_path is None else self.dataset("pipeline.stores.forecast", fc_path)
         an = None if an_path is None else self.dataset("pipeline.stores.analysis", an_path)
         fc = self.kind("pipeline.stores.forecast", fc, fc_path, expected="forecast")
@@ -153,6 +163,8 @@ class _Checker:
                            an_path)
         if fc is not None and an is not None:
             self.samples(fc, an)
+        if fc is not None and "init_time" in fc.coords and fc.sizes["init_time"]:
+            self.exact_fit_memory(fc)
         return fc, an
 
     def samples(self, fc: Any, an: Any) -> None:
@@ -168,7 +180,8 @@ class _Checker:
             return
         split = self.cfg.pipeline.split
         try:
-            split_samples(fc, an, features=self.cfg.pipeline.features, split=split)
+            self._samples = split_samples(fc, an, features=self.cfg.pipeline.features,
+                                          split=split)
         except (AlignmentError, VariableNotFoundError):
             return
         except SplitError as e:
@@ -238,9 +251,34 @@ class _Checker:
                 period = getattr(split, name)
                 if period is not None:
                     self.period(f"pipeline.split.{name}", period, t, path)
-            self.exact_fit_memory(fc, t)
 
-    def exact_fit_memory(self, fc: Any, times: np.ndarray) -> None:
+    def train_init_times(self, fc: Any) -> int | None:
+        """How many training init times training forms (``pipeline.split``): those of the
+        pipeline's :func:`~pipeline.splits.split_samples` (:meth:`samples`), else, without an
+        analysis store to align with, the forecast store's init times split as training
+        splits them (:func:`~pipeline.splits.resolve_periods` with its day units and lead
+        days, :func:`~pipeline.splits.split_init_times`); ``None`` when no split forms."""
+        if self._samples is not None:
+            return len(self._samples.init_times.get("train", ()))
+        from enspp.pipeline.features import channel_leads
+        from enspp.pipeline.splits import SplitError, resolve_periods, split_init_times
+
+        feats, split = self.cfg.pipeline.features, self.cfg.pipeline.split
+        leads = channel_leads(target_lead_time=feats.target_lead_time,
+                              input_lead_times=feats.input_lead_times,
+                              target_lead_times=feats.target_lead_times)
+        max_lead = np.timedelta64(max(leads), "h").astype("timedelta64[ns]")
+        inits = fc["init_time"].values
+        try:
+            periods = resolve_periods(inits, config=split, max_lead=max_lead)
+            if "train" not in periods:
+                return None
+            return len(split_init_times(inits, periods=periods, max_lead=max_lead,
+                                        gap_days=split.gap_days)["train"])
+        except SplitError:
+            return None
+
+    def exact_fit_memory(self, fc: Any) -> None:
         """The exact EMOS fit (an EMOS model, or a network's anchor) holds its training cases
         (:func:`models.emos.fit_emos`, :data:`EMOS_CASE_BYTES` each) in memory up to a quarter
         of this machine's, and spills the rest to the run's folder by ranges of grid points,
@@ -259,13 +297,10 @@ class _Checker:
             return
         if fit == "raw":
             return
-        split, feats = self.cfg.pipeline.split, self.cfg.pipeline.features
-        if split.train is not None:
-            days = np.asarray(times, "datetime64[D]")
-            n_train = int(((days >= np.datetime64(split.train.start))
-                           & (days <= np.datetime64(split.train.end))).sum())
-        else:
-            n_train = int(round(len(times) * split.fractions[0]))
+        feats = self.cfg.pipeline.features
+        n_train = self.train_init_times(fc)
+        if n_train is None:  # no training split forms: a problem of its own
+            return
         subset = self.cfg.pipeline.batches.exact_fit_init_times
         if subset is not None:  # the fit reads that many of them
             n_train = min(n_train, subset)

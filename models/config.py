@@ -118,6 +118,14 @@ class TrainConfig(BaseModel):
     #: name of the run directory under ``WORKDIR/runs``; default: a timestamp and the seed
     run_id: str | None = None
 
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _batch_limit(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and v > 1.0:
+            raise ValueError(f"{v} is neither a fraction (at most 1.0) of the batches nor a "
+                             "number of batches (an int)")
+        return v
+
     @field_validator("precision")
     @classmethod
     def _precision_on_device(cls, v: str, info: ValidationInfo) -> str:
@@ -132,6 +140,27 @@ class TrainConfig(BaseModel):
         if v is not None and (not v or "/" in v or "\\" in v or v in (".", "..")):
             raise ValueError(f"run_id {v!r} must be a plain directory name")
         return v
+
+
+def validation_split_problem(split: Any) -> str | None:
+    """Why training cannot run on ``split`` (a ``pipeline.config.SplitConfig``), or ``None``:
+    training chooses its checkpoint on the validation init times (early stopping, ``best.ckpt``,
+    the seeds' and refit's epochs) and scores it there (the score the train flow and the
+    registry compare), so a split without validation init times cannot be trained on.
+    Exact: a validation fraction > 0 always gives a validation period, and a period that
+    selects no sample is a split error of its own.  Reads the config only (no torch), for
+    ``enspp train`` and ``enspp validate`` alike."""
+    why = ("training chooses and scores its checkpoint on validation init times (early "
+           "stopping, best.ckpt and the validation score the train flow registers)")
+    if split.explicit:
+        if split.val is None:
+            return (f"pipeline.split: no validation period (split.val is not set): {why}; "
+                    "set pipeline.split.val")
+        return None
+    if split.fractions[1] <= 0:
+        return (f"pipeline.split.fractions: {list(split.fractions)} leave no validation split: "
+                f"{why}; give validation a fraction > 0")
+    return None
 
 
 class PredictConfig(BaseModel):

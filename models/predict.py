@@ -305,6 +305,18 @@ def _check_fields(fields: Collection[str]) -> frozenset[str]:
     return got
 
 
+def _init_time(t: Any) -> np.datetime64:
+    """``t`` (``--init-time``: a date/time string, a timestamp) as a UTC ``datetime64[ns]``."""
+    try:
+        ts = pd.Timestamp(t)
+        if pd.isna(ts):
+            raise ValueError("not a time")
+        return np.datetime64(ts.as_unit("ns").to_datetime64(), "ns")
+    except (ValueError, TypeError, OverflowError) as e:
+        raise PredictError(f"--init-time {str(t)!r}: not a date/time such as 2019-01-31 or "
+                           f"2019-01-31T12:00 ({' '.join(str(e).split())})") from None
+
+
 def _select_inits(ds: xr.Dataset, init_times: Sequence[Any] | None, *,
                   source: Any) -> list[np.datetime64]:
     have = ds[schema.INIT_TIME].values.astype("datetime64[ns]")
@@ -312,7 +324,7 @@ def _select_inits(ds: xr.Dataset, init_times: Sequence[Any] | None, *,
         raise PredictError(f"{source} holds no (complete) init times")
     if init_times is None:
         return list(have)
-    wanted = [np.datetime64(pd.Timestamp(t).to_datetime64(), "ns") for t in init_times]
+    wanted = [_init_time(t) for t in init_times]
     missing = [str(t)[:16] for t in wanted if t not in set(have)]
     if missing:
         raise PredictError(f"init times {missing} are not in {source} "

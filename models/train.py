@@ -50,7 +50,7 @@ from enspp.models.checkpoint import (
     spec_to_dict,
     write_checkpoint,
 )
-from enspp.models.config import ModelConfig, TrainConfig
+from enspp.models.config import ConfigError, ModelConfig, TrainConfig, validation_split_problem
 from enspp.models.lightning_module import PostProcessingModule, monitor_name
 from enspp.models.progress import TrainProgress, metric_words, train_summary
 
@@ -62,6 +62,10 @@ LAST_NAME = "last"
 
 class RunDirError(EnsppError):
     """The run directory a training would write into holds another run."""
+
+
+class NoBestCheckpointError(EnsppError):
+    """A fit ended without a validation score, so without a best checkpoint."""
 
 
 class TrainingData(Protocol):
@@ -340,6 +344,9 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     ``WORKDIR/runs/<id>/checkpoints`` the run continues in that directory.
     """
     L.seed_everything(train_config.seed, workers=True, verbose=False)
+    split = getattr(pipeline, "split", None)
+    if split is not None and (problem := validation_split_problem(split)) is not None:
+        raise ConfigError(problem)
     pipeline = resolve_store_paths(pipeline, workdir)
     config_text = _config_text(pipeline=pipeline, model=model, train=train_config)
     resumed_dir = run_dir_of_checkpoint(resume) if resume is not None else None
@@ -349,11 +356,15 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
     data.setup("fit")
     if hasattr(data, "expect_accelerator"):  # the loaders read before fit pin as it will
         data.expect_accelerator(train_config.accelerator)
+    if "val" not in getattr(data, "split_init_times", {"val": None}):  # a DataModule of its own
+        raise ConfigError("pipeline.split: the DataModule has no validation split: training "
+                          "chooses and scores its checkpoint on validation init times")
     spec = build_spec(data, model, n_members=data.n_members, grid_shape=data.grid_shape,
                       seeds=train_config.seeds)
     from enspp.models.base import MODELS, build_model
 
     network = MODELS[spec.name].network
+    _check_batch_limits(data, train_config, network=network)
     if not network and spec.seeds != 1:  # the exact EMOS fit is deterministic: one model
         spec = dataclasses.replace(spec, seeds=1)
     plugins = None
@@ -407,6 +418,10 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
             trainer.save_checkpoint(best, weights_only=False)
             LOGGER.info(f"train {model.name}: no epoch beat the anchor EMOS on validation "
                         f"({monitor} {anchor:.4g}); the best checkpoint is the anchor")
+    if not best.is_file():  # never name a checkpoint that is not there
+        raise NoBestCheckpointError(
+            f"train {model.name} ({run_dir.name}): no epoch logged {monitor}, so no best "
+            f"checkpoint was written ({ckpt_dir / f'{LAST_NAME}.ckpt'} holds the last epoch)")
     LOGGER.info(summary_line(f"train {model.name} ({run_dir.name})", train_summary(
         epochs=epochs, best_epoch=progress.best_epoch,
         monitor=monitor, best=best_score, raw_name=raw_name,
@@ -417,6 +432,32 @@ def train(pipeline: Any, model: ModelConfig, train_config: TrainConfig, *,
         best_score=best_score,
         raw_score=None if raw is None else float(raw), epochs=epochs,
         metrics_csv=Path(trainer.loggers[0].log_dir) / "metrics.csv")
+
+
+def _check_batch_limits(data: Any, train_config: TrainConfig, *, network: bool) -> None:
+    """Refuse a fraction ``train.limit_train_batches`` / ``limit_val_batches`` that leaves
+    less than one batch of the split's loader (Lightning would stop with a traceback); the
+    training limit only where batches are trained on (a network; the exact EMOS fit reads
+    every sample)."""
+    limits = [("val", "validation", train_config.limit_val_batches, "val_dataloader")]
+    if network:
+        limits.insert(0, ("train", "training", train_config.limit_train_batches, "train_dataloader"))
+    for key, words, limit, loader in limits:
+        if not isinstance(limit, float) or limit >= 1.0:
+            continue
+        try:
+            n = len(getattr(data, loader)())
+        except TypeError:  # a loader without a length: Lightning takes a fraction of none
+            continue
+        if n and int(n * limit) < 1:
+            d = len(str(n)) + 1  # two significant digits of 1/n, rounded up
+            least = int(np.ceil(10**d / n))
+            while int(n * (least / 10**d)) < 1:
+                least += 1
+            raise ConfigError(
+                f"train.limit_{key}_batches: {limit} of the {n} {words} batch"
+                f"{'es' if n != 1 else ''} is less than one batch; give a fraction of at "
+                f"least {least / 10**d:g} or a number of batches (an int, e.g. 1)")
 
 
 def _fresh_model(spec: Any, train_config: TrainConfig) -> Any:

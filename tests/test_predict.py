@@ -328,6 +328,22 @@ def test_a_run_directory_stands_for_its_best_checkpoint(world, tmp_path, capsys)
     assert err.count("\n") == 1 and "runs is a directory without checkpoints/best.ckpt" in err
 
 
+@pytest.mark.parametrize("value", ["yesterday", "2019-13-01", "2019-01-0x", "", "9999-01-01"])
+def test_an_init_time_that_is_not_a_date_is_one_line_naming_the_option(world, tmp_path, capsys,
+                                                                       value):
+    """``--init-time`` that does not parse (or lies beyond the nanosecond range): one line
+    naming the option and the value, no traceback, nothing written."""
+    from enspp.flows.cli import main
+
+    out = tmp_path / "p.zarr"
+    assert main(["predict", "--checkpoint", str(world["raw"]), "--store",
+                 str(world["paths"].forecast), "--init-time", value, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"enspp predict: error: --init-time {value!r}: not a date/time"), err
+    assert not out.exists()
+
+
 def test_absent_input_fields_skip_the_init_time_never_filled(world, tmp_path):
     """A forecast store that lacks an input field at one init time (recorded as absent):
     predict skips that init time and says so in one line, whatever ``nan_policy`` (the field

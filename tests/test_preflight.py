@@ -92,6 +92,7 @@ def test_every_problem_is_named_with_its_key(work, capsys):
     problems = check_config(load_config(path)).problems
     expected = [
         f"pipeline.stores.static: static file {work / 'elsewhere/static.nc'} does not exist",
+        "pipeline.split: no validation period (split.val is not set): training chooses",
         "pipeline.features.variables: ['z300'] not in",
         "pipeline.features.target_lead_time: [72] h not in",
         "pipeline.members: members.k = 9 is larger than the 5 perturbed members present",
@@ -305,10 +306,12 @@ def test_an_exact_fit_beyond_memory_or_disk_is_named(work, monkeypatch):
     assert fit_memory() == preflight._memory_bytes() // 4
     fc = xr.open_zarr(work / "stores" / "forecast.zarr")
     points = fc.sizes["latitude"] * fc.sizes["longitude"]
-    need = 10 * points * CASE_BYTES  # 10 training init times, one target and lead
+    # 8 training init times (split.train 2019-01-01..10 with a 48 h lead: those whose valid
+    # time lies in the period, as training forms them), one target and lead
+    need = 8 * points * CASE_BYTES
     cfg = lambda **model: load_config(config(work, "mem.yaml", model=model))  # noqa: E731
 
-    def model_lines(report):  # (10 training init times: the local fit's overfit note aside)
+    def model_lines(report):  # (8 training init times: the local fit's overfit note aside)
         return ([p for p in report.problems if p.startswith("model:")],
                 [n for n in report.notes if n.startswith("model:") and "overfit" not in n])
 
@@ -319,21 +322,21 @@ def test_an_exact_fit_beyond_memory_or_disk_is_named(work, monkeypatch):
     assert not problems
     assert note.startswith("model: the exact fit of the emos_local anchor of mixed spills its "
                            "training cases beyond memory")
-    assert "for 10 training init times x" in note and "then fits it in ranges" in note
+    assert "for 8 training init times x" in note and "then fits it in ranges" in note
     problems, [note] = model_lines(check_config(cfg(name="mixed", options={"anchor_season": "doy"})))
-    assert f"about {10 * points * (CASE_BYTES + 16) / 2**30:.1f} GiB" in note
+    assert f"about {8 * points * (CASE_BYTES + 16) / 2**30:.1f} GiB" in note
     assert model_lines(check_config(cfg(name="mixed", options={"anchor": "raw"}))) == ([], [])
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(free=need - 1))
     [problem], _ = model_lines(check_config(cfg(name="emos_local")))
     assert problem.startswith("model: the exact fit of emos_local spills") and "free disk space" in problem
     assert "set pipeline.batches.exact_fit_init_times" in problem
-    # the fit from 5 of the 10 training init times: half the cases, held in memory
+    # the fit from 4 of the 8 training init times: half the cases, held in memory
     pipe = yaml.safe_load(config(work, "x.yaml").read_text())["pipeline"]
     sub = lambda n: load_config(config(work, "sub.yaml", model={"name": "emos_local"},  # noqa: E731
                                        pipeline={**pipe, "batches": {"exact_fit_init_times": n}}))
-    assert model_lines(check_config(sub(5))) == ([], [])
-    [problem], _ = model_lines(check_config(sub(20)))  # more than the split holds: all 10
-    assert "for 10 training init times x" in problem
+    assert model_lines(check_config(sub(4))) == ([], [])
+    [problem], _ = model_lines(check_config(sub(20)))  # more than the split holds: all 8
+    assert "for 8 training init times x" in problem
     # a global EMOS is held whole: a problem beyond the machine's memory, a note beyond half
     monkeypatch.setattr(preflight, "_memory_bytes", lambda: need - 1)
     [problem], _ = model_lines(check_config(cfg(name="emos_global")))
@@ -370,9 +373,9 @@ def test_a_local_fit_from_too_few_init_times_is_a_note(work):
     def overfit(report):
         return [n for n in report.notes if "overfit" in n]
 
-    [note] = overfit(check_config(cfg(name="emos_local")))  # the fixture: 10 training init times
+    [note] = overfit(check_config(cfg(name="emos_local")))  # the fixture: 8 training init times
     assert note == ("model: the exact fit of emos_local fits 4 parameters at every point from "
-                    "only 10 training init times (fewer than 20, 5 per parameter): it will "
+                    "only 8 training init times (fewer than 20, 5 per parameter): it will "
                     "overfit; train on more init times or use emos_global (one fit for all "
                     "points)")
     [note] = overfit(check_config(cfg(name="mixed", options={"anchor_season": "doy"})))
@@ -469,3 +472,75 @@ def test_validate_reads_the_config_file_once(work, monkeypatch, capsys):
     assert main(["validate", str(path)]) == 0
     assert "valid config (sections evaluate, pipeline, the others default" in capsys.readouterr().out
     assert len(reads) == 1
+
+
+@pytest.mark.parametrize("split, patience, line", [
+    ({"fractions": [0.8, 0.0, 0.2]}, 5,
+     "pipeline.split.fractions: [0.8, 0.0, 0.2] leave no validation split: "),
+    ({"train": {"start": "2019-01-01", "end": "2019-01-10"}}, None,
+     "pipeline.split: no validation period (split.val is not set): "),
+])
+def test_a_split_without_validation_is_a_problem_as_in_train(work, capsys, split, patience, line):
+    """Training refuses a split without validation init times (it chooses and scores its
+    checkpoint on them, with or without early stopping): validate names the same line, and
+    exits 1; train says it in one line."""
+    path = config(work, "noval.yaml", pipeline={"split": split},
+                  train={"early_stopping_patience": patience, "max_epochs": 1,
+                         "progress_bar": False})
+    problems = check_config(load_config(path)).problems
+    assert [p for p in problems if p.startswith("pipeline.split")] == [
+        p for p in problems if p.startswith(line)], problems
+    [problem] = [p for p in problems if p.startswith(line)]
+    assert "early stopping, best.ckpt" in problem
+    assert main(["validate", str(path)]) == 1
+    assert problem in capsys.readouterr().err
+    assert main(["train", "--config", str(path)]) == 1
+    assert capsys.readouterr().err == f"enspp train: error: {problem}\n"
+    assert not (work / "runs").exists()
+
+
+def test_a_statistics_file_outside_stores_is_a_note_wherever_it_is(work, capsys):
+    """Training writes the statistics file wherever pipeline.stores.statistics puts it: its
+    absence is a note (not a problem), in stores/ or elsewhere."""
+    path = config(work, "stats_elsewhere.yaml",
+                  pipeline={"stores": {"forecast": "stores/forecast.zarr",
+                                       "analysis": "stores/analysis.zarr",
+                                       "static": "stores/static.nc",
+                                       "statistics": "statistics/norm.nc"}})
+    report = check_config(load_config(path))
+    assert not any(p.startswith("pipeline.stores.statistics") for p in report.problems)
+    assert (f"pipeline.stores.statistics: statistics file {work / 'statistics/norm.nc'} does "
+            "not exist yet (training writes it)") in report.notes
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("split", [
+    {},  # the default fractions: day units, each split with its lead days
+    {"train": {"start": "2019-01-01", "end": "2019-01-10"},
+     "val": {"start": "2019-01-11", "end": "2019-01-16"}},
+])
+def test_the_overfit_note_counts_the_training_init_times_training_uses(work, split):
+    """The local fit's note counts the init times the DataModule trains on (its split of the
+    aligned samples: valid times inside the period), also without an analysis store to align
+    with (the forecast store's init times, split as training splits them)."""
+    from enspp.models.train import resolve_store_paths
+    from enspp.pipeline.datamodule import EnsembleDataModule
+
+    def count(path):
+        [note] = [n for n in check_config(load_config(path)).notes if "overfit" in n]
+        return int(note.split("from only ")[1].split()[0])
+
+    path = config(work, "count.yaml", pipeline={"split": split}, model={"name": "emos_local"},
+                  evaluate={"split": None})
+    cfg = load_config(path)
+    pipe = resolve_store_paths(cfg.pipeline, cfg.workdir.root)  # no statistics file written
+    pipe = pipe.model_copy(update={"stores": pipe.stores.model_copy(update={"statistics": None})})
+    dm = EnsembleDataModule(pipe)
+    dm.setup("fit")
+    n = len(dm.split_init_times["train"])
+    assert count(path) == n
+    stores = {"forecast": "stores/forecast.zarr", "analysis": "stores/none.zarr",
+              "static": "stores/static.nc"}
+    assert count(config(work, "count_no_an.yaml", pipeline={"split": split, "stores": stores},
+                        model={"name": "emos_local"}, evaluate={"split": None})) == n

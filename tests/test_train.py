@@ -314,3 +314,51 @@ def test_a_named_run_holding_another_run_is_refused_and_kept(tmp_path: Path) -> 
     point.mkdir()
     (point / "experiment_started.json").write_text("{}")
     assert fit(tmp_path, name="mlp", epochs=1, run_id="exp-point").run_dir == point
+
+
+@pytest.mark.parametrize("split, line", [
+    ({"fractions": [0.8, 0.0, 0.2]},
+     "pipeline.split.fractions: [0.8, 0.0, 0.2] leave no validation split: "),
+    ({"train": {"start": "2020-01-01", "end": "2020-01-31"}},
+     "pipeline.split: no validation period (split.val is not set): "),
+])
+def test_a_split_without_validation_is_refused_before_training(tmp_path: Path, split, line):
+    """Training chooses and scores its checkpoint on validation init times: a split without
+    them is one line naming pipeline.split, before anything is read or written, with or
+    without early stopping, for a network and an exact EMOS fit alike (not Lightning's
+    early-stopping traceback, nor a best.ckpt that was never written scored NaN)."""
+    pipe = PipelineConfig.from_dict({"features": {"variables": ["t2m"], "targets": ["t2m"]},
+                                     "split": split})
+    for name, patience in (("mlp", 5), ("mlp", None), ("emos_local", None)):
+        cfg = TrainConfig(max_epochs=1, progress_bar=False, run_id="run",
+                          early_stopping_patience=patience)
+        with pytest.raises(ConfigError) as e:
+            train(pipe, ModelConfig(name=name), cfg, workdir=tmp_path, datamodule=ToyDataModule())
+        assert str(e.value).startswith(line) and "\n" not in str(e.value)
+        assert "early stopping, best.ckpt" in str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+    class NoValidation(ToyDataModule):  # a DataModule of its own without a validation split
+        split_init_times = {"train": np.zeros(1, "datetime64[ns]")}
+
+    with pytest.raises(ConfigError, match="pipeline.split: the DataModule has no validation"):
+        train(PIPE, ModelConfig(name="mlp"), TrainConfig(max_epochs=1, progress_bar=False),
+              workdir=tmp_path, datamodule=NoValidation())
+
+
+def test_batch_limits_below_one_batch_are_refused_naming_the_key(tmp_path: Path) -> None:
+    """A fraction ``limit_train_batches`` / ``limit_val_batches`` leaving less than one batch
+    (the toy world: 4 training and 2 validation batches) is one line naming the key, the
+    value and the number of batches (not Lightning's MisconfigurationException); a float
+    above 1 is refused by the config."""
+    with pytest.raises(ConfigError, match=r"^train\.limit_train_batches: 0\.1 of the 4 training "
+                       r"batches is less than one batch; give a fraction of at least 0\.25 "):
+        fit(tmp_path, name="mlp", epochs=1, limit_train_batches=0.1)
+    with pytest.raises(ConfigError, match=r"^train\.limit_val_batches: 0\.2 of the 2 validation "
+                       r"batches is less than one batch; give a fraction of at least 0\.5 "):
+        fit(tmp_path, name="emos_local", epochs=1, limit_val_batches=0.2)
+    assert not (tmp_path / "runs").exists()
+    for key in ("limit_train_batches", "limit_val_batches"):
+        with pytest.raises(ValueError, match=r"2\.5 is neither a fraction \(at most 1\.0\)"):
+            TrainConfig(**{key: 2.5})
+        assert TrainConfig(**{key: 3}).model_dump()[key] == 3  # a number of batches
