@@ -116,7 +116,9 @@ def test_systems_covering_different_spans_are_compared_on_the_common_span(world,
     res = evaluate(config_from_mapping(cfg))
     assert int(res.scores["t2m"]["init_count"]) == 3
     assert res.notes == ["t2m: scored on the init times every system covers, "
-                         "2021-01-04T00..2021-01-06T00; 3 init times outside that span are left out"]
+                         "2021-01-04T00..2021-01-06T00; 3 init times outside that span are left out",
+                         "t2m: bootstrap: 3 init times are fewer than two blocks of 2 "
+                         "(evaluate.bootstrap.block_length): no confidence interval"]
 
 
 def test_valid_times_the_truth_lacks_are_refused_or_skipped(world, tmp_path):
