@@ -84,7 +84,7 @@ def _acquire(fd: int, path: Path, root: Path, *, timeout: float | None, on_wait:
             holder = _holder(path)
             if deadline is not None and time.monotonic() >= deadline:
                 raise StoreLockedError(
-                    f"store {root} is locked by another ingest (pid {holder}); waited "
+                    f"store {root} is locked by another enspp process (pid {holder}); waited "
                     f"{timeout:g} s — retry when it has finished") from None
             if not told and callable(on_wait):
                 on_wait(f"store {root} is locked by pid {holder}; waiting for it")

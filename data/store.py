@@ -135,15 +135,10 @@ def open_store(path: str | os.PathLike[str], *, complete_only: bool = True) -> x
     ``complete``.  A chunk that cannot be decoded, or that is missing although its field was
     ingested, raises :class:`StoreReadError` when it is read.
     """
-    from enspp.data.store_meta import open_meta
-
     p = _check_store(path)
-    meta = open_meta(p)
-    with suppress_zarr_warnings():
-        ds = xr.open_zarr(p, consolidated=True, chunks=None, decode_timedelta=True)
+    meta, ds = _open_snapshot(p, dask=True)
     rec = record_dim(meta.kind)
     done = meta.complete
-    ds = _checked(ds, meta, p)
     if complete_only:
         ds = _mask_absent(ds, meta, rec, done)
         order = np.flatnonzero(done)
@@ -280,13 +275,46 @@ def open_checked(path: str | os.PathLike[str]) -> xr.Dataset:
     and each read checked as :func:`open_store`'s (a corrupt or missing chunk raises
     :class:`StoreReadError` naming store, variable and chunk).  Use the records and fields
     :func:`open_store` / :func:`present_fields` show."""
+    p = _check_store(path)
+    return _open_snapshot(p, dask=False)[1]
+
+
+#: reads of a store's metadata tried before a commit racing them is let through as an error
+_SNAPSHOT_TRIES = 3
+
+
+def _open_snapshot(p: Path, *, dask: bool) -> tuple[Any, xr.Dataset]:
+    """The store's bookkeeping and its checked dataset, from one version of its root
+    ``zarr.json``: both read it, and an ingest committing (replacing it) between the two
+    reads gave arrays of the old length under coordinates of the new ("conflicting sizes
+    for dimension"); such a read is tried again (the root file's identity compared around
+    the pair of reads)."""
     from enspp.data.store_meta import open_meta
 
-    p = _check_store(path)
-    meta = open_meta(p)
-    with suppress_zarr_warnings():
-        ds = xr.open_zarr(p, consolidated=True, chunks=None, decode_timedelta=True)
-    return _checked(ds, meta, p, dask=False)
+    for attempt in range(_SNAPSHOT_TRIES):
+        before = _root_stamp(p)
+        last = attempt == _SNAPSHOT_TRIES - 1
+        try:
+            meta = open_meta(p)
+            with suppress_zarr_warnings():
+                ds = xr.open_zarr(p, consolidated=True, chunks=None, decode_timedelta=True)
+            ds = _checked(ds, meta, p, dask=dask)
+        except (ValueError, KeyError) as e:
+            if last or (_root_stamp(p) == before and "conflicting sizes" not in str(e)):
+                raise
+            continue
+        if last or _root_stamp(p) == before:
+            return meta, ds
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _root_stamp(root: Path) -> tuple[int, int, int] | None:
+    """The identity of the root ``zarr.json`` (a commit replaces it: a new inode)."""
+    try:
+        st = (root / "zarr.json").stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _root_mtime(root: Path) -> int:

@@ -119,16 +119,18 @@ def open_dataset(path: Path) -> xr.Dataset:
         is_store = open_store = None
     if is_store is not None and is_store(path):
         return open_store(path)
+    from enspp.models.product import PRODUCT_KIND, is_product_store, open_product
+
+    if is_product_store(path):  # by its root attributes, before any array is read: only the
+        return open_product(path)  # init times marked complete are scored
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         try:
             ds = xr.open_zarr(path, consolidated=None)
         except (OSError, ValueError, KeyError) as e:
             raise SystemDataError(f"{path}: cannot be opened as a Zarr store ({e})") from None
-    from enspp.models.product import PRODUCT_KIND, open_product
-
-    if ds.attrs.get("enspp_kind") == PRODUCT_KIND:  # a predict killed mid-write: its last
-        return open_product(path)  # init times are not marked complete, and not scored
+    if ds.attrs.get("enspp_kind") == PRODUCT_KIND:  # became a product since (a first write)
+        return open_product(path)
     return ds
 
 

@@ -15,13 +15,17 @@ The demo never replaces a file it did not write: it records the sha256 of each c
 writes in ``WORKDIR/.enspp-demo`` (:data:`DEMO_MARKER`) and writes ``enspp.yaml`` or
 ``service.yaml`` again only when the file is absent or still what it wrote.  A file edited
 since, or a non-empty work directory that holds no earlier demo, is refused in one line
-before anything is written (:func:`check_workdir`).
+before anything is written (:func:`check_workdir`).  One demo at a time in a work
+directory: ``enspp demo`` holds its lock (:func:`workdir_lock`) from that check to the end,
+and a second demo there is refused at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +346,41 @@ def _check_world(config: EnsppConfig) -> None:
     except SynthError as e:
         raise DemoWorkdirError(f"demo: {e}; give another --workdir (nothing was changed)"
                                ) from None
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | Path) -> Iterator[Path]:
+    """Hold the lock of the demo's work directory, without waiting: two demos in one work
+    directory would interleave their steps and the record in :data:`DEMO_MARKER`.
+
+    The lock is :func:`data.lock.store_lock` on the work directory, its file
+    ``.<workdir name>.lock`` beside the work directory (never inside: the work directory is
+    left byte for byte when the demo refuses it).  Busy: :class:`DemoWorkdirError` in one
+    line naming the holder's pid.  ``flock`` locks conflict within one process too (each
+    call opens the file afresh), so the lock is taken in one place only: the ``enspp demo``
+    command, around :func:`check_workdir` and the whole flow; :func:`demo_flow` itself does
+    not take it (a caller running the flow directly serialises its own runs)."""
+    from enspp.data.lock import StoreLockedError, StoreNotWritableError, lock_path, store_lock
+
+    root = Path(workdir)
+    path = lock_path(root)
+    with contextlib.ExitStack() as stack:
+        try:  # only the taking of the lock: an error of the body is not "another demo"
+            stack.enter_context(store_lock(root, timeout=0))
+        except StoreLockedError:
+            try:
+                pid = path.read_text().strip() or "unknown"
+            except OSError:
+                pid = "unknown"
+            raise DemoWorkdirError(
+                f"demo: another demo is running in {root} (pid {pid}); wait for it or give "
+                "another --workdir (nothing was changed)") from None
+        except StoreNotWritableError:
+            raise DemoWorkdirError(
+                f"demo: the work directory's lock file {path} cannot be created "
+                f"({path.parent} is not writable); give another --workdir "
+                "(nothing was changed)") from None
+        yield path
 
 
 def write_demo_file(config: EnsppConfig, name: str, text: str,

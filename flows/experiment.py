@@ -433,6 +433,8 @@ def _register(config: Any, checkpoint: Path, run_dir: Path, *, source: str) -> d
         wd.registry, checkpoint, score=scores["candidate"]["score"],
         metric=scores["candidate"]["metric"],
         current_score=scores["current"]["score"] if "current" in scores else None,
+        scored_current=(Path(products["current"]).name.removesuffix(".zarr").rsplit("-", 1)[0]
+                        if "current" in products else None),
         source=source, details={"crps": scores["candidate"]["crps"]})
     return {"decision": decision, "score": scores["candidate"], "product": products["candidate"]}
 

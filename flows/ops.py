@@ -380,13 +380,21 @@ def train_flow(config_path: str | None = None, min_improvement: float = 0.0) -> 
     trained = steps.train_model(cfg)
     candidate = trained["checkpoint"]
     scored = steps.validation_candidates(wd.registry, candidate)
-    products = {label: steps.validation_product(cfg, ckpt, version,
-                                                steps.validation_product_path(cfg, version))
-                for label, (ckpt, version) in scored.items()}
-    scores = steps.score_on_validation(cfg, products)
+    for attempt in range(3):  # a product pruned by another training before it was locked
+        products = {label: steps.validation_product(cfg, ckpt, version,
+                                                    steps.validation_product_path(cfg, version))
+                    for label, (ckpt, version) in scored.items()}
+        try:
+            scores = steps.score_on_validation(cfg, products)
+            break
+        except steps.ValidationProductGone as e:
+            if attempt == 2:
+                raise
+            print(f"{e}; predicting it again")
     decision = steps.register_model(
         str(wd.registry), candidate, score=scores["candidate"],
         current_score=scores["current"]["score"] if "current" in scores else None,
+        scored_current=scored["current"][1] if "current" in scored else None,
         source=trained["run_dir"], min_improvement=min_improvement)
     print(f"registry: {decision['version']} "
           f"{'registered' if decision['registered'] else 'not registered'}: {decision['reason']}")

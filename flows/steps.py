@@ -3,9 +3,10 @@ validation, registering, evaluating and publishing the headline table."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,27 @@ def split_init_times(config: Any, split: str) -> list[str]:
     return split_period(config, split)[1]
 
 
+#: seconds a scoring waits for another holder of a validation product's lock (a predict into it)
+READ_LOCK_TIMEOUT = 600.0
+
+
+class ValidationProductGone(FlowInputError):
+    """A validation product was pruned between its predict and the scoring's taking its lock."""
+
+
+@contextlib.contextmanager
+def reading_products(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Hold the locks of the validation products ``paths`` (taken in path order, so two
+    scorings never wait on each other crosswise) while they are read: a prune
+    (:func:`prune_validation_products`) skips a product whose lock is held."""
+    from enspp.data.lock import store_lock
+
+    with contextlib.ExitStack() as stack:
+        for p in sorted({str(Path(p).absolute()) for p in paths}):
+            stack.enter_context(store_lock(p, timeout=READ_LOCK_TIMEOUT))
+        yield
+
+
 def validation_scores(config: Any, products: dict[str, str]) -> dict[str, dict[str, Any]]:
     """CRPS of each product (``{label: path}``) on the pipeline's validation split against the
     analysis store, in the targets' units, with the raw full ensemble as the reference
@@ -102,7 +124,9 @@ def validation_scores(config: Any, products: dict[str, str]) -> dict[str, dict[s
     the normalised validation CRPS training monitors, it does not depend on the training
     period's statistics, so fits trained on different periods compare fairly.  Init times a
     product lacks (input fields absent from the forecast store) are left out for every
-    product alike (``missing: skip``, a paired comparison), and said so."""
+    product alike (``missing: skip``, a paired comparison), and said so.  The products are
+    read holding their locks (:func:`reading_products`); one removed before its lock was
+    taken raises :class:`ValidationProductGone`."""
     from enspp.evaluation.config import EvaluateConfig, Period
     from enspp.evaluation.evaluate import evaluate
     from enspp.evaluation.systems import product_system
@@ -119,7 +143,13 @@ def validation_scores(config: Any, products: dict[str, str]) -> dict[str, dict[s
                         lead_times=list(config.pipeline.features.target_leads),
                         period=Period(start=val.start, end=val.end),
                         bootstrap={"n": 10}, cases=[], missing="skip")
-    result = evaluate(ev, None)
+    with reading_products(products.values()):
+        gone = [k for k, p in products.items() if not Path(p).exists()]
+        if gone:
+            raise ValidationProductGone(
+                f"validation product(s) {', '.join(str(products[k]) for k in gone)} were removed "
+                f"(pruned by another training) before they were scored: re-run")
+        result = evaluate(ev, None)
     for note in result.notes:
         print(f"validation scores: {note}")
     return validation_score(result.scores, list(products), reference="raw_full")
@@ -200,9 +230,14 @@ def prune_validation_products(cache: Path, *, drop: set[str]) -> list[str]:
     replaced; neither is scored on validation again, so without this every weekly training
     would leave a product behind.  Each product is first renamed (atomically) to a
     ``.trash-`` name and then deleted, so a process killed meanwhile leaves no half-deleted
-    product under a name a later run would reuse; leftovers of such a kill go first.  The
-    names removed."""
+    product under a name a later run would reuse; leftovers of such a kill go first.  A
+    product is removed only while holding its lock, taken without waiting: one another
+    process holds (a training scoring it, a predict writing it) is skipped and left for a
+    later prune.  Lock files are never removed (another process may hold one).  The names
+    removed."""
     import shutil
+
+    from enspp.data.lock import StoreLockedError, store_lock
 
     if not cache.is_dir():
         return []
@@ -213,10 +248,17 @@ def prune_validation_products(cache: Path, *, drop: set[str]) -> list[str]:
         version = product.name.removesuffix(".zarr").rsplit("-", 1)[0]
         if version not in drop:
             continue
-        trash = product.with_name(f"{TRASH_PREFIX}{product.name}")
-        product.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
-        product.with_name(f".{product.name}.lock").unlink(missing_ok=True)
+        try:
+            with store_lock(product, timeout=0):
+                if not product.exists():  # removed by another prune meanwhile
+                    continue
+                trash = product.with_name(f"{TRASH_PREFIX}{product.name}")
+                product.rename(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+        except StoreLockedError:
+            print(f"validation product {product.name} is in use by another process; "
+                  f"not removed (a later prune removes it)")
+            continue
         removed.append(product.name)
     return removed
 
@@ -243,12 +285,15 @@ def score_on_validation(config: Any, products: dict[str, str]) -> dict[str, dict
 
 @task(name="register-model", **_PLAIN)
 def register_model(registry: str, checkpoint: str, *, score: dict[str, Any],
-                   current_score: float | None, source: str,
+                   current_score: float | None, scored_current: str | None, source: str,
                    min_improvement: float = 0.0) -> dict[str, Any]:
+    """Register ``checkpoint`` if it beats ``current_score``, the score of ``scored_current``
+    (the version current when scoring; ``None``: none was), unless ``current`` changed since."""
     from enspp.models.registry import register_if_better
 
     d = register_if_better(registry, checkpoint, score=score["score"], metric=score["metric"],
-                           current_score=current_score, min_improvement=min_improvement,
+                           current_score=current_score, scored_current=scored_current,
+                           min_improvement=min_improvement,
                            source=source, details={"crps": score["crps"]})
     get_run_logger().info(d.line())
     return {"registered": d.registered, "version": d.version, "reason": d.reason,

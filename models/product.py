@@ -210,14 +210,35 @@ def open_product(path: str | Path) -> xr.Dataset:
         raise FileNotFoundError(f"product {path} does not exist")
     if not path.is_dir():
         return open_file(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = xr.open_zarr(path, consolidated=True)
+    ds = _open_product_store(path)
     if ds.attrs.get("enspp_kind") != PRODUCT_KIND:
         raise ProductError(f"{path} is not an enspp product store")
     done = np.asarray(ds.attrs.get(COMPLETE_ATTR, []), dtype="datetime64[ns]")
     keep = np.isin(ds[schema.INIT_TIME].values.astype("datetime64[ns]"), done)
     return ds.isel({schema.INIT_TIME: np.flatnonzero(keep)})
+
+
+def _open_product_store(path: Path, tries: int = 5) -> xr.Dataset:
+    """A product store as xarray opens it: from its consolidated metadata; while a predict
+    appends to it (the root document is then written without them until the append ends)
+    from the arrays' own metadata, tried again while an append leaves its arrays of
+    different lengths (init times being appended are not complete: :func:`open_product`
+    leaves them out)."""
+    import time
+
+    for attempt in range(tries):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return xr.open_zarr(path, consolidated=True)
+            except ValueError:
+                try:
+                    return xr.open_zarr(path, consolidated=False)
+                except ValueError:
+                    if attempt == tries - 1:
+                        raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ProductWriter:
@@ -308,8 +329,7 @@ class ProductWriter:
                     if r0 == 0:
                         self._create(block)
                     else:
-                        block.to_zarr(self.partial, append_dim=schema.INIT_TIME,
-                                      consolidated=True)
+                        _append(block, self.partial)
             times = ds[schema.INIT_TIME].values.astype("datetime64[ns]") if n else []
         if not n:
             return
@@ -382,7 +402,7 @@ class ProductWriter:
                 if not self.target.exists():
                     self._create(part)
                 else:
-                    part.to_zarr(self.target, append_dim=schema.INIT_TIME, consolidated=True)
+                    _append(part, self.target)
         self._mark_complete(*inits)
         if self.target == self.partial and self.fmt == "zarr":
             self.partial.rename(self.out)
@@ -425,7 +445,10 @@ class ProductWriter:
         # the fields it marks reach the disk before the mark, and the mark after them
         # (enspp.data.durable): after a power loss no init time is complete without its data
         durable.sync_filesystem(self.target)
-        group = zarr.open_group(self.target, mode="r+", use_consolidated=False)
+        # opened with its consolidated metadata (when it has it), so that the rewrite of the
+        # root document keeps it: without it, readers of the consolidated copy fail until
+        # consolidate_metadata below
+        group = zarr.open_group(self.target, mode="r+", use_consolidated=None)
         attrs = {**dict(group.attrs), **self.attrs, COMPLETE_ATTR: sorted(self.done)}
         attrs.pop(SKIPPED_ATTR, None)
         attrs.pop(INPUTS_ATTR, None)
@@ -519,6 +542,18 @@ def read_product_attrs(path: str | Path) -> dict[str, Any] | None:
             attrs[COMPLETE_ATTR] = sorted(
                 str(t) for t in ds[schema.INIT_TIME].values.astype("datetime64[ns]"))
     return attrs
+
+
+def _append(block: xr.Dataset, target: Path) -> None:
+    """Append ``block`` along ``init_time`` to the store ``target``, the block carrying the
+    store's current root attributes: xarray's append replaces the root attributes with the
+    block's, and until the init times are marked complete readers of the store (open_product,
+    evaluate, validate, the flows' bookkeeping) would find no ``enspp_kind`` and no
+    ``enspp_complete`` in it."""
+    current = zarr.open_group(target, mode="r", use_consolidated=False).attrs.asdict()
+    block = block.copy(deep=False)  # the caller's block keeps its own attributes
+    block.attrs = dict(current)
+    block.to_zarr(target, append_dim=schema.INIT_TIME, consolidated=True)
 
 
 def _runs(positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:

@@ -185,8 +185,12 @@ def read_decisions(registry: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+_UNSET: Any = object()
+
+
 def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: float,
                        metric: str, current_score: float | None = None,
+                       scored_current: str | None | object = _UNSET,
                        min_improvement: float = 0.0, source: str = "",
                        details: dict[str, Any] | None = None) -> Decision:
     """Register ``checkpoint`` (validation CRPS ``score``, described by ``metric``) and make it
@@ -195,6 +199,13 @@ def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: f
     ``current_score``: the current version's score on the same validation data (pass it when
     the data changed since it was registered); default: the score recorded at registration.
     A candidate identical to the current version (same bytes) is never re-registered.
+
+    ``scored_current``: the version that was current when ``current_score`` was computed
+    (``None``: the registry had none), read outside this lock.  When another registration
+    changed ``current`` meanwhile, the candidate is not registered on that stale comparison
+    (the decision is logged, naming both versions): the registry does not record the
+    validation period a version was scored on, so the new current's recorded score is not
+    known to be comparable.  Default: not checked.
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -204,7 +215,12 @@ def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: f
     name = version_name(checkpoint)
     with store_lock(root, timeout=300.0):
         current = current_version(root)
-        if current is not None and current_score is None:
+        now_current = None if current is None else current.version
+        stale = (scored_current is not _UNSET and now_current != scored_current
+                 and now_current != name)
+        if stale:
+            current_score = None  # scored for another version: not this one's score
+        elif current is not None and current_score is None:
             if current.metric != metric:
                 raise RegistryError(
                     f"registry {root}: current version {current.version} was scored with "
@@ -213,6 +229,10 @@ def register_if_better(registry: str | Path, checkpoint: str | Path, *, score: f
             current_score = current.score
         if current is not None and current.version == name:
             ok, reason = False, f"candidate is the current version {name} (same checkpoint)"
+        elif stale:
+            ok, reason = False, (f"current changed from {scored_current or '(none)'} to "
+                                 f"{now_current or '(none)'} while this candidate was trained; "
+                                 f"not registered: re-run the train flow")
         else:
             ok, reason = decide(score, current_score, min_improvement=min_improvement,
                                 metric=metric)

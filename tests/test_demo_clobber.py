@@ -191,3 +191,44 @@ def test_a_world_of_another_config_is_refused_before_any_write(tmp_path, steps):
         {"synth": _config_dict(demo_synth(fast=True))}))
     steps.clear()
     refused(wd, steps, f"{wd / 'synth'} holds another synthetic world", fast=False)
+
+
+def test_a_second_demo_in_a_busy_work_directory_is_refused_at_once(tmp_path, steps, capsys):
+    """Two demos in one work directory would interleave their steps and their record: while
+    one holds the work directory's lock (beside it), ``enspp demo`` there refuses at once in
+    one line naming the holder, with nothing changed (the lock is taken without waiting)."""
+    import os
+    import time
+
+    from enspp.data.lock import lock_path, store_lock
+    from enspp.flows.cli import main
+
+    wd = tmp_path / "work"
+    run_demo(wd)  # an earlier demo's directory: the CLI would otherwise run there
+    steps.clear()
+    before = snapshot(wd)
+    assert lock_path(wd) == tmp_path / ".work.lock"  # beside the work directory, not inside
+    with store_lock(wd, timeout=0):  # another demo (flock: this process's own counts too)
+        t0 = time.monotonic()
+        rc = main(["demo", "--workdir", str(wd), "--fast", "--no-baseline"])
+        took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert "\n" not in err, err
+    assert err == (f"enspp demo: error: demo: another demo is running in {wd} (pid "
+                   f"{os.getpid()}); wait for it or give another --workdir (nothing was "
+                   "changed)")
+    assert took < 5  # at once, not after a wait
+    assert snapshot(wd) == before and steps == []
+    with demo.workdir_lock(wd) as held:  # free again once the holder is gone
+        assert held == lock_path(wd)
+    with store_lock(wd, timeout=0):
+        pass
+
+
+def test_an_error_inside_the_work_directory_lock_is_not_another_demo(tmp_path):
+    from enspp.data.lock import StoreLockedError
+
+    with pytest.raises(StoreLockedError, match="a store of the flow"):
+        with demo.workdir_lock(tmp_path / "work"):
+            raise StoreLockedError("a store of the flow")

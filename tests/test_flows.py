@@ -399,6 +399,52 @@ def test_registry_registers_only_better_and_logs_why(tmp_path, checkpoints):
     assert current_version(reg).checkpoint.read_bytes() == Path(b).read_bytes()
 
 
+def test_registry_refuses_a_comparison_with_a_version_no_longer_current(tmp_path, checkpoints,
+                                                                         monkeypatch):
+    """Two trainings at once: each scored against the current version R outside the registry
+    lock; one registers first.  The other, whose score was compared with R's, is not
+    registered against the new current version: the decision says so and names it."""
+    import enspp.models.registry as registry_mod
+
+    a, b = checkpoints
+    reg = tmp_path / "registry"
+    m = "val t2m CRPS (gaussian)"
+    r = register_if_better(reg, a, score=0.8, metric=m)  # R, current when both were scored
+    # the other training (G) registers between this one's scoring and its registration
+    real = registry_mod.current_version
+    state = {}
+
+    def current_changed(root):
+        if not state:  # once: G registered while this candidate was scored
+            state["g"] = True
+            registry_mod._store_version(reg, "mixed-gggggggggggg", Path(b), {
+                "version": "mixed-gggggggggggg", "score": 0.5, "metric": m, "sha256": "x",
+                "source": "G", "registered": "now", "details": {}})
+            (reg / "current").write_text("mixed-gggggggggggg\n")
+        return real(root)
+
+    monkeypatch.setattr(registry_mod, "current_version", current_changed)
+    d = register_if_better(reg, b, score=0.6, current_score=0.8, scored_current=r.version,
+                           metric=m)
+    assert not d.registered and d.current == "mixed-gggggggggggg" and d.current_score is None
+    assert d.reason == (f"current changed from {r.version} to mixed-gggggggggggg while this "
+                        f"candidate was trained; not registered: re-run the train flow")
+    assert real(reg).version == "mixed-gggggggggggg"
+    assert read_decisions(reg)[-1]["reason"] == d.reason
+    monkeypatch.setattr(registry_mod, "current_version", real)
+    # an empty registry when scored, then another registration: refused likewise
+    reg2 = tmp_path / "registry2"
+    register_if_better(reg2, a, score=0.8, metric=m)
+    d2 = register_if_better(reg2, b, score=0.1, scored_current=None, metric=m)
+    assert not d2.registered and "current changed from (none) to" in d2.reason
+    # unchanged: the single-training path decides as before
+    d3 = register_if_better(reg2, b, score=0.7, current_score=0.9, scored_current=r.version,
+                            metric=m)
+    assert d3.registered and "beats current 0.9" in d3.reason
+    d4 = register_if_better(reg2, a, score=0.1, scored_current=d3.version, metric=m)
+    assert d4.registered
+
+
 def test_registry_errors(tmp_path, checkpoints):
     a, b = checkpoints
     reg = tmp_path / "registry"

@@ -529,3 +529,59 @@ def test_a_netcdf_product_is_extended_as_a_zarr_one(tmp_path):
     with pytest.raises(ProductError, match=r"cannot be read as a NetCDF file \(truncated or "
                                            r"damaged\?\): .*; remove it or write to another --out"):
         write(path, [0])
+
+
+def test_readers_during_appends_always_see_a_product(tmp_path):
+    """Predict appending init times (one per call, as the predict flow does) while readers
+    poll: the root attributes are never lost (xarray's append used to replace them with
+    the block's, empty ones), open_product and evaluate's open_dataset never fail, and
+    only init times marked complete are handed out."""
+    import json
+    import threading
+
+    from enspp.evaluation.systems import open_dataset
+    from enspp.models.product import open_product
+
+    rng = np.random.default_rng(3)
+    grid = xr.Dataset(coords={"latitude": np.linspace(50, 47, NY),
+                              "longitude": np.linspace(5, 9, NX)})
+    path = tmp_path / "p.zarr"
+    inits = np.arange("2020-01-01T00", "2020-01-25T00", np.timedelta64(1, "D"),
+                      dtype="datetime64[ns]")
+
+    def write(init):
+        writer = ProductWriter(path, attrs=_attrs("forecast store"), fmt="zarr", init_chunk=2)
+        writer.write_block(product_block([_fields(rng)], targets=["t2m"], inits=[init],
+                                         quantiles=QUANTILES, grid=grid))
+
+    write(inits[0])
+    stop, problems, polls = threading.Event(), [], [0]
+
+    def read():
+        while not stop.is_set():
+            polls[0] += 1
+            try:
+                attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+            except (OSError, ValueError):  # replaced while read
+                continue
+            if attrs.get("enspp_kind") != "product" or COMPLETE_ATTR not in attrs:
+                problems.append(f"root attributes {sorted(attrs)}")
+            try:
+                for ds in (open_product(path), open_dataset(path)):
+                    done = set(np.asarray(ds.attrs[COMPLETE_ATTR], dtype="datetime64[ns]"))
+                    if not set(ds.init_time.values) <= done:
+                        problems.append("an init time not marked complete was handed out")
+            except Exception as e:  # noqa: BLE001 - every failure is the finding
+                problems.append(f"{type(e).__name__}: {e}")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for init in inits[1:]:
+            write(init)
+    finally:
+        stop.set()
+        reader.join()
+    assert polls[0] > 10
+    assert not problems, problems[:5]
+    assert open_product(path).sizes["init_time"] == len(inits)

@@ -304,7 +304,7 @@ def test_a_directory_that_is_not_a_store_is_refused_untouched(tmp_path, foreign)
 def test_lock_refuses_a_second_writer_clearly(tmp_path):
     store = tmp_path / "s.zarr"
     with store_lock(store):
-        with pytest.raises(StoreLockedError, match=r"locked by another ingest \(pid \d+\)"):
+        with pytest.raises(StoreLockedError, match=r"locked by another enspp process \(pid \d+\)"):
             append(store, forecast(INITS[:1]), lock_timeout=0)
     append(store, forecast(INITS[:1]), lock_timeout=0)
 
@@ -506,3 +506,33 @@ def test_template_metadata_is_what_xarray_would_write(tmp_path):
         ours = json.loads((tmp_path / "s.zarr" / name / "zarr.json").read_text())
         theirs = json.loads((ref / name / "zarr.json").read_text())
         assert ours == theirs, name
+
+
+@pytest.mark.parametrize("opener", ["open_store", "open_checked"])
+def test_an_ingest_committing_between_the_metadata_reads_is_read_again(tmp_path, monkeypatch,
+                                                                        opener):
+    """open_store/open_checked read the root metadata twice (bookkeeping, then xarray): an
+    ingest committing in between gave "conflicting sizes for dimension 'init_time'"; the
+    pair is read again from the new root document."""
+    import enspp.data.store as store_mod
+    import enspp.data.store_meta as store_meta
+
+    store = tmp_path / "s.zarr"
+    append(store, forecast(INITS[:2], seed=1))
+    real = store_meta.open_meta
+    calls = []
+
+    def open_meta_then_commit(root, attrs=None):
+        meta = real(root, attrs)
+        calls.append(1)
+        if calls == [1]:  # an ingest commits right after the reader's first bookkeeping read
+            monkeypatch.setattr(store_meta, "open_meta", real)
+            append(store, forecast(INITS[2:], seed=2))
+            monkeypatch.setattr(store_meta, "open_meta", open_meta_then_commit)
+        return meta
+
+    monkeypatch.setattr(store_meta, "open_meta", open_meta_then_commit)
+    ds = getattr(store_mod, opener)(store)
+    assert len(calls) == 2 and ds.sizes["init_time"] == 3
+    third = ds["t2m"].sel(init_time=np.datetime64(INITS[2], "ns")).values
+    np.testing.assert_array_equal(third, forecast(INITS[2:], seed=2)["t2m"].isel(init_time=0).values)

@@ -29,14 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_prefect()  # before prefect is imported
-    from enspp.flows.demo import check_workdir, default_demo_config, demo_flow
+    from enspp.flows.demo import check_workdir, default_demo_config, demo_flow, workdir_lock
     from enspp.flows.steps import format_table
 
     t0 = time.perf_counter()
-    # a work directory the demo may not write into: one line now, before Prefect starts
-    check_workdir(default_demo_config(str(args.workdir), fast=bool(args.fast)))
-    state = demo_flow(workdir=str(args.workdir), fast=bool(args.fast),
-                      baseline=not args.no_baseline, return_state=True)
+    # one demo at a time in a work directory (refused at once, in one line, when another
+    # runs there), held from the check to the end of the flow
+    with workdir_lock(args.workdir):
+        # a work directory the demo may not write into: one line now, before Prefect starts
+        check_workdir(default_demo_config(str(args.workdir), fast=bool(args.fast)))
+        state = demo_flow(workdir=str(args.workdir), fast=bool(args.fast),
+                          baseline=not args.no_baseline, return_state=True)
     if not state.is_completed():
         raise UsageError(f"the demo flow ended {state.name}: {state.message}")
     out = state.result()
