@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -102,7 +103,11 @@ class NormStats:
         return stats
 
     def to_file(self, path: str | Path) -> Path:
-        """Write a NetCDF file (``.nc``) or Zarr store (``.zarr``)."""
+        """Write a NetCDF file (``.nc``) or Zarr store (``.zarr``), whole or not at all: written
+        beside ``path`` and renamed into place (:mod:`enspp.data.durable`), so a training
+        starting meanwhile, or a kill, never meets half a file."""
+        from enspp.data import durable
+
         path = Path(path)
         d = self.to_dict()
         c_dims, t_dims = ("channel", "y", "x"), ("target", "y", "x")
@@ -115,11 +120,18 @@ class NormStats:
                    "enspp_kind": "normalisation_statistics"})
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".zarr":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # zarr v3 notes on string dtypes/consolidation
-                ds.to_zarr(path, mode="w")
+            tmp = path.parent / f".{path.name}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # zarr v3 notes on string dtypes
+                    ds.to_zarr(tmp, mode="w")
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            durable.swap_tree(tmp, path)
         else:
-            ds.to_netcdf(path)
+            durable.write_via(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
         return path
 
     @classmethod

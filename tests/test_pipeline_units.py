@@ -189,6 +189,32 @@ def test_normstats_dict_and_file_roundtrip(tmp_path):
     assert str(tmp_path / "other.nc") in str(e.value) and "nothing was changed" in str(e.value)
 
 
+def test_normstats_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """Statistics are written beside their path and renamed in: a write that dies leaves the
+    earlier file (or none) and no temporary file; a reader never meets half a file."""
+    import xarray as xr
+
+    s = _stats()
+    for suffix, method in ((".nc", "to_netcdf"), (".zarr", "to_zarr")):
+        path = tmp_path / f"stats{suffix}"
+        s.to_file(path)
+        before = NormStats.from_file(path).hash
+        real = getattr(xr.Dataset, method)
+
+        def dies(self, target, *args, real=real, **kwargs):
+            real(self, target, *args, **kwargs)  # the whole file written, then the disk fails
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(xr.Dataset, method, dies)
+        other = NormStats.from_dict({**{k: v for k, v in s.to_dict().items() if k != "hash"},
+                                     "source_hash": "newer data"})
+        with pytest.raises(OSError, match="No space left"):
+            other.to_file(path)
+        monkeypatch.undo()
+        assert NormStats.from_file(path).hash == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
 def test_std_floor():
     out = floor_std(np.array([0.0, np.nan, -1.0, 2.0]), np.array([1e4, 0.0, 0.0, 1.0]))
     assert np.all(out > 0) and out[3] == 2.0 and out[0] == pytest.approx(1e-2)
