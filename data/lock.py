@@ -92,6 +92,25 @@ def _acquire(fd: int, path: Path, root: Path, *, timeout: float | None, on_wait:
             time.sleep(_POLL_S)
 
 
+def holder_of(store: str | os.PathLike[str]) -> int | None:
+    """The pid of the live process holding ``store``'s lock, or None.  Read from the lock
+    file without touching the lock (a reader must never make a writer wait); a holder killed
+    before releasing it leaves its pid there, which is then no live process."""
+    try:
+        pid = int(lock_path(store).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, another user's
+    return pid
+
+
 def _holder(path: Path) -> str:
     try:
         return path.read_text().strip() or "unknown"

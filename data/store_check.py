@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from enspp.data.lock import holder_of
 from enspp.data.provenance import record_key
 from enspp.data.schema import LEAD_TIME, validate
 from enspp.data.store import (
@@ -59,6 +60,11 @@ class StoreReport:
     problems: tuple[str, ...] = ()
     deep: bool = False
     chunks_checked: int = 0
+    #: the pid of an ingest writing the store while it was checked: its records and sources
+    #: not yet committed are work in flight, not problems
+    writer: int | None = None
+    #: sources whose fields are not all committed yet (with a writer), one line each
+    in_flight: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -77,10 +83,15 @@ class StoreReport:
             line += f"; deep check: {self.chunks_checked} chunks read"
         else:
             line += "; chunks not read (--deep decodes every one)"
-        if self.incomplete:
+        if self.incomplete and self.writer is not None:
+            line += (f"; {len(self.incomplete)} {rec}s being written by an ingest (pid "
+                     f"{self.writer}), not yet visible to readers: {list(self.incomplete[:3])}")
+        elif self.incomplete:
             line += (f"; {len(self.incomplete)} unfinished {rec}s from an interrupted ingest "
                      f"(hidden from readers; re-run that ingest to finish them): "
                      f"{list(self.incomplete[:3])}")
+        if self.in_flight:
+            line += f"; {len(self.in_flight)} sources still being ingested"
         lines = [line]
         if self.counts:
             lines.append("problems: " + ", ".join(f"{n} {k}" for k, n in self.counts.items()))
@@ -190,6 +201,8 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Store
     incomplete = tuple(record_key(v) for v, c in zip(full[rec].values, full["complete"].values)
                        if not c)
     n_sources = 0
+    writer: int | None = None
+    in_flight: list[str] = []
     if version >= 2:
         sources = {}
         try:
@@ -198,7 +211,9 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Store
         except StoreMetaError as e:
             problems.add("inconsistent", str(e))
         n_sources = len(sources)
-        _check_bookkeeping(meta, sources, problems, rec)
+        writer = holder_of(root)
+        _check_bookkeeping(meta, sources, problems, rec,
+                           in_flight=in_flight if writer is not None else None)
     else:
         n_sources = len(attrs.get("provenance", {}).get("sources", []))
     checked = 0
@@ -208,11 +223,15 @@ def validate_store(path: str | os.PathLike[str], *, deep: bool = False) -> Store
                        incomplete=incomplete, variables=tuple(map(str, ds.data_vars)),
                        sizes={str(k): int(v) for k, v in ds.sizes.items()}, sources=n_sources,
                        counts=dict(problems.counts), problems=tuple(problems.examples),
-                       deep=deep, chunks_checked=checked)
+                       deep=deep, chunks_checked=checked, writer=writer,
+                       in_flight=tuple(in_flight))
 
 
 def _check_bookkeeping(meta: object, sources: Mapping[int, object], problems: Problems,
-                       rec: str) -> None:
+                       rec: str, *, in_flight: list[str] | None = None) -> None:
+    """Check the flags against the provenance log.  ``in_flight``: an ingest holds the store,
+    so a source whose fields are not all in yet is its work in progress (listed there), not
+    a problem."""
     """Completion, presence and provenance agree with each other."""
     from enspp.data.store_meta import COMPLETE, PRESENT, SOURCE, id_hex, meta_shape
 
@@ -260,7 +279,9 @@ def _check_bookkeeping(meta: object, sources: Mapping[int, object], problems: Pr
         problems.add("inconsistent", f"{rec} {keys[i]} is complete but holds no field")
     for entry in sources.values():
         missing = list(meta.missing_fields(entry, limit=1))  # type: ignore[attr-defined]
-        if missing:
+        if missing and in_flight is not None:
+            in_flight.append(str(entry.name))  # type: ignore[attr-defined]
+        elif missing:
             var, r, lead, why = missing[0]
             problems.add("unfinished", f"source {entry.name}: its field {var!r} at {r}"  # type: ignore[attr-defined]
                                        f"{'' if lead is None else f' +{lead / 3600:g} h'} is "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -243,6 +244,15 @@ def test_interrupted_append_hides_partial_data_and_rerun_repairs(tmp_path, monke
     assert full.sizes["init_time"] == 3 and full["complete"].values.tolist() == [True, False, False]
     report = validate_store(store)
     assert len(report.incomplete) == 2 and "interrupted" in report.summary()
+    # the same state while an ingest holds the store (validate beside a running ingest): its
+    # work in flight, reported as such, not problems; the lock itself is not touched
+    from enspp.data.lock import store_lock
+
+    with store_lock(store):
+        busy = validate_store(store)
+    assert busy.ok and busy.writer == os.getpid() and busy.in_flight
+    assert f"being written by an ingest (pid {os.getpid()})" in busy.summary()
+    assert validate_store(store).writer is None  # released: an interrupted ingest again
     result = append(store, ds)
     assert result.repaired == ("2020-01-02T00:00:00", "2020-01-03T00:00:00")
     xr.testing.assert_identical(open_store(store).load().drop_attrs(),
