@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from enspp.data.errors import EnsppError
+from enspp.data.progress import listed
 
 __all__ = ["MANIFEST", "OutputDirError", "check_replaceable", "files_under", "owned",
            "read_manifest", "write_manifest"]
@@ -63,10 +64,6 @@ def owned(root: Path, *, kind: str, legacy: Callable[[Path], bool] | None = None
     return legacy is not None and legacy(Path(root))
 
 
-def _shown(names: list[str]) -> str:
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
 def check_replaceable(out: Path, *, kind: str, what: str,
                       legacy: Callable[[Path], bool] | None = None) -> None:
     """Refuse (:class:`OutputDirError`, one line) to replace ``out`` unless it is absent,
@@ -83,8 +80,8 @@ def check_replaceable(out: Path, *, kind: str, what: str,
     if doc is not None and doc.get("kind") == kind:
         extra = sorted(set(files_under(out)) - set(doc["files"]))
         raise OutputDirError(f"{what} {out}: holds files the {what} did not write "
-                             f"({_shown(extra)}); move them aside or give another directory "
+                             f"({listed(extra)}); move them aside or give another directory "
                              "(nothing was changed)")
     raise OutputDirError(f"{what} {out}: the directory holds files and is not an enspp {what} "
-                         f"({_shown(sorted(p.name for p in out.iterdir()))}); give a new or "
+                         f"({listed(sorted(p.name for p in out.iterdir()))}); give a new or "
                          "empty directory (nothing was changed)")

@@ -62,6 +62,12 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else many or word + 's'}"
 
 
+def listed(names: list[str], limit: int = 5) -> str:
+    """``a, b, c and 4 more``: the first ``limit`` names of a message."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more"
+                                       if len(names) > limit else "")
+
+
 def summary_line(what: str, amount: str, seconds: float) -> str:
     """``<what>: <amount> in <duration>`` (``<what>: <duration>`` without an amount)."""
     return f"{what}: {amount} in {format_seconds(seconds)}" if amount else \

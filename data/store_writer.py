@@ -47,7 +47,7 @@ from enspp.data import store_plan as plan_mod
 from enspp.data import store_template as tpl
 from enspp.data.field_checks import Bounds, check_fields, field_stats, members_missing
 from enspp.data.lock import store_lock
-from enspp.data.progress import plural
+from enspp.data.progress import listed, plural
 from enspp.data.provenance import SourceFile, record_key
 from enspp.data.schema import LEAD_TIME, MEMBER, STATION, Kind, detect_kind, normalise_units, validate
 from enspp.data.store import (
@@ -115,10 +115,9 @@ class StoreWriter:
         self.faults = Faults()
         tpl.recover(root, self.faults)
         if tpl.is_foreign(root):
-            names = sorted(p.name for p in root.iterdir())
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             raise StoreError(f"store {root}: the directory holds files and is not an enspp store "
-                             f"({shown}); give a new or empty directory (nothing was changed)")
+                             f"({listed(sorted(p.name for p in root.iterdir()))}); give a new or "
+                             "empty directory (nothing was changed)")
         self.exists = is_store(root)
         self.allow_mixed_centres = allow_mixed_centres
         self.meta: sm.StoreMeta | None = sm.open_meta(root) if self.exists else None

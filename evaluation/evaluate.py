@@ -27,7 +27,7 @@ import xarray as xr
 
 from enspp.data import durable, output_dir
 from enspp.data.errors import EnsppError
-from enspp.data.progress import LOGGER, Step, plural, summary_line
+from enspp.data.progress import LOGGER, Step, listed, plural, summary_line
 from enspp.data.schema import INIT_TIME, LATITUDE, LEAD_TIME, LONGITUDE, MEMBER, STATION
 from enspp.evaluation import fused, kernels, scoring
 from enspp.evaluation.bootstrap import bootstrap_skill, diebold_mariano, has_interval
@@ -818,9 +818,8 @@ def _check_in_place(out: Path) -> None:
             ours = set()
     clash = sorted(set(_report_files(out)) - ours)
     if clash:
-        shown = ", ".join(clash[:5]) + (f" and {len(clash) - 5} more" if len(clash) > 5 else "")
         raise output_dir.OutputDirError(
-            f"report {out}: the directory already holds {shown}, not written by an enspp "
+            f"report {out}: the directory already holds {listed(clash)}, not written by an enspp "
             "report; move them aside or give another --out (nothing was changed)")
 
 
